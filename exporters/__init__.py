@@ -1,0 +1,1 @@
+"""TF policy -> bundle (SavedModel and ONNX). Needs TensorFlow."""

@@ -1,0 +1,1 @@
+"""Bundle -> Python policy. The onnx backend imports no TensorFlow."""

@@ -1,0 +1,64 @@
+"""The one exception hierarchy of policy-toolkit.
+
+Messages say where (a spec name or nest path), what was expected and what came,
+e.g. ``observation/velocity: expected shape (3,), got (4,)``.
+"""
+
+from __future__ import annotations
+
+
+class ToolkitError(Exception):
+    """Base class of every error this project raises on purpose."""
+
+
+class SpecError(ToolkitError, ValueError):
+    """A spec that makes no sense (bounds, dtype, shape)."""
+
+
+class SpecMismatchError(ToolkitError, ValueError):
+    """A value that does not conform to its spec.
+
+    Attributes:
+      path: nest path of the offending value (e.g. ``observation/velocity``), or "".
+      expected: what the spec asks for, as text.
+      got: what came, as text.
+    """
+
+    def __init__(self, path: str, expected: str, got: str, *, detail: str = ""):
+        self.path = path
+        self.expected = expected
+        self.got = got
+        where = f"{path}: " if path else ""
+        message = f"{where}expected {expected}, got {got}"
+        if detail:
+            message += f" ({detail})"
+        super().__init__(message)
+
+
+class StructureError(SpecMismatchError):
+    """A nest whose structure (keys, lengths, types) differs from its spec's."""
+
+
+class PolicyError(ToolkitError):
+    """A policy that cannot do what was asked (e.g. a script that ran out)."""
+
+
+class ScriptExhaustedError(PolicyError, IndexError):
+    """A scripted policy was asked for more actions than its script holds."""
+
+
+class UnsupportedError(ToolkitError, NotImplementedError):
+    """A feature that this policy, space or format does not support."""
+
+
+class ExportError(ToolkitError):
+    """An export that could not be completed; nothing was written."""
+
+
+class BundleError(ToolkitError):
+    """A bundle that is missing, corrupted, tampered with or of an unknown version."""
+
+
+def describe_path(path: str, default: str = "value") -> str:
+    """Returns ``path`` or a placeholder for the root of a nest."""
+    return path or default

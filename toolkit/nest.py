@@ -1,0 +1,152 @@
+"""Nest helpers over optree, with the conventions of this project.
+
+Nests are dicts (keys sorted, as tf.nest does), tuples, lists and namedtuples.
+``None`` and ``()`` are empty nests. Paths join keys, field names and indices
+with "/": ``observation/velocity``, ``policy_state/0``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import optree
+
+from toolkit.errors import StructureError
+
+__all__ = [
+    "assert_same_structure",
+    "flatten",
+    "flatten_with_paths",
+    "is_nested",
+    "join_path",
+    "map_structure",
+    "map_structure_with_paths",
+    "pack_sequence_as",
+    "structure_repr",
+]
+
+
+def _entry_name(entry: Any) -> str:
+    for attribute in ("field", "key", "name", "index"):
+        if hasattr(entry, attribute):
+            return str(getattr(entry, attribute))
+    return str(entry)
+
+
+def join_path(*parts: str | int) -> str:
+    """Joins non-empty path parts with "/"."""
+    return "/".join(str(p) for p in parts if str(p) != "")
+
+
+def is_nested(value: Any) -> bool:
+    """True for dicts, tuples, lists and namedtuples (even empty ones)."""
+    return not optree.tree_is_leaf(value, none_is_leaf=True)
+
+
+def flatten(tree: Any) -> list[Any]:
+    """Leaves of ``tree`` in canonical order (dict keys sorted)."""
+    return optree.tree_leaves(tree)
+
+
+def flatten_with_paths(tree: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """``(path, leaf)`` pairs in canonical order; paths use field names for namedtuples."""
+    accessors, leaves, _ = optree.tree_flatten_with_accessor(tree)
+    return [
+        (join_path(prefix, *(_entry_name(e) for e in accessor)), leaf)
+        for accessor, leaf in zip(accessors, leaves, strict=True)
+    ]
+
+
+def pack_sequence_as(structure: Any, leaves: Iterable[Any]) -> Any:
+    """Builds a nest shaped like ``structure`` from ``leaves`` in canonical order."""
+    treespec = optree.tree_structure(structure)
+    return optree.tree_unflatten(treespec, list(leaves))
+
+
+def structure_repr(tree: Any) -> str:
+    """A short text of a nest's structure, for error messages."""
+    return repr(optree.tree_structure(tree)).removeprefix("PyTreeSpec(").removesuffix(")")
+
+
+def assert_same_structure(value: Any, spec: Any, path: str = "") -> None:
+    """Raises StructureError naming the first path where ``value`` and ``spec`` differ."""
+    _assert_same_structure(value, spec, path)
+
+
+def _assert_same_structure(value: Any, spec: Any, path: str) -> None:
+    spec_is_leaf = not is_nested(spec) and spec is not None
+    if spec_is_leaf:
+        if is_nested(value) and not _is_empty(value):
+            raise StructureError(path or "value", "a single array", structure_repr(value))
+        return
+    if _is_empty(spec):
+        if not _is_empty(value):
+            raise StructureError(path or "value", "an empty nest ()", _short(value))
+        return
+    if isinstance(spec, dict):
+        if not isinstance(value, dict):
+            raise StructureError(path or "value", f"a dict with keys {sorted(spec)}", _short(value))
+        if set(value) != set(spec):
+            missing = sorted(set(spec) - set(value), key=str)
+            extra = sorted(set(value) - set(spec), key=str)
+            got = []
+            if missing:
+                got.append(f"missing {missing}")
+            if extra:
+                got.append(f"unexpected {extra}")
+            raise StructureError(path or "value", f"keys {sorted(spec)}", ", ".join(got))
+        for key in spec:
+            _assert_same_structure(value[key], spec[key], join_path(path, key))
+        return
+    if _is_namedtuple(spec):
+        fields = spec._fields
+        if not _is_namedtuple(value) or value._fields != fields:
+            raise StructureError(
+                path or "value", f"{type(spec).__name__} with fields {fields}", _short(value)
+            )
+        for field in fields:
+            _assert_same_structure(getattr(value, field), getattr(spec, field), join_path(path, field))
+        return
+    # tuples and lists: either kind matches the other, as users mix them freely.
+    if not isinstance(value, (tuple, list)) or _is_namedtuple(value):
+        raise StructureError(path or "value", f"a sequence of {len(spec)}", _short(value))
+    if len(value) != len(spec):
+        raise StructureError(
+            path or "value", f"a sequence of {len(spec)}", f"a sequence of {len(value)}"
+        )
+    for index, (v, s) in enumerate(zip(value, spec, strict=True)):
+        _assert_same_structure(v, s, join_path(path, index))
+
+
+def map_structure(fn: Callable[..., Any], tree: Any, *rest: Any) -> Any:
+    """Applies ``fn`` to corresponding leaves; the first tree gives the structure."""
+    return optree.tree_map(fn, tree, *rest)
+
+
+def map_structure_with_paths(
+    fn: Callable[..., Any], tree: Any, *rest: Any, prefix: str = ""
+) -> Any:
+    """Like map_structure, with the leaf's path as the first argument of ``fn``."""
+    paths = [p for p, _ in flatten_with_paths(tree, prefix)]
+    rest_leaves = [optree.tree_structure(tree).flatten_up_to(r) for r in rest]
+    results = [
+        fn(path, leaf, *(r[i] for r in rest_leaves))
+        for i, (path, leaf) in enumerate(zip(paths, flatten(tree), strict=True))
+    ]
+    return pack_sequence_as(tree, results)
+
+
+def _is_namedtuple(value: Any) -> bool:
+    return isinstance(value, tuple) and hasattr(value, "_fields")
+
+
+def _is_empty(value: Any) -> bool:
+    return value is None or (is_nested(value) and len(flatten(value)) == 0)
+
+
+def _short(value: Any) -> str:
+    if is_nested(value):
+        return structure_repr(value)
+    shape = getattr(value, "shape", None)
+    return f"a {type(value).__name__}" + (f" of shape {tuple(shape)}" if shape is not None else "")

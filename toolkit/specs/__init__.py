@@ -1,0 +1,1 @@
+"""Specs: the shapes, dtypes and bounds of observations, actions and states."""
