@@ -102,7 +102,9 @@ def test_deterministic_policies_repeat_themselves(case):
     policy = case.make()
     time_step = _time_step(case, policy, ())
     state = policy.get_initial_state()
-    assert_nests_equal(policy.action(time_step, state).action, policy.action(time_step, state).action)
+    assert_nests_equal(
+        policy.action(time_step, state).action, policy.action(time_step, state).action
+    )
 
 
 @pytest.mark.parametrize("case", _params())
@@ -154,5 +156,7 @@ def _grow_first_leaf(observation):
     from toolkit import nest
 
     leaves = nest.flatten(observation)
-    leaves[0] = np.concatenate([np.reshape(leaves[0], -1), np.zeros(1, np.asarray(leaves[0]).dtype)])
+    leaves[0] = np.concatenate(
+        [np.reshape(leaves[0], -1), np.zeros(1, np.asarray(leaves[0]).dtype)]
+    )
     return nest.pack_sequence_as(observation, leaves)

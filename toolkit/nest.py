@@ -17,6 +17,7 @@ from toolkit.errors import StructureError
 __all__ = [
     "assert_same_structure",
     "flatten",
+    "flatten_up_to",
     "flatten_with_paths",
     "is_nested",
     "join_path",
@@ -49,6 +50,11 @@ def flatten(tree: Any) -> list[Any]:
     return optree.tree_leaves(tree)
 
 
+def flatten_up_to(structure: Any, tree: Any) -> list[Any]:
+    """Leaves of ``tree`` cut at the leaves of ``structure`` (a list may stand for an array)."""
+    return optree.tree_structure(structure).flatten_up_to(tree)
+
+
 def flatten_with_paths(tree: Any, prefix: str = "") -> list[tuple[str, Any]]:
     """``(path, leaf)`` pairs in canonical order; paths use field names for namedtuples."""
     accessors, leaves, _ = optree.tree_flatten_with_accessor(tree)
@@ -77,7 +83,8 @@ def assert_same_structure(value: Any, spec: Any, path: str = "") -> None:
 def _assert_same_structure(value: Any, spec: Any, path: str) -> None:
     spec_is_leaf = not is_nested(spec) and spec is not None
     if spec_is_leaf:
-        if is_nested(value) and not _is_empty(value):
+        # Lists and plain tuples of numbers are array-likes; mappings never are.
+        if isinstance(value, dict) or _is_namedtuple(value):
             raise StructureError(path or "value", "a single array", structure_repr(value))
         return
     if _is_empty(spec):
@@ -106,7 +113,9 @@ def _assert_same_structure(value: Any, spec: Any, path: str) -> None:
                 path or "value", f"{type(spec).__name__} with fields {fields}", _short(value)
             )
         for field in fields:
-            _assert_same_structure(getattr(value, field), getattr(spec, field), join_path(path, field))
+            _assert_same_structure(
+                getattr(value, field), getattr(spec, field), join_path(path, field)
+            )
         return
     # tuples and lists: either kind matches the other, as users mix them freely.
     if not isinstance(value, (tuple, list)) or _is_namedtuple(value):

@@ -22,7 +22,10 @@ def _random_discrete():
 
 
 def _random_nested():
-    action_spec = {"move": _DISCRETE, "force": (_CONTINUOUS, array_spec.BoundedArraySpec((1,), np.uint8, 0, 9))}
+    action_spec = {
+        "move": _DISCRETE,
+        "force": (_CONTINUOUS, array_spec.BoundedArraySpec((1,), np.uint8, 0, 9)),
+    }
     return random_py_policy.RandomPyPolicy(ts.time_step_spec(_OBS), action_spec, seed=4)
 
 
@@ -31,7 +34,11 @@ def _random_no_spec():
 
 
 def _scripted():
-    script = [(2, np.array([1, -1], np.int32)), (0, np.array([0, 0], np.int32)), (3, np.array([4, 2], np.int32))]
+    script = [
+        (2, np.array([1, -1], np.int32)),
+        (0, np.array([0, 0], np.int32)),
+        (3, np.array([4, 2], np.int32)),
+    ]
     spec = array_spec.BoundedArraySpec((2,), np.int32, -5, 5, name="script")
     return scripted_py_policy.ScriptedPyPolicy(ts.time_step_spec(_OBS), spec, script, loop=True)
 

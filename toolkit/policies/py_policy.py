@@ -16,7 +16,7 @@ import numpy as np
 from toolkit import nest
 from toolkit.errors import SpecMismatchError, StructureError, UnsupportedError
 from toolkit.specs import array_spec
-from toolkit.specs.array_spec import ArraySpec, BoundedArraySpec
+from toolkit.specs.array_spec import BoundedArraySpec
 from toolkit.trajectories.policy_step import PolicyStep
 
 __all__ = ["PyPolicy", "Seed", "as_array_spec_nest"]
@@ -28,7 +28,7 @@ def as_array_spec_nest(spec: Any) -> Any:
     """Converts every spec in a nest (tensor specs included) to an array spec."""
     if spec is None:
         return None
-    return nest.map_structure(array_spec._to_array_spec, spec)
+    return nest.map_structure(array_spec.as_array_spec, spec)
 
 
 class PyPolicy(abc.ABC):
@@ -122,7 +122,9 @@ class PyPolicy(abc.ABC):
         for name in ("time_step_spec", "action_spec", "policy_state_spec"):
             mine, theirs = getattr(self, name), as_array_spec_nest(getattr(policy, name))
             if not _specs_equal(mine, theirs):
-                raise SpecMismatchError(name, f"{mine}", f"{theirs}", detail="update() needs equal specs")
+                raise SpecMismatchError(
+                    name, f"{mine}", f"{theirs}", detail="update() needs equal specs"
+                )
         self._update(policy)
 
     def copy(self) -> PyPolicy:
@@ -190,7 +192,7 @@ class PyPolicy(abc.ABC):
 def _check_outputs(values: Any, spec: Any, prefix: str, outer_dims: tuple[int, ...] | None):
     nest.assert_same_structure(values, spec, prefix)
     for (path, s), v in zip(
-        nest.flatten_with_paths(spec, prefix), nest.flatten(values), strict=True
+        nest.flatten_with_paths(spec, prefix), nest.flatten_up_to(spec, values), strict=True
     ):
         array = np.asarray(v)
         expected_shape = (tuple(outer_dims) if outer_dims is not None else ()) + s.shape
@@ -210,6 +212,6 @@ def _specs_equal(a: Any, b: Any) -> bool:
     except StructureError:
         return False
     return all(
-        ArraySpec.from_spec(x) == ArraySpec.from_spec(y)
+        array_spec.as_array_spec(x) == array_spec.as_array_spec(y)
         for x, y in zip(nest.flatten(a), nest.flatten(b), strict=True)
     )

@@ -64,7 +64,7 @@ class RandomPyPolicy(py_policy.PyPolicy):
                 )
 
     def _action(self, time_step: Any, policy_state: Any, seed: py_policy.Seed) -> PolicyStep:
-        rng = self._rng if seed is None else array_spec._as_rng(seed)
+        rng = self._rng if seed is None else array_spec.as_rng(seed)
         outer = self._outer_dims if time_step is None else self.outer_dims(time_step)
         if self._splitter is not None and time_step is not None:
             action = self._masked_action(time_step, outer, rng)

@@ -64,7 +64,9 @@ class ScriptedPyPolicy(py_policy.PyPolicy):
         state = rows.reshape(state.shape)
         outer = state.shape[:-1]
         if outer:
-            action = nest.map_structure(lambda *xs: np.stack(xs).reshape(outer + xs[0].shape), *actions)
+            action = nest.map_structure(
+                lambda *xs: np.stack(xs).reshape(outer + xs[0].shape), *actions
+            )
         else:
             action = actions[0]
         return PolicyStep(action, state, ())
@@ -105,17 +107,17 @@ def _check_script(script: Sequence[tuple[int, Any]], action_spec: Any) -> list[t
             raise SpecMismatchError(where, "a (num_repeats, action) pair", repr(entry))
         num_repeats, action = entry
         if isinstance(num_repeats, bool) or not isinstance(num_repeats, (int, np.integer)):
-            raise SpecMismatchError(
-                where, "num_repeats as a non-negative int", repr(num_repeats)
-            )
+            raise SpecMismatchError(where, "num_repeats as a non-negative int", repr(num_repeats))
         if num_repeats < 0:
             raise SpecMismatchError(where, "num_repeats as a non-negative int", repr(num_repeats))
         nest.assert_same_structure(action, action_spec, where)
         arrays = []
         for (path, spec), value in zip(
-            nest.flatten_with_paths(action_spec, where), nest.flatten(action), strict=True
+            nest.flatten_with_paths(action_spec, where),
+            nest.flatten_up_to(action_spec, action),
+            strict=True,
         ):
-            spec = array_spec._to_array_spec(spec)
+            spec = array_spec.as_array_spec(spec)
             array, _ = spec.conform(value, path, outer_dims=())
             if isinstance(spec, BoundedArraySpec):
                 spec.check_bounds(array, path)

@@ -20,6 +20,8 @@ from toolkit.errors import SpecError, SpecMismatchError, StructureError
 __all__ = [
     "ArraySpec",
     "BoundedArraySpec",
+    "as_array_spec",
+    "as_rng",
     "check_arrays_nest",
     "conform_nest",
     "sample_spec_nest",
@@ -211,7 +213,7 @@ class ArraySpec:
         Plain float specs draw from a standard normal; integer specs from the dtype's
         whole range; bool specs fairly.
         """
-        rng = _as_rng(rng)
+        rng = as_rng(rng)
         shape = tuple(outer_dims) + self.shape
         if self.dtype.kind == "f":
             return rng.standard_normal(shape).astype(self.dtype)
@@ -304,12 +306,11 @@ class BoundedArraySpec(ArraySpec):
             raise SpecError(f"{label}: {which} is NaN")
         low, high = _dtype_limits(self.dtype)
         if self.dtype.kind in "biu":
-            if raw.dtype.kind == "f":
-                if np.any(np.isinf(raw)) or np.any(raw != np.round(raw)):
-                    raise SpecError(
-                        f"{label}: {which} {value!r} is not a whole number, "
-                        f"as dtype {self.dtype.name} needs"
-                    )
+            if raw.dtype.kind == "f" and (np.any(np.isinf(raw)) or np.any(raw != np.round(raw))):
+                raise SpecError(
+                    f"{label}: {which} {value!r} is not a whole number, "
+                    f"as dtype {self.dtype.name} needs"
+                )
             # Compare as Python ints: exact for every int64/uint64 bound.
             flat = [int(v) for v in raw.reshape(-1)]
             if any(v < int(low) or v > int(high) for v in flat):
@@ -353,8 +354,14 @@ class BoundedArraySpec(ArraySpec):
         return (
             self._shape == other._shape
             and self._dtype == other._dtype
-            and np.array_equal(np.broadcast_to(self._minimum, self.shape), np.broadcast_to(other._minimum, other.shape))
-            and np.array_equal(np.broadcast_to(self._maximum, self.shape), np.broadcast_to(other._maximum, other.shape))
+            and np.array_equal(
+                np.broadcast_to(self._minimum, self.shape),
+                np.broadcast_to(other._minimum, other.shape),
+            )
+            and np.array_equal(
+                np.broadcast_to(self._maximum, self.shape),
+                np.broadcast_to(other._maximum, other.shape),
+            )
         )
 
     def __hash__(self) -> int:
@@ -404,15 +411,19 @@ class BoundedArraySpec(ArraySpec):
         Integer bounds are inclusive. Float bounds beyond +-FLOAT_SAMPLE_LIMIT (or
         infinite) are narrowed to it, so samples stay finite and moderate.
         """
-        rng = _as_rng(rng)
+        rng = as_rng(rng)
         shape = tuple(outer_dims) + self.shape
         low = np.broadcast_to(self.minimum, shape)
         high = np.broadcast_to(self.maximum, shape)
         if self.dtype.kind == "b":
-            return rng.integers(low.astype(np.int8), high.astype(np.int8), endpoint=True, size=shape).astype(np.bool_)
+            return rng.integers(
+                low.astype(np.int8), high.astype(np.int8), endpoint=True, size=shape
+            ).astype(np.bool_)
         if self.dtype.kind in "iu":
             work = np.uint64 if self.dtype == np.uint64 else np.int64
-            return rng.integers(low.astype(work), high.astype(work), size=shape, endpoint=True).astype(self.dtype)
+            return rng.integers(
+                low.astype(work), high.astype(work), size=shape, endpoint=True
+            ).astype(self.dtype)
         low64 = np.clip(low.astype(np.float64), -FLOAT_SAMPLE_LIMIT, FLOAT_SAMPLE_LIMIT)
         high64 = np.clip(high.astype(np.float64), -FLOAT_SAMPLE_LIMIT, FLOAT_SAMPLE_LIMIT)
         # A range wholly beyond the limit collapses to the limit; keep the true bound then.
@@ -450,7 +461,8 @@ def _dtype_limits(dtype: np.dtype) -> tuple[Any, Any]:
     return float(info.min), float(info.max)
 
 
-def _as_rng(rng: np.random.Generator | int | None) -> np.random.Generator:
+def as_rng(rng: np.random.Generator | int | None) -> np.random.Generator:
+    """A Generator as given, or a new one seeded with ``rng`` (None: fresh entropy)."""
     if isinstance(rng, np.random.Generator):
         return rng
     return np.random.default_rng(rng)
@@ -476,9 +488,7 @@ def _check_in_bounds(array: np.ndarray, minimum: np.ndarray, maximum: np.ndarray
         low = np.broadcast_to(minimum, array.shape)[index]
         high = np.broadcast_to(maximum, array.shape)[index]
         where = f" at index {index}" if index else ""
-        raise SpecMismatchError(
-            path, f"values in [{low}, {high}]", f"{array[index]}{where}"
-        )
+        raise SpecMismatchError(path, f"values in [{low}, {high}]", f"{array[index]}{where}")
 
 
 def _safe_cast(array: np.ndarray, dtype: np.dtype, path: str) -> np.ndarray:
@@ -545,16 +555,17 @@ def sample_spec_nest(
     spec: Any, rng: np.random.Generator | int | None = None, outer_dims: Sequence[int] = ()
 ) -> Any:
     """Samples every spec in a nest with one Generator (reproducible for a seed)."""
-    rng = _as_rng(rng)
-    return nest.map_structure(lambda s: _to_array_spec(s).sample(rng, outer_dims), spec)
+    rng = as_rng(rng)
+    return nest.map_structure(lambda s: as_array_spec(s).sample(rng, outer_dims), spec)
 
 
 def zero_spec_nest(spec: Any, outer_dims: Sequence[int] = ()) -> Any:
     """Zeros for every spec in a nest."""
-    return nest.map_structure(lambda s: _to_array_spec(s).zeros(outer_dims), spec)
+    return nest.map_structure(lambda s: as_array_spec(s).zeros(outer_dims), spec)
 
 
-def _to_array_spec(spec: Any) -> ArraySpec:
+def as_array_spec(spec: Any) -> ArraySpec:
+    """An array spec for one spec of any kind (tensor specs keep their bounds)."""
     if isinstance(spec, ArraySpec):
         return spec
     if getattr(spec, "minimum", None) is not None:
@@ -569,8 +580,8 @@ def check_arrays_nest(arrays: Any, spec: Any) -> bool:
     except StructureError:
         return False
     return all(
-        _to_array_spec(s).check_array(a)
-        for a, s in zip(nest.flatten(arrays), nest.flatten(spec), strict=True)
+        as_array_spec(s).check_array(a)
+        for a, s in zip(nest.flatten_up_to(spec, arrays), nest.flatten(spec), strict=True)
     )
 
 
@@ -593,10 +604,10 @@ def conform_nest(
     """
     nest.assert_same_structure(values, spec, path)
     spec_leaves = nest.flatten_with_paths(spec, path)
-    value_leaves = nest.flatten(values)
+    value_leaves = nest.flatten_up_to(spec, values)
     out = []
     for (leaf_path, s), v in zip(spec_leaves, value_leaves, strict=True):
-        array, found = _to_array_spec(s).conform(v, leaf_path, outer_dims)
+        array, found = as_array_spec(s).conform(v, leaf_path, outer_dims)
         if outer_dims is None:
             outer_dims = found
         out.append(array)
@@ -619,7 +630,7 @@ def spec_nest_to_json(spec: Any) -> Any:
     if spec is None:
         return {"kind": "none"}
     if _is_spec(spec) and not isinstance(spec, tuple):
-        return _to_array_spec(spec).to_json()
+        return as_array_spec(spec).to_json()
     if isinstance(spec, dict):
         for key in spec:
             if not isinstance(key, str):
@@ -660,6 +671,6 @@ def spec_nest_from_json(data: Any) -> Any:
         if cls is None or tuple(cls._fields) != tuple(fields):
             if not type_name.isidentifier():
                 type_name = "Nest"
-            cls = collections.namedtuple(type_name, list(fields))  # noqa: PYI024
+            cls = collections.namedtuple(type_name, list(fields))
         return cls(**{f: spec_nest_from_json(v) for f, v in fields.items()})
     raise SpecError(f"unknown spec kind {kind!r}")

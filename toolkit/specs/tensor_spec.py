@@ -102,9 +102,11 @@ def zero_spec_nest(spec: Any, outer_dims: Any = ()) -> Any:
     """Zero tensors for a nest of specs; ``outer_dims`` may be a tensor (dynamic batch)."""
 
     def zeros(s: Any) -> tf.Tensor:
-        shape = tf.concat(
-            [tf.cast(outer_dims, tf.int32), tf.constant(s.shape.as_list(), tf.int32)], 0
-        ) if tf.is_tensor(outer_dims) else list(outer_dims) + s.shape.as_list()
+        shape = (
+            tf.concat([tf.cast(outer_dims, tf.int32), tf.constant(s.shape.as_list(), tf.int32)], 0)
+            if tf.is_tensor(outer_dims)
+            else list(outer_dims) + s.shape.as_list()
+        )
         return tf.zeros(shape, s.dtype)
 
     return nest.map_structure(zeros, spec)

@@ -103,7 +103,9 @@ class _TensorFlowOps:
 
     def broadcast(self, value: Any, outer: Any, dtype: Any) -> Any:
         tf = self.tf
-        return tf.broadcast_to(tf.cast(value, dtype), outer if not isinstance(outer, tuple) else list(outer))
+        return tf.broadcast_to(
+            tf.cast(value, dtype), outer if not isinstance(outer, tuple) else list(outer)
+        )
 
     def equal(self, a: Any, b: Any) -> Any:
         return self.tf.equal(a, self.tf.cast(b, a.dtype))

@@ -1,0 +1,42 @@
+"""The TF-free rule: the core works in a process where TensorFlow cannot be imported."""
+
+from __future__ import annotations
+
+from tests.subprocess_utils import run_python
+
+
+def test_the_blocker_really_blocks():
+    result = run_python("import tensorflow", without_tensorflow=True)
+    assert result.returncode != 0
+    assert "tensorflow is blocked" in result.stderr
+
+
+def test_core_modules_import_and_work_without_tensorflow():
+    result = run_python(
+        """
+        import sys
+        import numpy as np
+        import toolkit, runtimes, exporters  # package __init__s import nothing heavy
+        from toolkit import errors, nest
+        from toolkit.specs import array_spec
+        from toolkit.trajectories import time_step as ts, policy_step
+        from toolkit.policies import py_policy, random_py_policy, scripted_py_policy
+
+        obs = {"velocity": array_spec.ArraySpec((3,), np.float32)}
+        spec = array_spec.BoundedArraySpec((2,), np.int32, -10, 10)
+        random = random_py_policy.RandomPyPolicy(ts.time_step_spec(obs), spec, seed=0)
+        step = random.action(ts.restart({"velocity": np.zeros((4, 3))}, observation_spec=obs))
+        assert step.action.shape == (4, 2)
+        scripted = scripted_py_policy.ScriptedPyPolicy(None, spec, [(2, [1, 2])])
+        state = scripted.action(None, scripted.get_initial_state()).state
+        assert scripted.action(None, state).action.tolist() == [1, 2]
+        assert array_spec.spec_nest_from_json(array_spec.spec_nest_to_json(obs)) == obs
+        heavy = sorted(m for m in sys.modules if m.split(".")[0] in
+                       ("tensorflow", "tensorflow_probability", "tf2onnx", "keras", "tf_keras"))
+        assert not heavy, heavy
+        print("ok")
+        """,
+        without_tensorflow=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith("ok")

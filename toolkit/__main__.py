@@ -1,0 +1,5 @@
+"""``python -m toolkit``: the policy-toolkit CLI."""
+
+from toolkit.cli import main
+
+main()
