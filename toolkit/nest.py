@@ -7,24 +7,27 @@ with "/": ``observation/velocity``, ``policy_state/0``.
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import optree
 
-from toolkit.errors import StructureError
+from toolkit.errors import SpecError, StructureError
 
 __all__ = [
     "assert_same_structure",
     "flatten",
     "flatten_up_to",
     "flatten_with_paths",
+    "from_json",
     "is_nested",
     "join_path",
     "map_structure",
     "map_structure_with_paths",
     "pack_sequence_as",
     "structure_repr",
+    "to_json",
 ]
 
 
@@ -159,3 +162,72 @@ def _short(value: Any) -> str:
         return structure_repr(value)
     shape = getattr(value, "shape", None)
     return f"a {type(value).__name__}" + (f" of shape {tuple(shape)}" if shape is not None else "")
+
+
+# --- JSON -------------------------------------------------------------------------------
+
+_KNOWN_NAMEDTUPLES: dict[str, type] = {}
+
+
+def register_namedtuple(cls: type) -> type:
+    """Lets from_json rebuild this namedtuple type by name (no code is loaded)."""
+    _KNOWN_NAMEDTUPLES[cls.__name__] = cls
+    return cls
+
+
+def to_json(tree: Any, encode_leaf: Callable[[Any], dict[str, Any]]) -> Any:
+    """A JSON-able form of a nest: dicts, tuples, lists and namedtuples are kept.
+
+    Containers become ``{"kind": "dict"|"tuple"|"list"|"namedtuple", ...}`` and
+    ``None`` ``{"kind": "none"}``; ``encode_leaf`` encodes each leaf as a dict whose
+    "kind" names the leaf type.
+    """
+    if tree is None:
+        return {"kind": "none"}
+    if isinstance(tree, dict):
+        for key in tree:
+            if not isinstance(key, str):
+                raise SpecError(f"dict keys must be strings for JSON, got {key!r}")
+        return {
+            "kind": "dict",
+            "items": {k: to_json(v, encode_leaf) for k, v in sorted(tree.items())},
+        }
+    if _is_namedtuple(tree):
+        return {
+            "kind": "namedtuple",
+            "type": type(tree).__name__,
+            "fields": {f: to_json(getattr(tree, f), encode_leaf) for f in tree._fields},
+        }
+    if isinstance(tree, (tuple, list)):
+        return {
+            "kind": "tuple" if isinstance(tree, tuple) else "list",
+            "items": [to_json(v, encode_leaf) for v in tree],
+        }
+    return encode_leaf(tree)
+
+
+def from_json(data: Any, decode_leaf: Callable[[dict[str, Any]], Any]) -> Any:
+    """Inverse of to_json. Unknown namedtuple types become plain namedtuples."""
+    if not isinstance(data, dict) or "kind" not in data:
+        raise SpecError(f"expected a dict with a 'kind', got {data!r:.80}")
+    kind = data["kind"]
+    try:
+        if kind == "none":
+            return None
+        if kind == "dict":
+            return {str(k): from_json(v, decode_leaf) for k, v in data["items"].items()}
+        if kind in ("tuple", "list"):
+            items = [from_json(v, decode_leaf) for v in data["items"]]
+            return tuple(items) if kind == "tuple" else items
+        if kind == "namedtuple":
+            fields = data["fields"]
+            type_name = str(data["type"])
+            cls = _KNOWN_NAMEDTUPLES.get(type_name)
+            if cls is None or tuple(cls._fields) != tuple(fields):
+                cls = collections.namedtuple(
+                    type_name if type_name.isidentifier() else "Nest", list(fields)
+                )
+            return cls(**{f: from_json(v, decode_leaf) for f, v in fields.items()})
+    except (KeyError, TypeError, AttributeError) as e:
+        raise SpecError(f"malformed {kind} entry: {e}") from e
+    return decode_leaf(data)

@@ -7,7 +7,6 @@ form (plain dicts, no pickle) is what bundle manifests store.
 
 from __future__ import annotations
 
-import collections
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -616,61 +615,26 @@ def conform_nest(
 
 # --- JSON for nests -----------------------------------------------------------------
 
-_KNOWN_NAMEDTUPLES: dict[str, type] = {}
+register_namedtuple = nest.register_namedtuple
 
 
-def register_namedtuple(cls: type) -> type:
-    """Lets spec_nest_from_json rebuild this namedtuple type by name (no code is loaded)."""
-    _KNOWN_NAMEDTUPLES[cls.__name__] = cls
-    return cls
+def _encode_spec(spec: Any) -> dict[str, Any]:
+    if not _is_spec(spec):
+        raise SpecError(f"expected a spec or a nest of specs, got {type(spec).__name__}")
+    return as_array_spec(spec).to_json()
 
 
 def spec_nest_to_json(spec: Any) -> Any:
     """A JSON-able form of a nest of specs: dicts, tuples, lists and namedtuples kept."""
-    if spec is None:
-        return {"kind": "none"}
-    if _is_spec(spec) and not isinstance(spec, tuple):
-        return as_array_spec(spec).to_json()
-    if isinstance(spec, dict):
-        for key in spec:
-            if not isinstance(key, str):
-                raise SpecError(f"spec dict keys must be strings for JSON, got {key!r}")
-        return {"kind": "dict", "items": {k: spec_nest_to_json(v) for k, v in sorted(spec.items())}}
-    if isinstance(spec, tuple) and hasattr(spec, "_fields"):
-        return {
-            "kind": "namedtuple",
-            "type": type(spec).__name__,
-            "fields": {f: spec_nest_to_json(getattr(spec, f)) for f in spec._fields},
-        }
-    if isinstance(spec, (tuple, list)):
-        return {
-            "kind": "tuple" if isinstance(spec, tuple) else "list",
-            "items": [spec_nest_to_json(v) for v in spec],
-        }
-    raise SpecError(f"expected a spec or a nest of specs, got {type(spec).__name__}")
+    return nest.to_json(spec, _encode_spec)
+
+
+def _decode_spec(data: dict[str, Any]) -> ArraySpec:
+    if data["kind"] not in ("array_spec", "bounded_array_spec"):
+        raise SpecError(f"unknown spec kind {data['kind']!r}")
+    return ArraySpec.from_json(data)
 
 
 def spec_nest_from_json(data: Any) -> Any:
     """Inverse of spec_nest_to_json. Unknown namedtuple types become plain namedtuples."""
-    if not isinstance(data, dict) or "kind" not in data:
-        raise SpecError(f"expected a spec dict with a 'kind', got {data!r:.80}")
-    kind = data["kind"]
-    if kind == "none":
-        return None
-    if kind in ("array_spec", "bounded_array_spec"):
-        return ArraySpec.from_json(data)
-    if kind == "dict":
-        return {k: spec_nest_from_json(v) for k, v in data["items"].items()}
-    if kind in ("tuple", "list"):
-        items = [spec_nest_from_json(v) for v in data["items"]]
-        return tuple(items) if kind == "tuple" else items
-    if kind == "namedtuple":
-        fields = data["fields"]
-        type_name = str(data["type"])
-        cls = _KNOWN_NAMEDTUPLES.get(type_name)
-        if cls is None or tuple(cls._fields) != tuple(fields):
-            if not type_name.isidentifier():
-                type_name = "Nest"
-            cls = collections.namedtuple(type_name, list(fields))
-        return cls(**{f: spec_nest_from_json(v) for f, v in fields.items()})
-    raise SpecError(f"unknown spec kind {kind!r}")
+    return nest.from_json(data, _decode_spec)
