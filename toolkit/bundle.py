@@ -20,12 +20,15 @@ from typing import Any
 from toolkit.errors import BundleError, ExportError
 
 __all__ = [
+    "CHECKPOINT_FILE",
+    "CHECKPOINT_FORMAT",
     "FORMAT",
     "FORMAT_VERSION",
     "MANIFEST",
     "ONNX_FILE",
     "SAVED_MODEL_DIR",
     "hash_files",
+    "read_checkpoint",
     "read_manifest",
     "sha256_file",
     "write_bundle",
@@ -36,6 +39,13 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 ONNX_FILE = "policy.onnx"
 SAVED_MODEL_DIR = "saved_model"
+
+# Weights-only checkpoints (exporters.save_checkpoint): a folder with checkpoint.json,
+# weights.npz (ONNX initializers by name) and tf/ckpt-* (a TF checkpoint).
+CHECKPOINT_FORMAT = "policy-toolkit-checkpoint"
+CHECKPOINT_FILE = "checkpoint.json"
+WEIGHTS_FILE = "weights.npz"
+TF_CHECKPOINT_PREFIX = "tf/ckpt"
 
 _CHUNK = 1 << 20
 
@@ -49,13 +59,13 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def hash_files(root: Path) -> dict[str, dict[str, Any]]:
+def hash_files(root: Path, manifest_name: str = MANIFEST) -> dict[str, dict[str, Any]]:
     """``{relative posix path: {"sha256", "size"}}`` for every file under root but the manifest."""
     root = Path(root)
     files = {}
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         rel = path.relative_to(root).as_posix()
-        if rel == MANIFEST:
+        if rel == manifest_name:
             continue
         files[rel] = {"sha256": sha256_file(path), "size": path.stat().st_size}
     return files
@@ -66,6 +76,7 @@ def write_bundle(
     build: Callable[[Path], dict[str, Any]],
     *,
     overwrite: bool = False,
+    manifest_name: str = MANIFEST,
 ) -> Path:
     """Builds a bundle in a temporary folder beside ``output_dir``, then renames it in place.
 
@@ -74,6 +85,7 @@ def write_bundle(
       build: writes the bundle's files into the folder it is given and returns the
         manifest (without ``files``, which this function adds).
       overwrite: replace an existing ``output_dir``; otherwise an existing one is an error.
+      manifest_name: the manifest's file name (checkpoints use checkpoint.json).
 
     Returns:
       The bundle's path. On any failure nothing is left behind and an existing bundle
@@ -93,8 +105,8 @@ def write_bundle(
     with _removed_on_failure(tmp):
         tmp.mkdir()
         manifest = build(tmp)
-        manifest["files"] = hash_files(tmp)
-        _write_json(tmp / MANIFEST, manifest)
+        manifest["files"] = hash_files(tmp, manifest_name)
+        _write_json(tmp / manifest_name, manifest)
         _replace_dir(tmp, output)
     return output
 
@@ -193,3 +205,28 @@ def check_bundle_files(root: Path, files: dict[str, Any], only: list[str] | None
                 f"{file}: expected sha256 {str(entry.get('sha256'))[:12]}..., got {digest[:12]}... "
                 "(the file was changed)"
             )
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Reads a weights-only checkpoint's checkpoint.json and checks its files.
+
+    Raises:
+      BundleError: for a folder that is no checkpoint, or a changed or missing file.
+    """
+    root = Path(path)
+    if not root.is_dir():
+        raise BundleError(f"{root}: no such checkpoint folder")
+    info_path = root / CHECKPOINT_FILE
+    if not info_path.is_file():
+        raise BundleError(f"{root}: no {CHECKPOINT_FILE}; not a policy-toolkit checkpoint")
+    try:
+        info = json.loads(info_path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BundleError(f"{info_path}: not valid JSON ({e})") from e
+    if not isinstance(info, dict) or info.get("format") != CHECKPOINT_FORMAT:
+        found = info.get("format") if isinstance(info, dict) else type(info).__name__
+        raise BundleError(f"{info_path}: expected format {CHECKPOINT_FORMAT!r}, got {found!r}")
+    if not isinstance(info.get("files"), dict):
+        raise BundleError(f"{info_path}: expected a 'files' table")
+    check_bundle_files(root, info["files"])
+    return info

@@ -1,0 +1,196 @@
+"""export_policy: a TF policy -> a bundle (SavedModel + ONNX + manifest), atomically."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import onnx
+import tensorflow as tf
+
+from exporters import onnx_export
+from exporters.signatures import ExportModule
+from exporters.weights import canonical_initializers, graph_fingerprint
+from toolkit import __version__, bundle, nest
+from toolkit import distribution_families as families
+from toolkit.errors import ExportError, UnsupportedError
+from toolkit.policies import tf_policy as tf_policy_lib
+from toolkit.specs import tensor_spec
+
+__all__ = ["FORMATS", "export_policy", "onnx_model_for"]
+
+FORMATS = ("saved_model", "onnx")
+MANIFEST_KEY = "policy_toolkit.manifest"
+
+
+def _check_formats(formats: Sequence[str]) -> tuple[str, ...]:
+    if isinstance(formats, str):
+        formats = [f.strip() for f in formats.split(",") if f.strip()]
+    formats = tuple(dict.fromkeys(formats))
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise ExportError(f"formats: expected some of {list(FORMATS)}, got {list(formats)}")
+    return formats
+
+
+def _check_metadata(metadata: dict[str, Any] | None) -> dict[str, Any]:
+    metadata = dict(metadata or {})
+    for key in metadata:
+        if not isinstance(key, str):
+            raise ExportError(f"metadata: expected string keys, got {key!r}")
+    try:
+        json.dumps(metadata, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise ExportError(f"metadata: expected JSON values (str, number, list, dict), {e}") from e
+    return metadata
+
+
+def _producer() -> dict[str, str]:
+    import tensorflow_probability as tfp
+    import tf2onnx
+
+    return {
+        "policy_toolkit": __version__,
+        "tensorflow": tf.__version__,
+        "tensorflow_probability": tfp.__version__,
+        "tf2onnx": tf2onnx.__version__,
+        "onnx": onnx.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def _params_to_json(params: Any) -> Any:
+    return nest.to_json(params, lambda p: {"kind": "distribution_params", **p.to_json()})
+
+
+def _module_for(policy: Any, train_step: int | None, metadata: dict[str, Any]) -> ExportModule:
+    if not isinstance(policy, tf_policy_lib.TFPolicy):
+        raise ExportError(
+            f"{type(policy).__name__}: expected a TFPolicy (toolkit.policies.tf_policy); "
+            "Python policies have no graph to export"
+        )
+    try:
+        module = ExportModule(policy, train_step, metadata)
+        module.build_functions()
+        # Tracing the distribution function checks that every part of the policy exports.
+        module.info.functions["distribution"].get_concrete_function()
+    except (UnsupportedError, NotImplementedError) as e:
+        raise ExportError(f"{type(policy).__name__}: cannot be exported: {e}") from e
+    kind = module.info.description.get("kind")
+    if kind not in families.KINDS:
+        raise ExportError(
+            f"{type(policy).__name__}: cannot be exported: its action derivation {kind!r} is "
+            f"not one of {list(families.KINDS)}"
+        )
+    return module
+
+
+def onnx_model_for(module: ExportModule, opset: int = onnx_export.DEFAULT_OPSET) -> onnx.ModelProto:
+    """The ONNX model of a module's ``distribution`` function."""
+    inputs = dict(module.info.inputs)
+    return onnx_export.convert(
+        module.info.functions["distribution"],
+        [inputs],
+        opset=opset,
+        what=type(module.policy).__name__,
+    )
+
+
+def export_policy(
+    policy: Any,
+    output_dir: str | os.PathLike,
+    formats: Sequence[str] = FORMATS,
+    train_step: int | None = None,
+    metadata: dict[str, Any] | None = None,
+    *,
+    overwrite: bool = False,
+    opset: int = onnx_export.DEFAULT_OPSET,
+) -> Path:
+    """Exports a TF policy to a bundle folder.
+
+    Args:
+      policy: a TFPolicy.
+      output_dir: the bundle folder to write (atomically: a failed export leaves nothing).
+      formats: some of ``("saved_model", "onnx")`` (or "saved_model,onnx").
+      train_step: recorded in the manifest and the ``get_train_step`` signature.
+      metadata: JSON-able user metadata, in the manifest and ``get_metadata``.
+      overwrite: replace an existing bundle at ``output_dir``.
+      opset: the ONNX opset.
+
+    Returns:
+      The bundle's path.
+
+    Raises:
+      ExportError: for a policy or part of one that cannot be exported (named), bad
+        arguments, an existing output without ``overwrite``, or an unwritable place.
+    """
+    formats = _check_formats(formats)
+    metadata = _check_metadata(metadata)
+    if train_step is not None and (isinstance(train_step, bool) or int(train_step) != train_step):
+        raise ExportError(f"train_step: expected an int, got {train_step!r}")
+    output = Path(output_dir)
+    if output.exists() and not overwrite:
+        raise ExportError(f"{output.absolute()}: already exists; pass overwrite=True to replace it")
+    module = _module_for(policy, train_step, metadata)
+    model = onnx_model_for(module, opset) if "onnx" in formats else None
+
+    def build(tmp: Path) -> dict[str, Any]:
+        manifest = _manifest(module, formats, train_step, metadata, opset, model)
+        if "saved_model" in formats:
+            tf.saved_model.save(
+                module, str(tmp / bundle.SAVED_MODEL_DIR), signatures=dict(module.info.functions)
+            )
+        if model is not None:
+            onnx_export.set_metadata(model, {MANIFEST_KEY: json.dumps(manifest, sort_keys=True)})
+            onnx.save(model, str(tmp / bundle.ONNX_FILE))
+        return manifest
+
+    return bundle.write_bundle(output, build, overwrite=overwrite)
+
+
+def _manifest(
+    module: ExportModule,
+    formats: tuple[str, ...],
+    train_step: int | None,
+    metadata: dict[str, Any],
+    opset: int,
+    model: onnx.ModelProto | None,
+) -> dict[str, Any]:
+    policy = module.policy
+    specs = {
+        "time_step": tensor_spec.spec_nest_to_json(policy.time_step_spec),
+        "action": tensor_spec.spec_nest_to_json(policy.action_spec),
+        "policy_state": tensor_spec.spec_nest_to_json(policy.policy_state_spec),
+        "info": tensor_spec.spec_nest_to_json(policy.info_spec),
+        "graph_info": tensor_spec.spec_nest_to_json(
+            tf_policy_lib.without_log_probability(policy.info_spec)
+        ),
+    }
+    signatures = {name: module.signature_io(name).to_json() for name in module.info.functions}
+    manifest: dict[str, Any] = {
+        "format": bundle.FORMAT,
+        "format_version": bundle.FORMAT_VERSION,
+        "policy": {"class": type(policy).__name__, "action": module.info.description},
+        "specs": specs,
+        "distribution": _params_to_json(module.info.params_structure),
+        "signatures": signatures,
+        "formats": list(formats),
+        "train_step": train_step,
+        "metadata": metadata,
+        "producer": _producer(),
+    }
+    if "saved_model" in formats:
+        manifest["saved_model"] = {"dir": bundle.SAVED_MODEL_DIR, "tags": ["serve"]}
+    if model is not None:
+        manifest["onnx"] = {
+            "file": bundle.ONNX_FILE,
+            "opset": opset,
+            "function": "distribution",
+            "graph_fingerprint": graph_fingerprint(model),
+            "initializers": canonical_initializers(model),
+        }
+    return manifest
