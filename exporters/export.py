@@ -141,15 +141,27 @@ def export_policy(
     def build(tmp: Path) -> dict[str, Any]:
         manifest = _manifest(module, formats, train_step, metadata, opset, model)
         if "saved_model" in formats:
-            tf.saved_model.save(
-                module, str(tmp / bundle.SAVED_MODEL_DIR), signatures=dict(module.info.functions)
-            )
+            _save_saved_model(module, tmp / bundle.SAVED_MODEL_DIR)
         if model is not None:
             onnx_export.set_metadata(model, {MANIFEST_KEY: json.dumps(manifest, sort_keys=True)})
             onnx.save(model, str(tmp / bundle.ONNX_FILE))
         return manifest
 
     return bundle.write_bundle(output, build, overwrite=overwrite)
+
+
+def _save_saved_model(module: ExportModule, path: Path) -> None:
+    try:
+        tf.saved_model.save(module, str(path), signatures=dict(module.info.functions))
+    except AssertionError as e:
+        if "untracked" not in str(e):
+            raise
+        raise ExportError(
+            f"{type(module.policy).__name__}: cannot be exported to SavedModel: it uses "
+            "variables that no tf.Module tracks (e.g. layers held by a plain Python function "
+            "used as a network); make the network a toolkit Network or tf.Module, or export "
+            "formats=('onnx',) only"
+        ) from e
 
 
 def _manifest(

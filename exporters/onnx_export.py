@@ -1,13 +1,13 @@
 """tf.function -> ONNX with tf2onnx, refusing any graph tf2onnx could not convert whole.
 
-tf2onnx carries on after a node fails to convert and logs an error; a graph like that
-must never ship. ``convert`` captures tf2onnx's log, checks the result for ops outside
-the ONNX domain, and runs the full ONNX checker.
+tf2onnx carries on after a node fails to convert (leaving the TF op in the graph) and
+only logs an error; a graph like that must never ship. ``convert`` captures tf2onnx's
+error log, looks up every op (subgraphs included) in ONNX's op registry, refuses random
+ops, and runs the full ONNX checker.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Iterator
 from typing import Any
@@ -16,89 +16,108 @@ import onnx
 
 from toolkit.errors import ExportError
 
-__all__ = ["DEFAULT_OPSET", "convert", "set_metadata"]
+__all__ = ["DEFAULT_OPSET", "RANDOM_OPS", "all_nodes", "convert", "first_line", "set_metadata"]
 
 #: Opset of exported graphs: supported by tf2onnx 1.17 and onnxruntime >= 1.14.
 DEFAULT_OPSET = 17
 
-# Random ops must never reach an exported graph: tf2onnx would bake a fixed seed in.
-_RANDOM_OPS = frozenset(
+#: ONNX random ops: tf2onnx would bake a fixed seed into them, so graphs must not hold any.
+RANDOM_OPS = frozenset(
     {
+        "Bernoulli",
+        "Multinomial",
         "RandomNormal",
         "RandomNormalLike",
         "RandomUniform",
         "RandomUniformLike",
-        "Multinomial",
-        "Bernoulli",
     }
 )
 
 
-class _Collect(logging.Handler):
+class _ErrorRecords(logging.Handler):
+    """Collects the error records tf2onnx logs while it carries on converting."""
+
     def __init__(self) -> None:
         super().__init__(level=logging.ERROR)
         self.messages: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
+        self.messages.append(record.getMessage().splitlines()[0])
 
 
-@contextlib.contextmanager
-def _tf2onnx_errors() -> Iterator[list[str]]:
-    handler = _Collect()
-    logger = logging.getLogger("tf2onnx")
-    logger.addHandler(handler)
-    try:
-        yield handler.messages
-    finally:
-        logger.removeHandler(handler)
+def first_line(error: BaseException) -> str:
+    """The first line of an error's text (TF's are long)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
-def _register_handlers() -> None:
-    # Handlers for ops TFP emits that tf2onnx lacks, registered on first use only.
-    try:
-        from exporters import tf2onnx_handlers
-    except ImportError:  # pragma: no cover - the module ships with the package
-        return
-    tf2onnx_handlers.register_handlers()
+def all_nodes(graph: Any) -> Iterator[Any]:
+    """Every node of a graph, those of subgraphs (If, Loop, Scan) included."""
+    for node in graph.node:
+        yield node
+        for attribute in node.attribute:
+            if attribute.g.node:
+                yield from all_nodes(attribute.g)
+            for subgraph in attribute.graphs:
+                yield from all_nodes(subgraph)
 
 
 def convert(
-    function: Any, input_signature: Any, *, opset: int = DEFAULT_OPSET, what: str = "policy"
+    function: Any,
+    input_signature: Any = None,
+    *,
+    opset: int = DEFAULT_OPSET,
+    what: str = "policy",
 ) -> onnx.ModelProto:
     """Converts a tf.function to a checked ONNX model.
 
+    Args:
+      function: a tf.function.
+      input_signature: its input signature (default: the function's own).
+      opset: the ONNX opset.
+      what: names the thing converted in error messages.
+
     Raises:
-      ExportError: naming the ops tf2onnx failed on, random ops found in the graph, or
-        what the ONNX checker refused.
+      ExportError: naming the ops tf2onnx failed on, ops ONNX does not define, random
+        ops, or what the ONNX checker refused.
     """
     import tf2onnx
 
-    _register_handlers()
-    with _tf2onnx_errors() as errors:
-        try:
-            model, _ = tf2onnx.convert.from_function(
-                function, input_signature=input_signature, opset=opset
-            )
-        except Exception as e:  # tf2onnx raises bare exceptions of many kinds
-            raise ExportError(f"{what}: tf2onnx could not convert the graph: {e}") from e
-    if errors:
-        raise ExportError(f"{what}: tf2onnx could not convert every op: {errors[0]}")
-    bad = sorted(
-        {n.op_type for n in model.graph.node if n.domain not in ("", "ai.onnx", "ai.onnx.ml")}
-    )
-    if bad:
-        raise ExportError(f"{what}: the ONNX graph still holds ops outside ONNX: {bad}")
-    random = sorted({n.op_type for n in model.graph.node if n.op_type in _RANDOM_OPS})
-    if random:
-        raise ExportError(
-            f"{what}: the ONNX graph holds random ops {random}; exported graphs must be "
-            "deterministic (the runtime samples)"
+    from exporters.tf2onnx_handlers import register_handlers
+
+    register_handlers()
+    logger = logging.getLogger("tf2onnx")
+    records = _ErrorRecords()
+    logger.addHandler(records)
+    old_level = logger.level
+    if logger.getEffectiveLevel() > logging.ERROR:
+        logger.setLevel(logging.ERROR)
+    try:
+        model, _ = tf2onnx.convert.from_function(
+            function,
+            input_signature=input_signature
+            if input_signature is not None
+            else function.input_signature,
+            opset=opset,
         )
+    except Exception as e:  # tf2onnx raises bare exceptions of many kinds
+        raise ExportError(f"{what}: tf2onnx failed ({type(e).__name__}: {first_line(e)})") from e
+    finally:
+        logger.removeHandler(records)
+        logger.setLevel(old_level)
+    if records.messages:
+        raise ExportError(f"{what}: tf2onnx could not convert it: " + "; ".join(records.messages))
+    nodes = list(all_nodes(model.graph))
+    unknown = sorted({n.op_type for n in nodes if not onnx.defs.has(n.op_type, n.domain)})
+    if unknown:
+        raise ExportError(f"{what}: expected only ONNX ops, got ops ONNX does not define {unknown}")
+    random_ops = sorted({n.op_type for n in nodes} & RANDOM_OPS)
+    if random_ops:
+        raise ExportError(f"{what}: expected a graph without random ops, got {random_ops}")
     try:
         onnx.checker.check_model(model, full_check=True)
-    except onnx.checker.ValidationError as e:
-        raise ExportError(f"{what}: the ONNX checker refused the graph: {e}") from e
+    except Exception as e:  # onnx raises ValidationError and InferenceError
+        raise ExportError(f"{what}: the ONNX model fails onnx.checker ({first_line(e)})") from e
     return model
 
 

@@ -177,15 +177,17 @@ class ExportModule(tf.Module):
         """Traces every exported function; returns ``{signature name: tf.function}``."""
         inputs = dict(self.info.inputs)
 
-        @tf.function(input_signature=[inputs])
+        @tf.function(input_signature=[inputs], autograph=False)
         def distribution(flat):
             return self.distribution_outputs(flat)
 
-        @tf.function(input_signature=[inputs])
+        @tf.function(input_signature=[inputs], autograph=False)
         def action(flat):
             return self.action_outputs(flat)
 
-        @tf.function(input_signature=[tf.TensorSpec([], tf.int32, name="batch_size")])
+        @tf.function(
+            input_signature=[tf.TensorSpec([], tf.int32, name="batch_size")], autograph=False
+        )
         def get_initial_state(batch_size):
             return self.initial_state_outputs(batch_size)
 
