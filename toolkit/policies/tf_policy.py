@@ -1,0 +1,918 @@
+"""TFPolicy: the base of TensorFlow policies, and the distributions they use.
+
+A TF policy is a ``tf.Module``. Its public ``action`` / ``distribution`` /
+``distribution_params`` validate the inputs against the specs, bring them to one batch
+dim, reset the state of entries whose step type is FIRST, call the private methods that
+subclasses implement, check and clip the outputs, and restore the caller's batch dims.
+Everything works eagerly and inside ``tf.function`` with a dynamic batch size.
+
+Subclasses implement:
+
+* ``_distribution(time_step, policy_state) -> PolicyStep(distributions, state, info)``,
+  one TFP distribution per action leaf, with event shape = the leaf's spec shape;
+* ``_action(time_step, policy_state, seed)`` where sampling is custom (the default
+  samples ``_distribution``). It returns the full info, including
+  ``info["log_probability"]`` when the policy emits log-probabilities;
+* ``_distribution_params`` and ``export_description`` where the action is not a plain
+  sample of ``_distribution`` (wrappers).
+
+Inside those methods every tensor has exactly one batch dim, ``[B] + spec.shape``.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+from toolkit import distribution_families as families
+from toolkit import nest
+from toolkit.errors import (
+    PolicyError,
+    SpecError,
+    SpecMismatchError,
+    StructureError,
+    UnsupportedError,
+)
+from toolkit.specs import tensor_spec
+from toolkit.trajectories.policy_step import PolicyStep
+from toolkit.trajectories.time_step import StepType, TimeStep
+
+tfd = tfp.distributions
+
+__all__ = [
+    "LOG_PROBABILITY",
+    "ShiftedCategorical",
+    "TFPolicy",
+    "as_action_distribution",
+    "clip_to_spec",
+    "discrete_range",
+    "numpy_nest",
+    "params_from_distribution",
+    "split_seed",
+    "stateless_seed",
+    "strip_log_probability",
+    "without_log_probability",
+]
+
+LOG_PROBABILITY = "log_probability"
+
+
+# --- seeds ---------------------------------------------------------------------------
+
+
+def stateless_seed(seed: Any) -> tf.Tensor:
+    """A stateless seed (shape [2], int32) from an int, a numpy Generator or a tensor.
+
+    The same int always gives the same seed, so ``action(..., seed=7)`` repeats itself.
+    """
+    if isinstance(seed, np.random.Generator):
+        return tf.constant(seed.integers(-(2**31), 2**31, size=2, dtype=np.int64), tf.int32)
+    if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
+        value = int(seed)
+        state = np.random.SeedSequence([abs(value), int(value < 0)]).generate_state(2)
+        return tf.constant(state.view(np.int32))
+    if tf.is_tensor(seed) or isinstance(seed, (np.ndarray, list, tuple)):
+        tensor = tf.convert_to_tensor(seed)
+        if not tensor.dtype.is_integer or not tensor.shape.is_compatible_with([2]):
+            raise SpecMismatchError(
+                "seed",
+                "an int or an integer tensor of shape (2,)",
+                f"{tensor.dtype.name} tensor of shape {tuple(tensor.shape.as_list())}",
+            )
+        return tf.cast(tensor, tf.int32)
+    raise SpecMismatchError("seed", "None, an int, a numpy Generator or a [2] tensor", repr(seed))
+
+
+def split_seed(seed: tf.Tensor, count: int) -> list[tf.Tensor]:
+    """``count`` independent stateless seeds derived from ``seed``."""
+    if count == 0:
+        return []
+    return tf.unstack(tf.random.experimental.stateless_split(seed, num=count), num=count)
+
+
+# --- the shifted categorical -----------------------------------------------------------
+
+
+class ShiftedCategorical(tfd.Distribution):
+    """A categorical whose values are ``shift .. shift + n - 1`` in a given dtype.
+
+    TFP's Categorical yields ``0 .. n - 1``; action specs may start anywhere (the seed's
+    ``minimum=-1, maximum=1``). ``sample``/``mode`` add ``shift``; ``log_prob`` subtracts
+    it and gives ``-inf`` outside the range. ``shift`` is static (a Python int), so it is
+    a constant of exported graphs and manifests.
+
+    Args:
+      logits: ``[..., n]`` unnormalized log-probabilities.
+      shift: the value of category 0.
+      dtype: the dtype of samples (an integer or bool dtype).
+    """
+
+    def __init__(
+        self,
+        logits: Any,
+        shift: int = 0,
+        dtype: Any = tf.int32,
+        validate_args: bool = False,
+        allow_nan_stats: bool = True,
+        name: str = "ShiftedCategorical",
+    ):
+        parameters = dict(locals())
+        with tf.name_scope(name) as name:
+            self._logits = tf.convert_to_tensor(logits, dtype_hint=tf.float32, name="logits")
+            self._shift = int(shift)
+            super().__init__(
+                dtype=tf.as_dtype(dtype),
+                reparameterization_type=tfd.NOT_REPARAMETERIZED,
+                validate_args=validate_args,
+                allow_nan_stats=allow_nan_stats,
+                parameters=parameters,
+                name=name,
+            )
+
+    @classmethod
+    def _parameter_properties(cls, dtype, num_classes=None):
+        del dtype, num_classes
+        return {"logits": tfp.util.ParameterProperties(event_ndims=1)}
+
+    @property
+    def logits(self) -> tf.Tensor:
+        return self._logits
+
+    @property
+    def shift(self) -> int:
+        return self._shift
+
+    @property
+    def num_categories(self) -> Any:
+        static = self._logits.shape[-1]
+        return static if static is not None else tf.shape(self._logits)[-1]
+
+    def logits_parameter(self, name: str | None = None) -> tf.Tensor:
+        return tf.identity(self._logits, name=name or "logits_parameter")
+
+    def probs_parameter(self, name: str | None = None) -> tf.Tensor:
+        return tf.nn.softmax(self._logits, name=name or "probs_parameter")
+
+    def _event_shape(self):
+        return tf.TensorShape([])
+
+    def _event_shape_tensor(self):
+        return tf.constant([], tf.int32)
+
+    def _categorical(self) -> tfd.Categorical:
+        return tfd.Categorical(logits=self._logits, dtype=tf.int64)
+
+    def _from_index(self, index: tf.Tensor) -> tf.Tensor:
+        return tf.cast(index + self._shift, self.dtype)
+
+    def _sample_n(self, n, seed=None):
+        return self._from_index(self._categorical().sample(n, seed=seed))
+
+    def _log_prob(self, x):
+        index = tf.cast(x, tf.int64) - self._shift
+        n = tf.shape(self._logits, out_type=tf.int64)[-1]
+        inside = (index >= 0) & (index < n)
+        log_prob = self._categorical().log_prob(tf.where(inside, index, tf.zeros_like(index)))
+        return tf.where(inside, log_prob, tf.constant(-np.inf, log_prob.dtype))
+
+    def _mode(self):
+        return self._from_index(tf.argmax(self._logits, axis=-1))
+
+    def _entropy(self):
+        return self._categorical().entropy()
+
+    def _mean(self):
+        values = tf.cast(tf.range(tf.shape(self._logits)[-1]) + self._shift, self._logits.dtype)
+        return tf.reduce_sum(self.probs_parameter() * values, axis=-1)
+
+
+# --- specs and values ------------------------------------------------------------------
+
+
+def _spec_label(spec: Any, path: str) -> str:
+    return path or spec.name or "action"
+
+
+def discrete_range(spec: Any, path: str = "") -> tuple[int, int]:
+    """``(minimum, maximum)`` of a bounded integer spec whose elements share one range."""
+    label = _spec_label(spec, path)
+    if not tensor_spec.is_bounded(spec) or not tensor_spec.is_discrete(spec):
+        raise SpecError(f"{label}: expected a bounded integer spec, got {spec}")
+    low = np.unique(np.asarray(spec.minimum))
+    high = np.unique(np.asarray(spec.maximum))
+    if low.size != 1 or high.size != 1:
+        raise SpecError(
+            f"{label}: expected one range shared by every element, got minimum "
+            f"{spec.minimum} and maximum {spec.maximum}"
+        )
+    return int(low[0]), int(high[0])
+
+
+def clip_to_spec(value: tf.Tensor, spec: Any) -> tf.Tensor:
+    """Clips ``value`` to a bounded spec's bounds (unbounded and bool specs pass)."""
+    if not tensor_spec.is_bounded(spec) or spec.dtype.is_bool:
+        return value
+    low = tf.constant(np.asarray(spec.minimum), value.dtype)
+    high = tf.constant(np.asarray(spec.maximum), value.dtype)
+    return tf.clip_by_value(value, low, high)
+
+
+def _same_kind(a: tf.DType, b: tf.DType) -> bool:
+    return (a.is_floating and b.is_floating) or (a.is_integer and b.is_integer)
+
+
+def _shape_text(shape: tf.TensorShape) -> str:
+    if shape.rank is None:
+        return "of unknown rank"
+    return str(tuple(shape.as_list()))
+
+
+def _leaves_like(spec: Any, value: Any) -> list[Any]:
+    """The leaves of ``value`` in the order of ``spec``'s leaves (structures already match)."""
+    if isinstance(spec, dict):
+        return [leaf for key in sorted(spec) for leaf in _leaves_like(spec[key], value[key])]
+    if isinstance(spec, tuple) and hasattr(spec, "_fields"):
+        return [
+            leaf for f in spec._fields for leaf in _leaves_like(getattr(spec, f), getattr(value, f))
+        ]
+    if isinstance(spec, (tuple, list)):
+        return [leaf for s, v in zip(spec, value, strict=True) for leaf in _leaves_like(s, v)]
+    if spec is None:
+        return []
+    return [value]
+
+
+def _to_tensor(value: Any, spec: Any, path: str) -> tf.Tensor:
+    """A tensor of the spec's dtype; tensors must have it, numpy values are conformed."""
+    if tf.is_tensor(value) or isinstance(value, tf.Variable):
+        tensor = tf.convert_to_tensor(value)
+        if tensor.dtype != spec.dtype:
+            raise SpecMismatchError(path, f"dtype {spec.dtype.name}", tensor.dtype.name)
+        return tensor
+    array, _ = tensor_spec.to_array_spec(spec).conform(value, path)
+    return tf.convert_to_tensor(array)
+
+
+def _convert_nest(values: Any, spec: Any, prefix: str, outer: tf.TensorShape | None) -> Any:
+    """Validated tensors shaped ``outer + spec.shape``; returns ``(tensors, outer)``."""
+    nest.assert_same_structure(values, spec, prefix)
+    specs = nest.flatten_with_paths(spec, prefix)
+    leaves = _leaves_like(spec, values)
+    out = []
+    for (path, s), value in zip(specs, leaves, strict=True):
+        tensor = _to_tensor(value, s, path)
+        shape = tensor.shape
+        inner = s.shape.rank
+        if shape.rank is None or shape.rank < inner:
+            raise SpecMismatchError(
+                path, f"shape [batch dims] + {tuple(s.shape.as_list())}", _shape_text(shape)
+            )
+        found_outer = shape[: shape.rank - inner]
+        if outer is None:
+            outer = found_outer
+        expected = outer.concatenate(s.shape)
+        if not expected.is_compatible_with(shape):
+            raise SpecMismatchError(path, f"shape {_shape_text(expected)}", _shape_text(shape))
+        out.append(tensor)
+    return nest.pack_sequence_as(spec, out), outer
+
+
+def _check_outputs(values: Any, spec: Any, prefix: str, who: str) -> Any:
+    """Outputs of a policy's private methods, checked (and cast within a dtype kind)."""
+    nest.assert_same_structure(values, spec, prefix)
+    specs = nest.flatten_with_paths(spec, prefix)
+    out = []
+    for (path, s), value in zip(specs, _leaves_like(spec, values), strict=True):
+        tensor = tf.convert_to_tensor(value)
+        if tensor.dtype != s.dtype:
+            if not _same_kind(tensor.dtype, s.dtype):
+                raise SpecMismatchError(
+                    path, f"dtype {s.dtype.name}", tensor.dtype.name, detail=f"from {who}"
+                )
+            tensor = tf.cast(tensor, s.dtype)
+        shape = tensor.shape
+        if shape.rank is not None and (
+            shape.rank != s.shape.rank + 1 or not s.shape.is_compatible_with(shape[1:])
+        ):
+            raise SpecMismatchError(
+                path,
+                f"shape [B] + {tuple(s.shape.as_list())}",
+                _shape_text(shape),
+                detail=f"from {who}",
+            )
+        out.append(tensor)
+    return nest.pack_sequence_as(spec, out)
+
+
+def _broadcast_rows(mask: tf.Tensor, rank: int) -> tf.Tensor:
+    """A ``[B]`` mask reshaped to broadcast against a tensor of ``rank``."""
+    return tf.reshape(mask, tf.concat([tf.shape(mask), tf.ones([rank - 1], tf.int32)], 0))
+
+
+# --- distributions of actions ------------------------------------------------------------
+
+
+def _is_distribution(value: Any) -> bool:
+    return isinstance(value, tfd.Distribution)
+
+
+def _tfp_class(public: type) -> type:
+    """The class behind a TFP distribution name.
+
+    TFP builds ``_Independent`` (not ``Independent``) around distributions that are no
+    CompositeTensor, like ShiftedCategorical: isinstance must test the private base.
+    """
+    for cls in public.__mro__:
+        if cls.__name__ == "_" + public.__name__:
+            return cls
+    return public
+
+
+def _is(value: Any, *publics: type) -> bool:
+    return isinstance(value, tuple(_tfp_class(p) for p in publics))
+
+
+def _unwrap_independent(value: Any) -> Any:
+    return value.distribution if _is(value, tfd.Independent) else value
+
+
+def as_action_distribution(value: Any, spec: Any, path: str = "action") -> tfd.Distribution:
+    """The distribution of one action leaf with event shape ``spec.shape``.
+
+    * a tensor (an action network's output) becomes a Deterministic around it;
+    * a TFP ``Categorical`` over ``0..n-1`` becomes a ShiftedCategorical over the spec's
+      range (``n`` must equal ``maximum - minimum + 1``), of the spec's dtype;
+    * a distribution with scalar events over ``[B] + spec.shape`` (e.g. the seed's
+      ``Normal(means, stds)``) is made Independent over the spec's dims.
+    """
+    rank = spec.shape.rank
+    if not _is_distribution(value):
+        tensor = tf.convert_to_tensor(value)
+        if tensor.dtype != spec.dtype:
+            if not _same_kind(tensor.dtype, spec.dtype):
+                raise SpecMismatchError(path, f"dtype {spec.dtype.name}", tensor.dtype.name)
+            tensor = tf.cast(tensor, spec.dtype)
+        return tfd.Independent(tfd.Deterministic(tensor), reinterpreted_batch_ndims=rank)
+    base = _unwrap_independent(value)
+    if (_is(base, tfd.Categorical) or isinstance(base, ShiftedCategorical)) and (
+        tensor_spec.is_discrete(spec)
+    ):
+        return _shifted_categorical_for(base, spec, path)
+    event = value.event_shape
+    if event.rank == 0 and rank > 0:
+        return tfd.Independent(value, reinterpreted_batch_ndims=rank)
+    if event.rank is not None and not event.is_compatible_with(spec.shape):
+        raise SpecMismatchError(
+            path,
+            f"a distribution with event shape {tuple(spec.shape.as_list())}",
+            f"event shape {_shape_text(event)}",
+        )
+    return value
+
+
+def _shifted_categorical_for(base: Any, spec: Any, path: str) -> tfd.Distribution:
+    low, high = discrete_range(spec, path)
+    logits = base.logits_parameter()
+    n = logits.shape[-1]
+    if n is not None and n != high - low + 1:
+        raise SpecMismatchError(
+            path,
+            f"{high - low + 1} categories (actions {low} to {high})",
+            f"{n} categories",
+        )
+    if isinstance(base, ShiftedCategorical) and base.shift != low:
+        raise SpecMismatchError(path, f"categories starting at {low}", f"starting at {base.shift}")
+    logits = tf.reshape(logits, [-1, *spec.shape.as_list(), high - low + 1])
+    shifted = ShiftedCategorical(logits, shift=low, dtype=spec.dtype)
+    return tfd.Independent(shifted, reinterpreted_batch_ndims=spec.shape.rank)
+
+
+def params_from_distribution(
+    distribution: Any, spec: Any, batch_size: Any, path: str = "action"
+) -> families.DistributionParams:
+    """The export description (family and parameter tensors) of one action distribution.
+
+    Parameters are broadcast to ``[B] + spec.shape`` (logits: ``[B] + spec.shape + [n]``).
+
+    Raises:
+      UnsupportedError: for distributions outside ``distribution_families.FAMILIES``.
+    """
+    base = _unwrap_independent(distribution)
+    shape = tf.concat(
+        [
+            tf.reshape(tf.cast(batch_size, tf.int32), [1]),
+            tf.constant(spec.shape.as_list(), tf.int32),
+        ],
+        0,
+    )
+    event_ndims = spec.shape.rank
+    dtype = families.dtype_name(spec.dtype)
+
+    def full(t: Any, dtype: Any = None) -> tf.Tensor:
+        t = tf.convert_to_tensor(t)
+        if dtype is not None and t.dtype != dtype:
+            t = tf.cast(t, dtype)
+        return tf.broadcast_to(t, shape)
+
+    def make(family: str, shift: int = 0, **params: Any) -> families.DistributionParams:
+        return families.DistributionParams(family, params, event_ndims, dtype, shift)
+
+    if isinstance(base, ShiftedCategorical):
+        n = base.logits.shape[-1]
+        logits = tf.broadcast_to(base.logits, tf.concat([shape, [tf.shape(base.logits)[-1]]], 0))
+        if n is not None:
+            logits = tf.ensure_shape(logits, [None, *spec.shape.as_list(), n])
+        return make(families.CATEGORICAL, shift=base.shift, logits=logits)
+    if _is(base, tfd.Categorical):
+        logits = base.logits_parameter()
+        return make(
+            families.CATEGORICAL,
+            logits=tf.reshape(logits, tf.concat([shape, [tf.shape(logits)[-1]]], 0)),
+        )
+    if _is(base, tfd.Deterministic, tfd.VectorDeterministic):
+        return make(families.DETERMINISTIC, loc=full(base.loc, spec.dtype))
+    if _is(base, tfd.Normal):
+        return make(families.NORMAL, loc=full(base.loc), scale=full(base.scale))
+    if _is(base, tfd.MultivariateNormalDiag):
+        return make(families.NORMAL, loc=full(base.mean()), scale=full(base.stddev()))
+    if _is(base, tfd.Uniform):
+        return make(families.UNIFORM, low=full(base.low), high=full(base.high))
+    raise UnsupportedError(
+        f"{path}: {type(distribution).__name__} has no export family (supported: "
+        "Deterministic, Categorical/ShiftedCategorical, Normal, MultivariateNormalDiag, "
+        "Uniform, each possibly Independent)"
+    )
+
+
+# --- the base class ---------------------------------------------------------------------
+
+
+class TFPolicy(tf.Module):
+    """Base class of TensorFlow policies.
+
+    Args:
+      time_step_spec: a TimeStep of tensor (or array) specs.
+      action_spec: a nest of tensor (or array) specs.
+      policy_state_spec: a nest of specs for the state fed back each step; ``()`` if none.
+      info_spec: a nest of specs for side information.
+      clip: clip actions to bounded action specs.
+      emit_log_probability: add ``info["log_probability"]`` (one float32 per action leaf,
+        the log-probability of the unclipped action); ``info_spec`` becomes a dict.
+      automatic_state_reset: replace the state of entries whose step type is FIRST by
+        the initial state before calling the subclass.
+      validate_args: check inputs against the specs (structure, dtypes, shapes).
+      seed: seeds the policy's own generator, used by ``action(seed=None)``.
+      name: module name.
+    """
+
+    # The generator's state is no model variable: update() and variables() skip it.
+    _TF_MODULE_IGNORED_PROPERTIES = tf.Module._TF_MODULE_IGNORED_PROPERTIES | frozenset(
+        (
+            "_rng",
+            "_time_step_spec",
+            "_action_spec",
+            "_policy_state_spec",
+            "_info_spec",
+            "_base_info_spec",
+        )
+    )
+
+    def __init__(
+        self,
+        time_step_spec: Any,
+        action_spec: Any,
+        policy_state_spec: Any = (),
+        info_spec: Any = (),
+        clip: bool = True,
+        emit_log_probability: bool = False,
+        automatic_state_reset: bool = True,
+        validate_args: bool = True,
+        *,
+        seed: int | None = None,
+        name: str | None = None,
+    ):
+        super().__init__(name=name or type(self).__name__)
+        if not isinstance(time_step_spec, TimeStep):
+            raise StructureError(
+                "time_step_spec",
+                "a TimeStep of specs (see time_step.time_step_spec())",
+                type(time_step_spec).__name__,
+            )
+        if action_spec is None or not nest.flatten(action_spec):
+            raise StructureError("action_spec", "a spec or a nest of specs", repr(action_spec))
+        # object.__setattr__: spec nests stay plain (tf.Module would wrap dicts and lists).
+        object.__setattr__(self, "_time_step_spec", tensor_spec.from_spec(time_step_spec))
+        object.__setattr__(self, "_action_spec", tensor_spec.from_spec(action_spec))
+        object.__setattr__(self, "_policy_state_spec", _specs_or_empty(policy_state_spec))
+        base_info = _specs_or_empty(info_spec)
+        object.__setattr__(self, "_base_info_spec", base_info)
+        if emit_log_probability:
+            base_info = _with_log_probability_spec(base_info, self._action_spec)
+        object.__setattr__(self, "_info_spec", base_info)
+        self._clip = bool(clip)
+        self._emit_log_probability = bool(emit_log_probability)
+        self._automatic_state_reset = bool(automatic_state_reset)
+        self._validate_args = bool(validate_args)
+        with tf.init_scope():
+            self._rng = (
+                tf.random.Generator.from_seed(seed)
+                if seed is not None
+                else tf.random.Generator.from_non_deterministic_state()
+            )
+
+    # --- specs and settings ----------------------------------------------------------
+
+    @property
+    def time_step_spec(self) -> TimeStep:
+        return self._time_step_spec
+
+    @property
+    def action_spec(self) -> Any:
+        return self._action_spec
+
+    @property
+    def policy_state_spec(self) -> Any:
+        return self._policy_state_spec
+
+    @property
+    def info_spec(self) -> Any:
+        return self._info_spec
+
+    @property
+    def clip(self) -> bool:
+        return self._clip
+
+    @property
+    def emit_log_probability(self) -> bool:
+        return self._emit_log_probability
+
+    @property
+    def automatic_state_reset(self) -> bool:
+        return self._automatic_state_reset
+
+    @property
+    def validate_args(self) -> bool:
+        return self._validate_args
+
+    @property
+    def is_stateful(self) -> bool:
+        return bool(nest.flatten(self._policy_state_spec))
+
+    @property
+    def observation_and_action_constraint_splitter(self) -> Callable[[Any], Any] | None:
+        return getattr(self, "_splitter", None)
+
+    # --- public API -------------------------------------------------------------------
+
+    def get_initial_state(self, batch_size: Any = None) -> Any:
+        """The state to start an episode with: ``[batch_size] + spec.shape`` per leaf.
+
+        Args:
+          batch_size: an int, a scalar int tensor, or None for unbatched state.
+        """
+        return self._get_initial_state(batch_size)
+
+    def action(self, time_step: Any, policy_state: Any = (), seed: Any = None) -> PolicyStep:
+        """The PolicyStep(action, state, info) for a time step.
+
+        Args:
+          time_step: a TimeStep of tensors (or numpy arrays) matching ``time_step_spec``
+            with any batch dims, e.g. ``[B]`` (the TF convention) or none.
+          policy_state: the state from ``get_initial_state`` or the previous step.
+          seed: None draws from the policy's own generator; an int (or a numpy
+            Generator, or a [2] int tensor) makes the step reproducible.
+
+        Returns:
+          Actions (clipped to bounded specs when ``clip``), the next state and info,
+          with the time step's batch dims.
+        """
+        time_step, policy_state, restore = self._prepare(time_step, policy_state)
+        seed = self._draw_seed() if seed is None else stateless_seed(seed)
+        step = self._action_step(time_step, policy_state, seed)
+        return restore(step)
+
+    def distribution(self, time_step: Any, policy_state: Any = ()) -> PolicyStep:
+        """The PolicyStep whose ``action`` is a nest of TFP distributions (one per leaf).
+
+        ``info["log_probability"]`` (when emitted) is zeros here: log-probabilities
+        belong to sampled actions, which ``action()`` returns.
+        """
+        time_step, policy_state, restore = self._prepare(time_step, policy_state)
+        step = self._distribution_step(time_step, policy_state)
+        if self._emit_log_probability:
+            batch = tf.shape(time_step.step_type)[:1]
+            zeros = nest.map_structure(lambda _: tf.zeros(batch, tf.float32), self._action_spec)
+            step = step._replace(info=_info_with(step.info, zeros))
+        return restore(step, distributions=True)
+
+    def distribution_params(self, time_step: Any, policy_state: Any = ()) -> tuple[Any, Any, Any]:
+        """What an exported graph computes: ``(params, next_state, info)``, no random ops.
+
+        ``params`` has the structure ``export_description()`` declares: for a plain
+        policy a nest like ``action_spec`` of ``DistributionParams`` (family and
+        parameter tensors with the time step's batch dims). ``next_state`` is the state
+        after the step (random parts of it, like OU noise, are left to the runtime as the
+        description says). ``info`` is the policy's own info without log-probabilities,
+        which the runtime computes from the parameters.
+        """
+        time_step, policy_state, restore = self._prepare(time_step, policy_state)
+        policy_state = self._reset_state(time_step, policy_state)
+        params, state, info = self._distribution_params(time_step, policy_state)
+        if self.is_stateful:
+            state = _check_outputs(state, self._policy_state_spec, "state", type(self).__name__)
+        step = restore(PolicyStep(params, state, info), params=True)
+        return step.action, step.state, step.info
+
+    def export_description(self) -> dict[str, Any]:
+        """How a runtime derives the action from ``distribution_params`` (a JSON-able dict).
+
+        The default: ``{"kind": "sample", "clip": ..., "emit_log_probability": ...}``,
+        i.e. sample each leaf of the parameters. See ``toolkit.distribution_families``.
+        """
+        return {
+            "kind": families.SAMPLE,
+            "clip": self._clip,
+            "emit_log_probability": self._emit_log_probability,
+        }
+
+    def variables(self) -> list[tf.Variable]:
+        """The policy's model variables (networks, schedules), without its generator."""
+        return list(tf.Module.variables.fget(self))
+
+    def update(self, policy: TFPolicy, tau: float = 1.0) -> None:
+        """Moves this policy's variables towards ``policy``'s: ``v = (1-tau) v + tau w``.
+
+        ``tau=1`` copies. Variables are paired in ``variables()`` order; both policies
+        must have the same variable shapes. Works inside ``tf.function``, where ``tau``
+        may be a tensor.
+        """
+        copies = False
+        if not tf.is_tensor(tau):
+            if not 0.0 < float(tau) <= 1.0:
+                raise SpecError(f"tau: expected a value in (0, 1], got {tau}")
+            copies = float(tau) == 1.0
+        mine, theirs = self.variables(), policy.variables()
+        if len(mine) != len(theirs):
+            raise PolicyError(
+                f"update(): expected a policy with {len(mine)} variables like "
+                f"{type(self).__name__}, got {len(theirs)} from {type(policy).__name__}"
+            )
+        for target, source in zip(mine, theirs, strict=True):
+            if target.shape != source.shape or target.dtype != source.dtype:
+                raise SpecMismatchError(
+                    target.name,
+                    f"a variable of shape {_shape_text(target.shape)} {target.dtype.name}",
+                    f"{_shape_text(source.shape)} {source.dtype.name} ({source.name})",
+                    detail="update() pairs variables in order",
+                )
+            if copies or not target.dtype.is_floating:  # counters are copied, not mixed
+                target.assign(source)
+            else:
+                tau_ = tf.cast(tau, target.dtype)
+                target.assign((1.0 - tau_) * target + tau_ * tf.cast(source, target.dtype))
+
+    def copy(self) -> TFPolicy:
+        """An independent copy: new variables with the same values, its own generator."""
+        return copy.deepcopy(self)
+
+    # --- for subclasses ----------------------------------------------------------------
+
+    def _distribution(self, time_step: TimeStep, policy_state: Any) -> PolicyStep:
+        raise UnsupportedError(f"{type(self).__name__} has no distribution()")
+
+    def _action(self, time_step: TimeStep, policy_state: Any, seed: tf.Tensor) -> PolicyStep:
+        step = self._distribution_step(time_step, policy_state, checked=False)
+        distributions = nest.flatten(step.action)
+        seeds = split_seed(seed, len(distributions))
+        actions = [d.sample(seed=s) for d, s in zip(distributions, seeds, strict=True)]
+        info = step.info
+        if self._emit_log_probability:
+            log_probs = [d.log_prob(a) for d, a in zip(distributions, actions, strict=True)]
+            info = _info_with(info, nest.pack_sequence_as(self._action_spec, log_probs))
+        action = nest.pack_sequence_as(self._action_spec, actions)
+        return PolicyStep(action, step.state, info)
+
+    def _distribution_params(self, time_step: TimeStep, policy_state: Any):
+        step = self._distribution_step(time_step, policy_state, checked=False)
+        batch = tf.shape(time_step.step_type)[0]
+        params = [
+            params_from_distribution(d, s, batch, path)
+            for (path, s), d in zip(
+                nest.flatten_with_paths(self._action_spec, "action"),
+                nest.flatten(step.action),
+                strict=True,
+            )
+        ]
+        return nest.pack_sequence_as(self._action_spec, params), step.state, step.info
+
+    def _get_initial_state(self, batch_size: Any) -> Any:
+        if not self.is_stateful:
+            return ()
+        if batch_size is None:
+            return tensor_spec.zero_spec_nest(self._policy_state_spec)
+        outer = tf.reshape(batch_size, [1]) if tf.is_tensor(batch_size) else [int(batch_size)]
+        return tensor_spec.zero_spec_nest(self._policy_state_spec, outer)
+
+    # --- internals that wrappers call on the policies they wrap ---------------------------
+
+    def _action_step(self, time_step: TimeStep, policy_state: Any, seed: tf.Tensor) -> PolicyStep:
+        """Reset, ``_action``, then check, cast and clip: on prepared (batched) inputs."""
+        policy_state = self._reset_state(time_step, policy_state)
+        step = self._action(time_step, policy_state, seed)
+        who = f"{type(self).__name__}._action"
+        if not isinstance(step, PolicyStep):
+            raise StructureError("policy step", "a PolicyStep", type(step).__name__)
+        action = _check_outputs(step.action, self._action_spec, "action", who)
+        if self._clip:
+            action = nest.map_structure(clip_to_spec, action, self._action_spec)
+        state = step.state
+        if self.is_stateful:
+            state = _check_outputs(state, self._policy_state_spec, "state", who)
+        info = (
+            _check_outputs(step.info, self._info_spec, "info", who)
+            if nest.flatten(self._info_spec)
+            else step.info
+        )
+        return PolicyStep(action, state, info)
+
+    def _distribution_step(
+        self, time_step: TimeStep, policy_state: Any, checked: bool = True
+    ) -> PolicyStep:
+        """Reset (unless already done) and ``_distribution``, with the output checked."""
+        if checked:
+            policy_state = self._reset_state(time_step, policy_state)
+        step = self._distribution(time_step, policy_state)
+        if not isinstance(step, PolicyStep):
+            raise StructureError("policy step", "a PolicyStep", type(step).__name__)
+        nest.assert_same_structure(step.action, self._action_spec, "distribution")
+        for (path, s), d in zip(
+            nest.flatten_with_paths(self._action_spec, "distribution"),
+            nest.flatten(step.action),
+            strict=True,
+        ):
+            if not _is_distribution(d):
+                raise SpecMismatchError(path, "a TFP distribution", type(d).__name__)
+            if d.event_shape.rank is not None and not d.event_shape.is_compatible_with(s.shape):
+                raise SpecMismatchError(
+                    path,
+                    f"event shape {tuple(s.shape.as_list())}",
+                    _shape_text(d.event_shape),
+                    detail=f"from {type(self).__name__}._distribution",
+                )
+        return step
+
+    def _reset_state(self, time_step: TimeStep, policy_state: Any) -> Any:
+        """Replaces the state of FIRST entries by the initial state (per batch entry)."""
+        if not self.is_stateful or not self._automatic_state_reset:
+            return policy_state
+        is_first = tf.equal(time_step.step_type, tf.constant(StepType.FIRST, tf.int32))
+        initial = self.get_initial_state(tf.shape(time_step.step_type)[0])
+        return nest.map_structure(
+            lambda init, state: tf.where(_broadcast_rows(is_first, state.shape.rank), init, state),
+            nest.pack_sequence_as(self._policy_state_spec, nest.flatten(initial)),
+            policy_state,
+        )
+
+    def _draw_seed(self) -> tf.Tensor:
+        return self._rng.uniform_full_int([2], tf.int32)
+
+    def _with_log_probability(self, info: Any, log_probs: Any) -> Any:
+        """``info`` plus ``log_probability`` when this policy emits it (for ``_action``)."""
+        return _info_with(info, log_probs) if self._emit_log_probability else info
+
+    # --- input preparation ------------------------------------------------------------------
+
+    def _prepare(self, time_step: Any, policy_state: Any):
+        """Validated inputs with exactly one batch dim, and a function restoring the caller's."""
+        if time_step is None:
+            raise StructureError("time_step", "a TimeStep (TF policies need one)", "None")
+        if self._validate_args:
+            time_step, outer = _convert_nest(time_step, self._time_step_spec, "", None)
+        else:
+            time_step = nest.map_structure(tf.convert_to_tensor, time_step)
+            outer = time_step.step_type.shape
+        if self.is_stateful:
+            if policy_state is None or not nest.flatten(policy_state):
+                raise StructureError(
+                    "policy_state",
+                    f"a state like {nest.structure_repr(self._policy_state_spec)} "
+                    "(from get_initial_state(batch_size))",
+                    "no state",
+                )
+            if self._validate_args:
+                policy_state, _ = _convert_nest(
+                    policy_state, self._policy_state_spec, "policy_state", outer
+                )
+            else:
+                policy_state = nest.pack_sequence_as(
+                    self._policy_state_spec,
+                    [tf.convert_to_tensor(v) for v in nest.flatten(policy_state)],
+                )
+        else:
+            policy_state = ()
+        if outer.rank is None:
+            raise SpecMismatchError("step_type", "a tensor of known rank", "unknown rank")
+        return _batch_to_one_dim(time_step, policy_state, outer, self._time_step_spec)
+
+
+def _specs_or_empty(spec: Any) -> Any:
+    if spec is None or not nest.flatten(spec):
+        return ()
+    return tensor_spec.from_spec(spec)
+
+
+def _with_log_probability_spec(info_spec: Any, action_spec: Any) -> Any:
+    log_prob = nest.map_structure(
+        lambda _: tf.TensorSpec((), tf.float32, name=LOG_PROBABILITY), action_spec
+    )
+    if not nest.flatten(info_spec):
+        return {LOG_PROBABILITY: log_prob}
+    if not isinstance(info_spec, dict):
+        raise StructureError(
+            "info_spec", "a dict (to hold log_probability) or ()", nest.structure_repr(info_spec)
+        )
+    return {**info_spec, LOG_PROBABILITY: log_prob}
+
+
+def _info_with(info: Any, log_probs: Any) -> dict[str, Any]:
+    base = dict(info) if isinstance(info, dict) else {}
+    base[LOG_PROBABILITY] = log_probs
+    return base
+
+
+def without_log_probability(info_spec: Any) -> Any:
+    """An info spec without its ``log_probability`` entry (for wrappers)."""
+    if isinstance(info_spec, dict) and LOG_PROBABILITY in info_spec:
+        rest = {k: v for k, v in info_spec.items() if k != LOG_PROBABILITY}
+        return rest or ()
+    return info_spec
+
+
+# --- batch dims -------------------------------------------------------------------------
+
+
+def _batch_to_one_dim(time_step: Any, policy_state: Any, outer: tf.TensorShape, spec: Any):
+    """Brings every input to one batch dim; returns the inputs and a restore function."""
+    rank = outer.rank
+    if rank == 1:
+        return time_step, policy_state, _restore_identity
+    if rank == 0:
+        expand = lambda t: tf.expand_dims(t, 0)  # noqa: E731
+        return (
+            nest.map_structure(expand, time_step),
+            nest.map_structure(expand, policy_state),
+            _restore_unbatched,
+        )
+    outer_shape = tf.shape(time_step.step_type)
+
+    def flat(t: tf.Tensor) -> tf.Tensor:
+        return tf.reshape(t, tf.concat([[-1], tf.shape(t)[rank:]], 0))
+
+    def restore(step: PolicyStep, distributions: bool = False, params: bool = False):
+        def unflat(t: tf.Tensor) -> tf.Tensor:
+            return tf.reshape(t, tf.concat([outer_shape, tf.shape(t)[1:]], 0))
+
+        return _map_step(
+            step, unflat, lambda d: tfd.BatchReshape(d, outer_shape), distributions, params
+        )
+
+    return nest.map_structure(flat, time_step), nest.map_structure(flat, policy_state), restore
+
+
+def _restore_identity(step: PolicyStep, distributions: bool = False, params: bool = False):
+    del distributions, params
+    return step
+
+
+def _restore_unbatched(step: PolicyStep, distributions: bool = False, params: bool = False):
+    return _map_step(step, lambda t: t[0], lambda d: d[0], distributions, params)
+
+
+def _map_step(step, tensor_fn, distribution_fn, distributions: bool, params: bool) -> PolicyStep:
+    if distributions:
+        action = nest.map_structure(distribution_fn, step.action)
+    elif params:
+        action = families.map_params(tensor_fn, step.action)
+    else:
+        action = nest.map_structure(tensor_fn, step.action)
+    return PolicyStep(
+        action, nest.map_structure(tensor_fn, step.state), nest.map_structure(tensor_fn, step.info)
+    )
+
+
+def numpy_nest(value: Any) -> Any:
+    """Numpy arrays for a nest of tensors."""
+    return nest.map_structure(lambda t: t.numpy() if hasattr(t, "numpy") else np.asarray(t), value)
+
+
+def strip_log_probability(info: Any) -> Any:
+    """Info values without a ``log_probability`` entry (wrappers emit their own)."""
+    if isinstance(info, dict) and LOG_PROBABILITY in info:
+        rest = {k: v for k, v in info.items() if k != LOG_PROBABILITY}
+        return rest or ()
+    return info
