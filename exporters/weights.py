@@ -49,7 +49,7 @@ def graph_fingerprint(model: onnx.ModelProto) -> str:
         return produced.get(name, f"in:{name}")
 
     for value in graph.input:
-        digest.update(value.SerializeToString(deterministic=True))
+        digest.update(f"in:{value.name}:{_type_text(value)};".encode())
     init_by_name = {init.name: init for init in graph.initializer}
     for name in canonical_initializers(model):
         init = init_by_name[name]
@@ -65,7 +65,14 @@ def graph_fingerprint(model: onnx.ModelProto) -> str:
         for attribute in attributes:
             digest.update(attribute)
     for value in graph.output:
-        digest.update(f"out:{value.name}={ref(value.name)}".encode())
+        digest.update(f"out:{value.name}:{_type_text(value)}={ref(value.name)};".encode())
     for opset in model.opset_import:
         digest.update(f"opset:{opset.domain}:{opset.version}".encode())
     return digest.hexdigest()
+
+
+def _type_text(value: onnx.ValueInfoProto) -> str:
+    # Symbolic dims get generated names ("unk__28"): only whether a dim is fixed counts.
+    tensor = value.type.tensor_type
+    dims = [str(d.dim_value) if d.HasField("dim_value") else "?" for d in tensor.shape.dim]
+    return f"{tensor.elem_type}[{','.join(dims)}]"

@@ -198,10 +198,10 @@ def test_unsupported_distribution_is_named(tmp_path):
     obs = tensor_spec.TensorSpec((2,), tf.float32)
     action = tensor_spec.BoundedTensorSpec((), tf.float32, 0.0, 1.0)
 
-    def beta_net(observation, step_type=None, network_state=()):
-        del step_type
-        concentration = tf.nn.softplus(tf.reduce_sum(observation, -1)) + 1.0
-        return tfp.distributions.Beta(concentration, concentration), network_state
+    def beta_net(time_steps, action_spec):
+        del action_spec
+        concentration = tf.nn.softplus(tf.reduce_sum(time_steps.observation, -1)) + 1.0
+        return tfp.distributions.Beta(concentration, concentration)
 
     policy = actor_policy.ActorPolicy(ts.time_step_spec(obs), action, actor_network=beta_net)
     with pytest.raises(

@@ -17,7 +17,7 @@ def test_core_modules_import_and_work_without_tensorflow():
         import sys
         import numpy as np
         import toolkit, runtimes, exporters  # package __init__s import nothing heavy
-        from toolkit import errors, nest
+        from toolkit import bundle, distribution_families, errors, nest
         from toolkit.specs import array_spec
         from toolkit.trajectories import time_step as ts, policy_step
         from toolkit.policies import py_policy, random_py_policy, scripted_py_policy
