@@ -1,7 +1,8 @@
 """TF policy -> bundle (SavedModel and ONNX). Needs TensorFlow.
 
-``export_policy``, ``verify``, ``save_checkpoint`` and ``import_tf_agents`` are loaded
-on first use, so importing this package stays cheap.
+``export_policy``, ``verify``, ``save_checkpoint``, ``import_tf_agents`` and
+``import_tf_agents_checkpoint`` are loaded on first use, so importing this package
+stays cheap.
 """
 
 from __future__ import annotations
@@ -9,10 +10,18 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["export_policy", "save_checkpoint", "verify"]
+__all__ = [
+    "export_policy",
+    "import_tf_agents",
+    "import_tf_agents_checkpoint",
+    "save_checkpoint",
+    "verify",
+]
 
 _LAZY = {
     "export_policy": "exporters.export",
+    "import_tf_agents": "exporters.tf_agents_import",
+    "import_tf_agents_checkpoint": "exporters.tf_agents_import",
     "save_checkpoint": "exporters.checkpoint",
     "verify": "exporters.parity",
 }

@@ -1,12 +1,12 @@
-"""Import of real TF-Agents 0.19 saved policies, checked against TF-Agents' own recordings.
+"""Import of real TF-Agents 0.19 saved policies into bundles, checked against TF-Agents' own
+recordings (see tests/tf_agents_saved.py and the reference folder's README.md).
 
-The reference folder holds four ``PolicySaver`` outputs and what TF-Agents' loader
-returned on recorded inputs (reward 0, discount 1): see its README.md.
+Each reference case is imported once per module; the bundle's policy.onnx is then run
+with onnxruntime on the recorded inputs, as the onnx runtime serves it.
 """
 
 from __future__ import annotations
 
-import collections
 import functools
 import json
 import re
@@ -16,71 +16,60 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import tensorflow as tf
-from onnx import numpy_helper
 from onnx.reference import ReferenceEvaluator
 
+import exporters
+from exporters import onnx_export
 from exporters import tf_agents_import as tai
+from tests.tf_agents_saved import (
+    CASES,
+    REFERENCE,
+    case_info,
+    onnx_session,
+    recording,
+    run_session,
+    saved_policy,
+    time_step_feeds,
+)
+from toolkit import bundle
 from toolkit.errors import BundleError, ExportError
 from toolkit.specs.array_spec import ArraySpec, BoundedArraySpec
-from toolkit.specs.tensor_spec import BoundedTensorSpec
-from toolkit.trajectories.policy_step import PolicyStep
 from toolkit.trajectories.time_step import TimeStep
-
-REFERENCE = Path("/work/shared/reference/tf_agents_0_19")
-CASES = ("q_greedy", "actor_normal_stochastic", "nested_obs", "q_rnn")
 
 pytestmark = pytest.mark.skipif(
     not REFERENCE.is_dir(), reason="the TF-Agents reference policies are not on this machine"
 )
 
 
-def saved_policy(case: str) -> Path:
-    return REFERENCE / case / "saved_policy"
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory):
+    """``case -> bundle path``, imported on first use (tests must not change them)."""
+    root = tmp_path_factory.mktemp("imported")
+
+    @functools.cache
+    def get(case: str) -> Path:
+        return tai.import_tf_agents(saved_policy(case), root / case)
+
+    return get
 
 
-@functools.cache
-def imported(case: str) -> tai.ImportedPolicy:
-    """One conversion per case for the whole module (tests must not mutate it)."""
-    return tai.convert_tf_agents_policy(saved_policy(case))
+@pytest.fixture(scope="module")
+def run(bundles):
+    """``run(case, feeds) -> outputs`` of the case's bundle's policy.onnx."""
+    sessions = {}
+
+    def go(case: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if case not in sessions:
+            sessions[case] = onnx_session(bundles(case))
+        return run_session(sessions[case], feeds)
+
+    return go
 
 
-@functools.cache
-def recording(case: str) -> dict[str, np.ndarray]:
-    with np.load(REFERENCE / case / "expected.npz") as data:
-        return {k: data[k] for k in data.files}
-
-
-def case_info(case: str) -> dict:
-    return json.loads((REFERENCE / case / "case.json").read_text())
-
-
-@functools.cache
-def session(case: str, function: str) -> ort.InferenceSession:
-    model = imported(case).models[function].model
-    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-
-
-def run(case: str, function: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    sess = session(case, function)
-    names = [o.name for o in sess.get_outputs()]
-    return dict(zip(names, sess.run(names, feeds), strict=True))
-
-
-def time_step_feeds(rec: dict[str, np.ndarray], prefix: str = "") -> dict[str, np.ndarray]:
-    """The recorded inputs under graph input names: reward 0 and discount 1, as recorded."""
-    step_type = rec[prefix + "step_type"]
-    feeds = {
-        "step_type": step_type.astype(np.int32),
-        "reward": np.zeros(step_type.shape, np.float32),
-        "discount": np.ones(step_type.shape, np.float32),
-    }
-    for key, value in rec.items():
-        if key.startswith(prefix + "observation"):
-            feeds[key.removeprefix(prefix)] = value
-    return feeds
+def manifest_of(path: Path) -> dict:
+    return bundle.read_manifest(path)
 
 
 # --- specs ---------------------------------------------------------------------------
@@ -112,29 +101,30 @@ def test_specs_of_dict_observations_recurrent_states_and_continuous_actions():
     assert actor.action_spec == BoundedArraySpec((2,), np.float32, -1.0, 1.0)
 
 
-# --- the recorded cases --------------------------------------------------------------
+# --- the recorded cases, through the bundle's ONNX graph ----------------------------
 
 
 @pytest.mark.parametrize("case", ["q_greedy", "nested_obs"])
-def test_greedy_actions_match_tf_agents_exactly(case):
+def test_greedy_actions_match_tf_agents_exactly(case, bundles, run):
     rec = recording(case)
-    policy = imported(case)
-    assert policy.deterministic
-    assert set(policy.models) == {"action", "distribution"}
-    assert policy.skipped == {}
-    feeds = time_step_feeds(rec)
-    action = run(case, "action", feeds)["action"]
-    assert action.dtype == np.int64
-    np.testing.assert_array_equal(action, rec["action"])
+    manifest = manifest_of(bundles(case))
     # The greedy distribution is a Deterministic whose loc is the action.
-    assert policy.distribution == {
+    assert manifest["distribution"] == {
+        "kind": "distribution_params",
         "family": "deterministic",
         "params": ["loc"],
         "event_ndims": 0,
         "dtype": "int64",
     }
-    loc = run(case, "distribution", feeds)["distribution/loc"]
-    np.testing.assert_array_equal(loc, rec["action"])
+    assert manifest["policy"]["action"] == {
+        "kind": "sample",
+        "clip": True,
+        "emit_log_probability": False,
+    }
+    out = run(case, time_step_feeds(rec))
+    assert out["action"].dtype == np.int64
+    np.testing.assert_array_equal(out["action"], rec["action"])
+    np.testing.assert_array_equal(out["distribution/loc"], rec["action"])
 
 
 def test_q_greedy_recording_is_the_argmax_of_its_logits():
@@ -143,21 +133,20 @@ def test_q_greedy_recording_is_the_argmax_of_its_logits():
     np.testing.assert_array_equal(rec["distribution/logits"].argmax(-1), rec["action"])
 
 
-def test_stochastic_actor_exports_its_normal_parameters_only():
+def test_stochastic_actor_exports_its_normal_parameters(bundles, run):
     case = "actor_normal_stochastic"
     rec = recording(case)
-    policy = imported(case)
     assert not case_info(case)["deterministic"]
-    assert not policy.deterministic
-    assert set(policy.models) == {"distribution"}
-    assert "RandomStandardNormal" in policy.skipped["action"]
-    assert policy.distribution == {
+    manifest = manifest_of(bundles(case))
+    assert manifest["distribution"] == {
+        "kind": "distribution_params",
         "family": "normal",
         "params": ["loc", "scale"],
         "event_ndims": 1,
         "dtype": "float32",
     }
-    out = run(case, "distribution", time_step_feeds(rec))
+    out = run(case, time_step_feeds(rec))
+    # Sampled: no action output, the runtime samples from the parameters.
     assert set(out) == {"distribution/loc", "distribution/scale"}
     # A MultivariateNormalDiag's mean is its loc and its stddev its scale_diag.
     np.testing.assert_allclose(out["distribution/loc"], rec["distribution/mean"], rtol=0, atol=1e-5)
@@ -166,7 +155,7 @@ def test_stochastic_actor_exports_its_normal_parameters_only():
     )
 
 
-def test_q_rnn_reproduces_the_whole_sequence_with_state_and_resets():
+def test_q_rnn_reproduces_the_whole_sequence_with_state_and_resets(run):
     case = "q_rnn"
     rec = recording(case)
     steps = case_info(case)["rnn_steps"]
@@ -175,19 +164,17 @@ def test_q_rnn_reproduces_the_whole_sequence_with_state_and_resets():
     assert np.all(rec["t0/step_type"] == 0)
     assert np.any(rec[f"t{steps // 2}/step_type"] == 0)
     batch = rec["t0/step_type"].shape[0]
-    state = [np.zeros((batch, 8), np.float32), np.zeros((batch, 8), np.float32)]
-    for name in ("action", "distribution"):
-        h, c = state
-        for t in range(steps):
-            feeds = time_step_feeds(rec, f"t{t}/")
-            feeds.update({"policy_state/0": h, "policy_state/1": c})
-            out = run(case, name, feeds)
-            got = out["action"] if name == "action" else out["distribution/loc"]
-            np.testing.assert_array_equal(got, rec[f"t{t}/action"], err_msg=f"{name}, step {t}")
-            h, c = out["next_state/0"], out["next_state/1"]
+    h, c = np.zeros((batch, 8), np.float32), np.zeros((batch, 8), np.float32)
+    for t in range(steps):
+        feeds = time_step_feeds(rec, f"t{t}/")
+        feeds.update({"policy_state/0": h, "policy_state/1": c})
+        out = run(case, feeds)
+        np.testing.assert_array_equal(out["action"], rec[f"t{t}/action"], err_msg=f"step {t}")
+        np.testing.assert_array_equal(out["distribution/loc"], rec[f"t{t}/action"])
+        h, c = out["next_state/0"], out["next_state/1"]
 
 
-def test_q_rnn_state_matters():
+def test_q_rnn_state_matters(run):
     """Control for the test above: without the fed-back state some action differs."""
     case = "q_rnn"
     rec = recording(case)
@@ -197,129 +184,210 @@ def test_q_rnn_state_matters():
     for t in range(case_info(case)["rnn_steps"]):
         feeds = time_step_feeds(rec, f"t{t}/")
         feeds.update({"policy_state/0": zeros, "policy_state/1": zeros})
-        differs |= bool(np.any(run(case, "action", feeds)["action"] != rec[f"t{t}/action"]))
+        differs |= bool(np.any(run(case, feeds)["action"] != rec[f"t{t}/action"]))
     assert differs
 
 
-def test_graph_inputs_and_outputs_are_named_by_nest_path():
-    rnn = imported("q_rnn").models["action"]
-    assert [i.name for i in rnn.model.graph.input] == [
-        "step_type",
-        "reward",
-        "discount",
-        "observation",
-        "policy_state/0",
-        "policy_state/1",
-    ]
-    assert [o.name for o in rnn.model.graph.output] == ["action", "next_state/0", "next_state/1"]
-    assert rnn.input_map["policy_state/1"] == "policy_state/1"
-    assert rnn.input_map["observation"] == "time_step/observation"
-    assert rnn.output_map == {
-        "action": "action",
-        "next_state/0": "state/0",
-        "next_state/1": "state/1",
-    }
-    nested = imported("nested_obs").models["action"]
-    assert [i.name for i in nested.model.graph.input] == [
+def test_the_graph_resets_the_state_on_first(run):
+    """A FIRST step ignores the state fed in: the reset is inside the graph."""
+    rec = recording("q_rnn")
+    feeds = time_step_feeds(rec, "t0/")  # every entry FIRST
+    zeros = np.zeros((4, 8), np.float32)
+    noise = np.random.default_rng(1).standard_normal((4, 8)).astype(np.float32)
+    from_zeros = run("q_rnn", {**feeds, "policy_state/0": zeros, "policy_state/1": zeros})
+    from_noise = run("q_rnn", {**feeds, "policy_state/0": noise, "policy_state/1": -noise})
+    for name, value in from_zeros.items():
+        np.testing.assert_array_equal(from_noise[name], value, err_msg=name)
+
+
+def test_graph_inputs_and_outputs_are_named_by_nest_path(bundles):
+    def names(case):
+        model = onnx.load(str(bundles(case) / "policy.onnx"))
+        return {i.name for i in model.graph.input}, {o.name for o in model.graph.output}
+
+    assert names("q_rnn") == (
+        {"step_type", "reward", "discount", "observation", "policy_state/0", "policy_state/1"},
+        {"distribution/loc", "action", "next_state/0", "next_state/1"},
+    )
+    assert names("nested_obs")[0] == {
         "step_type",
         "reward",
         "discount",
         "observation/position",
         "observation/velocity",
-    ]
-    actor = imported("actor_normal_stochastic").models["distribution"]
-    assert actor.output_map == {
-        "distribution/loc": "distribution/loc",
-        "distribution/scale": "distribution/scale",
     }
-    assert [io.param for io in actor.outputs] == ["loc", "scale"]
+    assert names("actor_normal_stochastic")[1] == {"distribution/loc", "distribution/scale"}
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_models_are_checked_deterministic_onnx_with_a_dynamic_batch(case):
-    policy = imported(case)
-    assert policy.opset == tai.DEFAULT_OPSET >= 17
-    assert policy.batch_size is None
-    assert policy.train_step == -1  # PolicySaver was given no train step
-    for imported_model in policy.models.values():
-        model = imported_model.model
-        onnx.checker.check_model(model, full_check=True)
-        assert [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")] == [
-            policy.opset
-        ]
-        ops = {node.op_type for node in model.graph.node}
-        assert not {op for op in ops if "Random" in op or op in ("Multinomial", "Bernoulli")}
-        assert all(onnx.defs.has(op) for op in ops), ops
-        for value in [*model.graph.input, *model.graph.output]:
-            first = value.type.tensor_type.shape.dim[0]
-            assert not first.HasField("dim_value"), value.name
+def test_bundles_are_regular_with_checked_onnx_and_a_dynamic_batch(case, bundles):
+    path = bundles(case)
+    manifest = manifest_of(path)  # checks format, version and file hashes
+    assert manifest["formats"] == ["saved_model", "onnx"]
+    assert manifest["policy"]["class"] == "TFAgentsPolicy"
+    assert manifest["train_step"] is None  # PolicySaver was given no train step
+    assert manifest["metadata"] == {
+        "imported_from": "tf_agents",
+        "source": str(saved_policy(case)),
+        "tf_agents_function": "distribution",
+    }
+    model = onnx.load(str(path / "policy.onnx"))
+    onnx.checker.check_model(model, full_check=True)
+    assert [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")] == [
+        onnx_export.DEFAULT_OPSET
+    ]
+    ops = {node.op_type for node in onnx_export.all_nodes(model.graph)}
+    assert not ops & onnx_export.RANDOM_OPS
+    assert all(onnx.defs.has(op) for op in ops), ops
+    for value in [*model.graph.input, *model.graph.output]:
+        first = value.type.tensor_type.shape.dim[0]
+        assert not first.HasField("dim_value"), value.name
+    # The manifest's specs are TF-Agents' specs.
+    specs = tai.read_policy_specs(saved_policy(case))
+    from toolkit.specs import array_spec
+
+    assert array_spec.spec_nest_from_json(manifest["specs"]["action"]) == specs.action_spec
+    state = array_spec.spec_nest_from_json(manifest["specs"]["policy_state"])
+    assert state == specs.policy_state_spec
 
 
 @pytest.mark.parametrize("batch", [1, 3])
-def test_other_batch_sizes_run(batch):
+def test_other_batch_sizes_run(batch, run):
     rec = recording("q_greedy")
     feeds = {k: v[:batch] for k, v in time_step_feeds(rec).items()}
-    np.testing.assert_array_equal(run("q_greedy", "action", feeds)["action"], rec["action"][:batch])
+    np.testing.assert_array_equal(run("q_greedy", feeds)["action"], rec["action"][:batch])
 
 
-def test_bundled_tf_functions_match_the_onnx_graphs():
-    """The concrete TF functions kept for a SavedModel re-export compute the same."""
+@pytest.mark.parametrize("case", CASES)
+def test_verify_compares_the_adapter_saved_model_and_onnx(case, bundles):
+    from exporters.tf_agents_policy import TFAgentsPolicy
+
+    policy = TFAgentsPolicy(saved_policy(case))
+    report = exporters.verify(bundles(case), num_samples=16, policy=policy)
+    assert report.forms == ["tf_policy", "saved_model", "onnx"]
+    assert report.ok, str(report)
+
+
+def test_saved_model_signatures_reproduce_the_recording(bundles):
+    """The bundle's SavedModel holds our signatures, not TF-Agents' TFP structures."""
+    path = bundles("q_rnn") / "saved_model"
+    # TF-Agents' own SavedModel names a TFP TypeSpec (loading it needs TFP); ours not.
+    assert b"tfp.distributions" in (saved_policy("q_rnn") / "saved_model.pb").read_bytes()
+    assert b"tfp." not in (path / "saved_model.pb").read_bytes()
+    loaded = tf.saved_model.load(str(path))
+    assert sorted(loaded.signatures) == [
+        "action",
+        "distribution",
+        "get_initial_state",
+        "get_metadata",
+        "get_train_step",
+    ]
     rec = recording("q_rnn")
-    model = imported("q_rnn").models["action"]
-    feeds = time_step_feeds(rec, "t0/")
-    feeds.update({f"policy_state/{i}": np.full((4, 8), 0.1 * (i + 1), np.float32) for i in (0, 1)})
-    onnx_out = run("q_rnn", "action", feeds)
-    tf_out = model.concrete_function(*(tf.constant(feeds[io.name]) for io in model.inputs))
-    assert set(tf_out) == set(onnx_out)
-    for name, value in onnx_out.items():
-        np.testing.assert_allclose(value, tf_out[name].numpy(), rtol=0, atol=1e-5, err_msg=name)
+    state = loaded.signatures["get_initial_state"](batch_size=tf.constant(4))
+    for t in range(case_info("q_rnn")["rnn_steps"]):
+        feeds = {k: tf.constant(v) for k, v in time_step_feeds(rec, f"t{t}/").items()}
+        out = loaded.signatures["distribution"](**feeds, **state)
+        np.testing.assert_array_equal(out["action"], rec[f"t{t}/action"], err_msg=f"step {t}")
+        state = {
+            "policy_state/" + k.removeprefix("next_state/"): v
+            for k, v in out.items()
+            if k.startswith("next_state/")
+        }
+    metadata = json.loads(loaded.signatures["get_metadata"]()["metadata_json"].numpy())
+    assert metadata["imported_from"] == "tf_agents"
 
 
-def test_onnx_reference_evaluator_agrees_with_onnxruntime():
+def test_saved_model_action_samples_within_the_bounds(bundles):
+    """The stochastic case's SavedModel ``action`` samples (seeded), clipped to [-1, 1]."""
+    loaded = tf.saved_model.load(str(bundles("actor_normal_stochastic") / "saved_model"))
     rec = recording("actor_normal_stochastic")
-    model = imported("actor_normal_stochastic").models["distribution"].model
+    feeds = {k: tf.constant(v) for k, v in time_step_feeds(rec).items()}
+    first = loaded.signatures["action"](**feeds)["action"].numpy()
+    second = loaded.signatures["action"](**feeds)["action"].numpy()
+    assert first.shape == (32, 2) and first.dtype == np.float32
+    assert np.all(np.abs(first) <= 1.0)
+    assert not np.array_equal(first, second)  # sampled, not the mean
+    # Samples sit around the recorded mean: mean +- 5 stddevs (clipped) holds them all.
+    low = np.clip(rec["distribution/mean"] - 5 * rec["distribution/stddev"], -1, 1)
+    high = np.clip(rec["distribution/mean"] + 5 * rec["distribution/stddev"], -1, 1)
+    assert np.all((first >= low) & (first <= high))
+
+
+def test_onnx_reference_evaluator_agrees_with_onnxruntime(bundles, run):
+    rec = recording("actor_normal_stochastic")
+    model = onnx.load(str(bundles("actor_normal_stochastic") / "policy.onnx"))
     feeds = time_step_feeds(rec)
-    reference = ReferenceEvaluator(model)
     names = [o.name for o in model.graph.output]
-    expected = run("actor_normal_stochastic", "distribution", feeds)
-    for name, value in zip(names, reference.run(names, feeds), strict=True):
+    expected = run("actor_normal_stochastic", feeds)
+    for name, value in zip(names, ReferenceEvaluator(model).run(names, feeds), strict=True):
         np.testing.assert_allclose(value, expected[name], rtol=0, atol=1e-6, err_msg=name)
 
 
-def test_functions_can_be_chosen():
-    policy = tai.convert_tf_agents_policy(saved_policy("q_greedy"), functions=["distribution"])
-    assert set(policy.models) == {"distribution"}
-    with pytest.raises(ValueError, match=re.escape("expected 'action' and/or 'distribution'")):
-        tai.convert_tf_agents_policy(saved_policy("q_greedy"), functions=["sample"])
-
-
-def test_a_stochastic_policy_asked_only_for_its_action_fails_clearly():
+def test_user_metadata_is_merged_and_reserved_keys_are_refused(tmp_path):
+    path = tai.import_tf_agents(
+        saved_policy("q_greedy"),
+        tmp_path / "b",
+        formats=["onnx"],
+        metadata={"team": "rl", "run": 7},
+    )
+    manifest = manifest_of(path)
+    assert manifest["formats"] == ["onnx"]
+    assert not (path / "saved_model").exists()
+    assert manifest["metadata"] == {
+        "team": "rl",
+        "run": 7,
+        "imported_from": "tf_agents",
+        "source": str(saved_policy("q_greedy")),
+        "tf_agents_function": "distribution",
+    }
+    # The ONNX file describes itself: the manifest is in its metadata_props.
+    props = {p.key: p.value for p in onnx.load(str(path / "policy.onnx")).metadata_props}
+    assert json.loads(props["policy_toolkit.manifest"])["metadata"]["team"] == "rl"
     with pytest.raises(ExportError) as info:
-        tai.convert_tf_agents_policy(saved_policy("actor_normal_stochastic"), functions=["action"])
-    message = str(info.value)
-    assert "expected a deterministic action or a supported distribution to export" in message
-    assert "the saved action samples (TF ops ['RandomStandardNormal'])" in message
+        tai.import_tf_agents(saved_policy("q_greedy"), tmp_path / "c", metadata={"source": "x"})
+    assert str(info.value) == (
+        "metadata: expected keys other than ['imported_from', 'source', 'tf_agents_batch_size', "
+        "'tf_agents_function'] (the import sets them), got ['source']"
+    )
+    assert not (tmp_path / "c").exists()
 
 
-# --- bad inputs ----------------------------------------------------------------------
+def test_an_existing_output_needs_overwrite(bundles, tmp_path):
+    target = tmp_path / "b"
+    shutil.copytree(bundles("q_greedy"), target)
+    with pytest.raises(ExportError, match="already exists; pass overwrite=True"):
+        tai.import_tf_agents(saved_policy("nested_obs"), target)
+    assert manifest_of(target)["metadata"]["source"] == str(saved_policy("q_greedy"))
+    tai.import_tf_agents(saved_policy("nested_obs"), target, formats=["onnx"], overwrite=True)
+    assert manifest_of(target)["metadata"]["source"] == str(saved_policy("nested_obs"))
+
+
+def test_import_is_exported_lazily_from_exporters():
+    assert exporters.import_tf_agents is tai.import_tf_agents
+    assert exporters.import_tf_agents_checkpoint is tai.import_tf_agents_checkpoint
+
+
+# --- not a TF-Agents policy ----------------------------------------------------------
 
 
 def test_missing_directory(tmp_path):
     missing = tmp_path / "nope"
     with pytest.raises(BundleError) as info:
-        tai.convert_tf_agents_policy(missing)
+        tai.import_tf_agents(missing, tmp_path / "out")
     assert str(info.value) == (
         f"{missing}: expected a TF-Agents saved policy directory, got no such directory"
     )
+    assert not (tmp_path / "out").exists()
 
 
 def test_directory_without_specs(tmp_path):
     with pytest.raises(BundleError) as info:
-        tai.read_policy_specs(tmp_path)
+        tai.import_tf_agents(tmp_path, tmp_path / "out")
     assert str(info.value) == (
         f"{tmp_path}: expected a TF-Agents saved policy (saved_model.pb and "
         "policy_specs.pbtxt), got a directory without either"
     )
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.fixture(scope="module")
@@ -331,20 +399,18 @@ def plain_saved_model(tmp_path_factory):
     module.double = tf.function(
         lambda x: x * module.scale, input_signature=[tf.TensorSpec([None], tf.float32)]
     )
-    with warnings.catch_warnings():
-        # TF warns that loading needs TFP's TypeSpecs registered: the import does that.
-        warnings.filterwarnings("ignore", "Encoding a StructuredValue")
-        tf.saved_model.save(module, str(path))
+    tf.saved_model.save(module, str(path))
     return path
 
 
-def test_plain_saved_model_is_refused(plain_saved_model):
+def test_plain_saved_model_is_refused(plain_saved_model, tmp_path):
     with pytest.raises(BundleError) as info:
-        tai.convert_tf_agents_policy(plain_saved_model)
+        tai.import_tf_agents(plain_saved_model, tmp_path / "out")
     assert str(info.value) == (
         f"{plain_saved_model}: a SavedModel without policy_specs.pbtxt is not a TF-Agents "
         "policy (PolicySaver writes policy_specs.pbtxt beside saved_model.pb)"
     )
+    assert not (tmp_path / "out").exists()
 
 
 def test_plain_saved_model_with_copied_specs_is_refused(plain_saved_model, tmp_path):
@@ -352,23 +418,36 @@ def test_plain_saved_model_with_copied_specs_is_refused(plain_saved_model, tmp_p
     shutil.copytree(plain_saved_model, path)
     shutil.copy(saved_policy("q_greedy") / "policy_specs.pbtxt", path)
     with pytest.raises(BundleError) as info:
-        tai.convert_tf_agents_policy(path)
+        tai.import_tf_agents(path, tmp_path / "out")
     assert str(info.value) == (
-        f"{path}: expected the functions of TF-Agents' PolicySaver (action, distribution, "
-        "get_initial_state), got a SavedModel without ['action', 'get_initial_state']"
+        f"{path}: expected what TF-Agents' PolicySaver saves (action, get_initial_state, "
+        "model_variables), got a SavedModel without ['action', 'get_initial_state', "
+        "'model_variables']"
     )
 
 
 def test_corrupted_pbtxt(tmp_path):
-    text = (saved_policy("q_greedy") / "policy_specs.pbtxt").read_text()
-    (tmp_path / "policy_specs.pbtxt").write_text(text[: len(text) // 2])
+    source = tmp_path / "policy"
+    shutil.copytree(saved_policy("q_greedy"), source)
+    text = (source / "policy_specs.pbtxt").read_text()
+    (source / "policy_specs.pbtxt").write_text(text[: len(text) // 2])
     with pytest.raises(BundleError) as info:
-        tai.read_policy_specs(tmp_path)
+        tai.import_tf_agents(source, tmp_path / "out")
     message = str(info.value)
     assert message.startswith(
-        f"{tmp_path / 'policy_specs.pbtxt'}: not a readable StructuredValue text proto ("
+        f"{source / 'policy_specs.pbtxt'}: not a readable StructuredValue text proto ("
     )
     assert "Expected" in message  # protobuf's own description of what it expected
+    assert not (tmp_path / "out").exists()
+
+
+def test_corrupted_saved_model(tmp_path):
+    source = tmp_path / "policy"
+    shutil.copytree(saved_policy("q_greedy"), source)
+    (source / "saved_model.pb").write_bytes(b"\x00garbage")
+    with pytest.raises(BundleError) as info:
+        tai.import_tf_agents(source, tmp_path / "out")
+    assert str(info.value).startswith(f"{source}: TensorFlow cannot load the SavedModel (")
 
 
 def test_binary_garbage_pbtxt(tmp_path):
@@ -406,7 +485,7 @@ def test_collect_data_spec_that_is_not_a_trajectory(tmp_path):
     )
 
 
-# --- conversion guards ---------------------------------------------------------------
+# --- conversion guards the import relies on -----------------------------------------
 
 
 def test_an_op_tf2onnx_lacks_fails_the_conversion_naming_it():
@@ -421,7 +500,7 @@ def test_an_op_tf2onnx_lacks_fails_the_conversion_naming_it():
         return {"r0": r0, "r1": r1}
 
     with pytest.raises(ExportError) as info:
-        tai.convert_function(gradient_args, what="gradient_args")
+        onnx_export.convert(gradient_args, what="gradient_args")
     message = str(info.value)
     assert message.startswith("gradient_args: tf2onnx could not convert it: ")
     assert "BroadcastGradientArgs" in message
@@ -433,18 +512,23 @@ def test_random_ops_are_refused():
         return {"sample": loc + tf.random.normal(tf.shape(loc), seed=1)}
 
     with pytest.raises(ExportError) as info:
-        tai.convert_function(sample, what="sample")
+        onnx_export.convert(sample, what="sample")
     assert re.fullmatch(
         r"sample: expected a graph without random ops, got \['RandomNormal(Like)?'\]",
         str(info.value),
     )
 
 
-# --- checkpoints ---------------------------------------------------------------------
+# --- TF-Agents checkpoints, through update -------------------------------------------
 
 
 def _write_negated_checkpoint(source: Path, directory: Path, train_step: int) -> None:
-    """A PolicySaver.save_checkpoint-style output with the Q head negated."""
+    """A PolicySaver.save_checkpoint-style output with the Q head negated.
+
+    PolicySaver writes ``Checkpoint(policy=<saved module>, model_variables=...,
+    train_step=...)`` to ``<dir>/variables/variables``; the saved module is what
+    ``tf.saved_model.load`` gives back, so a loaded policy stands in for it.
+    """
     loaded = tai.load_saved_policy(source)
     for variable in loaded.model_variables:
         if variable.name.startswith("QNetwork/dense_2/"):  # the Q-value layer
@@ -456,300 +540,187 @@ def _write_negated_checkpoint(source: Path, directory: Path, train_step: int) ->
     checkpoint.write(str(directory / "variables" / "variables"))
 
 
-def test_checkpoint_update_changes_the_weights(tmp_path):
+def _weights_of(checkpoint: Path, manifest: dict) -> dict[str, np.ndarray]:
+    """The checkpoint's weights under the bundle's initializer names (the documented
+    reading: ``w<i>`` is the value of ``manifest.onnx.initializers[i]``)."""
+    names = manifest["onnx"]["initializers"]
+    with np.load(checkpoint / bundle.WEIGHTS_FILE, allow_pickle=False) as data:
+        return {names[int(key[1:])]: data[key] for key in data.files}
+
+
+@pytest.fixture(scope="module")
+def negated_checkpoint(tmp_path_factory, bundles):
+    """``(TF-Agents checkpoint dir, converted checkpoint dir)`` for q_greedy, Q head negated."""
+    root = tmp_path_factory.mktemp("ckpt")
+    _write_negated_checkpoint(saved_policy("q_greedy"), root / "tf_agents", train_step=7)
+    converted = tai.import_tf_agents_checkpoint(
+        saved_policy("q_greedy"), root / "tf_agents", root / "converted"
+    )
+    return root / "tf_agents", converted
+
+
+def test_tf_agents_checkpoint_updates_the_onnx_bundle(negated_checkpoint, bundles):
+    _, converted = negated_checkpoint
+    path = bundles("q_greedy")
+    manifest = manifest_of(path)
+    info = bundle.read_checkpoint(converted)
+    assert info["train_step"] == 7
+    # The weights fit this bundle: the runtime applies them only on equal fingerprints.
+    assert info["graph_fingerprint"] == manifest["onnx"]["graph_fingerprint"]
     rec = recording("q_greedy")
-    _write_negated_checkpoint(saved_policy("q_greedy"), tmp_path, train_step=7)
-    before = imported("q_greedy")
-    after = tai.update_from_checkpoint(before, tmp_path)
-    assert after.train_step == 7
-    assert set(after.models) == set(before.models)
     feeds = time_step_feeds(rec)
-    old_model = before.models["action"].model
-    new_model = after.models["action"].model
-    new_sess = ort.InferenceSession(new_model.SerializeToString())
-    (action,) = new_sess.run(["action"], feeds)
+    session = onnx_session(path, _weights_of(converted, manifest))
+    action = run_session(session, feeds)["action"]
     # Negated Q-values over two actions: the greedy action flips wherever there was
     # no tie in the recorded logits.
     logits = rec["distribution/logits"]
     no_tie = logits[:, 0] != logits[:, 1]
+    assert no_tie.sum() > 20
     np.testing.assert_array_equal(action[no_tie], 1 - rec["action"][no_tie])
 
-    # Patching the old graph's initializers gives the new graph's results.
-    updates = tai.initializer_updates(old_model, new_model)
-    assert updates
-    patched = onnx.ModelProto()
-    patched.CopyFrom(old_model)
-    for init in patched.graph.initializer:
-        if init.name in updates:
-            init.CopyFrom(numpy_helper.from_array(updates[init.name], init.name))
-    (patched_action,) = ort.InferenceSession(patched.SerializeToString()).run(["action"], feeds)
-    np.testing.assert_array_equal(patched_action, action)
 
-    # The import the update started from is left as it was.
-    assert before.train_step == -1
-    np.testing.assert_array_equal(run("q_greedy", "action", feeds)["action"], rec["action"])
-    model = before.models["action"]
-    tf_action = model.concrete_function(*(tf.constant(feeds[io.name]) for io in model.inputs))
-    np.testing.assert_array_equal(tf_action["action"].numpy(), rec["action"])
+def test_tf_agents_checkpoint_updates_the_saved_model_bundle(negated_checkpoint, bundles):
+    """The tf side: tf/ckpt restores into the bundle SavedModel's policy and train_step."""
+    _, converted = negated_checkpoint
+    loaded = tf.saved_model.load(str(bundles("q_greedy") / "saved_model"))
+    status = tf.train.Checkpoint(policy=loaded.policy, train_step=loaded.train_step).read(
+        str(converted / bundle.TF_CHECKPOINT_PREFIX)
+    )
+    status.assert_existing_objects_matched()
+    assert int(loaded.signatures["get_train_step"]()["train_step"]) == 7
+    rec = recording("q_greedy")
+    feeds = {k: tf.constant(v) for k, v in time_step_feeds(rec).items()}
+    action = loaded.signatures["distribution"](**feeds)["action"].numpy()
+    no_tie = rec["distribution/logits"][:, 0] != rec["distribution/logits"][:, 1]
+    np.testing.assert_array_equal(action[no_tie], 1 - rec["action"][no_tie])
 
 
-def test_a_saved_policy_directory_reads_as_a_checkpoint_too():
-    policy = imported("nested_obs")
-    again = tai.update_from_checkpoint(policy, saved_policy("nested_obs"))
-    feeds = time_step_feeds(recording("nested_obs"))
-    sess = ort.InferenceSession(again.models["action"].model.SerializeToString())
-    np.testing.assert_array_equal(sess.run(["action"], feeds)[0], recording("nested_obs")["action"])
-    # Same values: every initializer update is a no-op.
-    updates = tai.initializer_updates(policy.models["action"].model, again.models["action"].model)
-    old = {
-        i.name: numpy_helper.to_array(i) for i in policy.models["action"].model.graph.initializer
-    }
-    assert set(updates) == set(old)
-    for name, value in updates.items():
-        np.testing.assert_array_equal(value, old[name])
-
-
-def test_initializer_updates_refuses_different_graphs():
-    greedy = imported("q_greedy").models["action"].model
-    nested = imported("nested_obs").models["action"].model
-    with pytest.raises(ExportError, match="expected graphs that differ only in initializer"):
-        tai.initializer_updates(greedy, nested)
+def test_a_saved_policy_directory_reads_as_a_checkpoint_too(tmp_path, bundles):
+    """Its own variables: the converted weights equal the bundle's initializers."""
+    converted = tai.import_tf_agents_checkpoint(
+        saved_policy("nested_obs"), saved_policy("nested_obs"), tmp_path / "c"
+    )
+    manifest = manifest_of(bundles("nested_obs"))
+    assert bundle.read_checkpoint(converted)["train_step"] == -1
+    model = onnx.load(str(bundles("nested_obs") / "policy.onnx"))
+    initial = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
+    weights = _weights_of(converted, manifest)
+    assert set(weights) == set(initial)
+    for name, value in weights.items():
+        np.testing.assert_array_equal(value, initial[name], err_msg=name)
 
 
 def test_checkpoint_of_another_policy_is_refused(tmp_path):
     loaded = tai.load_saved_policy(saved_policy("nested_obs"))
     tf.train.Checkpoint(policy=loaded).write(str(tmp_path / "variables" / "variables"))
     with pytest.raises(BundleError) as info:
-        tai.update_from_checkpoint(imported("q_greedy"), tmp_path)
+        tai.import_tf_agents_checkpoint(saved_policy("q_greedy"), tmp_path, tmp_path / "out")
     assert str(info.value).startswith(
         f"{tmp_path}: expected a checkpoint of this policy's variables, got one that does "
         "not match ("
     )
+    assert not (tmp_path / "out").exists()
 
 
 def test_missing_checkpoint(tmp_path):
     with pytest.raises(BundleError) as info:
-        tai.update_from_checkpoint(imported("q_greedy"), tmp_path)
+        tai.import_tf_agents_checkpoint(saved_policy("q_greedy"), tmp_path, tmp_path / "out")
     assert str(info.value) == (
         f"{tmp_path}: expected a TF-Agents policy checkpoint (variables/variables.index), got none"
     )
 
 
-# --- policy kinds the reference folder lacks, saved the way PolicySaver saves ---------
-
-Trajectory = collections.namedtuple(
-    "Trajectory",
-    ["step_type", "observation", "action", "policy_info", "next_step_type", "reward", "discount"],
-)
-W_MOVE = np.arange(6, dtype=np.float32).reshape(3, 2) / 10
-W_TURN = np.arange(9, dtype=np.float32).reshape(3, 3) / 10 - 0.3
-OBSERVATION = np.random.default_rng(0).standard_normal((6, 3)).astype(np.float32)
-
-
-def save_like_policy_saver(path: Path, kind: str, batch_size: int | None = None) -> Path:
-    """A SavedModel with PolicySaver's layout: action, distribution, get_initial_state,
-    get_train_step, get_metadata, and policy_specs.pbtxt beside it.
-
-    The action is a dict {"move": (2,) float in [-1, 1], "turn": () int32 in [0, 2]}:
-      stochastic: Normal(obs @ W_MOVE, 0.5) and Categorical(obs @ W_TURN); action samples.
-      independent: the same with the Normal wrapped in Independent (as TF-Agents' normal
-        projections may do).
-      deterministic: Deterministic(obs @ W_MOVE) and Deterministic(argmax(obs @ W_TURN)).
-      unserializable: the distribution function only raises (PolicySaver's fallback when
-        policy.distribution() cannot be saved); the action samples.
-      gamma: a Gamma for "move" (no family of ours); the action is deterministic.
-    """
-    import tensorflow_probability as tfp
-
-    tfd = tfp.distributions
-    module = tf.Module()
-    module.w_move = tf.Variable(W_MOVE)
-    module.w_turn = tf.Variable(W_TURN)
-    module.train_step = tf.Variable(3, dtype=tf.int64)
-    module.metadata = {"version": tf.Variable(2)}
-
-    def distributions(observation):
-        move, turn = observation @ module.w_move, observation @ module.w_turn
-        if kind == "deterministic":
-            return {
-                "move": tfd.Deterministic(move),
-                "turn": tfd.Deterministic(tf.argmax(turn, -1, output_type=tf.int32)),
-            }
-        if kind == "gamma":
-            first = tfd.Gamma(tf.exp(move), 1.0)
-        elif kind == "independent":
-            first = tfd.Independent(tfd.Normal(move, 0.5), reinterpreted_batch_ndims=1)
-        else:
-            first = tfd.Normal(move, 0.5)
-        return {"move": first, "turn": tfd.Categorical(logits=turn, dtype=tf.int32)}
-
-    @tf.function
-    def distribution(time_step, policy_state=()):
-        if kind == "unserializable":
-            tf.debugging.Assert(False, ["could not serialize"])
-            return ()
-        dists = distributions(time_step.observation)
-        return PolicyStep(tf.nest.map_structure(tfp.experimental.as_composite, dists))
-
-    @tf.function
-    def action(time_step, policy_state=()):
-        dists = distributions(time_step.observation)
-        if kind in ("deterministic", "gamma"):
-            move = time_step.observation @ module.w_move
-            turn = tf.argmax(time_step.observation @ module.w_turn, -1, output_type=tf.int32)
-            return PolicyStep({"move": tf.clip_by_value(move, -1.0, 1.0), "turn": turn})
-        return PolicyStep({k: d.sample(seed=1) for k, d in dists.items()})
-
-    outer = [batch_size]
-    batched = TimeStep(
-        tf.TensorSpec(outer, tf.int32, "step_type"),
-        tf.TensorSpec(outer, tf.float32, "reward"),
-        tf.TensorSpec(outer, tf.float32, "discount"),
-        tf.TensorSpec([*outer, 3], tf.float32, "observation"),
-    )
-    action.get_concrete_function(batched, ())
-    distribution.get_concrete_function(batched, ())
-    module.action, module.distribution = action, distribution
-    module.get_initial_state = tf.function(lambda batch_size: ())
-    module.get_initial_state.get_concrete_function(tf.TensorSpec((), tf.int32))
-    module.get_train_step = tf.function(lambda: module.train_step.read_value())
-    module.get_train_step.get_concrete_function()
-    module.get_metadata = tf.function(lambda: {"version": module.metadata["version"] + 0})
-    module.get_metadata.get_concrete_function()
+def test_tf_warnings_of_the_import_are_not_errors(tmp_path):
+    """Importing emits no warning of ours for a policy with a usable distribution."""
     with warnings.catch_warnings():
-        # TF warns that loading needs TFP's TypeSpecs registered: the import does that.
-        warnings.filterwarnings("ignore", "Encoding a StructuredValue")
-        tf.saved_model.save(module, str(path))
-
-    from google.protobuf import text_format
-    from tensorflow.python.saved_model import nested_structure_coder
-
-    step_type = tf.TensorSpec((), tf.int32, "step_type")
-    collect = Trajectory(
-        step_type=step_type,
-        observation=tf.TensorSpec((3,), tf.float32, "observation"),
-        action={
-            "move": BoundedTensorSpec((2,), tf.float32, -1.0, 1.0, "move"),
-            "turn": BoundedTensorSpec((), tf.int32, 0, 2, "turn"),
-        },
-        policy_info=(),
-        next_step_type=step_type,
-        reward=tf.TensorSpec((), tf.float32, "reward"),
-        discount=BoundedTensorSpec((), tf.float32, 0.0, 1.0, "discount"),
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # TF warns that namedtuples load as generic ones
-        proto = nested_structure_coder.encode_structure(
-            {"collect_data_spec": collect, "policy_state_spec": ()}
-        )
-    (path / tai.POLICY_SPECS_PBTXT).write_text(text_format.MessageToString(proto))
-    return path
+        warnings.simplefilter("error", UserWarning)
+        tai.import_tf_agents(saved_policy("nested_obs"), tmp_path / "b", formats=["onnx"])
 
 
-def fake_feeds(batch: int = 6) -> dict[str, np.ndarray]:
-    return {
-        "step_type": np.ones(batch, np.int32),
-        "reward": np.zeros(batch, np.float32),
-        "discount": np.ones(batch, np.float32),
-        "observation": OBSERVATION[:batch],
-    }
+# --- the runtime serves imported bundles like any other --------------------------------
 
 
-def run_model(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    names = [o.name for o in sess.get_outputs()]
-    return dict(zip(names, sess.run(names, feeds), strict=True))
+def recorded_time_step(rec: dict[str, np.ndarray], prefix: str = "") -> TimeStep:
+    """The recorded inputs as a TimeStep (reward 0, discount 1, as recorded)."""
+    feeds = time_step_feeds(rec, prefix)
+    if "observation" in feeds:
+        observation = feeds["observation"]
+    else:
+        observation = {k.removeprefix("observation/"): v for k, v in feeds.items() if "/" in k}
+    return TimeStep(feeds["step_type"], feeds["reward"], feeds["discount"], observation)
 
 
-@pytest.mark.parametrize("kind", ["stochastic", "independent"])
-def test_nested_stochastic_policy_exports_normal_and_categorical_parameters(tmp_path, kind):
-    policy = tai.convert_tf_agents_policy(save_like_policy_saver(tmp_path / "p", kind))
-    assert set(policy.models) == {"distribution"}
-    assert not policy.deterministic
-    assert "['Multinomial', 'RandomStandardNormal']" in policy.skipped["action"]
-    assert policy.distribution == {
-        "move": {
-            "family": "normal",
-            "params": ["loc", "scale"],
-            "event_ndims": 1,
-            "dtype": "float32",
-        },
-        "turn": {
-            "family": "categorical",
-            "params": ["logits"],
-            "event_ndims": 0,
-            "dtype": "int32",
-            "shift": 0,
-        },
-    }
-    assert policy.train_step == 3
-    assert policy.metadata == {"version": np.int32(2)}
-    model = policy.models["distribution"]
-    assert [o.name for o in model.model.graph.output] == [
-        "distribution/move/loc",
-        "distribution/move/scale",
-        "distribution/turn/logits",
-    ]
-    out = run_model(model.model, fake_feeds())
-    np.testing.assert_allclose(out["distribution/move/loc"], OBSERVATION @ W_MOVE, atol=1e-6)
-    np.testing.assert_array_equal(out["distribution/move/scale"], np.full((6, 2), 0.5, np.float32))
-    np.testing.assert_allclose(out["distribution/turn/logits"], OBSERVATION @ W_TURN, atol=1e-6)
+@pytest.mark.parametrize("case", ["q_greedy", "nested_obs"])
+def test_onnx_runtime_matches_the_recorded_greedy_actions(case, bundles):
+    from runtimes import load_policy
+
+    policy = load_policy(bundles(case), backend="onnx")
+    assert policy.backend == "onnx"
+    rec = recording(case)
+    action = policy.action(recorded_time_step(rec)).action
+    assert action.dtype == np.int64
+    np.testing.assert_array_equal(action, rec["action"])
 
 
-def test_fixed_batch_size_is_kept(tmp_path):
-    path = save_like_policy_saver(tmp_path / "p", "deterministic", batch_size=6)
-    policy = tai.convert_tf_agents_policy(path)
-    assert policy.batch_size == 6
-    assert policy.deterministic
-    model = policy.models["action"].model
-    assert [i.type.tensor_type.shape.dim[0].dim_value for i in model.graph.input] == [6] * 4
-    out = run_model(model, fake_feeds())
-    np.testing.assert_allclose(
-        out["action/move"], np.clip(OBSERVATION @ W_MOVE, -1, 1), rtol=0, atol=1e-6
-    )
-    np.testing.assert_array_equal(out["action/turn"], (OBSERVATION @ W_TURN).argmax(-1))
-    loc = run_model(policy.models["distribution"].model, fake_feeds())
-    np.testing.assert_array_equal(loc["distribution/turn/loc"], out["action/turn"])
+def test_onnx_runtime_matches_the_recorded_distribution_parameters(bundles):
+    from runtimes import load_policy
+
+    case = "actor_normal_stochastic"
+    policy = load_policy(bundles(case), backend="onnx", seed=0)
+    rec = recording(case)
+    time_step = recorded_time_step(rec)
+    dist = policy.distribution(time_step).action
+    np.testing.assert_allclose(dist.mean(), rec["distribution/mean"], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(dist.stddev(), rec["distribution/stddev"], rtol=0, atol=1e-5)
+    # Sampled in the runtime with its own generator, clipped to the spec as TF-Agents does.
+    first = policy.action(time_step, seed=1).action
+    np.testing.assert_array_equal(policy.action(time_step, seed=1).action, first)
+    assert not np.array_equal(policy.action(time_step, seed=2).action, first)
+    assert first.shape == (32, 2) and np.all(np.abs(first) <= 1.0)
 
 
-def test_unserializable_distribution_and_sampled_action_fail_clearly(tmp_path):
-    path = save_like_policy_saver(tmp_path / "p", "unserializable")
-    with pytest.raises(ExportError) as info:
-        tai.convert_tf_agents_policy(path)
-    assert str(info.value) == (
-        f"{path}: expected a deterministic action or a supported distribution to export, "
-        "got neither (action: the saved action samples (TF ops ['Multinomial', "
-        "'RandomStandardNormal']); an exported graph must not hold random ops, so only the "
-        "distribution parameters are exported; distribution: the saved policy's distribution "
-        "function only raises: PolicySaver could not serialize policy.distribution() when the "
-        "policy was saved)"
-    )
+@pytest.mark.parametrize("backend", ["onnx", "tf"])
+def test_runtime_replays_the_recurrent_sequence_with_resets(backend, bundles):
+    from runtimes import load_policy
 
-
-def test_unsupported_family_leaves_the_deterministic_action(tmp_path):
-    policy = tai.convert_tf_agents_policy(save_like_policy_saver(tmp_path / "p", "gamma"))
-    assert set(policy.models) == {"action"}
-    assert policy.distribution is None
-    assert policy.skipped == {
-        "distribution": "distribution/move: expected a Deterministic, Categorical, Normal, "
-        "MultivariateNormalDiag or Uniform distribution, got Gamma"
-    }
-    out = run_model(policy.models["action"].model, fake_feeds())
-    np.testing.assert_array_equal(out["action/turn"], (OBSERVATION @ W_TURN).argmax(-1))
-
-
-def test_bad_opset_and_functions_are_refused_before_loading(tmp_path):
-    with pytest.raises(ExportError, match=re.escape("opset: expected an int in [17, 18], got 13")):
-        tai.convert_tf_agents_policy(tmp_path, opset=13)
-    with pytest.raises(ValueError, match=re.escape("got ['sample']")):
-        tai.convert_tf_agents_policy(tmp_path, functions=["sample"])
-
-
-def test_opset_18_converts_too():
-    policy = tai.convert_tf_agents_policy(saved_policy("q_rnn"), functions=["action"], opset=18)
-    model = policy.models["action"].model
-    assert [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")] == [18]
+    policy = load_policy(bundles("q_rnn"), backend=backend)
     rec = recording("q_rnn")
-    feeds = time_step_feeds(rec, "t0/")
-    feeds.update({f"policy_state/{i}": np.zeros((4, 8), np.float32) for i in (0, 1)})
-    np.testing.assert_array_equal(run_model(model, feeds)["action"], rec["t0/action"])
+    state = policy.get_initial_state(4)
+    for t in range(case_info("q_rnn")["rnn_steps"]):
+        step = policy.action(recorded_time_step(rec, f"t{t}/"), state)
+        np.testing.assert_array_equal(step.action, rec[f"t{t}/action"], err_msg=f"step {t}")
+        state = step.state
+
+
+@pytest.mark.parametrize("backend", ["onnx", "tf"])
+def test_runtime_takes_a_tf_agents_checkpoint_through_update(backend, negated_checkpoint, bundles):
+    from runtimes import load_policy
+
+    _, converted = negated_checkpoint
+    policy = load_policy(bundles("q_greedy"), backend=backend)
+    rec = recording("q_greedy")
+    time_step = recorded_time_step(rec)
+    np.testing.assert_array_equal(policy.action(time_step).action, rec["action"])
+    assert policy.train_step is None
+    policy.update_from_checkpoint(converted)
+    assert policy.train_step == 7
+    no_tie = rec["distribution/logits"][:, 0] != rec["distribution/logits"][:, 1]
+    action = policy.action(time_step).action
+    np.testing.assert_array_equal(action[no_tie], 1 - rec["action"][no_tie])
+
+
+def test_update_bundle_takes_the_converted_checkpoint(negated_checkpoint, bundles, tmp_path):
+    """The bundle on disk takes it too (exporters.update.update_bundle), both formats."""
+    from exporters.update import update_bundle
+    from runtimes import load_policy
+
+    _, converted = negated_checkpoint
+    target = tmp_path / "b"
+    shutil.copytree(bundles("q_greedy"), target)
+    report = update_bundle(target, converted)
+    assert report.train_step == 7 and manifest_of(target)["train_step"] == 7
+    rec = recording("q_greedy")
+    no_tie = rec["distribution/logits"][:, 0] != rec["distribution/logits"][:, 1]
+    for backend in ("onnx", "tf"):
+        action = load_policy(target, backend=backend).action(recorded_time_step(rec)).action
+        np.testing.assert_array_equal(action[no_tie], 1 - rec["action"][no_tie], err_msg=backend)

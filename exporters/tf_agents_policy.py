@@ -1,0 +1,298 @@
+"""TFAgentsPolicy: a policy saved by TF-Agents' ``PolicySaver``, as a TFPolicy of this project.
+
+The adapter wraps the loaded SavedModel (see ``exporters.tf_agents_import``) so that
+``exporters.export_policy`` turns it into a regular bundle, like any native policy:
+
+* specs come from ``policy_specs.pbtxt``; the variables are the saved model's own;
+* ``_distribution`` calls the saved ``distribution`` function where the policy saved
+  one of a supported family (deterministic, categorical, normal, uniform, possibly
+  Independent), else the saved ``action`` where it is deterministic, as a Deterministic
+  around it. A stochastic policy with neither is refused, naming why;
+* the saved functions reset the state on FIRST themselves (TF-Agents traced its own
+  reset into them), so the base class's reset is off;
+* the action is a sample of the distribution, clipped to the action spec, as
+  TF-Agents' ``action`` does (a deterministic leaf samples to its ``loc``).
+
+TF-Agents' info, when it is a namedtuple (``PolicyInfo``), becomes a dict with the same
+paths; its ``log_probability`` entry becomes this project's ``emit_log_probability``
+(computed from the distribution, as for native policies).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+from exporters import tf_agents_import as tai
+from toolkit import nest
+from toolkit.errors import UnsupportedError
+from toolkit.policies import tf_policy
+from toolkit.specs import tensor_spec
+from toolkit.trajectories.policy_step import PolicyStep
+from toolkit.trajectories.time_step import TimeStep
+
+__all__ = ["TFAgentsPolicy"]
+
+tfd = tfp.distributions
+
+DISTRIBUTION = "distribution"
+ACTION = "action"
+
+
+def _info_specs(raw_info: Any) -> tuple[Any, bool]:
+    """``(info spec without log_probability, emits log_probability)`` of TF-Agents' info.
+
+    A top-level namedtuple becomes a dict (same paths), so the base class can add its
+    own ``log_probability`` entry.
+    """
+    if nest.is_nested(raw_info) and hasattr(raw_info, "_fields"):
+        raw_info = dict(raw_info._asdict())
+    if isinstance(raw_info, dict) and tf_policy.LOG_PROBABILITY in raw_info:
+        rest = {k: v for k, v in raw_info.items() if k != tf_policy.LOG_PROBABILITY}
+        return (rest or ()), True
+    return raw_info, False
+
+
+class TFAgentsPolicy(tf_policy.TFPolicy):
+    """A TF-Agents saved policy (``PolicySaver.save`` output) as a TFPolicy.
+
+    Args:
+      saved_model_dir: the saved policy directory (``saved_model.pb`` and
+        ``policy_specs.pbtxt``).
+      clip: clip sampled actions to bounded action specs (TF-Agents' default, which its
+        saved ``action`` applies too).
+      validate_args: check inputs against the specs.
+      name: module name.
+
+    Raises:
+      BundleError: the directory is not a TF-Agents saved policy.
+      UnsupportedError: a policy this adapter cannot serve, with the reason (a
+        stochastic action without a usable saved distribution, a non-zero initial
+        state, functions that take no time steps).
+    """
+
+    _TF_MODULE_IGNORED_PROPERTIES = tf_policy.TFPolicy._TF_MODULE_IGNORED_PROPERTIES | frozenset(
+        ("_saved", "_specs", "_random_ops")
+    )
+
+    def __init__(
+        self,
+        saved_model_dir: str | os.PathLike,
+        *,
+        clip: bool = True,
+        validate_args: bool = True,
+        name: str | None = None,
+    ):
+        source = Path(saved_model_dir)
+        specs = tai.read_policy_specs(source)
+        loaded = tai.load_saved_policy(source)
+        action_fn = tai.find_concrete(loaded.action)
+        if action_fn is None:
+            raise UnsupportedError(
+                f"{source}: action: expected a function of (time_step, policy_state), got a "
+                "signature without time steps (saved with PolicySaver's input_fn_and_spec?)"
+            )
+        batch_size = tai.saved_batch_size(action_fn)
+        tai.check_initial_state(loaded, specs, batch_size, source)
+        info_spec, emit_log_probability = _info_specs(specs.raw["info_spec"])
+        super().__init__(
+            specs.raw["time_step_spec"],
+            specs.raw["action_spec"],
+            specs.raw["policy_state_spec"],
+            info_spec,
+            clip=clip,
+            emit_log_probability=emit_log_probability,
+            # TF-Agents traced its own reset on FIRST into the saved functions.
+            automatic_state_reset=False,
+            validate_args=validate_args,
+            name=name or "TFAgentsPolicy",
+        )
+        # Not tracked as a child: the bundle's SavedModel must not carry TF-Agents'
+        # functions and TFP type specs, only the variables they read (tracked below).
+        object.__setattr__(self, "_saved", loaded)
+        object.__setattr__(self, "_specs", specs)
+        self._source = source
+        self._batch_size = batch_size
+        self.model_variables = tuple(loaded.model_variables)
+        # A plain list (tf.Module would wrap it into a tracked ListWrapper).
+        object.__setattr__(self, "_random_ops", tai.random_tf_ops(tai.tf_op_types(action_fn)))
+        self._function, self._skipped = self._choose_function(loaded, source)
+
+    # --- what was imported ----------------------------------------------------------
+
+    @property
+    def source(self) -> Path:
+        """The TF-Agents saved policy directory."""
+        return self._source
+
+    @property
+    def function(self) -> str:
+        """The saved function the distribution comes from: ``distribution`` or ``action``."""
+        return self._function
+
+    @property
+    def skipped(self) -> str | None:
+        """Why the saved ``distribution`` is not used (then ``function == "action"``)."""
+        return self._skipped
+
+    @property
+    def deterministic(self) -> bool:
+        """True when the saved ``action`` holds no random op."""
+        return not self._random_ops
+
+    @property
+    def batch_size(self) -> int | None:
+        """The fixed batch size the policy was saved with, or None (any batch)."""
+        return self._batch_size
+
+    @property
+    def saved_train_step(self) -> int:
+        """The saved ``get_train_step()`` (-1 when PolicySaver was given none)."""
+        return int(self._saved.get_train_step()) if hasattr(self._saved, "get_train_step") else -1
+
+    @property
+    def saved_metadata(self) -> dict[str, np.ndarray]:
+        """PolicySaver's metadata (``get_metadata()``) as numpy values."""
+        return tai.saved_metadata(self._saved)
+
+    def _choose_function(self, loaded: Any, source: Path) -> tuple[str, str | None]:
+        """``distribution`` when it gives supported families, else a deterministic ``action``."""
+        try:
+            self._check_distribution(loaded)
+        except UnsupportedError as e:
+            reason = str(e)
+        else:
+            return DISTRIBUTION, None
+        if self._random_ops:
+            raise UnsupportedError(
+                f"{source}: expected a deterministic action or a supported distribution to "
+                f"import, got neither (action: the saved action samples (TF ops "
+                f"{self._random_ops}) and an exported graph must not hold random ops; "
+                f"distribution: {reason})"
+            )
+        return ACTION, reason
+
+    def _check_distribution(self, loaded: Any) -> None:
+        """Raises UnsupportedError unless the saved distribution can be exported."""
+        function = getattr(loaded, "distribution", None)
+        concrete = None if function is None else tai.find_concrete(function)
+        if concrete is None:
+            raise UnsupportedError("the saved policy has no distribution function")
+        fields = tai.field_names(concrete.structured_outputs)
+        if fields is None or "action" not in fields:
+            # PolicySaver saves a function that only raises when it could not serialize
+            # policy.distribution() (e.g. a TransformedDistribution); it returns ().
+            raise UnsupportedError(
+                "the saved policy's distribution function only raises: PolicySaver could "
+                "not serialize policy.distribution() when the policy was saved"
+            )
+        # One call on zeros tells the families (and that their shapes fit the specs).
+        batch = self._batch_size or 1
+        time_step = tensor_spec.zero_spec_nest(self.time_step_spec, [batch])
+        state = self.get_initial_state(batch)
+        step = loaded.distribution(*self._saved_inputs(time_step, state))
+        for (path, spec), dist in zip(
+            nest.flatten_with_paths(self.action_spec, "distribution"),
+            nest.flatten_up_to(self._specs.raw["action_spec"], step.action),
+            strict=True,
+        ):
+            tf_policy.params_from_distribution(
+                _action_distribution(dist, spec, path), spec, batch, path
+            )
+
+    # --- calling the saved functions ---------------------------------------------------
+
+    def _saved_inputs(self, time_step: TimeStep, policy_state: Any) -> tuple[TimeStep, Any]:
+        """The inputs in TF-Agents' structures (e.g. a list for LSTM states)."""
+        raw = self._specs.raw
+        leaves = nest.flatten(time_step)
+        if self._batch_size is not None:
+            # Restored functions match their inputs' static shapes: pin the saved batch.
+            leaves = [
+                tf.ensure_shape(t, [self._batch_size, *s.shape])
+                for t, s in zip(leaves, nest.flatten(raw["time_step_spec"]), strict=True)
+            ]
+        time_step = TimeStep(*nest.pack_sequence_as(raw["time_step_spec"], leaves))
+        state = nest.pack_sequence_as(raw["policy_state_spec"], nest.flatten(policy_state))
+        return time_step, state
+
+    def _our_info(self, info: Any) -> Any:
+        """TF-Agents' info in this policy's base info structure (no log_probability)."""
+        if not nest.flatten(self._base_info_spec):
+            return ()
+        if hasattr(info, "_fields"):
+            info = dict(info._asdict())
+        if isinstance(info, dict):
+            info = {k: v for k, v in info.items() if k != tf_policy.LOG_PROBABILITY}
+        return nest.pack_sequence_as(self._base_info_spec, nest.flatten(info))
+
+    def _distribution(self, time_step: TimeStep, policy_state: Any) -> PolicyStep:
+        time_step, state = self._saved_inputs(time_step, policy_state)
+        leaves = nest.flatten_with_paths(self.action_spec, "distribution")
+        if self._function == DISTRIBUTION:
+            step = self._saved.distribution(time_step, state)
+            saved = nest.flatten_up_to(self._specs.raw["action_spec"], step.action)
+            dists = [_action_distribution(d, s, p) for (p, s), d in zip(leaves, saved, strict=True)]
+        else:
+            step = self._saved.action(time_step, state)
+            actions = nest.flatten_up_to(self._specs.raw["action_spec"], step.action)
+            dists = [
+                tf_policy.as_action_distribution(a, s, p)
+                for (p, s), a in zip(leaves, actions, strict=True)
+            ]
+        next_state = nest.pack_sequence_as(self.policy_state_spec, nest.flatten(step.state))
+        return PolicyStep(
+            nest.pack_sequence_as(self.action_spec, dists), next_state, self._our_info(step.info)
+        )
+
+    # --- copies and checkpoints ----------------------------------------------------------
+
+    def copy(self) -> TFAgentsPolicy:
+        """An independent copy: the saved policy loaded again, with this one's values."""
+        other = TFAgentsPolicy(
+            self._source, clip=self.clip, validate_args=self.validate_args, name=self.name
+        )
+        other.update(self)
+        return other
+
+    def restore_tf_agents_checkpoint(self, checkpoint_path: str | os.PathLike) -> int:
+        """Reads a ``PolicySaver.save_checkpoint`` (or ``save``) output into this policy.
+
+        The checkpoint is read into a fresh load first, so a checkpoint that does not
+        fit leaves this policy as it was.
+
+        Returns:
+          The checkpoint's train step (-1 when PolicySaver was given none).
+
+        Raises:
+          BundleError: no checkpoint there, or one of another policy.
+        """
+        fresh = tai.read_checkpoint(self._source, checkpoint_path)
+        for target, value in zip(self.model_variables, fresh.model_variables, strict=True):
+            target.assign(value)
+        return int(fresh.get_train_step()) if hasattr(fresh, "get_train_step") else -1
+
+
+def _action_distribution(dist: Any, spec: tf.TensorSpec, path: str) -> tfd.Distribution:
+    """One saved distribution with event shape ``spec.shape``, in TF-Agents' semantics."""
+    base = dist.distribution if isinstance(dist, tfd.Independent) else dist
+    if isinstance(base, tfd.Categorical):
+        # TF-Agents uses a TFP Categorical's indices as actions, unshifted (its own
+        # ShiftedCategorical, for other minimums, cannot be loaded without TF-Agents).
+        logits = base.logits if base.logits is not None else tf.math.log(base.probs)
+        shifted = tf_policy.ShiftedCategorical(logits, shift=0, dtype=spec.dtype)
+        if spec.shape.rank:
+            return tfd.Independent(shifted, reinterpreted_batch_ndims=spec.shape.rank)
+        return shifted
+    supported = (tfd.Deterministic, tfd.Normal, tfd.MultivariateNormalDiag, tfd.Uniform)
+    if not isinstance(base, supported):
+        raise UnsupportedError(
+            f"{path}: expected a Deterministic, Categorical, Normal, MultivariateNormalDiag or "
+            f"Uniform distribution, got {type(base).__name__}"
+        )
+    return tf_policy.as_action_distribution(dist, spec, path)
