@@ -20,6 +20,7 @@ __all__ = [
     "Deterministic",
     "Distribution",
     "Normal",
+    "Uniform",
     "make_distribution",
 ]
 
@@ -135,11 +136,10 @@ class Categorical(Distribution):
         return np.exp(self._log_probs()).astype(np.float32)
 
     def sample(self, seed=None):
-        # Gumbel-max: one argmax per entry, vectorised over the batch.
-        gumbel = -np.log(
-            -np.log(_rng(seed).uniform(np.finfo(np.float64).tiny, 1.0, self.logits.shape))
-        )
-        index = np.argmax(self.logits + gumbel, axis=-1)
+        # Gumbel-max: one argmax per entry, vectorised over the batch. Both terms in
+        # float64: a mixed-dtype add costs more than the rest at batch 1.
+        gumbel = _rng(seed).gumbel(size=self.logits.shape)
+        index = (self.logits.astype(np.float64) + gumbel).argmax(axis=-1)
         return (index + self.shift).astype(self.dtype)
 
     def mode(self):
@@ -156,7 +156,9 @@ class Categorical(Distribution):
 
     def entropy(self):
         log_probs = self._log_probs()
-        return self._sum_event(-(np.exp(log_probs) * log_probs).sum(axis=-1)).astype(np.float32)
+        # Categories with -inf logits (masked, or outside a narrower range) add 0, not NaN.
+        terms = np.exp(log_probs) * np.where(np.isneginf(log_probs), 0.0, log_probs)
+        return self._sum_event(-terms.sum(axis=-1)).astype(np.float32)
 
     def mean(self):
         values = np.arange(self.num_categories) + self.shift
@@ -214,7 +216,50 @@ class Normal(Distribution):
         return {"loc": self.loc, "scale": self.scale}
 
 
-_FAMILIES = {cls.family: cls for cls in (Deterministic, Categorical, Normal)}
+class Uniform(Distribution):
+    """Uniform in ``[low, high)`` per element (TFP's density: ``1 / (high - low)`` on
+    ``[low, high]``, 0 outside)."""
+
+    family = "uniform"
+
+    def __init__(self, low: Any, high: Any, event_ndims: int = 0, dtype: Any = np.float32):
+        super().__init__(event_ndims, dtype)
+        self.low = np.asarray(low)
+        self.high = np.asarray(high)
+
+    def _range(self) -> np.ndarray:
+        return self.high.astype(np.float64) - self.low.astype(np.float64)
+
+    def sample(self, seed=None):
+        shape = np.broadcast_shapes(self.low.shape, self.high.shape)
+        unit = _rng(seed).random(shape)
+        return (self.low + self._range() * unit).astype(self.dtype)
+
+    def mode(self):
+        raise UnsupportedError("a Uniform distribution has no mode (every value is one)")
+
+    def mean(self):
+        return ((self.low.astype(np.float64) + self.high) / 2.0).astype(self.dtype)
+
+    def stddev(self):
+        return (self._range() / np.sqrt(12.0)).astype(self.dtype)
+
+    def log_prob(self, value):
+        value = np.asarray(value, np.float64)
+        inside = (value >= self.low) & (value <= self.high)
+        with np.errstate(divide="ignore"):
+            density = np.where(inside, -np.log(self._range()), -np.inf)
+        return self._sum_event(density).astype(np.float32)
+
+    def entropy(self):
+        shape = np.broadcast_shapes(self.low.shape, self.high.shape)
+        return self._sum_event(np.broadcast_to(np.log(self._range()), shape)).astype(np.float32)
+
+    def parameters(self):
+        return {"low": self.low, "high": self.high}
+
+
+_FAMILIES = {cls.family: cls for cls in (Deterministic, Categorical, Normal, Uniform)}
 
 
 def make_distribution(family: str, params: dict[str, np.ndarray], **static: Any) -> Distribution:

@@ -90,3 +90,68 @@ def test_seeds_reproduce(dist):
 def test_unknown_family():
     with pytest.raises(UnsupportedError, match="distribution family 'beta' is not supported"):
         rd.make_distribution("beta", {})
+
+
+def test_uniform_matches_tfp():
+    low = RNG.uniform(-2.0, 0.0, size=(5, 3)).astype(np.float32)
+    high = low + RNG.uniform(0.5, 3.0, size=(5, 3)).astype(np.float32)
+    ours = rd.Uniform(low, high, event_ndims=1)
+    theirs = tfd.Independent(tfd.Uniform(low, high), 1)
+    inside = (low + 0.3 * (high - low)).astype(np.float32)
+    outside = inside.copy()
+    outside[::2, 1] = high[::2, 1] + 1.0
+    for values in (inside, outside, low, high):
+        np.testing.assert_allclose(
+            ours.log_prob(values), theirs.log_prob(values).numpy(), rtol=1e-5
+        )
+    assert np.all(np.isneginf(ours.log_prob(outside)[::2]))
+    np.testing.assert_allclose(ours.entropy(), theirs.entropy().numpy(), rtol=1e-5)
+    np.testing.assert_allclose(ours.mean(), theirs.mean().numpy(), rtol=1e-6)
+    np.testing.assert_allclose(ours.stddev(), theirs.stddev().numpy(), rtol=1e-5)
+    with pytest.raises(UnsupportedError, match="Uniform distribution has no mode"):
+        ours.mode()
+
+
+def test_uniform_sampling_statistics():
+    low = np.full((40000, 2), [0.0, -3.0], np.float32)
+    high = np.full((40000, 2), [1.0, 5.0], np.float32)
+    samples = rd.Uniform(low, high, event_ndims=1).sample(4)
+    assert samples.dtype == np.float32
+    assert np.all(samples >= low) and np.all(samples < high)
+    # Standard errors: (high - low) / sqrt(12 * 40000) = 0.0014 and 0.012.
+    np.testing.assert_allclose(samples.mean(axis=0), [0.5, 1.0], atol=0.06)
+    np.testing.assert_allclose(samples.std(axis=0), [1 / np.sqrt(12), 8 / np.sqrt(12)], rtol=0.02)
+
+
+def test_categorical_with_masked_logits_matches_tfp():
+    logits = np.array([[0.0, -np.inf, 1.0, 0.5], [-np.inf, 2.0, -np.inf, -np.inf]], np.float32)
+    ours = rd.Categorical(logits, shift=2)
+    theirs = tfd.Categorical(logits=logits)
+    np.testing.assert_allclose(ours.entropy(), theirs.entropy().numpy(), atol=1e-6)
+    assert np.all(np.isfinite(ours.entropy()))
+    values = np.array([3, 3])
+    np.testing.assert_allclose(
+        ours.log_prob(values), theirs.log_prob(values - 2).numpy(), atol=1e-6
+    )
+    samples = rd.Categorical(np.tile(logits, (500, 1)), shift=2).sample(5)
+    assert 3 not in samples[0::2] and set(samples[1::2]) == {3}
+
+
+def test_make_distribution_builds_every_exported_family():
+    built = {
+        "deterministic": rd.make_distribution(
+            "deterministic", {"loc": LOC}, event_ndims=1, dtype="float32"
+        ),
+        "categorical": rd.make_distribution(
+            "categorical", {"logits": LOGITS}, event_ndims=0, dtype="int64", shift=1
+        ),
+        "normal": rd.make_distribution(
+            "normal", {"loc": LOC, "scale": SCALE}, event_ndims=1, dtype="float32"
+        ),
+        "uniform": rd.make_distribution(
+            "uniform", {"low": LOC, "high": LOC + SCALE}, event_ndims=1, dtype="float32"
+        ),
+    }
+    for family, distribution in built.items():
+        assert distribution.family == family
+        assert distribution.sample(0).shape[0] == 5

@@ -1,0 +1,286 @@
+"""The onnx backend: a bundle's ``policy.onnx`` run by onnxruntime.
+
+This module never imports TensorFlow, directly or indirectly: it needs numpy,
+onnxruntime and the TF-free core of policy-toolkit, which is what an edge device has.
+The graph computes distribution parameters; runtimes.policy derives the actions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from runtimes.policy import BundlePolicy, check_fingerprint
+from toolkit import bundle
+from toolkit.errors import BundleError, PolicyError
+
+__all__ = ["OnnxPolicy", "session_options"]
+
+
+def session_options(threads: int = 1) -> ort.SessionOptions:
+    """Session settings for small policy networks.
+
+    One thread and sequential execution: a 64x64 MLP at batch 1 runs in microseconds,
+    so thread hand-offs would cost more than they save (and several policies may share a
+    device). Every graph optimisation is on; they run once, at load.
+    """
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = int(threads)
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3  # errors only: ORT warns about unused initializers
+    return options
+
+
+def _read_checked(root: Path, rel: str, files: dict[str, Any]) -> bytes:
+    """The bytes of a bundle file, checked against the manifest's size and sha256.
+
+    The session is built from these same bytes, so what was checked is what runs.
+    """
+    entry = files.get(rel)
+    if not isinstance(entry, dict):
+        raise BundleError(f"{root}: {rel} is not listed in {bundle.MANIFEST}")
+    path = root / rel
+    if not path.is_file():
+        raise BundleError(f"{root}: file {rel} listed in {bundle.MANIFEST} is missing")
+    data = path.read_bytes()
+    if len(data) != entry.get("size"):
+        raise BundleError(
+            f"{path}: expected {entry.get('size')} bytes, got {len(data)} "
+            "(the file was changed or truncated)"
+        )
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != entry.get("sha256"):
+        raise BundleError(
+            f"{path}: expected sha256 {str(entry.get('sha256'))[:12]}..., got {digest[:12]}... "
+            "(the file was changed)"
+        )
+    return data
+
+
+class _Binding:
+    """Reused input and output buffers bound to a session at one batch size.
+
+    Running with an IOBinding over buffers bound once skips building input and output
+    values on every call, the main cost of ``run`` on small networks (measured: about a
+    third less time per call for a 64x64 MLP at batch 1).
+    """
+
+    def __init__(self, session: Any, batch: int, inputs: list, outputs: list):
+        self.io = session.io_binding()
+        self.inputs = [np.zeros((batch, *shape), dtype) for _, dtype, shape in inputs]
+        for (name, _, _), buffer in zip(inputs, self.inputs, strict=True):
+            self.io.bind_cpu_input(name, buffer)
+        self.outputs = [np.empty((batch, *shape), dtype) for _, dtype, shape in outputs]
+        for (name, dtype, _), buffer in zip(outputs, self.outputs, strict=True):
+            self.io.bind_output(name, "cpu", 0, dtype, buffer.shape, buffer.ctypes.data)
+        inner = getattr(self.io, "_iobinding", None)
+        self.inner = inner if inner is not None else self.io
+
+
+class _Session:
+    """An InferenceSession, the initializer values it was built with, and per-thread bindings.
+
+    onnxruntime keeps pointers into the OrtValues given to ``add_initializer``, so they
+    (and the numpy arrays under them) live as long as the session. Weight updates build
+    a new _Session and swap it in: a running call keeps using the one it started with.
+    Sessions are thread-safe; the reused buffers are per thread (``threading.local``).
+    """
+
+    #: bindings kept per thread (one per batch size seen, oldest dropped first)
+    MAX_BINDINGS = 8
+
+    def __init__(
+        self,
+        model: bytes,
+        threads: int,
+        initializers: dict[str, np.ndarray] | None,
+        inputs: list,
+        outputs: list | None,
+    ):
+        options = session_options(threads)
+        self.arrays = []
+        self.values = []
+        for name, array in (initializers or {}).items():
+            array = np.ascontiguousarray(array)
+            value = ort.OrtValue.ortvalue_from_numpy(array)
+            options.add_initializer(name, value)
+            self.arrays.append(array)
+            self.values.append(value)
+        try:
+            self.session = ort.InferenceSession(
+                model, sess_options=options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as e:  # onnxruntime raises its own exception types
+            raise BundleError(f"onnxruntime could not load the policy graph: {e}") from e
+        self.input_layout = inputs
+        self.names = [name for name, _, _ in inputs]
+        # ``outputs``: (name, dtype, shape) of the hot-path outputs when all their shapes
+        # are static but the batch; None -> plain runs.
+        self.output_layout = outputs
+        # The binding's methods skip InferenceSession's per-call Python checks; inputs
+        # are validated (or vouched for) by the policy already.
+        inner = getattr(self.session, "_sess", None)
+        self.run_plain = inner.run if inner is not None else self.session.run
+        self.run_bound = (
+            inner.run_with_iobinding if inner is not None else self.session.run_with_iobinding
+        )
+        self.local = threading.local()
+
+    def run(self, arrays: list[Any], unbatched: bool, fetch: list[str], bound: bool) -> list:
+        if not bound or self.output_layout is None:
+            if unbatched:
+                arrays = [a[None] for a in arrays]
+            return self.run_plain(fetch, dict(zip(self.names, arrays, strict=True)), None)
+        batch = 1 if unbatched else arrays[0].shape[0]
+        bindings = getattr(self.local, "bindings", None)
+        if bindings is None:
+            bindings = self.local.bindings = {}
+        binding = bindings.get(batch)
+        if binding is None:
+            if len(bindings) >= self.MAX_BINDINGS:
+                del bindings[next(iter(bindings))]
+            binding = bindings[batch] = _Binding(
+                self.session, batch, self.input_layout, self.output_layout
+            )
+        for buffer, value in zip(binding.inputs, arrays, strict=False):
+            buffer[...] = value  # dtypes were checked; an unbatched value fills row 0
+        self.run_bound(binding.inner, None)
+        return [buffer.copy() for buffer in binding.outputs]
+
+
+class OnnxPolicy(BundlePolicy):
+    """A bundle's policy over onnxruntime (no TensorFlow). Made by ``runtimes.load_policy``.
+
+    Args:
+      manifest: the bundle's manifest (read with toolkit.bundle.read_manifest).
+      bundle_dir: the bundle folder.
+      seed: seeds the policy's Generator, used by ``action(seed=None)``.
+      validate_args: check (and safely convert) inputs against the specs.
+      threads: onnxruntime intra-op threads (1 suits small networks).
+    """
+
+    backend = "onnx"
+
+    def __init__(
+        self,
+        manifest: dict[str, Any],
+        bundle_dir: str | os.PathLike,
+        *,
+        seed: int | None = None,
+        validate_args: bool = True,
+        threads: int = 1,
+    ):
+        super().__init__(manifest, bundle_dir, seed=seed, validate_args=validate_args)
+        onnx_info = manifest.get("onnx")
+        if not isinstance(onnx_info, dict) or "file" not in onnx_info:
+            raise BundleError(f"{self._bundle_dir}: the bundle was exported without ONNX")
+        self._threads = int(threads)
+        self._model = _read_checked(self._bundle_dir, onnx_info["file"], manifest["files"])
+        self._layout = _layouts(
+            manifest["signatures"]["distribution"], self._input_names, self._fetch
+        )
+        self._set_session(self._new_session(None))
+        session = self._session.session
+        inputs = {i.name for i in session.get_inputs()}
+        outputs = {o.name for o in session.get_outputs()}
+        if inputs != set(self._input_names) or not set(self._fetch) <= outputs:
+            raise BundleError(
+                f"{self._bundle_dir}: policy.onnx does not match the manifest: inputs "
+                f"{sorted(inputs)} (expected {sorted(self._input_names)}), outputs "
+                f"{sorted(outputs)}"
+            )
+
+    def _new_session(self, initializers: dict[str, np.ndarray] | None) -> _Session:
+        return _Session(self._model, self._threads, initializers, *self._layout)
+
+    def _set_session(self, session: _Session) -> None:
+        self._session = session
+        self._session_run = session.run
+
+    @property
+    def session(self) -> ort.InferenceSession:
+        """The onnxruntime session in use (replaced by weight updates)."""
+        return self._session.session
+
+    @property
+    def graph_fingerprint(self) -> str:
+        return self._manifest["onnx"]["graph_fingerprint"]
+
+    def _run(self, arrays: list[Any], unbatched: bool, fetch: list[str]) -> list[Any]:
+        try:
+            return self._session_run(arrays, unbatched, fetch, fetch is self._fetch)
+        except Exception as e:  # onnxruntime's own types (for unvalidated inputs)
+            raise PolicyError(f"onnxruntime could not run the policy: {e}") from e
+
+    def update_from_checkpoint(self, path: str | os.PathLike) -> None:
+        """Swaps in the weights of a weights-only checkpoint (exporters.save_checkpoint).
+
+        Reads ``weights.npz`` (no pickle) and rebuilds the session with its arrays as
+        initializer overrides; no TensorFlow and no new export needed.
+
+        Raises:
+          BundleError: for a missing or changed checkpoint, or one for another graph.
+        """
+        root = Path(path)
+        info = bundle.read_checkpoint(root)
+        check_fingerprint(root, info, self.graph_fingerprint)
+        names = self._manifest["onnx"]["initializers"]
+        weights = _load_weights(root, info, names)
+        self._set_session(self._new_session(weights))
+        self._train_step = info.get("train_step")
+
+    def _take_weights(self, policy: BundlePolicy) -> None:
+        if not isinstance(policy, OnnxPolicy) or policy.graph_fingerprint != self.graph_fingerprint:
+            raise PolicyError(
+                "update(): expected an onnx-backend policy of the same graph (fingerprint "
+                f"{self.graph_fingerprint[:12]}...), got {policy!r}"
+            )
+        # Sessions are never changed in place, so sharing one is safe.
+        self._set_session(policy._session)
+
+
+def _load_weights(root: Path, info: dict[str, Any], names: list[str]) -> dict[str, np.ndarray]:
+    """``{initializer name: array}`` from a checkpoint's weights.npz, keyed w0..wN."""
+    rel = bundle.WEIGHTS_FILE
+    if rel not in info["files"]:
+        raise BundleError(f"{root}: {rel} is not listed in {bundle.CHECKPOINT_FILE}")
+    try:
+        with np.load(root / rel, allow_pickle=False) as npz:
+            arrays = {key: npz[key] for key in npz.files}
+    except (OSError, ValueError) as e:
+        raise BundleError(f"{root / rel}: not a readable weights file ({e})") from e
+    expected = {f"w{i}" for i in range(len(names))}
+    if set(arrays) != expected:
+        raise BundleError(
+            f"{root / rel}: expected {len(names)} arrays w0..w{len(names) - 1}, got {len(arrays)}"
+        )
+    return {name: arrays[f"w{i}"] for i, name in enumerate(names)}
+
+
+def _layouts(signature: dict[str, Any], inputs: list[str], fetch: list[str]) -> tuple:
+    """``(inputs, outputs)`` as (name, numpy dtype, shape without batch) for bindings.
+
+    outputs is None when an output has a dynamic dim besides the batch (no buffer fits).
+    """
+    entries = {e["name"]: e for e in signature["inputs"] + signature["outputs"]}
+
+    def layout(name: str) -> tuple[str, np.dtype, tuple[int, ...]] | None:
+        shape = entries[name]["shape"]
+        if not shape or any(d is None for d in shape[1:]):
+            return None
+        return name, np.dtype(entries[name]["dtype"]), tuple(int(d) for d in shape[1:])
+
+    input_layout = [layout(name) for name in inputs]
+    output_layout = [layout(name) for name in fetch]
+    if any(entry is None for entry in input_layout + output_layout):
+        # Inputs with dynamic inner dims cannot be bound to fixed buffers either.
+        return [(name, None, None) for name in inputs], None
+    return input_layout, output_layout
