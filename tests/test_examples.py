@@ -5,7 +5,10 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from tests.subprocess_utils import ROOT
+from toolkit import bundle as bundle_lib
 
 EXAMPLES = ROOT / "examples"
 
@@ -42,8 +45,14 @@ def test_every_example_has_a_test():
     assert [n for n in untested if n not in tested] == []
 
 
+@pytest.mark.slow
 def test_demo_runs_every_step(tmp_path):
-    result = _run("demo.py", "--out", str(tmp_path))
+    # --quick: a tiny training budget; every CLI step still runs (about a minute).
+    result = _run("demo.py", "--quick", "--out", str(tmp_path))
     assert result.returncode == 0, result.stderr
-    assert "$ policy-toolkit --version" in result.stdout
+    for step in ("--version", "export", "verify", "inspect", "run", "bench"):
+        assert f"$ policy-toolkit {step}" in result.stdout
+    assert "$ python examples/train_cartpole.py" in result.stdout
+    assert "(onnx backend, seeds 0..19)" in result.stdout  # 20 CartPole episodes
+    assert bundle_lib.read_manifest(tmp_path / "cartpole")["metadata"] == {"env": "CartPole-v1"}
     assert result.stdout.rstrip().endswith("demo: done")

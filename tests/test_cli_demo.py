@@ -1,0 +1,43 @@
+"""The demo's pieces that the full run (tests/test_examples.py, --quick) cannot reach."""
+
+from __future__ import annotations
+
+import importlib.util
+
+from tests.subprocess_utils import ROOT
+
+
+def _demo():
+    spec = importlib.util.spec_from_file_location("demo", ROOT / "examples" / "demo.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_mean_return_reads_the_training_examples_last_line():
+    demo = _demo()
+    output = "stopped: target after 19082 env steps\nbest evaluation: 500.0\nmean return: 487.5\n"
+    assert demo.mean_return(output) == 487.5
+    assert demo.mean_return("mean return: -12.0\n") == -12.0
+    assert demo.mean_return("crashed before the end\n") == float("-inf")
+
+
+def test_every_retry_is_a_fresh_run_with_the_next_seed(tmp_path):
+    demo = _demo()
+    first = demo.train_command(tmp_path / "cartpole_run", 0)
+    second = demo.train_command(tmp_path / "cartpole_run_seed1", 1)
+    assert "--seed" not in first  # the example's default seed, as the README shows
+    assert second[second.index("--seed") + 1] == "1"
+    assert second[second.index("--output-dir") + 1] == str(tmp_path / "cartpole_run_seed1")
+    # The full demo's budget is in steps, capped in time; the quick one is tiny.
+    assert first[first.index("--steps") + 1] == "40000"
+    quick = demo.train_command(tmp_path / "r", 0, quick=True)
+    assert quick[quick.index("--steps") + 1] == "3000"
+
+
+def test_the_demo_exports_the_run_it_trained(tmp_path):
+    demo = _demo()
+    commands = demo.steps(tmp_path, tmp_path / "cartpole_run_seed2")
+    export = next(c for c in commands if c[:2] == ["policy-toolkit", "export"])
+    assert export[export.index("--checkpoint") + 1] == str(tmp_path / "cartpole_run_seed2")
+    assert [c[1] for c in commands] == ["export", "verify", "inspect", "run", "bench"]

@@ -1,0 +1,275 @@
+"""What ``policy-toolkit inspect`` shows: a bundle's manifest as rich tables (TF-free).
+
+Everything comes from the manifest (or, for a lone ``.onnx`` file, the manifest copy in
+its metadata), so inspecting a bundle needs neither TensorFlow nor onnx: numpy, rich
+and, for a lone ``.onnx`` file, onnxruntime.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import types
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from toolkit import bundle, nest
+from toolkit.errors import BundleError
+from toolkit.specs import array_spec
+
+__all__ = ["check_files", "load_for_inspection", "render_manifest"]
+
+ONNX_MANIFEST_KEY = "policy_toolkit.manifest"
+_BOUND_WIDTH = 36
+
+
+def load_for_inspection(path: str | os.PathLike) -> tuple[dict[str, Any], str, dict[str, str]]:
+    """The manifest to show, where it came from, and the state of each listed file.
+
+    Args:
+      path: a bundle folder, its manifest.json, or an ``.onnx`` file exported by
+        policy-toolkit (inside a bundle the bundle's manifest is used; a lone file
+        describes itself through its metadata).
+
+    Returns:
+      ``(manifest, source, checks)``: source is "bundle" or "onnx metadata"; checks maps
+      every file of the manifest to "ok", "missing" (an edge device may hold only
+      manifest.json and policy.onnx) or "changed" (size or sha256 differ).
+
+    Raises:
+      BundleError: no such bundle, a manifest that cannot be read, or an .onnx file
+        with no manifest.
+    """
+    path = Path(path)
+    if path.is_file() and path.suffix == ".onnx" and not (path.parent / bundle.MANIFEST).exists():
+        manifest = _manifest_from_onnx(path)
+        return manifest, "onnx metadata", {name: "ok" for name in manifest["files"]}
+    root = (
+        path.parent if path.is_file() and path.name in (bundle.MANIFEST, bundle.ONNX_FILE) else path
+    )
+    manifest = bundle.read_manifest(root, check_files=False)
+    return manifest, "bundle", check_files(root, manifest["files"])
+
+
+def check_files(root: Path, files: dict[str, Any]) -> dict[str, str]:
+    """``{path: "ok" | "missing" | "changed"}`` for a manifest's file table."""
+    checks = {}
+    for rel, entry in files.items():
+        file = root / rel
+        if ".." in Path(rel).parts or Path(rel).is_absolute() or not file.is_file():
+            checks[rel] = "missing"
+        elif file.stat().st_size != entry.get("size"):
+            checks[rel] = "changed"
+        else:
+            checks[rel] = "ok" if bundle.sha256_file(file) == entry.get("sha256") else "changed"
+    return checks
+
+
+def _manifest_from_onnx(path: Path) -> dict[str, Any]:
+    import onnxruntime as ort
+
+    try:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own untyped errors for bad files
+        raise BundleError(f"{path}: not a readable ONNX model ({str(e).splitlines()[0]})") from e
+    text = session.get_modelmeta().custom_metadata_map.get(ONNX_MANIFEST_KEY)
+    if text is None:
+        raise BundleError(
+            f"{path}: no {ONNX_MANIFEST_KEY} in the model's metadata; "
+            "not exported by policy-toolkit"
+        )
+    manifest = json.loads(text)
+    # The embedded copy cannot list its own file; describe the file as it is now.
+    manifest["files"] = {
+        path.name: {"sha256": bundle.sha256_file(path), "size": path.stat().st_size}
+    }
+    return manifest
+
+
+# --- formatting -----------------------------------------------------------------------
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _bound(value: np.ndarray) -> str:
+    flat = np.asarray(value).reshape(-1)
+    if flat.size and np.all(flat == flat[0]):
+        text = _number(flat[0])
+    else:
+        text = "[" + ", ".join(_number(x) for x in flat) + "]"
+    return text if len(text) <= _BOUND_WIDTH else text[: _BOUND_WIDTH - 3] + "..."
+
+
+def _number(x: Any) -> str:
+    x = np.asarray(x).item()
+    if isinstance(x, float):
+        return f"{x:.4g}"
+    return str(x)
+
+
+def _shape(shape: Any) -> str:
+    dims = ["B" if d is None else str(d) for d in shape]
+    return "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"
+
+
+def spec_rows(manifest: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
+    """``(path, kind, shape, dtype, minimum, maximum)`` for every spec leaf."""
+    rows = []
+    specs = manifest.get("specs", {})
+    for group in ("time_step", "action", "policy_state", "info"):
+        if group not in specs:
+            continue
+        tree = array_spec.spec_nest_from_json(specs[group])
+        for path, spec in nest.flatten_with_paths(tree, group):
+            bounded = isinstance(spec, array_spec.BoundedArraySpec)
+            rows.append(
+                (
+                    path.removeprefix("time_step/"),
+                    "bounded" if bounded else "array",
+                    _shape(spec.shape),
+                    spec.dtype.name,
+                    _bound(spec.minimum) if bounded else "",
+                    _bound(spec.maximum) if bounded else "",
+                )
+            )
+    return rows
+
+
+def distribution_rows(manifest: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
+    """``(output prefix, family, params, event dims, action dtype)`` per action leaf."""
+    rows = []
+    tree = manifest.get("distribution")
+    if tree is None:
+        return rows
+    # Leaves decode to an opaque namespace, so that nest does not flatten their dicts.
+    leaves = nest.from_json(tree, lambda d: types.SimpleNamespace(d=d))
+    for path, wrapped in nest.flatten_with_paths(leaves, "distribution"):
+        leaf = wrapped.d
+        dtype = leaf.get("dtype", "")
+        if leaf.get("family") == "categorical" and leaf.get("shift"):
+            dtype = f"{dtype} (+{leaf['shift']})"
+        rows.append(
+            (
+                path,
+                str(leaf.get("family")),
+                ", ".join(leaf.get("params", [])),
+                str(leaf.get("event_ndims")),
+                dtype,
+            )
+        )
+    return rows
+
+
+def _io(entries: list[dict[str, Any]]) -> str:
+    return "\n".join(f"{e['name']}  {e['dtype']} {_shape(e['shape'])}" for e in entries) or "-"
+
+
+def _action_summary(description: dict[str, Any]) -> str:
+    kind = description.get("kind", "?")
+    extras = []
+    if "epsilon" in description:
+        extras.append(f"epsilon {description['epsilon']}")
+    if "weights" in description:
+        extras.append(f"weights {description['weights']}")
+    if description.get("clip"):
+        extras.append("clipped to the action spec")
+    if description.get("emit_log_probability"):
+        extras.append("emits log_probability")
+    return kind + (f" ({', '.join(extras)})" if extras else "")
+
+
+def render_manifest(
+    manifest: dict[str, Any],
+    where: str,
+    source: str = "bundle",
+    checks: dict[str, str] | None = None,
+) -> list[Any]:
+    """The rich renderables ``inspect`` prints, in order."""
+    checks = checks or {}
+    from rich import box
+    from rich.table import Table
+
+    def table(title: str, *columns: str) -> Table:
+        t = Table(
+            box=box.SIMPLE_HEAD,
+            title=title,
+            title_justify="left",
+            title_style="bold",
+            show_edge=False,
+        )
+        for column in columns:
+            t.add_column(column, overflow="fold")
+        return t
+
+    summary = Table.grid(padding=(0, 2))
+    summary.add_column(style="bold")
+    summary.add_column()
+    policy = manifest.get("policy", {})
+    summary.add_row("bundle", f"{where}  ({source})")
+    summary.add_row("format", f"{manifest.get('format')} version {manifest.get('format_version')}")
+    summary.add_row("policy", str(policy.get("class", "?")))
+    summary.add_row("derivation", _action_summary(policy.get("action", {})))
+    summary.add_row("formats", ", ".join(manifest.get("formats", [])))
+    train_step = manifest.get("train_step")
+    summary.add_row("train step", "-" if train_step is None else str(train_step))
+    if "onnx" in manifest:
+        o = manifest["onnx"]
+        summary.add_row(
+            "onnx",
+            f"{o.get('file')}: opset {o.get('opset')}, function {o.get('function')}, "
+            f"{len(o.get('initializers', []))} initializers, "
+            f"graph {str(o.get('graph_fingerprint', ''))[:12]}",
+        )
+    if "saved_model" in manifest:
+        s = manifest["saved_model"]
+        summary.add_row("saved_model", f"{s.get('dir')}/ (tags {', '.join(s.get('tags', []))})")
+    if "quantization" in manifest:
+        q = manifest["quantization"]
+        summary.add_row(
+            "quantized",
+            f"{q.get('method')} {q.get('weight_type')}, action agreement "
+            f"{100 * q.get('action_agreement', 0):.1f}% on {q.get('samples')} samples",
+        )
+
+    specs = table("Specs", "spec", "kind", "shape", "dtype", "minimum", "maximum")
+    for row in spec_rows(manifest):
+        specs.add_row(*row)
+
+    distribution = table("Distribution", "outputs", "family", "params", "event dims", "dtype")
+    for row in distribution_rows(manifest):
+        distribution.add_row(*row)
+
+    signatures = table("Signatures (B = batch)", "function", "inputs", "outputs")
+    for name, io in manifest.get("signatures", {}).items():
+        signatures.add_row(name, _io(io.get("inputs", [])), _io(io.get("outputs", [])))
+
+    files = table("Files", "path", "size", "sha256 (first 16)", "check")
+    marks = {"ok": "ok", "missing": "[yellow]missing[/yellow]", "changed": "[red]CHANGED[/red]"}
+    for path, entry in sorted(manifest.get("files", {}).items()):
+        # The full hashes are in --json; 16 hex digits tell files apart at a glance.
+        files.add_row(
+            path,
+            _size(int(entry.get("size", 0))),
+            str(entry.get("sha256"))[:16],
+            marks.get(checks.get(path, ""), "-"),
+        )
+
+    metadata = table("Metadata", "key", "value")
+    for key, value in manifest.get("metadata", {}).items():
+        metadata.add_row(key, value if isinstance(value, str) else json.dumps(value))
+    if not manifest.get("metadata"):
+        metadata.add_row("-", "-")
+
+    producer = table("Producer", "package", "version")
+    for key, value in manifest.get("producer", {}).items():
+        producer.add_row(key, str(value))
+
+    return [summary, specs, distribution, signatures, files, metadata, producer]

@@ -1,0 +1,231 @@
+"""``policy-toolkit run``: roll a loaded bundle policy out in gymnasium (TF-free).
+
+Episodes run in batches of up to ``MAX_PARALLEL_ENVS`` environments stepping together
+(one policy call per step of the batch), each playing exactly one whole episode that
+resets with ``seed + i``, through the gymnasium adapter and ``driver.evaluate_policy``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from toolkit import nest
+from toolkit.errors import SpecMismatchError, ToolkitError, UnsupportedError
+
+__all__ = [
+    "MAX_PARALLEL_ENVS",
+    "RolloutResult",
+    "check_compatible",
+    "make_env",
+    "record_episode",
+    "render_rollout",
+    "rollout",
+]
+
+MAX_PARALLEL_ENVS = 32
+MAX_RECORDED_FRAMES = 1000
+
+
+class EnvironmentIdError(ToolkitError):
+    """An environment id gymnasium does not know, or one that cannot be made."""
+
+
+def make_env(env_id: str, num_envs: int, **make_kwargs: Any) -> Any:
+    """A GymVectorEnvironment of ``num_envs`` copies, or a clear error for a bad id."""
+    import gymnasium
+
+    from toolkit.environments.gym_adapter import GymVectorEnvironment
+
+    try:
+        return GymVectorEnvironment(env_id, num_envs, **make_kwargs)
+    except gymnasium.error.Error as e:
+        raise EnvironmentIdError(f"--env {env_id!r}: {e}") from e
+    except ModuleNotFoundError as e:
+        raise EnvironmentIdError(
+            f"--env {env_id!r}: the environment needs the module {e.name!r}; install it"
+        ) from e
+
+
+def check_compatible(policy: Any, env: Any, env_id: str) -> None:
+    """Refuses an environment whose observations or actions the policy cannot take."""
+    pairs = (
+        ("observation", policy.time_step_spec.observation, env.observation_spec()),
+        ("action", policy.action_spec, env.action_spec()),
+    )
+    for what, mine, theirs in pairs:
+        mine_leaves = nest.flatten_with_paths(mine, what)
+        their_leaves = nest.flatten_with_paths(theirs, what)
+        if [p for p, _ in mine_leaves] != [p for p, _ in their_leaves]:
+            raise SpecMismatchError(
+                f"{env_id} {what}",
+                f"the policy's {[p for p, _ in mine_leaves]}",
+                f"{[p for p, _ in their_leaves]}",
+            )
+        for (path, a), (_, b) in zip(mine_leaves, their_leaves, strict=True):
+            if tuple(a.shape) != tuple(b.shape) or np.dtype(a.dtype).kind != np.dtype(b.dtype).kind:
+                raise SpecMismatchError(
+                    f"{env_id} {path}",
+                    f"shape {tuple(a.shape)} {np.dtype(a.dtype).name} (the policy's)",
+                    f"shape {tuple(b.shape)} {np.dtype(b.dtype).name}",
+                )
+
+
+@dataclasses.dataclass(frozen=True)
+class RolloutResult:
+    """Returns and lengths of every episode, and the wall time they took."""
+
+    env_id: str
+    seed: int
+    returns: list[float]
+    lengths: list[int]
+    seconds: float
+
+    @property
+    def steps(self) -> int:
+        return int(sum(self.lengths))
+
+    @property
+    def steps_per_second(self) -> float:
+        return self.steps / self.seconds if self.seconds > 0 else float("inf")
+
+    def stats(self) -> dict[str, float]:
+        r = np.asarray(self.returns, np.float64)
+        return {
+            "mean": float(r.mean()),
+            "std": float(r.std()),
+            "min": float(r.min()),
+            "max": float(r.max()),
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "env": self.env_id,
+            "seed": self.seed,
+            "episodes": len(self.returns),
+            "return": self.stats(),
+            "mean_length": float(np.mean(self.lengths)),
+            "steps": self.steps,
+            "seconds": self.seconds,
+            "steps_per_second": self.steps_per_second,
+            "returns": self.returns,
+            "lengths": self.lengths,
+        }
+
+
+def rollout(policy: Any, env: Any, episodes: int, seed: int, *, env_id: str = "") -> RolloutResult:
+    """Plays ``episodes`` whole episodes; episode i resets with ``seed + i``.
+
+    ``env`` is the first batch of environments (``make_env``); further batches of a
+    different size are made as needed.
+    """
+    from toolkit.environments import driver
+
+    returns: list[float] = []
+    lengths: list[int] = []
+    seconds = 0.0
+    done = 0
+    current = env
+    while done < episodes:
+        size = min(episodes - done, env.batch_size)
+        if size != current.batch_size:
+            current.close()
+            current = make_env(env_id, size)
+        started = time.perf_counter()
+        evaluation = driver.evaluate_policy(current, policy, seed=seed + done)
+        seconds += time.perf_counter() - started
+        returns += evaluation.episode_returns
+        lengths += evaluation.episode_lengths
+        done += size
+    current.close()
+    return RolloutResult(env_id, seed, returns, lengths, seconds)
+
+
+def render_rollout(result: RolloutResult, bundle: Path, backend: str) -> tuple[str, Any]:
+    """A title line and the table of results."""
+    from rich import box
+    from rich.table import Table
+
+    stats = result.stats()
+    title = (
+        f"{bundle} in {result.env_id} ({backend} backend, seeds {result.seed}.."
+        f"{result.seed + len(result.returns) - 1})"
+    )
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False)
+    for column in ("episodes", "mean return", "std", "min", "max", "mean length", "steps/s"):
+        table.add_column(column, justify="right")
+    table.add_row(
+        str(len(result.returns)),
+        f"{stats['mean']:.2f}",
+        f"{stats['std']:.2f}",
+        f"{stats['min']:.2f}",
+        f"{stats['max']:.2f}",
+        f"{np.mean(result.lengths):.1f}",
+        f"{result.steps_per_second:,.0f}",
+    )
+    return title, table
+
+
+def record_episode(policy: Any, env_id: str, seed: int, path: Path) -> int:
+    """Renders one episode (reset with ``seed``) into an animated GIF; returns the frames.
+
+    Raises:
+      UnsupportedError: the environment cannot render RGB frames, or pillow (or the
+        environment's renderer, e.g. pygame) is not installed.
+    """
+    import gymnasium
+
+    from toolkit.environments.gym_adapter import GymEnvironment
+
+    try:
+        from PIL import Image
+    except ModuleNotFoundError as e:
+        raise UnsupportedError("--record needs pillow (pip install 'policy-toolkit[all]')") from e
+    # Off-screen rendering: no window, no display needed, no pygame banner.
+    os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+    os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
+    try:
+        env = GymEnvironment(env_id, render_mode="rgb_array")
+    except gymnasium.error.Error as e:
+        raise UnsupportedError(f"--record: {env_id} cannot render ({e})") from e
+    frames = []
+    try:
+        time_step = env.reset(seed=seed)
+        state = policy.get_initial_state()
+        while True:
+            frames.append(_frame(env, env_id))
+            if bool(time_step.is_last()) or len(frames) >= MAX_RECORDED_FRAMES:
+                break
+            step = policy.action(time_step, state)
+            time_step, state = env.step(step.action), step.state
+    finally:
+        env.close()
+    fps = env.gym_env.metadata.get("render_fps") or 30
+    images = [Image.fromarray(frame) for frame in frames]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    images[0].save(
+        path,
+        save_all=True,
+        append_images=images[1:],
+        duration=max(20, int(1000 / fps)),
+        loop=0,
+    )
+    return len(frames)
+
+
+def _frame(env: Any, env_id: str) -> np.ndarray:
+    import gymnasium
+
+    try:
+        frame = env.render()
+    except (gymnasium.error.DependencyNotInstalled, ModuleNotFoundError) as e:
+        raise UnsupportedError(f"--record: rendering {env_id} failed: {e}") from e
+    frame = np.asarray(frame) if frame is not None else None
+    if frame is None or frame.ndim != 3 or frame.shape[-1] not in (3, 4):
+        raise UnsupportedError(f"--record: {env_id} renders no RGB frames")
+    return frame.astype(np.uint8)
