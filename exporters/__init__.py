@@ -1,8 +1,8 @@
 """TF policy -> bundle (SavedModel and ONNX). Needs TensorFlow.
 
-``export_policy``, ``verify``, ``save_checkpoint``, ``import_tf_agents`` and
-``import_tf_agents_checkpoint`` are loaded on first use, so importing this package
-stays cheap.
+``export_policy``, ``verify``, ``save_checkpoint``, ``update_bundle``,
+``quantize_bundle``, ``import_tf_agents`` and ``import_tf_agents_checkpoint`` are loaded
+on first use, so importing this package stays cheap.
 """
 
 from __future__ import annotations
@@ -14,7 +14,9 @@ __all__ = [
     "export_policy",
     "import_tf_agents",
     "import_tf_agents_checkpoint",
+    "quantize_bundle",
     "save_checkpoint",
+    "update_bundle",
     "verify",
 ]
 
@@ -22,7 +24,9 @@ _LAZY = {
     "export_policy": "exporters.export",
     "import_tf_agents": "exporters.tf_agents_import",
     "import_tf_agents_checkpoint": "exporters.tf_agents_import",
+    "quantize_bundle": "exporters.quantize",
     "save_checkpoint": "exporters.checkpoint",
+    "update_bundle": "exporters.update",
     "verify": "exporters.parity",
 }
 
