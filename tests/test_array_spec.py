@@ -257,3 +257,14 @@ class TestJson:
     def test_from_array(self):
         spec = ArraySpec.from_array(np.zeros((2, 3), np.uint8), name="img")
         assert spec == ArraySpec((2, 3), np.uint8) and spec.name == "img"
+
+
+def test_namedtuple_field_order_survives_sorted_json():
+    from toolkit.trajectories import time_step as ts
+
+    spec = ts.time_step_spec(ArraySpec((2,), np.float32))
+    text = json.dumps(array_spec.spec_nest_to_json(spec), sort_keys=True)
+    again = array_spec.spec_nest_from_json(json.loads(text))
+    assert type(again) is ts.TimeStep
+    assert again.observation == ArraySpec((2,), np.float32)
+    assert again.step_type == ArraySpec((), np.int32)

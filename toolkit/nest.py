@@ -196,7 +196,9 @@ def to_json(tree: Any, encode_leaf: Callable[[Any], dict[str, Any]]) -> Any:
         return {
             "kind": "namedtuple",
             "type": type(tree).__name__,
-            "fields": {f: to_json(getattr(tree, f), encode_leaf) for f in tree._fields},
+            # Lists, not a dict: field order must survive JSON writers that sort keys.
+            "fields": list(tree._fields),
+            "items": [to_json(getattr(tree, f), encode_leaf) for f in tree._fields],
         }
     if isinstance(tree, (tuple, list)):
         return {
@@ -220,14 +222,17 @@ def from_json(data: Any, decode_leaf: Callable[[dict[str, Any]], Any]) -> Any:
             items = [from_json(v, decode_leaf) for v in data["items"]]
             return tuple(items) if kind == "tuple" else items
         if kind == "namedtuple":
-            fields = data["fields"]
+            fields = [str(f) for f in data["fields"]]
+            items = data["items"]
+            if len(fields) != len(items) or not all(f.isidentifier() for f in fields):
+                raise SpecError(f"malformed namedtuple entry: fields {fields!r}")
             type_name = str(data["type"])
             cls = _KNOWN_NAMEDTUPLES.get(type_name)
             if cls is None or tuple(cls._fields) != tuple(fields):
                 cls = collections.namedtuple(
-                    type_name if type_name.isidentifier() else "Nest", list(fields)
+                    type_name if type_name.isidentifier() else "Nest", fields
                 )
-            return cls(**{f: from_json(v, decode_leaf) for f, v in fields.items()})
+            return cls(*(from_json(v, decode_leaf) for v in items))
     except (KeyError, TypeError, AttributeError) as e:
         raise SpecError(f"malformed {kind} entry: {e}") from e
     return decode_leaf(data)

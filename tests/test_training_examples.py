@@ -1,0 +1,77 @@
+"""The training examples run end to end (tiny budgets), write checkpoints and resume."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+MEAN_RETURN = re.compile(r"^mean return: (-?\d+(\.\d+)?)$")
+
+
+def _run(script: str, *args: str, timeout: float = 240) -> list[str]:
+    completed = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / script), "--no-progress", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return completed.stdout.strip().splitlines()
+
+
+def _mean_return(lines: list[str]) -> float:
+    match = MEAN_RETURN.match(lines[-1])
+    assert match, f"last line is not 'mean return: <number>': {lines[-1]!r}"
+    return float(match.group(1))
+
+
+@pytest.mark.slow
+def test_train_cartpole_runs_checkpoints_and_resumes(tmp_path):
+    out = tmp_path / "cartpole"
+    args = ["--steps", "1500", "--eval-interval", "1000", "--seed", "3", "--output-dir", str(out)]
+    lines = _run("train_cartpole.py", *args)
+    # 20 episodes of CartPole: every return lies between 8 and 500.
+    assert 8.0 <= _mean_return(lines) <= 500.0
+    assert any(line.startswith("wall time: ") for line in lines)
+    assert (out / "checkpoints" / "checkpoint").is_file()
+    spec = json.loads((out / "policy_checkpoints" / "policy_spec.json").read_text())
+    assert spec["agent"] == "dqn"
+
+    resumed = _run("train_cartpole.py", *args[:-2], "--output-dir", str(out), "--steps", "1800")
+    assert any(re.match(r"resumed from train step [1-9]\d*$", line) for line in resumed)
+    _mean_return(resumed)
+
+
+@pytest.mark.slow
+def test_train_pendulum_runs_and_prints_the_mean_return(tmp_path):
+    out = tmp_path / "pendulum"
+    lines = _run(
+        "train_pendulum.py",
+        *("--steps", "1200", "--eval-interval", "1000", "--output-dir", str(out)),
+    )
+    # Pendulum's rewards lie in [-16.3, 0] per step, 200 steps per episode.
+    assert -3300.0 <= _mean_return(lines) <= 0.0
+    assert (out / "policy_checkpoints" / "policy_spec.json").is_file()
+
+
+def test_examples_show_their_flags_without_loading_tensorflow():
+    for script in ("train_cartpole.py", "train_pendulum.py"):
+        completed = subprocess.run(
+            [sys.executable, "-X", "importtime", str(ROOT / "examples" / script), "--help"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        for flag in ("--steps", "--seed", "--output-dir"):
+            assert flag in completed.stdout
+        assert "tensorflow" not in completed.stderr

@@ -1,0 +1,209 @@
+"""DqnAgent: deep Q-learning with a target network, each train step a ``tf.function``.
+
+The loss for a batch of ``Experience`` rows is the Huber loss (by default) between
+``Q(s, a)`` and the target ``r + gamma * discount * V'(s')``, where ``V'(s')`` is
+``max_a Q_target(s', a)``, or with ``double_dqn`` ``Q_target(s', argmax_a Q(s', a))``.
+Rows written by ``ExperienceWriter`` with n-step returns already carry the summed
+rewards and ``gamma**(n-1)`` in their discount, so the same target serves them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import tensorflow as tf
+
+from toolkit import nest
+from toolkit.agents import checkpoints, common
+from toolkit.agents.common import LossInfo
+from toolkit.errors import SpecError, UnsupportedError
+from toolkit.policies import epsilon_greedy_policy, greedy_policy, q_policy, tf_policy
+from toolkit.replay_buffer import Experience
+from toolkit.specs import tensor_spec
+
+__all__ = ["DqnAgent"]
+
+
+class DqnAgent(tf.Module):
+    """DQN over a ``QNetwork`` for one discrete action.
+
+    Attributes:
+      policy: the greedy policy (for evaluation and deployment): argmax of Q.
+      collect_policy: the epsilon-greedy policy used to collect experience.
+      train: a ``tf.function`` taking an ``Experience`` batch (leaves ``[B] + spec`` for
+        one gradient step, or ``[K, B] + spec`` for K steps in one call) and returning a
+        ``LossInfo(loss, {"td_loss", "q_mean"})``.
+      train_step_counter: an int64 variable counting gradient steps.
+
+    Args:
+      time_step_spec: the environment's TimeStep spec (array or tensor specs).
+      action_spec: a bounded integer spec of shape () or (1,).
+      q_network: a stateless Network returning ``[B, num_actions]`` Q-values.
+      optimizer: a ``tf_keras`` optimizer (its variables are built here, eagerly).
+      epsilon_greedy: exploration of ``collect_policy``: a float, a variable, or a
+        no-argument callable (e.g. ``common.linear_decay`` over the train step).
+      target_q_network: the target network; by default a copy of ``q_network``.
+      target_update_tau: how far each target update moves towards the online network.
+      target_update_period: update the target every this many gradient steps.
+      gamma: the discount factor.
+      td_errors_loss_fn: element-wise loss of the TD errors (default Huber, delta 1).
+      double_dqn: pick the next action with the online network (Double DQN).
+      gradient_clipping: clip gradients to this global norm (None: no clipping).
+      reward_scale_factor: multiplies rewards in the target.
+      train_step_counter: an int64 variable to count gradient steps in (e.g. shared
+        with checkpoints); a new one by default.
+      jit_compile: compile the train step with XLA.
+      name: module name.
+    """
+
+    def __init__(
+        self,
+        time_step_spec: Any,
+        action_spec: Any,
+        q_network: Any,
+        optimizer: Any,
+        *,
+        epsilon_greedy: float | tf.Variable | Callable[[], Any] = 0.1,
+        target_q_network: Any = None,
+        target_update_tau: float = 1.0,
+        target_update_period: int = 1,
+        gamma: float = 0.99,
+        td_errors_loss_fn: Callable[[tf.Tensor], tf.Tensor] | None = None,
+        double_dqn: bool = False,
+        gradient_clipping: float | None = None,
+        reward_scale_factor: float = 1.0,
+        train_step_counter: tf.Variable | None = None,
+        jit_compile: bool = False,
+        name: str = "DqnAgent",
+    ):
+        super().__init__(name=name)
+        if nest.flatten(getattr(q_network, "state_spec", ())):
+            raise UnsupportedError(
+                "DqnAgent trains stateless Q networks; got one with state "
+                f"{getattr(q_network, 'state_spec', None)} (recurrent DQN is not supported)"
+            )
+        if not 0.0 < float(target_update_tau) <= 1.0:
+            raise SpecError(
+                f"target_update_tau: expected a value in (0, 1], got {target_update_tau}"
+            )
+        if int(target_update_period) < 1:
+            raise SpecError(f"target_update_period: expected >= 1, got {target_update_period}")
+        time_step_spec = tensor_spec.from_spec(time_step_spec)
+        action_spec = tensor_spec.from_spec(action_spec)
+        leaf = nest.flatten(action_spec)
+        if len(leaf) != 1 or leaf[0].shape.num_elements() != 1:
+            raise SpecError(
+                f"DqnAgent: expected one discrete action of one element, got {action_spec}"
+            )
+        self._minimum, _ = tf_policy.discrete_range(leaf[0], "action_spec")
+        self._set_plain("time_step_spec", time_step_spec)
+        self._set_plain("action_spec", action_spec)
+        self._set_plain(
+            "experience_spec", common.experience_tensor_spec(time_step_spec, action_spec)
+        )
+        self.q_network = q_network
+        self.target_q_network = (
+            target_q_network if target_q_network is not None else q_network.copy()
+        )
+        self.optimizer = optimizer
+        self.train_step_counter = (
+            train_step_counter
+            if train_step_counter is not None
+            else tf.Variable(0, dtype=tf.int64, trainable=False, name="train_step")
+        )
+        self._tau = float(target_update_tau)
+        self._period = int(target_update_period)
+        self._gamma = float(gamma)
+        self._loss_fn = td_errors_loss_fn or common.huber_loss
+        self._double_dqn = bool(double_dqn)
+        self._clipping = gradient_clipping
+        self._reward_scale = float(reward_scale_factor)
+
+        q = q_policy.QPolicy(time_step_spec, action_spec, q_network)
+        self.policy = greedy_policy.GreedyPolicy(q)
+        self.collect_policy = epsilon_greedy_policy.EpsilonGreedyPolicy(q, epsilon_greedy)
+        # Optimizer slots exist before tracing, so train() creates no variables.
+        optimizer.build(q_network.trainable_variables)
+        self.initialize()
+        # No autograph: the step uses explicit tf.while_loop/tf.cond, and spec errors raised
+        # while tracing then reach the caller as they are.
+        self.train = tf.function(self._train, jit_compile=bool(jit_compile), autograph=False)
+
+    def _set_plain(self, name: str, value: Any) -> None:
+        # Spec nests stay plain Python: tf.Module would wrap them in tracking proxies.
+        object.__setattr__(self, "_" + name, value)
+
+    @property
+    def time_step_spec(self) -> Any:
+        return self._time_step_spec
+
+    @property
+    def action_spec(self) -> Any:
+        return self._action_spec
+
+    @property
+    def experience_spec(self) -> Experience:
+        """The TensorSpec of one Experience row that ``train`` takes."""
+        return self._experience_spec
+
+    def initialize(self) -> None:
+        """Copies the online network's variables into the target network."""
+        common.soft_update(self.target_q_network.variables, self.q_network.variables, 1.0)
+
+    # --- training ---------------------------------------------------------------------
+
+    def _train(self, experience: Experience) -> LossInfo:
+        outer_rank = common.check_experience(experience, self._experience_spec, "DqnAgent")
+        return common.run_batches(experience, outer_rank, self._train_step, ("td_loss", "q_mean"))
+
+    def _train_step(self, experience: Experience) -> LossInfo:
+        variables = self.q_network.trainable_variables
+        with tf.GradientTape() as tape:
+            loss, q_mean = self._loss(experience)
+        gradients = tape.gradient(loss, variables)
+        if self._clipping is not None:
+            gradients, _ = tf.clip_by_global_norm(gradients, self._clipping)
+        self.optimizer.apply_gradients(zip(gradients, variables, strict=True))
+        self.train_step_counter.assign_add(1)
+        self._update_target()
+        return LossInfo(loss, {"td_loss": loss, "q_mean": q_mean})
+
+    def _loss(self, experience: Experience) -> tuple[tf.Tensor, tf.Tensor]:
+        """The mean TD loss of a ``[B]`` batch, and the mean Q(s, a) (for monitoring)."""
+        action = tf.reshape(nest.flatten(experience.action)[0], [-1])
+        index = tf.cast(action, tf.int32) - self._minimum
+        q_values, _ = self.q_network(experience.observation, training=True)
+        q_values = tf.reshape(q_values, [tf.shape(index)[0], -1])
+        chosen = tf.gather(q_values, index, batch_dims=1)
+        target = tf.stop_gradient(self._target(experience))
+        loss = tf.reduce_mean(self._loss_fn(target - chosen))
+        return loss, tf.reduce_mean(chosen)
+
+    def _target(self, experience: Experience) -> tf.Tensor:
+        next_q, _ = self.target_q_network(experience.next_observation)
+        batch = tf.shape(experience.reward)[0]
+        next_q = tf.reshape(next_q, [batch, -1])
+        if self._double_dqn:
+            online_q, _ = self.q_network(experience.next_observation)
+            best = tf.argmax(tf.reshape(online_q, [batch, -1]), axis=-1, output_type=tf.int32)
+            next_value = tf.gather(next_q, best, batch_dims=1)
+        else:
+            next_value = tf.reduce_max(next_q, axis=-1)
+        reward = self._reward_scale * experience.reward
+        return reward + self._gamma * experience.discount * next_value
+
+    def _update_target(self) -> None:
+        def update() -> None:
+            common.soft_update(self.target_q_network.variables, self.q_network.variables, self._tau)
+
+        if self._period == 1:
+            update()
+        else:
+            tf.cond(tf.equal(self.train_step_counter % self._period, 0), update, lambda: None)
+
+    def policy_config(self) -> dict[str, Any]:
+        """The policy_spec.json content that lets ``checkpoints.load_policy`` rebuild ``policy``."""
+        return checkpoints.policy_config(
+            "dqn", self._time_step_spec, self._action_spec, {"q_network": self.q_network}
+        )
