@@ -65,9 +65,8 @@ def main(argv=None) -> float:
     np.random.seed(args.seed)
 
     from toolkit.agents import common, dqn, training
-    from toolkit.environments import driver, gym_adapter
+    from toolkit.environments import gym_adapter
     from toolkit.networks.q_network import QNetwork
-    from toolkit.policies.py_tf_policy import PyTFPolicy
     from toolkit.replay_buffer import ExperienceWriter, ReplayBuffer, experience_spec
 
     env = gym_adapter.GymVectorEnvironment("CartPole-v1", args.num_envs)
@@ -117,24 +116,15 @@ def main(argv=None) -> float:
             on_progress=bar,
         )
     training_seconds = time.perf_counter() - training_start
-    best_step = training.restore_best_policy(agent, args.output_dir)
-    final = driver.evaluate_policy(
-        eval_env, PyTFPolicy(agent.policy), seed=FINAL_EVAL_SEED + 1000 * args.seed
+    return training.report_run(
+        agent,
+        args.output_dir,
+        eval_env,
+        result,
+        training_seconds,
+        final_eval_seed=FINAL_EVAL_SEED + 1000 * args.seed,
+        started=START,
     )
-    if result.resumed_from:
-        print(f"resumed from train step {result.resumed_from}")
-    print(
-        f"stopped: {result.stop_reason} after {result.env_steps} env steps, "
-        f"{result.train_step} train steps"
-    )
-    log = ", ".join(f"{t:.1f}s/{n}/{r:.1f}" for t, n, r in result.evaluations)
-    print(f"evaluations (seconds/env steps/mean return): {log}")
-    best = training.format_number(result.best_return)
-    print(f"best evaluation: {best} (policy of train step {best_step})")
-    print(f"training time: {training_seconds:.1f} s ({result.eval_seconds:.1f} s evaluating)")
-    print(f"wall time: {time.perf_counter() - START:.1f} s")
-    print(f"mean return: {final.mean_return:.1f}")
-    return final.mean_return
 
 
 if __name__ == "__main__":

@@ -68,8 +68,9 @@ def _console(stderr: bool = False) -> Any:
     from rich.console import Console
 
     stream = sys.stderr if stderr else sys.stdout
-    # Piped or captured output gets a fixed width, so tables do not fold at 80 columns.
-    width = None if stream.isatty() else int(os.environ.get("COLUMNS", "120"))
+    # Piped or captured output gets a wide fixed width, so tables neither fold nor cut
+    # paths and bounds at rich's default of 80 columns.
+    width = None if stream.isatty() else max(int(os.environ.get("COLUMNS") or 0), 200)
     return Console(stderr=stderr, width=width, highlight=False)
 
 

@@ -38,6 +38,7 @@ __all__ = [
     "ProgressBar",
     "TrainResult",
     "format_number",
+    "report_run",
     "restore_best_policy",
     "train_off_policy",
 ]
@@ -314,6 +315,42 @@ class ProgressBar:
             ret=format_number(progress.recent_return),
             evaluation=format_number(progress.eval_return),
         )
+
+
+def report_run(
+    agent: Any,
+    output_dir: str | os.PathLike,
+    eval_env: Any,
+    result: TrainResult,
+    training_seconds: float,
+    *,
+    final_eval_seed: int,
+    started: float,
+) -> float:
+    """Restores the best policy, evaluates it on fresh episodes and prints the run's report.
+
+    The examples' shared ending: its last line is ``mean return: <number>``.
+
+    Returns:
+      The mean return of the final evaluation.
+    """
+    best_step = restore_best_policy(agent, output_dir)
+    final = driver_lib.evaluate_policy(eval_env, PyTFPolicy(agent.policy), seed=final_eval_seed)
+    if result.resumed_from:
+        print(f"resumed from train step {result.resumed_from}")
+    print(
+        f"stopped: {result.stop_reason} after {result.env_steps} env steps, "
+        f"{result.train_step} train steps"
+    )
+    log = ", ".join(f"{t:.1f}s/{n}/{r:.1f}" for t, n, r in result.evaluations)
+    print(f"evaluations (seconds/env steps/mean return): {log}")
+    print(
+        f"best evaluation: {format_number(result.best_return)} (policy of train step {best_step})"
+    )
+    print(f"training time: {training_seconds:.1f} s ({result.eval_seconds:.1f} s evaluating)")
+    print(f"wall time: {time.perf_counter() - started:.1f} s")
+    print(f"mean return: {final.mean_return:.1f}")
+    return final.mean_return
 
 
 def format_number(value: float | None, spec: str = ".1f") -> str:
