@@ -24,7 +24,6 @@ from toolkit.specs import tensor_spec
 __all__ = ["FORMATS", "export_policy", "onnx_model_for"]
 
 FORMATS = ("saved_model", "onnx")
-MANIFEST_KEY = "policy_toolkit.manifest"
 
 
 def _check_formats(formats: Sequence[str]) -> tuple[str, ...]:
@@ -143,7 +142,7 @@ def export_policy(
         if "saved_model" in formats:
             _save_saved_model(module, tmp / bundle.SAVED_MODEL_DIR)
         if model is not None:
-            onnx_export.set_metadata(model, {MANIFEST_KEY: json.dumps(manifest, sort_keys=True)})
+            onnx_export.embed_manifest(model, manifest)
             onnx.save(model, str(tmp / bundle.ONNX_FILE))
         return manifest
 

@@ -8,15 +8,17 @@ ops, and runs the full ONNX checker.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator
 from typing import Any
 
 import onnx
 
+from toolkit import bundle
 from toolkit.errors import ExportError
 
-__all__ = ["DEFAULT_OPSET", "RANDOM_OPS", "all_nodes", "convert", "first_line", "set_metadata"]
+__all__ = ["DEFAULT_OPSET", "RANDOM_OPS", "all_nodes", "convert", "embed_manifest", "first_line"]
 
 #: Opset of exported graphs: supported by tf2onnx 1.17 and onnxruntime >= 1.14.
 DEFAULT_OPSET = 17
@@ -121,10 +123,13 @@ def convert(
     return model
 
 
-def set_metadata(model: onnx.ModelProto, entries: dict[str, str]) -> None:
-    """Replaces the model's metadata_props with ``entries``."""
+def embed_manifest(model: onnx.ModelProto, manifest: dict[str, Any]) -> None:
+    """Puts ``manifest`` (less its file table) into the model's metadata_props.
+
+    The file table is left out: it would have to hash the file that holds it.
+    """
+    embedded = {k: v for k, v in manifest.items() if k != "files"}
     del model.metadata_props[:]
-    for key, value in entries.items():
-        prop = model.metadata_props.add()
-        prop.key = key
-        prop.value = value
+    prop = model.metadata_props.add()
+    prop.key = bundle.ONNX_MANIFEST_KEY
+    prop.value = json.dumps(embedded, sort_keys=True)

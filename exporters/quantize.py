@@ -267,7 +267,7 @@ def quantize_bundle(
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from exporters.update import embed_manifest
+    from exporters.onnx_export import embed_manifest
     from exporters.weights import canonical_initializers, graph_fingerprint
 
     source = Path(bundle_dir)

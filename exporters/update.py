@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import os
 import shutil
 import tempfile
@@ -39,10 +38,7 @@ import numpy as np
 from toolkit import bundle
 from toolkit.errors import BundleError, UnsupportedError
 
-__all__ = ["MANIFEST_KEY", "UpdateReport", "embed_manifest", "update_bundle"]
-
-#: Where an exported ONNX model keeps its copy of the manifest (metadata_props key).
-MANIFEST_KEY = "policy_toolkit.manifest"
+__all__ = ["UpdateReport", "update_bundle"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,15 +65,6 @@ class UpdateReport:
     train_step: int | None
     formats: tuple[str, ...]
     max_weight_change: float | None
-
-
-def embed_manifest(model: Any, manifest: dict[str, Any]) -> None:
-    """Puts ``manifest`` (less its file table) into the model's metadata_props, as export does."""
-    embedded = {k: v for k, v in manifest.items() if k != "files"}
-    del model.metadata_props[:]
-    prop = model.metadata_props.add()
-    prop.key = MANIFEST_KEY
-    prop.value = json.dumps(embedded, sort_keys=True)
 
 
 def _policy_checkpoint_dir(path: Path) -> Path | None:
@@ -205,7 +192,9 @@ def _apply(
         if model is not None:
             import onnx
 
-            embed_manifest(model, new_manifest)
+            from exporters import onnx_export
+
+            onnx_export.embed_manifest(model, new_manifest)
             onnx.save(model, str(tmp / manifest["onnx"]["file"]))
         if loaded is not None:
             import tensorflow as tf

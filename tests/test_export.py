@@ -99,7 +99,7 @@ def test_onnx_file_describes_itself():
     path, _ = bundle_for("tf/greedy_q")
     model = onnx.load(str(path / bundle.ONNX_FILE))
     props = {p.key: p.value for p in model.metadata_props}
-    embedded = json.loads(props[export_lib.MANIFEST_KEY])
+    embedded = json.loads(props[bundle.ONNX_MANIFEST_KEY])
     manifest = bundle.read_manifest(path)
     manifest.pop("files")
     assert embedded == manifest

@@ -26,6 +26,7 @@ __all__ = [
     "FORMAT_VERSION",
     "MANIFEST",
     "ONNX_FILE",
+    "ONNX_MANIFEST_KEY",
     "SAVED_MODEL_DIR",
     "hash_files",
     "read_checkpoint",
@@ -39,6 +40,8 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 ONNX_FILE = "policy.onnx"
 SAVED_MODEL_DIR = "saved_model"
+#: The ONNX file's metadata_props key holding the manifest (without its file table).
+ONNX_MANIFEST_KEY = "policy_toolkit.manifest"
 
 # Weights-only checkpoints (exporters.save_checkpoint): a folder with checkpoint.json,
 # weights.npz (ONNX initializers by name) and tf/ckpt-* (a TF checkpoint).

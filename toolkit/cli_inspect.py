@@ -21,7 +21,6 @@ from toolkit.specs import array_spec
 
 __all__ = ["check_files", "load_for_inspection", "render_manifest"]
 
-ONNX_MANIFEST_KEY = "policy_toolkit.manifest"
 _BOUND_WIDTH = 36
 
 
@@ -74,10 +73,10 @@ def _manifest_from_onnx(path: Path) -> dict[str, Any]:
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own untyped errors for bad files
         raise BundleError(f"{path}: not a readable ONNX model ({str(e).splitlines()[0]})") from e
-    text = session.get_modelmeta().custom_metadata_map.get(ONNX_MANIFEST_KEY)
+    text = session.get_modelmeta().custom_metadata_map.get(bundle.ONNX_MANIFEST_KEY)
     if text is None:
         raise BundleError(
-            f"{path}: no {ONNX_MANIFEST_KEY} in the model's metadata; "
+            f"{path}: no {bundle.ONNX_MANIFEST_KEY} in the model's metadata; "
             "not exported by policy-toolkit"
         )
     manifest = json.loads(text)
