@@ -141,6 +141,18 @@ def _write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=False, allow_nan=False) + "\n")
 
 
+def _read_json_of_format(path: Path, expected: str) -> dict[str, Any]:
+    """A JSON object whose "format" is ``expected``, or a BundleError saying what came."""
+    try:
+        data = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BundleError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(data, dict) or data.get("format") != expected:
+        found = data.get("format") if isinstance(data, dict) else type(data).__name__
+        raise BundleError(f"{path}: expected format {expected!r}, got {found!r}")
+    return data
+
+
 def read_manifest(bundle_dir: str | os.PathLike, *, check_files: bool = True) -> dict[str, Any]:
     """Reads and validates a bundle's manifest.
 
@@ -161,13 +173,7 @@ def read_manifest(bundle_dir: str | os.PathLike, *, check_files: bool = True) ->
     path = root / MANIFEST
     if not path.exists():
         raise BundleError(f"{root}: no {MANIFEST}; not a policy-toolkit bundle")
-    try:
-        manifest = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise BundleError(f"{path}: not valid JSON ({e})") from e
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
-        raise BundleError(f"{path}: expected format {FORMAT!r}, got {found!r}")
+    manifest = _read_json_of_format(path, FORMAT)
     version = manifest.get("format_version")
     if not isinstance(version, int) or isinstance(version, bool):
         raise BundleError(f"{path}: expected an integer format_version, got {version!r}")
@@ -222,13 +228,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     info_path = root / CHECKPOINT_FILE
     if not info_path.is_file():
         raise BundleError(f"{root}: no {CHECKPOINT_FILE}; not a policy-toolkit checkpoint")
-    try:
-        info = json.loads(info_path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise BundleError(f"{info_path}: not valid JSON ({e})") from e
-    if not isinstance(info, dict) or info.get("format") != CHECKPOINT_FORMAT:
-        found = info.get("format") if isinstance(info, dict) else type(info).__name__
-        raise BundleError(f"{info_path}: expected format {CHECKPOINT_FORMAT!r}, got {found!r}")
+    info = _read_json_of_format(info_path, CHECKPOINT_FORMAT)
     if not isinstance(info.get("files"), dict):
         raise BundleError(f"{info_path}: expected a 'files' table")
     check_bundle_files(root, info["files"])
