@@ -228,7 +228,8 @@ def load_policy(directory: str | os.PathLike, checkpoint: str | None = None) -> 
         policy=policy, model_variables=list(policy.variables()), train_step=train_step
     )
     try:
-        restore.read(checkpoint).assert_existing_objects_matched()
+        # Our objects must all match; the manager's save_counter is not restored.
+        restore.read(checkpoint).assert_existing_objects_matched().expect_partial()
     except (AssertionError, ValueError, tf.errors.OpError) as error:
         raise ToolkitError(f"{checkpoint}: does not match {spec_path} ({error})") from error
     return LoadedPolicy(policy, int(train_step.numpy()), checkpoint, config)
