@@ -45,21 +45,15 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> float:
     args = parse_args(argv)
     # TensorFlow is imported here, after argument parsing: --help stays instant.
-    import numpy as np
-    import tensorflow as tf
     import tf_keras
-
-    # Small networks gain nothing from thread pools; one thread each avoids contention.
-    tf.config.threading.set_intra_op_parallelism_threads(1)
-    tf.config.threading.set_inter_op_parallelism_threads(1)
-    tf.random.set_seed(args.seed)
-    np.random.seed(args.seed)
 
     from toolkit.agents import ddpg, training
     from toolkit.environments import gym_adapter
     from toolkit.networks.actor_network import ActorNetwork
     from toolkit.networks.critic_network import CriticNetwork
     from toolkit.replay_buffer import ExperienceWriter, ReplayBuffer, experience_spec
+
+    training.configure_tensorflow(args.seed)
 
     env = gym_adapter.GymVectorEnvironment("Pendulum-v1", args.num_envs)
     eval_env = gym_adapter.GymVectorEnvironment("Pendulum-v1", FINAL_EVAL_EPISODES)

@@ -37,6 +37,7 @@ __all__ = [
     "Progress",
     "ProgressBar",
     "TrainResult",
+    "configure_tensorflow",
     "format_number",
     "report_run",
     "restore_best_policy",
@@ -244,6 +245,17 @@ def train_off_policy(
 def _finite(variable: tf.Variable) -> float | None:
     value = float(variable.numpy())
     return value if np.isfinite(value) else None
+
+
+def configure_tensorflow(seed: int) -> None:
+    """Seeds TF and numpy and gives TF one thread per pool, as the training examples do.
+
+    Small networks gain nothing from thread pools; one thread each avoids contention.
+    """
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    tf.random.set_seed(seed)
+    np.random.seed(seed)
 
 
 def restore_best_policy(agent: Any, output_dir: str | os.PathLike) -> int | None:
