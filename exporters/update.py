@@ -257,14 +257,10 @@ def _updated_onnx(
     keys = set(weights)
     wanted = {f"w{i}" for i in range(len(names))}
     if keys != wanted:
-        raise BundleError(
-            f"{path}: expected arrays w0..w{len(names) - 1}, got {sorted(keys)[:8]}"
-        )
+        raise BundleError(f"{path}: expected arrays w0..w{len(names) - 1}, got {sorted(keys)[:8]}")
     for i, name in enumerate(names):
         if name not in by_name:
-            raise BundleError(
-                f"{root}: initializer {name!r} of the manifest is not in the graph"
-            )
+            raise BundleError(f"{root}: initializer {name!r} of the manifest is not in the graph")
         old = numpy_helper.to_array(by_name[name])
         new = weights[f"w{i}"]
         if old.shape != new.shape or old.dtype != new.dtype:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from pathlib import Path
 from typing import Any
 
 __all__ = ["BACKENDS", "load_policy"]
@@ -31,6 +30,7 @@ def load_policy(
     seed: int | None = None,
     validate_args: bool = True,
     threads: int = 1,
+    check_finite: bool = False,
 ) -> Any:
     """Loads an exported policy bundle as a Python policy.
 
@@ -45,6 +45,8 @@ def load_policy(
         With False, inputs are trusted and go to the graph unchecked (a wrong dtype
         may be cast or refused by the backend); that saves under a microsecond a call.
       threads: onnxruntime intra-op threads (onnx backend).
+      check_finite: refuse observations holding NaN or infinite values, naming the leaf
+        (a failing sensor); off by default, as in TF-Agents, which passes them on.
 
     Returns:
       A ``runtimes.onnx_backend.OnnxPolicy`` or ``runtimes.tf_backend.SavedModelPolicy``.
@@ -59,9 +61,7 @@ def load_policy(
 
     if backend not in BACKENDS:
         raise SpecMismatchError("backend", f"one of {list(BACKENDS)}", repr(backend))
-    root = Path(path)
-    if root.is_file() and root.name in (bundle.MANIFEST, bundle.ONNX_FILE):
-        root = root.parent
+    root = bundle.bundle_root(path)
     # Each backend checks the hashes of the files it reads (an edge device may hold
     # only manifest.json and policy.onnx).
     manifest = bundle.read_manifest(root, check_files=False)
@@ -92,7 +92,14 @@ def load_policy(
             )
         from runtimes.onnx_backend import OnnxPolicy
 
-        return OnnxPolicy(manifest, root, seed=seed, validate_args=validate_args, threads=threads)
+        return OnnxPolicy(
+            manifest,
+            root,
+            seed=seed,
+            validate_args=validate_args,
+            threads=threads,
+            check_finite=check_finite,
+        )
     if not has_saved_model:
         raise BundleError(
             f"{root}: the bundle was exported without a SavedModel (formats {formats}); "
@@ -100,4 +107,6 @@ def load_policy(
         )
     from runtimes.tf_backend import SavedModelPolicy
 
-    return SavedModelPolicy(manifest, root, seed=seed, validate_args=validate_args)
+    return SavedModelPolicy(
+        manifest, root, seed=seed, validate_args=validate_args, check_finite=check_finite
+    )

@@ -138,6 +138,7 @@ class OnnxPolicy(BundlePolicy):
       bundle_dir: the bundle folder.
       seed: seeds the policy's Generator, used by ``action(seed=None)``.
       validate_args: check (and safely convert) inputs against the specs.
+      check_finite: refuse observations with NaN or infinite values.
       threads: onnxruntime intra-op threads (1 suits small networks).
     """
 
@@ -150,9 +151,16 @@ class OnnxPolicy(BundlePolicy):
         *,
         seed: int | None = None,
         validate_args: bool = True,
+        check_finite: bool = False,
         threads: int = 1,
     ):
-        super().__init__(manifest, bundle_dir, seed=seed, validate_args=validate_args)
+        super().__init__(
+            manifest,
+            bundle_dir,
+            seed=seed,
+            validate_args=validate_args,
+            check_finite=check_finite,
+        )
         onnx_info = manifest.get("onnx")
         if not isinstance(onnx_info, dict) or "file" not in onnx_info:
             raise BundleError(f"{self._bundle_dir}: the bundle was exported without ONNX")

@@ -21,6 +21,7 @@ import copy
 import dataclasses
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,31 @@ __all__ = ["LOG_PROBABILITY", "BundlePolicy", "as_generator", "check_fingerprint
 
 LOG_PROBABILITY = "log_probability"
 _NDARRAY = np.ndarray
+_BYTEORDER = sys.byteorder
+#: byte count -> (every bit but the two lowest of each int32 lane, the lowest bit of each)
+_STEP_MASKS: dict[int, tuple[int, int]] = {}
+
+
+def _step_types_ok(step_type: np.ndarray) -> bool:
+    """Whether every int32 step type is 0, 1 or 2: the batch as one Python int, masked.
+
+    A lane is valid when no bit above the lowest two is set and not both of those are
+    (3); two big-int operations cost a fraction of a numpy reduction.
+    """
+    data = step_type.tobytes()
+    masks = _STEP_MASKS.get(len(data))
+    if masks is None:
+        lanes = len(data) // 4
+        high = (b"\xfc\xff\xff\xff" if _BYTEORDER == "little" else b"\xff\xff\xff\xfc") * lanes
+        low = (b"\x01\x00\x00\x00" if _BYTEORDER == "little" else b"\x00\x00\x00\x01") * lanes
+        masks = _STEP_MASKS[len(data)] = (
+            int.from_bytes(high, _BYTEORDER),
+            int.from_bytes(low, _BYTEORDER),
+        )
+    value = int.from_bytes(data, _BYTEORDER)
+    return not (value & masks[0]) and not (value & (value >> 1) & masks[1])
+
+
 # Where OUNoisePolicy keeps a stateful wrapped policy's state (toolkit.policies.ou_noise_policy).
 _OU_WRAPPED_KEY = "wrapped"
 
@@ -505,6 +531,7 @@ class BundlePolicy(PyPolicy):
         *,
         seed: int | None = None,
         validate_args: bool = True,
+        check_finite: bool = False,
     ):
         try:
             specs = manifest["specs"]
@@ -524,7 +551,12 @@ class BundlePolicy(PyPolicy):
             raise BundleError(f"{bundle_dir}: specs.time_step is not a TimeStep")
         state_spec = () if state_spec is None else state_spec
         super().__init__(
-            time_step_spec, action_spec, state_spec, info_spec, validate_args=validate_args
+            time_step_spec,
+            action_spec,
+            state_spec,
+            info_spec,
+            validate_args=validate_args,
+            check_finite=check_finite,
         )
         self._manifest = manifest
         self._bundle_dir = Path(bundle_dir)
@@ -566,6 +598,9 @@ class BundlePolicy(PyPolicy):
             and all(n in graph_outputs for n in action_names)
         )
         self._action_names = action_names
+        # The graph clips a direct action already; clipping again to the manifest's spec
+        # keeps actions inside the spec the policy reports, whatever the graph does.
+        self._direct_clips = self._deriver.clips if description.get("clip", False) else None
         needed = (action_names if self._direct else param_names) + self._next_state_names
         needed += self._info_names
         missing = sorted(set(needed) - graph_outputs)
@@ -583,7 +618,8 @@ class BundlePolicy(PyPolicy):
             and not self._emit_log_probability
         )
         self._state_leaf_specs = nest.flatten(state_spec)
-        self._fast = self._fast_layout(time_step_spec)
+        # check_finite: every call takes the general path, which checks observations.
+        self._fast = None if check_finite else self._fast_layout(time_step_spec)
 
     # --- what subclasses provide ------------------------------------------------------
 
@@ -670,6 +706,9 @@ class BundlePolicy(PyPolicy):
         outputs = self._run(arrays, not outer, self._fetch)
         if self._plain_output and self._direct:
             action = outputs[0]
+            clips = self._direct_clips
+            if clips is not None and clips[0] is not None:
+                action = _clip(action, clips[0][0], clips[0][1])
             return PolicyStep(action[0] if not outer else _restore(action, outer))
         return self._policy_step(dict(zip(self._fetch, outputs, strict=False)), outer, seed)
 
@@ -683,6 +722,8 @@ class BundlePolicy(PyPolicy):
         emit = self._emit_log_probability
         if self._direct:
             actions = [out[n] for n in self._action_names]
+            if self._direct_clips is not None:
+                actions = self._deriver._clip(actions)
             log_probs = [np.zeros(a.shape[:1], np.float32) for a in actions] if emit else None
         else:
             actions, log_probs = self._deriver.act(out, as_generator(seed, self._rng), emit)
@@ -789,11 +830,15 @@ class BundlePolicy(PyPolicy):
             return None
         ndim = step_type.ndim
         if ndim == 0:
+            if not 0 <= step_type.item() <= 2:
+                return None  # the general path names the bad step type
             for value, (dtype, shape) in zip(time_step, layout, strict=False):
                 if type(value) is not _NDARRAY or value.dtype is not dtype or value.shape != shape:
                     return None
             arrays = list(time_step)
         elif ndim == 1:
+            if not _step_types_ok(step_type):
+                return None  # the general path names the bad step type
             outer = step_type.shape
             for value, (dtype, shape) in zip(time_step, layout, strict=False):
                 if (

@@ -73,6 +73,7 @@ class SavedModelPolicy(BundlePolicy):
       bundle_dir: the bundle folder.
       seed: seeds the policy's Generator, used by ``action(seed=None)``.
       validate_args: check (and safely convert) inputs against the specs.
+      check_finite: refuse observations with NaN or infinite values.
     """
 
     backend = "tf"
@@ -84,8 +85,15 @@ class SavedModelPolicy(BundlePolicy):
         *,
         seed: int | None = None,
         validate_args: bool = True,
+        check_finite: bool = False,
     ):
-        super().__init__(manifest, bundle_dir, seed=seed, validate_args=validate_args)
+        super().__init__(
+            manifest,
+            bundle_dir,
+            seed=seed,
+            validate_args=validate_args,
+            check_finite=check_finite,
+        )
         info = manifest.get("saved_model")
         if not isinstance(info, dict) or "dir" not in info:
             raise BundleError(f"{self._bundle_dir}: the bundle was exported without a SavedModel")

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from toolkit import bundle
 from tests.toolkit.manifests import minimal_manifest
+from toolkit import bundle
 from toolkit.errors import BundleError, ExportError
 
 

@@ -103,7 +103,9 @@ def check_member_path(rel: Any, key: str, where: str = MANIFEST) -> list[str]:
     are refused when it is opened).
     """
     if not isinstance(rel, str) or not rel:
-        raise BundleError(f"{where}: {key}: expected a relative path inside the bundle, got {rel!r:.60}")
+        raise BundleError(
+            f"{where}: {key}: expected a relative path inside the bundle, got {rel!r:.60}"
+        )
     parts = rel.split("/")
     if (
         len(rel) > 4096
@@ -142,9 +144,7 @@ def _open_member(root: Path, rel: str, key: str, where: str) -> int:
     try:
         for i, part in enumerate(parts):
             last = i == len(parts) - 1
-            flags = (
-                os.O_RDONLY | _O_NOFOLLOW | _O_NONBLOCK | _O_CLOEXEC if last else dir_flags
-            )
+            flags = os.O_RDONLY | _O_NOFOLLOW | _O_NONBLOCK | _O_CLOEXEC if last else dir_flags
             try:
                 fd = os.open(part, flags, dir_fd=dirfd)
             except OSError as e:
@@ -191,9 +191,7 @@ def _member(
                 "(the file was changed or truncated)"
             )
         if info.st_size > cap:
-            raise BundleError(
-                f"{root / rel}: expected at most {cap} bytes, got {info.st_size}"
-            )
+            raise BundleError(f"{root / rel}: expected at most {cap} bytes, got {info.st_size}")
         yield fd, info.st_size
     finally:
         os.close(fd)
@@ -208,7 +206,9 @@ def _read_fd(fd: int, limit: int, path: Path) -> bytes:
         chunks.append(chunk)
         total += len(chunk)
     if total != limit:
-        raise BundleError(f"{path}: expected {limit} bytes, got {total} (the file changed while read)")
+        raise BundleError(
+            f"{path}: expected {limit} bytes, got {total} (the file changed while read)"
+        )
     return b"".join(chunks)
 
 
@@ -335,7 +335,8 @@ def check_tree(root: str | os.PathLike, rel_dir: str, files: dict[str, Any], key
     try:
         fd = _open_member_dir(root, rel_dir, key)
     except FileNotFoundError:
-        raise BundleError(f"{root}: folder {rel_dir} listed in {MANIFEST} is missing") from None
+        first = sorted(listed)[0]
+        raise BundleError(f"{root}: file {first} listed in {MANIFEST} is missing") from None
     try:
         if not _WALK_WITH_FDS:  # pragma: no cover
             walker = ((d, ds, fs, None) for d, ds, fs in os.walk(root / rel_dir))
@@ -347,15 +348,19 @@ def check_tree(root: str | os.PathLike, rel_dir: str, files: dict[str, Any], key
                 base = Path(dirpath).relative_to(root).as_posix()
             for name in dirnames + filenames:
                 rel = f"{base}/{name}".replace(os.sep, "/")
-                info = os.stat(name, dir_fd=dfd, follow_symlinks=False) if dfd is not None else (
-                    os.lstat(os.path.join(dirpath, name))
+                info = (
+                    os.stat(name, dir_fd=dfd, follow_symlinks=False)
+                    if dfd is not None
+                    else (os.lstat(os.path.join(dirpath, name)))
                 )
                 if stat.S_ISLNK(info.st_mode):
                     raise _symlink_error(key, rel)
                 if stat.S_ISDIR(info.st_mode):
                     continue
                 if not stat.S_ISREG(info.st_mode):
-                    raise BundleError(f"{key}: {rel}: expected a regular file, got {_kind(info.st_mode)}")
+                    raise BundleError(
+                        f"{key}: {rel}: expected a regular file, got {_kind(info.st_mode)}"
+                    )
                 if rel not in listed:
                     raise BundleError(f"{key}: {rel} is in the bundle but not listed in 'files'")
     finally:
@@ -368,7 +373,9 @@ def _open_member_dir(root: Path, rel: str, key: str) -> int:
     try:
         for part in parts:
             try:
-                fd = os.open(part, os.O_RDONLY | _O_DIRECTORY | _O_NOFOLLOW | _O_CLOEXEC, dir_fd=dirfd)
+                fd = os.open(
+                    part, os.O_RDONLY | _O_DIRECTORY | _O_NOFOLLOW | _O_CLOEXEC, dir_fd=dirfd
+                )
             except OSError as e:
                 if e.errno == errno.ELOOP or os.path.islink(os.path.join(root, rel)):
                     raise _symlink_error(key, rel) from None
@@ -493,7 +500,9 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             check_member_path(info[key], key, CHECKPOINT_FILE)
     step = info.get("train_step")
     if step is not None and (not isinstance(step, int) or isinstance(step, bool)):
-        raise BundleError(f"{CHECKPOINT_FILE}: train_step: expected an int or null, got {step!r:.40}")
+        raise BundleError(
+            f"{CHECKPOINT_FILE}: train_step: expected an int or null, got {step!r:.40}"
+        )
     check_bundle_files(root, files, where=CHECKPOINT_FILE)
     return info
 
@@ -615,7 +624,13 @@ def _exchange(a: Path, b: Path) -> bool:
     except (OSError, AttributeError):
         return False
     at_fdcwd, rename_exchange = -100, 2
-    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    renameat2.argtypes = [
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_uint,
+    ]
     result = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange)
     if result == 0:
         return True
@@ -732,7 +747,9 @@ def without_files(manifest: dict[str, Any]) -> dict[str, Any]:
 def check_embedded(manifest: dict[str, Any], embedded_text: Any, where: str) -> None:
     """Refuses a manifest that differs from the copy a format carries (``where``)."""
     if embedded_text is None:
-        raise BundleError(f"{where}: carries no copy of the manifest; not exported by policy-toolkit")
+        raise BundleError(
+            f"{where}: carries no copy of the manifest; not exported by policy-toolkit"
+        )
     if isinstance(embedded_text, bytes):
         try:
             embedded_text = embedded_text.decode("utf-8")
@@ -741,9 +758,15 @@ def check_embedded(manifest: dict[str, Any], embedded_text: Any, where: str) -> 
     copy = _parse_json(embedded_text.encode("utf-8"), Path(where))
     expected = without_files(manifest)
     if copy != expected:
-        keys = sorted(
-            k for k in set(copy) | set(expected) if not isinstance(copy, dict) or copy.get(k) != expected.get(k)
-        ) if isinstance(copy, dict) else ["(all)"]
+        keys = (
+            sorted(
+                k
+                for k in set(copy) | set(expected)
+                if not isinstance(copy, dict) or copy.get(k) != expected.get(k)
+            )
+            if isinstance(copy, dict)
+            else ["(all)"]
+        )
         raise BundleError(
             f"{MANIFEST}: differs from the copy in {where} at {', '.join(keys[:6])} "
             "(the manifest was edited after export)"
@@ -780,7 +803,9 @@ def check_saved_model(root: str | os.PathLike, manifest: dict[str, Any]) -> Path
     check_bundle_files(root, files, only=[rel])
     copy_rel = f"{rel}/{SAVED_MODEL_MANIFEST}"
     if copy_rel in files:
-        text = read_member(root, copy_rel, key="saved_model.dir", files=files, cap=MAX_MANIFEST_BYTES)
+        text = read_member(
+            root, copy_rel, key="saved_model.dir", files=files, cap=MAX_MANIFEST_BYTES
+        )
         check_embedded(manifest, text, copy_rel)
     elif manifest.get("onnx", {}).get("file") in files:
         read_onnx(root, manifest)

@@ -79,6 +79,13 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
+def _one_line(error: BaseException) -> str:
+    """An error's first line, counting the others (a manifest lists every violation)."""
+    lines = str(error).strip().splitlines() or [type(error).__name__]
+    more = len(lines) - 1
+    return lines[0] + (f" (and {more} more; --debug shows all)" if more else "")
+
+
 def _command(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Turns toolkit errors into one line and exit code 2 (tracebacks with --debug)."""
 
@@ -91,7 +98,7 @@ def _command(fn: Callable[..., Any]) -> Callable[..., Any]:
         except ToolkitError as e:
             if _STATE["debug"]:
                 raise
-            raise _fail(str(e), 2) from None
+            raise _fail(_one_line(e), 2) from None
         except KeyboardInterrupt:
             raise _fail("interrupted", 130) from None
         except Exception as e:
@@ -363,6 +370,13 @@ def inspect(
         raise _fail(
             f"{bundle}: {', '.join(changed)} changed since export (size or sha256 differ "
             "from the manifest)",
+            1,
+        )
+    refused = sorted(path for path, check in checks.items() if check == "refused")
+    if refused:
+        raise _fail(
+            f"{bundle}: {', '.join(refused)}: not regular files inside the bundle (a symbolic "
+            "link, FIFO, device or folder); readers refuse them",
             1,
         )
 

@@ -78,7 +78,9 @@ def _manifest_from_onnx(path: Path) -> dict[str, Any]:
     manifest = bundle._parse_json(text.encode("utf-8"), path)
     # The embedded copy cannot list its own file; describe the file as it is now.
     if not isinstance(manifest, dict):
-        raise BundleError(f"{path}: expected a manifest object in its metadata, got {type(manifest).__name__}")
+        raise BundleError(
+            f"{path}: expected a manifest object in its metadata, got {type(manifest).__name__}"
+        )
     onnx_info = manifest.get("onnx")
     name = onnx_info.get("file") if isinstance(onnx_info, dict) else None
     manifest["files"] = {
@@ -89,7 +91,7 @@ def _manifest_from_onnx(path: Path) -> dict[str, Any]:
     }
     from toolkit import manifest as manifest_lib
 
-    manifest_lib.validate(manifest, f"{path.name} (metadata_props)")
+    manifest_lib.validate(manifest, f"{path.name} (metadata_props)", files_listed=False)
     return manifest
 
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from toolkit.errors import BundleError
 
-__all__ = ["MAX_ELEMENTS", "SCHEMA_PATH", "schema", "validate", "violations"]
+__all__ = ["MAX_ELEMENTS", "SCHEMA_PATH", "schema", "schema_violations", "validate", "violations"]
 
 SCHEMA_PATH = Path(__file__).parent / "schemas" / "manifest.schema.json"
 #: Largest element count of one array a manifest may describe (a spec leaf, a graph I/O).
@@ -144,7 +144,9 @@ class _Validator:
         if kinds is not None:
             kinds = [kinds] if isinstance(kinds, str) else kinds
             if not any(_type_ok(value, k) for k in kinds):
-                self.fail(path, f"expected {_or([_TYPE_TEXT[k] for k in kinds])}, got {_got(value)}")
+                self.fail(
+                    path, f"expected {_or([_TYPE_TEXT[k] for k in kinds])}, got {_got(value)}"
+                )
                 return False
         if isinstance(value, float) and not math.isfinite(value):
             self.fail(path, f"expected a finite number, got {value}")
@@ -164,9 +166,13 @@ class _Validator:
                 self.fail(path, f"expected a value <= {schema['maximum']}, got {_got(value)}")
         if isinstance(value, str):
             if len(value) < schema.get("minLength", 0):
-                self.fail(path, f"expected at least {schema['minLength']} characters, got {_got(value)}")
+                self.fail(
+                    path, f"expected at least {schema['minLength']} characters, got {_got(value)}"
+                )
             if len(value) > schema.get("maxLength", math.inf):
-                self.fail(path, f"expected at most {schema['maxLength']} characters, got {len(value)}")
+                self.fail(
+                    path, f"expected at most {schema['maxLength']} characters, got {len(value)}"
+                )
             elif "pattern" in schema and not re.search(schema["pattern"], value):
                 self.fail(path, f"expected {self.pattern_text(schema)}, got {_got(value)}")
         if isinstance(value, list):
@@ -183,7 +189,9 @@ class _Validator:
         if "sha256" in schema["pattern"] or schema["pattern"] == "^[0-9a-f]{64}$":
             return "64 lowercase hex digits"
         if "u0000" in json.dumps(schema["pattern"]) or "\\x00" in schema["pattern"]:
-            return "a relative path inside the bundle (no leading '/', '.', '..', empty parts or '\\')"
+            return (
+                "a relative path inside the bundle (no leading '/', '.', '..', empty parts or '\\')"
+            )
         return f"a string matching {schema['pattern']}"
 
     def passes(self, value: Any, schema: Any, path: str, depth: int) -> bool:
@@ -203,12 +211,19 @@ class _Validator:
                 return self.check(value, matching[0], path, depth + 1)
             kinds = [k for b in resolved for k in _kinds(b)]
             if kinds and not matching:
-                self.fail(_join(path, "kind"), f"expected one of {json.dumps(kinds)}, got {_got(value['kind'])}")
+                self.fail(
+                    _join(path, "kind"),
+                    f"expected one of {json.dumps(kinds)}, got {_got(value['kind'])}",
+                )
                 return False
         passing = [b for b in resolved if self.passes(value, b, path, depth + 1)]
         if passing:
             return True
-        typed = [b for b in resolved if "type" in b and _type_ok(value, b["type"] if isinstance(b["type"], str) else "")]
+        typed = [
+            b
+            for b in resolved
+            if "type" in b and _type_ok(value, b["type"] if isinstance(b["type"], str) else "")
+        ]
         if len(typed) == 1:
             return self.check(value, typed[0], path, depth + 1)
         self.fail(path, f"expected {_or([self.describe(b) for b in resolved])}, got {_got(value)}")
@@ -272,7 +287,7 @@ def _kind_matches(schema: dict[str, Any], kind: Any) -> bool:
 # --- what the schema cannot say ------------------------------------------------------------
 
 
-def _semantic(manifest: dict[str, Any], errors: list[str]) -> None:
+def _semantic(manifest: dict[str, Any], errors: list[str], files_listed: bool = True) -> None:
     from toolkit import distribution_families as families
     from toolkit.errors import SpecError
     from toolkit.specs.array_spec import ArraySpec
@@ -329,24 +344,34 @@ def _semantic(manifest: dict[str, Any], errors: list[str]) -> None:
             for i, entry in enumerate(signature[which]):
                 where = f"signatures.{name}.{which}[{i}]"
                 if entry["name"] in seen:
-                    errors.append(f"{where}.name: expected a unique name, got {entry['name']!r} again")
+                    errors.append(
+                        f"{where}.name: expected a unique name, got {entry['name']!r} again"
+                    )
                 seen.add(entry["name"])
                 dims = [d for d in entry["shape"] or [] if d is not None]
-                if math.prod(dims) > MAX_ELEMENTS:
+                count = math.prod(dims)
+                if count > MAX_ELEMENTS:
                     errors.append(
-                        f"{where}.shape: expected at most {MAX_ELEMENTS} elements, got {math.prod(dims)}"
+                        f"{where}.shape: expected at most {MAX_ELEMENTS} elements, got {count}"
                     )
 
-    files = manifest["files"]
-    if "onnx" in manifest and manifest["onnx"]["file"] not in files:
-        errors.append(f"onnx.file: expected a path listed in files, got {_got(manifest['onnx']['file'])}")
-    if "saved_model" in manifest:
+    files = manifest["files"] if files_listed else {}
+    if files_listed and "onnx" in manifest and manifest["onnx"]["file"] not in files:
+        errors.append(
+            f"onnx.file: expected a path listed in files, got {_got(manifest['onnx']['file'])}"
+        )
+    if files_listed and "saved_model" in manifest:
         folder = manifest["saved_model"]["dir"]
         if not any(rel.startswith(folder + "/") for rel in files):
-            errors.append(f"saved_model.dir: expected a folder with files listed in files, got {_got(folder)}")
+            errors.append(
+                f"saved_model.dir: expected a folder with files listed in files, got {_got(folder)}"
+            )
     for fmt in ("onnx", "saved_model"):
         if fmt in manifest and fmt not in manifest["formats"]:
-            errors.append(f"{fmt}: present, but formats {json.dumps(manifest['formats'])} lacks it")
+            errors.append(
+                f"{fmt}: expected no {fmt!r} section where formats "
+                f"{json.dumps(manifest['formats'])} lacks it, got one"
+            )
 
 
 def _signature_entry_text(entry: dict[str, Any]) -> str:
@@ -455,24 +480,33 @@ def _check_params(
                     )
 
 
-def violations(manifest: Any) -> list[str]:
-    """Every violation of the manifest schema (and of the checks beyond it), one per line."""
+def schema_violations(manifest: Any) -> list[str]:
+    """The violations of the JSON Schema alone (what any schema validator reports)."""
     validator = _Validator(schema())
     try:
         validator.check(manifest, schema(), "")
     except RecursionError:
         return ["(root): expected a manifest of bounded depth, got one nested too deeply"]
-    errors = validator.errors
+    return validator.errors
+
+
+def violations(manifest: Any, *, files_listed: bool = True) -> list[str]:
+    """Every violation of the manifest schema (and of the checks beyond it), one per line.
+
+    ``files_listed=False`` skips checking that the formats' files are listed (for the
+    copy a lone ONNX file carries, whose file table cannot list the bundle).
+    """
+    errors = schema_violations(manifest)
     if not errors:
-        _semantic(manifest, errors)
+        _semantic(manifest, errors, files_listed)
     if not errors:
         _consistency(manifest, errors)
     return errors
 
 
-def validate(manifest: Any, where: str = "manifest.json") -> None:
+def validate(manifest: Any, where: str = "manifest.json", *, files_listed: bool = True) -> None:
     """Raises BundleError with one line per violation (at most MAX_VIOLATIONS)."""
-    errors = violations(manifest)
+    errors = violations(manifest, files_listed=files_listed)
     if errors:
         lines = [f"{where}: {e}" for e in errors[:MAX_VIOLATIONS]]
         if len(errors) > MAX_VIOLATIONS:

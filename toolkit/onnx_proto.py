@@ -167,9 +167,9 @@ class _Scan:
         for number, wire, value in _fields(self.data, *span):
             if number == _TENSOR_NAME and wire == _LEN:
                 name = self.text(value)
-            elif number == _TENSOR_EXTERNAL and wire == _LEN:
-                external = True
-            elif number == _TENSOR_LOCATION and wire == _VARINT and value != 0:
+            elif (number == _TENSOR_EXTERNAL and wire == _LEN) or (
+                number == _TENSOR_LOCATION and wire == _VARINT and value != 0
+            ):
                 external = True
         if external:
             self.external.append(name or "(unnamed)")
