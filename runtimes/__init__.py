@@ -41,8 +41,9 @@ def load_policy(
       seed: seeds the policy's generator, used by ``action(seed=None)``; None seeds it
         from the OS, so two loads act differently.
       validate_args: check time steps and states against the specs, converting safe
-        dtypes (float64 observations into a float32 spec) and naming what is wrong.
-        With False, inputs are trusted and go to the graph unchecked (a wrong dtype
+        dtypes (float64 observations into a float32 spec) and naming what is wrong:
+        step types other than FIRST/MID/LAST, ragged or non-numeric observations and
+        states of another structure are refused naming the leaf. With False, inputs are trusted and go to the graph unchecked (a wrong dtype
         may be cast or refused by the backend); that saves under a microsecond a call.
       threads: onnxruntime intra-op threads (onnx backend).
       check_finite: refuse observations holding NaN or infinite values, naming the leaf
@@ -52,8 +53,11 @@ def load_policy(
       A ``runtimes.onnx_backend.OnnxPolicy`` or ``runtimes.tf_backend.SavedModelPolicy``.
 
     Raises:
-      BundleError: for a missing, corrupted, tampered or too-new bundle, or one without
-        the format the backend needs.
+      BundleError: for a missing, corrupted, tampered or too-new bundle, one without
+        the format the backend needs, a manifest that breaks its schema (one line per
+        violation) or differs from its format's copy or graph, a path leaving the
+        bundle, a symbolic link, FIFO or device, or an ONNX model with external data
+        (docs/bundle-format.md, "What a reader trusts").
       UnsupportedError: when the backend's library is not installed.
     """
     from toolkit import bundle

@@ -579,12 +579,43 @@ def recover(target: str | os.PathLike, manifest_name: str = MANIFEST) -> bool:
     return False
 
 
+@contextlib.contextmanager
+def _held(path: Path) -> Iterator[bool]:
+    """An exclusive flock on a folder for the block; yields False when another holds it.
+
+    A writer holds its temporary folder's lock while it builds, so the next write can
+    tell a killed run's leftovers (lock released with the process) from a live one's.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - no flock: every sibling counts as stale
+        yield True
+        return
+    try:
+        fd = os.open(path, os.O_RDONLY | _O_DIRECTORY | _O_NOFOLLOW | _O_CLOEXEC)
+    except OSError:
+        yield False
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
+
+
 def _remove_stale(target: Path, manifest_name: str) -> None:
-    """Removes our own temporary and old siblings of ``target`` left by killed runs."""
+    """Removes our own temporary and old siblings of ``target`` left by killed runs
+    (not those of a write still running: it holds its folder's lock)."""
     recover(target, manifest_name)
     for path in _siblings(target):
         if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path, ignore_errors=True)
+            with _held(path) as stale:
+                if stale:
+                    shutil.rmtree(path, ignore_errors=True)
 
 
 def _fsync_path(path: Path, directory: bool) -> None:
@@ -681,14 +712,21 @@ def write_bundle(
     tmp = parent / f".{output.name}.tmp-{uuid.uuid4().hex[:8]}"
     with _removed_on_failure(tmp):
         tmp.mkdir()
-        manifest = build(tmp)
-        manifest["files"] = hash_files(tmp, manifest_name)
-        _write_json(tmp / manifest_name, manifest)
-        _crash_point("written")
-        _fsync_tree(tmp)
-        _crash_point("synced")
-        _replace_dir(tmp, output)
+        with _held(tmp):
+            _write_into(tmp, output, build, manifest_name)
     return output
+
+
+def _write_into(
+    tmp: Path, output: Path, build: Callable[[Path], dict[str, Any]], manifest_name: str
+) -> None:
+    manifest = build(tmp)
+    manifest["files"] = hash_files(tmp, manifest_name)
+    _write_json(tmp / manifest_name, manifest)
+    _crash_point("written")
+    _fsync_tree(tmp)
+    _crash_point("synced")
+    _replace_dir(tmp, output)
 
 
 def _replace_dir(new: Path, target: Path) -> None:

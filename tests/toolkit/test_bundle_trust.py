@@ -403,3 +403,20 @@ def test_the_exchange_swaps_atomically_on_linux(tmp_path):
     (b / "x").write_text("b")
     assert bundle._exchange(a, b)
     assert (a / "x").read_text() == "b" and (b / "x").read_text() == "a"
+
+
+def test_a_write_still_running_keeps_its_temporary_folder(tmp_path):
+    """Only leftovers of killed runs are stale: a live writer holds its folder's lock."""
+    target = tmp_path / "b"
+    seen = []
+
+    def build(tmp):
+        # Another write to the same target, while this one is building.
+        bundle.write_bundle(target, _build(), overwrite=True)
+        seen.append(tmp.exists())
+        return _build()(tmp)
+
+    bundle.write_bundle(target, build, overwrite=True)
+    assert seen == [True]
+    bundle.read_manifest(target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
