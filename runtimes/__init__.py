@@ -43,8 +43,9 @@ def load_policy(
       validate_args: check time steps and states against the specs, converting safe
         dtypes (float64 observations into a float32 spec) and naming what is wrong:
         step types other than FIRST/MID/LAST, ragged or non-numeric observations and
-        states of another structure are refused naming the leaf. With False, inputs are trusted and go to the graph unchecked (a wrong dtype
-        may be cast or refused by the backend); that saves under a microsecond a call.
+        states of another structure are refused naming the leaf. With False, inputs
+        are trusted and go to the graph unchecked (a wrong dtype may be cast or refused
+        by the backend); that saves under a microsecond a call.
       threads: onnxruntime intra-op threads (onnx backend).
       check_finite: refuse observations holding NaN or infinite values, naming the leaf
         (a failing sensor); off by default, as in TF-Agents, which passes them on.

@@ -3,6 +3,7 @@ writers (update, quantize) never write outside the bundle."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
@@ -71,10 +72,8 @@ def test_damaged_graphs_are_refused_or_act_within_the_spec(
         policy = runtimes.load_policy(path, "onnx", seed=0)
     except ToolkitError:
         return
-    try:
+    with contextlib.suppress(ToolkitError):  # refusing a time step is fine too
         _act_within_spec(policy)
-    except ToolkitError:
-        pass
 
 
 @pytest.fixture(scope="module")
