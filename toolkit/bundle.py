@@ -799,15 +799,10 @@ def check_embedded(manifest: dict[str, Any], embedded_text: Any, where: str) -> 
     copy = _parse_json(embedded_text.encode("utf-8"), Path(where))
     expected = without_files(manifest)
     if copy != expected:
-        keys = (
-            sorted(
-                k
-                for k in set(copy) | set(expected)
-                if not isinstance(copy, dict) or copy.get(k) != expected.get(k)
-            )
-            if isinstance(copy, dict)
-            else ["(all)"]
-        )
+        if isinstance(copy, dict):
+            keys = sorted(k for k in set(copy) | set(expected) if copy.get(k) != expected.get(k))
+        else:
+            keys = ["(all)"]
         raise BundleError(
             f"{MANIFEST}: differs from the copy in {where} at {', '.join(keys[:6])} "
             "(the manifest was edited after export)"

@@ -412,7 +412,10 @@ def _consistency(manifest: dict[str, Any], errors: list[str]) -> None:
                 errors.append(f"signatures.distribution.{which}: expected {name!r}, got none")
             return
         i, entry = table[name]
-        want = {"dtype": spec.dtype.name, "shape": [None, *spec.shape]}
+        # The batch dim is dynamic, or fixed where the source was (TF-Agents policies
+        # saved with a batch size).
+        batch = entry["shape"][0] if entry["shape"] else None
+        want = {"dtype": spec.dtype.name, "shape": [batch, *spec.shape]}
         if entry["dtype"] != want["dtype"] or entry["shape"] != want["shape"]:
             errors.append(
                 f"signatures.distribution.{which}[{i}]: expected {_signature_entry_text(want)} "
@@ -461,10 +464,10 @@ def _check_params(
                 continue
             i, entry = outputs[name]
             shape = entry["shape"]
-            if shape is None or len(shape) != rank or shape[0] is not None:
+            if shape is None or len(shape) != rank:
                 errors.append(
-                    f"signatures.distribution.outputs[{i}].shape: expected rank {rank} with a "
-                    f"dynamic batch dim for {name!r}, got {json.dumps(shape)}"
+                    f"signatures.distribution.outputs[{i}].shape: expected rank {rank} (a batch "
+                    f"dim first) for {name!r}, got {json.dumps(shape)}"
                 )
                 continue
             if leaf["family"] != families.CATEGORICAL or not action_leaves:

@@ -43,8 +43,9 @@ _FUNCTION_NODE = 7
 _ENTRY_KEY, _ENTRY_VALUE = 1, 2
 
 
-class _Malformed(Exception):
-    pass
+def _malformed(reason: str) -> BundleError:
+    # Raised inside the scan; scan_model adds where (the scan does not know it).
+    return BundleError(reason)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,7 +60,7 @@ def _varint(data: memoryview, pos: int, end: int) -> tuple[int, int]:
     result = shift = 0
     while True:
         if pos >= end or shift > 63:
-            raise _Malformed("truncated varint")
+            raise _malformed("truncated varint")
         byte = data[pos]
         pos += 1
         result |= (byte & 0x7F) << shift
@@ -75,14 +76,14 @@ def _fields(data: memoryview, start: int, end: int):
         key, pos = _varint(data, pos, end)
         number, wire = key >> 3, key & 7
         if number == 0:
-            raise _Malformed("field number 0")
+            raise _malformed("field number 0")
         if wire == _VARINT:
             value, pos = _varint(data, pos, end)
             yield number, wire, value
         elif wire == _LEN:
             length, pos = _varint(data, pos, end)
             if pos + length > end:
-                raise _Malformed("truncated field")
+                raise _malformed("truncated field")
             yield number, wire, (pos, pos + length)
             pos += length
         elif wire == _I64:
@@ -90,9 +91,9 @@ def _fields(data: memoryview, start: int, end: int):
         elif wire == _I32:
             pos += 4
         else:
-            raise _Malformed(f"wire type {wire}")
+            raise _malformed(f"wire type {wire}")
         if pos > end:
-            raise _Malformed("truncated field")
+            raise _malformed("truncated field")
 
 
 class _Scan:
@@ -105,7 +106,7 @@ class _Scan:
         try:
             return bytes(self.data[span[0] : span[1]]).decode("utf-8")
         except UnicodeDecodeError:
-            raise _Malformed("a string that is not UTF-8") from None
+            raise _malformed("a string that is not UTF-8") from None
 
     def model(self) -> None:
         for number, wire, value in _fields(self.data, 0, len(self.data)):
@@ -132,7 +133,7 @@ class _Scan:
 
     def graph(self, span: tuple[int, int], depth: int) -> None:
         if depth > _MAX_DEPTH:
-            raise _Malformed("subgraphs nested too deeply")
+            raise _malformed("subgraphs nested too deeply")
         for number, wire, value in _fields(self.data, *span):
             if wire != _LEN:
                 continue
@@ -184,7 +185,7 @@ def scan_model(data: bytes, where: str) -> ModelFacts:
     scan = _Scan(data)
     try:
         scan.model()
-    except _Malformed as e:
+    except BundleError as e:
         raise BundleError(f"{where}: not a valid ONNX model ({e})") from None
     return ModelFacts(scan.metadata, scan.external)
 

@@ -63,8 +63,11 @@ def check_files(root: Path, files: dict[str, Any]) -> dict[str, str]:
 def _manifest_from_onnx(path: Path) -> dict[str, Any]:
     from toolkit import onnx_proto
 
+    # The user named this file, so a link they gave is followed; it is still read
+    # only if regular, and bounded.
+    real = path.resolve()
     try:
-        data = bundle.read_member(path.parent, path.name, key="file")
+        data = bundle.read_member(real.parent, real.name, key="file")
     except BundleError as e:
         raise BundleError(f"{path}: {str(e).splitlines()[0]}") from None
     # The model is only parsed here, never run: external data is reported, not read.
