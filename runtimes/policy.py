@@ -286,7 +286,17 @@ class BundlePolicy(PyPolicy):
     # around the graph run, and anything else gets PyPolicy's full validation.
 
     def _action(self, time_step: Any, policy_state: Any, seed: Seed) -> PolicyStep:
-        arrays, outer = self._inputs_from(time_step, policy_state)
+        step_type = time_step[0] if type(time_step) is TimeStep else None
+        if (  # the hot path, inline: validated flat arrays (see _prepare), no state
+            type(step_type) is _NDARRAY
+            and self._validate_args
+            and self._fast is not None
+            and not self._state_names
+            and step_type.ndim <= 1
+        ):
+            arrays, outer = list(time_step), step_type.shape
+        else:
+            arrays, outer = self._inputs_from(time_step, policy_state)
         outputs = self._run(arrays, not outer, self._fetch)
         if self._plain_output and self._direct:
             action = outputs[0]
@@ -472,7 +482,15 @@ class BundlePolicy(PyPolicy):
         # anything unexpected gets PyPolicy's full check, which names the problem.
         if type(step) is PolicyStep and outer_dims is not None:
             if self._plain_output:
-                if _leaf_within(step.action, self._action_checks[0], outer_dims):
+                value, check = step.action, self._action_checks[0]
+                if (  # the hot path's common case, inline: one in-bounds element
+                    type(value) is _NDARRAY
+                    and value.dtype is check.dtype
+                    and value.size == 1
+                    and check.low is not None
+                    and check.low[0] <= value.item() <= check.high[0]
+                    and value.shape == outer_dims + check.shape
+                ) or _leaf_within(value, check, outer_dims):
                     return
             else:
                 try:

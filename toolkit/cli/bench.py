@@ -18,9 +18,7 @@ from toolkit.cli import common
 @common.command
 def bench(
     ctx: typer.Context,
-    bundle: Annotated[
-        Path, typer.Argument(metavar="BUNDLE", help="A bundle folder.", show_default=False)
-    ],
+    bundle: common.BundleArgument,
     backend: Annotated[
         str, typer.Option("--backend", "-b", help="Comma-separated backends: onnx,tf.")
     ] = "onnx,tf",

@@ -18,14 +18,20 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
 from toolkit.errors import ToolkitError
 
 __all__ = [
+    "BundleArgument",
     "CliState",
+    "FormatsOption",
+    "MetadataOption",
+    "OutputArgument",
+    "OverwriteOption",
+    "SamplesOption",
     "Stages",
     "bundle_must_exist",
     "command",
@@ -40,6 +46,27 @@ __all__ = [
     "refuse_existing",
     "tensorflow_stage",
     "verify_stage",
+]
+
+
+# Arguments and options that several commands take, declared once.
+BundleArgument = Annotated[
+    Path, typer.Argument(metavar="BUNDLE", help="A bundle folder.", show_default=False)
+]
+OutputArgument = Annotated[
+    Path,
+    typer.Argument(metavar="OUTPUT", help="The bundle folder to write.", show_default=False),
+]
+FormatsOption = Annotated[
+    str, typer.Option("--format", "-f", help="Comma-separated: saved_model,onnx.")
+]
+MetadataOption = Annotated[
+    list[str] | None,
+    typer.Option("--metadata", "-m", help="key=value stored in the manifest (repeatable)."),
+]
+OverwriteOption = Annotated[bool, typer.Option("--overwrite", help="Replace an existing bundle.")]
+SamplesOption = Annotated[
+    int, typer.Option("--samples", min=1, help="Sampled time steps for verification.")
 ]
 
 

@@ -22,10 +22,7 @@ def export(
             show_default=False,
         ),
     ],
-    output: Annotated[
-        Path,
-        typer.Argument(metavar="OUTPUT", help="The bundle folder to write.", show_default=False),
-    ],
+    output: common.OutputArgument,
     checkpoint: Annotated[
         Path | None,
         typer.Option(
@@ -39,23 +36,14 @@ def export(
         int | None,
         typer.Option("--step", help="The train step to restore (default: the latest)."),
     ] = None,
-    formats: Annotated[
-        str, typer.Option("--format", "-f", help="Comma-separated: saved_model,onnx.")
-    ] = "saved_model,onnx",
-    metadata: Annotated[
-        list[str] | None,
-        typer.Option("--metadata", "-m", help="key=value stored in the manifest (repeatable)."),
-    ] = None,
-    overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Replace an existing bundle.")
-    ] = False,
+    formats: common.FormatsOption = "saved_model,onnx",
+    metadata: common.MetadataOption = None,
+    overwrite: common.OverwriteOption = False,
     verify: Annotated[
         bool,
         typer.Option("--verify/--no-verify", help="Check every exported form against the policy."),
     ] = True,
-    samples: Annotated[
-        int, typer.Option("--samples", min=1, help="Sampled time steps for verification.")
-    ] = 64,
+    samples: common.SamplesOption = 64,
 ) -> None:
     """Export a TF policy to a bundle.
 

@@ -19,29 +19,17 @@ def import_tf_agents(
             metavar="SAVED_MODEL", help="A TF-Agents PolicySaver output folder.", show_default=False
         ),
     ],
-    output: Annotated[
-        Path,
-        typer.Argument(metavar="OUTPUT", help="The bundle folder to write.", show_default=False),
-    ],
-    formats: Annotated[
-        str, typer.Option("--format", "-f", help="Comma-separated: saved_model,onnx.")
-    ] = "saved_model,onnx",
-    metadata: Annotated[
-        list[str] | None,
-        typer.Option("--metadata", "-m", help="key=value stored in the manifest (repeatable)."),
-    ] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing bundle.")] = (
-        False
-    ),
+    output: common.OutputArgument,
+    formats: common.FormatsOption = "saved_model,onnx",
+    metadata: common.MetadataOption = None,
+    overwrite: common.OverwriteOption = False,
     verify: Annotated[
         bool,
         typer.Option(
             "--verify/--no-verify", help="Compare the bundle's SavedModel and ONNX forms."
         ),
     ] = True,
-    samples: Annotated[
-        int, typer.Option("--samples", min=1, help="Sampled time steps for verification.")
-    ] = 64,
+    samples: common.SamplesOption = 64,
 ) -> None:
     """Import a TF-Agents PolicySaver output into a bundle.
 

@@ -18,9 +18,7 @@ from toolkit.cli import common
 @common.command
 def run(
     ctx: typer.Context,
-    bundle: Annotated[
-        Path, typer.Argument(metavar="BUNDLE", help="A bundle folder.", show_default=False)
-    ],
+    bundle: common.BundleArgument,
     env: Annotated[
         str, typer.Option("--env", "-e", help="A gymnasium environment id, e.g. CartPole-v1.")
     ],

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -14,9 +13,7 @@ from toolkit.cli import common
 @common.command
 def verify(
     ctx: typer.Context,
-    bundle: Annotated[
-        Path, typer.Argument(metavar="BUNDLE", help="A bundle folder.", show_default=False)
-    ],
+    bundle: common.BundleArgument,
     samples: Annotated[
         int, typer.Option("--samples", "-n", min=1, help="Sampled time steps per step.")
     ] = 64,
