@@ -69,7 +69,10 @@ def _weights_only(manifest: dict[str, Any], checkpoint: Checkpoint) -> Weights:
     if checkpoint_weights.has_weights_map(manifest) and Path(f"{prefix}.index").is_file():
         # Another conversion of the weights (e.g. a checkpoint saved before the probe
         # conversion, from zero biases): its TF checkpoint still holds the variables.
-        values, _ = checkpoint_weights.read_tf_checkpoint(manifest, prefix, str(root))
+        try:
+            values, _ = checkpoint_weights.read_tf_checkpoint(manifest, prefix, str(root))
+        except CheckpointError as e:
+            raise _fingerprint_error(root, expected, got) from e
         initializers = checkpoint_weights.initializer_values(manifest, values)
         return Weights(initializers, train_step, checkpoint)
     raise _fingerprint_error(root, expected, got)

@@ -137,9 +137,12 @@ def find_checkpoints(path: str | os.PathLike) -> list[Checkpoint]:
         raise CheckpointError(f"{path}: no such checkpoint or checkpoint folder")
     if (path / CHECKPOINT_FILE).is_file():
         return [_weights_only(path)]
-    match = _TF_AGENTS.match(path.name)
-    if match and (path / "variables" / "variables.index").is_file():
-        return [Checkpoint("tf_agents_checkpoint", path / "variables" / "variables", int(match[1]))]
+    if (path / "variables" / "variables.index").is_file():
+        # PolicySaver.save_checkpoint's output (policy_checkpoint_<step> in the trigger's
+        # layout) or PolicySaver.save's SavedModel variables.
+        match = _TF_AGENTS.match(path.name)
+        step = int(match[1]) if match else None
+        return [Checkpoint("tf_agents_checkpoint", path / "variables" / "variables", step)]
     for candidate in (path, path / "policy_checkpoints"):
         if (candidate / tensor_bundle.STATE_FILE).is_file():
             return _sorted(_state_checkpoints(candidate, "policy_checkpoint"))

@@ -365,7 +365,7 @@ class TensorBundle:
     def shard_path(self, shard: int) -> Path:
         return Path(f"{self.prefix}.data-{shard:05d}-of-{self.num_shards:05d}")
 
-    def keys(self) -> list[str]:
+    def tensor_names(self) -> list[str]:
         """Every tensor name, sorted."""
         return sorted(self._entries)
 
@@ -442,7 +442,7 @@ class TensorBundle:
         return _parse_object_graph(data.item(), f"{self.prefix}: {OBJECT_GRAPH_KEY}")
 
     def as_dict(self) -> dict[str, np.ndarray]:
-        return {key: self.get(key) for key in self.keys()}
+        return {key: self.get(key) for key in self.tensor_names()}
 
     def _read(self, entry: BundleEntry, *, check: bool = True) -> bytes:
         path = self.shard_path(entry.shard_id)
