@@ -151,11 +151,17 @@ def find_checkpoints(path: str | os.PathLike) -> list[Checkpoint]:
             found = _tf_agents_checkpoints(candidate)
             if found:
                 return _sorted(found)
-    children = [c for c in path.iterdir() if (c / CHECKPOINT_FILE).is_file()]
+    # Hidden folders are save_checkpoint's work in progress (renamed into place when done).
+    children = [
+        c for c in path.iterdir() if not c.name.startswith(".") and (c / CHECKPOINT_FILE).is_file()
+    ]
     if children:
         return _sorted([_weights_only(c) for c in children])
-    if any(p.is_dir() for p in (path / "policy_checkpoints", path / "policies" / "checkpoints")):
-        return []  # the layout is known; training has not written a checkpoint yet
+    if (
+        any(p.is_dir() for p in (path / "policy_checkpoints", path / "policies"))
+        or (path / "checkpoints" / tensor_bundle.STATE_FILE).is_file()
+    ):
+        return []  # a training run that has written no policy checkpoint yet
     raise CheckpointError(
         f"{path}: expected checkpoints: a weights-only checkpoint (checkpoint.json) or a "
         "folder of them, a training run's policy_checkpoints/, TF-Agents' "
