@@ -1,26 +1,22 @@
 """update_bundle: new weights into an existing bundle, without a new export.
 
 A fleet that runs a bundle can take a small weights update instead of a full
-re-export. The update comes from a checkpoint:
+re-export. The update comes from any checkpoint ``toolkit.checkpoint_weights`` finds: a
+weights-only checkpoint (``exporters.save_checkpoint``), a training run's policy
+checkpoints (``<out>`` or ``<out>/policy_checkpoints``), TF-Agents' policy checkpoints
+(``policies/checkpoints/`` of PolicySavedModelTrigger, or one ``PolicySaver``
+checkpoint), or a checkpoint prefix; a folder gives its latest (or ``step``).
 
-* a weights-only checkpoint (``exporters.save_checkpoint``): ``weights.npz`` holds the
-  ONNX initializers ``w0, w1, ...`` in canonical order and ``tf/ckpt`` the TF variables;
-* a training run's policy checkpoints (``<out>`` or ``<out>/policy_checkpoints``, with
-  ``policy_spec.json``): the policy is rebuilt from the spec, restored (the latest
-  checkpoint, or ``step``) and turned into a weights-only checkpoint first;
-* for a bundle imported from TF-Agents, a ``PolicySaver`` checkpoint: read into the
-  SavedModel the bundle was imported from (``metadata["source"]``) and turned into a
-  weights-only checkpoint first (``exporters.import_tf_agents_checkpoint``).
+Bundles with a weights map (``manifest["onnx"]["weights"]``, see exporters.probe) take
+them all through it: the ONNX initializers are read from the checkpoint without
+TensorFlow (runtimes.checkpoints) and the SavedModel's variables are assigned along the
+same object paths. Bundles exported before the map go the old way: TF checkpoints are
+turned into a weights-only checkpoint with TensorFlow, whose graph fingerprint must
+equal the bundle's. The manifest's train step and every hash are updated, and the
+bundle is replaced atomically: a failed update leaves the old bundle as it was.
 
-The ONNX graph takes the new initializer values by canonical index, and only when the
-checkpoint's graph fingerprint equals the bundle's (same structure, see
-``exporters.weights``). The SavedModel is loaded, the TF checkpoint restored into its
-``policy`` and ``train_step`` and saved again. The manifest's train step and every
-hash are updated, and the bundle is replaced atomically: a failed update leaves the
-old bundle as it was.
-
-This module imports TensorFlow only to update a SavedModel or to read a training
-checkpoint; an ONNX-only bundle takes a weights-only checkpoint without it.
+This module imports TensorFlow only to update a SavedModel or for bundles without a
+weights map; an ONNX-only bundle with a map takes every checkpoint without it.
 """
 
 from __future__ import annotations
