@@ -219,6 +219,12 @@ def _check_parity(module: Any, model: onnx.ModelProto, what: str) -> None:
         model.SerializeToString(), options, providers=["CPUExecutionProvider"]
     )
     names = [o.name for o in session.get_outputs()]
+    extra = sorted({i.name for i in session.get_inputs()} - set(module.info.inputs))
+    if extra:
+        raise ExportError(
+            f"{what}: the ONNX graph takes inputs {extra} besides the policy's "
+            f"{sorted(module.info.inputs)} (a tensor tf2onnx could not freeze)"
+        )
     function = module.info.functions["distribution"]
     rng = np.random.default_rng(1)
     for _ in range(3):
