@@ -198,6 +198,9 @@ def _object_paths(policy: Any, probes: _Probes) -> list[list[list[str]]]:
 
 def _sample_inputs(module: Any, rng: np.random.Generator, batch: int = 5) -> dict[str, Any]:
     policy = module.policy
+    fixed = getattr(policy, "batch_size", None)  # a TF-Agents policy saved for one batch size
+    if isinstance(fixed, int) and fixed > 0:
+        batch = fixed
     inputs: dict[str, np.ndarray] = {}
     time_step = tensor_spec.to_array_spec(policy.time_step_spec)
     for path, spec in nest.flatten_with_paths(time_step):

@@ -51,7 +51,8 @@ def load_npz_weights(root: Path, info: dict[str, Any], names: list[str]) -> dict
 def _fingerprint_error(root: Path, expected: str, got: str) -> BundleError:
     return BundleError(
         f"{root}: expected a checkpoint of this bundle's graph (fingerprint {expected[:12]}...), "
-        f"got one of another graph ({got[:12]}...): a checkpoint of another policy structure"
+        f"got one of another graph ({got[:12]}...): a checkpoint of another policy structure "
+        "(use one of this policy's)"
     )
 
 
