@@ -9,6 +9,7 @@ toolkit's training ``policy_checkpoints/`` and TF-Agents' ``policies/checkpoints
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -35,10 +36,13 @@ def load_npz_weights(root: Path, info: dict[str, Any], names: list[str]) -> dict
     rel = bundle.WEIGHTS_FILE
     if rel not in info["files"]:
         raise BundleError(f"{root}: {rel} is not listed in {bundle.CHECKPOINT_FILE}")
+    data = bundle.read_member(
+        root, rel, key="weights", files=info["files"], where=bundle.CHECKPOINT_FILE
+    )
     try:
-        with np.load(root / rel, allow_pickle=False) as npz:
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
             arrays = {key: npz[key] for key in npz.files}
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, EOFError, KeyError) as e:
         raise BundleError(f"{root / rel}: not a readable weights file ({e})") from e
     expected = {f"w{i}" for i in range(len(names))}
     if set(arrays) != expected:
