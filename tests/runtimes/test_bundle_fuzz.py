@@ -20,7 +20,7 @@ from toolkit.specs import array_spec
 hypothesis = pytest.importorskip("hypothesis")
 st = pytest.importorskip("hypothesis.strategies")
 
-CASE = "tf/actor/seed_function"  # an ONNX-only bundle: nothing here needs TensorFlow
+CASE = "tf/actor/tutorial_function"  # an ONNX-only bundle: nothing here needs TensorFlow
 
 
 @pytest.fixture(scope="module")

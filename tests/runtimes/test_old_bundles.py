@@ -16,8 +16,18 @@ from toolkit.errors import BundleError
 
 
 def _as_old_bundle(path):
+    """The bundle as exports before the weights map wrote it (manifest, its ONNX copy and
+    the file table agreeing)."""
+    import onnx
+
+    from exporters import onnx_export
+
     manifest = json.loads((path / bundle_lib.MANIFEST).read_text())
     del manifest["onnx"]["weights"]
+    model = onnx.load(str(path / bundle_lib.ONNX_FILE))
+    onnx_export.embed_manifest(model, manifest)
+    onnx.save(model, str(path / bundle_lib.ONNX_FILE))
+    manifest["files"] = bundle_lib.hash_files(path)
     (path / bundle_lib.MANIFEST).write_text(json.dumps(manifest))
 
 
