@@ -162,6 +162,9 @@ def find_checkpoints(path: str | os.PathLike) -> list[Checkpoint]:
         or (path / "checkpoints" / tensor_bundle.STATE_FILE).is_file()
     ):
         return []  # a training run that has written no policy checkpoint yet
+    entries = list(path.iterdir())
+    if entries and all(c.name.startswith(".") or "_temp" in c.name for c in entries):
+        return []  # only TF's (or save_checkpoint's) work in progress: the first save
     raise CheckpointError(
         f"{path}: expected checkpoints: a weights-only checkpoint (checkpoint.json) or a "
         "folder of them, a training run's policy_checkpoints/, TF-Agents' "
