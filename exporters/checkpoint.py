@@ -28,7 +28,7 @@ import onnx.numpy_helper
 import tensorflow as tf
 
 from exporters import onnx_export
-from exporters.export import module_for, onnx_model_for
+from exporters.export import module_for, onnx_model_and_weights
 from exporters.weights import canonical_initializers, graph_fingerprint
 from toolkit import bundle
 from toolkit.errors import ExportError
@@ -48,7 +48,7 @@ def save_checkpoint(
     if isinstance(train_step, bool) or int(train_step) != train_step:
         raise ExportError(f"train_step: expected an int, got {train_step!r}")
     module = module_for(policy, int(train_step), {})
-    model = onnx_model_for(module, opset)
+    model, _ = onnx_model_and_weights(module, opset)
     by_name = {init.name: init for init in model.graph.initializer}
     weights = {
         f"w{i}": onnx.numpy_helper.to_array(by_name[name])

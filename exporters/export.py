@@ -21,7 +21,7 @@ from toolkit.errors import ExportError, UnsupportedError
 from toolkit.policies import tf_policy as tf_policy_lib
 from toolkit.specs import tensor_spec
 
-__all__ = ["FORMATS", "export_policy", "module_for", "onnx_model_for"]
+__all__ = ["FORMATS", "export_policy", "module_for", "onnx_model_and_weights", "onnx_model_for"]
 
 FORMATS = bundle.FORMATS
 
@@ -104,6 +104,21 @@ def onnx_model_for(module: ExportModule, opset: int = onnx_export.DEFAULT_OPSET)
     )
 
 
+def onnx_model_and_weights(
+    module: ExportModule, opset: int = onnx_export.DEFAULT_OPSET
+) -> tuple[onnx.ModelProto, dict[str, Any]]:
+    """The ONNX model (converted with probe weights, real ones written in) and its weights
+    map for ``manifest["onnx"]["weights"]`` (see exporters.probe)."""
+    from exporters.probe import convert_with_probes
+
+    model, weights = convert_with_probes(
+        module, lambda m: onnx_model_for(m, opset), type(module.policy).__name__
+    )
+    by_name = weights.pop("by_name")
+    weights["initializers"] = [by_name.get(name) for name in canonical_initializers(model)]
+    return model, weights
+
+
 def export_policy(
     policy: Any,
     output_dir: str | os.PathLike,
@@ -140,10 +155,10 @@ def export_policy(
     if output.exists() and not overwrite:
         raise ExportError(f"{output.absolute()}: already exists; pass overwrite=True to replace it")
     module = module_for(policy, train_step, metadata)
-    model = onnx_model_for(module, opset) if "onnx" in formats else None
+    model, weights = onnx_model_and_weights(module, opset) if "onnx" in formats else (None, None)
 
     def build(tmp: Path) -> dict[str, Any]:
-        manifest = _manifest(module, formats, train_step, metadata, opset, model)
+        manifest = _manifest(module, formats, train_step, metadata, opset, model, weights)
         if "saved_model" in formats:
             _save_saved_model(module, tmp / bundle.SAVED_MODEL_DIR)
             bundle.write_saved_model_manifest(tmp / bundle.SAVED_MODEL_DIR, manifest)
@@ -176,6 +191,7 @@ def _manifest(
     metadata: dict[str, Any],
     opset: int,
     model: onnx.ModelProto | None,
+    weights: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     policy = module.policy
     specs = {
@@ -210,4 +226,6 @@ def _manifest(
             "graph_fingerprint": graph_fingerprint(model),
             "initializers": canonical_initializers(model),
         }
+        if weights is not None:
+            manifest["onnx"]["weights"] = weights
     return manifest

@@ -343,7 +343,8 @@ def quantize_bundle(
     new_manifest.pop("saved_model", None)
     new_manifest["formats"] = ["onnx"]
     new_manifest["onnx"] = {
-        **manifest["onnx"],
+        # No weights map: the quantized graph's initializers are no variable's values.
+        **{k: v for k, v in manifest["onnx"].items() if k != "weights"},
         "graph_fingerprint": graph_fingerprint(quantized),
         "initializers": canonical_initializers(quantized),
     }

@@ -1,26 +1,22 @@
 """update_bundle: new weights into an existing bundle, without a new export.
 
 A fleet that runs a bundle can take a small weights update instead of a full
-re-export. The update comes from a checkpoint:
+re-export. The update comes from any checkpoint ``toolkit.checkpoint_weights`` finds: a
+weights-only checkpoint (``exporters.save_checkpoint``), a training run's policy
+checkpoints (``<out>`` or ``<out>/policy_checkpoints``), TF-Agents' policy checkpoints
+(``policies/checkpoints/`` of PolicySavedModelTrigger, or one ``PolicySaver``
+checkpoint), or a checkpoint prefix; a folder gives its latest (or ``step``).
 
-* a weights-only checkpoint (``exporters.save_checkpoint``): ``weights.npz`` holds the
-  ONNX initializers ``w0, w1, ...`` in canonical order and ``tf/ckpt`` the TF variables;
-* a training run's policy checkpoints (``<out>`` or ``<out>/policy_checkpoints``, with
-  ``policy_spec.json``): the policy is rebuilt from the spec, restored (the latest
-  checkpoint, or ``step``) and turned into a weights-only checkpoint first;
-* for a bundle imported from TF-Agents, a ``PolicySaver`` checkpoint: read into the
-  SavedModel the bundle was imported from (``metadata["source"]``) and turned into a
-  weights-only checkpoint first (``exporters.import_tf_agents_checkpoint``).
+Bundles with a weights map (``manifest["onnx"]["weights"]``, see exporters.probe) take
+them all through it: the ONNX initializers are read from the checkpoint without
+TensorFlow (runtimes.checkpoints) and the SavedModel's variables are assigned along the
+same object paths. Bundles exported before the map go the old way: TF checkpoints are
+turned into a weights-only checkpoint with TensorFlow, whose graph fingerprint must
+equal the bundle's. The manifest's train step and every hash are updated, and the
+bundle is replaced atomically: a failed update leaves the old bundle as it was.
 
-The ONNX graph takes the new initializer values by canonical index, and only when the
-checkpoint's graph fingerprint equals the bundle's (same structure, see
-``exporters.weights``). The SavedModel is loaded, the TF checkpoint restored into its
-``policy`` and ``train_step`` and saved again. The manifest's train step and every
-hash are updated, and the bundle is replaced atomically: a failed update leaves the
-old bundle as it was.
-
-This module imports TensorFlow only to update a SavedModel or to read a training
-checkpoint; an ONNX-only bundle takes a weights-only checkpoint without it.
+This module imports TensorFlow only to update a SavedModel or for bundles without a
+weights map; an ONNX-only bundle with a map takes every checkpoint without it.
 """
 
 from __future__ import annotations
@@ -116,10 +112,11 @@ def update_bundle(
 
     Args:
       bundle_dir: an exported bundle.
-      checkpoint: a weights-only checkpoint folder, a training run's policy checkpoints
-        (``<out>`` or ``<out>/policy_checkpoints``), or for a bundle imported from
-        TF-Agents (``exporters.import_tf_agents``) a ``PolicySaver`` checkpoint.
-      step: for training checkpoints, the train step to take (the latest by default).
+      checkpoint: a weights-only checkpoint folder (or a folder of them), a training
+        run's policy checkpoints (``<out>`` or ``<out>/policy_checkpoints``), TF-Agents'
+        ``policies/checkpoints/`` (or one ``policy_checkpoint_<step>``), or a
+        checkpoint prefix; the latest checkpoint of a folder is taken.
+      step: the train step to take (the latest by default).
 
     Returns:
       An UpdateReport.
@@ -129,11 +126,17 @@ def update_bundle(
         policy structure (fingerprint, names, shapes), or an unsupported checkpoint.
       UnsupportedError: a SavedModel that was not written by ``export_policy``.
     """
+    from toolkit import checkpoint_weights
+
     root = Path(bundle_dir)
     manifest = bundle.read_manifest(root)
     source = Path(checkpoint)
-    if not source.exists():
+    if not source.exists() and not Path(f"{source}.index").is_file():
         raise BundleError(f"{source}: no such checkpoint")
+    if checkpoint_weights.has_weights_map(manifest):
+        found = checkpoint_weights.select(source, step)
+        return _apply_found(root, manifest, found)
+    # A bundle exported before the weights map: TF checkpoints go through TensorFlow.
     with tempfile.TemporaryDirectory(prefix="policy-update-") as scratch:
         if (source / bundle.CHECKPOINT_FILE).is_file():
             kind, weights_dir = "weights_only", source
@@ -158,30 +161,131 @@ def update_bundle(
                 "policy checkpoints (policy_spec.json), or for a bundle imported from "
                 "TF-Agents a PolicySaver checkpoint"
             )
-        return _apply(root, manifest, weights_dir, info, kind)
+        try:
+            return _apply(root, manifest, weights_dir, info, kind, shown=source)
+        except BundleError as e:
+            if "fingerprint" in str(e) or "another policy structure" in str(e):
+                raise BundleError(
+                    f"{e}; {root} was exported before policy-toolkit recorded a weights map "
+                    "(a bundle exported from zero biases takes no trained weights): export "
+                    "it again with this version to take every later checkpoint"
+                ) from e
+            raise
 
 
-def _apply(
-    root: Path, manifest: dict[str, Any], weights_dir: Path, info: dict[str, Any], kind: str
-) -> UpdateReport:
+def _apply_found(root: Path, manifest: dict[str, Any], found: Any) -> UpdateReport:
+    """Applies a checkpoint through the bundle's weights map (ONNX without TensorFlow)."""
+    from runtimes.checkpoints import read_weights
+
     formats = tuple(f for f in ("saved_model", "onnx") if f in manifest)
-    if not formats:
-        raise BundleError(f"{root}: the bundle holds no model to update")
-    train_step: int | None = int(info["train_step"])
-    if kind == "tf_agents_checkpoint" and train_step == -1:
+    weights = read_weights(manifest, found)
+    train_step = weights.train_step
+    if found.kind == "tf_agents_checkpoint" and train_step == -1:
         train_step = None  # PolicySaver's "no train step", as import_tf_agents reads it
     new_manifest = copy.deepcopy(manifest)
     new_manifest.pop("files", None)
     new_manifest["train_step"] = train_step
-    model, max_change = None, None
-    if "onnx" in manifest:
-        model, max_change = _updated_onnx(root, manifest, weights_dir, info)
-    loaded = (
-        _restored_saved_model(root, manifest, weights_dir, info)
-        if "saved_model" in manifest
-        else None
+    model, max_change = _onnx_with(root, manifest, weights.initializers)
+    loaded = None
+    if "saved_model" in manifest:
+        loaded = _saved_model_with(root, manifest, found, train_step)
+    _write(root, manifest, new_manifest, model, loaded)
+    return UpdateReport(
+        bundle=root,
+        checkpoint=str(found.path),
+        source=found.kind,
+        previous_train_step=manifest.get("train_step"),
+        train_step=train_step,
+        formats=formats,
+        max_weight_change=max_change,
     )
 
+
+def _onnx_with(
+    root: Path, manifest: dict[str, Any], initializers: dict[str, np.ndarray]
+) -> tuple[Any, float]:
+    import onnx
+    from onnx import numpy_helper
+
+    try:
+        model = onnx.load_model_from_string(bundle.read_onnx(root, manifest))
+    except BundleError:
+        raise
+    except Exception as e:  # protobuf's DecodeError and others
+        raise BundleError(f"{root}: not a readable ONNX model ({e})") from e
+    by_name = {init.name: init for init in model.graph.initializer}
+    max_change = 0.0
+    for name, new in initializers.items():
+        if name not in by_name:
+            raise BundleError(f"{root}: initializer {name!r} of the manifest is not in the graph")
+        old = numpy_helper.to_array(by_name[name])
+        if old.shape != new.shape or old.dtype != new.dtype:
+            raise BundleError(
+                f"{root}: initializer {name}: expected {old.dtype} {old.shape}, got "
+                f"{new.dtype} {new.shape}"
+            )
+        if old.size:
+            diff = np.abs(new.astype(np.float64) - old.astype(np.float64))
+            max_change = max(max_change, float(diff.max()))
+        by_name[name].CopyFrom(numpy_helper.from_array(new, name))
+    return model, max_change
+
+
+def _saved_model_with(
+    root: Path, manifest: dict[str, Any], found: Any, train_step: int | None
+) -> Any:
+    """The bundle's SavedModel with the checkpoint's variables assigned by object path."""
+    import tensorflow as tf
+    import tensorflow_probability  # noqa: F401  (registers TFP types the model may name)
+
+    from toolkit import checkpoint_weights
+
+    path = bundle.check_saved_model(root, manifest)
+    try:
+        loaded = tf.saved_model.load(str(path))
+    except Exception as e:  # TF raises many kinds for a broken SavedModel
+        raise BundleError(f"{path}: TensorFlow could not load the SavedModel: {e}") from e
+    if not hasattr(loaded, "policy") or not hasattr(loaded, "train_step"):
+        raise UnsupportedError(
+            f"{root}: the SavedModel has no 'policy' and 'train_step' (not written by "
+            "export_policy); export the policy again instead"
+        )
+    if found.kind == "weights_only":
+        info = bundle.read_checkpoint(found.path)
+        prefix = found.path / str(info.get("tf_checkpoint", bundle.TF_CHECKPOINT_PREFIX))
+    else:
+        prefix = found.path
+    values, _ = checkpoint_weights.read_tf_checkpoint(manifest, prefix, str(found.path))
+    for spec, value in zip(manifest["onnx"]["weights"]["variables"], values, strict=True):
+        variable = _variable_at(loaded.policy, spec["paths"])
+        if variable is None:
+            raise BundleError(
+                f"{root}: the SavedModel's policy has no variable at {spec['paths'][:1]}; "
+                "export the policy again"
+            )
+        variable.assign(value)
+    loaded.train_step.assign(-1 if train_step is None else int(train_step))
+    return loaded
+
+
+def _variable_at(policy: Any, paths: list[list[str]]) -> Any:
+    import tensorflow as tf
+
+    for path in paths:
+        node = policy
+        for name in path:
+            node = tf.train.TrackableView(node).children(node).get(name)
+            if node is None:
+                break
+        if isinstance(node, tf.Variable):
+            return node
+    return None
+
+
+def _write(
+    root: Path, manifest: dict[str, Any], new_manifest: dict[str, Any], model: Any, loaded: Any
+) -> None:
+    formats = tuple(f for f in ("saved_model", "onnx") if f in manifest)
     files = manifest["files"]
     replaced = [manifest[f]["file" if f == "onnx" else "dir"] for f in formats]
 
@@ -211,9 +315,37 @@ def _apply(
         return new_manifest
 
     bundle.write_bundle(root, build, overwrite=True)
+
+
+def _apply(
+    root: Path,
+    manifest: dict[str, Any],
+    weights_dir: Path,
+    info: dict[str, Any],
+    kind: str,
+    shown: Path,
+) -> UpdateReport:
+    formats = tuple(f for f in ("saved_model", "onnx") if f in manifest)
+    if not formats:
+        raise BundleError(f"{root}: the bundle holds no model to update")
+    train_step: int | None = int(info["train_step"])
+    if kind == "tf_agents_checkpoint" and train_step == -1:
+        train_step = None  # PolicySaver's "no train step", as import_tf_agents reads it
+    new_manifest = copy.deepcopy(manifest)
+    new_manifest.pop("files", None)
+    new_manifest["train_step"] = train_step
+    model, max_change = None, None
+    if "onnx" in manifest:
+        model, max_change = _updated_onnx(root, manifest, weights_dir, info, shown)
+    loaded = (
+        _restored_saved_model(root, manifest, weights_dir, info, shown)
+        if "saved_model" in manifest
+        else None
+    )
+    _write(root, manifest, new_manifest, model, loaded)
     return UpdateReport(
         bundle=root,
-        checkpoint=str(weights_dir),
+        checkpoint=str(shown),
         source=kind,
         previous_train_step=manifest.get("train_step"),
         train_step=train_step,
@@ -223,7 +355,7 @@ def _apply(
 
 
 def _updated_onnx(
-    root: Path, manifest: dict[str, Any], weights_dir: Path, info: dict[str, Any]
+    root: Path, manifest: dict[str, Any], weights_dir: Path, info: dict[str, Any], shown: Path
 ) -> tuple[Any, float]:
     import onnx
     from onnx import numpy_helper
@@ -232,8 +364,8 @@ def _updated_onnx(
     got = info.get("graph_fingerprint")
     if expected != got:
         raise BundleError(
-            f"{weights_dir}: expected a checkpoint of graph {str(expected)[:12]}... (the "
-            f"bundle's), got graph {str(got)[:12]}...: another policy structure; export again"
+            f"{shown}: expected a checkpoint of graph {str(expected)[:12]}... (the "
+            f"bundle's), got graph {str(got)[:12]}...: another policy structure"
         )
     names = manifest["onnx"]["initializers"]
     try:
@@ -276,7 +408,7 @@ def _updated_onnx(
 
 
 def _restored_saved_model(
-    root: Path, manifest: dict[str, Any], weights_dir: Path, info: dict[str, Any]
+    root: Path, manifest: dict[str, Any], weights_dir: Path, info: dict[str, Any], shown: Path
 ) -> Any:
     import tensorflow as tf
     import tensorflow_probability  # noqa: F401  (registers TFP types the model may name)
@@ -298,7 +430,7 @@ def _restored_saved_model(
     except (AssertionError, ValueError, tf.errors.OpError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise BundleError(
-            f"{weights_dir}: expected a checkpoint of the bundle's policy, got one that does "
+            f"{shown}: expected a checkpoint of the bundle's policy, got one that does "
             f"not fit its SavedModel ({first})"
         ) from e
     return loaded

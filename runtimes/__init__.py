@@ -1,8 +1,8 @@
 """Bundle -> Python policy. The onnx backend imports no TensorFlow.
 
 ``load_policy(path)`` returns a ``toolkit.policies.py_policy.PyPolicy`` with the
-interface of the TF-Agents policies tutorial plus ``train_step``, ``metadata`` and
-``update_from_checkpoint(path)``.
+interface of the TF-Agents policies tutorial plus ``train_step``, ``metadata``,
+``update_from_checkpoint(path)`` and ``follow(directory)``.
 Importing this package is cheap: onnxruntime or TensorFlow load inside ``load_policy``.
 """
 

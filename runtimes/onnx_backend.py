@@ -7,16 +7,14 @@ The graph computes distribution parameters; runtimes.policy derives the actions.
 
 from __future__ import annotations
 
-import io
 import os
 import threading
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
-from runtimes.policy import BundlePolicy, check_fingerprint
+from runtimes.policy import BundlePolicy
 from toolkit import bundle
 from toolkit.errors import BundleError, PolicyError
 
@@ -201,22 +199,28 @@ class OnnxPolicy(BundlePolicy):
         except Exception as e:  # onnxruntime's own types (for unvalidated inputs)
             raise PolicyError(f"onnxruntime could not run the policy: {e}") from e
 
-    def update_from_checkpoint(self, path: str | os.PathLike) -> None:
-        """Swaps in the weights of a weights-only checkpoint (exporters.save_checkpoint).
+    def update_from_checkpoint(self, path: str | os.PathLike, *, step: int | None = None) -> None:
+        """Swaps in the weights of a checkpoint; no TensorFlow and no new export needed.
 
-        Reads ``weights.npz`` (no pickle) and rebuilds the session with its arrays as
-        initializer overrides; no TensorFlow and no new export needed.
+        Takes a weights-only checkpoint (exporters.save_checkpoint), a training run's
+        ``policy_checkpoints/``, TF-Agents' ``policies/checkpoints/`` or one
+        checkpoint of either (see runtimes.checkpoints); a folder gives its latest
+        checkpoint, or the one of ``step``. The session is rebuilt with the new values
+        as initializer overrides and swapped in whole: calls already running finish on
+        the old weights.
 
         Raises:
-          BundleError: for a missing or changed checkpoint, or one for another graph.
+          BundleError: for a missing, changed or corrupt checkpoint (CheckpointError),
+            or one of another policy structure.
         """
-        root = Path(path)
-        info = bundle.read_checkpoint(root)
-        check_fingerprint(root, info, self.graph_fingerprint)
-        names = self._manifest["onnx"]["initializers"]
-        weights = _load_weights(root, info, names)
-        self._set_session(self._new_session(weights))
-        self._train_step = info.get("train_step")
+        from runtimes.checkpoints import read_weights
+
+        weights = read_weights(self._manifest, path, step=step)
+        self._apply_weights(weights)
+
+    def _apply_weights(self, weights: Any) -> None:
+        self._set_session(self._new_session(weights.initializers))
+        self._train_step = weights.train_step
 
     def _take_weights(self, policy: BundlePolicy) -> None:
         if not isinstance(policy, OnnxPolicy) or policy.graph_fingerprint != self.graph_fingerprint:
@@ -226,27 +230,6 @@ class OnnxPolicy(BundlePolicy):
             )
         # Sessions are never changed in place, so sharing one is safe.
         self._set_session(policy._session)
-
-
-def _load_weights(root: Path, info: dict[str, Any], names: list[str]) -> dict[str, np.ndarray]:
-    """``{initializer name: array}`` from a checkpoint's weights.npz, keyed w0..wN."""
-    rel = bundle.WEIGHTS_FILE
-    if rel not in info["files"]:
-        raise BundleError(f"{root}: {rel} is not listed in {bundle.CHECKPOINT_FILE}")
-    data = bundle.read_member(
-        root, rel, key="weights", files=info["files"], where=bundle.CHECKPOINT_FILE
-    )
-    try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-            arrays = {key: npz[key] for key in npz.files}
-    except (OSError, ValueError, EOFError, KeyError) as e:
-        raise BundleError(f"{root / rel}: not a readable weights file ({e})") from e
-    expected = {f"w{i}" for i in range(len(names))}
-    if set(arrays) != expected:
-        raise BundleError(
-            f"{root / rel}: expected {len(names)} arrays w0..w{len(names) - 1}, got {len(arrays)}"
-        )
-    return {name: arrays[f"w{i}"] for i, name in enumerate(names)}
 
 
 def _layouts(signature: dict[str, Any], inputs: list[str], fetch: list[str]) -> tuple:

@@ -230,8 +230,25 @@ class BundlePolicy(PyPolicy):
         """
 
     @abc.abstractmethod
-    def update_from_checkpoint(self, path: str | os.PathLike) -> None:
-        """Takes the weights (and train step) of a checkpoint from exporters.save_checkpoint."""
+    def update_from_checkpoint(self, path: Any, *, step: int | None = None) -> None:
+        """Takes the weights (and train step) of a checkpoint: a weights-only checkpoint
+        (exporters.save_checkpoint), a training run's ``policy_checkpoints/``, TF-Agents'
+        ``policies/checkpoints/``, one of their checkpoints, or a
+        ``toolkit.checkpoint_weights.Checkpoint``; a folder gives its latest (or ``step``)."""
+
+    def follow(self, directory: str | os.PathLike, interval: float = 1.0) -> Any:
+        """Applies each new complete checkpoint that lands in ``directory``, atomically.
+
+        Checks once before returning, then every ``interval`` seconds on a daemon thread
+        (see runtimes.follow): calls in flight finish on the old weights; a corrupt or
+        foreign checkpoint is logged once and skipped.
+
+        Returns:
+          A ``runtimes.follow.Follower``: ``stop()`` it, or use it as a context manager.
+        """
+        from runtimes.follow import follow
+
+        return follow(self, directory, interval)
 
     # --- properties ------------------------------------------------------------------------
 

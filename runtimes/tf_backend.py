@@ -18,7 +18,7 @@ import numpy as np
 
 from runtimes.policy import BundlePolicy, check_fingerprint
 from toolkit import bundle
-from toolkit.errors import BundleError, PolicyError, UnsupportedError
+from toolkit.errors import BundleError, CheckpointError, PolicyError, UnsupportedError
 
 __all__ = ["SavedModelPolicy"]
 
@@ -147,15 +147,69 @@ class SavedModelPolicy(BundlePolicy):
             self._model = own
         return self._model
 
-    def update_from_checkpoint(self, path: str | os.PathLike) -> None:
-        """Restores a checkpoint's ``tf/ckpt`` (exporters.save_checkpoint) into the policy.
+    def update_from_checkpoint(self, path: Any, *, step: int | None = None) -> None:
+        """Takes the weights of a checkpoint into the policy.
+
+        Takes what the onnx backend takes (runtimes.checkpoints): a weights-only
+        checkpoint, a training run's ``policy_checkpoints/``, TF-Agents'
+        ``policies/checkpoints/`` or one of their checkpoints; a folder gives its latest,
+        or the one of ``step``. TF checkpoints are read through the bundle's weights map
+        into a fresh load of the SavedModel, swapped in whole: calls already running
+        finish on the old weights.
 
         Raises:
           BundleError: for a missing or changed checkpoint, or one that does not fit
             this bundle's policy (nothing is changed then).
         """
+        from toolkit import checkpoint_weights
+        from toolkit.checkpoint_weights import Checkpoint
+
+        found = path if isinstance(path, Checkpoint) else checkpoint_weights.select(path, step)
+        if not checkpoint_weights.has_weights_map(self._manifest):
+            if found.kind != "weights_only":
+                raise BundleError(
+                    f"{found.path}: the bundle has no weights map (exported before "
+                    "policy-toolkit could follow TF checkpoints); export it again, or update "
+                    "it with `policy-toolkit update`"
+                )
+            self._restore_weights_only(found.path)
+            return
+        if found.kind == "weights_only":
+            info = bundle.read_checkpoint(found.path)
+            prefix = found.path / str(info.get("tf_checkpoint", bundle.TF_CHECKPOINT_PREFIX))
+            train_step = info.get("train_step")
+        else:
+            prefix, train_step = found.path, None
+        try:
+            values, read_step = checkpoint_weights.read_tf_checkpoint(
+                self._manifest, prefix, str(found.path)
+            )
+        except CheckpointError:
+            if found.kind == "weights_only":
+                check_fingerprint(found.path, info, self._manifest["onnx"]["graph_fingerprint"])
+            raise
+        if train_step is None:
+            train_step = read_step if read_step is not None else found.step
+        model = _Model(self._model.path)
+        for spec, value in zip(self._manifest["onnx"]["weights"]["variables"], values, strict=True):
+            variable = _variable_at(model.loaded.policy, spec["paths"])
+            if variable is None:
+                raise BundleError(
+                    f"{self._bundle_dir}: the SavedModel's policy has no variable at "
+                    f"{'/'.join(spec['paths'][0]) if spec['paths'] else spec.get('name')}"
+                )
+            variable.assign(value)
+        model.loaded.train_step.assign(-1 if train_step is None else int(train_step))
+        old = self._model
+        with old.lock:
+            old.users -= 1
+        self._model = model
+        self._train_step = None if train_step is None or train_step < 0 else int(train_step)
+
+    def _restore_weights_only(self, root: Path) -> None:
+        """A weights-only checkpoint's ``tf/ckpt`` restored in place (bundles without a
+        weights map)."""
         tf = self._tf
-        root = Path(path)
         info = bundle.read_checkpoint(root)
         fingerprint = self._manifest.get("onnx", {}).get("graph_fingerprint")
         if fingerprint:
@@ -192,6 +246,20 @@ class SavedModelPolicy(BundlePolicy):
             )
         for target, source in zip(mine, theirs, strict=True):
             target.assign(source)
+
+
+def _variable_at(policy: Any, paths: list[list[str]]) -> Any:
+    """The variable at one of ``paths`` (object paths from the policy), or None."""
+    tf = _tensorflow()
+    for path in paths:
+        node = policy
+        for name in path:
+            node = tf.train.TrackableView(node).children(node).get(name)
+            if node is None:
+                break
+        if isinstance(node, tf.Variable):
+            return node
+    return None
 
 
 def _check_signature(function: Any, signature: dict[str, Any], where: str) -> None:

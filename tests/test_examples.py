@@ -56,3 +56,17 @@ def test_demo_runs_every_step(tmp_path):
     assert "(onnx backend, seeds 0..19)" in result.stdout  # 20 CartPole episodes
     assert bundle_lib.read_manifest(tmp_path / "cartpole")["metadata"] == {"env": "CartPole-v1"}
     assert result.stdout.rstrip().endswith("demo: done")
+
+
+@pytest.mark.slow
+def test_follow_training_plays_checkpoints_without_tensorflow(tmp_path):
+    # --quick: about a minute; stops after one episode with a checkpoint's weights (the
+    # full run plays until an episode scores 500).
+    result = _run("follow_training.py", "--quick", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    assert "exporting a fresh CartPole-v1 policy (ONNX only)" in out
+    assert "episode 0: return" in out and "(train step None)" in out
+    last = [line for line in out.splitlines() if line.startswith("episode ")][-1]
+    assert "(train step None)" not in last  # played with a checkpoint's weights
+    assert "checkpoints applied" in out and "TensorFlow never imported in this process" in out

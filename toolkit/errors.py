@@ -78,3 +78,7 @@ class EnvironmentIdError(ToolkitError):
 def describe_path(path: str, default: str = "value") -> str:
     """Returns ``path`` or a placeholder for the root of a nest."""
     return path or default
+
+
+class CheckpointError(BundleError):
+    """A checkpoint that is missing, malformed, corrupted or of another policy."""

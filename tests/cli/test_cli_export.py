@@ -368,8 +368,10 @@ def test_update_refuses_a_checkpoint_of_another_structure(exported, tmp_path):
     result = invoke("update", target, "--checkpoint", tmp_path / "ckpt")
     assert result.exit_code == 2
     line = error_line(result)
-    assert line.startswith(f"error: {tmp_path / 'ckpt'}: expected a checkpoint of graph ")
-    assert line.endswith("another policy structure; export again")
+    assert line.startswith(
+        f"error: {tmp_path / 'ckpt'}: expected a checkpoint of this bundle's graph (fingerprint "
+    )
+    assert line.endswith("a checkpoint of another policy structure (use one of this policy's)")
     assert (target / "manifest.json").read_text() == before
     bundle_lib.read_manifest(target)  # untouched: every hash still matches
 
@@ -388,7 +390,7 @@ def test_update_input_errors(exported, tmp_path, which):
     expected = {
         "missing bundle": f"error: {tmp_path / 'nope'}: no such bundle",
         "missing checkpoint": f"error: {tmp_path / 'nope'}: no such checkpoint",
-        "unsupported": f"error: {empty}: unsupported checkpoint: expected a weights-only",
+        "unsupported": f"error: {empty}: expected checkpoints: a weights-only checkpoint",
     }[which]
     assert error_line(result).startswith(expected)
 

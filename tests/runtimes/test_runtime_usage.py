@@ -412,8 +412,12 @@ def test_tampered_checkpoint_is_refused(checkpoints, tmp_path):
         BundleError, match=r"weights.npz: expected sha256 .*\(the file was changed\)"
     ):
         policy.update_from_checkpoint(copy)
-    with pytest.raises(BundleError, match=r"no checkpoint.json; not a policy-toolkit checkpoint"):
+    # A folder of weights-only checkpoints gives its latest: the same tampered one.
+    with pytest.raises(BundleError, match=r"weights.npz: expected sha256"):
         policy.update_from_checkpoint(tmp_path)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BundleError, match=r"empty: expected checkpoints: a weights-only"):
+        policy.update_from_checkpoint(tmp_path / "empty")
 
 
 def test_update_needs_the_same_graph():

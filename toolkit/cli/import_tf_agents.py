@@ -16,7 +16,10 @@ def import_tf_agents(
     saved_model: Annotated[
         Path,
         typer.Argument(
-            metavar="SAVED_MODEL", help="A TF-Agents PolicySaver output folder.", show_default=False
+            metavar="SAVED_MODEL",
+            help="A TF-Agents PolicySaver output folder, or the output of "
+            "PolicySavedModelTrigger (its root_dir or policies/ folder).",
+            show_default=False,
         ),
     ],
     output: common.OutputArgument,
@@ -30,10 +33,28 @@ def import_tf_agents(
         ),
     ] = True,
     samples: common.SamplesOption = 64,
+    policy: Annotated[
+        str,
+        typer.Option(
+            "--policy",
+            help="For a trigger's output: which saved policy, policy, greedy_policy or "
+            "collect_policy.",
+        ),
+    ] = "greedy_policy",
+    checkpoint: Annotated[
+        str | None,
+        typer.Option(
+            "--checkpoint",
+            help="latest or a train step: apply that checkpoint of policies/checkpoints/ "
+            "(the saved policies hold the weights from before training).",
+        ),
+    ] = None,
 ) -> None:
     """Import a TF-Agents PolicySaver output into a bundle.
 
-    TF-Agents itself is not needed.
+    TF-Agents itself is not needed. Given the output of PolicySavedModelTrigger,
+    imports the saved policy picked with --policy and, with --checkpoint, applies one of
+    its checkpoints.
     """
     from toolkit.bundle import FORMATS
 
@@ -41,20 +62,33 @@ def import_tf_agents(
     meta = common.parse_metadata(metadata or [])
     if not saved_model.is_dir():
         raise common.fail(f"{saved_model}: no such SavedModel folder")
+    if checkpoint is not None and checkpoint != "latest" and not checkpoint.isdigit():
+        raise common.fail(f"--checkpoint: expected 'latest' or a train step, got {checkpoint!r}")
+    from exporters.tf_agents_layout import SAVED_POLICIES, resolve_layout
+
+    if policy not in SAVED_POLICIES:
+        raise common.fail(f"--policy: expected one of {', '.join(SAVED_POLICIES)}, got {policy!r}")
+    layout = resolve_layout(saved_model, policy)
     common.refuse_existing(output, overwrite)
     stages = common.Stages()
     common.tensorflow_stage(ctx, stages)
     import warnings
 
-    from exporters import import_tf_agents as import_bundle
+    from exporters.tf_agents_layout import import_tf_agents_layout
 
     with (
-        stages.stage(f"import {saved_model}") as note,
+        stages.stage(f"import {layout.saved_policy}") as note,
         warnings.catch_warnings(record=True) as seen,
     ):
         warnings.simplefilter("always", UserWarning)
-        path = import_bundle(
-            saved_model, output, formats=format_list, overwrite=overwrite, metadata=meta
+        path = import_tf_agents_layout(
+            saved_model,
+            output,
+            policy=policy,
+            checkpoint=checkpoint,
+            formats=format_list,
+            overwrite=overwrite,
+            metadata=meta,
         )
         note["detail"] = str(path)
     for warning in seen:
@@ -69,7 +103,7 @@ def import_tf_agents(
     train_step = manifest.get("train_step")
     step_text = "" if train_step is None else f", train step {train_step}"
     common.console().print(
-        f"imported {manifest['metadata'].get('tf_agents_function')} of {saved_model}"
+        f"imported {manifest['metadata'].get('tf_agents_function')} of {layout.saved_policy}"
         f"{step_text} -> {path}",
         soft_wrap=True,
     )

@@ -81,6 +81,8 @@ class RolloutResult:
     returns: list[float]
     lengths: list[int]
     seconds: float
+    #: per episode, the policy's train step when it started and ended (None: not tracked)
+    train_steps: list[tuple[int | None, int | None]] | None = None
 
     @property
     def steps(self) -> int:
@@ -111,14 +113,25 @@ class RolloutResult:
             "steps_per_second": self.steps_per_second,
             "returns": self.returns,
             "lengths": self.lengths,
+            **({"train_steps": [list(t) for t in self.train_steps]} if self.train_steps else {}),
         }
 
 
-def rollout(policy: Any, env: Any, episodes: int, seed: int, *, env_id: str = "") -> RolloutResult:
+def rollout(
+    policy: Any,
+    env: Any,
+    episodes: int,
+    seed: int,
+    *,
+    env_id: str = "",
+    on_episode: Any = None,
+) -> RolloutResult:
     """Plays ``episodes`` whole episodes; episode i resets with ``seed + i``.
 
     ``env`` is the first batch of environments (``make_env``); further batches of a
-    different size are made as needed.
+    different size are made as needed. With a batch of one, each episode's train steps
+    (at its start and end) are recorded and ``on_episode(index, return, length,
+    (first, last))`` is called after it (for ``--follow``).
     """
     from toolkit.environments import driver
 
@@ -127,19 +140,26 @@ def rollout(policy: Any, env: Any, episodes: int, seed: int, *, env_id: str = ""
     seconds = 0.0
     done = 0
     current = env
+    tracked = env.batch_size == 1
+    train_steps: list[tuple[int | None, int | None]] = []
     while done < episodes:
         size = min(episodes - done, env.batch_size)
         if size != current.batch_size:
             current.close()
             current = make_env(env_id, size)
         started = time.perf_counter()
+        first = policy.train_step
         evaluation = driver.evaluate_policy(current, policy, seed=seed + done)
         seconds += time.perf_counter() - started
         returns += evaluation.episode_returns
         lengths += evaluation.episode_lengths
+        if tracked:
+            train_steps.append((first, policy.train_step))
+            if on_episode is not None:
+                on_episode(done, returns[-1], lengths[-1], train_steps[-1])
         done += size
     current.close()
-    return RolloutResult(env_id, seed, returns, lengths, seconds)
+    return RolloutResult(env_id, seed, returns, lengths, seconds, train_steps if tracked else None)
 
 
 def render_rollout(result: RolloutResult, bundle: Path, backend: str) -> tuple[str, Any]:

@@ -34,20 +34,45 @@ def run(
         typer.Option("--record", help="Save one rendered episode (the first seed) as a .gif."),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
+    follow: Annotated[
+        Path | None,
+        typer.Option(
+            "--follow",
+            help="Follow a learner: apply each new checkpoint that lands in this folder "
+            "(training output, policy_checkpoints/, TF-Agents' policies/checkpoints/) "
+            "between steps; episodes run one by one and report their train step.",
+        ),
+    ] = None,
+    interval: Annotated[
+        float, typer.Option("--interval", min=0.01, help="Seconds between checks (--follow).")
+    ] = 1.0,
 ) -> None:
     """Play the policy in a gymnasium environment.
 
-    Prints the mean, std, min and max return and the steps per second.
+    Prints the mean, std, min and max return and the steps per second; with --follow,
+    also each episode's return and the train step of the weights it was played with.
     """
     from toolkit.cli import rollout
 
     backend = common.parse_list(backend, "--backend", ("onnx", "tf", "auto"))[0]
     if record is not None and record.suffix.lower() != ".gif":
         raise common.fail(f"--record: expected a .gif file, got {record.name!r}")
-    gym_env = rollout.make_env(env, min(episodes, rollout.MAX_PARALLEL_ENVS))
+    parallel = 1 if follow is not None else min(episodes, rollout.MAX_PARALLEL_ENVS)
+    gym_env = rollout.make_env(env, parallel)
     policy = common.load_runtime_policy(ctx, bundle, backend, seed)
     rollout.check_compatible(policy, gym_env, env)
-    result = rollout.rollout(policy, gym_env, episodes, seed, env_id=env)
+    if follow is not None:
+        with policy.follow(follow, interval):
+            result = rollout.rollout(
+                policy,
+                gym_env,
+                episodes,
+                seed,
+                env_id=env,
+                on_episode=None if as_json else _print_episode,
+            )
+    else:
+        result = rollout.rollout(policy, gym_env, episodes, seed, env_id=env)
     frames = None
     if record is not None:
         frames = rollout.record_episode(policy, env, seed, record)
@@ -63,3 +88,12 @@ def run(
     console.print(table)
     if record is not None:
         console.print(f"recorded {frames} frames -> {record}", soft_wrap=True)
+
+
+def _print_episode(index: int, episode_return: float, length: int, steps: tuple) -> None:
+    first, last = steps
+    step = str(first) if first == last else f"{first} -> {last}"
+    common.console().print(
+        f"episode {index}: return {episode_return:.1f}, length {length}, train step {step}",
+        soft_wrap=True,
+    )

@@ -21,8 +21,9 @@ def update(
         typer.Option(
             "--checkpoint",
             "-c",
-            help="A weights-only checkpoint (exporters.save_checkpoint) or a training run's "
-            "policy checkpoints.",
+            help="A weights-only checkpoint (exporters.save_checkpoint), a training run's "
+            "policy checkpoints, TF-Agents' policies/checkpoints/ or a checkpoint prefix "
+            "(folders: the latest checkpoint).",
         ),
     ],
     step: Annotated[
@@ -32,17 +33,19 @@ def update(
     """Write a checkpoint's weights into an existing bundle.
 
     Both formats and every hash are updated, atomically. Takes a weights-only
-    checkpoint, a training run's policy checkpoints, or (for imported bundles) a
-    TF-Agents checkpoint.
+    checkpoint, a training run's policy checkpoints, or TF-Agents' policy checkpoints;
+    an ONNX-only bundle exported with a weights map takes them all without TensorFlow.
     """
     common.bundle_must_exist(bundle)
-    if not checkpoint.exists():
+    if not checkpoint.exists() and not Path(f"{checkpoint}.index").is_file():
         raise common.fail(f"{checkpoint}: no such checkpoint")
     from toolkit import bundle as bundle_lib
+    from toolkit import checkpoint_weights
 
     manifest = bundle_lib.read_manifest(bundle)
     weights_only = (checkpoint / bundle_lib.CHECKPOINT_FILE).is_file()
-    if "saved_model" in manifest.get("formats", []) or not weights_only:
+    tf_free = checkpoint_weights.has_weights_map(manifest) or weights_only
+    if "saved_model" in manifest.get("formats", []) or not tf_free:
         common.quiet_tensorflow(ctx)
     from exporters.update import update_bundle
 
