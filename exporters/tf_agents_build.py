@@ -79,6 +79,11 @@ def build_policy(saved_model_dir: str | os.PathLike, greedy: bool = False) -> Bu
     source = Path(saved_model_dir)
     try:
         policy = TFAgentsPolicy(source)
+        if policy.function == "distribution" and not tf_agents_graph.action_is_clipped(
+            tai.find_concrete(policy.saved.action)
+        ):
+            # Sample as the saved action does: unclipped (e.g. PPO's collect policy).
+            policy = TFAgentsPolicy(source, clip=False)
     except UnsupportedError as e:
         first_error = e
     else:
@@ -101,11 +106,10 @@ def build_policy(saved_model_dir: str | os.PathLike, greedy: bool = False) -> Bu
                 ) from e
             return Built(_random_policy(source), None, RANDOM, RANDOM)
         raise UnsupportedError(
-            f"{source}: the saved action samples (TF ops {sorted(randoms)}) and its "
-            f"distribution cannot be exported; it is none of TF-Agents' EpsilonGreedyPolicy, "
-            f"GaussianPolicy, OUNoisePolicy or RandomTFPolicy ({e}): the agent's greedy "
-            "`policy` imports (a deterministic action, or a distribution of TFP's or "
-            "TF-Agents' families)"
+            f"{first_error}; nor is it one of TF-Agents' EpsilonGreedyPolicy, GaussianPolicy, "
+            f"OUNoisePolicy or RandomTFPolicy ({e}): save the agent's greedy `policy` "
+            "instead (a deterministic action, or a distribution of TFP's or TF-Agents' "
+            "families)"
         ) from e
     core = TFAgentsPolicy(source, core=exploration.core)
     if greedy:

@@ -31,7 +31,14 @@ import tensorflow as tf
 
 from toolkit.errors import UnsupportedError
 
-__all__ = ["Exploration", "SavedGraph", "analyze_action", "captured_constants", "inline_call"]
+__all__ = [
+    "Exploration",
+    "SavedGraph",
+    "action_is_clipped",
+    "analyze_action",
+    "captured_constants",
+    "inline_call",
+]
 
 EPSILON_GREEDY = "epsilon_greedy"
 GAUSSIAN = "gaussian"
@@ -127,6 +134,26 @@ class SavedGraph:
     def describe(self, tensor_name: str) -> str:
         node = self.nodes.get(_node_name(tensor_name))
         return f"{node.op} {node.name!r}" if node is not None else repr(tensor_name)
+
+
+def action_is_clipped(concrete: Any) -> bool:
+    """Whether every float action leaf of a saved ``action`` ends in ``clip_by_value``.
+
+    TF-Agents' policies clip to the spec by default; PPO's collect policy does not
+    (its log-probabilities are of unclipped actions).
+    """
+    # The action's leaves come first among the flat outputs (PolicyStep order).
+    count = len(tf.nest.flatten(concrete.structured_outputs[0], expand_composites=True))
+    clipped = []
+    for tensor in concrete.outputs[:count]:
+        if not tensor.dtype.is_floating:
+            continue
+        op = tensor.op
+        while op.type == "Identity":
+            op = op.inputs[0].op
+        # clip_by_value(t, low, high) is Maximum(Minimum(t, high), low).
+        clipped.append(op.type == "Maximum" and op.inputs[0].op.type == "Minimum")
+    return all(clipped)
 
 
 def captured_constants(concrete: Any) -> list[str]:

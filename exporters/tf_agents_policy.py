@@ -139,6 +139,11 @@ class TFAgentsPolicy(tf_policy.TFPolicy):
     # --- what was imported ----------------------------------------------------------
 
     @property
+    def saved(self) -> Any:
+        """The loaded TF-Agents SavedModel."""
+        return self._saved
+
+    @property
     def source(self) -> Path:
         """The TF-Agents saved policy directory."""
         return self._source

@@ -24,6 +24,8 @@ batch_time_steps=False)``) returned is recorded in ``expected.npz`` (same layout
   ``samples/action_step2`` is the second call after that (its spread shows the
   damping). ``shared/action``: one call of batch 8 on the same observation (all rows
   get the same noise: TF-Agents' odd behaviour, recorded for the docs);
+* the weights are perturbed before the save (as if trained: fresh networks have zero
+  biases and near-tied Q-values), and again before the checkpoint;
 * ``checkpoint/...``: the same after ``update_from_checkpoint`` of a
   ``PolicySaver.save_checkpoint`` output written after the weights were perturbed
   (train step 2000).
@@ -338,11 +340,11 @@ SAMPLING = {
 }
 
 
-def _perturb(policy) -> None:
-    rng = np.random.default_rng(7)
+def _perturb(policy, scale: float = 0.1, seed: int = 7) -> None:
+    rng = np.random.default_rng(seed)
     for v in policy.variables():
-        if v.dtype.is_floating:
-            v.assign(v + rng.normal(0.0, 0.1, v.shape).astype(v.dtype.as_numpy_dtype))
+        if v.dtype.is_floating and v.trainable:
+            v.assign(v + rng.normal(0.0, scale, v.shape).astype(v.dtype.as_numpy_dtype))
 
 
 def _observation_spec(policy):
@@ -358,6 +360,9 @@ def main(out_dir: Path, only: list[str]) -> None:
         if not cases:
             continue
         train_step = tf.Variable(TRAIN_STEP, dtype=tf.int64)
+        # As if trained: fresh networks have zero biases and near-equal Q-values (ties);
+        # the fresh case is the reference folder's (sac_collect, c51_greedy).
+        _perturb(next(iter(cases.values())), scale=0.3, seed=3)
         savers = {}
         for case, policy in cases.items():
             folder = out_dir / case
@@ -396,6 +401,8 @@ def main(out_dir: Path, only: list[str]) -> None:
                 "batch": BATCH,
                 "sample_n": SAMPLES if case in SAMPLING else 0,
                 "train_step": TRAIN_STEP,
+                "trained_at_save": False,
+                "weights_perturbed_at_save": has_variables,
                 "checkpoint_train_step": CHECKPOINT_STEP if has_variables else None,
             }
             rec = records[case]
