@@ -18,6 +18,9 @@ per call, shared by every batch entry, and its OU process lives in a variable th
 persists across calls and episodes (not reset on FIRST). The rebuilt wrappers draw
 independent noise per batch entry, and keep the OU noise in the policy state, reset on
 FIRST steps: per entry, the same distribution as TF-Agents' batch-of-one calls.
+PPO's collect policy saves an unclipped action (its log-probabilities are of unclipped
+samples); the bundle clips sampled actions to the spec, as runtimes must return actions
+within it (``action_is_clipped`` tells which saves do not clip).
 """
 
 from __future__ import annotations
@@ -78,12 +81,9 @@ def build_policy(saved_model_dir: str | os.PathLike, greedy: bool = False) -> Bu
 
     source = Path(saved_model_dir)
     try:
+        # Sampled actions are clipped to the spec even where TF-Agents' saved action
+        # is not (PPO's collect policy): runtimes return actions within the spec.
         policy = TFAgentsPolicy(source)
-        if policy.function == "distribution" and not tf_agents_graph.action_is_clipped(
-            tai.find_concrete(policy.saved.action)
-        ):
-            # Sample as the saved action does: unclipped (e.g. PPO's collect policy).
-            policy = TFAgentsPolicy(source, clip=False)
     except UnsupportedError as e:
         first_error = e
     else:

@@ -15,21 +15,22 @@ This module reads both under TF 2.21 without TF-Agents, and writes regular bundl
   converted to this project's array specs), ``load_saved_policy`` (TFP imported first,
   so the saved distribution TypeSpecs resolve), ``read_checkpoint``.
 
-What imports: greedy and deterministic policies (greedy Q, deterministic actors, greedy
-actor-distribution policies), stateless or recurrent, any nest of observations and
-actions, and stochastic policies whose saved ``distribution`` is a TFP Deterministic,
-Categorical, Normal, MultivariateNormalDiag or Uniform (each possibly Independent): the
-bundle holds its parameters and the runtime samples. A policy whose distribution is of
-another family, or could not be saved by PolicySaver, imports through its saved
-``action`` when that is deterministic (with a warning naming why). What does not import:
+What imports (``exporters.tf_agents_build`` decides): greedy and deterministic policies,
+stateless or recurrent, any nest of observations and actions; stochastic policies whose
+saved ``distribution`` is a TFP Deterministic, Categorical, Normal,
+MultivariateNormalDiag or Uniform (each possibly Independent) or one of TF-Agents' own
+(SquashToSpecNormal, ShiftedCategorical, MaskedCategorical: registered without
+TF-Agents by ``exporters.tf_agents_types``): the bundle holds its parameters and the
+runtime samples; collect policies that sample inside their saved action (TF-Agents'
+EpsilonGreedyPolicy, GaussianPolicy, OUNoisePolicy), rebuilt as this project's
+derivations over the deterministic core found in the saved graph
+(``exporters.tf_agents_graph``); RandomTFPolicy saves, as the runtime's random
+derivation. ``greedy=True`` imports only the deterministic action. What does not import:
 
-* a stochastic policy without a usable distribution: its saved action samples inside the
-  graph, and exported graphs must hold no random ops (tf2onnx would bake one seed into
-  every device), so there is nothing to export;
-* distributions whose class lives in TF-Agents itself (e.g. its ShiftedCategorical, used
-  by Q policies whose action minimum is not 0, or SquashToSpecNormal): TensorFlow cannot
-  load a SavedModel naming a TypeSpec nobody registered, and this import does not
-  depend on TF-Agents;
+* a stochastic policy of another kind (no usable distribution, no known exploration):
+  the error names what was found and says to save the agent's greedy ``policy``;
+* distributions of other libraries (TensorFlow cannot load a SavedModel naming a
+  TypeSpec nobody registered);
 * policies saved with ``input_fn_and_spec`` (the action takes an example, not a time
   step), and policies whose initial state is not zeros (runtimes start from zeros).
 """
@@ -79,6 +80,7 @@ RESERVED_METADATA = (
     "tf_agents_batch_size",
     "tf_agents_exploration",
     "tf_agents_function",
+    "tf_agents_greedy",
 )
 
 _TIME_STEP_FIELDS = ("step_type", "reward", "discount", "observation")
@@ -433,6 +435,8 @@ def import_tf_agents(
     }
     if built.exploration is not None:
         merged["tf_agents_exploration"] = built.exploration
+    if greedy:
+        merged["tf_agents_greedy"] = True
     if policy is None:  # a random policy: nothing of the saved graph is kept
         loaded = load_saved_policy(saved_model_dir)
         saved_values = saved_metadata(loaded)

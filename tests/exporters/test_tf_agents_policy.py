@@ -230,10 +230,9 @@ def test_a_sampled_action_without_a_usable_distribution_is_refused(saved, tmp_pa
     # The import also tried TF-Agents' exploration wrappers, and says what to save.
     assert str(info.value) == (
         f"cannot import: {expected}; nor is it one of TF-Agents' EpsilonGreedyPolicy, "
-        "GaussianPolicy, OUNoisePolicy or RandomTFPolicy (expected epsilon-greedy, Gaussian "
-        "or OU exploration around a deterministic action, got random ops ['Multinomial', "
-        "'RandomStandardNormal'] reaching the action through Identity 'Identity'): save the "
-        "agent's greedy `policy` instead (a deterministic action, or a distribution of "
+        "GaussianPolicy, OUNoisePolicy or RandomTFPolicy (expected a single action tensor "
+        "among the saved action's outputs, got 2 outputs (a nest of actions or info)): save "
+        "the agent's greedy `policy` instead (a deterministic action, or a distribution of "
         "TFP's or TF-Agents' families)"
     )
     assert not (tmp_path / "b").exists()
