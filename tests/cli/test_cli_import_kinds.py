@@ -15,6 +15,8 @@ from toolkit import bundle as bundle_lib
 from toolkit.cli import app
 from toolkit.trajectories.time_step import TimeStep
 
+pytestmark = pytest.mark.slow  # three imports with their ONNX conversions
+
 ARCHIVE = Path(__file__).resolve().parent.parent / "data" / "tf_agents_0_19" / "saves.tar.xz"
 runner = CliRunner()
 

@@ -24,6 +24,9 @@ from toolkit import bundle
 from toolkit.errors import BundleError, ExportError
 from toolkit.trajectories.time_step import TimeStep
 
+# Each kind costs an import with its ONNX conversion (seconds): slow, as a module.
+pytestmark = pytest.mark.slow
+
 DATA = Path(__file__).resolve().parent.parent / "data" / "tf_agents_0_19"
 ARCHIVE = DATA / "saves.tar.xz"
 
@@ -290,7 +293,6 @@ CHECKPOINTED = [
 ]
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(("case", "greedy"), CHECKPOINTED)
 def test_a_tf_agents_checkpoint_goes_through_update(case, greedy, saves, bundles, tmp_path):
     rec = rec_of(saves, CORES.get(case, case) if greedy else case)
@@ -327,7 +329,6 @@ def test_a_tf_agents_checkpoint_goes_through_update(case, greedy, saves, bundles
 REFERENCE = Path("/work/shared/reference/tf_agents_0_19")
 
 
-@pytest.mark.slow
 @pytest.mark.skipif(not REFERENCE.is_dir(), reason="the TF-Agents reference folder is missing")
 @pytest.mark.parametrize("case", ["c51_greedy", "sac_collect"])
 def test_a_checkpoint_of_a_policy_saved_before_training(case, tmp_path):
