@@ -96,12 +96,18 @@ def module_for(policy: Any, train_step: int | None, metadata: dict[str, Any]) ->
 def onnx_model_for(module: ExportModule, opset: int = onnx_export.DEFAULT_OPSET) -> onnx.ModelProto:
     """The ONNX model of a module's ``distribution`` function."""
     inputs = dict(module.info.inputs)
-    return onnx_export.convert(
-        module.info.functions["distribution"],
-        [inputs],
-        opset=opset,
-        what=type(module.policy).__name__,
+    what = type(module.policy).__name__
+    model = onnx_export.convert(
+        module.info.functions["distribution"], [inputs], opset=opset, what=what
     )
+    stray = sorted({i.name for i in model.graph.input} - set(inputs))
+    if stray:
+        # e.g. a tensor captured from outside the traced function (not a variable).
+        raise ExportError(
+            f"{what}: expected the ONNX graph to take only {sorted(inputs)}, got extra "
+            f"inputs {stray} (tensors captured from outside the traced function?)"
+        )
+    return model
 
 
 def onnx_model_and_weights(

@@ -15,21 +15,22 @@ This module reads both under TF 2.21 without TF-Agents, and writes regular bundl
   converted to this project's array specs), ``load_saved_policy`` (TFP imported first,
   so the saved distribution TypeSpecs resolve), ``read_checkpoint``.
 
-What imports: greedy and deterministic policies (greedy Q, deterministic actors, greedy
-actor-distribution policies), stateless or recurrent, any nest of observations and
-actions, and stochastic policies whose saved ``distribution`` is a TFP Deterministic,
-Categorical, Normal, MultivariateNormalDiag or Uniform (each possibly Independent): the
-bundle holds its parameters and the runtime samples. A policy whose distribution is of
-another family, or could not be saved by PolicySaver, imports through its saved
-``action`` when that is deterministic (with a warning naming why). What does not import:
+What imports (``exporters.tf_agents_build`` decides): greedy and deterministic policies,
+stateless or recurrent, any nest of observations and actions; stochastic policies whose
+saved ``distribution`` is a TFP Deterministic, Categorical, Normal,
+MultivariateNormalDiag or Uniform (each possibly Independent) or one of TF-Agents' own
+(SquashToSpecNormal, ShiftedCategorical, MaskedCategorical: registered without
+TF-Agents by ``exporters.tf_agents_types``): the bundle holds its parameters and the
+runtime samples; collect policies that sample inside their saved action (TF-Agents'
+EpsilonGreedyPolicy, GaussianPolicy, OUNoisePolicy), rebuilt as this project's
+derivations over the deterministic core found in the saved graph
+(``exporters.tf_agents_graph``); RandomTFPolicy saves, as the runtime's random
+derivation. ``greedy=True`` imports only the deterministic action. What does not import:
 
-* a stochastic policy without a usable distribution: its saved action samples inside the
-  graph, and exported graphs must hold no random ops (tf2onnx would bake one seed into
-  every device), so there is nothing to export;
-* distributions whose class lives in TF-Agents itself (e.g. its ShiftedCategorical, used
-  by Q policies whose action minimum is not 0, or SquashToSpecNormal): TensorFlow cannot
-  load a SavedModel naming a TypeSpec nobody registered, and this import does not
-  depend on TF-Agents;
+* a stochastic policy of another kind (no usable distribution, no known exploration):
+  the error names what was found and says to save the agent's greedy ``policy``;
+* distributions of other libraries (TensorFlow cannot load a SavedModel naming a
+  TypeSpec nobody registered);
 * policies saved with ``input_fn_and_spec`` (the action takes an example, not a time
   step), and policies whose initial state is not zeros (runtimes start from zeros).
 """
@@ -73,12 +74,19 @@ __all__ = [
 POLICY_SPECS_PBTXT = "policy_specs.pbtxt"
 
 #: Metadata keys the import sets itself (a user's metadata may not use them).
-RESERVED_METADATA = ("imported_from", "source", "tf_agents_batch_size", "tf_agents_function")
+RESERVED_METADATA = (
+    "imported_from",
+    "source",
+    "tf_agents_batch_size",
+    "tf_agents_exploration",
+    "tf_agents_function",
+    "tf_agents_greedy",
+)
 
 _TIME_STEP_FIELDS = ("step_type", "reward", "discount", "observation")
 _TRAJECTORY_FIELDS = ("step_type", "observation", "action", "policy_info", "reward", "discount")
 # What every PolicySaver output has (``distribution`` may be missing or only raise).
-_SAVED_ATTRIBUTES = ("action", "get_initial_state", "model_variables")
+_SAVED_ATTRIBUTES = ("action", "get_initial_state")
 
 
 # --- specs ---------------------------------------------------------------------------
@@ -214,15 +222,22 @@ def load_saved_policy(saved_model_dir: str | os.PathLike) -> Any:
     """
     import tensorflow_probability  # noqa: F401  (registers TFP's TypeSpecs)
 
+    from exporters import tf_agents_types
+
+    tf_agents_types.register()  # TF-Agents' own distributions, without TF-Agents
     saved_model_dir = Path(saved_model_dir)
     try:
         loaded = tf.saved_model.load(str(saved_model_dir))
     except Exception as e:  # OSError, ValueError, errors.OpError and more
         hint = ""
-        if "No TypeSpec has been registered" in str(e):
+        # TF 2.21 says "... has not been registered"; older ones "No TypeSpec has been
+        # registered with name ...".
+        if "has not been registered" in str(e) or "No TypeSpec has been registered" in str(e):
             hint = (
-                "; it names a type of a library that is not imported (TF-Agents' own "
-                "distributions?): only TensorFlow's and TFP's types can be loaded"
+                "; it names a type of a library other than TensorFlow and TFP (this import "
+                "reads TF-Agents' SquashToSpecNormal, ShiftedCategorical and "
+                "MaskedCategorical itself): save the policy's deterministic or "
+                "TFP-distribution form instead (e.g. the agent's greedy `policy`)"
             )
         raise BundleError(
             f"{saved_model_dir}: TensorFlow cannot load the SavedModel ({type(e).__name__}: "
@@ -365,6 +380,7 @@ def import_tf_agents(
     metadata: dict[str, Any] | None = None,
     *,
     opset: int = onnx_export.DEFAULT_OPSET,
+    greedy: bool = False,
 ) -> Path:
     """Imports a TF-Agents saved policy into a regular bundle of this project.
 
@@ -386,6 +402,8 @@ def import_tf_agents(
       overwrite: replace an existing bundle.
       metadata: JSON-able user metadata (keys other than ``RESERVED_METADATA``).
       opset: the ONNX opset.
+      greedy: import only the deterministic action: a collect policy's core without
+        its exploration, a stochastic policy's mode (see ``exporters.tf_agents_build``).
 
     Returns:
       The bundle's path.
@@ -396,7 +414,7 @@ def import_tf_agents(
     """
     # Imported here: the adapter builds on this module's readers.
     from exporters.export import export_policy
-    from exporters.tf_agents_policy import TFAgentsPolicy
+    from exporters.tf_agents_build import build_policy
 
     reserved = sorted(set(metadata or {}) & set(RESERVED_METADATA))
     if reserved:
@@ -405,36 +423,47 @@ def import_tf_agents(
             f"them), got {reserved}"
         )
     try:
-        policy = TFAgentsPolicy(saved_model_dir)
+        built = build_policy(saved_model_dir, greedy=greedy)
     except UnsupportedError as e:
         raise ExportError(f"cannot import: {e}") from e
-    if policy.skipped is not None:
-        warnings.warn(
-            f"{policy.source}: importing the deterministic action instead of the saved "
-            f"distribution ({policy.skipped})",
-            UserWarning,
-            stacklevel=2,
-        )
-    saved = {key: _json_value(value) for key, value in policy.saved_metadata.items()}
+    policy = built.adapter
     merged = {
-        **saved,
         **(metadata or {}),
         "imported_from": "tf_agents",
         "source": str(Path(saved_model_dir).absolute()),
-        "tf_agents_function": policy.function,
+        "tf_agents_function": built.function,
     }
-    if policy.batch_size is not None:
-        # TF-Agents traced the functions for this batch size only; so are the graphs.
-        warnings.warn(
-            f"{policy.source}: saved with PolicySaver(batch_size={policy.batch_size}): the "
-            f"bundle serves batches of exactly {policy.batch_size} time steps",
-            UserWarning,
-            stacklevel=2,
-        )
-        merged["tf_agents_batch_size"] = policy.batch_size
-    train_step = policy.saved_train_step
+    if built.exploration is not None:
+        merged["tf_agents_exploration"] = built.exploration
+    if greedy:
+        merged["tf_agents_greedy"] = True
+    if policy is None:  # a random policy: nothing of the saved graph is kept
+        loaded = load_saved_policy(saved_model_dir)
+        saved_values = saved_metadata(loaded)
+        train_step = int(loaded.get_train_step()) if hasattr(loaded, "get_train_step") else -1
+    else:
+        if policy.skipped is not None:
+            warnings.warn(
+                f"{policy.source}: importing the deterministic action instead of the saved "
+                f"distribution ({policy.skipped})",
+                UserWarning,
+                stacklevel=2,
+            )
+        if policy.batch_size is not None:
+            # TF-Agents traced the functions for this batch size only; so are the graphs.
+            warnings.warn(
+                f"{policy.source}: saved with PolicySaver(batch_size={policy.batch_size}): "
+                f"the bundle serves batches of exactly {policy.batch_size} time steps",
+                UserWarning,
+                stacklevel=2,
+            )
+            merged["tf_agents_batch_size"] = policy.batch_size
+        saved_values = policy.saved_metadata
+        train_step = policy.saved_train_step
+    saved = {key: _json_value(value) for key, value in saved_values.items()}
+    merged = {**saved, **merged}
     return export_policy(
-        policy,
+        built.policy,
         output_dir,
         formats=formats,
         train_step=None if train_step == -1 else train_step,
@@ -451,13 +480,15 @@ def import_tf_agents_checkpoint(
     *,
     overwrite: bool = False,
     opset: int = onnx_export.DEFAULT_OPSET,
+    greedy: bool = False,
 ) -> Path:
     """A TF-Agents policy checkpoint as a weights-only checkpoint of the imported bundle.
 
     Restores ``checkpoint_path`` (a ``PolicySaver.save_checkpoint`` or ``save`` output)
     into a ``TFAgentsPolicy`` of ``saved_model_dir`` and writes it with
     ``exporters.save_checkpoint``: a bundle imported from ``saved_model_dir`` (with the
-    same opset) then takes it through ``update_from_checkpoint``, with either backend.
+    same opset and ``greedy``) then takes it through ``update_from_checkpoint``, with
+    either backend.
 
     Returns:
       The checkpoint folder's path.
@@ -468,11 +499,15 @@ def import_tf_agents_checkpoint(
     """
     # Imported here: the adapter builds on this module's readers.
     from exporters.checkpoint import save_checkpoint
-    from exporters.tf_agents_policy import TFAgentsPolicy
+    from exporters.tf_agents_build import build_policy
 
     try:
-        policy = TFAgentsPolicy(saved_model_dir)
+        built = build_policy(saved_model_dir, greedy=greedy)
     except UnsupportedError as e:
         raise ExportError(f"cannot import: {e}") from e
-    train_step = policy.restore_tf_agents_checkpoint(checkpoint_path)
-    return save_checkpoint(policy, output_dir, train_step, overwrite=overwrite, opset=opset)
+    if built.adapter is None:
+        raise ExportError(
+            f"cannot import: {saved_model_dir}: a random policy has no weights to update"
+        )
+    train_step = built.adapter.restore_tf_agents_checkpoint(checkpoint_path)
+    return save_checkpoint(built.policy, output_dir, train_step, overwrite=overwrite, opset=opset)

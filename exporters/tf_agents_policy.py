@@ -28,7 +28,9 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
+from exporters import tf_agents_graph, tf_agents_types
 from exporters import tf_agents_import as tai
+from toolkit import distribution_families as families
 from toolkit import nest
 from toolkit.errors import UnsupportedError
 from toolkit.policies import tf_policy
@@ -42,6 +44,8 @@ tfd = tfp.distributions
 
 DISTRIBUTION = "distribution"
 ACTION = "action"
+#: The deterministic action inside a collect policy's saved action (its exploration cut off).
+ACTION_CORE = "action_core"
 
 
 def _info_specs(raw_info: Any) -> tuple[Any, bool]:
@@ -77,7 +81,7 @@ class TFAgentsPolicy(tf_policy.TFPolicy):
     """
 
     _TF_MODULE_IGNORED_PROPERTIES = tf_policy.TFPolicy._TF_MODULE_IGNORED_PROPERTIES | frozenset(
-        ("_saved", "_specs", "_random_ops")
+        ("_saved", "_specs", "_random_ops", "_inlined")
     )
 
     def __init__(
@@ -87,6 +91,7 @@ class TFAgentsPolicy(tf_policy.TFPolicy):
         clip: bool = True,
         validate_args: bool = True,
         name: str | None = None,
+        core: str | None = None,
     ):
         source = Path(saved_model_dir)
         specs = tai.read_policy_specs(source)
@@ -118,12 +123,25 @@ class TFAgentsPolicy(tf_policy.TFPolicy):
         object.__setattr__(self, "_specs", specs)
         self._source = source
         self._batch_size = batch_size
-        self.model_variables = tuple(loaded.model_variables)
+        # PolicySaver saves no model_variables for a policy without variables.
+        self.model_variables = tuple(getattr(loaded, "model_variables", ()))
         # A plain list (tf.Module would wrap it into a tracked ListWrapper).
         object.__setattr__(self, "_random_ops", tai.random_tf_ops(tai.tf_op_types(action_fn)))
-        self._function, self._skipped = self._choose_function(loaded, source)
+        # Saved functions run inlined (captured constants folded in) where needed.
+        object.__setattr__(self, "_inlined", {})
+        self._core = core
+        if core is not None:
+            self._function, self._skipped = ACTION_CORE, None
+            self._inline(ACTION, [core])
+        else:
+            self._function, self._skipped = self._choose_function(loaded, source)
 
     # --- what was imported ----------------------------------------------------------
+
+    @property
+    def saved(self) -> Any:
+        """The loaded TF-Agents SavedModel."""
+        return self._saved
 
     @property
     def source(self) -> Path:
@@ -201,9 +219,7 @@ class TFAgentsPolicy(tf_policy.TFPolicy):
             nest.flatten_up_to(self._specs.raw["action_spec"], step.action),
             strict=True,
         ):
-            tf_policy.params_from_distribution(
-                _action_distribution(dist, spec, path), spec, batch, path
-            )
+            _leaf_params(_action_distribution(dist, spec, path), spec, batch, path)
 
     # --- calling the saved functions ---------------------------------------------------
 
@@ -221,6 +237,47 @@ class TFAgentsPolicy(tf_policy.TFPolicy):
         state = nest.pack_sequence_as(raw["policy_state_spec"], nest.flatten(policy_state))
         return time_step, state
 
+    def _inline(self, function: str, fetches: list[str] | None = None) -> None:
+        """Runs the saved ``function`` inlined from now on (``fetches``: part of it)."""
+        concrete = tai.find_concrete(getattr(self._saved, function))
+        graph = tf_agents_graph.SavedGraph(concrete)
+        variables = list(self.model_variables)
+
+        def inlined(time_step, policy_state):
+            args = nest.flatten(time_step) + nest.flatten(policy_state)
+            outputs = tf_agents_graph.inline_call(graph, args, variables, fetches)
+            if fetches is not None:
+                return outputs
+            return tf.nest.pack_sequence_as(
+                concrete.structured_outputs, outputs, expand_composites=True
+            )
+
+        # Inlined straight into a caller's trace (exports then see the variable reads);
+        # called eagerly, through a function of its own.
+        traced = tf.function(inlined, autograph=False)
+
+        def call(time_step, policy_state):
+            if tf.inside_function():
+                return inlined(time_step, policy_state)
+            return traced(time_step, policy_state)
+
+        self._inlined[function] = call
+
+    def _call(self, function: str, time_step: TimeStep, policy_state: Any) -> Any:
+        """The saved function's PolicyStep: inlined when it captured constants.
+
+        A restored function called inside a trace passes its captured constants (e.g.
+        C51's support, made outside the traced function) as inputs of the new graph,
+        which would become stray inputs of the exported one.
+        """
+        if function not in self._inlined:
+            concrete = tai.find_concrete(getattr(self._saved, function))
+            if tf_agents_graph.captured_constants(concrete):
+                self._inline(function)
+            else:
+                self._inlined[function] = getattr(self._saved, function)
+        return self._inlined[function](time_step, policy_state)
+
     def _our_info(self, info: Any) -> Any:
         """TF-Agents' info in this policy's base info structure (no log_probability)."""
         if not nest.flatten(self._base_info_spec):
@@ -234,12 +291,17 @@ class TFAgentsPolicy(tf_policy.TFPolicy):
     def _distribution(self, time_step: TimeStep, policy_state: Any) -> PolicyStep:
         time_step, state = self._saved_inputs(time_step, policy_state)
         leaves = nest.flatten_with_paths(self.action_spec, "distribution")
+        if self._function == ACTION_CORE:
+            (core,) = self._inlined[ACTION](time_step, state)
+            dists = [tf_policy.as_action_distribution(core, leaves[0][1], leaves[0][0])]
+            next_state = nest.pack_sequence_as(self.policy_state_spec, nest.flatten(state))
+            return PolicyStep(nest.pack_sequence_as(self.action_spec, dists), next_state, ())
         if self._function == DISTRIBUTION:
-            step = self._saved.distribution(time_step, state)
+            step = self._call(DISTRIBUTION, time_step, state)
             saved = nest.flatten_up_to(self._specs.raw["action_spec"], step.action)
             dists = [_action_distribution(d, s, p) for (p, s), d in zip(leaves, saved, strict=True)]
         else:
-            step = self._saved.action(time_step, state)
+            step = self._call(ACTION, time_step, state)
             actions = nest.flatten_up_to(self._specs.raw["action_spec"], step.action)
             dists = [
                 tf_policy.as_action_distribution(a, s, p)
@@ -250,12 +312,29 @@ class TFAgentsPolicy(tf_policy.TFPolicy):
             nest.pack_sequence_as(self.action_spec, dists), next_state, self._our_info(step.info)
         )
 
+    def _distribution_params(self, time_step: TimeStep, policy_state: Any):
+        step = self._distribution_step(time_step, policy_state, checked=False)
+        batch = tf.shape(time_step.step_type)[0]
+        params = [
+            _leaf_params(d, s, batch, path)
+            for (path, s), d in zip(
+                nest.flatten_with_paths(self.action_spec, "action"),
+                nest.flatten(step.action),
+                strict=True,
+            )
+        ]
+        return nest.pack_sequence_as(self.action_spec, params), step.state, step.info
+
     # --- copies and checkpoints ----------------------------------------------------------
 
     def copy(self) -> TFAgentsPolicy:
         """An independent copy: the saved policy loaded again, with this one's values."""
         other = TFAgentsPolicy(
-            self._source, clip=self.clip, validate_args=self.validate_args, name=self.name
+            self._source,
+            clip=self.clip,
+            validate_args=self.validate_args,
+            name=self.name,
+            core=self._core,
         )
         other.update(self)
         return other
@@ -278,14 +357,49 @@ class TFAgentsPolicy(tf_policy.TFPolicy):
         return int(fresh.get_train_step()) if hasattr(fresh, "get_train_step") else -1
 
 
+def _leaf_params(dist: Any, spec: Any, batch: Any, path: str) -> families.DistributionParams:
+    """The export parameters of one action leaf's distribution (TF-Agents' families too)."""
+    base = dist.distribution if isinstance(dist, tfd.Independent) else dist
+    if tf_agents_types.tf_agents_class(base) != tf_agents_types.SQUASH_TO_SPEC_NORMAL:
+        return tf_policy.params_from_distribution(dist, spec, batch, path)
+    shape = tf.concat([tf.reshape(tf.cast(batch, tf.int32), [1]), spec.shape.as_list()], 0)
+
+    def full(value: Any) -> tf.Tensor:
+        return tf.broadcast_to(tf.cast(value, spec.dtype), shape)
+
+    inner = base.input_distribution
+    saved_spec = base._spec  # TF-Agents' class keeps the spec it squashes to here
+    return families.DistributionParams(
+        families.TANH_NORMAL,
+        {
+            "loc": full(inner.mean()),
+            "scale": full(inner.stddev()),
+            "low": full(np.asarray(saved_spec.minimum, np.float32)),
+            "high": full(np.asarray(saved_spec.maximum, np.float32)),
+        },
+        spec.shape.rank,
+        families.dtype_name(spec.dtype),
+    )
+
+
 def _action_distribution(dist: Any, spec: tf.TensorSpec, path: str) -> tfd.Distribution:
     """One saved distribution with event shape ``spec.shape``, in TF-Agents' semantics."""
     base = dist.distribution if isinstance(dist, tfd.Independent) else dist
+    kind = tf_agents_types.tf_agents_class(base)
+    if kind == tf_agents_types.SQUASH_TO_SPEC_NORMAL:
+        return tf_policy.as_action_distribution(dist, spec, path)
     if isinstance(base, tfd.Categorical):
-        # TF-Agents uses a TFP Categorical's indices as actions, unshifted (its own
-        # ShiftedCategorical, for other minimums, cannot be loaded without TF-Agents).
+        # TF-Agents uses a TFP Categorical's indices as actions, unshifted; its own
+        # ShiftedCategorical adds its shift (MaskedCategorical's logits are masked).
+        shift = int(base.shift) if kind == tf_agents_types.SHIFTED_CATEGORICAL else 0
+        low = int(np.asarray(spec.minimum).min()) if hasattr(spec, "minimum") else 0
+        if kind == tf_agents_types.SHIFTED_CATEGORICAL and shift != low:
+            raise UnsupportedError(
+                f"{path}: expected a ShiftedCategorical starting at the action minimum "
+                f"{low}, got shift {shift}"
+            )
         logits = base.logits if base.logits is not None else tf.math.log(base.probs)
-        shifted = tf_policy.ShiftedCategorical(logits, shift=0, dtype=spec.dtype)
+        shifted = tf_policy.ShiftedCategorical(logits, shift=shift, dtype=spec.dtype)
         if spec.shape.rank:
             return tfd.Independent(shifted, reinterpreted_batch_ndims=spec.shape.rank)
         return shifted

@@ -99,7 +99,11 @@ def _weights_from_tf_agents(manifest: dict[str, Any], checkpoint: Path, tmp: Pat
         )
     opset = manifest.get("onnx", {}).get("opset")
     kwargs = {"opset": opset} if opset is not None else {}
-    return import_tf_agents_checkpoint(saved_model, checkpoint, tmp / "weights", **kwargs)
+    # The same policy the import built: with --greedy, the deterministic part only.
+    greedy = bool(manifest["metadata"].get("tf_agents_greedy", False))
+    return import_tf_agents_checkpoint(
+        saved_model, checkpoint, tmp / "weights", greedy=greedy, **kwargs
+    )
 
 
 def update_bundle(

@@ -349,7 +349,8 @@ def test_user_metadata_is_merged_and_reserved_keys_are_refused(tmp_path):
         tai.import_tf_agents(saved_policy("q_greedy"), tmp_path / "c", metadata={"source": "x"})
     assert str(info.value) == (
         "metadata: expected keys other than ['imported_from', 'source', 'tf_agents_batch_size', "
-        "'tf_agents_function'] (the import sets them), got ['source']"
+        "'tf_agents_exploration', 'tf_agents_function', 'tf_agents_greedy'] (the import sets "
+        "them), got ['source']"
     )
     assert not (tmp_path / "c").exists()
 
@@ -422,9 +423,8 @@ def test_plain_saved_model_with_copied_specs_is_refused(plain_saved_model, tmp_p
     with pytest.raises(BundleError) as info:
         tai.import_tf_agents(path, tmp_path / "out")
     assert str(info.value) == (
-        f"{path}: expected what TF-Agents' PolicySaver saves (action, get_initial_state, "
-        "model_variables), got a SavedModel without ['action', 'get_initial_state', "
-        "'model_variables']"
+        f"{path}: expected what TF-Agents' PolicySaver saves (action, get_initial_state), "
+        "got a SavedModel without ['action', 'get_initial_state']"
     )
 
 

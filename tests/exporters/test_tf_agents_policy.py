@@ -227,7 +227,14 @@ def test_a_sampled_action_without_a_usable_distribution_is_refused(saved, tmp_pa
     assert str(info.value) == expected
     with pytest.raises(ExportError) as info:
         tai.import_tf_agents(path, tmp_path / "b")
-    assert str(info.value) == f"cannot import: {expected}"
+    # The import also tried TF-Agents' exploration wrappers, and says what to save.
+    assert str(info.value) == (
+        f"cannot import: {expected}; nor is it one of TF-Agents' EpsilonGreedyPolicy, "
+        "GaussianPolicy, OUNoisePolicy or RandomTFPolicy (expected a single action tensor "
+        "among the saved action's outputs, got 2 outputs (a nest of actions or info)): save "
+        "the agent's greedy `policy` instead (a deterministic action, or a distribution of "
+        "TFP's or TF-Agents' families)"
+    )
     assert not (tmp_path / "b").exists()
 
 

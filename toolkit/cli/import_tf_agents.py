@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 from typing import Annotated
 
@@ -49,12 +51,20 @@ def import_tf_agents(
             "(the saved policies hold the weights from before training).",
         ),
     ] = None,
+    greedy: Annotated[
+        bool,
+        typer.Option(
+            "--greedy",
+            help="Import only the deterministic action: a collect policy without its "
+            "exploration, a stochastic policy's mode.",
+        ),
+    ] = False,
 ) -> None:
     """Import a TF-Agents PolicySaver output into a bundle.
 
     TF-Agents itself is not needed. Given the output of PolicySavedModelTrigger,
     imports the saved policy picked with --policy and, with --checkpoint, applies one of
-    its checkpoints.
+    its checkpoints. The bundle is written only once verified.
     """
     from toolkit.bundle import FORMATS
 
@@ -76,27 +86,43 @@ def import_tf_agents(
 
     from exporters.tf_agents_layout import import_tf_agents_layout
 
-    with (
-        stages.stage(f"import {layout.saved_policy}") as note,
-        warnings.catch_warnings(record=True) as seen,
-    ):
-        warnings.simplefilter("always", UserWarning)
-        path = import_tf_agents_layout(
-            saved_model,
-            output,
-            policy=policy,
-            checkpoint=checkpoint,
-            formats=format_list,
-            overwrite=overwrite,
-            metadata=meta,
-        )
-        note["detail"] = str(path)
-    for warning in seen:
-        if issubclass(warning.category, UserWarning):
-            typer.echo(f"note: {warning.message}", err=True)
-    report = None
-    if verify and len(format_list) > 1:
-        report = common.verify_stage(stages, path, samples)
+    # Written beside the output and moved there once verified: a bundle whose forms
+    # differ is never left behind (nor does it replace an existing one).
+    staging = output.parent / f".{output.name}.importing-{os.getpid()}"
+    try:
+        with (
+            stages.stage(f"import {layout.saved_policy}") as note,
+            warnings.catch_warnings(record=True) as seen,
+        ):
+            warnings.simplefilter("always", UserWarning)
+            import_tf_agents_layout(
+                saved_model,
+                staging,
+                policy=policy,
+                checkpoint=checkpoint,
+                formats=format_list,
+                overwrite=True,
+                metadata=meta,
+                greedy=greedy,
+            )
+            note["detail"] = str(output)
+        for warning in seen:
+            if issubclass(warning.category, UserWarning):
+                typer.echo(f"note: {warning.message}", err=True)
+        report = None
+        if verify and len(format_list) > 1:
+            report = common.verify_stage(stages, staging, samples)
+            if not report.ok:
+                common.print_verify(report)
+                raise common.fail(
+                    f"{output}: not written: the imported SavedModel and ONNX forms differ", 1
+                )
+        _move_into_place(staging, output)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    path = output
+    if report is not None:
+        report.bundle = output
     from toolkit import bundle as bundle_lib
 
     manifest = bundle_lib.read_manifest(path)
@@ -107,7 +133,22 @@ def import_tf_agents(
         f"{step_text} -> {path}",
         soft_wrap=True,
     )
+    exploration = manifest["metadata"].get("tf_agents_exploration")
+    if exploration is not None:
+        typer.echo(f"note: TF-Agents' exploration rebuilt as {exploration}", err=True)
     if report is not None:
         common.print_verify(report)
-        if not report.ok:
-            raise common.fail(f"{path}: written, but its SavedModel and ONNX forms differ", 1)
+
+
+def _move_into_place(staging: Path, output: Path) -> None:
+    """``staging`` becomes ``output``; an existing output is removed only after that."""
+    old = output.parent / f".{output.name}.replaced-{os.getpid()}"
+    if output.exists():
+        output.rename(old)
+    try:
+        staging.rename(output)
+    except OSError:
+        if old.exists():
+            old.rename(output)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
