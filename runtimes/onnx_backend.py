@@ -7,7 +7,6 @@ The graph computes distribution parameters; runtimes.policy derives the actions.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from runtimes.files import read_checked
 from runtimes.policy import BundlePolicy, check_fingerprint
 from toolkit import bundle
 from toolkit.errors import BundleError, PolicyError
@@ -37,32 +37,6 @@ def session_options(threads: int = 1) -> ort.SessionOptions:
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3  # errors only: ORT warns about unused initializers
     return options
-
-
-def _read_checked(root: Path, rel: str, files: dict[str, Any]) -> bytes:
-    """The bytes of a bundle file, checked against the manifest's size and sha256.
-
-    The session is built from these same bytes, so what was checked is what runs.
-    """
-    entry = files.get(rel)
-    if not isinstance(entry, dict):
-        raise BundleError(f"{root}: {rel} is not listed in {bundle.MANIFEST}")
-    path = root / rel
-    if not path.is_file():
-        raise BundleError(f"{root}: file {rel} listed in {bundle.MANIFEST} is missing")
-    data = path.read_bytes()
-    if len(data) != entry.get("size"):
-        raise BundleError(
-            f"{path}: expected {entry.get('size')} bytes, got {len(data)} "
-            "(the file was changed or truncated)"
-        )
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != entry.get("sha256"):
-        raise BundleError(
-            f"{path}: expected sha256 {str(entry.get('sha256'))[:12]}..., got {digest[:12]}... "
-            "(the file was changed)"
-        )
-    return data
 
 
 class _Binding:
@@ -183,7 +157,7 @@ class OnnxPolicy(BundlePolicy):
         if not isinstance(onnx_info, dict) or "file" not in onnx_info:
             raise BundleError(f"{self._bundle_dir}: the bundle was exported without ONNX")
         self._threads = int(threads)
-        self._model = _read_checked(self._bundle_dir, onnx_info["file"], manifest["files"])
+        self._model = read_checked(self._bundle_dir, onnx_info["file"], manifest["files"])
         self._layout = _layouts(
             manifest["signatures"]["distribution"], self._input_names, self._fetch
         )

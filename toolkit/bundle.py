@@ -24,6 +24,7 @@ __all__ = [
     "CHECKPOINT_FORMAT",
     "FORMAT",
     "FORMAT_VERSION",
+    "LITERT_FILE",
     "MANIFEST",
     "ONNX_FILE",
     "ONNX_MANIFEST_KEY",
@@ -39,6 +40,7 @@ FORMAT = "policy-toolkit-bundle"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 ONNX_FILE = "policy.onnx"
+LITERT_FILE = "policy.tflite"
 SAVED_MODEL_DIR = "saved_model"
 #: The ONNX file's metadata_props key holding the manifest (without its file table).
 ONNX_MANIFEST_KEY = "policy_toolkit.manifest"
