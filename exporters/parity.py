@@ -3,8 +3,9 @@
 Spec-sampled time steps (sequences with FIRST steps for stateful policies, each form
 feeding back its own state) go through every available form of the ``distribution``
 function: the live TF policy (when given), the SavedModel, the ONNX graph under
-onnxruntime and the LiteRT model under ai-edge-litert. The report gives the largest absolute and relative difference per output
-against the reference (the TF policy, else the SavedModel).
+onnxruntime and the LiteRT model under ai-edge-litert. The report gives the largest
+absolute and relative difference per output against the reference (the TF policy, else
+the SavedModel); for LiteRT also its ``get_initial_state`` against the zero states.
 """
 
 from __future__ import annotations

@@ -194,7 +194,8 @@ class LiteRTPolicy(BundlePolicy):
             or policy._manifest["signatures"][SIGNATURE] != mine
         ):
             raise PolicyError(
-                f"update(): expected a litert-backend policy with the same signature, got {policy!r}"
+                "update(): expected a litert-backend policy with the same signature, "
+                f"got {policy!r}"
             )
         self._model = policy._model
         self._local = threading.local()  # each thread builds an interpreter of the new model
