@@ -92,8 +92,11 @@ def convert(module: Any, quantization: dict[str, Any] | None = None) -> bytes:
 
     functions = module.info.functions
     concrete = [functions[name].get_concrete_function() for name in SIGNATURES]
-    converter = tf.lite.TFLiteConverter.from_concrete_functions(concrete, module)
-    return _check(_run_converter(converter, type(module.policy).__name__, quantization))
+    what = type(module.policy).__name__
+    # The converter freezes the functions through a SavedModel it logs about (fd 2).
+    with _captured_stderr():
+        converter = tf.lite.TFLiteConverter.from_concrete_functions(concrete, module)
+        return _check(_run_converter(converter, what, quantization))
 
 
 def convert_saved_model(
@@ -104,10 +107,11 @@ def convert_saved_model(
     """The LiteRT model of a bundle's SavedModel (its two signatures), for re-conversion."""
     import tensorflow as tf
 
-    converter = tf.lite.TFLiteConverter.from_saved_model(
-        str(saved_model_dir), signature_keys=list(SIGNATURES)
-    )
-    return _check(_run_converter(converter, what, quantization))
+    with _captured_stderr():
+        converter = tf.lite.TFLiteConverter.from_saved_model(
+            str(saved_model_dir), signature_keys=list(SIGNATURES)
+        )
+        return _check(_run_converter(converter, what, quantization))
 
 
 def _check(model: bytes) -> bytes:

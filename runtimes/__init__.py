@@ -84,8 +84,8 @@ def load_policy(
     manifest = bundle.read_manifest(root, check_files=False)
     formats = manifest.get("formats", [])
     has = {
-        name: name in formats and isinstance(manifest.get(key), dict)
-        for name, key in (("onnx", "onnx"), ("litert", "litert"), ("tf", "saved_model"))
+        backend_name: key in formats and isinstance(manifest.get(key), dict)
+        for backend_name, key in (("onnx", "onnx"), ("litert", "litert"), ("tf", "saved_model"))
     }
     if backend == "auto":
         usable = [b for b in ("onnx", "litert") if has[b] and missing_extra(b) is None]
