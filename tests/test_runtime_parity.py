@@ -101,7 +101,9 @@ def test_backends_sample_alike_under_one_seed(kind):
     states = [p.get_initial_state(5) for p in policies]
     for step_index in range(3):
         time_step, _ = _inputs(policies[0], 5, seed=20 + step_index)
-        steps = [p.action(time_step, s, seed=step_index) for p, s in zip(policies, states)]
+        steps = [
+            p.action(time_step, s, seed=step_index) for p, s in zip(policies, states, strict=True)
+        ]
         for other in steps[1:]:
             _close(other.action, steps[0].action, "action")
             _close(other.state, steps[0].state, "state")
