@@ -164,9 +164,11 @@ def update_bundle(
 def _apply(
     root: Path, manifest: dict[str, Any], weights_dir: Path, info: dict[str, Any], kind: str
 ) -> UpdateReport:
-    formats = tuple(f for f in ("saved_model", "onnx") if f in manifest)
+    formats = tuple(f for f in ("saved_model", "onnx", "litert") if f in manifest)
     if not formats:
         raise BundleError(f"{root}: the bundle holds no model to update")
+    if "litert" in manifest:
+        _check_can_reconvert(root, manifest)
     train_step: int | None = int(info["train_step"])
     if kind == "tf_agents_checkpoint" and train_step == -1:
         train_step = None  # PolicySaver's "no train step", as import_tf_agents reads it
@@ -183,19 +185,17 @@ def _apply(
     )
 
     def build(tmp: Path) -> dict[str, Any]:
+        rewritten = (
+            bundle.SAVED_MODEL_DIR,
+            manifest.get("onnx", {}).get("file"),
+            manifest.get("litert", {}).get("file"),
+        )
         for rel in manifest["files"]:
             top = rel.split("/")[0]
-            if top in (bundle.SAVED_MODEL_DIR, manifest.get("onnx", {}).get("file")):
+            if top in rewritten:
                 continue
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(root / rel, tmp / rel)  # anything else travels unchanged
-        if model is not None:
-            import onnx
-
-            from exporters import onnx_export
-
-            onnx_export.embed_manifest(model, new_manifest)
-            onnx.save(model, str(tmp / manifest["onnx"]["file"]))
         if loaded is not None:
             import tensorflow as tf
 
@@ -203,6 +203,25 @@ def _apply(
             tf.saved_model.save(
                 loaded, str(tmp / manifest["saved_model"]["dir"]), signatures=signatures
             )
+        if "litert" in manifest:
+            # A LiteRT model's weights are converted constants: convert it again, from
+            # the SavedModel that now holds the new weights.
+            from exporters import litert_export
+
+            model_bytes = litert_export.convert_saved_model(
+                tmp / manifest["saved_model"]["dir"], what=str(root)
+            )
+            (tmp / manifest["litert"]["file"]).write_bytes(model_bytes)
+            new_manifest["litert"] = litert_export.manifest_entry(
+                model_bytes, manifest["litert"]["file"]
+            )
+        if model is not None:  # last: the ONNX file repeats the finished manifest
+            import onnx
+
+            from exporters import onnx_export
+
+            onnx_export.embed_manifest(model, new_manifest)
+            onnx.save(model, str(tmp / manifest["onnx"]["file"]))
         return new_manifest
 
     bundle.write_bundle(root, build, overwrite=True)
@@ -215,6 +234,24 @@ def _apply(
         formats=formats,
         max_weight_change=max_change,
     )
+
+
+def _check_can_reconvert(root: Path, manifest: dict[str, Any]) -> None:
+    """Updating policy.tflite converts it again, which needs TensorFlow and the SavedModel."""
+    import importlib.util
+
+    if "saved_model" not in manifest:
+        raise UnsupportedError(
+            f"{root}: updating {manifest['litert'].get('file')} converts it again from the "
+            "bundle's SavedModel, and this bundle has none; export the policy again "
+            "(--format onnx,litert) instead"
+        )
+    if importlib.util.find_spec("tensorflow") is None:
+        raise UnsupportedError(
+            f"{root}: updating {manifest['litert'].get('file')} converts the LiteRT model "
+            "again, which needs TensorFlow (pip install 'policy-toolkit[all]'); on a device, "
+            "run `update` where TensorFlow is installed and copy the bundle over"
+        )
 
 
 def _updated_onnx(

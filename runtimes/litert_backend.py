@@ -75,15 +75,27 @@ def new_interpreter(model: bytes, threads: int = 1) -> Any:
 class _Runner:
     """One thread's interpreter, run directly on the ``distribution`` subgraph."""
 
-    def __init__(self, model: bytes, threads: int, inputs: list[str], dynamic: bool):
+    def __init__(self, model: bytes, threads: int, inputs: list[str], inner: list | None):
         self.interpreter = new_interpreter(model, threads)
         self.wrapper = self.interpreter._interpreter  # what SignatureRunner calls, too
         signature = self.interpreter._get_full_signature_list()[SIGNATURE]
         self.subgraph = self.wrapper.GetSubgraphIndexFromSignature(SIGNATURE)
         self.inputs = [signature["inputs"][name] for name in inputs]
         self.outputs = signature["outputs"]
-        self.dynamic = dynamic
+        # ``inner``: each input's shape without the batch dim, or None where some are
+        # dynamic (then every call's shapes decide whether to resize).
+        self.dynamic = inner is None
         self.shapes: Any = None
+        if inner is not None:  # ready for batch 1, the common call, at load
+            self.resize([np.empty((1, *shape), np.uint8) for shape in inner], 1)
+
+    def resize(self, arrays: list[np.ndarray], shapes: Any) -> None:
+        wrapper, subgraph = self.wrapper, self.subgraph
+        for index, array in zip(self.inputs, arrays, strict=True):
+            wrapper.ResizeInputTensor(index, np.array(array.shape, np.int32), False, subgraph)
+        with quiet_stderr():
+            wrapper.AllocateTensors(subgraph)
+        self.shapes = shapes
 
     def run(self, arrays: list[np.ndarray], unbatched: bool, fetch: list[str]) -> list:
         wrapper, subgraph = self.wrapper, self.subgraph
@@ -93,11 +105,7 @@ class _Runner:
         # shapes decide whether to resize.
         shapes = tuple(a.shape for a in arrays) if self.dynamic else arrays[0].shape[0]
         if shapes != self.shapes:
-            for index, array in zip(self.inputs, arrays, strict=True):
-                wrapper.ResizeInputTensor(index, np.array(array.shape, np.int32), False, subgraph)
-            with quiet_stderr():
-                wrapper.AllocateTensors(subgraph)
-            self.shapes = shapes
+            self.resize(arrays, shapes)
         for index, array in zip(self.inputs, arrays, strict=True):
             wrapper.SetTensor(index, array, subgraph)
         wrapper.Invoke(subgraph)
@@ -134,9 +142,9 @@ class LiteRTPolicy(BundlePolicy):
         self._threads = int(threads)
         self._model = read_checked(self._bundle_dir, info["file"], manifest["files"])
         entries = {e["name"]: e for e in manifest["signatures"][SIGNATURE]["inputs"]}
-        self._dynamic = any(
-            d is None for name in self._input_names for d in entries[name]["shape"][1:]
-        )
+        inner = [entries[name]["shape"][1:] for name in self._input_names]
+        dynamic = any(d is None for shape in inner for d in shape)
+        self._inner = None if dynamic else [tuple(int(d) for d in shape) for shape in inner]
         self._local = threading.local()
         runner = self._runner()  # checks the model against the manifest, once
         signature = runner.interpreter._get_full_signature_list()[SIGNATURE]
@@ -152,8 +160,8 @@ class LiteRTPolicy(BundlePolicy):
         runner = getattr(self._local, "runner", None)
         if runner is None:
             try:
-                runner = _Runner(self._model, self._threads, self._input_names, self._dynamic)
-            except KeyError as e:
+                runner = _Runner(self._model, self._threads, self._input_names, self._inner)
+            except (KeyError, ValueError, RuntimeError) as e:
                 raise BundleError(
                     f"{self._bundle_dir}: the LiteRT model has no {SIGNATURE!r} signature "
                     f"with the manifest's inputs ({e})"
