@@ -73,8 +73,8 @@ def _run_converter(converter: Any, what: str, quantization: dict[str, Any] | Non
                     tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
                     tf.lite.OpsSet.TFLITE_BUILTINS,
                 ]
-        if quantization.get("per_channel") is False:
-            converter._experimental_disable_per_channel = True
+        if quantization.get("float16"):
+            converter.target_spec.supported_types = [tf.float16]
     try:
         with _captured_stderr():
             return converter.convert()
@@ -103,13 +103,14 @@ def convert_saved_model(
     saved_model_dir: str | os.PathLike,
     quantization: dict[str, Any] | None = None,
     what: str = "the SavedModel",
+    signatures: tuple[str, ...] = SIGNATURES,
 ) -> bytes:
     """The LiteRT model of a bundle's SavedModel (its two signatures), for re-conversion."""
     import tensorflow as tf
 
     with _captured_stderr():
         converter = tf.lite.TFLiteConverter.from_saved_model(
-            str(saved_model_dir), signature_keys=list(SIGNATURES)
+            str(saved_model_dir), signature_keys=list(signatures)
         )
         return _check(_run_converter(converter, what, quantization))
 
@@ -123,17 +124,24 @@ def _check(model: bytes) -> bytes:
 
 def manifest_entry(model: bytes, file: str) -> dict[str, Any]:
     """The manifest's ``litert`` entry: the file, its signatures and the ops it uses."""
+    from ai_edge_litert.interpreter import Interpreter
+
     from runtimes.litert_backend import litert_ops
 
-    return {"file": file, "signatures": list(SIGNATURES), "ops": litert_ops(model)}
+    signatures = sorted(Interpreter(model_content=model).get_signature_list())
+    return {"file": file, "signatures": signatures, "ops": litert_ops(model)}
 
 
 def representative_dataset(
-    samples: Iterable[dict[str, Any]],
+    samples: Iterable[dict[str, Any]], initial_state: bool
 ) -> Callable[[], Iterator[tuple[str, dict[str, Any]]]]:
-    """A converter's representative dataset for the ``distribution`` signature."""
+    """A converter's representative dataset: ``distribution`` inputs, and for stateful
+    policies one ``get_initial_state`` call (every signature needs calibration data)."""
+    import numpy as np
 
     def generate() -> Iterator[tuple[str, dict[str, Any]]]:
+        if initial_state:
+            yield "get_initial_state", {"batch_size": np.asarray(1, np.int32)}
         for inputs in samples:
             yield "distribution", inputs
 
