@@ -866,11 +866,9 @@ def _quantized_manifest(
     entry: dict[str, Any] = {
         "method": method,
         "target": target,
-        "weight_type": "int8",
-        "activations": "int8"
-        if method in ("static-per-channel-keep-last", "litert-int8")
-        else "float",
-        "per_channel": "per-channel" in method or method.startswith("litert"),
+        "weight_type": "float16" if method.endswith("float16") else "int8",
+        "activations": "int8" if method in INT8_ACTIVATIONS else "float",
+        "per_channel": "per-channel" in method or method in ("litert-dynamic-range", "litert-int8"),
         "float_layers": list(keep),
         "states": states.count,
         "state_source": states.source,

@@ -40,7 +40,7 @@ def export(
         typer.Option("--step", help="The train step to restore (default: the latest)."),
     ] = None,
     formats: Annotated[
-        str, typer.Option("--format", "-f", help="Comma-separated: saved_model,onnx.")
+        str, typer.Option("--format", "-f", help="Comma-separated: saved_model,onnx,litert.")
     ] = "saved_model,onnx",
     metadata: Annotated[
         list[str] | None,

@@ -24,7 +24,7 @@ def import_tf_agents(
         typer.Argument(metavar="OUTPUT", help="The bundle folder to write.", show_default=False),
     ],
     formats: Annotated[
-        str, typer.Option("--format", "-f", help="Comma-separated: saved_model,onnx.")
+        str, typer.Option("--format", "-f", help="Comma-separated: saved_model,onnx,litert.")
     ] = "saved_model,onnx",
     metadata: Annotated[
         list[str] | None,

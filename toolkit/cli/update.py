@@ -42,7 +42,9 @@ def update(
 
     manifest = bundle_lib.read_manifest(bundle)
     weights_only = (checkpoint / bundle_lib.CHECKPOINT_FILE).is_file()
-    if "saved_model" in manifest.get("formats", []) or not weights_only:
+    formats = manifest.get("formats", [])
+    if "saved_model" in formats or "litert" in formats or not weights_only:
+        # A SavedModel restores in TF, and policy.tflite is converted again from it.
         common.quiet_tensorflow(ctx)
     from exporters.update import update_bundle
 
