@@ -191,14 +191,18 @@ def test_tampered_or_escaping_model_files_are_refused(tmp_path):
         runtimes.load_policy(path, "litert")
 
 
-def test_unvalidated_input_of_a_wrong_dtype_is_a_policy_error():
+def test_unvalidated_inputs_are_cast_like_the_onnx_backends_and_bad_shapes_named():
+    # validate_args=False: the caller vouches for inputs; a wrong dtype is cast into the
+    # model's input buffer (as the onnx backend's bound buffers do), a wrong shape refused.
     policy = runtimes.load_policy(cr.bundle("greedy_q"), "litert", validate_args=False)
     time_step = sample_time_step(policy.time_step_spec, (2,), np.random.default_rng(0))
-    bad = time_step._replace(observation=time_step.observation.astype(np.float64))
+    want = policy.action(time_step).action
+    wide = time_step._replace(observation=time_step.observation.astype(np.float64))
+    np.testing.assert_array_equal(policy.action(wide).action, want)
+    bad = time_step._replace(observation=np.zeros((2, 5), np.float32))
     with pytest.raises(PolicyError, match=r"LiteRT could not run the policy"):
         policy.action(bad)
-    # The policy still works afterwards.
-    assert np.shape(policy.action(time_step).action) == (2, 1)
+    np.testing.assert_array_equal(policy.action(time_step).action, want)  # still works
 
 
 def test_auto_prefers_onnx_then_litert(tmp_path):
