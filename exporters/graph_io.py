@@ -9,7 +9,6 @@ outputs for the ONNX graph (onnxruntime) and the LiteRT model (ai-edge-litert).
 
 from __future__ import annotations
 
-import types
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -109,18 +108,15 @@ def actions(manifest: dict[str, Any], outputs: dict[str, np.ndarray]) -> list[np
     """The representative action of every distribution leaf: the mode (argmax for
     categoricals, ``loc`` for deterministic and normal leaves), the mean for uniform ones."""
     from runtimes.distributions import make_distribution
+    from toolkit import distribution_families as families
 
-    # Leaves decode to an opaque namespace, so that nest does not flatten their dicts.
-    leaves = nest.from_json(manifest["distribution"], lambda d: types.SimpleNamespace(d=d))
+    leaves = nest.from_json(manifest["distribution"], families.leaf_from_json)
     out = []
-    for path, wrapped in nest.flatten_with_paths(leaves, "distribution"):
-        leaf = wrapped.d
-        params = {name: outputs[nest.join_path(path, name)] for name in leaf["params"]}
-        static = {"event_ndims": leaf["event_ndims"], "dtype": leaf["dtype"]}
-        if leaf["family"] == "categorical":
-            static["shift"] = leaf.get("shift", 0)
-        distribution = make_distribution(leaf["family"], params, **static)
-        out.append(distribution.mean() if leaf["family"] == "uniform" else distribution.mode())
+    for path, leaf in nest.flatten_with_paths(leaves, "distribution"):
+        names = families.FAMILIES[leaf.family]
+        params = {name: outputs[nest.join_path(path, name)] for name in names}
+        distribution = make_distribution(leaf.family, params, **leaf.static)
+        out.append(distribution.mean() if leaf.family == "uniform" else distribution.mode())
     return out
 
 

@@ -23,6 +23,7 @@ __all__ = [
     "CHECKPOINT_FILE",
     "CHECKPOINT_FORMAT",
     "FORMAT",
+    "FORMATS",
     "FORMAT_VERSION",
     "LITERT_FILE",
     "MANIFEST",
@@ -42,6 +43,8 @@ MANIFEST = "manifest.json"
 ONNX_FILE = "policy.onnx"
 LITERT_FILE = "policy.tflite"
 SAVED_MODEL_DIR = "saved_model"
+#: The forms a bundle may hold (manifest ``formats``).
+FORMATS = ("saved_model", "onnx", "litert")
 #: The ONNX file's metadata_props key holding the manifest (without its file table).
 ONNX_MANIFEST_KEY = "policy_toolkit.manifest"
 

@@ -26,7 +26,6 @@ from toolkit.errors import ToolkitError
 
 __all__ = [
     "BACKENDS",
-    "FORMATS",
     "CliState",
     "Stages",
     "bundle_must_exist",
@@ -44,7 +43,6 @@ __all__ = [
     "verify_stage",
 ]
 
-FORMATS = ("saved_model", "onnx", "litert")
 #: Runtime backends the commands take.
 BACKENDS = ("onnx", "litert", "tf")
 
