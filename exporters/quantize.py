@@ -32,9 +32,9 @@ step flips it often. Candidates, from the smallest file to the most faithful:
 
 ``method="auto"`` tries the candidates of the target in order of file size and takes
 the first that passes both gates: agreement >= ``min_agreement`` and, with ``env``,
-mean return >= ``min_return_ratio`` x the float policy's. Below the gates nothing is
-written unless ``force`` (then the most faithful candidate is written). The report
-lists every candidate tried, with why it was taken or not.
+mean return >= the float policy's less ``(1 - min_return_ratio)`` x its magnitude.
+Below the gates nothing is written unless ``force`` (then the most faithful candidate
+is written). The report lists every candidate tried, with why it was taken or not.
 """
 
 from __future__ import annotations
@@ -627,7 +627,8 @@ def quantize_bundle(
       target: "onnx" or "litert".
       method: "auto" or one of ONNX_METHODS / LITERT_METHODS (of the target).
       min_agreement: the share of agreeing actions a candidate needs.
-      min_return_ratio: with ``env``, the share of the float mean return it needs.
+      min_return_ratio: with ``env``, the share of the float mean return it needs (for
+        negative returns: a drop of at most ``(1 - ratio) * |float return|``).
       force: write the most faithful candidate even below the gates.
       tolerance: float actions agree within this share of the action spec's range.
       overwrite: replace an existing ``output_dir``.
@@ -747,7 +748,7 @@ def quantize_bundle(
             elif states.env_id is not None:
                 say(f"play {episodes} episodes of {states.env_id} with {name}")
                 mean_return = _candidate_return(target, model, manifest, states, tmp)
-                floor = min_return_ratio * states.float_return
+                floor = return_floor(states.float_return, min_return_ratio)
                 if mean_return < floor:
                     why = f"mean return {mean_return:.1f} < {floor:.1f}"
             measured[name] = (agreement, mean_return)
@@ -822,6 +823,12 @@ def quantize_bundle(
         latency_after_us=latency_after,
         candidates=candidates,
     )
+
+
+def return_floor(float_return: float, ratio: float) -> float:
+    """The lowest mean return the gate accepts: ``ratio`` of the float return, counted
+    from below for negative returns (a drop of ``(1 - ratio) * |float return|``)."""
+    return float_return - (1.0 - ratio) * abs(float_return)
 
 
 def _reason(

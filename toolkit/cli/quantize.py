@@ -218,7 +218,9 @@ def _summary(report: Any) -> Any:
         f"gate {100 * report.min_agreement:.1f}%",
     )
     if report.float_return is not None:
-        floor = report.min_return_ratio * report.float_return
+        from exporters.quantize import return_floor
+
+        floor = return_floor(report.float_return, report.min_return_ratio)
         table.add_row(
             f"mean return ({report.state_source.split(':')[0]})",
             f"{report.float_return:.1f}",
