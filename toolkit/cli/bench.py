@@ -23,7 +23,9 @@ def _label(bundle: Path, backend: str, several: bool) -> str:
     from toolkit import bundle as bundle_lib
 
     quantization = bundle_lib.read_manifest(bundle, check_files=False).get("quantization")
-    return f"{backend} {quantization.get('method', 'quantized') if quantization else 'float'}"
+    if not quantization:
+        return f"{backend} float"
+    return f"{backend} {str(quantization.get('method', 'quantized')).removeprefix('litert-')}"
 
 
 def _available(bundle: Path) -> list[str]:
