@@ -153,6 +153,7 @@ def export_policy(
             manifest["litert"] = litert_export.manifest_entry(tflite, bundle.LITERT_FILE)
         if "saved_model" in formats:
             _save_saved_model(module, tmp / bundle.SAVED_MODEL_DIR)
+            bundle.write_saved_model_manifest(tmp / bundle.SAVED_MODEL_DIR, manifest)
         if model is not None:
             onnx_export.embed_manifest(model, manifest)
             onnx.save(model, str(tmp / bundle.ONNX_FILE))

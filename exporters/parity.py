@@ -87,21 +87,31 @@ class VerifyReport:
 
 
 def _onnx_runner(root: Path, manifest: dict[str, Any]) -> Runner:
-    return graph_io.onnx_runner(root / manifest["onnx"]["file"], threads=0)
+    from runtimes.onnx_backend import check_graph_io
+
+    # Contained, hash-checked and self-contained (bundle.read_onnx).
+    model = bundle.read_onnx(root, manifest)
+    try:
+        run = graph_io.onnx_runner(model, threads=0)
+    except Exception as e:  # onnxruntime raises its own exception types
+        raise BundleError(f"onnxruntime could not load the policy graph: {e}") from e
+    check_graph_io(run.session, manifest["signatures"]["distribution"], manifest["onnx"]["file"])
+    return run
+
+
+def _read_litert(root: Path, manifest: dict[str, Any]) -> bytes:
+    rel = manifest["litert"]["file"]
+    return bundle.read_member(root, rel, key="litert.file", files=manifest["files"])
 
 
 def _litert_runner(root: Path, manifest: dict[str, Any]) -> Runner:
-    from runtimes.files import read_checked
-
-    model = read_checked(root, manifest["litert"]["file"], manifest["files"])
+    model = _read_litert(root, manifest)
     return graph_io.litert_runner(model)
 
 
 def _litert_initial_state(root: Path, manifest: dict[str, Any], batch: int) -> list[OutputDiff]:
     """The LiteRT model's ``get_initial_state`` against the zero states readers start from."""
-    from runtimes.files import read_checked
-
-    model = read_checked(root, manifest["litert"]["file"], manifest["files"])
+    model = _read_litert(root, manifest)
     run = graph_io.litert_runner(model, "get_initial_state")
     got = run({"batch_size": np.asarray(batch, np.int32)})
     rows = []
@@ -129,8 +139,12 @@ def _saved_model_runner(root: Path, manifest: dict[str, Any]) -> Runner:
     import tensorflow as tf
     import tensorflow_probability  # noqa: F401  (registers TFP types the model may name)
 
-    loaded = tf.saved_model.load(str(root / manifest["saved_model"]["dir"]))
-    signature = loaded.signatures["distribution"]
+    path = bundle.check_saved_model(root, manifest)
+    try:
+        loaded = tf.saved_model.load(str(path))
+        signature = loaded.signatures["distribution"]
+    except Exception as e:  # TF raises many kinds for a broken SavedModel
+        raise BundleError(f"{path}: TensorFlow could not load the SavedModel: {e}") from e
 
     def run(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         outputs = signature(**{k: tf.constant(v) for k, v in inputs.items()})

@@ -527,11 +527,12 @@ def _litert_candidate(
 
 
 def _float_runner(manifest: dict[str, Any], root: Path) -> graph_io.Runner:
-    from runtimes.files import read_checked
-
     if "onnx" in manifest:
-        return graph_io.onnx_runner(read_checked(root, manifest["onnx"]["file"], manifest["files"]))
-    return graph_io.litert_runner(read_checked(root, manifest["litert"]["file"], manifest["files"]))
+        return graph_io.onnx_runner(bundle.read_onnx(root, manifest))
+    rel = manifest["litert"]["file"]
+    return graph_io.litert_runner(
+        bundle.read_member(root, rel, key="litert.file", files=manifest["files"])
+    )
 
 
 def _runner(target: str, model: bytes) -> graph_io.Runner:
@@ -699,17 +700,20 @@ def quantize_bundle(
 
     with tempfile.TemporaryDirectory(prefix="policy-quantize-") as scratch:
         tmp = Path(scratch)
+        float_model: bytes | None = None
         if target == "onnx":
             import onnx
 
-            original = _named(onnx.load(str(source / manifest["onnx"]["file"])))
+            # Contained, hash-checked and self-contained (bundle.read_onnx).
+            float_model = bundle.read_onnx(source, manifest)
+            try:
+                original = _named(onnx.load_model_from_string(float_model))
+            except Exception as e:  # protobuf's DecodeError and others
+                raise BundleError(f"{source}: not a readable ONNX model ({e})") from e
             if not any(n.op_type in ("MatMul", "Gemm") for n in original.graph.node):
                 raise ExportError(
                     f"{source}: nothing to quantize: the graph has no MatMul/Gemm weights"
                 )
-            float_file = source / manifest["onnx"]["file"]
-        else:
-            float_file = None
         built: dict[str, tuple[bytes, tuple[str, ...]]] = {}
         for name in methods if method == "auto" else (method,):
             say(f"quantize: {name}")
@@ -717,16 +721,16 @@ def quantize_bundle(
                 built[name] = _onnx_candidate(name, copy.deepcopy(original), states, tmp)
             else:
                 built[name] = (_litert_candidate(name, source, manifest, states), ())
-        if float_file is None:
+        if float_model is None:
             from exporters import litert_export
 
-            float_model = (
-                (source / manifest["litert"]["file"]).read_bytes()
-                if "litert" in manifest
-                else litert_export.convert_saved_model(source / bundle.SAVED_MODEL_DIR)
-            )
-        else:
-            float_model = float_file.read_bytes()
+            if "litert" in manifest:
+                rel = manifest["litert"]["file"]
+                float_model = bundle.read_member(
+                    source, rel, key="litert.file", files=manifest["files"]
+                )
+            else:
+                float_model = litert_export.convert_saved_model(source / bundle.SAVED_MODEL_DIR)
         size_before = len(float_model)
         order = sorted(built, key=lambda n: (len(built[n][0]), list(built).index(n)))
         candidates: list[Candidate] = []

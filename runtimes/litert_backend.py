@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 from ai_edge_litert import interpreter as litert
 
-from runtimes.files import read_checked
 from runtimes.policy import BundlePolicy
+from toolkit import bundle
 from toolkit.errors import BundleError, PolicyError, UnsupportedError
 
 __all__ = [
@@ -130,6 +130,7 @@ class LiteRTPolicy(BundlePolicy):
       seed: seeds the policy's Generator, used by ``action(seed=None)``.
       validate_args: check (and safely convert) inputs against the specs.
       threads: LiteRT's CPU threads per interpreter (1 suits small networks).
+      check_finite: refuse observations with NaN or infinite values.
     """
 
     backend = "litert"
@@ -142,13 +143,23 @@ class LiteRTPolicy(BundlePolicy):
         seed: int | None = None,
         validate_args: bool = True,
         threads: int = 1,
+        check_finite: bool = False,
     ):
-        super().__init__(manifest, bundle_dir, seed=seed, validate_args=validate_args)
+        super().__init__(
+            manifest,
+            bundle_dir,
+            seed=seed,
+            validate_args=validate_args,
+            check_finite=check_finite,
+        )
         info = manifest.get("litert")
         if not isinstance(info, dict) or "file" not in info:
             raise BundleError(f"{self._bundle_dir}: the bundle was exported without LiteRT")
         self._threads = int(threads)
-        self._model = read_checked(self._bundle_dir, info["file"], manifest["files"])
+        # Contained, bounded and hash-checked; the interpreter is built from these bytes.
+        self._model = bundle.read_member(
+            self._bundle_dir, info["file"], key="litert.file", files=manifest["files"]
+        )
         entries = {e["name"]: e for e in manifest["signatures"][SIGNATURE]["inputs"]}
         inner = [entries[name]["shape"][1:] for name in self._input_names]
         dynamic = any(d is None for shape in inner for d in shape)
