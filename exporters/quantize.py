@@ -585,6 +585,16 @@ def _candidate_return(
     if target == "litert" and "litert" not in manifest:
         trial[target] = {"file": file, "signatures": ["distribution", "get_initial_state"]}
 
+    if target == "onnx":
+        import onnx
+
+        from exporters.onnx_export import embed_manifest
+
+        # Readers check the ONNX file's copy of the manifest against the manifest.
+        candidate = onnx.load_model_from_string(model)
+        embed_manifest(candidate, trial)
+        model = candidate.SerializeToString()
+
     def build(folder: Path) -> dict[str, Any]:
         (folder / file).write_bytes(model)
         return trial
