@@ -1,19 +1,19 @@
-"""Runtime benchmark: the onnx backend against raw onnxruntime and the tf backend.
+"""Runtime benchmark: the onnx and litert backends against raw onnxruntime, side by side.
 
-One process, one run:
+One process, one run, three policies: the demo's greedy Q policy (CartPole, MLP
+4-100-50-2), a Gaussian actor (8 -> 64x64 -> 2 with N(0, 0.1) noise sampled in the
+reader) and an LSTM policy (greedy Q over an LSTM of 32 units, its state fed back):
 
-* ``action()`` latency at batch 1 and throughput at batch 256 for the onnx backend,
-  raw ``onnxruntime`` ``session.run`` on the same model (a bare script's default
-  session, and one with the runtime's session options), and the tf backend; the
-  policy is a greedy Q policy over a 64x64 MLP (CartPole's shapes), plus the same
-  network sampling its Q-values' softmax for the cost of sampling;
+* ``action()`` latency at batch 1 and batch 256 of the onnx backend and the litert
+  backend, and raw ``onnxruntime`` ``session.run`` on the same policy.onnx (a bare
+  script's default session);
 * cold start (a new process imports, loads and acts once) and its peak RSS, for the
-  onnx backend, a bare onnxruntime script and the tf backend.
+  onnx, litert and tf backends and a bare onnxruntime script, on the demo policy.
 
 Timings interleave the contenders round by round, so a change in machine load hits
-all of them alike; ratios are medians of per-round ratios. The load average is
-reported, since the machine may be shared. Targets: onnx ``action()`` within 1.5x of
-raw ``session.run``; onnx cold start within 1.5x of the bare onnxruntime script.
+all of them alike; ratios are medians of per-round ratios. Targets: litert
+``action()`` at batch 1 <= 0.5x raw ``session.run``, onnx <= 1.0x (on the demo
+policy); litert cold start <= 0.8x the bare onnxruntime script.
 
 Usage: ``python benchmarks/runtime_bench.py [--json] [--rounds N] [--cold-runs N]``
 """
@@ -38,31 +38,49 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-ACTION_TARGET = 1.5
-COLD_START_TARGET = 1.5
+LITERT_ACTION_TARGET = 0.5
+ONNX_ACTION_TARGET = 1.0
+LITERT_COLD_START_TARGET = 0.8
+FORMATS = ("saved_model", "onnx", "litert")
+
+
+def _weights(policy: Any, seed: int) -> Any:
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    for variable in policy.variables():
+        variable.assign(rng.normal(0, 0.3, variable.shape).astype(np.float32))
+    return policy
 
 
 def export_bundles(directory: Path) -> dict[str, Path]:
-    """A greedy and a sampling Q policy over one 64x64 MLP, exported as bundles."""
-    import numpy as np
+    """The three benchmark policies, exported with SavedModel, ONNX and LiteRT."""
     import tensorflow as tf
 
+    from examples import cartpole_factory
     from exporters.export import export_policy
-    from toolkit.networks.q_network import QNetwork
-    from toolkit.policies import greedy_policy, q_policy
+    from toolkit.networks.actor_network import ActorNetwork
+    from toolkit.networks.q_rnn_network import QRnnNetwork
+    from toolkit.policies import actor_policy, gaussian_policy, greedy_policy, q_policy
     from toolkit.specs import tensor_spec
     from toolkit.trajectories import time_step as ts
 
-    observation = tensor_spec.TensorSpec((4,), tf.float32, name="observation")
-    action = tensor_spec.BoundedTensorSpec((), tf.int64, 0, 1, name="action")
-    network = QNetwork(observation, action, fc_layer_params=(64, 64))
-    policy = q_policy.QPolicy(ts.time_step_spec(observation), action, q_network=network)
-    rng = np.random.default_rng(0)
-    for variable in policy.variables():
-        variable.assign(rng.normal(0, 0.3, variable.shape).astype(np.float32))
+    demo = _weights(cartpole_factory.policy(), 0)
+    observation = tensor_spec.TensorSpec((8,), tf.float32, name="observation")
+    force = tensor_spec.BoundedTensorSpec((2,), tf.float32, -1.0, 1.0, name="force")
+    actor = ActorNetwork(observation, force, fc_layer_params=(64, 64))
+    gaussian = gaussian_policy.GaussianPolicy(
+        _weights(actor_policy.ActorPolicy(ts.time_step_spec(observation), force, actor), 1),
+        scale=0.1,
+    )
+    move = tensor_spec.BoundedTensorSpec((), tf.int64, 0, 3, name="move")
+    rnn = QRnnNetwork(observation, move, input_fc_layer_params=(32,), lstm_size=(32,))
+    lstm = greedy_policy.GreedyPolicy(
+        _weights(q_policy.QPolicy(ts.time_step_spec(observation), move, q_network=rnn), 2)
+    )
     return {
-        "greedy": export_policy(greedy_policy.GreedyPolicy(policy), directory / "greedy"),
-        "sampling": export_policy(policy, directory / "sampling"),
+        name: export_policy(policy, directory / name, formats=FORMATS)
+        for name, policy in (("demo", demo), ("gaussian", gaussian), ("lstm", lstm))
     }
 
 
@@ -76,7 +94,7 @@ def _time(fn, calls: int) -> float:
 def interleaved(contenders: dict[str, Any], calls: int, rounds: int) -> dict[str, list[float]]:
     """Seconds per call, one burst of ``calls`` per contender per round, in turn."""
     for fn in contenders.values():
-        _time(fn, max(calls // 10, 1))  # warm-up: bindings, caches, lazy init
+        _time(fn, max(calls // 10, 1))  # warm-up: bindings, allocations, lazy init
     times: dict[str, list[float]] = {name: [] for name in contenders}
     for _ in range(rounds):
         for name, fn in contenders.items():
@@ -88,78 +106,72 @@ def _ratio(times: dict[str, list[float]], name: str, base: str) -> float:
     return statistics.median(a / b for a, b in zip(times[name], times[base], strict=True))
 
 
-def in_process(bundles: dict[str, Path], rounds: int) -> list[dict[str, Any]]:
+RAW = "raw session.run"
+
+
+def _contenders(bundle: Path, batch: int) -> dict[str, Any]:
+    import numpy as np
     import onnxruntime as ort
 
     import runtimes
-    from runtimes.onnx_backend import session_options
-
-    model = str(bundles["greedy"] / "policy.onnx")
-    policies = {
-        "raw": ort.InferenceSession(model, providers=["CPUExecutionProvider"]),
-        "tuned": ort.InferenceSession(model, session_options(), providers=["CPUExecutionProvider"]),
-        "onnx_greedy": runtimes.load_policy(bundles["greedy"], "onnx"),
-        "onnx_sampling": runtimes.load_policy(bundles["sampling"], "onnx", seed=0),
-        "tf_greedy": runtimes.load_policy(bundles["greedy"], "tf"),
-    }
-    rows = []
-    for batch, calls, tf_calls in ((1, 2000, 100), (256, 200, 40)):
-        rows += _measure_batch(policies, batch, calls, tf_calls, rounds)
-    return rows
-
-
-RAW = "raw onnxruntime session.run (default session)"
-TF_GREEDY = "tf backend action() greedy"
-
-
-def _measure_batch(
-    policies: dict[str, Any], batch: int, calls: int, tf_calls: int, rounds: int
-) -> list[dict[str, Any]]:
-    import numpy as np
-
     from toolkit.trajectories import time_step as ts
 
-    observation = np.random.default_rng(batch).normal(size=(batch, 4)).astype(np.float32)
+    onnx = runtimes.load_policy(bundle, "onnx", seed=0)
+    litert = runtimes.load_policy(bundle, "litert", seed=0)
+    rng = np.random.default_rng(batch)
+    shape = onnx.time_step_spec.observation.shape
+    observation = rng.normal(size=(batch, *shape)).astype(np.float32)
     # Batch 1 is the common production call: one unbatched observation.
+    outer = None if batch == 1 else batch
     time_step = ts.restart(observation[0]) if batch == 1 else ts.restart(observation, batch)
+    session = ort.InferenceSession(str(bundle / "policy.onnx"), providers=["CPUExecutionProvider"])
     feed = {
         "step_type": np.zeros(batch, np.int32),
         "reward": np.zeros(batch, np.float32),
         "discount": np.ones(batch, np.float32),
         "observation": observation,
     }
-    raw, tuned = policies["raw"], policies["tuned"]
-    onnx_greedy, onnx_sampling = policies["onnx_greedy"], policies["onnx_sampling"]
-    tf_greedy = policies["tf_greedy"]
-    times = interleaved(
-        {
-            RAW: lambda: raw.run(None, feed),
-            "raw onnxruntime session.run (runtime's options)": lambda: tuned.run(None, feed),
-            "onnx backend action() greedy": lambda: onnx_greedy.action(time_step),
-            "onnx backend action() sampling": lambda: onnx_sampling.action(time_step),
-        },
-        calls,
-        rounds,
-    )
-    # The tf backend is ~100x slower: fewer calls, against the same raw baseline.
-    tf_times = interleaved(
-        {TF_GREEDY: lambda: tf_greedy.action(time_step), RAW: lambda: raw.run(None, feed)},
-        tf_calls,
-        max(rounds // 2, 3),
-    )
+    states = {}
+    for policy in (onnx, litert):
+        states[policy.backend] = policy.get_initial_state(outer)
+    for name, value in _flat_state(onnx.get_initial_state(batch)).items():
+        feed[name] = value
+
+    def act(policy):
+        def call():
+            states[policy.backend] = policy.action(time_step, states[policy.backend]).state
+
+        return call
+
+    return {
+        RAW: lambda: session.run(None, feed),
+        "onnx backend action()": act(onnx),
+        "litert backend action()": act(litert),
+    }
+
+
+def _flat_state(state: Any) -> dict[str, Any]:
+    from toolkit import nest
+
+    return dict(nest.flatten_with_paths(state, "policy_state"))
+
+
+def in_process(bundles: dict[str, Path], rounds: int) -> list[dict[str, Any]]:
     rows = []
-    for name, source in [*((n, times) for n in times), (TF_GREEDY, tf_times)]:
-        values = source[name]
-        rows.append(
-            {
-                "batch": batch,
-                "what": name,
-                "median_us": statistics.median(values) * 1e6,
-                "best_us": min(values) * 1e6,
-                "actions_per_s": batch / statistics.median(values),
-                "vs_raw": _ratio(source, name, RAW),
-            }
-        )
+    for name, bundle in bundles.items():
+        for batch, calls in ((1, 2000), (256, 100)):
+            times = interleaved(_contenders(bundle, batch), calls, rounds)
+            for what, values in times.items():
+                rows.append(
+                    {
+                        "policy": name,
+                        "batch": batch,
+                        "what": what,
+                        "median_us": statistics.median(values) * 1e6,
+                        "actions_per_s": batch / statistics.median(values),
+                        "vs_raw": _ratio(times, what, RAW),
+                    }
+                )
     return rows
 
 
@@ -177,6 +189,13 @@ _COLD_SCRIPTS = {
         import runtimes
         from toolkit.trajectories import time_step as ts
         policy = runtimes.load_policy({bundle!r}, "onnx")
+        policy.action(ts.restart(np.zeros(4, np.float32)))
+    """,
+    "litert backend": """
+        import numpy as np
+        import runtimes
+        from toolkit.trajectories import time_step as ts
+        policy = runtimes.load_policy({bundle!r}, "litert")
         policy.action(ts.restart(np.zeros(4, np.float32)))
     """,
     "tf backend": """
@@ -208,9 +227,8 @@ sys.stdout.write("RSS_KIB=%d\\n" % _peak_kib())
 def cold_start(bundle: Path, runs: int, pycache: Path) -> list[dict[str, Any]]:
     """Wall time of a new process that imports, loads and acts once; its peak RSS.
 
-    Children write bytecode to ``pycache`` (an installed package is compiled at install;
-    a checkout run with PYTHONDONTWRITEBYTECODE would compile every module at every
-    start), and one unmeasured run per contender writes it and warms the file cache.
+    Children write bytecode to ``pycache`` (an installed package is compiled at install),
+    and one unmeasured run per contender writes it and warms the file cache.
     """
     env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="3")
     env.pop("PYTHONDONTWRITEBYTECODE", None)
@@ -256,21 +274,30 @@ def _load() -> list[float]:
         return []
 
 
+def _target(measured: float, target: float) -> dict[str, Any]:
+    return {"target": target, "measured": round(measured, 3), "met": measured <= target}
+
+
 def run(rounds: int, cold_runs: int) -> dict[str, Any]:
     load_before = _load()
     directory = Path(tempfile.mkdtemp(prefix="runtime-bench-"))
     try:
         bundles = export_bundles(directory)
         action_rows = in_process(bundles, rounds)
-        cold_rows = cold_start(bundles["greedy"], cold_runs, directory / "pycache")
+        cold_rows = cold_start(bundles["demo"], cold_runs, directory / "pycache")
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+    import ai_edge_litert
     import onnxruntime
 
-    onnx_b1 = next(
-        r for r in action_rows if r["batch"] == 1 and r["what"] == "onnx backend action() greedy"
-    )
-    onnx_cold = next(r for r in cold_rows if r["what"] == "onnx backend")
+    def ratio(what: str) -> float:
+        return next(
+            r["vs_raw"]
+            for r in action_rows
+            if r["policy"] == "demo" and r["batch"] == 1 and r["what"] == what
+        )
+
+    litert_cold = next(r for r in cold_rows if r["what"] == "litert backend")
     return {
         "benchmark": "runtime",
         "machine": {
@@ -279,21 +306,15 @@ def run(rounds: int, cold_runs: int) -> dict[str, Any]:
             "load_average_after": _load(),
             "python": platform.python_version(),
             "onnxruntime": onnxruntime.__version__,
+            "ai_edge_litert": getattr(ai_edge_litert, "__version__", "?"),
             "platform": platform.platform(),
         },
         "action": action_rows,
         "cold_start": cold_rows,
         "targets": {
-            "onnx_action_vs_raw": {
-                "target": ACTION_TARGET,
-                "measured": round(onnx_b1["vs_raw"], 3),
-                "met": onnx_b1["vs_raw"] <= ACTION_TARGET,
-            },
-            "onnx_cold_start_vs_bare": {
-                "target": COLD_START_TARGET,
-                "measured": round(onnx_cold["vs_bare"], 3),
-                "met": onnx_cold["vs_bare"] <= COLD_START_TARGET,
-            },
+            "litert_action_vs_raw": _target(ratio("litert backend action()"), LITERT_ACTION_TARGET),
+            "onnx_action_vs_raw": _target(ratio("onnx backend action()"), ONNX_ACTION_TARGET),
+            "litert_cold_start_vs_bare": _target(litert_cold["vs_bare"], LITERT_COLD_START_TARGET),
         },
     }
 
@@ -303,27 +324,27 @@ def table(result: dict[str, Any]) -> str:
     lines = [
         f"runtime benchmark: {machine['cpus']} CPUs, load average {machine['load_average_before']}"
         f" -> {machine['load_average_after']}, onnxruntime {machine['onnxruntime']}, "
-        f"Python {machine['python']}",
+        f"ai-edge-litert {machine['ai_edge_litert']}, Python {machine['python']}",
         "",
-        "action() on a 64x64 MLP Q policy (interleaved rounds; ratio = median of per-round "
-        "ratios to raw default session.run)",
-        f"{'batch':>5}  {'what':<50} {'median us':>10} {'best us':>9} {'actions/s':>11} "
+        "action() latency (interleaved rounds; ratio = median of per-round ratios to raw "
+        "default session.run on the same policy.onnx)",
+        f"{'policy':<9} {'batch':>5}  {'what':<26} {'median us':>10} {'actions/s':>11} "
         f"{'vs raw':>7}",
     ]
     for row in result["action"]:
         lines.append(
-            f"{row['batch']:>5}  {row['what']:<50} {row['median_us']:>10.1f} "
-            f"{row['best_us']:>9.1f} {row['actions_per_s']:>11,.0f} {row['vs_raw']:>6.2f}x"
+            f"{row['policy']:<9} {row['batch']:>5}  {row['what']:<26} {row['median_us']:>10.1f} "
+            f"{row['actions_per_s']:>11,.0f} {row['vs_raw']:>6.2f}x"
         )
     lines += [
         "",
-        "cold start: new process, import + load + first action",
-        f"{'what':<28} {'median s':>9} {'best s':>8} {'vs bare':>8} {'peak RSS MiB':>13} "
+        "cold start (demo policy): new process, import + load + first action",
+        f"{'what':<26} {'median s':>9} {'best s':>8} {'vs bare':>8} {'peak RSS MiB':>13} "
         f"{'vs bare':>8}",
     ]
     for row in result["cold_start"]:
         lines.append(
-            f"{row['what']:<28} {row['median_s']:>9.3f} {row['best_s']:>8.3f} "
+            f"{row['what']:<26} {row['median_s']:>9.3f} {row['best_s']:>8.3f} "
             f"{row['vs_bare']:>7.2f}x {row['peak_rss_mib']:>13.1f} {row['rss_vs_bare']:>7.2f}x"
         )
     lines.append("")

@@ -1,4 +1,4 @@
-"""TF policy -> bundle (SavedModel and ONNX). Needs TensorFlow.
+"""TF policy -> bundle (SavedModel, ONNX and LiteRT). Needs TensorFlow.
 
 ``export_policy``, ``verify``, ``save_checkpoint``, ``update_bundle``,
 ``quantize_bundle``, ``import_tf_agents`` and ``import_tf_agents_checkpoint`` are loaded

@@ -1,4 +1,4 @@
-"""export_policy: a TF policy -> a bundle (SavedModel + ONNX + manifest), atomically."""
+"""export_policy: a TF policy -> a bundle (SavedModel, ONNX, LiteRT + manifest), atomically."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 import onnx
 import tensorflow as tf
 
-from exporters import onnx_export
+from exporters import litert_export, onnx_export
 from exporters.signatures import ExportModule
 from exporters.weights import canonical_initializers, graph_fingerprint
 from toolkit import __version__, bundle, nest
@@ -21,9 +21,18 @@ from toolkit.errors import ExportError, UnsupportedError
 from toolkit.policies import tf_policy as tf_policy_lib
 from toolkit.specs import tensor_spec
 
-__all__ = ["FORMATS", "export_policy", "module_for", "onnx_model_and_weights", "onnx_model_for"]
+__all__ = [
+    "DEFAULT_FORMATS",
+    "FORMATS",
+    "export_policy",
+    "module_for",
+    "onnx_model_and_weights",
+    "onnx_model_for",
+]
 
 FORMATS = bundle.FORMATS
+#: What ``export_policy`` writes unless told otherwise.
+DEFAULT_FORMATS = ("saved_model", "onnx")
 
 
 def _check_formats(formats: Sequence[str]) -> tuple[str, ...]:
@@ -128,7 +137,7 @@ def onnx_model_and_weights(
 def export_policy(
     policy: Any,
     output_dir: str | os.PathLike,
-    formats: Sequence[str] = FORMATS,
+    formats: Sequence[str] = DEFAULT_FORMATS,
     train_step: int | None = None,
     metadata: dict[str, Any] | None = None,
     *,
@@ -140,7 +149,8 @@ def export_policy(
     Args:
       policy: a TFPolicy.
       output_dir: the bundle folder to write (atomically: a failed export leaves nothing).
-      formats: some of ``("saved_model", "onnx")`` (or "saved_model,onnx").
+      formats: some of ``("saved_model", "onnx", "litert")`` (or "saved_model,onnx");
+        ``litert`` writes policy.tflite (builtin ops only; see exporters.litert_export).
       train_step: recorded in the manifest and the ``get_train_step`` signature.
       metadata: JSON-able user metadata, in the manifest and ``get_metadata``.
       overwrite: replace an existing bundle at ``output_dir``.
@@ -162,9 +172,13 @@ def export_policy(
         raise ExportError(f"{output.absolute()}: already exists; pass overwrite=True to replace it")
     module = module_for(policy, train_step, metadata)
     model, weights = onnx_model_and_weights(module, opset) if "onnx" in formats else (None, None)
+    tflite = litert_export.convert(module) if "litert" in formats else None
 
     def build(tmp: Path) -> dict[str, Any]:
         manifest = _manifest(module, formats, train_step, metadata, opset, model, weights)
+        if tflite is not None:
+            (tmp / bundle.LITERT_FILE).write_bytes(tflite)
+            manifest["litert"] = litert_export.manifest_entry(tflite, bundle.LITERT_FILE)
         if "saved_model" in formats:
             _save_saved_model(module, tmp / bundle.SAVED_MODEL_DIR)
             bundle.write_saved_model_manifest(tmp / bundle.SAVED_MODEL_DIR, manifest)

@@ -2,28 +2,27 @@
 
 Spec-sampled time steps (sequences with FIRST steps for stateful policies, each form
 feeding back its own state) go through every available form of the ``distribution``
-function: the live TF policy (when given), the SavedModel and the ONNX graph under
-onnxruntime. The report gives the largest absolute and relative difference per output
-against the reference (the TF policy, else the SavedModel).
+function: the live TF policy (when given), the SavedModel, the ONNX graph under
+onnxruntime and the LiteRT model under ai-edge-litert. The report gives the largest
+absolute and relative difference per output against the reference (the TF policy, else
+the SavedModel); for LiteRT also its ``get_initial_state`` against the zero states.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from exporters import graph_io
+from exporters.graph_io import Runner
 from toolkit import bundle
 from toolkit.errors import BundleError
-from toolkit.specs import array_spec
 
 __all__ = ["OutputDiff", "VerifyReport", "verify"]
-
-Runner = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,58 +86,43 @@ class VerifyReport:
         return "\n".join(lines)
 
 
-def _sample_inputs(
-    manifest: dict[str, Any], batch: int, rng: np.random.Generator, step: int, stateful: bool
-) -> dict[str, np.ndarray]:
-    from toolkit import nest
-
-    time_step_spec = array_spec.spec_nest_from_json(manifest["specs"]["time_step"])
-    inputs = {}
-    for path, spec in nest.flatten_with_paths(time_step_spec):
-        inputs[path] = spec.sample(rng, outer_dims=(batch,))
-    if stateful:
-        # The first step starts every episode; later ones start some again.
-        first = rng.uniform(size=batch) < (1.0 if step == 0 else 0.25)
-        inputs["step_type"] = np.where(first, 0, rng.integers(1, 3, size=batch)).astype(np.int32)
-    else:
-        inputs["step_type"] = rng.integers(0, 3, size=batch).astype(np.int32)
-    inputs["discount"] = rng.uniform(0.0, 1.0, size=batch).astype(np.float32)
-    return inputs
-
-
-def _state_inputs(manifest: dict[str, Any], batch: int) -> dict[str, np.ndarray]:
-    from toolkit import nest
-
-    spec = array_spec.spec_nest_from_json(manifest["specs"]["policy_state"])
-    return {path: s.zeros((batch,)) for path, s in nest.flatten_with_paths(spec, "policy_state")}
-
-
-def _next_state(outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    return {
-        "policy_state/" + name.removeprefix("next_state/"): value
-        for name, value in outputs.items()
-        if name.startswith("next_state/")
-    }
-
-
 def _onnx_runner(root: Path, manifest: dict[str, Any]) -> Runner:
-    import onnxruntime as ort
-
     from runtimes.onnx_backend import check_graph_io
 
+    # Contained, hash-checked and self-contained (bundle.read_onnx).
     model = bundle.read_onnx(root, manifest)
     try:
-        session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+        run = graph_io.onnx_runner(model, threads=0)
     except Exception as e:  # onnxruntime raises its own exception types
         raise BundleError(f"onnxruntime could not load the policy graph: {e}") from e
-    check_graph_io(session, manifest["signatures"]["distribution"], manifest["onnx"]["file"])
-    names = [o.name for o in session.get_outputs()]
-
-    def run(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        feed = {i.name: inputs[i.name] for i in session.get_inputs()}
-        return dict(zip(names, session.run(names, feed), strict=True))
-
+    check_graph_io(run.session, manifest["signatures"]["distribution"], manifest["onnx"]["file"])
     return run
+
+
+def _read_litert(root: Path, manifest: dict[str, Any]) -> bytes:
+    rel = manifest["litert"]["file"]
+    return bundle.read_member(root, rel, key="litert.file", files=manifest["files"])
+
+
+def _litert_runner(root: Path, manifest: dict[str, Any]) -> Runner:
+    model = _read_litert(root, manifest)
+    return graph_io.litert_runner(model)
+
+
+def _litert_initial_state(root: Path, manifest: dict[str, Any], batch: int) -> list[OutputDiff]:
+    """The LiteRT model's ``get_initial_state`` against the zero states readers start from."""
+    model = _read_litert(root, manifest)
+    run = graph_io.litert_runner(model, "get_initial_state")
+    got = run({"batch_size": np.asarray(batch, np.int32)})
+    rows = []
+    for name, expected in graph_io.initial_state(manifest, batch).items():
+        value = got.get(name)
+        if value is None:
+            rows.append(OutputDiff("litert", f"get_initial_state/{name}", np.inf, np.inf, False))
+            continue
+        max_abs, max_rel, ok = _compare(expected, value, 0.0, 0.0)
+        rows.append(OutputDiff("litert", f"get_initial_state/{name}", max_abs, max_rel, ok))
+    return rows
 
 
 def _tf_runner(function: Any) -> Runner:
@@ -228,22 +212,26 @@ def verify(
         runners["saved_model"] = _saved_model_runner(root, manifest)
     if "onnx" in manifest:
         runners["onnx"] = _onnx_runner(root, manifest)
+    if "litert" in manifest:
+        runners["litert"] = _litert_runner(root, manifest)
     if len(runners) < 2:
         raise BundleError(
             f"{root}: nothing to compare: the bundle has one form ({list(runners)}) and no "
             "policy was given"
         )
-    stateful = bool(_state_inputs(manifest, 1))
+    stateful = bool(graph_io.initial_state(manifest, 1))
     steps = steps if steps is not None else (8 if stateful else 1)
     rng = np.random.default_rng(seed)
-    states = {name: _state_inputs(manifest, num_samples) for name in runners}
+    states = {name: graph_io.initial_state(manifest, num_samples) for name in runners}
     worst: dict[tuple[str, str], list[float | bool]] = {}
     reference = next(iter(runners))
     for step in range(steps):
-        time_step = _sample_inputs(manifest, num_samples, rng, step, stateful)
+        time_step = graph_io.sample_time_steps(
+            manifest, num_samples, rng, first=step == 0, stateful=stateful
+        )
         outputs = {name: run({**time_step, **states[name]}) for name, run in runners.items()}
         for name in runners:
-            states[name] = _next_state(outputs[name])
+            states[name] = graph_io.next_state(outputs[name])
         for form in list(runners)[1:]:
             for output, ref_value in outputs[reference].items():
                 if output not in outputs[form]:
@@ -260,6 +248,8 @@ def verify(
         OutputDiff(form, output, float(v[0]), float(v[1]), bool(v[2]))
         for (form, output), v in worst.items()
     ]
+    if "litert" in runners:
+        rows += _litert_initial_state(root, manifest, num_samples)
     return VerifyReport(
         bundle=root,
         reference=reference,

@@ -181,7 +181,9 @@ def _apply_found(root: Path, manifest: dict[str, Any], found: Any) -> UpdateRepo
     """Applies a checkpoint through the bundle's weights map (ONNX without TensorFlow)."""
     from runtimes.checkpoints import read_weights
 
-    formats = tuple(f for f in ("saved_model", "onnx") if f in manifest)
+    formats = tuple(f for f in bundle.FORMATS if f in manifest)
+    if "litert" in manifest:
+        _check_can_reconvert(root, manifest)
     weights = read_weights(manifest, found)
     train_step = weights.train_step
     if found.kind == "tf_agents_checkpoint" and train_step == -1:
@@ -289,9 +291,9 @@ def _variable_at(policy: Any, paths: list[list[str]]) -> Any:
 def _write(
     root: Path, manifest: dict[str, Any], new_manifest: dict[str, Any], model: Any, loaded: Any
 ) -> None:
-    formats = tuple(f for f in ("saved_model", "onnx") if f in manifest)
+    formats = tuple(f for f in bundle.FORMATS if f in manifest)
     files = manifest["files"]
-    replaced = [manifest[f]["file" if f == "onnx" else "dir"] for f in formats]
+    replaced = [manifest[f]["dir" if f == "saved_model" else "file"] for f in formats]
 
     def build(tmp: Path) -> dict[str, Any]:
         for rel in files:
@@ -302,6 +304,28 @@ def _write(
             data = bundle.read_member(root, rel, key=f"files[{rel!r}]", files=files)
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
             (tmp / rel).write_bytes(data)
+        saved_model_dir = None
+        if loaded is not None:
+            import tensorflow as tf
+
+            signatures = {name: loaded.signatures[name] for name in loaded.signatures}
+            saved_model_dir = tmp / manifest["saved_model"]["dir"]
+            tf.saved_model.save(loaded, str(saved_model_dir), signatures=signatures)
+        if "litert" in manifest:
+            # A LiteRT model's weights are converted constants: convert it again, from
+            # the SavedModel that now holds the new weights.
+            from exporters import litert_export
+
+            model_bytes = litert_export.convert_saved_model(
+                tmp / manifest["saved_model"]["dir"], what=str(root)
+            )
+            (tmp / manifest["litert"]["file"]).write_bytes(model_bytes)
+            new_manifest["litert"] = litert_export.manifest_entry(
+                model_bytes, manifest["litert"]["file"]
+            )
+        # Last: the SavedModel and the ONNX file repeat the finished manifest.
+        if saved_model_dir is not None:
+            bundle.write_saved_model_manifest(saved_model_dir, new_manifest)
         if model is not None:
             import onnx
 
@@ -309,13 +333,6 @@ def _write(
 
             onnx_export.embed_manifest(model, new_manifest)
             onnx.save(model, str(tmp / manifest["onnx"]["file"]))
-        if loaded is not None:
-            import tensorflow as tf
-
-            signatures = {name: loaded.signatures[name] for name in loaded.signatures}
-            saved_model_dir = tmp / manifest["saved_model"]["dir"]
-            tf.saved_model.save(loaded, str(saved_model_dir), signatures=signatures)
-            bundle.write_saved_model_manifest(saved_model_dir, new_manifest)
         return new_manifest
 
     bundle.write_bundle(root, build, overwrite=True)
@@ -329,9 +346,11 @@ def _apply(
     kind: str,
     shown: Path,
 ) -> UpdateReport:
-    formats = tuple(f for f in ("saved_model", "onnx") if f in manifest)
+    formats = tuple(f for f in bundle.FORMATS if f in manifest)
     if not formats:
         raise BundleError(f"{root}: the bundle holds no model to update")
+    if "litert" in manifest:
+        _check_can_reconvert(root, manifest)
     train_step: int | None = int(info["train_step"])
     if kind == "tf_agents_checkpoint" and train_step == -1:
         train_step = None  # PolicySaver's "no train step", as import_tf_agents reads it
@@ -356,6 +375,24 @@ def _apply(
         formats=formats,
         max_weight_change=max_change,
     )
+
+
+def _check_can_reconvert(root: Path, manifest: dict[str, Any]) -> None:
+    """Updating policy.tflite converts it again, which needs TensorFlow and the SavedModel."""
+    import importlib.util
+
+    if "saved_model" not in manifest:
+        raise UnsupportedError(
+            f"{root}: updating {manifest['litert'].get('file')} converts it again from the "
+            "bundle's SavedModel, and this bundle has none; export the policy again "
+            "(--format onnx,litert) instead"
+        )
+    if importlib.util.find_spec("tensorflow") is None:
+        raise UnsupportedError(
+            f"{root}: updating {manifest['litert'].get('file')} converts the LiteRT model "
+            "again, which needs TensorFlow (pip install 'policy-toolkit[all]'); on a device, "
+            "run `update` where TensorFlow is installed and copy the bundle over"
+        )
 
 
 def _updated_onnx(

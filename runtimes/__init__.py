@@ -1,9 +1,10 @@
-"""Bundle -> Python policy. The onnx backend imports no TensorFlow.
+"""Bundle -> Python policy. The onnx and litert backends import no TensorFlow.
 
 ``load_policy(path)`` returns a ``toolkit.policies.py_policy.PyPolicy`` with the
 interface of the TF-Agents policies tutorial plus ``train_step``, ``metadata``,
 ``update_from_checkpoint(path)`` and ``follow(directory)``.
-Importing this package is cheap: onnxruntime or TensorFlow load inside ``load_policy``.
+Importing this package is cheap: onnxruntime, LiteRT or TensorFlow load inside
+``load_policy``.
 """
 
 from __future__ import annotations
@@ -12,9 +13,13 @@ import importlib.util
 import os
 from typing import Any
 
-__all__ = ["BACKENDS", "load_policy"]
+__all__ = ["BACKENDS", "EXTRAS", "load_policy", "missing_extra"]
 
-BACKENDS = ("auto", "onnx", "tf")
+BACKENDS = ("auto", "onnx", "litert", "tf")
+
+#: The pip extra that brings each TF-free backend's runtime.
+EXTRAS = {"onnx": "runtime", "litert": "litert"}
+_MODULES = {"onnx": "onnxruntime", "litert": "ai_edge_litert"}
 
 
 def _has_module(name: str) -> bool:
@@ -22,6 +27,14 @@ def _has_module(name: str) -> bool:
         return importlib.util.find_spec(name) is not None
     except (ImportError, ValueError):  # a blocked or half-installed module
         return False
+
+
+def missing_extra(backend: str) -> str | None:
+    """``pip install ...`` advice when a TF-free backend's runtime is not installed, else None."""
+    module = _MODULES.get(backend)
+    if module is None or _has_module(module):
+        return None
+    return f"the {backend} backend needs {module} (pip install 'policy-toolkit[{EXTRAS[backend]}]')"
 
 
 def load_policy(
@@ -36,9 +49,11 @@ def load_policy(
     """Loads an exported policy bundle as a Python policy.
 
     Args:
-      path: the bundle folder (or its manifest.json or policy.onnx).
-      backend: "onnx" (onnxruntime, no TensorFlow), "tf" (the SavedModel), or "auto":
-        onnx when the bundle has policy.onnx and onnxruntime is installed, else tf.
+      path: the bundle folder (or its manifest.json, policy.onnx or policy.tflite).
+      backend: "onnx" (onnxruntime, no TensorFlow), "litert" (LiteRT, no TensorFlow),
+        "tf" (the SavedModel), or "auto": onnx when the bundle has policy.onnx and
+        onnxruntime is installed, else litert when it has policy.tflite and
+        ai-edge-litert is installed, else tf.
       seed: seeds the policy's generator, used by ``action(seed=None)``; None seeds it
         from the OS, so two loads act differently.
       validate_args: check time steps and states against the specs, converting safe
@@ -47,12 +62,13 @@ def load_policy(
         states of another structure are refused naming the leaf. With False, inputs
         are trusted and go to the graph unchecked (a wrong dtype may be cast or refused
         by the backend); that saves under a microsecond a call.
-      threads: onnxruntime intra-op threads (onnx backend).
+      threads: intra-op threads (onnx and litert backends).
       check_finite: refuse observations holding NaN or infinite values, naming the leaf
         (a failing sensor); off by default, as in TF-Agents, which passes them on.
 
     Returns:
-      A ``runtimes.onnx_backend.OnnxPolicy`` or ``runtimes.tf_backend.SavedModelPolicy``.
+      A ``runtimes.onnx_backend.OnnxPolicy``, ``runtimes.litert_backend.LiteRTPolicy``
+      or ``runtimes.tf_backend.SavedModelPolicy``.
 
     Raises:
       BundleError: for a missing, corrupted, tampered or too-new bundle, one without
@@ -60,7 +76,8 @@ def load_policy(
         violation) or differs from its format's copy or graph, a path leaving the
         bundle, a symbolic link, FIFO or device, or an ONNX model with external data
         (docs/bundle-format.md, "What a reader trusts").
-      UnsupportedError: when the backend's library is not installed.
+      UnsupportedError: when the backend's library is not installed (the message names
+        the extra to install).
     """
     from toolkit import bundle
     from toolkit.errors import BundleError, SpecMismatchError, UnsupportedError
@@ -69,33 +86,41 @@ def load_policy(
         raise SpecMismatchError("backend", f"one of {list(BACKENDS)}", repr(backend))
     root = bundle.bundle_root(path)
     # Each backend checks the hashes of the files it reads (an edge device may hold
-    # only manifest.json and policy.onnx).
+    # only manifest.json and policy.onnx or policy.tflite).
     manifest = bundle.read_manifest(root, check_files=False)
     formats = manifest.get("formats", [])
-    has_onnx = "onnx" in formats and isinstance(manifest.get("onnx"), dict)
-    has_saved_model = "saved_model" in formats and isinstance(manifest.get("saved_model"), dict)
+    has = {
+        backend_name: key in formats and isinstance(manifest.get(key), dict)
+        for backend_name, key in (("onnx", "onnx"), ("litert", "litert"), ("tf", "saved_model"))
+    }
     if backend == "auto":
-        if has_onnx and _has_module("onnxruntime"):
-            backend = "onnx"
-        elif has_saved_model:
+        usable = [b for b in ("onnx", "litert") if has[b] and missing_extra(b) is None]
+        if usable:
+            backend = usable[0]
+        elif has["tf"]:
             backend = "tf"
-        elif has_onnx:
-            raise UnsupportedError(
-                f"{root}: the bundle holds only ONNX and onnxruntime is not installed "
-                "(pip install 'policy-toolkit[runtime]')"
-            )
         else:
-            raise BundleError(f"{root}: expected an ONNX or SavedModel export, got {formats}")
-    if backend == "onnx":
-        if not has_onnx:
-            raise BundleError(
-                f"{root}: the bundle was exported without ONNX (formats {formats}); "
-                "use backend='tf'"
-            )
-        if not _has_module("onnxruntime"):
+            light = [b for b in ("onnx", "litert") if has[b]]
+            if not light:
+                raise BundleError(
+                    f"{root}: expected an ONNX, LiteRT or SavedModel export, got {formats}"
+                )
+            advice = " or ".join(f"'policy-toolkit[{EXTRAS[b]}]'" for b in light)
             raise UnsupportedError(
-                "the onnx backend needs onnxruntime (pip install 'policy-toolkit[runtime]')"
+                f"{root}: the bundle holds {' and '.join(light)} only and no runtime for it "
+                f"is installed (pip install {advice})"
             )
+    if not has[backend]:
+        labels = {"onnx": "ONNX", "litert": "LiteRT", "tf": "a SavedModel"}
+        others = [b for b in ("onnx", "litert", "tf") if has[b]]
+        hint = f"; use backend={others[0]!r}" if others else ""
+        raise BundleError(
+            f"{root}: the bundle was exported without {labels[backend]} (formats {formats}){hint}"
+        )
+    advice = missing_extra(backend)
+    if advice is not None:
+        raise UnsupportedError(advice)
+    if backend == "onnx":
         from runtimes.onnx_backend import OnnxPolicy
 
         return OnnxPolicy(
@@ -106,10 +131,16 @@ def load_policy(
             threads=threads,
             check_finite=check_finite,
         )
-    if not has_saved_model:
-        raise BundleError(
-            f"{root}: the bundle was exported without a SavedModel (formats {formats}); "
-            "use backend='onnx'"
+    if backend == "litert":
+        from runtimes.litert_backend import LiteRTPolicy
+
+        return LiteRTPolicy(
+            manifest,
+            root,
+            seed=seed,
+            validate_args=validate_args,
+            threads=threads,
+            check_finite=check_finite,
         )
     from runtimes.tf_backend import SavedModelPolicy
 

@@ -582,8 +582,10 @@ def _leaves_within(values: list[Any], checks: list[_LeafCheck], outer: tuple[int
 
 
 def _leaf_within(value: Any, check: _LeafCheck, outer: tuple[int, ...]) -> bool:
+    # An unbatched action of a scalar spec comes out of the graph's batch as a numpy
+    # scalar (``array[0]``), which has a dtype and shape like a 0-d array.
     if (
-        type(value) is not _NDARRAY
+        (type(value) is not _NDARRAY and not isinstance(value, np.generic))
         or value.dtype is not check.dtype
         or value.shape != outer + check.shape
     ):

@@ -50,10 +50,14 @@ def test_demo_runs_every_step(tmp_path):
     # --quick: a tiny training budget; every CLI step still runs (about a minute).
     result = _run("demo.py", "--quick", "--out", str(tmp_path))
     assert result.returncode == 0, result.stderr
-    for step in ("--version", "export", "verify", "inspect", "run", "bench"):
+    for step in ("--version", "export", "verify", "inspect", "run", "quantize", "bench"):
         assert f"$ policy-toolkit {step}" in result.stdout
     assert "$ python examples/train_cartpole.py" in result.stdout
     assert "(onnx backend, seeds 0..19)" in result.stdout  # 20 CartPole episodes
+    assert "(litert backend, seeds 0..19)" in result.stdout
+    assert "real states: " in result.stdout and "mean return (CartPole-v1)" in result.stdout
+    assert (tmp_path / "bench.png").is_file()
+    assert "litert" in bundle_lib.read_manifest(tmp_path / "cartpole")["formats"]
     assert bundle_lib.read_manifest(tmp_path / "cartpole")["metadata"] == {"env": "CartPole-v1"}
     assert result.stdout.rstrip().endswith("demo: done")
 

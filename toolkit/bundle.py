@@ -41,6 +41,7 @@ __all__ = [
     "FORMAT",
     "FORMATS",
     "FORMAT_VERSION",
+    "LITERT_FILE",
     "MANIFEST",
     "MAX_MANIFEST_BYTES",
     "ONNX_FILE",
@@ -63,9 +64,10 @@ FORMAT = "policy-toolkit-bundle"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 ONNX_FILE = "policy.onnx"
+LITERT_FILE = "policy.tflite"
 SAVED_MODEL_DIR = "saved_model"
 #: The forms a bundle may hold (manifest ``formats``).
-FORMATS = ("saved_model", "onnx")
+FORMATS = ("saved_model", "onnx", "litert")
 #: The ONNX file's metadata_props key holding the manifest (without its file table).
 ONNX_MANIFEST_KEY = "policy_toolkit.manifest"
 #: The SavedModel's copy of the manifest (without its file table), inside its folder.
@@ -436,9 +438,13 @@ def _check_format(data: Any, path: Path, expected: str) -> dict[str, Any]:
 
 
 def bundle_root(path: str | os.PathLike) -> Path:
-    """The bundle folder for a path to it, its manifest.json or its policy.onnx."""
+    """The bundle folder for a path to it, its manifest.json, policy.onnx or policy.tflite."""
     root = Path(path)
-    if root.name in (MANIFEST, ONNX_FILE) and not root.is_dir() and root.parent.is_dir():
+    if (
+        root.name in (MANIFEST, ONNX_FILE, LITERT_FILE)
+        and not root.is_dir()
+        and root.parent.is_dir()
+    ):
         root = root.parent
     return root
 

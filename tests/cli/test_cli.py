@@ -85,7 +85,8 @@ def test_onnx_commands_run_without_tensorflow(tmp_path):
         result = runner.invoke(app, ["bench", "{edge}", "--backend", "onnx", "--batch", "1",
                                      "--seconds", "0.01"])
         assert result.exit_code == 0, result.output
-        result = runner.invoke(app, ["quantize", "{edge}", "{tmp_path / "int8"}", "--force"])
+        result = runner.invoke(app, ["quantize", "{edge}", "{tmp_path / "int8"}", "--env",
+                                         "CartPole-v1", "--episodes", "2", "--force"])
         assert result.exit_code == 0, result.output
         tests.tf_blocker.assert_no_heavy_modules()
         print("ok")

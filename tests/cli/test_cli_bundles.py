@@ -1,4 +1,4 @@
-"""The CLI commands that read bundles: inspect, verify, run, bench, quantize."""
+"""The CLI commands that read bundles: inspect, verify, run, bench (quantize: test_cli_quantize)."""
 
 from __future__ import annotations
 
@@ -373,7 +373,10 @@ def test_bench_prints_a_table():
     [
         (["--batch", "1,x"], "error: --batch: expected comma-separated integers, got '1,x'"),
         (["--batch", "0"], "error: --batch: expected sizes >= 1, got [0]"),
-        (["--backend", "onnx,cuda"], "error: --backend: expected some of ['onnx', 'tf'], got"),
+        (
+            ["--backend", "onnx,cuda"],
+            "error: --backend: expected some of ['onnx', 'litert', 'tf'], got",
+        ),
         (["--plot", "out.txt"], "error: --plot: expected a .png, .svg or .pdf file"),
     ],
 )
@@ -381,100 +384,3 @@ def test_bench_input_errors(args, message):
     result = invoke("bench", cartpole_bundle(), *args)
     assert result.exit_code == 2
     assert error_line(result).startswith(message)
-
-
-# --- quantize ------------------------------------------------------------------------------
-
-
-def test_quantize_writes_a_valid_int8_bundle(tmp_path):
-    import onnx
-    from onnx import numpy_helper
-
-    from runtimes import load_policy
-
-    source = cartpole_bundle()
-    out = tmp_path / "int8"
-    result = invoke("quantize", source, out, "--json")
-    assert result.exit_code == 0, result.output
-    report = json.loads(result.stdout)
-    assert report["written"] is True and report["samples"] == 1024
-    manifest = bundle_lib.read_manifest(out)  # a bundle: every hash checks
-    assert manifest["formats"] == ["onnx"] and "saved_model" not in manifest
-    assert manifest["quantization"]["action_agreement"] == report["action_agreement"]
-    model = onnx.load(str(out / "policy.onnx"))
-    int8 = [i for i in model.graph.initializer if i.data_type == onnx.TensorProto.INT8 and i.dims]
-    assert len(int8) == report["quantized_weights"] == 2  # one hidden layer and the output
-    assert report["size_after"] == (out / "policy.onnx").stat().st_size
-    assert report["size_before"] == (source / "policy.onnx").stat().st_size
-    # Weights take a quarter of the bytes (this tiny model still grows: the quantize and
-    # dequantize nodes outweigh 2 small matrices).
-    for init in int8:
-        assert init.name.endswith("_quantized") and len(init.raw_data) == np.prod(init.dims)
-    # Symmetric int8 rounding moves a weight by at most half a step of max|w| / 127.
-    original = onnx.load(str(source / "policy.onnx"))
-    largest = max(
-        np.abs(numpy_helper.to_array(i)).max()
-        for i in original.graph.initializer
-        if i.data_type == onnx.TensorProto.FLOAT and len(i.dims) == 2
-    )
-    assert 0 < report["max_weight_diff"] <= largest / 127
-    # The quantized bundle runs, and on fresh observations drawn as documented (uniform
-    # within CartPole's finite bounds, N(0, 1) for the unbounded velocities) its actions
-    # agree with the float policy's about as often as reported.
-    from toolkit.trajectories import time_step as ts
-
-    rng = np.random.default_rng(5)
-    n = 4000
-    observation = rng.standard_normal((n, 4))
-    observation[:, 0] = rng.uniform(-4.8, 4.8, n)
-    observation[:, 2] = rng.uniform(-0.41887903, 0.41887903, n)
-    step = ts.restart(observation.astype(np.float32), n)
-    a = load_policy(source, "onnx").action(step).action
-    b = load_policy(out, "onnx").action(step).action
-    assert np.mean(a == b) == pytest.approx(report["action_agreement"], abs=0.03)
-    # A quantized bundle refuses a second quantization.
-    again = invoke("quantize", out, tmp_path / "again")
-    assert again.exit_code == 2
-    assert error_line(again) == f"error: {out}: already quantized (onnxruntime.quantize_dynamic)"
-
-
-def test_quantize_refuses_below_the_agreement_threshold_unless_forced(tmp_path):
-    out = tmp_path / "int8"
-    result = invoke("quantize", cartpole_bundle(), out, "--min-agreement", "1.0")
-    assert result.exit_code == 1
-    line = error_line(result)
-    assert line.startswith("error: action agreement 99.")
-    assert line.endswith("is below --min-agreement 100.0%: nothing written (--force writes anyway)")
-    assert not out.exists()
-    result = invoke("quantize", cartpole_bundle(), out, "--min-agreement", "1.0", "--force")
-    assert result.exit_code == 0, result.output
-    assert f"wrote {out}" in result.stdout
-    table = result.stdout
-    for row in ("onnx size", "latency (batch 1, median)", "action agreement", "largest weight"):
-        assert row in table
-
-
-def test_quantize_input_errors(tmp_path):
-    saved_model_only = tmp_path / "sm"
-    from exporters import export_policy
-
-    export_policy(small_cartpole(), saved_model_only, formats=("saved_model",))
-    result = invoke("quantize", saved_model_only, tmp_path / "q")
-    assert result.exit_code == 2
-    assert error_line(result) == (
-        f"error: {saved_model_only}: expected a bundle with an ONNX graph, got ['saved_model']"
-    )
-    random_bundle, _ = bundle_for("tf/random/discrete_dict_obs")
-    result = invoke("quantize", random_bundle, tmp_path / "q")
-    assert result.exit_code == 2
-    assert error_line(result) == (
-        f"error: {random_bundle}: nothing to quantize: the graph has no MatMul/Gemm weights"
-    )
-    result = invoke("quantize", cartpole_bundle(), saved_model_only)
-    assert result.exit_code == 2
-    assert error_line(result) == (
-        f"error: {saved_model_only}: already exists; pass --overwrite to replace it"
-    )
-    result = invoke("quantize", tmp_path / "nope", tmp_path / "q")
-    assert result.exit_code == 2
-    assert error_line(result) == f"error: {tmp_path / 'nope'}: no such bundle"

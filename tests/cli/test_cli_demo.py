@@ -40,7 +40,21 @@ def test_the_demo_exports_the_run_it_trained(tmp_path):
     commands = demo.steps(tmp_path, tmp_path / "cartpole_run_seed2")
     export = next(c for c in commands if c[:2] == ["policy-toolkit", "export"])
     assert export[export.index("--checkpoint") + 1] == str(tmp_path / "cartpole_run_seed2")
-    assert [c[1] for c in commands] == ["export", "verify", "inspect", "run", "bench"]
+    assert [c[1] for c in commands] == [
+        "export", "verify", "inspect", "run", "run", "quantize", "quantize", "bench",
+    ]  # fmt: skip
+    assert export[export.index("--format") + 1] == "saved_model,onnx,litert"
+    runs = [c for c in commands if c[1] == "run"]
+    assert [c[c.index("--backend") + 1] for c in runs] == ["onnx", "litert"]
+    quantize = [c for c in commands if c[1] == "quantize"]
+    assert all(c[c.index("--env") + 1] == "CartPole-v1" for c in quantize)
+    assert "--force" not in quantize[0]  # the full demo writes only what passes the gates
+    bench = commands[-1]
+    assert [c for c in bench if "cartpole" in c] == [
+        str(tmp_path / "cartpole"),
+        str(tmp_path / "cartpole_quantized"),
+        str(tmp_path / "cartpole_quantized_litert"),
+    ]
 
 
 def test_outputs_go_under_the_current_folder_not_the_source_tree(tmp_path, monkeypatch):

@@ -1,10 +1,12 @@
-"""Contract cases: exported bundles of every exportable policy kind, loaded by both runtimes.
+"""Contract cases: exported bundles of every exportable policy kind, loaded by every runtime.
 
 Each kind is a TF policy with deterministic weights (``live(kind)`` builds it afresh);
 ``bundle(kind)`` exports it once per test session into a temporary folder removed at
 exit, so the contract suite, the parity tests and the sampling tests share exports.
 
-``make()`` of an onnx case loads the bundle anew (milliseconds). A tf case copies one
+Bundles hold a LiteRT model too, except for kinds LiteRT's builtin ops cannot express
+(``LITERT_UNSUPPORTED``). ``make()`` of an onnx or litert case loads the bundle anew
+(milliseconds). A tf case copies one
 loaded template instead: loading a SavedModel takes about a second, and ``copy()`` gives
 an independent policy with the template's untouched, seeded generator.
 """
@@ -209,6 +211,16 @@ KINDS: dict[str, tuple[Callable[[], Any], bool]] = {
 }
 
 
+#: Kinds whose graphs need ops LiteRT's builtins lack (float64 fills and broadcasts).
+LITERT_UNSUPPORTED = frozenset({"random_tf/nested"})
+LITERT = sorted(k for k in KINDS if k not in LITERT_UNSUPPORTED)
+
+
+def backends(kind: str) -> tuple[str, ...]:
+    """The runtime backends a kind's bundle can be loaded with."""
+    return ("onnx", "tf") if kind in LITERT_UNSUPPORTED else ("onnx", "litert", "tf")
+
+
 def live(kind: str):
     """A fresh TF policy of ``kind`` (same weights every time)."""
     return KINDS[kind][0]()
@@ -231,8 +243,13 @@ def bundle(kind: str) -> Path:
     from exporters.export import export_policy
 
     name = kind.replace("/", "-")
+    formats = ("saved_model", "onnx") + (() if kind in LITERT_UNSUPPORTED else ("litert",))
     return export_policy(
-        live(kind), _root() / name, train_step=7, metadata={"kind": kind, "source": "tests"}
+        live(kind),
+        _root() / name,
+        formats=formats,
+        train_step=7,
+        metadata={"kind": kind, "source": "tests"},
     )
 
 
@@ -244,11 +261,11 @@ def _template(kind: str, backend: str, seed: int):
 
 
 def load(kind: str, backend: str, seed: int = 0):
-    """A freshly loaded (onnx) or copied (tf) runtime policy of ``kind``."""
+    """A freshly loaded (onnx, litert) or copied (tf) runtime policy of ``kind``."""
     import runtimes
 
-    if backend == "onnx":
-        return runtimes.load_policy(bundle(kind), "onnx", seed=seed)
+    if backend in ("onnx", "litert"):
+        return runtimes.load_policy(bundle(kind), backend, seed=seed)
     return _template(kind, backend, seed).copy()
 
 
@@ -265,5 +282,5 @@ def _case(kind: str, backend: str, deterministic: bool) -> PolicyCase:
 CASES = [
     _case(kind, backend, deterministic)
     for kind, (_, deterministic) in KINDS.items()
-    for backend in ("onnx", "tf")
+    for backend in backends(kind)
 ]

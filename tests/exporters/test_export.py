@@ -272,7 +272,8 @@ def test_failure_mid_export_leaves_nothing(tmp_path, monkeypatch):
 
 def test_bad_arguments(tmp_path):
     with pytest.raises(
-        ExportError, match=r"formats: expected some of \['saved_model', 'onnx'\], got \['tflite'\]"
+        ExportError,
+        match=r"formats: expected some of \['saved_model', 'onnx', 'litert'\], got \['tflite'\]",
     ):
         exporters.export_policy(_small_q_policy(), tmp_path / "b", formats=("tflite",))
     with pytest.raises(ExportError, match="metadata: expected JSON values"):

@@ -1,7 +1,7 @@
 """Runtimes against the live TF policy: graph outputs, actions, log-probabilities, sampling.
 
-Every exportable policy kind (tests.contract.cases_runtime) is exported once; the onnx
-and tf backends must reproduce the live TF policy's distribution parameters, states
+Every exportable policy kind (tests.contract.cases_runtime) is exported once; the onnx,
+litert and tf backends must reproduce the live TF policy's distribution parameters, states
 and deterministic actions, agree with each other under one seed, and sample with the
 statistics of the distributions they describe. Expected values come from the live TF
 policy (TFP) or from hand-derived formulas, never from the runtime itself.
@@ -59,7 +59,7 @@ def _close(got, want, what, atol=1e-5):
 @pytest.mark.parametrize("kind", ALL)
 def test_graph_outputs_match_the_live_policy(kind):
     live = cr.live(kind)
-    runtimes = [cr.load(kind, "onnx"), cr.load(kind, "tf")]
+    runtimes = [cr.load(kind, backend) for backend in cr.backends(kind)]
     # Mixed step types: stateful graphs must reset FIRST entries as the TF policy does.
     time_step, state = _inputs(runtimes[0], 6, seed=1)
     time_step = time_step._replace(step_type=np.array([0, 1, 2, 0, 1, 2], np.int32))
@@ -79,7 +79,7 @@ def test_graph_outputs_match_the_live_policy(kind):
 @pytest.mark.parametrize("kind", DETERMINISTIC)
 def test_deterministic_actions_match_the_live_policy(kind):
     live = cr.live(kind)
-    runtimes = [cr.load(kind, "onnx"), cr.load(kind, "tf")]
+    runtimes = [cr.load(kind, backend) for backend in cr.backends(kind)]
     states = [p.get_initial_state(4) for p in runtimes]
     live_state = live.get_initial_state(4)
     for step_index in range(3):
@@ -97,16 +97,18 @@ def test_deterministic_actions_match_the_live_policy(kind):
 
 @pytest.mark.parametrize("kind", STOCHASTIC)
 def test_backends_sample_alike_under_one_seed(kind):
-    onnx, tf = cr.load(kind, "onnx"), cr.load(kind, "tf")
-    state_onnx, state_tf = onnx.get_initial_state(5), tf.get_initial_state(5)
+    policies = [cr.load(kind, backend) for backend in cr.backends(kind)]
+    states = [p.get_initial_state(5) for p in policies]
     for step_index in range(3):
-        time_step, _ = _inputs(onnx, 5, seed=20 + step_index)
-        a = onnx.action(time_step, state_onnx, seed=step_index)
-        b = tf.action(time_step, state_tf, seed=step_index)
-        _close(a.action, b.action, "action")
-        _close(a.state, b.state, "state")
-        _close(a.info, b.info, "info")
-        state_onnx, state_tf = a.state, b.state
+        time_step, _ = _inputs(policies[0], 5, seed=20 + step_index)
+        steps = [
+            p.action(time_step, s, seed=step_index) for p, s in zip(policies, states, strict=True)
+        ]
+        for other in steps[1:]:
+            _close(other.action, steps[0].action, "action")
+            _close(other.state, steps[0].state, "state")
+            _close(other.info, steps[0].info, "info")
+        states = [step.state for step in steps]
 
 
 # --- log-probabilities -------------------------------------------------------------------------

@@ -121,3 +121,39 @@ def test_importing_runtimes_loads_neither_onnxruntime_nor_tensorflow():
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+@pytest.mark.slow
+def test_litert_runtime_without_tensorflow():
+    bundle = cr.bundle(KIND)
+    original = cr.live(KIND)
+    rng = np.random.default_rng(1)
+    time_step = sample_time_step(original.time_step_spec, (3,), rng)
+    params, _, _ = original.distribution_params(time_step, original.get_initial_state(3))
+    loc = dict(families.flatten_params(params, "distribution"))["distribution/loc"].numpy()
+    result = run_python(
+        f"""
+        import sys
+        import numpy as np
+        import runtimes
+        from toolkit.trajectories.time_step import TimeStep
+
+        time_step = TimeStep(np.array({time_step.step_type.tolist()}, np.int32),
+                             np.array({time_step.reward.tolist()}, np.float32),
+                             np.array({time_step.discount.tolist()}, np.float32),
+                             np.array({time_step.observation.tolist()}, np.float32))
+        policy = runtimes.load_policy({str(bundle)!r}, "litert", seed=0)
+        step = policy.distribution(time_step, policy.get_initial_state(3))
+        np.testing.assert_allclose(step.action.loc, np.array({loc.tolist()}), atol=1e-5)
+        acted = policy.action(time_step, policy.get_initial_state(3), seed=1)
+        assert acted.action.shape == (3, 3)
+        heavy = sorted(m for m in sys.modules if m.split(".")[0] in
+                       ("tensorflow", "tensorflow_probability", "tf2onnx", "keras", "onnxruntime"))
+        assert not heavy, heavy
+        print("ok")
+        """,
+        without_tensorflow=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith("ok")
+    assert "XNNPACK" not in result.stderr

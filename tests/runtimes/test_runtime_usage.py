@@ -201,7 +201,8 @@ def test_missing_format_and_bad_backend(tmp_path):
         runtimes.load_policy(path, "onnx")
     assert runtimes.load_policy(path).backend == "tf"  # auto falls back
     with pytest.raises(
-        SpecMismatchError, match=r"backend: expected one of \['auto', 'onnx', 'tf'\], got 'torch'"
+        SpecMismatchError,
+        match=r"backend: expected one of \['auto', 'onnx', 'litert', 'tf'\], got 'torch'",
     ):
         runtimes.load_policy(path, "torch")
 

@@ -34,7 +34,7 @@ __all__ = ["app", "main"]
 
 app = typer.Typer(
     name="policy-toolkit",
-    help="Build, export, verify and run RL policies: TensorFlow in, ONNX and SavedModel out.",
+    help="Build, export, verify and run RL policies: TensorFlow in; SavedModel, ONNX, LiteRT out.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,

@@ -15,13 +15,58 @@ import typer
 from toolkit.cli import common
 
 
+def _label(bundle: Path, backend: str, several: bool) -> str:
+    """A row's name: the backend, with the bundle's quantization (or "float") when
+    several bundles are compared."""
+    if not several:
+        return backend
+    from toolkit import bundle as bundle_lib
+
+    quantization = bundle_lib.read_manifest(bundle, check_files=False).get("quantization")
+    if not quantization:
+        return f"{backend} float"
+    return f"{backend} {str(quantization.get('method', 'quantized')).removeprefix('litert-')}"
+
+
+def _available(bundle: Path) -> list[str]:
+    """The backends a bundle has a format for and whose runtime is installed (tf last)."""
+    import importlib.util
+
+    import runtimes
+    from toolkit import bundle as bundle_lib
+
+    formats = bundle_lib.read_manifest(bundle, check_files=False).get("formats", [])
+    found = [b for b in ("onnx", "litert") if b in formats and not runtimes.missing_extra(b)]
+    if "saved_model" in formats and importlib.util.find_spec("tensorflow") is not None:
+        found.append("tf")
+    if not found:
+        raise common.fail(
+            f"{bundle}: no installed backend can run it (formats {formats}); "
+            "pip install 'policy-toolkit[runtime]' or 'policy-toolkit[litert]'"
+        )
+    return found
+
+
 @common.command
 def bench(
     ctx: typer.Context,
-    bundle: common.BundleArgument,
+    bundles: Annotated[
+        list[Path],
+        typer.Argument(
+            metavar="BUNDLE...",
+            help="One or more bundles (e.g. a float bundle and its quantized copy).",
+            show_default=False,
+        ),
+    ],
     backend: Annotated[
-        str, typer.Option("--backend", "-b", help="Comma-separated backends: onnx,tf.")
-    ] = "onnx,tf",
+        str,
+        typer.Option(
+            "--backend",
+            "-b",
+            help="Comma-separated backends (onnx, litert, tf), or auto: every backend the "
+            "bundle has a format for and whose runtime is installed.",
+        ),
+    ] = "auto",
     batch: Annotated[
         str, typer.Option("--batch", help="Comma-separated batch sizes.")
     ] = "1,32,256",
@@ -36,11 +81,14 @@ def bench(
     """Measure action latency and throughput.
 
     Latency percentiles (p50/p90/p99) of single policy.action calls, and actions per
-    second, as a table (or JSON) and optionally a plot.
+    second, per bundle, backend and batch size, as a table (or JSON) and optionally a
+    plot; give a float bundle and its quantized copy to compare them.
     """
     from toolkit.cli import timing
 
-    backends = common.parse_list(backend, "--backend", ("onnx", "tf"))
+    explicit = None
+    if backend.strip() != "auto":
+        explicit = common.parse_list(backend, "--backend", common.BACKENDS)
     try:
         batches = [int(b) for b in common.parse_list(batch, "--batch")]
     except ValueError:
@@ -49,25 +97,31 @@ def bench(
         raise common.fail(f"--batch: expected sizes >= 1, got {batches}")
     if plot is not None and plot.suffix.lower() not in (".png", ".svg", ".pdf"):
         raise common.fail(f"--plot: expected a .png, .svg or .pdf file, got {plot.name!r}")
-    common.bundle_must_exist(bundle)
+    for path in bundles:
+        common.bundle_must_exist(path)
     stages = common.Stages()
     rows = []
-    for name in backends:
-        with stages.stage(f"load {name} backend") as note:
-            policy = common.load_runtime_policy(ctx, bundle, name, 0)
-            note["detail"] = type(policy).__name__
-        for size in batches:
-            with stages.stage(f"{name} batch {size}") as note:
-                row = timing.measure(policy, name, size, seconds)
-                note["detail"] = f"p50 {row.p50_us:.1f} us"
-                rows.append(row)
+    several = len(bundles) > 1
+    for path in bundles:
+        names = explicit if explicit is not None else _available(path)
+        for name in names:
+            label = _label(path, name, several)
+            with stages.stage(f"load {label} backend") as note:
+                policy = common.load_runtime_policy(ctx, path, name, 0)
+                note["detail"] = type(policy).__name__
+            for size in batches:
+                with stages.stage(f"{label} batch {size}") as note:
+                    row = timing.measure(policy, label, size, seconds)
+                    note["detail"] = f"p50 {row.p50_us:.1f} us"
+                    rows.append(row)
+    where = ", ".join(str(p) for p in bundles)
     if plot is not None:
-        timing.plot(rows, plot, title=str(bundle))
+        timing.plot(rows, plot, title=where)
     if as_json:
         typer.echo(json.dumps([row.to_json() for row in rows], indent=2))
     else:
         console = common.console()
-        console.print(f"policy.action on {bundle} (microseconds per call)", soft_wrap=True)
+        console.print(f"policy.action on {where} (microseconds per call)", soft_wrap=True)
         console.print(timing.render(rows))
         if plot is not None:
             console.print(f"plot -> {plot}", soft_wrap=True)

@@ -25,6 +25,7 @@ import typer
 from toolkit.errors import ToolkitError
 
 __all__ = [
+    "BACKENDS",
     "BundleArgument",
     "CliState",
     "FormatsOption",
@@ -48,6 +49,24 @@ __all__ = [
     "verify_stage",
 ]
 
+#: Runtime backends the commands take.
+BACKENDS = ("onnx", "litert", "tf")
+
+# Modules a command may need, and the extra (or package) that installs each.
+_INSTALLS = {
+    "tensorflow": "'policy-toolkit[all]'",
+    "tensorflow_probability": "'policy-toolkit[all]'",
+    "tf2onnx": "'policy-toolkit[all]'",
+    "tf_keras": "'policy-toolkit[all]'",
+    "onnx": "'policy-toolkit[all]' (or: pip install onnx)",
+    "onnxruntime": "'policy-toolkit[runtime]'",
+    "ai_edge_litert": "'policy-toolkit[litert]'",
+    "gymnasium": "'policy-toolkit[runtime]' or '[litert]' (or: pip install gymnasium)",
+    "matplotlib": "matplotlib",
+    "pygame": "pygame",
+    "PIL": "pillow",
+}
+
 
 # Arguments and options that several commands take, declared once.
 BundleArgument = Annotated[
@@ -58,7 +77,7 @@ OutputArgument = Annotated[
     typer.Argument(metavar="OUTPUT", help="The bundle folder to write.", show_default=False),
 ]
 FormatsOption = Annotated[
-    str, typer.Option("--format", "-f", help="Comma-separated: saved_model,onnx.")
+    str, typer.Option("--format", "-f", help="Comma-separated: saved_model,onnx,litert.")
 ]
 MetadataOption = Annotated[
     list[str] | None,
@@ -128,6 +147,15 @@ def command(fn: Callable[..., Any]) -> Callable[..., Any]:
             raise fail(one_line(e), 2) from None
         except KeyboardInterrupt:
             raise fail("interrupted", 130) from None
+        except ModuleNotFoundError as e:
+            top = (e.name or "").split(".")[0]
+            if is_debug(ctx) or top not in _INSTALLS:
+                raise
+            raise fail(
+                f"this command needs the module {top!r}, which is not installed: "
+                f"pip install {_INSTALLS[top]}",
+                2,
+            ) from None
         except Exception as e:
             if is_debug(ctx):
                 raise
@@ -247,10 +275,12 @@ def load_runtime_policy(ctx: typer.Context, bundle: Path, backend: str, seed: in
     """A bundle's runtime policy; TensorFlow is loaded (quietly) only if the backend needs it."""
     bundle_must_exist(bundle)
     if backend in ("tf", "auto"):
+        import runtimes
         from toolkit import bundle as bundle_lib
 
         formats = bundle_lib.read_manifest(bundle, check_files=False).get("formats", [])
-        if backend == "tf" or "onnx" not in formats:
+        light = [b for b in ("onnx", "litert") if b in formats and not runtimes.missing_extra(b)]
+        if backend == "tf" or (not light and "saved_model" in formats):
             quiet_tensorflow(ctx)
     from runtimes import load_policy
 

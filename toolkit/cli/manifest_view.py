@@ -238,15 +238,26 @@ def render_manifest(
             f"{len(o.get('initializers', []))} initializers, "
             f"graph {str(o.get('graph_fingerprint', ''))[:12]}",
         )
+    if "litert" in manifest:
+        lite = manifest["litert"]
+        summary.add_row(
+            "litert",
+            f"{lite.get('file')}: signatures {', '.join(lite.get('signatures', []))}; "
+            f"{len(lite.get('ops', []))} builtin ops",
+        )
     if "saved_model" in manifest:
         s = manifest["saved_model"]
         summary.add_row("saved_model", f"{s.get('dir')}/ (tags {', '.join(s.get('tags', []))})")
     if "quantization" in manifest:
         q = manifest["quantization"]
+        returns = ""
+        if q.get("quantized_return") is not None:
+            returns = f"; mean return {q['quantized_return']:.1f} (float {q['float_return']:.1f})"
         summary.add_row(
             "quantized",
-            f"{q.get('method')} {q.get('weight_type')}, action agreement "
-            f"{100 * q.get('action_agreement', 0):.1f}% on {q.get('samples')} samples",
+            f"{q.get('method')} ({q.get('weight_type')} weights), action agreement "
+            f"{100 * q.get('action_agreement', 0):.1f}% on {q.get('states')} real states "
+            f"({q.get('state_source')}){returns}",
         )
 
     specs = table("Specs", "spec", "kind", "shape", "dtype", "minimum", "maximum")

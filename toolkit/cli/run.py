@@ -27,8 +27,13 @@ def run(
         int, typer.Option("--seed", help="Episode i resets with seed + i; seeds the policy too.")
     ] = 0,
     backend: Annotated[
-        str, typer.Option("--backend", "-b", help="onnx (no TensorFlow), tf or auto.")
-    ] = "onnx",
+        str,
+        typer.Option(
+            "--backend",
+            "-b",
+            help="onnx or litert (no TensorFlow), tf, or auto (onnx, then litert, then tf).",
+        ),
+    ] = "auto",
     record: Annotated[
         Path | None,
         typer.Option("--record", help="Save one rendered episode (the first seed) as a .gif."),
@@ -54,7 +59,7 @@ def run(
     """
     from toolkit.cli import rollout
 
-    backend = common.parse_list(backend, "--backend", ("onnx", "tf", "auto"))[0]
+    backend = common.parse_list(backend, "--backend", (*common.BACKENDS, "auto"))[0]
     if record is not None and record.suffix.lower() != ".gif":
         raise common.fail(f"--record: expected a .gif file, got {record.name!r}")
     parallel = 1 if follow is not None else min(episodes, rollout.MAX_PARALLEL_ENVS)

@@ -45,7 +45,9 @@ def update(
     manifest = bundle_lib.read_manifest(bundle)
     weights_only = (checkpoint / bundle_lib.CHECKPOINT_FILE).is_file()
     tf_free = checkpoint_weights.has_weights_map(manifest) or weights_only
-    if "saved_model" in manifest.get("formats", []) or not tf_free:
+    formats = manifest.get("formats", [])
+    if "saved_model" in formats or "litert" in formats or not tf_free:
+        # A SavedModel restores in TF, and policy.tflite is converted again from it.
         common.quiet_tensorflow(ctx)
     from exporters.update import update_bundle
 

@@ -28,11 +28,15 @@ def verify(
 ) -> None:
     """Check that a bundle's forms agree (exit 1 if not).
 
-    Feeds spec-sampled time steps to the SavedModel and the ONNX graph and reports the
-    largest difference per output.
+    Feeds spec-sampled time steps to every form the bundle holds (SavedModel, ONNX,
+    LiteRT) and reports the largest difference per output.
     """
     common.bundle_must_exist(bundle)
-    common.quiet_tensorflow(ctx)
+    from toolkit import bundle as bundle_lib
+
+    # Only the SavedModel needs TensorFlow: a device compares ONNX with LiteRT without it.
+    if "saved_model" in bundle_lib.read_manifest(bundle, check_files=False).get("formats", []):
+        common.quiet_tensorflow(ctx)
     from exporters import verify as verify_bundle
 
     report = verify_bundle(bundle, samples, steps=steps, atol=atol, rtol=rtol, seed=seed)

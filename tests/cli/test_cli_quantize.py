@@ -1,0 +1,176 @@
+"""``policy-toolkit quantize``: real states, gates, the report, and bad input.
+
+Expected agreements and returns are measured here with the runtimes on the same
+states and episodes, independently of the quantize engine.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import runtimes
+from tests.cli.test_cli_bundles import error_line, invoke
+from tests.cli_factories import cartpole_bundle, small_cartpole
+from toolkit import bundle as bundle_lib
+from toolkit.trajectories import time_step as ts
+
+pytestmark = pytest.mark.slow
+
+
+def _observations(n: int = 600, seed: int = 3) -> np.ndarray:
+    """CartPole-like observations (the untrained test policy acts on these)."""
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal((n, 4)) * [0.5, 0.8, 0.08, 0.8]).astype(np.float32)
+
+
+def _actions(path, backend, observations):
+    policy = runtimes.load_policy(path, backend)
+    step = ts.transition(observations, np.zeros(len(observations), np.float32))
+    return np.asarray(policy.action(step).action)
+
+
+def test_agreement_is_measured_on_the_recorded_states(tmp_path):
+    observations = _observations()
+    npz = tmp_path / "states.npz"
+    np.savez(npz, observation=observations)
+    out = tmp_path / "q"
+    result = invoke(
+        "quantize", cartpole_bundle(), out, "--observations", npz, "--method", "dynamic",
+        "--min-agreement", "0", "--json",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["written"] and report["method"] == "dynamic" and report["states"] == 600
+    assert report["state_source"] == "states.npz: 600 recorded states"
+    want = np.mean(
+        _actions(cartpole_bundle(), "onnx", observations) == _actions(out, "onnx", observations)
+    )
+    assert report["action_agreement"] == pytest.approx(want, abs=1e-9)
+    manifest = bundle_lib.read_manifest(out)  # every hash checks
+    assert manifest["formats"] == ["onnx"]
+    entry = manifest["quantization"]
+    assert entry["method"] == "dynamic" and entry["weight_type"] == "int8"
+    assert entry["action_agreement"] == report["action_agreement"]
+    assert report["size_after"] == (out / "policy.onnx").stat().st_size
+    again = invoke("quantize", out, tmp_path / "again", "--observations", npz)
+    assert again.exit_code == 2
+    assert error_line(again) == f"error: {out}: already quantized (dynamic)"
+
+
+def test_env_rollouts_give_returns_that_the_run_command_reproduces(tmp_path):
+    out = tmp_path / "q"
+    result = invoke(
+        "quantize", cartpole_bundle(), out, "--env", "CartPole-v1", "--episodes", "6",
+        "--seed", "4", "--json",
+    )  # fmt: skip
+    assert result.exit_code in (0, 1), result.output
+    report = json.loads(result.stdout)
+    assert report["state_source"].startswith("CartPole-v1: 6 episodes of the float policy")
+    methods = [c["method"] for c in report["candidates"]]
+    assert sorted(methods) == sorted(
+        ["dynamic", "dynamic-per-channel", "dynamic-per-channel-keep-last",
+         "static-per-channel-keep-last", "float16"]
+    )  # fmt: skip
+    sizes = [c["size"] for c in report["candidates"]]
+    assert sizes == sorted(sizes)  # tried from the smallest file up
+    float_run = invoke(
+        "run", cartpole_bundle(), "--env", "CartPole-v1", "-n", "6", "--seed", "4", "--json"
+    )
+    assert report["float_return"] == pytest.approx(json.loads(float_run.stdout)["return"]["mean"])
+    if report["written"]:
+        chosen = [c for c in report["candidates"] if c["verdict"] == "chosen"]
+        assert [c["method"] for c in chosen] == [report["method"]]
+        quantized = invoke("run", out, "--env", "CartPole-v1", "-n", "6", "--seed", "4", "--json")
+        mean = json.loads(quantized.stdout)["return"]["mean"]
+        assert report["quantized_return"] == pytest.approx(mean)
+        assert mean >= 0.95 * report["float_return"]
+        assert report["action_agreement"] >= 0.99
+
+
+def test_gates_refuse_to_write_unless_forced(tmp_path):
+    npz = tmp_path / "states.npz"
+    np.savez(npz, observation=_observations())
+    out = tmp_path / "q"
+    args = ("quantize", cartpole_bundle(), out, "--observations", npz, "--method", "dynamic")
+    result = invoke(*args, "--min-agreement", "1.0")
+    if result.exit_code == 0:  # pragma: no cover - int8 agreed on every state
+        pytest.skip("per-tensor int8 agreed on every state")
+    assert result.exit_code == 1
+    line = error_line(result)
+    assert line.startswith("error: no candidate passed the agreement gates; nothing written")
+    assert "rejected: agreement" in result.stdout
+    assert not out.exists()
+    forced = invoke(*args, "--min-agreement", "1.0", "--force")
+    assert forced.exit_code == 0, forced.output
+    assert "chose dynamic: forced" in forced.stdout
+    assert f"wrote {out}" in forced.stdout
+
+
+def test_litert_target_writes_a_litert_bundle(tmp_path):
+    observations = _observations(200)
+    npz = tmp_path / "states.npz"
+    np.savez(npz, observation=observations)
+    out = tmp_path / "q"
+    result = invoke(
+        "quantize", cartpole_bundle(), out, "--observations", npz, "--target", "litert",
+        "--method", "litert-float16", "--json",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    manifest = bundle_lib.read_manifest(out)
+    assert manifest["formats"] == ["litert"] and manifest["litert"]["file"] == "policy.tflite"
+    assert manifest["quantization"]["weight_type"] == "float16"
+    want = np.mean(
+        _actions(cartpole_bundle(), "onnx", observations) == _actions(out, "litert", observations)
+    )
+    assert report["action_agreement"] == pytest.approx(want, abs=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ([], "error: expected real states: --env ID (episodes of the float policy) or"),
+        (["--env", "CartPole-v1", "--observations", "x.npz"], "error: expected real states"),
+        (["--env", "NoSuchEnv-v0"], "error: env 'NoSuchEnv-v0': "),
+        (["--observations", "missing.npz"], "error: --observations: missing.npz: no such file"),
+        (["--env", "CartPole-v1", "--method", "magic"], "error: method: expected 'auto' or one"),
+        (["--env", "CartPole-v1", "--target", "tpu"], "error: --target: expected some of"),
+    ],
+)
+def test_input_errors(tmp_path, extra, message):
+    result = invoke("quantize", cartpole_bundle(), tmp_path / "q", *extra)
+    assert result.exit_code == 2, result.output
+    assert error_line(result).startswith(message)
+
+
+def test_recorded_states_of_the_wrong_shape_are_named(tmp_path):
+    npz = tmp_path / "states.npz"
+    np.savez(npz, observation=np.zeros((10, 3), np.float32))
+    result = invoke("quantize", cartpole_bundle(), tmp_path / "q", "--observations", npz)
+    assert result.exit_code == 2
+    assert error_line(result) == (f"error: {npz}: observation: expected shape (10, 4), got (10, 3)")
+    np.savez(npz, obs=np.zeros((10, 4), np.float32))
+    result = invoke("quantize", cartpole_bundle(), tmp_path / "q", "--observations", npz)
+    assert error_line(result).startswith(
+        f"error: {npz}: expected arrays ['observation'] (one row per state), missing"
+    )
+
+
+def test_bundles_without_what_the_target_needs(tmp_path):
+    from exporters import export_policy
+
+    saved_model_only = export_policy(small_cartpole(), tmp_path / "sm", formats=("saved_model",))
+    result = invoke("quantize", saved_model_only, tmp_path / "q", "--env", "CartPole-v1")
+    assert result.exit_code == 2
+    assert error_line(result) == (
+        f"error: {saved_model_only}: expected a bundle with an ONNX graph, got ['saved_model']"
+    )
+    onnx_only = export_policy(small_cartpole(), tmp_path / "onnx", formats=("onnx",))
+    result = invoke(
+        "quantize", onnx_only, tmp_path / "q", "--env", "CartPole-v1", "--target", "litert"
+    )
+    assert result.exit_code == 2
+    assert "LiteRT quantization converts the bundle's SavedModel again" in error_line(result)

@@ -1,0 +1,101 @@
+"""A device install: each extra alone, in a fresh venv, runs the device commands.
+
+``pip install '<repo>[runtime]'`` (or ``[litert]``), non-editable, into a new venv,
+then the installed ``policy-toolkit`` script loads, inspects, runs and benchmarks a
+bundle this test exports; TensorFlow must not be installed, and a command that needs
+what the extra lacks says which extra to install, in one line, exit 2.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import venv
+from pathlib import Path
+
+import pytest
+
+from tests.cli_factories import small_cartpole
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
+#: extra -> (its backend, the other backend, the module that one needs)
+EXTRA_BACKEND = {
+    "runtime": ("onnx", "litert", "ai_edge_litert"),
+    "litert": ("litert", "onnx", "onnxruntime"),
+}
+
+
+@pytest.fixture(scope="module")
+def device_bundle(tmp_path_factory):
+    from exporters import export_policy
+
+    return export_policy(
+        small_cartpole(), tmp_path_factory.mktemp("device") / "cartpole", formats=("onnx", "litert")
+    )
+
+
+def _install(tmp_path: Path, extra: str) -> Path:
+    env_dir = tmp_path / f"venv-{extra}"
+    venv.EnvBuilder(with_pip=True).create(env_dir)
+    python = env_dir / "bin" / "python"
+    done = subprocess.run(
+        [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+         f"{ROOT}[{extra}]"],
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    return env_dir
+
+
+def _cli(env_dir: Path, *args, cwd: Path) -> subprocess.CompletedProcess:
+    # From another folder, so the installed package is what runs, not the checkout.
+    return subprocess.run(
+        [str(env_dir / "bin" / "policy-toolkit"), *map(str, args)],
+        capture_output=True, text=True, cwd=cwd, timeout=300,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("extra", ["runtime", "litert"])
+def test_each_device_extra_alone_runs_the_device_commands(tmp_path, device_bundle, extra):
+    backend, other, other_module = EXTRA_BACKEND[extra]
+    env_dir = _install(tmp_path, extra)
+    listed = subprocess.run(
+        [str(env_dir / "bin" / "python"), "-m", "pip", "list", "--format", "json"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    installed = {p["name"].lower() for p in json.loads(listed.stdout)}
+    assert not {"tensorflow", "tensorflow-cpu", "tf-keras", "tf2onnx"} & installed
+    assert {"typer", "rich", "gymnasium"} <= installed
+
+    assert _cli(env_dir, "--help", cwd=tmp_path).returncode == 0
+    inspect = _cli(env_dir, "inspect", device_bundle, cwd=tmp_path)
+    assert inspect.returncode == 0, inspect.stderr
+    assert "policy.tflite" in inspect.stdout and "policy.onnx" in inspect.stdout
+    run = _cli(
+        env_dir, "run", device_bundle, "--env", "CartPole-v1", "-n", "3", "--json", cwd=tmp_path
+    )
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["episodes"] == 3
+    assert f"({backend} backend" not in run.stderr  # the JSON goes to stdout only
+    bench = _cli(
+        env_dir, "bench", device_bundle, "--batch", "1", "--seconds", "0.05", "--json", cwd=tmp_path
+    )
+    assert bench.returncode == 0, bench.stderr
+    assert [row["backend"] for row in json.loads(bench.stdout)] == [backend]
+    assert "XNNPACK" not in run.stderr + bench.stderr
+
+    # What the extra lacks is named, in one line, exit 2.
+    missing = _cli(env_dir, "run", device_bundle, "--env", "CartPole-v1", "-b", other, cwd=tmp_path)
+    assert missing.returncode == 2
+    assert missing.stderr.strip().splitlines()[-1] == (
+        f"error: the {other} backend needs {other_module} "
+        f"(pip install 'policy-toolkit[{'litert' if other == 'litert' else 'runtime'}]')"
+    )
+    export = _cli(env_dir, "export", "tests.cli_factories:small_cartpole", tmp_path / "b", cwd=ROOT)
+    assert export.returncode == 2
+    assert export.stderr.strip().splitlines()[-1] == (
+        "error: this command needs the module 'tensorflow', which is not installed: "
+        "pip install 'policy-toolkit[all]'"
+    )
