@@ -131,6 +131,12 @@ def update_bundle(
     """
     root = Path(bundle_dir)
     manifest = bundle.read_manifest(root)
+    if manifest.get("saved_model", {}).get("dir") == ".":
+        raise BundleError(
+            f"{root}: a published version (bundle format {manifest['format_version']}) is never "
+            "changed in place, as servers keep what they loaded; update the source bundle and "
+            "publish it as a new version"
+        )
     source = Path(checkpoint)
     if not source.exists():
         raise BundleError(f"{source}: no such checkpoint")

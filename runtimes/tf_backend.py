@@ -90,9 +90,14 @@ class SavedModelPolicy(BundlePolicy):
         if not isinstance(info, dict) or "dir" not in info:
             raise BundleError(f"{self._bundle_dir}: the bundle was exported without a SavedModel")
         rel = info["dir"]
-        bundle.check_bundle_files(self._bundle_dir, manifest["files"], only=[rel])
+        if rel == ".":  # a published version: the SavedModel is the bundle's root
+            rel, only = "saved_model.pb", None
+        else:
+            only = [rel]
+        bundle.check_bundle_files(self._bundle_dir, manifest["files"], only=only)
         if not any(p == rel or p.startswith(rel + "/") for p in manifest["files"]):
             raise BundleError(f"{self._bundle_dir}: {rel} is not listed in {bundle.MANIFEST}")
+        rel = info["dir"]
         self._tf = _tensorflow()
         self._model = _Model(self._bundle_dir / rel)
         missing = sorted(set(self._input_names) - set(self._model.keywords))

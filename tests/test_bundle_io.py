@@ -114,9 +114,10 @@ def _edit_manifest(written, **changes):
 
 
 def test_newer_format_version(written):
-    _edit_manifest(written, format_version=bundle.FORMAT_VERSION + 1)
+    _edit_manifest(written, format_version=bundle.MAX_FORMAT_VERSION + 1)
     with pytest.raises(
-        BundleError, match="bundle format version 2 is newer than this policy-toolkit reads"
+        BundleError,
+        match="bundle format version 3 is newer than this policy-toolkit reads \\(up to 2\\)",
     ):
         bundle.read_manifest(written)
 

@@ -25,6 +25,7 @@ __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
     "MANIFEST",
+    "MAX_FORMAT_VERSION",
     "ONNX_FILE",
     "ONNX_MANIFEST_KEY",
     "SAVED_MODEL_DIR",
@@ -37,6 +38,9 @@ __all__ = [
 
 FORMAT = "policy-toolkit-bundle"
 FORMAT_VERSION = 1
+#: The newest format version readers read: 2 is a published version (the SavedModel at
+#: the bundle's root, ``saved_model.dir == "."``; runtimes.serving.publish writes it).
+MAX_FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 ONNX_FILE = "policy.onnx"
 SAVED_MODEL_DIR = "saved_model"
@@ -177,10 +181,10 @@ def read_manifest(bundle_dir: str | os.PathLike, *, check_files: bool = True) ->
     version = manifest.get("format_version")
     if not isinstance(version, int) or isinstance(version, bool):
         raise BundleError(f"{path}: expected an integer format_version, got {version!r}")
-    if version > FORMAT_VERSION:
+    if version > MAX_FORMAT_VERSION:
         raise BundleError(
             f"{path}: bundle format version {version} is newer than this policy-toolkit "
-            f"reads (up to {FORMAT_VERSION}); upgrade policy-toolkit"
+            f"reads (up to {MAX_FORMAT_VERSION}); upgrade policy-toolkit"
         )
     if version < 1:
         raise BundleError(f"{path}: expected format_version >= 1, got {version}")

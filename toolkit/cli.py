@@ -790,6 +790,16 @@ def tour() -> None:
     runpy.run_path(str(script), run_name="__main__")
 
 
+def _register_serving() -> None:
+    from toolkit import cli_serve
+
+    app.command("serve")(_command(cli_serve.serve))
+    app.command("publish")(_command(cli_serve.publish))
+
+
+_register_serving()
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

@@ -59,6 +59,19 @@ class BundleError(ToolkitError):
     """A bundle that is missing, corrupted, tampered with or of an unknown version."""
 
 
+class ServingError(ToolkitError):
+    """A policy-server request that cannot be answered (runtimes.serving).
+
+    Attributes:
+      status: the HTTP status the server answers with (400, 404, 413...), as TF Serving
+        maps its error codes (invalid argument 400, not found 404).
+    """
+
+    def __init__(self, message: str, status: int = 400):
+        self.status = int(status)
+        super().__init__(message)
+
+
 def describe_path(path: str, default: str = "value") -> str:
     """Returns ``path`` or a placeholder for the root of a nest."""
     return path or default

@@ -1,0 +1,212 @@
+"""``policy-toolkit serve`` and ``publish``: a TF-free policy server, and its versions.
+
+Both import the server's libraries inside their bodies; neither imports TensorFlow
+(``serve`` with the default onnx backend).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+__all__ = ["model_configs", "publish", "serve"]
+
+
+def _split(text: str, sep: str, what: str, example: str) -> tuple[str, str]:
+    left, found, right = text.partition(sep)
+    if not found or not left or not right:
+        raise typer.BadParameter(f"expected {example}, got {text!r}", param_hint=what)
+    return left, right
+
+
+def model_configs(
+    model: Path | None,
+    name: str | None,
+    models: list[str],
+    versions: list[str],
+    labels: list[str],
+) -> list:
+    """The served models from the command line's MODEL, --name, --model, --versions, --label."""
+    from runtimes.serving.models import ModelConfig, VersionPolicy
+    from toolkit.errors import SpecMismatchError
+
+    pairs: list[tuple[str, Path]] = []
+    if model is not None:
+        pairs.append((name or model.resolve().name or "default", model))
+    elif name is not None:
+        raise typer.BadParameter("--name names the MODEL argument; give MODEL", param_hint="--name")
+    for entry in models:
+        model_name, path = _split(entry, "=", "--model", "NAME=PATH")
+        pairs.append((model_name, Path(path)))
+    if not pairs:
+        raise typer.BadParameter("expected a MODEL path or --model NAME=PATH", param_hint="MODEL")
+    names = [n for n, _ in pairs]
+    if len(set(names)) != len(names):
+        raise typer.BadParameter(
+            f"expected distinct model names, got {names}", param_hint="--model"
+        )
+    policies: dict[str | None, VersionPolicy] = {}
+    for entry in versions:
+        target, _, text = entry.rpartition("=")
+        if target and target not in names:
+            raise typer.BadParameter(f"no model named {target!r} (models: {names})", "--versions")
+        try:
+            policies[target or None] = VersionPolicy.parse(text)
+        except SpecMismatchError as e:
+            raise typer.BadParameter(str(e), param_hint="--versions") from None
+    model_labels: dict[str | None, list[tuple[str, int]]] = {}
+    for entry in labels:
+        target, _, rest = entry.rpartition(":")
+        if target and target not in names:
+            raise typer.BadParameter(f"no model named {target!r} (models: {names})", "--label")
+        label, version = _split(rest, "=", "--label", "[MODEL:]LABEL=VERSION")
+        if not version.isdigit():
+            raise typer.BadParameter(
+                f"expected [MODEL:]LABEL=VERSION with a numeric version, got {entry!r}", "--label"
+            )
+        model_labels.setdefault(target or None, []).append((label, int(version)))
+    return [
+        ModelConfig(
+            n,
+            p,
+            policies.get(n, policies.get(None, VersionPolicy())),
+            tuple(model_labels.get(None, []) + model_labels.get(n, [])),
+        )
+        for n, p in pairs
+    ]
+
+
+def serve(
+    model: Annotated[
+        Path | None,
+        typer.Argument(
+            metavar="[MODEL]",
+            help="A bundle, or a base path of numeric version folders (TF Serving's layout).",
+            show_default=False,
+        ),
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option("--name", help="MODEL's name in URLs (default: its folder's).")
+    ] = None,
+    models: Annotated[
+        list[str],
+        typer.Option("--model", help="Another model: NAME=PATH (repeatable).", show_default=False),
+    ] = [],  # noqa: B006 (typer needs a literal default)
+    host: Annotated[
+        str, typer.Option("--host", help="Address to listen on (keep 127.0.0.1 unless proxied).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="0: any free port.")] = 8501,
+    versions: Annotated[
+        list[str],
+        typer.Option(
+            "--versions",
+            help="Which versions to serve: latest, latest:N, all or specific:V1,V2 "
+            "(as TF Serving's model_version_policy); NAME=POLICY for one model.",
+            show_default=False,
+        ),
+    ] = [],  # noqa: B006
+    labels: Annotated[
+        list[str],
+        typer.Option(
+            "--label",
+            help="A version label, [MODEL:]LABEL=VERSION, for /labels/LABEL URLs (repeatable).",
+            show_default=False,
+        ),
+    ] = [],  # noqa: B006
+    poll_seconds: Annotated[
+        float,
+        typer.Option(
+            "--poll-seconds", min=0.0, help="How often to look for new versions (0: never)."
+        ),
+    ] = 1.0,
+    seed: Annotated[
+        int | None,
+        typer.Option("--seed", min=0, help="Seeds stochastic actions (default: from the OS)."),
+    ] = None,
+    backend: Annotated[
+        str, typer.Option("--backend", help="onnx (no TensorFlow), tf, or auto.")
+    ] = "onnx",
+    batch_window_us: Annotated[
+        int | None,
+        typer.Option(
+            "--batch-window-us",
+            min=0,
+            help="Merge concurrent action requests of a model into one call, waiting this "
+            "long for more (0: merge what has arrived). Off by default.",
+        ),
+    ] = None,
+    max_batch: Annotated[
+        int, typer.Option("--max-batch", min=1, help="Most rows per request (400 beyond).")
+    ] = 1024,
+    max_body_bytes: Annotated[
+        int, typer.Option("--max-body-bytes", min=1, help="Largest request body (413 beyond).")
+    ] = 4 << 20,
+    log_level: Annotated[
+        str, typer.Option("--log-level", help="critical, error, warning, info or debug.")
+    ] = "info",
+    access_log: Annotated[
+        bool, typer.Option("--access-log", help="Log every request (off: it costs latency).")
+    ] = False,
+    graceful_seconds: Annotated[
+        float,
+        typer.Option(
+            "--graceful-seconds", min=0.0, help="On SIGTERM, how long in-flight requests get."
+        ),
+    ] = 4.0,
+) -> None:
+    """Serve policies over HTTP with TF Serving's REST API, without TensorFlow.
+
+    GET /v1/models/NAME (status), .../metadata, POST /v1/models/NAME:predict (row
+    "instances" or columnar "inputs"), GET /metrics. SIGTERM stops it gracefully.
+    """
+    from runtimes.serving.app import Limits
+    from runtimes.serving.server import LOG_LEVELS, ServeOptions, run
+
+    if log_level not in LOG_LEVELS:
+        raise typer.BadParameter(
+            f"expected one of {list(LOG_LEVELS)}, got {log_level!r}", "--log-level"
+        )
+    if backend not in ("onnx", "tf", "auto"):
+        raise typer.BadParameter(f"expected onnx, tf or auto, got {backend!r}", "--backend")
+    options = ServeOptions(
+        models=model_configs(model, name, models, versions, labels),
+        host=host,
+        port=port,
+        poll_seconds=poll_seconds,
+        seed=seed,
+        backend=backend,
+        batch_window_us=batch_window_us,
+        limits=Limits(max_body_bytes=max_body_bytes, max_batch=max_batch),
+        log_level=log_level,
+        access_log=access_log,
+        graceful_seconds=graceful_seconds,
+    )
+    raise typer.Exit(run(options))
+
+
+def publish(
+    bundle: Annotated[
+        Path, typer.Argument(metavar="BUNDLE", help="The bundle to publish.", show_default=False)
+    ],
+    base: Annotated[
+        Path,
+        typer.Argument(
+            metavar="BASE", help="The model base path (created if missing).", show_default=False
+        ),
+    ],
+    version: Annotated[
+        int | None,
+        typer.Option("--version", min=0, help="The version number (default: the train step)."),
+    ] = None,
+) -> None:
+    """Add a bundle to a model base path as a new version, atomically.
+
+    BASE/<version> holds the SavedModel at its root, so both `policy-toolkit serve BASE`
+    and `tensorflow_model_server --model_base_path=BASE` serve it.
+    """
+    from runtimes.serving.publish import publish as publish_bundle
+
+    target = publish_bundle(bundle, base, version)
+    typer.echo(str(target))
