@@ -14,10 +14,17 @@ import typer
 __all__ = ["model_configs", "publish", "serve"]
 
 
+def _bad(option: str, expected: str, got: str) -> Exception:
+    """A usage error naming the option (the CLI prints it, exit status 2)."""
+    from toolkit.errors import SpecMismatchError
+
+    return SpecMismatchError(option, expected, got)
+
+
 def _split(text: str, sep: str, what: str, example: str) -> tuple[str, str]:
     left, found, right = text.partition(sep)
     if not found or not left or not right:
-        raise typer.BadParameter(f"expected {example}, got {text!r}", param_hint=what)
+        raise _bad(what, example, repr(text))
     return left, right
 
 
@@ -30,42 +37,34 @@ def model_configs(
 ) -> list:
     """The served models from the command line's MODEL, --name, --model, --versions, --label."""
     from runtimes.serving.models import ModelConfig, VersionPolicy
-    from toolkit.errors import SpecMismatchError
 
     pairs: list[tuple[str, Path]] = []
     if model is not None:
         pairs.append((name or model.resolve().name or "default", model))
     elif name is not None:
-        raise typer.BadParameter("--name names the MODEL argument; give MODEL", param_hint="--name")
+        raise _bad("--name", "a MODEL argument to name", "none")
     for entry in models:
         model_name, path = _split(entry, "=", "--model", "NAME=PATH")
         pairs.append((model_name, Path(path)))
     if not pairs:
-        raise typer.BadParameter("expected a MODEL path or --model NAME=PATH", param_hint="MODEL")
+        raise _bad("MODEL", "a MODEL path or --model NAME=PATH", "neither")
     names = [n for n, _ in pairs]
     if len(set(names)) != len(names):
-        raise typer.BadParameter(
-            f"expected distinct model names, got {names}", param_hint="--model"
-        )
+        raise _bad("--model", "distinct model names", str(names))
     policies: dict[str | None, VersionPolicy] = {}
     for entry in versions:
         target, _, text = entry.rpartition("=")
         if target and target not in names:
-            raise typer.BadParameter(f"no model named {target!r} (models: {names})", "--versions")
-        try:
-            policies[target or None] = VersionPolicy.parse(text)
-        except SpecMismatchError as e:
-            raise typer.BadParameter(str(e), param_hint="--versions") from None
+            raise _bad("--versions", f"NAME=POLICY with NAME one of {names}", repr(target))
+        policies[target or None] = VersionPolicy.parse(text)
     model_labels: dict[str | None, list[tuple[str, int]]] = {}
     for entry in labels:
         target, _, rest = entry.rpartition(":")
         if target and target not in names:
-            raise typer.BadParameter(f"no model named {target!r} (models: {names})", "--label")
+            raise _bad("--label", f"MODEL:LABEL=VERSION with MODEL one of {names}", repr(target))
         label, version = _split(rest, "=", "--label", "[MODEL:]LABEL=VERSION")
         if not version.isdigit():
-            raise typer.BadParameter(
-                f"expected [MODEL:]LABEL=VERSION with a numeric version, got {entry!r}", "--label"
-            )
+            raise _bad("--label", "[MODEL:]LABEL=VERSION with a numeric version", repr(entry))
         model_labels.setdefault(target or None, []).append((label, int(version)))
     return [
         ModelConfig(
@@ -165,11 +164,9 @@ def serve(
     from runtimes.serving.server import LOG_LEVELS, ServeOptions, run
 
     if log_level not in LOG_LEVELS:
-        raise typer.BadParameter(
-            f"expected one of {list(LOG_LEVELS)}, got {log_level!r}", "--log-level"
-        )
+        raise _bad("--log-level", f"one of {list(LOG_LEVELS)}", repr(log_level))
     if backend not in ("onnx", "tf", "auto"):
-        raise typer.BadParameter(f"expected onnx, tf or auto, got {backend!r}", "--backend")
+        raise _bad("--backend", "onnx, tf or auto", repr(backend))
     options = ServeOptions(
         models=model_configs(model, name, models, versions, labels),
         host=host,
