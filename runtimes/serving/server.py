@@ -70,6 +70,8 @@ def _nodelay_protocol() -> Any:
         from uvicorn.protocols.http.h11_impl import H11Protocol as Base
 
     class NoDelay(Base):
+        _held: bytes | None = None
+
         def connection_made(self, transport: Any) -> None:
             sock = transport.get_extra_info("socket")
             if sock is not None:
@@ -77,7 +79,53 @@ def _nodelay_protocol() -> Any:
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             super().connection_made(transport)
 
+        async def send(self, message: Any) -> None:
+            # uvicorn writes the status line and headers, then the body: two segments
+            # with TCP_NODELAY, and twice the kernel work per answer. Holding the head
+            # until the first body part makes one write of the whole small answer.
+            kind = message["type"]
+            if kind == "http.response.start" and not self.response_started:
+                captured = _Capture(self.transport)
+                self.transport = captured
+                try:
+                    await super().send(message)
+                finally:
+                    self.transport = captured.real
+                self._held = b"".join(captured.parts)
+                return
+            if kind == "http.response.body" and self._held is not None:
+                held, self._held = self._held, None
+                captured = _Capture(self.transport)
+                self.transport = captured
+                try:
+                    await super().send(message)
+                finally:
+                    self.transport = captured.real
+                    self.transport.write(held + b"".join(captured.parts))
+                    if captured.closed:
+                        self.transport.close()
+                return
+            await super().send(message)
+
     return NoDelay
+
+
+class _Capture:
+    """Stands in for a transport while uvicorn writes one message: keeps the bytes."""
+
+    def __init__(self, real: Any):
+        self.real = real
+        self.parts: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.parts.append(data)
+
+    def close(self) -> None:
+        self.closed = True
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
 
 
 class _Server(uvicorn.Server):

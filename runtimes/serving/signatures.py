@@ -31,7 +31,7 @@ import numpy as np
 from toolkit import distribution_families as families
 from toolkit import nest
 from toolkit.errors import ServingError
-from toolkit.trajectories.time_step import StepType
+from toolkit.trajectories.time_step import StepType, TimeStep
 
 __all__ = [
     "DEFAULT_SIGNATURE",
@@ -375,6 +375,9 @@ class _Inputs:
         ]
         self.state = _tensors(policy.policy_state_spec, "policy_state", required=False)
         self.state_names = [t.name for t in self.state]
+        # A time step of single arrays (the usual case) is built without optree.
+        self._flat_time_step = not any(nest.is_nested(field) for field in spec)
+        self._defaults: dict[tuple[str, int], np.ndarray] = {}
 
     def full(self, arrays: dict[str, np.ndarray], batch: int) -> dict[str, np.ndarray]:
         """Every time step and state input, defaults filled in."""
@@ -382,7 +385,7 @@ class _Inputs:
         for tensor in self.time_step:
             value = arrays.get(tensor.name)
             if value is None:
-                value = _default(tensor, batch)
+                value = self._default(tensor, batch)
             out[tensor.name] = value
         if self.state:
             given = [n for n in self.state_names if n in arrays]
@@ -399,9 +402,22 @@ class _Inputs:
                 out.update(_flat(initial, "policy_state"))
         return out
 
+    def _default(self, tensor: Tensor, batch: int) -> np.ndarray:
+        key = (tensor.name, batch)
+        value = self._defaults.get(key)
+        if value is None:
+            value = _default(tensor, batch)
+            value.setflags(write=False)  # shared by requests of this batch size
+            if len(self._defaults) < 256:
+                self._defaults[key] = value
+        return value
+
     def nests(self, full: dict[str, np.ndarray]) -> tuple[Any, Any]:
         leaves = [full[t.name] for t in self.time_step]
-        time_step = nest.pack_sequence_as(self.policy.time_step_spec, leaves)
+        if self._flat_time_step:
+            time_step = TimeStep(*leaves)
+        else:
+            time_step = nest.pack_sequence_as(self.policy.time_step_spec, leaves)
         state = ()
         if self.state:
             state = nest.pack_sequence_as(
@@ -425,14 +441,24 @@ class ActionRunner:
     def __init__(self, policy: Any):
         self.policy = policy
         self.inputs = _Inputs(policy)
+        self._names = [
+            [t.name for t in _tensors(policy.action_spec, "action")],
+            [t.name for t in _tensors(policy.policy_state_spec, "next_state")],
+            [t.name for t in _tensors(policy.info_spec, "info")],
+        ]
 
     def __call__(self, full: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         time_step, state = self.inputs.nests(full)
         step = self.policy.action(time_step, state)
-        out = _flat(step.action, "action")
-        if self.inputs.state:
-            out.update(_flat(step.state, "next_state"))
-        out.update(_flat(step.info, "info"))
+        out = {}
+        for names, tree, prefix in zip(
+            self._names, step, ("action", "next_state", "info"), strict=True
+        ):
+            leaves = nest.flatten(tree)
+            if len(leaves) == len(names):
+                out.update(zip(names, leaves, strict=True))
+            else:  # not shaped as its spec (an empty info): name what is there
+                out.update(_flat(tree, prefix))
         return out
 
 
