@@ -38,7 +38,7 @@ def test_policies_tour_runs_the_seed_examples():
 
 def test_every_example_has_a_test():
     tested = set()
-    for path in (ROOT / "tests").glob("test_*.py"):
+    for path in (ROOT / "tests").rglob("test_*.py"):
         text = path.read_text()
         tested.update(p.name for p in EXAMPLES.glob("*.py") if f'"{p.name}"' in text)
     untested = sorted(p.name for p in EXAMPLES.glob("*.py"))

@@ -59,6 +59,22 @@ class BundleError(ToolkitError):
     """A bundle that is missing, corrupted, tampered with or of an unknown version."""
 
 
+class ArgumentError(ToolkitError, ValueError):
+    """An argument outside what a function accepts (a count below 1, a missing choice)."""
+
+
+class ArgumentTypeError(ToolkitError, TypeError):
+    """An argument of a kind a function does not take (keyword arguments it cannot use)."""
+
+
+class EmptyBufferError(ToolkitError, ValueError):
+    """A replay buffer asked for samples before anything was added."""
+
+
+class EnvironmentIdError(ToolkitError):
+    """An environment id gymnasium does not know, or one that cannot be made."""
+
+
 class ServingError(ToolkitError):
     """A policy-server request that cannot be answered (runtimes.serving).
 

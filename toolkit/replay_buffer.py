@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from toolkit import nest
-from toolkit.errors import SpecMismatchError
+from toolkit.errors import ArgumentError, EmptyBufferError, SpecMismatchError
 from toolkit.specs import array_spec
 from toolkit.specs.array_spec import ArraySpec
 
@@ -62,7 +62,7 @@ class ReplayBuffer:
 
     def __init__(self, data_spec: Any, capacity: int, seed: int | None = None):
         if int(capacity) < 1:
-            raise ValueError(f"capacity: expected a positive int, got {capacity}")
+            raise ArgumentError(f"capacity: expected a positive int, got {capacity}")
         self.data_spec = data_spec
         self.capacity = int(capacity)
         self._specs = nest.flatten(data_spec)
@@ -124,7 +124,7 @@ class ReplayBuffer:
           ``[num_batches, batch_size, ...]`` when ``num_batches`` is given.
         """
         if self._size == 0:
-            raise ValueError("sample: the replay buffer is empty")
+            raise EmptyBufferError("sample: the replay buffer is empty")
         shape = (batch_size,) if num_batches is None else (num_batches, batch_size)
         index = self.rng.integers(0, self._size, size=shape)
         return nest.pack_sequence_as(self.data_spec, [s[index] for s in self._storage])
@@ -217,7 +217,7 @@ class ExperienceWriter:
 
     def __init__(self, buffer: ReplayBuffer, n_step: int = 1, gamma: float = 0.99):
         if int(n_step) < 1:
-            raise ValueError(f"n_step: expected an int >= 1, got {n_step}")
+            raise ArgumentError(f"n_step: expected an int >= 1, got {n_step}")
         self.buffer = buffer
         self.n_step = int(n_step)
         self.gamma = float(gamma)

@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from toolkit.errors import ArgumentError
 from toolkit.trajectories.policy_step import PolicyStep
 from toolkit.trajectories.time_step import StepType, TimeStep
 
@@ -89,10 +90,10 @@ class Driver:
         record: bool = False,
     ):
         if max_steps is None and max_episodes is None:
-            raise ValueError("Driver: expected max_steps or max_episodes (or both), got neither")
+            raise ArgumentError("Driver: expected max_steps or max_episodes (or both), got neither")
         for name, value in (("max_steps", max_steps), ("max_episodes", max_episodes)):
             if value is not None and int(value) < 1:
-                raise ValueError(f"Driver: expected {name} >= 1, got {value}")
+                raise ArgumentError(f"Driver: expected {name} >= 1, got {value}")
         self.env = env
         self.policy = policy
         self.observers = list(observers)

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from toolkit import nest
-from toolkit.errors import UnsupportedError
+from toolkit.errors import ArgumentError, ArgumentTypeError, UnsupportedError
 from toolkit.specs.array_spec import ArraySpec, BoundedArraySpec
 from toolkit.trajectories import time_step as ts
 
@@ -175,7 +175,9 @@ class GymEnvironment(_Specs):
         if isinstance(env, str):
             env = _gym().make(env, **make_kwargs)
         elif make_kwargs:
-            raise TypeError(f"make_kwargs {sorted(make_kwargs)} need an environment id, not an env")
+            raise ArgumentTypeError(
+                f"make_kwargs {sorted(make_kwargs)} need an environment id, not an env"
+            )
         self._env = env
         self._validate_actions = validate_actions
         self._init_specs(env.observation_space, env.action_space)
@@ -258,7 +260,7 @@ class GymVectorEnvironment(_Specs):
         autoreset = gym.vector.AutoresetMode.NEXT_STEP
         if isinstance(env, str):
             if num_envs is None or int(num_envs) < 1:
-                raise ValueError(
+                raise ArgumentError(
                     f"num_envs: expected a positive int for id {env!r}, got {num_envs}"
                 )
             env_id = env
@@ -277,7 +279,9 @@ class GymVectorEnvironment(_Specs):
         else:
             env = gym.vector.SyncVectorEnv(list(env), autoreset_mode=autoreset)
         if num_envs is not None and int(num_envs) != env.num_envs:
-            raise ValueError(f"num_envs: expected {env.num_envs} (the VectorEnv's), got {num_envs}")
+            raise ArgumentError(
+                f"num_envs: expected {env.num_envs} (the VectorEnv's), got {num_envs}"
+            )
         self._env = env
         self._validate_actions = validate_actions
         self._init_specs(env.single_observation_space, env.single_action_space)

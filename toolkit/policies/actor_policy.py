@@ -10,9 +10,11 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from toolkit import nest
+from toolkit.distributions import utils as dist_utils
+from toolkit.distributions.shifted_categorical import ShiftedCategorical
 from toolkit.errors import SpecError, StructureError
 from toolkit.policies import tf_policy
-from toolkit.policies.tf_policy import ShiftedCategorical, TFPolicy
+from toolkit.policies.tf_policy import TFPolicy
 from toolkit.specs import tensor_spec
 from toolkit.trajectories.policy_step import PolicyStep
 
@@ -159,11 +161,11 @@ class ActorPolicy(TFPolicy):
         specs = nest.flatten_with_paths(self.action_spec, "action")
         if nest.is_nested(self.action_spec):
             nest.assert_same_structure(output, self.action_spec, "actor output")
-            leaves = tf_policy._leaves_like(self.action_spec, output)
+            leaves = tf_policy.leaves_like(self.action_spec, output)
         else:
             leaves = [output]
         distributions = [
-            tf_policy.as_action_distribution(value, spec, path)
+            dist_utils.as_action_distribution(value, spec, path)
             for (path, spec), value in zip(specs, leaves, strict=True)
         ]
         if mask is not None:
@@ -174,7 +176,7 @@ class ActorPolicy(TFPolicy):
 
 def _masked(distribution: Any, mask: Any, spec: Any) -> Any:
     """The categorical with disallowed actions at the lowest logit."""
-    base = tf_policy._unwrap_independent(distribution)
+    base = dist_utils.unwrap_independent(distribution)
     if not isinstance(base, ShiftedCategorical):
         raise SpecError(
             f"an action mask needs a categorical actor output, got {type(base).__name__}"

@@ -10,11 +10,13 @@ import tensorflow_probability as tfp
 
 from toolkit import distribution_families as families
 from toolkit import nest
+from toolkit.distributions.shifted_categorical import ShiftedCategorical
 from toolkit.errors import SpecError, UnsupportedError
 from toolkit.policies import tf_policy
 from toolkit.policies.greedy_policy import GreedyPolicy
 from toolkit.policies.random_tf_policy import RandomTFPolicy
-from toolkit.policies.tf_policy import ShiftedCategorical, TFPolicy
+from toolkit.policies.seeds import split_seed
+from toolkit.policies.tf_policy import TFPolicy
 from toolkit.specs import tensor_spec
 from toolkit.trajectories.policy_step import PolicyStep
 
@@ -106,14 +108,14 @@ class EpsilonGreedyPolicy(TFPolicy):
         return tf.cast(tf.convert_to_tensor(value), tf.float32)
 
     def _action(self, time_step: Any, policy_state: Any, seed: tf.Tensor) -> PolicyStep:
-        greedy_seed, random_seed, coin_seed = tf_policy.split_seed(seed, 3)
+        greedy_seed, random_seed, coin_seed = split_seed(seed, 3)
         greedy = self._greedy_policy._action_step(time_step, policy_state, greedy_seed)
         random = self._random_policy._action_step(time_step, (), random_seed)
         epsilon = self.epsilon
         explore = tf.random.stateless_uniform(tf.shape(time_step.step_type), seed=coin_seed)
         explore = explore < epsilon
         action = nest.map_structure(
-            lambda g, r: tf.where(tf_policy._broadcast_rows(explore, g.shape.rank), r, g),
+            lambda g, r: tf.where(tf_policy.broadcast_rows(explore, g.shape.rank), r, g),
             greedy.action,
             random.action,
         )

@@ -10,8 +10,10 @@ import tensorflow_probability as tfp
 
 from toolkit import distribution_families as families
 from toolkit import nest
+from toolkit.distributions import utils as dist_utils
 from toolkit.errors import SpecError, UnsupportedError
 from toolkit.policies import tf_policy
+from toolkit.policies.seeds import split_seed
 from toolkit.policies.tf_policy import TFPolicy
 from toolkit.trajectories.policy_step import PolicyStep
 
@@ -96,10 +98,10 @@ class GaussianPolicy(TFPolicy):
         return self._wrapped_policy
 
     def _action(self, time_step: Any, policy_state: Any, seed: tf.Tensor) -> PolicyStep:
-        wrapped_seed, noise_seed = tf_policy.split_seed(seed, 2)
+        wrapped_seed, noise_seed = split_seed(seed, 2)
         step = self._wrapped_policy._action_step(time_step, policy_state, wrapped_seed)
         clean = nest.flatten(step.action)
-        seeds = tf_policy.split_seed(noise_seed, len(clean))
+        seeds = split_seed(noise_seed, len(clean))
         noisy = [
             a + tf.random.stateless_normal(tf.shape(a), seed=s, dtype=a.dtype) * scale
             for a, s, scale in zip(clean, seeds, self._scales, strict=True)
@@ -124,10 +126,10 @@ class GaussianPolicy(TFPolicy):
             self._scales,
             strict=True,
         ):
-            base = tf_policy._unwrap_independent(d)
-            if tf_policy._is(base, tfd.Deterministic):
+            base = dist_utils.unwrap_independent(d)
+            if dist_utils.is_instance(base, tfd.Deterministic):
                 out.append(_normal(base.loc, scale))
-            elif tf_policy._is(base, tfd.Normal):
+            elif dist_utils.is_instance(base, tfd.Normal):
                 out.append(_normal(base.loc, tf.sqrt(tf.square(base.scale) + scale**2)))
             else:
                 raise UnsupportedError(

@@ -7,6 +7,7 @@ from typing import Any
 import tensorflow_probability as tfp
 
 from toolkit import nest
+from toolkit.distributions import utils as dist_utils
 from toolkit.errors import UnsupportedError
 from toolkit.policies import tf_policy
 from toolkit.policies.tf_policy import TFPolicy
@@ -61,7 +62,7 @@ class GreedyPolicy(TFPolicy):
                     f"{path}: GreedyPolicy needs the mode of {type(distribution).__name__}, "
                     "which TFP does not define"
                 ) from error
-            return tf_policy.as_action_distribution(mode, spec, path)
+            return dist_utils.as_action_distribution(mode, spec, path)
 
         action = nest.map_structure_with_paths(
             delta, step.action, self.action_spec, prefix="action"

@@ -11,7 +11,7 @@ import tensorflow as tf
 from toolkit import distribution_families as families
 from toolkit import nest
 from toolkit.errors import SpecError, SpecMismatchError, UnsupportedError
-from toolkit.policies import tf_policy
+from toolkit.policies.seeds import split_seed
 from toolkit.policies.tf_policy import TFPolicy
 from toolkit.specs import tensor_spec
 from toolkit.trajectories.policy_step import PolicyStep
@@ -94,7 +94,7 @@ class MixturePolicy(TFPolicy):
         return tuple(states) if self.is_stateful else ()
 
     def _action(self, time_step: Any, policy_state: Any, seed: tf.Tensor) -> PolicyStep:
-        seeds = tf_policy.split_seed(seed, len(self._policies) + 1)
+        seeds = split_seed(seed, len(self._policies) + 1)
         steps = [
             policy._action_step(time_step, state, s)
             for policy, state, s in zip(

@@ -12,6 +12,7 @@ from toolkit import nest
 from toolkit.errors import SpecError, UnsupportedError
 from toolkit.policies import tf_policy
 from toolkit.policies.gaussian_policy import noise_scales
+from toolkit.policies.seeds import split_seed
 from toolkit.policies.tf_policy import TFPolicy
 from toolkit.specs import tensor_spec
 from toolkit.trajectories.policy_step import PolicyStep
@@ -92,13 +93,13 @@ class OUNoisePolicy(TFPolicy):
         return state
 
     def _action(self, time_step: Any, policy_state: Any, seed: tf.Tensor) -> PolicyStep:
-        wrapped_seed, noise_seed = tf_policy.split_seed(seed, 2)
+        wrapped_seed, noise_seed = split_seed(seed, 2)
         step = self._wrapped_policy._action_step(
             time_step, self._wrapped_state(policy_state), wrapped_seed
         )
         clean = nest.flatten(step.action)
         noise = nest.flatten(policy_state[OU_STATE_KEY])
-        seeds = tf_policy.split_seed(noise_seed, len(clean))
+        seeds = split_seed(noise_seed, len(clean))
         new_noise = [
             (1 - damping) * x + stddev * tf.random.stateless_normal(tf.shape(x), s, dtype=x.dtype)
             for x, s, stddev, damping in zip(

@@ -11,6 +11,7 @@ import tensorflow as tf
 from toolkit import nest
 from toolkit.errors import PolicyError, SpecMismatchError, StructureError
 from toolkit.policies import py_policy, tf_policy
+from toolkit.policies.seeds import stateless_seed
 from toolkit.policies.tf_policy import TFPolicy
 from toolkit.specs import tensor_spec
 from toolkit.trajectories.policy_step import PolicyStep
@@ -141,7 +142,7 @@ class PyTFPolicy(py_policy.PyPolicy):
     def _seed_array(self, seed: py_policy.Seed) -> np.ndarray:
         if seed is None:
             return self._rng.integers(-(2**31), 2**31, size=2, dtype=np.int64).astype(np.int32)
-        return tf_policy.stateless_seed(seed).numpy()
+        return stateless_seed(seed).numpy()
 
     def _compiled(self):
         if self._action_fn is None:

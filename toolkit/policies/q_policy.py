@@ -10,9 +10,10 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from toolkit import nest
+from toolkit.distributions.shifted_categorical import ShiftedCategorical
 from toolkit.errors import SpecError, SpecMismatchError, StructureError
 from toolkit.policies import tf_policy
-from toolkit.policies.tf_policy import ShiftedCategorical, TFPolicy
+from toolkit.policies.tf_policy import TFPolicy
 from toolkit.specs import tensor_spec
 from toolkit.trajectories.policy_step import PolicyStep
 

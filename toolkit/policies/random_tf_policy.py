@@ -10,8 +10,9 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from toolkit import nest
+from toolkit.distributions.shifted_categorical import ShiftedCategorical
 from toolkit.errors import SpecError, SpecMismatchError, UnsupportedError
-from toolkit.policies.tf_policy import ShiftedCategorical, TFPolicy
+from toolkit.policies.tf_policy import TFPolicy
 from toolkit.specs import tensor_spec
 from toolkit.specs.array_spec import FLOAT_SAMPLE_LIMIT
 from toolkit.trajectories.policy_step import PolicyStep

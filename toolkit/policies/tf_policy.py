@@ -1,4 +1,4 @@
-"""TFPolicy: the base of TensorFlow policies, and the distributions they use.
+"""TFPolicy: the base of TensorFlow policies.
 
 A TF policy is a ``tf.Module``. Its public ``action`` / ``distribution`` /
 ``distribution_params`` validate the inputs against the specs, bring them to one batch
@@ -17,6 +17,9 @@ Subclasses implement:
   sample of ``_distribution`` (wrappers).
 
 Inside those methods every tensor has exactly one batch dim, ``[B] + spec.shape``.
+
+The distributions policies use are in ``toolkit.distributions`` and the seed helpers
+in ``toolkit.policies.seeds``; their names are re-exported here, where they used to live.
 """
 
 from __future__ import annotations
@@ -31,6 +34,9 @@ import tensorflow_probability as tfp
 
 from toolkit import distribution_families as families
 from toolkit import nest
+from toolkit.distributions import utils as dist_utils
+from toolkit.distributions.shifted_categorical import ShiftedCategorical
+from toolkit.distributions.utils import as_action_distribution, params_from_distribution
 from toolkit.errors import (
     PolicyError,
     SpecError,
@@ -38,7 +44,9 @@ from toolkit.errors import (
     StructureError,
     UnsupportedError,
 )
+from toolkit.policies.seeds import split_seed, stateless_seed
 from toolkit.specs import tensor_spec
+from toolkit.specs.tensor_spec import discrete_range, same_kind, shape_text
 from toolkit.trajectories.policy_step import PolicyStep
 from toolkit.trajectories.time_step import StepType, TimeStep
 
@@ -62,155 +70,7 @@ __all__ = [
 LOG_PROBABILITY = "log_probability"
 
 
-# --- seeds ---------------------------------------------------------------------------
-
-
-def stateless_seed(seed: Any) -> tf.Tensor:
-    """A stateless seed (shape [2], int32) from an int, a numpy Generator or a tensor.
-
-    The same int always gives the same seed, so ``action(..., seed=7)`` repeats itself.
-    """
-    if isinstance(seed, np.random.Generator):
-        return tf.constant(seed.integers(-(2**31), 2**31, size=2, dtype=np.int64), tf.int32)
-    if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
-        value = int(seed)
-        state = np.random.SeedSequence([abs(value), int(value < 0)]).generate_state(2)
-        return tf.constant(state.view(np.int32))
-    if tf.is_tensor(seed) or isinstance(seed, (np.ndarray, list, tuple)):
-        tensor = tf.convert_to_tensor(seed)
-        if not tensor.dtype.is_integer or not tensor.shape.is_compatible_with([2]):
-            raise SpecMismatchError(
-                "seed",
-                "an int or an integer tensor of shape (2,)",
-                f"{tensor.dtype.name} tensor of shape {tuple(tensor.shape.as_list())}",
-            )
-        return tf.cast(tensor, tf.int32)
-    raise SpecMismatchError("seed", "None, an int, a numpy Generator or a [2] tensor", repr(seed))
-
-
-def split_seed(seed: tf.Tensor, count: int) -> list[tf.Tensor]:
-    """``count`` independent stateless seeds derived from ``seed``."""
-    if count == 0:
-        return []
-    return tf.unstack(tf.random.experimental.stateless_split(seed, num=count), num=count)
-
-
-# --- the shifted categorical -----------------------------------------------------------
-
-
-class ShiftedCategorical(tfd.Distribution):
-    """A categorical whose values are ``shift .. shift + n - 1`` in a given dtype.
-
-    TFP's Categorical yields ``0 .. n - 1``; action specs may start anywhere (the seed's
-    ``minimum=-1, maximum=1``). ``sample``/``mode`` add ``shift``; ``log_prob`` subtracts
-    it and gives ``-inf`` outside the range. ``shift`` is static (a Python int), so it is
-    a constant of exported graphs and manifests.
-
-    Args:
-      logits: ``[..., n]`` unnormalized log-probabilities.
-      shift: the value of category 0.
-      dtype: the dtype of samples (an integer or bool dtype).
-    """
-
-    def __init__(
-        self,
-        logits: Any,
-        shift: int = 0,
-        dtype: Any = tf.int32,
-        validate_args: bool = False,
-        allow_nan_stats: bool = True,
-        name: str = "ShiftedCategorical",
-    ):
-        parameters = dict(locals())
-        with tf.name_scope(name) as name:
-            self._logits = tf.convert_to_tensor(logits, dtype_hint=tf.float32, name="logits")
-            self._shift = int(shift)
-            super().__init__(
-                dtype=tf.as_dtype(dtype),
-                reparameterization_type=tfd.NOT_REPARAMETERIZED,
-                validate_args=validate_args,
-                allow_nan_stats=allow_nan_stats,
-                parameters=parameters,
-                name=name,
-            )
-
-    @classmethod
-    def _parameter_properties(cls, dtype, num_classes=None):
-        del dtype, num_classes
-        return {"logits": tfp.util.ParameterProperties(event_ndims=1)}
-
-    @property
-    def logits(self) -> tf.Tensor:
-        return self._logits
-
-    @property
-    def shift(self) -> int:
-        return self._shift
-
-    @property
-    def num_categories(self) -> Any:
-        static = self._logits.shape[-1]
-        return static if static is not None else tf.shape(self._logits)[-1]
-
-    def logits_parameter(self, name: str | None = None) -> tf.Tensor:
-        return tf.identity(self._logits, name=name or "logits_parameter")
-
-    def probs_parameter(self, name: str | None = None) -> tf.Tensor:
-        return tf.nn.softmax(self._logits, name=name or "probs_parameter")
-
-    def _event_shape(self):
-        return tf.TensorShape([])
-
-    def _event_shape_tensor(self):
-        return tf.constant([], tf.int32)
-
-    def _categorical(self) -> tfd.Categorical:
-        return tfd.Categorical(logits=self._logits, dtype=tf.int64)
-
-    def _from_index(self, index: tf.Tensor) -> tf.Tensor:
-        return tf.cast(index + self._shift, self.dtype)
-
-    def _sample_n(self, n, seed=None):
-        return self._from_index(self._categorical().sample(n, seed=seed))
-
-    def _log_prob(self, x):
-        index = tf.cast(x, tf.int64) - self._shift
-        n = tf.shape(self._logits, out_type=tf.int64)[-1]
-        inside = (index >= 0) & (index < n)
-        log_prob = self._categorical().log_prob(tf.where(inside, index, tf.zeros_like(index)))
-        return tf.where(inside, log_prob, tf.constant(-np.inf, log_prob.dtype))
-
-    def _mode(self):
-        return self._from_index(tf.argmax(self._logits, axis=-1))
-
-    def _entropy(self):
-        return self._categorical().entropy()
-
-    def _mean(self):
-        values = tf.cast(tf.range(tf.shape(self._logits)[-1]) + self._shift, self._logits.dtype)
-        return tf.reduce_sum(self.probs_parameter() * values, axis=-1)
-
-
 # --- specs and values ------------------------------------------------------------------
-
-
-def _spec_label(spec: Any, path: str) -> str:
-    return path or spec.name or "action"
-
-
-def discrete_range(spec: Any, path: str = "") -> tuple[int, int]:
-    """``(minimum, maximum)`` of a bounded integer spec whose elements share one range."""
-    label = _spec_label(spec, path)
-    if not tensor_spec.is_bounded(spec) or not tensor_spec.is_discrete(spec):
-        raise SpecError(f"{label}: expected a bounded integer spec, got {spec}")
-    low = np.unique(np.asarray(spec.minimum))
-    high = np.unique(np.asarray(spec.maximum))
-    if low.size != 1 or high.size != 1:
-        raise SpecError(
-            f"{label}: expected one range shared by every element, got minimum "
-            f"{spec.minimum} and maximum {spec.maximum}"
-        )
-    return int(low[0]), int(high[0])
 
 
 def clip_to_spec(value: tf.Tensor, spec: Any) -> tf.Tensor:
@@ -222,26 +82,16 @@ def clip_to_spec(value: tf.Tensor, spec: Any) -> tf.Tensor:
     return tf.clip_by_value(value, low, high)
 
 
-def _same_kind(a: tf.DType, b: tf.DType) -> bool:
-    return (a.is_floating and b.is_floating) or (a.is_integer and b.is_integer)
-
-
-def _shape_text(shape: tf.TensorShape) -> str:
-    if shape.rank is None:
-        return "of unknown rank"
-    return str(tuple(shape.as_list()))
-
-
-def _leaves_like(spec: Any, value: Any) -> list[Any]:
+def leaves_like(spec: Any, value: Any) -> list[Any]:
     """The leaves of ``value`` in the order of ``spec``'s leaves (structures already match)."""
     if isinstance(spec, dict):
-        return [leaf for key in sorted(spec) for leaf in _leaves_like(spec[key], value[key])]
+        return [leaf for key in sorted(spec) for leaf in leaves_like(spec[key], value[key])]
     if isinstance(spec, tuple) and hasattr(spec, "_fields"):
         return [
-            leaf for f in spec._fields for leaf in _leaves_like(getattr(spec, f), getattr(value, f))
+            leaf for f in spec._fields for leaf in leaves_like(getattr(spec, f), getattr(value, f))
         ]
     if isinstance(spec, (tuple, list)):
-        return [leaf for s, v in zip(spec, value, strict=True) for leaf in _leaves_like(s, v)]
+        return [leaf for s, v in zip(spec, value, strict=True) for leaf in leaves_like(s, v)]
     if spec is None:
         return []
     return [value]
@@ -262,7 +112,7 @@ def _convert_nest(values: Any, spec: Any, prefix: str, outer: tf.TensorShape | N
     """Validated tensors shaped ``outer + spec.shape``; returns ``(tensors, outer)``."""
     nest.assert_same_structure(values, spec, prefix)
     specs = nest.flatten_with_paths(spec, prefix)
-    leaves = _leaves_like(spec, values)
+    leaves = leaves_like(spec, values)
     out = []
     for (path, s), value in zip(specs, leaves, strict=True):
         tensor = _to_tensor(value, s, path)
@@ -270,14 +120,16 @@ def _convert_nest(values: Any, spec: Any, prefix: str, outer: tf.TensorShape | N
         inner = s.shape.rank
         if shape.rank is None or shape.rank < inner:
             raise SpecMismatchError(
-                path, f"shape [batch dims] + {tuple(s.shape.as_list())}", _shape_text(shape)
+                path,
+                f"shape [batch dims] + {tuple(s.shape.as_list())}",
+                shape_text(shape),
             )
         found_outer = shape[: shape.rank - inner]
         if outer is None:
             outer = found_outer
         expected = outer.concatenate(s.shape)
         if not expected.is_compatible_with(shape):
-            raise SpecMismatchError(path, f"shape {_shape_text(expected)}", _shape_text(shape))
+            raise SpecMismatchError(path, f"shape {shape_text(expected)}", shape_text(shape))
         out.append(tensor)
     return nest.pack_sequence_as(spec, out), outer
 
@@ -287,10 +139,10 @@ def _check_outputs(values: Any, spec: Any, prefix: str, who: str) -> Any:
     nest.assert_same_structure(values, spec, prefix)
     specs = nest.flatten_with_paths(spec, prefix)
     out = []
-    for (path, s), value in zip(specs, _leaves_like(spec, values), strict=True):
+    for (path, s), value in zip(specs, leaves_like(spec, values), strict=True):
         tensor = tf.convert_to_tensor(value)
         if tensor.dtype != s.dtype:
-            if not _same_kind(tensor.dtype, s.dtype):
+            if not same_kind(tensor.dtype, s.dtype):
                 raise SpecMismatchError(
                     path, f"dtype {s.dtype.name}", tensor.dtype.name, detail=f"from {who}"
                 )
@@ -302,151 +154,16 @@ def _check_outputs(values: Any, spec: Any, prefix: str, who: str) -> Any:
             raise SpecMismatchError(
                 path,
                 f"shape [B] + {tuple(s.shape.as_list())}",
-                _shape_text(shape),
+                shape_text(shape),
                 detail=f"from {who}",
             )
         out.append(tensor)
     return nest.pack_sequence_as(spec, out)
 
 
-def _broadcast_rows(mask: tf.Tensor, rank: int) -> tf.Tensor:
+def broadcast_rows(mask: tf.Tensor, rank: int) -> tf.Tensor:
     """A ``[B]`` mask reshaped to broadcast against a tensor of ``rank``."""
     return tf.reshape(mask, tf.concat([tf.shape(mask), tf.ones([rank - 1], tf.int32)], 0))
-
-
-# --- distributions of actions ------------------------------------------------------------
-
-
-def _is_distribution(value: Any) -> bool:
-    return isinstance(value, tfd.Distribution)
-
-
-def _tfp_class(public: type) -> type:
-    """The class behind a TFP distribution name.
-
-    TFP builds ``_Independent`` (not ``Independent``) around distributions that are no
-    CompositeTensor, like ShiftedCategorical: isinstance must test the private base.
-    """
-    for cls in public.__mro__:
-        if cls.__name__ == "_" + public.__name__:
-            return cls
-    return public
-
-
-def _is(value: Any, *publics: type) -> bool:
-    return isinstance(value, tuple(_tfp_class(p) for p in publics))
-
-
-def _unwrap_independent(value: Any) -> Any:
-    return value.distribution if _is(value, tfd.Independent) else value
-
-
-def as_action_distribution(value: Any, spec: Any, path: str = "action") -> tfd.Distribution:
-    """The distribution of one action leaf with event shape ``spec.shape``.
-
-    * a tensor (an action network's output) becomes a Deterministic around it;
-    * a TFP ``Categorical`` over ``0..n-1`` becomes a ShiftedCategorical over the spec's
-      range (``n`` must equal ``maximum - minimum + 1``), of the spec's dtype;
-    * a distribution with scalar events over ``[B] + spec.shape`` (e.g. the seed's
-      ``Normal(means, stds)``) is made Independent over the spec's dims.
-    """
-    rank = spec.shape.rank
-    if not _is_distribution(value):
-        tensor = tf.convert_to_tensor(value)
-        if tensor.dtype != spec.dtype:
-            if not _same_kind(tensor.dtype, spec.dtype):
-                raise SpecMismatchError(path, f"dtype {spec.dtype.name}", tensor.dtype.name)
-            tensor = tf.cast(tensor, spec.dtype)
-        return tfd.Independent(tfd.Deterministic(tensor), reinterpreted_batch_ndims=rank)
-    base = _unwrap_independent(value)
-    if (_is(base, tfd.Categorical) or isinstance(base, ShiftedCategorical)) and (
-        tensor_spec.is_discrete(spec)
-    ):
-        return _shifted_categorical_for(base, spec, path)
-    event = value.event_shape
-    if event.rank == 0 and rank > 0:
-        return tfd.Independent(value, reinterpreted_batch_ndims=rank)
-    if event.rank is not None and not event.is_compatible_with(spec.shape):
-        raise SpecMismatchError(
-            path,
-            f"a distribution with event shape {tuple(spec.shape.as_list())}",
-            f"event shape {_shape_text(event)}",
-        )
-    return value
-
-
-def _shifted_categorical_for(base: Any, spec: Any, path: str) -> tfd.Distribution:
-    low, high = discrete_range(spec, path)
-    logits = base.logits_parameter()
-    n = logits.shape[-1]
-    if n is not None and n != high - low + 1:
-        raise SpecMismatchError(
-            path,
-            f"{high - low + 1} categories (actions {low} to {high})",
-            f"{n} categories",
-        )
-    if isinstance(base, ShiftedCategorical) and base.shift != low:
-        raise SpecMismatchError(path, f"categories starting at {low}", f"starting at {base.shift}")
-    logits = tf.reshape(logits, [-1, *spec.shape.as_list(), high - low + 1])
-    shifted = ShiftedCategorical(logits, shift=low, dtype=spec.dtype)
-    return tfd.Independent(shifted, reinterpreted_batch_ndims=spec.shape.rank)
-
-
-def params_from_distribution(
-    distribution: Any, spec: Any, batch_size: Any, path: str = "action"
-) -> families.DistributionParams:
-    """The export description (family and parameter tensors) of one action distribution.
-
-    Parameters are broadcast to ``[B] + spec.shape`` (logits: ``[B] + spec.shape + [n]``).
-
-    Raises:
-      UnsupportedError: for distributions outside ``distribution_families.FAMILIES``.
-    """
-    base = _unwrap_independent(distribution)
-    shape = tf.concat(
-        [
-            tf.reshape(tf.cast(batch_size, tf.int32), [1]),
-            tf.constant(spec.shape.as_list(), tf.int32),
-        ],
-        0,
-    )
-    event_ndims = spec.shape.rank
-    dtype = families.dtype_name(spec.dtype)
-
-    def full(t: Any, dtype: Any = None) -> tf.Tensor:
-        t = tf.convert_to_tensor(t)
-        if dtype is not None and t.dtype != dtype:
-            t = tf.cast(t, dtype)
-        return tf.broadcast_to(t, shape)
-
-    def make(family: str, shift: int = 0, **params: Any) -> families.DistributionParams:
-        return families.DistributionParams(family, params, event_ndims, dtype, shift)
-
-    if isinstance(base, ShiftedCategorical):
-        n = base.logits.shape[-1]
-        logits = tf.broadcast_to(base.logits, tf.concat([shape, [tf.shape(base.logits)[-1]]], 0))
-        if n is not None:
-            logits = tf.ensure_shape(logits, [None, *spec.shape.as_list(), n])
-        return make(families.CATEGORICAL, shift=base.shift, logits=logits)
-    if _is(base, tfd.Categorical):
-        logits = base.logits_parameter()
-        return make(
-            families.CATEGORICAL,
-            logits=tf.reshape(logits, tf.concat([shape, [tf.shape(logits)[-1]]], 0)),
-        )
-    if _is(base, tfd.Deterministic, tfd.VectorDeterministic):
-        return make(families.DETERMINISTIC, loc=full(base.loc, spec.dtype))
-    if _is(base, tfd.Normal):
-        return make(families.NORMAL, loc=full(base.loc), scale=full(base.scale))
-    if _is(base, tfd.MultivariateNormalDiag):
-        return make(families.NORMAL, loc=full(base.mean()), scale=full(base.stddev()))
-    if _is(base, tfd.Uniform):
-        return make(families.UNIFORM, low=full(base.low), high=full(base.high))
-    raise UnsupportedError(
-        f"{path}: {type(distribution).__name__} has no export family (supported: "
-        "Deterministic, Categorical/ShiftedCategorical, Normal, MultivariateNormalDiag, "
-        "Uniform, each possibly Independent)"
-    )
 
 
 # --- the base class ---------------------------------------------------------------------
@@ -666,8 +383,8 @@ class TFPolicy(tf.Module):
             if target.shape != source.shape or target.dtype != source.dtype:
                 raise SpecMismatchError(
                     target.name,
-                    f"a variable of shape {_shape_text(target.shape)} {target.dtype.name}",
-                    f"{_shape_text(source.shape)} {source.dtype.name} ({source.name})",
+                    f"a variable of shape {shape_text(target.shape)} {target.dtype.name}",
+                    f"{shape_text(source.shape)} {source.dtype.name} ({source.name})",
                     detail="update() pairs variables in order",
                 )
             if copies or not target.dtype.is_floating:  # counters are copied, not mixed
@@ -701,7 +418,7 @@ class TFPolicy(tf.Module):
         step = self._distribution_step(time_step, policy_state, checked=False)
         batch = tf.shape(time_step.step_type)[0]
         params = [
-            params_from_distribution(d, s, batch, path)
+            dist_utils.params_from_distribution(d, s, batch, path)
             for (path, s), d in zip(
                 nest.flatten_with_paths(self._action_spec, "action"),
                 nest.flatten(step.action),
@@ -755,13 +472,13 @@ class TFPolicy(tf.Module):
             nest.flatten(step.action),
             strict=True,
         ):
-            if not _is_distribution(d):
+            if not dist_utils.is_distribution(d):
                 raise SpecMismatchError(path, "a TFP distribution", type(d).__name__)
             if d.event_shape.rank is not None and not d.event_shape.is_compatible_with(s.shape):
                 raise SpecMismatchError(
                     path,
                     f"event shape {tuple(s.shape.as_list())}",
-                    _shape_text(d.event_shape),
+                    shape_text(d.event_shape),
                     detail=f"from {type(self).__name__}._distribution",
                 )
         return step
@@ -773,7 +490,7 @@ class TFPolicy(tf.Module):
         is_first = tf.equal(time_step.step_type, tf.constant(StepType.FIRST, tf.int32))
         initial = self.get_initial_state(tf.shape(time_step.step_type)[0])
         return nest.map_structure(
-            lambda init, state: tf.where(_broadcast_rows(is_first, state.shape.rank), init, state),
+            lambda init, state: tf.where(broadcast_rows(is_first, state.shape.rank), init, state),
             nest.pack_sequence_as(self._policy_state_spec, nest.flatten(initial)),
             policy_state,
         )

@@ -15,6 +15,7 @@ import tensorflow as tf
 from tensorflow.python.framework import tensor_spec as _tf_tensor_spec
 
 from toolkit import nest
+from toolkit.errors import SpecError
 from toolkit.specs import array_spec
 from toolkit.specs.array_spec import ArraySpec, BoundedArraySpec
 
@@ -22,10 +23,13 @@ __all__ = [
     "BoundedTensorSpec",
     "TensorSpec",
     "add_outer_dims",
+    "discrete_range",
     "from_spec",
     "is_bounded",
     "is_discrete",
+    "same_kind",
     "sample_spec_nest",
+    "shape_text",
     "spec_nest_from_json",
     "spec_nest_to_json",
     "to_array_spec",
@@ -120,3 +124,34 @@ def spec_nest_to_json(spec: Any) -> Any:
 def spec_nest_from_json(data: Any) -> Any:
     """Tensor specs from the JSON form."""
     return from_spec(array_spec.spec_nest_from_json(data))
+
+
+def _spec_label(spec: Any, path: str) -> str:
+    return path or spec.name or "action"
+
+
+def discrete_range(spec: Any, path: str = "") -> tuple[int, int]:
+    """``(minimum, maximum)`` of a bounded integer spec whose elements share one range."""
+    label = _spec_label(spec, path)
+    if not is_bounded(spec) or not is_discrete(spec):
+        raise SpecError(f"{label}: expected a bounded integer spec, got {spec}")
+    low = np.unique(np.asarray(spec.minimum))
+    high = np.unique(np.asarray(spec.maximum))
+    if low.size != 1 or high.size != 1:
+        raise SpecError(
+            f"{label}: expected one range shared by every element, got minimum "
+            f"{spec.minimum} and maximum {spec.maximum}"
+        )
+    return int(low[0]), int(high[0])
+
+
+def same_kind(a: tf.DType, b: tf.DType) -> bool:
+    """Whether two dtypes are both floating or both integer (a cast between them is safe)."""
+    return (a.is_floating and b.is_floating) or (a.is_integer and b.is_integer)
+
+
+def shape_text(shape: tf.TensorShape) -> str:
+    """A shape for messages: ``(2, 3)``, or "of unknown rank"."""
+    if shape.rank is None:
+        return "of unknown rank"
+    return str(tuple(shape.as_list()))

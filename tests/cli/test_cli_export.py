@@ -337,7 +337,7 @@ def test_update_writes_new_weights_into_both_formats(exported, tmp_path):
 
     assert load_policy(target, "onnx").train_step == 123
     # The ONNX file's own copy of the manifest is updated too.
-    from toolkit.cli_inspect import load_for_inspection
+    from toolkit.cli.manifest_view import load_for_inspection
 
     lone = tmp_path / "lone.onnx"
     shutil.copy(target / "policy.onnx", lone)

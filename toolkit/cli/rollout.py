@@ -1,4 +1,4 @@
-"""``policy-toolkit run``: roll a loaded bundle policy out in gymnasium (TF-free).
+"""What ``policy-toolkit run`` does: roll a loaded bundle policy out in gymnasium (TF-free).
 
 Episodes run in batches of up to ``MAX_PARALLEL_ENVS`` environments stepping together
 (one policy call per step of the batch), each playing exactly one whole episode that
@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from toolkit import nest
-from toolkit.errors import SpecMismatchError, ToolkitError, UnsupportedError
+from toolkit.errors import EnvironmentIdError, SpecMismatchError, UnsupportedError
 
 __all__ = [
     "MAX_PARALLEL_ENVS",
@@ -30,10 +30,6 @@ __all__ = [
 
 MAX_PARALLEL_ENVS = 32
 MAX_RECORDED_FRAMES = 1000
-
-
-class EnvironmentIdError(ToolkitError):
-    """An environment id gymnasium does not know, or one that cannot be made."""
 
 
 def make_env(env_id: str, num_envs: int, **make_kwargs: Any) -> Any:

@@ -1,7 +1,7 @@
-"""``policy-toolkit serve`` and ``publish``: a TF-free policy server, and its versions.
+"""``policy-toolkit serve``: a TF-free policy server speaking TF Serving's REST API.
 
-Both import the server's libraries inside their bodies; neither imports TensorFlow
-(``serve`` with the default onnx backend).
+The server (``runtimes.serving``) is imported when the command runs; neither it nor
+this module imports TensorFlow (with the default onnx backend).
 """
 
 from __future__ import annotations
@@ -11,7 +11,9 @@ from typing import Annotated
 
 import typer
 
-__all__ = ["model_configs", "publish", "serve"]
+from toolkit.cli import common
+
+__all__ = ["model_configs", "serve"]
 
 
 def _bad(option: str, expected: str, got: str) -> Exception:
@@ -77,7 +79,9 @@ def model_configs(
     ]
 
 
+@common.command
 def serve(
+    ctx: typer.Context,
     model: Annotated[
         Path | None,
         typer.Argument(
@@ -181,29 +185,3 @@ def serve(
         graceful_seconds=graceful_seconds,
     )
     raise typer.Exit(run(options))
-
-
-def publish(
-    bundle: Annotated[
-        Path, typer.Argument(metavar="BUNDLE", help="The bundle to publish.", show_default=False)
-    ],
-    base: Annotated[
-        Path,
-        typer.Argument(
-            metavar="BASE", help="The model base path (created if missing).", show_default=False
-        ),
-    ],
-    version: Annotated[
-        int | None,
-        typer.Option("--version", min=0, help="The version number (default: the train step)."),
-    ] = None,
-) -> None:
-    """Add a bundle to a model base path as a new version, atomically.
-
-    BASE/<version> holds the SavedModel at its root, so both `policy-toolkit serve BASE`
-    and `tensorflow_model_server --model_base_path=BASE` serve it.
-    """
-    from runtimes.serving.publish import publish as publish_bundle
-
-    target = publish_bundle(bundle, base, version)
-    typer.echo(str(target))

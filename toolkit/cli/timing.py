@@ -1,4 +1,4 @@
-"""``policy-toolkit bench``: latency and throughput of a loaded policy's ``action``.
+"""What ``policy-toolkit bench`` measures: latency and throughput of a policy's ``action``.
 
 Each (backend, batch size) cell times single ``policy.action`` calls on a fixed,
 spec-sampled time step (MID steps, the policy's state fed back) for a time budget,

@@ -39,7 +39,6 @@ COMMANDS = (
     "quantize",
     "update",
     "import-tf-agents",
-    "tour",
 )
 
 

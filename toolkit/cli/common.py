@@ -1,0 +1,257 @@
+"""The plumbing every command shares: errors and exit codes, consoles, stages, parsing.
+
+Exit codes: 0 ok; 1 a verification or agreement failure (or an unexpected error);
+2 a usage or input error. Errors are one line on stderr (``--debug`` shows the
+traceback). Progress goes to stderr, results to stdout.
+
+The run's state (``--debug``) lives on the root ``typer.Context`` (``CliState``),
+not in a module global, so one process can invoke the app many times.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from toolkit.errors import ToolkitError
+
+__all__ = [
+    "FORMATS",
+    "CliState",
+    "Stages",
+    "bundle_must_exist",
+    "command",
+    "console",
+    "fail",
+    "is_debug",
+    "load_runtime_policy",
+    "parse_list",
+    "parse_metadata",
+    "print_verify",
+    "quiet_tensorflow",
+    "refuse_existing",
+    "tensorflow_stage",
+    "verify_stage",
+]
+
+FORMATS = ("saved_model", "onnx")
+
+
+@dataclasses.dataclass
+class CliState:
+    """What the root callback learns for every command of one invocation."""
+
+    debug: bool = False
+
+
+def is_debug(ctx: typer.Context | None) -> bool:
+    """Whether this invocation shows tracebacks (``--debug`` or POLICY_TOOLKIT_DEBUG)."""
+    state = ctx.find_object(CliState) if ctx is not None else None
+    if state is None:
+        return bool(os.environ.get("POLICY_TOOLKIT_DEBUG"))
+    return state.debug
+
+
+def console(stderr: bool = False) -> Any:
+    """A rich console for results (stdout) or progress (stderr)."""
+    from rich.console import Console
+
+    stream = sys.stderr if stderr else sys.stdout
+    # Piped or captured output gets a wide fixed width, so tables neither fold nor cut
+    # paths and bounds at rich's default of 80 columns.
+    width = None if stream.isatty() else max(int(os.environ.get("COLUMNS") or 0), 200)
+    return Console(stderr=stderr, width=width, highlight=False)
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    """Prints ``error: message`` on stderr; returns the Exit to raise."""
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def command(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turns toolkit errors into one line and exit code 2 (tracebacks with --debug).
+
+    The command takes ``ctx: typer.Context`` (typer passes it by that name).
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        ctx = kwargs.get("ctx")
+        try:
+            return fn(*args, **kwargs)
+        except (typer.Exit, typer.Abort):
+            raise
+        except ToolkitError as e:
+            if is_debug(ctx):
+                raise
+            raise fail(str(e), 2) from None
+        except KeyboardInterrupt:
+            raise fail("interrupted", 130) from None
+        except Exception as e:
+            if is_debug(ctx):
+                raise
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            raise fail(
+                f"unexpected {type(e).__name__}: {first} "
+                "(run `policy-toolkit --debug ...` for the traceback)",
+                1,
+            ) from None
+
+    return wrapper
+
+
+def quiet_tensorflow(ctx: typer.Context) -> None:
+    """Imports TensorFlow with its C++ start-up chatter (CUDA probes) kept off the terminal."""
+    if "tensorflow" in sys.modules or is_debug(ctx):
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as log:
+        os.dup2(log.fileno(), 2)
+        try:
+            import tensorflow as tf
+
+            tf.config.list_physical_devices("GPU")  # the CUDA probe logs here, once
+        except BaseException:
+            os.dup2(saved, 2)
+            log.seek(0)
+            sys.stderr.write(log.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+class Stages:
+    """Prints one line per stage (a spinner while it runs on a terminal) to stderr."""
+
+    def __init__(self) -> None:
+        self.console = console(stderr=True)
+
+    @contextlib.contextmanager
+    def stage(self, label: str) -> Iterator[dict[str, str]]:
+        note: dict[str, str] = {}
+        started = time.perf_counter()
+        try:
+            with self.console.status(f"{label}..."):
+                yield note
+        except BaseException:
+            self.console.print(f"[red]✗[/red] {label}", soft_wrap=True)
+            raise
+        detail = f": {note['detail']}" if note.get("detail") else ""
+        seconds = time.perf_counter() - started
+        self.console.print(
+            f"[green]✓[/green] {label}{detail} [dim]({seconds:.1f} s)[/dim]", soft_wrap=True
+        )
+
+
+def tensorflow_stage(ctx: typer.Context, stages: Stages) -> None:
+    """The "load TensorFlow" stage of the commands that build or import policies."""
+    with stages.stage("load TensorFlow"):
+        quiet_tensorflow(ctx)
+
+
+def verify_stage(stages: Stages, path: Path, samples: int, policy: Any = None) -> Any:
+    """The "verify" stage: the bundle's forms (and ``policy``, if given) compared."""
+    from exporters import verify as verify_bundle
+
+    with stages.stage("verify") as note:
+        report = verify_bundle(path, samples, policy=policy)
+        worst = max((r.max_abs for r in report.rows), default=0.0)
+        note["detail"] = f"{'OK' if report.ok else 'FAILED'}, max abs diff {worst:.3g}"
+    return report
+
+
+def parse_list(value: str, what: str, allowed: tuple[str, ...] | None = None) -> list[str]:
+    """The distinct items of a comma-separated option, checked against ``allowed``."""
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    if not items:
+        raise fail(f"{what}: expected a comma-separated list, got {value!r}")
+    if allowed is not None:
+        unknown = [v for v in items if v not in allowed]
+        if unknown:
+            raise fail(f"{what}: expected some of {list(allowed)}, got {unknown}")
+    return list(dict.fromkeys(items))
+
+
+def parse_metadata(pairs: list[str]) -> dict[str, str]:
+    """``--metadata key=value`` options as a dict; a key given twice is an error."""
+    metadata: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise fail(f"--metadata: expected key=value, got {pair!r}")
+        key = key.strip()
+        if key in metadata:
+            raise fail(f"--metadata: key {key!r} given twice")
+        metadata[key] = value
+    return metadata
+
+
+def bundle_must_exist(path: Path) -> None:
+    if not path.exists():
+        raise fail(f"{path}: no such bundle")
+
+
+def refuse_existing(output: Path, overwrite: bool) -> None:
+    """The overwrite guard: an existing OUTPUT needs ``--overwrite``."""
+    if output.exists() and not overwrite:
+        raise fail(f"{output}: already exists; pass --overwrite to replace it")
+
+
+def load_runtime_policy(ctx: typer.Context, bundle: Path, backend: str, seed: int | None) -> Any:
+    """A bundle's runtime policy; TensorFlow is loaded (quietly) only if the backend needs it."""
+    bundle_must_exist(bundle)
+    if backend in ("tf", "auto"):
+        from toolkit import bundle as bundle_lib
+
+        formats = bundle_lib.read_manifest(bundle, check_files=False).get("formats", [])
+        if backend == "tf" or "onnx" not in formats:
+            quiet_tensorflow(ctx)
+    from runtimes import load_policy
+
+    return load_policy(bundle, backend=backend, seed=seed)
+
+
+def _verify_renderable(report: Any) -> Any:
+    from rich import box
+    from rich.table import Table
+
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False)
+    for column in ("form", "output", "max abs diff", "max rel diff", ""):
+        table.add_column(column, justify="right" if "diff" in column else "left")
+    for row in report.rows:
+        table.add_row(
+            row.form,
+            row.output,
+            f"{row.max_abs:.3g}",
+            f"{row.max_rel:.3g}",
+            "ok" if row.ok else "[red]BEYOND TOLERANCE[/red]",
+        )
+    return table
+
+
+def print_verify(report: Any) -> None:
+    """A verification report: its status line and the table of differences."""
+    out = console()
+    status = "[green]OK[/green]" if report.ok else "[red]FAILED[/red]"
+    out.print(
+        f"verify {report.bundle}: {status} ({report.num_samples} samples x {report.steps} "
+        f"step{'s' if report.steps != 1 else ''}; reference {report.reference}; tolerance "
+        f"{report.atol:g} + {report.rtol:g} x |reference|)",
+        soft_wrap=True,
+    )
+    out.print(_verify_renderable(report))

@@ -1,0 +1,109 @@
+"""``policy-toolkit export``: a TF policy from a factory (and checkpoint) to a verified bundle."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from toolkit.cli import common
+
+
+@common.command
+def export(
+    ctx: typer.Context,
+    source: Annotated[
+        str,
+        typer.Argument(
+            metavar="SOURCE",
+            help="The policy factory, module:callable (e.g. examples.cartpole_factory:policy); "
+            "called with no arguments, it returns a TF policy.",
+            show_default=False,
+        ),
+    ],
+    output: Annotated[
+        Path,
+        typer.Argument(metavar="OUTPUT", help="The bundle folder to write.", show_default=False),
+    ],
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(
+            "--checkpoint",
+            "-c",
+            help="Restore the policy's weights from training checkpoints (a training output "
+            "folder or its policy_checkpoints/) or a weights-only checkpoint.",
+        ),
+    ] = None,
+    step: Annotated[
+        int | None,
+        typer.Option("--step", help="The train step to restore (default: the latest)."),
+    ] = None,
+    formats: Annotated[
+        str, typer.Option("--format", "-f", help="Comma-separated: saved_model,onnx.")
+    ] = "saved_model,onnx",
+    metadata: Annotated[
+        list[str] | None,
+        typer.Option("--metadata", "-m", help="key=value stored in the manifest (repeatable)."),
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing bundle.")
+    ] = False,
+    verify: Annotated[
+        bool,
+        typer.Option("--verify/--no-verify", help="Check every exported form against the policy."),
+    ] = True,
+    samples: Annotated[
+        int, typer.Option("--samples", min=1, help="Sampled time steps for verification.")
+    ] = 64,
+) -> None:
+    """Export a TF policy to a bundle.
+
+    The policy comes from a factory, optionally restored from a training checkpoint;
+    the export is verified against it unless --no-verify.
+    """
+    format_list = common.parse_list(formats, "--format", common.FORMATS)
+    meta = common.parse_metadata(metadata or [])
+    if step is not None and checkpoint is None:
+        raise common.fail("--step needs --checkpoint")
+    common.refuse_existing(output, overwrite)
+    if checkpoint is not None and not checkpoint.exists():
+        raise common.fail(f"{checkpoint}: no such checkpoint")
+    from toolkit.cli import sources
+
+    sources.parse_source(source)  # a malformed string fails before TensorFlow loads
+    stages = common.Stages()
+    common.tensorflow_stage(ctx, stages)
+
+    with stages.stage(f"build {source}") as note:
+        policy = sources.load_factory(source)
+        note["detail"] = type(policy).__name__
+    train_step = None
+    if checkpoint is not None:
+        with stages.stage(f"restore {checkpoint}") as note:
+            restored = sources.restore_checkpoint(policy, checkpoint, step)
+            train_step = restored.train_step
+            note["detail"] = f"{Path(restored.prefix).name}, train step {train_step}"
+    from exporters import export_policy
+
+    with stages.stage(f"export {', '.join(format_list)}") as note:
+        path = export_policy(
+            policy,
+            output,
+            formats=format_list,
+            train_step=train_step,
+            metadata=meta,
+            overwrite=overwrite,
+        )
+        note["detail"] = str(path)
+    report = common.verify_stage(stages, path, samples, policy=policy) if verify else None
+    step_text = "" if train_step is None else f", train step {train_step}"
+    common.console().print(f"exported {type(policy).__name__}{step_text} -> {path}", soft_wrap=True)
+    if report is not None:
+        common.print_verify(report)
+        if not report.ok:
+            raise common.fail(
+                f"{path}: written, but an exported form differs from the policy beyond "
+                "tolerance (see above)",
+                1,
+            )

@@ -1,0 +1,57 @@
+"""``policy-toolkit update``: a checkpoint's weights written into an existing bundle."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from toolkit.cli import common
+
+
+@common.command
+def update(
+    ctx: typer.Context,
+    bundle: Annotated[
+        Path, typer.Argument(metavar="BUNDLE", help="The bundle to update.", show_default=False)
+    ],
+    checkpoint: Annotated[
+        Path,
+        typer.Option(
+            "--checkpoint",
+            "-c",
+            help="A weights-only checkpoint (exporters.save_checkpoint) or a training run's "
+            "policy checkpoints.",
+        ),
+    ],
+    step: Annotated[
+        int | None, typer.Option("--step", help="The train step to take (default: the latest).")
+    ] = None,
+) -> None:
+    """Write a checkpoint's weights into an existing bundle.
+
+    Both formats and every hash are updated, atomically. Takes a weights-only
+    checkpoint, a training run's policy checkpoints, or (for imported bundles) a
+    TF-Agents checkpoint.
+    """
+    common.bundle_must_exist(bundle)
+    if not checkpoint.exists():
+        raise common.fail(f"{checkpoint}: no such checkpoint")
+    from toolkit import bundle as bundle_lib
+
+    manifest = bundle_lib.read_manifest(bundle)
+    weights_only = (checkpoint / bundle_lib.CHECKPOINT_FILE).is_file()
+    if "saved_model" in manifest.get("formats", []) or not weights_only:
+        common.quiet_tensorflow(ctx)
+    from exporters.update import update_bundle
+
+    report = update_bundle(bundle, checkpoint, step=step)
+    change = ""
+    if report.max_weight_change is not None:
+        change = f"; largest weight change {report.max_weight_change:.3g}"
+    common.console().print(
+        f"updated {report.bundle} ({', '.join(report.formats)}): train step "
+        f"{report.previous_train_step} -> {report.train_step}{change}",
+        soft_wrap=True,
+    )

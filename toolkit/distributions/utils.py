@@ -1,0 +1,164 @@
+"""Action distributions of TF policies: conversion to a spec's leaf, and to export parameters.
+
+``as_action_distribution`` makes what a network or policy gives (a tensor, a TFP
+``Categorical``, a ``Normal`` over scalars) into one distribution per action leaf with
+the leaf's event shape; ``params_from_distribution`` describes such a distribution as a
+``toolkit.distribution_families`` family and its parameter tensors, for export.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+from toolkit import distribution_families as families
+from toolkit.distributions.shifted_categorical import ShiftedCategorical
+from toolkit.errors import SpecMismatchError, UnsupportedError
+from toolkit.specs import tensor_spec
+
+tfd = tfp.distributions
+
+__all__ = [
+    "as_action_distribution",
+    "is_distribution",
+    "is_instance",
+    "params_from_distribution",
+    "unwrap_independent",
+]
+
+
+def is_distribution(value: Any) -> bool:
+    """Whether ``value`` is a TFP distribution."""
+    return isinstance(value, tfd.Distribution)
+
+
+def _tfp_class(public: type) -> type:
+    """The class behind a TFP distribution name.
+
+    TFP builds ``_Independent`` (not ``Independent``) around distributions that are no
+    CompositeTensor, like ShiftedCategorical: isinstance must test the private base.
+    """
+    for cls in public.__mro__:
+        if cls.__name__ == "_" + public.__name__:
+            return cls
+    return public
+
+
+def is_instance(value: Any, *publics: type) -> bool:
+    """isinstance against TFP distribution classes, their private bases included."""
+    return isinstance(value, tuple(_tfp_class(p) for p in publics))
+
+
+def unwrap_independent(value: Any) -> Any:
+    """The distribution inside an ``Independent``, or ``value`` itself."""
+    return value.distribution if is_instance(value, tfd.Independent) else value
+
+
+def as_action_distribution(value: Any, spec: Any, path: str = "action") -> tfd.Distribution:
+    """The distribution of one action leaf with event shape ``spec.shape``.
+
+    * a tensor (an action network's output) becomes a Deterministic around it;
+    * a TFP ``Categorical`` over ``0..n-1`` becomes a ShiftedCategorical over the spec's
+      range (``n`` must equal ``maximum - minimum + 1``), of the spec's dtype;
+    * a distribution with scalar events over ``[B] + spec.shape`` (e.g. the seed's
+      ``Normal(means, stds)``) is made Independent over the spec's dims.
+    """
+    rank = spec.shape.rank
+    if not is_distribution(value):
+        tensor = tf.convert_to_tensor(value)
+        if tensor.dtype != spec.dtype:
+            if not tensor_spec.same_kind(tensor.dtype, spec.dtype):
+                raise SpecMismatchError(path, f"dtype {spec.dtype.name}", tensor.dtype.name)
+            tensor = tf.cast(tensor, spec.dtype)
+        return tfd.Independent(tfd.Deterministic(tensor), reinterpreted_batch_ndims=rank)
+    base = unwrap_independent(value)
+    if (is_instance(base, tfd.Categorical) or isinstance(base, ShiftedCategorical)) and (
+        tensor_spec.is_discrete(spec)
+    ):
+        return _shifted_categorical_for(base, spec, path)
+    event = value.event_shape
+    if event.rank == 0 and rank > 0:
+        return tfd.Independent(value, reinterpreted_batch_ndims=rank)
+    if event.rank is not None and not event.is_compatible_with(spec.shape):
+        raise SpecMismatchError(
+            path,
+            f"a distribution with event shape {tuple(spec.shape.as_list())}",
+            f"event shape {tensor_spec.shape_text(event)}",
+        )
+    return value
+
+
+def _shifted_categorical_for(base: Any, spec: Any, path: str) -> tfd.Distribution:
+    low, high = tensor_spec.discrete_range(spec, path)
+    logits = base.logits_parameter()
+    n = logits.shape[-1]
+    if n is not None and n != high - low + 1:
+        raise SpecMismatchError(
+            path,
+            f"{high - low + 1} categories (actions {low} to {high})",
+            f"{n} categories",
+        )
+    if isinstance(base, ShiftedCategorical) and base.shift != low:
+        raise SpecMismatchError(path, f"categories starting at {low}", f"starting at {base.shift}")
+    logits = tf.reshape(logits, [-1, *spec.shape.as_list(), high - low + 1])
+    shifted = ShiftedCategorical(logits, shift=low, dtype=spec.dtype)
+    return tfd.Independent(shifted, reinterpreted_batch_ndims=spec.shape.rank)
+
+
+def params_from_distribution(
+    distribution: Any, spec: Any, batch_size: Any, path: str = "action"
+) -> families.DistributionParams:
+    """The export description (family and parameter tensors) of one action distribution.
+
+    Parameters are broadcast to ``[B] + spec.shape`` (logits: ``[B] + spec.shape + [n]``).
+
+    Raises:
+      UnsupportedError: for distributions outside ``distribution_families.FAMILIES``.
+    """
+    base = unwrap_independent(distribution)
+    shape = tf.concat(
+        [
+            tf.reshape(tf.cast(batch_size, tf.int32), [1]),
+            tf.constant(spec.shape.as_list(), tf.int32),
+        ],
+        0,
+    )
+    event_ndims = spec.shape.rank
+    dtype = families.dtype_name(spec.dtype)
+
+    def full(t: Any, dtype: Any = None) -> tf.Tensor:
+        t = tf.convert_to_tensor(t)
+        if dtype is not None and t.dtype != dtype:
+            t = tf.cast(t, dtype)
+        return tf.broadcast_to(t, shape)
+
+    def make(family: str, shift: int = 0, **params: Any) -> families.DistributionParams:
+        return families.DistributionParams(family, params, event_ndims, dtype, shift)
+
+    if isinstance(base, ShiftedCategorical):
+        n = base.logits.shape[-1]
+        logits = tf.broadcast_to(base.logits, tf.concat([shape, [tf.shape(base.logits)[-1]]], 0))
+        if n is not None:
+            logits = tf.ensure_shape(logits, [None, *spec.shape.as_list(), n])
+        return make(families.CATEGORICAL, shift=base.shift, logits=logits)
+    if is_instance(base, tfd.Categorical):
+        logits = base.logits_parameter()
+        return make(
+            families.CATEGORICAL,
+            logits=tf.reshape(logits, tf.concat([shape, [tf.shape(logits)[-1]]], 0)),
+        )
+    if is_instance(base, tfd.Deterministic, tfd.VectorDeterministic):
+        return make(families.DETERMINISTIC, loc=full(base.loc, spec.dtype))
+    if is_instance(base, tfd.Normal):
+        return make(families.NORMAL, loc=full(base.loc), scale=full(base.scale))
+    if is_instance(base, tfd.MultivariateNormalDiag):
+        return make(families.NORMAL, loc=full(base.mean()), scale=full(base.stddev()))
+    if is_instance(base, tfd.Uniform):
+        return make(families.UNIFORM, low=full(base.low), high=full(base.high))
+    raise UnsupportedError(
+        f"{path}: {type(distribution).__name__} has no export family (supported: "
+        "Deterministic, Categorical/ShiftedCategorical, Normal, MultivariateNormalDiag, "
+        "Uniform, each possibly Independent)"
+    )
