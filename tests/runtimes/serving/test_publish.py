@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
 import runtimes
 from runtimes.serving.publish import publish
@@ -18,7 +17,6 @@ from tests.contract import cases_runtime as cr
 from tests.contract.case import sample_time_step
 from tests.subprocess_utils import run_python
 from toolkit import bundle
-from toolkit.cli import app
 from toolkit.errors import BundleError, SpecMismatchError
 
 
@@ -89,19 +87,6 @@ def test_a_published_version_is_not_updated_in_place(tmp_path):
     target = publish(cr.bundle("greedy_q"), tmp_path / "base", 1)
     with pytest.raises(BundleError, match="a published version .* is never changed in place"):
         update_bundle(target, tmp_path / "nowhere")
-
-
-def test_publish_on_the_command_line(tmp_path):
-    runner = CliRunner()
-    base = tmp_path / "base"
-    result = runner.invoke(
-        app, ["publish", str(cr.bundle("greedy_q")), str(base), "--version", "4"]
-    )
-    assert result.exit_code == 0, result.output
-    assert result.stdout.strip() == str((base / "4").absolute())
-    again = runner.invoke(app, ["publish", str(cr.bundle("greedy_q")), str(base), "--version", "4"])
-    assert again.exit_code == 2
-    assert "version 4 already exists" in again.stderr
 
 
 def test_publishing_needs_no_tensorflow(tmp_path):
