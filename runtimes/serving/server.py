@@ -1,4 +1,4 @@
-"""Running the policy server: uvicorn (keep-alive, TCP_NODELAY) over the Starlette app.
+"""Running the policy server: uvicorn (keep-alive, TCP_NODELAY) over the ASGI app.
 
 ``run(options)`` loads every model's versions, binds the socket, serves until SIGTERM
 or SIGINT, then stops accepting, lets requests in flight finish (at most

@@ -493,3 +493,22 @@ def test_metrics_in_prometheus_text_format(server):
         'policy_serving_request_latency_seconds_bucket{api="predict",le="+Inf",model="versions"}'
     )
     assert samples[bucket] == samples[count]
+
+
+def test_connection_close_and_chunked_bodies_are_answered(server):
+    body = json.dumps({"instances": _OBS}).encode()
+    closing = httpx.post(
+        f"{server.url}/v1/models/versions:predict",
+        content=body,
+        headers={"Connection": "close"},
+    )
+    assert closing.status_code == 200
+    assert closing.headers["connection"] == "close"
+
+    def chunks():
+        yield body[:7]
+        yield body[7:]
+
+    chunked = server.client.post("/v1/models/versions:predict", content=chunks())
+    assert chunked.status_code == 200
+    assert chunked.json() == closing.json()
