@@ -8,7 +8,8 @@ observations (where the network dominates and batching pays). For each, in one r
 * ``policy-toolkit serve`` (TF-free, onnx backend) answering ``{"instances": [obs]}``
   with 1, 8 and 32 concurrent keep-alive clients, batching off; and with request
   batching on (``--batch-window-us 0``: merge what arrived while the last batch ran)
-  with 1 and 32 clients.
+  with 1 and 32 clients. Beside the latencies, the server's CPU time per request (from
+  /proc): it depends far less on what else the machine runs than wall-clock times do.
 
 The load comes from benchmarks/_serve_load.py in a separate process (raw asyncio
 sockets, tens of microseconds of client CPU per request), each run bounded in time.
@@ -123,6 +124,14 @@ class Server:
             self.process.kill()
             raise RuntimeError("the server did not start")
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU time the server process has used (Linux /proc)."""
+        try:
+            fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return float("nan")
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         self.process.send_signal(signal.SIGTERM)
         try:
@@ -217,11 +226,15 @@ def main() -> int:
         print(json.dumps({"rows": rows, "checks": checks}, indent=2))
         return 0
     print(f"load average before: {load_before:.2f}, after: {os.getloadavg()[0]:.2f}")
-    print(f"{'policy':7} {'mode':22} {'clients':>7} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>9}")
+    print(
+        f"{'policy':7} {'mode':22} {'clients':>7} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>9} "
+        f"{'server CPU us/req':>18}"
+    )
     for r in rows:
+        cpu = f"{r['server_cpu_us']:>18.0f}" if "server_cpu_us" in r else f"{'':>18}"
         print(
             f"{r['policy']:7} {r['mode']:22} {r['clients']:>7} {r['p50_ms']:>8.3f} "
-            f"{r['p99_ms']:>8.3f} {r['rps']:>9.0f}"
+            f"{r['p99_ms']:>8.3f} {r['rps']:>9.0f} {cpu}"
             + (f"  ({r['errors']} errors)" if r.get("errors") else "")
         )
     failed = False

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import logging
 import signal
 import socket
@@ -244,6 +245,10 @@ def run(options: ServeOptions) -> int:
             config.path,
         )
     app = build_app(registry, metrics, options.limits)
+    # What is loaded now lives as long as the server: keeping it out of the garbage
+    # collector's generations shortens the collections that pause requests.
+    gc.collect()
+    gc.freeze()
     sock = _bind(options.host, options.port)
     host, port = sock.getsockname()[:2]
     config = uvicorn.Config(
