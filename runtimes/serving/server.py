@@ -62,8 +62,10 @@ class ServeOptions:
 def _nodelay_protocol() -> Any:
     """uvicorn's HTTP protocol, setting TCP_NODELAY on each connection.
 
-    asyncio and uvloop set it already; doing it here keeps the guarantee explicit (with
-    Nagle's algorithm and delayed ACKs a small response can wait 40 ms).
+    uvicorn leaves it to the event loop; uvloop and asyncio set it, and doing it here
+    keeps that true whatever loop runs. Measured here with it turned off: uvicorn writes
+    the head and the body of an answer apart, Nagle's algorithm holds the body until
+    the client's delayed ACK, and one client's p50 went from 0.3 ms to 44 ms.
     """
     try:
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as Base
@@ -71,8 +73,6 @@ def _nodelay_protocol() -> Any:
         from uvicorn.protocols.http.h11_impl import H11Protocol as Base
 
     class NoDelay(Base):
-        _held: bytes | None = None
-
         def connection_made(self, transport: Any) -> None:
             sock = transport.get_extra_info("socket")
             if sock is not None:
@@ -80,53 +80,7 @@ def _nodelay_protocol() -> Any:
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             super().connection_made(transport)
 
-        async def send(self, message: Any) -> None:
-            # uvicorn writes the status line and headers, then the body: two segments
-            # with TCP_NODELAY, and twice the kernel work per answer. Holding the head
-            # until the first body part makes one write of the whole small answer.
-            kind = message["type"]
-            if kind == "http.response.start" and not self.response_started:
-                captured = _Capture(self.transport)
-                self.transport = captured
-                try:
-                    await super().send(message)
-                finally:
-                    self.transport = captured.real
-                self._held = b"".join(captured.parts)
-                return
-            if kind == "http.response.body" and self._held is not None:
-                held, self._held = self._held, None
-                captured = _Capture(self.transport)
-                self.transport = captured
-                try:
-                    await super().send(message)
-                finally:
-                    self.transport = captured.real
-                    self.transport.write(held + b"".join(captured.parts))
-                    if captured.closed:
-                        self.transport.close()
-                return
-            await super().send(message)
-
     return NoDelay
-
-
-class _Capture:
-    """Stands in for a transport while uvicorn writes one message: keeps the bytes."""
-
-    def __init__(self, real: Any):
-        self.real = real
-        self.parts: list[bytes] = []
-        self.closed = False
-
-    def write(self, data: bytes) -> None:
-        self.parts.append(data)
-
-    def close(self) -> None:
-        self.closed = True
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.real, name)
 
 
 class _Server(uvicorn.Server):
