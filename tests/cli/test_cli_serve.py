@@ -41,3 +41,20 @@ def test_serve_refuses_bad_options_naming_them(tmp_path):
         result = runner.invoke(app, args)
         assert result.exit_code == 2, (args, result.output)
         assert message in result.output, (args, result.output)
+
+
+def test_serve_without_the_server_libraries_says_what_to_install(tmp_path):
+    from tests.subprocess_utils import run_python
+
+    result = run_python(
+        f"""
+        import sys
+        sys.modules["uvicorn"] = None  # as if installed without the [serve] extra
+        from toolkit.cli import main
+        sys.argv = ["policy-toolkit", "serve", {str(tmp_path)!r}]
+        main()
+        """
+    )
+    assert result.returncode == 2, result.stderr
+    assert "serve needs the server's libraries (uvicorn is missing)" in result.stderr
+    assert "pip install 'policy-toolkit[serve]'" in result.stderr

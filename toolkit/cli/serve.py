@@ -164,8 +164,16 @@ def serve(
     GET /v1/models/NAME (status), .../metadata, POST /v1/models/NAME:predict (row
     "instances" or columnar "inputs"), GET /metrics. SIGTERM stops it gracefully.
     """
-    from runtimes.serving.app import Limits
-    from runtimes.serving.server import LOG_LEVELS, ServeOptions, run
+    try:
+        from runtimes.serving.app import Limits
+        from runtimes.serving.server import LOG_LEVELS, ServeOptions, run
+    except ImportError as e:  # installed without the server's libraries
+        from toolkit.errors import UnsupportedError
+
+        raise UnsupportedError(
+            f"serve needs the server's libraries ({e.name} is missing): "
+            "pip install 'policy-toolkit[serve]'"
+        ) from None
 
     if log_level not in LOG_LEVELS:
         raise _bad("--log-level", f"one of {list(LOG_LEVELS)}", repr(log_level))
