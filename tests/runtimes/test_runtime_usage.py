@@ -179,10 +179,10 @@ def test_tampered_saved_model_is_refused_by_the_tf_backend(tmp_path):
 
 def test_newer_format_version_is_refused(tmp_path):
     path = _copy_bundle("greedy_q", tmp_path)
-    _edit_manifest(path, lambda m: m.update(format_version=2))
+    _edit_manifest(path, lambda m: m.update(format_version=3))
     with pytest.raises(
         BundleError,
-        match=r"bundle format version 2 is newer than this policy-toolkit reads \(up to 1\); "
+        match=r"bundle format version 3 is newer than this policy-toolkit reads \(up to 2\); "
         r"upgrade policy-toolkit",
     ):
         runtimes.load_policy(path)
