@@ -23,6 +23,7 @@ __all__ = [
     "CHECKPOINT_FILE",
     "CHECKPOINT_FORMAT",
     "FORMAT",
+    "FORMATS",
     "FORMAT_VERSION",
     "MANIFEST",
     "MAX_FORMAT_VERSION",
@@ -44,6 +45,8 @@ MAX_FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 ONNX_FILE = "policy.onnx"
 SAVED_MODEL_DIR = "saved_model"
+#: The forms a bundle may hold (manifest ``formats``).
+FORMATS = ("saved_model", "onnx")
 #: The ONNX file's metadata_props key holding the manifest (without its file table).
 ONNX_MANIFEST_KEY = "policy_toolkit.manifest"
 
