@@ -178,13 +178,12 @@ def run(seconds: float) -> list[dict[str, Any]]:
                 server = Server(bundle, *args)
                 try:
                     for clients in client_counts:
-                        rows.append(
-                            {
-                                "policy": name,
-                                "mode": mode,
-                                **load(server.url, body, clients, seconds),
-                            }
-                        )
+                        before = server.cpu_seconds()
+                        row = load(server.url, body, clients, seconds)
+                        # Includes the warm-up requests, which the load run does not count.
+                        spent = server.cpu_seconds() - before
+                        row["server_cpu_us"] = spent / max(row["requests"], 1) * 1e6
+                        rows.append({"policy": name, "mode": mode, **row})
                 finally:
                     server.stop()
     return rows
