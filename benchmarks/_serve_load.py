@@ -20,7 +20,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 
-async def _client(host, port, request, stop_at, warm_at, latencies, errors, budget):
+async def _client(host, port, request, stop_at, warm_at, latencies, errors, budget, total):
     reader, writer = await asyncio.open_connection(host, port)
     try:
         while True:
@@ -37,6 +37,7 @@ async def _client(host, port, request, stop_at, warm_at, latencies, errors, budg
                     length = int(line[15:])
             await reader.readexactly(length)
             done = time.perf_counter()
+            total[0] += 1
             if started >= warm_at:
                 latencies.append(done - started)
                 if status != 200:
@@ -55,11 +56,14 @@ async def _main(args) -> dict:
     latencies: list[float] = []
     errors = [0]
     budget = [args.max_requests]
+    total = [0]
     now = time.perf_counter()
     warm_at, stop_at = now + args.warmup, now + args.warmup + args.seconds
     await asyncio.gather(
         *(
-            _client(url.hostname, url.port, request, stop_at, warm_at, latencies, errors, budget)
+            _client(
+                url.hostname, url.port, request, stop_at, warm_at, latencies, errors, budget, total
+            )
             for _ in range(args.clients)
         )
     )
@@ -73,6 +77,7 @@ async def _main(args) -> dict:
     return {
         "clients": args.clients,
         "requests": n,
+        "all_requests": total[0],
         "errors": errors[0],
         "p50_ms": pct(0.50),
         "p99_ms": pct(0.99),

@@ -180,9 +180,8 @@ def run(seconds: float) -> list[dict[str, Any]]:
                     for clients in client_counts:
                         before = server.cpu_seconds()
                         row = load(server.url, body, clients, seconds)
-                        # Includes the warm-up requests, which the load run does not count.
-                        spent = server.cpu_seconds() - before
-                        row["server_cpu_us"] = spent / max(row["requests"], 1) * 1e6
+                        spent = server.cpu_seconds() - before  # warm-up requests included
+                        row["server_cpu_us"] = spent / max(row["all_requests"], 1) * 1e6
                         rows.append({"policy": name, "mode": mode, **row})
                 finally:
                     server.stop()
