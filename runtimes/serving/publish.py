@@ -1,30 +1,29 @@
 """``publish``: a bundle -> a new version folder under a model base path (TF-free).
 
-The version folder is a bundle whose SavedModel sits at its root (bundle format
-version 2, docs/bundle-format.md), the layout both ``policy-toolkit serve`` and
-``tensorflow_model_server --model_base_path=BASE`` read: TF Serving needs
-``BASE/<version>/saved_model.pb``. It is written beside the versions in a hidden
-temporary folder (which neither server looks at), every file and folder synced to
-disk, then renamed into place: a server polling BASE sees the whole version or none.
+The version folder ``BASE/<version>`` is the bundle, unchanged (any reader reads it as
+the bundle it was), plus its SavedModel mirrored at the folder's root, where TF Serving
+looks (``BASE/<version>/saved_model.pb``): so both ``policy-toolkit serve BASE`` and
+``tensorflow_model_server --model_base_path=BASE`` serve it. The mirror's files are hard
+links to the bundle's own where the filesystem allows (no second copy on disk), copies
+otherwise; the manifest does not list them, and no reader of ours reads them.
+
+It is written beside the versions in a hidden temporary folder (which neither server
+looks at), checked against the manifest, every file and folder synced to disk, then
+renamed into place: a server polling BASE sees the whole version or none.
 """
 
 from __future__ import annotations
 
-import copy
-import json
 import os
 import shutil
 import uuid
 from pathlib import Path
-from typing import Any
 
 from toolkit import bundle
 from toolkit.errors import BundleError, SpecMismatchError
 
-__all__ = ["PUBLISHED_FORMAT_VERSION", "publish"]
+__all__ = ["publish", "saved_model_mirror"]
 
-#: The bundle format version of published versions (the SavedModel at the root).
-PUBLISHED_FORMAT_VERSION = 2
 _MAX_VERSION = 2**63 - 1
 
 
@@ -44,32 +43,18 @@ def _copy_synced(source: Path, target: Path) -> None:
         os.fsync(dst.fileno())
 
 
-def published_layout(manifest: dict[str, Any]) -> tuple[dict[str, str], dict[str, Any]]:
-    """``({source rel path: published rel path}, published manifest)`` for a bundle."""
-    new = copy.deepcopy(manifest)
-    files = manifest["files"]
-    saved = manifest.get("saved_model") if "saved_model" in manifest.get("formats", []) else None
-    prefix = None
-    if isinstance(saved, dict) and saved.get("dir") not in (None, "", "."):
-        prefix = str(saved["dir"]).rstrip("/") + "/"
-    moves = {}
-    for rel in files:
-        if ".." in Path(rel).parts or Path(rel).is_absolute():
-            raise BundleError(f"{bundle.MANIFEST}: file path {rel!r} leaves the bundle")
-        moves[rel] = rel[len(prefix) :] if prefix and rel.startswith(prefix) else rel
-    targets = list(moves.values())
-    clash = sorted(
-        {t for t in targets if targets.count(t) > 1} | ({bundle.MANIFEST} & set(targets))
-    )
+def saved_model_mirror(manifest: dict) -> dict[str, str]:
+    """``{bundle file: its path at the version root}`` for the SavedModel's files."""
+    if "saved_model" not in manifest.get("formats", []):
+        return {}
+    prefix = str(manifest["saved_model"]["dir"]).rstrip("/") + "/"
+    mirror = {rel: rel[len(prefix) :] for rel in manifest["files"] if rel.startswith(prefix)}
+    clash = sorted(set(mirror.values()) & (set(manifest["files"]) | {bundle.MANIFEST}))
     if clash:
         raise BundleError(
             f"the SavedModel's files {clash} would overwrite the bundle's own at the version root"
         )
-    new["files"] = {moves[rel]: entry for rel, entry in files.items()}
-    if isinstance(saved, dict):
-        new["saved_model"] = {**saved, "dir": "."}
-    new["format_version"] = max(int(manifest["format_version"]), PUBLISHED_FORMAT_VERSION)
-    return moves, new
+    return mirror
 
 
 def publish(
@@ -90,7 +75,7 @@ def publish(
         never changed in place: servers would not notice).
       SpecMismatchError: for a bad version number, or no train step to default to.
     """
-    source = Path(bundle_dir)
+    source = bundle.bundle_root(bundle_dir)
     manifest = bundle.read_manifest(source, check_files=True)
     if version is None:
         version = manifest.get("train_step")
@@ -108,26 +93,29 @@ def publish(
         raise SpecMismatchError("version", f"an int in [0, {_MAX_VERSION}]", repr(version))
     base = Path(base).absolute()
     target = base / str(version)
-    if target.exists():
+    if os.path.lexists(target):
         raise BundleError(
             f"{target}: version {version} already exists; versions are never replaced in place "
             "(servers keep what they loaded), publish a higher version"
         )
-    moves, new_manifest = published_layout(manifest)
+    mirror = saved_model_mirror(manifest)
     base.mkdir(parents=True, exist_ok=True)
     tmp = base / f".{version}.tmp-{uuid.uuid4().hex[:8]}"
     try:
         tmp.mkdir()
-        for rel, dest in moves.items():
-            _copy_synced(source / rel, tmp / dest)
-        with open(tmp / bundle.MANIFEST, "w") as f:
-            f.write(json.dumps(new_manifest, indent=2, allow_nan=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        bundle.check_bundle_files(tmp, new_manifest["files"])  # what was copied is what runs
+        for rel in [*manifest["files"], bundle.MANIFEST]:
+            _copy_synced(source / rel, tmp / rel)
+        # What was copied is what the manifest describes (files changed meanwhile fail here).
+        bundle.read_manifest(tmp, check_files=True)
+        for rel, dest in mirror.items():
+            (tmp / dest).parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(tmp / rel, tmp / dest)
+            except OSError:  # a filesystem without hard links
+                _copy_synced(tmp / rel, tmp / dest)
         for folder in sorted({p.parent for p in tmp.rglob("*")}, key=lambda p: -len(p.parts)):
             _fsync_dir(folder)
-        if target.exists():  # published meanwhile by someone else
+        if os.path.lexists(target):  # published meanwhile by someone else
             raise BundleError(f"{target}: version {version} appeared while publishing")
         os.rename(tmp, target)
         _fsync_dir(base)
