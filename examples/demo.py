@@ -3,9 +3,11 @@
 Trains a CartPole policy, exports it through the CLI (factory + checkpoint) as
 SavedModel, ONNX and LiteRT, verifies and inspects the bundle, plays 20 episodes with
 the onnx and the litert backend (no TensorFlow), quantizes it with candidates judged on
-real CartPole states (agreement and return beside the float policy's), and benchmarks
-every backend, float and quantized, with a plot. Copy any printed command to run that step yourself
-(inside the venv: ``. .venv/bin/activate``).
+real CartPole states (agreement and return beside the float policy's), benchmarks
+every backend, float and quantized, with a plot, and ends by serving the policy over
+HTTP (``policy-toolkit serve``, TF Serving's REST API) and asking it for one action
+with curl. Copy any printed command to run that step yourself (inside the venv:
+``. .venv/bin/activate``).
 
     python examples/demo.py            # the full demo (about 1.5 minutes, mostly training)
     python examples/demo.py --quick    # a tiny training budget: checks that every step runs
@@ -21,12 +23,16 @@ and does not recover within the budget. The demo then trains again with the next
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import shlex
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -133,6 +139,57 @@ def run(command: list[str], allowed: tuple[int, ...] = (0,)) -> str:
     return "".join(lines)
 
 
+def serve_commands(bundle: Path, port: int) -> tuple[list[str], list[str]]:
+    """The server over the exported bundle, and one predict request to it."""
+    serve = ["policy-toolkit", "serve", _rel(bundle), "--name", "cartpole", "--port", str(port)]
+    body = json.dumps({"instances": [[0.02, -0.01, 0.03, 0.04]]})
+    url = f"http://127.0.0.1:{port}/v1/models/cartpole:predict"
+    return serve, ["curl", "-s", "-w", "\\n", "-d", body, url]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def serve_and_ask(bundle: Path) -> dict:
+    """Starts the server in the background, asks it once (curl), stops it (SIGTERM)."""
+    serve, curl = serve_commands(bundle, _free_port())
+    print(f"\n$ {shlex.join(serve)} &", flush=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "toolkit", *serve[1:]], cwd=ROOT, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            line = process.stderr.readline()
+            if not line:
+                raise RuntimeError("demo: the server stopped before it listened")
+            print(f"  {line}", end="", flush=True)
+            if "listening on" in line:
+                break
+        if shutil.which("curl"):
+            answer = run(curl)
+        else:  # no curl on this machine: the same request from Python
+            print(f"\n$ {shlex.join(curl)}   (curl is not installed; sent from Python)")
+            request = urllib.request.Request(curl[-1], data=curl[-2].encode())
+            with urllib.request.urlopen(request, timeout=30) as response:
+                answer = response.read().decode()
+            print(answer)
+        print(f"\n$ kill -TERM {process.pid}", flush=True)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, rest = process.communicate(timeout=30)
+        print("".join(f"  {line}\n" for line in rest.splitlines()), end="", flush=True)
+    if process.returncode != 0:
+        raise subprocess.CalledProcessError(process.returncode, serve)
+    prediction = json.loads(answer)
+    if "predictions" not in prediction:
+        raise RuntimeError(f"demo: the server answered {answer!r}")
+    return prediction
+
+
 def mean_return(output: str) -> float:
     """The last line of train_cartpole.py: ``mean return: <number>``."""
     found = re.findall(r"^mean return: (-?[\d.]+)$", output, re.MULTILINE)
@@ -197,6 +254,9 @@ def main() -> None:
                     print("demo: quantize refused every candidate; deploy the float bundle")
             else:
                 run(command)
+        prediction = serve_and_ask(args.out / "cartpole")
+        side = ["left", "right"][prediction["predictions"][0]]
+        print(f"demo: the served policy pushes the cart {side}")
     except subprocess.CalledProcessError as e:
         print(f"\ndemo: step failed with exit code {e.returncode}", file=sys.stderr)
         sys.exit(e.returncode)

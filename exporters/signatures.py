@@ -21,12 +21,16 @@ from toolkit import nest
 from toolkit.errors import ExportError
 from toolkit.policies import tf_policy as tf_policy_lib
 from toolkit.specs import tensor_spec
-from toolkit.trajectories.time_step import TimeStep
+from toolkit.trajectories.time_step import StepType, TimeStep
 
 __all__ = ["ExportModule", "FlatSignature", "flat_specs"]
 
 # TensorFlow's rule for op and tensor names, which SavedModel and tf2onnx keep.
 _NAME = re.compile(r"^[A-Za-z0-9.][A-Za-z0-9_.\-/]*$")
+
+
+def _is_observation(name: str) -> bool:
+    return name.split("/")[0] == "observation"
 
 
 def flat_specs(spec: Any, prefix: str, batch: bool = True) -> dict[str, tf.TensorSpec]:
@@ -167,6 +171,35 @@ class ExportModule(tf.Module):
             outputs[path] = value
         return outputs
 
+    def serving_inputs(self) -> dict[str, tf.TensorSpec]:
+        """``serving_default``'s inputs: the observation, plus the step type and the
+        state for stateful policies (a recurrent policy needs FIRST to reset)."""
+        inputs = {n: s for n, s in self.info.time_step_inputs.items() if _is_observation(n)}
+        if self.info.state_inputs:
+            inputs["step_type"] = self.info.time_step_inputs["step_type"]
+            inputs.update(self.info.state_inputs)
+        return inputs
+
+    def serving_outputs(self, inputs: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        """The policy's action (and next state) for an observation: the time step's
+        other fields default to step type MID, reward 0 and discount 1, as
+        ``policy-toolkit serve`` fills them in."""
+        observation = next(v for n, v in inputs.items() if _is_observation(n))
+        batch = tf.shape(observation)[:1]
+        full = dict(inputs)
+        for name, spec in self.info.time_step_inputs.items():
+            if name in full:
+                continue
+            shape = tf.concat([batch, tf.constant(spec.shape[1:].as_list(), tf.int32)], 0)
+            if name == "step_type":
+                full[name] = tf.fill(shape, tf.constant(int(StepType.MID), spec.dtype))
+            elif name == "discount":
+                full[name] = tf.ones(shape, spec.dtype)
+            else:  # reward
+                full[name] = tf.zeros(shape, spec.dtype)
+        outputs = self.action_outputs(full)
+        return {k: v for k, v in outputs.items() if k.split("/")[0] in ("action", "next_state")}
+
     def initial_state_outputs(self, batch_size: tf.Tensor) -> dict[str, tf.Tensor]:
         state = self.policy.get_initial_state(batch_size)
         return dict(nest.flatten_with_paths(state, "policy_state"))
@@ -184,6 +217,10 @@ class ExportModule(tf.Module):
         @tf.function(input_signature=[inputs], autograph=False)
         def action(flat):
             return self.action_outputs(flat)
+
+        @tf.function(input_signature=[self.serving_inputs()], autograph=False)
+        def serving_default(flat):
+            return self.serving_outputs(flat)
 
         @tf.function(
             input_signature=[tf.TensorSpec([], tf.int32, name="batch_size")], autograph=False
@@ -207,6 +244,8 @@ class ExportModule(tf.Module):
             "get_initial_state": get_initial_state,
             "get_train_step": get_train_step,
             "get_metadata": get_metadata,
+            # TF Serving's default: a request without signature_name gets the action.
+            "serving_default": serving_default,
         }
         return self.info.functions
 

@@ -134,6 +134,13 @@ def update_bundle(
 
     root = Path(bundle_dir)
     manifest = bundle.read_manifest(root)
+    if (root / "saved_model.pb").is_file():
+        # publish mirrors the SavedModel at a version's root for TF Serving; an update
+        # would rewrite the bundle without it, and servers keep what they loaded anyway.
+        raise BundleError(
+            f"{root}: a published version is never changed in place, as servers keep what "
+            "they loaded; update the source bundle and publish it as a new version"
+        )
     source = Path(checkpoint)
     if not source.exists() and not Path(f"{source}.index").is_file():
         raise BundleError(f"{source}: no such checkpoint")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -50,8 +51,13 @@ def test_demo_runs_every_step(tmp_path):
     # --quick: a tiny training budget; every CLI step still runs (about a minute).
     result = _run("demo.py", "--quick", "--out", str(tmp_path))
     assert result.returncode == 0, result.stderr
-    for step in ("--version", "export", "verify", "inspect", "run", "quantize", "bench"):
+    for step in ("--version", "export", "verify", "inspect", "run", "quantize", "bench", "serve"):
         assert f"$ policy-toolkit {step}" in result.stdout
+    # It ends by serving the policy and asking it once over HTTP (curl when installed).
+    curl = r"\$ curl -s -w .* -d .* http://127\.0\.0\.1:\d+/v1/models/cartpole:predict"
+    assert re.search(curl, result.stdout)
+    assert re.search(r'^\{"predictions":\[\d\]\}$', result.stdout, re.MULTILINE)
+    assert re.search(r"demo: the served policy pushes the cart (left|right)", result.stdout)
     assert "$ python examples/train_cartpole.py" in result.stdout
     assert "(onnx backend, seeds 0..19)" in result.stdout  # 20 CartPole episodes
     assert "(litert backend, seeds 0..19)" in result.stdout

@@ -75,6 +75,19 @@ class EnvironmentIdError(ToolkitError):
     """An environment id gymnasium does not know, or one that cannot be made."""
 
 
+class ServingError(ToolkitError):
+    """A policy-server request that cannot be answered (runtimes.serving).
+
+    Attributes:
+      status: the HTTP status the server answers with (400, 404, 413...), as TF Serving
+        maps its error codes (invalid argument 400, not found 404).
+    """
+
+    def __init__(self, message: str, status: int = 400):
+        self.status = int(status)
+        super().__init__(message)
+
+
 def describe_path(path: str, default: str = "value") -> str:
     """Returns ``path`` or a placeholder for the root of a nest."""
     return path or default

@@ -283,6 +283,7 @@ def test_saved_model_signatures_reproduce_the_recording(bundles):
         "get_initial_state",
         "get_metadata",
         "get_train_step",
+        "serving_default",
     ]
     rec = recording("q_rnn")
     state = loaded.signatures["get_initial_state"](batch_size=tf.constant(4))

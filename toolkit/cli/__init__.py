@@ -1,4 +1,5 @@
-"""The policy-toolkit command line (typer): export, inspect, verify, run, bench, quantize, update.
+"""The policy-toolkit command line (typer): export, inspect, verify, run, bench, quantize, update,
+serve, publish.
 
 One module per command (``toolkit.cli.export``, ...), the plumbing they share in
 ``toolkit.cli.common``. Commands import what they need inside their bodies, so
@@ -24,8 +25,10 @@ from toolkit.cli import bench as _bench
 from toolkit.cli import export as _export
 from toolkit.cli import import_tf_agents as _import_tf_agents
 from toolkit.cli import inspect as _inspect
+from toolkit.cli import publish as _publish
 from toolkit.cli import quantize as _quantize
 from toolkit.cli import run as _run
+from toolkit.cli import serve as _serve
 from toolkit.cli import update as _update
 from toolkit.cli import verify as _verify
 from toolkit.cli.common import CliState
@@ -73,6 +76,8 @@ app.command("bench")(_bench.bench)
 app.command("quantize")(_quantize.quantize)
 app.command("update")(_update.update)
 app.command("import-tf-agents")(_import_tf_agents.import_tf_agents)
+app.command("serve")(_serve.serve)
+app.command("publish")(_publish.publish)
 
 
 def main() -> None:

@@ -1,0 +1,195 @@
+"""``policy-toolkit serve``: a TF-free policy server speaking TF Serving's REST API.
+
+The server (``runtimes.serving``) is imported when the command runs; neither it nor
+this module imports TensorFlow (with the default onnx backend).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from toolkit.cli import common
+
+__all__ = ["model_configs", "serve"]
+
+
+def _bad(option: str, expected: str, got: str) -> Exception:
+    """A usage error naming the option (the CLI prints it, exit status 2)."""
+    from toolkit.errors import SpecMismatchError
+
+    return SpecMismatchError(option, expected, got)
+
+
+def _split(text: str, sep: str, what: str, example: str) -> tuple[str, str]:
+    left, found, right = text.partition(sep)
+    if not found or not left or not right:
+        raise _bad(what, example, repr(text))
+    return left, right
+
+
+def model_configs(
+    model: Path | None,
+    name: str | None,
+    models: list[str],
+    versions: list[str],
+    labels: list[str],
+) -> list:
+    """The served models from the command line's MODEL, --name, --model, --versions, --label."""
+    from runtimes.serving.models import ModelConfig, VersionPolicy
+
+    pairs: list[tuple[str, Path]] = []
+    if model is not None:
+        pairs.append((name or model.resolve().name or "default", model))
+    elif name is not None:
+        raise _bad("--name", "a MODEL argument to name", "none")
+    for entry in models:
+        model_name, path = _split(entry, "=", "--model", "NAME=PATH")
+        pairs.append((model_name, Path(path)))
+    if not pairs:
+        raise _bad("MODEL", "a MODEL path or --model NAME=PATH", "neither")
+    names = [n for n, _ in pairs]
+    if len(set(names)) != len(names):
+        raise _bad("--model", "distinct model names", str(names))
+    policies: dict[str | None, VersionPolicy] = {}
+    for entry in versions:
+        target, _, text = entry.rpartition("=")
+        if target and target not in names:
+            raise _bad("--versions", f"NAME=POLICY with NAME one of {names}", repr(target))
+        policies[target or None] = VersionPolicy.parse(text)
+    model_labels: dict[str | None, list[tuple[str, int]]] = {}
+    for entry in labels:
+        target, _, rest = entry.rpartition(":")
+        if target and target not in names:
+            raise _bad("--label", f"MODEL:LABEL=VERSION with MODEL one of {names}", repr(target))
+        label, version = _split(rest, "=", "--label", "[MODEL:]LABEL=VERSION")
+        if not version.isdigit():
+            raise _bad("--label", "[MODEL:]LABEL=VERSION with a numeric version", repr(entry))
+        model_labels.setdefault(target or None, []).append((label, int(version)))
+    return [
+        ModelConfig(
+            n,
+            p,
+            policies.get(n, policies.get(None, VersionPolicy())),
+            tuple(model_labels.get(None, []) + model_labels.get(n, [])),
+        )
+        for n, p in pairs
+    ]
+
+
+@common.command
+def serve(
+    ctx: typer.Context,
+    model: Annotated[
+        Path | None,
+        typer.Argument(
+            metavar="[MODEL]",
+            help="A bundle, or a base path of numeric version folders (TF Serving's layout).",
+            show_default=False,
+        ),
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option("--name", help="MODEL's name in URLs (default: its folder's).")
+    ] = None,
+    models: Annotated[
+        list[str],
+        typer.Option("--model", help="Another model: NAME=PATH (repeatable).", show_default=False),
+    ] = [],  # noqa: B006 (typer needs a literal default)
+    host: Annotated[
+        str, typer.Option("--host", help="Address to listen on (keep 127.0.0.1 unless proxied).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="0: any free port.")] = 8501,
+    versions: Annotated[
+        list[str],
+        typer.Option(
+            "--versions",
+            help="Which versions to serve: latest, latest:N, all or specific:V1,V2 "
+            "(as TF Serving's model_version_policy); NAME=POLICY for one model.",
+            show_default=False,
+        ),
+    ] = [],  # noqa: B006
+    labels: Annotated[
+        list[str],
+        typer.Option(
+            "--label",
+            help="A version label, [MODEL:]LABEL=VERSION, for /labels/LABEL URLs (repeatable).",
+            show_default=False,
+        ),
+    ] = [],  # noqa: B006
+    poll_seconds: Annotated[
+        float,
+        typer.Option(
+            "--poll-seconds", min=0.0, help="How often to look for new versions (0: never)."
+        ),
+    ] = 1.0,
+    seed: Annotated[
+        int | None,
+        typer.Option("--seed", min=0, help="Seeds stochastic actions (default: from the OS)."),
+    ] = None,
+    backend: Annotated[
+        str, typer.Option("--backend", help="onnx (no TensorFlow), tf, or auto.")
+    ] = "onnx",
+    batch_window_us: Annotated[
+        int | None,
+        typer.Option(
+            "--batch-window-us",
+            min=0,
+            help="Merge concurrent action requests of a model into one call, waiting this "
+            "long for more (0: merge what has arrived). Off by default.",
+        ),
+    ] = None,
+    max_batch: Annotated[
+        int, typer.Option("--max-batch", min=1, help="Most rows per request (400 beyond).")
+    ] = 1024,
+    max_body_bytes: Annotated[
+        int, typer.Option("--max-body-bytes", min=1, help="Largest request body (413 beyond).")
+    ] = 4 << 20,
+    log_level: Annotated[
+        str, typer.Option("--log-level", help="critical, error, warning, info or debug.")
+    ] = "info",
+    access_log: Annotated[
+        bool, typer.Option("--access-log", help="Log every request (off: it costs latency).")
+    ] = False,
+    graceful_seconds: Annotated[
+        float,
+        typer.Option(
+            "--graceful-seconds", min=0.0, help="On SIGTERM, how long in-flight requests get."
+        ),
+    ] = 4.0,
+) -> None:
+    """Serve policies over HTTP with TF Serving's REST API, without TensorFlow.
+
+    GET /v1/models/NAME (status), .../metadata, POST /v1/models/NAME:predict (row
+    "instances" or columnar "inputs"), GET /metrics. SIGTERM stops it gracefully.
+    """
+    try:
+        from runtimes.serving.app import Limits
+        from runtimes.serving.server import LOG_LEVELS, ServeOptions, run
+    except ImportError as e:  # installed without the server's libraries
+        from toolkit.errors import UnsupportedError
+
+        raise UnsupportedError(
+            f"serve needs the server's libraries ({e.name} is missing): "
+            "pip install 'policy-toolkit[serve]'"
+        ) from None
+
+    if log_level not in LOG_LEVELS:
+        raise _bad("--log-level", f"one of {list(LOG_LEVELS)}", repr(log_level))
+    if backend not in ("onnx", "tf", "auto"):
+        raise _bad("--backend", "onnx, tf or auto", repr(backend))
+    options = ServeOptions(
+        models=model_configs(model, name, models, versions, labels),
+        host=host,
+        port=port,
+        poll_seconds=poll_seconds,
+        seed=seed,
+        backend=backend,
+        batch_window_us=batch_window_us,
+        limits=Limits(max_body_bytes=max_body_bytes, max_batch=max_batch),
+        log_level=log_level,
+        access_log=access_log,
+        graceful_seconds=graceful_seconds,
+    )
+    raise typer.Exit(run(options))
