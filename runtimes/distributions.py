@@ -20,6 +20,7 @@ __all__ = [
     "Deterministic",
     "Distribution",
     "Normal",
+    "TanhNormal",
     "Uniform",
     "make_distribution",
 ]
@@ -259,7 +260,81 @@ class Uniform(Distribution):
         return {"low": self.low, "high": self.high}
 
 
-_FAMILIES = {cls.family: cls for cls in (Deterministic, Categorical, Normal, Uniform)}
+class TanhNormal(Distribution):
+    """TF-Agents' SquashToSpecNormal: ``c + m * tanh(x)``, ``x ~ Normal(loc, scale)``.
+
+    ``c`` and ``m`` are the centre and half-width of ``[low, high]`` (the action spec's
+    bounds). ``mode``, ``mean`` and ``stddev`` follow TF-Agents' definitions (the tanh of
+    the input's mode and stddev, scaled), not the squashed distribution's moments; the
+    log-probability is the change of variables through TF-Agents' stable tanh; there is
+    no entropy (TF-Agents has none either).
+    """
+
+    family = "tanh_normal"
+    #: TF-Agents' stable tanh inverse clips |u| <= 1 to this before atanh.
+    INVERSE_CLIP = 0.99999997
+
+    def __init__(
+        self,
+        loc: Any,
+        scale: Any,
+        low: Any,
+        high: Any,
+        event_ndims: int = 0,
+        dtype: Any = np.float32,
+    ):
+        super().__init__(event_ndims, dtype)
+        self.loc = np.asarray(loc)
+        self.scale = np.asarray(scale)
+        self.low = np.asarray(low)
+        self.high = np.asarray(high)
+        # float32 as TF-Agents computes them (spec_means_and_magnitudes).
+        self._center = ((self.high + self.low) / 2.0).astype(np.float32).astype(np.float64)
+        self._magnitude = ((self.high - self.low) / 2.0).astype(np.float32).astype(np.float64)
+
+    def _shape(self) -> tuple[int, ...]:
+        return np.broadcast_shapes(self.loc.shape, self.scale.shape, self._center.shape)
+
+    def sample(self, seed=None):
+        noise = _rng(seed).standard_normal(self._shape())
+        x = self.loc.astype(np.float64) + self.scale.astype(np.float64) * noise
+        return (self._center + self._magnitude * np.tanh(x)).astype(self.dtype)
+
+    def mode(self):
+        value = self._center + self._magnitude * np.tanh(self.loc.astype(np.float64))
+        return np.broadcast_to(value, self._shape()).astype(self.dtype)
+
+    mean = mode
+
+    def stddev(self):
+        value = self._magnitude * np.tanh(self.scale.astype(np.float64))
+        return np.broadcast_to(value, self._shape()).astype(self.dtype)
+
+    def log_prob(self, value):
+        u = (np.asarray(value, np.float64) - self._center) / self._magnitude
+        inside = np.abs(u) <= 1.0
+        u = np.clip(np.where(inside, u, 0.0), -self.INVERSE_CLIP, self.INVERSE_CLIP)
+        x = np.arctanh(u)
+        loc = self.loc.astype(np.float64)
+        scale = self.scale.astype(np.float64)
+        normal = -0.5 * ((x - loc) / scale) ** 2 - np.log(scale) - 0.5 * _LOG_2PI
+        # log |dy/dx| = log m + log(1 - tanh(x)^2), the latter in TF-Agents' stable form.
+        log_det = np.log(self._magnitude) + 2.0 * (np.log(2.0) - x - np.logaddexp(0.0, -2.0 * x))
+        return self._sum_event(np.where(inside, normal - log_det, -np.inf)).astype(np.float32)
+
+    def entropy(self):
+        raise UnsupportedError(
+            "tanh_normal (TF-Agents' SquashToSpecNormal) has no closed-form entropy; "
+            "estimate it as -mean(log_prob(samples))"
+        )
+
+    def parameters(self):
+        return {"loc": self.loc, "scale": self.scale, "low": self.low, "high": self.high}
+
+
+_FAMILIES = {
+    cls.family: cls for cls in (Deterministic, Categorical, Normal, Uniform, TanhNormal)
+}
 
 
 def make_distribution(family: str, params: dict[str, np.ndarray], **static: Any) -> Distribution:

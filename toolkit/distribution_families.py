@@ -21,7 +21,19 @@ family             params                      action
                                                categories are ``shift .. shift + n - 1``
 ``normal``         ``loc``, ``scale`` [B, *S]  ``loc + scale * N(0, 1)`` (diagonal)
 ``uniform``        ``low``, ``high`` [B, *S]   uniform in ``[low, high)``
+``tanh_normal``    ``loc``, ``scale``,         ``c + m * tanh(loc + scale * N(0, 1))``
+                   ``low``, ``high`` [B, *S]   with ``c = (high + low) / 2`` and
+                                               ``m = (high - low) / 2``
 =================  ==========================  =========================================
+
+``tanh_normal`` is TF-Agents' ``SquashToSpecNormal`` (SAC's tanh-normal projection): a
+diagonal Normal squashed by tanh into the bounds ``[low, high]`` of the action spec.
+Its statistics are TF-Agents' definitions, not the squashed distribution's true ones:
+``mode`` = ``mean`` = ``c + m * tanh(loc)``, ``stddev`` = ``m * tanh(scale)``. The
+log-probability is the change of variables ``log N(x; loc, scale) - log m -
+log(1 - tanh(x)^2)`` with ``x = atanh(u)``, ``u = (y - c) / m`` clipped to
+``+-0.99999997`` (TF-Agents' stable tanh; values outside ``[low, high]`` get ``-inf``
+where TF-Agents gives NaN); it has no closed-form entropy (TF-Agents neither).
 
 Log-probabilities and entropies sum over the ``event_ndims`` trailing dims (TFP's
 ``Independent``), giving one value per batch entry.
@@ -71,6 +83,7 @@ __all__ = [
     "NORMAL",
     "OU_NOISE",
     "SAMPLE",
+    "TANH_NORMAL",
     "UNIFORM",
     "DistributionParams",
     "flatten_params",
@@ -81,6 +94,7 @@ DETERMINISTIC = "deterministic"
 CATEGORICAL = "categorical"
 NORMAL = "normal"
 UNIFORM = "uniform"
+TANH_NORMAL = "tanh_normal"
 
 #: family -> names of its parameter arrays, in a fixed order.
 FAMILIES: dict[str, tuple[str, ...]] = {
@@ -88,6 +102,7 @@ FAMILIES: dict[str, tuple[str, ...]] = {
     CATEGORICAL: ("logits",),
     NORMAL: ("loc", "scale"),
     UNIFORM: ("low", "high"),
+    TANH_NORMAL: ("loc", "scale", "low", "high"),
 }
 
 SAMPLE = "sample"
