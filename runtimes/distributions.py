@@ -332,9 +332,7 @@ class TanhNormal(Distribution):
         return {"loc": self.loc, "scale": self.scale, "low": self.low, "high": self.high}
 
 
-_FAMILIES = {
-    cls.family: cls for cls in (Deterministic, Categorical, Normal, Uniform, TanhNormal)
-}
+_FAMILIES = {cls.family: cls for cls in (Deterministic, Categorical, Normal, Uniform, TanhNormal)}
 
 
 def make_distribution(family: str, params: dict[str, np.ndarray], **static: Any) -> Distribution:
