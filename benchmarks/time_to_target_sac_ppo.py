@@ -1,6 +1,7 @@
 """SAC on Pendulum-v1 and PPO on CartPole-v1: time and env steps to target, per seed.
 
     python benchmarks/time_to_target_sac_ppo.py [--seeds 0 1 2] [--only sac|ppo] [--json FILE]
+        [-- --max-seconds 300]   # more flags for the examples, e.g. a longer budget
 
 Runs ``examples/train_pendulum_sac.py`` and ``examples/train_cartpole_ppo.py`` with their
 defaults once per seed, each in a fresh process, and reports per seed:
@@ -35,14 +36,14 @@ TASKS = {
 }
 
 
-def run_seed(task: str, seed: int) -> dict:
+def run_seed(task: str, seed: int, extra: list[str] = ()) -> dict:
     script, _, target, budget = TASKS[task]
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix=f"{task}-{seed}-") as out:
         start = time.perf_counter()
         completed = subprocess.run(
             [sys.executable, str(ROOT / "examples" / script), "--seed", str(seed)]
-            + ["--output-dir", out, "--no-progress"],
+            + ["--output-dir", out, "--no-progress", *extra],
             cwd=ROOT,
             capture_output=True,
             text=True,
@@ -90,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--only", choices=sorted(TASKS), help="run one task")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("extra", nargs="*", help="more flags for the examples (after --)")
     args = parser.parse_args(argv)
     results = []
     for task in [args.only] if args.only else list(TASKS):
@@ -100,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{'train s':>8} {'wall s':>7} {'load':>10}  stopped"
         )
         for seed in args.seeds:
-            r = run_seed(task, seed)
+            r = run_seed(task, seed, args.extra)
             results.append(r)
             reached = "-" if r["time_to_target"] is None else f"{r['time_to_target']:.1f}"
             steps = "-" if r["env_steps_to_target"] is None else str(r["env_steps_to_target"])
