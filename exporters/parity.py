@@ -211,9 +211,9 @@ def verify(
         raise BundleError(f"num_samples: expected at least 1, got {num_samples}")
     runners: dict[str, Runner] = {}
     if policy is not None:
-        from exporters.export import _module_for
+        from exporters.export import module_for
 
-        module = _module_for(policy, manifest.get("train_step"), {})
+        module = module_for(policy, manifest.get("train_step"), {})
         runners["tf_policy"] = _tf_runner(module.info.functions["distribution"])
     if "saved_model" in manifest:
         runners["saved_model"] = _saved_model_runner(root, manifest)

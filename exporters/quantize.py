@@ -29,7 +29,6 @@ import logging
 import os
 import tempfile
 import time
-import types
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from toolkit import bundle, nest
+from toolkit import distribution_families as families
 from toolkit.errors import BundleError, ExportError
 from toolkit.specs import array_spec
 
@@ -157,17 +157,13 @@ def _actions(manifest: dict[str, Any], outputs: dict[str, np.ndarray]) -> list[n
     """The representative action of every distribution leaf (see the module doc)."""
     from runtimes.distributions import make_distribution
 
-    # Leaves decode to an opaque namespace, so that nest does not flatten their dicts.
-    leaves = nest.from_json(manifest["distribution"], lambda d: types.SimpleNamespace(d=d))
+    leaves = nest.from_json(manifest["distribution"], families.leaf_from_json)
     actions = []
-    for path, wrapped in nest.flatten_with_paths(leaves, "distribution"):
-        leaf = wrapped.d
-        params = {name: outputs[nest.join_path(path, name)] for name in leaf["params"]}
-        static = {"event_ndims": leaf["event_ndims"], "dtype": leaf["dtype"]}
-        if leaf["family"] == "categorical":
-            static["shift"] = leaf.get("shift", 0)
-        distribution = make_distribution(leaf["family"], params, **static)
-        actions.append(distribution.mean() if leaf["family"] == "uniform" else distribution.mode())
+    for path, leaf in nest.flatten_with_paths(leaves, "distribution"):
+        names = families.FAMILIES[leaf.family]
+        params = {name: outputs[nest.join_path(path, name)] for name in names}
+        distribution = make_distribution(leaf.family, params, **leaf.static)
+        actions.append(distribution.mean() if leaf.family == "uniform" else distribution.mode())
     return actions
 
 

@@ -1,7 +1,8 @@
 """Bundle -> Python policy. The onnx backend imports no TensorFlow.
 
-``load_policy(path)`` returns a ``toolkit.policies.py_policy.PyPolicy`` with the seed's
-interface plus ``train_step``, ``metadata`` and ``update_from_checkpoint(path)``.
+``load_policy(path)`` returns a ``toolkit.policies.py_policy.PyPolicy`` with the
+interface of the TF-Agents policies tutorial plus ``train_step``, ``metadata`` and
+``update_from_checkpoint(path)``.
 Importing this package is cheap: onnxruntime or TensorFlow load inside ``load_policy``.
 """
 

@@ -44,7 +44,7 @@ from toolkit.trajectories.time_step import TimeStep
 
 __all__ = ["LOG_PROBABILITY", "BundlePolicy", "as_generator", "check_fingerprint"]
 
-LOG_PROBABILITY = "log_probability"
+LOG_PROBABILITY = families.LOG_PROBABILITY
 _NDARRAY = np.ndarray
 
 
@@ -77,7 +77,7 @@ def _io_names(signature: dict[str, Any], which: str) -> list[str]:
 
 
 class BundlePolicy(PyPolicy):
-    """A bundle's policy: the seed's Python-policy interface over an exported graph.
+    """A bundle's policy: the TF-Agents policies tutorial's Python-policy interface over a graph.
 
     Subclasses run the graph (``_run``) and swap weights; this class does the rest.
 
@@ -107,7 +107,7 @@ class BundlePolicy(PyPolicy):
             info_spec = array_spec.spec_nest_from_json(specs["info"])
             graph_info_spec = array_spec.spec_nest_from_json(specs["graph_info"])
             description = manifest["policy"]["action"]
-            params_tree = nest.from_json(manifest["distribution"], derivations.decode_leaf)
+            params_tree = nest.from_json(manifest["distribution"], families.leaf_from_json)
             signature = manifest["signatures"]["distribution"]
         except KeyError as e:
             raise BundleError(f"{bundle_dir}: the manifest has no {e}") from e

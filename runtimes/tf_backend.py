@@ -3,8 +3,8 @@
 Runs the SavedModel's ``distribution`` signature (the same function as the ONNX graph)
 and derives actions with the same numpy code as the onnx backend (runtimes.policy), so
 the two backends act alike. ``update_from_checkpoint`` restores a checkpoint's ``tf/ckpt``
-into the loaded policy: this is the seed's "PyTFCheckpointPolicy" use, loading
-checkpointed policies in production Python.
+into the loaded policy: this is the "PyTFCheckpointPolicy" use of the TF-Agents policies
+tutorial, loading checkpointed policies in production Python.
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ __all__ = [
     "CHECKPOINT_FILE",
     "CHECKPOINT_FORMAT",
     "FORMAT",
+    "FORMATS",
     "FORMAT_VERSION",
     "MANIFEST",
     "ONNX_FILE",
@@ -40,6 +41,8 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 ONNX_FILE = "policy.onnx"
 SAVED_MODEL_DIR = "saved_model"
+#: The forms a bundle may hold (manifest ``formats``).
+FORMATS = ("saved_model", "onnx")
 #: The ONNX file's metadata_props key holding the manifest (without its file table).
 ONNX_MANIFEST_KEY = "policy_toolkit.manifest"
 

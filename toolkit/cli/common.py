@@ -25,7 +25,6 @@ import typer
 from toolkit.errors import ToolkitError
 
 __all__ = [
-    "FORMATS",
     "CliState",
     "Stages",
     "bundle_must_exist",
@@ -42,8 +41,6 @@ __all__ = [
     "tensorflow_stage",
     "verify_stage",
 ]
-
-FORMATS = ("saved_model", "onnx")
 
 
 @dataclasses.dataclass

@@ -93,7 +93,7 @@ class PyPolicy(abc.ABC):
         return self._get_initial_state(batch_size)
 
     def reset(self, batch_size: int | None = None) -> Any:
-        """Starts over: returns the initial policy state (as in the seed's interface)."""
+        """Starts over: returns the initial policy state (as in the TF-Agents policies tutorial)."""
         return self.get_initial_state(batch_size)
 
     def action(self, time_step: Any, policy_state: Any = (), seed: Seed = None) -> PolicyStep:

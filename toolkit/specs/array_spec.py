@@ -3,6 +3,9 @@
 Modelled on dm_env's ``specs.py``: specs are immutable, compare by value, have a
 ``replace()`` and a ``generate_value()``, and can check and sample arrays. Their JSON
 form (plain dicts, no pickle) is what bundle manifests store.
+
+Over 600 lines on purpose: the two spec classes with the nest, conversion and JSON
+helpers built on them, as TF-Agents' ``array_spec.py``; no part stands alone.
 """
 
 from __future__ import annotations
