@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 START = time.perf_counter()
 
@@ -114,15 +115,29 @@ def main(argv=None) -> float:
             on_progress=bar,
         )
     training_seconds = time.perf_counter() - training_start
+    final_eval_seed = FINAL_EVAL_SEED + 1000 * args.seed
+
+    def exported(train_step):
+        # The bundle plays the final episodes on onnxruntime, sampling in numpy.
+        from exporters.play import export_and_play
+
+        return export_and_play(
+            agent.policy,
+            Path(args.output_dir) / "bundle",
+            eval_env,
+            seed=final_eval_seed,
+            train_step=train_step,
+        )
+
     return training.report_run(
         agent,
         args.output_dir,
         eval_env,
         result,
         training_seconds,
-        final_eval_seed=FINAL_EVAL_SEED + 1000 * args.seed,
+        final_eval_seed=final_eval_seed,
         started=START,
-        export=not args.no_export,
+        exported=None if args.no_export else exported,
     )
 
 

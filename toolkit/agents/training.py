@@ -481,29 +481,25 @@ def report_run(
     *,
     final_eval_seed: int,
     started: float,
-    export: bool = False,
+    exported: Callable[[int | None], Any] | None = None,
 ) -> float:
     """Restores the best policy, evaluates it on fresh episodes and prints the run's report.
 
     The examples' shared ending: its last line is ``mean return: <number>``. With
-    ``export``, the best policy is also exported to ``<output_dir>/bundle`` and the
-    bundle, loaded on the onnx backend (sampling with the runtime's generator, seeded by
-    ``final_eval_seed``), plays the same episodes: the last line is then its mean return,
-    after a ``TF policy mean return`` line.
+    ``exported`` (e.g. ``exporters.play.export_and_play`` bound to a bundle folder and
+    the final episodes), called with the best policy's train step once that policy is
+    restored, returning an ``Evaluation`` of the exported policy: the last line is then
+    that evaluation's mean return, after a ``TF policy mean return`` line.
 
     Returns:
-      The mean return of the final evaluation (of the bundle, with ``export``).
+      The mean return of the final evaluation (of the exported policy, with ``exported``).
     """
     best_step = restore_best_policy(agent, output_dir)
     final = driver_lib.evaluate_policy(eval_env, PyTFPolicy(agent.policy), seed=final_eval_seed)
-    exported = None
-    if export:
+    deployed = None
+    if exported is not None:
         export_start = time.perf_counter()
-        bundle = export_best_policy(agent, output_dir, best_step)
-        from runtimes import load_policy
-
-        runtime_policy = load_policy(bundle, backend="onnx", seed=final_eval_seed)
-        exported = driver_lib.evaluate_policy(eval_env, runtime_policy, seed=final_eval_seed)
+        deployed = exported(best_step)
         export_seconds = time.perf_counter() - export_start
     if result.resumed_from:
         print(f"resumed from train step {result.resumed_from}")
@@ -518,31 +514,22 @@ def report_run(
     )
     print(f"training time: {training_seconds:.1f} s ({result.eval_seconds:.1f} s evaluating)")
     print(f"wall time: {time.perf_counter() - started:.1f} s")
-    if exported is None:
+    if deployed is None:
         print(f"mean return: {final.mean_return:.1f}")
         return final.mean_return
-    print(f"exported to {Path(output_dir) / 'bundle'} ({export_seconds:.1f} s with its episodes)")
+    print(f"export and its episodes: {export_seconds:.1f} s")
     print(f"TF policy mean return: {final.mean_return:.1f} +- {_stderr(final):.1f}")
     print(
-        f"exported policy (onnx backend, sampling) mean return: {exported.mean_return:.1f} "
-        f"+- {_stderr(exported):.1f}"
+        f"exported policy (onnx backend, sampling) mean return: {deployed.mean_return:.1f} "
+        f"+- {_stderr(deployed):.1f}"
     )
-    print(f"mean return: {exported.mean_return:.1f}")
-    return exported.mean_return
+    print(f"mean return: {deployed.mean_return:.1f}")
+    return deployed.mean_return
 
 
 def _stderr(evaluation: Any) -> float:
     returns = np.asarray(evaluation.episode_returns, np.float64)
     return float(returns.std(ddof=1) / np.sqrt(len(returns))) if len(returns) > 1 else 0.0
-
-
-def export_best_policy(agent: Any, output_dir: str | os.PathLike, train_step: int | None) -> Path:
-    """Exports ``agent.policy`` (as restored) to ``<output_dir>/bundle``, replacing one there."""
-    from exporters.export import export_policy
-
-    return export_policy(
-        agent.policy, Path(output_dir) / "bundle", train_step=train_step, overwrite=True
-    )
 
 
 def format_number(value: float | None, spec: str = ".1f") -> str:
