@@ -1,11 +1,10 @@
 """DdpgAgent: deterministic policy gradients for continuous actions, trained in-graph.
 
-Why DDPG (and not SAC) here: it trains exactly the pieces this project deploys. Its
-policy is an ``ActorNetwork`` inside an ``ActorPolicy``, a deterministic graph that
-exports to SavedModel and ONNX as it is, and its exploration is the ``OUNoisePolicy``
-the TF-Agents policies tutorial uses; SAC would need a squashed-Gaussian actor network that the
-deployment side does not otherwise need. On Pendulum-v1 DDPG learns a good swing-up
-within about ten thousand environment steps.
+DDPG deploys a deterministic policy: an ``ActorNetwork`` inside an ``ActorPolicy``, a
+graph that exports to SavedModel and ONNX as it is; its exploration is the
+``OUNoisePolicy`` the seed tutorial uses. (``toolkit.agents.sac`` trains a stochastic
+policy for the same tasks.) On Pendulum-v1 DDPG learns a good swing-up within about ten
+thousand environment steps.
 
 The critic minimizes ``loss_fn(r + gamma * discount * Q'(s', mu'(s')) - Q(s, a))``; the
 actor maximizes ``Q(s, mu(s))``, following the critic's action gradient (optionally
