@@ -146,6 +146,7 @@ def export_policy(
         manifest = _manifest(module, formats, train_step, metadata, opset, model)
         if "saved_model" in formats:
             _save_saved_model(module, tmp / bundle.SAVED_MODEL_DIR)
+            bundle.write_saved_model_manifest(tmp / bundle.SAVED_MODEL_DIR, manifest)
         if model is not None:
             onnx_export.embed_manifest(model, manifest)
             onnx.save(model, str(tmp / bundle.ONNX_FILE))

@@ -274,7 +274,8 @@ def quantize_bundle(
         raise BundleError(
             f"{source}: expected a bundle with an ONNX graph, got {manifest['formats']}"
         )
-    bundle.check_bundle_files(source, manifest["files"], only=[manifest["onnx"]["file"]])
+    # Contained, hash-checked, self-contained and matching its manifest copy.
+    source_bytes = bundle.read_onnx(source, manifest)
     if "quantization" in manifest:
         raise BundleError(f"{source}: already quantized ({manifest['quantization'].get('method')})")
     if not 0.0 <= min_agreement <= 1.0:
@@ -284,13 +285,18 @@ def quantize_bundle(
     if output.exists() and not overwrite:
         raise ExportError(f"{output.absolute()}: already exists; pass overwrite=True to replace it")
 
-    onnx_path = source / manifest["onnx"]["file"]
-    original = onnx.load(str(onnx_path))
+    try:
+        original = onnx.load_model_from_string(source_bytes)
+    except Exception as e:  # protobuf's DecodeError and others
+        raise BundleError(f"{source}: not a readable ONNX model ({e})") from e
     with tempfile.TemporaryDirectory(prefix="policy-quantize-") as tmp:
+        # quantize_dynamic reads a path: give it a private copy of the checked bytes.
+        source_path = Path(tmp) / "source.onnx"
+        source_path.write_bytes(source_bytes)
         quantized_path = Path(tmp) / "quantized.onnx"
         with _quiet_root_logger():
             quantize_dynamic(
-                str(onnx_path),
+                str(source_path),
                 str(quantized_path),
                 weight_type=QuantType.QInt8,
                 per_channel=per_channel,
@@ -371,7 +377,7 @@ def quantize_bundle(
         tolerance=tolerance,
         max_weight_diff=max_diff,
         quantized_weights=count,
-        size_before=onnx_path.stat().st_size,
+        size_before=len(source_bytes),
         size_after=size_after,
         latency_before_us=latency_before,
         latency_after_us=latency_after,
