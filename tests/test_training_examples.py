@@ -62,8 +62,41 @@ def test_train_pendulum_runs_and_prints_the_mean_return(tmp_path):
     assert (out / "policy_checkpoints" / "policy_spec.json").is_file()
 
 
+@pytest.mark.slow
+def test_train_pendulum_sac_exports_and_plays_on_onnx(tmp_path):
+    out = tmp_path / "pendulum_sac"
+    args = ["--steps", "600", "--eval-interval", "500", "--jit-compile", "0"]
+    lines = _run("train_pendulum_sac.py", *args, "--output-dir", str(out))
+    assert -3300.0 <= _mean_return(lines) <= 0.0
+    assert any(line.startswith("TF policy mean return: ") for line in lines)
+    assert any(line.startswith("exported policy (onnx backend, sampling)") for line in lines)
+    spec = json.loads((out / "policy_checkpoints" / "policy_spec.json").read_text())
+    assert spec["agent"] == "sac"
+    manifest = json.loads((out / "bundle" / "manifest.json").read_text())
+    assert manifest["distribution"]["family"] == "tanh_normal"
+
+
+@pytest.mark.slow
+def test_train_cartpole_ppo_exports_and_plays_on_onnx(tmp_path):
+    # Resuming is tested in-process (tests/toolkit/test_sac_ppo.py): one run here.
+    out = tmp_path / "cartpole_ppo"
+    args = ["--steps", "1024", "--eval-interval", "1000", "--jit-compile", "0"]
+    lines = _run("train_cartpole_ppo.py", *args, "--output-dir", str(out))
+    assert 8.0 <= _mean_return(lines) <= 500.0
+    assert any(line.startswith("exported policy (onnx backend, sampling)") for line in lines)
+    spec = json.loads((out / "policy_checkpoints" / "policy_spec.json").read_text())
+    assert spec["agent"] == "ppo"
+    manifest = json.loads((out / "bundle" / "manifest.json").read_text())
+    assert manifest["distribution"]["family"] == "categorical"
+
+
 def test_examples_show_their_flags_without_loading_tensorflow():
-    for script in ("train_cartpole.py", "train_pendulum.py"):
+    for script in (
+        "train_cartpole.py",
+        "train_pendulum.py",
+        "train_pendulum_sac.py",
+        "train_cartpole_ppo.py",
+    ):
         completed = subprocess.run(
             [sys.executable, "-X", "importtime", str(ROOT / "examples" / script), "--help"],
             cwd=ROOT,

@@ -63,6 +63,8 @@ _NETWORKS = {
     "QNetwork": "toolkit.networks.q_network",
     "ActorNetwork": "toolkit.networks.actor_network",
     "CriticNetwork": "toolkit.networks.critic_network",
+    "ActorDistributionNetwork": "toolkit.networks.actor_distribution_network",
+    "ValueNetwork": "toolkit.networks.value_network",
 }
 _ACTIVATIONS = {
     "relu": tf.nn.relu,
@@ -100,7 +102,7 @@ class TrainCheckpointer:
 
     Args:
       directory: e.g. ``<out>/checkpoints``.
-      agent: a DqnAgent or DdpgAgent (a tf.Module with ``train_step_counter``).
+      agent: an agent of ``toolkit.agents`` (a tf.Module with ``train_step_counter``).
       replay_buffer: the ReplayBuffer to save with it, or None.
       max_to_keep: how many checkpoints to keep.
       **extra: more trackable objects to save (e.g. a schedule variable).
@@ -261,11 +263,14 @@ def build_policy(config: dict[str, Any]) -> Any:
         from toolkit.policies.q_policy import QPolicy
 
         return GreedyPolicy(QPolicy(time_step_spec, action_spec, networks["q_network"]))
-    if kind == "ddpg":
+    if kind in ("ddpg", "sac", "ppo"):
+        # DDPG's actor gives actions, SAC's and PPO's distributions: ActorPolicy takes both.
         from toolkit.policies.actor_policy import ActorPolicy
 
         return ActorPolicy(time_step_spec, action_spec, networks["actor_network"])
-    raise UnsupportedError(f"policy_spec.json agent: expected 'dqn' or 'ddpg', got {kind!r}")
+    raise UnsupportedError(
+        f"policy_spec.json agent: expected one of 'dqn', 'ddpg', 'sac', 'ppo', got {kind!r}"
+    )
 
 
 def network_config(network: Any) -> dict[str, Any]:

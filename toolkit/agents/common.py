@@ -1,4 +1,5 @@
-"""Pieces shared by the agents: loss info, Huber loss, target updates, schedules."""
+"""Pieces shared by the agents: the Agent base, loss info, Huber loss, target updates,
+schedules."""
 
 from __future__ import annotations
 
@@ -8,13 +9,16 @@ from typing import Any, NamedTuple
 import tensorflow as tf
 
 from toolkit import nest
-from toolkit.errors import SpecMismatchError, StructureError
+from toolkit.errors import SpecError, SpecMismatchError, StructureError
 from toolkit.replay_buffer import Experience
 from toolkit.specs import tensor_spec
 
 __all__ = [
+    "Agent",
     "LossInfo",
+    "apply_gradients",
     "check_experience",
+    "check_target_update",
     "experience_tensor_spec",
     "huber_loss",
     "linear_decay",
@@ -28,6 +32,96 @@ class LossInfo(NamedTuple):
 
     loss: tf.Tensor
     extra: Any = ()
+
+
+class Agent(tf.Module):
+    """What every agent shares: specs, the train-step counter, the ``train`` function.
+
+    Subclasses call ``__init__`` first, build their networks and policies, then
+    ``_make_train(self._train, jit_compile)``; they implement ``_train`` and
+    ``policy_config``.
+
+    Args:
+      time_step_spec: the environment's TimeStep spec (array or tensor specs).
+      action_spec: the action spec nest.
+      train_step_counter: an int64 variable counting gradient steps; a new one by default.
+      name: module name.
+    """
+
+    def __init__(
+        self,
+        time_step_spec: Any,
+        action_spec: Any,
+        train_step_counter: tf.Variable | None = None,
+        name: str | None = None,
+    ):
+        super().__init__(name=name)
+        time_step_spec = tensor_spec.from_spec(time_step_spec)
+        action_spec = tensor_spec.from_spec(action_spec)
+        self._set_plain("time_step_spec", time_step_spec)
+        self._set_plain("action_spec", action_spec)
+        self._set_plain("experience_spec", experience_tensor_spec(time_step_spec, action_spec))
+        self.train_step_counter = (
+            train_step_counter
+            if train_step_counter is not None
+            else tf.Variable(0, dtype=tf.int64, trainable=False, name="train_step")
+        )
+
+    def _set_plain(self, name: str, value: Any) -> None:
+        # Spec nests stay plain Python: tf.Module would wrap them in tracking proxies.
+        object.__setattr__(self, "_" + name, value)
+
+    @property
+    def time_step_spec(self) -> Any:
+        return self._time_step_spec
+
+    @property
+    def action_spec(self) -> Any:
+        return self._action_spec
+
+    @property
+    def experience_spec(self) -> Experience:
+        """The TensorSpec of one Experience row that an off-policy ``train`` takes."""
+        return self._experience_spec
+
+    def _make_train(self, function: Callable[..., Any], jit_compile: bool) -> None:
+        # No autograph: the steps use explicit tf.while_loop/tf.cond, and spec errors raised
+        # while tracing then reach the caller as they are.
+        self.train = tf.function(function, jit_compile=bool(jit_compile), autograph=False)
+
+    def _update_targets(self, pairs: Sequence[tuple[Any, Any]], tau: float, period: int) -> None:
+        """Soft-updates each ``(target, source)`` network pair every ``period`` train steps."""
+
+        def update() -> None:
+            for target, source in pairs:
+                soft_update(target.variables, source.variables, tau)
+
+        if period == 1:
+            update()
+        else:
+            tf.cond(tf.equal(self.train_step_counter % period, 0), update, lambda: None)
+
+    def policy_config(self) -> dict[str, Any]:
+        """The policy_spec.json content that lets ``checkpoints.load_policy`` rebuild ``policy``."""
+        raise NotImplementedError
+
+
+def check_target_update(tau: float, period: int) -> None:
+    """Raises SpecError unless ``0 < tau <= 1`` and ``period >= 1``."""
+    if not 0.0 < float(tau) <= 1.0:
+        raise SpecError(f"target_update_tau: expected a value in (0, 1], got {tau}")
+    if int(period) < 1:
+        raise SpecError(f"target_update_period: expected >= 1, got {period}")
+
+
+def apply_gradients(
+    optimizer: Any, loss_gradients: Sequence[Any], variables: Sequence[tf.Variable], clipping
+) -> None:
+    """Applies gradients, clipped to the global norm ``clipping`` unless it is None."""
+    gradients = list(loss_gradients)
+    if clipping is not None:
+        gradients, _ = tf.clip_by_global_norm(gradients, clipping)
+    optimizer.apply_gradients(zip(gradients, variables, strict=True))
 
 
 def huber_loss(error: tf.Tensor, delta: float = 1.0) -> tf.Tensor:

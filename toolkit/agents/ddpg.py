@@ -1,11 +1,10 @@
 """DdpgAgent: deterministic policy gradients for continuous actions, trained in-graph.
 
-Why DDPG (and not SAC) here: it trains exactly the pieces this project deploys. Its
-policy is an ``ActorNetwork`` inside an ``ActorPolicy``, a deterministic graph that
-exports to SavedModel and ONNX as it is, and its exploration is the ``OUNoisePolicy``
-the TF-Agents policies tutorial uses; SAC would need a squashed-Gaussian actor network that the
-deployment side does not otherwise need. On Pendulum-v1 DDPG learns a good swing-up
-within about ten thousand environment steps.
+DDPG deploys a deterministic policy: an ``ActorNetwork`` inside an ``ActorPolicy``, a
+graph that exports to SavedModel and ONNX as it is; its exploration is the
+``OUNoisePolicy`` the seed tutorial uses. (``toolkit.agents.sac`` trains a stochastic
+policy for the same tasks.) On Pendulum-v1 DDPG learns a good swing-up within about ten
+thousand environment steps.
 
 The critic minimizes ``loss_fn(r + gamma * discount * Q'(s', mu'(s')) - Q(s, a))``; the
 actor maximizes ``Q(s, mu(s))``, following the critic's action gradient (optionally
@@ -22,15 +21,14 @@ import tensorflow as tf
 from toolkit import nest
 from toolkit.agents import checkpoints, common
 from toolkit.agents.common import LossInfo
-from toolkit.errors import SpecError, UnsupportedError
+from toolkit.errors import UnsupportedError
 from toolkit.policies import actor_policy, ou_noise_policy
 from toolkit.replay_buffer import Experience
-from toolkit.specs import tensor_spec
 
 __all__ = ["DdpgAgent"]
 
 
-class DdpgAgent(tf.Module):
+class DdpgAgent(common.Agent):
     """DDPG over an ``ActorNetwork`` and a ``CriticNetwork``.
 
     Attributes:
@@ -83,36 +81,20 @@ class DdpgAgent(tf.Module):
         jit_compile: bool = False,
         name: str = "DdpgAgent",
     ):
-        super().__init__(name=name)
         for label, network in (("actor", actor_network), ("critic", critic_network)):
             if nest.flatten(getattr(network, "state_spec", ())):
                 raise UnsupportedError(
                     f"DdpgAgent trains stateless networks; the {label} has state"
                 )
-        if not 0.0 < float(target_update_tau) <= 1.0:
-            raise SpecError(
-                f"target_update_tau: expected a value in (0, 1], got {target_update_tau}"
-            )
-        if int(target_update_period) < 1:
-            raise SpecError(f"target_update_period: expected >= 1, got {target_update_period}")
-        time_step_spec = tensor_spec.from_spec(time_step_spec)
-        action_spec = tensor_spec.from_spec(action_spec)
-        object.__setattr__(self, "_time_step_spec", time_step_spec)
-        object.__setattr__(self, "_action_spec", action_spec)
-        object.__setattr__(
-            self, "_experience_spec", common.experience_tensor_spec(time_step_spec, action_spec)
-        )
+        common.check_target_update(target_update_tau, target_update_period)
+        super().__init__(time_step_spec, action_spec, train_step_counter, name=name)
+        time_step_spec, action_spec = self.time_step_spec, self.action_spec
         self.actor_network = actor_network
         self.critic_network = critic_network
         self.target_actor_network = target_actor_network or actor_network.copy()
         self.target_critic_network = target_critic_network or critic_network.copy()
         self.actor_optimizer = actor_optimizer
         self.critic_optimizer = critic_optimizer
-        self.train_step_counter = (
-            train_step_counter
-            if train_step_counter is not None
-            else tf.Variable(0, dtype=tf.int64, trainable=False, name="train_step")
-        )
         self._tau = float(target_update_tau)
         self._period = int(target_update_period)
         self._dqda_clipping = dqda_clipping
@@ -130,21 +112,7 @@ class DdpgAgent(tf.Module):
         actor_optimizer.build(actor_network.trainable_variables)
         critic_optimizer.build(critic_network.trainable_variables)
         self.initialize()
-        # No autograph: the step uses explicit tf.while_loop/tf.cond, and spec errors raised
-        # while tracing then reach the caller as they are.
-        self.train = tf.function(self._train, jit_compile=bool(jit_compile), autograph=False)
-
-    @property
-    def time_step_spec(self) -> Any:
-        return self._time_step_spec
-
-    @property
-    def action_spec(self) -> Any:
-        return self._action_spec
-
-    @property
-    def experience_spec(self) -> Experience:
-        return self._experience_spec
+        self._make_train(self._train, jit_compile)
 
     def initialize(self) -> None:
         """Copies the networks' variables into the target networks."""
@@ -181,14 +149,19 @@ class DdpgAgent(tf.Module):
         )
 
         self.train_step_counter.assign_add(1)
-        self._update_targets()
+        self._update_targets(
+            [
+                (self.target_actor_network, self.actor_network),
+                (self.target_critic_network, self.critic_network),
+            ],
+            self._tau,
+            self._period,
+        )
         total = critic_loss + actor_loss
         return LossInfo(total, {"critic_loss": critic_loss, "actor_loss": actor_loss})
 
     def _apply(self, gradients, variables, optimizer) -> None:
-        if self._clipping is not None:
-            gradients, _ = tf.clip_by_global_norm(gradients, self._clipping)
-        optimizer.apply_gradients(zip(gradients, variables, strict=True))
+        common.apply_gradients(optimizer, gradients, variables, self._clipping)
 
     def _critic_loss(self, experience: Experience) -> tf.Tensor:
         next_actions, _ = self.target_actor_network(experience.next_observation)
@@ -216,17 +189,3 @@ class DdpgAgent(tf.Module):
             )
             loss += 0.5 * tf.reduce_mean(per_row)
         return loss
-
-    def _update_targets(self) -> None:
-        def update() -> None:
-            common.soft_update(
-                self.target_actor_network.variables, self.actor_network.variables, self._tau
-            )
-            common.soft_update(
-                self.target_critic_network.variables, self.critic_network.variables, self._tau
-            )
-
-        if self._period == 1:
-            update()
-        else:
-            tf.cond(tf.equal(self.train_step_counter % self._period, 0), update, lambda: None)

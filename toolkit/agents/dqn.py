@@ -20,12 +20,11 @@ from toolkit.agents.common import LossInfo
 from toolkit.errors import SpecError, UnsupportedError
 from toolkit.policies import epsilon_greedy_policy, greedy_policy, q_policy, tf_policy
 from toolkit.replay_buffer import Experience
-from toolkit.specs import tensor_spec
 
 __all__ = ["DqnAgent"]
 
 
-class DqnAgent(tf.Module):
+class DqnAgent(common.Agent):
     """DQN over a ``QNetwork`` for one discrete action.
 
     Attributes:
@@ -77,41 +76,25 @@ class DqnAgent(tf.Module):
         jit_compile: bool = False,
         name: str = "DqnAgent",
     ):
-        super().__init__(name=name)
         if nest.flatten(getattr(q_network, "state_spec", ())):
             raise UnsupportedError(
                 "DqnAgent trains stateless Q networks; got one with state "
                 f"{getattr(q_network, 'state_spec', None)} (recurrent DQN is not supported)"
             )
-        if not 0.0 < float(target_update_tau) <= 1.0:
-            raise SpecError(
-                f"target_update_tau: expected a value in (0, 1], got {target_update_tau}"
-            )
-        if int(target_update_period) < 1:
-            raise SpecError(f"target_update_period: expected >= 1, got {target_update_period}")
-        time_step_spec = tensor_spec.from_spec(time_step_spec)
-        action_spec = tensor_spec.from_spec(action_spec)
+        common.check_target_update(target_update_tau, target_update_period)
+        super().__init__(time_step_spec, action_spec, train_step_counter, name=name)
+        time_step_spec, action_spec = self.time_step_spec, self.action_spec
         leaf = nest.flatten(action_spec)
         if len(leaf) != 1 or leaf[0].shape.num_elements() != 1:
             raise SpecError(
                 f"DqnAgent: expected one discrete action of one element, got {action_spec}"
             )
         self._minimum, _ = tf_policy.discrete_range(leaf[0], "action_spec")
-        self._set_plain("time_step_spec", time_step_spec)
-        self._set_plain("action_spec", action_spec)
-        self._set_plain(
-            "experience_spec", common.experience_tensor_spec(time_step_spec, action_spec)
-        )
         self.q_network = q_network
         self.target_q_network = (
             target_q_network if target_q_network is not None else q_network.copy()
         )
         self.optimizer = optimizer
-        self.train_step_counter = (
-            train_step_counter
-            if train_step_counter is not None
-            else tf.Variable(0, dtype=tf.int64, trainable=False, name="train_step")
-        )
         self._tau = float(target_update_tau)
         self._period = int(target_update_period)
         self._gamma = float(gamma)
@@ -126,26 +109,7 @@ class DqnAgent(tf.Module):
         # Optimizer slots exist before tracing, so train() creates no variables.
         optimizer.build(q_network.trainable_variables)
         self.initialize()
-        # No autograph: the step uses explicit tf.while_loop/tf.cond, and spec errors raised
-        # while tracing then reach the caller as they are.
-        self.train = tf.function(self._train, jit_compile=bool(jit_compile), autograph=False)
-
-    def _set_plain(self, name: str, value: Any) -> None:
-        # Spec nests stay plain Python: tf.Module would wrap them in tracking proxies.
-        object.__setattr__(self, "_" + name, value)
-
-    @property
-    def time_step_spec(self) -> Any:
-        return self._time_step_spec
-
-    @property
-    def action_spec(self) -> Any:
-        return self._action_spec
-
-    @property
-    def experience_spec(self) -> Experience:
-        """The TensorSpec of one Experience row that ``train`` takes."""
-        return self._experience_spec
+        self._make_train(self._train, jit_compile)
 
     def initialize(self) -> None:
         """Copies the online network's variables into the target network."""
@@ -161,12 +125,11 @@ class DqnAgent(tf.Module):
         variables = self.q_network.trainable_variables
         with tf.GradientTape() as tape:
             loss, q_mean = self._loss(experience)
-        gradients = tape.gradient(loss, variables)
-        if self._clipping is not None:
-            gradients, _ = tf.clip_by_global_norm(gradients, self._clipping)
-        self.optimizer.apply_gradients(zip(gradients, variables, strict=True))
+        common.apply_gradients(
+            self.optimizer, tape.gradient(loss, variables), variables, self._clipping
+        )
         self.train_step_counter.assign_add(1)
-        self._update_target()
+        self._update_targets([(self.target_q_network, self.q_network)], self._tau, self._period)
         return LossInfo(loss, {"td_loss": loss, "q_mean": q_mean})
 
     def _loss(self, experience: Experience) -> tuple[tf.Tensor, tf.Tensor]:
@@ -192,15 +155,6 @@ class DqnAgent(tf.Module):
             next_value = tf.reduce_max(next_q, axis=-1)
         reward = self._reward_scale * experience.reward
         return reward + self._gamma * experience.discount * next_value
-
-    def _update_target(self) -> None:
-        def update() -> None:
-            common.soft_update(self.target_q_network.variables, self.q_network.variables, self._tau)
-
-        if self._period == 1:
-            update()
-        else:
-            tf.cond(tf.equal(self.train_step_counter % self._period, 0), update, lambda: None)
 
     def policy_config(self) -> dict[str, Any]:
         """The policy_spec.json content that lets ``checkpoints.load_policy`` rebuild ``policy``."""

@@ -1,13 +1,18 @@
-"""An off-policy training loop: collect, train in-graph, evaluate, checkpoint, resume.
+"""Training loops: collect, train in-graph, evaluate, checkpoint, resume.
 
-One iteration steps every environment of a vector once with the agent's
-``collect_policy`` (through ``PyTFPolicy``), writes the transitions to the replay
-buffer, and calls ``agent.train`` once on ``[K, B]`` sampled experience: K gradient
-steps inside one ``tf.function`` call, so Python overhead is paid per iteration, not
-per gradient step. Every ``eval_interval`` environment steps the greedy ``policy``
-plays one episode in each environment of ``eval_env``; a better mean return is saved
-as a policy checkpoint, so the latest policy checkpoint is always the best policy
-seen, and reaching ``target_return`` stops training early.
+``train_off_policy`` (DQN, DDPG, SAC): one iteration steps every environment of a
+vector once with the agent's ``collect_policy`` (through ``PyTFPolicy``), writes the
+transitions to the replay buffer, and calls ``agent.train`` once on ``[K, B]`` sampled
+experience: K gradient steps inside one ``tf.function`` call, so Python overhead is
+paid per iteration, not per gradient step. Every ``eval_interval`` environment steps
+the agent's ``policy`` (greedy for DQN and DDPG; stochastic for SAC and PPO, as
+deployed) plays one episode in each environment of ``eval_env``; a better mean return
+is saved as a policy checkpoint, so the latest policy checkpoint is always the best
+policy seen, and reaching ``target_return`` stops training early.
+
+``train_on_policy`` (PPO): one iteration collects a ``Rollout`` of ``rollout_length``
+steps of every environment with ``collect_policy`` and calls ``agent.train`` once on it
+(all epochs and minibatches inside that call); evaluations and checkpoints as above.
 
 The whole training state (agent, optimizer, replay buffer, train step, environment
 steps, best return) is checkpointed every ``checkpoint_interval`` environment steps
@@ -28,10 +33,12 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from toolkit import nest
 from toolkit.agents import checkpoints
 from toolkit.environments import driver as driver_lib
 from toolkit.policies.py_tf_policy import PyTFPolicy
 from toolkit.policies.random_py_policy import RandomPyPolicy
+from toolkit.trajectories.time_step import StepType
 
 __all__ = [
     "Progress",
@@ -42,6 +49,7 @@ __all__ = [
     "report_run",
     "restore_best_policy",
     "train_off_policy",
+    "train_on_policy",
 ]
 
 
@@ -86,6 +94,133 @@ class TrainResult:
     eval_seconds: float = 0.0
 
 
+class _Run:
+    """The bookkeeping both loops share: counters, evaluations, checkpoints, progress."""
+
+    def __init__(
+        self,
+        agent: Any,
+        output_dir: str | os.PathLike,
+        replay_buffer: Any,
+        *,
+        eval_env: Any,
+        eval_interval: int,
+        eval_seed: int,
+        max_episode_return: float | None,
+        target_return: float | None,
+        checkpoint_interval: int,
+        max_seconds: float | None,
+        on_progress: Callable[[Progress], Any] | None,
+    ):
+        self.start = time.perf_counter()
+        self.agent = agent
+        output_dir = Path(output_dir)
+        self.env_steps = tf.Variable(0, dtype=tf.int64, trainable=False, name="env_steps")
+        self.best = tf.Variable(-np.inf, dtype=tf.float64, trainable=False, name="best_return")
+        self.best_step = tf.Variable(-1, dtype=tf.int64, trainable=False, name="best_train_step")
+        self.trainer = checkpoints.TrainCheckpointer(
+            output_dir / "checkpoints",
+            agent,
+            replay_buffer,
+            env_steps=self.env_steps,
+            best_return=self.best,
+            best_train_step=self.best_step,
+        )
+        self.policy_saver = checkpoints.PolicyCheckpointer(output_dir / "policy_checkpoints", agent)
+        self.resumed_from = self.trainer.restore()
+        self.eval_env = eval_env
+        self.eval_policy = PyTFPolicy(agent.policy, validate_args=False)
+        self.eval_interval = eval_interval
+        self.eval_seed = eval_seed
+        self.max_episode_return = max_episode_return
+        self.target_return = target_return
+        self.checkpoint_interval = checkpoint_interval
+        self.max_seconds = max_seconds
+        self.on_progress = on_progress
+        self.recent: collections.deque = collections.deque(maxlen=20)
+        self.evaluations: list[tuple[float, int, float]] = []
+        self.eval_seconds = 0.0
+        self.loss = float("nan")
+        self.stop_reason = "steps"
+        self.eval_return: float | None = None
+        self.next_eval = self.steps + eval_interval
+        self.next_checkpoint = self.steps + checkpoint_interval
+
+    @property
+    def steps(self) -> int:
+        return int(self.env_steps.numpy())
+
+    def after_iteration(self, new_steps: int, episode_returns: list[float]) -> bool:
+        """Counts steps, evaluates, saves and reports; True when training should stop."""
+        self.recent.extend(episode_returns)
+        steps = int(self.env_steps.assign_add(new_steps).numpy())
+        stop = False
+        if self.eval_env is not None and steps >= self.next_eval:
+            self.next_eval = steps + self.eval_interval
+            stop = self._evaluate(steps)
+        if steps >= self.next_checkpoint:
+            self.next_checkpoint = steps + self.checkpoint_interval
+            self.trainer.save()
+        elapsed = time.perf_counter() - self.start
+        if self.on_progress is not None:
+            self.on_progress(
+                Progress(
+                    env_steps=steps,
+                    train_step=int(self.agent.train_step_counter.numpy()),
+                    loss=self.loss,
+                    recent_return=float(np.mean(self.recent)) if self.recent else None,
+                    eval_return=self.eval_return,
+                    best_return=_finite(self.best),
+                    elapsed=elapsed,
+                )
+            )
+        if not stop and self.max_seconds is not None and elapsed >= self.max_seconds:
+            stop, self.stop_reason = True, "time"
+        return stop
+
+    def _evaluate(self, steps: int) -> bool:
+        eval_start = time.perf_counter()
+        best_so_far = float(self.best.numpy())
+        evaluation = driver_lib.evaluate_policy(
+            self.eval_env,
+            self.eval_policy,
+            seed=self.eval_seed,
+            max_episode_return=self.max_episode_return,
+            give_up_below=best_so_far if np.isfinite(best_so_far) else None,
+        )
+        self.eval_seconds += time.perf_counter() - eval_start
+        self.eval_return = evaluation.mean_return if evaluation.complete else None
+        if self.eval_return is None:
+            return False
+        self.evaluations.append((time.perf_counter() - self.start, steps, self.eval_return))
+        if self.eval_return > best_so_far:
+            self.best.assign(self.eval_return)
+            self.best_step.assign(self.agent.train_step_counter)
+            self.policy_saver.save()
+        if self.target_return is not None and self.eval_return >= self.target_return:
+            self.stop_reason = "target"
+            return True
+        return False
+
+    def finish(self) -> TrainResult:
+        self.trainer.save()
+        if self.eval_env is None or not np.isfinite(float(self.best.numpy())):
+            # No evaluation happened: the final policy is the one to deploy.
+            self.policy_saver.save()
+        best_step = int(self.best_step.numpy())
+        return TrainResult(
+            env_steps=self.steps,
+            train_step=int(self.agent.train_step_counter.numpy()),
+            best_return=_finite(self.best),
+            best_train_step=best_step if best_step >= 0 else None,
+            resumed_from=self.resumed_from,
+            stop_reason=self.stop_reason,
+            seconds=time.perf_counter() - self.start,
+            evaluations=self.evaluations,
+            eval_seconds=self.eval_seconds,
+        )
+
+
 def train_off_policy(
     agent: Any,
     env: Any,
@@ -110,7 +245,7 @@ def train_off_policy(
     """Trains ``agent`` on ``env`` (a GymVectorEnvironment) until a budget or target is hit.
 
     Args:
-      agent: a DqnAgent or DdpgAgent.
+      agent: a DqnAgent, DdpgAgent or SacAgent.
       env: the batched training environment.
       replay_buffer: a ReplayBuffer of ``Experience`` rows.
       writer: the observer filling it (an ``ExperienceWriter``).
@@ -133,24 +268,20 @@ def train_off_policy(
       seed: seeds the collection policies and the first reset of ``env``.
       on_progress: called with a ``Progress`` after every iteration.
     """
-    start = time.perf_counter()
-    output_dir = Path(output_dir)
-    env_steps = tf.Variable(0, dtype=tf.int64, trainable=False, name="env_steps")
-    best = tf.Variable(-np.inf, dtype=tf.float64, trainable=False, name="best_return")
-    best_step = tf.Variable(-1, dtype=tf.int64, trainable=False, name="best_train_step")
-    trainer = checkpoints.TrainCheckpointer(
-        output_dir / "checkpoints",
+    run = _Run(
         agent,
+        output_dir,
         replay_buffer,
-        env_steps=env_steps,
-        best_return=best,
-        best_train_step=best_step,
+        eval_env=eval_env,
+        eval_interval=eval_interval,
+        eval_seed=eval_seed,
+        max_episode_return=max_episode_return,
+        target_return=target_return,
+        checkpoint_interval=checkpoint_interval,
+        max_seconds=max_seconds,
+        on_progress=on_progress,
     )
-    policy_saver = checkpoints.PolicyCheckpointer(output_dir / "policy_checkpoints", agent)
-    resumed_from = trainer.restore()
-
     collect_policy = PyTFPolicy(agent.collect_policy, seed=seed, validate_args=False)
-    greedy_policy = PyTFPolicy(agent.policy, validate_args=False)
     time_step = env.reset(seed=seed)
     if len(replay_buffer) < initial_collect_steps:
         random_policy = RandomPyPolicy(env.time_step_spec(), env.action_spec(), seed=seed)
@@ -158,88 +289,100 @@ def train_off_policy(
             env, random_policy, [writer], max_steps=initial_collect_steps - len(replay_buffer)
         ).run(time_step)
         time_step = warmup.time_step
-        env_steps.assign_add(warmup.num_steps)
+        run.env_steps.assign_add(warmup.num_steps)
+        run.next_eval, run.next_checkpoint = (
+            run.steps + eval_interval,
+            run.steps + checkpoint_interval,
+        )
     # max_steps=1: one policy call and one step of every environment per iteration.
     collect = driver_lib.Driver(env, collect_policy, [writer], max_steps=1)
-
-    recent = collections.deque(maxlen=20)
-    evaluations: list[tuple[float, int, float]] = []
-    next_eval = int(env_steps.numpy()) + eval_interval
-    next_checkpoint = int(env_steps.numpy()) + checkpoint_interval
-    loss, eval_return, stop_reason = float("nan"), None, "steps"
-    eval_seconds = 0.0
     policy_state = None
-    while int(env_steps.numpy()) < max_env_steps:
+    while run.steps < max_env_steps:
         result = collect.run(time_step, policy_state)
         time_step, policy_state = result.time_step, result.policy_state
-        recent.extend(result.episode_returns)
-        steps = int(env_steps.assign_add(result.num_steps).numpy())
         if len(replay_buffer) >= batch_size:
             experience = replay_buffer.sample(batch_size, train_steps_per_iteration)
-            loss = float(agent.train(experience).loss.numpy())
-        stop = False
-        if eval_env is not None and steps >= next_eval:
-            next_eval = steps + eval_interval
-            eval_start = time.perf_counter()
-            best_so_far = float(best.numpy())
-            evaluation = driver_lib.evaluate_policy(
-                eval_env,
-                greedy_policy,
-                seed=eval_seed,
-                max_episode_return=max_episode_return,
-                give_up_below=best_so_far if np.isfinite(best_so_far) else None,
-            )
-            eval_seconds += time.perf_counter() - eval_start
-            if evaluation.complete:
-                eval_return = evaluation.mean_return
-                evaluations.append((time.perf_counter() - start, steps, eval_return))
-            else:
-                eval_return = None
-            if evaluation.complete and eval_return > best_so_far:
-                best.assign(eval_return)
-                best_step.assign(agent.train_step_counter)
-                policy_saver.save()
-            if (
-                eval_return is not None
-                and target_return is not None
-                and eval_return >= target_return
-            ):
-                stop, stop_reason = True, "target"
-        if steps >= next_checkpoint:
-            next_checkpoint = steps + checkpoint_interval
-            trainer.save()
-        elapsed = time.perf_counter() - start
-        if on_progress is not None:
-            on_progress(
-                Progress(
-                    env_steps=steps,
-                    train_step=int(agent.train_step_counter.numpy()),
-                    loss=loss,
-                    recent_return=float(np.mean(recent)) if recent else None,
-                    eval_return=eval_return,
-                    best_return=_finite(best),
-                    elapsed=elapsed,
+            run.loss = float(agent.train(experience).loss.numpy())
+        if run.after_iteration(result.num_steps, result.episode_returns):
+            break
+    return run.finish()
+
+
+def train_on_policy(
+    agent: Any,
+    env: Any,
+    output_dir: str | os.PathLike,
+    *,
+    max_env_steps: int,
+    rollout_length: int = 128,
+    eval_env: Any = None,
+    eval_interval: int = 10_000,
+    eval_seed: int = 10_000,
+    max_episode_return: float | None = None,
+    target_return: float | None = None,
+    checkpoint_interval: int = 50_000,
+    max_seconds: float | None = None,
+    seed: int | None = None,
+    on_progress: Callable[[Progress], Any] | None = None,
+) -> TrainResult:
+    """Trains an on-policy agent (``PpoAgent``) on ``env`` until a budget or target is hit.
+
+    One iteration steps every environment of the vector ``rollout_length`` times with
+    ``agent.collect_policy`` and calls ``agent.train`` once on the ``Rollout``.
+    Evaluations, checkpoints and the result are those of ``train_off_policy`` (without
+    a replay buffer); see its arguments.
+    """
+    from toolkit.agents.ppo import Rollout
+
+    run = _Run(
+        agent,
+        output_dir,
+        None,
+        eval_env=eval_env,
+        eval_interval=eval_interval,
+        eval_seed=eval_seed,
+        max_episode_return=max_episode_return,
+        target_return=target_return,
+        checkpoint_interval=checkpoint_interval,
+        max_seconds=max_seconds,
+        on_progress=on_progress,
+    )
+    policy = PyTFPolicy(agent.collect_policy, seed=seed, validate_args=False)
+    time_step = env.reset(seed=seed)
+    returns = np.zeros(env.batch_size, np.float64)
+    while run.steps < max_env_steps:
+        steps, episode_returns, columns = 0, [], []
+        for _ in range(rollout_length):
+            action = policy.action(time_step).action
+            next_time_step = env.step(action)
+            valid = np.not_equal(time_step.step_type, StepType.LAST)
+            last = np.equal(next_time_step.step_type, StepType.LAST) & valid
+            returns += np.where(valid, next_time_step.reward, 0.0)
+            episode_returns.extend(float(r) for r in returns[last])
+            returns[last] = 0.0
+            steps += int(valid.sum())
+            columns.append(
+                (
+                    time_step.observation,
+                    action,
+                    next_time_step.reward,
+                    next_time_step.discount,
+                    next_time_step.observation,
+                    valid.astype(np.float32),
+                    last.astype(np.float32),
                 )
             )
-        if not stop and max_seconds is not None and elapsed >= max_seconds:
-            stop, stop_reason = True, "time"
-        if stop:
+            time_step = next_time_step
+        rollout = Rollout(
+            *(
+                nest.map_structure(lambda *xs: np.stack(xs), *column)
+                for column in zip(*columns, strict=True)
+            )
+        )
+        run.loss = float(agent.train(rollout).loss.numpy())
+        if run.after_iteration(steps, episode_returns):
             break
-    trainer.save()
-    if eval_env is None or not np.isfinite(float(best.numpy())):
-        # No evaluation happened: the final policy is the one to deploy.
-        policy_saver.save()
-    return TrainResult(
-        env_steps=int(env_steps.numpy()),
-        train_step=int(agent.train_step_counter.numpy()),
-        best_return=_finite(best),
-        best_train_step=int(best_step.numpy()) if int(best_step.numpy()) >= 0 else None,
-        resumed_from=resumed_from,
-        stop_reason=stop_reason,
-        seconds=time.perf_counter() - start,
-        evaluations=evaluations,
-        eval_seconds=eval_seconds,
-    )
+    return run.finish()
 
 
 def _finite(variable: tf.Variable) -> float | None:
@@ -338,16 +481,26 @@ def report_run(
     *,
     final_eval_seed: int,
     started: float,
+    exported: Callable[[int | None], Any] | None = None,
 ) -> float:
     """Restores the best policy, evaluates it on fresh episodes and prints the run's report.
 
-    The examples' shared ending: its last line is ``mean return: <number>``.
+    The examples' shared ending: its last line is ``mean return: <number>``. With
+    ``exported`` (e.g. ``exporters.play.export_and_play`` bound to a bundle folder and
+    the final episodes), called with the best policy's train step once that policy is
+    restored, returning an ``Evaluation`` of the exported policy: the last line is then
+    that evaluation's mean return, after a ``TF policy mean return`` line.
 
     Returns:
-      The mean return of the final evaluation.
+      The mean return of the final evaluation (of the exported policy, with ``exported``).
     """
     best_step = restore_best_policy(agent, output_dir)
     final = driver_lib.evaluate_policy(eval_env, PyTFPolicy(agent.policy), seed=final_eval_seed)
+    deployed = None
+    if exported is not None:
+        export_start = time.perf_counter()
+        deployed = exported(best_step)
+        export_seconds = time.perf_counter() - export_start
     if result.resumed_from:
         print(f"resumed from train step {result.resumed_from}")
     print(
@@ -361,8 +514,22 @@ def report_run(
     )
     print(f"training time: {training_seconds:.1f} s ({result.eval_seconds:.1f} s evaluating)")
     print(f"wall time: {time.perf_counter() - started:.1f} s")
-    print(f"mean return: {final.mean_return:.1f}")
-    return final.mean_return
+    if deployed is None:
+        print(f"mean return: {final.mean_return:.1f}")
+        return final.mean_return
+    print(f"export and its episodes: {export_seconds:.1f} s")
+    print(f"TF policy mean return: {final.mean_return:.1f} +- {_stderr(final):.1f}")
+    print(
+        f"exported policy (onnx backend, sampling) mean return: {deployed.mean_return:.1f} "
+        f"+- {_stderr(deployed):.1f}"
+    )
+    print(f"mean return: {deployed.mean_return:.1f}")
+    return deployed.mean_return
+
+
+def _stderr(evaluation: Any) -> float:
+    returns = np.asarray(evaluation.episode_returns, np.float64)
+    return float(returns.std(ddof=1) / np.sqrt(len(returns))) if len(returns) > 1 else 0.0
 
 
 def format_number(value: float | None, spec: str = ".1f") -> str:

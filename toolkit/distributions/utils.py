@@ -15,6 +15,7 @@ import tensorflow_probability as tfp
 
 from toolkit import distribution_families as families
 from toolkit.distributions.shifted_categorical import ShiftedCategorical
+from toolkit.distributions.tanh_normal import TanhNormal
 from toolkit.errors import SpecMismatchError, UnsupportedError
 from toolkit.specs import tensor_spec
 
@@ -149,6 +150,14 @@ def params_from_distribution(
             families.CATEGORICAL,
             logits=tf.reshape(logits, tf.concat([shape, [tf.shape(logits)[-1]]], 0)),
         )
+    if isinstance(base, TanhNormal):
+        return make(
+            families.TANH_NORMAL,
+            loc=full(base.loc),
+            scale=full(base.scale),
+            low=full(base.low.astype(spec.dtype.as_numpy_dtype)),
+            high=full(base.high.astype(spec.dtype.as_numpy_dtype)),
+        )
     if is_instance(base, tfd.Deterministic, tfd.VectorDeterministic):
         return make(families.DETERMINISTIC, loc=full(base.loc, spec.dtype))
     if is_instance(base, tfd.Normal):
@@ -160,5 +169,5 @@ def params_from_distribution(
     raise UnsupportedError(
         f"{path}: {type(distribution).__name__} has no export family (supported: "
         "Deterministic, Categorical/ShiftedCategorical, Normal, MultivariateNormalDiag, "
-        "Uniform, each possibly Independent)"
+        "Uniform, TanhNormal, each possibly Independent)"
     )

@@ -14,9 +14,10 @@ from typing import Any
 import tensorflow as tf
 
 from toolkit import nest
+from toolkit.errors import SpecError
 from toolkit.networks.encoding_network import EncodingNetwork
 from toolkit.networks.network import Network
-from toolkit.networks.projection_networks import projection_for
+from toolkit.networks.projection_networks import CONTINUOUS_PROJECTIONS, projection_for
 from toolkit.specs import tensor_spec
 
 __all__ = ["ActorDistributionNetwork", "build_projections", "project"]
@@ -28,14 +29,21 @@ def build_projections(
     *,
     state_dependent_std: bool = False,
     std_bias_initializer_value: float = 0.0,
+    continuous_projection: str = "normal",
 ) -> list[tf.Module]:
     """One projection per action leaf, in canonical nest order."""
+    if continuous_projection not in CONTINUOUS_PROJECTIONS:
+        raise SpecError(
+            f"{who}: continuous_projection: expected one of {list(CONTINUOUS_PROJECTIONS)}, "
+            f"got {continuous_projection!r}"
+        )
     return [
         projection_for(
             spec,
             who,
             path,
             index,
+            continuous_projection=continuous_projection,
             state_dependent_std=state_dependent_std,
             std_bias_initializer_value=std_bias_initializer_value,
         )
@@ -66,6 +74,9 @@ class ActorDistributionNetwork(Network):
       kernel_initializer: hidden layers' initializer.
       state_dependent_std: Normal scales from a dense output instead of a learned vector.
       std_bias_initializer_value: initial pre-softplus scale parameter.
+      continuous_projection: ``"normal"`` (above) or ``"tanh_normal"``: float leaves get a
+        ``TanhNormal`` squashed into their bounds with state-dependent scales (SAC's
+        actor; the std options do not apply).
       name: module name.
 
     Raises:
@@ -85,6 +96,7 @@ class ActorDistributionNetwork(Network):
         kernel_initializer: Any = None,
         state_dependent_std: bool = False,
         std_bias_initializer_value: float = 0.0,
+        continuous_projection: str = "normal",
         name: str = "ActorDistributionNetwork",
     ):
         output_tensor_spec = tensor_spec.from_spec(output_tensor_spec)
@@ -96,6 +108,7 @@ class ActorDistributionNetwork(Network):
                 name,
                 state_dependent_std=state_dependent_std,
                 std_bias_initializer_value=std_bias_initializer_value,
+                continuous_projection=continuous_projection,
             )
             self._encoder = EncodingNetwork(
                 input_tensor_spec,

@@ -14,12 +14,19 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 import tf_keras
 
+from toolkit.distributions.tanh_normal import TanhNormal
 from toolkit.networks import spec_utils
 from toolkit.networks.actor_network import reshape_inner
 
 tfd = tfp.distributions
 
-__all__ = ["CategoricalProjectionNetwork", "NormalProjectionNetwork", "projection_for"]
+__all__ = [
+    "CONTINUOUS_PROJECTIONS",
+    "CategoricalProjectionNetwork",
+    "NormalProjectionNetwork",
+    "TanhNormalProjectionNetwork",
+    "projection_for",
+]
 
 
 class CategoricalProjectionNetwork(tf.Module):
@@ -114,9 +121,63 @@ class NormalProjectionNetwork(tf.Module):
         return tfd.Independent(tfd.Normal(loc, scale), reinterpreted_batch_ndims=len(shape))
 
 
-def projection_for(spec: Any, who: str, path: str, index: int, **normal_kwargs: Any) -> tf.Module:
-    """A Categorical projection for integer specs, a Normal one for float specs."""
+class TanhNormalProjectionNetwork(tf.Module):
+    """A ``TanhNormal`` over a bounded float spec (SAC's actor head; TF-Agents'
+    TanhNormalProjectionNetwork).
+
+    One dense layer gives the pre-tanh ``loc`` and ``log(scale)`` per action element;
+    ``log(scale)`` is clipped to ``[-20, 2]`` (TF-Agents' SAC ``std_clip_transform``),
+    so the policy neither collapses to a point nor explodes early in training.
+    """
+
+    LOG_STD_RANGE = (-20.0, 2.0)
+
+    def __init__(self, spec: Any, who: str, path: str = "action_spec", name: str = "tanh_normal"):
+        super().__init__(name=name)
+        low, high = spec_utils.float_bounds(spec, who, path)
+        object.__setattr__(self, "_spec", spec)
+        object.__setattr__(self, "_bounds", (low, high))
+        self._size = max(1, spec.shape.num_elements())
+        self._layer = tf_keras.layers.Dense(
+            2 * self._size,
+            kernel_initializer=tf_keras.initializers.VarianceScaling(scale=0.1),
+            name="loc_and_log_scale",
+        )
+
+    def __call__(self, inputs: tf.Tensor, training: bool = False) -> tfd.Distribution:
+        with self.name_scope:
+            shape = self._spec.shape.as_list()
+            outputs = self._layer(inputs, training=training)
+            loc = reshape_inner(outputs[..., : self._size], shape)
+            log_scale = reshape_inner(outputs[..., self._size :], shape)
+            scale = tf.exp(tf.clip_by_value(log_scale, *self.LOG_STD_RANGE))
+            low, high = self._bounds
+            return TanhNormal(
+                tf.cast(loc, self._spec.dtype),
+                tf.cast(scale, self._spec.dtype),
+                low,
+                high,
+                event_ndims=len(shape),
+            )
+
+
+#: ``continuous_projection`` values of the actor networks.
+CONTINUOUS_PROJECTIONS = ("normal", "tanh_normal")
+
+
+def projection_for(
+    spec: Any,
+    who: str,
+    path: str,
+    index: int,
+    continuous_projection: str = "normal",
+    **normal_kwargs: Any,
+) -> tf.Module:
+    """A Categorical projection for integer specs; for float specs a Normal one, or a
+    TanhNormal one with ``continuous_projection="tanh_normal"``."""
     if tf.as_dtype(spec.dtype).is_integer:
         # normal_kwargs (std options) do not apply to discrete leaves.
         return CategoricalProjectionNetwork(spec, who, path, name=f"categorical_{index}")
+    if continuous_projection == "tanh_normal":
+        return TanhNormalProjectionNetwork(spec, who, path, name=f"tanh_normal_{index}")
     return NormalProjectionNetwork(spec, who, path, name=f"normal_{index}", **normal_kwargs)

@@ -1,0 +1,61 @@
+"""ValueNetwork: one state value per observation, ``[B] + obs -> [B]`` (PPO's critic)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import tensorflow as tf
+import tf_keras
+
+from toolkit.networks.encoding_network import EncodingNetwork
+from toolkit.networks.network import Network
+
+__all__ = ["ValueNetwork"]
+
+
+class ValueNetwork(Network):
+    """Feed-forward state-value network (TF-Agents' ``ValueNetwork``).
+
+    Args:
+      input_tensor_spec: observation spec (nests are flattened and concatenated).
+      fc_layer_params: units of the hidden dense layers.
+      preprocessing_layers, preprocessing_combiner: see ``EncodingNetwork``.
+      activation_fn: activation of the hidden layers.
+      kernel_initializer: hidden layers' initializer.
+      name: module name.
+    """
+
+    def __init__(
+        self,
+        input_tensor_spec: Any,
+        fc_layer_params: Sequence[int] | None = (75, 40),
+        preprocessing_layers: Any = None,
+        preprocessing_combiner: Callable[..., tf.Tensor] | None = None,
+        activation_fn: Callable[[tf.Tensor], tf.Tensor] | None = tf.nn.relu,
+        *,
+        kernel_initializer: Any = None,
+        name: str = "ValueNetwork",
+    ):
+        super().__init__(input_tensor_spec, state_spec=(), name=name)
+        with self.name_scope:
+            self._encoder = EncodingNetwork(
+                input_tensor_spec,
+                preprocessing_layers=preprocessing_layers,
+                preprocessing_combiner=preprocessing_combiner,
+                fc_layer_params=fc_layer_params,
+                activation_fn=activation_fn,
+                kernel_initializer=kernel_initializer,
+                name="encoder",
+                owner_name=name,
+            )
+        self._value_layer = tf_keras.layers.Dense(
+            1,
+            kernel_initializer=tf_keras.initializers.RandomUniform(minval=-0.03, maxval=0.03),
+            name="value",
+        )
+        self.create_variables()
+
+    def call(self, observation, step_type=None, network_state=(), training=False):
+        encoded, _ = self._encoder(observation, step_type=step_type, training=training)
+        return tf.squeeze(self._value_layer(encoded, training=training), -1), network_state
