@@ -14,6 +14,10 @@ steps learns in about 5k-40k environment steps (chosen by sweeps over 4-6 seeds 
 setting); evaluations that can no longer beat the best one stop early; and training
 stops as soon as an evaluation over 20 episodes reaches 500 (CartPole-v1's maximum).
 The best evaluated policy is the one kept, checkpointed and scored.
+
+With ``--actors K --ray local`` (or ``--ray host:port``) Ray actors collect the
+experience with the epsilon-greedy policy on the TF-free runtime while this process
+trains (``toolkit.distributed``); the progress line shows the policy lag.
 """
 
 from __future__ import annotations
@@ -48,6 +52,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--gamma", type=float, default=0.98, help="discount factor")
     parser.add_argument("--jit-compile", type=int, default=1, help="XLA-compile the train step")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--actors", type=int, default=0, help="collect on this many Ray actors (0: locally)"
+    )
+    parser.add_argument("--ray", default="local", help="with --actors: 'local' or host:port")
+    parser.add_argument("--envs-per-actor", type=int, default=4)
+    parser.add_argument(
+        "--weights-interval", type=int, default=32, help="train steps between weight broadcasts"
+    )
     return parser.parse_args(argv)
 
 
@@ -109,6 +121,10 @@ def main(argv=None) -> float:
             max_seconds=args.max_seconds,
             seed=args.seed,
             on_progress=bar,
+            actors=args.actors,
+            ray_address=args.ray,
+            envs_per_actor=args.envs_per_actor,
+            weights_interval=args.weights_interval,
         )
     training_seconds = time.perf_counter() - training_start
     return training.report_run(
