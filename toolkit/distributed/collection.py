@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import os
 import tempfile
+import uuid
 from typing import Any
 
 from toolkit.errors import ArgumentError
 
-__all__ = ["DistributedCollector"]
+__all__ = ["ACTOR_NAME_PREFIX", "DistributedCollector"]
+
+ACTOR_NAME_PREFIX = "policy-toolkit-collector-"
 
 
 class DistributedCollector:
@@ -70,9 +73,12 @@ class DistributedCollector:
             actors_lib.CollectorActor
         )
         base = 0 if seed is None else int(seed) * 1000
-        files_ref = ray.put(files)
+        # Kept for the actors' lifetime: a restarted actor is built from it again.
+        self._files_ref = files_ref = ray.put(files)
+        # Named so that operators (and tests) can find them: ray.util.list_named_actors().
+        prefix = f"{ACTOR_NAME_PREFIX}{uuid.uuid4().hex[:8]}-"
         self.actors = [
-            remote.options(scheduling_strategy="SPREAD").remote(
+            remote.options(scheduling_strategy="SPREAD", name=f"{prefix}{i}").remote(
                 files_ref, env, int(envs_per_actor), int(n_step), float(gamma), base + i
             )
             for i in range(int(actors))
