@@ -8,6 +8,9 @@ benchmarks the onnx and tf backends. Copy any printed command to run that step y
     python examples/demo.py            # the full demo (about 1.5 minutes, mostly training)
     python examples/demo.py --quick    # a tiny training budget: checks that every step runs
 
+Outputs go to ``./demo_out`` under the current folder (``--output-dir`` elsewhere); the
+commands run from the repository root, which holds the examples they use.
+
 DQN on CartPole is sensitive to its seed: now and then a run's greedy policy collapses
 and does not recover within the budget. The demo then trains again with the next seed
 (a printed command too), up to ``MAX_ATTEMPTS`` runs, and exports the best run.
@@ -141,13 +144,27 @@ def train(out: Path, quick: bool) -> Path:
     return best
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The demo's options; ``out`` is absolute (the commands run from the repository root)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=ROOT / "demo_out", help="where outputs go")
+    parser.add_argument(
+        "--output-dir",
+        "--out",
+        dest="out",
+        type=Path,
+        default=Path("demo_out"),
+        help="where outputs go (default: demo_out in the current folder)",
+    )
     parser.add_argument(
         "--quick", action="store_true", help="tiny training budget (for tests): fast, not good"
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    args.out = args.out.resolve()
+    return args
+
+
+def main() -> None:
+    args = parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     try:

@@ -1,4 +1,4 @@
-"""The seed tutorial's policy examples, in TF2 form.
+"""The TF-Agents policies tutorial's policy examples, in TF2 form.
 
 Run: ``python examples/policies_tour.py``. Each section mirrors one example of
 ``policies_tutorial.md`` and prints what it printed.
@@ -35,7 +35,7 @@ def python_random_policy() -> None:
     """Python policies, example 1: RandomPyPolicy ignores the time step."""
     print("== Random Python policy ==")
     action_spec = array_spec.BoundedArraySpec((2,), np.int32, -10, 10)
-    # The seed asks whether `my` can go; it can.
+    # The tutorial asks whether `my` can go; it can.
     policy = random_py_policy.RandomPyPolicy(time_step_spec=None, action_spec=action_spec)
     time_step = None
     print(policy.action(time_step))
@@ -71,12 +71,12 @@ def python_scripted_policy() -> None:
 
 
 # --- TensorFlow policies ----------------------------------------------------------------
-# TF2 runs eagerly: where the seed built a graph and called ``sess.run`` twice, we call
+# TF2 runs eagerly: where the tutorial built a graph and called ``sess.run`` twice, we call
 # ``action()`` twice. Network weights are seeded so that the printed numbers repeat.
 
 
 def tf_random_policy() -> random_tf_policy.RandomTFPolicy:
-    """TF policies, example 1: RandomTFPolicy (an unbatched time step, as in the seed)."""
+    """TF policies, example 1: RandomTFPolicy (an unbatched time step, as in the tutorial)."""
     print("== Random TF policy ==")
     action_spec = tensor_spec.BoundedTensorSpec((2,), tf.float32, minimum=-1, maximum=3)
     observation_spec = tensor_spec.TensorSpec((2,), tf.float32)
@@ -98,7 +98,7 @@ def _actor_setup():
     action_spec = tensor_spec.BoundedTensorSpec((3,), tf.float32, minimum=-1, maximum=1)
     batch_size = 2
     observations = tf.ones([2, *time_step_spec.observation.shape.as_list()])
-    # The seed asked why restart() could not infer the batch size: it can, from the spec.
+    # The tutorial asked why restart() could not infer the batch size: it can, from the spec.
     time_step = ts.restart(observations, observation_spec=observation_spec)
     assert time_step.step_type.shape == (batch_size,)
     return time_step_spec, action_spec, time_step
@@ -162,7 +162,7 @@ def tf_actor_policy_with_distribution_network() -> None:
 
 
 class QNetwork(network.Network):
-    """The seed's QNetwork: one dense layer with ``num_actions`` (default 2) outputs."""
+    """The tutorial's QNetwork: one dense layer with ``num_actions`` (default 2) outputs."""
 
     def __init__(self, observation_spec, action_spec, num_actions=2, name=None):
         super().__init__(input_tensor_spec=observation_spec, state_spec=(), name=name)
@@ -191,7 +191,7 @@ def tf_q_policy() -> tuple[q_policy.QPolicy, ts.TimeStep]:
     """TF policies, example 3: a Q policy (a categorical with Q-values as logits)."""
     print("== Q policy ==")
     time_step_spec, action_spec, num_actions, time_steps = _q_setup()
-    # The seed built its QNetwork with the default num_actions=2 for 3 actions: that
+    # The tutorial built its QNetwork with the default num_actions=2 for 3 actions: that
     # mismatch fails here, at construction, naming both numbers.
     try:
         q_policy.QPolicy(
@@ -202,7 +202,7 @@ def tf_q_policy() -> tuple[q_policy.QPolicy, ts.TimeStep]:
             ),
         )
     except SpecMismatchError as error:
-        print(f"As in the seed (num_actions=2): {error}")
+        print(f"As in the tutorial (num_actions=2): {error}")
     my_q_network = QNetwork(
         observation_spec=time_step_spec.observation,
         action_spec=action_spec,

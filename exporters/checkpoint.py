@@ -28,7 +28,7 @@ import onnx.numpy_helper
 import tensorflow as tf
 
 from exporters import onnx_export
-from exporters.export import _module_for, onnx_model_for
+from exporters.export import module_for, onnx_model_for
 from exporters.weights import canonical_initializers, graph_fingerprint
 from toolkit import bundle
 from toolkit.errors import ExportError
@@ -47,7 +47,7 @@ def save_checkpoint(
     """Writes a weights-only checkpoint of ``policy`` (atomically) and returns its path."""
     if isinstance(train_step, bool) or int(train_step) != train_step:
         raise ExportError(f"train_step: expected an int, got {train_step!r}")
-    module = _module_for(policy, int(train_step), {})
+    module = module_for(policy, int(train_step), {})
     model = onnx_model_for(module, opset)
     by_name = {init.name: init for init in model.graph.initializer}
     weights = {

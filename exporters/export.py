@@ -21,9 +21,9 @@ from toolkit.errors import ExportError, UnsupportedError
 from toolkit.policies import tf_policy as tf_policy_lib
 from toolkit.specs import tensor_spec
 
-__all__ = ["FORMATS", "export_policy", "onnx_model_for"]
+__all__ = ["FORMATS", "export_policy", "module_for", "onnx_model_for"]
 
-FORMATS = ("saved_model", "onnx")
+FORMATS = bundle.FORMATS
 
 
 def _check_formats(formats: Sequence[str]) -> tuple[str, ...]:
@@ -63,10 +63,15 @@ def _producer() -> dict[str, str]:
 
 
 def _params_to_json(params: Any) -> Any:
-    return nest.to_json(params, lambda p: {"kind": "distribution_params", **p.to_json()})
+    return nest.to_json(params, families.leaf_to_json)
 
 
-def _module_for(policy: Any, train_step: int | None, metadata: dict[str, Any]) -> ExportModule:
+def module_for(policy: Any, train_step: int | None, metadata: dict[str, Any]) -> ExportModule:
+    """The traced export module of a TF policy (export, weights-only checkpoints, parity).
+
+    Raises:
+      ExportError: not a TFPolicy, or a policy part that does not export.
+    """
     if not isinstance(policy, tf_policy_lib.TFPolicy):
         raise ExportError(
             f"{type(policy).__name__}: expected a TFPolicy (toolkit.policies.tf_policy); "
@@ -134,13 +139,14 @@ def export_policy(
     output = Path(output_dir)
     if output.exists() and not overwrite:
         raise ExportError(f"{output.absolute()}: already exists; pass overwrite=True to replace it")
-    module = _module_for(policy, train_step, metadata)
+    module = module_for(policy, train_step, metadata)
     model = onnx_model_for(module, opset) if "onnx" in formats else None
 
     def build(tmp: Path) -> dict[str, Any]:
         manifest = _manifest(module, formats, train_step, metadata, opset, model)
         if "saved_model" in formats:
             _save_saved_model(module, tmp / bundle.SAVED_MODEL_DIR)
+            bundle.write_saved_model_manifest(tmp / bundle.SAVED_MODEL_DIR, manifest)
         if model is not None:
             onnx_export.embed_manifest(model, manifest)
             onnx.save(model, str(tmp / bundle.ONNX_FILE))

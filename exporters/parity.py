@@ -124,9 +124,14 @@ def _next_state(outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 def _onnx_runner(root: Path, manifest: dict[str, Any]) -> Runner:
     import onnxruntime as ort
 
-    session = ort.InferenceSession(
-        str(root / manifest["onnx"]["file"]), providers=["CPUExecutionProvider"]
-    )
+    from runtimes.onnx_backend import check_graph_io
+
+    model = bundle.read_onnx(root, manifest)
+    try:
+        session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own exception types
+        raise BundleError(f"onnxruntime could not load the policy graph: {e}") from e
+    check_graph_io(session, manifest["signatures"]["distribution"], manifest["onnx"]["file"])
     names = [o.name for o in session.get_outputs()]
 
     def run(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -150,8 +155,12 @@ def _saved_model_runner(root: Path, manifest: dict[str, Any]) -> Runner:
     import tensorflow as tf
     import tensorflow_probability  # noqa: F401  (registers TFP types the model may name)
 
-    loaded = tf.saved_model.load(str(root / manifest["saved_model"]["dir"]))
-    signature = loaded.signatures["distribution"]
+    path = bundle.check_saved_model(root, manifest)
+    try:
+        loaded = tf.saved_model.load(str(path))
+        signature = loaded.signatures["distribution"]
+    except Exception as e:  # TF raises many kinds for a broken SavedModel
+        raise BundleError(f"{path}: TensorFlow could not load the SavedModel: {e}") from e
 
     def run(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         outputs = signature(**{k: tf.constant(v) for k, v in inputs.items()})
@@ -211,9 +220,9 @@ def verify(
         raise BundleError(f"num_samples: expected at least 1, got {num_samples}")
     runners: dict[str, Runner] = {}
     if policy is not None:
-        from exporters.export import _module_for
+        from exporters.export import module_for
 
-        module = _module_for(policy, manifest.get("train_step"), {})
+        module = module_for(policy, manifest.get("train_step"), {})
         runners["tf_policy"] = _tf_runner(module.info.functions["distribution"])
     if "saved_model" in manifest:
         runners["saved_model"] = _saved_model_runner(root, manifest)

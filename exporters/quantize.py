@@ -29,7 +29,6 @@ import logging
 import os
 import tempfile
 import time
-import types
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from toolkit import bundle, nest
+from toolkit import distribution_families as families
 from toolkit.errors import BundleError, ExportError
 from toolkit.specs import array_spec
 
@@ -157,17 +157,13 @@ def _actions(manifest: dict[str, Any], outputs: dict[str, np.ndarray]) -> list[n
     """The representative action of every distribution leaf (see the module doc)."""
     from runtimes.distributions import make_distribution
 
-    # Leaves decode to an opaque namespace, so that nest does not flatten their dicts.
-    leaves = nest.from_json(manifest["distribution"], lambda d: types.SimpleNamespace(d=d))
+    leaves = nest.from_json(manifest["distribution"], families.leaf_from_json)
     actions = []
-    for path, wrapped in nest.flatten_with_paths(leaves, "distribution"):
-        leaf = wrapped.d
-        params = {name: outputs[nest.join_path(path, name)] for name in leaf["params"]}
-        static = {"event_ndims": leaf["event_ndims"], "dtype": leaf["dtype"]}
-        if leaf["family"] == "categorical":
-            static["shift"] = leaf.get("shift", 0)
-        distribution = make_distribution(leaf["family"], params, **static)
-        actions.append(distribution.mean() if leaf["family"] == "uniform" else distribution.mode())
+    for path, leaf in nest.flatten_with_paths(leaves, "distribution"):
+        names = families.FAMILIES[leaf.family]
+        params = {name: outputs[nest.join_path(path, name)] for name in names}
+        distribution = make_distribution(leaf.family, params, **leaf.static)
+        actions.append(distribution.mean() if leaf.family == "uniform" else distribution.mode())
     return actions
 
 
@@ -278,7 +274,8 @@ def quantize_bundle(
         raise BundleError(
             f"{source}: expected a bundle with an ONNX graph, got {manifest['formats']}"
         )
-    bundle.check_bundle_files(source, manifest["files"], only=[manifest["onnx"]["file"]])
+    # Contained, hash-checked, self-contained and matching its manifest copy.
+    source_bytes = bundle.read_onnx(source, manifest)
     if "quantization" in manifest:
         raise BundleError(f"{source}: already quantized ({manifest['quantization'].get('method')})")
     if not 0.0 <= min_agreement <= 1.0:
@@ -288,13 +285,18 @@ def quantize_bundle(
     if output.exists() and not overwrite:
         raise ExportError(f"{output.absolute()}: already exists; pass overwrite=True to replace it")
 
-    onnx_path = source / manifest["onnx"]["file"]
-    original = onnx.load(str(onnx_path))
+    try:
+        original = onnx.load_model_from_string(source_bytes)
+    except Exception as e:  # protobuf's DecodeError and others
+        raise BundleError(f"{source}: not a readable ONNX model ({e})") from e
     with tempfile.TemporaryDirectory(prefix="policy-quantize-") as tmp:
+        # quantize_dynamic reads a path: give it a private copy of the checked bytes.
+        source_path = Path(tmp) / "source.onnx"
+        source_path.write_bytes(source_bytes)
         quantized_path = Path(tmp) / "quantized.onnx"
         with _quiet_root_logger():
             quantize_dynamic(
-                str(onnx_path),
+                str(source_path),
                 str(quantized_path),
                 weight_type=QuantType.QInt8,
                 per_channel=per_channel,
@@ -375,7 +377,7 @@ def quantize_bundle(
         tolerance=tolerance,
         max_weight_diff=max_diff,
         quantized_weights=count,
-        size_before=onnx_path.stat().st_size,
+        size_before=len(source_bytes),
         size_after=size_after,
         latency_before_us=latency_before,
         latency_after_us=latency_after,

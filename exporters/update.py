@@ -27,8 +27,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import io
 import os
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -182,13 +182,18 @@ def _apply(
         else None
     )
 
+    files = manifest["files"]
+    replaced = [manifest[f]["file" if f == "onnx" else "dir"] for f in formats]
+
     def build(tmp: Path) -> dict[str, Any]:
-        for rel in manifest["files"]:
-            top = rel.split("/")[0]
-            if top in (bundle.SAVED_MODEL_DIR, manifest.get("onnx", {}).get("file")):
+        for rel in files:
+            if any(rel == r or rel.startswith(r + "/") for r in replaced):
                 continue
+            # Anything else travels unchanged, read contained and hash-checked; the path
+            # was validated, so it stays inside ``tmp`` too.
+            data = bundle.read_member(root, rel, key=f"files[{rel!r}]", files=files)
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(root / rel, tmp / rel)  # anything else travels unchanged
+            (tmp / rel).write_bytes(data)
         if model is not None:
             import onnx
 
@@ -200,9 +205,9 @@ def _apply(
             import tensorflow as tf
 
             signatures = {name: loaded.signatures[name] for name in loaded.signatures}
-            tf.saved_model.save(
-                loaded, str(tmp / manifest["saved_model"]["dir"]), signatures=signatures
-            )
+            saved_model_dir = tmp / manifest["saved_model"]["dir"]
+            tf.saved_model.save(loaded, str(saved_model_dir), signatures=signatures)
+            bundle.write_saved_model_manifest(saved_model_dir, new_manifest)
         return new_manifest
 
     bundle.write_bundle(root, build, overwrite=True)
@@ -231,33 +236,42 @@ def _updated_onnx(
             f"bundle's), got graph {str(got)[:12]}...: another policy structure; export again"
         )
     names = manifest["onnx"]["initializers"]
-    model = onnx.load(str(root / manifest["onnx"]["file"]))
+    try:
+        model = onnx.load_model_from_string(bundle.read_onnx(root, manifest))
+    except BundleError:
+        raise
+    except Exception as e:  # protobuf's DecodeError and others
+        raise BundleError(f"{root}: not a readable ONNX model ({e})") from e
     by_name = {init.name: init for init in model.graph.initializer}
-    path = weights_dir / info.get("weights", bundle.WEIGHTS_FILE)
+    rel = info.get("weights", bundle.WEIGHTS_FILE)
+    path = weights_dir / rel
+    data = bundle.read_member(
+        weights_dir, rel, key="weights", files=info["files"], where=bundle.CHECKPOINT_FILE
+    )
     max_change = 0.0
-    with np.load(path, allow_pickle=False) as weights:
-        keys = set(weights.files)
-        wanted = {f"w{i}" for i in range(len(names))}
-        if keys != wanted:
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            weights = {key: npz[key] for key in npz.files}
+    except Exception as e:  # zipfile and numpy raise several kinds for a broken file
+        raise BundleError(f"{path}: not a readable weights file ({e})") from e
+    keys = set(weights)
+    wanted = {f"w{i}" for i in range(len(names))}
+    if keys != wanted:
+        raise BundleError(f"{path}: expected arrays w0..w{len(names) - 1}, got {sorted(keys)[:8]}")
+    for i, name in enumerate(names):
+        if name not in by_name:
+            raise BundleError(f"{root}: initializer {name!r} of the manifest is not in the graph")
+        old = numpy_helper.to_array(by_name[name])
+        new = weights[f"w{i}"]
+        if old.shape != new.shape or old.dtype != new.dtype:
             raise BundleError(
-                f"{path}: expected arrays w0..w{len(names) - 1}, got {sorted(keys)[:8]}"
+                f"{path}: w{i} ({name}): expected {old.dtype} {old.shape}, "
+                f"got {new.dtype} {new.shape}"
             )
-        for i, name in enumerate(names):
-            if name not in by_name:
-                raise BundleError(
-                    f"{root}: initializer {name!r} of the manifest is not in the graph"
-                )
-            old = numpy_helper.to_array(by_name[name])
-            new = weights[f"w{i}"]
-            if old.shape != new.shape or old.dtype != new.dtype:
-                raise BundleError(
-                    f"{path}: w{i} ({name}): expected {old.dtype} {old.shape}, "
-                    f"got {new.dtype} {new.shape}"
-                )
-            if old.size and old.dtype.kind in "fiub":
-                diff = np.abs(new.astype(np.float64) - old.astype(np.float64))
-                max_change = max(max_change, float(diff.max()))
-            by_name[name].CopyFrom(numpy_helper.from_array(new, name))
+        if old.size and old.dtype.kind in "fiub":
+            diff = np.abs(new.astype(np.float64) - old.astype(np.float64))
+            max_change = max(max_change, float(diff.max()))
+        by_name[name].CopyFrom(numpy_helper.from_array(new, name))
     return model, max_change
 
 
@@ -267,7 +281,11 @@ def _restored_saved_model(
     import tensorflow as tf
     import tensorflow_probability  # noqa: F401  (registers TFP types the model may name)
 
-    loaded = tf.saved_model.load(str(root / manifest["saved_model"]["dir"]))
+    path = bundle.check_saved_model(root, manifest)
+    try:
+        loaded = tf.saved_model.load(str(path))
+    except Exception as e:  # TF raises many kinds for a broken SavedModel
+        raise BundleError(f"{path}: TensorFlow could not load the SavedModel: {e}") from e
     if not hasattr(loaded, "policy") or not hasattr(loaded, "train_step"):
         raise UnsupportedError(
             f"{root}: the SavedModel has no 'policy' and 'train_step' (not written by "

@@ -1,7 +1,8 @@
 """Bundle -> Python policy. The onnx backend imports no TensorFlow.
 
-``load_policy(path)`` returns a ``toolkit.policies.py_policy.PyPolicy`` with the seed's
-interface plus ``train_step``, ``metadata`` and ``update_from_checkpoint(path)``.
+``load_policy(path)`` returns a ``toolkit.policies.py_policy.PyPolicy`` with the
+interface of the TF-Agents policies tutorial plus ``train_step``, ``metadata`` and
+``update_from_checkpoint(path)``.
 Importing this package is cheap: onnxruntime or TensorFlow load inside ``load_policy``.
 """
 
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from pathlib import Path
 from typing import Any
 
 __all__ = ["BACKENDS", "load_policy"]
@@ -31,6 +31,7 @@ def load_policy(
     seed: int | None = None,
     validate_args: bool = True,
     threads: int = 1,
+    check_finite: bool = False,
 ) -> Any:
     """Loads an exported policy bundle as a Python policy.
 
@@ -41,17 +42,24 @@ def load_policy(
       seed: seeds the policy's generator, used by ``action(seed=None)``; None seeds it
         from the OS, so two loads act differently.
       validate_args: check time steps and states against the specs, converting safe
-        dtypes (float64 observations into a float32 spec) and naming what is wrong.
-        With False, inputs are trusted and go to the graph unchecked (a wrong dtype
-        may be cast or refused by the backend); that saves under a microsecond a call.
+        dtypes (float64 observations into a float32 spec) and naming what is wrong:
+        step types other than FIRST/MID/LAST, ragged or non-numeric observations and
+        states of another structure are refused naming the leaf. With False, inputs
+        are trusted and go to the graph unchecked (a wrong dtype may be cast or refused
+        by the backend); that saves under a microsecond a call.
       threads: onnxruntime intra-op threads (onnx backend).
+      check_finite: refuse observations holding NaN or infinite values, naming the leaf
+        (a failing sensor); off by default, as in TF-Agents, which passes them on.
 
     Returns:
       A ``runtimes.onnx_backend.OnnxPolicy`` or ``runtimes.tf_backend.SavedModelPolicy``.
 
     Raises:
-      BundleError: for a missing, corrupted, tampered or too-new bundle, or one without
-        the format the backend needs.
+      BundleError: for a missing, corrupted, tampered or too-new bundle, one without
+        the format the backend needs, a manifest that breaks its schema (one line per
+        violation) or differs from its format's copy or graph, a path leaving the
+        bundle, a symbolic link, FIFO or device, or an ONNX model with external data
+        (docs/bundle-format.md, "What a reader trusts").
       UnsupportedError: when the backend's library is not installed.
     """
     from toolkit import bundle
@@ -59,9 +67,7 @@ def load_policy(
 
     if backend not in BACKENDS:
         raise SpecMismatchError("backend", f"one of {list(BACKENDS)}", repr(backend))
-    root = Path(path)
-    if root.is_file() and root.name in (bundle.MANIFEST, bundle.ONNX_FILE):
-        root = root.parent
+    root = bundle.bundle_root(path)
     # Each backend checks the hashes of the files it reads (an edge device may hold
     # only manifest.json and policy.onnx).
     manifest = bundle.read_manifest(root, check_files=False)
@@ -92,7 +98,14 @@ def load_policy(
             )
         from runtimes.onnx_backend import OnnxPolicy
 
-        return OnnxPolicy(manifest, root, seed=seed, validate_args=validate_args, threads=threads)
+        return OnnxPolicy(
+            manifest,
+            root,
+            seed=seed,
+            validate_args=validate_args,
+            threads=threads,
+            check_finite=check_finite,
+        )
     if not has_saved_model:
         raise BundleError(
             f"{root}: the bundle was exported without a SavedModel (formats {formats}); "
@@ -100,4 +113,6 @@ def load_policy(
         )
     from runtimes.tf_backend import SavedModelPolicy
 
-    return SavedModelPolicy(manifest, root, seed=seed, validate_args=validate_args)
+    return SavedModelPolicy(
+        manifest, root, seed=seed, validate_args=validate_args, check_finite=check_finite
+    )

@@ -26,18 +26,10 @@ try:  # the clip ufunc: np.clip's Python wrapper costs microseconds on small arr
 except ImportError:  # numpy < 2
     from numpy.core.umath import clip as _clip
 
-__all__ = ["DerivationBuilder", "Deriver", "Leaf", "LeafInfo", "decode_leaf", "named_leaves"]
+__all__ = ["DerivationBuilder", "Deriver", "Leaf", "named_leaves"]
 
 # Where OUNoisePolicy keeps a stateful wrapped policy's state (toolkit.policies.ou_noise_policy).
 _OU_WRAPPED_KEY = "wrapped"
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class LeafInfo:
-    """One leaf of the manifest's ``distribution`` nest (before names are attached)."""
-
-    family: str
-    static: dict[str, Any]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -55,22 +47,8 @@ class Leaf:
         return dists.make_distribution(self.family, params, **self.static)
 
 
-def decode_leaf(data: dict[str, Any]) -> LeafInfo:
-    if data.get("kind") != "distribution_params":
-        raise BundleError(f"distribution: expected 'distribution_params' leaves, got {data!r:.80}")
-    family = data.get("family")
-    if family not in families.FAMILIES:
-        raise UnsupportedError(
-            f"distribution family {family!r} is not supported by this runtime "
-            f"(supported: {sorted(families.FAMILIES)})"
-        )
-    static: dict[str, Any] = {"event_ndims": int(data["event_ndims"]), "dtype": data["dtype"]}
-    if family == families.CATEGORICAL:
-        static["shift"] = int(data.get("shift", 0))
-    return LeafInfo(family, static)
-
-
 def named_leaves(tree: Any, prefix: str) -> list[Leaf]:
+    """The leaves of a decoded ``distribution`` nest with their graph output names."""
     return [
         Leaf(
             info.family,

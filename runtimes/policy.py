@@ -22,6 +22,7 @@ import abc
 import copy
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -44,8 +45,31 @@ from toolkit.trajectories.time_step import TimeStep
 
 __all__ = ["LOG_PROBABILITY", "BundlePolicy", "as_generator", "check_fingerprint"]
 
-LOG_PROBABILITY = "log_probability"
+LOG_PROBABILITY = families.LOG_PROBABILITY
 _NDARRAY = np.ndarray
+_BYTEORDER = sys.byteorder
+#: byte count -> (every bit but the two lowest of each int32 lane, the lowest bit of each)
+_STEP_MASKS: dict[int, tuple[int, int]] = {}
+
+
+def _step_types_ok(step_type: np.ndarray) -> bool:
+    """Whether every int32 step type is 0, 1 or 2: the batch as one Python int, masked.
+
+    A lane is valid when no bit above the lowest two is set and not both of those are
+    (3); two big-int operations cost a fraction of a numpy reduction.
+    """
+    data = step_type.tobytes()
+    masks = _STEP_MASKS.get(len(data))
+    if masks is None:
+        lanes = len(data) // 4
+        high = (b"\xfc\xff\xff\xff" if _BYTEORDER == "little" else b"\xff\xff\xff\xfc") * lanes
+        low = (b"\x01\x00\x00\x00" if _BYTEORDER == "little" else b"\x00\x00\x00\x01") * lanes
+        masks = _STEP_MASKS[len(data)] = (
+            int.from_bytes(high, _BYTEORDER),
+            int.from_bytes(low, _BYTEORDER),
+        )
+    value = int.from_bytes(data, _BYTEORDER)
+    return not (value & masks[0]) and not (value & (value >> 1) & masks[1])
 
 
 def as_generator(seed: Seed, default: np.random.Generator) -> np.random.Generator:
@@ -77,7 +101,7 @@ def _io_names(signature: dict[str, Any], which: str) -> list[str]:
 
 
 class BundlePolicy(PyPolicy):
-    """A bundle's policy: the seed's Python-policy interface over an exported graph.
+    """A bundle's policy: the TF-Agents policies tutorial's Python-policy interface over a graph.
 
     Subclasses run the graph (``_run``) and swap weights; this class does the rest.
 
@@ -98,6 +122,7 @@ class BundlePolicy(PyPolicy):
         *,
         seed: int | None = None,
         validate_args: bool = True,
+        check_finite: bool = False,
     ):
         try:
             specs = manifest["specs"]
@@ -107,7 +132,7 @@ class BundlePolicy(PyPolicy):
             info_spec = array_spec.spec_nest_from_json(specs["info"])
             graph_info_spec = array_spec.spec_nest_from_json(specs["graph_info"])
             description = manifest["policy"]["action"]
-            params_tree = nest.from_json(manifest["distribution"], derivations.decode_leaf)
+            params_tree = nest.from_json(manifest["distribution"], families.leaf_from_json)
             signature = manifest["signatures"]["distribution"]
         except KeyError as e:
             raise BundleError(f"{bundle_dir}: the manifest has no {e}") from e
@@ -117,7 +142,12 @@ class BundlePolicy(PyPolicy):
             raise BundleError(f"{bundle_dir}: specs.time_step is not a TimeStep")
         state_spec = () if state_spec is None else state_spec
         super().__init__(
-            time_step_spec, action_spec, state_spec, info_spec, validate_args=validate_args
+            time_step_spec,
+            action_spec,
+            state_spec,
+            info_spec,
+            validate_args=validate_args,
+            check_finite=check_finite,
         )
         self._manifest = manifest
         self._bundle_dir = Path(bundle_dir)
@@ -176,7 +206,8 @@ class BundlePolicy(PyPolicy):
             and not self._emit_log_probability
         )
         self._state_leaf_specs = nest.flatten(state_spec)
-        self._fast = self._fast_layout(time_step_spec)
+        # check_finite: every call takes the general path, which checks observations.
+        self._fast = None if check_finite else self._fast_layout(time_step_spec)
         self._action_checks = [_LeafCheck.of(s) for s in nest.flatten(self.action_spec)]
         self._state_checks = [_LeafCheck.of(s) for s in nest.flatten(self.policy_state_spec)]
         self._info_checks = [_LeafCheck.of(s) for s in nest.flatten(self.info_spec)]
@@ -378,10 +409,14 @@ class BundlePolicy(PyPolicy):
             return super()._prepare(time_step, policy_state)
         ndim = step_type.ndim
         if ndim == 0:
+            if not 0 <= step_type.item() <= 2:
+                return super()._prepare(time_step, policy_state)  # it names the step type
             for value, (dtype, shape) in zip(time_step, layout, strict=False):
                 if type(value) is not _NDARRAY or value.dtype is not dtype or value.shape != shape:
                     return super()._prepare(time_step, policy_state)
         elif ndim == 1:
+            if not _step_types_ok(step_type):
+                return super()._prepare(time_step, policy_state)  # it names the step type
             outer = step_type.shape
             for value, (dtype, shape) in zip(time_step, layout, strict=False):
                 if (

@@ -3,8 +3,8 @@
 Runs the SavedModel's ``distribution`` signature (the same function as the ONNX graph)
 and derives actions with the same numpy code as the onnx backend (runtimes.policy), so
 the two backends act alike. ``update_from_checkpoint`` restores a checkpoint's ``tf/ckpt``
-into the loaded policy: this is the seed's "PyTFCheckpointPolicy" use, loading
-checkpointed policies in production Python.
+into the loaded policy: this is the "PyTFCheckpointPolicy" use of the TF-Agents policies
+tutorial, loading checkpointed policies in production Python.
 """
 
 from __future__ import annotations
@@ -73,6 +73,7 @@ class SavedModelPolicy(BundlePolicy):
       bundle_dir: the bundle folder.
       seed: seeds the policy's Generator, used by ``action(seed=None)``.
       validate_args: check (and safely convert) inputs against the specs.
+      check_finite: refuse observations with NaN or infinite values.
     """
 
     backend = "tf"
@@ -84,17 +85,24 @@ class SavedModelPolicy(BundlePolicy):
         *,
         seed: int | None = None,
         validate_args: bool = True,
+        check_finite: bool = False,
     ):
-        super().__init__(manifest, bundle_dir, seed=seed, validate_args=validate_args)
+        super().__init__(
+            manifest,
+            bundle_dir,
+            seed=seed,
+            validate_args=validate_args,
+            check_finite=check_finite,
+        )
         info = manifest.get("saved_model")
         if not isinstance(info, dict) or "dir" not in info:
             raise BundleError(f"{self._bundle_dir}: the bundle was exported without a SavedModel")
         rel = info["dir"]
-        bundle.check_bundle_files(self._bundle_dir, manifest["files"], only=[rel])
-        if not any(p == rel or p.startswith(rel + "/") for p in manifest["files"]):
-            raise BundleError(f"{self._bundle_dir}: {rel} is not listed in {bundle.MANIFEST}")
+        # TensorFlow reads the folder by path: it must hold only hashed regular files.
+        path = bundle.check_saved_model(self._bundle_dir, manifest)
         self._tf = _tensorflow()
-        self._model = _Model(self._bundle_dir / rel)
+        self._model = _Model(path)
+        _check_signature(self._model.function, manifest["signatures"]["distribution"], rel)
         missing = sorted(set(self._input_names) - set(self._model.keywords))
         if missing:
             raise BundleError(f"{self._bundle_dir}: the SavedModel lacks the inputs {missing}")
@@ -184,3 +192,27 @@ class SavedModelPolicy(BundlePolicy):
             )
         for target, source in zip(mine, theirs, strict=True):
             target.assign(source)
+
+
+def _check_signature(function: Any, signature: dict[str, Any], where: str) -> None:
+    """Refuses a ``distribution`` signature whose inputs or outputs differ from the manifest's."""
+    inputs = {s.name: s for s in function.structured_input_signature[1].values()}
+    outputs = dict(function.structured_outputs)
+    for which, graph in (("inputs", inputs), ("outputs", outputs)):
+        entries = {e["name"]: e for e in signature[which]}
+        if set(graph) != set(entries):
+            missing = sorted(set(entries) - set(graph))
+            extra = sorted(set(graph) - set(entries))
+            raise BundleError(
+                f"{where}: the SavedModel's distribution {which} differ from the manifest's "
+                f"signatures.distribution.{which}: missing {missing[:6]}, unexpected {extra[:6]}"
+            )
+        for name, entry in entries.items():
+            spec = graph[name]
+            dtype = spec.dtype.name
+            shape = spec.shape.as_list() if spec.shape.rank is not None else None
+            if dtype != entry["dtype"] or shape != entry["shape"]:
+                raise BundleError(
+                    f"{where}: SavedModel {which[:-1]} {name!r} is {dtype} {shape}, but the "
+                    f"manifest says {entry['dtype']} {entry['shape']}"
+                )

@@ -21,9 +21,9 @@ atexit.register(shutil.rmtree, _ROOT, ignore_errors=True)
 #: case id -> the contract case, for every TF policy kind.
 CASES = {case.id: case for case in cases_tf.CASES}
 
-#: Cases a SavedModel cannot hold: the seed's network is a plain function whose layer
-#: variables no tf.Module tracks. Their bundles are ONNX only.
-ONNX_ONLY = frozenset({"tf/actor/seed_function"})
+#: Cases a SavedModel cannot hold: the TF-Agents policies tutorial's network is a plain
+#: function whose layer variables no tf.Module tracks. Their bundles are ONNX only.
+ONNX_ONLY = frozenset({"tf/actor/tutorial_function"})
 
 
 def tf_policy_for(case_id: str) -> Any:

@@ -23,7 +23,7 @@ def _run(name: str, *args: str, timeout: float = 600) -> subprocess.CompletedPro
     )
 
 
-def test_policies_tour_runs_the_seed_examples():
+def test_policies_tour_runs_the_tutorial_examples():
     result = _run("policies_tour.py")
     assert result.returncode == 0, result.stderr
     out = result.stdout

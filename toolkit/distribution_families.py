@@ -58,7 +58,7 @@ from typing import Any
 import numpy as np
 
 from toolkit import nest
-from toolkit.errors import SpecError
+from toolkit.errors import BundleError, SpecError, UnsupportedError
 
 __all__ = [
     "CATEGORICAL",
@@ -67,15 +67,25 @@ __all__ = [
     "FAMILIES",
     "GAUSSIAN_NOISE",
     "KINDS",
+    "LEAF_KIND",
+    "LOG_PROBABILITY",
     "MIXTURE",
     "NORMAL",
     "OU_NOISE",
     "SAMPLE",
     "UNIFORM",
     "DistributionParams",
+    "LeafInfo",
     "flatten_params",
+    "leaf_from_json",
+    "leaf_to_json",
     "map_params",
 ]
+
+#: The ``info`` key of the per-leaf log-probabilities a policy may emit.
+LOG_PROBABILITY = "log_probability"
+#: The ``kind`` of every leaf of a manifest's ``distribution`` nest.
+LEAF_KIND = "distribution_params"
 
 DETERMINISTIC = "deterministic"
 CATEGORICAL = "categorical"
@@ -172,3 +182,38 @@ def map_params(fn: Callable[[Any], Any], tree: Any) -> Any:
 def dtype_name(dtype: Any) -> str:
     """The numpy name of a numpy or TensorFlow dtype."""
     return np.dtype(getattr(dtype, "as_numpy_dtype", dtype)).name
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class LeafInfo:
+    """One leaf of a manifest's ``distribution`` nest: its family and static facts."""
+
+    family: str
+    static: dict[str, Any]
+
+
+def leaf_to_json(params: DistributionParams) -> dict[str, Any]:
+    """The manifest form of one leaf (``nest.to_json``'s ``encode_leaf``)."""
+    return {"kind": LEAF_KIND, **params.to_json()}
+
+
+def leaf_from_json(data: dict[str, Any]) -> LeafInfo:
+    """A manifest leaf back (``nest.from_json``'s ``decode_leaf``).
+
+    Raises:
+      BundleError: a leaf of another kind.
+      UnsupportedError: a family this version does not know.
+      KeyError: a leaf without ``event_ndims`` or ``dtype``.
+    """
+    if data.get("kind") != LEAF_KIND:
+        raise BundleError(f"distribution: expected {LEAF_KIND!r} leaves, got {data!r:.80}")
+    family = data.get("family")
+    if family not in FAMILIES:
+        raise UnsupportedError(
+            f"distribution family {family!r} is not supported by this runtime "
+            f"(supported: {sorted(FAMILIES)})"
+        )
+    static: dict[str, Any] = {"event_ndims": int(data["event_ndims"]), "dtype": data["dtype"]}
+    if family == CATEGORICAL:
+        static["shift"] = int(data.get("shift", 0))
+    return LeafInfo(family, static)

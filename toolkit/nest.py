@@ -54,8 +54,51 @@ def flatten(tree: Any) -> list[Any]:
 
 
 def flatten_up_to(structure: Any, tree: Any) -> list[Any]:
-    """Leaves of ``tree`` cut at the leaves of ``structure`` (a list may stand for an array)."""
-    return optree.tree_structure(structure).flatten_up_to(tree)
+    """Leaves of ``tree`` cut at the leaves of ``structure`` (a list may stand for an array).
+
+    Lists and tuples stand for each other, as ``assert_same_structure`` allows (users
+    pass a recurrent state back as lists); a namedtuple or dict must match its kind.
+    """
+    try:
+        return optree.tree_structure(structure).flatten_up_to(tree)
+    except (ValueError, TypeError):
+        out: list[Any] = []
+        _flatten_up_to(structure, tree, "", out)
+        return out
+
+
+def _flatten_up_to(structure: Any, tree: Any, path: str, out: list[Any]) -> None:
+    if not is_nested(structure) and structure is not None:
+        out.append(tree)
+        return
+    if _is_empty(structure):
+        if not _is_empty(tree):
+            raise StructureError(path or "value", "an empty nest ()", _short(tree))
+        return
+    if isinstance(structure, dict):
+        if not isinstance(tree, dict) or set(tree) != set(structure):
+            raise StructureError(
+                path or "value", f"a dict with keys {sorted(structure)}", _short(tree)
+            )
+        for key in sorted(structure):
+            _flatten_up_to(structure[key], tree[key], join_path(path, key), out)
+        return
+    if _is_namedtuple(structure):
+        if not _is_namedtuple(tree) or tree._fields != structure._fields:
+            raise StructureError(
+                path or "value",
+                f"{type(structure).__name__} with fields {structure._fields}",
+                _short(tree),
+            )
+    elif not isinstance(tree, (tuple, list)) or _is_namedtuple(tree):
+        raise StructureError(path or "value", f"a sequence of {len(structure)}", _short(tree))
+    if len(tree) != len(structure):
+        raise StructureError(
+            path or "value", f"a sequence of {len(structure)}", f"a sequence of {len(tree)}"
+        )
+    for index, (s, v) in enumerate(zip(structure, tree, strict=True)):
+        name = structure._fields[index] if _is_namedtuple(structure) else index
+        _flatten_up_to(s, v, join_path(path, name), out)
 
 
 def flatten_with_paths(tree: Any, prefix: str = "") -> list[tuple[str, Any]]:

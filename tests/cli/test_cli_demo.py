@@ -41,3 +41,14 @@ def test_the_demo_exports_the_run_it_trained(tmp_path):
     export = next(c for c in commands if c[:2] == ["policy-toolkit", "export"])
     assert export[export.index("--checkpoint") + 1] == str(tmp_path / "cartpole_run_seed2")
     assert [c[1] for c in commands] == ["export", "verify", "inspect", "run", "bench"]
+
+
+def test_outputs_go_under_the_current_folder_not_the_source_tree(tmp_path, monkeypatch):
+    demo = _demo()
+    monkeypatch.chdir(tmp_path)
+    assert demo.parse_args([]).out == tmp_path / "demo_out"
+    assert demo.parse_args(["--output-dir", "elsewhere"]).out == tmp_path / "elsewhere"
+    assert demo.parse_args(["--out", "old"]).out == tmp_path / "old"  # the older spelling
+    # Commands run from the repository root: paths outside it are printed absolute.
+    export = demo.steps(tmp_path / "demo_out", tmp_path / "demo_out" / "run")[0]
+    assert export[export.index("--checkpoint") + 1] == str(tmp_path / "demo_out" / "run")

@@ -35,7 +35,7 @@ _DICT_OBS = {
     "position": tensor_spec.TensorSpec((2,), tf.float32, name="position"),
     "velocity": tensor_spec.BoundedTensorSpec((3,), tf.float64, -1.0, 1.0, name="velocity"),
 }
-# The seed's Q-policy spec: three actions -1, 0, 1 in a shape of (1,).
+# The TF-Agents policies tutorial's Q-policy spec: three actions -1, 0, 1 in a shape of (1,).
 _SEED_DISCRETE = tensor_spec.BoundedTensorSpec((1,), tf.int32, minimum=-1, maximum=1, name="q")
 _DISCRETE = tensor_spec.BoundedTensorSpec((), tf.int64, minimum=2, maximum=5, name="move")
 _CONTINUOUS = tensor_spec.BoundedTensorSpec(
@@ -119,7 +119,7 @@ def actor_action_network():
 
 
 def _seed_action_net():
-    """The seed's ``action_net(time_steps, action_spec)``, with a tf_keras layer."""
+    """The tutorial's ``action_net(time_steps, action_spec)``, with a tf_keras layer."""
     dense = tf_keras.layers.Dense(_CONTINUOUS.shape.num_elements(), activation="tanh")
 
     def action_net(time_steps, action_spec):
@@ -237,7 +237,7 @@ CASES = [
     PolicyCase("tf/random/nested_actions", random_nested, deterministic=False),
     PolicyCase("tf/random/masked", random_masked, deterministic=False, time_step=masked_time_step),
     PolicyCase("tf/actor/action_network", actor_action_network, deterministic=True),
-    PolicyCase("tf/actor/seed_function", actor_function, deterministic=True),
+    PolicyCase("tf/actor/tutorial_function", actor_function, deterministic=True),
     PolicyCase("tf/actor/normal_dict_obs", actor_distribution_normal, deterministic=False),
     PolicyCase("tf/actor/categorical_nested", actor_distribution_categorical, deterministic=False),
     PolicyCase("tf/q", q, deterministic=False),

@@ -77,7 +77,8 @@ def test_manifest_records_what_a_reader_needs():
     assert manifest["train_step"] == 42 and manifest["metadata"] == {"case": "tf/q"}
     assert manifest["policy"]["class"] == "QPolicy"
     assert manifest["policy"]["action"]["kind"] == "sample"
-    # The seed's three actions -1, 0, 1 in a (1,)-shaped spec: a categorical shifted by -1.
+    # The TF-Agents policies tutorial's three actions -1, 0, 1 in a (1,)-shaped spec: a
+    # categorical shifted by -1.
     assert manifest["distribution"] == {
         "kind": "distribution_params",
         "family": "categorical",
@@ -212,7 +213,7 @@ def test_unsupported_distribution_is_named(tmp_path):
 
 
 def test_untracked_variables_are_named_for_saved_model(tmp_path):
-    policy = tf_policy_for("tf/actor/seed_function")
+    policy = tf_policy_for("tf/actor/tutorial_function")
     with pytest.raises(
         ExportError,
         match="ActorPolicy: cannot be exported to SavedModel: it uses variables that no "
@@ -319,6 +320,6 @@ def test_weights_checkpoint_fits_the_bundle(tmp_path):
     session = ort.InferenceSession(str(path / bundle.ONNX_FILE), options)
     feed = _sample_feed(session, manifest)
     got = session.run(["distribution/logits"], feed)[0]
-    module = export_lib._module_for(policy, None, {})
+    module = export_lib.module_for(policy, None, {})
     want = module.info.functions["distribution"]({k: tf.constant(v) for k, v in feed.items()})
     np.testing.assert_allclose(got, want["distribution/logits"].numpy(), atol=1e-5)

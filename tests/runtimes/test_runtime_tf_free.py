@@ -99,9 +99,7 @@ def test_onnx_runtime_without_tensorflow(tmp_path):
             assert "needs TensorFlow" in str(e), e
         else:
             raise AssertionError("the tf backend loaded without TensorFlow")
-        heavy = sorted(m for m in sys.modules if m.split(".")[0] in
-                       ("tensorflow", "tensorflow_probability", "tf2onnx", "keras", "tf_keras"))
-        assert not heavy, heavy
+        tests.tf_blocker.assert_no_heavy_modules()
         print("ok")
         """,
         without_tensorflow=True,

@@ -16,6 +16,7 @@ import pytest
 import runtimes
 from tests.contract import cases_runtime as cr
 from tests.contract.case import first_time_step, sample_time_step
+from tests.toolkit.manifests import rewrite_manifest
 from toolkit import distribution_families as families
 from toolkit import nest
 from toolkit.errors import BundleError, PolicyError, SpecMismatchError, StructureError
@@ -195,7 +196,7 @@ def test_missing_format_and_bad_backend(tmp_path):
         manifest["formats"] = ["saved_model"]
         del manifest["onnx"]
 
-    _edit_manifest(path, drop_onnx)
+    rewrite_manifest(path, drop_onnx)
     with pytest.raises(BundleError, match=r"exported without ONNX \(formats \['saved_model'\]\)"):
         runtimes.load_policy(path, "onnx")
     assert runtimes.load_policy(path).backend == "tf"  # auto falls back
@@ -214,8 +215,40 @@ def test_manifest_that_disagrees_with_the_graph_is_refused(tmp_path):
                 entry["name"] = "obs"
 
     _edit_manifest(path, rename_input)
-    with pytest.raises(BundleError, match=r"the graph's inputs .*'obs'.* do not match the specs'"):
+    with pytest.raises(
+        BundleError,
+        match=r"signatures.distribution.inputs: expected the inputs .* of the specs, got .*'obs'",
+    ):
         runtimes.load_policy(path)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_consistently_edited_manifest_is_refused_by_the_graph(tmp_path, backend):
+    """Manifest, its copies and hashes all edited alike: the graph's own I/O tells."""
+    path = _copy_bundle("greedy_q", tmp_path)
+
+    def widen_observation(manifest):
+        items = manifest["specs"]["time_step"]["items"]
+        items[3]["shape"] = [items[3]["shape"][0] + 1]
+        for entry in manifest["signatures"]["distribution"]["inputs"]:
+            if entry["name"] == "observation":
+                entry["shape"] = [None, items[3]["shape"][0]]
+
+    rewrite_manifest(path, widen_observation)
+    with pytest.raises(
+        BundleError, match=r"'observation' is float32 \[None, 4\], but the manifest"
+    ):
+        runtimes.load_policy(path, backend)
+
+
+def test_an_edited_manifest_differs_from_its_copies(tmp_path):
+    path = _copy_bundle("greedy_q", tmp_path)
+    _edit_manifest(path, lambda m: m.update(train_step=123456))
+    for backend, copy in (("onnx", "policy.onnx"), ("tf", "saved_model/assets.extra")):
+        with pytest.raises(
+            BundleError, match=rf"manifest.json: differs from the copy in {copy}.* at train_step"
+        ):
+            runtimes.load_policy(path, backend)
 
 
 # --- bad inputs --------------------------------------------------------------------------
@@ -504,7 +537,7 @@ def test_tf_backend_without_a_fingerprint_refuses_other_variables(checkpoints, t
         manifest["formats"] = ["saved_model"]
         del manifest["onnx"]
 
-    _edit_manifest(path, drop_onnx)
+    rewrite_manifest(path, drop_onnx)
     policy = runtimes.load_policy(path, "tf")
     time_step = _time_step(policy, (2,))
     state = policy.get_initial_state(2)

@@ -25,7 +25,7 @@ SEED_SCRIPT = [
 
 
 class TestScripted:
-    def test_the_seed_example_plays_the_script(self):
+    def test_the_tutorial_example_plays_the_script(self):
         policy = scripted_py_policy.ScriptedPyPolicy(None, ACTION, SEED_SCRIPT)
         state = policy.get_initial_state()
         actions = []
@@ -123,7 +123,7 @@ class TestScripted:
 
 
 class TestRandom:
-    def test_seed_example_without_time_step_spec(self):
+    def test_tutorial_example_without_time_step_spec(self):
         policy = random_py_policy.RandomPyPolicy(time_step_spec=None, action_spec=ACTION)
         step = policy.action(None)
         assert step.action.shape == (2,) and step.action.dtype == np.int32

@@ -2,6 +2,8 @@
 
 Expected values come from numpy (the network's weights read back and applied by hand),
 from TFP's own distributions, or from hand-derived probabilities.
+
+Over 600 lines: one file for every TF policy kind of the tutorial, sharing its fixtures.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ tfd = tfp.distributions
 
 OBS = tensor_spec.TensorSpec((4,), tf.float32, name="observation")
 TIME_STEP_SPEC = ts.time_step_spec(OBS)
-# The seed's QPolicy spec: actions -1, 0, 1 with shape (1,).
+# The TF-Agents policies tutorial's QPolicy spec: actions -1, 0, 1 with shape (1,).
 SEED_Q_SPEC = tensor_spec.BoundedTensorSpec((1,), tf.int32, minimum=-1, maximum=1)
 UNIT_BOX = tensor_spec.BoundedTensorSpec((3,), tf.float32, minimum=-1, maximum=1)
 
@@ -55,7 +57,7 @@ def _steps(observations, step_types) -> TimeStep:
 
 
 class SeedQNetwork(Network):
-    """The seed's QNetwork: one dense layer of ``num_actions`` (default 2) units."""
+    """The tutorial's QNetwork: one dense layer of ``num_actions`` (default 2) units."""
 
     def __init__(self, observation_spec, action_spec, num_actions=2, name=None):
         super().__init__(observation_spec, state_spec=(), name=name)
@@ -116,7 +118,7 @@ def test_shifted_categorical_in_an_independent_of_the_spec_shape():
     assert int(dist[1].mode()[0]) == 3
 
 
-# --- QPolicy, the seed's example ------------------------------------------------------------
+# --- QPolicy, the tutorial's example ------------------------------------------------------------
 
 
 def test_seed_q_network_with_default_num_actions_fails_at_construction():
@@ -227,7 +229,7 @@ def test_q_policy_over_a_real_q_network_and_nested_observations():
     np.testing.assert_allclose(params.params["logits"].numpy()[:, 0], q_values.numpy(), rtol=1e-6)
 
 
-# --- Actor policies, the seed's examples ----------------------------------------------------
+# --- Actor policies, the tutorial's examples ----------------------------------------------------
 
 
 def _seed_action_net(kernel, bias):
@@ -242,7 +244,7 @@ def _seed_action_net(kernel, bias):
     return action_net, dense
 
 
-def test_actor_policy_with_the_seeds_action_function_is_deterministic():
+def test_actor_policy_with_the_tutorials_action_function_is_deterministic():
     rng = np.random.default_rng(3)
     action_net, dense = _seed_action_net(rng.normal(size=(4, 3)), rng.normal(size=3))
     policy = actor_policy.ActorPolicy(TIME_STEP_SPEC, UNIT_BOX, actor_network=action_net)
@@ -282,7 +284,7 @@ def test_actor_policy_with_a_normal_distribution_function():
     )
     np.testing.assert_array_equal(params.params["scale"].numpy(), np.ones((4, 3)))
     distribution = policy.distribution(time_step).action
-    assert distribution.event_shape == [3]  # the seed's Normal, made Independent
+    assert distribution.event_shape == [3]  # the tutorial's Normal, made Independent
     a, b = policy.action(time_step).action.numpy(), policy.action(time_step).action.numpy()
     assert not np.array_equal(a, b)  # stochastic
     greedy = greedy_policy.GreedyPolicy(policy).action(time_step).action.numpy()
@@ -578,7 +580,7 @@ def test_seed_py_tf_policy_example_and_single_trace():
         ts.time_step_spec(tensor_spec.TensorSpec((2,), tf.float32)), action_spec
     )
     policy = py_tf_policy.PyTFPolicy(tf_random, seed=0)
-    step = policy.action(ts.restart(np.array([3, 4])))  # int64 observation, as in the seed
+    step = policy.action(ts.restart(np.array([3, 4])))  # int64 observation, as in the tutorial
     assert isinstance(step.action, np.ndarray) and step.action.shape == (2,)
     assert step.action.dtype == np.float32 and np.all((step.action >= -1) & (step.action <= 3))
     for batch in (3, 5):

@@ -3,7 +3,7 @@
 Why DDPG (and not SAC) here: it trains exactly the pieces this project deploys. Its
 policy is an ``ActorNetwork`` inside an ``ActorPolicy``, a deterministic graph that
 exports to SavedModel and ONNX as it is, and its exploration is the ``OUNoisePolicy``
-the seed tutorial uses; SAC would need a squashed-Gaussian actor network that the
+the TF-Agents policies tutorial uses; SAC would need a squashed-Gaussian actor network that the
 deployment side does not otherwise need. On Pendulum-v1 DDPG learns a good swing-up
 within about ten thousand environment steps.
 

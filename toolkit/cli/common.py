@@ -25,7 +25,6 @@ import typer
 from toolkit.errors import ToolkitError
 
 __all__ = [
-    "FORMATS",
     "CliState",
     "Stages",
     "bundle_must_exist",
@@ -42,8 +41,6 @@ __all__ = [
     "tensorflow_stage",
     "verify_stage",
 ]
-
-FORMATS = ("saved_model", "onnx")
 
 
 @dataclasses.dataclass
@@ -78,6 +75,13 @@ def fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
+def one_line(error: BaseException) -> str:
+    """An error's first line, counting the others (a manifest error lists every violation)."""
+    lines = str(error).strip().splitlines() or [type(error).__name__]
+    more = len(lines) - 1
+    return lines[0] + (f" (and {more} more; --debug shows all)" if more else "")
+
+
 def command(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Turns toolkit errors into one line and exit code 2 (tracebacks with --debug).
 
@@ -94,7 +98,7 @@ def command(fn: Callable[..., Any]) -> Callable[..., Any]:
         except ToolkitError as e:
             if is_debug(ctx):
                 raise
-            raise fail(str(e), 2) from None
+            raise fail(one_line(e), 2) from None
         except KeyboardInterrupt:
             raise fail("interrupted", 130) from None
         except Exception as e:

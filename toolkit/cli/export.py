@@ -62,7 +62,9 @@ def export(
     The policy comes from a factory, optionally restored from a training checkpoint;
     the export is verified against it unless --no-verify.
     """
-    format_list = common.parse_list(formats, "--format", common.FORMATS)
+    from toolkit.bundle import FORMATS
+
+    format_list = common.parse_list(formats, "--format", FORMATS)
     meta = common.parse_metadata(metadata or [])
     if step is not None and checkpoint is None:
         raise common.fail("--step needs --checkpoint")

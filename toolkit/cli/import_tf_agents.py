@@ -47,7 +47,9 @@ def import_tf_agents(
 
     TF-Agents itself is not needed.
     """
-    format_list = common.parse_list(formats, "--format", common.FORMATS)
+    from toolkit.bundle import FORMATS
+
+    format_list = common.parse_list(formats, "--format", FORMATS)
     meta = common.parse_metadata(metadata or [])
     if not saved_model.is_dir():
         raise common.fail(f"{saved_model}: no such SavedModel folder")

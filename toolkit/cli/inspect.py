@@ -47,3 +47,10 @@ def inspect(
             "from the manifest)",
             1,
         )
+    refused = sorted(path for path, check in checks.items() if check == "refused")
+    if refused:
+        raise common.fail(
+            f"{bundle}: {', '.join(refused)}: not regular files inside the bundle (a symbolic "
+            "link, FIFO, device or folder); readers refuse them",
+            1,
+        )

@@ -7,6 +7,7 @@ and, for a lone ``.onnx`` file, onnxruntime.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import types
@@ -45,45 +46,55 @@ def load_for_inspection(path: str | os.PathLike) -> tuple[dict[str, Any], str, d
     if path.is_file() and path.suffix == ".onnx" and not (path.parent / bundle.MANIFEST).exists():
         manifest = _manifest_from_onnx(path)
         return manifest, "onnx metadata", {name: "ok" for name in manifest["files"]}
-    root = (
-        path.parent if path.is_file() and path.name in (bundle.MANIFEST, bundle.ONNX_FILE) else path
-    )
+    root = bundle.bundle_root(path)
     manifest = bundle.read_manifest(root, check_files=False)
     return manifest, "bundle", check_files(root, manifest["files"])
 
 
 def check_files(root: Path, files: dict[str, Any]) -> dict[str, str]:
-    """``{path: "ok" | "missing" | "changed"}`` for a manifest's file table."""
-    checks = {}
-    for rel, entry in files.items():
-        file = root / rel
-        if ".." in Path(rel).parts or Path(rel).is_absolute() or not file.is_file():
-            checks[rel] = "missing"
-        elif file.stat().st_size != entry.get("size"):
-            checks[rel] = "changed"
-        else:
-            checks[rel] = "ok" if bundle.sha256_file(file) == entry.get("sha256") else "changed"
-    return checks
+    """``{path: "ok" | "missing" | "changed" | "refused"}`` for a manifest's file table.
+
+    Files are read as every reader reads them (``toolkit.bundle``): "refused" is a
+    symbolic link, FIFO, device or folder, which readers refuse.
+    """
+    return {rel: bundle.file_state(root, rel, entry) for rel, entry in files.items()}
 
 
 def _manifest_from_onnx(path: Path) -> dict[str, Any]:
-    import onnxruntime as ort
+    from toolkit import onnx_proto
 
+    # The user named this file, so a link they gave is followed; it is still read
+    # only if regular, and bounded.
+    real = path.resolve()
     try:
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    except Exception as e:  # onnxruntime raises its own untyped errors for bad files
-        raise BundleError(f"{path}: not a readable ONNX model ({str(e).splitlines()[0]})") from e
-    text = session.get_modelmeta().custom_metadata_map.get(bundle.ONNX_MANIFEST_KEY)
+        data = bundle.read_member(real.parent, real.name, key="file")
+    except BundleError as e:
+        raise BundleError(f"{path}: {str(e).splitlines()[0]}") from None
+    # The model is only parsed here, never run: external data is reported, not read.
+    facts = onnx_proto.scan_model(data, str(path))
+    text = facts.metadata.get(bundle.ONNX_MANIFEST_KEY)
     if text is None:
         raise BundleError(
             f"{path}: no {bundle.ONNX_MANIFEST_KEY} in the model's metadata; "
             "not exported by policy-toolkit"
         )
-    manifest = json.loads(text)
+    manifest = bundle._parse_json(text.encode("utf-8"), path)
     # The embedded copy cannot list its own file; describe the file as it is now.
+    if not isinstance(manifest, dict):
+        raise BundleError(
+            f"{path}: expected a manifest object in its metadata, got {type(manifest).__name__}"
+        )
+    onnx_info = manifest.get("onnx")
+    name = onnx_info.get("file") if isinstance(onnx_info, dict) else None
     manifest["files"] = {
-        path.name: {"sha256": bundle.sha256_file(path), "size": path.stat().st_size}
+        name if isinstance(name, str) else path.name: {
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "size": len(data),
+        }
     }
+    from toolkit import manifest as manifest_lib
+
+    manifest_lib.validate(manifest, f"{path.name} (metadata_props)", files_listed=False)
     return manifest
 
 
@@ -251,7 +262,12 @@ def render_manifest(
         signatures.add_row(name, _io(io.get("inputs", [])), _io(io.get("outputs", [])))
 
     files = table("Files", "path", "size", "sha256 (first 16)", "check")
-    marks = {"ok": "ok", "missing": "[yellow]missing[/yellow]", "changed": "[red]CHANGED[/red]"}
+    marks = {
+        "ok": "ok",
+        "missing": "[yellow]missing[/yellow]",
+        "changed": "[red]CHANGED[/red]",
+        "refused": "[red]REFUSED[/red]",
+    }
     for path, entry in sorted(manifest.get("files", {}).items()):
         # The full hashes are in --json; 16 hex digits tell files apart at a glance.
         files.add_row(

@@ -16,10 +16,10 @@ __all__ = ["ShiftedCategorical"]
 class ShiftedCategorical(tfd.Distribution):
     """A categorical whose values are ``shift .. shift + n - 1`` in a given dtype.
 
-    TFP's Categorical yields ``0 .. n - 1``; action specs may start anywhere (the seed's
-    ``minimum=-1, maximum=1``). ``sample``/``mode`` add ``shift``; ``log_prob`` subtracts
-    it and gives ``-inf`` outside the range. ``shift`` is static (a Python int), so it is
-    a constant of exported graphs and manifests.
+    TFP's Categorical yields ``0 .. n - 1``; action specs may start anywhere (the TF-Agents
+    policies tutorial's ``minimum=-1, maximum=1``). ``sample``/``mode`` add ``shift``;
+    ``log_prob`` subtracts it and gives ``-inf`` outside the range. ``shift`` is static (a
+    Python int), so it is a constant of exported graphs and manifests.
 
     Args:
       logits: ``[..., n]`` unnormalized log-probabilities.

@@ -62,8 +62,8 @@ def as_action_distribution(value: Any, spec: Any, path: str = "action") -> tfd.D
     * a tensor (an action network's output) becomes a Deterministic around it;
     * a TFP ``Categorical`` over ``0..n-1`` becomes a ShiftedCategorical over the spec's
       range (``n`` must equal ``maximum - minimum + 1``), of the spec's dtype;
-    * a distribution with scalar events over ``[B] + spec.shape`` (e.g. the seed's
-      ``Normal(means, stds)``) is made Independent over the spec's dims.
+    * a distribution with scalar events over ``[B] + spec.shape`` (e.g. the TF-Agents
+      policies tutorial's ``Normal(means, stds)``) is made Independent over the spec's dims.
     """
     rank = spec.shape.rank
     if not is_distribution(value):

@@ -53,7 +53,7 @@ class ActorPolicy(TFPolicy):
 
     ``actor_network`` is either a Network (``net(observation, step_type=...,
     network_state=..., training=...) -> (output, next_state)``; its ``state_spec`` is the
-    policy state spec), or a plain callable called as the seed does:
+    policy state spec), or a plain callable called as the TF-Agents policies tutorial does:
     ``fn(time_steps, action_spec)`` (or ``fn(time_steps)`` if it takes one argument),
     returning the output alone. A function's layers are not tracked by the policy (so
     ``variables()``, ``update()`` and copies don't see them) unless the callable is a

@@ -18,6 +18,7 @@ from toolkit.errors import SpecMismatchError, StructureError, UnsupportedError
 from toolkit.specs import array_spec
 from toolkit.specs.array_spec import BoundedArraySpec
 from toolkit.trajectories.policy_step import PolicyStep
+from toolkit.trajectories.time_step import TimeStep, check_step_type
 
 __all__ = ["PyPolicy", "Seed", "as_array_spec_nest"]
 
@@ -41,6 +42,8 @@ class PyPolicy(abc.ABC):
         for stateless policies.
       info_spec: a nest of array specs for side information (e.g. log-probabilities).
       validate_args: check time steps, states and returned actions against the specs.
+      check_finite: also refuse observations holding NaN or infinite values (naming the
+        leaf); off by default, as in TF-Agents.
     """
 
     def __init__(
@@ -51,6 +54,7 @@ class PyPolicy(abc.ABC):
         info_spec: Any = (),
         *,
         validate_args: bool = True,
+        check_finite: bool = False,
     ):
         if action_spec is None:
             raise StructureError("action_spec", "a spec or a nest of specs", "None")
@@ -59,6 +63,7 @@ class PyPolicy(abc.ABC):
         self._policy_state_spec = as_array_spec_nest(policy_state_spec)
         self._info_spec = as_array_spec_nest(info_spec)
         self._validate_args = validate_args
+        self._check_finite = check_finite
 
     # --- specs ------------------------------------------------------------------
 
@@ -83,6 +88,11 @@ class PyPolicy(abc.ABC):
         return self._validate_args
 
     @property
+    def check_finite(self) -> bool:
+        """Whether observations with NaN or infinite values are refused."""
+        return self._check_finite
+
+    @property
     def is_stateful(self) -> bool:
         return bool(nest.flatten(self._policy_state_spec))
 
@@ -93,7 +103,7 @@ class PyPolicy(abc.ABC):
         return self._get_initial_state(batch_size)
 
     def reset(self, batch_size: int | None = None) -> Any:
-        """Starts over: returns the initial policy state (as in the seed's interface)."""
+        """Starts over: returns the initial policy state (as in the TF-Agents policies tutorial)."""
         return self.get_initial_state(batch_size)
 
     def action(self, time_step: Any, policy_state: Any = (), seed: Seed = None) -> PolicyStep:
@@ -162,8 +172,13 @@ class PyPolicy(abc.ABC):
         outer: tuple[int, ...] | None = None
         if self._validate_args and self._time_step_spec is not None and time_step is not None:
             time_step, outer = array_spec.conform_nest(time_step, self._time_step_spec)
+            if isinstance(time_step, TimeStep):
+                check_step_type(time_step.step_type)
         elif time_step is not None:
             outer = self.outer_dims(time_step)
+        if self._check_finite and isinstance(time_step, TimeStep):
+            for path, leaf in nest.flatten_with_paths(time_step.observation, "observation"):
+                array_spec.check_finite(np.asarray(leaf), path)
         if self.is_stateful:
             if policy_state is None or not nest.flatten(policy_state):
                 raise StructureError(

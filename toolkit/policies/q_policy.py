@@ -26,8 +26,9 @@ class QPolicy(TFPolicy):
     """Samples actions from ``Categorical(logits=Q(observation))``, shifted to the spec.
 
     Column ``i`` of the Q network's output is the action ``minimum + i``: action specs
-    need not start at zero (the seed's ``minimum=-1, maximum=1`` gives actions -1, 0, 1)
-    and may have shape () or (1,) (or any shape, with Q-values ``[B] + shape + [n]``).
+    need not start at zero (the TF-Agents policies tutorial's ``minimum=-1, maximum=1``
+    gives actions -1, 0, 1) and may have shape () or (1,) (or any shape, with Q-values
+    ``[B] + shape + [n]``).
 
     Args:
       time_step_spec: the TimeStep spec.

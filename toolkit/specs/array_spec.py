@@ -3,6 +3,9 @@
 Modelled on dm_env's ``specs.py``: specs are immutable, compare by value, have a
 ``replace()`` and a ``generate_value()``, and can check and sample arrays. Their JSON
 form (plain dicts, no pickle) is what bundle manifests store.
+
+Over 600 lines on purpose: the two spec classes with the nest, conversion and JSON
+helpers built on them, as TF-Agents' ``array_spec.py``; no part stands alone.
 """
 
 from __future__ import annotations
@@ -177,7 +180,11 @@ class ArraySpec:
           ``(array, outer_dims)``.
         """
         path = path or (self.name or "")
-        array = value if isinstance(value, np.ndarray) else np.asarray(value)
+        array = value if isinstance(value, np.ndarray) else _as_numeric_array(value, path)
+        if array.dtype.kind not in "biufc":
+            raise SpecMismatchError(
+                path, f"a numeric array of dtype {self.dtype.name}", f"dtype {array.dtype.name}"
+            )
         n = len(self.shape)
         if array.ndim < n or array.shape[array.ndim - n :] != self.shape:
             expected = f"shape {self.shape}"
@@ -488,6 +495,26 @@ def _check_in_bounds(array: np.ndarray, minimum: np.ndarray, maximum: np.ndarray
         high = np.broadcast_to(maximum, array.shape)[index]
         where = f" at index {index}" if index else ""
         raise SpecMismatchError(path, f"values in [{low}, {high}]", f"{array[index]}{where}")
+
+
+def _as_numeric_array(value: Any, path: str) -> np.ndarray:
+    """``np.asarray(value)``, or a SpecMismatchError for ragged or non-array values."""
+    try:
+        return np.asarray(value)
+    except (ValueError, TypeError) as e:
+        raise SpecMismatchError(
+            path,
+            "an array (equal-length rows of numbers)",
+            f"a ragged or non-numeric {type(value).__name__}",
+        ) from e
+
+
+def check_finite(array: np.ndarray, path: str) -> None:
+    """Raises SpecMismatchError naming the first NaN or infinite element of a float array."""
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        index = tuple(int(i) for i in np.argwhere(~np.isfinite(array))[0])
+        where = f" at index {index}" if index else ""
+        raise SpecMismatchError(path, "finite values", f"{array[index]}{where}")
 
 
 def _safe_cast(array: np.ndarray, dtype: np.dtype, path: str) -> np.ndarray:

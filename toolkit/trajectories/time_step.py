@@ -13,12 +13,14 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from toolkit import nest
+from toolkit.errors import SpecMismatchError
 from toolkit.specs import array_spec
 from toolkit.specs.array_spec import ArraySpec, BoundedArraySpec
 
 __all__ = [
     "StepType",
     "TimeStep",
+    "check_step_type",
     "restart",
     "termination",
     "time_step_spec",
@@ -52,6 +54,19 @@ class TimeStep(NamedTuple):
 
     def is_last(self) -> Any:
         return _backend(self.step_type).equal(self.step_type, StepType.LAST)
+
+
+def check_step_type(step_type: np.ndarray, path: str = "step_type") -> None:
+    """Raises SpecMismatchError when a step type is not FIRST (0), MID (1) or LAST (2)."""
+    # One unsigned comparison catches negatives too.
+    if step_type.dtype.kind in "iu" and not (step_type.astype(np.uint64) <= 2).all():
+        bad = np.argwhere(np.atleast_1d((step_type < 0) | (step_type > 2)))[0]
+        index = tuple(int(i) for i in bad) if step_type.ndim else ()
+        value = step_type[index] if index else step_type.reshape(-1)[int(bad[0])]
+        where = f" at index {index}" if index else ""
+        raise SpecMismatchError(
+            path, "a step type in {0: FIRST, 1: MID, 2: LAST}", f"{value}{where}"
+        )
 
 
 # --- numpy or TensorFlow, chosen by the values given ---------------------------------
