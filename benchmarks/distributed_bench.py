@@ -163,9 +163,9 @@ def main() -> None:
         name = f"{k} Ray actor{'s' if k > 1 else ''}"
         print(f"| {name} | {rate:,.0f} | {rate / one:.2f}x | {load:.1f} |")
     print(f"\nRay overhead: local cluster start-up {startup:.1f} s; Ray's processes "
-          f"{ray_rss:,.0f} MiB resident after start-up ({workers_rss:,.0f} MiB with the "
-          f"idle workers kept after 8 actors); this process {local_rss:,.0f} MiB "
-          "(TF-free runtime, local collection)")  # fmt: skip
+          f"{ray_rss:,.0f} MiB resident after start-up ({workers_rss:,.0f} MiB after the "
+          f"actors ended); this process {local_rss:,.0f} MiB "
+          "(local collection; TF loaded for the export)")  # fmt: skip
     ratio = dict((k, r) for k, r, _ in rows)[4] / one
     print(f"target 4 actors >= 3x 1 actor: {ratio:.2f}x -> {'met' if ratio >= 3 else 'NOT met'}")
     if not args.no_train:

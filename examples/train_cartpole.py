@@ -102,7 +102,18 @@ def main(argv=None) -> float:
 
     training_start = time.perf_counter()
     with training.ProgressBar("CartPole-v1 DQN", args.steps, enabled=not args.no_progress) as bar:
-        result = training.train_off_policy(
+        train = training.train_off_policy
+        distributed = {}
+        if args.actors:
+            from toolkit.distributed.training import train_off_policy as train
+
+            distributed = dict(
+                actors=args.actors,
+                ray_address=args.ray,
+                envs_per_actor=args.envs_per_actor,
+                weights_interval=args.weights_interval,
+            )
+        result = train(
             agent,
             env,
             replay_buffer,
@@ -121,10 +132,7 @@ def main(argv=None) -> float:
             max_seconds=args.max_seconds,
             seed=args.seed,
             on_progress=bar,
-            actors=args.actors,
-            ray_address=args.ray,
-            envs_per_actor=args.envs_per_actor,
-            weights_interval=args.weights_interval,
+            **distributed,
         )
     training_seconds = time.perf_counter() - training_start
     return training.report_run(

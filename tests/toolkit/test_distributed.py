@@ -156,7 +156,8 @@ def test_distributed_dqn_improves_over_random_and_survives_a_killed_actor(cluste
     import tensorflow as tf
     import tf_keras
 
-    from toolkit.agents import common, dqn, training
+    from toolkit.agents import common, dqn
+    from toolkit.distributed import training as distributed_training
     from toolkit.distributed.collection import ACTOR_NAME_PREFIX
     from toolkit.environments import driver, gym_adapter
     from toolkit.networks.q_network import QNetwork
@@ -206,7 +207,7 @@ def test_distributed_dqn_improves_over_random_and_survives_a_killed_actor(cluste
         envs_per_actor=4,
         weights_interval=16,
     )
-    result = training.train_off_policy(
+    result = distributed_training.train_off_policy(
         agent, env, buffer, writer, tmp_path, on_progress=on_progress, **kwargs
     )
     assert killed, "no actor was killed"
@@ -219,7 +220,7 @@ def test_distributed_dqn_improves_over_random_and_survives_a_killed_actor(cluste
     assert result.best_return > 2 * random.mean_return, (result.best_return, random.mean_return)
     # The learner's checkpoints make the run resumable, with actors again.
     kwargs["max_env_steps"] = 5500
-    resumed = training.train_off_policy(agent, env, buffer, writer, tmp_path, **kwargs)
+    resumed = distributed_training.train_off_policy(agent, env, buffer, writer, tmp_path, **kwargs)
     assert resumed.resumed_from == result.train_step
     assert resumed.env_steps >= 5500
 

@@ -30,7 +30,6 @@ import tensorflow as tf
 
 from toolkit.agents import checkpoints
 from toolkit.environments import driver as driver_lib
-from toolkit.errors import ArgumentError
 from toolkit.policies.py_tf_policy import PyTFPolicy
 from toolkit.policies.random_py_policy import RandomPyPolicy
 
@@ -108,11 +107,7 @@ def train_off_policy(
     max_seconds: float | None = None,
     seed: int | None = None,
     on_progress: Callable[[Progress], Any] | None = None,
-    actors: int = 0,
-    ray_address: str = "local",
-    actor_env: Any = None,
-    envs_per_actor: int = 4,
-    weights_interval: int = 100,
+    collector: Any = None,
 ) -> TrainResult:
     """Trains ``agent`` on ``env`` (a GymVectorEnvironment) until a budget or target is hit.
 
@@ -139,53 +134,14 @@ def train_off_policy(
       max_seconds: stop after this much wall time in the loop.
       seed: seeds the collection policies and the first reset of ``env``.
       on_progress: called with a ``Progress`` after every iteration.
-      actors: collect on this many Ray actors instead of ``env`` (which then only
-        plays the random warm-up): they run ``collect_policy`` exported to ONNX on the
-        TF-free runtime and send n-step rows (the writer's ``n_step`` and ``gamma``);
-        the learner trains once per ``env.batch_size`` environment steps they take,
-        as it does locally. See ``toolkit.distributed.collection``.
-      ray_address: "local" (a loopback cluster for this run) or a cluster address.
-      actor_env: what actors make: an environment id or a picklable callable making
-        one gymnasium environment (default: the id of ``env``'s environments).
-      envs_per_actor: environments each actor steps together.
-      weights_interval: train steps between weight broadcasts to the actors.
+      collector: collects instead of ``env`` (which then only plays the random
+        warm-up), e.g. Ray actors (``toolkit.distributed.training.train_off_policy``
+        makes one): ``start()`` once the state is restored, then per iteration
+        ``collect(replay_buffer, min_steps) -> (env steps, episode returns)``,
+        ``maybe_broadcast()`` after training, ``policy_lag`` for the progress line,
+        and ``close()`` at the end. The learner trains once per ``env.batch_size``
+        environment steps collected, as it does locally.
     """
-    if actors:
-        from toolkit.distributed import cluster
-
-        cpus = max(int(actors) + 1, os.cpu_count() or 1)  # a local cluster fits every actor
-        with cluster.connect(ray_address, num_cpus=cpus) as ray:
-            return _train(**locals())
-    return _train(**locals(), ray=None)
-
-
-def _train(
-    agent: Any,
-    env: Any,
-    replay_buffer: Any,
-    writer: Callable[[Any], Any],
-    output_dir: str | os.PathLike,
-    *,
-    max_env_steps: int,
-    batch_size: int,
-    train_steps_per_iteration: int,
-    initial_collect_steps: int,
-    eval_env: Any,
-    eval_interval: int,
-    eval_seed: int,
-    max_episode_return: float | None,
-    target_return: float | None,
-    checkpoint_interval: int,
-    max_seconds: float | None,
-    seed: int | None,
-    on_progress: Callable[[Progress], Any] | None,
-    actors: int,
-    actor_env: Any,
-    envs_per_actor: int,
-    weights_interval: int,
-    ray: Any,
-    **_: Any,
-) -> TrainResult:
     start = time.perf_counter()
     output_dir = Path(output_dir)
     env_steps = tf.Variable(0, dtype=tf.int64, trainable=False, name="env_steps")
@@ -214,21 +170,8 @@ def _train(
         env_steps.assign_add(warmup.num_steps)
     # max_steps=1: one policy call and one step of every environment per iteration.
     collect = driver_lib.Driver(env, collect_policy, [writer], max_steps=1)
-    collector = None
-    if actors:
-        from toolkit.distributed.collection import DistributedCollector
-
-        collector = DistributedCollector(
-            ray,
-            agent,
-            actor_env if actor_env is not None else _env_id(env),
-            actors,
-            envs_per_actor=envs_per_actor,
-            n_step=getattr(writer, "n_step", 1),
-            gamma=getattr(writer, "gamma", 0.99),
-            seed=seed,
-            weights_interval=weights_interval,
-        )
+    if collector is not None:
+        collector.start()
     # One train call per env.batch_size environment steps, wherever they come from.
     steps_per_train = env.batch_size or 1
     credit = 0
@@ -306,8 +249,6 @@ def _train(
             stop, stop_reason = True, "time"
         if stop:
             break
-    if collector is not None:
-        collector.close()
     trainer.save()
     if eval_env is None or not np.isfinite(float(best.numpy())):
         # No evaluation happened: the final policy is the one to deploy.
@@ -323,17 +264,6 @@ def _train(
         evaluations=evaluations,
         eval_seconds=eval_seconds,
     )
-
-
-def _env_id(env: Any) -> str:
-    """The gymnasium id of a GymVectorEnvironment's environments (for actors to make)."""
-    try:
-        return env.gym_env.envs[0].spec.id
-    except (AttributeError, IndexError) as e:
-        raise ArgumentError(
-            "actor_env: expected an environment id or factory for the actors; the "
-            f"training environment {type(env).__name__} names none"
-        ) from e
 
 
 def _finite(variable: tf.Variable) -> float | None:

@@ -84,11 +84,15 @@ class DistributedCollector:
             for i in range(int(actors))
         ]
         self._weights_step = -1
-        self._broadcast()
         self._pending: dict[Any, Any] = {}
-        for actor in self.actors:
-            self._submit(actor)
         self.policy_lag: int | None = None
+
+    def start(self) -> None:
+        """Sends the current weights (restored ones on a resumed run) and starts collecting."""
+        self._broadcast()
+        for actor in self.actors:
+            if actor not in self._pending.values():
+                self._submit(actor)
 
     def _train_step(self) -> int:
         return int(self._agent.train_step_counter.numpy())
