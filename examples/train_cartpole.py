@@ -39,7 +39,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--seed", type=int, default=0, help="training seed")
     parser.add_argument("--output-dir", default="runs/cartpole", help="checkpoints go here")
-    parser.add_argument("--max-seconds", type=float, default=55.0, help="training time budget")
+    parser.add_argument(
+        "--max-seconds",
+        type=float,
+        default=None,
+        help="training time budget (default 55 s; 180 s with --actors, which share the cores)",
+    )
     parser.add_argument("--num-envs", type=int, default=16, help="environments stepped together")
     parser.add_argument("--train-steps", type=int, default=16, help="gradient steps per iteration")
     parser.add_argument("--batch-size", type=int, default=64)
@@ -60,7 +65,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--weights-interval", type=int, default=32, help="train steps between weight broadcasts"
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.max_seconds is None:
+        args.max_seconds = 180.0 if args.actors else 55.0
+    return args
 
 
 def main(argv=None) -> float:
