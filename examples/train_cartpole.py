@@ -14,6 +14,10 @@ steps learns in about 5k-40k environment steps (chosen by sweeps over 4-6 seeds 
 setting); evaluations that can no longer beat the best one stop early; and training
 stops as soon as an evaluation over 20 episodes reaches 500 (CartPole-v1's maximum).
 The best evaluated policy is the one kept, checkpointed and scored.
+
+With ``--actors K --ray local`` (or ``--ray host:port``) Ray actors collect the
+experience with the epsilon-greedy policy on the TF-free runtime while this process
+trains (``toolkit.distributed``); the progress line shows the policy lag.
 """
 
 from __future__ import annotations
@@ -35,7 +39,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--seed", type=int, default=0, help="training seed")
     parser.add_argument("--output-dir", default="runs/cartpole", help="checkpoints go here")
-    parser.add_argument("--max-seconds", type=float, default=55.0, help="training time budget")
+    parser.add_argument(
+        "--max-seconds",
+        type=float,
+        default=None,
+        help="training time budget (default 55 s; 180 s with --actors, which share the cores)",
+    )
     parser.add_argument("--num-envs", type=int, default=16, help="environments stepped together")
     parser.add_argument("--train-steps", type=int, default=16, help="gradient steps per iteration")
     parser.add_argument("--batch-size", type=int, default=64)
@@ -48,7 +57,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--gamma", type=float, default=0.98, help="discount factor")
     parser.add_argument("--jit-compile", type=int, default=1, help="XLA-compile the train step")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--actors", type=int, default=0, help="collect on this many Ray actors (0: locally)"
+    )
+    parser.add_argument("--ray", default="local", help="with --actors: 'local' or host:port")
+    parser.add_argument("--envs-per-actor", type=int, default=4)
+    parser.add_argument(
+        "--weights-interval", type=int, default=32, help="train steps between weight broadcasts"
+    )
+    args = parser.parse_args(argv)
+    if args.max_seconds is None:
+        args.max_seconds = 180.0 if args.actors else 55.0
+    return args
 
 
 def main(argv=None) -> float:
@@ -90,7 +110,18 @@ def main(argv=None) -> float:
 
     training_start = time.perf_counter()
     with training.ProgressBar("CartPole-v1 DQN", args.steps, enabled=not args.no_progress) as bar:
-        result = training.train_off_policy(
+        train = training.train_off_policy
+        distributed = {}
+        if args.actors:
+            from toolkit.distributed.training import train_off_policy as train
+
+            distributed = dict(
+                actors=args.actors,
+                ray_address=args.ray,
+                envs_per_actor=args.envs_per_actor,
+                weights_interval=args.weights_interval,
+            )
+        result = train(
             agent,
             env,
             replay_buffer,
@@ -109,6 +140,7 @@ def main(argv=None) -> float:
             max_seconds=args.max_seconds,
             seed=args.seed,
             on_progress=bar,
+            **distributed,
         )
     training_seconds = time.perf_counter() - training_start
     return training.report_run(

@@ -64,6 +64,7 @@ class Progress:
     eval_return: float | None
     best_return: float | None
     elapsed: float
+    policy_lag: int | None = None
 
 
 @dataclasses.dataclass
@@ -145,6 +146,8 @@ class _Run:
         self.eval_return: float | None = None
         self.next_eval = self.steps + eval_interval
         self.next_checkpoint = self.steps + checkpoint_interval
+        # Set by a distributed loop: reports the policy lag in the progress line.
+        self.collector: Any = None
 
     @property
     def steps(self) -> int:
@@ -172,6 +175,7 @@ class _Run:
                     eval_return=self.eval_return,
                     best_return=_finite(self.best),
                     elapsed=elapsed,
+                    policy_lag=None if self.collector is None else self.collector.policy_lag,
                 )
             )
         if not stop and self.max_seconds is not None and elapsed >= self.max_seconds:
@@ -241,6 +245,7 @@ def train_off_policy(
     max_seconds: float | None = None,
     seed: int | None = None,
     on_progress: Callable[[Progress], Any] | None = None,
+    collector: Any = None,
 ) -> TrainResult:
     """Trains ``agent`` on ``env`` (a GymVectorEnvironment) until a budget or target is hit.
 
@@ -267,6 +272,13 @@ def train_off_policy(
       max_seconds: stop after this much wall time in the loop.
       seed: seeds the collection policies and the first reset of ``env``.
       on_progress: called with a ``Progress`` after every iteration.
+      collector: collects instead of ``env`` (which then only plays the random
+        warm-up), e.g. Ray actors (``toolkit.distributed.training.train_off_policy``
+        makes one): ``start()`` once the state is restored, then per iteration
+        ``collect(replay_buffer, min_steps) -> (env steps, episode returns)``,
+        ``maybe_broadcast()`` after training, ``policy_lag`` for the progress line,
+        and ``close()`` at the end. The learner trains once per ``env.batch_size``
+        environment steps collected, as it does locally.
     """
     run = _Run(
         agent,
@@ -296,14 +308,29 @@ def train_off_policy(
         )
     # max_steps=1: one policy call and one step of every environment per iteration.
     collect = driver_lib.Driver(env, collect_policy, [writer], max_steps=1)
+    if collector is not None:
+        collector.start()
+        run.collector = collector
+    # One train call per env.batch_size environment steps, wherever they come from.
+    steps_per_train = env.batch_size or 1
+    credit = 0
     policy_state = None
     while run.steps < max_env_steps:
-        result = collect.run(time_step, policy_state)
-        time_step, policy_state = result.time_step, result.policy_state
-        if len(replay_buffer) >= batch_size:
-            experience = replay_buffer.sample(batch_size, train_steps_per_iteration)
-            run.loss = float(agent.train(experience).loss.numpy())
-        if run.after_iteration(result.num_steps, result.episode_returns):
+        if collector is None:
+            result = collect.run(time_step, policy_state)
+            time_step, policy_state = result.time_step, result.policy_state
+            num_steps, episode_returns = result.num_steps, result.episode_returns
+        else:
+            num_steps, episode_returns = collector.collect(replay_buffer, steps_per_train - credit)
+        credit += num_steps
+        while credit >= steps_per_train:
+            credit -= steps_per_train
+            if len(replay_buffer) >= batch_size:
+                experience = replay_buffer.sample(batch_size, train_steps_per_iteration)
+                run.loss = float(agent.train(experience).loss.numpy())
+        if collector is not None:
+            collector.maybe_broadcast()
+        if run.after_iteration(num_steps, episode_returns):
             break
     return run.finish()
 
@@ -444,11 +471,12 @@ class ProgressBar:
             TextColumn("loss {task.fields[loss]}"),
             TextColumn("return {task.fields[ret]}"),
             TextColumn("eval {task.fields[evaluation]}"),
+            TextColumn("{task.fields[lag]}"),
             TimeElapsedColumn(),
             console=Console(stderr=True),
         )
         self._task = self._progress.add_task(
-            description, total=total, loss="-", ret="-", evaluation="-"
+            description, total=total, loss="-", ret="-", evaluation="-", lag=""
         )
 
     def __enter__(self) -> ProgressBar:
@@ -469,6 +497,7 @@ class ProgressBar:
             loss=format_number(progress.loss, ".3f"),
             ret=format_number(progress.recent_return),
             evaluation=format_number(progress.eval_return),
+            lag="" if progress.policy_lag is None else f"lag {progress.policy_lag}",
         )
 
 

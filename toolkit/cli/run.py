@@ -51,17 +51,53 @@ def run(
     interval: Annotated[
         float, typer.Option("--interval", min=0.01, help="Seconds between checks (--follow).")
     ] = 1.0,
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers",
+            "-w",
+            min=0,
+            help="Play the episodes on this many Ray actors (onnx backend); 0: in this process.",
+        ),
+    ] = 0,
+    ray_address: Annotated[
+        str,
+        typer.Option(
+            "--ray",
+            help="With --workers: 'local' (a cluster on 127.0.0.1 for this run) or host:port.",
+        ),
+    ] = "local",
 ) -> None:
     """Play the policy in a gymnasium environment.
 
     Prints the mean, std, min and max return and the steps per second; with --follow,
     also each episode's return and the train step of the weights it was played with.
+    With --workers, Ray actors play the episodes; the per-episode returns equal a local
+    run's.
     """
     from toolkit.cli import rollout
 
     backend = common.parse_list(backend, "--backend", (*common.BACKENDS, "auto"))[0]
     if record is not None and record.suffix.lower() != ".gif":
         raise common.fail(f"--record: expected a .gif file, got {record.name!r}")
+    if workers:
+        if follow is not None:
+            raise common.fail("--follow: plays locally; run it without --workers")
+        if backend == "tf":
+            raise common.fail("--workers: Ray actors run the onnx backend; drop --backend tf")
+        if record is not None:
+            raise common.fail("--record: plays locally; run it without --workers")
+        result = _run_distributed(bundle, env, episodes, seed, workers, ray_address, as_json)
+        if as_json:
+            data = result.to_json()
+            data["workers"] = workers
+            typer.echo(json.dumps(data, indent=2))
+            return
+        console = common.console()
+        title, table = rollout.render_rollout(result, bundle, f"onnx, {workers} Ray workers;")
+        console.print(title, soft_wrap=True)
+        console.print(table)
+        return
     parallel = 1 if follow is not None else min(episodes, rollout.MAX_PARALLEL_ENVS)
     gym_env = rollout.make_env(env, parallel)
     policy = common.load_runtime_policy(ctx, bundle, backend, seed)
@@ -102,3 +138,42 @@ def _print_episode(index: int, episode_return: float, length: int, steps: tuple)
         f"episode {index}: return {episode_return:.1f}, length {length}, train step {step}",
         soft_wrap=True,
     )
+
+
+def _run_distributed(
+    bundle: Path, env: str, episodes: int, seed: int, workers: int, address: str, quiet: bool
+) -> object:
+    """The episodes on Ray actors, with a progress bar on stderr; a RolloutResult."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from runtimes import load_policy
+    from toolkit.cli import rollout
+    from toolkit.distributed import evaluation
+
+    common.bundle_must_exist(bundle)
+    # A bad id, bundle or pairing fails here, before Ray starts.
+    check = rollout.make_env(env, 1)
+    rollout.check_compatible(load_policy(bundle, backend="onnx"), check, env)
+    check.close()
+    progress = Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        disable=quiet,
+    )
+    with progress:
+        task = progress.add_task(f"{env} episodes", total=episodes)
+        result = evaluation.evaluate(
+            bundle,
+            env,
+            episodes,
+            seed,
+            workers,
+            address=address,
+            policy_seed=seed,
+            on_episodes=lambda n: progress.advance(task, n),
+        )
+    return rollout.RolloutResult(env, seed, result.returns, result.lengths, result.seconds)
