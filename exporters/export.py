@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -121,14 +122,27 @@ def onnx_model_for(module: ExportModule, opset: int = onnx_export.DEFAULT_OPSET)
 
 def onnx_model_and_weights(
     module: ExportModule, opset: int = onnx_export.DEFAULT_OPSET
-) -> tuple[onnx.ModelProto, dict[str, Any]]:
+) -> tuple[onnx.ModelProto, dict[str, Any] | None]:
     """The ONNX model (converted with probe weights, real ones written in) and its weights
     map for ``manifest["onnx"]["weights"]`` (see exporters.probe)."""
     from exporters.probe import convert_with_probes
 
-    model, weights = convert_with_probes(
-        module, lambda m: onnx_model_for(m, opset), type(module.policy).__name__
-    )
+    what = type(module.policy).__name__
+    try:
+        model, weights = convert_with_probes(module, lambda m: onnx_model_for(m, opset), what)
+    except ExportError as e:
+        if "disagree" not in str(e):
+            raise
+        # Some graphs compute with their weights at conversion time (e.g. an observation
+        # normaliser's variance folded through sqrt): they still export, converted with
+        # their real weights, but without a weights map (see docs/bundle-format.md).
+        warnings.warn(
+            f"{what}: exported without a weights map ({e}); the bundle takes weights-only "
+            "checkpoints of this graph, not TF checkpoints without TensorFlow",
+            UserWarning,
+            stacklevel=2,
+        )
+        return onnx_model_for(module, opset), None
     by_name = weights.pop("by_name")
     weights["initializers"] = [by_name.get(name) for name in canonical_initializers(model)]
     return model, weights
