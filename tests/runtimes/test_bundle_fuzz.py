@@ -149,7 +149,8 @@ def test_quantize_reads_contained_and_writes_only_its_output(source, tmp_path):
     (path / "policy.onnx").rename(tmp_path / "elsewhere.onnx")
     (path / "policy.onnx").symlink_to(tmp_path / "elsewhere.onnx")
     with pytest.raises(BundleError, match=r"reached through a symbolic link"):
-        quantize_bundle(path, tmp_path / "q", samples=8)
+        # The containment check comes before the states are read.
+        quantize_bundle(path, tmp_path / "q", observations=tmp_path / "states.npz")
     assert not (tmp_path / "q").exists()
     assert not any(p.name.startswith(".q.") for p in tmp_path.iterdir())
 
