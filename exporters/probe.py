@@ -37,7 +37,7 @@ from toolkit.checkpoint_weights import WEIGHTS_MAP_VERSION
 from toolkit.errors import ExportError
 from toolkit.specs import tensor_spec
 
-__all__ = ["convert_with_probes", "probe_values"]
+__all__ = ["convert_with_probes", "probe_values", "probed_variables"]
 
 #: Object paths recorded per variable (a variable can be reachable several ways).
 MAX_PATHS = 4
@@ -69,7 +69,8 @@ def probe_values(shapes: list[tuple[int, ...]], seed: int = 0) -> list[np.ndarra
     return out
 
 
-def _probed_variables(policy: Any) -> list[tf.Variable]:
+def probed_variables(policy: Any) -> list[tf.Variable]:
+    """The policy's float variables, each once, in ``policy.variables()`` order."""
     seen, variables = set(), []
     for variable in policy.variables():
         if variable.ref() in seen or variable.dtype not in (tf.float32, tf.float64):
@@ -272,7 +273,7 @@ def convert_with_probes(
         disagrees with the TF policy once the real weights are in.
     """
     policy = module.policy
-    variables = _probed_variables(policy)
+    variables = probed_variables(policy)
     real = [v.numpy() for v in variables]
     probes = _Probes(variables)
     try:

@@ -45,9 +45,6 @@ _MODULES = {
 #: The TypeSpec names ``register()`` makes loadable.
 TYPE_SPEC_NAMES = tuple(f"{m}.{c}_ACTTypeSpec" for c, m in _MODULES.items())
 
-# TF-Agents' stable tanh inverse clips |y| <= 1 to this (tanh_bijector_stable.Tanh).
-TANH_INVERSE_CLIP = 0.99999997
-
 
 def tf_agents_class(value: Any) -> str | None:
     """``SquashToSpecNormal`` etc. for an instance of a registered class, else None."""
@@ -90,19 +87,11 @@ def register() -> dict[str, type]:
 
 
 def _squash_to_spec_normal(tfp) -> type:
+    # One stable tanh for this class and the tanh_normal family's TanhNormal.
+    from toolkit.distributions.tanh_normal import StableTanh
+
     tfd = tfp.distributions
     tfb = tfp.bijectors
-
-    class _StableTanh(tfb.Tanh):
-        """TF-Agents' ``tanh_bijector_stable.Tanh``: the inverse clips |y| <= 1 first."""
-
-        def _inverse(self, y):
-            y = tf.where(
-                tf.less_equal(tf.abs(y), 1.0),
-                tf.clip_by_value(y, -TANH_INVERSE_CLIP, TANH_INVERSE_CLIP),
-                y,
-            )
-            return tf.atanh(y)
 
     class SquashToSpecNormal(tfd.AutoCompositeTensorDistribution):
         """TF-Agents' SquashToSpecNormal: a Normal squashed by tanh into the spec's bounds.
@@ -130,7 +119,7 @@ def _squash_to_spec_normal(tfp) -> type:
             chain = tfb.Chain(
                 [
                     tfb.Shift(self.action_means)(tfb.Scale(self.action_magnitudes)),
-                    _StableTanh(),
+                    StableTanh(),
                 ]
             )
             self._squashed = tfd.TransformedDistribution(distribution=distribution, bijector=chain)

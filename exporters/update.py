@@ -244,14 +244,10 @@ def _onnx_with(
     return model, max_change
 
 
-def _saved_model_with(
-    root: Path, manifest: dict[str, Any], found: Any, train_step: int | None
-) -> Any:
-    """The bundle's SavedModel with the checkpoint's variables assigned by object path."""
+def _load_saved_model(root: Path, manifest: dict[str, Any]) -> Any:
+    """The bundle's SavedModel as export_policy wrote it (``policy`` and ``train_step``)."""
     import tensorflow as tf
     import tensorflow_probability  # noqa: F401  (registers TFP types the model may name)
-
-    from toolkit import checkpoint_weights
 
     path = bundle.check_saved_model(root, manifest)
     try:
@@ -263,6 +259,16 @@ def _saved_model_with(
             f"{root}: the SavedModel has no 'policy' and 'train_step' (not written by "
             "export_policy); export the policy again instead"
         )
+    return loaded
+
+
+def _saved_model_with(
+    root: Path, manifest: dict[str, Any], found: Any, train_step: int | None
+) -> Any:
+    """The bundle's SavedModel with the checkpoint's variables assigned by object path."""
+    from toolkit import checkpoint_weights
+
+    loaded = _load_saved_model(root, manifest)
     if found.kind == "weights_only":
         info = bundle.read_checkpoint(found.path)
         prefix = found.path / str(info.get("tf_checkpoint", bundle.TF_CHECKPOINT_PREFIX))
@@ -459,18 +465,8 @@ def _restored_saved_model(
     root: Path, manifest: dict[str, Any], weights_dir: Path, info: dict[str, Any], shown: Path
 ) -> Any:
     import tensorflow as tf
-    import tensorflow_probability  # noqa: F401  (registers TFP types the model may name)
 
-    path = bundle.check_saved_model(root, manifest)
-    try:
-        loaded = tf.saved_model.load(str(path))
-    except Exception as e:  # TF raises many kinds for a broken SavedModel
-        raise BundleError(f"{path}: TensorFlow could not load the SavedModel: {e}") from e
-    if not hasattr(loaded, "policy") or not hasattr(loaded, "train_step"):
-        raise UnsupportedError(
-            f"{root}: the SavedModel has no 'policy' and 'train_step' (not written by "
-            "export_policy); export the policy again instead"
-        )
+    loaded = _load_saved_model(root, manifest)
     prefix = weights_dir / info.get("tf_checkpoint", bundle.TF_CHECKPOINT_PREFIX)
     checkpoint = tf.train.Checkpoint(policy=loaded.policy, train_step=loaded.train_step)
     try:

@@ -52,31 +52,6 @@ class WeightsMap:
         return out
 
 
-def _float_variables(policy: Any) -> list[tf.Variable]:
-    seen, variables = set(), []
-    for variable in policy.variables():
-        if variable.ref() in seen or variable.dtype not in (tf.float32, tf.float64):
-            continue
-        seen.add(variable.ref())
-        variables.append(variable)
-    return variables
-
-
-def _probes(shapes: list[tuple[int, ...]], seed: int = 0) -> list[np.ndarray]:
-    sizes = [int(np.prod(s, dtype=np.int64)) for s in shapes]
-    total = sum(sizes)
-    if total > 1 << 23:
-        raise ExportError(f"the policy has {total} weights; probing needs at most {1 << 23}")
-    codes = np.random.default_rng(seed).choice(1 << 23, size=total, replace=False)
-    # Exponent of 0.5 and a distinct mantissa: every value exact in float32, none alike.
-    values = (0x3F000000 | codes.astype(np.uint32)).view(np.float32)
-    out, start = [], 0
-    for shape, size in zip(shapes, sizes, strict=True):
-        out.append(values[start : start + size].reshape(shape))
-        start += size
-    return out
-
-
 def export_for_actors(policy: Any, path: str | os.PathLike) -> WeightsMap:
     """Exports ``policy`` (ONNX only, probe weights) to ``path``; returns its weights map.
 
@@ -88,11 +63,12 @@ def export_for_actors(policy: Any, path: str | os.PathLike) -> WeightsMap:
     import onnx.numpy_helper
 
     from exporters.export import export_policy
+    from exporters.probe import probe_values, probed_variables
     from toolkit import bundle
 
-    variables = _float_variables(policy)
+    variables = probed_variables(policy)
     saved = [v.numpy() for v in variables]
-    probes = _probes([tuple(v.shape) for v in variables])
+    probes = probe_values([tuple(v.shape) for v in variables])
     try:
         for variable, probe in zip(variables, probes, strict=True):
             variable.assign(probe.astype(variable.dtype.as_numpy_dtype))

@@ -21,14 +21,15 @@ import tensorflow_probability as tfp
 tfb = tfp.bijectors
 tfd = tfp.distributions
 
-__all__ = ["TANH_INVERSE_CLIP", "TanhNormal"]
+__all__ = ["TANH_INVERSE_CLIP", "StableTanh", "TanhNormal"]
 
 #: TF-Agents' stable tanh clips ``|u| <= 1`` to this before ``atanh``.
 TANH_INVERSE_CLIP = 0.99999997
 
 
-class _StableTanh(tfb.Tanh):
-    """tanh whose inverse clips values within [-1, 1] first (TF-Agents' stable tanh)."""
+class StableTanh(tfb.Tanh):
+    """tanh whose inverse clips values within [-1, 1] first (TF-Agents'
+    ``tanh_bijector_stable.Tanh``; its SquashToSpecNormal uses it too)."""
 
     def _inverse(self, y):
         y = tf.where(
@@ -74,7 +75,7 @@ class TanhNormal(tfd.Distribution):
             if self._event_ndims:
                 normal = tfd.Independent(normal, reinterpreted_batch_ndims=self._event_ndims)
             bijector = tfb.Chain(
-                [tfb.Shift(self._center)(tfb.Scale(self._magnitude)), _StableTanh()]
+                [tfb.Shift(self._center)(tfb.Scale(self._magnitude)), StableTanh()]
             )
             self._squashed = tfd.TransformedDistribution(normal, bijector)
             super().__init__(
