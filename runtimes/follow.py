@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +48,16 @@ class Follower:
       checkpoint: the path of the last one applied, or None.
     """
 
-    def __init__(self, policy: Any, directory: str | os.PathLike, interval: float = 1.0):
+    def __init__(
+        self,
+        policy: Any,
+        directory: str | os.PathLike,
+        interval: float = 1.0,
+        *,
+        after_step: int | None = None,
+        on_apply: Callable[[Follower], None] | None = None,
+    ):
+        """See ``follow``; ``after_step`` and ``on_apply`` are documented there."""
         if not interval > 0:
             raise ValueError(f"interval: expected a positive number of seconds, got {interval}")
         self.policy = policy
@@ -56,7 +66,8 @@ class Follower:
         self.applied = 0
         self.checkpoint: Path | None = None
         self._applied_signature: tuple | None = None
-        self._applied_step: int | None = None
+        self._applied_step: int | None = after_step
+        self._on_apply = on_apply
         self._failures: dict[tuple, int] = {}
         self._logged: set[tuple] = set()
         self._stop = threading.Event()
@@ -105,6 +116,8 @@ class Follower:
                     checkpoint.path,
                     self.policy.train_step,
                 )
+                if self._on_apply is not None:
+                    self._on_apply(self)
                 return True
             return False
 
@@ -154,7 +167,14 @@ class Follower:
         )
 
 
-def follow(policy: Any, directory: str | os.PathLike, interval: float = 1.0) -> Follower:
+def follow(
+    policy: Any,
+    directory: str | os.PathLike,
+    interval: float = 1.0,
+    *,
+    after_step: int | None = None,
+    on_apply: Callable[[Follower], None] | None = None,
+) -> Follower:
     """Starts following the checkpoints in ``directory`` (see the module docstring).
 
     Args:
@@ -163,8 +183,11 @@ def follow(policy: Any, directory: str | os.PathLike, interval: float = 1.0) -> 
         ``policies/checkpoints/`` (or its ``policies/`` or root folder), or a folder
         of weights-only checkpoints. It may have no checkpoint yet.
       interval: seconds between checks.
+      after_step: skip checkpoints of lower train steps than this (the server passes
+        a version's own train step, so a following version never goes back).
+      on_apply: called with the follower, on its thread, after each checkpoint applied.
 
     Returns:
       A started ``Follower``; ``stop()`` it, or use it as a context manager.
     """
-    return Follower(policy, directory, interval).start()
+    return Follower(policy, directory, interval, after_step=after_step, on_apply=on_apply).start()

@@ -25,6 +25,7 @@ import uvicorn
 
 from runtimes.serving.app import Limits, build_app
 from runtimes.serving.batching import Batcher
+from runtimes.serving.following import Followers
 from runtimes.serving.metrics import ServerMetrics
 from runtimes.serving.models import (
     LoadedVersion,
@@ -57,6 +58,9 @@ class ServeOptions:
     access_log: bool = False
     graceful_seconds: float = 4.0
     threads: int = 1
+    #: model name -> a checkpoint folder its highest version follows (``--follow``)
+    follow: dict[str, Path] = dataclasses.field(default_factory=dict)
+    follow_seconds: float = 1.0
 
 
 def _nodelay_protocol() -> Any:
@@ -121,16 +125,21 @@ def _bind(host: str, port: int) -> socket.socket:
 def _configure_logging(level: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logger = logging.getLogger("policy_toolkit.serve")
-    logger.handlers[:] = [handler]
-    logger.setLevel(level.upper())
-    logger.propagate = False
+    # runtimes.follow logs the checkpoints --follow skips (corrupt, or of another policy).
+    for name in ("policy_toolkit.serve", "runtimes.follow"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.setLevel(level.upper())
+        logger.propagate = False
 
 
 def make_registry(
-    options: ServeOptions, metrics: ServerMetrics, executor: ThreadPoolExecutor | None
+    options: ServeOptions,
+    metrics: ServerMetrics,
+    executor: ThreadPoolExecutor | None,
+    followers: Followers | None = None,
 ) -> ModelRegistry:
-    """The model registry with the loading and preparing the options ask for."""
+    """The model registry with the loading, preparing and following the options ask for."""
     import runtimes
 
     window = None if options.batch_window_us is None else options.batch_window_us / 1e6
@@ -155,11 +164,16 @@ def make_registry(
         signatures = signatures_for(policy, manifest, action)
         return LoadedVersion(version, path, policy, signatures, identity, time.time(), batcher)
 
+    def on_change(name: str, snapshot: Any) -> None:
+        metrics.set_versions(name, snapshot.versions)
+        if followers is not None:
+            followers.update(name, snapshot)
+
     return ModelRegistry(
         options.models,
         load,
         prepare,
-        on_change=lambda name, snapshot: metrics.set_versions(name, snapshot.versions),
+        on_change=on_change,
         on_failure=lambda name, version, message: metrics.load_failures.labels(name).inc(),
     )
 
@@ -178,13 +192,27 @@ def run(options: ServeOptions) -> int:
                 f"model {config.name}: {config.path} is neither a bundle nor a base path "
                 "of version folders"
             )
+    for name, folder in options.follow.items():
+        if not folder.is_dir():
+            log.warning(
+                "model %s: --follow folder %s does not exist yet; checking every %g s",
+                name,
+                folder,
+                options.follow_seconds,
+            )
     metrics = ServerMetrics([c.name for c in options.models])
     executor = (
         ThreadPoolExecutor(1, thread_name_prefix="policy-serve-infer")
         if options.batch_window_us is not None
         else None
     )
-    registry = make_registry(options, metrics, executor)
+    followers = Followers(
+        options.follow,
+        options.follow_seconds,
+        # A checkpoint changes the train step /metrics shows for the version.
+        on_apply=lambda name: metrics.set_versions(name, registry.get(name).versions),
+    )
+    registry = make_registry(options, metrics, executor, followers)
     registry.poll()
     for config in options.models:
         snapshot = registry.snapshots[config.name]
@@ -229,6 +257,7 @@ def run(options: ServeOptions) -> int:
         server.run(sockets=[sock])
     finally:
         registry.stop()
+        followers.stop()
         if executor is not None:
             executor.shutdown(wait=True)
         sock.close()

@@ -13,7 +13,7 @@ import typer
 
 from toolkit.cli import common
 
-__all__ = ["model_configs", "serve"]
+__all__ = ["follow_folders", "model_configs", "serve"]
 
 
 def _bad(option: str, expected: str, got: str) -> Exception:
@@ -77,6 +77,29 @@ def model_configs(
         )
         for n, p in pairs
     ]
+
+
+def follow_folders(entries: list[str], names: list[str]) -> dict[str, Path]:
+    """``--follow [NAME=]DIR`` entries as model name -> folder.
+
+    A bare DIR needs exactly one served model; ``NAME=`` is read as a model name only
+    when NAME is one (so a folder whose name holds ``=`` still works).
+    """
+    folders: dict[str, Path] = {}
+    for entry in entries:
+        target, sep, rest = entry.partition("=")
+        if sep and target in names:
+            name, folder = target, rest
+        elif len(names) == 1:
+            name, folder = names[0], entry
+        else:
+            raise _bad("--follow", f"NAME=DIR with NAME one of {names}", repr(entry))
+        if not folder:
+            raise _bad("--follow", "[NAME=]DIR with a folder", repr(entry))
+        if name in folders:
+            raise _bad("--follow", f"one folder for model {name!r}", repr(entry))
+        folders[name] = Path(folder)
+    return folders
 
 
 @common.command
@@ -152,6 +175,19 @@ def serve(
     access_log: Annotated[
         bool, typer.Option("--access-log", help="Log every request (off: it costs latency).")
     ] = False,
+    follow: Annotated[
+        list[str],
+        typer.Option(
+            "--follow",
+            help="A learner's checkpoint folder, [NAME=]DIR: the model's highest version "
+            "takes each new checkpoint there in place, without a new version (repeatable).",
+            show_default=False,
+        ),
+    ] = [],  # noqa: B006
+    follow_seconds: Annotated[
+        float,
+        typer.Option("--follow-seconds", min=0.001, help="How often --follow folders are checked."),
+    ] = 1.0,
     graceful_seconds: Annotated[
         float,
         typer.Option(
@@ -179,8 +215,9 @@ def serve(
         raise _bad("--log-level", f"one of {list(LOG_LEVELS)}", repr(log_level))
     if backend not in ("onnx", "tf", "auto"):
         raise _bad("--backend", "onnx, tf or auto", repr(backend))
+    configs = model_configs(model, name, models, versions, labels)
     options = ServeOptions(
-        models=model_configs(model, name, models, versions, labels),
+        models=configs,
         host=host,
         port=port,
         poll_seconds=poll_seconds,
@@ -191,5 +228,7 @@ def serve(
         log_level=log_level,
         access_log=access_log,
         graceful_seconds=graceful_seconds,
+        follow=follow_folders(follow, [c.name for c in configs]),
+        follow_seconds=follow_seconds,
     )
     raise typer.Exit(run(options))
