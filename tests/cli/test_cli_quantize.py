@@ -43,11 +43,13 @@ def test_agreement_is_measured_on_the_recorded_states(tmp_path):
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
-    assert report["written"] and report["method"] == "dynamic" and report["states"] == 600
-    assert report["state_source"] == "states.npz: 600 recorded states"
-    want = np.mean(
-        _actions(cartpole_bundle(), "onnx", observations) == _actions(out, "onnx", observations)
-    )
+    # The first half of the rows calibrates, the second half is measured.
+    assert report["written"] and report["method"] == "dynamic" and report["states"] == 300
+    assert report["state_source"] == "states.npz: 600 recorded states: rows 300-599 measured"
+    assert report["calibration_states"] == 300
+    assert report["calibration_source"] == "states.npz: 600 recorded states: rows 0-299 calibrate"
+    measured = observations[300:]
+    want = np.mean(_actions(cartpole_bundle(), "onnx", measured) == _actions(out, "onnx", measured))
     assert report["action_agreement"] == pytest.approx(want, abs=1e-9)
     manifest = bundle_lib.read_manifest(out)  # every hash checks
     assert manifest["formats"] == ["onnx"]
@@ -69,9 +71,12 @@ def test_env_rollouts_give_returns_that_the_run_command_reproduces(tmp_path):
     assert result.exit_code in (0, 1), result.output
     report = json.loads(result.stdout)
     assert report["state_source"].startswith("CartPole-v1: 6 episodes of the float policy")
+    assert report["calibration_source"] == (
+        "CartPole-v1: 6 episodes of the float policy (seeds 1000004...1000009)"
+    )
     methods = [c["method"] for c in report["candidates"]]
     assert sorted(methods) == sorted(
-        ["dynamic", "dynamic-per-channel", "dynamic-per-channel-keep-last",
+        ["gptq", "dynamic", "dynamic-per-channel", "dynamic-per-channel-keep-last",
          "static-per-channel-keep-last", "float16"]
     )  # fmt: skip
     sizes = [c["size"] for c in report["candidates"]]
@@ -92,7 +97,7 @@ def test_env_rollouts_give_returns_that_the_run_command_reproduces(tmp_path):
 
 def test_gates_refuse_to_write_unless_forced(tmp_path):
     npz = tmp_path / "states.npz"
-    np.savez(npz, observation=_observations())
+    np.savez(npz, observation=_observations(4000))
     out = tmp_path / "q"
     args = ("quantize", cartpole_bundle(), out, "--observations", npz, "--method", "dynamic")
     result = invoke(*args, "--min-agreement", "1.0")

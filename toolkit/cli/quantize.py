@@ -1,9 +1,9 @@
 """``policy-toolkit quantize``: a smaller copy of a bundle's policy, judged on real states.
 
-The engine is ``exporters.quantize``: candidates from per-tensor int8 to float16
-weights, measured on states of real episodes (``--env``) or recorded ones
-(``--observations``), the first (smallest) that passes the agreement and return gates
-written. Exit 1 when none passes (nothing written) unless ``--force``.
+The engine is ``exporters.quantize``: candidates from GPTQ and per-tensor int8 to
+float16 weights, calibrated and measured on different real states of episodes
+(``--env``) or recorded ones (``--observations``), the first (smallest) that passes
+the agreement and return gates written. Exit 1 when none passes (nothing written) unless ``--force``.
 """
 
 from __future__ import annotations
@@ -95,7 +95,9 @@ def quantize(
 
     Every candidate is measured on real states (--env or --observations): action
     agreement with the float policy and, with --env, the mean return over the same
-    episodes. The smallest candidate that passes --min-agreement and --min-return-ratio
+    episodes. Calibration uses other real states (--env: as many episodes again,
+    seeds from seed + 1,000,000; --observations: the first half of the rows, the
+    second half measured). The smallest candidate that passes --min-agreement and --min-return-ratio
     is written; the report lists every candidate and why it was taken or not. Exit 1
     when none passes (nothing written) unless --force.
     """
@@ -140,6 +142,11 @@ def quantize(
         console = common.console()
         console.print(f"quantize {report.source} -> {report.output}", soft_wrap=True)
         console.print(f"real states: {report.states} ({report.state_source})", soft_wrap=True)
+        console.print(
+            f"calibrated on: {report.calibration_states} other real states "
+            f"({report.calibration_source})",
+            soft_wrap=True,
+        )
         console.print(_candidates(report))
         console.print(_summary(report))
         console.print(f"chose {report.reason}", soft_wrap=True)
