@@ -116,7 +116,8 @@ def run_seed(seed: int, episodes: int) -> dict:
 def table(results: list[dict]) -> str:
     lines = []
     for result in results:
-        lines.append(f"seed {result['seed']} (float return {result['rows'][0]['float_return']:.1f})")
+        float_return = result["rows"][0]["float_return"]
+        lines.append(f"seed {result['seed']} (float return {float_return:.1f})")
         lines.append(
             f"{'target':7} {'method':31} {'size':>6} {'agreement':>10} {'return':>7} {'latency':>8}"
         )

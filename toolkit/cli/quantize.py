@@ -3,7 +3,8 @@
 The engine is ``exporters.quantize``: candidates from GPTQ and per-tensor int8 to
 float16 weights, calibrated and measured on different real states of episodes
 (``--env``) or recorded ones (``--observations``), the first (smallest) that passes
-the agreement and return gates written. Exit 1 when none passes (nothing written) unless ``--force``.
+the agreement and return gates written. Exit 1 when none passes (nothing written)
+unless ``--force``.
 """
 
 from __future__ import annotations
