@@ -24,9 +24,7 @@ OBSERVATIONS = np.random.default_rng(11).normal(size=(16, 4)).astype(np.float32)
 def _tf_actions(policy) -> list:
     """The live TF policy's greedy actions: the figures the server must give."""
     n = len(OBSERVATIONS)
-    time_step = TimeStep(
-        tf.ones(n, tf.int32), tf.zeros(n), tf.ones(n), tf.constant(OBSERVATIONS)
-    )
+    time_step = TimeStep(tf.ones(n, tf.int32), tf.zeros(n), tf.ones(n), tf.constant(OBSERVATIONS))
     return policy.action(time_step).action.numpy().tolist()
 
 
