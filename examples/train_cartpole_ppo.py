@@ -45,6 +45,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--gamma", type=float, default=0.99, help="discount factor")
     parser.add_argument("--lambda", dest="lambda_", type=float, default=0.95, help="GAE lambda")
     parser.add_argument("--hidden", type=int, default=64, help="units of each hidden layer")
+    parser.add_argument(
+        "--shared-value",
+        action="store_true",
+        help="the value head shares the actor's hidden layers (default: its own)",
+    )
     parser.add_argument("--eval-interval", type=int, default=8192, help="env steps between evals")
     parser.add_argument("--target-return", type=float, default=490.0, help="stop when reached")
     parser.add_argument("--jit-compile", type=int, default=1, help="XLA-compile the train step")
@@ -70,13 +75,18 @@ def main(argv=None) -> float:
     eval_env = gym_adapter.GymVectorEnvironment("CartPole-v1", FINAL_EVAL_EPISODES)
     observation_spec, action_spec = env.observation_spec(), env.action_spec()
     hidden = (args.hidden, args.hidden)
+    actor = ActorDistributionNetwork(
+        observation_spec, action_spec, fc_layer_params=hidden, activation_fn=tf.nn.tanh
+    )
+    if args.shared_value:
+        value = ValueNetwork.sharing(actor)
+    else:
+        value = ValueNetwork(observation_spec, fc_layer_params=hidden, activation_fn=tf.nn.tanh)
     agent = ppo.PpoAgent(
         env.time_step_spec(),
         action_spec,
-        ActorDistributionNetwork(
-            observation_spec, action_spec, fc_layer_params=hidden, activation_fn=tf.nn.tanh
-        ),
-        ValueNetwork(observation_spec, fc_layer_params=hidden, activation_fn=tf.nn.tanh),
+        actor,
+        value,
         tf_keras.optimizers.Adam(args.learning_rate),
         num_epochs=args.epochs,
         minibatch_size=args.minibatch_size,

@@ -18,7 +18,7 @@ from toolkit.agents import checkpoints, ppo, sac, training
 from toolkit.distributions.tanh_normal import TanhNormal
 from toolkit.environments import driver as driver_lib
 from toolkit.environments import gym_adapter
-from toolkit.errors import SpecMismatchError, UnsupportedError
+from toolkit.errors import ArgumentError, SpecMismatchError, UnsupportedError
 from toolkit.networks.actor_distribution_network import ActorDistributionNetwork
 from toolkit.networks.critic_network import CriticNetwork
 from toolkit.networks.value_network import ValueNetwork
@@ -211,6 +211,42 @@ def test_ppo_train_runs_every_epoch_and_minibatch_in_one_traced_call():
     assert 0.0 <= float(info.extra["approx_kl"]) < 0.1
     agent.train(_random_rollout(agent, seed=1))
     assert agent.train.experimental_get_tracing_count() == 1
+
+
+def test_a_shared_encoder_is_trained_once_and_reached_by_the_value_loss():
+    env = gym_adapter.GymVectorEnvironment("CartPole-v1", 2)
+    obs, act = env.observation_spec(), env.action_spec()
+    actor = ActorDistributionNetwork(obs, act, fc_layer_params=(16,), activation_fn=tf.nn.tanh)
+    value = ValueNetwork.sharing(actor)
+    encoder = {v.ref() for v in actor.encoder.trainable_variables}
+    assert encoder and encoder <= {v.ref() for v in value.trainable_variables}
+    agent = ppo.PpoAgent(
+        env.time_step_spec(), act, actor, value, tf_keras.optimizers.Adam(1e-3), seed=0
+    )
+    # Each variable once: the actor's, plus the value head's kernel and bias.
+    assert len(agent._variables()) == len(actor.trainable_variables) + 2
+    assert len({v.ref() for v in agent._variables()}) == len(agent._variables())
+    with tf.GradientTape() as tape:
+        values, _ = value(tf.random.normal([5, 4]))
+        loss = tf.reduce_mean(tf.square(values - 1.0))
+    grads = tape.gradient(loss, actor.encoder.trainable_variables)
+    assert all(g is not None and float(tf.reduce_max(tf.abs(g))) > 0 for g in grads)
+    before = [v.numpy() for v in actor.encoder.trainable_variables]
+    agent.train(_random_rollout(agent))
+    assert any(
+        not np.array_equal(b, v.numpy())
+        for b, v in zip(before, actor.encoder.trainable_variables, strict=True)
+    )
+
+
+def test_a_value_network_takes_an_encoder_or_layer_options_not_both():
+    obs = gym_adapter.GymVectorEnvironment("CartPole-v1", 1).observation_spec()
+    act = gym_adapter.GymVectorEnvironment("CartPole-v1", 1).action_spec()
+    actor = ActorDistributionNetwork(obs, act, fc_layer_params=(8,))
+    with pytest.raises(ArgumentError, match=r"expected either encoder or \['fc_layer_params'\]"):
+        ValueNetwork(obs, fc_layer_params=(8,), encoder=actor.encoder)
+    with pytest.raises(ArgumentError, match="expected a network with an EncodingNetwork encoder"):
+        ValueNetwork.sharing(ValueNetwork(obs))
 
 
 def test_ppo_rollout_of_the_wrong_shape_names_the_field():

@@ -108,7 +108,7 @@ def gae(
 
 
 class PpoAgent(common.Agent):
-    """PPO with a clipped objective, GAE and a separate value network.
+    """PPO with a clipped objective, GAE and a value network (separate or shared).
 
     Attributes:
       policy: ``ActorPolicy`` sampling the actor's distribution (deployed, stochastic).
@@ -123,7 +123,8 @@ class PpoAgent(common.Agent):
       action_spec: the action spec (one leaf: bounded integer or bounded float).
       actor_network: a stateless network returning a distribution per action leaf
         (an ``ActorDistributionNetwork``).
-      value_network: a stateless network ``observation -> [B]`` (a ``ValueNetwork``).
+      value_network: a stateless network ``observation -> [B]`` (a ``ValueNetwork``;
+        ``ValueNetwork.sharing(actor_network)`` shares the actor's hidden layers).
       optimizer: a ``tf_keras`` optimizer for both networks.
       num_epochs: passes over each rollout.
       minibatch_size: rows per gradient step; a rollout of ``T * N`` rows gives
@@ -210,9 +211,15 @@ class PpoAgent(common.Agent):
         return self._rollout_spec
 
     def _variables(self) -> list[tf.Variable]:
-        return list(self.actor_network.trainable_variables) + list(
+        # A shared encoder (ValueNetwork.sharing) is in both lists: train each once.
+        out, seen = [], set()
+        for variable in list(self.actor_network.trainable_variables) + list(
             self.value_network.trainable_variables
-        )
+        ):
+            if variable.ref() not in seen:
+                seen.add(variable.ref())
+                out.append(variable)
+        return out
 
     def policy_config(self) -> dict[str, Any]:
         """The policy_spec.json content that lets ``checkpoints.load_policy`` rebuild ``policy``."""

@@ -126,6 +126,11 @@ class ActorDistributionNetwork(Network):
     def output_tensor_spec(self) -> Any:
         return self._output_tensor_spec
 
+    @property
+    def encoder(self) -> EncodingNetwork:
+        """The hidden layers (``ValueNetwork.sharing`` puts a value head on them)."""
+        return self._encoder
+
     def call(self, observation, step_type=None, network_state=(), training=False):
         encoded, _ = self._encoder(observation, step_type=step_type, training=training)
         return project(self._output_tensor_spec, self._projections, encoded, training), (
