@@ -617,7 +617,8 @@ def kill_points(bases: dict[str, Path], work: Path, timeout: float) -> tuple[int
     import runtimes
     from toolkit import bundle as bundle_lib
 
-    reference = Path("/work/shared/reference/tf_agents_0_19/q_greedy/saved_policy")
+    shared = Path(os.environ.get("POLICY_TOOLKIT_SHARED", ROOT.parent / "shared"))
+    reference = shared / "reference" / "tf_agents_0_19" / "q_greedy" / "saved_policy"
     ops = {
         "export": (bases["q"], ""),
         "update": (bases["q_onnx"], str(work / "bases" / "ckpt_q")),

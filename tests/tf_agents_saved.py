@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import functools
 import json
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,11 @@ from toolkit.specs.tensor_spec import BoundedTensorSpec
 from toolkit.trajectories.policy_step import PolicyStep
 from toolkit.trajectories.time_step import TimeStep
 
-REFERENCE = Path("/work/shared/reference/tf_agents_0_19")
+#: ``shared/`` beside the checkout (CI's layout); POLICY_TOOLKIT_SHARED names another.
+SHARED = Path(
+    os.environ.get("POLICY_TOOLKIT_SHARED", Path(__file__).resolve().parents[2] / "shared")
+)
+REFERENCE = SHARED / "reference" / "tf_agents_0_19"
 CASES = ("q_greedy", "actor_normal_stochastic", "nested_obs", "q_rnn")
 
 

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from exporters import tf_agents_import as tai
+from tests.tf_agents_saved import REFERENCE
 from toolkit import bundle
 from toolkit.errors import BundleError, ExportError
 from toolkit.trajectories.time_step import TimeStep
@@ -324,9 +325,6 @@ def test_a_tf_agents_checkpoint_goes_through_update(case, greedy, saves, bundles
         assert_acts_alike(dist["turn"].logits, rec["checkpoint/distribution/turn/logits"], case)
     else:
         raise AssertionError(f"{case}: nothing recorded after the checkpoint")
-
-
-REFERENCE = Path("/work/shared/reference/tf_agents_0_19")
 
 
 @pytest.mark.skipif(not REFERENCE.is_dir(), reason="the TF-Agents reference folder is missing")

@@ -12,10 +12,9 @@ import pytest
 import tensorflow as tf
 
 from tests import checkpoint_checks as cc
+from tests.tf_agents_saved import REFERENCE
 from toolkit import tensor_bundle
 from toolkit.errors import CheckpointError, ToolkitError
-
-REFERENCE = Path("/work/shared/reference/tf_agents_0_19")
 
 
 def _all_dtypes_checkpoint(directory: Path) -> str:
