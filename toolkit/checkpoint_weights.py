@@ -205,6 +205,15 @@ def _value(reader: tensor_bundle.TensorBundle, nodes: list, node: int, where: st
     return reader.get(key)
 
 
+def _policy_checkpoints_hint(prefix: str | os.PathLike) -> str:
+    """Where a training run keeps the policy checkpoints, given its training state."""
+    run = Path(prefix).parent.parent
+    folder = run / "policy_checkpoints"
+    if folder.is_dir():
+        return f"{folder} (pass that, or the run folder {run})"
+    return "the run's policy_checkpoints/ (pass that, or the run folder)"
+
+
 def read_tf_checkpoint(
     manifest: dict[str, Any], prefix: str | os.PathLike, where: str | None = None
 ) -> tuple[list[np.ndarray], int | None]:
@@ -245,6 +254,12 @@ def read_tf_checkpoint(
         name = variable.get("name", "?")
         if value is None:
             shown = "/".join(variable["paths"][0]) if variable.get("paths") else "(none)"
+            if "agent" in nodes[0].children and "policy" not in nodes[0].children:
+                raise CheckpointError(
+                    f"{where}: expected a policy checkpoint, got a training state (an "
+                    "agent with its optimizer and replay buffer: a run's checkpoints/); "
+                    f"the run's policy checkpoints are in {_policy_checkpoints_hint(prefix)}"
+                )
             raise CheckpointError(
                 f"{where}: expected the variable {name} (policy/{shown}), found no such "
                 "object in the checkpoint: a checkpoint of another policy"

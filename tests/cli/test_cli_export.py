@@ -376,6 +376,28 @@ def test_update_refuses_a_checkpoint_of_another_structure(exported, tmp_path):
     bundle_lib.read_manifest(target)  # untouched: every hash still matches
 
 
+def test_update_names_the_policy_checkpoints_when_given_a_training_state(exported, tmp_path):
+    """A run's checkpoints/ holds the agent (optimizer, replay buffer), not the policy."""
+    import tensorflow as tf
+
+    run = tmp_path / "run"
+    (run / "policy_checkpoints").mkdir(parents=True)
+    agent = tf.Module()
+    agent.kernel = tf.Variable(np.ones((4, 2), np.float32))
+    state = tf.train.Checkpoint(agent=agent, train_step=tf.Variable(5, dtype=tf.int64))
+    tf.train.CheckpointManager(state, str(run / "checkpoints"), 1).save(5)
+    target = tmp_path / "b"
+    shutil.copytree(exported, target)
+    result = invoke("update", target, "--checkpoint", run / "checkpoints")
+    assert result.exit_code == 2
+    assert error_line(result) == (
+        f"error: {run / 'checkpoints' / 'ckpt-5'}: expected a policy checkpoint, got a "
+        "training state (an agent with its optimizer and replay buffer: a run's "
+        f"checkpoints/); the run's policy checkpoints are in {run / 'policy_checkpoints'} "
+        f"(pass that, or the run folder {run})"
+    )
+
+
 @pytest.mark.parametrize("which", ["missing bundle", "missing checkpoint", "unsupported"])
 def test_update_input_errors(exported, tmp_path, which):
     empty = tmp_path / "empty"
