@@ -299,3 +299,252 @@ def quantize_model(model: Any, calibration: dict[str, np.ndarray], discrete: boo
     int8 = tuple(layer.node.name for layer in chosen)
     kept = tuple(layer.node.name for layer in layers if layer.weight not in quantized)
     return GptqResult(model, int8, kept, tuple(refitted))
+
+
+# --- LiteRT ------------------------------------------------------------------------
+
+
+def _refit(
+    features: np.ndarray, target: np.ndarray, has_bias: bool, discrete: bool
+) -> np.ndarray | None:
+    """Least-squares [in (+1), out] of a float last layer to the float outputs (or None)."""
+    if has_bias:
+        features = np.hstack([features, np.ones((len(features), 1))])
+    if len(features) < 2 * features.shape[1]:
+        return None  # too few states to refit this many weights
+    weights = np.ones(len(features))
+    if discrete and target.shape[1] >= 2:
+        top = np.sort(target, axis=1)
+        gap = top[:, -1] - top[:, -2]
+        spread = float(np.quantile(target, 0.99) - np.quantile(target, 0.01)) or 1.0
+        weights = 1.0 / (gap + GAP_EPS * spread) ** 2
+    weights /= weights.mean()
+    normal = (features * weights[:, None]).T @ features
+    normal += RIDGE * max(float(np.mean(np.diag(normal))), 1e-12) * np.eye(len(normal))
+    return np.linalg.solve(normal, (features * weights[:, None]).T @ target)
+
+
+@dataclasses.dataclass
+class _FcLayer:
+    position: int  # in the subgraph's operators
+    name: str
+    weight: int  # tensor indices
+    bias: int | None
+    input: int
+    output: int
+
+
+def quantize_litert(
+    model: bytes,
+    calibration: dict[str, np.ndarray],
+    discrete: bool,
+    signature: str = "distribution",
+) -> tuple[bytes, tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    """The LiteRT model with GPTQ int8 hidden FULLY_CONNECTED layers (see the module doc).
+
+    Quantized weights are stored as per-channel int8 tensors feeding a DEQUANTIZE
+    op (the layout LiteRT's float16 conversion uses, with int8): the model computes in
+    float and the file holds int8. Needs TensorFlow (its flatbuffer schema).
+
+    Returns:
+      ``(model bytes, int8 layers, float layers, refitted layers)``, layers named by
+      their output tensors.
+
+    Raises:
+      ExportError: no hidden or first FULLY_CONNECTED layer with a constant weight.
+    """
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    tflite = flatbuffer_utils.convert_bytearray_to_object(bytearray(model))
+    found = [s for s in tflite.signatureDefs if s.signatureKey.decode() == signature]
+    if not found:
+        raise ExportError(f"gptq: the LiteRT model has no {signature!r} signature")
+    subgraph = tflite.subgraphs[found[0].subgraphIndex]
+
+    def code(op: Any) -> int:
+        entry = tflite.operatorCodes[op.opcodeIndex]
+        return max(entry.builtinCode, entry.deprecatedBuiltinCode)
+
+    def constant(index: int) -> np.ndarray | None:
+        if index < 0:
+            return None
+        tensor = subgraph.tensors[index]
+        data = tflite.buffers[tensor.buffer].data
+        if tensor.type != schema.TensorType.FLOAT32 or data is None or len(data) == 0:
+            return None
+        return np.frombuffer(bytes(data), np.float32).reshape(list(tensor.shape)).astype(np.float64)
+
+    uses: dict[int, int] = {}
+    for op in subgraph.operators:
+        for index in op.inputs:
+            uses[index] = uses.get(index, 0) + 1
+    layers = []
+    for position, op in enumerate(subgraph.operators):
+        if code(op) != schema.BuiltinOperator.FULLY_CONNECTED or len(op.inputs) < 2:
+            continue
+        weight = constant(op.inputs[1])
+        if weight is None or weight.ndim != 2 or uses.get(op.inputs[1], 0) != 1:
+            continue
+        bias = op.inputs[2] if len(op.inputs) > 2 and constant(op.inputs[2]) is not None else None
+        if bias is not None and uses.get(bias, 0) != 1:
+            bias = None
+        name = subgraph.tensors[op.outputs[0]].name.decode(errors="replace")
+        layers.append(_FcLayer(position, name, op.inputs[1], bias, op.inputs[0], op.outputs[0]))
+    producer = {out: op for op in subgraph.operators for out in op.outputs}
+    consumers: dict[int, list[Any]] = {}
+    for op in subgraph.operators:
+        for index in op.inputs:
+            consumers.setdefault(index, []).append(op)
+    outputs = {layer.output for layer in layers}
+
+    def upstream_layer(index: int, own: int) -> bool:
+        seen, stack = set(), [index]
+        while stack:
+            t = stack.pop()
+            if t in seen:
+                continue
+            seen.add(t)
+            if t in outputs and t != own:
+                return True
+            op = producer.get(t)
+            if op is not None:
+                stack.extend(i for i in op.inputs if i >= 0)
+        return False
+
+    def downstream_layer(index: int) -> bool:
+        seen, stack = set(), [index]
+        while stack:
+            t = stack.pop()
+            if t in seen:
+                continue
+            seen.add(t)
+            for op in consumers.get(t, []):
+                if op.outputs and op.outputs[0] in outputs:
+                    return True
+                stack.extend(op.outputs)
+        return False
+
+    last = {layer.name for layer in layers if not downstream_layer(layer.output)}
+    first = {layer.name for layer in layers if not upstream_layer(layer.input, layer.output)}
+    hidden = [layer for layer in layers if layer.name not in last | first]
+    chosen = hidden or [layer for layer in layers if layer.name not in last]
+    if not chosen:
+        raise ExportError(
+            "gptq: no hidden or first FULLY_CONNECTED layer with a constant float weight"
+        )
+
+    def run(indices: list[int]) -> list[np.ndarray]:
+        """Values of tensors of the current model on the calibration states."""
+        import copy
+
+        from runtimes.litert_backend import new_interpreter, quiet_stderr
+
+        probe = copy.deepcopy(tflite)
+        probe_sig = next(s for s in probe.signatureDefs if s.signatureKey.decode() == signature)
+        probe_graph = probe.subgraphs[probe_sig.subgraphIndex]
+        names = []
+        for index in indices:
+            mapping = schema.TensorMapT()
+            mapping.name = f"gptq_probe_{index}".encode()
+            mapping.tensorIndex = index
+            probe_sig.outputs.append(mapping)
+            probe_graph.outputs = np.append(probe_graph.outputs, np.int32(index))
+            names.append(mapping.name.decode())
+        interpreter = new_interpreter(bytes(flatbuffer_utils.convert_object_to_bytearray(probe)))
+        runner = interpreter.get_signature_runner(signature)
+        wanted = list(interpreter.get_signature_list()[signature]["inputs"])
+        count = len(next(iter(calibration.values())))
+        parts: list[list[np.ndarray]] = [[] for _ in names]
+        with quiet_stderr():
+            for start in range(0, count, 1024):
+                out = runner(**{k: calibration[k][start : start + 1024] for k in wanted})
+                for i, name in enumerate(names):
+                    parts[i].append(out[name])
+        return [_flat(np.concatenate(p).astype(np.float64)) for p in parts]
+
+    def write(index: int, value: np.ndarray) -> None:
+        tensor = subgraph.tensors[index]
+        data = value.astype(np.float32).reshape(list(tensor.shape))
+        tflite.buffers[tensor.buffer].data = np.frombuffer(data.tobytes(), np.uint8)
+
+    original = {layer.weight: constant(layer.weight) for layer in layers}
+    original_bias = {layer.bias: constant(layer.bias) for layer in layers if layer.bias is not None}
+    float_inputs = dict(
+        zip([layer.input for layer in layers], run([layer.input for layer in layers]), strict=True)
+    )
+    quantized: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    for layer in chosen:
+        weight = original[layer.weight].T  # LiteRT keeps [out, in]
+        (x_now,) = run([layer.input])
+        q = gptq(weight, x_now)
+        scale = _scales(weight)
+        dequantized = q.astype(np.float64) * scale
+        write(layer.weight, dequantized.T)
+        quantized[layer.weight] = (q, scale)
+        if layer.bias is not None:
+            shift = (float_inputs[layer.input] @ weight - x_now @ dequantized).mean(axis=0)
+            write(layer.bias, original_bias[layer.bias] + shift)
+
+    refitted = []
+    for layer in layers:
+        if layer.name not in last or layer.weight in quantized:
+            continue
+        weight = original[layer.weight].T
+        target = float_inputs[layer.input] @ weight
+        if layer.bias is not None:
+            target = target + original_bias[layer.bias]
+        (features,) = run([layer.input])
+        solution = _refit(features, target, layer.bias is not None, discrete)
+        if solution is None:
+            continue
+        if layer.bias is not None:
+            write(layer.weight, solution[:-1].T)
+            write(layer.bias, solution[-1])
+        else:
+            write(layer.weight, solution.T)
+        refitted.append(layer.name)
+
+    # Int8 storage: per-channel int8 weights (axis 0: LiteRT's output channels) and a
+    # DEQUANTIZE op giving the FULLY_CONNECTED its float weights.
+    dequantize = None
+    for i, entry in enumerate(tflite.operatorCodes):
+        if max(entry.builtinCode, entry.deprecatedBuiltinCode) == schema.BuiltinOperator.DEQUANTIZE:
+            dequantize = i
+    if dequantize is None:
+        entry = schema.OperatorCodeT()
+        entry.builtinCode = entry.deprecatedBuiltinCode = schema.BuiltinOperator.DEQUANTIZE
+        entry.version = 2  # int8 input
+        tflite.operatorCodes.append(entry)
+        dequantize = len(tflite.operatorCodes) - 1
+    new_ops = []
+    for layer in chosen:
+        q, scale = quantized[layer.weight]
+        tensor = subgraph.tensors[layer.weight]
+        float_tensor = schema.TensorT()
+        float_tensor.shape = np.array(tensor.shape, np.int32)
+        float_tensor.type = schema.TensorType.FLOAT32
+        float_tensor.buffer = 0  # no data: computed by the DEQUANTIZE
+        float_tensor.name = tensor.name + b"_dequantized"
+        subgraph.tensors.append(float_tensor)
+        float_index = len(subgraph.tensors) - 1
+        tensor.type = schema.TensorType.INT8
+        tflite.buffers[tensor.buffer].data = np.frombuffer(
+            np.ascontiguousarray(q.T).tobytes(), np.uint8
+        )
+        params = schema.QuantizationParametersT()
+        params.scale = scale.astype(np.float32)
+        params.zeroPoint = np.zeros(len(scale), np.int64)
+        params.quantizedDimension = 0
+        tensor.quantization = params
+        op = schema.OperatorT()
+        op.opcodeIndex = dequantize
+        op.inputs = np.array([layer.weight], np.int32)
+        op.outputs = np.array([float_index], np.int32)
+        new_ops.append(op)
+        fc = subgraph.operators[layer.position]
+        fc.inputs = np.array([float_index if i == layer.weight else i for i in fc.inputs], np.int32)
+    subgraph.operators = new_ops + list(subgraph.operators)
+    data = bytes(flatbuffer_utils.convert_object_to_bytearray(tflite))
+    kept = tuple(layer.name for layer in layers if layer.weight not in quantized)
+    return data, tuple(layer.name for layer in chosen), kept, tuple(refitted)

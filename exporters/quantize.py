@@ -36,7 +36,9 @@ step flips it often. Candidates, from the smallest file to the most faithful:
   (the last MatMul/Gemm layers, which produce the Q-values or logits, stay float),
   and ``static-per-channel-keep-last`` (int8 weights and activations as QDQ, with
   activation ranges calibrated on the same real states).
-* LiteRT (TensorFlow's converter, from the bundle's SavedModel): ``litert-dynamic-range``
+* LiteRT: ``litert-gptq`` (the same, on the bundle's float LiteRT model: per-channel int8
+  weights feeding DEQUANTIZE ops, computing in float); and, from TensorFlow's converter
+  on the bundle's SavedModel: ``litert-dynamic-range``
   (int8 weights, float activations) and ``litert-int8`` (int8 weights and activations,
   calibrated with the real states as the representative dataset; float inputs and
   outputs).
@@ -84,7 +86,7 @@ ONNX_METHODS = (
     "static-per-channel-keep-last",
     "float16",
 )
-LITERT_METHODS = ("litert-dynamic-range", "litert-int8", "litert-float16")
+LITERT_METHODS = ("litert-gptq", "litert-dynamic-range", "litert-int8", "litert-float16")
 #: Methods whose activations are int8 too (the others compute in float).
 INT8_ACTIVATIONS = ("static-per-channel-keep-last", "litert-int8")
 TARGETS = ("onnx", "litert")
@@ -548,11 +550,29 @@ def _float16_weights(model: Any) -> Any:
     return model
 
 
-def _litert_candidate(
-    method: str, source: Path, manifest: dict[str, Any], states: RealStates
-) -> bytes:
+def _float_litert(source: Path, manifest: dict[str, Any]) -> bytes:
+    """The bundle's float LiteRT model, or its SavedModel converted (float)."""
     from exporters import litert_export
 
+    if "litert" in manifest:
+        rel = manifest["litert"]["file"]
+        return bundle.read_member(source, rel, key="litert.file", files=manifest["files"])
+    return litert_export.convert_saved_model(source / bundle.SAVED_MODEL_DIR, what=str(source))
+
+
+def _litert_candidate(
+    method: str, source: Path, manifest: dict[str, Any], states: RealStates
+) -> tuple[bytes, tuple[str, ...]]:
+    """One LiteRT candidate's model bytes and float layers (``states``: calibration)."""
+    from exporters import litert_export
+
+    if method == "litert-gptq":
+        from exporters import gptq
+
+        model, _, kept, _ = gptq.quantize_litert(
+            _float_litert(source, manifest), states.inputs, _discrete(manifest)
+        )
+        return model, kept
     stateful = bool(graph_io.initial_state(manifest, 1))
     signatures = litert_export.SIGNATURES
     quantization: dict[str, Any] = {"dynamic_range": True}
@@ -568,12 +588,13 @@ def _litert_candidate(
             # The calibrator refuses a signature without outputs (a stateless policy's
             # get_initial_state); readers do not need it.
             signatures = ("distribution",)
-    return litert_export.convert_saved_model(
+    model = litert_export.convert_saved_model(
         source / bundle.SAVED_MODEL_DIR,
         quantization=quantization,
         what=str(source),
         signatures=signatures,
     )
+    return model, ()
 
 
 # --- measuring ---------------------------------------------------------------------
@@ -792,17 +813,9 @@ def quantize_bundle(
                     name, copy.deepcopy(original), calibration, tmp, manifest
                 )
             else:
-                built[name] = (_litert_candidate(name, source, manifest, calibration), ())
+                built[name] = _litert_candidate(name, source, manifest, calibration)
         if float_model is None:
-            from exporters import litert_export
-
-            if "litert" in manifest:
-                rel = manifest["litert"]["file"]
-                float_model = bundle.read_member(
-                    source, rel, key="litert.file", files=manifest["files"]
-                )
-            else:
-                float_model = litert_export.convert_saved_model(source / bundle.SAVED_MODEL_DIR)
+            float_model = _float_litert(source, manifest)
         size_before = len(float_model)
         order = sorted(built, key=lambda n: (len(built[n][0]), list(built).index(n)))
         candidates: list[Candidate] = []
@@ -956,7 +969,7 @@ def _quantized_manifest(
         "weight_type": "float16" if method.endswith("float16") else "int8",
         "activations": "int8" if method in INT8_ACTIVATIONS else "float",
         "per_channel": "per-channel" in method
-        or method in ("gptq", "litert-dynamic-range", "litert-int8"),
+        or method in ("gptq", "litert-gptq", "litert-dynamic-range", "litert-int8"),
         "float_layers": list(keep),
         "states": states.count,
         "state_source": states.source,

@@ -114,22 +114,31 @@ def test_gates_refuse_to_write_unless_forced(tmp_path):
     assert f"wrote {out}" in forced.stdout
 
 
-def test_litert_target_writes_a_litert_bundle(tmp_path):
+@pytest.mark.parametrize(
+    ("method", "weights"), [("litert-float16", "float16"), ("litert-gptq", "int8")]
+)
+def test_litert_target_writes_a_litert_bundle(tmp_path, method, weights):
     observations = _observations(200)
     npz = tmp_path / "states.npz"
     np.savez(npz, observation=observations)
     out = tmp_path / "q"
     result = invoke(
         "quantize", cartpole_bundle(), out, "--observations", npz, "--target", "litert",
-        "--method", "litert-float16", "--json",
+        "--method", method, "--min-agreement", "0", "--json",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     manifest = bundle_lib.read_manifest(out)
     assert manifest["formats"] == ["litert"] and manifest["litert"]["file"] == "policy.tflite"
-    assert manifest["quantization"]["weight_type"] == "float16"
+    assert manifest["quantization"]["weight_type"] == weights
+    if method == "litert-gptq":
+        # int8 weights feed DEQUANTIZE; the output layer stays float (in so small a
+        # network, the scales and the extra op outweigh the bytes int8 saves).
+        assert "DEQUANTIZE" in manifest["litert"]["ops"]
+        assert manifest["quantization"]["float_layers"] and manifest["quantization"]["per_channel"]
+    measured = observations[100:]  # the first half calibrates
     want = np.mean(
-        _actions(cartpole_bundle(), "onnx", observations) == _actions(out, "litert", observations)
+        _actions(cartpole_bundle(), "onnx", measured) == _actions(out, "litert", measured)
     )
     assert report["action_agreement"] == pytest.approx(want, abs=1e-9)
 

@@ -108,3 +108,44 @@ def test_a_graph_of_output_layers_only_has_nothing_to_quantize():
     model = _mlp(np.random.default_rng(5), widths=(4, 2))
     with pytest.raises(ExportError, match="gptq: no hidden or first layer"):
         quantize_model(model, {"x": np.zeros((10, 4), np.float32)}, discrete=True)
+
+
+def test_litert_hidden_layers_become_int8_weights_feeding_dequantize():
+    import tensorflow as tf
+
+    from exporters.gptq import quantize_litert
+    from runtimes.litert_backend import litert_ops, new_interpreter
+
+    rng = np.random.default_rng(6)
+    model = _mlp(rng, widths=(4, 64, 64, 3))
+    weights = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+
+    class Mlp(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="x")])
+        def distribution(self, x):
+            h = tf.nn.relu(x @ weights["w0"] + weights["b0"])
+            h = tf.nn.relu(h @ weights["w1"] + weights["b1"])
+            return {"q": h @ weights["w2"] + weights["b2"]}
+
+    module = Mlp()
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [module.distribution.get_concrete_function()], module
+    )
+    float_model = converter.convert()
+    signature = next(iter(new_interpreter(float_model).get_signature_list()))
+    calibration = rng.normal(size=(3000, 4)).astype(np.float32)
+    held_out = np.random.default_rng(7).normal(size=(3000, 4)).astype(np.float32)
+    data, int8, kept, refitted = quantize_litert(
+        float_model, {"x": calibration}, discrete=True, signature=signature
+    )
+    assert len(int8) == 1 and len(kept) == 2 and len(refitted) == 1
+    assert "DEQUANTIZE" in litert_ops(data) and "DEQUANTIZE" not in litert_ops(float_model)
+    assert len(data) < len(float_model)
+
+    def run(model_bytes):
+        runner = new_interpreter(model_bytes).get_signature_runner(signature)
+        return runner(x=held_out)["q"]
+
+    want, got = run(float_model), run(data)
+    np.testing.assert_allclose(got, _run(model, held_out), atol=0.1)
+    assert np.mean(got.argmax(1) != want.argmax(1)) < 0.01
