@@ -22,9 +22,10 @@ measurements never use):
    states near a decision (a small gap between the two largest outputs, for discrete
    actions) weighted up.
 
-The result computes in float: ``Cast(int8 weights) * scale`` feeds the MatMul, so the
-file holds int8 and onnxruntime folds the dequantization once, when the session is
-made.
+The result computes in float and its file holds int8: in ONNX (``quantize_model``)
+``Cast(int8 weights) * scale`` feeds the MatMul, which onnxruntime folds once when the
+session is made; in LiteRT (``quantize_litert``, on FULLY_CONNECTED layers) per-channel
+int8 weights feed a DEQUANTIZE op, as LiteRT's own float16 models do with float16.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import numpy as np
 
 from toolkit.errors import ExportError
 
-__all__ = ["GptqResult", "quantize_model"]
+__all__ = ["GptqResult", "gptq", "quantize_litert", "quantize_model"]
 
 #: GPTQ's damping: this share of the mean Hessian diagonal is added to it.
 DAMP = 0.01
@@ -187,6 +188,26 @@ def gptq(weight: np.ndarray, inputs: np.ndarray, damp: float = DAMP) -> np.ndarr
     return out
 
 
+def _refit(
+    features: np.ndarray, target: np.ndarray, has_bias: bool, discrete: bool
+) -> np.ndarray | None:
+    """Least-squares [in (+1), out] of a float last layer to the float outputs (or None)."""
+    if has_bias:
+        features = np.hstack([features, np.ones((len(features), 1))])
+    if len(features) < 2 * features.shape[1]:
+        return None  # too few states to refit this many weights
+    weights = np.ones(len(features))
+    if discrete and target.shape[1] >= 2:
+        top = np.sort(target, axis=1)
+        gap = top[:, -1] - top[:, -2]
+        spread = float(np.quantile(target, 0.99) - np.quantile(target, 0.01)) or 1.0
+        weights = 1.0 / (gap + GAP_EPS * spread) ** 2
+    weights /= weights.mean()
+    normal = (features * weights[:, None]).T @ features
+    normal += RIDGE * max(float(np.mean(np.diag(normal))), 1e-12) * np.eye(len(normal))
+    return np.linalg.solve(normal, (features * weights[:, None]).T @ target)
+
+
 def quantize_model(model: Any, calibration: dict[str, np.ndarray], discrete: bool) -> GptqResult:
     """The model with GPTQ int8 hidden layers and refitted float last layers (module doc).
 
@@ -253,21 +274,9 @@ def quantize_model(model: Any, calibration: dict[str, np.ndarray], discrete: boo
             continue
         (target,) = _run(float_model, calibration, [layer.output])
         (features,) = _run(model, calibration, [layer.node.input[0]])
-        target, features = _flat(target), _flat(features)
-        if layer.bias is not None:
-            features = np.hstack([features, np.ones((len(features), 1))])
-        if len(features) < 2 * features.shape[1]:
-            continue  # too few states to refit this many weights
-        weights = np.ones(len(features))
-        if discrete and target.shape[1] >= 2:
-            top = np.sort(target, axis=1)
-            gap = top[:, -1] - top[:, -2]
-            spread = float(np.quantile(target, 0.99) - np.quantile(target, 0.01)) or 1.0
-            weights = 1.0 / (gap + GAP_EPS * spread) ** 2
-        weights /= weights.mean()
-        normal = (features * weights[:, None]).T @ features
-        normal += RIDGE * max(float(np.mean(np.diag(normal))), 1e-12) * np.eye(len(normal))
-        solution = np.linalg.solve(normal, (features * weights[:, None]).T @ target)
+        solution = _refit(_flat(features), _flat(target), layer.bias is not None, discrete)
+        if solution is None:
+            continue
         if layer.bias is not None:
             set_value(layer.weight, solution[:-1])
             set_value(layer.bias, solution[-1])
@@ -302,26 +311,6 @@ def quantize_model(model: Any, calibration: dict[str, np.ndarray], discrete: boo
 
 
 # --- LiteRT ------------------------------------------------------------------------
-
-
-def _refit(
-    features: np.ndarray, target: np.ndarray, has_bias: bool, discrete: bool
-) -> np.ndarray | None:
-    """Least-squares [in (+1), out] of a float last layer to the float outputs (or None)."""
-    if has_bias:
-        features = np.hstack([features, np.ones((len(features), 1))])
-    if len(features) < 2 * features.shape[1]:
-        return None  # too few states to refit this many weights
-    weights = np.ones(len(features))
-    if discrete and target.shape[1] >= 2:
-        top = np.sort(target, axis=1)
-        gap = top[:, -1] - top[:, -2]
-        spread = float(np.quantile(target, 0.99) - np.quantile(target, 0.01)) or 1.0
-        weights = 1.0 / (gap + GAP_EPS * spread) ** 2
-    weights /= weights.mean()
-    normal = (features * weights[:, None]).T @ features
-    normal += RIDGE * max(float(np.mean(np.diag(normal))), 1e-12) * np.eye(len(normal))
-    return np.linalg.solve(normal, (features * weights[:, None]).T @ target)
 
 
 @dataclasses.dataclass
