@@ -2,8 +2,8 @@
 
 A Q-network's action is decided by a gap between Q-values that is often a few
 thousandths of their range. Rounding each int8 weight to nearest adds output errors
-of about that size, and flips the action on those states (an 80-90% agreement on the
-demo policy). This method keeps the decisions by choosing the int8 weights *for the
+of about that size, and flips the action on those states (50-94% agreement on
+trained demo policies). This method keeps the decisions by choosing the int8 weights *for the
 states the policy meets* (``quantize_model``, on calibration states that the
 measurements never use):
 
