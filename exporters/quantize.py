@@ -664,14 +664,8 @@ def _candidate_return(
         trial[target] = {**manifest.get(target, {}), "file": file}
 
     if target == "onnx":
-        import onnx
-
-        from exporters.onnx_export import embed_manifest
-
         # Readers check the ONNX file's copy of the manifest against the manifest.
-        candidate = onnx.load_model_from_string(model)
-        embed_manifest(candidate, trial)
-        model = candidate.SerializeToString()
+        model = _with_manifest(model, trial)
 
     def build(folder: Path) -> dict[str, Any]:
         (folder / file).write_bytes(model)
@@ -809,9 +803,15 @@ def quantize_bundle(
         for name in methods if method == "auto" else (method,):
             say(f"quantize: {name}")
             if target == "onnx":
-                built[name] = _onnx_candidate(
+                model, keep = _onnx_candidate(
                     name, copy.deepcopy(original), calibration, tmp, manifest
                 )
+                # With its own manifest copy (not the source's), so the sizes compared
+                # are those a written bundle has (to a few bytes of measured figures).
+                own = _quantized_manifest(
+                    manifest, target, name, model, keep, states, calibration, 1.0, 500.0, tolerance
+                )
+                built[name] = (_with_manifest(model, own), keep)
             else:
                 built[name] = _litert_candidate(name, source, manifest, calibration)
         if float_model is None:
@@ -873,18 +873,11 @@ def quantize_bundle(
         latency_before = _latency_us(before_run, states)
         latency_after = _latency_us(after_run, states)
         new_manifest = _quantized_manifest(
-            manifest, target, pick, model, keep, states, agreement, mean_return, tolerance
-        )
-        new_manifest["quantization"]["calibration_states"] = calibration.count
-        new_manifest["quantization"]["calibration_source"] = calibration.source
+            manifest, target, pick, model, keep, states, calibration, agreement, mean_return,
+            tolerance,
+        )  # fmt: skip
         if target == "onnx":
-            import onnx
-
-            from exporters.onnx_export import embed_manifest
-
-            quantized = onnx.load_from_string(model)
-            embed_manifest(quantized, new_manifest)
-            model = quantized.SerializeToString()
+            model = _with_manifest(model, new_manifest)
         if written:
             file = manifest["onnx"]["file"] if target == "onnx" else bundle.LITERT_FILE
 
@@ -916,6 +909,17 @@ def quantize_bundle(
         latency_after_us=latency_after,
         candidates=candidates,
     )
+
+
+def _with_manifest(model: bytes, manifest: dict[str, Any]) -> bytes:
+    """ONNX model bytes carrying ``manifest``'s copy (readers compare the two)."""
+    import onnx
+
+    from exporters.onnx_export import embed_manifest
+
+    proto = onnx.load_from_string(model)
+    embed_manifest(proto, manifest)
+    return proto.SerializeToString()
 
 
 def return_floor(float_return: float, ratio: float) -> float:
@@ -952,6 +956,7 @@ def _quantized_manifest(
     model: bytes,
     keep: tuple[str, ...],
     states: RealStates,
+    calibration: RealStates,
     agreement: float,
     mean_return: float | None,
     tolerance: float,
@@ -973,6 +978,8 @@ def _quantized_manifest(
         "float_layers": list(keep),
         "states": states.count,
         "state_source": states.source,
+        "calibration_states": calibration.count,
+        "calibration_source": calibration.source,
         "action_agreement": agreement,
         "tolerance": tolerance,
         "float_return": states.float_return,
