@@ -26,22 +26,22 @@ What makes int8 work for small policies: a Q-network's action is decided by a ga
 between Q-values that can be a few thousandths of their range, so a per-tensor int8
 step flips it often. Candidates, from the smallest file to the most faithful:
 
-* ``gptq`` (exporters/gptq.py): int8 hidden layers with GPTQ rounding on the
+* ONNX: ``gptq`` (exporters/gptq.py: int8 hidden layers with GPTQ rounding on the
   calibration states and corrected biases; the first and last layers float, the last
   refitted to the float outputs; computes in float. On trained demo policies it
   agrees on 99.6-100% of real states it was not calibrated on, where round-to-nearest
-  int8 agrees on 50-94% and float16 weights on 93-99%.
-* ONNX (onnxruntime.quantization): ``dynamic`` (int8 weights, one scale per matrix),
+  int8 agrees on 50-94% and float16 weights on 93-99%); and, with
+  onnxruntime.quantization, ``dynamic`` (int8 weights, one scale per matrix),
   ``dynamic-per-channel`` (one scale per output column), ``dynamic-per-channel-keep-last``
   (the last MatMul/Gemm layers, which produce the Q-values or logits, stay float),
-  and ``static-per-channel-keep-last`` (int8 weights and activations as QDQ, with
-  activation ranges calibrated on the same real states).
-* LiteRT: ``litert-gptq`` (the same, on the bundle's float LiteRT model: per-channel int8
-  weights feeding DEQUANTIZE ops, computing in float); and, from TensorFlow's converter
-  on the bundle's SavedModel: ``litert-dynamic-range``
-  (int8 weights, float activations) and ``litert-int8`` (int8 weights and activations,
-  calibrated with the real states as the representative dataset; float inputs and
-  outputs).
+  ``static-per-channel-keep-last`` (int8 weights and activations as QDQ, activation
+  ranges from the calibration states) and ``float16`` weights.
+* LiteRT: ``litert-gptq`` (the same GPTQ weights in the bundle's float LiteRT model:
+  per-channel int8 weights feeding DEQUANTIZE ops, computing in float); and, from
+  TensorFlow's converter on the bundle's SavedModel, ``litert-dynamic-range`` (int8
+  weights, float activations), ``litert-int8`` (int8 weights and activations, the
+  calibration states as the representative dataset; float inputs and outputs) and
+  ``litert-float16``.
 
 ``method="auto"`` tries the candidates of the target in order of file size and takes
 the first that passes both gates: agreement >= ``min_agreement`` and, with ``env``,
