@@ -20,14 +20,15 @@ from __future__ import annotations
 
 import abc
 import copy
+import functools
 import math
 import os
 import sys
+import threading
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
-import optree
 
 from runtimes import derivations
 from toolkit import distribution_families as families
@@ -72,7 +73,7 @@ def _step_types_ok(step_type: np.ndarray) -> bool:
     return not (value & masks[0]) and not (value & (value >> 1) & masks[1])
 
 
-def as_generator(seed: Seed, default: np.random.Generator) -> np.random.Generator:
+def as_generator(seed: Seed, default: np.random.Generator | None) -> np.random.Generator:
     """The Generator for one call: ``default`` for None, a fresh one for an int."""
     if seed is None:
         return default
@@ -151,7 +152,17 @@ class BundlePolicy(PyPolicy):
         )
         self._manifest = manifest
         self._bundle_dir = Path(bundle_dir)
-        self._rng = np.random.default_rng(seed)
+        # The Generator is made on first use (``_generator``): numpy.random costs about
+        # 10 ms of a cold start, and greedy policies never sample. An int seed gives the
+        # same stream made then as made now; None, fresh OS entropy either way. Other
+        # seeds numpy accepts (a SeedSequence...) are taken now, as numpy checks them.
+        self._seed = seed
+        self._rng: np.random.Generator | None = None
+        self._rng_lock = threading.Lock()
+        if seed is not None and not (
+            isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0
+        ):
+            self._rng = np.random.default_rng(seed)
         self._train_step = manifest.get("train_step")
         self._description = description
         self._emit_log_probability = bool(description.get("emit_log_probability", False))
@@ -195,9 +206,6 @@ class BundlePolicy(PyPolicy):
         if missing:
             raise BundleError(f"{bundle_dir}: the graph lacks the outputs {missing}")
         self._fetch = list(dict.fromkeys(needed))
-        self._action_treespec = optree.tree_structure(action_spec, none_is_leaf=False)
-        self._state_treespec = optree.tree_structure(state_spec)
-        self._info_treespec = optree.tree_structure(self._graph_info_spec)
         self._single_action = not nest.is_nested(action_spec)
         self._plain_output = (
             self._single_action
@@ -211,7 +219,38 @@ class BundlePolicy(PyPolicy):
         self._action_checks = [_LeafCheck.of(s) for s in nest.flatten(self.action_spec)]
         self._state_checks = [_LeafCheck.of(s) for s in nest.flatten(self.policy_state_spec)]
         self._info_checks = [_LeafCheck.of(s) for s in nest.flatten(self.info_spec)]
-        self._info_spec_treespec = optree.tree_structure(self.info_spec)
+
+    # optree's compiled structures, for nested actions, states and info, which the hot
+    # path cuts and rebuilds on every call; made on first use, as flat policies (one
+    # action, no state, no info) need none and then never import optree.
+
+    @functools.cached_property
+    def _action_treespec(self) -> Any:
+        return nest.tree_spec(self.action_spec)
+
+    @functools.cached_property
+    def _state_treespec(self) -> Any:
+        return nest.tree_spec(self.policy_state_spec)
+
+    @functools.cached_property
+    def _info_treespec(self) -> Any:
+        return nest.tree_spec(self._graph_info_spec)
+
+    @functools.cached_property
+    def _info_spec_treespec(self) -> Any:
+        return nest.tree_spec(self.info_spec)
+
+    def _generator(self, seed: Seed) -> np.random.Generator:
+        """The Generator for one call: the policy's own (made on first use) for None."""
+        if seed is not None:
+            return as_generator(seed, None)
+        rng = self._rng
+        if rng is None:
+            with self._rng_lock:  # two threads' first draws must not share one seed
+                if self._rng is None:
+                    self._rng = np.random.default_rng(self._seed)
+                rng = self._rng
+        return rng
 
     # --- what subclasses provide ------------------------------------------------------
 
@@ -288,7 +327,8 @@ class BundlePolicy(PyPolicy):
         # The graph runner is immutable (weight updates replace it), so copies share it;
         # only the generator is the copy's own.
         clone = copy.copy(self)
-        clone._rng = copy.deepcopy(self._rng, memo)
+        clone._rng = copy.deepcopy(self._generator(None), memo)  # the same draws next
+        clone._rng_lock = threading.Lock()
         clone._after_copy()
         return clone
 
@@ -326,7 +366,7 @@ class BundlePolicy(PyPolicy):
             actions = [out[n] for n in self._action_names]
             log_probs = [np.zeros(a.shape[:1], np.float32) for a in actions] if emit else None
         else:
-            actions, log_probs = self._deriver.act(out, as_generator(seed, self._rng), emit)
+            actions, log_probs = self._deriver.act(out, self._generator(seed), emit)
         restore = _unbatch if not outer else (lambda a: _restore(a, outer))
         if self._single_action:
             action = restore(actions[0])

@@ -25,10 +25,8 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import stat
 import sys
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -619,6 +617,8 @@ def _held(path: Path) -> Iterator[bool]:
 def _remove_stale(target: Path, manifest_name: str) -> None:
     """Removes our own temporary and old siblings of ``target`` left by killed runs
     (not those of a write still running: it holds its folder's lock)."""
+    import shutil  # writers only: readers (edge devices) skip the import
+
     recover(target, manifest_name)
     for path in _siblings(target):
         if path.is_dir() and not path.is_symlink():
@@ -718,7 +718,7 @@ def write_bundle(
         raise ExportError(f"{output}: already exists; pass overwrite=True to replace it")
     if os.path.islink(output) or (os.path.lexists(output) and not output.is_dir()):
         raise ExportError(f"{output}: expected a bundle folder to replace, got a file or link")
-    tmp = parent / f".{output.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp = parent / f".{output.name}.tmp-{_suffix()}"
     with _removed_on_failure(tmp):
         tmp.mkdir()
         with _held(tmp):
@@ -738,7 +738,15 @@ def _write_into(
     _replace_dir(tmp, output)
 
 
+def _suffix() -> str:
+    import uuid  # writers only: readers (edge devices) skip the import
+
+    return uuid.uuid4().hex[:8]
+
+
 def _replace_dir(new: Path, target: Path) -> None:
+    import shutil
+
     if not os.path.lexists(target):
         os.rename(new, target)
         _crash_point("renamed")
@@ -751,7 +759,7 @@ def _replace_dir(new: Path, target: Path) -> None:
         _crash_point("exchange-synced")
         shutil.rmtree(new, ignore_errors=True)
         return
-    old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+    old = target.parent / f".{target.name}.old-{_suffix()}"
     os.rename(target, old)
     _crash_point("moved-old")
     try:
@@ -770,6 +778,8 @@ def _removed_on_failure(path: Path) -> Iterator[None]:
     try:
         yield
     except BaseException:
+        import shutil
+
         shutil.rmtree(path, ignore_errors=True)
         raise
 
