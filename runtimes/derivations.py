@@ -10,7 +10,6 @@ come from them: plain sampling, epsilon-greedy, Gaussian and OU noise, mixtures.
 from __future__ import annotations
 
 import abc
-import dataclasses
 from typing import Any
 
 import numpy as np
@@ -32,13 +31,16 @@ __all__ = ["DerivationBuilder", "Deriver", "Leaf", "named_leaves"]
 _OU_WRAPPED_KEY = "wrapped"
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
-class Leaf:
+class Leaf(families.Record):
     """One action leaf's distribution: its family and the graph outputs holding its params."""
 
+    _attributes = __match_args__ = ("family", "names", "static")
     family: str
     names: tuple[str, ...]
     static: dict[str, Any]
+
+    def __init__(self, family: str, names: tuple[str, ...], static: dict[str, Any]):
+        self._set(family=family, names=names, static=static)
 
     def distribution(self, out: dict[str, np.ndarray]) -> dists.Distribution:
         params = {

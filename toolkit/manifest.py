@@ -44,7 +44,8 @@ def schema() -> dict[str, Any]:
 def _join(path: str, key: Any) -> str:
     if isinstance(key, int):
         return f"{path}[{key}]"
-    if _IDENTIFIER.fullmatch(key):
+    # An ASCII identifier is exactly what _IDENTIFIER matches, and this test is cheaper.
+    if key.isascii() and key.isidentifier():
         return f"{path}.{key}" if path else key
     return f"{path}[{json.dumps(key)}]"
 
@@ -85,6 +86,29 @@ def _type_ok(value: Any, kind: str) -> bool:
     if kind == "object":
         return isinstance(value, dict)
     return False
+
+
+#: JSON type names of the exact Python types json.loads makes (bool before int: a bool
+#: is no "integer"); other types take _type_ok's isinstance tests.
+_JSON_TYPES = {
+    bool: "boolean",
+    int: "integer",
+    float: "number",
+    str: "string",
+    type(None): "null",
+    list: "array",
+    dict: "object",
+}
+
+
+def _types_ok(value: Any, kinds: str | list[str]) -> bool:
+    """Whether ``value`` has one of the schema's ``type`` names (one dict lookup, mostly)."""
+    kind = _JSON_TYPES.get(type(value))
+    if kind is None:
+        return any(_type_ok(value, k) for k in ([kinds] if isinstance(kinds, str) else kinds))
+    if type(kinds) is str:
+        return kind == kinds or (kind == "integer" and kinds == "number")
+    return kind in kinds or (kind == "integer" and "number" in kinds)
 
 
 def _or(texts: list[str]) -> str:
@@ -137,29 +161,29 @@ class _Validator:
         if schema is False:
             self.fail(path, "unexpected key")
             return False
-        schema = self.resolve(schema)
+        if "$ref" in schema:
+            schema = self.resolve(schema)
         if "oneOf" in schema:
             return self.one_of(value, schema["oneOf"], path, depth)
         kinds = schema.get("type")
-        if kinds is not None:
+        if kinds is not None and not _types_ok(value, kinds):
             kinds = [kinds] if isinstance(kinds, str) else kinds
-            if not any(_type_ok(value, k) for k in kinds):
-                self.fail(
-                    path, f"expected {_or([_TYPE_TEXT[k] for k in kinds])}, got {_got(value)}"
-                )
-                return False
+            self.fail(path, f"expected {_or([_TYPE_TEXT[k] for k in kinds])}, got {_got(value)}")
+            return False
         if isinstance(value, float) and not math.isfinite(value):
             self.fail(path, f"expected a finite number, got {value}")
             return False
         if "const" in schema and value != schema["const"]:
             self.fail(path, f"expected {json.dumps(schema['const'])}, got {_got(value)}")
             return False
-        if "enum" in schema and not any(
-            value == e and type(value) is type(e) for e in schema["enum"]
+        if "enum" in schema and not (
+            value in schema["enum"]  # a str equals only strs: no type test needed
+            if type(value) is str
+            else any(value == e and type(value) is type(e) for e in schema["enum"])
         ):
             self.fail(path, f"expected one of {json.dumps(schema['enum'])}, got {_got(value)}")
             return False
-        if _type_ok(value, "number"):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
             if "minimum" in schema and value < schema["minimum"]:
                 self.fail(path, f"expected a value >= {schema['minimum']}, got {_got(value)}")
             if "maximum" in schema and value > schema["maximum"]:
@@ -236,7 +260,12 @@ class _Validator:
             self.fail(path, f"expected at most {schema['maxItems']} entries, got {len(value)}")
             return
         if schema.get("uniqueItems"):
-            seen = [json.dumps(v, sort_keys=True) for v in value]
+            # Strings as they are (most lists of unique items hold strings), anything
+            # else as its canonical JSON; the flag keeps the two kinds apart.
+            seen = [
+                (True, v) if type(v) is str else (False, json.dumps(v, sort_keys=True))
+                for v in value
+            ]
             if len(set(seen)) != len(seen):
                 self.fail(path, "expected unique entries, got repeats")
         prefix = schema.get("prefixItems", [])
