@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-import threading
+from _thread import _local as thread_local  # threading.local; threading costs ~0.7 ms
 from collections.abc import Iterator
 from typing import Any
 
@@ -175,7 +175,7 @@ class LiteRTPolicy(BundlePolicy):
         inner = [entries[name]["shape"][1:] for name in self._input_names]
         dynamic = any(d is None for shape in inner for d in shape)
         self._inner = None if dynamic else [tuple(int(d) for d in shape) for shape in inner]
-        self._local = threading.local()
+        self._local = thread_local()
         runner = self._runner()  # checks the model against the manifest, once
         signature = runner.interpreter._get_full_signature_list()[SIGNATURE]
         inputs, outputs = set(signature["inputs"]), set(signature["outputs"])
@@ -236,7 +236,7 @@ class LiteRTPolicy(BundlePolicy):
                 f"got {policy!r}"
             )
         self._model = policy._model
-        self._local = threading.local()  # each thread builds an interpreter of the new model
+        self._local = thread_local()  # each thread builds an interpreter of the new model
 
 
 def litert_ops(model: bytes) -> list[str]:

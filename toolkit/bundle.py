@@ -264,12 +264,10 @@ _BUILTIN_HASH_BYTES = 1 << 18
 
 def _builtin_sha256() -> Any:
     """CPython's own sha256 constructor (``_sha2`` from 3.12, ``_sha256`` before), or None."""
-    for name in ("_sha2", "_sha256"):
-        try:
-            return importlib.import_module(name).sha256
-        except (ImportError, AttributeError):
-            continue
-    return None
+    try:
+        return importlib.import_module("_sha2" if sys.version_info >= (3, 12) else "_sha256").sha256
+    except (ImportError, AttributeError):  # another interpreter
+        return None
 
 
 def _sha256_hex(data: bytes) -> str:
