@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from ai_edge_litert import interpreter as litert
 
-from runtimes.policy import BundlePolicy
+from runtimes.policy import BundlePolicy, fill_inputs
 from toolkit import bundle
 from toolkit.errors import BundleError, PolicyError, UnsupportedError
 
@@ -125,8 +125,7 @@ class _Runner:
             shapes = 1 if unbatched else arrays[0].shape[0]
         if shapes != self.shapes:
             self.resize([a[None] if unbatched else a for a in arrays], shapes)
-        for view, array in zip(self.in_views, arrays, strict=True):
-            view[...] = array  # an unbatched value fills the batch of one
+        fill_inputs(self.in_views, arrays, unbatched)  # unbatched: the batch of one
         self.wrapper.Invoke(self.subgraph)
         views = self.out_views
         return [views[name].copy() for name in fetch]

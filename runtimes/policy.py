@@ -43,10 +43,12 @@ from toolkit.specs import array_spec
 from toolkit.trajectories.policy_step import PolicyStep
 from toolkit.trajectories.time_step import TimeStep
 
-__all__ = ["LOG_PROBABILITY", "BundlePolicy", "as_generator", "check_fingerprint"]
+__all__ = ["LOG_PROBABILITY", "BundlePolicy", "as_generator", "check_fingerprint", "fill_inputs"]
 
 LOG_PROBABILITY = families.LOG_PROBABILITY
 _NDARRAY = np.ndarray
+#: tuple.__new__ builds a PolicyStep as its own __new__ does, without the Python frame.
+_new_tuple = tuple.__new__
 _BYTEORDER = sys.byteorder
 #: byte count -> (every bit but the two lowest of each int32 lane, the lowest bit of each)
 _STEP_MASKS: dict[int, tuple[int, int]] = {}
@@ -81,6 +83,23 @@ def as_generator(seed: Seed, default: np.random.Generator | None) -> np.random.G
     if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool) and seed >= 0:
         return np.random.default_rng(int(seed))
     raise SpecMismatchError("seed", "None, a non-negative int or a numpy Generator", repr(seed))
+
+
+def fill_inputs(buffers: list[np.ndarray], arrays: list[Any], unbatched: bool) -> None:
+    """Copies graph inputs into a backend's buffers; an unbatched value fills row 0.
+
+    ``buffer[0] = value`` costs a third less than ``buffer[...] = value``; a value only
+    the latter takes (an unvalidated one with an extra leading 1) gets the latter.
+    """
+    if unbatched:
+        try:
+            for buffer, value in zip(buffers, arrays, strict=False):
+                buffer[0] = value
+            return
+        except (ValueError, TypeError):
+            pass
+    for buffer, value in zip(buffers, arrays, strict=False):
+        buffer[...] = value
 
 
 def check_fingerprint(root: Path, info: dict[str, Any], expected: str) -> None:
@@ -218,6 +237,21 @@ class BundlePolicy(PyPolicy):
         self._action_checks = [_LeafCheck.of(s) for s in nest.flatten(self.action_spec)]
         self._state_checks = [_LeafCheck.of(s) for s in nest.flatten(self.policy_state_spec)]
         self._info_checks = [_LeafCheck.of(s) for s in nest.flatten(self.info_spec)]
+        # The hottest call, compiled: one unbatched TimeStep of exactly-typed arrays into a
+        # graph that outputs the one action itself (greedy and deterministic policies).
+        # The hot path's checks, flat: the four TimeStep fields' (dtype, shape) in a row
+        # (unrolled, they cost a third of a loop), and whether inputs go to the graph as
+        # they came (validated flat arrays, no state).
+        self._fast_flat = None if self._fast is None else tuple(x for p in self._fast for x in p)
+        self._flat_inputs = self._validate_args and self._fast is not None and not self._state_names
+        # A scalar action spec: the graph's batch of one comes out as a numpy scalar, whose
+        # type alone tells its dtype (its attributes cost more than an array's).
+        check = self._action_checks[0]
+        self._scalar_type = (
+            check.dtype.type
+            if self._plain_output and check.shape == () and check.low is not None
+            else None
+        )
 
     # optree's compiled structures, for nested actions, states and info, which the hot
     # path cuts and rebuilds on every call; made on first use, as flat policies (one
@@ -352,11 +386,7 @@ class BundlePolicy(PyPolicy):
     def _action(self, time_step: Any, policy_state: Any, seed: Seed) -> PolicyStep:
         step_type = time_step[0] if type(time_step) is TimeStep else None
         if (  # the hot path, inline: validated flat arrays (see _prepare), no state
-            type(step_type) is _NDARRAY
-            and self._validate_args
-            and self._fast is not None
-            and not self._state_names
-            and step_type.ndim <= 1
+            self._flat_inputs and type(step_type) is _NDARRAY and step_type.ndim <= 1
         ):
             arrays, outer = list(time_step), step_type.shape
         else:
@@ -364,7 +394,8 @@ class BundlePolicy(PyPolicy):
         outputs = self._run(arrays, not outer, self._fetch)
         if self._plain_output and self._direct:
             action = outputs[0]
-            return PolicyStep(action[0] if not outer else _restore(action, outer))
+            action = action[0] if not outer else _restore(action, outer)
+            return _new_tuple(PolicyStep, (action, (), ()))  # PolicyStep(action), framelessly
         return self._policy_step(dict(zip(self._fetch, outputs, strict=False)), outer, seed)
 
     def _policy_step(self, out: dict[str, np.ndarray], outer: tuple, seed: Seed) -> PolicyStep:
@@ -478,16 +509,26 @@ class BundlePolicy(PyPolicy):
             ):
                 return super()._prepare(time_step, policy_state)  # it names a missing state
             return time_step, policy_state, outer
-        step_type = time_step[0]
+        step_type, reward, discount, observation = time_step
         if type(step_type) is not _NDARRAY or step_type.dtype is not layout[0][0]:
             return super()._prepare(time_step, policy_state)
         ndim = step_type.ndim
         if ndim == 0:
-            if not 0 <= step_type.item() <= 2:
-                return super()._prepare(time_step, policy_state)  # it names the step type
-            for value, (dtype, shape) in zip(time_step, layout, strict=False):
-                if type(value) is not _NDARRAY or value.dtype is not dtype or value.shape != shape:
-                    return super()._prepare(time_step, policy_state)
+            _, s0, d1, s1, d2, s2, d3, s3 = self._fast_flat
+            if not (
+                step_type.shape == s0
+                and type(reward) is _NDARRAY
+                and reward.dtype is d1
+                and reward.shape == s1
+                and type(discount) is _NDARRAY
+                and discount.dtype is d2
+                and discount.shape == s2
+                and type(observation) is _NDARRAY
+                and observation.dtype is d3
+                and observation.shape == s3
+                and 0 <= step_type.item() <= 2
+            ):
+                return super()._prepare(time_step, policy_state)  # it names what is wrong
         elif ndim == 1:
             if not _step_types_ok(step_type):
                 return super()._prepare(time_step, policy_state)  # it names the step type
@@ -547,6 +588,12 @@ class BundlePolicy(PyPolicy):
         if type(step) is PolicyStep and outer_dims is not None:
             if self._plain_output:
                 value, check = step.action, self._action_checks[0]
+                if (  # the hottest case: one unbatched scalar, its type tells its dtype
+                    type(value) is self._scalar_type
+                    and not outer_dims
+                    and check.low[0] <= value.item() <= check.high[0]
+                ):
+                    return
                 if (  # the hot path's common case, inline: one in-bounds element
                     type(value) is _NDARRAY
                     and value.dtype is check.dtype
