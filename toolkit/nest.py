@@ -23,7 +23,7 @@ import collections
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from toolkit.errors import SpecError, StructureError
+from toolkit.errors import OptreeHandoff, SpecError, StructureError
 
 __all__ = [
     "assert_same_structure",
@@ -54,10 +54,6 @@ def _optree() -> Any:
 _LEAF, _NONE, _SEQUENCE, _NAMEDTUPLE, _DICT = range(5)
 
 
-class _OptreeNode(Exception):
-    """A node type this module leaves to optree (the call is handed over whole)."""
-
-
 #: type -> kind, for types met so far (bounded: namedtuple types are made at run time).
 _KINDS: dict[type, int] = {type(None): _NONE, tuple: _SEQUENCE, list: _SEQUENCE, dict: _DICT}
 _BUILTIN_KINDS = dict(_KINDS)
@@ -83,7 +79,7 @@ def _kind_of(cls: type) -> int:
     if issubclass(cls, tuple) and _is_namedtuple_class(cls):
         kind = _NAMEDTUPLE
     elif issubclass(cls, _OPTREE_CONTAINERS):
-        raise _OptreeNode  # not cached: rare, and optree decides
+        raise OptreeHandoff  # not cached: rare, and optree decides
     else:
         kind = _LEAF
     if len(_KINDS) >= _MAX_KINDS:
@@ -98,7 +94,7 @@ def _sorted_keys(tree: dict) -> list[Any]:
     try:
         return sorted(tree)
     except TypeError:
-        raise _OptreeNode from None
+        raise OptreeHandoff from None
 
 
 def _leaves(tree: Any, out: list[Any]) -> None:
@@ -181,7 +177,7 @@ def is_nested(value: Any) -> bool:
     if kind is None:
         try:
             kind = _kind_of(type(value))
-        except _OptreeNode:
+        except OptreeHandoff:
             return not _optree().tree_is_leaf(value, none_is_leaf=True)
     return kind > _NONE
 
@@ -191,7 +187,7 @@ def flatten(tree: Any) -> list[Any]:
     out: list[Any] = []
     try:
         _leaves(tree, out)
-    except _OptreeNode:
+    except OptreeHandoff:
         return _optree().tree_leaves(tree)
     return out
 
@@ -254,7 +250,7 @@ def flatten_with_paths(tree: Any, prefix: str = "") -> list[tuple[str, Any]]:
     out: list[tuple[str, Any]] = []
     try:
         _leaves_with_paths(tree, str(prefix), out)
-    except _OptreeNode:
+    except OptreeHandoff:
         pass
     else:
         return out
@@ -271,7 +267,7 @@ def pack_sequence_as(structure: Any, leaves: Iterable[Any]) -> Any:
     remaining = iter(leaves)
     try:
         tree = _rebuild(structure, remaining)
-    except _OptreeNode:
+    except OptreeHandoff:
         optree = _optree()
         return optree.tree_unflatten(optree.tree_structure(structure), leaves)
     except StopIteration:  # too few leaves
@@ -359,7 +355,7 @@ def map_structure(fn: Callable[..., Any], tree: Any, *rest: Any) -> Any:
         try:
             _leaves(tree, leaves)  # first: fn must not run twice if optree takes over
             return _rebuild(tree, iter([fn(leaf) for leaf in leaves]))
-        except _OptreeNode:
+        except OptreeHandoff:
             pass
     return _optree().tree_map(fn, tree, *rest)
 
@@ -373,7 +369,7 @@ def map_structure_with_paths(
         try:
             _leaves_with_paths(tree, str(prefix), pairs)
             return _rebuild(tree, iter([fn(path, leaf) for path, leaf in pairs]))
-        except _OptreeNode:
+        except OptreeHandoff:
             pass
     paths = [p for p, _ in flatten_with_paths(tree, prefix)]
     rest_leaves = [_optree().tree_structure(tree).flatten_up_to(r) for r in rest]
