@@ -111,6 +111,48 @@ def _types_ok(value: Any, kinds: str | list[str]) -> bool:
     return kind in kinds or (kind == "integer" and "number" in kinds)
 
 
+#: Keywords of a "simple" schema: one a scalar is checked against in a few comparisons.
+_SIMPLE_KEYS = frozenset(
+    {"type", "minimum", "maximum", "minLength", "maxLength", "enum", "const", "description"}
+)
+#: id(schema node) -> (root, node, facts or None): the nodes of a cached schema live on.
+_SIMPLE: dict[int, tuple[Any, Any, tuple | None]] = {}
+
+
+def _passes_simple(value: Any, facts: tuple) -> bool:
+    """True only where ``_Validator.check`` would find nothing wrong (else it runs).
+
+    For the scalars most of a manifest is made of (names, dtypes, dims), this replaces a
+    recursive check with a few comparisons; a violation, or any value this cannot
+    judge, takes the full check, which words the message.
+    """
+    kinds, low, high, min_length, max_length, enum, has_const, const = facts
+    kind = _JSON_TYPES.get(type(value))
+    if kind is None or kind == "array" or kind == "object":
+        return False
+    if kinds is not None:
+        if type(kinds) is str:
+            if not (kind == kinds or (kind == "integer" and kinds == "number")):
+                return False
+        elif not (kind in kinds or (kind == "integer" and "number" in kinds)):
+            return False
+    if kind == "number" and not math.isfinite(value):
+        return False
+    if has_const and value != const:
+        return False
+    if enum is not None and not (
+        value in enum
+        if kind == "string"
+        else any(value == e and type(value) is type(e) for e in enum)
+    ):
+        return False
+    if kind == "integer" or kind == "number":
+        return (low is None or value >= low) and (high is None or value <= high)
+    if kind == "string":
+        return len(value) >= min_length and (max_length is None or len(value) <= max_length)
+    return True
+
+
 def _or(texts: list[str]) -> str:
     return texts[0] if len(texts) == 1 else ", ".join(texts[:-1]) + " or " + texts[-1]
 
@@ -146,6 +188,30 @@ class _Validator:
             kinds = [kinds] if isinstance(kinds, str) else kinds
             return _or([_TYPE_TEXT[k] for k in kinds])
         return "a valid value"
+
+    def simple(self, schema: Any) -> tuple | None:
+        """The facts of a simple schema (after $ref), else None; cached per node."""
+        entry = _SIMPLE.get(id(schema))
+        if entry is not None and entry[0] is self.root and entry[1] is schema:
+            return entry[2]
+        facts = None
+        if type(schema) is dict and schema:
+            node = self.resolve(schema) if "$ref" in schema else schema
+            if type(node) is dict and node and node.keys() <= _SIMPLE_KEYS:
+                facts = (
+                    node.get("type"),
+                    node.get("minimum"),
+                    node.get("maximum"),
+                    node.get("minLength", 0),
+                    node.get("maxLength"),
+                    node.get("enum"),
+                    "const" in node,
+                    node.get("const"),
+                )
+        if len(_SIMPLE) >= 4096:
+            _SIMPLE.clear()
+        _SIMPLE[id(schema)] = (self.root, schema, facts)
+        return facts
 
     def fail(self, path: str, text: str) -> None:
         self.errors.append(f"{path or '(root)'}: {text}")
@@ -269,8 +335,12 @@ class _Validator:
             if len(set(seen)) != len(seen):
                 self.fail(path, "expected unique entries, got repeats")
         prefix = schema.get("prefixItems", [])
+        items = schema.get("items")
+        facts = self.simple(items) if items is not None and depth < _MAX_DEPTH else None
         for i, item in enumerate(value):
-            sub = prefix[i] if i < len(prefix) else schema.get("items")
+            sub = prefix[i] if i < len(prefix) else items
+            if sub is items and facts is not None and _passes_simple(item, facts):
+                continue
             if sub is not None and len(self.errors) < MAX_VIOLATIONS:
                 self.check(item, sub, _join(path, i), depth + 1)
         if "contains" in schema and not any(
@@ -288,9 +358,14 @@ class _Validator:
         properties = schema.get("properties", {})
         extra = schema.get("additionalProperties", True)
         names = schema.get("propertyNames")
+        shallow = depth < _MAX_DEPTH
         for key, item in value.items():
             if len(self.errors) >= MAX_VIOLATIONS:
                 return
+            if names is None and key in properties and shallow:
+                facts = self.simple(properties[key])
+                if facts is not None and _passes_simple(item, facts):
+                    continue
             where = _join(path, key)
             if names is not None and not self.check(key, names, where, depth + 1):
                 continue
