@@ -10,12 +10,11 @@ come from them: plain sampling, epsilon-greedy, Gaussian and OU noise, mixtures.
 from __future__ import annotations
 
 import abc
-import dataclasses
-from typing import Any
+import sys
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from runtimes import distributions as dists
 from toolkit import distribution_families as families
 from toolkit import nest
 from toolkit.errors import BundleError, SpecMismatchError, UnsupportedError
@@ -26,25 +25,41 @@ try:  # the clip ufunc: np.clip's Python wrapper costs microseconds on small arr
 except ImportError:  # numpy < 2
     from numpy.core.umath import clip as _clip
 
+if TYPE_CHECKING:
+    from runtimes import distributions as dists
+
 __all__ = ["DerivationBuilder", "Deriver", "Leaf", "named_leaves"]
+
+
+def _dists() -> Any:
+    """runtimes.distributions, imported when a policy first samples or builds one: greedy
+    policies whose graph gives the action never need it (it costs ~0.5 ms of cold start)."""
+    module = sys.modules.get("runtimes.distributions")
+    if module is None:
+        from runtimes import distributions as module
+    return module
+
 
 # Where OUNoisePolicy keeps a stateful wrapped policy's state (toolkit.policies.ou_noise_policy).
 _OU_WRAPPED_KEY = "wrapped"
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
-class Leaf:
+class Leaf(families.Record):
     """One action leaf's distribution: its family and the graph outputs holding its params."""
 
+    _attributes = __match_args__ = ("family", "names", "static")
     family: str
     names: tuple[str, ...]
     static: dict[str, Any]
+
+    def __init__(self, family: str, names: tuple[str, ...], static: dict[str, Any]):
+        self._set(family=family, names=names, static=static)
 
     def distribution(self, out: dict[str, np.ndarray]) -> dists.Distribution:
         params = {
             p: out[n] for p, n in zip(families.FAMILIES[self.family], self.names, strict=False)
         }
-        return dists.make_distribution(self.family, params, **self.static)
+        return _dists().make_distribution(self.family, params, **self.static)
 
 
 def named_leaves(tree: Any, prefix: str) -> list[Leaf]:
@@ -187,7 +202,7 @@ class _EpsilonGreedy(Deriver):
         """TF's EpsilonGreedyPolicy.distribution(): the greedy one-hot mixed with the
         random policy's probabilities, for a single discrete action with one element."""
         randoms = self.random.distributions(out)
-        if len(randoms) != 1 or not isinstance(randoms[0], dists.Categorical):
+        if len(randoms) != 1 or not isinstance(randoms[0], _dists().Categorical):
             raise UnsupportedError(
                 "epsilon_greedy: distribution() needs a single discrete action with one element"
             )
@@ -199,7 +214,7 @@ class _EpsilonGreedy(Deriver):
         with np.errstate(divide="ignore"):
             logits = np.log(mixed).astype(np.float32)
         return [
-            dists.Categorical(logits, random.shift, random.event_ndims, random.dtype),
+            _dists().Categorical(logits, random.shift, random.event_ndims, random.dtype),
         ]
 
 
@@ -221,7 +236,7 @@ class _GaussianNoise(Deriver):
         log_probs = None
         if want_log_prob:
             log_probs = [
-                dists.Normal(a, np.broadcast_to(scale, a.shape), n, a.dtype).log_prob(x)
+                _dists().Normal(a, np.broadcast_to(scale, a.shape), n, a.dtype).log_prob(x)
                 for a, x, scale, n in zip(clean, noisy, self.scales, self.event_ndims, strict=True)
             ]
         return self._clip(noisy), log_probs
@@ -231,9 +246,9 @@ class _GaussianNoise(Deriver):
         inner action, Normal(loc, sqrt(s^2 + scale^2)) around a Normal one."""
         out_dists = []
         for inner, scale in zip(self.inner.distributions(out), self.scales, strict=True):
-            if isinstance(inner, dists.Deterministic):
+            if isinstance(inner, _dists().Deterministic):
                 loc, total = inner.loc, np.broadcast_to(scale, inner.loc.shape)
-            elif isinstance(inner, dists.Normal):
+            elif isinstance(inner, _dists().Normal):
                 loc, total = inner.loc, np.sqrt(np.square(inner.stddev()) + np.square(scale))
             else:
                 raise UnsupportedError(
@@ -241,7 +256,7 @@ class _GaussianNoise(Deriver):
                     f"distribution, got {type(inner).__name__}"
                 )
             out_dists.append(
-                dists.Normal(loc, total.astype(inner.dtype), inner.event_ndims, inner.dtype)
+                _dists().Normal(loc, total.astype(inner.dtype), inner.event_ndims, inner.dtype)
             )
         return out_dists
 

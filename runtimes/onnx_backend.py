@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from runtimes.policy import BundlePolicy
+from runtimes.policy import BundlePolicy, fill_inputs
 from toolkit import bundle
 from toolkit.errors import BundleError, PolicyError
 
@@ -126,8 +126,7 @@ class _Session:
             binding = bindings[batch] = _Binding(
                 self.session, batch, self.input_layout, self.output_layout
             )
-        for buffer, value in zip(binding.inputs, arrays, strict=False):
-            buffer[...] = value  # dtypes were checked; an unbatched value fills row 0
+        fill_inputs(binding.inputs, arrays, unbatched)  # dtypes were checked
         self.run_bound(binding.inner, None)
         return [buffer.copy() for buffer in binding.outputs]
 

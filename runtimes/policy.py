@@ -18,8 +18,9 @@ in ``runtimes.derivations``.
 
 from __future__ import annotations
 
+import _thread
 import abc
-import copy
+import functools
 import math
 import os
 import sys
@@ -27,7 +28,6 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
-import optree
 
 from runtimes import derivations
 from toolkit import distribution_families as families
@@ -43,10 +43,12 @@ from toolkit.specs import array_spec
 from toolkit.trajectories.policy_step import PolicyStep
 from toolkit.trajectories.time_step import TimeStep
 
-__all__ = ["LOG_PROBABILITY", "BundlePolicy", "as_generator", "check_fingerprint"]
+__all__ = ["LOG_PROBABILITY", "BundlePolicy", "as_generator", "check_fingerprint", "fill_inputs"]
 
 LOG_PROBABILITY = families.LOG_PROBABILITY
 _NDARRAY = np.ndarray
+#: tuple.__new__ builds a PolicyStep as its own __new__ does, without the Python frame.
+_new_tuple = tuple.__new__
 _BYTEORDER = sys.byteorder
 #: byte count -> (every bit but the two lowest of each int32 lane, the lowest bit of each)
 _STEP_MASKS: dict[int, tuple[int, int]] = {}
@@ -72,7 +74,7 @@ def _step_types_ok(step_type: np.ndarray) -> bool:
     return not (value & masks[0]) and not (value & (value >> 1) & masks[1])
 
 
-def as_generator(seed: Seed, default: np.random.Generator) -> np.random.Generator:
+def as_generator(seed: Seed, default: np.random.Generator | None) -> np.random.Generator:
     """The Generator for one call: ``default`` for None, a fresh one for an int."""
     if seed is None:
         return default
@@ -81,6 +83,23 @@ def as_generator(seed: Seed, default: np.random.Generator) -> np.random.Generato
     if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool) and seed >= 0:
         return np.random.default_rng(int(seed))
     raise SpecMismatchError("seed", "None, a non-negative int or a numpy Generator", repr(seed))
+
+
+def fill_inputs(buffers: list[np.ndarray], arrays: list[Any], unbatched: bool) -> None:
+    """Copies graph inputs into a backend's buffers; an unbatched value fills row 0.
+
+    ``buffer[0] = value`` costs a third less than ``buffer[...] = value``; a value only
+    the latter takes (an unvalidated one with an extra leading 1) gets the latter.
+    """
+    if unbatched:
+        try:
+            for buffer, value in zip(buffers, arrays, strict=False):
+                buffer[0] = value
+            return
+        except (ValueError, TypeError):
+            pass
+    for buffer, value in zip(buffers, arrays, strict=False):
+        buffer[...] = value
 
 
 def check_fingerprint(root: Path, info: dict[str, Any], expected: str) -> None:
@@ -151,7 +170,17 @@ class BundlePolicy(PyPolicy):
         )
         self._manifest = manifest
         self._bundle_dir = Path(bundle_dir)
-        self._rng = np.random.default_rng(seed)
+        # The Generator is made on first use (``_generator``): numpy.random costs about
+        # 10 ms of a cold start, and greedy policies never sample. An int seed gives the
+        # same stream made then as made now; None, fresh OS entropy either way. Other
+        # seeds numpy accepts (a SeedSequence...) are taken now, as numpy checks them.
+        self._seed = seed
+        self._rng: np.random.Generator | None = None
+        self._rng_lock = _thread.allocate_lock()  # threading's Lock; threading costs ~0.7 ms
+        if seed is not None and not (
+            isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0
+        ):
+            self._rng = np.random.default_rng(seed)
         self._train_step = manifest.get("train_step")
         self._description = description
         self._emit_log_probability = bool(description.get("emit_log_probability", False))
@@ -195,9 +224,6 @@ class BundlePolicy(PyPolicy):
         if missing:
             raise BundleError(f"{bundle_dir}: the graph lacks the outputs {missing}")
         self._fetch = list(dict.fromkeys(needed))
-        self._action_treespec = optree.tree_structure(action_spec, none_is_leaf=False)
-        self._state_treespec = optree.tree_structure(state_spec)
-        self._info_treespec = optree.tree_structure(self._graph_info_spec)
         self._single_action = not nest.is_nested(action_spec)
         self._plain_output = (
             self._single_action
@@ -211,7 +237,53 @@ class BundlePolicy(PyPolicy):
         self._action_checks = [_LeafCheck.of(s) for s in nest.flatten(self.action_spec)]
         self._state_checks = [_LeafCheck.of(s) for s in nest.flatten(self.policy_state_spec)]
         self._info_checks = [_LeafCheck.of(s) for s in nest.flatten(self.info_spec)]
-        self._info_spec_treespec = optree.tree_structure(self.info_spec)
+        # The hottest call, compiled: one unbatched TimeStep of exactly-typed arrays into a
+        # graph that outputs the one action itself (greedy and deterministic policies).
+        # The hot path's checks, flat: the four TimeStep fields' (dtype, shape) in a row
+        # (unrolled, they cost a third of a loop), and whether inputs go to the graph as
+        # they came (validated flat arrays, no state).
+        self._fast_flat = None if self._fast is None else tuple(x for p in self._fast for x in p)
+        self._flat_inputs = self._validate_args and self._fast is not None and not self._state_names
+        # A scalar action spec: the graph's batch of one comes out as a numpy scalar, whose
+        # type alone tells its dtype (its attributes cost more than an array's).
+        check = self._action_checks[0]
+        self._scalar_type = (
+            check.dtype.type
+            if self._plain_output and check.shape == () and check.low is not None
+            else None
+        )
+
+    # optree's compiled structures, for nested actions, states and info, which the hot
+    # path cuts and rebuilds on every call; made on first use, as flat policies (one
+    # action, no state, no info) need none and then never import optree.
+
+    @functools.cached_property
+    def _action_treespec(self) -> Any:
+        return nest.tree_spec(self.action_spec)
+
+    @functools.cached_property
+    def _state_treespec(self) -> Any:
+        return nest.tree_spec(self.policy_state_spec)
+
+    @functools.cached_property
+    def _info_treespec(self) -> Any:
+        return nest.tree_spec(self._graph_info_spec)
+
+    @functools.cached_property
+    def _info_spec_treespec(self) -> Any:
+        return nest.tree_spec(self.info_spec)
+
+    def _generator(self, seed: Seed) -> np.random.Generator:
+        """The Generator for one call: the policy's own (made on first use) for None."""
+        if seed is not None:
+            return as_generator(seed, None)
+        rng = self._rng
+        if rng is None:
+            with self._rng_lock:  # two threads' first draws must not share one seed
+                if self._rng is None:
+                    self._rng = np.random.default_rng(self._seed)
+                rng = self._rng
+        return rng
 
     # --- what subclasses provide ------------------------------------------------------
 
@@ -260,10 +332,14 @@ class BundlePolicy(PyPolicy):
     @property
     def metadata(self) -> dict[str, Any]:
         """The user metadata recorded at export."""
+        import copy  # not at module import: ~0.2 ms of cold start
+
         return copy.deepcopy(self._manifest.get("metadata", {}))
 
     @property
     def manifest(self) -> dict[str, Any]:
+        import copy
+
         return copy.deepcopy(self._manifest)
 
     @property
@@ -273,6 +349,8 @@ class BundlePolicy(PyPolicy):
     @property
     def action_description(self) -> dict[str, Any]:
         """How actions are derived from the graph's parameters (the manifest's)."""
+        import copy
+
         return copy.deepcopy(self._description)
 
     def __repr__(self) -> str:
@@ -287,8 +365,11 @@ class BundlePolicy(PyPolicy):
     def __deepcopy__(self, memo: dict[int, Any]) -> BundlePolicy:
         # The graph runner is immutable (weight updates replace it), so copies share it;
         # only the generator is the copy's own.
+        import copy
+
         clone = copy.copy(self)
-        clone._rng = copy.deepcopy(self._rng, memo)
+        clone._rng = copy.deepcopy(self._generator(None), memo)  # the same draws next
+        clone._rng_lock = _thread.allocate_lock()
         clone._after_copy()
         return clone
 
@@ -305,11 +386,7 @@ class BundlePolicy(PyPolicy):
     def _action(self, time_step: Any, policy_state: Any, seed: Seed) -> PolicyStep:
         step_type = time_step[0] if type(time_step) is TimeStep else None
         if (  # the hot path, inline: validated flat arrays (see _prepare), no state
-            type(step_type) is _NDARRAY
-            and self._validate_args
-            and self._fast is not None
-            and not self._state_names
-            and step_type.ndim <= 1
+            self._flat_inputs and type(step_type) is _NDARRAY and step_type.ndim <= 1
         ):
             arrays, outer = list(time_step), step_type.shape
         else:
@@ -317,7 +394,8 @@ class BundlePolicy(PyPolicy):
         outputs = self._run(arrays, not outer, self._fetch)
         if self._plain_output and self._direct:
             action = outputs[0]
-            return PolicyStep(action[0] if not outer else _restore(action, outer))
+            action = action[0] if not outer else _restore(action, outer)
+            return _new_tuple(PolicyStep, (action, (), ()))  # PolicyStep(action), framelessly
         return self._policy_step(dict(zip(self._fetch, outputs, strict=False)), outer, seed)
 
     def _policy_step(self, out: dict[str, np.ndarray], outer: tuple, seed: Seed) -> PolicyStep:
@@ -326,7 +404,7 @@ class BundlePolicy(PyPolicy):
             actions = [out[n] for n in self._action_names]
             log_probs = [np.zeros(a.shape[:1], np.float32) for a in actions] if emit else None
         else:
-            actions, log_probs = self._deriver.act(out, as_generator(seed, self._rng), emit)
+            actions, log_probs = self._deriver.act(out, self._generator(seed), emit)
         restore = _unbatch if not outer else (lambda a: _restore(a, outer))
         if self._single_action:
             action = restore(actions[0])
@@ -431,16 +509,26 @@ class BundlePolicy(PyPolicy):
             ):
                 return super()._prepare(time_step, policy_state)  # it names a missing state
             return time_step, policy_state, outer
-        step_type = time_step[0]
+        step_type, reward, discount, observation = time_step
         if type(step_type) is not _NDARRAY or step_type.dtype is not layout[0][0]:
             return super()._prepare(time_step, policy_state)
         ndim = step_type.ndim
         if ndim == 0:
-            if not 0 <= step_type.item() <= 2:
-                return super()._prepare(time_step, policy_state)  # it names the step type
-            for value, (dtype, shape) in zip(time_step, layout, strict=False):
-                if type(value) is not _NDARRAY or value.dtype is not dtype or value.shape != shape:
-                    return super()._prepare(time_step, policy_state)
+            _, s0, d1, s1, d2, s2, d3, s3 = self._fast_flat
+            if not (
+                step_type.shape == s0
+                and type(reward) is _NDARRAY
+                and reward.dtype is d1
+                and reward.shape == s1
+                and type(discount) is _NDARRAY
+                and discount.dtype is d2
+                and discount.shape == s2
+                and type(observation) is _NDARRAY
+                and observation.dtype is d3
+                and observation.shape == s3
+                and 0 <= step_type.item() <= 2
+            ):
+                return super()._prepare(time_step, policy_state)  # it names what is wrong
         elif ndim == 1:
             if not _step_types_ok(step_type):
                 return super()._prepare(time_step, policy_state)  # it names the step type
@@ -500,6 +588,12 @@ class BundlePolicy(PyPolicy):
         if type(step) is PolicyStep and outer_dims is not None:
             if self._plain_output:
                 value, check = step.action, self._action_checks[0]
+                if (  # the hottest case: one unbatched scalar, its type tells its dtype
+                    type(value) is self._scalar_type
+                    and not outer_dims
+                    and check.low[0] <= value.item() <= check.high[0]
+                ):
+                    return
                 if (  # the hot path's common case, inline: one in-bounds element
                     type(value) is _NDARRAY
                     and value.dtype is check.dtype

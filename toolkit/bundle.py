@@ -21,14 +21,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
+import importlib
 import json
 import os
 import re
-import shutil
 import stat
 import sys
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -253,8 +251,33 @@ def read_member(
     except FileNotFoundError:
         raise BundleError(f"{root}: file {rel} listed in {where} is missing") from None
     if entry is not None:
-        _check_digest(root / rel, hashlib.sha256(data).hexdigest(), entry)
+        _check_digest(root / rel, _sha256_hex(data), entry)
     return data
+
+
+#: Up to this size a file is hashed with the interpreter's own SHA-256 when OpenSSL's
+#: (hashlib) is not loaded yet: importing hashlib costs ~3 ms, a fiftieth of a runtime's
+#: cold start, and the built-in code (~140 MB/s here, OpenSSL ~1.1 GB/s) hashes 256 KiB
+#: in under 2 ms. Small policy models (kilobytes) then never load OpenSSL.
+_BUILTIN_HASH_BYTES = 1 << 18
+
+
+def _builtin_sha256() -> Any:
+    """CPython's own sha256 constructor (``_sha2`` from 3.12, ``_sha256`` before), or None."""
+    try:
+        return importlib.import_module("_sha2" if sys.version_info >= (3, 12) else "_sha256").sha256
+    except (ImportError, AttributeError):  # another interpreter
+        return None
+
+
+def _sha256_hex(data: bytes) -> str:
+    if len(data) <= _BUILTIN_HASH_BYTES and "_hashlib" not in sys.modules:
+        builtin = _builtin_sha256()
+        if builtin is not None:
+            return builtin(data).hexdigest()
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
 
 
 def _check_digest(path: Path, digest: str, entry: dict[str, Any]) -> None:
@@ -266,6 +289,8 @@ def _check_digest(path: Path, digest: str, entry: dict[str, Any]) -> None:
 
 
 def _hash_member(root: Path, rel: str, key: str, size: int, where: str) -> str:
+    import hashlib
+
     digest = hashlib.sha256()
     with _member(root, rel, key, size, sys.maxsize, where) as (fd, _):
         remaining = size
@@ -280,6 +305,8 @@ def _hash_member(root: Path, rel: str, key: str, size: int, where: str) -> str:
 
 def sha256_file(path: Path) -> str:
     """The hex sha256 of a file of our own making, read in chunks."""
+    import hashlib
+
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(_CHUNK):
@@ -619,6 +646,8 @@ def _held(path: Path) -> Iterator[bool]:
 def _remove_stale(target: Path, manifest_name: str) -> None:
     """Removes our own temporary and old siblings of ``target`` left by killed runs
     (not those of a write still running: it holds its folder's lock)."""
+    import shutil  # writers only: readers (edge devices) skip the import
+
     recover(target, manifest_name)
     for path in _siblings(target):
         if path.is_dir() and not path.is_symlink():
@@ -718,7 +747,7 @@ def write_bundle(
         raise ExportError(f"{output}: already exists; pass overwrite=True to replace it")
     if os.path.islink(output) or (os.path.lexists(output) and not output.is_dir()):
         raise ExportError(f"{output}: expected a bundle folder to replace, got a file or link")
-    tmp = parent / f".{output.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp = parent / f".{output.name}.tmp-{_suffix()}"
     with _removed_on_failure(tmp):
         tmp.mkdir()
         with _held(tmp):
@@ -738,7 +767,15 @@ def _write_into(
     _replace_dir(tmp, output)
 
 
+def _suffix() -> str:
+    import uuid  # writers only: readers (edge devices) skip the import
+
+    return uuid.uuid4().hex[:8]
+
+
 def _replace_dir(new: Path, target: Path) -> None:
+    import shutil
+
     if not os.path.lexists(target):
         os.rename(new, target)
         _crash_point("renamed")
@@ -751,7 +788,7 @@ def _replace_dir(new: Path, target: Path) -> None:
         _crash_point("exchange-synced")
         shutil.rmtree(new, ignore_errors=True)
         return
-    old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+    old = target.parent / f".{target.name}.old-{_suffix()}"
     os.rename(target, old)
     _crash_point("moved-old")
     try:
@@ -770,6 +807,8 @@ def _removed_on_failure(path: Path) -> Iterator[None]:
     try:
         yield
     except BaseException:
+        import shutil
+
         shutil.rmtree(path, ignore_errors=True)
         raise
 

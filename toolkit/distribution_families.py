@@ -63,7 +63,6 @@ Derivation kinds (``description["kind"]``); every description also has ``"clip"`
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -89,6 +88,7 @@ __all__ = [
     "UNIFORM",
     "DistributionParams",
     "LeafInfo",
+    "Record",
     "flatten_params",
     "leaf_from_json",
     "leaf_to_json",
@@ -125,8 +125,35 @@ MIXTURE = "mixture"
 KINDS = (SAMPLE, EPSILON_GREEDY, GAUSSIAN_NOISE, OU_NOISE, MIXTURE)
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
-class DistributionParams:
+class Record:
+    """Attributes set once in ``__init__``, as a frozen dataclass keeps them.
+
+    Plain classes, not dataclasses: the runtimes import this module, and making a
+    dataclass costs about half a millisecond each (the dataclasses module as much again)
+    of their cold start. Pickling and copying go through ``__dict__`` as for dataclasses.
+    """
+
+    _attributes: tuple[str, ...] = ()
+
+    def _set(self, **values: Any) -> None:
+        self.__dict__.update(values)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        import dataclasses
+
+        raise dataclasses.FrozenInstanceError(f"cannot assign to field {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        import dataclasses
+
+        raise dataclasses.FrozenInstanceError(f"cannot delete field {name!r}")
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self._attributes)
+        return f"{type(self).__qualname__}({fields})"
+
+
+class DistributionParams(Record):
     """The distribution of one action leaf, as a family and named parameter arrays.
 
     Attributes:
@@ -138,20 +165,22 @@ class DistributionParams:
       shift: for categoricals, the action of index 0 (the spec's minimum); else 0.
     """
 
+    _attributes = __match_args__ = ("family", "params", "event_ndims", "dtype", "shift")
     family: str
     params: dict[str, Any]
     event_ndims: int
     dtype: str
-    shift: int = 0
+    shift: int
 
-    def __post_init__(self) -> None:
-        expected = FAMILIES.get(self.family)
+    def __init__(
+        self, family: str, params: dict[str, Any], event_ndims: int, dtype: str, shift: int = 0
+    ):
+        expected = FAMILIES.get(family)
         if expected is None:
-            raise SpecError(f"expected a family in {sorted(FAMILIES)}, got {self.family!r}")
-        if set(self.params) != set(expected):
-            raise SpecError(
-                f"{self.family}: expected parameters {list(expected)}, got {sorted(self.params)}"
-            )
+            raise SpecError(f"expected a family in {sorted(FAMILIES)}, got {family!r}")
+        if set(params) != set(expected):
+            raise SpecError(f"{family}: expected parameters {list(expected)}, got {sorted(params)}")
+        self._set(family=family, params=params, event_ndims=event_ndims, dtype=dtype, shift=shift)
 
     def static(self) -> dict[str, Any]:
         """The static facts as keyword arguments (``shift`` only for categoricals)."""
@@ -165,7 +194,9 @@ class DistributionParams:
         return {"family": self.family, "params": list(FAMILIES[self.family]), **self.static()}
 
     def replace_params(self, params: dict[str, Any]) -> DistributionParams:
-        return dataclasses.replace(self, params=dict(params))
+        return DistributionParams(
+            self.family, dict(params), self.event_ndims, self.dtype, self.shift
+        )
 
 
 def _is_params(value: Any) -> bool:
@@ -199,12 +230,15 @@ def dtype_name(dtype: Any) -> str:
     return np.dtype(getattr(dtype, "as_numpy_dtype", dtype)).name
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
-class LeafInfo:
+class LeafInfo(Record):
     """One leaf of a manifest's ``distribution`` nest: its family and static facts."""
 
+    _attributes = __match_args__ = ("family", "static")
     family: str
     static: dict[str, Any]
+
+    def __init__(self, family: str, static: dict[str, Any]):
+        self._set(family=family, static=static)
 
 
 def leaf_to_json(params: DistributionParams) -> dict[str, Any]:

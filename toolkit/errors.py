@@ -95,3 +95,7 @@ def describe_path(path: str, default: str = "value") -> str:
 
 class CheckpointError(BundleError):
     """A checkpoint that is missing, malformed, corrupted or of another policy."""
+
+
+class OptreeHandoff(Exception):
+    """Internal to toolkit.nest: a node type it leaves to optree; never escapes nest."""

@@ -44,7 +44,8 @@ def schema() -> dict[str, Any]:
 def _join(path: str, key: Any) -> str:
     if isinstance(key, int):
         return f"{path}[{key}]"
-    if _IDENTIFIER.fullmatch(key):
+    # An ASCII identifier is exactly what _IDENTIFIER matches, and this test is cheaper.
+    if key.isascii() and key.isidentifier():
         return f"{path}.{key}" if path else key
     return f"{path}[{json.dumps(key)}]"
 
@@ -87,6 +88,71 @@ def _type_ok(value: Any, kind: str) -> bool:
     return False
 
 
+#: JSON type names of the exact Python types json.loads makes (bool before int: a bool
+#: is no "integer"); other types take _type_ok's isinstance tests.
+_JSON_TYPES = {
+    bool: "boolean",
+    int: "integer",
+    float: "number",
+    str: "string",
+    type(None): "null",
+    list: "array",
+    dict: "object",
+}
+
+
+def _types_ok(value: Any, kinds: str | list[str]) -> bool:
+    """Whether ``value`` has one of the schema's ``type`` names (one dict lookup, mostly)."""
+    kind = _JSON_TYPES.get(type(value))
+    if kind is None:
+        return any(_type_ok(value, k) for k in ([kinds] if isinstance(kinds, str) else kinds))
+    if type(kinds) is str:
+        return kind == kinds or (kind == "integer" and kinds == "number")
+    return kind in kinds or (kind == "integer" and "number" in kinds)
+
+
+#: Keywords of a "simple" schema: one a scalar is checked against in a few comparisons.
+_SIMPLE_KEYS = frozenset(
+    {"type", "minimum", "maximum", "minLength", "maxLength", "enum", "const", "description"}
+)
+#: id(schema node) -> (root, node, facts or None): the nodes of a cached schema live on.
+_SIMPLE: dict[int, tuple[Any, Any, tuple | None]] = {}
+
+
+def _passes_simple(value: Any, facts: tuple) -> bool:
+    """True only where ``_Validator.check`` would find nothing wrong (else it runs).
+
+    For the scalars most of a manifest is made of (names, dtypes, dims), this replaces a
+    recursive check with a few comparisons; a violation, or any value this cannot
+    judge, takes the full check, which words the message.
+    """
+    kinds, low, high, min_length, max_length, enum, has_const, const = facts
+    kind = _JSON_TYPES.get(type(value))
+    if kind is None or kind == "array" or kind == "object":
+        return False
+    if kinds is not None:
+        if type(kinds) is str:
+            if not (kind == kinds or (kind == "integer" and kinds == "number")):
+                return False
+        elif not (kind in kinds or (kind == "integer" and "number" in kinds)):
+            return False
+    if kind == "number" and not math.isfinite(value):
+        return False
+    if has_const and value != const:
+        return False
+    if enum is not None and not (
+        value in enum
+        if kind == "string"
+        else any(value == e and type(value) is type(e) for e in enum)
+    ):
+        return False
+    if kind == "integer" or kind == "number":
+        return (low is None or value >= low) and (high is None or value <= high)
+    if kind == "string":
+        return len(value) >= min_length and (max_length is None or len(value) <= max_length)
+    return True
+
+
 def _or(texts: list[str]) -> str:
     return texts[0] if len(texts) == 1 else ", ".join(texts[:-1]) + " or " + texts[-1]
 
@@ -123,6 +189,30 @@ class _Validator:
             return _or([_TYPE_TEXT[k] for k in kinds])
         return "a valid value"
 
+    def simple(self, schema: Any) -> tuple | None:
+        """The facts of a simple schema (after $ref), else None; cached per node."""
+        entry = _SIMPLE.get(id(schema))
+        if entry is not None and entry[0] is self.root and entry[1] is schema:
+            return entry[2]
+        facts = None
+        if type(schema) is dict and schema:
+            node = self.resolve(schema) if "$ref" in schema else schema
+            if type(node) is dict and node and node.keys() <= _SIMPLE_KEYS:
+                facts = (
+                    node.get("type"),
+                    node.get("minimum"),
+                    node.get("maximum"),
+                    node.get("minLength", 0),
+                    node.get("maxLength"),
+                    node.get("enum"),
+                    "const" in node,
+                    node.get("const"),
+                )
+        if len(_SIMPLE) >= 4096:
+            _SIMPLE.clear()
+        _SIMPLE[id(schema)] = (self.root, schema, facts)
+        return facts
+
     def fail(self, path: str, text: str) -> None:
         self.errors.append(f"{path or '(root)'}: {text}")
 
@@ -137,29 +227,29 @@ class _Validator:
         if schema is False:
             self.fail(path, "unexpected key")
             return False
-        schema = self.resolve(schema)
+        if "$ref" in schema:
+            schema = self.resolve(schema)
         if "oneOf" in schema:
             return self.one_of(value, schema["oneOf"], path, depth)
         kinds = schema.get("type")
-        if kinds is not None:
+        if kinds is not None and not _types_ok(value, kinds):
             kinds = [kinds] if isinstance(kinds, str) else kinds
-            if not any(_type_ok(value, k) for k in kinds):
-                self.fail(
-                    path, f"expected {_or([_TYPE_TEXT[k] for k in kinds])}, got {_got(value)}"
-                )
-                return False
+            self.fail(path, f"expected {_or([_TYPE_TEXT[k] for k in kinds])}, got {_got(value)}")
+            return False
         if isinstance(value, float) and not math.isfinite(value):
             self.fail(path, f"expected a finite number, got {value}")
             return False
         if "const" in schema and value != schema["const"]:
             self.fail(path, f"expected {json.dumps(schema['const'])}, got {_got(value)}")
             return False
-        if "enum" in schema and not any(
-            value == e and type(value) is type(e) for e in schema["enum"]
+        if "enum" in schema and not (
+            value in schema["enum"]  # a str equals only strs: no type test needed
+            if type(value) is str
+            else any(value == e and type(value) is type(e) for e in schema["enum"])
         ):
             self.fail(path, f"expected one of {json.dumps(schema['enum'])}, got {_got(value)}")
             return False
-        if _type_ok(value, "number"):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
             if "minimum" in schema and value < schema["minimum"]:
                 self.fail(path, f"expected a value >= {schema['minimum']}, got {_got(value)}")
             if "maximum" in schema and value > schema["maximum"]:
@@ -236,12 +326,21 @@ class _Validator:
             self.fail(path, f"expected at most {schema['maxItems']} entries, got {len(value)}")
             return
         if schema.get("uniqueItems"):
-            seen = [json.dumps(v, sort_keys=True) for v in value]
+            # Strings as they are (most lists of unique items hold strings), anything
+            # else as its canonical JSON; the flag keeps the two kinds apart.
+            seen = [
+                (True, v) if type(v) is str else (False, json.dumps(v, sort_keys=True))
+                for v in value
+            ]
             if len(set(seen)) != len(seen):
                 self.fail(path, "expected unique entries, got repeats")
         prefix = schema.get("prefixItems", [])
+        items = schema.get("items")
+        facts = self.simple(items) if items is not None and depth < _MAX_DEPTH else None
         for i, item in enumerate(value):
-            sub = prefix[i] if i < len(prefix) else schema.get("items")
+            sub = prefix[i] if i < len(prefix) else items
+            if sub is items and facts is not None and _passes_simple(item, facts):
+                continue
             if sub is not None and len(self.errors) < MAX_VIOLATIONS:
                 self.check(item, sub, _join(path, i), depth + 1)
         if "contains" in schema and not any(
@@ -259,9 +358,14 @@ class _Validator:
         properties = schema.get("properties", {})
         extra = schema.get("additionalProperties", True)
         names = schema.get("propertyNames")
+        shallow = depth < _MAX_DEPTH
         for key, item in value.items():
             if len(self.errors) >= MAX_VIOLATIONS:
                 return
+            if names is None and key in properties and shallow:
+                facts = self.simple(properties[key])
+                if facts is not None and _passes_simple(item, facts):
+                    continue
             where = _join(path, key)
             if names is not None and not self.check(key, names, where, depth + 1):
                 continue

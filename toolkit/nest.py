@@ -1,19 +1,29 @@
-"""Nest helpers over optree, with the conventions of this project.
+"""Nest helpers with the conventions of this project (optree's semantics).
 
 Nests are dicts (keys sorted, as tf.nest does), tuples, lists and namedtuples.
 ``None`` and ``()`` are empty nests. Paths join keys, field names and indices
 with "/": ``observation/velocity``, ``policy_state/0``.
+
+The nests policies pass around are small (a TimeStep of four arrays, a state of two
+arrays), and walking them in Python is faster than calling optree (measured: flatten of
+a TimeStep 1.4 us against 2.5 us, of one array 0.2 against 0.8 us) and needs no import:
+optree and what it imports cost about 16 ms, a tenth of a LiteRT runtime's cold start.
+So this module walks dicts with sortable keys, tuples, lists, namedtuples and ``None``
+itself, exactly as optree does (``tests/toolkit/test_nest.py`` compares the two), and
+hands anything else that optree treats as a node (OrderedDict, defaultdict, deque,
+structseq, dicts whose keys do not sort) to optree, imported then. Other objects are
+leaves, as in optree without custom registrations (this project registers none).
+``tree_spec`` gives optree's compiled structure, for hot paths that flatten and rebuild
+one structure on every call.
 """
 
 from __future__ import annotations
 
 import collections
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-import optree
-
-from toolkit.errors import SpecError, StructureError
+from toolkit.errors import OptreeHandoff, SpecError, StructureError
 
 __all__ = [
     "assert_same_structure",
@@ -28,7 +38,125 @@ __all__ = [
     "pack_sequence_as",
     "structure_repr",
     "to_json",
+    "tree_spec",
 ]
+
+
+def _optree() -> Any:
+    """optree, imported on first need (see the module docstring)."""
+    import optree
+
+    return optree
+
+
+# --- node kinds -------------------------------------------------------------------------
+
+_LEAF, _NONE, _SEQUENCE, _NAMEDTUPLE, _DICT = range(5)
+
+
+#: type -> kind, for types met so far (bounded: namedtuple types are made at run time).
+_KINDS: dict[type, int] = {type(None): _NONE, tuple: _SEQUENCE, list: _SEQUENCE, dict: _DICT}
+_BUILTIN_KINDS = dict(_KINDS)
+_MAX_KINDS = 4096
+#: Types that optree may treat as nodes when they are not exactly tuple, list or dict:
+#: its registered OrderedDict, defaultdict and deque, and structseqs (tuple subclasses).
+_OPTREE_CONTAINERS = (tuple, list, dict, collections.deque)
+
+
+def _is_namedtuple_class(cls: type) -> bool:
+    """optree's test (include/optree/pytypes.h): a tuple subclass with ``_fields``, a tuple
+    of str, and callable ``_make`` and ``_asdict``."""
+    fields = getattr(cls, "_fields", None)
+    return (
+        type(fields) is tuple
+        and all(type(f) is str for f in fields)
+        and callable(getattr(cls, "_make", None))
+        and callable(getattr(cls, "_asdict", None))
+    )
+
+
+def _kind_of(cls: type) -> int:
+    if issubclass(cls, tuple) and _is_namedtuple_class(cls):
+        kind = _NAMEDTUPLE
+    elif issubclass(cls, _OPTREE_CONTAINERS):
+        raise OptreeHandoff  # not cached: rare, and optree decides
+    else:
+        kind = _LEAF
+    if len(_KINDS) >= _MAX_KINDS:
+        _KINDS.clear()
+        _KINDS.update(_BUILTIN_KINDS)
+    _KINDS[cls] = kind
+    return kind
+
+
+def _sorted_keys(tree: dict) -> list[Any]:
+    # optree sorts keys; keys that do not compare (int and str) it orders its own way.
+    try:
+        return sorted(tree)
+    except TypeError:
+        raise OptreeHandoff from None
+
+
+def _leaves(tree: Any, out: list[Any]) -> None:
+    kind = _KINDS.get(type(tree))
+    if kind is None:
+        kind = _kind_of(type(tree))
+    if kind == _LEAF:
+        out.append(tree)
+    elif kind in (_SEQUENCE, _NAMEDTUPLE):
+        for child in tree:
+            _leaves(child, out)
+    elif kind == _DICT:
+        for key in _sorted_keys(tree):
+            _leaves(tree[key], out)
+
+
+def _leaves_with_paths(tree: Any, path: str, out: list[tuple[str, Any]]) -> None:
+    kind = _KINDS.get(type(tree))
+    if kind is None:
+        kind = _kind_of(type(tree))
+    if kind == _LEAF:
+        out.append((path, tree))
+    elif kind == _SEQUENCE:
+        for index, child in enumerate(tree):
+            _leaves_with_paths(child, _join2(path, str(index)), out)
+    elif kind == _NAMEDTUPLE:
+        for field, child in zip(type(tree)._fields, tree, strict=True):
+            _leaves_with_paths(child, _join2(path, field), out)
+    elif kind == _DICT:
+        for key in _sorted_keys(tree):
+            _leaves_with_paths(tree[key], _join2(path, str(key)), out)
+
+
+def _join2(path: str, part: str) -> str:
+    if not part:
+        return path
+    return f"{path}/{part}" if path else part
+
+
+def _rebuild(structure: Any, leaves: Iterator[Any]) -> Any:
+    """``structure`` with its leaves taken from ``leaves`` in canonical order; dicts keep
+    their own key order, as optree rebuilds them."""
+    kind = _KINDS.get(type(structure))
+    if kind is None:
+        kind = _kind_of(type(structure))
+    if kind == _LEAF:
+        return next(leaves)
+    if kind == _SEQUENCE:
+        children = [_rebuild(child, leaves) for child in structure]
+        return children if type(structure) is list else tuple(children)
+    if kind == _NAMEDTUPLE:
+        return type(structure)(*[_rebuild(child, leaves) for child in structure])
+    if kind == _DICT:
+        built = {key: _rebuild(structure[key], leaves) for key in _sorted_keys(structure)}
+        return {key: built[key] for key in structure}
+    return None
+
+
+_END = object()
+
+
+# --- the public helpers -----------------------------------------------------------------
 
 
 def _entry_name(entry: Any) -> str:
@@ -45,12 +173,23 @@ def join_path(*parts: str | int) -> str:
 
 def is_nested(value: Any) -> bool:
     """True for dicts, tuples, lists and namedtuples (even empty ones)."""
-    return not optree.tree_is_leaf(value, none_is_leaf=True)
+    kind = _KINDS.get(type(value))
+    if kind is None:
+        try:
+            kind = _kind_of(type(value))
+        except OptreeHandoff:
+            return not _optree().tree_is_leaf(value, none_is_leaf=True)
+    return kind > _NONE
 
 
 def flatten(tree: Any) -> list[Any]:
     """Leaves of ``tree`` in canonical order (dict keys sorted)."""
-    return optree.tree_leaves(tree)
+    out: list[Any] = []
+    try:
+        _leaves(tree, out)
+    except OptreeHandoff:
+        return _optree().tree_leaves(tree)
+    return out
 
 
 def flatten_up_to(structure: Any, tree: Any) -> list[Any]:
@@ -59,12 +198,17 @@ def flatten_up_to(structure: Any, tree: Any) -> list[Any]:
     Lists and tuples stand for each other, as ``assert_same_structure`` allows (users
     pass a recurrent state back as lists); a namedtuple or dict must match its kind.
     """
+    out: list[Any] = []
     try:
-        return optree.tree_structure(structure).flatten_up_to(tree)
-    except (ValueError, TypeError):
-        out: list[Any] = []
         _flatten_up_to(structure, tree, "", out)
-        return out
+    except (ValueError, TypeError) as error:
+        # Where optree's strict cut works, this one gives the same leaves, except for
+        # node types it does not walk (a deque): optree then decides.
+        try:
+            return _optree().tree_structure(structure).flatten_up_to(tree)
+        except (ValueError, TypeError):
+            raise error from None
+    return out
 
 
 def _flatten_up_to(structure: Any, tree: Any, path: str, out: list[Any]) -> None:
@@ -103,7 +247,14 @@ def _flatten_up_to(structure: Any, tree: Any, path: str, out: list[Any]) -> None
 
 def flatten_with_paths(tree: Any, prefix: str = "") -> list[tuple[str, Any]]:
     """``(path, leaf)`` pairs in canonical order; paths use field names for namedtuples."""
-    accessors, leaves, _ = optree.tree_flatten_with_accessor(tree)
+    out: list[tuple[str, Any]] = []
+    try:
+        _leaves_with_paths(tree, str(prefix), out)
+    except OptreeHandoff:
+        pass
+    else:
+        return out
+    accessors, leaves, _ = _optree().tree_flatten_with_accessor(tree)
     return [
         (join_path(prefix, *(_entry_name(e) for e in accessor)), leaf)
         for accessor, leaf in zip(accessors, leaves, strict=True)
@@ -112,13 +263,32 @@ def flatten_with_paths(tree: Any, prefix: str = "") -> list[tuple[str, Any]]:
 
 def pack_sequence_as(structure: Any, leaves: Iterable[Any]) -> Any:
     """Builds a nest shaped like ``structure`` from ``leaves`` in canonical order."""
-    treespec = optree.tree_structure(structure)
-    return optree.tree_unflatten(treespec, list(leaves))
+    leaves = list(leaves)
+    remaining = iter(leaves)
+    try:
+        tree = _rebuild(structure, remaining)
+    except OptreeHandoff:
+        optree = _optree()
+        return optree.tree_unflatten(optree.tree_structure(structure), leaves)
+    except StopIteration:  # too few leaves
+        tree = _END
+    if tree is _END or next(remaining, _END) is not _END:
+        raise ValueError(
+            f"expected {len(flatten(structure))} leaves for {structure_repr(structure)}, "
+            f"got {len(leaves)}"
+        )
+    return tree
+
+
+def tree_spec(structure: Any) -> Any:
+    """optree's compiled structure of ``structure`` (a ``PyTreeSpec``), for hot paths
+    that cut (``flatten_up_to``) and rebuild (``unflatten``) one structure many times."""
+    return _optree().tree_structure(structure)
 
 
 def structure_repr(tree: Any) -> str:
     """A short text of a nest's structure, for error messages."""
-    return repr(optree.tree_structure(tree)).removeprefix("PyTreeSpec(").removesuffix(")")
+    return repr(_optree().tree_structure(tree)).removeprefix("PyTreeSpec(").removesuffix(")")
 
 
 def assert_same_structure(value: Any, spec: Any, path: str = "") -> None:
@@ -175,16 +345,34 @@ def _assert_same_structure(value: Any, spec: Any, path: str) -> None:
 
 
 def map_structure(fn: Callable[..., Any], tree: Any, *rest: Any) -> Any:
-    """Applies ``fn`` to corresponding leaves; the first tree gives the structure."""
-    return optree.tree_map(fn, tree, *rest)
+    """Applies ``fn`` to corresponding leaves; the first tree gives the structure.
+
+    ``fn`` sees the leaves in canonical order (dict keys sorted). With ``rest``, each
+    other tree must have the first one's structure (optree's ``tree_map``).
+    """
+    if not rest:
+        leaves: list[Any] = []
+        try:
+            _leaves(tree, leaves)  # first: fn must not run twice if optree takes over
+            return _rebuild(tree, iter([fn(leaf) for leaf in leaves]))
+        except OptreeHandoff:
+            pass
+    return _optree().tree_map(fn, tree, *rest)
 
 
 def map_structure_with_paths(
     fn: Callable[..., Any], tree: Any, *rest: Any, prefix: str = ""
 ) -> Any:
     """Like map_structure, with the leaf's path as the first argument of ``fn``."""
+    if not rest:
+        pairs: list[tuple[str, Any]] = []
+        try:
+            _leaves_with_paths(tree, str(prefix), pairs)
+            return _rebuild(tree, iter([fn(path, leaf) for path, leaf in pairs]))
+        except OptreeHandoff:
+            pass
     paths = [p for p, _ in flatten_with_paths(tree, prefix)]
-    rest_leaves = [optree.tree_structure(tree).flatten_up_to(r) for r in rest]
+    rest_leaves = [_optree().tree_structure(tree).flatten_up_to(r) for r in rest]
     results = [
         fn(path, leaf, *(r[i] for r in rest_leaves))
         for i, (path, leaf) in enumerate(zip(paths, flatten(tree), strict=True))

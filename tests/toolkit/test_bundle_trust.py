@@ -289,6 +289,26 @@ def test_fuzzed_manifest_fields_give_one_line_per_violation_and_agree_with_jsons
             assert re.match(r"manifest\.json: .+: \S", line), line
 
 
+def test_the_validators_scalar_shortcut_reports_what_the_full_check_reports(monkeypatch):
+    """Scalars against simple schemas skip the recursive check only where it finds nothing:
+    every mutation of every field gives the same violations with the shortcut off."""
+    values = [None, True, 0, -1, 1.5, float("inf"), 2**70, "", "x" * 2000, "float32", [], {}]
+    cases = []
+    for path in _ALL_PATHS:
+        for value in values:
+            manifest = copy.deepcopy(_BASE)
+            node = manifest
+            for key in path[:-1]:
+                node = node[key]
+            node[path[-1]] = value
+            cases.append(manifest)
+    fast = [manifest_lib.violations(m) for m in cases]
+    monkeypatch.setattr(manifest_lib, "_passes_simple", lambda value, facts: False)
+    full = [manifest_lib.violations(m) for m in cases]
+    assert fast == full
+    assert sum(1 for v in full if v) > len(cases) // 2  # most mutations are violations
+
+
 # --- ONNX external data ----------------------------------------------------------------------
 
 
