@@ -31,6 +31,7 @@ int8 weights feed a DEQUANTIZE op, as LiteRT's own float16 models do with float1
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -398,32 +399,29 @@ def quantize_litert(
             consumers.setdefault(index, []).append(op)
     outputs = {layer.output for layer in layers}
 
-    def upstream_layer(index: int, own: int) -> bool:
-        seen, stack = set(), [index]
+    def reaches(start: int, step: Callable[[int], list[int]], hit: Callable[[int], bool]) -> bool:
+        seen, stack = set(), [start]
         while stack:
             t = stack.pop()
-            if t in seen:
-                continue
-            seen.add(t)
-            if t in outputs and t != own:
-                return True
-            op = producer.get(t)
-            if op is not None:
-                stack.extend(i for i in op.inputs if i >= 0)
+            if t not in seen:
+                seen.add(t)
+                if hit(t):
+                    return True
+                stack.extend(step(t))
         return False
 
+    def inputs_of(t: int) -> list[int]:
+        op = producer.get(t)
+        return [] if op is None else [i for i in op.inputs if i >= 0]
+
+    def outputs_of(t: int) -> list[int]:
+        return [o for op in consumers.get(t, []) for o in op.outputs]
+
+    def upstream_layer(index: int, own: int) -> bool:
+        return reaches(index, inputs_of, lambda t: t in outputs and t != own)
+
     def downstream_layer(index: int) -> bool:
-        seen, stack = set(), [index]
-        while stack:
-            t = stack.pop()
-            if t in seen:
-                continue
-            seen.add(t)
-            for op in consumers.get(t, []):
-                if op.outputs and op.outputs[0] in outputs:
-                    return True
-                stack.extend(op.outputs)
-        return False
+        return reaches(index, outputs_of, lambda t: t in outputs and t != index)
 
     last = {layer.name for layer in layers if not downstream_layer(layer.output)}
     first = {layer.name for layer in layers if not upstream_layer(layer.input, layer.output)}

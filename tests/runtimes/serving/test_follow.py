@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -13,7 +14,7 @@ from exporters.export import export_policy
 from runtimes.serving.publish import publish
 from tests.contract import cases_runtime as cr
 from tests.runtimes.serving import bundles
-from tests.runtimes.serving.server_process import ServerProcess
+from tests.runtimes.serving.server_process import ServerProcess, wait_until
 from toolkit.cli.serve import follow_folders
 from toolkit.errors import SpecMismatchError
 from toolkit.trajectories.time_step import TimeStep
@@ -49,17 +50,6 @@ def _metric_step(url: str, version: int) -> float | None:
         rf'policy_serving_model_train_step{{model="m",version="{version}"}} (\S+)', text
     )
     return None if match is None else float(match.group(1))
-
-
-def _wait_until(predicate, timeout: float = 30.0) -> None:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError("timed out")
 
 
 @pytest.mark.slow
@@ -102,7 +92,7 @@ def test_follow_applies_a_training_runs_checkpoints_and_moves_with_the_version(t
 
         newer = save(22, 100)
         assert newer != original
-        _wait_until(lambda: _train_step(server.url) == 100)
+        wait_until(lambda: _train_step(server.url) == 100)
         assert _predict(server.url) == newer
         assert _metric_step(server.url, 1) == 100
         server.wait_for_log(r"model m: version 1 took checkpoint .*ckpt-100 \(train step 100\)")
@@ -110,11 +100,11 @@ def test_follow_applies_a_training_runs_checkpoints_and_moves_with_the_version(t
         # A new version takes over the following, and takes the newer checkpoint at once.
         publish(bundles.greedy_q_v2(), base, 2)  # train step 8
         server.wait_for_log(r"model m: version 1 no longer follows")
-        _wait_until(lambda: _train_step(server.url) == 100)
+        wait_until(lambda: _train_step(server.url) == 100)
         assert _predict(server.url) == newer
         assert _metric_step(server.url, 2) == 100
         latest = save(23, 200)
-        _wait_until(lambda: _train_step(server.url) == 200)
+        wait_until(lambda: _train_step(server.url) == 200)
         assert _predict(server.url) == latest
 
         # A version published beyond the run's newest checkpoint keeps its own weights.
@@ -128,7 +118,7 @@ def test_follow_applies_a_training_runs_checkpoints_and_moves_with_the_version(t
 
 
 def test_follow_folders_name_their_model():
-    assert follow_folders(["runs/a"], ["m"]) == {"m": __import__("pathlib").Path("runs/a")}
+    assert follow_folders(["runs/a"], ["m"]) == {"m": Path("runs/a")}
     folders = follow_folders(["a=runs/x", "b=runs/y"], ["a", "b"])
     assert {k: str(v) for k, v in folders.items()} == {"a": "runs/x", "b": "runs/y"}
     # "=" in a folder's name is not a model name when no model is called that.

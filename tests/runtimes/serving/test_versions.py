@@ -17,7 +17,7 @@ from runtimes.serving.models import VersionPolicy, list_versions
 from runtimes.serving.publish import publish
 from tests.contract import cases_runtime as cr
 from tests.runtimes.serving import bundles
-from tests.runtimes.serving.server_process import ServerProcess
+from tests.runtimes.serving.server_process import ServerProcess, wait_until
 from toolkit.errors import SpecMismatchError
 from toolkit.trajectories.time_step import TimeStep
 
@@ -41,15 +41,6 @@ def _served_versions(url: str, model: str = "m") -> list[str]:
     return [
         e["version"] for e in answer.get("model_version_status", []) if e["state"] == "AVAILABLE"
     ]
-
-
-def _wait_until(predicate, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError("timed out")
 
 
 def test_version_policy_parse_and_select():
@@ -85,7 +76,7 @@ def test_new_versions_switch_in_and_broken_ones_are_logged(tmp_path):
         shutil.rmtree(hidden)
 
         publish(v2, base, 2)
-        _wait_until(lambda: _served_versions(server.url) == ["2"])
+        wait_until(lambda: _served_versions(server.url) == ["2"])
         assert _predict(server.url).json()["predictions"] == _actions(v2)
         server.wait_for_log(r"model m: version 2 loaded from .*/2 \(train step 8\)")
 
@@ -110,11 +101,11 @@ def test_new_versions_switch_in_and_broken_ones_are_logged(tmp_path):
         # Fixed in place (a new folder by rename), it loads.
         shutil.rmtree(broken)
         publish(v1, base, 3)
-        _wait_until(lambda: _served_versions(server.url) == ["3"])
+        wait_until(lambda: _served_versions(server.url) == ["3"])
         assert _predict(server.url).json()["predictions"] == _actions(v1)
         # A removed version stops being served; the remaining highest takes over.
         shutil.rmtree(base / "3")
-        _wait_until(lambda: _served_versions(server.url) == ["2"])
+        wait_until(lambda: _served_versions(server.url) == ["2"])
         assert _predict(server.url, path="/versions/3").status_code == 404
     assert server.process.returncode == 0
 
@@ -250,10 +241,10 @@ def test_load_with_a_new_version_then_sigterm_loses_no_request(tmp_path):
     for t in threads:
         t.start()
     total = clients * per_client
-    _wait_until(lambda: sum(answered.values()) >= total // 3, timeout=120)
+    wait_until(lambda: sum(answered.values()) >= total // 3, timeout=120)
     publish(v2, base, 2)
-    _wait_until(lambda: answered["v2"] > 0, timeout=60)
-    _wait_until(lambda: sum(answered.values()) >= 2 * total // 3, timeout=120)
+    wait_until(lambda: answered["v2"] > 0, timeout=60)
+    wait_until(lambda: sum(answered.values()) >= 2 * total // 3, timeout=120)
     sigterm_at.append(time.monotonic())
     code = server.stop(timeout=10)
     stopped_in = time.monotonic() - sigterm_at[0]
