@@ -110,22 +110,23 @@ def _layers(model: Any) -> list[_Layer]:
     return layers
 
 
-def _reads_inputs_only(model: Any, layer: _Layer, layer_outputs: set[str]) -> bool:
-    """True if no other layer lies between the graph's inputs and this layer."""
-    producer = {out: node for node in model.graph.node for out in node.output}
-    seen: set[str] = set()
-    stack = [layer.node.input[0]]
+def _reaches(start: Any, step: Callable[[Any], list], hit: Callable[[Any], bool]) -> bool:
+    """Whether a walk from ``start`` along ``step`` meets a tensor for which ``hit`` holds."""
+    seen, stack = set(), [start]
     while stack:
-        name = stack.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        if name in layer_outputs:
-            return False
-        node = producer.get(name)
-        if node is not None:
-            stack.extend(node.input)
-    return True
+        t = stack.pop()
+        if t not in seen:
+            seen.add(t)
+            if hit(t):
+                return True
+            stack.extend(step(t))
+    return False
+
+
+def _choose(names: list[str], first: set[str], last: set[str]) -> list[str]:
+    """The layers to quantize: the hidden ones, or else all but the last."""
+    hidden = [n for n in names if n not in last | first]
+    return hidden or [n for n in names if n not in last]
 
 
 def _run(model: Any, inputs: dict[str, np.ndarray], names: list[str]) -> list[np.ndarray]:
@@ -240,13 +241,24 @@ def quantize_model(model: Any, calibration: dict[str, np.ndarray], discrete: boo
     layers = _layers(model)
     last = set(last_layers(model))
     outputs = {layer.node.output[0] for layer in layers}
+    producer = {out: node for node in model.graph.node for out in node.output}
+
+    def inputs_of(name: str) -> list[str]:
+        node = producer.get(name)
+        return [] if node is None else list(node.input)
+
+    # First layers: no other layer between the graph's inputs and them.
     first = {
         layer.node.name
         for layer in layers
-        if _reads_inputs_only(model, layer, outputs - {layer.node.output[0]})
+        if not _reaches(
+            layer.node.input[0],
+            inputs_of,
+            lambda t, own=layer.node.output[0]: t in outputs and t != own,
+        )
     }
-    hidden = [layer for layer in layers if layer.node.name not in last | first]
-    chosen = hidden or [layer for layer in layers if layer.node.name not in last]
+    names = _choose([layer.node.name for layer in layers], first, last)
+    chosen = [layer for layer in layers if layer.node.name in names]
     if not chosen:
         raise ExportError("gptq: no hidden or first layer with a constant float weight to quantize")
     inits = {i.name: i for i in model.graph.initializer}
@@ -260,13 +272,19 @@ def quantize_model(model: Any, calibration: dict[str, np.ndarray], discrete: boo
         inits[name].CopyFrom(numpy_helper.from_array(value.astype(np.float32), name))
         values[name] = value.astype(np.float32).astype(np.float64)
 
+    # What the float model computes is run once: the quantized layers' outputs (bias
+    # correction) and the last layers' (refit targets).
+    wanted = [layer.node.output[0] for layer in chosen]
+    wanted += [layer.output for layer in layers if layer.node.name in last]
+    wanted = list(dict.fromkeys(wanted))
+    float_values = dict(
+        zip(wanted, map(_flat, _run(float_model, calibration, wanted)), strict=True)
+    )
+
     quantized: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for layer in chosen:
-        x_float, y_float = _run(
-            float_model, calibration, [layer.node.input[0], layer.node.output[0]]
-        )
-        (x_now,) = _run(model, calibration, [layer.node.input[0]])
-        x_float, y_float, x_now = _flat(x_float), _flat(y_float), _flat(x_now)
+        y_float = float_values[layer.node.output[0]]
+        x_now = _flat(_run(model, calibration, [layer.node.input[0]])[0])
         weight = values[layer.weight]
         q = gptq(weight, x_now)
         scale = _scales(weight)
@@ -281,12 +299,11 @@ def quantize_model(model: Any, calibration: dict[str, np.ndarray], discrete: boo
     for layer in layers:
         if layer.node.name not in last or layer.weight in quantized:
             continue
-        (target,) = _run(float_model, calibration, [layer.output])
         (features,) = _run(model, calibration, [layer.node.input[0]])
         start = values[layer.weight]
         if layer.bias is not None:
             start = np.vstack([start, values[layer.bias][None]])
-        solution = _refit(_flat(features), _flat(target), start, discrete)
+        solution = _refit(_flat(features), float_values[layer.output], start, discrete)
         if solution is None:
             continue
         if layer.bias is not None:
@@ -399,17 +416,6 @@ def quantize_litert(
             consumers.setdefault(index, []).append(op)
     outputs = {layer.output for layer in layers}
 
-    def reaches(start: int, step: Callable[[int], list[int]], hit: Callable[[int], bool]) -> bool:
-        seen, stack = set(), [start]
-        while stack:
-            t = stack.pop()
-            if t not in seen:
-                seen.add(t)
-                if hit(t):
-                    return True
-                stack.extend(step(t))
-        return False
-
     def inputs_of(t: int) -> list[int]:
         op = producer.get(t)
         return [] if op is None else [i for i in op.inputs if i >= 0]
@@ -418,15 +424,15 @@ def quantize_litert(
         return [o for op in consumers.get(t, []) for o in op.outputs]
 
     def upstream_layer(index: int, own: int) -> bool:
-        return reaches(index, inputs_of, lambda t: t in outputs and t != own)
+        return _reaches(index, inputs_of, lambda t: t in outputs and t != own)
 
     def downstream_layer(index: int) -> bool:
-        return reaches(index, outputs_of, lambda t: t in outputs and t != index)
+        return _reaches(index, outputs_of, lambda t: t in outputs and t != index)
 
     last = {layer.name for layer in layers if not downstream_layer(layer.output)}
     first = {layer.name for layer in layers if not upstream_layer(layer.input, layer.output)}
-    hidden = [layer for layer in layers if layer.name not in last | first]
-    chosen = hidden or [layer for layer in layers if layer.name not in last]
+    names = _choose([layer.name for layer in layers], first, last)
+    chosen = [layer for layer in layers if layer.name in names]
     if not chosen:
         raise ExportError(
             "gptq: no hidden or first FULLY_CONNECTED layer with a constant float weight"
