@@ -31,12 +31,13 @@ int8 weights feed a DEQUANTIZE op, as LiteRT's own float16 models do with float1
 from __future__ import annotations
 
 import dataclasses
+import struct
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from toolkit.errors import ExportError
+from toolkit.errors import BundleError, ExportError
 
 __all__ = ["GptqResult", "gptq", "quantize_litert", "quantize_model"]
 
@@ -374,7 +375,17 @@ def quantize_litert(
     from tensorflow.lite.python import schema_py_generated as schema
     from tensorflow.lite.tools import flatbuffer_utils
 
-    tflite = flatbuffer_utils.convert_bytearray_to_object(bytearray(model))
+    from runtimes.litert_backend import new_interpreter
+
+    # The model comes from a bundle: LiteRT builds it first (it verifies the flatbuffer and
+    # its indices, BundleError if not), then the schema's parser reads it.
+    new_interpreter(model)
+    try:
+        tflite = flatbuffer_utils.convert_bytearray_to_object(bytearray(model))
+    except (struct.error, TypeError, ValueError, IndexError) as e:
+        raise BundleError(
+            f"the LiteRT model cannot be read for gptq ({type(e).__name__}: {e})"
+        ) from None
     found = [s for s in tflite.signatureDefs if s.signatureKey.decode() == signature]
     if not found:
         raise ExportError(f"gptq: the LiteRT model has no {signature!r} signature")

@@ -11,7 +11,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from exporters.gptq import gptq, quantize_model
-from toolkit.errors import ExportError
+from toolkit.errors import BundleError, ExportError
 
 
 def _scales(weight):
@@ -149,3 +149,9 @@ def test_litert_hidden_layers_become_int8_weights_feeding_dequantize():
     want, got = run(float_model), run(data)
     np.testing.assert_allclose(got, _run(model, held_out), atol=0.1)
     assert np.mean(got.argmax(1) != want.argmax(1)) < 0.01
+
+    # A model file is untrusted input: one that LiteRT cannot build is a BundleError
+    # (the schema's own parser raised struct.error on such files).
+    for broken in (float_model[: len(float_model) // 2], float_model[:8] + b"\xff" * 64):
+        with pytest.raises(BundleError, match="LiteRT could not load the policy model"):
+            quantize_litert(broken, {"x": calibration}, discrete=True, signature=signature)
