@@ -577,13 +577,14 @@ _KILL_CHILD = textwrap.dedent(
     import os, sys, json
     from pathlib import Path
     from toolkit import bundle
+    from toolkit.bundle import writing
     op, point, exchange = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
     target, extra = Path(sys.argv[4]), sys.argv[5]
-    bundle._use_exchange = exchange
+    writing._use_exchange = exchange
     def hook(name):
         if name == point:
             os._exit(9)
-    bundle._crash_hook = hook
+    writing._crash_hook = hook
     if op == "export":
         from tests import exported_bundles
         from exporters import export_policy

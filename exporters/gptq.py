@@ -375,7 +375,7 @@ def quantize_litert(
     from tensorflow.lite.python import schema_py_generated as schema
     from tensorflow.lite.tools import flatbuffer_utils
 
-    from runtimes.litert_backend import new_interpreter
+    from runtimes.backends.litert import new_interpreter
 
     # The model comes from a bundle: LiteRT builds it first (it verifies the flatbuffer and
     # its indices, BundleError if not), then the schema's parser reads it.
@@ -453,7 +453,7 @@ def quantize_litert(
         """Values of tensors of the current model on the calibration states."""
         import copy
 
-        from runtimes.litert_backend import new_interpreter, quiet_stderr
+        from runtimes.backends.litert import new_interpreter, quiet_stderr
 
         probe = copy.deepcopy(tflite)
         probe_sig = next(s for s in probe.signatureDefs if s.signatureKey.decode() == signature)

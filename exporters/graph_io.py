@@ -186,7 +186,7 @@ def onnx_runner(model: bytes | str | Path, threads: int = 1) -> Runner:
 
 def litert_runner(model: bytes, signature: str = "distribution") -> Runner:
     """Runs one signature of a LiteRT model with ai-edge-litert (one thread)."""
-    from runtimes.litert_backend import new_interpreter, quiet_stderr
+    from runtimes.backends.litert import new_interpreter, quiet_stderr
 
     interpreter = new_interpreter(model)
     runner = interpreter.get_signature_runner(signature)

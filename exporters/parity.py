@@ -87,7 +87,7 @@ class VerifyReport:
 
 
 def _onnx_runner(root: Path, manifest: dict[str, Any]) -> Runner:
-    from runtimes.onnx_backend import check_graph_io
+    from runtimes.backends.onnx import check_graph_io
 
     # Contained, hash-checked and self-contained (bundle.read_onnx).
     model = bundle.read_onnx(root, manifest)

@@ -114,7 +114,7 @@ def test_litert_hidden_layers_become_int8_weights_feeding_dequantize():
     import tensorflow as tf
 
     from exporters.gptq import quantize_litert
-    from runtimes.litert_backend import litert_ops, new_interpreter
+    from runtimes.backends.litert import litert_ops, new_interpreter
 
     rng = np.random.default_rng(6)
     model = _mlp(rng, widths=(4, 64, 64, 3))

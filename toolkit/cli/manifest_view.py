@@ -92,7 +92,7 @@ def _manifest_from_onnx(path: Path) -> dict[str, Any]:
             "size": len(data),
         }
     }
-    from toolkit import manifest as manifest_lib
+    from toolkit.bundle import manifest as manifest_lib
 
     manifest_lib.validate(manifest, f"{path.name} (metadata_props)", files_listed=False)
     return manifest
