@@ -10,31 +10,22 @@ from __future__ import annotations
 import json
 import os
 import platform
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import onnx
 import tensorflow as tf
 
 from exporters import formats as export_formats
 from exporters import onnx_export
-from exporters.signatures import ExportModule
-from exporters.weights import canonical_initializers
+from exporters.signatures import ExportModule, module_for
 from toolkit import __version__, bundle, nest
 from toolkit import distribution_families as families
-from toolkit.errors import ExportError, UnsupportedError
+from toolkit.errors import ExportError
 from toolkit.policies import tf_policy as tf_policy_lib
 from toolkit.specs import tensor_spec
 
-__all__ = [
-    "export_policy",
-    "manifest_for",
-    "module_for",
-    "onnx_model_and_weights",
-    "onnx_model_for",
-]
+__all__ = ["export_policy", "manifest_for", "module_for"]
 
 
 def _check_metadata(metadata: dict[str, Any] | None) -> dict[str, Any]:
@@ -50,6 +41,7 @@ def _check_metadata(metadata: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def _producer() -> dict[str, str]:
+    import onnx
     import tensorflow_probability as tfp
     import tf2onnx
 
@@ -65,78 +57,6 @@ def _producer() -> dict[str, str]:
 
 def _params_to_json(params: Any) -> Any:
     return nest.to_json(params, families.leaf_to_json)
-
-
-def module_for(policy: Any, train_step: int | None, metadata: dict[str, Any]) -> ExportModule:
-    """The traced export module of a TF policy (export, weights-only checkpoints, parity).
-
-    Raises:
-      ExportError: not a TFPolicy, or a policy part that does not export.
-    """
-    if not isinstance(policy, tf_policy_lib.TFPolicy):
-        raise ExportError(
-            f"{type(policy).__name__}: expected a TFPolicy (toolkit.policies.tf_policy); "
-            "Python policies have no graph to export"
-        )
-    try:
-        module = ExportModule(policy, train_step, metadata)
-        module.build_functions()
-        # Tracing the distribution function checks that every part of the policy exports.
-        module.info.functions["distribution"].get_concrete_function()
-    except (UnsupportedError, NotImplementedError) as e:
-        raise ExportError(f"{type(policy).__name__}: cannot be exported: {e}") from e
-    kind = module.info.description.get("kind")
-    if kind not in families.KINDS:
-        raise ExportError(
-            f"{type(policy).__name__}: cannot be exported: its action derivation {kind!r} is "
-            f"not one of {list(families.KINDS)}"
-        )
-    return module
-
-
-def onnx_model_for(module: ExportModule, opset: int = onnx_export.DEFAULT_OPSET) -> onnx.ModelProto:
-    """The ONNX model of a module's ``distribution`` function."""
-    inputs = dict(module.info.inputs)
-    what = type(module.policy).__name__
-    model = onnx_export.convert(
-        module.info.functions["distribution"], [inputs], opset=opset, what=what
-    )
-    stray = sorted({i.name for i in model.graph.input} - set(inputs))
-    if stray:
-        # e.g. a tensor captured from outside the traced function (not a variable).
-        raise ExportError(
-            f"{what}: expected the ONNX graph to take only {sorted(inputs)}, got extra "
-            f"inputs {stray} (tensors captured from outside the traced function?)"
-        )
-    return model
-
-
-def onnx_model_and_weights(
-    module: ExportModule, opset: int = onnx_export.DEFAULT_OPSET
-) -> tuple[onnx.ModelProto, dict[str, Any] | None]:
-    """The ONNX model (converted with probe weights, real ones written in) and its weights
-    map for ``manifest["onnx"]["weights"]`` (see exporters.probe)."""
-    from exporters.probe import convert_with_probes
-
-    what = type(module.policy).__name__
-    try:
-        model, weights = convert_with_probes(module, lambda m: onnx_model_for(m, opset), what)
-    except ExportError as e:
-        if "disagree" not in str(e):
-            raise
-        # Some graphs compute with their weights at conversion time (e.g. an observation
-        # normaliser's variance folded through sqrt): they still export, converted with
-        # their real weights, but without a weights map (see docs/bundle-format.md).
-        warnings.warn(
-            f"{what}: exported without a weights map ({e}); the bundle takes weights-only "
-            "checkpoints of this graph, not TF checkpoints without TensorFlow",
-            UserWarning,
-            stacklevel=2,
-        )
-        return onnx_model_for(module, opset), None
-    by_name = weights.pop("by_name")
-    weights["initializers"] = [by_name.get(name) for name in canonical_initializers(model)]
-    return model, weights
 
 
 def export_policy(

@@ -36,7 +36,6 @@ from toolkit.bundle.layout import Layout, thaw
 from toolkit.errors import (
     BundleError,
     PolicyError,
-    SpecError,
     SpecMismatchError,
 )
 from toolkit.policies.py_policy import PyPolicy, Seed
@@ -219,7 +218,7 @@ class BundlePolicy(PyPolicy):
         )
         self._state_leaf_specs = nest.flatten(state_spec)
         # check_finite: every call takes the general path, which checks observations.
-        self._fast = None if check_finite else self._fast_layout(time_step_spec)
+        self._fast = None if check_finite else self._fast_layout(specs.time_step)
         self._action_checks = [_LeafCheck.of(s) for s in nest.flatten(self.action_spec)]
         self._state_checks = [_LeafCheck.of(s) for s in nest.flatten(self.policy_state_spec)]
         self._info_checks = [_LeafCheck.of(s) for s in nest.flatten(self.info_spec)]

@@ -37,6 +37,7 @@ __all__ = [
     "parse",
     "register",
     "schema",
+    "unregister",
 ]
 
 #: The built-in formats' modules, in writing order. One line per format.
@@ -56,6 +57,12 @@ def register(fmt: Format) -> None:
     """Adds (or replaces) a format, and its section in the schema readers check."""
     FORMATS[fmt.name] = fmt
     schema_lib.register_format(fmt.name, fmt.schema)
+
+
+def unregister(name: str) -> None:
+    """Removes a format added with ``register`` (and its section from the schema)."""
+    FORMATS.pop(name, None)
+    schema_lib.unregister_format(name)
 
 
 def names() -> list[str]:

@@ -92,9 +92,7 @@ class Format:
         """Refuses, before any work, an update this format cannot take (naming what to
         do instead). ``weights_map``: the update reads TF checkpoints through the map."""
 
-    def updated(
-        self, root: Path, layout: Layout, weights: NewWeights, folder: Path
-    ) -> Any | None:
+    def updated(self, root: Path, layout: Layout, weights: NewWeights, folder: Path) -> Any | None:
         """The format's content with ``weights``, to ``write`` and ``embed`` as at export
         (``folder`` already holds the formats of ``update_after``); None keeps the
         format's files as they are."""

@@ -147,7 +147,7 @@ class OnnxFormat(Format):
 
     def convert(self, module: Any, options: dict[str, Any]) -> _Content:
         from exporters import onnx_export
-        from exporters.export import onnx_model_and_weights
+        from exporters.onnx_export import onnx_model_and_weights
         from exporters.weights import canonical_initializers, graph_fingerprint
 
         opset = options.get("opset", onnx_export.DEFAULT_OPSET)

@@ -112,9 +112,8 @@ class SavedModelFormat(Format):
                 "export_policy); export the policy again instead"
             )
         if weights.variables is not None:
-            from toolkit.checkpoint_weights import require_weights_map
-
             from runtimes.backends.tf import assign_variables
+            from toolkit.checkpoint_weights import require_weights_map
 
             weights_map = require_weights_map(layout)
             assign_variables(loaded.policy, weights_map, weights.variables, f"{root}")

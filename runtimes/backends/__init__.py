@@ -38,6 +38,7 @@ __all__ = [
     "installed",
     "names",
     "register",
+    "unregister",
 ]
 
 #: The name that picks the first usable backend (``Backend.auto`` ones, in table order).
@@ -163,6 +164,11 @@ BACKENDS: dict[str, Backend] = {
 def register(backend: Backend) -> None:
     """Adds (or replaces) a backend row: for backends that live outside this package."""
     BACKENDS[backend.name] = backend
+
+
+def unregister(name: str) -> None:
+    """Removes a backend added with ``register``."""
+    BACKENDS.pop(name, None)
 
 
 def names(*, tf_free: bool = False) -> list[str]:

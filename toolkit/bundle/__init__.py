@@ -33,6 +33,8 @@ from toolkit.bundle.files import (
     read_member,
     sha256_file,
 )
+from toolkit.bundle.layout import Layout
+from toolkit.bundle.manifest import check_embedded, without_files
 from toolkit.bundle.names import (
     CHECKPOINT_FILE,
     CHECKPOINT_FORMAT,
@@ -49,9 +51,7 @@ from toolkit.bundle.names import (
     TF_CHECKPOINT_PREFIX,
     WEIGHTS_FILE,
 )
-from toolkit.bundle.manifest import check_embedded, without_files
 from toolkit.bundle.reading import bundle_root, read_checkpoint, read_layout, read_manifest
-from toolkit.bundle.layout import Layout
 from toolkit.bundle.recovery import recover
 
 #: Loaded on first use: name -> module of this package.

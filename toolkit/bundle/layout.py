@@ -345,6 +345,11 @@ class Layout:
             _manifest=manifest if owned else _deepcopy(manifest),
         )
 
+    @classmethod
+    def coerce(cls, value: Layout | dict[str, Any]) -> Layout:
+        """``value`` if it is a Layout, else the Layout of a (validated) manifest dict."""
+        return value if isinstance(value, Layout) else cls.of(value)
+
     # --- formats -----------------------------------------------------------------------
 
     def has(self, format_name: str) -> bool:

@@ -18,11 +18,11 @@ from toolkit.bundle.files import parse_json
 from toolkit.bundle.names import MANIFEST
 from toolkit.bundle.schema import (
     MAX_VIOLATIONS,
-    describe,
     format_names,
     join_path,
     schema,
     schema_violations,
+    show_value,
 )
 from toolkit.errors import BundleError
 
@@ -124,12 +124,12 @@ def _semantic(manifest: dict[str, Any], errors: list[str], files_listed: bool = 
             continue
         if isinstance(section.get("file"), str) and section["file"] not in files:
             errors.append(
-                f"{fmt}.file: expected a path listed in files, got {describe(section['file'])}"
+                f"{fmt}.file: expected a path listed in files, got {show_value(section['file'])}"
             )
         folder = section.get("dir")
         if isinstance(folder, str) and not any(rel.startswith(folder + "/") for rel in files):
             errors.append(
-                f"{fmt}.dir: expected a folder with files listed in files, got {describe(folder)}"
+                f"{fmt}.dir: expected a folder with files listed in files, got {show_value(folder)}"
             )
 
 

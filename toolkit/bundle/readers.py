@@ -13,15 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from toolkit.bundle.files import check_bundle_files, check_tree, read_member
-from toolkit.bundle.names import MAX_MANIFEST_BYTES, ONNX_MANIFEST_KEY, SAVED_MODEL_MANIFEST
 from toolkit.bundle.layout import Layout
+from toolkit.bundle.names import MAX_MANIFEST_BYTES, ONNX_MANIFEST_KEY, SAVED_MODEL_MANIFEST
 
 __all__ = ["check_saved_model", "read_litert", "read_onnx"]
-
-
-
-def _layout(manifest: Layout | dict[str, Any]) -> Layout:
-    return manifest if isinstance(manifest, Layout) else Layout.of(manifest)
 
 
 def read_onnx(root: str | os.PathLike, layout: Layout | dict[str, Any]) -> bytes:
@@ -29,7 +24,7 @@ def read_onnx(root: str | os.PathLike, layout: Layout | dict[str, Any]) -> bytes
     a manifest copy equal to the bundle's. Build sessions from these bytes, never a path."""
     from toolkit import onnx_proto
 
-    layout = _layout(layout)
+    layout = Layout.coerce(layout)
     rel = layout.format("onnx").path
     data = read_member(root, rel, key="onnx.file", files=layout.files_json)
     facts = onnx_proto.check_self_contained(data, rel)
@@ -39,7 +34,7 @@ def read_onnx(root: str | os.PathLike, layout: Layout | dict[str, Any]) -> bytes
 
 def read_litert(root: str | os.PathLike, layout: Layout | dict[str, Any]) -> bytes:
     """The bundle's LiteRT model bytes, contained and hash-checked."""
-    layout = _layout(layout)
+    layout = Layout.coerce(layout)
     rel = layout.format("litert").path
     return read_member(root, rel, key="litert.file", files=layout.files_json)
 
@@ -52,7 +47,7 @@ def check_saved_model(root: str | os.PathLike, layout: Layout | dict[str, Any]) 
     SavedModels carried a copy are compared with the ONNX graph's copy when they have
     one. Returns the folder's path.
     """
-    layout = _layout(layout)
+    layout = Layout.coerce(layout)
     root = Path(root)
     files = layout.files_json
     rel = layout.format("saved_model").path

@@ -13,7 +13,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+from toolkit.bundle import manifest as manifest_lib
 from toolkit.bundle.files import check_bundle_files, check_member_path, read_json_member
+from toolkit.bundle.layout import Layout
 from toolkit.bundle.names import (
     CHECKPOINT_FILE,
     CHECKPOINT_FORMAT,
@@ -23,8 +25,6 @@ from toolkit.bundle.names import (
     MANIFEST,
     ONNX_FILE,
 )
-from toolkit.bundle import manifest as manifest_lib
-from toolkit.bundle.layout import Layout
 from toolkit.bundle.recovery import recover
 from toolkit.errors import BundleError
 

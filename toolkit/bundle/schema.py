@@ -23,12 +23,12 @@ __all__ = [
     "MAX_VIOLATIONS",
     "SCHEMA_PATH",
     "add_format",
-    "describe",
     "format_names",
     "join_path",
     "register_format",
     "schema",
     "schema_violations",
+    "show_value",
 ]
 
 SCHEMA_PATH = Path(__file__).parents[1] / "schemas" / "manifest.schema.json"
@@ -57,6 +57,12 @@ def register_format(name: str, section: dict[str, Any]) -> None:
     ``section`` (a format registered outside the committed schema)."""
     _REGISTERED[name] = section
     schema.cache_clear()
+
+
+def unregister_format(name: str) -> None:
+    """Undoes ``register_format``."""
+    if _REGISTERED.pop(name, None) is not None:
+        schema.cache_clear()
 
 
 def add_format(data: dict[str, Any], name: str, section: dict[str, Any]) -> None:
@@ -90,7 +96,7 @@ def join_path(path: str, key: Any) -> str:
     return f"{path}[{json.dumps(key)}]"
 
 
-def describe(value: Any) -> str:
+def show_value(value: Any) -> str:
     """A value as a message shows it: its JSON, shortened, or "an object"/"a list"."""
     if isinstance(value, dict):
         return "an object"
@@ -275,37 +281,42 @@ class _Validator:
         kinds = schema.get("type")
         if kinds is not None and not _types_ok(value, kinds):
             kinds = [kinds] if isinstance(kinds, str) else kinds
-            self.fail(path, f"expected {_or([_TYPE_TEXT[k] for k in kinds])}, got {describe(value)}")
+            self.fail(
+                path, f"expected {_or([_TYPE_TEXT[k] for k in kinds])}, got {show_value(value)}"
+            )
             return False
         if isinstance(value, float) and not math.isfinite(value):
             self.fail(path, f"expected a finite number, got {value}")
             return False
         if "const" in schema and value != schema["const"]:
-            self.fail(path, f"expected {json.dumps(schema['const'])}, got {describe(value)}")
+            self.fail(path, f"expected {json.dumps(schema['const'])}, got {show_value(value)}")
             return False
         if "enum" in schema and not (
             value in schema["enum"]  # a str equals only strs: no type test needed
             if type(value) is str
             else any(value == e and type(value) is type(e) for e in schema["enum"])
         ):
-            self.fail(path, f"expected one of {json.dumps(schema['enum'])}, got {describe(value)}")
+            self.fail(
+                path, f"expected one of {json.dumps(schema['enum'])}, got {show_value(value)}"
+            )
             return False
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             if "minimum" in schema and value < schema["minimum"]:
-                self.fail(path, f"expected a value >= {schema['minimum']}, got {describe(value)}")
+                self.fail(path, f"expected a value >= {schema['minimum']}, got {show_value(value)}")
             if "maximum" in schema and value > schema["maximum"]:
-                self.fail(path, f"expected a value <= {schema['maximum']}, got {describe(value)}")
+                self.fail(path, f"expected a value <= {schema['maximum']}, got {show_value(value)}")
         if isinstance(value, str):
             if len(value) < schema.get("minLength", 0):
                 self.fail(
-                    path, f"expected at least {schema['minLength']} characters, got {describe(value)}"
+                    path,
+                    f"expected at least {schema['minLength']} characters, got {show_value(value)}",
                 )
             if len(value) > schema.get("maxLength", math.inf):
                 self.fail(
                     path, f"expected at most {schema['maxLength']} characters, got {len(value)}"
                 )
             elif "pattern" in schema and not re.search(schema["pattern"], value):
-                self.fail(path, f"expected {self.pattern_text(schema)}, got {describe(value)}")
+                self.fail(path, f"expected {self.pattern_text(schema)}, got {show_value(value)}")
         if isinstance(value, list):
             self.check_array(value, schema, path, depth)
         if isinstance(value, dict):
@@ -344,7 +355,7 @@ class _Validator:
             if kinds and not matching:
                 self.fail(
                     join_path(path, "kind"),
-                    f"expected one of {json.dumps(kinds)}, got {describe(value['kind'])}",
+                    f"expected one of {json.dumps(kinds)}, got {show_value(value['kind'])}",
                 )
                 return False
         passing = [b for b in resolved if self.passes(value, b, path, depth + 1)]
@@ -357,7 +368,9 @@ class _Validator:
         ]
         if len(typed) == 1:
             return self.check(value, typed[0], path, depth + 1)
-        self.fail(path, f"expected {_or([self.describe(b) for b in resolved])}, got {describe(value)}")
+        self.fail(
+            path, f"expected {_or([self.describe(b) for b in resolved])}, got {show_value(value)}"
+        )
         return False
 
     def check_array(self, value: list, schema: dict[str, Any], path: str, depth: int) -> None:

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from toolkit.bundle.files import sha256_file
-from toolkit.bundle.names import MANIFEST, SAVED_MODEL_MANIFEST
 from toolkit.bundle.manifest import without_files
+from toolkit.bundle.names import MANIFEST, SAVED_MODEL_MANIFEST
 from toolkit.bundle.recovery import fsync_dir, fsync_tree, recover, siblings
 from toolkit.errors import ExportError
 
@@ -233,4 +233,3 @@ def write_saved_model_manifest(saved_model_dir: Path, manifest: dict[str, Any]) 
     path = Path(saved_model_dir) / SAVED_MODEL_MANIFEST
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(without_files(manifest), sort_keys=True))
-

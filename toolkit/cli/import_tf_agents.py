@@ -66,9 +66,9 @@ def import_tf_agents(
     imports the saved policy picked with --policy and, with --checkpoint, applies one of
     its checkpoints. The bundle is written only once verified.
     """
-    from toolkit.bundle import FORMATS
+    from exporters import formats as export_formats
 
-    format_list = common.parse_list(formats, "--format", FORMATS)
+    format_list = common.parse_list(formats, "--format", tuple(export_formats.names()))
     meta = common.parse_metadata(metadata or [])
     if not saved_model.is_dir():
         raise common.fail(f"{saved_model}: no such SavedModel folder")

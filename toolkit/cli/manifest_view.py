@@ -16,7 +16,10 @@ from typing import Any
 
 import numpy as np
 
+from exporters import formats as export_formats
 from toolkit import bundle, nest
+from toolkit.bundle.files import parse_json
+from toolkit.bundle.layout import Layout
 from toolkit.errors import BundleError
 from toolkit.specs import array_spec
 
@@ -78,7 +81,7 @@ def _manifest_from_onnx(path: Path) -> dict[str, Any]:
             f"{path}: no {bundle.ONNX_MANIFEST_KEY} in the model's metadata; "
             "not exported by policy-toolkit"
         )
-    manifest = bundle._parse_json(text.encode("utf-8"), path)
+    manifest = parse_json(text.encode("utf-8"), path)
     # The embedded copy cannot list its own file; describe the file as it is now.
     if not isinstance(manifest, dict):
         raise BundleError(
@@ -230,24 +233,10 @@ def render_manifest(
     summary.add_row("formats", ", ".join(manifest.get("formats", [])))
     train_step = manifest.get("train_step")
     summary.add_row("train step", "-" if train_step is None else str(train_step))
-    if "onnx" in manifest:
-        o = manifest["onnx"]
-        summary.add_row(
-            "onnx",
-            f"{o.get('file')}: opset {o.get('opset')}, function {o.get('function')}, "
-            f"{len(o.get('initializers', []))} initializers, "
-            f"graph {str(o.get('graph_fingerprint', ''))[:12]}",
-        )
-    if "litert" in manifest:
-        lite = manifest["litert"]
-        summary.add_row(
-            "litert",
-            f"{lite.get('file')}: signatures {', '.join(lite.get('signatures', []))}; "
-            f"{len(lite.get('ops', []))} builtin ops",
-        )
-    if "saved_model" in manifest:
-        s = manifest["saved_model"]
-        summary.add_row("saved_model", f"{s.get('dir')}/ (tags {', '.join(s.get('tags', []))})")
+    layout = Layout.of(manifest)
+    for name, entry in layout.formats.items():
+        fmt = export_formats.FORMATS.get(name)
+        summary.add_row(name, fmt.describe(entry) if fmt is not None else entry.path)
     if "quantization" in manifest:
         q = manifest["quantization"]
         returns = ""

@@ -26,14 +26,7 @@ def run(
     seed: Annotated[
         int, typer.Option("--seed", help="Episode i resets with seed + i; seeds the policy too.")
     ] = 0,
-    backend: Annotated[
-        str,
-        typer.Option(
-            "--backend",
-            "-b",
-            help="onnx or litert (no TensorFlow), tf, or auto (onnx, then litert, then tf).",
-        ),
-    ] = "auto",
+    backend: common.BackendOption = "auto",
     record: Annotated[
         Path | None,
         typer.Option("--record", help="Save one rendered episode (the first seed) as a .gif."),
@@ -77,7 +70,10 @@ def run(
     """
     from toolkit.cli import rollout
 
-    backend = common.parse_list(backend, "--backend", (*common.BACKENDS, "auto"))[0]
+    chosen = common.parse_backend(backend)
+    backend = "auto" if chosen is None else chosen.name
+    if follow is not None and chosen is not None:
+        chosen.require("weight_updates", "--follow")
     if record is not None and record.suffix.lower() != ".gif":
         raise common.fail(f"--record: expected a .gif file, got {record.name!r}")
     if workers:
@@ -103,6 +99,9 @@ def run(
     policy = common.load_runtime_policy(ctx, bundle, backend, seed)
     rollout.check_compatible(policy, gym_env, env)
     if follow is not None:
+        from runtimes import backends
+
+        backends.get(policy.backend).require("weight_updates", "--follow")
         with policy.follow(follow, interval):
             result = rollout.rollout(
                 policy,
