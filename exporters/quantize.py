@@ -283,10 +283,11 @@ def _make_env(factory: Any, env_id: str, size: int) -> Any:
 
 def _float_policy(source: Path, manifest: dict[str, Any]) -> Any:
     import runtimes
+    from runtimes import backends
 
-    for backend in ("onnx", "litert"):
-        if backend in manifest and runtimes.missing_extra(backend) is None:
-            return runtimes.load_policy(source, backend, seed=0)
+    for backend in backends.installed(manifest.get("formats", [])):
+        if backend.tf_free:
+            return runtimes.load_policy(source, backend.name, seed=0)
     return runtimes.load_policy(source, seed=0)
 
 

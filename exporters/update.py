@@ -146,11 +146,11 @@ def update_bundle(
     formats = tuple(name for name in export_formats.names() if layout.has(name))
     if not formats:
         raise BundleError(f"{root}: the bundle holds no model to update")
+    for name in formats:
+        export_formats.get(name).check_update(root, layout, layout.weights is not None)
     source = Path(checkpoint)
     if not source.exists() and not Path(f"{source}.index").is_file():
         raise BundleError(f"{source}: no such checkpoint")
-    for name in formats:
-        export_formats.get(name).check_update(root, layout, layout.weights is not None)
     if layout.weights is not None:
         found = checkpoint_weights.select(source, step)
         return _write(root, layout, formats, _through_map(layout, found), found.kind)

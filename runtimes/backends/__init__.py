@@ -22,7 +22,6 @@ your own package. Commands refuse a backend that lacks a capability they need
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import importlib.util
 from typing import Any
@@ -45,9 +44,8 @@ __all__ = [
 AUTO = "auto"
 
 
-@dataclasses.dataclass(frozen=True)
 class Backend:
-    """One runtime backend: where it lives and what it can do.
+    """One runtime backend: where it lives and what it can do (immutable).
 
     Attributes:
       name: what users pass (``--backend``, ``load_policy(backend=...)``).
@@ -57,30 +55,75 @@ class Backend:
       engine: the import name of the library it runs on (checked before loading).
       extra: the pip extra that installs the engine.
       label: the format as messages name it ("ONNX").
+      engine_label: the engine as messages name it (default: ``engine``).
       tf_free: never imports TensorFlow (devices, Ray workers, ``serve``).
       weight_updates: takes checkpoints (``update_from_checkpoint``, ``follow``).
       threads: honours ``threads=`` (intra-op threads of its engine).
       auto: a candidate for ``backend="auto"`` (tried in table order).
     """
 
-    name: str
-    module: str
-    policy_class: str
-    format: str
-    engine: str
-    extra: str
-    label: str
-    tf_free: bool = True
-    weight_updates: bool = True
-    threads: bool = True
-    auto: bool = True
+    # A plain class, not a dataclass: the table is read on every cold start, and
+    # dataclasses costs about a millisecond to import.
+    __slots__ = (
+        "auto",
+        "engine",
+        "engine_label",
+        "extra",
+        "format",
+        "label",
+        "module",
+        "name",
+        "policy_class",
+        "tf_free",
+        "threads",
+        "weight_updates",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        module: str,
+        policy_class: str,
+        format: str,
+        engine: str,
+        extra: str,
+        label: str,
+        *,
+        engine_label: str | None = None,
+        tf_free: bool = True,
+        weight_updates: bool = True,
+        threads: bool = True,
+        auto: bool = True,
+    ):
+        values = {
+            "name": name,
+            "module": module,
+            "policy_class": policy_class,
+            "format": format,
+            "engine": engine,
+            "extra": extra,
+            "label": label,
+            "engine_label": engine_label or engine,
+            "tf_free": tf_free,
+            "weight_updates": weight_updates,
+            "threads": threads,
+            "auto": auto,
+        }
+        for key, value in values.items():
+            object.__setattr__(self, key, value)
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        raise AttributeError(f"Backend is immutable: cannot set {key!r}")
+
+    def __repr__(self) -> str:
+        return f"Backend({self.name!r}, {self.module!r}, format={self.format!r})"
 
     def missing(self) -> str | None:
         """``pip install ...`` advice when the engine is not installed, else None."""
         if _has_module(self.engine):
             return None
         return (
-            f"the {self.name} backend needs {self.engine} "
+            f"the {self.name} backend needs {self.engine_label} "
             f"(pip install 'policy-toolkit[{self.extra}]')"
         )
 
@@ -151,6 +194,7 @@ BACKENDS: dict[str, Backend] = {
             "tensorflow",
             "all",
             "a SavedModel",
+            engine_label="TensorFlow",
             tf_free=False,
             threads=False,
             # It runs the SavedModel, a program: chosen by auto only when no TF-free

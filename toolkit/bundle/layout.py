@@ -14,8 +14,6 @@ writer that derives a new manifest asks for a copy (``to_json``).
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import types
 from collections.abc import Mapping
 from pathlib import Path
@@ -251,30 +249,61 @@ class WeightsMap(NamedTuple):
 
 #: The manifest section key naming a format's file, or its folder.
 _PATH_KEYS = (("file", False), ("dir", True))
+#: A slot not computed yet.
+_UNREAD = object()
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
 class Layout:
-    """A validated bundle manifest as immutable records. Build with ``Layout.of``."""
+    """A validated bundle manifest as immutable records. Build with ``Layout.of``.
 
-    #: the exported TF policy's class name (information only)
-    policy_class: str
-    #: how the action is derived from the distribution parameters (read-only)
-    action: Mapping[str, Any]
-    specs: Specs
-    #: the ``distribution`` nest: ``toolkit.distribution_families.LeafInfo`` leaves
-    distribution: Any
-    signatures: Mapping[str, Signature]
-    #: the exported formats, in the manifest's order
-    formats: Mapping[str, FormatEntry]
-    train_step: int | None
-    metadata: Mapping[str, Any]
-    producer: Mapping[str, Any]
-    #: the quantize report (bundles written by ``quantize``), else None
-    quantization: Mapping[str, Any] | None
-    files: Mapping[str, FileEntry]
-    names: GraphNames
-    _manifest: dict[str, Any] = dataclasses.field(repr=False)
+    Attributes:
+      policy_class: the exported TF policy's class name (information only).
+      action: how the action is derived from the distribution parameters (read-only).
+      specs: the policy's ``Specs``.
+      distribution: the ``distribution`` nest of ``toolkit.distribution_families.LeafInfo``.
+      signatures: the exported functions' ``Signature`` by name.
+      formats: the exported formats' ``FormatEntry``, in the manifest's order.
+      train_step: the train step of the weights, or None.
+      metadata: the user's metadata (read-only).
+      producer: the versions that wrote the bundle (read-only).
+      quantization: the quantize report (bundles written by ``quantize``), else None.
+      files: the file table: ``FileEntry`` by bundle-relative path.
+      names: the ``distribution`` graph's I/O names (``GraphNames``).
+    """
+
+    # A plain class with slots, not a dataclass: a runtime builds one on every cold start,
+    # and importing dataclasses costs about a millisecond.
+    __slots__ = (
+        "_manifest",
+        "_weights",
+        "action",
+        "distribution",
+        "files",
+        "formats",
+        "metadata",
+        "names",
+        "policy_class",
+        "producer",
+        "quantization",
+        "signatures",
+        "specs",
+        "train_step",
+    )
+
+    def __init__(self, _manifest: dict[str, Any], **fields: Any):
+        for key, value in fields.items():
+            object.__setattr__(self, key, value)
+        object.__setattr__(self, "_manifest", _manifest)
+        object.__setattr__(self, "_weights", _UNREAD)
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        raise AttributeError(f"a Layout is immutable: cannot set {key!r}")
+
+    def __repr__(self) -> str:
+        return (
+            f"Layout(policy={self.policy_class!r}, formats={list(self.formats)}, "
+            f"train_step={self.train_step})"
+        )
 
     @classmethod
     def of(
@@ -328,6 +357,7 @@ class Layout:
         )
         quantization = manifest.get("quantization")
         return cls(
+            manifest if owned else _deepcopy(manifest),
             policy_class=str(manifest["policy"].get("class", "")),
             action=freeze(manifest["policy"]["action"]),
             specs=specs,
@@ -342,7 +372,6 @@ class Layout:
                 {k: FileEntry(v["sha256"], v["size"]) for k, v in manifest["files"].items()}
             ),
             names=names,
-            _manifest=manifest if owned else _deepcopy(manifest),
         )
 
     @classmethod
@@ -389,13 +418,17 @@ class Layout:
         entry = self.formats.get("onnx")
         return entry.section.get("graph_fingerprint") if entry else None
 
-    @functools.cached_property
+    @property
     def weights(self) -> WeightsMap | None:
         """The weights map of the ONNX graph, or None (bundles exported before it, and
-        quantized ones)."""
-        entry = self.formats.get("onnx")
-        data = entry.section.get("weights") if entry else None
-        return None if data is None else WeightsMap.of(data)
+        quantized ones). Decoded on first use."""
+        weights = self._weights
+        if weights is _UNREAD:
+            entry = self.formats.get("onnx")
+            data = entry.section.get("weights") if entry else None
+            weights = None if data is None else WeightsMap.of(data)
+            object.__setattr__(self, "_weights", weights)
+        return weights
 
     # --- the manifest itself -----------------------------------------------------------
 

@@ -12,11 +12,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-from toolkit.bundle.files import check_bundle_files, check_tree, read_member
+from toolkit.bundle.files import check_bundle_files, check_tree, parse_json, read_member
 from toolkit.bundle.layout import Layout
 from toolkit.bundle.names import MAX_MANIFEST_BYTES, ONNX_MANIFEST_KEY, SAVED_MODEL_MANIFEST
+from toolkit.errors import BundleError
 
-__all__ = ["check_saved_model", "read_litert", "read_onnx"]
+__all__ = ["check_saved_model", "read_litert", "read_lone_onnx", "read_onnx"]
 
 
 def read_onnx(root: str | os.PathLike, layout: Layout | dict[str, Any]) -> bytes:
@@ -62,3 +63,53 @@ def check_saved_model(root: str | os.PathLike, layout: Layout | dict[str, Any]) 
     elif layout.has("onnx") and layout.format("onnx").path in files:
         read_onnx(root, layout)
     return root / rel
+
+
+def read_lone_onnx(path: str | os.PathLike) -> Layout:
+    """The layout an ``.onnx`` file exported by policy-toolkit carries in its metadata (a
+    model copied out of its bundle describes itself), with the file as it is now as its
+    file table. The model is only parsed, never run: external data is reported, not read.
+
+    Raises:
+      BundleError: not a regular file, not an ONNX model, no manifest copy, or a copy
+        that breaks the manifest's rules.
+    """
+    import hashlib
+
+    from toolkit import onnx_proto
+    from toolkit.bundle import manifest as manifest_lib
+
+    path = Path(path)
+
+    # The user named this file, so a link they gave is followed; it is still read
+    # only if regular, and bounded.
+    real = path.resolve()
+    try:
+        data = read_member(real.parent, real.name, key="file")
+    except BundleError as e:
+        raise BundleError(f"{path}: {str(e).splitlines()[0]}") from None
+    # The model is only parsed here, never run: external data is reported, not read.
+    facts = onnx_proto.scan_model(data, str(path))
+    text = facts.metadata.get(ONNX_MANIFEST_KEY)
+    if text is None:
+        raise BundleError(
+            f"{path}: no {ONNX_MANIFEST_KEY} in the model's metadata; "
+            "not exported by policy-toolkit"
+        )
+    manifest = parse_json(text.encode("utf-8"), path)
+    # The embedded copy cannot list its own file; describe the file as it is now.
+    if not isinstance(manifest, dict):
+        raise BundleError(
+            f"{path}: expected a manifest object in its metadata, got {type(manifest).__name__}"
+        )
+    onnx_info = manifest.get("onnx")
+    name = onnx_info.get("file") if isinstance(onnx_info, dict) else None
+    manifest["files"] = {
+        name if isinstance(name, str) else path.name: {
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "size": len(data),
+        }
+    }
+    where = f"{path.name} (metadata_props)"
+    manifest_lib.validate(manifest, where, files_listed=False)
+    return Layout.of(manifest, where, owned=True)
