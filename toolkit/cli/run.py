@@ -76,7 +76,8 @@ def run(
     Prints the mean, std, min and max return and the steps per second; with --follow,
     also each episode's return and the train step of the weights it was played with.
     With --workers, Ray actors play the episodes; the per-episode returns equal a local
-    run's.
+    run's, lost workers or not (a sampling policy draws per block of 32 episodes, so
+    past the first block its draws differ from a local run's).
     """
     from toolkit.cli import rollout
 
