@@ -37,6 +37,8 @@ from toolkit.errors import (
     BundleError,
     PolicyError,
     SpecMismatchError,
+    ToolkitError,
+    UnsupportedError,
 )
 from toolkit.policies.py_policy import PyPolicy, Seed
 from toolkit.specs import array_spec
@@ -339,6 +341,55 @@ class BundlePolicy(PyPolicy):
         import copy
 
         return copy.deepcopy(self._description)
+
+    def set_action_description(self, description: dict[str, Any]) -> None:
+        """Derives actions by ``description`` from the next call on; the graph stays.
+
+        What a collect policy's decayed epsilon needs (Ray collectors take the learner's
+        ``export_description()``): the description must be of the bundle's kind (e.g.
+        ``epsilon_greedy`` with another ``epsilon``), as the graph's outputs were made
+        for it. It is compiled before it is swapped in, so a bad one changes nothing.
+
+        Raises:
+          PolicyError: a description of another kind, or one the graph's parameters
+            do not fit (naming the field).
+        """
+        import copy
+
+        kind = self._description.get("kind")
+        got = description.get("kind") if isinstance(description, dict) else description
+        emit = isinstance(description, dict) and bool(
+            description.get("emit_log_probability", False)
+        )
+        if got != kind or emit != self._emit_log_probability:
+            raise PolicyError(
+                f"set_action_description: expected a {kind!r} description "
+                f"(emit_log_probability {self._emit_log_probability}) as the bundle's, got "
+                f"{got!r:.80} (emit_log_probability {emit})"
+            )
+        try:
+            deriver = derivations.DerivationBuilder(self.action_spec, self.policy_state_spec).build(
+                description, self._params_tree, "distribution", () if self.is_stateful else None
+            )
+        except (ToolkitError, TypeError, ValueError) as e:
+            raise PolicyError(f"set_action_description: {e}") from e
+        self._description = copy.deepcopy(description)
+        self._deriver = deriver
+
+    def apply_weights(self, initializers: dict[str, Any], train_step: int | None = None) -> None:
+        """Swaps in new weights given as arrays keyed by graph initializer name.
+
+        Only backends that run the graph with replaceable initializers take them (the
+        onnx backend); LiteRT models and SavedModels hold theirs as constants or
+        variables: this raises for them.
+
+        Raises:
+          UnsupportedError: always, here; backends that can override it.
+        """
+        raise UnsupportedError(
+            f"apply_weights: the {self.backend} backend cannot take weights from arrays; load "
+            "the bundle with backend='onnx' (or use update_from_checkpoint)"
+        )
 
     def __repr__(self) -> str:
         return (

@@ -17,7 +17,7 @@ import onnxruntime as ort
 from runtimes.policy import BundlePolicy, fill_inputs
 from toolkit.bundle import readers
 from toolkit.bundle.layout import Layout, Signature
-from toolkit.errors import BundleError, PolicyError
+from toolkit.errors import BundleError, PolicyError, SpecMismatchError, UnsupportedError
 
 __all__ = ["OnnxPolicy", "check_graph_io", "session_options"]
 
@@ -217,6 +217,35 @@ class OnnxPolicy(BundlePolicy):
         weights = read_weights(self.layout, path, step=step)
         self._apply_weights(weights)
 
+    def apply_weights(self, initializers: dict[str, Any], train_step: int | None = None) -> None:
+        """Swaps in new weights given as arrays keyed by ONNX initializer name.
+
+        How Ray collectors take the learner's weights (``toolkit.distributed``): no
+        checkpoint files, no TensorFlow. The arrays must be every weight of the graph
+        (its weights map's initializers), each with its shape and dtype; then the
+        session is rebuilt with them as initializer overrides and swapped in whole:
+        calls already running finish on the old weights.
+
+        Args:
+          initializers: ``{initializer name: array}`` for every weight (e.g.
+            ``toolkit.distributed.weights.WeightsMap.initializers()``).
+          train_step: the train step these weights come from (``train_step`` reports
+            it); None when unknown.
+
+        Raises:
+          SpecMismatchError: a weight missing, an initializer that is not a weight of
+            this graph, or an array of another shape or dtype (naming the initializer).
+          UnsupportedError: a bundle without a weights map (exported before
+            policy-toolkit recorded one, or quantized).
+        """
+        if train_step is not None and (
+            isinstance(train_step, bool) or not isinstance(train_step, (int, np.integer))
+        ):
+            raise SpecMismatchError("train_step", "an int or None", repr(train_step))
+        arrays = _checked_weights(self.layout, initializers)
+        self._set_session(self._new_session(arrays))
+        self._train_step = None if train_step is None else int(train_step)
+
     def _apply_weights(self, weights: Any) -> None:
         self._set_session(self._new_session(weights.initializers))
         self._train_step = weights.train_step
@@ -229,6 +258,46 @@ class OnnxPolicy(BundlePolicy):
             )
         # Sessions are never changed in place, so sharing one is safe.
         self._set_session(policy._session)
+
+
+def _checked_weights(layout: Layout, initializers: dict[str, Any]) -> dict[str, np.ndarray]:
+    """``initializers`` as arrays, each a weight of the graph with its mapped shape and dtype.
+
+    onnxruntime takes overrides of unknown names and of other shapes without a word
+    (a wrong shape fails later, mid-run, or not at all), so they are checked here.
+    """
+    weights = layout.weights
+    if weights is None:
+        raise UnsupportedError(
+            "apply_weights: the bundle records no weights map (exported before "
+            "policy-toolkit recorded one, or quantized); export it with this version"
+        )
+    entries = dict(zip(layout.onnx_initializers, weights.initializers, strict=False))
+    out = {}
+    for name, value in initializers.items():
+        entry = entries.get(name)
+        if entry is None:
+            what = "a constant" if name in entries else "no initializer"
+            raise SpecMismatchError(
+                f"apply_weights/{name}", "a weight of this graph", f"{what} of that name"
+            )
+        array = np.asarray(value)
+        shape, dtype = entry.shape, np.dtype(entry.dtype)
+        if array.shape != shape or array.dtype != dtype:
+            raise SpecMismatchError(
+                f"apply_weights/{name}",
+                f"shape {shape} {dtype.name}",
+                f"shape {array.shape} {array.dtype.name}",
+            )
+        out[name] = array
+    missing = [n for n, e in entries.items() if e is not None and n not in out]
+    if missing:
+        raise SpecMismatchError(
+            "apply_weights",
+            f"every weight of this graph ({len(out) + len(missing)})",
+            f"{len(out)}, without {missing[:3]}{' ...' if len(missing) > 3 else ''}",
+        )
+    return out
 
 
 def _layouts(signature: Signature, inputs: list[str], fetch: list[str]) -> tuple:

@@ -162,14 +162,17 @@ def rollout(
     return RolloutResult(env_id, seed, returns, lengths, seconds, train_steps if tracked else None)
 
 
-def render_rollout(result: RolloutResult, bundle: Path, backend: str) -> tuple[str, Any]:
-    """A title line and the table of results."""
+def render_rollout(
+    result: RolloutResult, bundle: Path, backend: str, *, workers: int = 0
+) -> tuple[str, Any]:
+    """A title line and the table of results (``workers``: Ray actors that played them)."""
     from rich import box
     from rich.table import Table
 
     stats = result.stats()
+    where = f", {workers} Ray workers" if workers else ""
     title = (
-        f"{bundle} in {result.env_id} ({backend} backend, seeds {result.seed}.."
+        f"{bundle} in {result.env_id} ({backend} backend{where}, seeds {result.seed}.."
         f"{result.seed + len(result.returns) - 1})"
     )
     table = Table(box=box.SIMPLE_HEAD, show_edge=False)
