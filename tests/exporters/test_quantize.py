@@ -6,7 +6,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from exporters.quantize import _float16_weights, last_layers, return_floor
+from exporters.quantize import last_layers, return_floor
+from exporters.quantize.engine import _float16_weights
 
 
 def test_the_return_gate_counts_a_drop_from_the_float_return_for_either_sign():

@@ -466,7 +466,7 @@ def _onnx_candidate(
     import onnx
 
     if method == "gptq":
-        from exporters import gptq
+        from exporters.quantize import gptq
 
         result = gptq.quantize_model(model, states.inputs, _discrete(manifest))
         return result.model.SerializeToString(), result.float_layers
@@ -567,7 +567,7 @@ def _litert_candidate(
     from exporters import litert_export
 
     if method == "litert-gptq":
-        from exporters import gptq
+        from exporters.quantize import gptq
 
         model, _, kept, _ = gptq.quantize_litert(
             _float_litert(source, manifest), states.inputs, _discrete(manifest)
