@@ -23,7 +23,6 @@ __all__ = [
     "CollectorActor",
     "EvaluatorActor",
     "bundle_payload",
-    "make_environment",
 ]
 
 
@@ -59,15 +58,6 @@ def load_payload(files: dict[str, bytes], seed: int | None) -> Any:
     return load_policy(folder, backend="onnx", seed=seed, validate_args=False)
 
 
-def make_environment(env: Any, num_envs: int) -> Any:
-    """A GymVectorEnvironment from an id, or from a callable making one gymnasium env."""
-    from toolkit.environments.gym_adapter import GymVectorEnvironment
-
-    if isinstance(env, str):
-        return GymVectorEnvironment(env, num_envs)
-    return GymVectorEnvironment([env] * num_envs)
-
-
 def set_weights(policy: Any, weights: dict[str, np.ndarray], train_step: int) -> None:
     """Swaps ``weights`` ({initializer name: array}) into an onnx-backend policy."""
     # The onnx backend rebuilds its session with initializer overrides, exactly as
@@ -94,18 +84,14 @@ class EvaluatorActor:
     """Plays seeded episodes with a bundle's policy (wrapped by ``ray.remote``)."""
 
     def __init__(self, files: dict[str, bytes], env: Any, seed: int | None):
+        from toolkit.environments.episodes import EpisodePlayer
+
         self._policy = load_payload(files, seed)
-        self._env_spec = env
-        self._envs: dict[int, Any] = {}
+        self._player = EpisodePlayer(env)
 
     def evaluate(self, first_seed: int, count: int) -> tuple[list[float], list[int]]:
         """Episodes seeded ``first_seed .. first_seed + count - 1``: returns, lengths."""
-        from toolkit.environments import driver
-
-        env = self._envs.get(count)
-        if env is None:
-            env = self._envs[count] = make_environment(self._env_spec, count)
-        result = driver.evaluate_policy(env, self._policy, seed=first_seed)
+        result = self._player.play(self._policy, first_seed, count)
         return result.episode_returns, result.episode_lengths
 
     def ping(self) -> dict[str, Any]:
@@ -159,11 +145,11 @@ class CollectorActor:
         gamma: float,
         seed: int,
     ):
-        from toolkit.environments import driver
+        from toolkit.environments import driver, episodes
         from toolkit.replay_buffer import ExperienceWriter
 
         self._policy = load_payload(files, seed)
-        self._env = make_environment(env, num_envs)
+        self._env = episodes.make_env(env, num_envs)
         self._sink = _RowSink()
         self._driver = driver.Driver(
             self._env, self._policy, [ExperienceWriter(self._sink, n_step, gamma)], max_steps=1

@@ -17,12 +17,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from toolkit.environments import episodes as episodes_lib
 from toolkit.errors import ArgumentError
 
 __all__ = ["DistributedResult", "evaluate", "start_evaluators"]
 
-#: the local run's batch (toolkit.cli.rollout.MAX_PARALLEL_ENVS)
-DEFAULT_CHUNK = 32
+#: the local run's batch
+DEFAULT_CHUNK = episodes_lib.MAX_PARALLEL_ENVS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,7 +91,7 @@ def evaluate(
         evaluators = start_evaluators(ray, files_ref, env, int(workers), policy_seed)
         if on_actors is not None:
             on_actors(evaluators)
-        blocks = [(start, min(chunk, episodes - start)) for start in range(0, episodes, chunk)]
+        blocks = episodes_lib.chunks(episodes, chunk)
         results: dict[int, tuple[list[float], list[int]]] = {}
         pending: dict[Any, int] = {}
         queue = list(blocks)
