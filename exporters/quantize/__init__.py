@@ -20,7 +20,8 @@ return >= the float policy's less ``(1 - min_return_ratio)`` x its magnitude. Be
 the gates nothing is written unless ``force`` (then the most faithful candidate is
 written). The report lists every candidate tried, with why it was taken or not.
 
-The modules, each one job (no import circles: each imports only those listed after it):
+The modules, one job each; no import circles (an import-linter contract in
+pyproject.toml holds them in layers):
 
 * ``engine``: ``quantize_bundle``, which runs the steps below in order and chooses.
 * ``targets``: the target table (name -> module, formats read and written, methods,

@@ -125,3 +125,24 @@ def test_recorded_files_with_bad_members_or_headers_are_named(tmp_path):
         with pytest.raises(ExportError) as caught:
             Npz(path)
         assert str(caught.value) == f"{path}: {message}"
+
+
+def test_the_cli_and_the_readme_offer_every_method_of_the_target_table():
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    from exporters.quantize.targets import TARGETS
+    from toolkit.cli import app
+
+    shown = CliRunner().invoke(app, ["quantize", "--help"], terminal_width=400)
+    assert shown.exit_code == 0, shown.output
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    row = next(line for line in readme.splitlines() if line.startswith("| `quantize BUNDLE"))
+    for name, target in TARGETS.items():
+        assert f"--target {name}" in row and f"{name} (needs {', '.join(target.needs)})" in (
+            shown.output
+        )
+        for method in target.method_names:
+            assert f"`{method}`" in row
+            assert method in shown.output

@@ -66,7 +66,9 @@ def test_a_player_keeps_one_environment_per_chunk_size_and_closes_them():
         made = player.env(1)
         assert player.env(1) is made and made.batch_size == 1
         assert len(player.play(_Lean(), 0, 2).episode_returns) == 2
-    assert player._envs == {}
+    again = player.env(1)  # closed ones are forgotten: a new one is made
+    assert again is not made
+    player.close()
 
 
 def test_unknown_ids_and_modules_are_named():
