@@ -99,6 +99,8 @@ def quantize_bundle(
         raise ExportError(f"{output.absolute()}: already exists; pass overwrite=True to replace it")
     spec.check_installed()
     source.check_files(members)
+    # The float model read and checked (a broken one refused) before any episode.
+    prepared = module.prepare(source)
 
     if env is not None:
         say(f"play {episodes} episodes of {env} with the float policy")
@@ -125,7 +127,6 @@ def quantize_bundle(
 
     with tempfile.TemporaryDirectory(prefix="policy-quantize-") as scratch:
         tmp = Path(scratch)
-        prepared = module.prepare(source)
         # name -> (the file as written, float layers, the manifest it was sized with)
         built: dict[str, tuple[bytes, tuple[str, ...], dict[str, Any]]] = {}
         for candidate in methods:

@@ -151,7 +151,13 @@ def quantize_litert(
         parts: list[list[np.ndarray]] = [[] for _ in names]
         with quiet_stderr():
             for start in range(0, count, 1024):
-                out = runner(**{k: calibration[k][start : start + 1024] for k in wanted})
+                try:
+                    out = runner(**{k: calibration[k][start : start + 1024] for k in wanted})
+                except RuntimeError as e:
+                    # LiteRT checks a model's tensor indices when it allocates, not at load.
+                    raise BundleError(
+                        f"the LiteRT model cannot run for gptq ({str(e).strip()[:200]})"
+                    ) from None
                 for i, name in enumerate(names):
                     parts[i].append(out[name])
         return [flat(np.concatenate(p).astype(np.float64)) for p in parts]

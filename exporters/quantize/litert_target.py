@@ -16,6 +16,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from exporters import graph_io
 from exporters.quantize.source import FloatBundle
 from toolkit import bundle
@@ -46,6 +48,13 @@ class Prepared:
 
         if source.has("litert"):
             self.float_model = source.read_litert()
+            # LiteRT checks a model's tensor indices when it allocates them, not when it
+            # loads it: one call now, so a broken model is refused before any work.
+            one = {
+                name: np.zeros((1, *[d or 1 for d in inner]), dtype)
+                for name, (dtype, inner) in source.inputs.items()
+            }
+            runner(self.float_model)(one)
         else:
             self.float_model = litert_export.convert_saved_model(
                 source.saved_model, what=str(source.root)

@@ -3,13 +3,14 @@
 ``TARGETS`` is what ``quantize_bundle``, the CLI's ``--target``/``--method`` choices and
 the docs read. A new target is one module and one line here. Its module provides:
 
-* ``check(source)``: BundleError when the float bundle lacks what the target reads;
-  returns the bundle members it reads (hash-checked before any work).
-* ``float_model(source)``: the float model file the candidates are compared with.
-* ``build(method, source, calibration, tmp)``: one candidate's ``(model bytes, float
-  layers)``, calibrated on ``calibration`` (RealStates).
-* ``finish(model, manifest)``: the model file as written beside ``manifest``.
+* ``check(source)``: BundleError when the float bundle (``source.FloatBundle``) lacks
+  what the target reads; returns the bundle members it reads (hash-checked first).
+* ``prepare(source)``: what every candidate starts from, read and checked before any
+  episode is played; its ``float_model`` is the float model file compared with.
+* ``build(method, prepared, source, calibration, tmp)``: one candidate's ``(model
+  bytes, float layers)``, calibrated on ``calibration`` (``states.RealStates``).
 * ``format_entry(source, model)``: its format's manifest entry (e.g. ``"onnx"``).
+* ``finish(model, manifest)``: the model file as written beside ``manifest``.
 * ``runner(model)``: a ``graph_io.Runner`` of the model's ``distribution`` graph.
 
 This module imports nothing heavy, so the CLI reads the table at start-up.
