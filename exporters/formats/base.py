@@ -66,8 +66,6 @@ class Format:
     runner_needs: ClassVar[tuple[str, ...]] = ()
     #: formats written before this one in an update (their new files are read)
     update_after: ClassVar[tuple[str, ...]] = ()
-    #: the ``quantize`` target that rewrites this format, if any
-    quantize_target: ClassVar[str | None] = None
 
     # --- export ----------------------------------------------------------------------
 

@@ -26,7 +26,6 @@ class LiteRTFormat(Format):
     name = "litert"
     label = "LiteRT"
     default = False
-    quantize_target = "litert"
     export_needs = ("tensorflow", "ai_edge_litert")
     runner_needs = ("ai_edge_litert",)
     # A LiteRT model's weights are constants: updating it converts the SavedModel again.

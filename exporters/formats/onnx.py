@@ -56,7 +56,6 @@ class OnnxFormat(Format):
     name = "onnx"
     label = "ONNX"
     default = True
-    quantize_target = "onnx"
     export_needs = ("tensorflow", "tf2onnx", "onnx")
     runner_needs = ("onnxruntime",)
     schema = {

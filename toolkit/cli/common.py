@@ -56,7 +56,7 @@ _INSTALLS = {
     "tensorflow_probability": "'policy-toolkit[all]'",
     "tf2onnx": "'policy-toolkit[all]'",
     "tf_keras": "'policy-toolkit[all]'",
-    "onnx": "'policy-toolkit[all]' (or: pip install onnx)",
+    "onnx": "'policy-toolkit[runtime]' (or: pip install onnx)",
     "onnxruntime": "'policy-toolkit[runtime]'",
     "ai_edge_litert": "'policy-toolkit[litert]'",
     "gymnasium": "'policy-toolkit[runtime]' or '[litert]' (or: pip install gymnasium)",
