@@ -18,6 +18,7 @@ import os
 import shutil
 import uuid
 from pathlib import Path
+from typing import Any
 
 from toolkit import bundle
 from toolkit.errors import BundleError, SpecMismatchError
@@ -58,14 +59,26 @@ def saved_model_mirror(manifest: dict) -> dict[str, str]:
 
 
 def publish(
-    bundle_dir: str | os.PathLike, base: str | os.PathLike, version: int | None = None
+    bundle_dir: str | os.PathLike,
+    base: str | os.PathLike,
+    version: int | None = None,
+    *,
+    trust: Any = None,
+    sign_key: str | os.PathLike | None = None,
 ) -> Path:
     """Adds a bundle to a model base path as version ``version`` (default: its train step).
+
+    A signed bundle's ``model.sig`` goes with it (its signature also covers the mirror,
+    whose files equal the signed SavedModel's).
 
     Args:
       bundle_dir: the bundle (checked against its manifest first).
       base: the model base path (created if missing).
       version: the version number; defaults to the bundle's train step.
+      trust: a trust policy (``toolkit.bundle.TrustPolicy``): only a bundle it accepts
+        is published (checked before copying, and the copy again).
+      sign_key: a PEM private key: the version folder (mirror included) is signed with
+        it before it appears.
 
     Returns:
       The new version folder ``base/<version>``.
@@ -73,10 +86,16 @@ def publish(
     Raises:
       BundleError: for a damaged bundle, or a version that already exists (versions are
         never changed in place: servers would not notice).
+      TrustError: a bundle the trust policy refuses.
       SpecMismatchError: for a bad version number, or no train step to default to.
     """
     source = bundle.bundle_root(bundle_dir)
-    manifest = bundle.read_manifest(source, check_files=True)
+    manifest = bundle.read_manifest(source, check_files=True, trust=trust)
+    signature = None
+    if os.path.lexists(source / bundle.SIGNATURE_FILE):
+        signature = bundle.read_member(
+            source, bundle.SIGNATURE_FILE, key=bundle.SIGNATURE_FILE, cap=bundle.MAX_MANIFEST_BYTES
+        )
     if version is None:
         version = manifest.get("train_step")
         if version is None or (isinstance(version, int) and version < 0):
@@ -113,6 +132,15 @@ def publish(
                 os.link(tmp / rel, tmp / dest)
             except OSError:  # a filesystem without hard links
                 _copy_synced(tmp / rel, tmp / dest)
+        if sign_key is not None:
+            bundle.sign_bundle(tmp, sign_key)
+        elif signature is not None:
+            with open(tmp / bundle.SIGNATURE_FILE, "xb") as f:
+                f.write(signature)
+                f.flush()
+                os.fsync(f.fileno())
+        if trust is not None:  # the copy is what was trusted
+            bundle.read_manifest(tmp, check_files=False, trust=trust)
         for folder in sorted({p.parent for p in tmp.rglob("*")}, key=lambda p: -len(p.parts)):
             _fsync_dir(folder)
         if os.path.lexists(target):  # published meanwhile by someone else

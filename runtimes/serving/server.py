@@ -61,6 +61,9 @@ class ServeOptions:
     #: model name -> a checkpoint folder its highest version follows (``--follow``)
     follow: dict[str, Path] = dataclasses.field(default_factory=dict)
     follow_seconds: float = 1.0
+    #: the keys a version must be signed by (``--trust-key``, POLICY_TOOLKIT_TRUST_KEYS);
+    #: a refused version is logged and counted, the versions in service stay
+    trust: Any = None
 
 
 def _nodelay_protocol() -> Any:
@@ -144,10 +147,20 @@ def make_registry(
 
     window = None if options.batch_window_us is None else options.batch_window_us / 1e6
 
+    from toolkit.errors import TrustError
+
+    trust = False if options.trust is None else options.trust
+    names = {Path(c.path).absolute(): c.name for c in options.models}
+
     def load(path: Path) -> tuple[Any, dict[str, Any]]:
-        policy = runtimes.load_policy(
-            path, options.backend, seed=options.seed, threads=options.threads
-        )
+        try:
+            policy = runtimes.load_policy(
+                path, options.backend, seed=options.seed, threads=options.threads, trust=trust
+            )
+        except TrustError:
+            folder = Path(path).absolute()
+            metrics.trust_refusals.labels(names.get(folder.parent, names.get(folder, ""))).inc()
+            raise
         return policy, policy.manifest
 
     def prepare(name, policy, manifest, version, path, identity) -> LoadedVersion:

@@ -34,6 +34,7 @@ __all__ = [
     "OverwriteOption",
     "SamplesOption",
     "Stages",
+    "TrustKeyOption",
     "bundle_must_exist",
     "command",
     "console",
@@ -47,6 +48,7 @@ __all__ = [
     "quiet_tensorflow",
     "refuse_existing",
     "tensorflow_stage",
+    "trust_policy",
     "verify_stage",
 ]
 
@@ -89,6 +91,16 @@ BackendOption = Annotated[
         "-b",
         help="A runtime backend (onnx, litert: no TensorFlow; tf), or auto: the first TF-free "
         "one the bundle has a format for and whose engine is installed, else tf.",
+    ),
+]
+TrustKeyOption = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--trust-key",
+        help="Load only bundles signed by this PEM public key (repeatable; any one will "
+        "do): unsigned bundles, other keys' and changed, added or removed files are "
+        "refused. Default: the keys of POLICY_TOOLKIT_TRUST_KEYS, if set.",
+        show_default=False,
     ),
 ]
 SamplesOption = Annotated[
@@ -293,6 +305,13 @@ def parse_backend(value: str, what: str = "--backend", *, auto: bool = True) -> 
         known = [*([backends.AUTO] if auto else []), *backends.names()]
         raise fail(f"{what}: expected one of {known}, got {name!r}")
     return backends.get(name)
+
+
+def trust_policy(keys: list[Path] | None) -> Any:
+    """The trust policy of ``--trust-key`` options, else of POLICY_TOOLKIT_TRUST_KEYS, or None."""
+    from toolkit import bundle as bundle_lib
+
+    return bundle_lib.trust_policy(list(keys) if keys else None)
 
 
 def load_runtime_policy(

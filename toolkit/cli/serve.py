@@ -188,6 +188,7 @@ def serve(
         float,
         typer.Option("--follow-seconds", min=0.001, help="How often --follow folders are checked."),
     ] = 1.0,
+    trust_key: common.TrustKeyOption = None,
     graceful_seconds: Annotated[
         float,
         typer.Option(
@@ -230,5 +231,6 @@ def serve(
         graceful_seconds=graceful_seconds,
         follow=follow_folders(follow, [c.name for c in configs]),
         follow_seconds=follow_seconds,
+        trust=common.trust_policy(trust_key),
     )
     raise typer.Exit(run(options))

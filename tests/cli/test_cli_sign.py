@@ -1,0 +1,54 @@
+"""policy-toolkit sign, --trust-key (run/bench) and --sign-key, through the CLI."""
+
+from __future__ import annotations
+
+import shutil
+
+from typer.testing import CliRunner
+
+from tests.contract import cases_runtime as cr
+from tests.signing_keys import write_key_pair
+from toolkit import bundle
+from toolkit.cli import app
+
+runner = CliRunner()
+
+
+def test_sign_then_bench_with_the_trust_key_and_refusals_are_one_line(tmp_path, monkeypatch):
+    path = shutil.copytree(cr.bundle("greedy_q"), tmp_path / "b")
+    private, public = write_key_pair(tmp_path, "k")
+    _, other = write_key_pair(tmp_path, "other")
+    bench = ["bench", str(path), "--backend", "onnx", "--batch", "1", "--seconds", "0.01"]
+
+    result = runner.invoke(app, [*bench, "--trust-key", str(public)])
+    assert result.exit_code == 2
+    assert result.stderr.strip().endswith(
+        "not signed (no model.sig); the trust policy accepts signed bundles only "
+        "(policy-toolkit sign BUNDLE --key PRIVATE.pem)"
+    )
+    assert "Traceback" not in result.stderr
+    assert [line for line in result.stderr.splitlines() if line.startswith("error:")] == [
+        result.stderr.strip().splitlines()[-1]
+    ]
+
+    result = runner.invoke(app, ["sign", str(path), "--key", str(private)])
+    assert result.exit_code == 0, result.output
+    assert f"-> {path / bundle.SIGNATURE_FILE}" in result.stdout
+    files = len(bundle.read_manifest(path)["files"]) + 1
+    assert result.stdout.startswith(f"signed {files} files of {path}")
+
+    both = ["--trust-key", str(other), "--trust-key", str(public)]
+    assert runner.invoke(app, [*bench, *both]).exit_code == 0
+    result = runner.invoke(app, [*bench, "--trust-key", str(other)])
+    assert result.exit_code == 2
+    assert "signed by a key the trust policy does not hold" in result.stderr
+    # The fleet's variable applies when no --trust-key is given.
+    monkeypatch.setenv(bundle.TRUST_KEYS_ENV, str(other))
+    assert "does not hold" in runner.invoke(app, bench).stderr
+    monkeypatch.delenv(bundle.TRUST_KEYS_ENV)
+
+    (path / "extra.bin").write_bytes(b"x")
+    result = runner.invoke(app, [*bench, "--trust-key", str(public)])
+    assert result.exit_code == 2 and "not signed: extra.bin)" in result.stderr
+    result = runner.invoke(app, ["sign", str(path), "--key", str(public)])
+    assert result.exit_code == 2 and "expected a PEM private key" in result.stderr
