@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import shutil
 
+import pytest
 from typer.testing import CliRunner
 
 from tests.contract import cases_runtime as cr
 from tests.signing_keys import write_key_pair
 from toolkit import bundle
 from toolkit.cli import app
+from toolkit.errors import TrustError
 
 runner = CliRunner()
 
@@ -52,3 +54,23 @@ def test_sign_then_bench_with_the_trust_key_and_refusals_are_one_line(tmp_path, 
     assert result.exit_code == 2 and "not signed: extra.bin)" in result.stderr
     result = runner.invoke(app, ["sign", str(path), "--key", str(public)])
     assert result.exit_code == 2 and "expected a PEM private key" in result.stderr
+
+
+def test_update_leaves_a_signed_bundle_unsigned_and_says_so_unless_re_signed(tmp_path):
+    from exporters import save_checkpoint
+
+    path = shutil.copytree(cr.bundle("greedy_q"), tmp_path / "b")
+    private, public = write_key_pair(tmp_path, "k")
+    bundle.sign_bundle(path, private)
+    checkpoint = save_checkpoint(cr.set_weights(cr.live("greedy_q"), 5), tmp_path / "ckpt", 9)
+    result = runner.invoke(app, ["update", str(path), "--checkpoint", str(checkpoint)])
+    assert result.exit_code == 0, result.output
+    assert f"note: {path} is not signed (its source was); sign it again" in result.stderr
+    trust = bundle.TrustPolicy.from_files([public])
+    with pytest.raises(TrustError, match="not signed"):
+        bundle.read_manifest(path, trust=trust)
+    result = runner.invoke(
+        app, ["update", str(path), "--checkpoint", str(checkpoint), "--sign-key", str(private)]
+    )
+    assert result.exit_code == 0, result.output
+    assert bundle.read_manifest(path, trust=trust)["train_step"] == 9

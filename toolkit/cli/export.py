@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from toolkit.cli import common
+from toolkit.cli.sign import SignKeyOption, sign_written
 
 
 @common.command
@@ -44,6 +45,7 @@ def export(
         typer.Option("--verify/--no-verify", help="Check every exported form against the policy."),
     ] = True,
     samples: common.SamplesOption = 64,
+    sign_key: SignKeyOption = None,
 ) -> None:
     """Export a TF policy to a bundle.
 
@@ -89,6 +91,7 @@ def export(
     report = common.verify_stage(stages, path, samples, policy=policy) if verify else None
     step_text = "" if train_step is None else f", train step {train_step}"
     common.console().print(f"exported {type(policy).__name__}{step_text} -> {path}", soft_wrap=True)
+    sign_written(path, sign_key)
     if report is not None:
         common.print_verify(report)
         if not report.ok:
