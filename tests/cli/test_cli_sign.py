@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -74,3 +75,6 @@ def test_update_leaves_a_signed_bundle_unsigned_and_says_so_unless_re_signed(tmp
     )
     assert result.exit_code == 0, result.output
     assert bundle.read_manifest(path, trust=trust)["train_step"] == 9
+    # The model card travels with the bundle and names the new train step.
+    card = json.loads((path / "bom.cdx.json").read_text())
+    assert card["metadata"]["component"]["version"] == "9"

@@ -39,6 +39,14 @@ def export(
     ] = None,
     formats: common.FormatsOption = "saved_model,onnx",
     metadata: common.MetadataOption = None,
+    card: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--card",
+            help="key=value for the model card bom.cdx.json (repeatable): agent, network, "
+            "env, env_steps, eval_return, eval_episodes, description, limitation, license.",
+        ),
+    ] = None,
     overwrite: common.OverwriteOption = False,
     verify: Annotated[
         bool,
@@ -56,6 +64,9 @@ def export(
 
     format_list = common.parse_list(formats, "--format", tuple(export_formats.names()))
     meta = common.parse_metadata(metadata or [])
+    from exporters.card import parse_card_options
+
+    card_options = parse_card_options(card or [])
     if step is not None and checkpoint is None:
         raise common.fail("--step needs --checkpoint")
     common.refuse_existing(output, overwrite)
@@ -85,6 +96,7 @@ def export(
             formats=format_list,
             train_step=train_step,
             metadata=meta,
+            card=card_options,
             overwrite=overwrite,
         )
         note["detail"] = str(path)
