@@ -104,3 +104,28 @@ def test_bad_card_options_are_named():
         card_lib.parse_card_options(["agent"])
     with pytest.raises(ExportError, match=r"--card: expected a key of \['agent', .*got 'colour'"):
         card_lib.parse_card_options(["colour=red"])
+
+
+def test_a_quantized_bundle_has_its_own_card(tmp_path):
+    import numpy as np
+
+    from exporters.quantize import quantize_bundle
+    from tests.cli_factories import cartpole_bundle
+
+    npz = tmp_path / "states.npz"
+    rng = np.random.default_rng(3)
+    np.savez(npz, observation=(rng.standard_normal((200, 4)) * 0.5).astype(np.float32))
+    report = quantize_bundle(
+        cartpole_bundle(), tmp_path / "q", observations=npz, method="float16", force=True
+    )
+    assert report.written
+    card = _card(tmp_path / "q")
+    assert _schema_errors(card) is None
+    model_card = card["metadata"]["component"]["modelCard"]
+    props = {p["name"]: p["value"] for p in model_card["properties"]}
+    assert props["policy-toolkit:quantization.method"] == "float16"
+    assert props["policy-toolkit:quantization.action_agreement"] == str(report.action_agreement)
+    assert any(
+        "agree with the float policy" in t
+        for t in model_card["considerations"]["technicalLimitations"]
+    )
