@@ -181,3 +181,19 @@ def test_bad_keys_and_signature_files_are_one_line_errors(copy, keys, tmp_path):
     (copy / bundle.SIGNATURE_FILE).symlink_to(copy / bundle.MANIFEST)
     with pytest.raises(TrustError, match="symbolic link"):
         runtimes.load_policy(copy, "onnx", trust=keys["ours"][1])
+
+
+def test_model_signings_own_cli_verifies_a_bundle_our_cli_signed(copy, keys):
+    import subprocess
+    import sys
+
+    def verify(public: Path) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-m", "model_signing", "verify", "key", str(copy)]
+        command += ["--signature", str(copy / bundle.SIGNATURE_FILE), "--public_key", str(public)]
+        return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+    done = verify(keys["ours"][1])
+    assert done.returncode == 0 and "Verification succeeded" in done.stdout, done.stderr
+    (copy / "notes.txt").write_text("added after signing")
+    done = verify(keys["ours"][1])
+    assert done.returncode != 0 and "Extra files found in model" in done.stdout + done.stderr
