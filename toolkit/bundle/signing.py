@@ -181,10 +181,12 @@ def _hash_fd(fd: int) -> str:
     return digest.hexdigest()
 
 
-def _folder_digests(root: Path) -> dict[str, str]:
+def _folder_digests(root: Path, wanted: Any = None) -> dict[str, str | None]:
     """``{posix path: sha256}`` of every file under ``root`` but model.sig; symbolic links,
-    FIFOs and devices are refused (nothing is followed out of the folder)."""
-    digests: dict[str, str] = {}
+    FIFOs and devices are refused (nothing is followed out of the folder). With
+    ``wanted`` (a predicate on the path), other files are listed but not read (None):
+    a verifier never reads a file it will refuse anyway."""
+    digests: dict[str, str | None] = {}
     try:
         top = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
     except OSError as e:
@@ -201,6 +203,9 @@ def _folder_digests(root: Path) -> dict[str, str]:
                 if not stat.S_ISREG(info.st_mode):
                     raise TrustError(f"{root}: {rel}: expected a regular file")
                 if rel == SIGNATURE_FILE:
+                    continue
+                if wanted is not None and not wanted(rel):
+                    digests[rel] = None
                     continue
                 fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dfd)
                 try:
@@ -286,7 +291,8 @@ def sign_bundle(
         hint, hash_alg = _key_hash(key.public_key())
     except BundleError as e:
         raise BundleError(f"{private_key}: {e}") from None
-    payload = _statement(root.resolve().name, _folder_digests(root))
+    digests = {rel: str(digest) for rel, digest in _folder_digests(root).items()}
+    payload = _statement(root.resolve().name, digests)
     signature = key.sign(_pae(payload), ec.ECDSA(hash_alg))
     document = {
         "mediaType": BUNDLE_MEDIA_TYPE,
@@ -450,7 +456,9 @@ def verify_bundle(bundle_dir: str | os.PathLike, policy: TrustPolicy) -> dict[st
             f"{', '.join(policy.sources)}"
         )
     signed = _signed_digests(payload, where)
-    actual = _folder_digests(root)
+    actual = _folder_digests(
+        root, lambda rel: rel in signed or f"{SAVED_MODEL_DIR}/{rel}" in signed
+    )
     if MANIFEST not in signed:
         raise TrustError(f"{where}: the signature does not cover {MANIFEST}")
     changed = sorted(n for n in signed.keys() & actual.keys() if signed[n] != actual[n])
@@ -459,7 +467,7 @@ def verify_bundle(bundle_dir: str | os.PathLike, policy: TrustPolicy) -> dict[st
         n
         for n in actual.keys() - signed.keys()
         # publish's mirror of the SavedModel at a version's root: the same bytes.
-        if signed.get(f"{SAVED_MODEL_DIR}/{n}") != actual[n]
+        if actual[n] is None or signed.get(f"{SAVED_MODEL_DIR}/{n}") != actual[n]
     )
     problems = [
         f"{label}: {', '.join(names[:5])}{' ...' if len(names) > 5 else ''}"
