@@ -322,7 +322,10 @@ def load_runtime_policy(
     from toolkit import bundle as bundle_lib
 
     bundle_must_exist(bundle)
-    layout = bundle_lib.read_layout(bundle, check_files=False)
+    # With a trust policy nothing of the bundle is used, its manifest included, before
+    # the signature is checked (load_policy checks it again as it reads).
+    trust = options.get("trust") or None
+    layout = bundle_lib.read_layout(bundle, check_files=False, trust=trust)
     chosen = backends.choose(backend, layout.formats, str(bundle))
     if not chosen.tf_free:
         quiet_tensorflow(ctx)
