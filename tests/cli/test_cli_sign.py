@@ -78,3 +78,31 @@ def test_update_leaves_a_signed_bundle_unsigned_and_says_so_unless_re_signed(tmp
     # The model card travels with the bundle and names the new train step.
     card = json.loads((path / "bom.cdx.json").read_text())
     assert card["metadata"]["component"]["version"] == "9"
+
+
+def test_an_encrypted_key_takes_its_password_from_the_environment(tmp_path, monkeypatch):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    path = shutil.copytree(cr.bundle("greedy_q"), tmp_path / "b")
+    key = ec.generate_private_key(ec.SECP384R1())
+    private = tmp_path / "locked.pem"
+    private.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"s3cret"),
+        )
+    )
+    result = runner.invoke(app, ["sign", str(path), "--key", str(private)])
+    assert result.exit_code == 2 and "private key is encrypted" in result.stderr
+    assert not (path / bundle.SIGNATURE_FILE).exists()
+    monkeypatch.setenv("POLICY_TOOLKIT_KEY_PASSWORD", "s3cret")
+    assert runner.invoke(app, ["sign", str(path), "--key", str(private)]).exit_code == 0
+    public = tmp_path / "locked.pub.pem"
+    public.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    assert bundle.read_manifest(path, trust=bundle.TrustPolicy.from_files([public]))

@@ -197,3 +197,33 @@ def test_model_signings_own_cli_verifies_a_bundle_our_cli_signed(copy, keys):
     (copy / "notes.txt").write_text("added after signing")
     done = verify(keys["ours"][1])
     assert done.returncode != 0 and "Extra files found in model" in done.stdout + done.stderr
+
+
+def test_signing_and_verifying_need_no_tensorflow(copy, keys):
+    from tests.subprocess_utils import run_python
+
+    result = run_python(
+        f"""
+        import sys
+        import runtimes
+        from toolkit import bundle
+        from toolkit.errors import TrustError
+
+        import pathlib
+
+        pathlib.Path({str(copy)!r}, bundle.SIGNATURE_FILE).unlink()  # signed again here
+        bundle.sign_bundle({str(copy)!r}, {str(keys["ours"][0])!r})
+        runtimes.load_policy({str(copy)!r}, "onnx", trust={str(keys["ours"][1])!r})
+        try:
+            runtimes.load_policy({str(copy)!r}, "litert", trust={str(keys["other"][1])!r})
+        except TrustError as e:
+            assert "does not hold" in str(e), e
+        else:
+            raise AssertionError("another key's signature was accepted")
+        heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "onnx"))
+        print("heavy:", heavy)
+        """,
+        without_tensorflow=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith("heavy: []"), result.stdout
