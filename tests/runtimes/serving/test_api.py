@@ -480,17 +480,22 @@ def test_metrics_in_prometheus_text_format(server):
         if line and not line.startswith("#"):
             name, _, value = line.rpartition(" ")
             samples[name] = float(value)
-    ok = 'policy_serving_requests_total{api="predict",code="200",model="versions"}'
+    # Requests are counted by protocol too (labels print sorted).
+    rest = 'protocol="tfserving_rest"'
+    ok = f'policy_serving_requests_total{{api="predict",code="200",model="versions",{rest}}}'
     assert samples[ok] >= 1
-    missing = 'policy_serving_request_errors_total{api="predict",code="404",model="_unknown"}'
+    missing = (
+        f'policy_serving_request_errors_total{{api="predict",code="404",model="_unknown",{rest}}}'
+    )
     assert samples[missing] >= 1
     assert samples['policy_serving_model_versions{model="versions"}'] == 2
     assert samples['policy_serving_model_train_step{model="versions",version="1"}'] == 7
     assert samples['policy_serving_model_train_step{model="versions",version="2"}'] == 8
-    count = 'policy_serving_request_latency_seconds_count{api="predict",model="versions"}'
+    count = f'policy_serving_request_latency_seconds_count{{api="predict",model="versions",{rest}}}'
     assert samples[count] >= 1
     bucket = (
-        'policy_serving_request_latency_seconds_bucket{api="predict",le="+Inf",model="versions"}'
+        "policy_serving_request_latency_seconds_bucket"
+        f'{{api="predict",le="+Inf",model="versions",{rest}}}'
     )
     assert samples[bucket] == samples[count]
 
