@@ -177,6 +177,35 @@ def test_every_signature_answers_as_the_policy_in_process(server, kind, fmt):
         assert answer == ({"predictions": [value]} if fmt == "rows" else {"outputs": value})
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_flat_entry_points_act_as_the_nested_ones(kind):
+    """What the server runs (flat named arrays, no nests) equals action() and
+    distribution_params() on the same inputs, leaf for leaf, with the same seed."""
+    policy = runtimes.load_policy(cr.bundle(kind), "onnx")
+    time_step = sample_time_step(policy.time_step_spec, (3,), np.random.default_rng(2))
+    state = policy.get_initial_state(3)
+    if policy.is_stateful:
+        state = policy.action(time_step, state, seed=1).state
+    inputs = {**_flat(time_step), **_flat(state, "policy_state")}
+    assert sorted(inputs) == sorted(policy.input_names)
+    step = policy.action(time_step, state, seed=4)
+    expected = {**_flat(step.action, "action"), **_flat(step.info, "info")}
+    expected.update(_flat(step.state, "next_state"))
+    got = policy.action_flat(inputs, seed=4)
+    assert sorted(got) == sorted(expected)
+    for name, value in expected.items():
+        assert got[name].dtype == value.dtype, name
+        np.testing.assert_array_equal(got[name], value, err_msg=name)
+    params = policy.distribution_params(time_step, state)
+    flat = policy.distribution_params_flat(inputs)
+    for path, dist in nest.flatten_with_paths(params.action, "distribution"):
+        for name in ("loc", "scale", "logits", "low", "high"):
+            if hasattr(dist, name):
+                np.testing.assert_array_equal(flat[f"{path}/{name}"], getattr(dist, name))
+    for name, value in _flat(params.state, "next_state").items():
+        np.testing.assert_array_equal(flat[name], value)
+
+
 def test_a_recurrent_policy_carries_its_state_across_requests(server):
     """The client sends policy_state/... and gets next_state/...: five steps of one episode."""
     kind = "rnn/actor_distribution"
