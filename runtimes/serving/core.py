@@ -111,10 +111,6 @@ class ServingCore:
 
     # --- the catalogue -------------------------------------------------------------------
 
-    def snapshot(self, name: str) -> Snapshot:
-        """A model's versions in service now (NOT_FOUND for a model not served)."""
-        return self.registry.get(name)
-
     def resolve(self, name: str, version: int | None, label: str | None) -> LoadedVersion:
         """The version a request asks for: by number, by label, or the highest."""
         return self.registry.get(name).resolve(version, label)
@@ -242,12 +238,12 @@ def build_core(options: CoreOptions) -> ServingCore:
         if window is not None
         else None
     )
-    holder: list[ModelRegistry] = []
     followers = Followers(
         options.follow,
         options.follow_seconds,
-        # A checkpoint changes the train step /metrics shows for the version.
-        on_apply=lambda name: metrics.set_versions(name, holder[0].get(name).versions),
+        # A checkpoint changes the train step /metrics shows for the version (followers
+        # start once the registry below has loaded versions).
+        on_apply=lambda name: metrics.set_versions(name, registry.get(name).versions),
     )
 
     def load(path: Path) -> tuple[Any, dict[str, Any]]:
@@ -281,5 +277,4 @@ def build_core(options: CoreOptions) -> ServingCore:
         on_change=on_change,
         on_failure=lambda name, version, message: metrics.load_failures.labels(name).inc(),
     )
-    holder.append(registry)
     return ServingCore(registry, metrics, options.limits, followers, executor)

@@ -76,8 +76,8 @@ def loads(raw: bytes, sliced: bool = False) -> Any:
 def to_array(value: Any, tensor: TensorInfo, max_batch: int) -> np.ndarray:
     """Nested lists of numbers -> an array of the tensor's shape (its dtype: ``conform``).
 
-    The lists' shape along their first elements is checked first, so numpy never
-    converts more than ``max_batch`` rows of the declared shape (or a ragged remainder).
+    The lists' shape along their first elements is checked first, so numpy converts
+    nothing but ``max_batch`` rows at most of the declared shape (or finds them ragged).
 
     Raises:
       ServingError: (invalid argument) for another shape, a batch over ``max_batch``,
@@ -90,18 +90,19 @@ def to_array(value: Any, tensor: TensorInfo, max_batch: int) -> np.ndarray:
         if not item:
             break
         item = item[0]
-    if len(probe) == len(tensor.shape):
-        for expected, got in zip(tensor.shape, probe, strict=True):
-            if expected is not None and expected != got:
-                raise ServingError(
-                    f"{tensor.name}: expected shape {tensor.describe_shape()}, "
-                    f"got [{', '.join(map(str, probe))}]"
-                )
-        if tensor.shape and tensor.shape[0] is None and probe[0] > max_batch:
-            raise ServingError(
-                f"inputs: expected a batch of at most {max_batch} (the server's --max-batch), "
-                f"got {probe[0]}"
-            )
+    if len(probe) != len(tensor.shape) or any(
+        expected is not None and expected != got
+        for expected, got in zip(tensor.shape, probe, strict=True)
+    ):
+        raise ServingError(
+            f"{tensor.name}: expected shape {tensor.describe_shape()}, "
+            f"got [{', '.join(map(str, probe))}]"
+        )
+    if tensor.shape and tensor.shape[0] is None and probe[0] > max_batch:
+        raise ServingError(
+            f"inputs: expected a batch of at most {max_batch} (the server's --max-batch), "
+            f"got {probe[0]}"
+        )
     try:
         array = np.asarray(value)
     except (ValueError, TypeError, OverflowError):
