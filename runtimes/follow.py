@@ -81,10 +81,10 @@ class Follower:
         """Checks the folder once; applies the newest new checkpoint. True if it did."""
         with self._lock:
             try:
-                if not self.directory.exists() or (
-                    self.directory.is_dir() and not any(self.directory.iterdir())
-                ):
-                    return self._readable(False)  # training has not written anything yet
+                if not self.directory.exists():
+                    return False  # training has not started yet
+                if self.directory.is_dir() and not any(self.directory.iterdir()):
+                    return self._readable(False)  # nor written anything yet
                 found = checkpoint_weights.find_checkpoints(self.directory)
             except ToolkitError as e:
                 self._log_once(("folder", str(e)), "cannot watch %s: %s", self.directory, e)

@@ -184,13 +184,23 @@ def run(options: ServeOptions) -> int:
     _configure_logging(options.log_level)
     check_backend(options.backend, bool(options.follow))
     for config in options.models:
-        if not config.path.is_dir():
+        try:
+            found = config.path.is_dir()
+        except OSError as e:
+            raise ServingError(
+                f"model {config.name}: cannot read {config.path} ({e.strerror})"
+            ) from None
+        if not found:
             raise ServingError(
                 f"model {config.name}: {config.path} is neither a bundle nor a base path "
                 "of version folders"
             )
     for name, folder in options.follow.items():
-        if not folder.is_dir():
+        try:
+            found = folder.is_dir()
+        except OSError:  # unreadable: the follower says so, and follows once it can read
+            found = True
+        if not found:
             log.warning(
                 "model %s: --follow folder %s does not exist yet; checking every %g s",
                 name,
