@@ -20,7 +20,7 @@ import numpy as np
 import onnxruntime as ort
 import tensorflow as tf
 
-from exporters import tf_agents_import as tai
+from exporters.tf_agents.specs import POLICY_SPECS_PBTXT
 from toolkit.specs.tensor_spec import BoundedTensorSpec
 from toolkit.trajectories.policy_step import PolicyStep
 from toolkit.trajectories.time_step import TimeStep
@@ -242,7 +242,7 @@ def save_like_policy_saver(
         proto = nested_structure_coder.encode_structure(
             {"collect_data_spec": collect, "policy_state_spec": state_spec or ()}
         )
-    (path / tai.POLICY_SPECS_PBTXT).write_text(text_format.MessageToString(proto))
+    (path / POLICY_SPECS_PBTXT).write_text(text_format.MessageToString(proto))
     return path
 
 

@@ -8,7 +8,7 @@
   raises): TF-Agents' ``EpsilonGreedyPolicy``, ``GaussianPolicy`` and
   ``OUNoisePolicy`` are rebuilt as this project's wrappers of the same names around
   the deterministic core (``TFAgentsPolicy(core=...)``), with epsilon, the noise scale,
-  or OU stddev and damping read from the saved graph (``exporters.tf_agents_graph``);
+  or OU stddev and damping read from the saved graph (``exporters.tf_agents.graph``);
   with ``greedy``, the core alone;
 * a ``RandomTFPolicy`` (no variables; only uniform sampling ops): this project's
   RandomTFPolicy over the same specs (the runtime's random derivation).
@@ -30,8 +30,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from exporters import tf_agents_graph
-from exporters import tf_agents_import as tai
+from exporters.tf_agents import graph as saved_graph
+from exporters.tf_agents.policy import TFAgentsPolicy
+from exporters.tf_agents.saved import find_concrete, load_saved_policy, random_tf_ops, tf_op_types
+from exporters.tf_agents.specs import read_policy_specs
 from toolkit.errors import UnsupportedError
 
 __all__ = ["Built", "build_policy"]
@@ -62,7 +64,7 @@ class Built:
 def _random_policy(policy_source: Path) -> Any:
     from toolkit.policies.random_tf_policy import RandomTFPolicy
 
-    specs = tai.read_policy_specs(policy_source)
+    specs = read_policy_specs(policy_source)
     return RandomTFPolicy(specs.raw["time_step_spec"], specs.raw["action_spec"])
 
 
@@ -73,7 +75,6 @@ def build_policy(saved_model_dir: str | os.PathLike, greedy: bool = False) -> Bu
       BundleError: the directory is not a TF-Agents saved policy.
       UnsupportedError: what was found and what to save instead.
     """
-    from exporters.tf_agents_policy import TFAgentsPolicy
     from toolkit.policies.epsilon_greedy_policy import EpsilonGreedyPolicy
     from toolkit.policies.gaussian_policy import GaussianPolicy
     from toolkit.policies.greedy_policy import GreedyPolicy
@@ -90,14 +91,14 @@ def build_policy(saved_model_dir: str | os.PathLike, greedy: bool = False) -> Bu
         if greedy and policy.function == "distribution":
             return Built(GreedyPolicy(policy), policy, policy.function, None)
         return Built(policy, policy, policy.function, None)
-    loaded = tai.load_saved_policy(source)
-    concrete = tai.find_concrete(loaded.action)
+    loaded = load_saved_policy(source)
+    concrete = find_concrete(loaded.action)
     if concrete is None:
         raise first_error
     try:
-        exploration = tf_agents_graph.analyze_action(concrete)
+        exploration = saved_graph.analyze_action(concrete)
     except UnsupportedError as e:
-        randoms = set(tai.random_tf_ops(tai.tf_op_types(concrete)))
+        randoms = set(random_tf_ops(tf_op_types(concrete)))
         if not getattr(loaded, "model_variables", ()) and randoms <= _UNIFORM_OPS:
             if greedy:
                 raise UnsupportedError(
@@ -121,9 +122,9 @@ def build_policy(saved_model_dir: str | os.PathLike, greedy: bool = False) -> Bu
             "saved graph: import only the deterministic action with greedy=True "
             "(`import-tf-agents --greedy`), or save the agent's greedy `policy`"
         )
-    if exploration.kind == tf_agents_graph.EPSILON_GREEDY:
+    if exploration.kind == saved_graph.EPSILON_GREEDY:
         wrapped = EpsilonGreedyPolicy(core, params["epsilon"])
-    elif exploration.kind == tf_agents_graph.GAUSSIAN:
+    elif exploration.kind == saved_graph.GAUSSIAN:
         wrapped = GaussianPolicy(core, scale=params["scale"], clip=True)
     else:
         wrapped = OUNoisePolicy(

@@ -1,6 +1,6 @@
 """TFAgentsPolicy: a policy saved by TF-Agents' ``PolicySaver``, as a TFPolicy of this project.
 
-The adapter wraps the loaded SavedModel (see ``exporters.tf_agents_import``) so that
+The adapter wraps the loaded SavedModel (loaded by ``exporters.tf_agents.saved``) so that
 ``exporters.export_policy`` turns it into a regular bundle, like any native policy:
 
 * specs come from ``policy_specs.pbtxt``; the variables are the saved model's own;
@@ -28,8 +28,19 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from exporters import tf_agents_graph, tf_agents_types
-from exporters import tf_agents_import as tai
+from exporters.tf_agents import distributions as tfa_distributions
+from exporters.tf_agents import graph as saved_graph
+from exporters.tf_agents.saved import (
+    check_initial_state,
+    find_concrete,
+    load_saved_policy,
+    random_tf_ops,
+    read_checkpoint,
+    saved_batch_size,
+    saved_metadata,
+    tf_op_types,
+)
+from exporters.tf_agents.specs import field_names, read_policy_specs
 from toolkit import distribution_families as families
 from toolkit import nest
 from toolkit.errors import UnsupportedError
@@ -94,16 +105,16 @@ class TFAgentsPolicy(tf_policy.TFPolicy):
         core: str | None = None,
     ):
         source = Path(saved_model_dir)
-        specs = tai.read_policy_specs(source)
-        loaded = tai.load_saved_policy(source)
-        action_fn = tai.find_concrete(loaded.action)
+        specs = read_policy_specs(source)
+        loaded = load_saved_policy(source)
+        action_fn = find_concrete(loaded.action)
         if action_fn is None:
             raise UnsupportedError(
                 f"{source}: action: expected a function of (time_step, policy_state), got a "
                 "signature without time steps (saved with PolicySaver's input_fn_and_spec?)"
             )
-        batch_size = tai.saved_batch_size(action_fn)
-        tai.check_initial_state(loaded, specs, batch_size, source)
+        batch_size = saved_batch_size(action_fn)
+        check_initial_state(loaded, specs, batch_size, source)
         info_spec, emit_log_probability = _info_specs(specs.raw["info_spec"])
         super().__init__(
             specs.raw["time_step_spec"],
@@ -126,7 +137,7 @@ class TFAgentsPolicy(tf_policy.TFPolicy):
         # PolicySaver saves no model_variables for a policy without variables.
         self.model_variables = tuple(getattr(loaded, "model_variables", ()))
         # A plain list (tf.Module would wrap it into a tracked ListWrapper).
-        object.__setattr__(self, "_random_ops", tai.random_tf_ops(tai.tf_op_types(action_fn)))
+        object.__setattr__(self, "_random_ops", random_tf_ops(tf_op_types(action_fn)))
         # Saved functions run inlined (captured constants folded in) where needed.
         object.__setattr__(self, "_inlined", {})
         self._core = core
@@ -176,7 +187,7 @@ class TFAgentsPolicy(tf_policy.TFPolicy):
     @property
     def saved_metadata(self) -> dict[str, np.ndarray]:
         """PolicySaver's metadata (``get_metadata()``) as numpy values."""
-        return tai.saved_metadata(self._saved)
+        return saved_metadata(self._saved)
 
     def _choose_function(self, loaded: Any, source: Path) -> tuple[str, str | None]:
         """``distribution`` when it gives supported families, else a deterministic ``action``."""
@@ -198,10 +209,10 @@ class TFAgentsPolicy(tf_policy.TFPolicy):
     def _check_distribution(self, loaded: Any) -> None:
         """Raises UnsupportedError unless the saved distribution can be exported."""
         function = getattr(loaded, "distribution", None)
-        concrete = None if function is None else tai.find_concrete(function)
+        concrete = None if function is None else find_concrete(function)
         if concrete is None:
             raise UnsupportedError("the saved policy has no distribution function")
-        fields = tai.field_names(concrete.structured_outputs)
+        fields = field_names(concrete.structured_outputs)
         if fields is None or "action" not in fields:
             # PolicySaver saves a function that only raises when it could not serialize
             # policy.distribution() (e.g. a TransformedDistribution); it returns ().
@@ -239,13 +250,13 @@ class TFAgentsPolicy(tf_policy.TFPolicy):
 
     def _inline(self, function: str, fetches: list[str] | None = None) -> None:
         """Runs the saved ``function`` inlined from now on (``fetches``: part of it)."""
-        concrete = tai.find_concrete(getattr(self._saved, function))
-        graph = tf_agents_graph.SavedGraph(concrete)
+        concrete = find_concrete(getattr(self._saved, function))
+        graph = saved_graph.SavedGraph(concrete)
         variables = list(self.model_variables)
 
         def inlined(time_step, policy_state):
             args = nest.flatten(time_step) + nest.flatten(policy_state)
-            outputs = tf_agents_graph.inline_call(graph, args, variables, fetches)
+            outputs = saved_graph.inline_call(graph, args, variables, fetches)
             if fetches is not None:
                 return outputs
             return tf.nest.pack_sequence_as(
@@ -271,8 +282,8 @@ class TFAgentsPolicy(tf_policy.TFPolicy):
         which would become stray inputs of the exported one.
         """
         if function not in self._inlined:
-            concrete = tai.find_concrete(getattr(self._saved, function))
-            if tf_agents_graph.captured_constants(concrete):
+            concrete = find_concrete(getattr(self._saved, function))
+            if saved_graph.captured_constants(concrete):
                 self._inline(function)
             else:
                 self._inlined[function] = getattr(self._saved, function)
@@ -351,7 +362,7 @@ class TFAgentsPolicy(tf_policy.TFPolicy):
         Raises:
           BundleError: no checkpoint there, or one of another policy.
         """
-        fresh = tai.read_checkpoint(self._source, checkpoint_path)
+        fresh = read_checkpoint(self._source, checkpoint_path)
         for target, value in zip(self.model_variables, fresh.model_variables, strict=True):
             target.assign(value)
         return int(fresh.get_train_step()) if hasattr(fresh, "get_train_step") else -1
@@ -360,7 +371,7 @@ class TFAgentsPolicy(tf_policy.TFPolicy):
 def _leaf_params(dist: Any, spec: Any, batch: Any, path: str) -> families.DistributionParams:
     """The export parameters of one action leaf's distribution (TF-Agents' families too)."""
     base = dist.distribution if isinstance(dist, tfd.Independent) else dist
-    if tf_agents_types.tf_agents_class(base) != tf_agents_types.SQUASH_TO_SPEC_NORMAL:
+    if tfa_distributions.tf_agents_class(base) != tfa_distributions.SQUASH_TO_SPEC_NORMAL:
         return tf_policy.params_from_distribution(dist, spec, batch, path)
     shape = tf.concat([tf.reshape(tf.cast(batch, tf.int32), [1]), spec.shape.as_list()], 0)
 
@@ -385,15 +396,15 @@ def _leaf_params(dist: Any, spec: Any, batch: Any, path: str) -> families.Distri
 def _action_distribution(dist: Any, spec: tf.TensorSpec, path: str) -> tfd.Distribution:
     """One saved distribution with event shape ``spec.shape``, in TF-Agents' semantics."""
     base = dist.distribution if isinstance(dist, tfd.Independent) else dist
-    kind = tf_agents_types.tf_agents_class(base)
-    if kind == tf_agents_types.SQUASH_TO_SPEC_NORMAL:
+    kind = tfa_distributions.tf_agents_class(base)
+    if kind == tfa_distributions.SQUASH_TO_SPEC_NORMAL:
         return tf_policy.as_action_distribution(dist, spec, path)
     if isinstance(base, tfd.Categorical):
         # TF-Agents uses a TFP Categorical's indices as actions, unshifted; its own
         # ShiftedCategorical adds its shift (MaskedCategorical's logits are masked).
-        shift = int(base.shift) if kind == tf_agents_types.SHIFTED_CATEGORICAL else 0
+        shift = int(base.shift) if kind == tfa_distributions.SHIFTED_CATEGORICAL else 0
         low = int(np.asarray(spec.minimum).min()) if hasattr(spec, "minimum") else 0
-        if kind == tf_agents_types.SHIFTED_CATEGORICAL and shift != low:
+        if kind == tfa_distributions.SHIFTED_CATEGORICAL and shift != low:
             raise UnsupportedError(
                 f"{path}: expected a ShiftedCategorical starting at the action minimum "
                 f"{low}, got shift {shift}"

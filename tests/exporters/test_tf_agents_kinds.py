@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from exporters import tf_agents_import as tai
+from exporters import tf_agents as tai
 from tests.tf_agents_saved import REFERENCE
 from toolkit import bundle
 from toolkit.errors import BundleError, ExportError
@@ -255,11 +255,12 @@ def test_tf_agents_shares_one_noise_vector_per_call_and_the_import_does_not(save
 
 
 def test_which_saved_actions_clip(saves):
-    from exporters import tf_agents_graph
+    from exporters.tf_agents.graph import action_is_clipped
+    from exporters.tf_agents.saved import find_concrete
 
     def clipped(case):
         loaded = tai.load_saved_policy(saves / case / "saved_policy")
-        return tf_agents_graph.action_is_clipped(tai.find_concrete(loaded.action))
+        return action_is_clipped(find_concrete(loaded.action))
 
     assert not clipped("ppo_continuous_collect")
     assert clipped("sac_collect") and clipped("td3_collect")
