@@ -9,7 +9,8 @@ The public surface, loaded on first use (importing the package loads no TensorFl
 * ``import_tf_agents_layout(path, output_dir, policy=..., checkpoint=...)``,
   ``resolve_layout``, ``SAVED_POLICIES``, ``TriggerLayout``: a trigger's output;
 * ``TFAgentsPolicy``: a saved policy as a TFPolicy of this project;
-* ``read_policy_specs`` / ``TFAgentsSpecs``, ``load_saved_policy``, ``RESERVED_METADATA``.
+* ``read_policy_specs`` / ``TFAgentsSpecs``, ``load_saved_policy``,
+  ``check_saved_model`` (the screen every load goes through), ``RESERVED_METADATA``.
 
 One job per module; each imports only the modules below it (an import-linter contract
 in pyproject.toml holds the layers, so there is no circle)::
@@ -22,13 +23,16 @@ in pyproject.toml holds the layers, so there is no circle)::
       |
     policy          TFAgentsPolicy: the saved functions served as a TFPolicy
       |
-    saved           loading, the saved functions, TF checkpoint reads
+    saved           loading (after the screen), the saved functions, TF checkpoint reads
       |
     specs           policy_specs.pbtxt -> array specs
       |
-    graph | distributions    (independent of each other)
+    graph | distributions | screen    (independent of each other)
       graph          the saved action graph: exploration found, calls inlined
       distributions  TF-Agents' own distribution types, registered without TF-Agents
+      screen         files, sizes and ops checked before TensorFlow loads anything
+        |
+      ops           the allow-list of TensorFlow ops
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ __all__ = [
     "TFAgentsPolicy",
     "TFAgentsSpecs",
     "TriggerLayout",
+    "check_saved_model",
     "import_tf_agents",
     "import_tf_agents_checkpoint",
     "import_tf_agents_layout",
@@ -56,6 +61,7 @@ _LAZY = {
     "TFAgentsPolicy": "policy",
     "TFAgentsSpecs": "specs",
     "TriggerLayout": "layout",
+    "check_saved_model": "screen",
     "import_tf_agents": "importer",
     "import_tf_agents_checkpoint": "importer",
     "import_tf_agents_layout": "layout",

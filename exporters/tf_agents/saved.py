@@ -1,6 +1,7 @@
-"""Loading a TF-Agents SavedModel and reading its saved functions.
+"""Loading a TF-Agents SavedModel (once screened) and reading its saved functions.
 
-* ``load_saved_policy``: TFP is imported and TF-Agents' own distribution types registered
+* ``load_saved_policy``: ``exporters.tf_agents.screen`` checks the files and ops first;
+  then TFP is imported and TF-Agents' own distribution types registered
   (``exporters.tf_agents.distributions``), so the saved distribution TypeSpecs resolve,
   and TensorFlow loads it;
 * the saved functions: ``find_concrete`` (the concrete function taking time steps),
@@ -22,7 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from exporters import onnx_export
-from exporters.tf_agents import distributions
+from exporters.tf_agents import distributions, screen
 from exporters.tf_agents.specs import TIME_STEP_FIELDS, TFAgentsSpecs, field_names
 from toolkit import nest
 from toolkit.errors import BundleError, UnsupportedError
@@ -43,16 +44,18 @@ _SAVED_ATTRIBUTES = ("action", "get_initial_state")
 
 
 def load_saved_policy(saved_model_dir: str | os.PathLike) -> Any:
-    """Loads a TF-Agents SavedModel under TF 2.21 (TFP imported first).
+    """Loads a TF-Agents SavedModel under TF 2.21, once ``screen.check_saved_model`` passed.
 
     The saved ``distribution`` structures name TFP TypeSpecs (e.g.
     ``tfp.distributions.Deterministic_ACTTypeSpec``); they resolve only once
     ``tensorflow_probability`` has been imported.
 
     Raises:
-      BundleError: when TensorFlow cannot load it or it lacks PolicySaver's functions.
+      BundleError: a SavedModel the screen refuses (files, sizes, ops), one TensorFlow
+        cannot load, or one without PolicySaver's functions.
     """
     saved_model_dir = Path(saved_model_dir)
+    screen.check_saved_model(saved_model_dir)
     import tensorflow_probability  # noqa: F401  (registers TFP's TypeSpecs)
 
     distributions.register()  # TF-Agents' own distributions, without TF-Agents
@@ -164,13 +167,15 @@ def read_checkpoint(saved_model_dir: str | os.PathLike, checkpoint_path: str | o
     update_from_checkpoint`` does: a ``PolicySaver.save_checkpoint`` output holds the
     saved policy under the key ``policy``; a ``PolicySaver.save`` output (whose
     variables belong to the SavedModel's root) is read too. Every variable of the
-    policy must be in the checkpoint; extra ones are ignored.
+    policy must be in the checkpoint; extra ones are ignored. The checkpoint's declared
+    sizes are bounded (``screen.check_variables``) before TensorFlow reads it.
 
     Raises:
       BundleError: no checkpoint there, or one that does not fit the policy.
     """
     path = Path(checkpoint_path)
     prefix = _checkpoint_prefix(path)
+    screen.check_variables(prefix)
     loaded = load_saved_policy(saved_model_dir)
     try:
         keys = {name for name, _ in tf.train.list_variables(prefix)}

@@ -16,12 +16,14 @@ from typing import Any
 
 import tensorflow as tf
 
+from exporters.tf_agents import screen
 from toolkit import nest
 from toolkit.errors import BundleError
 from toolkit.specs import tensor_spec
 from toolkit.trajectories.time_step import TimeStep
 
 __all__ = [
+    "MAX_SPECS_BYTES",
     "POLICY_SPECS_PBTXT",
     "TIME_STEP_FIELDS",
     "TFAgentsSpecs",
@@ -30,6 +32,9 @@ __all__ = [
 ]
 
 POLICY_SPECS_PBTXT = "policy_specs.pbtxt"
+#: The specs file is text naming a few dozen specs (the largest save in tests/data: 4 KB); past
+#: 1 MiB it is not a policy's, and it is refused before it is read.
+MAX_SPECS_BYTES = 1 << 20
 
 TIME_STEP_FIELDS = ("step_type", "reward", "discount", "observation")
 _TRAJECTORY_FIELDS = ("step_type", "observation", "action", "policy_info", "reward", "discount")
@@ -81,7 +86,7 @@ def _decode_specs_file(path: Path) -> Any:
 
     proto = struct_pb2.StructuredValue()
     try:
-        text = path.read_text(encoding="utf-8")
+        text = screen.read_bounded(path, MAX_SPECS_BYTES, "a specs file").decode("utf-8")
         text_format.Parse(text, proto)
     except (UnicodeDecodeError, text_format.ParseError) as e:
         raise BundleError(f"{path}: not a readable StructuredValue text proto ({e})") from e
@@ -101,7 +106,7 @@ def read_policy_specs(saved_model_dir: str | os.PathLike) -> TFAgentsSpecs:
 
     Raises:
       BundleError: for a missing directory, a directory without the specs file, a
-        corrupted file, or specs that are not a TF-Agents policy's.
+        corrupted or oversized file, or specs that are not a TF-Agents policy's.
     """
     saved_model_dir = Path(saved_model_dir)
     path = _specs_file(saved_model_dir)
