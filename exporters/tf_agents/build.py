@@ -9,7 +9,8 @@
   ``OUNoisePolicy`` are rebuilt as this project's wrappers of the same names around
   the deterministic core (``TFAgentsPolicy(core=...)``), with epsilon, the noise scale,
   or OU stddev and damping read from the saved graph (``exporters.tf_agents.graph``);
-  with ``greedy``, the core alone;
+  the wrapper also tracks the core's ``model_variables``, where TF-Agents' checkpoints
+  keep them; with ``greedy``, the core alone;
 * a ``RandomTFPolicy`` (no variables; only uniform sampling ops): this project's
   RandomTFPolicy over the same specs (the runtime's random derivation).
 
@@ -130,4 +131,10 @@ def build_policy(saved_model_dir: str | os.PathLike, greedy: bool = False) -> Bu
         wrapped = OUNoisePolicy(
             core, ou_stddev=params["stddev"], ou_damping=params["damping"], clip=True
         )
+    # PolicySaver.save_checkpoint keeps the saved policy's variables at
+    # policy/model_variables/<i>; inside the wrapper they would be reached through the
+    # wrapper's own attributes only (policy/_greedy_policy/_wrapped_policy/...). Tracked
+    # at the wrapper too, the export's weights map records TF-Agents' path, so the
+    # bundle takes the checkpoint TF-Agents wrote for this collect policy.
+    wrapped.model_variables = core.model_variables
     return Built(wrapped, core, core.function, exploration.kind)

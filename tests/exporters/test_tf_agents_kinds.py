@@ -328,6 +328,44 @@ def test_a_tf_agents_checkpoint_goes_through_update(case, greedy, saves, bundles
         raise AssertionError(f"{case}: nothing recorded after the checkpoint")
 
 
+def core_action(policy, ts):
+    """The deterministic action inside a collect bundle (before its exploration)."""
+    state = policy.get_initial_state(len(ts.step_type))  # OU noise lives in the state
+    params = policy.distribution_params(ts, state).action
+    if isinstance(params, dict) and "greedy" in params:
+        params = params["greedy"]
+    return params.loc
+
+
+@pytest.mark.parametrize("backend", ["onnx", "tf"])
+@pytest.mark.parametrize("case", sorted(CORES))
+def test_a_collect_policy_takes_the_checkpoint_tf_agents_wrote_for_it(
+    case, backend, saves, bundles
+):
+    """PolicySaver.save_checkpoint of a collect policy, read as it is: without TensorFlow on
+    the onnx backend (the weights map), into the SavedModel on the tf one."""
+    policy = load(bundles(case), backend)
+    policy.update_from_checkpoint(saves / case / "checkpoint")
+    assert policy.train_step == 2000
+    rec = rec_of(saves, CORES[case])  # the greedy save: same weights, same checkpoint
+    assert_acts_alike(core_action(policy, time_step(rec)), rec["checkpoint/action"], case)
+
+
+def test_update_writes_a_collect_policys_tf_agents_checkpoint_into_the_bundle(
+    saves, bundles, tmp_path
+):
+    from exporters.update import update_bundle
+
+    target = shutil.copytree(bundles("dqn_collect"), tmp_path / "b")
+    report = update_bundle(target, saves / "dqn_collect" / "checkpoint")
+    assert report.source == "tf_agents_checkpoint" and report.train_step == 2000
+    rec = rec_of(saves, "dqn_greedy")
+    for backend in ("onnx", "tf"):
+        action = core_action(load(target, backend), time_step(rec))
+        assert_acts_alike(action, rec["checkpoint/action"], backend)
+    assert bundle.read_manifest(target)["policy"]["action"]["epsilon"] == pytest.approx(0.25)
+
+
 @pytest.mark.skipif(not REFERENCE.is_dir(), reason="the TF-Agents reference folder is missing")
 @pytest.mark.parametrize("case", ["c51_greedy", "sac_collect"])
 def test_a_checkpoint_of_a_policy_saved_before_training(case, tmp_path):
