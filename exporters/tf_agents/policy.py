@@ -275,15 +275,19 @@ class TFAgentsPolicy(tf_policy.TFPolicy):
         self._inlined[function] = call
 
     def _call(self, function: str, time_step: TimeStep, policy_state: Any) -> Any:
-        """The saved function's PolicyStep: inlined when it captured constants.
+        """The saved function's PolicyStep: inlined when it captured constants or combines
+        variables before the time step meets them.
 
         A restored function called inside a trace passes its captured constants (e.g.
         C51's support, made outside the traced function) as inputs of the new graph,
-        which would become stray inputs of the exported one.
+        which would become stray inputs of the exported one; and the conversion would
+        fold variables combined among themselves (PPO's observation normaliser) into
+        constants no checkpoint can update (``saved_graph.folded_reads``).
         """
         if function not in self._inlined:
             concrete = find_concrete(getattr(self._saved, function))
-            if saved_graph.captured_constants(concrete):
+            graph = saved_graph.SavedGraph(concrete)
+            if saved_graph.captured_constants(concrete) or saved_graph.folded_reads(graph):
                 self._inline(function)
             else:
                 self._inlined[function] = getattr(self._saved, function)

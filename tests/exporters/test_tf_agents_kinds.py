@@ -366,6 +366,121 @@ def test_update_writes_a_collect_policys_tf_agents_checkpoint_into_the_bundle(
     assert bundle.read_manifest(target)["policy"]["action"]["epsilon"] == pytest.approx(0.25)
 
 
+PPO = ["ppo_continuous_collect", "ppo_continuous_eval", "ppo_discrete_collect", "ppo_discrete_eval"]
+
+
+def _params_of(policy, ts) -> dict[str, np.ndarray]:
+    dist = policy.distribution(ts).action
+    return {k: np.asarray(v) for k, v in vars(dist).items() if k in ("loc", "scale", "logits")}
+
+
+@pytest.mark.parametrize("case", PPO)
+def test_ppo_bundles_map_the_observation_normaliser_and_take_their_checkpoints(
+    case, saves, bundles
+):
+    """The normaliser's statistics stay variables of the ONNX graph (not constants folded
+    from them), so every PPO bundle has a weights map and takes TF-Agents' checkpoint
+    without TensorFlow (onnx) and into its SavedModel (tf)."""
+    weights = bundle.read_manifest(bundles(case))["onnx"]["weights"]
+    names = {v["name"] for v in weights["variables"]}
+    assert {"avg_0:0", "count_0:0", "m2_0:0"} <= names
+    rec = rec_of(saves, case)
+    for backend in ("onnx", "tf"):
+        policy = load(bundles(case), backend)
+        policy.update_from_checkpoint(saves / case / "checkpoint")
+        assert policy.train_step == 2000
+        ts = time_step(rec)
+        if "checkpoint/action" in rec:
+            assert_acts_alike(policy.action(ts).action, rec["checkpoint/action"], backend)
+        else:
+            for name, value in _params_of(policy, ts).items():
+                assert_acts_alike(value, rec[f"checkpoint/distribution/{name}"], name)
+
+
+@pytest.fixture(scope="module")
+def normaliser_checkpoints(saves, tmp_path_factory):
+    """``case -> (checkpoint, what TF-Agents' saved functions give with it)``: PolicySaver's
+    checkpoint layout, written after the observation normaliser saw other data."""
+    import tensorflow as tf
+
+    root = tmp_path_factory.mktemp("normaliser")
+    out = {}
+    for case in ("ppo_continuous_eval", "ppo_discrete_collect"):
+        loaded = tai.load_saved_policy(saves / case / "saved_policy")
+        stats = {
+            "avg_0:0": [0.5, -1.0, 0.25, 2.0],
+            "count_0:0": [50.0] * 4,
+            "m2_0:0": [50.0 * v for v in (0.25, 4.0, 1.0, 9.0)],
+        }
+        for variable in loaded.model_variables:
+            if variable.name in stats:
+                variable.assign(np.asarray(stats[variable.name], np.float32))
+        loaded.train_step.assign(77)
+        checkpoint = root / case
+        tf.train.Checkpoint(
+            policy=loaded, model_variables=loaded.model_variables, train_step=loaded.train_step
+        ).write(str(checkpoint / "variables" / "variables"))
+        rec = rec_of(saves, case)
+        ts = TimeStep(*(tf.constant(x) for x in time_step(rec)))
+        if case.endswith("_eval"):
+            want = {"action": loaded.action(ts, ()).action.numpy()}
+        else:
+            want = {"logits": loaded.distribution(ts, ()).action.logits_parameter().numpy()}
+        out[case] = (checkpoint, want)
+    return out
+
+
+@pytest.mark.parametrize("backend", ["onnx", "tf"])
+@pytest.mark.parametrize("case", ["ppo_continuous_eval", "ppo_discrete_collect"])
+def test_ppo_bundles_follow_the_normaliser_statistics_of_a_checkpoint(
+    case, backend, saves, bundles, normaliser_checkpoints
+):
+    checkpoint, want = normaliser_checkpoints[case]
+    rec = rec_of(saves, case)
+    policy = load(bundles(case), backend)
+    ts = time_step(rec)
+    before = policy.action(ts).action if "action" in want else _params_of(policy, ts)["logits"]
+    policy.update_from_checkpoint(checkpoint)
+    assert policy.train_step == 77
+    if "action" in want:
+        assert_acts_alike(policy.action(ts).action, want["action"], case)
+        assert not np.allclose(before, want["action"], atol=1e-3)  # the statistics matter
+    else:
+        assert_acts_alike(_params_of(policy, ts)["logits"], want["logits"], case)
+        assert not np.allclose(before, want["logits"], atol=1e-3)
+
+
+def test_a_ppo_bundle_takes_a_normaliser_checkpoint_where_tensorflow_cannot_load(
+    saves, bundles, normaliser_checkpoints, tmp_path
+):
+    from tests.subprocess_utils import run_python
+
+    case = "ppo_discrete_collect"
+    checkpoint, want = normaliser_checkpoints[case]
+    rec = rec_of(saves, case)
+    np.savez(tmp_path / "data.npz", observation=rec["observation"], logits=want["logits"])
+    result = run_python(
+        f"""
+        import numpy as np
+        import runtimes
+        from toolkit.trajectories.time_step import TimeStep
+
+        data = np.load({str(tmp_path / "data.npz")!r})
+        policy = runtimes.load_policy({str(bundles(case))!r}, "onnx")
+        policy.update_from_checkpoint({str(checkpoint)!r})
+        n = len(data["observation"])
+        ts = TimeStep(np.ones(n, np.int32), np.zeros(n, np.float32), np.ones(n, np.float32),
+                      data["observation"])
+        logits = policy.distribution(ts).action.logits
+        np.testing.assert_allclose(logits, data["logits"], rtol=0, atol=1e-5)
+        print("ok", policy.train_step)
+        """,
+        without_tensorflow=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok 77"
+
+
 @pytest.mark.skipif(not REFERENCE.is_dir(), reason="the TF-Agents reference folder is missing")
 @pytest.mark.parametrize("case", ["c51_greedy", "sac_collect"])
 def test_a_checkpoint_of_a_policy_saved_before_training(case, tmp_path):
