@@ -2,15 +2,17 @@
 
 * a saved ``distribution`` of a supported family (TFP's, or TF-Agents'
   SquashToSpecNormal / ShiftedCategorical / MaskedCategorical), or a deterministic
-  ``action``: a ``TFAgentsPolicy`` over it (with ``greedy``, a GreedyPolicy around a
-  stochastic one: each leaf's mode, TF-Agents' own greedy semantics);
+  ``action``: a ``TFAgentsPolicy`` over it (with ``greedy``, each leaf is the saved
+  distribution's mode: TF-Agents' GreedyPolicy);
 * a collect policy that samples inside its saved ``action`` (its distribution only
   raises): TF-Agents' ``EpsilonGreedyPolicy``, ``GaussianPolicy`` and
   ``OUNoisePolicy`` are rebuilt as this project's wrappers of the same names around
   the deterministic core (``TFAgentsPolicy(core=...)``), with epsilon, the noise scale,
   or OU stddev and damping read from the saved graph (``exporters.tf_agents.graph``);
   the wrapper also tracks the core's ``model_variables``, where TF-Agents' checkpoints
-  keep them; with ``greedy``, the core alone;
+  keep them, and a masked random branch's mask becomes the core's action-constraint
+  splitter, so the rebuilt random branch draws only allowed actions as TF-Agents' does;
+  with ``greedy``, the core alone;
 * a ``RandomTFPolicy`` (no variables; only uniform sampling ops): this project's
   RandomTFPolicy over the same specs (the runtime's random derivation).
 
@@ -35,6 +37,7 @@ from exporters.tf_agents import graph as saved_graph
 from exporters.tf_agents.policy import TFAgentsPolicy
 from exporters.tf_agents.saved import find_concrete, load_saved_policy, random_tf_ops, tf_op_types
 from exporters.tf_agents.specs import read_policy_specs
+from toolkit import nest
 from toolkit.errors import UnsupportedError
 
 __all__ = ["Built", "build_policy"]
@@ -69,6 +72,21 @@ def _random_policy(policy_source: Path) -> Any:
     return RandomTFPolicy(specs.raw["time_step_spec"], specs.raw["action_spec"])
 
 
+def _mask_leaf(source: Path, exploration: saved_graph.Exploration) -> int | None:
+    """The observation leaf of the random branch's mask (its index among the leaves)."""
+    if exploration.mask is None:
+        return None
+    time_step = read_policy_specs(source).raw["time_step_spec"]
+    before = sum(len(nest.flatten(field)) for field in time_step[:3])
+    leaves = len(nest.flatten(time_step.observation))
+    if not before <= exploration.mask < before + leaves:
+        raise UnsupportedError(
+            f"{source}: epsilon-greedy: expected the action mask among the observation's "
+            "leaves, got another input of the saved action"
+        )
+    return exploration.mask - before
+
+
 def build_policy(saved_model_dir: str | os.PathLike, greedy: bool = False) -> Built:
     """The TFPolicy that stands for a TF-Agents saved policy (see the module doc).
 
@@ -78,19 +96,16 @@ def build_policy(saved_model_dir: str | os.PathLike, greedy: bool = False) -> Bu
     """
     from toolkit.policies.epsilon_greedy_policy import EpsilonGreedyPolicy
     from toolkit.policies.gaussian_policy import GaussianPolicy
-    from toolkit.policies.greedy_policy import GreedyPolicy
     from toolkit.policies.ou_noise_policy import OUNoisePolicy
 
     source = Path(saved_model_dir)
     try:
         # Sampled actions are clipped to the spec even where TF-Agents' saved action
         # is not (PPO's collect policy): runtimes return actions within the spec.
-        policy = TFAgentsPolicy(source)
+        policy = TFAgentsPolicy(source, greedy=greedy)
     except UnsupportedError as e:
         first_error = e
     else:
-        if greedy and policy.function == "distribution":
-            return Built(GreedyPolicy(policy), policy, policy.function, None)
         return Built(policy, policy, policy.function, None)
     loaded = load_saved_policy(source)
     concrete = find_concrete(loaded.action)
@@ -113,7 +128,7 @@ def build_policy(saved_model_dir: str | os.PathLike, greedy: bool = False) -> Bu
             "instead (a deterministic action, or a distribution of TFP's or TF-Agents' "
             "families)"
         ) from e
-    core = TFAgentsPolicy(source, core=exploration.core)
+    core = TFAgentsPolicy(source, core=exploration.core, mask=_mask_leaf(source, exploration))
     if greedy:
         return Built(core, core, core.function, None)
     params = exploration.params

@@ -7,7 +7,9 @@ and the exploration's parameters, so the import can rebuild the collect policy a
 project's derivations over the core:
 
 * ``EpsilonGreedyPolicy``: ``Select(uniform >= epsilon, greedy, random)``: epsilon is a
-  constant of the graph;
+  constant of the graph; a masked random branch (``MaskedCategorical`` over the
+  ``observation_and_action_constraint_splitter``'s mask) selects its logits with a
+  condition read from one observation leaf, the mask;
 * ``GaussianPolicy``: ``core + (N(0, 1) * scale + loc)``, ``scale``/``loc`` constants
   (TF-Agents makes them outside the traced function: captured constants);
 * ``OUNoisePolicy``: ``core + x`` where ``x`` is a variable assigned
@@ -81,12 +83,16 @@ class Exploration:
         schedule) instead of holding constants.
       core: the graph tensor name of the deterministic action (before the exploration).
       found: a description of the pattern found, for messages.
+      mask: for epsilon-greedy, the index among the saved function's arguments of the
+        action mask its random branch draws within (TF-Agents' RandomTFPolicy under an
+        observation_and_action_constraint_splitter), or None.
     """
 
     kind: str
     params: dict[str, Any] | None
     core: str
     found: str
+    mask: int | None = None
 
 
 class SavedGraph:
@@ -300,6 +306,40 @@ def analyze_action(concrete: Any, time_step_inputs: int = 4) -> Exploration:
     )
 
 
+def _through(graph: SavedGraph, tensor: str) -> str:
+    """The node behind ``tensor``'s casts, identities and reshapes."""
+    name = _node_name(tensor)
+    while graph.nodes[name].op in _PASS_THROUGH:
+        name = _node_name(graph.data_inputs(name)[0])
+    return name
+
+
+def _random_mask(graph: SavedGraph, random: str, core: str) -> int | None:
+    """The argument a random branch's action mask is (None when it has none).
+
+    TF-Agents' masked RandomTFPolicy samples ``MaskedCategorical(zeros, mask)``, whose
+    logits are ``Select(mask, logits, -inf)``: a Select of the random branch (and not of
+    the greedy one) whose condition is an input of the function.
+    """
+    own = _ancestors(graph, [random], stop=set()) - _ancestors(graph, [core], stop=set())
+    masks = set()
+    for name in sorted(own):
+        if graph.nodes[name].op not in ("Select", "SelectV2"):
+            continue
+        condition = _through(graph, graph.data_inputs(name)[0])
+        if condition not in graph.arg_names:
+            raise UnsupportedError(
+                "epsilon-greedy: the random branch selects its actions with "
+                f"{graph.describe(condition)}, computed in the graph; expected an action mask "
+                "given in the observation (or none)"
+            )
+        masks.add(graph.arg_names.index(condition))
+    if len(masks) > 1:
+        names = [graph.arg_names[i] for i in sorted(masks)]
+        raise UnsupportedError(f"epsilon-greedy: expected one action mask, got inputs {names}")
+    return masks.pop() if masks else None
+
+
 def _epsilon_greedy(graph: SavedGraph, select: Any, core: str) -> Exploration:
     condition = graph.data_inputs(select.name)[0]
     cond = graph.nodes[_node_name(condition)]
@@ -309,6 +349,8 @@ def _epsilon_greedy(graph: SavedGraph, select: Any, core: str) -> Exploration:
             f"{graph.describe(condition)}"
         )
     threshold = graph.data_inputs(cond.name)[1]
+    (random,) = [i for i in graph.data_inputs(select.name)[1:] if i != core]
+    mask = _random_mask(graph, random, core)
     epsilon = graph.constant(threshold)
     if epsilon is None or epsilon.size != 1:
         # A schedule (e.g. a function of the train step): the core still imports.
@@ -317,12 +359,14 @@ def _epsilon_greedy(graph: SavedGraph, select: Any, core: str) -> Exploration:
             None,
             core,
             f"epsilon-greedy whose epsilon is computed in the graph ({graph.describe(threshold)})",
+            mask,
         )
     return Exploration(
         EPSILON_GREEDY,
         {"epsilon": float(epsilon.reshape(()))},
         core,
         f"epsilon-greedy ({graph.describe(select.name)})",
+        mask,
     )
 
 

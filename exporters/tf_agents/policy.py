@@ -11,7 +11,16 @@ The adapter wraps the loaded SavedModel (loaded by ``exporters.tf_agents.saved``
 * the saved functions reset the state on FIRST themselves (TF-Agents traced its own
   reset into them), so the base class's reset is off;
 * the action is a sample of the distribution, clipped to the action spec, as
-  TF-Agents' ``action`` does (a deterministic leaf samples to its ``loc``).
+  TF-Agents' ``action`` does (a deterministic leaf samples to its ``loc``). A categorical
+  whose values pass the spec's bounds (TF-Agents' ActorPolicy over actions [1, 4]
+  samples an index 0..3, which the clip turns into 1, 1, 2, 3) becomes the categorical
+  of the clipped values, so sampling it is sampling TF-Agents' action;
+* with ``greedy``, each leaf is the saved distribution's own mode, clipped to the spec:
+  TF-Agents' ``GreedyPolicy`` (which the mode of the clipped categorical above is not);
+* ``mask``: the observation leaf a collect policy's random branch masks its actions
+  with (``exporters.tf_agents.graph``); it becomes this policy's
+  ``observation_and_action_constraint_splitter``, which this project's
+  EpsilonGreedyPolicy honours in its random branch, as TF-Agents' does.
 
 TF-Agents' info, when it is a namedtuple (``PolicyInfo``), becomes a dict with the same
 paths; its ``log_probability`` entry becomes this project's ``emit_log_probability``
@@ -83,6 +92,13 @@ class TFAgentsPolicy(tf_policy.TFPolicy):
         saved ``action`` applies too).
       validate_args: check inputs against the specs.
       name: module name.
+      core: the graph tensor of the deterministic action inside a collect policy's
+        saved action (``exporters.tf_agents.graph.Exploration.core``): that is this
+        policy's action.
+      greedy: each action leaf is the saved distribution's mode (TF-Agents'
+        GreedyPolicy).
+      mask: the index among the observation's leaves of the action mask (1 where an
+        action is allowed), for the exploration wrappers' random branches.
 
     Raises:
       BundleError: the directory is not a TF-Agents saved policy.
@@ -103,6 +119,8 @@ class TFAgentsPolicy(tf_policy.TFPolicy):
         validate_args: bool = True,
         name: str | None = None,
         core: str | None = None,
+        greedy: bool = False,
+        mask: int | None = None,
     ):
         source = Path(saved_model_dir)
         specs = read_policy_specs(source)
@@ -141,6 +159,12 @@ class TFAgentsPolicy(tf_policy.TFPolicy):
         # Saved functions run inlined (captured constants folded in) where needed.
         object.__setattr__(self, "_inlined", {})
         self._core = core
+        self._greedy = greedy
+        self._mask = mask
+        if mask is not None:
+            # The base class's splitter hook, which the wrappers' random branches read
+            # (a plain attribute: tf.Module would try to track the function).
+            object.__setattr__(self, "_splitter", lambda obs: (obs, nest.flatten(obs)[mask]))
         if core is not None:
             self._function, self._skipped = ACTION_CORE, None
             self._inline(ACTION, [core])
@@ -230,7 +254,7 @@ class TFAgentsPolicy(tf_policy.TFPolicy):
             nest.flatten_up_to(self._specs.raw["action_spec"], step.action),
             strict=True,
         ):
-            _leaf_params(_action_distribution(dist, spec, path), spec, batch, path)
+            _leaf_params(self._leaf_distribution(dist, spec, path), spec, batch, path)
 
     # --- calling the saved functions ---------------------------------------------------
 
@@ -303,6 +327,20 @@ class TFAgentsPolicy(tf_policy.TFPolicy):
             info = {k: v for k, v in info.items() if k != tf_policy.LOG_PROBABILITY}
         return nest.pack_sequence_as(self._base_info_spec, nest.flatten(info))
 
+    def _leaf_distribution(self, dist: Any, spec: Any, path: str) -> tfd.Distribution:
+        """One saved leaf in this project's terms: its distribution, or with ``greedy``
+        its own mode (TF-Agents' GreedyPolicy: ``mode()``, clipped by ``action``)."""
+        if not self._greedy:
+            return _action_distribution(dist, spec, path)
+        _action_distribution(dist, spec, path)  # the same families are supported
+        try:
+            mode = dist.mode()
+        except NotImplementedError:
+            raise UnsupportedError(
+                f"{path}: a {type(dist).__name__} has no mode: nothing greedy to import"
+            ) from None
+        return tf_policy.as_action_distribution(tf.cast(mode, spec.dtype), spec, path)
+
     def _distribution(self, time_step: TimeStep, policy_state: Any) -> PolicyStep:
         time_step, state = self._saved_inputs(time_step, policy_state)
         leaves = nest.flatten_with_paths(self.action_spec, "distribution")
@@ -314,7 +352,9 @@ class TFAgentsPolicy(tf_policy.TFPolicy):
         if self._function == DISTRIBUTION:
             step = self._call(DISTRIBUTION, time_step, state)
             saved = nest.flatten_up_to(self._specs.raw["action_spec"], step.action)
-            dists = [_action_distribution(d, s, p) for (p, s), d in zip(leaves, saved, strict=True)]
+            dists = [
+                self._leaf_distribution(d, s, p) for (p, s), d in zip(leaves, saved, strict=True)
+            ]
         else:
             step = self._call(ACTION, time_step, state)
             actions = nest.flatten_up_to(self._specs.raw["action_spec"], step.action)
@@ -350,6 +390,8 @@ class TFAgentsPolicy(tf_policy.TFPolicy):
             validate_args=self.validate_args,
             name=self.name,
             core=self._core,
+            greedy=self._greedy,
+            mask=self._mask,
         )
         other.update(self)
         return other
@@ -397,6 +439,33 @@ def _leaf_params(dist: Any, spec: Any, batch: Any, path: str) -> families.Distri
     )
 
 
+def _within_bounds(logits: tf.Tensor, shift: int, spec: Any, path: str) -> tuple[tf.Tensor, int]:
+    """``(logits, shift)`` of the categorical of the actions TF-Agents returns.
+
+    TF-Agents samples a value ``index + shift`` and its action clips it into the spec's
+    bounds. Where the values pass the bounds, the probability of each value outside
+    goes to the bound it is clipped to, and values inside that no index reaches get
+    none (log 0 = -inf): a categorical over ``minimum .. maximum``.
+    """
+    n = logits.shape[-1]
+    if not hasattr(spec, "minimum") or n is None:
+        return logits, shift
+    low, high = np.unique(np.asarray(spec.minimum)), np.unique(np.asarray(spec.maximum))
+    if low.size != 1 or high.size != 1:
+        raise UnsupportedError(
+            f"{path}: expected one minimum and one maximum for a categorical action, got "
+            f"{spec.minimum} .. {spec.maximum}"
+        )
+    low, high = int(low[0]), int(high[0])
+    if low <= shift and shift + n - 1 <= high:
+        return logits, shift
+    clipped = np.clip(np.arange(n) + shift, low, high) - low
+    onto = np.zeros((n, high - low + 1), np.float32)
+    onto[np.arange(n), clipped] = 1.0  # index -> the action it is clipped to
+    probs = tf.nn.softmax(tf.cast(logits, tf.float32)) @ tf.constant(onto)
+    return tf.math.log(probs), low
+
+
 def _action_distribution(dist: Any, spec: tf.TensorSpec, path: str) -> tfd.Distribution:
     """One saved distribution with event shape ``spec.shape``, in TF-Agents' semantics."""
     base = dist.distribution if isinstance(dist, tfd.Independent) else dist
@@ -407,13 +476,8 @@ def _action_distribution(dist: Any, spec: tf.TensorSpec, path: str) -> tfd.Distr
         # TF-Agents uses a TFP Categorical's indices as actions, unshifted; its own
         # ShiftedCategorical adds its shift (MaskedCategorical's logits are masked).
         shift = int(base.shift) if kind == tfa_distributions.SHIFTED_CATEGORICAL else 0
-        low = int(np.asarray(spec.minimum).min()) if hasattr(spec, "minimum") else 0
-        if kind == tfa_distributions.SHIFTED_CATEGORICAL and shift != low:
-            raise UnsupportedError(
-                f"{path}: expected a ShiftedCategorical starting at the action minimum "
-                f"{low}, got shift {shift}"
-            )
         logits = base.logits if base.logits is not None else tf.math.log(base.probs)
+        logits, shift = _within_bounds(logits, shift, spec, path)
         shifted = tf_policy.ShiftedCategorical(logits, shift=shift, dtype=spec.dtype)
         if spec.shape.rank:
             return tfd.Independent(shifted, reinterpreted_batch_ndims=spec.shape.rank)
