@@ -95,6 +95,10 @@ class ErrorKind(enum.IntEnum):
     UNAVAILABLE = 14
 
 
+class ClusterError(ToolkitError):
+    """A Ray cluster that cannot be reached, or workers lost for good (toolkit.distributed)."""
+
+
 class ServingError(ToolkitError):
     """A policy-server request that cannot be answered (runtimes.serving).
 
