@@ -615,19 +615,13 @@ class BundlePolicy(PyPolicy):
         """The graph's inputs in order and the batch size; exactly-typed arrays pass as
         they are, anything else gets PyPolicy's validation through the nests."""
         specs = self._flat_specs
-        if len(inputs) != len(specs):
-            unknown = sorted(set(inputs) - set(self._input_names))
-            if unknown:
-                raise SpecMismatchError(
-                    unknown[0], f"one of the inputs {self._input_names}", "an unknown name"
-                )
+        if type(inputs) is not dict or len(inputs) != len(specs):
+            self._check_names(inputs)
         arrays = []
         batch = -1
         for name, dtype, shape in specs:
             value = inputs.get(name)
-            if value is None:
-                raise SpecMismatchError(name, f"an array (inputs: {self._input_names})", "none")
-            if (
+            if (  # None and lists too: the checked path names or converts them
                 type(value) is not _NDARRAY
                 or value.dtype is not dtype
                 or len(value.shape) != len(shape) + 1
@@ -648,7 +642,22 @@ class BundlePolicy(PyPolicy):
             return self._named_inputs_checked(inputs)  # it names what is wrong
         return arrays, batch
 
+    def _check_names(self, inputs: Any) -> None:
+        """Names a missing or unknown input, or inputs that are no mapping."""
+        if not isinstance(inputs, Mapping):
+            raise SpecMismatchError(
+                "inputs", "a mapping of input name -> array", f"{type(inputs).__name__}"
+            )
+        names = self._input_names
+        unknown = sorted(str(n) for n in set(inputs) - set(names))
+        if unknown:
+            raise SpecMismatchError(unknown[0], f"one of the inputs {names}", "an unknown name")
+        for name in names:
+            if inputs.get(name) is None:
+                raise SpecMismatchError(name, f"an array (inputs: {names})", "none")
+
     def _named_inputs_checked(self, inputs: Mapping[str, Any]) -> tuple[list[Any], int]:
+        self._check_names(inputs)
         leaves = [inputs[n] for n in self._input_names]
         count = len(self._input_names) - len(self._state_names)
         time_step = nest.pack_sequence_as(self.time_step_spec, leaves[:count])

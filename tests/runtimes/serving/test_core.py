@@ -7,12 +7,14 @@ import asyncio
 import importlib
 import json
 import re
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 
 import runtimes
 from runtimes.serving import jsonio, protocols, tfserving_rest
+from runtimes.serving.batching import Batcher
 from runtimes.serving.core import CoreOptions, VersionState, build_core
 from runtimes.serving.models import ModelConfig
 from tests.contract import cases_runtime as cr
@@ -178,7 +180,54 @@ def test_flat_entry_points_name_bad_inputs():
         ({**good, "observation": np.zeros((2, 3), np.float32)}, "observation: expected shape"),
         ({**good, "step_type": np.array([1, 3], np.int32)}, "step_type"),
         ({k: v[0] for k, v in good.items()}, "step_type: expected one batch dim, shape (B,)"),
+        # A missing input after one that needs converting (it was a KeyError), a typo
+        # in place of a name, an explicit None, and no mapping at all.
+        (
+            {"step_type": [1, 1], "reward": good["reward"], "discount": good["discount"]},
+            "observation: expected an array",
+        ),
+        ({**{k: v for k, v in good.items() if k != "reward"}, "rewards": 0}, "rewards: expected"),
+        ({**good, "observation": None}, "observation: expected an array"),
+        ("step_type", "inputs: expected a mapping of input name -> array, got str"),
     ]
     for inputs, message in cases:
         with pytest.raises(SpecMismatchError, match=re.escape(message)):
             policy.action_flat(inputs)
+
+
+def test_one_requests_bad_rows_fail_only_that_request_of_a_merged_batch():
+    """A step type of 3 in one request fails that request, named at its own row, while
+    the requests merged with it are answered (they all failed with its error before)."""
+    policy = runtimes.load_policy(cr.bundle("greedy_q"), "onnx")
+
+    def inputs(step_types: list[int]) -> dict[str, np.ndarray]:
+        n = len(step_types)
+        observation = np.linspace(-1, 1, n * 4, dtype=np.float32).reshape(n, 4)
+        return {
+            "step_type": np.array(step_types, np.int32),
+            "reward": np.zeros(n, np.float32),
+            "discount": np.ones(n, np.float32),
+            "observation": observation,
+        }
+
+    batches = []
+    with ThreadPoolExecutor(1) as executor:
+        batcher = Batcher(policy.action_flat, 0.05, 64, executor, on_batch=batches.append)
+
+        async def three_requests():
+            return await asyncio.gather(
+                batcher(inputs([1, 1]), 2),
+                batcher(inputs([1, 3]), 2),
+                batcher(inputs([0]), 1),
+                return_exceptions=True,
+            )
+
+        good, bad, first = asyncio.run(three_requests())
+    assert batches == [5]  # one merged call
+    assert isinstance(bad, SpecMismatchError)
+    assert (
+        "step_type: expected a step type in {0: FIRST, 1: MID, 2: LAST}, got 3 at index (1,)"
+        in (str(bad))
+    )
+    np.testing.assert_array_equal(good["action"], policy.action_flat(inputs([1, 1]))["action"])
+    np.testing.assert_array_equal(first["action"], policy.action_flat(inputs([0]))["action"])
