@@ -18,7 +18,7 @@ from runtimes.serving.batching import Batcher
 from runtimes.serving.core import CoreOptions, VersionState, build_core
 from runtimes.serving.models import ModelConfig
 from tests.contract import cases_runtime as cr
-from toolkit.errors import ErrorKind, ServingError, SpecMismatchError
+from toolkit.errors import ErrorKind, ServingError, SpecMismatchError, UnsupportedError
 from toolkit.trajectories.time_step import TimeStep
 
 # --- the JSON of large bodies ---------------------------------------------------------------
@@ -231,3 +231,57 @@ def test_one_requests_bad_rows_fail_only_that_request_of_a_merged_batch():
     )
     np.testing.assert_array_equal(good["action"], policy.action_flat(inputs([1, 1]))["action"])
     np.testing.assert_array_equal(first["action"], policy.action_flat(inputs([0]))["action"])
+
+
+def test_the_core_serves_any_backend_of_the_table_and_refuses_what_one_cannot_do():
+    """A backend registered in runtimes.backends (one line) serves; --follow is refused
+    for one without weight updates, and an unknown name lists the table's."""
+    from runtimes import backends
+    from runtimes.serving.core import check_backend
+
+    backends.register(
+        backends.Backend(
+            "toy",
+            "tests.extensions.toy_backend",
+            "ToyPolicy",
+            "onnx",
+            "onnxruntime",
+            "runtime",
+            "ONNX",
+            weight_updates=False,
+            auto=False,
+        )
+    )
+    core = None
+    try:
+        check_backend("toy", follow=False)
+        with pytest.raises(
+            UnsupportedError,
+            match=re.escape(
+                "--follow: the toy backend cannot take checkpoints; expected a backend with "
+                "weight updates (onnx, tf)"
+            ),
+        ):
+            check_backend("toy", follow=True)
+        with pytest.raises(
+            SpecMismatchError,
+            match=re.escape("backend: expected one of ['auto', 'onnx', 'litert', 'tf', 'toy']"),
+        ):
+            check_backend("openvino", follow=False)
+        bundle = cr.bundle("greedy_q")
+        core = build_core(CoreOptions([ModelConfig("m", bundle)], backend="toy"))
+        core.registry.poll()
+        loaded = core.resolve("m", None, None)
+        assert type(loaded.policy).__name__ == "ToyPolicy"
+        observations = np.linspace(-1, 1, 8, dtype=np.float32).reshape(2, 4)
+        outputs = asyncio.run(
+            core.run(loaded.signatures["serving_default"], {"observation": observations})
+        )
+        onnx = runtimes.load_policy(bundle, "onnx")
+        mid = TimeStep(np.ones(2, np.int32), np.zeros(2, np.float32), np.ones(2, np.float32), None)
+        expected = onnx.action(mid._replace(observation=observations)).action
+        np.testing.assert_array_equal(outputs["action"], expected)
+    finally:
+        if core is not None:
+            core.close()
+        backends.unregister("toy")
