@@ -16,7 +16,7 @@ import tensorflow as tf
 from exporters import litert_export, onnx_export
 from exporters.signatures import ExportModule
 from exporters.weights import canonical_initializers, graph_fingerprint
-from toolkit import __version__, bundle, nest
+from toolkit import __version__, action_masks, bundle, nest
 from toolkit import distribution_families as families
 from toolkit.errors import ExportError, UnsupportedError
 from toolkit.policies import tf_policy as tf_policy_lib
@@ -218,6 +218,23 @@ def _save_saved_model(module: ExportModule, path: Path) -> None:
         ) from e
 
 
+def _action_mask_input(policy: Any) -> str | None:
+    """The observation input a masked policy reads its mask from (runtimes check it)."""
+    splitter = policy.observation_and_action_constraint_splitter
+    if splitter is None:
+        return None
+    path = action_masks.mask_path(splitter, policy.time_step_spec.observation)
+    if path is None:
+        warnings.warn(
+            f"{type(policy).__name__}: its observation_and_action_constraint_splitter returns "
+            "no observation leaf as the mask (it computes one?): the bundle declares no "
+            "action mask, so runtimes cannot refuse an entry whose mask allows no action",
+            UserWarning,
+            stacklevel=3,
+        )
+    return path
+
+
 def _manifest(
     module: ExportModule,
     formats: tuple[str, ...],
@@ -250,6 +267,9 @@ def _manifest(
         "metadata": metadata,
         "producer": _producer(),
     }
+    mask = _action_mask_input(policy)
+    if mask is not None:
+        manifest["policy"]["action_mask"] = mask
     if "saved_model" in formats:
         manifest["saved_model"] = {"dir": bundle.SAVED_MODEL_DIR, "tags": ["serve"]}
     if model is not None:
