@@ -296,7 +296,14 @@ def train_off_policy(
     collect_policy = PyTFPolicy(agent.collect_policy, seed=seed, validate_args=False)
     time_step = env.reset(seed=seed)
     if len(replay_buffer) < initial_collect_steps:
-        random_policy = RandomPyPolicy(env.time_step_spec(), env.action_spec(), seed=seed)
+        random_policy = RandomPyPolicy(
+            env.time_step_spec(),
+            env.action_spec(),
+            seed=seed,
+            observation_and_action_constraint_splitter=(
+                agent.observation_and_action_constraint_splitter
+            ),
+        )
         warmup = driver_lib.Driver(
             env, random_policy, [writer], max_steps=initial_collect_steps - len(replay_buffer)
         ).run(time_step)
