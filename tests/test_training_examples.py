@@ -109,6 +109,16 @@ def test_train_taxi_masked_exports_and_plays_on_both_tf_free_backends(tmp_path):
     manifest = json.loads((out / "bundle" / "manifest.json").read_text())
     assert manifest["policy"]["action_mask"] == "observation/mask"
     assert manifest["formats"] == ["saved_model", "onnx", "litert"]
+    # The CLI plays a masked bundle: its environment gives the mask as an observation.
+    from typer.testing import CliRunner
+
+    from toolkit.cli import app
+
+    env_id = "Taxi-v4" if "Taxi-v4" in __import__("gymnasium").registry else "Taxi-v3"
+    args = ["run", str(out / "bundle"), "--env", env_id, "-n", "3", "--backend", "litert"]
+    result = CliRunner().invoke(app, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["episodes"] == 3
 
 
 def test_examples_show_their_flags_without_loading_tensorflow():

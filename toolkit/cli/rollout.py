@@ -33,7 +33,11 @@ MAX_RECORDED_FRAMES = 1000
 
 
 def make_env(env_id: str, num_envs: int, **make_kwargs: Any) -> Any:
-    """A GymVectorEnvironment of ``num_envs`` copies, or a clear error for a bad id."""
+    """A GymVectorEnvironment of ``num_envs`` copies, or a clear error for a bad id.
+
+    ``action_mask=True`` (for a bundle that declares a mask) puts the environment's
+    ``info["action_mask"]`` into the observations (toolkit.environments.gym_adapter).
+    """
     import gymnasium
 
     from toolkit.environments.gym_adapter import GymVectorEnvironment
@@ -70,6 +74,11 @@ def check_compatible(policy: Any, env: Any, env_id: str) -> None:
                     f"shape {tuple(a.shape)} {np.dtype(a.dtype).name} (the policy's)",
                     f"shape {tuple(b.shape)} {np.dtype(b.dtype).name}",
                 )
+
+
+def _masked(policy: Any) -> bool:
+    """Whether a bundle policy reads an action mask from its observations."""
+    return getattr(policy, "action_mask_input", None) is not None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,7 +155,7 @@ def rollout(
         size = min(episodes - done, env.batch_size)
         if size != current.batch_size:
             current.close()
-            current = make_env(env_id, size)
+            current = make_env(env_id, size, action_mask=_masked(policy))
         started = time.perf_counter()
         first = policy.train_step
         evaluation = driver.evaluate_policy(current, policy, seed=seed + done)
@@ -206,7 +215,7 @@ def record_episode(policy: Any, env_id: str, seed: int, path: Path) -> int:
     os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
     os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
     try:
-        env = GymEnvironment(env_id, render_mode="rgb_array")
+        env = GymEnvironment(env_id, render_mode="rgb_array", action_mask=_masked(policy))
     except gymnasium.error.Error as e:
         raise UnsupportedError(f"--record: {env_id} cannot render ({e})") from e
     frames = []

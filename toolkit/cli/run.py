@@ -99,8 +99,10 @@ def run(
         console.print(table)
         return
     parallel = 1 if follow is not None else min(episodes, rollout.MAX_PARALLEL_ENVS)
-    gym_env = rollout.make_env(env, parallel)
     policy = common.load_runtime_policy(ctx, bundle, backend, seed)
+    # A masked bundle takes the environment's info["action_mask"] as an observation leaf.
+    masked = policy.action_mask_input is not None
+    gym_env = rollout.make_env(env, parallel, action_mask=masked)
     rollout.check_compatible(policy, gym_env, env)
     if follow is not None:
         with policy.follow(follow, interval):
@@ -154,7 +156,10 @@ def _run_distributed(
     common.bundle_must_exist(bundle)
     # A bad id, bundle or pairing fails here, before Ray starts.
     check = rollout.make_env(env, 1)
-    rollout.check_compatible(load_policy(bundle, backend="onnx"), check, env)
+    policy = load_policy(bundle, backend="onnx")
+    if policy.action_mask_input is not None:
+        raise common.fail("--workers: Ray actors pass no action masks yet; play it locally")
+    rollout.check_compatible(policy, check, env)
     check.close()
     progress = Progress(
         "[progress.description]{task.description}",
