@@ -60,6 +60,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--n-step", type=int, default=3, help="steps per return in the targets")
     parser.add_argument("--target-update-period", type=int, default=400)
     parser.add_argument("--epsilon-steps", type=int, default=20_000, help="train steps to decay")
+    parser.add_argument("--final-epsilon", type=float, default=0.02, help="epsilon after decay")
     parser.add_argument("--eval-interval", type=int, default=10_000, help="env steps between evals")
     parser.add_argument("--gamma", type=float, default=0.97, help="discount factor")
     parser.add_argument(
@@ -146,7 +147,7 @@ def main(argv=None) -> float:
         env.action_spec(),
         q_network(network_observation_spec, env.action_spec()),
         tf_keras.optimizers.Adam(args.learning_rate),
-        epsilon_greedy=common.linear_decay(1.0, 0.02, args.epsilon_steps, train_step),
+        epsilon_greedy=common.linear_decay(1.0, args.final_epsilon, args.epsilon_steps, train_step),
         target_update_period=args.target_update_period,
         gamma=args.gamma,
         double_dqn=True,

@@ -531,8 +531,9 @@ class TFPolicy(tf.Module):
             return
         label = action_masks.mask_label(splitter, observation_spec)
         row = tf.argmin(tf.cast(allowed, tf.int32), output_type=tf.int32)
-        template = label.replace("{", "{{").replace("}", "}}")
-        message = tf.strings.format(template + "[{}]: " + NoAllowedActionError.problem, row)
+        message = tf.strings.join(
+            [f"{label}[", tf.strings.as_string(row), f"]: {NoAllowedActionError.problem}"]
+        )
         tf.debugging.Assert(tf.reduce_all(allowed), [message], name="check_action_mask")
 
     def _draw_seed(self) -> tf.Tensor:
