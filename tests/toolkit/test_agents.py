@@ -359,6 +359,7 @@ def test_dqn_on_cartpole_beats_a_random_policy(tmp_path):
     [
         (None, [1.0, 5.0, 9.0], "target", 5.0),
         (2, [1.0, 5.0, 6.0, 6.0, 5.5, 9.0], "plateau", 6.0),  # two without a better one
+        (1, [5.0, 5.0, 9.0], "plateau", 5.0),  # a tie is no improvement, but it is kept
         (2, [1.0, 5.0, 4.0, 7.0, 6.0, 8.0, 3.0, 2.0, 9.0], "plateau", 8.0),
     ],
 )
@@ -367,11 +368,13 @@ def test_patience_trains_past_the_target_until_evaluations_stop_improving(
 ):
     # The evaluations' returns are scripted: the stopping rule is what is tested here.
     scripted = iter(returns)
-    monkeypatch.setattr(
-        training.driver_lib,
-        "evaluate_policy",
-        lambda *args, **kwargs: driver_lib.Evaluation([next(scripted)], [1]),
-    )
+    saved_steps = []  # the train step at each evaluation
+
+    def evaluate(*args, **kwargs):
+        saved_steps.append(int(agent.train_step_counter.numpy()))
+        return driver_lib.Evaluation([next(scripted)], [1])
+
+    monkeypatch.setattr(training.driver_lib, "evaluate_policy", evaluate)
     env, agent, buffer, writer = _cartpole_agent(seed=2)
     result = training.train_off_policy(
         agent,
@@ -391,6 +394,9 @@ def test_patience_trains_past_the_target_until_evaluations_stop_improving(
     assert [r for _, _, r in result.evaluations] == returns[: len(result.evaluations)]
     assert len(result.evaluations) == len(returns) - 1
     assert result.best_return == best
+    # The policy kept is that of the last evaluation at the best return (ties: the later).
+    last_best = max(i for i, r in enumerate(returns[: len(result.evaluations)]) if r == best)
+    assert result.best_train_step == saved_steps[last_best]
 
 
 def test_patience_must_be_positive(tmp_path):

@@ -6,9 +6,9 @@ transitions to the replay buffer, and calls ``agent.train`` once on ``[K, B]`` s
 experience: K gradient steps inside one ``tf.function`` call, so Python overhead is
 paid per iteration, not per gradient step. Every ``eval_interval`` environment steps
 the agent's ``policy`` (greedy for DQN and DDPG; stochastic for SAC and PPO, as
-deployed) plays one episode in each environment of ``eval_env``; a better mean return
-is saved as a policy checkpoint, so the latest policy checkpoint is always the best
-policy seen, and reaching ``target_return`` stops training early (or, with
+deployed) plays one episode in each environment of ``eval_env``; a better (or equal:
+the later of two is trained longer) mean return is saved as a policy checkpoint, so the
+latest policy checkpoint is always the best policy seen, and reaching ``target_return`` stops training early (or, with
 ``patience``, once that many evaluations after it bring no better return).
 
 ``train_on_policy`` (PPO): one iteration collects a ``Rollout`` of ``rollout_length``
@@ -203,11 +203,15 @@ class _Run:
         )
         self.eval_seconds += time.perf_counter() - eval_start
         self.eval_return = evaluation.mean_return if evaluation.complete else None
-        improved = False
+        improved = matched = False
         if self.eval_return is not None:  # None: it could not beat the best, and gave up
             self.evaluations.append((time.perf_counter() - self.start, steps, self.eval_return))
             improved = self.eval_return > best_so_far
-        if improved:
+            # A tie keeps the later policy, trained longer: a policy scoring as well on the
+            # evaluation's episodes may still be better on others (Taxi's first policy at
+            # its optimum there failed fresh episodes; the one at the plateau's end did not).
+            matched = self.eval_return == best_so_far
+        if improved or matched:
             self.best.assign(self.eval_return)
             self.best_step.assign(self.agent.train_step_counter)
             self.policy_saver.save()
