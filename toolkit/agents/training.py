@@ -8,8 +8,9 @@ paid per iteration, not per gradient step. Every ``eval_interval`` environment s
 the agent's ``policy`` (greedy for DQN and DDPG; stochastic for SAC and PPO, as
 deployed) plays one episode in each environment of ``eval_env``; a better (or equal:
 the later of two is trained longer) mean return is saved as a policy checkpoint, so the
-latest policy checkpoint is always the best policy seen, and reaching ``target_return`` stops training early (or, with
-``patience``, once that many evaluations after it bring no better return).
+latest policy checkpoint is always the best policy seen, and reaching ``target_return``
+stops training early (or, with ``patience``, once that many evaluations after it bring
+no better return).
 
 ``train_on_policy`` (PPO): one iteration collects a ``Rollout`` of ``rollout_length``
 steps of every environment with ``collect_policy`` and calls ``agent.train`` once on it
