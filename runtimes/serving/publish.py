@@ -7,40 +7,28 @@ looks (``BASE/<version>/saved_model.pb``): so both ``policy-toolkit serve BASE``
 links to the bundle's own where the filesystem allows (no second copy on disk), copies
 otherwise; the manifest does not list them, and no reader of ours reads them.
 
-It is written beside the versions in a hidden temporary folder (which neither server
-looks at), checked against the manifest, every file and folder synced to disk, then
-renamed into place: a server polling BASE sees the whole version or none.
+It is written by ``toolkit.bundle.write_folder``: in a hidden temporary folder beside
+the versions (``.N.tmp-XXXXXXXX``, which neither server looks at), checked against the
+manifest, every file and folder synced to disk, then renamed into place, so a server
+polling BASE sees the whole version or none. Temporary folders that killed publishes
+left behind are removed by the next publish (those of a publish still running are not).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
-import uuid
 from pathlib import Path
 
+from runtimes.serving.models import MAX_VERSION
 from toolkit import bundle
-from toolkit.errors import BundleError, SpecMismatchError
+from toolkit.errors import BundleError, ExportError, SpecMismatchError
 
 __all__ = ["publish", "saved_model_mirror"]
 
-_MAX_VERSION = 2**63 - 1
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _copy_synced(source: Path, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with open(source, "rb") as src, open(target, "wb") as dst:
-        shutil.copyfileobj(src, dst, 1 << 20)
-        dst.flush()
-        os.fsync(dst.fileno())
+# A publish's temporary folder (toolkit.bundle.write_folder's name for version N).
+_TEMPORARY = re.compile(r"\.([0-9]{1,64})\.tmp-[0-9a-f]{8}")
 
 
 def saved_model_mirror(manifest: dict) -> dict[str, str]:
@@ -85,13 +73,11 @@ def publish(
                 "a version number (the bundle records no train step to use)",
                 repr(version),
             )
-    if (
-        isinstance(version, bool)
-        or not isinstance(version, int)
-        or not 0 <= version <= _MAX_VERSION
-    ):
-        raise SpecMismatchError("version", f"an int in [0, {_MAX_VERSION}]", repr(version))
+    if isinstance(version, bool) or not isinstance(version, int) or not 0 <= version <= MAX_VERSION:
+        raise SpecMismatchError("version", f"an int in [0, {MAX_VERSION}]", repr(version))
     base = Path(base).absolute()
+    if os.path.lexists(base) and not base.is_dir():
+        raise SpecMismatchError(str(base), "a folder of versions (or a path to create)", "a file")
     target = base / str(version)
     if os.path.lexists(target):
         raise BundleError(
@@ -99,12 +85,16 @@ def publish(
             "(servers keep what they loaded), publish a higher version"
         )
     mirror = saved_model_mirror(manifest)
-    base.mkdir(parents=True, exist_ok=True)
-    tmp = base / f".{version}.tmp-{uuid.uuid4().hex[:8]}"
     try:
-        tmp.mkdir()
+        base.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise BundleError(f"{base}: cannot create the base path ({e.strerror})") from None
+    _remove_leftovers(base)
+
+    def fill(tmp: Path) -> None:
         for rel in [*manifest["files"], bundle.MANIFEST]:
-            _copy_synced(source / rel, tmp / rel)
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source / rel, tmp / rel)
         # What was copied is what the manifest describes (files changed meanwhile fail here).
         bundle.read_manifest(tmp, check_files=True)
         for rel, dest in mirror.items():
@@ -112,14 +102,21 @@ def publish(
             try:
                 os.link(tmp / rel, tmp / dest)
             except OSError:  # a filesystem without hard links
-                _copy_synced(tmp / rel, tmp / dest)
-        for folder in sorted({p.parent for p in tmp.rglob("*")}, key=lambda p: -len(p.parts)):
-            _fsync_dir(folder)
-        if os.path.lexists(target):  # published meanwhile by someone else
-            raise BundleError(f"{target}: version {version} appeared while publishing")
-        os.rename(tmp, target)
-        _fsync_dir(base)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return target
+                shutil.copyfile(tmp / rel, tmp / dest)
+
+    try:
+        return bundle.write_folder(target, fill)
+    except ExportError:  # published meanwhile by someone else
+        raise BundleError(f"{target}: version {version} appeared while publishing") from None
+
+
+def _remove_leftovers(base: Path) -> None:
+    """Removes the temporary folders of publishes that were killed (only those)."""
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return
+    for name in names:
+        match = _TEMPORARY.fullmatch(name)
+        if match is not None:
+            bundle.remove_stale(base / match.group(1))
