@@ -117,8 +117,13 @@ def _removed(root: Path, keys) -> None:
 
 
 def _another_bundles_signature(root: Path, keys) -> None:
-    other = root.parent / "other"
-    shutil.copytree(cr.bundle("epsilon_greedy_q"), other)
+    from tests.toolkit.manifests import rewrite_manifest
+
+    # Another bundle (other metadata, its copies and hashes consistent), signed by the
+    # same key: its signature must not pass for this one.
+    other = shutil.copytree(root, root.parent / "other")
+    (other / bundle.SIGNATURE_FILE).unlink()
+    rewrite_manifest(other, lambda m: m["metadata"].update(kind="another policy"))
     bundle.sign_bundle(other, keys["ours"][0])
     shutil.copy(other / bundle.SIGNATURE_FILE, root / bundle.SIGNATURE_FILE)
 
