@@ -65,6 +65,7 @@ from typing import Any
 
 import numpy as np
 
+from exporters import formats as export_formats
 from exporters import graph_io
 from toolkit import bundle, nest
 from toolkit.errors import BundleError, ExportError, UnsupportedError
@@ -653,7 +654,7 @@ def _candidate_return(
     trial = copy.deepcopy(manifest)
     trial.pop("files", None)
     trial["formats"] = [target]
-    for key in ("saved_model", "onnx", "litert"):
+    for key in export_formats.names():  # the golden vectors too: float outputs
         if key != target:
             trial.pop(key, None)
     if target == "litert":
@@ -964,7 +965,7 @@ def _quantized_manifest(
 ) -> dict[str, Any]:
     new = copy.deepcopy(manifest)
     new.pop("files", None)
-    for key in ("saved_model", "onnx", "litert"):
+    for key in export_formats.names():  # the golden vectors too: float outputs
         if key != target:
             new.pop(key, None)
     new["formats"] = [target]

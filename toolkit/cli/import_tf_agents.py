@@ -68,7 +68,7 @@ def import_tf_agents(
     """
     from exporters import formats as export_formats
 
-    format_list = common.parse_list(formats, "--format", tuple(export_formats.names()))
+    format_list = common.parse_list(formats, "--format", tuple(export_formats.choices()))
     meta = common.parse_metadata(metadata or [])
     if not saved_model.is_dir():
         raise common.fail(f"{saved_model}: no such SavedModel folder")
