@@ -310,7 +310,7 @@ def choose(name: str, formats: Any, where: str) -> Backend:
         raise BundleError(f"{where}: expected an {known} export, got {list(formats)}")
     # TF-free backends first: the install a device wants.
     readable.sort(key=lambda b: not b.tf_free)
+    held = ", ".join(dict.fromkeys(b.format for b in readable))
     raise UnsupportedError(
-        f"{where}: no installed backend reads its formats ({', '.join(formats)}): "
-        f"{_install_advice(readable)}"
+        f"{where}: no backend for its formats ({held}) is installed: {_install_advice(readable)}"
     )
