@@ -41,11 +41,11 @@ def _bundle(folder: Path) -> Path:
 
 def local_steps_per_second(bundle: Path, seconds: float) -> float:
     from runtimes import load_policy
-    from toolkit.distributed.actors import make_environment
     from toolkit.environments import driver
     from toolkit.environments.delayed import Delayed
+    from toolkit.environments.episodes import make_env
 
-    env = make_environment(Delayed(ENV_ID, DELAY), ENVS)
+    env = make_env(Delayed(ENV_ID, DELAY), ENVS)
     policy = load_policy(bundle, backend="onnx", seed=0)
     run = driver.Driver(env, policy, max_steps=ENVS * STEPS_PER_CALL)
     time_step, state, steps = env.reset(seed=0), None, 0

@@ -17,6 +17,7 @@ import numpy as np
 
 from toolkit import nest
 from toolkit.bundle.layout import Layout
+from toolkit.errors import BundleError
 from toolkit.specs import array_spec
 
 __all__ = [
@@ -217,12 +218,24 @@ def litert_runner(model: bytes, signature: str = "distribution") -> Runner:
     from runtimes.backends.litert import new_interpreter, quiet_stderr
 
     interpreter = new_interpreter(model)
+    signatures = interpreter.get_signature_list()
+    if signature not in signatures:
+        raise BundleError(
+            f"the LiteRT model has no {signature!r} signature (it has {sorted(signatures)})"
+        )
     runner = interpreter.get_signature_runner(signature)
-    input_names = list(interpreter.get_signature_list()[signature]["inputs"])
+    input_names = list(signatures[signature]["inputs"])
 
     def run(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         # A SignatureRunner allocates on every call, which prints the delegate banner.
         with quiet_stderr():
-            return runner(**{name: inputs[name] for name in input_names})
+            try:
+                return runner(**{name: inputs[name] for name in input_names})
+            except RuntimeError as e:
+                # LiteRT checks a model's tensor indices when it allocates, not at load.
+                first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+                raise BundleError(
+                    f"LiteRT could not run the model's {signature} signature: {first}"
+                ) from None
 
     return run

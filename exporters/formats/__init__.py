@@ -125,11 +125,16 @@ def parse(formats: Any) -> tuple[str, ...]:
 
 
 def schema(base: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The manifest schema with every registered format's section (from ``base``, the
-    committed schema by default): what ``--write-schema`` writes."""
+    """The manifest schema with every registered format's section and every quantize
+    target (from ``base``, the committed schema by default): what ``--write-schema``
+    writes."""
+    from exporters.quantize.targets import TARGETS
+
     data = copy.deepcopy(base if base is not None else _committed())
     for name, fmt in FORMATS.items():
         schema_lib.add_format(data, name, fmt.schema)
+    quantization = data["properties"]["quantization"]["properties"]
+    quantization["target"]["enum"] = list(TARGETS)
     return data
 
 

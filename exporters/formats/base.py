@@ -80,10 +80,6 @@ class Format:
     runner_needs: ClassVar[tuple[str, ...]] = ()
     #: formats written before this one in an update (their new files are read)
     update_after: ClassVar[tuple[str, ...]] = ()
-    #: the ``quantize`` target that rewrites this format, if any
-    quantize_target: ClassVar[str | None] = None
-    #: modules quantizing to that target needs (checked before any episode is played)
-    quantize_needs: ClassVar[tuple[str, ...]] = ()
     #: written with every export, whatever formats are asked for
     always: ClassVar[bool] = False
     #: holds recorded calls (``recording``), not a form of the policy to run: ``verify``

@@ -26,9 +26,6 @@ class LiteRTFormat(Format):
     name = "litert"
     label = "LiteRT"
     default = False
-    quantize_target = "litert"
-    # The candidates are converted from the SavedModel again and measured with LiteRT.
-    quantize_needs = ("tensorflow", "ai_edge_litert")
     export_needs = ("tensorflow", "ai_edge_litert")
     runner_needs = ("ai_edge_litert",)
     # A LiteRT model's weights are constants: updating it converts the SavedModel again.

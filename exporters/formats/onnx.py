@@ -56,9 +56,6 @@ class OnnxFormat(Format):
     name = "onnx"
     label = "ONNX"
     default = True
-    quantize_target = "onnx"
-    # onnxruntime.quantization and the GPTQ rewrite edit the graph with the onnx package.
-    quantize_needs = ("onnx", "onnxruntime")
     export_needs = ("tensorflow", "tf2onnx", "onnx")
     runner_needs = ("onnxruntime",)
     schema = {

@@ -53,7 +53,6 @@ class SavedModelFormat(Format):
     name = "saved_model"
     label = "a SavedModel"
     default = True
-    quantize_target = None
     schema = {
         "type": "object",
         "required": ["dir", "tags"],

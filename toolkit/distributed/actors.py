@@ -27,7 +27,6 @@ __all__ = [
     "EvaluatorActor",
     "bundle_payload",
     "load_payload",
-    "make_environment",
 ]
 
 
@@ -54,15 +53,6 @@ def load_payload(payload: Payload, seed: int | None) -> Any:
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(data)
         return load_policy(folder, backend=payload.backend, seed=seed, validate_args=False)
-
-
-def make_environment(env: Any, num_envs: int) -> Any:
-    """A GymVectorEnvironment from an id, or from a callable making one gymnasium env."""
-    from toolkit.environments.gym_adapter import GymVectorEnvironment
-
-    if isinstance(env, str):
-        return GymVectorEnvironment(env, num_envs)
-    return GymVectorEnvironment([env] * num_envs)
 
 
 def block_generator(policy_seed: int | None, offset: int) -> np.random.Generator | None:
@@ -115,9 +105,10 @@ class EvaluatorActor:
     """Plays seeded episodes with a bundle's policy (wrapped by ``ray.remote``)."""
 
     def __init__(self, payload: Payload, env: Any, seed: int | None):
+        from toolkit.environments.episodes import EpisodePlayer
+
         self._policy = load_payload(payload, seed)
-        self._env_spec = env
-        self._envs: dict[int, Any] = {}
+        self._player = EpisodePlayer(env)
 
     def evaluate(
         self, first_seed: int, count: int, rng: np.random.Generator | None = None
@@ -126,13 +117,8 @@ class EvaluatorActor:
 
         ``rng`` (``block_generator``) makes the policy's draws those of this block alone.
         """
-        from toolkit.environments import driver
-
-        env = self._envs.get(count)
-        if env is None:
-            env = self._envs[count] = make_environment(self._env_spec, count)
         policy = self._policy if rng is None else _Seeded(self._policy, rng)
-        result = driver.evaluate_policy(env, policy, seed=first_seed)
+        result = self._player.play(policy, first_seed, count)
         return result.episode_returns, result.episode_lengths
 
     def backend(self) -> str:
@@ -185,11 +171,11 @@ class CollectorActor:
         gamma: float,
         seed: int,
     ):
-        from toolkit.environments import driver
+        from toolkit.environments import driver, episodes
         from toolkit.replay_buffer import ExperienceWriter
 
         self._policy = load_payload(payload, seed)
-        self._env = make_environment(env, num_envs)
+        self._env = episodes.make_env(env, num_envs)
         self._sink = _RowSink()
         self._driver = driver.Driver(
             self._env, self._policy, [ExperienceWriter(self._sink, n_step, gamma)], max_steps=1

@@ -23,12 +23,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from toolkit.environments import episodes as episodes_lib
 from toolkit.errors import ArgumentError, ClusterError, ToolkitError
 
 __all__ = ["DistributedResult", "evaluate", "start_evaluators"]
 
-#: the local run's batch (toolkit.cli.rollout.MAX_PARALLEL_ENVS)
-DEFAULT_CHUNK = 32
+#: the local run's batch
+DEFAULT_CHUNK = episodes_lib.MAX_PARALLEL_ENVS
 #: How long the evaluation waits with no worker ready (all lost, or none placed yet).
 START_TIMEOUT_S = 120.0
 #: Tries of one block before its workers' deaths are taken as the block's fault.
@@ -245,7 +246,7 @@ def evaluate(
         try:
             if on_actors is not None:
                 on_actors(list(pool.everyone))
-            blocks = [(s, min(chunk, episodes - s)) for s in range(0, episodes, chunk)]
+            blocks = episodes_lib.chunks(episodes, chunk)
             results = _play(ray, pool, blocks, seed, policy_seed, on_episodes, start_timeout)
         finally:
             pool.close()
