@@ -115,6 +115,8 @@ def run(
     gym_env = rollout.make_env(env, parallel)
     policy = common.load_runtime_policy(ctx, bundle, backend, seed)
     rollout.check_compatible(policy, gym_env, env)
+    if record is not None:
+        rollout.check_record(env, seed)  # before the episodes, not after
     if follow is not None:
         from runtimes import backends
 

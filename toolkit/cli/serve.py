@@ -215,6 +215,12 @@ def serve(
         raise _bad("--log-level", f"one of {list(LOG_LEVELS)}", repr(log_level))
     if backend not in ("onnx", "tf", "auto"):
         raise _bad("--backend", "onnx, tf or auto", repr(backend))
+    if backend != "auto":
+        from runtimes import backends
+
+        advice = backends.get(backend).missing()  # before the server starts, not per version
+        if advice is not None:
+            raise common.fail(advice)
     configs = model_configs(model, name, models, versions, labels)
     options = ServeOptions(
         models=configs,
