@@ -97,13 +97,15 @@ def rollout(
     *,
     env_id: str = "",
     on_episode: Any = None,
+    on_ended: Any = None,
 ) -> RolloutResult:
     """Plays ``episodes`` whole episodes; episode i resets with ``seed + i``.
 
     ``env`` is the first batch of environments (``make_env``); further batches of a
     different size are made as needed. With a batch of one, each episode's train steps
     (at its start and end) are recorded and ``on_episode(index, return, length,
-    (first, last))`` is called after it (for ``--follow``).
+    (first, last))`` is called after it (for ``--follow``). ``on_ended(n)`` is called
+    whenever n episodes end (a progress bar).
     """
     returns: list[float] = []
     lengths: list[int] = []
@@ -115,7 +117,7 @@ def rollout(
             player.env(count)  # made before the clock starts
             first = policy.train_step
             started = time.perf_counter()
-            evaluation = player.play(policy, seed + start, count)
+            evaluation = player.play(policy, seed + start, count, on_ended=on_ended)
             seconds += time.perf_counter() - started
             returns += evaluation.episode_returns
             lengths += evaluation.episode_lengths
