@@ -189,6 +189,13 @@ class BundlePolicy(PyPolicy):
                 f"{bundle_dir}: the graph's inputs {sorted(graph_inputs)} do not match the "
                 f"specs' {sorted(self._input_names)}"
             )
+        self._mask_check = derivations.MaskCheck.build(
+            layout.action_mask,
+            specs.time_step,
+            action_spec,
+            self._input_names,
+            bundle_dir,
+        )
         self._deriver = derivations.DerivationBuilder(action_spec, state_spec).build(
             description, params_tree, "distribution", () if self.is_stateful else None
         )
@@ -336,6 +343,11 @@ class BundlePolicy(PyPolicy):
         return self._bundle_dir
 
     @property
+    def action_mask_input(self) -> str | None:
+        """The observation input holding the action mask (``observation/mask``), or None."""
+        return None if self._mask_check is None else self._mask_check.label
+
+    @property
     def action_description(self) -> dict[str, Any]:
         """How actions are derived from the graph's parameters (the manifest's)."""
         import copy
@@ -429,6 +441,8 @@ class BundlePolicy(PyPolicy):
             arrays, outer = list(time_step), step_type.shape
         else:
             arrays, outer = self._inputs_from(time_step, policy_state)
+        if self._mask_check is not None:
+            self._mask_check.check(arrays, outer)
         outputs = self._run(arrays, not outer, self._fetch)
         if self._plain_output and self._direct:
             action = outputs[0]
@@ -484,7 +498,7 @@ class BundlePolicy(PyPolicy):
         return super().distribution(time_step, policy_state)
 
     def _distribution(self, time_step: Any, policy_state: Any) -> PolicyStep:
-        out, outer = self._outputs(time_step, policy_state)
+        out, outer = self._outputs(time_step, policy_state, check_mask=True)
         restored = {k: _restore_any(v, outer) for k, v in out.items()}
         leaves = self._deriver.distributions(restored)
         action = leaves[0] if self._single_action else self._action_treespec.unflatten(leaves)
@@ -516,9 +530,13 @@ class BundlePolicy(PyPolicy):
             log_probs = [np.zeros(outer, np.float32) for _ in nest.flatten(self.action_spec)]
         return PolicyStep(action, state, self._info(out, log_probs, lambda a: a))
 
-    def _outputs(self, time_step: Any, policy_state: Any) -> tuple[dict[str, np.ndarray], tuple]:
+    def _outputs(
+        self, time_step: Any, policy_state: Any, check_mask: bool = False
+    ) -> tuple[dict[str, np.ndarray], tuple]:
         """Every parameter, next state and info output for prepared inputs."""
         arrays, outer = self._inputs_from(time_step, policy_state)
+        if check_mask and self._mask_check is not None:
+            self._mask_check.check(arrays, outer)
         fetch = self._param_fetch
         return dict(zip(fetch, self._run(arrays, not outer, fetch), strict=True)), outer
 

@@ -71,8 +71,9 @@ def quickstart_outputs(tmp_path_factory):
 
 
 def test_the_readme_has_the_python_snippets_this_file_runs():
-    assert len(SNIPPETS) == 2
+    assert len(SNIPPETS) == 3
     assert "RandomPyPolicy" in SNIPPETS[0] and "load_policy" in SNIPPETS[1]
+    assert "observation_and_action_constraint_splitter" in SNIPPETS[2]
 
 
 def _run(snippet: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -108,6 +109,21 @@ def test_running_a_bundle_from_python_runs_as_written(quickstart_outputs):
     # print(step.action): a batch of 8 CartPole actions.
     actions = np.array(re.findall(r"\d", " ".join(lines[1:])), int)
     assert len(actions) == 8 and set(actions) <= {0, 1}
+
+
+def test_the_action_masks_snippet_builds_a_masked_agent_as_written(tmp_path):
+    # Then what the agent's greedy policy does with a state whose mask allows one action.
+    check = """
+import numpy as np
+from toolkit.trajectories import time_step as ts
+observation = {"observation": np.array([314]), "mask": np.array([[0, 0, 0, 1, 0, 0]], np.int8)}
+print(network_spec, int(agent.policy.action(ts.restart(observation, 1)).action[0]))
+"""
+    done = _run(SNIPPETS[2] + check, tmp_path)
+    assert done.returncode == 0, done.stderr
+    spec, action = done.stdout.splitlines()[-1].rsplit(" ", 1)
+    assert "Taxi" not in spec and "mask" not in spec  # the network sees the state alone
+    assert action == "3"  # the only allowed action, whatever the untrained Q values
 
 
 def test_every_readme_path_is_one_the_quickstart_writes():

@@ -125,15 +125,15 @@ def import_tf_agents(
         report.bundle = output
     from toolkit import bundle as bundle_lib
 
-    manifest = bundle_lib.read_manifest(path)
-    train_step = manifest.get("train_step")
+    written = bundle_lib.read_layout(path)
+    train_step = written.train_step
     step_text = "" if train_step is None else f", train step {train_step}"
     common.console().print(
-        f"imported {manifest['metadata'].get('tf_agents_function')} of {layout.saved_policy}"
+        f"imported {written.metadata.get('tf_agents_function')} of {layout.saved_policy}"
         f"{step_text} -> {path}",
         soft_wrap=True,
     )
-    exploration = manifest["metadata"].get("tf_agents_exploration")
+    exploration = written.metadata.get("tf_agents_exploration")
     if exploration is not None:
         typer.echo(f"note: TF-Agents' exploration rebuilt as {exploration}", err=True)
     if report is not None:

@@ -35,13 +35,22 @@ MAX_RECORDED_FRAMES = 1000
 MAX_PARALLEL_ENVS = episodes_lib.MAX_PARALLEL_ENVS
 
 
-def make_env(env_id: str, num_envs: int) -> Any:
-    """A GymVectorEnvironment of ``num_envs`` copies, or a clear error for a bad id."""
-    return episodes_lib.make_env(env_id, num_envs, what="--env")
+def make_env(env_id: str, num_envs: int, **adapter_kwargs: Any) -> Any:
+    """A GymVectorEnvironment of ``num_envs`` copies, or a clear error for a bad id.
+
+    ``action_mask=True`` (for a bundle that declares a mask) puts the environment's
+    ``info["action_mask"]`` into the observations (toolkit.environments.gym_adapter).
+    """
+    return episodes_lib.make_env(env_id, num_envs, what="--env", **adapter_kwargs)
 
 
 #: Refuses an environment whose observations or actions the policy cannot take.
 check_compatible = episodes_lib.check_compatible
+
+
+def _masked(policy: Any) -> bool:
+    """Whether a bundle policy reads an action mask from its observations."""
+    return getattr(policy, "action_mask_input", None) is not None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,7 +121,9 @@ def rollout(
     seconds = 0.0
     tracked = env.batch_size == 1
     train_steps: list[tuple[int | None, int | None]] = []
-    with episodes_lib.EpisodePlayer(env_id, what="--env", first=env) as player:
+    with episodes_lib.EpisodePlayer(
+        env_id, what="--env", first=env, action_mask=_masked(policy)
+    ) as player:
         for start, count in episodes_lib.chunks(episodes, env.batch_size):
             player.env(count)  # made before the clock starts
             first = policy.train_step
@@ -178,7 +189,7 @@ def check_record(env_id: str, seed: int) -> None:
         env.close()
 
 
-def _render_env(env_id: str) -> Any:
+def _render_env(env_id: str, *, action_mask: bool = False) -> Any:
     import gymnasium
 
     from toolkit.environments.gym_adapter import GymEnvironment
@@ -187,7 +198,7 @@ def _render_env(env_id: str) -> Any:
     os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
     os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
     try:
-        return GymEnvironment(env_id, render_mode="rgb_array")
+        return GymEnvironment(env_id, render_mode="rgb_array", action_mask=action_mask)
     except gymnasium.error.DependencyNotInstalled as e:
         raise UnsupportedError(_missing_renderer(env_id, e)) from e
     except gymnasium.error.Error as e:
@@ -217,7 +228,7 @@ def record_episode(policy: Any, env_id: str, seed: int, path: Path) -> int:
     """
     from PIL import Image  # ``run --record`` checked for it first (check_record)
 
-    env = _render_env(env_id)
+    env = _render_env(env_id, action_mask=_masked(policy))
     frames = []
     try:
         time_step = env.reset(seed=seed)

@@ -112,8 +112,10 @@ def run(
         console.print(table)
         return
     parallel = 1 if follow is not None else min(episodes, rollout.MAX_PARALLEL_ENVS)
-    gym_env = rollout.make_env(env, parallel)
     policy = common.load_runtime_policy(ctx, bundle, backend, seed)
+    # A masked bundle takes the environment's info["action_mask"] as an observation leaf.
+    masked = policy.action_mask_input is not None
+    gym_env = rollout.make_env(env, parallel, action_mask=masked)
     rollout.check_compatible(policy, gym_env, env)
     if record is not None:
         rollout.check_record(env, seed)  # before the episodes, not after
@@ -226,7 +228,10 @@ def _run_distributed(
     # run the backend chosen here (backends.choose), never another.
     chosen = backends.choose(bundle_lib.read_layout(bundle, check_files=False).formats, backend)
     check = rollout.make_env(env, 1)
-    rollout.check_compatible(load_policy(bundle, backend=chosen.name), check, env)
+    policy = load_policy(bundle, backend=chosen.name)
+    if policy.action_mask_input is not None:
+        raise common.fail("--workers: Ray actors pass no action masks yet; play it locally")
+    rollout.check_compatible(policy, check, env)
     check.close()
     progress = Progress(
         "[progress.description]{task.description}",
