@@ -117,7 +117,8 @@ def parse(formats: Any) -> tuple[str, ...]:
     asked = list(dict.fromkeys(formats))
     unknown = [f for f in asked if f not in FORMATS]
     if unknown or not asked:
-        raise ExportError(f"formats: expected some of {names()}, got {asked}")
+        # The ones to ask for: those written with every export come anyway.
+        raise ExportError(f"formats: expected some of {choices()}, got {asked}")
     if all(FORMATS[f].records for f in asked):
         runnable = [n for n, fmt in FORMATS.items() if not fmt.records]
         raise ExportError(f"formats: expected at least one of {runnable}, got {asked}")
