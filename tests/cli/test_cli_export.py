@@ -326,7 +326,7 @@ def test_update_writes_new_weights_into_both_formats(exported, tmp_path):
 
     result = invoke("update", target, "--checkpoint", tmp_path / "ckpt")
     assert result.exit_code == 0, result.output
-    assert f"updated {target} (saved_model, onnx): train step None -> 123" in result.stdout
+    assert f"updated {target} (saved_model, onnx, golden): train step None -> 123" in result.stdout
     manifest = bundle_lib.read_manifest(target)  # hashes match the new files
     assert manifest["train_step"] == 123
     assert manifest["metadata"] == {"owner": "ci"}
