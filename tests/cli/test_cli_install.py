@@ -184,6 +184,21 @@ def test_export_names_a_format_s_missing_module_before_loading_tensorflow(tmp_pa
     assert "load TensorFlow" not in done.stderr
 
 
+def test_import_tf_agents_names_a_format_s_missing_module_before_loading_tensorflow(tmp_path):
+    args = ("import-tf-agents", tmp_path, tmp_path / "b", "-f", "onnx,litert")
+    done = _cli(("ai_edge_litert",), *args)
+    assert done.returncode == 2, done.stderr
+    assert _error(done) == (
+        "error: import-tf-agents --format litert: ai_edge_litert is not installed "
+        "(pip install 'policy-toolkit[litert]')"
+    )
+    assert "load TensorFlow" not in done.stderr
+    done = _cli(("tensorflow",), *args)
+    assert _error(done) == (
+        "error: import-tf-agents: TensorFlow is not installed (pip install 'policy-toolkit[all]')"
+    )
+
+
 def test_serve_with_the_tf_backend_and_no_tensorflow_fails_before_serving(onnx_bundle):
     args = ("serve", onnx_bundle, "--backend", "tf")
     done = _cli(("tensorflow",), *args, timeout=60)
