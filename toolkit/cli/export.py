@@ -62,7 +62,7 @@ def export(
     """
     from exporters import formats as export_formats
 
-    format_list = common.parse_list(formats, "--format", tuple(export_formats.names()))
+    format_list = common.parse_list(formats, "--format", tuple(export_formats.choices()))
     meta = common.parse_metadata(metadata or [])
     from exporters.card import parse_card_options
 
@@ -75,6 +75,10 @@ def export(
     from toolkit.cli import sources
 
     sources.parse_source(source)  # a malformed string fails before TensorFlow loads
+    # What the export and each format need, before any work.
+    common.require(["tensorflow"], "export")
+    for name in export_formats.parse(format_list):
+        common.require(export_formats.get(name).export_needs, f"export --format {name}")
     stages = common.Stages()
     common.tensorflow_stage(ctx, stages)
 
