@@ -106,3 +106,21 @@ def test_an_encrypted_key_takes_its_password_from_the_environment(tmp_path, monk
         )
     )
     assert bundle.read_manifest(path, trust=bundle.TrustPolicy.from_files([public]))
+
+
+def test_import_tf_agents_signs_what_it_writes(tmp_path):
+    import tarfile
+    from pathlib import Path
+
+    archive = Path(__file__).resolve().parents[1] / "data" / "tf_agents_0_19" / "saves.tar.xz"
+    with tarfile.open(archive) as saves:
+        members = [m for m in saves.getmembers() if m.name.startswith("dqn_greedy/")]
+        saves.extractall(tmp_path, members=members, filter="data")
+    private, public = write_key_pair(tmp_path, "k")
+    out = tmp_path / "imported"
+    command = ["import-tf-agents", str(tmp_path / "dqn_greedy" / "saved_policy"), str(out)]
+    result = runner.invoke(app, [*command, "--no-verify", "--sign-key", str(private)])
+    assert result.exit_code == 0, result.output
+    assert f"signed -> {out / bundle.SIGNATURE_FILE}" in result.stderr
+    trust = bundle.TrustPolicy.from_files([public])
+    assert "bom.cdx.json" in bundle.read_manifest(out, trust=trust)["files"]
