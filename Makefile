@@ -8,10 +8,15 @@ STAMP := $(VENV)/.installed-stamp
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml tests/tf_agents_compat/wheel-requirements.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@# TF-Agents' wheel, whose own tests tests/tf_agents_compat runs on our modules:
+	@# downloaded into the venv's folder, hash-checked by pip, never installed.
+	$(BIN)/python -m pip download --quiet --no-deps --only-binary=:all: --require-hashes \
+		-r tests/tf_agents_compat/wheel-requirements.txt --dest $(VENV) \
+		|| echo "make venv: TF-Agents' wheel not downloaded; tests/tf_agents_compat will skip"
 	@touch $(STAMP)
 
 demo: $(STAMP)
