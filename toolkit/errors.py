@@ -15,6 +15,11 @@ class SpecError(ToolkitError, ValueError):
     """A spec that makes no sense (bounds, dtype, shape)."""
 
 
+class SpecTypeError(SpecError, TypeError):
+    """A spec argument of the wrong kind: a shape that is no sequence, an unknown dtype, a
+    nest leaf that is no spec (a TypeError too, as TF-Agents raises)."""
+
+
 class SpecMismatchError(ToolkitError, ValueError):
     """A value that does not conform to its spec.
 

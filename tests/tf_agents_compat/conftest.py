@@ -71,6 +71,20 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector):
     return None
 
 
+def _run_uncaptured(item: pytest.Item) -> None:
+    """Runs the item with pytest's capture off (``scope.UNCAPTURED``). Hooks of this
+    conftest do not see these items (their files live in the cache folder), so the item's
+    own ``runtest``, called inside the capture manager's wrapper, is wrapped instead."""
+    runtest = item.runtest
+    capture = item.config.pluginmanager.getplugin("capturemanager")
+
+    def uncaptured() -> None:
+        with capture.global_and_fixture_disabled():
+            runtest()
+
+    item.runtest = uncaptured
+
+
 def _matches(test_id: str, key: str) -> bool:
     return test_id.startswith(key[:-1]) if key.endswith("*") else test_id == key
 
@@ -89,6 +103,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if item.name == NOT_A_TEST:
             deselected.append(item)
             continue
+        if test_id in scope.UNCAPTURED:
+            _run_uncaptured(item)
         reason = next((k for k in scope.DESELECTED if _matches(test_id, k)), None)
         if reason is not None:
             used.add(reason)

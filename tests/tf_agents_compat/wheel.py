@@ -13,7 +13,7 @@ no test logic, no expected value):
    module are deselected (``scope.DESELECTED``), so its shim only lets the file import;
 2. NumPy 2's removed aliases -> their NumPy 2 names (``NUMPY2_RENAMES``);
 3. TensorFlow's internal ``test_util`` -> the shim whose graph-and-eager decorators run
-   the eager half only (this project is TF2 and eager-only; ``test_util.py`` there);
+   the eager half only (this project is TF2 and eager-only; ``tf_test_util.py`` there);
    ``import gin`` -> a shim whose ``clear_config`` has nothing to clear (no gin here);
 4. ``tf.keras`` -> ``tf_keras``: TF-Agents 0.19 runs under TF 2.16+ only with
    ``TF_USE_LEGACY_KERAS=1``, where ``tf.keras`` is tf_keras (Keras 2), the Keras this
@@ -46,7 +46,7 @@ MAX_TEST_BYTES = 1 << 20
 SHIM_PACKAGE = "tests.tf_agents_compat.shims"
 #: TF-Agents modules that become a shim instead of ``toolkit.X``.
 SHIMMED = {
-    "tf_agents.utils.test_utils": f"{SHIM_PACKAGE}.test_utils",
+    "tf_agents.utils.test_utils": f"{SHIM_PACKAGE}.tfa_test_utils",
     "tf_agents.drivers.test_utils": f"{SHIM_PACKAGE}.unmirrored",
     "tf_agents.drivers.dynamic_episode_driver": f"{SHIM_PACKAGE}.unmirrored",
     "tf_agents.environments.tf_py_environment": f"{SHIM_PACKAGE}.unmirrored",
@@ -54,7 +54,7 @@ SHIMMED = {
     "tf_agents.bandits.specs.utils": f"{SHIM_PACKAGE}.unmirrored",
     "tf_agents.policies.utils": f"{SHIM_PACKAGE}.unmirrored",
     "gin": f"{SHIM_PACKAGE}.gin",
-    "tensorflow.python.framework.test_util": f"{SHIM_PACKAGE}.test_util",
+    "tensorflow.python.framework.test_util": f"{SHIM_PACKAGE}.tf_test_util",
 }
 #: NumPy aliases removed in NumPy 2 -> what NumPy 2 calls them.
 NUMPY2_RENAMES = {
