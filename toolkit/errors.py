@@ -40,6 +40,11 @@ class SpecMismatchError(ToolkitError, ValueError):
         super().__init__(message)
 
 
+class ActionDtypeError(SpecMismatchError, TypeError):
+    """A policy's action of another dtype than its action spec's (a TypeError too, as
+    TF-Agents raises)."""
+
+
 class StructureError(SpecMismatchError):
     """A nest whose structure (keys, lengths, types) differs from its spec's."""
 

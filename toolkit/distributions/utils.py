@@ -76,7 +76,7 @@ def as_action_distribution(value: Any, spec: Any, path: str = "action") -> tfd.D
         return tfd.Independent(tfd.Deterministic(tensor), reinterpreted_batch_ndims=rank)
     base = unwrap_independent(value)
     if (is_instance(base, tfd.Categorical) or isinstance(base, ShiftedCategorical)) and (
-        tensor_spec.is_discrete(spec)
+        tensor_spec.is_integer_or_bool(spec)
     ):
         return _shifted_categorical_for(base, spec, path)
     event = value.event_shape

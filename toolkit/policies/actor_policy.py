@@ -121,7 +121,7 @@ class ActorPolicy(TFPolicy):
         self._splitter = observation_and_action_constraint_splitter
         if self._splitter is not None:
             leaves = nest.flatten(self.action_spec)
-            if len(leaves) != 1 or not tensor_spec.is_discrete(leaves[0]):
+            if len(leaves) != 1 or not tensor_spec.is_integer_or_bool(leaves[0]):
                 raise SpecError(
                     f"an action mask needs a single discrete action spec, got {self.action_spec}"
                 )

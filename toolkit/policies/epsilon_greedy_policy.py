@@ -82,7 +82,7 @@ class EpsilonGreedyPolicy(TFPolicy):
         leaves = nest.flatten(self.action_spec)
         self._single_discrete = (
             len(leaves) == 1
-            and tensor_spec.is_discrete(leaves[0])
+            and tensor_spec.is_integer_or_bool(leaves[0])
             and leaves[0].shape.num_elements() == 1
         )
         if emit_log_probability and not self._single_discrete:

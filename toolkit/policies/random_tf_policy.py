@@ -82,7 +82,7 @@ class RandomTFPolicy(TFPolicy):
             leaves = nest.flatten(self.action_spec)
             if (
                 len(leaves) != 1
-                or not tensor_spec.is_discrete(leaves[0])
+                or not tensor_spec.is_integer_or_bool(leaves[0])
                 or leaves[0].shape.num_elements() != 1
             ):
                 raise SpecError(
@@ -106,7 +106,7 @@ class RandomTFPolicy(TFPolicy):
 def _leaf_sampling(path: str, spec: Any) -> dict[str, Any]:
     """Static sampling parameters of one action spec leaf."""
     shape = tuple(spec.shape.as_list())
-    if tensor_spec.is_discrete(spec):
+    if tensor_spec.is_integer_or_bool(spec):
         if spec.dtype.is_bool:
             low, high = np.zeros(shape, np.int64), np.ones(shape, np.int64)
         else:

@@ -40,6 +40,7 @@ from toolkit.distributions import utils as dist_utils
 from toolkit.distributions.shifted_categorical import ShiftedCategorical
 from toolkit.distributions.utils import as_action_distribution, params_from_distribution
 from toolkit.errors import (
+    ActionDtypeError,
     PolicyError,
     SpecError,
     SpecMismatchError,
@@ -49,7 +50,7 @@ from toolkit.errors import (
 from toolkit.policies.seeds import split_seed, stateless_seed
 from toolkit.specs import tensor_spec
 from toolkit.specs.tensor_spec import discrete_range, same_kind, shape_text
-from toolkit.trajectories.policy_step import PolicyStep
+from toolkit.trajectories.policy_step import PolicyInfo, PolicyStep, set_log_probability
 from toolkit.trajectories.time_step import StepType, TimeStep
 
 tfd = tfp.distributions
@@ -136,14 +137,25 @@ def _convert_nest(values: Any, spec: Any, prefix: str, outer: tf.TensorShape | N
     return nest.pack_sequence_as(spec, out), outer
 
 
-def _check_outputs(values: Any, spec: Any, prefix: str, who: str) -> Any:
-    """Outputs of a policy's private methods, checked (and cast within a dtype kind)."""
+def _check_outputs(
+    values: Any, spec: Any, prefix: str, who: str, exact_dtypes: bool = False
+) -> Any:
+    """Outputs of a policy's private methods, checked (and cast within a dtype kind, unless
+    ``exact_dtypes``: actions must have their spec's dtype, as in TF-Agents)."""
     nest.assert_same_structure(values, spec, prefix)
     specs = nest.flatten_with_paths(spec, prefix)
     out = []
     for (path, s), value in zip(specs, leaves_like(spec, values), strict=True):
         tensor = tf.convert_to_tensor(value)
         if tensor.dtype != s.dtype:
+            if exact_dtypes:
+                raise ActionDtypeError(
+                    path,
+                    f"dtype {s.dtype.name}",
+                    tensor.dtype.name,
+                    detail=f"{who} produced an action with a dtype that doesn't match its "
+                    "action_spec",
+                )
             if not same_kind(tensor.dtype, s.dtype):
                 raise SpecMismatchError(
                     path, f"dtype {s.dtype.name}", tensor.dtype.name, detail=f"from {who}"
@@ -363,24 +375,35 @@ class TFPolicy(tf.Module):
         """The policy's model variables (networks, schedules), without its generator."""
         return list(tf.Module.variables.fget(self))
 
-    def update(self, policy: TFPolicy, tau: float = 1.0) -> None:
+    def update(
+        self,
+        policy: TFPolicy,
+        tau: float = 1.0,
+        tau_non_trainable: float | None = None,
+        sort_variables_by_name: bool = False,
+    ) -> None:
         """Moves this policy's variables towards ``policy``'s: ``v = (1-tau) v + tau w``.
 
-        ``tau=1`` copies. Variables are paired in ``variables()`` order; both policies
-        must have the same variable shapes. Works inside ``tf.function``, where ``tau``
-        may be a tensor.
+        ``tau=1`` copies, ``tau=0`` changes nothing; non-trainable float variables move by
+        ``tau_non_trainable`` (default ``tau``); integer ones (counters) are copied.
+        Variables are paired in ``variables()`` order, or by name with
+        ``sort_variables_by_name``; both policies must have the same variable shapes.
+        Works inside ``tf.function``, where ``tau`` may be a tensor.
         """
-        copies = False
-        if not tf.is_tensor(tau):
-            if not 0.0 < float(tau) <= 1.0:
-                raise SpecError(f"tau: expected a value in (0, 1], got {tau}")
-            copies = float(tau) == 1.0
-        mine, theirs = self.variables(), policy.variables()
+        if tau_non_trainable is None:
+            tau_non_trainable = tau
+        for name, value in (("tau", tau), ("tau_non_trainable", tau_non_trainable)):
+            if not tf.is_tensor(value) and not 0.0 <= float(value) <= 1.0:
+                raise SpecError(f"{name}: expected a value in [0, 1], got {value}")
+        mine, theirs = list(self.variables()), list(policy.variables())
         if len(mine) != len(theirs):
             raise PolicyError(
                 f"update(): expected a policy with {len(mine)} variables like "
                 f"{type(self).__name__}, got {len(theirs)} from {type(policy).__name__}"
             )
+        if sort_variables_by_name:
+            mine = sorted(mine, key=lambda v: v.name)
+            theirs = sorted(theirs, key=lambda v: v.name)
         for target, source in zip(mine, theirs, strict=True):
             if target.shape != source.shape or target.dtype != source.dtype:
                 raise SpecMismatchError(
@@ -389,11 +412,16 @@ class TFPolicy(tf.Module):
                     f"{shape_text(source.shape)} {source.dtype.name} ({source.name})",
                     detail="update() pairs variables in order",
                 )
-            if copies or not target.dtype.is_floating:  # counters are copied, not mixed
+            rate = tau if target.trainable else tau_non_trainable
+            if not target.dtype.is_floating:  # counters are copied, not mixed
                 target.assign(source)
+            elif not tf.is_tensor(rate) and float(rate) == 1.0:
+                target.assign(source)
+            elif not tf.is_tensor(rate) and float(rate) == 0.0:
+                continue
             else:
-                tau_ = tf.cast(tau, target.dtype)
-                target.assign((1.0 - tau_) * target + tau_ * tf.cast(source, target.dtype))
+                rate = tf.cast(rate, target.dtype)
+                target.assign((1.0 - rate) * target + rate * tf.cast(source, target.dtype))
 
     def copy(self) -> TFPolicy:
         """An independent copy: new variables with the same values, its own generator."""
@@ -446,7 +474,7 @@ class TFPolicy(tf.Module):
         who = f"{type(self).__name__}._action"
         if not isinstance(step, PolicyStep):
             raise StructureError("policy step", "a PolicyStep", type(step).__name__)
-        action = _check_outputs(step.action, self._action_spec, "action", who)
+        action = _check_outputs(step.action, self._action_spec, "action", who, exact_dtypes=True)
         if self._clip:
             action = nest.map_structure(clip_to_spec, action, self._action_spec)
         state = step.state
@@ -546,26 +574,34 @@ def _specs_or_empty(spec: Any) -> Any:
 
 
 def _with_log_probability_spec(info_spec: Any, action_spec: Any) -> Any:
+    """The info spec of a policy that emits log-probabilities, as TF-Agents makes it: a
+    ``PolicyInfo`` when the policy has no info of its own, else the dict or namedtuple
+    with its ``log_probability`` entry set."""
     log_prob = nest.map_structure(
         lambda _: tf.TensorSpec((), tf.float32, name=LOG_PROBABILITY), action_spec
     )
     if not nest.flatten(info_spec):
-        return {LOG_PROBABILITY: log_prob}
-    if not isinstance(info_spec, dict):
+        return PolicyInfo(log_probability=log_prob)
+    if not isinstance(info_spec, dict) and LOG_PROBABILITY not in getattr(info_spec, "_fields", ()):
         raise StructureError(
-            "info_spec", "a dict (to hold log_probability) or ()", nest.structure_repr(info_spec)
+            "info_spec",
+            "a dict or a namedtuple with a log_probability field (to hold the "
+            "log-probabilities), or ()",
+            nest.structure_repr(info_spec),
         )
-    return {**info_spec, LOG_PROBABILITY: log_prob}
+    return set_log_probability(info_spec, log_prob)
 
 
-def _info_with(info: Any, log_probs: Any) -> dict[str, Any]:
-    base = dict(info) if isinstance(info, dict) else {}
-    base[LOG_PROBABILITY] = log_probs
-    return base
+def _info_with(info: Any, log_probs: Any) -> Any:
+    if not isinstance(info, dict) and not nest.flatten(info):
+        return PolicyInfo(log_probability=log_probs)
+    return set_log_probability(info, log_probs)
 
 
 def without_log_probability(info_spec: Any) -> Any:
     """An info spec without its ``log_probability`` entry (for wrappers)."""
+    if isinstance(info_spec, PolicyInfo):
+        return ()
     if isinstance(info_spec, dict) and LOG_PROBABILITY in info_spec:
         rest = {k: v for k, v in info_spec.items() if k != LOG_PROBABILITY}
         return rest or ()
@@ -631,6 +667,8 @@ def numpy_nest(value: Any) -> Any:
 
 def strip_log_probability(info: Any) -> Any:
     """Info values without a ``log_probability`` entry (wrappers emit their own)."""
+    if isinstance(info, PolicyInfo):
+        return ()
     if isinstance(info, dict) and LOG_PROBABILITY in info:
         rest = {k: v for k, v in info.items() if k != LOG_PROBABILITY}
         return rest or ()
