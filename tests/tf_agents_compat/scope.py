@@ -51,8 +51,16 @@ UNCAPTURED = (
     "trajectories/trajectory_test.py::TrajectoryTest::testPrintFormat",
 )
 
+_DRIVERS = "drivers and TF environments are not mirrored (a driver over a TFPyEnvironment)"
+_BANDITS = "bandit policies and their per-arm features and policy types are not mirrored"
+
 #: test id (or prefix*) -> why it is not collected.
-DESELECTED: dict[str, str] = {}
+DESELECTED: dict[str, str] = {
+    "trajectories/trajectory_test.py::TrajectoryTest::"
+    "testToTransitionHandlesTrajectoryFromDriverCorrectly": _DRIVERS,
+    "trajectories/trajectory_test.py::TrajectoryTest::testToTransitionSpec": _DRIVERS,
+    "policies/random_tf_policy_test.py::RandomTFPolicyTest::testNumActions_*": _BANDITS,
+}
 
 #: test id (or prefix*) -> the id of its line in docs/tf-agents-differences.md.
 XFAIL: dict[str, str] = {}

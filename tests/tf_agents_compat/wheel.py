@@ -8,9 +8,11 @@ test file into one our modules can run, by these rewrites only (nothing else cha
 no test logic, no expected value):
 
 1. imports: ``tf_agents.X`` -> ``toolkit.X``; TF-Agents' test helpers and the few modules
-   this project does not mirror (drivers, TF environments, bandits) -> the shims in
+   this project does not mirror (drivers, bandits, policy utilities) -> the shims in
    ``tests/tf_agents_compat/shims`` (``SHIMMED``); the tests that use an unmirrored
    module are deselected (``scope.DESELECTED``), so its shim only lets the file import;
+   ``suite_gym``/``tf_py_environment``, which network tests use for a gym task's specs
+   and first time step, -> a shim over ``toolkit.environments.gym_adapter``;
 2. NumPy 2's removed aliases -> their NumPy 2 names (``NUMPY2_RENAMES``);
 3. TensorFlow's internal ``test_util`` -> the shim whose graph-and-eager decorators run
    the eager half only (this project is TF2 and eager-only; ``tf_test_util.py`` there);
@@ -49,8 +51,8 @@ SHIMMED = {
     "tf_agents.utils.test_utils": f"{SHIM_PACKAGE}.tfa_test_utils",
     "tf_agents.drivers.test_utils": f"{SHIM_PACKAGE}.unmirrored",
     "tf_agents.drivers.dynamic_episode_driver": f"{SHIM_PACKAGE}.unmirrored",
-    "tf_agents.environments.tf_py_environment": f"{SHIM_PACKAGE}.unmirrored",
-    "tf_agents.environments.suite_gym": f"{SHIM_PACKAGE}.unmirrored",
+    "tf_agents.environments.tf_py_environment": f"{SHIM_PACKAGE}.environments",
+    "tf_agents.environments.suite_gym": f"{SHIM_PACKAGE}.environments",
     "tf_agents.bandits.specs.utils": f"{SHIM_PACKAGE}.unmirrored",
     "tf_agents.policies.utils": f"{SHIM_PACKAGE}.unmirrored",
     "gin": f"{SHIM_PACKAGE}.gin",

@@ -144,11 +144,11 @@ def _check_outputs(
     ``exact_dtypes``: actions must have their spec's dtype, as in TF-Agents)."""
     nest.assert_same_structure(values, spec, prefix)
     specs = nest.flatten_with_paths(spec, prefix)
+    tensors = [tf.convert_to_tensor(value) for value in leaves_like(spec, values)]
     out = []
-    for (path, s), value in zip(specs, leaves_like(spec, values), strict=True):
-        tensor = tf.convert_to_tensor(value)
-        if tensor.dtype != s.dtype:
-            if exact_dtypes:
+    if exact_dtypes:  # every dtype before any shape, as TF-Agents checks them
+        for (path, s), tensor in zip(specs, tensors, strict=True):
+            if tensor.dtype != s.dtype:
                 raise ActionDtypeError(
                     path,
                     f"dtype {s.dtype.name}",
@@ -156,6 +156,8 @@ def _check_outputs(
                     detail=f"{who} produced an action with a dtype that doesn't match its "
                     "action_spec",
                 )
+    for (path, s), tensor in zip(specs, tensors, strict=True):
+        if tensor.dtype != s.dtype:
             if not same_kind(tensor.dtype, s.dtype):
                 raise SpecMismatchError(
                     path, f"dtype {s.dtype.name}", tensor.dtype.name, detail=f"from {who}"
@@ -497,13 +499,18 @@ class TFPolicy(tf.Module):
         if not isinstance(step, PolicyStep):
             raise StructureError("policy step", "a PolicyStep", type(step).__name__)
         nest.assert_same_structure(step.action, self._action_spec, "distribution")
+        distributions = []
         for (path, s), d in zip(
             nest.flatten_with_paths(self._action_spec, "distribution"),
-            nest.flatten(step.action),
+            leaves_like(self._action_spec, step.action),
             strict=True,
         ):
             if not dist_utils.is_distribution(d):
                 raise SpecMismatchError(path, "a TFP distribution", type(d).__name__)
+            if d.event_shape.rank == 0 and s.shape.rank:
+                # As TF-Agents allows: scalar events over [B] + spec.shape, e.g. a Normal
+                # of the spec's shape; one event of the spec's shape from here on.
+                d = tfd.Independent(d, reinterpreted_batch_ndims=s.shape.rank)
             if d.event_shape.rank is not None and not d.event_shape.is_compatible_with(s.shape):
                 raise SpecMismatchError(
                     path,
@@ -511,7 +518,8 @@ class TFPolicy(tf.Module):
                     shape_text(d.event_shape),
                     detail=f"from {type(self).__name__}._distribution",
                 )
-        return step
+            distributions.append(d)
+        return step._replace(action=nest.pack_sequence_as(self._action_spec, distributions))
 
     def _reset_state(self, time_step: TimeStep, policy_state: Any) -> Any:
         """Replaces the state of FIRST entries by the initial state (per batch entry)."""
