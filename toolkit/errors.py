@@ -53,8 +53,9 @@ class PolicyError(ToolkitError):
     """A policy that cannot do what was asked (e.g. a script that ran out)."""
 
 
-class ScriptExhaustedError(PolicyError, IndexError):
-    """A scripted policy was asked for more actions than its script holds."""
+class ScriptExhaustedError(PolicyError, IndexError, ValueError):
+    """A scripted policy was asked for more actions than its script holds (a ValueError
+    too, as TF-Agents raises)."""
 
 
 class UnsupportedError(ToolkitError, NotImplementedError):

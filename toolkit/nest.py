@@ -379,7 +379,37 @@ def map_structure(fn: Callable[..., Any], tree: Any, *rest: Any) -> Any:
             return _rebuild(tree, iter([fn(leaf) for leaf in leaves]))
         except OptreeHandoff:
             pass
-    return _optree().tree_map(fn, tree, *rest)
+    try:
+        return _optree().tree_map(fn, tree, *rest)
+    except (ValueError, TypeError):
+        # TensorFlow's tracking containers (a spec nest kept on a tf.Module) are the
+        # containers they hold: compare the plain nests.
+        plain = [_plain(t) for t in (tree, *rest)]
+        if all(p is t for p, t in zip(plain, (tree, *rest), strict=True)):
+            raise
+        return _optree().tree_map(fn, *plain)
+
+
+def _plain(tree: Any) -> Any:
+    """``tree`` with TensorFlow's tracking containers replaced by plain ones (``tree``
+    itself when it holds none)."""
+    leaves: list[Any] = []
+    try:
+        _leaves(tree, leaves)
+        rebuilt = _rebuild(tree, iter(leaves))
+    except OptreeHandoff:
+        return tree
+    return tree if _same_nodes(tree, rebuilt) else rebuilt
+
+
+def _same_nodes(a: Any, b: Any) -> bool:
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, (tuple, list)):
+        return all(_same_nodes(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict):
+        return all(_same_nodes(a[k], b[k]) for k in a)
+    return True
 
 
 def map_structure_with_paths(

@@ -54,7 +54,7 @@ SHIMMED = {
     "tf_agents.environments.tf_py_environment": f"{SHIM_PACKAGE}.environments",
     "tf_agents.environments.suite_gym": f"{SHIM_PACKAGE}.environments",
     "tf_agents.bandits.specs.utils": f"{SHIM_PACKAGE}.unmirrored",
-    "tf_agents.policies.utils": f"{SHIM_PACKAGE}.unmirrored",
+    "tf_agents.policies.utils": f"{SHIM_PACKAGE}.policy_utils",
     "gin": f"{SHIM_PACKAGE}.gin",
     "tensorflow.python.framework.test_util": f"{SHIM_PACKAGE}.tf_test_util",
 }

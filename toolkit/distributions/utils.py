@@ -23,6 +23,7 @@ tfd = tfp.distributions
 
 __all__ = [
     "as_action_distribution",
+    "independent",
     "is_distribution",
     "is_instance",
     "params_from_distribution",
@@ -52,9 +53,22 @@ def is_instance(value: Any, *publics: type) -> bool:
     return isinstance(value, tuple(_tfp_class(p) for p in publics))
 
 
+def independent(distribution: Any, rank: int) -> Any:
+    """``tfd.Independent`` over ``rank`` dims, or the distribution itself for rank 0: a
+    scalar action's distribution is its own (a Categorical has its ``logits``)."""
+    if not rank:
+        return distribution
+    return tfd.Independent(distribution, reinterpreted_batch_ndims=rank)
+
+
 def unwrap_independent(value: Any) -> Any:
-    """The distribution inside an ``Independent``, or ``value`` itself."""
-    return value.distribution if is_instance(value, tfd.Independent) else value
+    """The distribution inside an ``Independent`` and a ``BatchBroadcast`` (a policy's
+    output broadcast over the batch), or ``value`` itself."""
+    if is_instance(value, tfd.Independent):
+        value = value.distribution
+    if is_instance(value, tfd.BatchBroadcast):
+        value = value.distribution
+    return value
 
 
 def as_action_distribution(value: Any, spec: Any, path: str = "action") -> tfd.Distribution:
@@ -73,7 +87,7 @@ def as_action_distribution(value: Any, spec: Any, path: str = "action") -> tfd.D
             if not tensor_spec.same_kind(tensor.dtype, spec.dtype):
                 raise SpecMismatchError(path, f"dtype {spec.dtype.name}", tensor.dtype.name)
             tensor = tf.cast(tensor, spec.dtype)
-        return tfd.Independent(tfd.Deterministic(tensor), reinterpreted_batch_ndims=rank)
+        return independent(tfd.Deterministic(tensor), rank)
     base = unwrap_independent(value)
     if (is_instance(base, tfd.Categorical) or isinstance(base, ShiftedCategorical)) and (
         tensor_spec.is_integer_or_bool(spec)
@@ -81,7 +95,7 @@ def as_action_distribution(value: Any, spec: Any, path: str = "action") -> tfd.D
         return _shifted_categorical_for(base, spec, path)
     event = value.event_shape
     if event.rank == 0 and rank > 0:
-        return tfd.Independent(value, reinterpreted_batch_ndims=rank)
+        return independent(value, rank)
     if event.rank is not None and not event.is_compatible_with(spec.shape):
         raise SpecMismatchError(
             path,
@@ -105,7 +119,7 @@ def _shifted_categorical_for(base: Any, spec: Any, path: str) -> tfd.Distributio
         raise SpecMismatchError(path, f"categories starting at {low}", f"starting at {base.shift}")
     logits = tf.reshape(logits, [-1, *spec.shape.as_list(), high - low + 1])
     shifted = ShiftedCategorical(logits, shift=low, dtype=spec.dtype)
-    return tfd.Independent(shifted, reinterpreted_batch_ndims=spec.shape.rank)
+    return independent(shifted, spec.shape.rank)
 
 
 def params_from_distribution(

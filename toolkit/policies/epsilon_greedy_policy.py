@@ -10,6 +10,7 @@ import tensorflow_probability as tfp
 
 from toolkit import distribution_families as families
 from toolkit import nest
+from toolkit.distributions import utils as dist_utils
 from toolkit.distributions.shifted_categorical import ShiftedCategorical
 from toolkit.errors import SpecError, UnsupportedError
 from toolkit.policies import tf_policy
@@ -39,21 +40,36 @@ class EpsilonGreedyPolicy(TFPolicy):
       epsilon: a float, a tf.Variable, or a callable returning the current epsilon
         (read at every call; inside ``tf.function`` it should return a tensor, e.g. read
         a variable, since Python values are frozen when the function is traced).
-      emit_log_probability: add ``info["log_probability"]``: the exact log-probability
-        of the action under the epsilon mixture (single discrete action leaf only).
-      seed: seeds the policy's own generator.
+      exploration_mask: for a single discrete action, one 0/1 entry per action: the
+        random branch draws among the allowed ones only (TF-Agents' exploration_mask).
+      info_fields_to_inherit_from_greedy: TF-Agents' bandit option; the info here is
+        always the greedy policy's, so only ``()`` is accepted.
       name: module name.
+      emit_log_probability: add ``info.log_probability``: the exact log-probability of
+        the action under the epsilon mixture (single discrete action leaf only). Default:
+        as ``policy``, as in TF-Agents.
+      seed: seeds the policy's own generator.
     """
 
     def __init__(
         self,
         policy: TFPolicy,
         epsilon: Epsilon,
-        emit_log_probability: bool = False,
-        *,
-        seed: int | None = None,
+        exploration_mask: Any = None,
+        info_fields_to_inherit_from_greedy: Any = (),
         name: str | None = None,
+        *,
+        emit_log_probability: bool | None = None,
+        seed: int | None = None,
     ):
+        if tuple(info_fields_to_inherit_from_greedy):
+            raise UnsupportedError(
+                "info_fields_to_inherit_from_greedy: expected (), got "
+                f"{tuple(info_fields_to_inherit_from_greedy)} (the info is always the greedy "
+                "policy's here)"
+            )
+        if emit_log_probability is None:
+            emit_log_probability = policy.emit_log_probability
         super().__init__(
             policy.time_step_spec,
             policy.action_spec,
@@ -78,6 +94,7 @@ class EpsilonGreedyPolicy(TFPolicy):
             policy.action_spec,
             observation_and_action_constraint_splitter=self._splitter,
             validate_args=policy.validate_args,
+            stationary_mask=exploration_mask,
         )
         leaves = nest.flatten(self.action_spec)
         self._single_discrete = (
@@ -155,9 +172,9 @@ class EpsilonGreedyPolicy(TFPolicy):
         one_hot = tf.one_hot(tf.cast(mode, tf.int64) - random_base.shift, n, dtype=probs.dtype)
         epsilon = self.epsilon
         mixed = (1.0 - epsilon) * one_hot + epsilon * probs
-        distribution = tfd.Independent(
+        distribution = dist_utils.independent(
             ShiftedCategorical(tf.math.log(mixed), shift=random_base.shift, dtype=spec.dtype),
-            reinterpreted_batch_ndims=spec.shape.rank,
+            spec.shape.rank,
         )
         return PolicyStep(
             nest.pack_sequence_as(self.action_spec, [distribution]), greedy.state, greedy.info

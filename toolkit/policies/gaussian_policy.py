@@ -161,4 +161,4 @@ class GaussianPolicy(TFPolicy):
 def _normal(loc: tf.Tensor, scale: Any) -> tfd.Distribution:
     loc = tf.convert_to_tensor(loc)
     scale = tf.broadcast_to(tf.cast(scale, loc.dtype), tf.shape(loc))
-    return tfd.Independent(tfd.Normal(loc, scale), reinterpreted_batch_ndims=loc.shape.rank - 1)
+    return dist_utils.independent(tfd.Normal(loc, scale), loc.shape.rank - 1)

@@ -10,6 +10,7 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from toolkit import nest
+from toolkit.distributions import utils as dist_utils
 from toolkit.distributions.shifted_categorical import ShiftedCategorical
 from toolkit.errors import SpecError, SpecMismatchError, UnsupportedError
 from toolkit.policies.seeds import split_seed
@@ -210,15 +211,14 @@ def _leaf_distribution(spec: Any, params: dict[str, Any], batch: tf.Tensor, mask
                 )
             mask = tf.reshape(mask, tf.shape(logits))
             logits = tf.where(mask, logits, tf.constant(-np.inf, logits.dtype))
-        return tfd.Independent(
-            ShiftedCategorical(logits, shift=params["shift"], dtype=spec.dtype),
-            reinterpreted_batch_ndims=rank,
+        return dist_utils.independent(
+            ShiftedCategorical(logits, shift=params["shift"], dtype=spec.dtype), rank
         )
     dtype = spec.dtype
     if params["kind"] == "uniform":
         low = tf.broadcast_to(tf.constant(params["low"], dtype), shape)
         high = tf.broadcast_to(tf.constant(params["high"], dtype), shape)
-        return tfd.Independent(tfd.Uniform(low, high), reinterpreted_batch_ndims=rank)
-    return tfd.Independent(
-        tfd.Normal(tf.zeros(shape, dtype), tf.ones(shape, dtype)), reinterpreted_batch_ndims=rank
+        return dist_utils.independent(tfd.Uniform(low, high), rank)
+    return dist_utils.independent(
+        tfd.Normal(tf.zeros(shape, dtype), tf.ones(shape, dtype)), rank
     )

@@ -138,10 +138,20 @@ def _convert_nest(values: Any, spec: Any, prefix: str, outer: tf.TensorShape | N
 
 
 def _check_outputs(
-    values: Any, spec: Any, prefix: str, who: str, exact_dtypes: bool = False
+    values: Any,
+    spec: Any,
+    prefix: str,
+    who: str,
+    exact_dtypes: bool = False,
+    batch_size: tf.Tensor | None = None,
 ) -> Any:
     """Outputs of a policy's private methods, checked (and cast within a dtype kind, unless
-    ``exact_dtypes``: actions must have their spec's dtype, as in TF-Agents)."""
+    ``exact_dtypes``: actions must have their spec's dtype, as in TF-Agents).
+
+    With ``batch_size``, an output without the batch dim (one shaped like its spec, e.g.
+    a constant action) stands for every batch entry and is broadcast, as TF-Agents'
+    policies may return such outputs.
+    """
     nest.assert_same_structure(values, spec, prefix)
     specs = nest.flatten_with_paths(spec, prefix)
     tensors = [tf.convert_to_tensor(value) for value in leaves_like(spec, values)]
@@ -163,6 +173,10 @@ def _check_outputs(
                     path, f"dtype {s.dtype.name}", tensor.dtype.name, detail=f"from {who}"
                 )
             tensor = tf.cast(tensor, s.dtype)
+        if batch_size is not None and _without_batch_dim(tensor.shape, s.shape):
+            tensor = tf.broadcast_to(
+                tensor, tf.concat([[batch_size], tf.constant(s.shape.as_list(), tf.int32)], 0)
+            )
         shape = tensor.shape
         if shape.rank is not None and (
             shape.rank != s.shape.rank + 1 or not s.shape.is_compatible_with(shape[1:])
@@ -175,6 +189,20 @@ def _check_outputs(
             )
         out.append(tensor)
     return nest.pack_sequence_as(spec, out)
+
+
+def _without_batch_dim(shape: tf.TensorShape, spec_shape: tf.TensorShape) -> bool:
+    """Whether an output of ``shape`` lacks the batch dim: it has at most the spec's rank
+    and broadcasts to the spec's shape."""
+    if shape.rank is None or spec_shape.rank is None or shape.rank > spec_shape.rank:
+        return False
+    if not shape.is_fully_defined() or not spec_shape.is_fully_defined():
+        return False
+    try:
+        np.broadcast_shapes(tuple(shape.as_list()), tuple(spec_shape.as_list()))
+    except ValueError:
+        return False
+    return True
 
 
 def broadcast_rows(mask: tf.Tensor, rank: int) -> tf.Tensor:
@@ -476,14 +504,17 @@ class TFPolicy(tf.Module):
         who = f"{type(self).__name__}._action"
         if not isinstance(step, PolicyStep):
             raise StructureError("policy step", "a PolicyStep", type(step).__name__)
-        action = _check_outputs(step.action, self._action_spec, "action", who, exact_dtypes=True)
+        batch = tf.shape(time_step.step_type)[0]
+        action = _check_outputs(
+            step.action, self._action_spec, "action", who, exact_dtypes=True, batch_size=batch
+        )
         if self._clip:
             action = nest.map_structure(clip_to_spec, action, self._action_spec)
         state = step.state
         if self.is_stateful:
             state = _check_outputs(state, self._policy_state_spec, "state", who)
         info = (
-            _check_outputs(step.info, self._info_spec, "info", who)
+            _check_outputs(step.info, self._info_spec, "info", who, batch_size=batch)
             if nest.flatten(self._info_spec)
             else step.info
         )
@@ -507,6 +538,7 @@ class TFPolicy(tf.Module):
         ):
             if not dist_utils.is_distribution(d):
                 raise SpecMismatchError(path, "a TFP distribution", type(d).__name__)
+            d = _broadcast_distribution(d, s, tf.shape(time_step.step_type)[0])
             if d.event_shape.rank == 0 and s.shape.rank:
                 # As TF-Agents allows: scalar events over [B] + spec.shape, e.g. a Normal
                 # of the spec's shape; one event of the spec's shape from here on.
@@ -573,6 +605,21 @@ class TFPolicy(tf.Module):
         if outer.rank is None:
             raise SpecMismatchError("step_type", "a tensor of known rank", "unknown rank")
         return _batch_to_one_dim(time_step, policy_state, outer, self._time_step_spec)
+
+
+def _broadcast_distribution(distribution: Any, spec: Any, batch_size: tf.Tensor) -> Any:
+    """A distribution without the batch dim (its batch and event shapes together shaped
+    like the spec, e.g. a fixed one), broadcast over the batch as TF-Agents allows."""
+    event, batch = distribution.event_shape, distribution.batch_shape
+    if event.rank is None or batch.rank is None:
+        return distribution
+    if not _without_batch_dim(batch.concatenate(event), spec.shape):
+        return distribution
+    outer = spec.shape[: spec.shape.rank - event.rank] if event.rank <= spec.shape.rank else None
+    if outer is None:
+        return distribution
+    shape = tf.concat([[batch_size], tf.constant(outer.as_list(), tf.int32)], 0)
+    return tfd.BatchBroadcast(distribution, with_shape=shape)
 
 
 def _specs_or_empty(spec: Any) -> Any:

@@ -360,10 +360,11 @@ class BoundedArraySpec(ArraySpec):
         return self._maximum
 
     @property
-    def num_values(self) -> np.ndarray:
-        """For integer specs, how many values each element can take (maximum - minimum + 1)."""
-        if self.dtype.kind not in "biu":
-            raise SpecError(f"num_values is defined for integer specs, not {self.dtype.name}")
+    def num_values(self) -> np.ndarray | None:
+        """For integer specs, how many values each element can take (maximum - minimum + 1);
+        None for other specs, as in TF-Agents."""
+        if self.dtype.kind not in "iu":
+            return None
         return self._maximum.astype(np.int64) - self._minimum.astype(np.int64) + 1
 
     def __repr__(self) -> str:

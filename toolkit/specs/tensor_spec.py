@@ -220,8 +220,10 @@ def sample_bounded_spec(spec: Any, seed: Any = None, outer_dims: Any = None) -> 
     # Integers: an offset below (maximum - minimum + 1), drawn as a float64 fraction for
     # ranges that fit its 53 bits exactly, else as full 64-bit words reduced modulo the range.
     low_int = low.astype(np.int64) if dtype != tf.uint64 else low.astype(np.uint64)
-    span = high.astype(np.float64) - low.astype(np.float64) + 1.0
-    if np.all(span <= 2.0**53):
+    # Exact spans (Python ints): float64 cannot tell int64 bounds near the dtype's limits apart.
+    exact = high.astype(object) - low.astype(object) + 1
+    span = np.asarray(exact, dtype=np.float64)
+    if all(int(v) <= 2**53 for v in np.asarray(exact).reshape(-1)):
         unit = _uniform(shape, tf.float64, seed)
         offset = tf.minimum(tf.floor(unit * span), span - 1.0)
         sample = tf.cast(offset, tf.int64) + tf.constant(low.astype(np.int64), tf.int64)
