@@ -26,8 +26,9 @@ class DifferencesDoc:
             if match:
                 name = match.group(1)
                 if name in entries:
-                    raise ValueError(f"{RELATIVE}:{number}: entry `{name}` already at line "
-                                     f"{entries[name][0]}")
+                    raise ValueError(
+                        f"{RELATIVE}:{number}: entry `{name}` already at line {entries[name][0]}"
+                    )
                 entries[name] = (number, match.group(2))
         return cls(entries)
 

@@ -138,7 +138,5 @@ XFAIL: dict[str, str] = {
     ),
     "networks/actor_distribution_rnn_network_test.py::ActorDistributionNetworkTest::"
     "testBuildsDynamicUnroll": "lstm-state-per-layer",
-    "networks/value_rnn_network_test.py::ValueRnnNetworkTest::testBuilds": (
-        "lstm-state-per-layer"
-    ),
+    "networks/value_rnn_network_test.py::ValueRnnNetworkTest::testBuilds": ("lstm-state-per-layer"),
 }

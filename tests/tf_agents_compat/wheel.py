@@ -138,7 +138,8 @@ def _rewrite_from_import(match: re.Match[str]) -> str:
     if target is not None:
         # ``from tf_agents.utils import test_utils``: the imported name is the shimmed module.
         package, shim = target.rsplit(".", 1)
-        return f"{head}{package}{middle}{shim} as {alias or name}"
+        spacing = names[len(names.rstrip()) :]  # before a trailing comment
+        return f"{head}{package}{middle}{shim} as {alias or name}{spacing}"
     return f"{head}{_module_for(module)}{middle}{names}"
 
 

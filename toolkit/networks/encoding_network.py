@@ -311,9 +311,7 @@ def _fc_layers(
     dropouts = _per_layer(dropout_params, len(fc_params), "dropout_layer_params", who)
     decays = _per_layer(weight_decay_params, len(fc_params), "weight_decay_params", who)
     layers: list[Any] = []
-    for index, (units, dropout, decay) in enumerate(
-        zip(fc_params, dropouts, decays, strict=True)
-    ):
+    for index, (units, dropout, decay) in enumerate(zip(fc_params, dropouts, decays, strict=True)):
         layers.append(
             tf_keras.layers.Dense(
                 int(units),

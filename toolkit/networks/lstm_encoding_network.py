@@ -100,9 +100,7 @@ class LSTMEncodingNetwork(Network):
     ):
         who = owner_name or name
         if rnn_construction_fn is not None and lstm_size:
-            raise SpecError(
-                f"{who}: expected either lstm_size or rnn_construction_fn, got both"
-            )
+            raise SpecError(f"{who}: expected either lstm_size or rnn_construction_fn, got both")
         rnn_layer = None
         if rnn_construction_fn is not None:
             rnn_layer = check_layer(

@@ -126,8 +126,8 @@ class EpsilonGreedyPolicy(TFPolicy):
 
     def _action(self, time_step: Any, policy_state: Any, seed: tf.Tensor) -> PolicyStep:
         greedy_seed, random_seed, coin_seed = split_seed(seed, 3)
-        greedy = self._greedy_policy._action_step(time_step, policy_state, greedy_seed)
-        random = self._random_policy._action_step(time_step, (), random_seed)
+        greedy = self._greedy_policy.action(time_step, policy_state, seed=greedy_seed)
+        random = self._random_policy.action(time_step, seed=random_seed)
         epsilon = self.epsilon
         explore = tf.random.stateless_uniform(tf.shape(time_step.step_type), seed=coin_seed)
         explore = explore < epsilon
@@ -138,7 +138,7 @@ class EpsilonGreedyPolicy(TFPolicy):
         )
         info = greedy.info
         if self._emit_log_probability:
-            random_dist = nest.flatten(self._random_policy._distribution(time_step, ()).action)[0]
+            random_dist = nest.flatten(self._random_policy.distribution(time_step).action)[0]
             chosen = nest.flatten(action)[0]
             is_greedy = tf.reduce_all(
                 tf.reshape(tf.equal(chosen, nest.flatten(greedy.action)[0]), [-1, 1]), axis=1
@@ -163,9 +163,9 @@ class EpsilonGreedyPolicy(TFPolicy):
                 f"element, got {self.action_spec}"
             )
         spec = nest.flatten(self.action_spec)[0]
-        greedy = self._greedy_policy._distribution(time_step, policy_state)
-        random = nest.flatten(self._random_policy._distribution(time_step, ()).action)[0]
-        random_base = random.distribution
+        greedy = self._greedy_policy.distribution(time_step, policy_state)
+        random = nest.flatten(self._random_policy.distribution(time_step).action)[0]
+        random_base = dist_utils.unwrap_independent(random)
         probs = random_base.probs_parameter()  # [B, *S, n]
         n = probs.shape[-1]
         mode = nest.flatten(greedy.action)[0].mode()
@@ -181,8 +181,8 @@ class EpsilonGreedyPolicy(TFPolicy):
         )
 
     def _distribution_params(self, time_step: Any, policy_state: Any):
-        greedy, state, info = self._greedy_policy._distribution_params(time_step, policy_state)
-        random, _, _ = self._random_policy._distribution_params(time_step, ())
+        greedy, state, info = self._greedy_policy.distribution_params(time_step, policy_state)
+        random, _, _ = self._random_policy.distribution_params(time_step)
         return {"greedy": greedy, "random": random}, state, info
 
     def export_description(self) -> dict[str, Any]:

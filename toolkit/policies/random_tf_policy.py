@@ -155,9 +155,7 @@ class RandomTFPolicy(TFPolicy):
             actions.append(action)
             log_probs.append(tf.cast(log_prob, tf.float32))
         info = tensor_spec.zero_spec_nest(self._base_info_spec, batch)
-        info = self._with_log_probability(
-            info, nest.pack_sequence_as(self.action_spec, log_probs)
-        )
+        info = self._with_log_probability(info, nest.pack_sequence_as(self.action_spec, log_probs))
         return PolicyStep(nest.pack_sequence_as(self.action_spec, actions), policy_state, info)
 
 
@@ -219,6 +217,4 @@ def _leaf_distribution(spec: Any, params: dict[str, Any], batch: tf.Tensor, mask
         low = tf.broadcast_to(tf.constant(params["low"], dtype), shape)
         high = tf.broadcast_to(tf.constant(params["high"], dtype), shape)
         return dist_utils.independent(tfd.Uniform(low, high), rank)
-    return dist_utils.independent(
-        tfd.Normal(tf.zeros(shape, dtype), tf.ones(shape, dtype)), rank
-    )
+    return dist_utils.independent(tfd.Normal(tf.zeros(shape, dtype), tf.ones(shape, dtype)), rank)

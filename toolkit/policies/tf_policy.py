@@ -443,9 +443,8 @@ class TFPolicy(tf.Module):
                     detail="update() pairs variables in order",
                 )
             rate = tau if target.trainable else tau_non_trainable
-            if not target.dtype.is_floating:  # counters are copied, not mixed
-                target.assign(source)
-            elif not tf.is_tensor(rate) and float(rate) == 1.0:
+            # Counters (integers) are copied, not mixed.
+            if not target.dtype.is_floating or (not tf.is_tensor(rate) and float(rate) == 1.0):
                 target.assign(source)
             elif not tf.is_tensor(rate) and float(rate) == 0.0:
                 continue

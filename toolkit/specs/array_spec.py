@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from toolkit import nest
-from toolkit.errors import SpecError, SpecMismatchError, SpecTypeError, StructureError
+from toolkit.errors import SpecError, SpecMismatchError, SpecTypeError
 
 __all__ = [
     "ArraySpec",

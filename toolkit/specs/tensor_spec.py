@@ -132,9 +132,7 @@ def add_outer_dims_nest(specs: Any, outer_dims: Sequence[int | None]) -> Any:
             f"outer_dims: expected a tuple or list of dimensions, got {type(outer_dims).__name__}"
         )
     outer = tf.TensorShape(list(outer_dims))
-    return nest.map_structure(
-        lambda s: _with_shape(s, outer.concatenate(_tensor_shape(s))), specs
-    )
+    return nest.map_structure(lambda s: _with_shape(s, outer.concatenate(_tensor_shape(s))), specs)
 
 
 def add_outer_dims(spec: Any, outer_dims: Sequence[int | None]) -> Any:
@@ -215,8 +213,9 @@ def sample_bounded_spec(spec: Any, seed: Any = None, outer_dims: Any = None) -> 
         high64 = np.maximum(np.clip(high.astype(np.float64), -limit, limit), low64)
         unit = _uniform(shape, tf.float64, seed)
         sample = low64 + unit * (high64 - low64)
-        return tf.cast(tf.clip_by_value(sample, low.astype(np.float64), high.astype(np.float64)),
-                       dtype)
+        return tf.cast(
+            tf.clip_by_value(sample, low.astype(np.float64), high.astype(np.float64)), dtype
+        )
     # Integers: an offset below (maximum - minimum + 1), drawn as a float64 fraction for
     # ranges that fit its 53 bits exactly, else as full 64-bit words reduced modulo the range.
     low_int = low.astype(np.int64) if dtype != tf.uint64 else low.astype(np.uint64)
@@ -229,7 +228,7 @@ def sample_bounded_spec(spec: Any, seed: Any = None, outer_dims: Any = None) -> 
         sample = tf.cast(offset, tf.int64) + tf.constant(low.astype(np.int64), tf.int64)
         return tf.cast(sample, dtype)
     words = _full_int(shape, seed)
-    span_int = (high.astype(np.uint64) - low_int.astype(np.uint64) + np.uint64(1))
+    span_int = high.astype(np.uint64) - low_int.astype(np.uint64) + np.uint64(1)
     wide = tf.cast(words, tf.uint64)
     # A full 2**64 span wraps to 0: every word is a sample then.
     offset = tf.where(
@@ -237,9 +236,11 @@ def sample_bounded_spec(spec: Any, seed: Any = None, outer_dims: Any = None) -> 
         wide,
         tf.math.floormod(wide, tf.constant(np.where(span_int == 0, 1, span_int), tf.uint64)),
     )
-    sample = tf.bitcast(offset + tf.constant(low_int.astype(np.uint64)), tf.int64) if (
-        dtype == tf.int64
-    ) else offset + tf.constant(low_int.astype(np.uint64))
+    sample = (
+        tf.bitcast(offset + tf.constant(low_int.astype(np.uint64)), tf.int64)
+        if (dtype == tf.int64)
+        else offset + tf.constant(low_int.astype(np.uint64))
+    )
     return tf.cast(sample, dtype)
 
 
@@ -279,8 +280,12 @@ def sample_spec_nest(
     specs fairly. ``minimum`` / ``maximum`` narrow every numeric spec's bounds.
     ``outer_dims`` may be a tensor. ``seed``: None or an int (reproducible).
     """
-    base = None if seed is None else int(seed) if not isinstance(seed, np.random.Generator) else (
-        int(seed.integers(0, 2**31 - 1))
+    base = (
+        None
+        if seed is None
+        else int(seed)
+        if not isinstance(seed, np.random.Generator)
+        else (int(seed.integers(0, 2**31 - 1)))
     )
     leaves = nest.flatten(structure)
     samples = []
@@ -329,7 +334,9 @@ def zero_spec_nest(spec: Any, outer_dims: Any = ()) -> Any:
         if outer_dims is None:
             return tf.zeros(s.shape, s.dtype)
         if tf.is_tensor(outer_dims) or any(tf.is_tensor(d) for d in nest.flatten(outer_dims)):
-            shape = tf.concat([_outer_shape(outer_dims), tf.constant(s.shape.as_list(), tf.int32)], 0)
+            shape = tf.concat(
+                [_outer_shape(outer_dims), tf.constant(s.shape.as_list(), tf.int32)], 0
+            )
             return tf.zeros(shape, s.dtype)
         return tf.zeros(list(outer_dims) + s.shape.as_list(), s.dtype)
 

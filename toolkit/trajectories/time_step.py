@@ -273,11 +273,13 @@ def _step(observation, reward, discount, step_type, reward_spec, outer_dims):
         paths = [p for p, _ in nest.flatten_with_paths(reward_spec, "reward")]
         leaves = [
             _reward_leaf(path, r, s, ops)
-            for path, r, s in zip(paths, nest.flatten_up_to(reward_spec, reward), specs, strict=True)
+            for path, r, s in zip(
+                paths, nest.flatten_up_to(reward_spec, reward), specs, strict=True
+            )
         ]
         reward = nest.pack_sequence_as(reward_spec, leaves)
-    outer = _as_outer(outer_dims) if outer_dims is not None else _reward_outer(
-        reward, reward_spec, ops
+    outer = (
+        _as_outer(outer_dims) if outer_dims is not None else _reward_outer(reward, reward_spec, ops)
     )
     if discount is None:
         raise SpecMismatchError("discount", "a number", "None")

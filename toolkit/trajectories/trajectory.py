@@ -140,9 +140,7 @@ def _create(observation, action, policy_info, reward, discount, step_type, next_
 
 def first(observation, action, policy_info, reward, discount) -> Trajectory:
     """A Trajectory from a FIRST step to a MID one; ``discount`` gives the outer shape."""
-    return _create(
-        observation, action, policy_info, reward, discount, StepType.FIRST, StepType.MID
-    )
+    return _create(observation, action, policy_info, reward, discount, StepType.FIRST, StepType.MID)
 
 
 def mid(observation, action, policy_info, reward, discount) -> Trajectory:
@@ -152,9 +150,7 @@ def mid(observation, action, policy_info, reward, discount) -> Trajectory:
 
 def last(observation, action, policy_info, reward, discount) -> Trajectory:
     """A Trajectory from a MID step to a LAST one."""
-    return _create(
-        observation, action, policy_info, reward, discount, StepType.MID, StepType.LAST
-    )
+    return _create(observation, action, policy_info, reward, discount, StepType.MID, StepType.LAST)
 
 
 def single_step(observation, action, policy_info, reward, discount) -> Trajectory:
@@ -201,8 +197,13 @@ def from_episode(observation, action, policy_info, reward, discount=None) -> Tra
         discount = tf.ones([frames], tf.float32) if tensors else np.ones([frames], np.float32)
     if isinstance(frames, (int, np.integer)):
         for path, leaf in nest.flatten_with_paths(
-            {"observation": observation, "action": action, "policy_info": policy_info,
-             "reward": reward, "discount": discount}
+            {
+                "observation": observation,
+                "action": action,
+                "policy_info": policy_info,
+                "reward": reward,
+                "discount": discount,
+            }
         ):
             dim = _outer_dim(leaf)
             if isinstance(dim, (int, np.integer)) and dim != frames:

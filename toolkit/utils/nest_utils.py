@@ -101,7 +101,9 @@ def _dims(shape: Any) -> tuple[int | None, ...] | None:
 
 
 def _compatible(a: tuple[int | None, ...], b: tuple[int | None, ...]) -> bool:
-    return len(a) == len(b) and all(x is None or y is None or x == y for x, y in zip(a, b))
+    return len(a) == len(b) and all(
+        x is None or y is None or x == y for x, y in zip(a, b, strict=True)
+    )
 
 
 def spec_shape(t: Any) -> Any:
@@ -195,7 +197,9 @@ def _check_same(a: Any, b: Any, check_types: bool, shallow: bool) -> None:
     if not b_nested:
         raise ValueError("a nested structure against a leaf")
     if check_types and _node_type(a) != _node_type(b):
-        raise TypeError(f"different kinds: {type(_unwrap(a)).__name__}, {type(_unwrap(b)).__name__}")
+        raise TypeError(
+            f"different kinds: {type(_unwrap(a)).__name__}, {type(_unwrap(b)).__name__}"
+        )
     a_raw, b_raw = _unwrap(a), _unwrap(b)
     a_map = isinstance(a_raw, collections.abc.Mapping)
     if a_map != isinstance(b_raw, collections.abc.Mapping):
@@ -246,13 +250,13 @@ def flatten_with_joined_paths(structure: Any, expand_composites: bool = False) -
 
 def fast_map_structure_flatten(func: Callable[..., Any], structure: Any, *flat_structure, **_):
     """``func`` over already flattened leaves, packed as ``structure``."""
-    return nest.pack_sequence_as(structure, [func(*x) for x in zip(*flat_structure)])
+    return nest.pack_sequence_as(structure, [func(*x) for x in zip(*flat_structure, strict=False)])
 
 
 def fast_map_structure(func: Callable[..., Any], *structure: Any, **_) -> Any:
     """``map_structure`` without structure checks (leaves are paired in order)."""
     flat = [nest.flatten(s) for s in structure]
-    return nest.pack_sequence_as(structure[0], [func(*x) for x in zip(*flat)])
+    return nest.pack_sequence_as(structure[0], [func(*x) for x in zip(*flat, strict=False)])
 
 
 def has_tensors(*x: Any) -> bool:
@@ -533,9 +537,7 @@ def _check_shapes(tensors: Any, specs: Any, num_outer_dims: int = 1) -> tuple[li
                 continue
             if len(t_shape) == len(shape) + num_outer_dims:
                 if not _compatible(t_shape[num_outer_dims:], shape):
-                    raise SpecMismatchError(
-                        "", f"shape [outer dims] + {list(shape)}", f"{t_shape}"
-                    )
+                    raise SpecMismatchError("", f"shape [outer dims] + {list(shape)}", f"{t_shape}")
                 continue
         raise ValueError(
             "Tensor does not have the correct dimensions. "
@@ -624,7 +626,7 @@ def split_nested_tensors(tensors: Any, specs: Any, num_or_size_splits: Any) -> l
             parts.append(tf.sparse.split(sp_input=tensor, num_split=num_or_size_splits, axis=0))
         else:
             parts.append(tf.split(tensor, num_or_size_splits))
-    return [nest.pack_sequence_as(tensors, list(zipped)) for zipped in zip(*parts)]
+    return [nest.pack_sequence_as(tensors, list(zipped)) for zipped in zip(*parts, strict=True)]
 
 
 def unstack_nested_tensors(tensors: Any, specs: Any) -> list[Any]:
@@ -638,7 +640,7 @@ def unstack_nested_tensors(tensors: Any, specs: Any) -> list[Any]:
             parts.append(_tf().unstack(tensor))
         else:
             parts.append(list(np.asarray(tensor)))
-    return [nest.pack_sequence_as(tensors, list(zipped)) for zipped in zip(*parts)]
+    return [nest.pack_sequence_as(tensors, list(zipped)) for zipped in zip(*parts, strict=True)]
 
 
 def stack_nested_tensors(tensors: Sequence[Any], axis: int = 0) -> Any:
@@ -724,7 +726,7 @@ def unbatch_nested_tensors_to_arrays(nested_tensors: Any) -> Any:
 def _flat_items(nested_array: Any):
     # Views (array[i]) rather than np.split: several times faster.
     columns = [[array[i] for i in range(len(array))] for array in nest.flatten(nested_array)]
-    return zip(*columns)
+    return zip(*columns, strict=True)
 
 
 def unstack_nested_arrays(nested_array: Any) -> list[Any]:
@@ -740,7 +742,9 @@ def unstack_nested_arrays_into_flat_items(nested_array: Any) -> list[tuple[Any, 
 def stack_nested_arrays(nested_arrays: Sequence[Any]) -> Any:
     """One nest of arrays, the list's nests stacked along a new outer dim."""
     flat = [nest.flatten(a) for a in nested_arrays]
-    return nest.pack_sequence_as(nested_arrays[0], [np.stack(column) for column in zip(*flat)])
+    return nest.pack_sequence_as(
+        nested_arrays[0], [np.stack(column) for column in zip(*flat, strict=True)]
+    )
 
 
 # --- selection and tiling -------------------------------------------------------------
@@ -832,7 +836,9 @@ def remove_singleton_batch_spec_dim(spec: Any, outer_ndim: int) -> Any:
     if shape is None:
         shape = getattr(spec, "_shape", None)
     if shape is None:
-        raise ValueError(f"Could not remove singleton batch dim from spec; it lacks a shape: {spec}")
+        raise ValueError(
+            f"Could not remove singleton batch dim from spec; it lacks a shape: {spec}"
+        )
     for i in range(outer_ndim):
         dims = _dims(shape)
         if dims is None or len(dims) <= i or dims[i] != 1:
@@ -847,7 +853,9 @@ def assert_value_spec(output_spec: Any, network_name: str) -> None:
 
     def check(v: Any) -> None:
         if not isinstance(v, tf.TensorSpec):
-            raise ValueError(f"{network_name} emits outputs that are not tensors; spec: {output_spec}")
+            raise ValueError(
+                f"{network_name} emits outputs that are not tensors; spec: {output_spec}"
+            )
         if _dims(v.shape) not in ((), (1,)):
             raise ValueError(f"{network_name} emits multiple values; spec: {output_spec}")
         if not v.dtype.is_floating:
@@ -856,4 +864,3 @@ def assert_value_spec(output_spec: Any, network_name: str) -> None:
             )
 
     nest.map_structure(check, output_spec)
-
