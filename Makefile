@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: venv demo test test-fast lint format bench clean
+.PHONY: venv demo test test-fast test-compat lint format bench clean
 
 venv: $(STAMP)
 
@@ -29,6 +29,10 @@ test: $(STAMP)
 # Skips the tests marked slow; for quick local iterations only.
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -n 2 --dist loadfile -m "not slow"
+
+# TF-Agents' own tests of the mirrored modules, alone (make test runs them too).
+test-compat: $(STAMP)
+	$(BIN)/python -m pytest tests/tf_agents_compat -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

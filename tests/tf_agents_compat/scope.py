@@ -16,6 +16,7 @@ Test ids are ``<file>::<Class>::<test>`` with ``<file>`` the wheel path under
 from __future__ import annotations
 
 FILES = (
+    "specs/specs_test.py",
     "specs/array_spec_test.py",
     "specs/tensor_spec_test.py",
     "trajectories/time_step_test.py",

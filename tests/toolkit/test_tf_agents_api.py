@@ -148,12 +148,15 @@ def test_update_by_name_and_non_trainable_rate():
     frozen_t = tf.Variable(0.0, trainable=False)
     frozen_s = tf.Variable(1.0, trainable=False)
     target._extra, source._extra = [counter_t, frozen_t], [counter_s, frozen_s]
-    before = [v.numpy() for v in target.variables() if v.trainable]
+    before = {v.name: v.numpy() for v in target.variables() if v.trainable}
+    theirs = {v.name: v.numpy() for v in source.variables() if v.trainable}
     target.update(source, tau=0.5, tau_non_trainable=0.25, sort_variables_by_name=True)
     assert counter_t.numpy() == 9  # integers are copied
     assert frozen_t.numpy() == pytest.approx(0.25)
-    for variable, old in zip([v for v in target.variables() if v.trainable], before, strict=True):
-        assert not np.array_equal(variable.numpy(), old)
+    for variable in target.variables():
+        if variable.trainable:
+            expected = 0.5 * before[variable.name] + 0.5 * theirs[variable.name]
+            np.testing.assert_allclose(variable.numpy(), expected, rtol=1e-6)
     kept = [v.numpy() for v in target.variables()]
     target.update(source, tau=0.0, tau_non_trainable=0.0)
     for variable, old in zip(target.variables(), kept, strict=True):
@@ -219,7 +222,7 @@ def test_actions_of_another_dtype_are_a_type_error_naming_the_leaf():
     policy = WrongDtype(TIME_STEP_SPEC, DISCRETE)
     with pytest.raises(
         ActionDtypeError,
-        match=r"^move: expected dtype int32, got int64 \(WrongDtype._action produced an action "
+        match=r"^action: expected dtype int32, got int64 \(WrongDtype._action produced an action "
         r"with a dtype that doesn't match its action_spec\)$",
     ):
         policy.action(ts.restart(tf.zeros([2, 3]), batch_size=2))
@@ -319,3 +322,15 @@ def test_py_tf_policy_keeps_the_compat_update():
     np.testing.assert_array_equal(
         py_target.action(step, seed=1).action, py_source.action(step, seed=1).action
     )
+
+
+def test_specs_package_gives_tensor_specs_as_tf_agents_specs():
+    from toolkit import specs
+
+    assert specs.TensorSpec is tensor_spec.TensorSpec
+    assert specs.BoundedTensorSpec is tensor_spec.BoundedTensorSpec
+    assert specs.tensor_spec is tensor_spec
+    assert specs.ArraySpec is array_spec.ArraySpec
+    with pytest.raises(AttributeError, match="module 'toolkit.specs' has no attribute 'Nope'"):
+        specs.Nope  # noqa: B018
+

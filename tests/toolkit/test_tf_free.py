@@ -50,7 +50,7 @@ def test_core_modules_import_and_work_without_tensorflow():
         import sys
         import numpy as np
         import toolkit, runtimes, exporters  # package __init__s import nothing heavy
-        from toolkit import bundle, distribution_families, errors, nest
+        from toolkit import bundle, distribution_families, errors, nest, specs
         from toolkit.specs import array_spec
         from toolkit.trajectories import time_step as ts, policy_step
         from toolkit.policies import py_policy, random_py_policy, scripted_py_policy
@@ -64,6 +64,7 @@ def test_core_modules_import_and_work_without_tensorflow():
         state = scripted.action(None, scripted.get_initial_state()).state
         assert scripted.action(None, state).action.tolist() == [1, 2]
         assert array_spec.spec_nest_from_json(array_spec.spec_nest_to_json(obs)) == obs
+        assert specs.BoundedArraySpec is array_spec.BoundedArraySpec  # as tf_agents.specs
         tests.tf_blocker.assert_no_heavy_modules()
         print("ok")
         """,
