@@ -334,3 +334,43 @@ def test_specs_package_gives_tensor_specs_as_tf_agents_specs():
     with pytest.raises(AttributeError, match="module 'toolkit.specs' has no attribute 'Nope'"):
         specs.Nope  # noqa: B018
 
+
+def test_distribution_outputs_are_distribution_specs_v2():
+    from toolkit.distributions.utils import (
+        DistributionSpecV2,
+        Params,
+        get_parameters,
+        make_from_parameters,
+    )
+
+    discrete = ActorDistributionNetwork(OBS, DISCRETE, fc_layer_params=(4,))
+    spec = discrete.create_variables()
+    assert isinstance(spec, DistributionSpecV2)
+    assert spec.event_shape == () and spec.dtype == tf.int32
+    assert spec.event_spec == tf.TensorSpec((), tf.int32)
+    # the logits' batch of one is gone: one entry's three logits
+    logits = spec.parameters.params["logits"]
+    assert logits == tf.TensorSpec((3,), tf.float32)
+    assert discrete.create_variables() is spec
+    continuous = ActorDistributionNetwork(OBS, CONTINUOUS, fc_layer_params=(4,))
+    assert continuous.create_variables().event_shape == (2,)
+    # TF-Agents' network_test's expected spec of a Normal over (3,)
+    normal = tfd.Normal(loc=tf.zeros([1, 3]), scale=tf.ones([1, 3]))
+    params = get_parameters(normal)
+    assert params.type_ is tfd.Normal and set(params.params) == {"loc", "scale"}
+    again = make_from_parameters(params)
+    assert isinstance(again, tfd.Normal)
+    np.testing.assert_array_equal(again.scale.numpy(), np.ones([1, 3]))
+    expected = DistributionSpecV2(
+        (),
+        tf.float32,
+        Params(tfd.Normal, {"loc": tf.TensorSpec((3,)), "scale": tf.TensorSpec((3,))}),
+    )
+    assert QNetwork(OBS, DISCRETE).create_variables() == tf.TensorSpec((3,), tf.float32)
+    assert expected != spec and expected == DistributionSpecV2(
+        [], "float32", Params(tfd.Normal, dict(expected.parameters.params))
+    )
+    with pytest.raises(TypeError, match="expected tf.TypeSpec parameters, got a tensor"):
+        DistributionSpecV2((), tf.float32, params)
+    with pytest.raises(TypeError, match=r"expected an object with a `parameters` dict"):
+        get_parameters(3)

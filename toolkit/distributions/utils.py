@@ -8,6 +8,9 @@ the leaf's event shape; ``params_from_distribution`` describes such a distributi
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import tensorflow as tf
@@ -22,13 +25,133 @@ from toolkit.specs import tensor_spec
 tfd = tfp.distributions
 
 __all__ = [
+    "DistributionSpecV2",
+    "Params",
     "as_action_distribution",
+    "get_parameters",
     "independent",
     "is_distribution",
     "is_instance",
+    "make_from_parameters",
     "params_from_distribution",
     "unwrap_independent",
 ]
+
+
+@dataclasses.dataclass(eq=True)
+class Params:
+    """The recursive parameters of a TFP distribution (or bijector, linear operator...),
+    as TF-Agents' ``distributions.utils.Params``: its type and the arguments given to its
+    ``__init__`` that are not their defaults, nested objects with ``parameters`` as
+    ``Params`` themselves. ``get_parameters`` makes one, ``make_from_parameters`` the
+    object back."""
+
+    type_: type
+    params: dict[str, Any]
+
+
+def get_parameters(value: Any) -> Params:
+    """``value``'s ``Params`` (TypeError if it has no ``parameters`` dict)."""
+    parameters = getattr(value, "parameters", None)
+    if not isinstance(parameters, Mapping):
+        raise TypeError(
+            f"get_parameters: expected an object with a `parameters` dict (a TFP "
+            f"distribution, bijector...), got {type(value).__name__} with parameters "
+            f"{parameters!r}"
+        )
+    signature = inspect.signature(type(value).__init__).parameters
+    defaults = {k: p.default for k, p in signature.items() if p.default is not p.empty}
+
+    def convert(item: Any) -> Any:
+        return get_parameters(item) if getattr(item, "parameters", None) is not None else item
+
+    return Params(
+        type(value),
+        {
+            key: tf.nest.map_structure(convert, item)
+            for key, item in parameters.items()
+            # As TF-Agents: defaults (and Nones) are left out, the type supplies them.
+            if item is not None and item is not defaults.get(key)
+        },
+    )
+
+
+def make_from_parameters(value: Params) -> Any:
+    """The object ``value`` describes: ``value.type_(**value.params)``, nested ``Params``
+    made first."""
+
+    def make(item: Any) -> Any:
+        return make_from_parameters(item) if isinstance(item, Params) else item
+
+    return value.type_(
+        **{key: tf.nest.map_structure(make, item) for key, item in value.params.items()}
+    )
+
+
+def map_params(function: Callable[[Any], Any], value: Params) -> Params:
+    """``value`` with ``function`` applied to every leaf that is not a ``Params``."""
+
+    def apply(item: Any) -> Any:
+        return map_params(function, item) if isinstance(item, Params) else function(item)
+
+    return Params(
+        value.type_,
+        {key: tf.nest.map_structure(apply, item) for key, item in value.params.items()},
+    )
+
+
+class DistributionSpecV2:
+    """The spec of a distribution a network outputs, as TF-Agents': its event shape,
+    dtype, and ``Params`` whose tensors are ``tf.TypeSpec``s (tensors are refused: a
+    spec holds no values)."""
+
+    def __init__(self, event_shape: Any, dtype: Any, parameters: Params) -> None:
+        def refuse_tensors(item: Any) -> Any:
+            if tf.is_tensor(item):
+                raise TypeError(
+                    f"DistributionSpecV2: expected tf.TypeSpec parameters, got a tensor in "
+                    f"{parameters}"
+                )
+            return item
+
+        map_params(refuse_tensors, parameters)
+        self._event_shape = tf.TensorShape(event_shape)
+        self._dtype = tf.as_dtype(dtype)
+        self._parameters = parameters
+        self._event_spec = tf.TensorSpec(self._event_shape, self._dtype)
+
+    @property
+    def event_shape(self) -> tf.TensorShape:
+        return self._event_shape
+
+    @property
+    def dtype(self) -> tf.DType:
+        return self._dtype
+
+    @property
+    def event_spec(self) -> tf.TensorSpec:
+        """The spec of one sample."""
+        return self._event_spec
+
+    @property
+    def parameters(self) -> Params:
+        return self._parameters
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, DistributionSpecV2)
+            and self._event_shape == other._event_shape
+            and self._dtype == other._dtype
+            and self._parameters == other._parameters
+        )
+
+    __hash__ = None  # type: ignore[assignment]  # mutable Params inside, as TF-Agents
+
+    def __repr__(self) -> str:
+        return (
+            f"<DistributionSpecV2: event_shape={self._event_shape}, dtype={self._dtype}, "
+            f"parameters={self._parameters}>"
+        )
 
 
 def is_distribution(value: Any) -> bool:

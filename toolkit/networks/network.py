@@ -24,6 +24,7 @@ import optree
 import tensorflow as tf
 
 from toolkit import nest
+from toolkit.distributions import utils as dist_utils
 from toolkit.errors import SpecMismatchError, StructureError, UnsupportedError
 from toolkit.specs import tensor_spec
 
@@ -471,15 +472,24 @@ def _keras_layers(module: tf.Module) -> list[Any]:
 
 
 def _output_spec(output: Any) -> Any:
-    """The spec of one output of a batch-of-one call: tensors lose their batch dim;
-    distributions are described by their event."""
+    """The spec of one output of a batch-of-one call, as TF-Agents': tensors lose their
+    batch dim; a distribution is a ``DistributionSpecV2`` whose parameters' specs lose
+    it too."""
+
+    def unbatched(value: Any) -> Any:
+        if not tf.is_tensor(value):
+            return value
+        shape = value.shape
+        if shape.rank and shape[0] == 1:  # scalar parameters have no batch dim to lose
+            shape = shape[1:]
+        return tf.TensorSpec(shape, value.dtype)
 
     def spec(value: Any) -> Any:
         if isinstance(value, tf.Tensor):
             return tf.TensorSpec(value.shape[1:], value.dtype)
-        event_shape = getattr(value, "event_shape", None)
-        if event_shape is not None:
-            return tf.TensorSpec(event_shape, value.dtype)
+        if dist_utils.is_distribution(value):
+            parameters = dist_utils.map_params(unbatched, dist_utils.get_parameters(value))
+            return dist_utils.DistributionSpecV2(value.event_shape, value.dtype, parameters)
         return value
 
     return nest.map_structure(spec, output)
