@@ -49,7 +49,7 @@ def rendered() -> tuple[np.ndarray, np.ndarray]:
     env.reset(seed=0)
     frames, angles = [], []
     for _ in range(FRAMES):
-        frames.append(env.render()[::STRIDE, ::STRIDE])
+        frames.append(_downsample(env.render()))
         angles.append(float(env.unwrapped.state[2]))
         _, _, terminated, truncated, _ = env.step(int(rng.integers(2)))
         if terminated or truncated:
@@ -58,12 +58,22 @@ def rendered() -> tuple[np.ndarray, np.ndarray]:
     return np.stack(frames), np.asarray(angles, np.float32)
 
 
+def _downsample(frame: np.ndarray) -> np.ndarray:
+    """STRIDE x STRIDE blocks averaged: the thin pole stays visible as a shade (every
+    STRIDE-th pixel alone misses it in most frames)."""
+    height, width, channels = frame.shape
+    blocks = frame.reshape(height // STRIDE, STRIDE, width // STRIDE, STRIDE, channels)
+    return blocks.mean(axis=(1, 3)).round().astype(np.uint8)
+
+
 def _observation_spec(frames: np.ndarray) -> tf.TensorSpec:
     return tensor_spec.BoundedTensorSpec(frames.shape[1:], tf.uint8, 0, 255, name="pixels")
 
 
-def _fit(network, frames: np.ndarray, loss_fn, steps: int = 100) -> None:
-    optimizer = tf_keras.optimizers.Adam(3e-3)
+def _fit(network, frames: np.ndarray, loss_fn, steps: int = 200) -> None:
+    # 200 steps at 1e-2: the Q fit then gets about 97% of the frames right (100 at 3e-3
+    # stayed at the majority action, a quarter of the frames lean right), ~4 s of CPU.
+    optimizer = tf_keras.optimizers.Adam(1e-2)
     pixels = tf.constant(frames)
     for _ in range(steps):
         with tf.GradientTape() as tape:
@@ -77,6 +87,8 @@ def _fit(network, frames: np.ndarray, loss_fn, steps: int = 100) -> None:
 def bundles(rendered, tmp_path_factory) -> dict[str, tuple]:
     """The two image policies, each fitted and exported once: name -> (policy, bundle)."""
     frames, angles = rendered
+    # Initial weights seeded: a fit from an unlucky start can leave one action everywhere.
+    tf_keras.utils.set_random_seed(0)
     spec = _observation_spec(frames)
     time_step_spec = ts.time_step_spec(spec)
     scale = tf_keras.layers.Rescaling(1 / 255.0)
