@@ -1,6 +1,7 @@
 """Which of TF-Agents' tests run against our modules, and what each is expected to do.
 
-- ``FILES``: the test files of the modules this project mirrors (issue 23's list); every
+- ``FILES``: the test files of the modules this project mirrors (issue 23's list, and
+  ``distributions`` for ShiftedCategorical and DistributionSpecV2's Params); every
   other test file of the wheel (bandits, agents, drivers, environments, replay buffers,
   policy saving, gin, ...) is out of scope and not collected.
 - ``DESELECTED``: tests of those files that test something out of scope (TF1 graph mode,
@@ -42,6 +43,8 @@ FILES = (
     "networks/actor_distribution_rnn_network_test.py",
     "networks/value_rnn_network_test.py",
     "utils/nest_utils_test.py",
+    "distributions/shifted_categorical_test.py",
+    "distributions/utils_test.py",
 )
 
 #: Tests that capture file descriptor 1 themselves (tf.test's captureWritesToStream, to
@@ -56,6 +59,11 @@ _DRIVERS = "drivers and TF environments are not mirrored (a driver over a TFPyEn
 _BANDITS = "bandit policies and their per-arm features and policy types are not mirrored"
 _TF1 = "TF1 only: graphs, sessions or placeholders (this project is TF2, eager or tf.function)"
 _FEATURE_COLUMNS_V1 = "TF1's Keras DenseFeatures (feature columns v1) are TF1 only"
+_DIST_UTILS = (
+    "not mirrored: scale_distribution_to_spec and SquashToSpecNormal (NormalProjectionNetwork's "
+    "scale_distribution=True; continuous projections here are 'normal' and 'tanh_normal'), "
+    "parameters_to_dict and merge_to_parameters_from_dict (TF-Agents' policy saver)"
+)
 
 #: test id (or prefix*) -> why it is not collected.
 DESELECTED: dict[str, str] = {
@@ -82,6 +90,9 @@ DESELECTED: dict[str, str] = {
     "networks/encoding_network_test.py::EncodingNetworkTest::testDenseFeaturesV1RaisesError": (
         _FEATURE_COLUMNS_V1
     ),
+    "distributions/utils_test.py::UtilsTest::testScaleDistribution": _DIST_UTILS,
+    "distributions/utils_test.py::UtilsTest::testSquashToSpecNormal*": _DIST_UTILS,
+    "distributions/utils_test.py::UtilsTest::testParameters*": _DIST_UTILS,
     # A module-level helper returning the file's parameterization; pytest takes its name
     # for a test's.
     "policies/actor_policy_test.py::test_cases": "a helper of the test file, not a test",

@@ -374,3 +374,24 @@ def test_distribution_outputs_are_distribution_specs_v2():
         DistributionSpecV2((), tf.float32, params)
     with pytest.raises(TypeError, match=r"expected an object with a `parameters` dict"):
         get_parameters(3)
+
+
+def test_shifted_categorical_of_probs_as_tf_agents():
+    from toolkit.distributions.shifted_categorical import ShiftedCategorical
+    from toolkit.distributions.utils import params_from_distribution
+
+    probs = np.array([[0.1, 0.6, 0.3]], np.float32)
+    of_probs = ShiftedCategorical(probs=probs, shift=-1)
+    of_logits = ShiftedCategorical(np.log(probs), shift=-1)
+    values = tf.constant([[-2], [-1], [0], [1], [2]])
+    np.testing.assert_allclose(of_probs.prob(values), of_logits.prob(values), rtol=1e-6)
+    np.testing.assert_allclose(of_probs.cdf(values)[:, 0], [0.0, 0.1, 0.7, 1.0, 1.0], rtol=1e-6)
+    assert of_probs.mode().numpy().tolist() == [0] and of_probs.logits is None
+    spec = tensor_spec.BoundedTensorSpec((), tf.int32, -1, 1)
+    exported = params_from_distribution(of_probs, spec, batch_size=1)
+    assert exported.shift == -1
+    np.testing.assert_allclose(tf.nn.softmax(exported.params["logits"]).numpy(), probs, rtol=1e-6)
+    with pytest.raises(ValueError, match="expected exactly one of logits and probs, got both"):
+        ShiftedCategorical(np.log(probs), probs)
+    with pytest.raises(ValueError, match="expected exactly one of logits and probs, got neither"):
+        ShiftedCategorical()

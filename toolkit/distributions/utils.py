@@ -276,8 +276,9 @@ def params_from_distribution(
         return families.DistributionParams(family, params, event_ndims, dtype, shift)
 
     if isinstance(base, ShiftedCategorical):
-        n = base.logits.shape[-1]
-        logits = tf.broadcast_to(base.logits, tf.concat([shape, [tf.shape(base.logits)[-1]]], 0))
+        given = base.logits_parameter()  # also when it was given probs
+        n = given.shape[-1]
+        logits = tf.broadcast_to(given, tf.concat([shape, [tf.shape(given)[-1]]], 0))
         if n is not None:
             logits = tf.ensure_shape(logits, [None, *spec.shape.as_list(), n])
         return make(families.CATEGORICAL, shift=base.shift, logits=logits)

@@ -186,7 +186,7 @@ def _masked(distribution: Any, mask: Any, spec: Any) -> Any:
         raise SpecError(
             f"an action mask needs a categorical actor output, got {type(base).__name__}"
         )
-    logits = base.logits
+    logits = base.logits_parameter()
     mask = tf.reshape(tf.cast(mask, tf.bool), tf.shape(logits))
     logits = tf.where(mask, logits, tf.constant(logits.dtype.min, logits.dtype))
     return dist_utils.independent(
