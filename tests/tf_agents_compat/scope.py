@@ -61,8 +61,7 @@ _TF1 = "TF1 only: graphs, sessions or placeholders (this project is TF2, eager o
 _FEATURE_COLUMNS_V1 = "TF1's Keras DenseFeatures (feature columns v1) are TF1 only"
 _DIST_UTILS = (
     "not mirrored: scale_distribution_to_spec and SquashToSpecNormal (NormalProjectionNetwork's "
-    "scale_distribution=True; continuous projections here are 'normal' and 'tanh_normal'), "
-    "parameters_to_dict and merge_to_parameters_from_dict (TF-Agents' policy saver)"
+    "scale_distribution=True; continuous projections here are 'normal' and 'tanh_normal')"
 )
 
 #: test id (or prefix*) -> why it is not collected.
@@ -92,7 +91,6 @@ DESELECTED: dict[str, str] = {
     ),
     "distributions/utils_test.py::UtilsTest::testScaleDistribution": _DIST_UTILS,
     "distributions/utils_test.py::UtilsTest::testSquashToSpecNormal*": _DIST_UTILS,
-    "distributions/utils_test.py::UtilsTest::testParameters*": _DIST_UTILS,
     # A module-level helper returning the file's parameterization; pytest takes its name
     # for a test's.
     "policies/actor_policy_test.py::test_cases": "a helper of the test file, not a test",

@@ -33,6 +33,8 @@ __all__ = [
     "is_distribution",
     "is_instance",
     "make_from_parameters",
+    "merge_to_parameters_from_dict",
+    "parameters_to_dict",
     "params_from_distribution",
     "unwrap_independent",
 ]
@@ -86,6 +88,68 @@ def make_from_parameters(value: Params) -> Any:
     return value.type_(
         **{key: tf.nest.map_structure(make, item) for key, item in value.params.items()}
     )
+
+
+def _entries(key: str, item: Any) -> list[tuple[str, Any]]:
+    """``[(key, item)]`` for a leaf (or ``Params``); ``key:0``, ``key:1``... for the leaves
+    of a list, tuple or dict, in ``tf.nest.flatten`` order."""
+    if isinstance(item, Params) or not tf.nest.is_nested(item):
+        return [(key, item)]
+    return [(f"{key}:{i}", leaf) for i, leaf in enumerate(tf.nest.flatten(item))]
+
+
+def parameters_to_dict(value: Params, tensors_only: bool = False) -> dict[str, Any]:
+    """``value`` as nested dicts, as TF-Agents': a nested ``Params`` is a dict of its own,
+    the leaves of a list or dict parameter are ``name:0``, ``name:1``... With
+    ``tensors_only``, only tensor leaves (and the nested dicts) are kept."""
+    out: dict[str, Any] = {}
+    for key, item in value.params.items():
+        for name, leaf in _entries(key, item):
+            if isinstance(leaf, Params):
+                out[name] = parameters_to_dict(leaf, tensors_only)
+            elif not tensors_only or tf.is_tensor(leaf):
+                out[name] = leaf
+    return out
+
+
+def merge_to_parameters_from_dict(value: Params, params_dict: Mapping[str, Any]) -> Params:
+    """``value`` with the entries of ``params_dict`` (a ``parameters_to_dict`` output, maybe
+    edited or partial) in place of its own.
+
+    Raises:
+      ValueError: ``params_dict`` has keys ``value`` has not.
+      KeyError: only some of the entries of one list or dict parameter are given (which
+        of them would be ambiguous once the structure changed).
+    """
+    params: dict[str, Any] = {}
+    processed: list[str] = []
+    for key, item in value.params.items():
+        entries = _entries(key, item)
+        names = [name for name, _ in entries]
+        processed.extend(names)
+        given = [name for name in names if name in params_dict]
+        nested = tf.nest.is_nested(item) and not isinstance(item, Params)
+        if nested and given and len(given) != len(names):
+            raise KeyError(
+                f"Only saw partial information from the dictionary for nested key "
+                f"'{key}' in params_dict. Entries provided: {sorted(given)}. Entries "
+                f"required: {sorted(names)}"
+            )
+        leaves = []
+        for name, leaf in entries:
+            if name in params_dict:
+                new = params_dict[name]
+                leaf = merge_to_parameters_from_dict(leaf, new) if isinstance(leaf, Params) else new
+            leaves.append(leaf)
+        params[key] = tf.nest.pack_sequence_as(item, leaves) if nested else leaves[0]
+    unknown = set(params_dict) - set(processed)
+    if unknown:
+        raise ValueError(
+            f"params_dict had keys that were not part of value.params: {sorted(unknown)}. "
+            f"params_dict keys: {sorted(params_dict)}, value.params processed keys: "
+            f"{sorted(processed)}"
+        )
+    return Params(value.type_, params)
 
 
 def map_params(function: Callable[[Any], Any], value: Params) -> Params:
