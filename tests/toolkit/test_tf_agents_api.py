@@ -13,7 +13,13 @@ import tensorflow_probability as tfp
 import tf_keras
 
 from toolkit import nest
-from toolkit.errors import ActionDtypeError, SpecError, SpecMismatchError, SpecTypeError
+from toolkit.errors import (
+    ActionDtypeError,
+    NoAllowedActionError,
+    SpecError,
+    SpecMismatchError,
+    SpecTypeError,
+)
 from toolkit.networks.actor_distribution_network import ActorDistributionNetwork
 from toolkit.networks.actor_distribution_rnn_network import ActorDistributionRnnNetwork
 from toolkit.networks.actor_network import ActorNetwork
@@ -395,3 +401,37 @@ def test_shifted_categorical_of_probs_as_tf_agents():
         ShiftedCategorical(np.log(probs), probs)
     with pytest.raises(ValueError, match="expected exactly one of logits and probs, got neither"):
         ShiftedCategorical()
+
+
+def test_a_wrapper_of_a_masked_policy_traces_its_params_without_the_mask_check():
+    from toolkit.action_masks import MaskSplitter
+
+    features = tensor_spec.TensorSpec((3,), tf.float32, name="observation/features")
+    mask = tensor_spec.BoundedTensorSpec((3,), tf.int8, 0, 1, name="observation/mask")
+    observation = {"features": features, "mask": mask}
+    masked = q_policy.QPolicy(
+        ts.time_step_spec(observation),
+        DISCRETE,
+        QNetwork(features, DISCRETE, fc_layer_params=(4,)),
+        observation_and_action_constraint_splitter=MaskSplitter("features", "mask"),
+    )
+    greedy = greedy_policy.GreedyPolicy(masked)
+    blocked = np.array([[1, 0, 1], [0, 0, 0]], np.int8)
+    step = ts.restart({"features": tf.zeros([2, 3]), "mask": tf.constant(blocked)}, batch_size=2)
+    # The public calls refuse the blocked row, also where the wrapper asks the Q policy...
+    with pytest.raises(NoAllowedActionError, match=r"^observation/mask\[1\]: expected at least"):
+        greedy.distribution(step)
+
+    # ...but what an export traces gives the parameters (the runtime checks the mask).
+    @tf.function
+    def exported(time_step):
+        return dict(greedy.distribution_params(time_step)[0].params)
+
+    params = exported(step)
+    graph = exported.get_concrete_function(step).graph
+    assert not [op.name for op in graph.get_operations() if "check_action_mask" in op.name]
+    assert params and all(value.shape[0] == 2 for value in params.values())
+    # The same trace of the Q policy itself has the check (it is called from within).
+    checked = tf.function(lambda time_step: masked.distribution(time_step).action.logits)
+    ops = checked.get_concrete_function(step).graph.get_operations()
+    assert [op.name for op in ops if "check_action_mask" in op.name]

@@ -26,6 +26,7 @@ checks and batch-dim helpers that only it uses.
 
 from __future__ import annotations
 
+import contextvars
 import copy
 from collections.abc import Callable
 from typing import Any
@@ -72,6 +73,13 @@ __all__ = [
 ]
 
 LOG_PROBABILITY = families.LOG_PROBABILITY
+
+#: True while ``distribution_params`` runs: what exports trace has no action-mask check
+#: (runtimes check the mask the bundle declares), not even in the public ``distribution()``
+#: calls a wrapper policy makes to the policy it wraps.
+_PARAMS_ONLY: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "toolkit_policy_params_only", default=False
+)
 
 
 # --- specs and values ------------------------------------------------------------------
@@ -388,7 +396,11 @@ class TFPolicy(tf.Module):
         """
         time_step, policy_state, restore = self._prepare(time_step, policy_state)
         policy_state = self._reset_state(time_step, policy_state)
-        params, state, info = self._distribution_params(time_step, policy_state)
+        token = _PARAMS_ONLY.set(True)
+        try:
+            params, state, info = self._distribution_params(time_step, policy_state)
+        finally:
+            _PARAMS_ONLY.reset(token)
         if self.is_stateful:
             state = _check_outputs(state, self._policy_state_spec, "state", type(self).__name__)
         step = restore(PolicyStep(params, state, info), params=True)
@@ -578,7 +590,7 @@ class TFPolicy(tf.Module):
         check the mask the bundle declares themselves.
         """
         splitter = self.observation_and_action_constraint_splitter
-        if splitter is None:
+        if splitter is None or _PARAMS_ONLY.get():
             return
         _, mask = splitter(time_step.observation)
         mask = tf.convert_to_tensor(mask)
