@@ -27,6 +27,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import os
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -513,7 +514,7 @@ class ProgressBar:
             TextColumn("eval {task.fields[evaluation]}"),
             TextColumn("{task.fields[lag]}"),
             TimeElapsedColumn(),
-            console=Console(stderr=True),
+            console=Console(stderr=True, width=_progress_width()),
         )
         self._task = self._progress.add_task(
             description, total=total, loss="-", ret="-", evaluation="-", lag=""
@@ -539,6 +540,17 @@ class ProgressBar:
             evaluation=format_number(progress.eval_return),
             lag="" if progress.policy_lag is None else f"lag {progress.policy_lag}",
         )
+
+
+def _progress_width() -> int | None:
+    """The terminal's width on a terminal; else wide enough for the whole line.
+
+    Output that is not a terminal gets the bar's last state once, at the end, at rich's
+    default of 80 columns, which cut the step count ("13054/200...").
+    """
+    if sys.stderr.isatty():
+        return None
+    return max(int(os.environ.get("COLUMNS") or 0), 200)
 
 
 def report_run(
