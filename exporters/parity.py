@@ -159,9 +159,14 @@ def verify(
         module = module_for(policy, layout.train_step, {})
         runners["tf_policy"] = _tf_runner(module.info.functions["distribution"])
     present = [export_formats.get(name) for name in export_formats.names() if layout.has(name)]
+    checked_apart = []  # formats with no distribution runner: their extra_checks verify them
     for fmt in present:
-        runners[fmt.name] = fmt.runner(root, layout)
-    if len(runners) < 2:
+        run = fmt.runner(root, layout)
+        if run is None:
+            checked_apart.append(fmt.name)
+        else:
+            runners[fmt.name] = run
+    if len(runners) < 2 and not checked_apart:
         raise BundleError(
             f"{root}: nothing to compare: the bundle has one form ({list(runners)}) and no "
             "policy was given"
@@ -171,8 +176,8 @@ def verify(
     rng = np.random.default_rng(seed)
     states = {name: graph_io.initial_state(layout, num_samples) for name in runners}
     worst: dict[tuple[str, str], list[float | bool]] = {}
-    reference = next(iter(runners))
-    for step in range(steps):
+    reference = next(iter(runners), None)
+    for step in range(steps if len(runners) > 1 else 0):
         time_step = graph_io.sample_time_steps(
             layout, num_samples, rng, first=step == 0, stateful=stateful
         )
@@ -199,8 +204,8 @@ def verify(
         rows += fmt.extra_checks(root, layout, num_samples)
     return VerifyReport(
         bundle=root,
-        reference=reference,
-        forms=list(runners),
+        reference=reference if reference is not None else "held-out real states",
+        forms=[*runners, *checked_apart],
         num_samples=num_samples,
         steps=steps,
         atol=atol,

@@ -45,6 +45,7 @@ _MODULES = (
     "exporters.formats.saved_model",
     "exporters.formats.onnx",
     "exporters.formats.litert",
+    "exporters.formats.micro",
 )
 
 FORMATS: dict[str, Format] = {}

@@ -1,0 +1,198 @@
+"""TFLite Micro's own interpreter over a micro model (``MicroModel``), TF-free.
+
+Shared by the micro backend (``runtimes.backends.micro``) and the micro export, which
+measures its model through the same interpreter a device runs. Needs the ``tflite-micro``
+package (``pip install 'policy-toolkit[micro]'``; only dev releases exist on PyPI).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from toolkit.errors import BundleError
+
+__all__ = ["ARENA_ALIGN", "OPS", "MicroModel", "actions_of", "check_model", "smallest_arena"]
+
+#: Arena sizes are measured in steps of this many bytes (TFLite Micro aligns to 16).
+ARENA_ALIGN = 16
+#: The largest arena tried when measuring (a micro policy needs a few KiB).
+MAX_ARENA = 1 << 22
+
+
+#: The builtin ops a micro model may use (what ``exporters.micro.tflite_model`` writes).
+OPS = frozenset(
+    (
+        "ADD",
+        "ARG_MAX",
+        "DEQUANTIZE",
+        "FULLY_CONNECTED",
+        "MAXIMUM",
+        "MINIMUM",
+        "MUL",
+        "QUANTIZE",
+        "TANH",
+    )
+)
+
+
+def check_model(model: bytes, where: str) -> None:
+    """Refuses a model that is not a canonical flatbuffer of the ops above, before TFLite
+    Micro sees it: TFLite Micro does not verify flatbuffers (a hostile offset would be
+    read as it stands), so the model is parsed with the schema's Python reader (which
+    raises on any offset outside the buffer), packed again, and must come out byte for
+    byte as it went in.
+
+    Raises:
+      BundleError: a model that does not parse, is not canonical, or uses other ops.
+    """
+    import flatbuffers
+    from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as schema
+
+    try:
+        if len(model) < 8 or model[4:8] != b"TFL3":
+            raise ValueError("no TFL3 identifier")
+        parsed = schema.ModelT.InitFromPackedBuf(bytearray(model), 0)
+        builder = flatbuffers.Builder(1024)
+        builder.Finish(parsed.Pack(builder), file_identifier=b"TFL3")
+        canonical = bytes(builder.Output()) == model
+        names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+        ops = {
+            names.get(max(c.builtinCode, c.deprecatedBuiltinCode))
+            for c in parsed.operatorCodes or ()
+        }
+        subgraphs = len(parsed.subgraphs or ())
+    except Exception as e:  # a hostile buffer raises whatever its bytes lead the reader to
+        raise BundleError(
+            f"{where}: expected a TFLite Micro model, got unreadable bytes ({e})"
+        ) from e
+    if not canonical:
+        raise BundleError(f"{where}: expected a canonical micro model flatbuffer; it was altered")
+    if subgraphs != 1 or not ops <= OPS:
+        raise BundleError(
+            f"{where}: expected one subgraph of {sorted(OPS)}, got {subgraphs} subgraphs of "
+            f"{sorted(str(o) for o in ops)}"
+        )
+
+
+def _interpreter(model: bytes, arena: int) -> Any:
+    from tflite_micro.python.tflite_micro import runtime
+
+    return runtime.Interpreter.from_bytes(model, arena_size=arena)
+
+
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """Keeps TFLite Micro's allocation failures (C++ prints them to fd 2) off stderr while
+    the arena is measured: the bisection fails on purpose."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
+
+
+def _fits(model: bytes, arena: int) -> bool:
+    try:
+        interpreter = _interpreter(model, arena)
+        details = interpreter.get_input_details(0)
+        interpreter.set_input(np.zeros(details["shape"], details["dtype"]), 0)
+        interpreter.invoke()
+    except (RuntimeError, ValueError):
+        return False
+    return True
+
+
+def smallest_arena(model: bytes, where: str) -> int:
+    """The smallest tensor arena (bytes, a multiple of 16) TFLite Micro runs ``model`` in,
+    found by bisection over real interpreter allocations.
+
+    Raises:
+      BundleError: the model does not run even in ``MAX_ARENA`` bytes.
+    """
+    with _quiet_stderr():
+        return _smallest(model, where)
+
+
+def _smallest(model: bytes, where: str) -> int:
+    if not _fits(model, MAX_ARENA):
+        raise BundleError(
+            f"{where}: TFLite Micro cannot run the model (not even in a {MAX_ARENA}-byte arena)"
+        )
+    low, high = 0, MAX_ARENA // ARENA_ALIGN  # fits at high * 16, not at low * 16
+    while high - low > 1:
+        mid = (low + high) // 2
+        if _fits(model, mid * ARENA_ALIGN):
+            high = mid
+        else:
+            low = mid
+    return high * ARENA_ALIGN
+
+
+class MicroModel:
+    """One micro model under TFLite Micro's interpreter: float observations ``[1, n]`` in,
+    the action out (int32 ``[1]`` index or float32 ``[1, k]``), one state per call.
+
+    Args:
+      model: the model bytes (already checked against the bundle's file table).
+      arena: the tensor arena size in bytes (the manifest's measured size).
+      inputs: the observation features the model declares (checked against the model).
+      where: the model's file, for messages.
+
+    Raises:
+      BundleError: a model TFLite Micro refuses, or one whose input is not ``[1, inputs]``
+        float32.
+    """
+
+    def __init__(self, model: bytes, arena: int, inputs: int, where: str):
+        check_model(model, where)
+        try:
+            self._interpreter = _interpreter(model, int(arena))
+            details = self._interpreter.get_input_details(0)
+        except (RuntimeError, ValueError) as e:
+            raise BundleError(f"{where}: TFLite Micro refuses the model: {e}") from e
+        shape = tuple(int(d) for d in details["shape"])
+        if shape != (1, inputs) or np.dtype(details["dtype"]) != np.float32:
+            raise BundleError(
+                f"{where}: expected a float32 input of shape (1, {inputs}), got "
+                f"{np.dtype(details['dtype']).name} {shape}"
+            )
+        self.inputs = inputs
+        self.where = where
+
+    def __call__(self, observations: np.ndarray) -> np.ndarray:
+        """The model's outputs for flat observations ``[N, n]``, stacked ``[N, ...]``."""
+        x = np.ascontiguousarray(observations, np.float32).reshape(-1, 1, self.inputs)
+        interpreter = self._interpreter
+        out = []
+        for row in x:
+            interpreter.set_input(row, 0)
+            try:
+                interpreter.invoke()
+            except RuntimeError as e:
+                raise BundleError(f"{self.where}: TFLite Micro failed to invoke: {e}") from e
+            out.append(np.array(interpreter.get_output(0)))
+        return np.stack(out).reshape(len(x), *out[0].shape[1:]) if out else np.zeros((0,))
+
+
+def actions_of(section: Any, out: np.ndarray) -> np.ndarray:
+    """The policy's actions ``[N, *shape]`` from the micro model's outputs, as the
+    manifest's ``micro.action`` says: the argmax index plus the categorical's shift (the
+    action dtype), or the float action."""
+    action = section["action"]
+    shape = tuple(int(d) for d in action["shape"])
+    n = len(out)
+    if action["kind"] == "argmax":
+        index = np.asarray(out, np.int64).reshape(n) + int(action["shift"])
+        return index.astype(action["dtype"]).reshape((n, *shape))
+    return np.asarray(out, np.float32).astype(action["dtype"]).reshape((n, *shape))
