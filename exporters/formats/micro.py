@@ -56,6 +56,7 @@ class MicroFormat(Format):
             "flash_bytes",
             "arena_bytes",
             "features",
+            "observation",
             "action",
             "held_out",
         ],
@@ -73,6 +74,12 @@ class MicroFormat(Format):
             "arena_bytes": {"type": "integer", "minimum": 16, "maximum": 1 << 22},
             "activations": {"enum": ["int8", "int16"]},
             "features": {"type": "integer", "minimum": 1, "maximum": 1 << 16},
+            "observation": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": 256,
+                "items": {"type": "string", "maxLength": 500},
+            },
             "action": {
                 "type": "object",
                 "required": ["kind", "dtype", "shape", "shift"],

@@ -185,6 +185,7 @@ def build_micro(
         "arena_bytes": arena,
         "activations": model.activations,
         "features": mlp.inputs,
+        "observation": list(mlp.observation),
         "action": {
             "kind": head.kind,
             "dtype": head.dtype,

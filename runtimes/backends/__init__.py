@@ -10,6 +10,7 @@ backend     module (policy class)             reads format     engine (pip extra
 ==========  ================================  ===============  =================================
 ``onnx``    runtimes.backends.onnx            ``onnx``         onnxruntime (``[runtime]``)
 ``litert``  runtimes.backends.litert          ``litert``       ai-edge-litert (``[litert]``)
+``micro``   runtimes.backends.micro           ``micro``        tflite-micro (``[micro]``)
 ``tf``      runtimes.backends.tf              ``saved_model``  TensorFlow (``[all]``)
 ==========  ================================  ===============  =================================
 
@@ -185,6 +186,21 @@ BACKENDS: dict[str, Backend] = {
             "LiteRT",
             # Weights are constants of a LiteRT model: `update` converts it again (with TF).
             weight_updates=False,
+        ),
+        Backend(
+            "micro",
+            "runtimes.backends.micro",
+            "MicroPolicy",
+            "micro",
+            "tflite_micro",
+            "micro",
+            "TFLite Micro",
+            engine_label="TFLite Micro (tflite-micro)",
+            # An int8 model of the deterministic action, calibrated at export: never a
+            # silent pick, no checkpoints, one state per interpreter call.
+            weight_updates=False,
+            threads=False,
+            auto=False,
         ),
         Backend(
             "tf",

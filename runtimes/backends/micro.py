@@ -1,8 +1,10 @@
-"""TFLite Micro's own interpreter over a micro model (``MicroModel``), TF-free.
+"""The micro backend: a bundle's int8 ``micro/policy.tflite`` run by TFLite Micro's own
+interpreter (``MicroPolicy``), TF-free.
 
-Shared by the micro backend (``runtimes.backends.micro``) and the micro export, which
-measures its model through the same interpreter a device runs. Needs the ``tflite-micro``
-package (``pip install 'policy-toolkit[micro]'``; only dev releases exist on PyPI).
+``MicroModel`` (the interpreter over checked model bytes) is shared with the micro
+export, which measures its model through the same interpreter a device runs. Needs the
+``tflite-micro`` package (``pip install 'policy-toolkit[micro]'``; only dev releases
+exist on PyPI).
 """
 
 from __future__ import annotations
@@ -15,12 +17,26 @@ from typing import Any
 
 import numpy as np
 
-from toolkit.errors import BundleError
+from runtimes.policy import BundlePolicy
+from toolkit.bundle import files
+from toolkit.bundle.layout import Layout
+from toolkit.errors import BundleError, PolicyError, UnsupportedError
+from toolkit.trajectories.policy_step import PolicyStep
 
-__all__ = ["ARENA_ALIGN", "OPS", "MicroModel", "actions_of", "check_model", "smallest_arena"]
+__all__ = [
+    "ARENA_ALIGN",
+    "OPS",
+    "MicroModel",
+    "MicroPolicy",
+    "actions_of",
+    "check_model",
+    "smallest_arena",
+]
 
 #: Arena sizes are measured in steps of this many bytes (TFLite Micro aligns to 16).
 ARENA_ALIGN = 16
+#: The largest micro model read (a micro controller's flash is a few MiB at most).
+MAX_MODEL_BYTES = 16 << 20
 #: The largest arena tried when measuring (a micro policy needs a few KiB).
 MAX_ARENA = 1 << 22
 
@@ -196,3 +212,93 @@ def actions_of(section: Any, out: np.ndarray) -> np.ndarray:
         index = np.asarray(out, np.int64).reshape(n) + int(action["shift"])
         return index.astype(action["dtype"]).reshape((n, *shape))
     return np.asarray(out, np.float32).astype(action["dtype"]).reshape((n, *shape))
+
+
+class MicroPolicy(BundlePolicy):
+    """A bundle's ``micro/policy.tflite`` run by TFLite Micro's interpreter (no TensorFlow),
+    behind the Python-policy interface: what a device computes, so ``run``, ``bench`` and
+    ``quantize`` measure it. Made by ``runtimes.load_policy(backend="micro")``.
+
+    The model computes the deterministic action only (greedy, a deterministic actor's, a
+    stochastic policy's mode), one state per interpreter call; ``distribution()`` and
+    weight updates are refused.
+    """
+
+    backend = "micro"
+
+    def __init__(
+        self,
+        layout: Layout,
+        bundle_dir: str | os.PathLike,
+        *,
+        seed: int | None = None,
+        validate_args: bool = True,
+        check_finite: bool = False,
+    ):
+        super().__init__(
+            layout, bundle_dir, seed=seed, validate_args=validate_args, check_finite=check_finite
+        )
+        if not layout.has("micro"):
+            raise BundleError(f"{self._bundle_dir}: the bundle was exported without TFLite Micro")
+        entry = layout.format("micro")
+        section = self._section = entry.section
+        names = list(section["observation"])
+        unknown = [n for n in names if n not in self._input_names]
+        if unknown:
+            raise BundleError(
+                f"{self._bundle_dir}: micro.observation: expected graph inputs of "
+                f"{self._input_names}, got {unknown}"
+            )
+        self._positions = [self._input_names.index(n) for n in names]
+        model = files.read_member(
+            self._bundle_dir,
+            entry.path,
+            key="micro.file",
+            files=layout.files_json,
+            cap=MAX_MODEL_BYTES,
+        )
+        self._model = MicroModel(model, section["arena_bytes"], section["features"], entry.path)
+        self._plain_output = False  # the action comes from _action below, never _run
+
+    def _action(self, time_step: Any, policy_state: Any, seed: Any) -> PolicyStep:
+        arrays, outer = self._inputs_from(time_step, policy_state)
+        n = int(np.prod(outer, dtype=np.int64)) if outer else 1
+        parts = [np.asarray(arrays[i], np.float32).reshape(n, -1) for i in self._positions]
+        x = np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
+        if x.shape[1] != self._model.inputs:
+            raise BundleError(
+                f"{self._bundle_dir}: micro.features: expected {x.shape[1]}, "
+                f"got {self._model.inputs}"
+            )
+        action = actions_of(self._section, self._model(x))
+        action = action[0] if not outer else action.reshape(tuple(outer) + action.shape[1:])
+        return PolicyStep(action, (), ())
+
+    def _run(self, arrays: list[np.ndarray], unbatched: bool, fetch: list[str]) -> list[Any]:
+        raise UnsupportedError(
+            f"{self._bundle_dir}: the micro backend computes the deterministic action only "
+            "(no distribution parameters); use backend='onnx' or 'litert' for those"
+        )
+
+    def _take_weights(self, policy: BundlePolicy) -> None:
+        """``update(other)``: takes another micro policy's model (same features, action)."""
+        same = isinstance(policy, MicroPolicy) and all(
+            policy._section[k] == self._section[k] for k in ("features", "observation", "action")
+        )
+        if not same:
+            raise PolicyError(
+                f"update(): expected a micro-backend policy with the same features and action, "
+                f"got {policy!r}"
+            )
+        self._model, self._section = policy._model, policy._section
+
+    def update_from_checkpoint(self, path: Any, *, step: int | None = None) -> None:
+        """Not available: the micro model is calibrated on real states at export.
+
+        Raises:
+          UnsupportedError: always, naming what to do instead.
+        """
+        raise UnsupportedError(
+            f"{path}: the micro backend takes no checkpoints: its int8 model is calibrated "
+            "at export; export the policy again with --format micro --env ENV_ID"
+        )

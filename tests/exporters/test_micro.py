@@ -23,15 +23,12 @@ from toolkit.errors import BundleError, ExportError
 
 pytest.importorskip("tflite_micro")
 
-ENV = {"env": "CartPole-v1", "episodes": 3, "calibration_episodes": 3}
-
 
 @pytest.fixture(scope="module")
-def micro_bundle(tmp_path_factory):
-    from exporters import export_policy
+def micro_bundle():
+    from tests.micro_bundles import cartpole_micro
 
-    path = tmp_path_factory.mktemp("micro") / "b"
-    return export_policy(cartpole_100_40(), path, formats=["onnx", "micro"], format_options=ENV)
+    return cartpole_micro()
 
 
 def _interpreter(model: bytes, arena: int):
