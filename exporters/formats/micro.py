@@ -137,6 +137,7 @@ class MicroFormat(Format):
             episodes=int(options.get("episodes", 20)),
             calibration_episodes=int(options.get("calibration_episodes", 20)),
             seed=int(options.get("seed", 0)),
+            activations=str(options.get("activations", "auto")),
         )
 
     def write(self, content: Any, folder: Path) -> dict[str, Any]:

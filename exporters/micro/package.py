@@ -47,6 +47,12 @@ GOLDEN = 16
 #: Held-out states kept for verify (the rest only measured at export).
 KEPT = 2000
 
+#: What ``activations`` takes.
+ACTIVATIONS = ("auto", "int8", "int16")
+#: ``auto`` keeps int8 when it agrees with the float policy on this share of calibration
+#: states.
+AUTO_AGREEMENT = 0.995
+
 #: The op resolver's method per builtin op (tflite::MicroMutableOpResolver).
 OP_METHODS = {
     "ADD": "AddAdd",
@@ -124,19 +130,26 @@ def build_micro(
     episodes: int = 20,
     calibration_episodes: int = 20,
     seed: int = 0,
+    activations: str = "auto",
 ) -> MicroContent:
     """The micro folder for ``mlp``, calibrated and measured on ``env_id`` (module doc).
 
     Calibration episodes reset with ``seed + 1_000_000 + i``, held-out ones with
-    ``seed + i``: quantization and measurement never share a state.
+    ``seed + i``: quantization and measurement never share a state. ``activations``:
+    ``int8``, ``int16`` (TFLite's 16x8 kernels: int8 weights, int16 activations) or
+    ``auto`` (``choose``).
     """
     from runtimes.backends.micro import MicroModel, smallest_arena
 
     if episodes < 1 or calibration_episodes < 1:
         raise ExportError("micro export: expected at least one episode of each kind")
+    if activations not in ACTIVATIONS:
+        raise ExportError(
+            f"micro export: activations: expected one of {ACTIVATIONS}, got {activations!r}"
+        )
     calibration, _ = play(env_id, mlp.act, calibration_episodes, seed + 1_000_000)
     held_out, float_returns = play(env_id, mlp.act, episodes, seed)
-    model = int8.quantize(mlp, calibration)
+    model = choose(mlp, calibration, activations)
     data = tflite_model.build(model)
     arena = smallest_arena(data, MODEL_FILE)
     interpreter = MicroModel(data, arena, mlp.inputs, MODEL_FILE)
@@ -202,6 +215,28 @@ def build_micro(
         "measured": measured,
     }
     return MicroContent(files, section)
+
+
+def choose(mlp: Mlp, calibration: np.ndarray, activations: str) -> int8.QModel:
+    """The quantized model: int8, or with ``auto`` int16 activations when the int8
+    model's decisions agree with the float policy's on fewer than ``AUTO_AGREEMENT`` of
+    the calibration states (measured with the exact integer replay, ``int8.simulate``;
+    never on the held-out states, which measure the result). A Q-network's decision hangs
+    on Q-value gaps of a thousandth of their range, which int8 hidden activations lose."""
+    if activations == "int16":
+        return int8.quantize(mlp, calibration, bits=16)
+    model = int8.quantize(mlp, calibration)
+    if activations == "int8":
+        return model
+    want = mlp.act(calibration)
+    got = int8.simulate(model, calibration.astype(np.float32))
+    if mlp.discrete:
+        good = float(np.mean(want == got)) >= AUTO_AGREEMENT
+    else:
+        span = np.where(np.isfinite(mlp.head.high - mlp.head.low), mlp.head.high - mlp.head.low, 1)
+        error = np.abs(want - got).reshape(len(got), -1) / span
+        good = float(np.quantile(error.max(axis=1), AUTO_AGREEMENT)) <= 0.05
+    return model if good else int8.quantize(mlp, calibration, bits=16)
 
 
 def _action(mlp: Mlp, out: np.ndarray) -> np.ndarray:

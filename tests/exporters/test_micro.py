@@ -217,3 +217,29 @@ def test_the_cli_exports_inspects_and_verifies_micro(tmp_path):
         .splitlines()[-1]
         .startswith("error: micro export: expected real states to calibrate on")
     )
+
+
+def test_the_16x8_arithmetic_replayed_in_numpy_is_tflite_micros_exactly():
+    """int16 activations (the fallback of ``activations="auto"``): the replay against the
+    interpreter again, ReLU, tanh and a discrete head (DEQUANTIZE before ARG_MAX)."""
+    from exporters.micro import int8, tflite_model
+    from exporters.micro.mlp import Dense, Head, Mlp
+
+    rng = np.random.default_rng(1)
+    layers = (
+        Dense("a", rng.normal(0, 0.5, (4, 12)), rng.normal(0, 0.1, 12), "relu"),
+        Dense("b", rng.normal(0, 0.5, (12, 6)), rng.normal(0, 0.1, 6), "tanh"),
+        Dense("c", rng.normal(0, 0.5, (6, 2)), rng.normal(0, 0.1, 2), "linear"),
+    )
+    mlp = Mlp(("observation",), (4,), layers, Head("argmax", "int64", (), shift=0))
+    calibration = rng.normal(0, 1, (400, 4))
+    model = int8.quantize(mlp, calibration, bits=16)
+    x = rng.normal(0, 1.5, (300, 4)).astype(np.float32)
+    interpreter = _interpreter(tflite_model.build(model), 1 << 16)
+    got = []
+    for row in x:
+        interpreter.set_input(row[None], 0)
+        interpreter.invoke()
+        got.append(int(interpreter.get_output(0)[0]))
+    np.testing.assert_array_equal(int8.simulate(model, x), got)
+    assert np.mean(mlp.act(x) == np.asarray(got)) > 0.97
