@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -119,14 +120,51 @@ def _quiet_stderr() -> Iterator[None]:
 
 
 def _fits(model: bytes, arena: int) -> bool:
-    try:
-        interpreter = _interpreter(model, arena)
-        details = interpreter.get_input_details(0)
-        interpreter.set_input(np.zeros(details["shape"], details["dtype"]), 0)
-        interpreter.invoke()
-    except (RuntimeError, ValueError):
-        return False
-    return True
+    """Whether TFLite Micro runs ``model`` in ``arena`` bytes, tried in a forked child:
+    this tflite-micro dev release can crash (SIGSEGV) instead of failing cleanly when an
+    arena is too small for a model with int16 activations, and a crash must only mean
+    "does not fit"."""
+    pid = os.fork()
+    if pid == 0:  # the child: try, and report by exit status only
+        code = 1
+        try:
+            signal.alarm(30)  # a child stuck on a lock inherited from a thread dies
+            interpreter = _interpreter(model, arena)
+            details = interpreter.get_input_details(0)
+            interpreter.set_input(np.zeros(details["shape"], details["dtype"]), 0)
+            interpreter.invoke()
+            code = 0
+        except BaseException:  # noqa: BLE001 - the child reports by status, never raises
+            code = 1
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
+
+def arena_bound(model: bytes) -> int:
+    """A generous upper bound of the arena ``model`` needs, from its (checked) tensors:
+    twice every non-constant tensor's bytes, fixed costs per tensor, op and output
+    channel, and 16 KiB. Loaders run in at least this much, whatever a manifest declares,
+    since an arena too small can crash TFLite Micro (``_fits``)."""
+    from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as schema
+
+    parsed = schema.ModelT.InitFromPackedBuf(bytearray(model), 0)
+    sizes = {0: 1, 1: 4, 2: 4, 3: 1, 4: 8, 7: 2, 9: 1}  # TensorType -> bytes per element
+    total, channels = 16 << 10, 0
+    graph = parsed.subgraphs[0]
+    for tensor in graph.tensors or ():
+        shape = [int(d) for d in (tensor.shape if tensor.shape is not None else ())]
+        count = int(np.prod(np.abs(shape), dtype=np.float64)) if shape else 1
+        total += 128
+        buffers = parsed.buffers or []
+        constant = 0 < tensor.buffer < len(buffers) and buffers[tensor.buffer].data is not None
+        if not constant:
+            total += 2 * count * sizes.get(int(tensor.type), 8)
+        if len(shape) == 2:
+            channels += shape[0]
+    total += 512 * len(graph.operators or ()) + 32 * channels
+    return -(-total // ARENA_ALIGN) * ARENA_ALIGN
 
 
 def smallest_arena(model: bytes, where: str) -> int:
@@ -172,8 +210,12 @@ class MicroModel:
 
     def __init__(self, model: bytes, arena: int, inputs: int, where: str):
         check_model(model, where)
+        # At least the bound: a declared arena too small could crash the interpreter.
+        arena = max(int(arena), arena_bound(model))
+        if arena > MAX_ARENA:
+            raise BundleError(f"{where}: expected a model within a {MAX_ARENA}-byte arena")
         try:
-            self._interpreter = _interpreter(model, int(arena))
+            self._interpreter = _interpreter(model, arena)
             details = self._interpreter.get_input_details(0)
         except (RuntimeError, ValueError) as e:
             raise BundleError(f"{where}: TFLite Micro refuses the model: {e}") from e

@@ -73,3 +73,24 @@ def test_run_and_bench_take_the_micro_backend(micro_bundle):
     )
     assert result.exit_code == 0, result.output
     assert "micro" in result.stdout
+
+
+def test_a_manifest_declaring_too_small_an_arena_cannot_crash_the_interpreter(
+    micro_bundle, tmp_path
+):
+    """The loader runs in at least the model's own arena bound: an arena too small can
+    crash this tflite-micro release (SIGSEGV) instead of failing."""
+    import json
+    import shutil
+
+    from runtimes import load_policy
+
+    copy = tmp_path / "small_arena"
+    shutil.copytree(micro_bundle, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["micro"]["arena_bytes"] = 16
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    states = np.zeros((3, 4), np.float32)
+    got = load_policy(copy, backend="micro").action(ts.restart(states, batch_size=3)).action
+    want = load_policy(micro_bundle, backend="micro").action(ts.restart(states, batch_size=3))
+    np.testing.assert_array_equal(got, want.action)
