@@ -24,3 +24,15 @@ def cartpole_micro() -> Path:
     return export_policy(
         cartpole_100_40(), _ROOT / "cartpole", formats=["onnx", "micro"], format_options=ENV
     )
+
+
+@functools.cache
+def cartpole_c() -> Path:
+    """The same policy as ``cartpole_micro`` exported as ONNX and C."""
+    from exporters import export_policy
+    from tests.cli_factories import cartpole_100_40
+
+    options = {"env": ENV["env"], "episodes": ENV["episodes"]}
+    return export_policy(
+        cartpole_100_40(), _ROOT / "cartpole_c", formats=["onnx", "c"], format_options=options
+    )

@@ -105,7 +105,7 @@ def test_a_command_refuses_a_backend_without_the_capability_it_needs(toy_backend
 def test_an_unknown_backend_names_the_registered_ones(toy_backend):
     result = runner.invoke(app, ["run", str(cartpole_bundle()), "--env", "CartPole-v1", "-b", "x"])
     assert result.exit_code == 2
-    known = "['auto', 'onnx', 'litert', 'micro', 'tf', 'toy']"
+    known = "['auto', 'onnx', 'litert', 'micro', 'c', 'tf', 'toy']"
     assert f"expected one of {known}, got 'x'" in result.stderr
 
 

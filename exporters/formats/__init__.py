@@ -46,6 +46,7 @@ _MODULES = (
     "exporters.formats.onnx",
     "exporters.formats.litert",
     "exporters.formats.micro",
+    "exporters.formats.c",
 )
 
 FORMATS: dict[str, Format] = {}

@@ -25,7 +25,7 @@ import numpy as np
 from exporters.formats.base import Format, Runner
 from toolkit.bundle import files as bundle_files
 from toolkit.bundle.layout import FormatEntry, Layout
-from toolkit.errors import BundleError, ExportError, UnsupportedError
+from toolkit.errors import BundleError, UnsupportedError
 
 __all__ = ["FORMAT", "MAX_ACTION_ERROR", "MIN_AGREEMENT", "MicroFormat", "read_model"]
 
@@ -37,6 +37,24 @@ MAX_ACTION_ERROR = 0.1
 MAX_MODEL_BYTES = 16 << 20
 
 _PATH = {"$ref": "#/$defs/relativePath"}
+#: The held-out real states a target of the deterministic action is verified on.
+HELD_OUT_SCHEMA = {
+    "type": "object",
+    "required": ["states", "actions", "rows", "action_dtype"],
+    "additionalProperties": False,
+    "properties": {
+        "states": _PATH,
+        "actions": _PATH,
+        "rows": {"type": "integer", "minimum": 1, "maximum": 100_000},
+        "action_dtype": {"enum": ["int32", "float32"]},
+    },
+}
+OBSERVATION_SCHEMA = {
+    "type": "array",
+    "minItems": 1,
+    "maxItems": 256,
+    "items": {"type": "string", "maxLength": 500},
+}
 _NUMBER = {"type": "number"}
 
 
@@ -74,12 +92,7 @@ class MicroFormat(Format):
             "arena_bytes": {"type": "integer", "minimum": 16, "maximum": 1 << 22},
             "activations": {"enum": ["int8", "int16"]},
             "features": {"type": "integer", "minimum": 1, "maximum": 1 << 16},
-            "observation": {
-                "type": "array",
-                "minItems": 1,
-                "maxItems": 256,
-                "items": {"type": "string", "maxLength": 500},
-            },
+            "observation": OBSERVATION_SCHEMA,
             "action": {
                 "type": "object",
                 "required": ["kind", "dtype", "shape", "shift"],
@@ -96,17 +109,7 @@ class MicroFormat(Format):
                 },
             },
             "quantization": {"type": "object"},
-            "held_out": {
-                "type": "object",
-                "required": ["states", "actions", "rows", "action_dtype"],
-                "additionalProperties": False,
-                "properties": {
-                    "states": _PATH,
-                    "actions": _PATH,
-                    "rows": {"type": "integer", "minimum": 1, "maximum": 100_000},
-                    "action_dtype": {"enum": ["int32", "float32"]},
-                },
-            },
+            "held_out": HELD_OUT_SCHEMA,
             "measured": {"type": "object"},
         },
     }
@@ -114,23 +117,10 @@ class MicroFormat(Format):
     # --- export ----------------------------------------------------------------------
 
     def convert(self, module: Any, options: dict[str, Any]) -> Any:
-        from exporters import export, onnx_export
-        from exporters.micro import mlp as mlp_lib
         from exporters.micro import package
 
-        env_id = options.get("env")
-        if not env_id:
-            raise ExportError(
-                "micro export: expected real states to calibrate on: an environment "
-                "(export --env ENV_ID, or export_policy(..., options={'env': ENV_ID}))"
-            )
-        model, _ = onnx_export.onnx_model_and_weights(
-            module, options.get("opset", onnx_export.DEFAULT_OPSET)
-        )
-        manifest = export.manifest_for(module, [], None, {})
-        manifest["files"] = {}
-        layout = Layout.of(manifest, "micro export", owned=True)
-        mlp = mlp_lib.extract(model, layout, "micro export")
+        env_id = package.env_option(options, "micro export")
+        mlp = package.mlp_of(module, options, "micro export")
         return package.build_micro(
             mlp,
             str(env_id),
@@ -160,7 +150,6 @@ class MicroFormat(Format):
         return None  # not the distribution function: extra_checks measures agreement
 
     def extra_checks(self, root: Path, layout: Layout, batch: int) -> list[Any]:
-        from exporters.parity import OutputDiff
         from runtimes.backends import micro as micro_backend
 
         section = layout.format(self.name).section
@@ -170,38 +159,9 @@ class MicroFormat(Format):
             section["features"],
             section["file"],
         )
-        states, want = read_held_out(root, layout)
+        states, want = read_held_out(root, layout, self.name)
         got = micro_backend.actions_of(section, model(states))
-        want = want.reshape(got.shape)
-        if section["action"]["kind"] == "argmax":
-            agreement = float(np.mean(want == got))
-            return [
-                OutputDiff(
-                    self.name,
-                    f"action: {agreement:.2%} of {len(states)} held-out real states agree "
-                    f"(at least {MIN_AGREEMENT:.0%})",
-                    float(np.mean(want != got)),
-                    0.0,
-                    agreement >= MIN_AGREEMENT,
-                )
-            ]
-        error = np.abs(want.astype(np.float64) - got.astype(np.float64)).reshape(len(got), -1)
-        shape = section["action"]["shape"]
-        spec = layout.specs.action
-        span = np.broadcast_to(
-            np.asarray(spec.maximum, np.float64) - np.asarray(spec.minimum, np.float64), shape
-        ).reshape(-1)
-        share = float(np.max(error / span))
-        return [
-            OutputDiff(
-                self.name,
-                f"action: error up to {share:.1%} of the action range on {len(states)} "
-                f"held-out real states (at most {MAX_ACTION_ERROR:.0%})",
-                float(error.max()),
-                share,
-                share <= MAX_ACTION_ERROR,
-            )
-        ]
+        return [agreement_row(self.name, layout, states, want, got)]
 
     def describe(self, entry: FormatEntry) -> str:
         s = entry.section
@@ -227,19 +187,55 @@ def read_model(root: Path, layout: Layout) -> bytes:
     )
 
 
-def read_held_out(root: Path, layout: Layout) -> tuple[np.ndarray, np.ndarray]:
+def agreement_row(
+    name: str, layout: Layout, states: np.ndarray, want: np.ndarray, got: np.ndarray
+) -> Any:
+    """verify's row for a target of the deterministic action on held-out real states:
+    agreement with the float actions (discrete) or the action error (continuous)."""
+    from exporters.parity import OutputDiff
+
+    section = layout.format(name).section
+    want = want.reshape(got.shape)
+    if section["action"]["kind"] == "argmax":
+        agreement = float(np.mean(want == got))
+        return OutputDiff(
+            name,
+            f"action: {agreement:.2%} of {len(states)} held-out real states agree "
+            f"(at least {MIN_AGREEMENT:.0%})",
+            float(np.mean(want != got)),
+            0.0,
+            agreement >= MIN_AGREEMENT,
+        )
+    error = np.abs(want.astype(np.float64) - got.astype(np.float64)).reshape(len(got), -1)
+    spec = layout.specs.action
+    span = np.broadcast_to(
+        np.asarray(spec.maximum, np.float64) - np.asarray(spec.minimum, np.float64),
+        tuple(section["action"]["shape"]),
+    ).reshape(-1)
+    share = float(np.max(error / span))
+    return OutputDiff(
+        name,
+        f"action: error up to {share:.1%} of the action range on {len(states)} "
+        f"held-out real states (at most {MAX_ACTION_ERROR:.0%})",
+        float(error.max()),
+        share,
+        share <= MAX_ACTION_ERROR,
+    )
+
+
+def read_held_out(root: Path, layout: Layout, name: str = "micro") -> tuple[np.ndarray, np.ndarray]:
     """The held-out states ``[rows, features]`` and the float policy's actions on them,
     each read only at the size the manifest declares."""
-    section = layout.format("micro").section
+    section = layout.format(name).section
     held = section["held_out"]
     rows, features = int(held["rows"]), int(section["features"])
     size = int(np.prod(section["action"]["shape"], dtype=np.int64)) or 1
     files = layout.files_json
     states = bundle_files.read_member(
-        root, held["states"], key="micro.held_out.states", files=files, cap=rows * features * 4
+        root, held["states"], key=f"{name}.held_out.states", files=files, cap=rows * features * 4
     )
     actions = bundle_files.read_member(
-        root, held["actions"], key="micro.held_out.actions", files=files, cap=rows * size * 4
+        root, held["actions"], key=f"{name}.held_out.actions", files=files, cap=rows * size * 4
     )
     if len(states) != rows * features * 4 or len(actions) != rows * size * 4:
         raise BundleError(

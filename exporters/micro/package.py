@@ -75,6 +75,32 @@ class MicroContent:
     section: dict[str, Any]
 
 
+def env_option(options: dict[str, Any], what: str) -> str:
+    """The export option ``env`` (``export --env``), which the micro targets need."""
+    env_id = options.get("env")
+    if not env_id:
+        raise ExportError(
+            f"{what}: expected real states to calibrate on: an environment (export --env "
+            "ENV_ID, or export_policy(..., format_options={'env': ENV_ID}))"
+        )
+    return str(env_id)
+
+
+def mlp_of(module: Any, options: dict[str, Any], what: str) -> Mlp:
+    """A traced policy's deterministic action as an ``Mlp`` (read from its ONNX graph)."""
+    from exporters import export, onnx_export
+    from exporters.micro import mlp as mlp_lib
+    from toolkit.bundle.layout import Layout
+
+    model, _ = onnx_export.onnx_model_and_weights(
+        module, options.get("opset", onnx_export.DEFAULT_OPSET)
+    )
+    manifest = export.manifest_for(module, [], None, {})
+    manifest["files"] = {}
+    layout = Layout.of(manifest, what, owned=True)
+    return mlp_lib.extract(model, layout, what)
+
+
 def play(
     env_id: str, act: Any, episodes: int, seed: int, max_states: int | None = None
 ) -> tuple[np.ndarray, list[float]]:
