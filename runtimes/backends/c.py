@@ -74,7 +74,10 @@ def _f(value: float) -> str:
     value = float(np.float32(value))
     if not np.isfinite(value):
         raise BundleError(f"c export: expected finite weights, got {value}")
-    return f"{value:.9g}f"
+    text = f"{value:.9g}"
+    if not any(c in text for c in ".e"):  # "2" is an int: "2f" would not compile
+        text += ".0"
+    return text + "f"
 
 
 def _array(name: str, values: np.ndarray) -> str:

@@ -115,3 +115,33 @@ def test_a_layer_the_c_target_cannot_compute_is_named():
             formats=["c"],
             format_options={"env": "CartPole-v1"},
         )
+
+
+def test_a_continuous_actor_in_c_is_its_float_action_squashed_scaled_and_clipped():
+    """The affine head (tanh squashing, the spec's scale and offset, the clip) compiled:
+    within float32 rounding of the float64 Mlp, and the clip bounds hold."""
+    from exporters.micro.c_export import c_model
+    from exporters.micro.mlp import Dense, Head, Mlp
+    from runtimes.backends.c import CRunner
+
+    rng = np.random.default_rng(2)
+    layers = (
+        Dense("a", rng.normal(0, 0.5, (3, 16)), rng.normal(0, 0.1, 16), "relu"),
+        Dense("b", rng.normal(0, 0.5, (16, 2)), rng.normal(0, 0.1, 2), "tanh"),
+    )
+    head = Head(
+        "affine",
+        "float32",
+        (2,),
+        scale=np.array([2.0, 0.5]),
+        offset=np.array([0.0, 0.25]),
+        low=np.array([-1.5, -np.inf]),
+        high=np.array([1.5, 0.6]),
+    )
+    mlp = Mlp(("observation",), (3,), layers, head)
+    x = rng.normal(0, 2, (500, 3))
+    got = CRunner(c_model(mlp), "test")(x.astype(np.float32))
+    want = mlp.act(x)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert got[:, 0].max() <= 1.5 and got[:, 0].min() >= -1.5 and got[:, 1].max() <= 0.6
+    assert (got[:, 0] == 1.5).any()  # the clip was reached, not only never needed

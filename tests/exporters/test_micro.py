@@ -240,3 +240,31 @@ def test_the_16x8_arithmetic_replayed_in_numpy_is_tflite_micros_exactly():
         got.append(int(interpreter.get_output(0)[0]))
     np.testing.assert_array_equal(int8.simulate(model, x), got)
     assert np.mean(mlp.act(x) == np.asarray(got)) > 0.97
+
+
+def test_a_continuous_head_in_tflite_micro_is_the_replay_and_near_the_float_action():
+    from exporters.micro import int8, tflite_model
+    from exporters.micro.mlp import Dense, Head, Mlp
+
+    rng = np.random.default_rng(3)
+    layers = (
+        Dense("a", rng.normal(0, 0.5, (3, 16)), rng.normal(0, 0.1, 16), "relu"),
+        Dense("b", rng.normal(0, 0.5, (16, 1)), rng.normal(0, 0.1, 1), "tanh"),
+    )
+    head = Head(
+        "affine", "float32", (1,), scale=np.array([2.0]), offset=np.array([0.0]),
+        low=np.array([-2.0]), high=np.array([2.0]),
+    )  # fmt: skip
+    mlp = Mlp(("observation",), (3,), layers, head)
+    model = int8.quantize(mlp, rng.normal(0, 1, (400, 3)))
+    x = rng.normal(0, 1, (200, 3)).astype(np.float32)
+    interpreter = _interpreter(tflite_model.build(model), 1 << 16)
+    got = []
+    for row in x:
+        interpreter.set_input(row[None], 0)
+        interpreter.invoke()
+        got.append(np.array(interpreter.get_output(0)).reshape(-1))
+    got = np.stack(got)
+    np.testing.assert_allclose(got, int8.simulate(model, x), atol=1e-6)
+    # int8 differs from the float action by design: within 5% of the action range here.
+    assert np.max(np.abs(got - mlp.act(x))) < 0.05 * 4.0
