@@ -36,7 +36,7 @@ def test_the_micro_extra_alone_runs_and_benches_a_micro_bundle(tmp_path):
         cwd=tmp_path,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
-    assert json.loads(run.stdout)["backend"] == "micro"
+    assert json.loads(run.stdout)["episodes"] == 2
     bench = _cli(
         env_dir, "bench", bundle, "-b", "micro", "--batch", "1", "--seconds", "0.05", cwd=tmp_path
     )
