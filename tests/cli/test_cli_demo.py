@@ -52,6 +52,7 @@ def test_the_demo_exports_the_run_it_trained(tmp_path):
     assert edge[edge.index("--format") + 1] == "micro,c"
     assert edge[edge.index("--checkpoint") + 1] == str(tmp_path / "cartpole_run_seed2")
     assert {c[2] for c in commands[-2:]} == {edge[3]}
+    assert "--no-verify" not in edge  # the full demo verifies agreement on held-out states
     quantize = [c for c in commands if c[1] == "quantize"]
     assert all(c[c.index("--env") + 1] == "CartPole-v1" for c in quantize)
     assert "--force" not in quantize[0]  # the full demo writes only what passes the gates
