@@ -708,7 +708,7 @@ _KILL_CHILD = textwrap.dedent(
         quantize_bundle(extra, target, observations=extra + ".states.npz", force=True,
                         overwrite=True)
     elif op == "import":
-        from exporters.tf_agents_import import import_tf_agents
+        from exporters.tf_agents import import_tf_agents
         import_tf_agents(extra, target, overwrite=True)
     os._exit(0)
     """

@@ -87,7 +87,7 @@ def _weights_from_training(directory: Path, step: int | None, tmp: Path) -> Path
 
 def _weights_from_tf_agents(layout: Layout, checkpoint: Path, tmp: Path) -> Path:
     """A TF-Agents policy checkpoint as a weights-only checkpoint of the imported bundle."""
-    from exporters.tf_agents_import import import_tf_agents_checkpoint
+    from exporters.tf_agents.importer import import_tf_agents_checkpoint
 
     saved_model = Path(str(layout.metadata.get("source", "")))
     if not saved_model.is_dir():

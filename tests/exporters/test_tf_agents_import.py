@@ -24,7 +24,7 @@ from onnx.reference import ReferenceEvaluator
 
 import exporters
 from exporters import onnx_export
-from exporters import tf_agents_import as tai
+from exporters import tf_agents as tai
 from tests.tf_agents_saved import (
     CASES,
     REFERENCE,
@@ -225,7 +225,7 @@ def test_graph_inputs_and_outputs_are_named_by_nest_path(bundles):
 def test_bundles_are_regular_with_checked_onnx_and_a_dynamic_batch(case, bundles):
     path = bundles(case)
     manifest = manifest_of(path)  # checks format, version and file hashes
-    assert manifest["formats"] == ["saved_model", "onnx"]
+    assert manifest["formats"] == ["saved_model", "onnx", "golden"]
     assert manifest["policy"]["class"] == "TFAgentsPolicy"
     assert manifest["train_step"] is None  # PolicySaver was given no train step
     assert manifest["metadata"] == {
@@ -262,7 +262,7 @@ def test_other_batch_sizes_run(batch, run):
 
 @pytest.mark.parametrize("case", CASES)
 def test_verify_compares_the_adapter_saved_model_and_onnx(case, bundles):
-    from exporters.tf_agents_policy import TFAgentsPolicy
+    from exporters.tf_agents import TFAgentsPolicy
 
     policy = TFAgentsPolicy(saved_policy(case))
     report = exporters.verify(bundles(case), num_samples=16, policy=policy)
@@ -334,7 +334,7 @@ def test_user_metadata_is_merged_and_reserved_keys_are_refused(tmp_path):
         metadata={"team": "rl", "run": 7},
     )
     manifest = manifest_of(path)
-    assert manifest["formats"] == ["onnx"]
+    assert manifest["formats"] == ["onnx", "golden"]
     assert not (path / "saved_model").exists()
     assert manifest["metadata"] == {
         "team": "rl",
@@ -450,7 +450,10 @@ def test_corrupted_saved_model(tmp_path):
     (source / "saved_model.pb").write_bytes(b"\x00garbage")
     with pytest.raises(BundleError) as info:
         tai.import_tf_agents(source, tmp_path / "out")
-    assert str(info.value).startswith(f"{source}: TensorFlow cannot load the SavedModel (")
+    # The screen parses saved_model.pb before TensorFlow loads anything.
+    assert str(info.value).startswith(
+        f"{source / 'saved_model.pb'}: not a SavedModel protobuf (Error parsing message"
+    )
 
 
 def test_binary_garbage_pbtxt(tmp_path):
