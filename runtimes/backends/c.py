@@ -278,7 +278,10 @@ class CRunner:
         source, header = c_files(model)
         self.model = model
         self.library_path = compile_library(source, header, where)
-        self._function = ctypes.CDLL(str(self.library_path)).policy_action
+        try:
+            self._function = ctypes.CDLL(str(self.library_path)).policy_action
+        finally:  # the loaded library stays mapped: its folder can go
+            shutil.rmtree(self.library_path.parent, ignore_errors=True)
         self._ctype = _CTYPES[model.dtype]
         self._function.argtypes = [ctypes.POINTER(ctypes.c_float), ctypes.POINTER(self._ctype)]
         self._function.restype = ctypes.c_int
