@@ -146,7 +146,7 @@ def main(argv=None) -> float:
 
     from exporters.export import export_policy
     from runtimes import load_policy
-    from toolkit.agents import common, dqn, training
+    from toolkit.agents import common, dqn, reporting, training
     from toolkit.environments import gym_adapter
     from toolkit.replay_buffer import ExperienceWriter, ReplayBuffer, experience_spec
 
@@ -177,7 +177,7 @@ def main(argv=None) -> float:
     writer = ExperienceWriter(replay_buffer, n_step=args.n_step, gamma=args.gamma)
 
     training_start, training_cpu = time.perf_counter(), time.process_time()
-    with training.ProgressBar(
+    with reporting.ProgressBar(
         f"{taxi} masked DQN", args.steps, enabled=not args.no_progress
     ) as bar:
         result = training.train_off_policy(
@@ -225,7 +225,7 @@ def main(argv=None) -> float:
             evaluations[backend] = returns
         return _Evaluation(list(evaluations["onnx"]))
 
-    return training.report_run(
+    return reporting.report_run(
         agent,
         args.output_dir,
         eval_env,
