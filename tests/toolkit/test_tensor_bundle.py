@@ -18,7 +18,7 @@ import pytest
 import tensorflow as tf
 
 from tests import checkpoint_checks as cc
-from tests.tf_agents_saved import REFERENCE
+from tests.tf_agents_saved import reference
 from toolkit import checkpoint_weights, tensor_bundle
 from toolkit.errors import CheckpointError, ToolkitError
 
@@ -66,8 +66,8 @@ def test_every_dtype_and_multi_block_index_match_tf_bit_for_bit(tmp_path):
 @pytest.mark.parametrize("case", ["sac_collect", "c51_greedy"])
 def test_tf_agents_0_19_checkpoints_match_tf(case):
     for prefix in (
-        REFERENCE / case / "checkpoint" / "variables" / "variables",
-        REFERENCE / case / "saved_policy" / "variables" / "variables",
+        reference() / case / "checkpoint" / "variables" / "variables",
+        reference() / case / "saved_policy" / "variables" / "variables",
     ):
         assert cc.assert_reader_matches_tf(prefix) >= 3
 
