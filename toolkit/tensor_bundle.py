@@ -44,6 +44,7 @@ entry's shape and dtype with the bundle's weights map before reading).
 from __future__ import annotations
 
 import os
+import re
 import stat
 import struct
 from collections.abc import Callable, Iterator, Sequence
@@ -646,6 +647,10 @@ def _strings(data: bytes, entry: BundleEntry, count: int, where: str) -> np.ndar
 # --- the checkpoint state file -----------------------------------------------------------
 
 STATE_FILE = "checkpoint"
+_STATE_LINE = re.compile(
+    r'^[ \t]*(model_checkpoint_path|all_model_checkpoint_paths)[ \t]*:[ \t]*"(.*)"[ \t]*\r?$',
+    re.MULTILINE,
+)
 
 
 def _unescape(text: str, where: str) -> str:
@@ -682,17 +687,13 @@ def checkpoint_state(directory: str | os.PathLike) -> tuple[Path | None, list[Pa
     except UnicodeDecodeError as e:
         raise CheckpointError(f"{path}: cannot read the checkpoint state ({e})") from e
     latest, every = None, []
-    for line in text.splitlines():
-        name, sep, value = line.strip().partition(":")
-        name, value = name.strip(), value.strip()
-        if name not in ("model_checkpoint_path", "all_model_checkpoint_paths"):
-            continue  # timestamps and other numeric fields
-        if not sep or len(value) < 2 or value[0] != '"' or value[-1] != '"':
-            continue
+    # One regex pass (timestamps and other numeric fields do not match): a state file
+    # at the cap parses in milliseconds, on every check of a follower.
+    for name, value in _STATE_LINE.findall(text):
         if name == "model_checkpoint_path":
-            latest = value[1:-1]
+            latest = value
         else:
-            every.append(value[1:-1])
+            every.append(value)
     every = every[-MAX_STATE_CHECKPOINTS:]
 
     def prefix(text: str) -> Path:
