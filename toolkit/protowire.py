@@ -9,7 +9,7 @@ through this module, which trusts nothing it is given:
 * a varint is at most 10 bytes and never runs past the end of its message;
 * a length-delimited field's length is checked against the bytes left in its message
   before anything is sliced, as are fixed-width fields;
-* nested messages are ``Span``s into one buffer: nothing is copied until a caller asks
+* nested messages are spans ``(start, end)`` of one buffer: nothing is copied until a caller asks
   for a field's bytes or text, so skipping a large field costs nothing;
 * groups (wire types 3 and 4) and field number 0 are refused (no message read here
   uses them); recursive readers check their depth against ``MAX_DEPTH``.
@@ -22,7 +22,6 @@ class and says where.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import NamedTuple
 
 from toolkit.errors import ToolkitError
 
@@ -35,14 +34,9 @@ MAX_DEPTH = 32
 _MASK64 = (1 << 64) - 1
 
 
-class Span(NamedTuple):
-    """Bytes ``[start, end)`` of a decoder's buffer (a nested message or a string)."""
-
-    start: int
-    end: int
-
-    def __len__(self) -> int:  # the byte length, not the tuple's
-        return self.end - self.start
+#: Bytes ``[start, end)`` of a decoder's buffer (a nested message or a string). A plain
+#: tuple: a scan makes one per length-delimited field, and a NamedTuple costs 10x more.
+Span = tuple[int, int]
 
 
 def signed64(value: int) -> int:
@@ -74,13 +68,14 @@ class Decoder:
         """``(value, next position)`` of the varint at ``pos``, not reading past ``end``."""
         data = self.data
         result = shift = 0
-        for i in range(pos, min(end, pos + MAX_VARINT_BYTES)):
+        stop = end if end - pos < MAX_VARINT_BYTES else pos + MAX_VARINT_BYTES
+        for i in range(pos, stop):
             byte = data[i]
             result |= (byte & 0x7F) << shift
             if byte < 0x80:
                 return result & _MASK64, i + 1
             shift += 7
-        if end - pos >= MAX_VARINT_BYTES:
+        if stop - pos == MAX_VARINT_BYTES:
             raise self.fail(f"varint longer than {MAX_VARINT_BYTES} bytes at byte {pos}")
         raise self.fail(f"truncated varint at byte {pos}")
 
@@ -94,20 +89,30 @@ class Decoder:
         if not 0 <= pos <= end <= self.size:
             raise self.fail(f"a message at bytes {pos}..{end} of a {self.size}-byte buffer")
         varint, data = self.varint, self.data
+        # One-byte tags and lengths (most of them) are read inline: a bundle load scans
+        # its whole ONNX model, and a call per varint doubled that time.
         while pos < end:
-            tag, pos = varint(pos, end)
+            tag = data[pos]
+            if tag < 0x80:
+                pos += 1
+            else:
+                tag, pos = varint(pos, end)
             number, wire = tag >> 3, tag & 7
             if number == 0:
                 raise self.fail(f"field number 0 at byte {pos}")
-            if wire == VARINT:
-                value, pos = varint(pos, end)
-                yield number, wire, value
-            elif wire == LEN:
-                length, pos = varint(pos, end)
+            if wire == LEN:
+                if pos < end and data[pos] < 0x80:
+                    length = data[pos]
+                    pos += 1
+                else:
+                    length, pos = varint(pos, end)
                 if length > end - pos:
                     raise self.fail(f"field {number}: declares {length} bytes, {end - pos} left")
-                yield number, wire, Span(pos, pos + length)
+                yield number, wire, (pos, pos + length)
                 pos += length
+            elif wire == VARINT:
+                value, pos = varint(pos, end)
+                yield number, wire, value
             elif wire in (I64, I32):
                 width = 8 if wire == I64 else 4
                 if width > end - pos:
@@ -119,14 +124,14 @@ class Decoder:
 
     def bytes(self, span: Span) -> bytes:
         """The bytes of a span (a copy)."""
-        return bytes(self.data[span.start : span.end])
+        return bytes(self.data[span[0] : span[1]])
 
     def text(self, span: Span) -> str:
         """A span as UTF-8 text."""
         try:
-            return str(self.data[span.start : span.end], "utf-8")
+            return str(self.data[span[0] : span[1]], "utf-8")
         except UnicodeDecodeError:
-            raise self.fail(f"a string at byte {span.start} is not UTF-8") from None
+            raise self.fail(f"a string at byte {span[0]} is not UTF-8") from None
 
     def check_depth(self, depth: int) -> None:
         """Refuses messages nested deeper than ``MAX_DEPTH`` (recursive readers call it)."""

@@ -578,14 +578,14 @@ def _parse_object_graph(data: bytes, where: str) -> list[ObjectNode]:
             if n == 1 and w == LEN:  # ObjectReference {int32 node_id = 1; string local_name = 2}
                 ref = {k: x for k, _, x in wire.fields(v)}
                 name = ref.get(2)
-                name = wire.bytes(name).decode("utf-8", "replace") if type(name) is Span else ""
+                name = wire.bytes(name).decode("utf-8", "replace") if type(name) is tuple else ""
                 node_id = ref.get(1, 0)
                 children[name] = signed64(node_id) if type(node_id) is int else -1
             elif n == 2 and w == LEN:  # SerializedTensor {name = 1; full_name = 2; key = 3}
                 tensor = {k: x for k, _, x in wire.fields(v)}
                 name, key = tensor.get(1), tensor.get(3)
-                name = wire.bytes(name).decode("utf-8", "replace") if type(name) is Span else ""
-                key = wire.bytes(key).decode("utf-8", "replace") if type(key) is Span else ""
+                name = wire.bytes(name).decode("utf-8", "replace") if type(name) is tuple else ""
+                key = wire.bytes(key).decode("utf-8", "replace") if type(key) is tuple else ""
                 attributes[name] = key
         nodes.append(ObjectNode(children, attributes))
     if not nodes:
