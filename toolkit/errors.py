@@ -75,6 +75,10 @@ class EnvironmentIdError(ToolkitError):
     """An environment id gymnasium does not know, or one that cannot be made."""
 
 
+class ClusterError(ToolkitError):
+    """A Ray cluster that cannot be reached, or workers lost for good (toolkit.distributed)."""
+
+
 class ServingError(ToolkitError):
     """A policy-server request that cannot be answered (runtimes.serving).
 
