@@ -20,6 +20,7 @@ import tensorflow as tf
 from tests import checkpoint_checks as cc
 from tests.tf_agents_saved import reference
 from toolkit import checkpoint_weights, tensor_bundle
+from toolkit.bundle.layout import FormatEntry, Layout
 from toolkit.errors import CheckpointError, ToolkitError
 
 
@@ -217,7 +218,7 @@ def test_fuzz_synthetic_tables_with_huge_declared_sizes(tmp_path):
 W = np.arange(128, dtype=np.float32).reshape(4, 32)
 B = np.linspace(-1, 1, 32, dtype=np.float32)
 #: A bundle manifest's weights map for a policy of two variables (w [4, 32], b [32]).
-MANIFEST = {
+_MANIFEST = {
     "onnx": {
         "initializers": [],
         "weights": {
@@ -230,6 +231,12 @@ MANIFEST = {
         },
     }
 }
+# The readers use only the layout's ONNX section (its weights map): a Layout of just that.
+LAYOUT = Layout(
+    _MANIFEST,
+    formats={"onnx": FormatEntry("onnx", _MANIFEST["onnx"], "policy.onnx", False)},
+    quantization=None,
+)
 KEY_W = "policy/w/.ATTRIBUTES/VARIABLE_VALUE"
 MiB = 1 << 20
 
@@ -258,7 +265,7 @@ def test_a_checkpoint_written_by_hand_is_what_tf_reads_and_gives_the_mapped_valu
     assert cc.assert_reader_matches_tf(prefix) == 4  # object graph, w, b, train_step
     reader = tf.train.load_checkpoint(prefix)
     np.testing.assert_array_equal(reader.get_tensor(KEY_W), W)
-    values, step = checkpoint_weights.read_tf_checkpoint(MANIFEST, prefix)
+    values, step = checkpoint_weights.read_tf_checkpoint(LAYOUT, prefix)
     np.testing.assert_array_equal(values[0], W)
     np.testing.assert_array_equal(values[1], B)
     assert step == 7
@@ -269,7 +276,7 @@ def test_a_tensor_declared_larger_than_the_weights_map_says_is_refused_unread(tm
     disk) cost 612 MB before; the entry is now checked against the map first."""
     prefix = _policy_checkpoint(tmp_path)
     assert cc.declare_shape(prefix, KEY_W, (40_000_000, 4)) == 640_000_000
-    raised, peak = _peak_bytes(lambda: checkpoint_weights.read_tf_checkpoint(MANIFEST, prefix))
+    raised, peak = _peak_bytes(lambda: checkpoint_weights.read_tf_checkpoint(LAYOUT, prefix))
     assert isinstance(raised, CheckpointError)
     assert re.search(
         r"ckpt-7: variable w: expected float32 \[4, 32\], got float32 \[40000000, 4\]: a "
@@ -287,7 +294,7 @@ def test_an_oversized_or_special_index_is_refused_before_reading(tmp_path):
     prefix = _policy_checkpoint(tmp_path)
     index = Path(f"{prefix}.index")
     os.truncate(index, 640 * MiB)  # sparse: 640 MB declared, nothing on disk
-    raised, peak = _peak_bytes(lambda: checkpoint_weights.read_tf_checkpoint(MANIFEST, prefix))
+    raised, peak = _peak_bytes(lambda: checkpoint_weights.read_tf_checkpoint(LAYOUT, prefix))
     assert isinstance(raised, CheckpointError)
     assert str(raised) == (
         f"{index}: expected a checkpoint index of at most {tensor_bundle.MAX_INDEX_BYTES} bytes "
@@ -394,7 +401,7 @@ def test_fuzz_mutated_policy_checkpoints_give_only_checkpoint_errors(tmp_path, m
     target.write_bytes(bytes(data))
     try:
         checkpoint = checkpoint_weights.select(run)
-        values, _ = checkpoint_weights.read_tf_checkpoint(MANIFEST, checkpoint.path)
+        values, _ = checkpoint_weights.read_tf_checkpoint(LAYOUT, checkpoint.path)
     except CheckpointError:
         return
     assert [v.shape for v in values] == [(4, 32), (32,)]
