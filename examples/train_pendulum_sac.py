@@ -44,12 +44,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--no-export", action="store_true", help="score the TF policy only")
     parser.add_argument("--jit-compile", type=int, default=1, help="XLA-compile the train step")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--verbose", action="store_true", help="show TensorFlow's C++ start-up and XLA logs"
+    )
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> float:
     args = parse_args(argv)
-    # TensorFlow is imported here, after argument parsing: --help stays instant.
+    # TensorFlow is imported here, after argument parsing: --help stays instant. Its C++
+    # start-up lines (CUDA probes, XLA) stay off the terminal unless --verbose.
+    from toolkit.agents import tensorflow_logs
+
+    tensorflow_logs.quiet_import(args.verbose)
     import tf_keras
 
     from toolkit.agents import sac, training

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ import tensorflow as tf
 from exporters import formats as export_formats
 from exporters import onnx_export
 from exporters.signatures import ExportModule, module_for
-from toolkit import __version__, bundle, nest
+from toolkit import __version__, action_masks, bundle, nest
 from toolkit import distribution_families as families
 from toolkit.errors import ExportError
 from toolkit.policies import tf_policy as tf_policy_lib
@@ -114,6 +115,23 @@ def export_policy(
     return bundle.write_bundle(output, build, overwrite=overwrite)
 
 
+def _action_mask_input(policy: Any) -> str | None:
+    """The observation input a masked policy reads its mask from (runtimes check it)."""
+    splitter = policy.observation_and_action_constraint_splitter
+    if splitter is None:
+        return None
+    path = action_masks.mask_path(splitter, policy.time_step_spec.observation)
+    if path is None:
+        warnings.warn(
+            f"{type(policy).__name__}: its observation_and_action_constraint_splitter returns "
+            "no observation leaf as the mask (it computes one?): the bundle declares no "
+            "action mask, so runtimes cannot refuse an entry whose mask allows no action",
+            UserWarning,
+            stacklevel=3,
+        )
+    return path
+
+
 def manifest_for(
     module: ExportModule,
     formats: Sequence[str],
@@ -132,7 +150,7 @@ def manifest_for(
         ),
     }
     signatures = {name: module.signature_io(name).to_json() for name in module.info.functions}
-    return {
+    manifest = {
         "format": bundle.FORMAT,
         "format_version": bundle.FORMAT_VERSION,
         "policy": {"class": type(policy).__name__, "action": module.info.description},
@@ -144,3 +162,7 @@ def manifest_for(
         "metadata": metadata,
         "producer": _producer(),
     }
+    mask = _action_mask_input(policy)
+    if mask is not None:
+        manifest["policy"]["action_mask"] = mask
+    return manifest

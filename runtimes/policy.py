@@ -24,6 +24,7 @@ import functools
 import math
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -189,6 +190,13 @@ class BundlePolicy(PyPolicy):
                 f"{bundle_dir}: the graph's inputs {sorted(graph_inputs)} do not match the "
                 f"specs' {sorted(self._input_names)}"
             )
+        self._mask_check = derivations.MaskCheck.build(
+            layout.action_mask,
+            specs.time_step,
+            action_spec,
+            self._input_names,
+            bundle_dir,
+        )
         self._deriver = derivations.DerivationBuilder(action_spec, state_spec).build(
             description, params_tree, "distribution", () if self.is_stateful else None
         )
@@ -336,6 +344,11 @@ class BundlePolicy(PyPolicy):
         return self._bundle_dir
 
     @property
+    def action_mask_input(self) -> str | None:
+        """The observation input holding the action mask (``observation/mask``), or None."""
+        return None if self._mask_check is None else self._mask_check.label
+
+    @property
     def action_description(self) -> dict[str, Any]:
         """How actions are derived from the graph's parameters (the manifest's)."""
         import copy
@@ -429,6 +442,8 @@ class BundlePolicy(PyPolicy):
             arrays, outer = list(time_step), step_type.shape
         else:
             arrays, outer = self._inputs_from(time_step, policy_state)
+        if self._mask_check is not None:
+            self._mask_check.check(arrays, outer)
         outputs = self._run(arrays, not outer, self._fetch)
         if self._plain_output and self._direct:
             action = outputs[0]
@@ -484,7 +499,7 @@ class BundlePolicy(PyPolicy):
         return super().distribution(time_step, policy_state)
 
     def _distribution(self, time_step: Any, policy_state: Any) -> PolicyStep:
-        out, outer = self._outputs(time_step, policy_state)
+        out, outer = self._outputs(time_step, policy_state, check_mask=True)
         restored = {k: _restore_any(v, outer) for k, v in out.items()}
         leaves = self._deriver.distributions(restored)
         action = leaves[0] if self._single_action else self._action_treespec.unflatten(leaves)
@@ -516,11 +531,190 @@ class BundlePolicy(PyPolicy):
             log_probs = [np.zeros(outer, np.float32) for _ in nest.flatten(self.action_spec)]
         return PolicyStep(action, state, self._info(out, log_probs, lambda a: a))
 
-    def _outputs(self, time_step: Any, policy_state: Any) -> tuple[dict[str, np.ndarray], tuple]:
+    def _outputs(
+        self, time_step: Any, policy_state: Any, check_mask: bool = False
+    ) -> tuple[dict[str, np.ndarray], tuple]:
         """Every parameter, next state and info output for prepared inputs."""
         arrays, outer = self._inputs_from(time_step, policy_state)
+        if check_mask and self._mask_check is not None:
+            self._mask_check.check(arrays, outer)
         fetch = self._param_fetch
         return dict(zip(fetch, self._run(arrays, not outer, fetch), strict=True)), outer
+
+    # --- flat entry points -------------------------------------------------------------------
+
+    # A server holds a request as flat named arrays (one per graph input) and answers flat
+    # named outputs: these entry points take and give exactly that, without building
+    # nests (one is built only to name a problem, or for info shaped unlike its spec).
+
+    @property
+    def input_names(self) -> list[str]:
+        """The graph's inputs by nest path: the time step's leaves, then ``policy_state/...``."""
+        return list(self._input_names)
+
+    @functools.cached_property
+    def _flat_specs(self) -> list[tuple[str, np.dtype, tuple[int, ...]]]:
+        specs = nest.flatten(self.time_step_spec) + nest.flatten(self.policy_state_spec)
+        return [(n, s.dtype, s.shape) for n, s in zip(self._input_names, specs, strict=True)]
+
+    @functools.cached_property
+    def _info_spec_names(self) -> list[str] | None:
+        """The info spec's leaves by name when the graph's info and the log probabilities
+        are exactly those leaves (None: info goes through its nest)."""
+        names = [p for p, _ in nest.flatten_with_paths(self.info_spec, "info")]
+        found = list(self._info_names)
+        if self._emit_log_probability:
+            found += self._log_probability_names
+        return names if sorted(names) == sorted(found) else None
+
+    @functools.cached_property
+    def _log_probability_names(self) -> list[str]:
+        prefix = nest.join_path("info", LOG_PROBABILITY)
+        return [p for p, _ in nest.flatten_with_paths(self.action_spec, prefix)]
+
+    def action_flat(self, inputs: Mapping[str, Any], seed: Seed = None) -> dict[str, np.ndarray]:
+        """``action()`` on flat named arrays, answered with flat named arrays.
+
+        Args:
+          inputs: each name of ``input_names`` -> an array with one batch dim (the same
+            for all) and its spec's shape; other dtypes are converted where safe and
+            anything else is refused, as by ``action()``.
+          seed: as in ``action()``.
+
+        Returns:
+          Every leaf of the action, next state and info by nest path (``action[/...]``,
+          ``next_state/...``, ``info/...``), each with the batch dim.
+
+        Raises:
+          SpecMismatchError: naming a missing, unknown or ill-fitting input, or an
+            output outside its spec.
+        """
+        arrays, batch = self._named_inputs(inputs)
+        return self._action_flat(arrays, (batch,), seed)
+
+    def _action_flat(self, arrays: list[Any], outer: tuple, seed: Seed) -> dict[str, np.ndarray]:
+        if self._mask_check is not None:  # as action(): a row that allows nothing is refused
+            self._mask_check.check(arrays, outer)
+        outputs = self._run(arrays, False, self._fetch)
+        if self._plain_output and self._direct:  # the greedy case: the graph's one output
+            result = {self._action_names[0]: outputs[0]}
+            if self._validate_args and not _leaf_within(outputs[0], self._action_checks[0], outer):
+                self._check_flat(result, outer, None)
+            return result
+        out = dict(zip(self._fetch, outputs, strict=True))
+        emit = self._emit_log_probability
+        if self._direct:
+            actions = [out[n] for n in self._action_names]
+            log_probs = [np.zeros(outer, np.float32) for _ in actions] if emit else None
+        else:
+            actions, log_probs = self._deriver.act(out, self._generator(seed), emit)
+        result = dict(zip(self._action_names, actions, strict=True))
+        for name in self._next_state_names:
+            result[name] = out[name]
+        info = None
+        if self._info_spec_names is not None:
+            for name in self._info_names:
+                result[name] = out[name]
+            if log_probs is not None:
+                result.update(zip(self._log_probability_names, log_probs, strict=True))
+        else:  # info unlike its spec's leaves (an empty info): named as it is
+            info = self._info(out, log_probs, _same)
+            result.update(nest.flatten_with_paths(info, "info"))
+        if self._validate_args:
+            self._check_flat(result, outer, info)
+        return result
+
+    def distribution_params_flat(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """``distribution_params()`` on flat named arrays: the graph's parameters
+        (``distribution/<path>/<param>``), next state and info by name, each batched."""
+        arrays, _ = self._named_inputs(inputs)
+        fetch = self._param_fetch
+        return dict(zip(fetch, self._run(arrays, False, fetch), strict=True))
+
+    def _named_inputs(self, inputs: Mapping[str, Any]) -> tuple[list[Any], int]:
+        """The graph's inputs in order and the batch size; exactly-typed arrays pass as
+        they are, anything else gets PyPolicy's validation through the nests."""
+        specs = self._flat_specs
+        if type(inputs) is not dict or len(inputs) != len(specs):
+            self._check_names(inputs)
+        arrays = []
+        batch = -1
+        for name, dtype, shape in specs:
+            value = inputs.get(name)
+            if (  # None and lists too: the checked path names or converts them
+                type(value) is not _NDARRAY
+                or value.dtype is not dtype
+                or len(value.shape) != len(shape) + 1
+                or value.shape[1:] != shape
+                or (batch >= 0 and value.shape[0] != batch)
+            ):
+                return self._named_inputs_checked(inputs)
+            batch = value.shape[0]
+            arrays.append(value)
+        if not self._validate_args:
+            return arrays, batch
+        step_type = arrays[0]
+        if self._check_finite or not (
+            _step_types_ok(step_type)
+            if step_type.dtype == np.int32
+            else bool(((step_type >= 0) & (step_type <= 2)).all())
+        ):
+            return self._named_inputs_checked(inputs)  # it names what is wrong
+        return arrays, batch
+
+    def _check_names(self, inputs: Any) -> None:
+        """Names a missing or unknown input, or inputs that are no mapping."""
+        if not isinstance(inputs, Mapping):
+            raise SpecMismatchError(
+                "inputs", "a mapping of input name -> array", f"{type(inputs).__name__}"
+            )
+        names = self._input_names
+        unknown = sorted(str(n) for n in set(inputs) - set(names))
+        if unknown:
+            raise SpecMismatchError(unknown[0], f"one of the inputs {names}", "an unknown name")
+        for name in names:
+            if inputs.get(name) is None:
+                raise SpecMismatchError(name, f"an array (inputs: {names})", "none")
+
+    def _named_inputs_checked(self, inputs: Mapping[str, Any]) -> tuple[list[Any], int]:
+        self._check_names(inputs)
+        leaves = [inputs[n] for n in self._input_names]
+        count = len(self._input_names) - len(self._state_names)
+        time_step = nest.pack_sequence_as(self.time_step_spec, leaves[:count])
+        state: Any = ()
+        if self._state_names:
+            state = nest.pack_sequence_as(self.policy_state_spec, leaves[count:])
+        time_step, state, outer = self._prepare(time_step, state)
+        if outer is None or len(outer) != 1:
+            raise SpecMismatchError(
+                "step_type", "one batch dim, shape (B,)", f"shape {np.shape(time_step[0])}"
+            )
+        arrays, _ = self._inputs_from(time_step, state)
+        return [np.asarray(a) for a in arrays], outer[0]
+
+    def _check_flat(self, result: dict[str, np.ndarray], outer: tuple, info: Any) -> None:
+        """Checks flat outputs against the specs; PyPolicy's check names what is wrong."""
+        if _leaves_within([result[n] for n in self._action_names], self._action_checks, outer):
+            states = [result[n] for n in self._next_state_names]
+            if not self._state_checks or _leaves_within(states, self._state_checks, outer):
+                names = self._info_spec_names
+                if not self._info_checks or (
+                    names is not None
+                    and _leaves_within([result[n] for n in names], self._info_checks, outer)
+                ):
+                    return
+        actions = [result[n] for n in self._action_names]
+        action = actions[0] if self._single_action else self._action_treespec.unflatten(actions)
+        state = ()
+        if self._next_state_names:
+            state = self._state_treespec.unflatten([result[n] for n in self._next_state_names])
+        if info is None:
+            info = ()
+            if self._info_spec_names is not None and self._info_spec_names:
+                info = self._info_spec_treespec.unflatten(
+                    [result[n] for n in self._info_spec_names]
+                )
+        PyPolicy._check_step(self, PolicyStep(action, state, info), outer)
 
     # --- inputs -------------------------------------------------------------------------------
 
@@ -741,6 +935,10 @@ def _flatten_like(spec: Any, values: Any, what: str) -> list[Any]:
     except (ValueError, TypeError):
         nest.assert_same_structure(values, spec, what)  # raises a StructureError naming where
         raise
+
+
+def _same(array: np.ndarray) -> np.ndarray:
+    return array
 
 
 def _unbatch(array: np.ndarray) -> np.ndarray:

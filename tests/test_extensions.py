@@ -114,7 +114,7 @@ def test_a_registered_format_exports_verifies_inspects_and_refuses_updates(toy_f
 
     path = export_policy(small_cartpole(), tmp_path / "b", formats=["saved_model", "onnx_copy"])
     layout = bundle.read_layout(path)  # the schema readers check takes the new section
-    assert list(layout.formats) == ["saved_model", "onnx_copy"]
+    assert list(layout.formats) == ["saved_model", "onnx_copy", "golden"]
     assert layout.format("onnx_copy").path == "policy_copy.onnx"
     report = verify(path)
     assert report.forms == ["saved_model", "onnx_copy"] and report.ok, str(report)

@@ -58,6 +58,8 @@ from toolkit.bundle.recovery import recover
 _LAZY = {
     "hash_files": "writing",
     "write_bundle": "writing",
+    "write_folder": "writing",
+    "remove_stale": "writing",
     "write_saved_model_manifest": "writing",
     "read_onnx": "readers",
     "read_litert": "readers",

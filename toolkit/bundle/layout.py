@@ -258,6 +258,8 @@ class Layout:
 
     Attributes:
       policy_class: the exported TF policy's class name (information only).
+      action_mask: the observation input (nest path) a masked policy reads its action
+        mask from, else None (``policy.action_mask``).
       action: how the action is derived from the distribution parameters (read-only).
       specs: the policy's ``Specs``.
       distribution: the ``distribution`` nest of ``toolkit.distribution_families.LeafInfo``.
@@ -277,6 +279,7 @@ class Layout:
         "_manifest",
         "_weights",
         "action",
+        "action_mask",
         "distribution",
         "files",
         "formats",
@@ -359,6 +362,7 @@ class Layout:
         return cls(
             manifest if owned else _deepcopy(manifest),
             policy_class=str(manifest["policy"].get("class", "")),
+            action_mask=manifest["policy"].get("action_mask"),
             action=freeze(manifest["policy"]["action"]),
             specs=specs,
             distribution=distribution,

@@ -24,7 +24,13 @@ from toolkit.bundle.names import MANIFEST, SAVED_MODEL_MANIFEST
 from toolkit.bundle.recovery import fsync_dir, fsync_tree, recover, siblings
 from toolkit.errors import ExportError
 
-__all__ = ["hash_files", "write_bundle", "write_saved_model_manifest"]
+__all__ = [
+    "hash_files",
+    "remove_stale",
+    "write_bundle",
+    "write_folder",
+    "write_saved_model_manifest",
+]
 
 _O_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
@@ -80,11 +86,17 @@ def _held(path: Path) -> Iterator[bool]:
 
 
 def _remove_stale(target: Path, manifest_name: str) -> None:
-    """Removes our own temporary and old siblings of ``target`` left by killed runs
-    (not those of a write still running: it holds its folder's lock)."""
+    recover(target, manifest_name)
+    remove_stale(target)
+
+
+def remove_stale(target: str | os.PathLike) -> None:
+    """Removes our own temporary and old siblings of ``target`` (``.NAME.tmp-XXXXXXXX``,
+    ``.NAME.old-XXXXXXXX``) left by killed runs; not those of a write still running
+    (it holds its folder's lock), nothing else."""
     import shutil  # writers only: readers (edge devices) skip the import
 
-    recover(target, manifest_name)
+    target = Path(target).absolute()
     for path in siblings(target):
         if path.is_dir() and not path.is_symlink():
             with _held(path) as stale:
@@ -158,24 +170,62 @@ def write_bundle(
         raise ExportError(f"{output}: already exists; pass overwrite=True to replace it")
     if os.path.islink(output) or (os.path.lexists(output) and not output.is_dir()):
         raise ExportError(f"{output}: expected a bundle folder to replace, got a file or link")
-    tmp = parent / f".{output.name}.tmp-{_suffix()}"
-    with _removed_on_failure(tmp):
-        tmp.mkdir()
-        with _held(tmp):
-            _write_into(tmp, output, build, manifest_name)
+
+    def fill(tmp: Path) -> None:
+        manifest = build(tmp)
+        manifest["files"] = hash_files(tmp, manifest_name)
+        _write_json(tmp / manifest_name, manifest)
+
+    _build_and_swap(output, fill)
     return output
 
 
-def _write_into(
-    tmp: Path, output: Path, build: Callable[[Path], dict[str, Any]], manifest_name: str
-) -> None:
-    manifest = build(tmp)
-    manifest["files"] = hash_files(tmp, manifest_name)
-    _write_json(tmp / manifest_name, manifest)
-    _crash_point("written")
-    fsync_tree(tmp)
-    _crash_point("synced")
-    _replace_dir(tmp, output)
+def write_folder(output_dir: str | os.PathLike, fill: Callable[[Path], None]) -> Path:
+    """Writes a new folder crash-safely: ``fill`` builds it in a temporary sibling
+    (``.NAME.tmp-XXXXXXXX``, locked while it is built), every file and folder is synced,
+    then it is renamed into place. write_bundle's writer, for folders of any layout.
+
+    Args:
+      output_dir: the folder to create; it must not exist (nothing is replaced).
+      fill: writes the folder's contents into the folder it is given.
+
+    Returns:
+      The folder's path. On any failure nothing is left behind; a process killed
+      before the rename leaves only the temporary sibling, which ``remove_stale``
+      removes.
+
+    Raises:
+      ExportError: when ``output_dir`` exists already (or appears meanwhile).
+    """
+    output = Path(output_dir).absolute()
+    remove_stale(output)
+    if os.path.lexists(output):
+        raise ExportError(f"{output}: already exists")
+    _build_and_swap(output, fill, replace=False)
+    return output
+
+
+def _build_and_swap(output: Path, fill: Callable[[Path], None], replace: bool = True) -> None:
+    tmp = output.parent / f".{output.name}.tmp-{_suffix()}"
+    with _removed_on_failure(tmp):
+        tmp.mkdir()
+        with _held(tmp):
+            fill(tmp)
+            _crash_point("written")
+            fsync_tree(tmp)
+            _crash_point("synced")
+            if replace:
+                _replace_dir(tmp, output)
+                return
+            try:
+                if os.path.lexists(output):
+                    raise FileExistsError(errno.EEXIST, "exists")
+                os.rename(tmp, output)
+            except OSError as e:
+                if e.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise
+                raise ExportError(f"{output}: appeared while it was being written") from None
+            fsync_dir(output.parent)
 
 
 def _suffix() -> str:

@@ -52,7 +52,7 @@ def export(
     """
     from exporters import formats as export_formats
 
-    format_list = common.parse_list(formats, "--format", tuple(export_formats.names()))
+    format_list = common.parse_list(formats, "--format", tuple(export_formats.choices()))
     meta = common.parse_metadata(metadata or [])
     if step is not None and checkpoint is None:
         raise common.fail("--step needs --checkpoint")
@@ -62,6 +62,10 @@ def export(
     from toolkit.cli import sources
 
     sources.parse_source(source)  # a malformed string fails before TensorFlow loads
+    # What the export and each format need, before any work.
+    common.require(["tensorflow"], "export")
+    for name in export_formats.parse(format_list):
+        common.require(export_formats.get(name).export_needs, f"export --format {name}")
     stages = common.Stages()
     common.tensorflow_stage(ctx, stages)
 

@@ -35,7 +35,9 @@ __all__ = [
 MAX_PARALLEL_ENVS = 32
 
 
-def make_env(env: str | Callable[[], Any], num_envs: int, *, what: str = "env") -> Any:
+def make_env(
+    env: str | Callable[[], Any], num_envs: int, *, what: str = "env", **adapter_kwargs: Any
+) -> Any:
     """A ``GymVectorEnvironment`` of ``num_envs`` copies of ``env``.
 
     Args:
@@ -43,6 +45,8 @@ def make_env(env: str | Callable[[], Any], num_envs: int, *, what: str = "env") 
         factory sent to Ray workers).
       num_envs: copies stepping together.
       what: how the caller names the environment in messages (``--env``, ``env``).
+      **adapter_kwargs: for ``GymVectorEnvironment`` (e.g. ``action_mask=True`` puts
+        the environment's ``info["action_mask"]`` into the observations).
 
     Raises:
       UnsupportedError: gymnasium is not installed.
@@ -61,8 +65,8 @@ def make_env(env: str | Callable[[], Any], num_envs: int, *, what: str = "env") 
     name = env if isinstance(env, str) else getattr(env, "env_id", None) or repr(env)
     try:
         if isinstance(env, str):
-            return GymVectorEnvironment(env, num_envs)
-        return GymVectorEnvironment([env] * num_envs)
+            return GymVectorEnvironment(env, num_envs, **adapter_kwargs)
+        return GymVectorEnvironment([env] * num_envs, **adapter_kwargs)
     except gymnasium.error.Error as e:
         raise EnvironmentIdError(f"{what} {name!r}: {e}") from e
     except ModuleNotFoundError as e:
@@ -117,11 +121,20 @@ class EpisodePlayer:
       what: how messages name the environment (``make_env``).
       first: an environment already made for it (e.g. to check the policy against),
         used for chunks of its batch size and closed with the player.
+      **adapter_kwargs: for every environment it makes (``make_env``).
     """
 
-    def __init__(self, env: str | Callable[[], Any], *, what: str = "env", first: Any = None):
+    def __init__(
+        self,
+        env: str | Callable[[], Any],
+        *,
+        what: str = "env",
+        first: Any = None,
+        **adapter_kwargs: Any,
+    ):
         self._env = env
         self._what = what
+        self._adapter_kwargs = adapter_kwargs
         self._envs: dict[int, Any] = {}
         if first is not None:
             self._envs[first.batch_size or 1] = first
@@ -130,18 +143,29 @@ class EpisodePlayer:
         """The environment of ``count`` copies (made on first use)."""
         made = self._envs.get(count)
         if made is None:
-            made = self._envs[count] = make_env(self._env, count, what=self._what)
+            made = self._envs[count] = make_env(
+                self._env, count, what=self._what, **self._adapter_kwargs
+            )
         return made
 
-    def play(self, policy: Any, first_seed: int, count: int) -> Any:
+    def play(
+        self,
+        policy: Any,
+        first_seed: int,
+        count: int,
+        *,
+        on_ended: Callable[[int], Any] | None = None,
+    ) -> Any:
         """``count`` whole episodes stepping together, episode i reset with ``first_seed + i``.
+
+        ``on_ended(n)`` is called whenever n of them end at a step (a progress bar).
 
         Returns:
           The ``driver.Evaluation`` (one return and one length per episode).
         """
         from toolkit.environments import driver
 
-        return driver.evaluate_policy(self.env(count), policy, seed=first_seed)
+        return driver.evaluate_policy(self.env(count), policy, seed=first_seed, on_ended=on_ended)
 
     def close(self) -> None:
         envs, self._envs = list(self._envs.values()), {}
