@@ -84,7 +84,7 @@ def main(argv=None) -> float:
     import tensorflow as tf
     import tf_keras
 
-    from toolkit.agents import common, dqn, training
+    from toolkit.agents import common, dqn, reporting, training
     from toolkit.environments import gym_adapter
     from toolkit.networks.q_network import QNetwork
     from toolkit.replay_buffer import ExperienceWriter, ReplayBuffer, experience_spec
@@ -116,7 +116,7 @@ def main(argv=None) -> float:
     writer = ExperienceWriter(replay_buffer, n_step=args.n_step, gamma=gamma)
 
     training_start = time.perf_counter()
-    with training.ProgressBar("CartPole-v1 DQN", args.steps, enabled=not args.no_progress) as bar:
+    with reporting.ProgressBar("CartPole-v1 DQN", args.steps, enabled=not args.no_progress) as bar:
         train = training.train_off_policy
         distributed = {}
         if args.actors:
@@ -150,7 +150,7 @@ def main(argv=None) -> float:
             **distributed,
         )
     training_seconds = time.perf_counter() - training_start
-    return training.report_run(
+    return reporting.report_run(
         agent,
         args.output_dir,
         eval_env,

@@ -71,7 +71,7 @@ def main(argv=None) -> float:
     import tensorflow as tf
     import tf_keras
 
-    from toolkit.agents import ppo, training
+    from toolkit.agents import ppo, reporting, training
     from toolkit.environments import gym_adapter
     from toolkit.networks.actor_distribution_network import ActorDistributionNetwork
     from toolkit.networks.value_network import ValueNetwork
@@ -105,7 +105,7 @@ def main(argv=None) -> float:
     )
 
     training_start = time.perf_counter()
-    with training.ProgressBar("CartPole-v1 PPO", args.steps, enabled=not args.no_progress) as bar:
+    with reporting.ProgressBar("CartPole-v1 PPO", args.steps, enabled=not args.no_progress) as bar:
         result = training.train_on_policy(
             agent,
             env,
@@ -137,7 +137,7 @@ def main(argv=None) -> float:
             train_step=train_step,
         )
 
-    return training.report_run(
+    return reporting.report_run(
         agent,
         args.output_dir,
         eval_env,

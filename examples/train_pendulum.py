@@ -54,7 +54,7 @@ def main(argv=None) -> float:
     tensorflow_logs.quiet_import(args.verbose)
     import tf_keras
 
-    from toolkit.agents import ddpg, training
+    from toolkit.agents import ddpg, reporting, training
     from toolkit.environments import gym_adapter
     from toolkit.networks.actor_network import ActorNetwork
     from toolkit.networks.critic_network import CriticNetwork
@@ -91,7 +91,7 @@ def main(argv=None) -> float:
     writer = ExperienceWriter(replay_buffer, n_step=1, gamma=gamma)
 
     training_start = time.perf_counter()
-    with training.ProgressBar("Pendulum-v1 DDPG", args.steps, enabled=not args.no_progress) as bar:
+    with reporting.ProgressBar("Pendulum-v1 DDPG", args.steps, enabled=not args.no_progress) as bar:
         result = training.train_off_policy(
             agent,
             env,
@@ -112,7 +112,7 @@ def main(argv=None) -> float:
             on_progress=bar,
         )
     training_seconds = time.perf_counter() - training_start
-    return training.report_run(
+    return reporting.report_run(
         agent,
         args.output_dir,
         eval_env,

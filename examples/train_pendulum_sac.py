@@ -59,7 +59,7 @@ def main(argv=None) -> float:
     tensorflow_logs.quiet_import(args.verbose)
     import tf_keras
 
-    from toolkit.agents import sac, training
+    from toolkit.agents import reporting, sac, training
     from toolkit.environments import gym_adapter
     from toolkit.networks.actor_distribution_network import ActorDistributionNetwork
     from toolkit.networks.critic_network import CriticNetwork
@@ -101,7 +101,7 @@ def main(argv=None) -> float:
     writer = ExperienceWriter(replay_buffer, n_step=1, gamma=gamma)
 
     training_start = time.perf_counter()
-    with training.ProgressBar("Pendulum-v1 SAC", args.steps, enabled=not args.no_progress) as bar:
+    with reporting.ProgressBar("Pendulum-v1 SAC", args.steps, enabled=not args.no_progress) as bar:
         result = training.train_off_policy(
             agent,
             env,
@@ -136,7 +136,7 @@ def main(argv=None) -> float:
             train_step=train_step,
         )
 
-    return training.report_run(
+    return reporting.report_run(
         agent,
         args.output_dir,
         eval_env,

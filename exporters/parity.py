@@ -204,6 +204,7 @@ def verify(
     present = [export_formats.get(name) for name in export_formats.names() if layout.has(name)]
     recordings: dict[str, Recording] = {}
     skipped: dict[str, str] = {}
+    checked_apart: list[str] = []  # formats without a distribution runner
     for fmt in present:
         if fmt.records:
             recordings[fmt.name] = fmt.recording(root, layout)
@@ -212,8 +213,12 @@ def verify(
         if reason is not None:
             skipped[fmt.name] = reason
             continue
-        runners[fmt.name] = fmt.runner(root, layout)
-    if not runners or (not recordings and len(runners) < 2):
+        run = fmt.runner(root, layout)
+        if run is None:  # e.g. an int8 deterministic action: its extra_checks verify it
+            checked_apart.append(fmt.name)
+            continue
+        runners[fmt.name] = run
+    if not checked_apart and (not runners or (not recordings and len(runners) < 2)):
         also = "".join(f"; {name}: skipped, {reason}" for name, reason in skipped.items())
         raise BundleError(
             f"{root}: nothing to compare: "
@@ -233,7 +238,7 @@ def verify(
     if len(runners) > 1:
         rows += _across_forms(layout, runners, num_samples, steps, stateful, seed, atol, rtol)
     for fmt in present:
-        if fmt.name in runners:
+        if fmt.name in runners or fmt.name in checked_apart:
             rows += fmt.extra_checks(root, layout, num_samples)
     recorded = {
         name: f"{_calls(recording)} recorded from {recording.source}"
@@ -241,8 +246,10 @@ def verify(
     }
     return VerifyReport(
         bundle=root,
-        reference=next(iter(recordings), None) or next(iter(runners)),
-        forms=list(runners),
+        reference=next(iter(recordings), None)
+        or next(iter(runners), None)
+        or "held-out real states",
+        forms=[*runners, *checked_apart],
         num_samples=num_samples,
         steps=steps,
         atol=atol,

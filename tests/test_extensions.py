@@ -105,7 +105,8 @@ def test_a_command_refuses_a_backend_without_the_capability_it_needs(toy_backend
 def test_an_unknown_backend_names_the_registered_ones(toy_backend):
     result = runner.invoke(app, ["run", str(cartpole_bundle()), "--env", "CartPole-v1", "-b", "x"])
     assert result.exit_code == 2
-    assert "expected one of ['auto', 'onnx', 'litert', 'tf', 'toy'], got 'x'" in result.stderr
+    known = "['auto', 'onnx', 'litert', 'micro', 'c', 'tf', 'toy']"
+    assert f"expected one of {known}, got 'x'" in result.stderr
 
 
 def test_a_registered_format_exports_verifies_inspects_and_refuses_updates(toy_format, tmp_path):

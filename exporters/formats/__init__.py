@@ -47,6 +47,8 @@ _MODULES = (
     "exporters.formats.saved_model",
     "exporters.formats.onnx",
     "exporters.formats.litert",
+    "exporters.formats.micro",
+    "exporters.formats.c",
     # Last: its update recomputes outputs from the formats written before it.
     "exporters.formats.golden",
 )

@@ -92,7 +92,9 @@ class Format:
         """The format's content for a traced policy (``exporters.signatures.ExportModule``),
         made before the bundle's temporary folder exists (the slow part of an export).
 
-        ``options`` holds the export's options (``opset``...); formats take theirs.
+        ``options`` holds the export's options (``opset``, and the ``format_options``
+        given to ``export_policy``, e.g. ``env`` for formats calibrated on real states);
+        formats take theirs.
         """
         raise NotImplementedError
 
@@ -121,8 +123,12 @@ class Format:
 
     # --- verify ----------------------------------------------------------------------
 
-    def runner(self, root: Path, layout: Layout) -> Runner:
-        """Runs the format's ``distribution`` function on flat inputs (for ``verify``)."""
+    def runner(self, root: Path, layout: Layout) -> Runner | None:
+        """Runs the format's ``distribution`` function on flat inputs (for ``verify``).
+
+        None: the format does not compute the distribution function within a tolerance
+        (e.g. an int8 model of the deterministic action only); its ``extra_checks`` then
+        verify it their own way."""
         raise NotImplementedError
 
     def runner_missing(self) -> str | None:

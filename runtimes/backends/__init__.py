@@ -10,6 +10,8 @@ backend     module (policy class)             reads format     engine (pip extra
 ==========  ================================  ===============  =================================
 ``onnx``    runtimes.backends.onnx            ``onnx``         onnxruntime (``[runtime]``)
 ``litert``  runtimes.backends.litert          ``litert``       ai-edge-litert (``[litert]``)
+``micro``   runtimes.backends.micro           ``micro``        tflite-micro (``[micro]``)
+``c``       runtimes.backends.c               ``c``            cc and ctypes (tests, benches)
 ``tf``      runtimes.backends.tf              ``saved_model``  TensorFlow (``[all]``)
 ==========  ================================  ===============  =================================
 
@@ -186,6 +188,35 @@ BACKENDS: dict[str, Backend] = {
             "LiteRT",
             # Weights are constants of a LiteRT model: `update` converts it again (with TF).
             weight_updates=False,
+        ),
+        Backend(
+            "micro",
+            "runtimes.backends.micro",
+            "MicroPolicy",
+            "micro",
+            "tflite_micro",
+            "micro",
+            "TFLite Micro",
+            engine_label="TFLite Micro (tflite-micro)",
+            # An int8 model of the deterministic action, calibrated at export: never a
+            # silent pick, no checkpoints, one state per interpreter call.
+            weight_updates=False,
+            threads=False,
+            auto=False,
+        ),
+        Backend(
+            "c",
+            "runtimes.backends.c",
+            "CPolicy",
+            "c",
+            "ctypes",
+            "runtime",
+            "C",
+            engine_label="the system C compiler (cc) and ctypes",
+            # Compiles the C export (regenerated from its weights) for tests and benches.
+            weight_updates=False,
+            threads=False,
+            auto=False,
         ),
         Backend(
             "tf",

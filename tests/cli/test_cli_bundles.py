@@ -385,7 +385,7 @@ def test_bench_prints_a_table():
         (["--batch", "0"], "error: --batch: expected sizes >= 1, got [0]"),
         (
             ["--backend", "onnx,cuda"],
-            "error: --backend: expected some of ['onnx', 'litert', 'tf'], got",
+            "error: --backend: expected some of ['onnx', 'litert', 'micro', 'c', 'tf'], got",
         ),
         (["--plot", "out.txt"], "error: --plot: expected a .png, .svg or .pdf file"),
     ],

@@ -210,7 +210,8 @@ def test_debug_shows_the_exception(tmp_path):
         (["-m", "a=1", "-m", "a=2"], "error: --metadata: key 'a' given twice"),
         (
             ["--format", "onnx,tflite"],
-            "error: --format: expected some of ['saved_model', 'onnx', 'litert'], got ['tflite']",
+            "error: --format: expected some of ['saved_model', 'onnx', 'litert', 'micro', 'c'], "
+            "got ['tflite']",
         ),
         (["--step", "3"], "error: --step needs --checkpoint"),
     ],

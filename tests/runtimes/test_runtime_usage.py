@@ -205,7 +205,8 @@ def test_missing_format_and_bad_backend(tmp_path):
     assert runtimes.load_policy(path).backend == "tf"  # auto falls back
     with pytest.raises(
         SpecMismatchError,
-        match=r"backend: expected one of \['auto', 'onnx', 'litert', 'tf'\], got 'torch'",
+        match=r"backend: expected one of \['auto', 'onnx', 'litert', 'micro', 'c', 'tf'\], "
+        r"got 'torch'",
     ):
         runtimes.load_policy(path, "torch")
 

@@ -64,7 +64,8 @@ def test_export_prints_its_stages_and_no_tensorflow_lines(tmp_path):
 def test_the_training_progress_line_is_whole_when_stderr_is_not_a_terminal():
     done = run_python(
         """
-        from toolkit.agents.training import Progress, ProgressBar
+        from toolkit.agents.reporting import ProgressBar
+        from toolkit.agents.training import Progress
         with ProgressBar("train CartPole-v1", 200_000) as bar:
             bar(Progress(13054, 400, 0.1234, 21.5, 180.25, 180.25, 12.0))
         """

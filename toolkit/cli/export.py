@@ -44,6 +44,18 @@ def export(
         typer.Option("--verify/--no-verify", help="Check every exported form against the policy."),
     ] = True,
     samples: common.SamplesOption = 64,
+    env: Annotated[
+        str | None,
+        typer.Option(
+            "--env",
+            help="A gymnasium environment (e.g. CartPole-v1) whose real states formats "
+            "calibrated on them (micro) play: calibration and held-out episodes.",
+        ),
+    ] = None,
+    episodes: Annotated[
+        int,
+        typer.Option("--episodes", "-n", min=1, help="Held-out episodes played with --env."),
+    ] = 20,
 ) -> None:
     """Export a TF policy to a bundle.
 
@@ -88,6 +100,7 @@ def export(
             train_step=train_step,
             metadata=meta,
             overwrite=overwrite,
+            format_options={"env": env, "episodes": episodes} if env else None,
         )
         note["detail"] = str(path)
     report = common.verify_stage(stages, path, samples, policy=policy) if verify else None
