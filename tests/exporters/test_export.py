@@ -282,8 +282,10 @@ def test_bad_arguments(tmp_path):
 
 def test_single_format_bundles(tmp_path):
     onnx_only = exporters.export_policy(_small_q_policy(), tmp_path / "o", formats="onnx")
-    # The golden vectors come with every export (verify's reference on devices).
-    assert set(bundle.read_manifest(onnx_only)["files"]) == {"policy.onnx", "golden.bin"}
+    # The golden vectors (verify's reference on devices) and the model card come with
+    # every export.
+    files = set(bundle.read_manifest(onnx_only)["files"])
+    assert files == {"policy.onnx", "golden.bin", "bom.cdx.json"}
     saved_only = exporters.export_policy(_small_q_policy(), tmp_path / "s", formats=["saved_model"])
     assert "onnx" not in bundle.read_manifest(saved_only)
 

@@ -191,6 +191,7 @@ def serve(
         float,
         typer.Option("--follow-seconds", min=0.001, help="How often --follow folders are checked."),
     ] = 1.0,
+    trust_key: common.TrustKeyOption = None,
     graceful_seconds: Annotated[
         float,
         typer.Option(
@@ -256,5 +257,6 @@ def serve(
         max_connections=max_connections,
         follow=follow_folders(follow, [c.name for c in configs]),
         follow_seconds=follow_seconds,
+        trust=common.trust_policy(trust_key),
     )
     raise typer.Exit(run(options))
