@@ -13,9 +13,23 @@ import importlib.util
 import os
 from typing import Any
 
-__all__ = ["BACKENDS", "EXTRAS", "load_policy", "missing_extra"]
+__all__ = [
+    "AUTO_THREADS_MIN_BATCH",
+    "BACKENDS",
+    "EXTRAS",
+    "load_policy",
+    "missing_extra",
+    "thread_setting",
+]
 
 BACKENDS = ("auto", "onnx", "litert", "tf")
+
+#: ``threads="auto"``: batches of at least this many rows run with the engine's default
+#: threads (onnxruntime: one per physical core; LiteRT: its own default), smaller ones
+#: on one thread. Measured with ``python benchmarks/runtime_bench.py --only threads``
+#: (graph time alone, one thread against the default, batches 1 to 256, on the
+#: benchmark's three policies): see README.md, "Benchmarks".
+AUTO_THREADS_MIN_BATCH = 64
 
 #: The pip extra that brings each TF-free backend's runtime.
 EXTRAS = {"onnx": "runtime", "litert": "litert"}
@@ -37,13 +51,28 @@ def missing_extra(backend: str) -> str | None:
     return f"the {backend} backend needs {module} (pip install 'policy-toolkit[{EXTRAS[backend]}]')"
 
 
+def thread_setting(threads: Any) -> int | str:
+    """``threads`` checked: a positive int, or ``"auto"``.
+
+    Raises:
+      SpecMismatchError: anything else.
+    """
+    if threads == "auto" and isinstance(threads, str):
+        return "auto"
+    if hasattr(threads, "__index__") and not isinstance(threads, bool) and threads >= 1:
+        return int(threads)  # numpy ints too
+    from toolkit.errors import SpecMismatchError
+
+    raise SpecMismatchError("threads", "a positive int or 'auto'", repr(threads))
+
+
 def load_policy(
     path: str | os.PathLike,
     backend: str = "auto",
     *,
     seed: int | None = None,
     validate_args: bool = True,
-    threads: int = 1,
+    threads: int | str = "auto",
     check_finite: bool = False,
 ) -> Any:
     """Loads an exported policy bundle as a Python policy.
@@ -62,7 +91,12 @@ def load_policy(
         states of another structure are refused naming the leaf. With False, inputs
         are trusted and go to the graph unchecked (a wrong dtype may be cast or refused
         by the backend); that saves under a microsecond a call.
-      threads: intra-op threads (onnx and litert backends).
+      threads: the onnx and litert backends' intra-op threads: an int, or "auto" (the
+        default): one thread for batches below ``AUTO_THREADS_MIN_BATCH`` rows (a
+        small network's call is over before threads could share it, and several
+        processes may share the machine), the engine's default above (a second
+        session or interpreter, built when the first such batch comes). Pass 1 to
+        keep every call on one thread (many policy processes per machine).
       check_finite: refuse observations holding NaN or infinite values, naming the leaf
         (a failing sensor); off by default, as in TF-Agents, which passes them on.
 
@@ -84,6 +118,7 @@ def load_policy(
 
     if backend not in BACKENDS:
         raise SpecMismatchError("backend", f"one of {list(BACKENDS)}", repr(backend))
+    threads = thread_setting(threads)
     root = bundle.bundle_root(path)
     # Each backend checks the hashes of the files it reads (an edge device may hold
     # only manifest.json and policy.onnx or policy.tflite).
