@@ -58,7 +58,7 @@ class _Binding:
     large for copies to pay (PLAIN_RUN_BYTES); the session's plain ``run`` is used.
     """
 
-    def __init__(self, session: Any, batch: int, inputs: list, outputs: list):
+    def __init__(self, session: Any, batch: int, inputs: list, outputs: list, plain_bytes: int):
         self.session = session
         self.run_plain = getattr(session, "_sess", session).run
         # A RunOptions made once: passing None makes onnxruntime build one per call
@@ -67,7 +67,7 @@ class _Binding:
         self.inputs = [np.zeros((batch, *shape), dtype) for _, dtype, shape in inputs]
         self.outputs = [np.empty((batch, *shape), dtype) for _, dtype, shape in outputs]
         size = sum(b.nbytes for b in self.inputs) + sum(b.nbytes for b in self.outputs)
-        self.plain = size > PLAIN_RUN_BYTES
+        self.plain = size > plain_bytes
         if self.plain:
             self.inputs = self.outputs = []
             return
@@ -115,6 +115,7 @@ class _Session:
             self.values.append((name, ort.OrtValue.ortvalue_from_numpy(array)))
         self.auto = threads == "auto"
         self.min_batch = runtimes.AUTO_THREADS_MIN_BATCH
+        self.plain_bytes = PLAIN_RUN_BYTES
         self.session = self._build(1 if self.auto else int(threads))
         self.many: Any = None  # the auto mode's session for large batches, made on first use
         self.lock = _thread.allocate_lock()
@@ -176,9 +177,15 @@ class _Session:
             if len(bindings) >= self.MAX_BINDINGS:
                 del bindings[next(iter(bindings))]
             binding = bindings[batch] = _Binding(
-                self.session_for(batch), batch, self.input_layout, self.output_layout
+                self.session_for(batch),
+                batch,
+                self.input_layout,
+                self.output_layout,
+                self.plain_bytes,
             )
         if binding.plain:  # the caller's arrays in, onnxruntime's out: no copies
+            if unbatched:
+                arrays = [a[None] for a in arrays]
             feeds = dict(zip(self.names, arrays, strict=True))
             return binding.run_plain(fetch, feeds, binding.options)
         fill_inputs(binding.inputs, arrays, unbatched)  # dtypes were checked
