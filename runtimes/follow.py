@@ -70,6 +70,7 @@ class Follower:
         self._on_apply = on_apply
         self._failures: dict[tuple, int] = {}
         self._logged: set[tuple] = set()
+        self._unreadable: str | None = None  # why the folder cannot be read, while it cannot
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -79,15 +80,27 @@ class Follower:
     def poll(self) -> bool:
         """Checks the folder once; applies the newest new checkpoint. True if it did."""
         with self._lock:
-            if not self.directory.exists() or (
-                self.directory.is_dir() and not any(self.directory.iterdir())
-            ):
-                return False  # training has not written anything yet
             try:
+                if not self.directory.exists():
+                    return False  # training has not started yet
+                if self.directory.is_dir() and not any(self.directory.iterdir()):
+                    return self._readable(False)  # nor written anything yet
                 found = checkpoint_weights.find_checkpoints(self.directory)
             except ToolkitError as e:
                 self._log_once(("folder", str(e)), "cannot watch %s: %s", self.directory, e)
                 return False
+            except OSError as e:  # unreadable (for now): said once per change, kept watching
+                reason = e.strerror or type(e).__name__
+                if self._unreadable != reason:
+                    self._unreadable = reason
+                    logger.warning(
+                        "cannot read %s (%s); checking again every %g s",
+                        self.directory,
+                        reason,
+                        self.interval,
+                    )
+                return False
+            self._readable(True)
             for checkpoint in reversed(found):
                 signature = checkpoint.signature()
                 if signature == self._applied_signature:
@@ -102,7 +115,7 @@ class Follower:
                     continue  # logged; a corrupt or foreign checkpoint stays skipped
                 try:
                     self.policy.update_from_checkpoint(checkpoint)
-                except ToolkitError as e:
+                except (ToolkitError, OSError) as e:
                     count = self._failures[signature] = self._failures.get(signature, 0) + 1
                     if count >= 2:  # unchanged since the last try: not one being written
                         self._log_once(signature, "skipping checkpoint %s: %s", checkpoint.path, e)
@@ -120,6 +133,12 @@ class Follower:
                     self._on_apply(self)
                 return True
             return False
+
+    def _readable(self, result: bool) -> bool:
+        if self._unreadable is not None:
+            self._unreadable = None
+            logger.info("%s can be read again", self.directory)
+        return result
 
     def _log_once(self, key: tuple, message: str, *args: Any) -> None:
         if key not in self._logged:

@@ -5,8 +5,8 @@ A bundle's graph computes distribution *parameters*, the next policy state and i
 inputs, asks its backend to run the graph (``_run``), and derives the action from the
 parameters with a numpy Generator, following the manifest's action description
 (``toolkit.distribution_families``): plain sampling, epsilon-greedy, Gaussian and OU
-noise, mixtures. The onnx backend (runtimes.onnx_backend) and the tf backend
-(runtimes.tf_backend) differ only in how they run the graph and swap weights.
+noise, mixtures. The onnx backend (runtimes.backends.onnx) and the tf backend
+(runtimes.backends.tf) differ only in how they run the graph and swap weights.
 
 The hot path of ``action()`` (PyPolicy's: validate, compute, check the step) is kept
 lean: names, dtypes, shapes, bounds and the derivation are compiled once at load; a
@@ -24,6 +24,7 @@ import functools
 import math
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -32,11 +33,13 @@ import numpy as np
 from runtimes import derivations
 from toolkit import distribution_families as families
 from toolkit import nest
+from toolkit.bundle.layout import Layout, thaw
 from toolkit.errors import (
     BundleError,
     PolicyError,
-    SpecError,
     SpecMismatchError,
+    ToolkitError,
+    UnsupportedError,
 )
 from toolkit.policies.py_policy import PyPolicy, Seed
 from toolkit.specs import array_spec
@@ -124,17 +127,13 @@ def check_fingerprint(root: Path, info: dict[str, Any], expected: str) -> None:
 # --- the policy ----------------------------------------------------------------------------
 
 
-def _io_names(signature: dict[str, Any], which: str) -> list[str]:
-    return [entry["name"] for entry in signature.get(which, [])]
-
-
 class BundlePolicy(PyPolicy):
     """A bundle's policy: the TF-Agents policies tutorial's Python-policy interface over a graph.
 
     Subclasses run the graph (``_run``) and swap weights; this class does the rest.
 
     Args:
-      manifest: the bundle's validated manifest (toolkit.bundle.read_manifest).
+      layout: the bundle's layout (toolkit.bundle.read_layout).
       bundle_dir: the bundle folder.
       seed: seeds the policy's own Generator, used by ``action(seed=None)``.
       validate_args: check time steps and states against the specs (converting safe
@@ -145,39 +144,26 @@ class BundlePolicy(PyPolicy):
 
     def __init__(
         self,
-        manifest: dict[str, Any],
+        layout: Layout,
         bundle_dir: str | os.PathLike,
         *,
         seed: int | None = None,
         validate_args: bool = True,
         check_finite: bool = False,
     ):
-        try:
-            specs = manifest["specs"]
-            time_step_spec = array_spec.spec_nest_from_json(specs["time_step"])
-            action_spec = array_spec.spec_nest_from_json(specs["action"])
-            state_spec = array_spec.spec_nest_from_json(specs["policy_state"])
-            info_spec = array_spec.spec_nest_from_json(specs["info"])
-            graph_info_spec = array_spec.spec_nest_from_json(specs["graph_info"])
-            description = manifest["policy"]["action"]
-            params_tree = nest.from_json(manifest["distribution"], families.leaf_from_json)
-            signature = manifest["signatures"]["distribution"]
-        except KeyError as e:
-            raise BundleError(f"{bundle_dir}: the manifest has no {e}") from e
-        except (TypeError, SpecError) as e:
-            raise BundleError(f"{bundle_dir}: the manifest is malformed: {e}") from e
-        if not isinstance(time_step_spec, TimeStep):
-            raise BundleError(f"{bundle_dir}: specs.time_step is not a TimeStep")
-        state_spec = () if state_spec is None else state_spec
+        specs = layout.specs
+        signature = layout.signatures.get("distribution")
+        if signature is None:
+            raise BundleError(f"{bundle_dir}: the manifest has no 'distribution' signature")
         super().__init__(
-            time_step_spec,
-            action_spec,
-            state_spec,
-            info_spec,
+            specs.time_step,
+            specs.action,
+            specs.policy_state,
+            specs.info,
             validate_args=validate_args,
             check_finite=check_finite,
         )
-        self._manifest = manifest
+        self._bundle = layout
         self._bundle_dir = Path(bundle_dir)
         # The Generator is made on first use (``_generator``): numpy.random costs about
         # 10 ms of a cold start, and greedy policies never sample. An int seed gives the
@@ -190,27 +176,36 @@ class BundlePolicy(PyPolicy):
             isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0
         ):
             self._rng = np.random.default_rng(seed)
-        self._train_step = manifest.get("train_step")
-        self._description = description
+        self._train_step = layout.train_step
+        # The derivation builder reads plain dicts: the policy's own copy.
+        description = self._description = thaw(layout.action)
         self._emit_log_probability = bool(description.get("emit_log_probability", False))
-        self._graph_info_spec = () if graph_info_spec is None else graph_info_spec
-        self._params_tree = params_tree
+        self._graph_info_spec = specs.graph_info
+        self._params_tree = params_tree = layout.distribution
+        state_spec, action_spec = specs.policy_state, specs.action
 
         # Graph I/O names, all by nest path (docs/bundle-format.md).
-        self._input_names = [p for p, _ in nest.flatten_with_paths(time_step_spec)]
-        self._state_names = [p for p, _ in nest.flatten_with_paths(state_spec, "policy_state")]
-        self._input_names += self._state_names
-        self._next_state_names = [p for p, _ in nest.flatten_with_paths(state_spec, "next_state")]
-        self._info_names = [p for p, _ in nest.flatten_with_paths(self._graph_info_spec, "info")]
-        action_names = [p for p, _ in nest.flatten_with_paths(action_spec, "action")]
-        graph_inputs = _io_names(signature, "inputs")
-        graph_outputs = set(_io_names(signature, "outputs"))
+        names = layout.names
+        self._input_names = list(names.inputs)
+        self._state_names = list(names.states)
+        self._next_state_names = list(names.next_states)
+        self._info_names = list(names.infos)
+        action_names = list(names.actions)
+        graph_inputs = signature.input_names
+        graph_outputs = set(signature.output_names)
         missing = sorted(set(self._input_names) ^ set(graph_inputs))
         if missing:
             raise BundleError(
                 f"{bundle_dir}: the graph's inputs {sorted(graph_inputs)} do not match the "
                 f"specs' {sorted(self._input_names)}"
             )
+        self._mask_check = derivations.MaskCheck.build(
+            layout.action_mask,
+            specs.time_step,
+            action_spec,
+            self._input_names,
+            bundle_dir,
+        )
         self._deriver = derivations.DerivationBuilder(action_spec, state_spec).build(
             description, params_tree, "distribution", () if self.is_stateful else None
         )
@@ -243,7 +238,7 @@ class BundlePolicy(PyPolicy):
         self._state_leaf_specs = nest.flatten(state_spec)
         self._state_layout = [(s.dtype, s.shape) for s in self._state_leaf_specs]
         # check_finite: every call takes the general path, which checks observations.
-        self._fast = None if check_finite else self._fast_layout(time_step_spec)
+        self._fast = None if check_finite else self._fast_layout(specs.time_step)
         self._action_checks = [_LeafCheck.of(s) for s in nest.flatten(self.action_spec)]
         self._no_clips = [None] * len(self._action_checks)  # what a graph's own action has
         self._state_checks = [_LeafCheck.of(s) for s in nest.flatten(self.policy_state_spec)]
@@ -345,20 +340,27 @@ class BundlePolicy(PyPolicy):
 
     @property
     def metadata(self) -> dict[str, Any]:
-        """The user metadata recorded at export."""
-        import copy  # not at module import: ~0.2 ms of cold start
+        """The user metadata recorded at export (a copy)."""
+        return thaw(self._bundle.metadata)
 
-        return copy.deepcopy(self._manifest.get("metadata", {}))
+    @property
+    def layout(self) -> Layout:
+        """The bundle's layout (toolkit.bundle.layout.Layout), read-only."""
+        return self._bundle
 
     @property
     def manifest(self) -> dict[str, Any]:
-        import copy
-
-        return copy.deepcopy(self._manifest)
+        """The bundle's manifest (a copy)."""
+        return self._bundle.to_json()
 
     @property
     def bundle_dir(self) -> Path:
         return self._bundle_dir
+
+    @property
+    def action_mask_input(self) -> str | None:
+        """The observation input holding the action mask (``observation/mask``), or None."""
+        return None if self._mask_check is None else self._mask_check.label
 
     @property
     def action_description(self) -> dict[str, Any]:
@@ -367,10 +369,59 @@ class BundlePolicy(PyPolicy):
 
         return copy.deepcopy(self._description)
 
+    def set_action_description(self, description: dict[str, Any]) -> None:
+        """Derives actions by ``description`` from the next call on; the graph stays.
+
+        What a collect policy's decayed epsilon needs (Ray collectors take the learner's
+        ``export_description()``): the description must be of the bundle's kind (e.g.
+        ``epsilon_greedy`` with another ``epsilon``), as the graph's outputs were made
+        for it. It is compiled before it is swapped in, so a bad one changes nothing.
+
+        Raises:
+          PolicyError: a description of another kind, or one the graph's parameters
+            do not fit (naming the field).
+        """
+        import copy
+
+        kind = self._description.get("kind")
+        got = description.get("kind") if isinstance(description, dict) else description
+        emit = isinstance(description, dict) and bool(
+            description.get("emit_log_probability", False)
+        )
+        if got != kind or emit != self._emit_log_probability:
+            raise PolicyError(
+                f"set_action_description: expected a {kind!r} description "
+                f"(emit_log_probability {self._emit_log_probability}) as the bundle's, got "
+                f"{got!r:.80} (emit_log_probability {emit})"
+            )
+        try:
+            deriver = derivations.DerivationBuilder(self.action_spec, self.policy_state_spec).build(
+                description, self._params_tree, "distribution", () if self.is_stateful else None
+            )
+        except (ToolkitError, TypeError, ValueError) as e:
+            raise PolicyError(f"set_action_description: {e}") from e
+        self._description = copy.deepcopy(description)
+        self._deriver = deriver
+
+    def apply_weights(self, initializers: dict[str, Any], train_step: int | None = None) -> None:
+        """Swaps in new weights given as arrays keyed by graph initializer name.
+
+        Only backends that run the graph with replaceable initializers take them (the
+        onnx backend); LiteRT models and SavedModels hold theirs as constants or
+        variables: this raises for them.
+
+        Raises:
+          UnsupportedError: always, here; backends that can override it.
+        """
+        raise UnsupportedError(
+            f"apply_weights: the {self.backend} backend cannot take weights from arrays; load "
+            "the bundle with backend='onnx' (or use update_from_checkpoint)"
+        )
+
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}({str(self._bundle_dir)!r}, "
-            f"policy={self._manifest['policy'].get('class')!r}, "
+            f"policy={self._bundle.policy_class!r}, "
             f"action={self._description.get('kind')!r}, train_step={self._train_step})"
         )
 
@@ -411,6 +462,8 @@ class BundlePolicy(PyPolicy):
         else:
             arrays, outer = self._inputs_from(time_step, policy_state)
         fetch = self._fetch
+        if self._mask_check is not None:
+            self._mask_check.check(arrays, outer)
         outputs = self._run(arrays, not outer, fetch)
         if self._plain_output:  # one action leaf; no state, info or log-probability
             if self._direct:
@@ -496,7 +549,7 @@ class BundlePolicy(PyPolicy):
         return super().distribution(time_step, policy_state)
 
     def _distribution(self, time_step: Any, policy_state: Any) -> PolicyStep:
-        out, outer = self._outputs(time_step, policy_state)
+        out, outer = self._outputs(time_step, policy_state, check_mask=True)
         restored = {k: _restore_any(v, outer) for k, v in out.items()}
         leaves = self._deriver.distributions(restored)
         action = leaves[0] if self._single_action else self._action_treespec.unflatten(leaves)
@@ -528,11 +581,190 @@ class BundlePolicy(PyPolicy):
             log_probs = [np.zeros(outer, np.float32) for _ in nest.flatten(self.action_spec)]
         return PolicyStep(action, state, self._info(out, log_probs, lambda a: a))
 
-    def _outputs(self, time_step: Any, policy_state: Any) -> tuple[dict[str, np.ndarray], tuple]:
+    def _outputs(
+        self, time_step: Any, policy_state: Any, check_mask: bool = False
+    ) -> tuple[dict[str, np.ndarray], tuple]:
         """Every parameter, next state and info output for prepared inputs."""
         arrays, outer = self._inputs_from(time_step, policy_state)
+        if check_mask and self._mask_check is not None:
+            self._mask_check.check(arrays, outer)
         fetch = self._param_fetch
         return dict(zip(fetch, self._run(arrays, not outer, fetch), strict=True)), outer
+
+    # --- flat entry points -------------------------------------------------------------------
+
+    # A server holds a request as flat named arrays (one per graph input) and answers flat
+    # named outputs: these entry points take and give exactly that, without building
+    # nests (one is built only to name a problem, or for info shaped unlike its spec).
+
+    @property
+    def input_names(self) -> list[str]:
+        """The graph's inputs by nest path: the time step's leaves, then ``policy_state/...``."""
+        return list(self._input_names)
+
+    @functools.cached_property
+    def _flat_specs(self) -> list[tuple[str, np.dtype, tuple[int, ...]]]:
+        specs = nest.flatten(self.time_step_spec) + nest.flatten(self.policy_state_spec)
+        return [(n, s.dtype, s.shape) for n, s in zip(self._input_names, specs, strict=True)]
+
+    @functools.cached_property
+    def _info_spec_names(self) -> list[str] | None:
+        """The info spec's leaves by name when the graph's info and the log probabilities
+        are exactly those leaves (None: info goes through its nest)."""
+        names = [p for p, _ in nest.flatten_with_paths(self.info_spec, "info")]
+        found = list(self._info_names)
+        if self._emit_log_probability:
+            found += self._log_probability_names
+        return names if sorted(names) == sorted(found) else None
+
+    @functools.cached_property
+    def _log_probability_names(self) -> list[str]:
+        prefix = nest.join_path("info", LOG_PROBABILITY)
+        return [p for p, _ in nest.flatten_with_paths(self.action_spec, prefix)]
+
+    def action_flat(self, inputs: Mapping[str, Any], seed: Seed = None) -> dict[str, np.ndarray]:
+        """``action()`` on flat named arrays, answered with flat named arrays.
+
+        Args:
+          inputs: each name of ``input_names`` -> an array with one batch dim (the same
+            for all) and its spec's shape; other dtypes are converted where safe and
+            anything else is refused, as by ``action()``.
+          seed: as in ``action()``.
+
+        Returns:
+          Every leaf of the action, next state and info by nest path (``action[/...]``,
+          ``next_state/...``, ``info/...``), each with the batch dim.
+
+        Raises:
+          SpecMismatchError: naming a missing, unknown or ill-fitting input, or an
+            output outside its spec.
+        """
+        arrays, batch = self._named_inputs(inputs)
+        return self._action_flat(arrays, (batch,), seed)
+
+    def _action_flat(self, arrays: list[Any], outer: tuple, seed: Seed) -> dict[str, np.ndarray]:
+        if self._mask_check is not None:  # as action(): a row that allows nothing is refused
+            self._mask_check.check(arrays, outer)
+        outputs = self._run(arrays, False, self._fetch)
+        if self._plain_output and self._direct:  # the greedy case: the graph's one output
+            result = {self._action_names[0]: outputs[0]}
+            if self._validate_args and not _leaf_within(outputs[0], self._action_checks[0], outer):
+                self._check_flat(result, outer, None)
+            return result
+        out = dict(zip(self._fetch, outputs, strict=True))
+        emit = self._emit_log_probability
+        if self._direct:
+            actions = [out[n] for n in self._action_names]
+            log_probs = [np.zeros(outer, np.float32) for _ in actions] if emit else None
+        else:
+            actions, log_probs = self._deriver.act(out, self._generator(seed), emit)
+        result = dict(zip(self._action_names, actions, strict=True))
+        for name in self._next_state_names:
+            result[name] = out[name]
+        info = None
+        if self._info_spec_names is not None:
+            for name in self._info_names:
+                result[name] = out[name]
+            if log_probs is not None:
+                result.update(zip(self._log_probability_names, log_probs, strict=True))
+        else:  # info unlike its spec's leaves (an empty info): named as it is
+            info = self._info(out, log_probs, _same)
+            result.update(nest.flatten_with_paths(info, "info"))
+        if self._validate_args:
+            self._check_flat(result, outer, info)
+        return result
+
+    def distribution_params_flat(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """``distribution_params()`` on flat named arrays: the graph's parameters
+        (``distribution/<path>/<param>``), next state and info by name, each batched."""
+        arrays, _ = self._named_inputs(inputs)
+        fetch = self._param_fetch
+        return dict(zip(fetch, self._run(arrays, False, fetch), strict=True))
+
+    def _named_inputs(self, inputs: Mapping[str, Any]) -> tuple[list[Any], int]:
+        """The graph's inputs in order and the batch size; exactly-typed arrays pass as
+        they are, anything else gets PyPolicy's validation through the nests."""
+        specs = self._flat_specs
+        if type(inputs) is not dict or len(inputs) != len(specs):
+            self._check_names(inputs)
+        arrays = []
+        batch = -1
+        for name, dtype, shape in specs:
+            value = inputs.get(name)
+            if (  # None and lists too: the checked path names or converts them
+                type(value) is not _NDARRAY
+                or value.dtype is not dtype
+                or len(value.shape) != len(shape) + 1
+                or value.shape[1:] != shape
+                or (batch >= 0 and value.shape[0] != batch)
+            ):
+                return self._named_inputs_checked(inputs)
+            batch = value.shape[0]
+            arrays.append(value)
+        if not self._validate_args:
+            return arrays, batch
+        step_type = arrays[0]
+        if self._check_finite or not (
+            _step_types_ok(step_type)
+            if step_type.dtype == np.int32
+            else bool(((step_type >= 0) & (step_type <= 2)).all())
+        ):
+            return self._named_inputs_checked(inputs)  # it names what is wrong
+        return arrays, batch
+
+    def _check_names(self, inputs: Any) -> None:
+        """Names a missing or unknown input, or inputs that are no mapping."""
+        if not isinstance(inputs, Mapping):
+            raise SpecMismatchError(
+                "inputs", "a mapping of input name -> array", f"{type(inputs).__name__}"
+            )
+        names = self._input_names
+        unknown = sorted(str(n) for n in set(inputs) - set(names))
+        if unknown:
+            raise SpecMismatchError(unknown[0], f"one of the inputs {names}", "an unknown name")
+        for name in names:
+            if inputs.get(name) is None:
+                raise SpecMismatchError(name, f"an array (inputs: {names})", "none")
+
+    def _named_inputs_checked(self, inputs: Mapping[str, Any]) -> tuple[list[Any], int]:
+        self._check_names(inputs)
+        leaves = [inputs[n] for n in self._input_names]
+        count = len(self._input_names) - len(self._state_names)
+        time_step = nest.pack_sequence_as(self.time_step_spec, leaves[:count])
+        state: Any = ()
+        if self._state_names:
+            state = nest.pack_sequence_as(self.policy_state_spec, leaves[count:])
+        time_step, state, outer = self._prepare(time_step, state)
+        if outer is None or len(outer) != 1:
+            raise SpecMismatchError(
+                "step_type", "one batch dim, shape (B,)", f"shape {np.shape(time_step[0])}"
+            )
+        arrays, _ = self._inputs_from(time_step, state)
+        return [np.asarray(a) for a in arrays], outer[0]
+
+    def _check_flat(self, result: dict[str, np.ndarray], outer: tuple, info: Any) -> None:
+        """Checks flat outputs against the specs; PyPolicy's check names what is wrong."""
+        if _leaves_within([result[n] for n in self._action_names], self._action_checks, outer):
+            states = [result[n] for n in self._next_state_names]
+            if not self._state_checks or _leaves_within(states, self._state_checks, outer):
+                names = self._info_spec_names
+                if not self._info_checks or (
+                    names is not None
+                    and _leaves_within([result[n] for n in names], self._info_checks, outer)
+                ):
+                    return
+        actions = [result[n] for n in self._action_names]
+        action = actions[0] if self._single_action else self._action_treespec.unflatten(actions)
+        state = ()
+        if self._next_state_names:
+            state = self._state_treespec.unflatten([result[n] for n in self._next_state_names])
+        if info is None:
+            info = ()
+            if self._info_spec_names is not None and self._info_spec_names:
+                info = self._info_spec_treespec.unflatten(
+                    [result[n] for n in self._info_spec_names]
+                )
+        PyPolicy._check_step(self, PolicyStep(action, state, info), outer)
 
     # --- inputs -------------------------------------------------------------------------------
 
@@ -806,6 +1038,10 @@ def _flatten_like(spec: Any, values: Any, what: str) -> list[Any]:
     except (ValueError, TypeError):
         nest.assert_same_structure(values, spec, what)  # raises a StructureError naming where
         raise
+
+
+def _same(array: np.ndarray) -> np.ndarray:
+    return array
 
 
 def _unbatch(array: np.ndarray) -> np.ndarray:

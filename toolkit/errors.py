@@ -6,6 +6,8 @@ e.g. ``observation/velocity: expected shape (3,), got (4,)``.
 
 from __future__ import annotations
 
+import enum
+
 
 class ToolkitError(Exception):
     """Base class of every error this project raises on purpose."""
@@ -43,6 +45,22 @@ class PolicyError(ToolkitError):
     """A policy that cannot do what was asked (e.g. a script that ran out)."""
 
 
+class NoAllowedActionError(PolicyError, ValueError):
+    """A batch entry whose action mask allows no action (there is no action to return).
+
+    Attributes:
+      path: where the mask is (e.g. ``observation/mask``), with the entry's index
+        (``observation/mask[3]``; none for an unbatched time step).
+    """
+
+    problem = "expected at least one allowed action, got none"
+
+    def __init__(self, path: str, index: tuple[int, ...] = ()):
+        where = path + (f"[{', '.join(str(int(i)) for i in index)}]" if index else "")
+        self.path = where
+        super().__init__(f"{where}: {self.problem}")
+
+
 class ScriptExhaustedError(PolicyError, IndexError):
     """A scripted policy was asked for more actions than its script holds."""
 
@@ -75,16 +93,38 @@ class EnvironmentIdError(ToolkitError):
     """An environment id gymnasium does not know, or one that cannot be made."""
 
 
+class ErrorKind(enum.IntEnum):
+    """What went wrong with a served request, whatever protocol carried it.
+
+    gRPC's canonical status codes (with their numbers); each serving protocol maps a
+    kind to its own status (runtimes.serving: an HTTP code for REST, the code for gRPC).
+    """
+
+    CANCELLED = 1
+    INVALID_ARGUMENT = 3
+    DEADLINE_EXCEEDED = 4
+    NOT_FOUND = 5
+    RESOURCE_EXHAUSTED = 8
+    FAILED_PRECONDITION = 9
+    UNIMPLEMENTED = 12
+    INTERNAL = 13
+    UNAVAILABLE = 14
+
+
+class ClusterError(ToolkitError):
+    """A Ray cluster that cannot be reached, or workers lost for good (toolkit.distributed)."""
+
+
 class ServingError(ToolkitError):
     """A policy-server request that cannot be answered (runtimes.serving).
 
     Attributes:
-      status: the HTTP status the server answers with (400, 404, 413...), as TF Serving
-        maps its error codes (invalid argument 400, not found 404).
+      kind: an ``ErrorKind`` (invalid argument, not found...), protocol-neutral: each
+        protocol's codec answers it with its own status.
     """
 
-    def __init__(self, message: str, status: int = 400):
-        self.status = int(status)
+    def __init__(self, message: str, kind: ErrorKind = ErrorKind.INVALID_ARGUMENT):
+        self.kind = ErrorKind(kind)
         super().__init__(message)
 
 

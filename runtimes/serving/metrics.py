@@ -1,4 +1,8 @@
-"""The server's Prometheus metrics (prometheus-client), in a registry of its own."""
+"""The server's Prometheus metrics (prometheus-client), in a registry of its own.
+
+Requests are counted by protocol (``tfserving_rest``...), model, API and the
+protocol's own status code.
+"""
 
 from __future__ import annotations
 
@@ -38,20 +42,21 @@ class ServerMetrics:
         self.models = frozenset(models)
         self.requests = Counter(
             "policy_serving_requests",
-            "Requests answered, by model, API (predict, status, metadata) and HTTP status.",
-            ["model", "api", "code"],
+            "Requests answered, by protocol, model, API (predict, status, metadata...) and "
+            "the protocol's status code.",
+            ["protocol", "model", "api", "code"],
             registry=self.registry,
         )
         self.errors = Counter(
             "policy_serving_request_errors",
-            "Requests answered with an error (HTTP status >= 400), by model, API and status.",
-            ["model", "api", "code"],
+            "Requests answered with an error, by protocol, model, API and status code.",
+            ["protocol", "model", "api", "code"],
             registry=self.registry,
         )
         self.latency = Histogram(
             "policy_serving_request_latency_seconds",
-            "Time from a request's arrival to its answer, by model and API.",
-            ["model", "api"],
+            "Time from a request's arrival to its answer, by protocol, model and API.",
+            ["protocol", "model", "api"],
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
@@ -80,20 +85,31 @@ class ServerMetrics:
             ["model"],
             registry=self.registry,
         )
+        self.connections_closed = Counter(
+            "policy_serving_connections_closed",
+            "Connections the server closed: over --max-connections (limit), or not "
+            "delivering a whole request within --read-timeout-seconds (read_timeout).",
+            ["reason"],
+            registry=self.registry,
+        )
         self._children: dict[tuple, Any] = {}
         self._shown: dict[str, set[str]] = {}
 
     def model_label(self, name: str | None) -> str:
         return name if name in self.models else UNKNOWN_MODEL
 
-    def observe(self, model: str, api: str, code: int, seconds: float) -> None:
-        key = (model, api, code)
+    def observe(
+        self, protocol: str, model: str, api: str, code: Any, seconds: float, error: bool
+    ) -> None:
+        """Counts one answer; ``code`` is the protocol's status, ``error`` whether it is one."""
+        key = (protocol, model, api, code)
         children = self._children.get(key)
         if children is None:
+            text = str(code)
             children = self._children[key] = (
-                self.requests.labels(model, api, str(code)),
-                self.latency.labels(model, api),
-                self.errors.labels(model, api, str(code)) if code >= 400 else None,
+                self.requests.labels(protocol, model, api, text),
+                self.latency.labels(protocol, model, api),
+                self.errors.labels(protocol, model, api, text) if error else None,
             )
         children[0].inc()
         children[1].observe(seconds)

@@ -4,8 +4,11 @@ A model's path is one bundle, or a base path in TF Serving's layout: numeric ver
 folders, each a bundle (``policy-toolkit publish`` writes them). The server polls it:
 a version that the policy wants and is not loaded is loaded, checked (one action on
 a sample time step) and only then put into service; a version that fails is logged
-and the versions in service stay. Switching replaces one immutable snapshot, so a
-request holds the versions it started with until it ends: none fails in a switch.
+and the versions in service stay (standing in for it, or else the next version on
+disk the policy would take). A path that cannot be read for a while (moved away and
+back, unreadable) keeps its versions in service, as TF Serving keeps them. Switching
+replaces one immutable snapshot, so a request holds the versions it started with until
+it ends: none fails in a switch.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -21,20 +25,37 @@ from typing import Any
 
 import numpy as np
 
-from toolkit import bundle, nest
-from toolkit.errors import ServingError, SpecMismatchError, ToolkitError
+from toolkit import action_masks, bundle, nest
+from toolkit.errors import ErrorKind, ServingError, SpecMismatchError, ToolkitError
 from toolkit.trajectories.time_step import StepType
 
 __all__ = [
+    "MAX_VERSION",
     "LoadedVersion",
     "ModelConfig",
     "ModelRegistry",
     "Snapshot",
     "VersionPolicy",
     "list_versions",
+    "parse_version",
 ]
 
 log = logging.getLogger("policy_toolkit.serve")
+
+#: The highest version number: TF Serving's versions are int64 (publish and serve agree).
+MAX_VERSION = 2**63 - 1
+_DIGITS = re.compile(r"[0-9]{1,64}")
+
+
+def parse_version(text: str) -> int | None:
+    """A version folder's name or a URL's version as a number; None if it is not one.
+
+    TF Serving's rule: ASCII digits making a non-negative int64 (``007`` is 7).
+    """
+    if not _DIGITS.fullmatch(text):
+        return None
+    value = int(text)
+    return value if value <= MAX_VERSION else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,6 +102,14 @@ class VersionPolicy:
             return ordered
         return [v for v in ordered if v in self.versions]
 
+    def stand_ins(self, available: list[int]) -> list[int]:
+        """Versions on disk that may serve in place of selected ones that failed to load,
+        best first: for ``latest``, the next highest; ``all`` and ``specific`` select every
+        version they may serve already."""
+        if self.kind != "latest":
+            return []
+        return sorted(available, reverse=True)[self.count :]
+
     def __str__(self) -> str:
         if self.kind == "latest":
             return f"latest:{self.count}"
@@ -100,20 +129,27 @@ class ModelConfig:
 
 
 def is_bundle(path: Path) -> bool:
+    """Whether ``path`` holds a bundle (its manifest); OSError when it cannot be read."""
     return (path / bundle.MANIFEST).is_file()
 
 
 def list_versions(base: Path) -> dict[int, Path]:
-    """Numeric version folders of a base path; hidden and temporary folders are not."""
-    found = {}
-    try:
-        entries = list(os.scandir(base))
-    except OSError:
-        return {}
-    for entry in entries:
-        # TF Serving's rule: a version is a folder named by a non-negative int64.
-        if entry.name.isdigit() and entry.is_dir() and len(entry.name) <= 18:
-            found[int(entry.name)] = Path(entry.path)
+    """Numeric version folders of a base path; hidden and temporary folders are not.
+
+    Raises:
+      OSError: when the base path cannot be listed (missing or unreadable).
+    """
+    found: dict[int, Path] = {}
+    # Sorted, so of two spellings of one number ("7", "007") the plain one wins.
+    for entry in sorted(os.scandir(base), key=lambda e: (len(e.name), e.name)):
+        version = parse_version(entry.name)
+        if version is None or version in found:
+            continue
+        try:
+            if entry.is_dir():
+                found[version] = Path(entry.path)
+        except OSError:  # vanished or unreadable meanwhile: not a version now
+            continue
     return found
 
 
@@ -150,17 +186,20 @@ class Snapshot:
                 raise ServingError(
                     f"Unrecognized servable version label: {label} (model {self.name} has "
                     f"labels {sorted(self.labels) or 'none'})",
-                    404,
+                    ErrorKind.NOT_FOUND,
                 )
             version = self.labels[label]
         if version is None:
             if not self.versions:
-                raise ServingError(f"Servable not found for request: Latest({self.name})", 404)
+                raise ServingError(
+                    f"Servable not found for request: Latest({self.name})", ErrorKind.NOT_FOUND
+                )
             return self.versions[max(self.versions)]
         found = self.versions.get(version)
         if found is None:
             raise ServingError(
-                f"Servable not found for request: Specific({self.name}, {version})", 404
+                f"Servable not found for request: Specific({self.name}, {version})",
+                ErrorKind.NOT_FOUND,
             )
         return found
 
@@ -202,13 +241,16 @@ class ModelRegistry:
             c.name: Snapshot(c.name, {}, {}, {}) for c in configs
         }
         self._lock = threading.Lock()  # one poll at a time
+        self._unreadable: dict[str, str] = {}  # model -> why its path cannot be read
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def get(self, name: str) -> Snapshot:
         snapshot = self.snapshots.get(name)
         if snapshot is None:
-            raise ServingError(f"Servable not found for request: Latest({name})", 404)
+            raise ServingError(
+                f"Servable not found for request: Latest({name})", ErrorKind.NOT_FOUND
+            )
         return snapshot
 
     # --- polling ------------------------------------------------------------------------
@@ -222,70 +264,70 @@ class ModelRegistry:
                 except Exception:  # a poll must never kill the server
                     log.exception("model %s: polling %s failed", config.name, config.path)
 
-    def _on_disk(self, config: ModelConfig) -> dict[int, Path]:
+    def _on_disk(self, config: ModelConfig) -> dict[int, Path] | None:
+        """The versions on disk, or None when the path cannot be read now (logged once
+        per change: a path that comes back is logged too)."""
         path = config.path
-        if is_bundle(path):
+        try:
             # A single bundle is version 1 (replacing it in place loads it again).
-            return {1: path}
-        return list_versions(path)
+            on_disk = {1: path} if is_bundle(path) else list_versions(path)
+        except OSError as e:
+            reason = e.strerror or type(e).__name__
+            if self._unreadable.get(config.name) != reason:
+                self._unreadable[config.name] = reason
+                kept = sorted(self.snapshots[config.name].versions)
+                outcome = f"versions {kept} stay in service" if kept else "no version in service"
+                log.warning(
+                    "model %s: cannot read %s (%s); %s until it can be read",
+                    config.name,
+                    path,
+                    reason,
+                    outcome,
+                )
+            return None
+        if self._unreadable.pop(config.name, None) is not None:
+            log.info("model %s: %s can be read again", config.name, path)
+        return on_disk
 
     def _poll_model(self, config: ModelConfig) -> None:
         old = self.snapshots[config.name]
         on_disk = self._on_disk(config)
+        if on_disk is None:
+            return  # moved away or unreadable for now: TF Serving keeps its versions too
         wanted = config.versions.select(list(on_disk))
         loaded: dict[int, LoadedVersion] = {}
         failures = {v: f for v, f in old.failures.items() if v in on_disk}
         changed = False
         for version in wanted:
-            path = on_disk[version]
-            try:
-                identity = _identity(path)
-            except OSError:
-                continue  # removed while we looked
-            current = old.versions.get(version)
-            if current is not None and current.identity == identity:
-                loaded[version] = current
-                continue
-            if failures.get(version, ("",))[0] == identity:
-                continue  # failed before and unchanged since: logged once
-            started = time.perf_counter()
-            try:
-                policy, manifest = self._load(path)
-                check(policy)
-                loaded[version] = self._prepare(
-                    config.name, policy, manifest, version, path, identity
-                )
-            except Exception as e:  # any failure of a new version keeps the old ones
-                message = f"{type(e).__name__}: {e}" if not isinstance(e, ToolkitError) else str(e)
-                failures[version] = (identity, message)
-                log.error(
-                    "model %s: version %d at %s failed to load; the versions in service stay (%s)",
-                    config.name,
-                    version,
-                    path,
-                    message,
-                )
-                if self._on_failure is not None:
-                    self._on_failure(config.name, version, message)
-                continue
-            failures.pop(version, None)
-            changed = True
-            log.info(
-                "model %s: version %d loaded from %s (train step %s) in %.2f s",
-                config.name,
-                version,
-                path,
-                loaded[version].train_step,
-                time.perf_counter() - started,
-            )
+            found = self._version(config, version, on_disk[version], old, failures)
+            if found is not None:
+                changed |= found is not old.versions.get(version)
+                loaded[version] = found
         # Availability first: when a wanted version could not be loaded, versions in
-        # service (still on disk) keep serving in its place, highest first.
+        # service (still on disk) keep serving in its place, highest first; failing
+        # those, the next versions on disk the policy would take are loaded.
         if len(loaded) < len(wanted):
             for version in sorted(old.versions, reverse=True):
                 if len(loaded) >= len(wanted):
                     break
                 if version not in loaded and version in on_disk:
                     loaded[version] = old.versions[version]
+        if len(loaded) < len(wanted):
+            for version in config.versions.stand_ins(list(on_disk)):
+                if len(loaded) >= len(wanted):
+                    break
+                if version in loaded:
+                    continue
+                found = self._version(config, version, on_disk[version], old, failures)
+                if found is not None:
+                    loaded[version] = found
+                    changed = True
+                    log.info(
+                        "model %s: version %d serves in place of versions %s, which failed to load",
+                        config.name,
+                        version,
+                        sorted(set(wanted) - set(loaded)),
+                    )
         if set(loaded) != set(old.versions):
             changed = True
         labels = {}
@@ -300,6 +342,56 @@ class ModelRegistry:
                 log.info("model %s: versions %s out of service", config.name, dropped)
             if self._on_change is not None:
                 self._on_change(config.name, snapshot)
+
+    def _version(
+        self,
+        config: ModelConfig,
+        version: int,
+        path: Path,
+        old: Snapshot,
+        failures: dict[int, tuple],
+    ) -> LoadedVersion | None:
+        """The version in service, unchanged, or loaded and checked anew; None if it
+        is gone or failed (recorded in ``failures`` and logged once per change)."""
+        try:
+            identity = _identity(path)
+        except OSError:
+            return None  # removed while we looked
+        current = old.versions.get(version)
+        if current is not None and current.identity == identity:
+            return current
+        if failures.get(version, ("",))[0] == identity:
+            return None  # failed before and unchanged since: logged once
+        started = time.perf_counter()
+        try:
+            policy, manifest = self._load(path)
+            check(policy)
+            found = self._prepare(config.name, policy, manifest, version, path, identity)
+        except Exception as e:  # any failure of a new version keeps the old ones
+            message = f"{type(e).__name__}: {e}" if not isinstance(e, ToolkitError) else str(e)
+            failures[version] = (identity, message)
+            outcome = "the versions in service stay" if old.versions else "none is in service"
+            log.error(
+                "model %s: version %d at %s failed to load; %s (%s)",
+                config.name,
+                version,
+                path,
+                outcome,
+                message,
+            )
+            if self._on_failure is not None:
+                self._on_failure(config.name, version, message)
+            return None
+        failures.pop(version, None)
+        log.info(
+            "model %s: version %d loaded from %s (train step %s) in %.2f s",
+            config.name,
+            version,
+            path,
+            found.train_step,
+            time.perf_counter() - started,
+        )
+        return found
 
     def start(self, interval: float) -> None:
         """Polls every ``interval`` seconds in a background thread (0: never)."""
@@ -322,6 +414,10 @@ class ModelRegistry:
 def check(policy: Any) -> None:
     """Acts once on a sample time step, so a version that cannot act never serves."""
     time_step = nest.map_structure(lambda s: s.generate_value()[None], policy.time_step_spec)
+    # A zero mask would allow no action: the sample allows every one.
+    time_step = action_masks.allow_every_action(
+        time_step, getattr(policy, "action_mask_input", None)
+    )
     dtype = policy.time_step_spec.step_type.dtype
     time_step = time_step._replace(step_type=np.full((1,), int(StepType.FIRST), dtype))
     state = policy.get_initial_state(1)

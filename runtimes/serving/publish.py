@@ -7,49 +7,38 @@ looks (``BASE/<version>/saved_model.pb``): so both ``policy-toolkit serve BASE``
 links to the bundle's own where the filesystem allows (no second copy on disk), copies
 otherwise; the manifest does not list them, and no reader of ours reads them.
 
-It is written beside the versions in a hidden temporary folder (which neither server
-looks at), checked against the manifest, every file and folder synced to disk, then
-renamed into place: a server polling BASE sees the whole version or none.
+It is written by ``toolkit.bundle.write_folder``: in a hidden temporary folder beside
+the versions (``.N.tmp-XXXXXXXX``, which neither server looks at), checked against the
+manifest, every file and folder synced to disk, then renamed into place, so a server
+polling BASE sees the whole version or none. Temporary folders that killed publishes
+left behind are removed by the next publish (those of a publish still running are not).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
-import uuid
 from pathlib import Path
 
+from runtimes.serving.models import MAX_VERSION
 from toolkit import bundle
-from toolkit.errors import BundleError, SpecMismatchError
+from toolkit.bundle import Layout
+from toolkit.errors import BundleError, ExportError, SpecMismatchError
 
 __all__ = ["publish", "saved_model_mirror"]
 
-_MAX_VERSION = 2**63 - 1
+# A publish's temporary folder (toolkit.bundle.write_folder's name for version N).
+_TEMPORARY = re.compile(r"\.([0-9]{1,64})\.tmp-[0-9a-f]{8}")
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _copy_synced(source: Path, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with open(source, "rb") as src, open(target, "wb") as dst:
-        shutil.copyfileobj(src, dst, 1 << 20)
-        dst.flush()
-        os.fsync(dst.fileno())
-
-
-def saved_model_mirror(manifest: dict) -> dict[str, str]:
+def saved_model_mirror(layout: Layout) -> dict[str, str]:
     """``{bundle file: its path at the version root}`` for the SavedModel's files."""
-    if "saved_model" not in manifest.get("formats", []):
+    if not layout.has("saved_model"):
         return {}
-    prefix = str(manifest["saved_model"]["dir"]).rstrip("/") + "/"
-    mirror = {rel: rel[len(prefix) :] for rel in manifest["files"] if rel.startswith(prefix)}
-    clash = sorted(set(mirror.values()) & (set(manifest["files"]) | {bundle.MANIFEST}))
+    prefix = layout.format("saved_model").path.rstrip("/") + "/"
+    mirror = {rel: rel[len(prefix) :] for rel in layout.files if rel.startswith(prefix)}
+    clash = sorted(set(mirror.values()) & (set(layout.files) | {bundle.MANIFEST}))
     if clash:
         raise BundleError(
             f"the SavedModel's files {clash} would overwrite the bundle's own at the version root"
@@ -76,35 +65,37 @@ def publish(
       SpecMismatchError: for a bad version number, or no train step to default to.
     """
     source = bundle.bundle_root(bundle_dir)
-    manifest = bundle.read_manifest(source, check_files=True)
+    layout = bundle.read_layout(source, check_files=True)
     if version is None:
-        version = manifest.get("train_step")
+        version = layout.train_step
         if version is None or (isinstance(version, int) and version < 0):
             raise SpecMismatchError(
                 "--version",
                 "a version number (the bundle records no train step to use)",
                 repr(version),
             )
-    if (
-        isinstance(version, bool)
-        or not isinstance(version, int)
-        or not 0 <= version <= _MAX_VERSION
-    ):
-        raise SpecMismatchError("version", f"an int in [0, {_MAX_VERSION}]", repr(version))
+    if isinstance(version, bool) or not isinstance(version, int) or not 0 <= version <= MAX_VERSION:
+        raise SpecMismatchError("version", f"an int in [0, {MAX_VERSION}]", repr(version))
     base = Path(base).absolute()
+    if os.path.lexists(base) and not base.is_dir():
+        raise SpecMismatchError(str(base), "a folder of versions (or a path to create)", "a file")
     target = base / str(version)
     if os.path.lexists(target):
         raise BundleError(
             f"{target}: version {version} already exists; versions are never replaced in place "
             "(servers keep what they loaded), publish a higher version"
         )
-    mirror = saved_model_mirror(manifest)
-    base.mkdir(parents=True, exist_ok=True)
-    tmp = base / f".{version}.tmp-{uuid.uuid4().hex[:8]}"
+    mirror = saved_model_mirror(layout)
     try:
-        tmp.mkdir()
-        for rel in [*manifest["files"], bundle.MANIFEST]:
-            _copy_synced(source / rel, tmp / rel)
+        base.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise BundleError(f"{base}: cannot create the base path ({e.strerror})") from None
+    _remove_leftovers(base)
+
+    def fill(tmp: Path) -> None:
+        for rel in [*layout.files, bundle.MANIFEST]:
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source / rel, tmp / rel)
         # What was copied is what the manifest describes (files changed meanwhile fail here).
         bundle.read_manifest(tmp, check_files=True)
         for rel, dest in mirror.items():
@@ -112,14 +103,21 @@ def publish(
             try:
                 os.link(tmp / rel, tmp / dest)
             except OSError:  # a filesystem without hard links
-                _copy_synced(tmp / rel, tmp / dest)
-        for folder in sorted({p.parent for p in tmp.rglob("*")}, key=lambda p: -len(p.parts)):
-            _fsync_dir(folder)
-        if os.path.lexists(target):  # published meanwhile by someone else
-            raise BundleError(f"{target}: version {version} appeared while publishing")
-        os.rename(tmp, target)
-        _fsync_dir(base)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return target
+                shutil.copyfile(tmp / rel, tmp / dest)
+
+    try:
+        return bundle.write_folder(target, fill)
+    except ExportError:  # published meanwhile by someone else
+        raise BundleError(f"{target}: version {version} appeared while publishing") from None
+
+
+def _remove_leftovers(base: Path) -> None:
+    """Removes the temporary folders of publishes that were killed (only those)."""
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return
+    for name in names:
+        match = _TEMPORARY.fullmatch(name)
+        if match is not None:
+            bundle.remove_stale(base / match.group(1))

@@ -1,8 +1,13 @@
-"""Running the policy server: uvicorn (keep-alive, TCP_NODELAY) over the ASGI app.
+"""Running the policy server: uvicorn over the HTTP protocols, on the serving core.
 
-``run(options)`` loads every model's versions, binds the socket, serves until SIGTERM
-or SIGINT, then stops accepting, lets requests in flight finish (at most
-``graceful_seconds``) and returns 0. The access log is off unless asked for.
+``run(options)`` builds the core (``runtimes.serving.core``), loads every model's
+versions, binds the socket, serves every HTTP protocol of ``runtimes.serving.protocols``
+until SIGTERM or SIGINT, then stops accepting, lets requests in flight finish (at most
+``graceful_seconds``) and returns 0. Connections are bounded in number
+(``max_connections``; more are closed at once) and in patience: one that has not
+delivered a whole request ``read_timeout_seconds`` after it opened, or after its
+request began, is closed (idle keep-alive connections close after uvicorn's 5 s). The
+access log is off unless asked for.
 """
 
 from __future__ import annotations
@@ -15,84 +20,119 @@ import signal
 import socket
 import sys
 import threading
-import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import uvicorn
 
-from runtimes.serving.app import Limits, build_app
-from runtimes.serving.batching import Batcher
-from runtimes.serving.following import Followers
+from runtimes.serving import protocols
+from runtimes.serving.core import CoreOptions, ServingCore, build_core, check_backend
+from runtimes.serving.http import build_app
 from runtimes.serving.metrics import ServerMetrics
-from runtimes.serving.models import (
-    LoadedVersion,
-    ModelConfig,
-    ModelRegistry,
-    is_bundle,
-)
-from runtimes.serving.signatures import ActionRunner, signatures_for
+from runtimes.serving.models import is_bundle
 from toolkit.errors import ServingError
 
-__all__ = ["ServeOptions", "run"]
+__all__ = ["LOG_LEVELS", "ServeOptions", "run"]
 
 log = logging.getLogger("policy_toolkit.serve")
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
 
 @dataclasses.dataclass
-class ServeOptions:
-    """What ``policy-toolkit serve`` was asked for (see its --help)."""
+class ServeOptions(CoreOptions):
+    """What ``policy-toolkit serve`` was asked for (see its --help): the core's options
+    and the HTTP server's."""
 
-    models: list[ModelConfig]
     host: str = "127.0.0.1"
     port: int = 8501
-    poll_seconds: float = 1.0
-    seed: int | None = None
-    backend: str = "onnx"
-    batch_window_us: int | None = None
-    limits: Limits = dataclasses.field(default_factory=Limits)
     log_level: str = "info"
     access_log: bool = False
     graceful_seconds: float = 4.0
-    threads: int = 1
-    #: model name -> a checkpoint folder its highest version follows (``--follow``)
-    follow: dict[str, Path] = dataclasses.field(default_factory=dict)
-    follow_seconds: float = 1.0
+    #: seconds a connection may take to deliver a whole request (from its opening, or
+    #: from the request's first byte)
+    read_timeout_seconds: float = 5.0
+    #: open connections at most; more are closed as they come
+    max_connections: int = 1024
 
 
-def _nodelay_protocol() -> Any:
-    """uvicorn's HTTP protocol, setting TCP_NODELAY on each connection.
+def _protocol_class(options: ServeOptions, metrics: ServerMetrics) -> Any:
+    """uvicorn's HTTP protocol with TCP_NODELAY, a connection limit and a read timeout.
 
-    uvicorn leaves it to the event loop; uvloop and asyncio set it, and doing it here
-    keeps that true whatever loop runs. Measured here with it turned off: uvicorn writes
-    the head and the body of an answer apart, Nagle's algorithm holds the body until
-    the client's delayed ACK, and one client's p50 went from 0.3 ms to 44 ms.
+    TCP_NODELAY: uvicorn leaves it to the event loop; uvloop and asyncio set it, and
+    doing it here keeps that true whatever loop runs. Measured with it turned off:
+    uvicorn writes the head and the body of an answer apart, Nagle's algorithm holds
+    the body until the client's delayed ACK, and one client's p50 went from 0.3 ms to
+    44 ms. The read timeout needs httptools' parser callbacks; without httptools (the
+    pure-Python h11 parser) only the connection limit holds.
     """
+    limit = options.max_connections
+    timeout = options.read_timeout_seconds
+    closed = metrics.connections_closed
     try:
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as Base
     except ImportError:  # httptools missing: the pure-Python h11 parser
         from uvicorn.protocols.http.h11_impl import H11Protocol as Base
+    timed = hasattr(Base, "on_message_begin")  # httptools' request callbacks
 
-    class NoDelay(Base):
+    class Guarded(Base):
+        _refused = False
+        _timer: Any = None
+
         def connection_made(self, transport: Any) -> None:
+            if len(self.connections) >= limit:
+                self._refused = True
+                closed.labels("limit").inc()
+                transport.close()
+                return
             sock = transport.get_extra_info("socket")
             if sock is not None:
                 with contextlib.suppress(OSError, AttributeError):
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             super().connection_made(transport)
+            self._arm()
 
-    return NoDelay
+        def _arm(self) -> None:
+            if self._timer is None and timed:
+                self._timer = self.loop.call_later(timeout, self._timed_out)
+
+        def _timed_out(self) -> None:
+            self._timer = None
+            if not self.transport.is_closing():
+                closed.labels("read_timeout").inc()
+                self.transport.close()
+
+        def on_message_begin(self) -> None:  # a request's first bytes (httptools)
+            super().on_message_begin()
+            self._arm()
+
+        def on_message_complete(self) -> None:  # the whole request is in
+            super().on_message_complete()
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self._refused:
+                return
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            super().connection_lost(exc)
+
+    return Guarded
 
 
 class _Server(uvicorn.Server):
-    """uvicorn's server, but a handled SIGTERM/SIGINT ends with exit status 0.
+    """uvicorn's server; a handled SIGTERM/SIGINT starts draining the core and ends
+    with exit status 0 (uvicorn raises the signal again after its graceful shutdown,
+    so the process would end as killed by it)."""
 
-    (uvicorn raises the signal again after its graceful shutdown, so the process would
-    end as killed by it.)
-    """
+    core: ServingCore | None = None
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        if self.core is not None:
+            self.core.start_draining()
+        super().handle_exit(sig, frame)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -133,86 +173,49 @@ def _configure_logging(level: str) -> None:
         logger.propagate = False
 
 
-def make_registry(
-    options: ServeOptions,
-    metrics: ServerMetrics,
-    executor: ThreadPoolExecutor | None,
-    followers: Followers | None = None,
-) -> ModelRegistry:
-    """The model registry with the loading, preparing and following the options ask for."""
-    import runtimes
-
-    window = None if options.batch_window_us is None else options.batch_window_us / 1e6
-
-    def load(path: Path) -> tuple[Any, dict[str, Any]]:
-        policy = runtimes.load_policy(
-            path, options.backend, seed=options.seed, threads=options.threads
-        )
-        return policy, policy.manifest
-
-    def prepare(name, policy, manifest, version, path, identity) -> LoadedVersion:
-        action = batcher = None
-        if window is not None:
-            batcher = Batcher(
-                ActionRunner(policy),
-                window,
-                options.limits.max_batch,
-                executor,
-                on_batch=metrics.batch_rows.labels(name).observe,
-            )
-            action = batcher
-        signatures = signatures_for(policy, manifest, action)
-        return LoadedVersion(version, path, policy, signatures, identity, time.time(), batcher)
-
-    def on_change(name: str, snapshot: Any) -> None:
-        metrics.set_versions(name, snapshot.versions)
-        if followers is not None:
-            followers.update(name, snapshot)
-
-    return ModelRegistry(
-        options.models,
-        load,
-        prepare,
-        on_change=on_change,
-        on_failure=lambda name, version, message: metrics.load_failures.labels(name).inc(),
-    )
-
-
 def run(options: ServeOptions) -> int:
     """Serves until SIGTERM/SIGINT; returns the exit status (0).
 
     Raises:
       ServingError: for a model path that is neither a bundle nor a folder, a single
         bundle that cannot be loaded, or an address that cannot be bound.
+      UnsupportedError: for a backend that is not installed or cannot follow.
     """
     _configure_logging(options.log_level)
+    check_backend(options.backend, bool(options.follow))
     for config in options.models:
-        if not config.path.is_dir():
+        try:
+            found = config.path.is_dir()
+        except OSError as e:
+            raise ServingError(
+                f"model {config.name}: cannot read {config.path} ({e.strerror})"
+            ) from None
+        if not found:
             raise ServingError(
                 f"model {config.name}: {config.path} is neither a bundle nor a base path "
                 "of version folders"
             )
     for name, folder in options.follow.items():
-        if not folder.is_dir():
+        try:
+            found = folder.is_dir()
+        except OSError:  # unreadable: the follower says so, and follows once it can read
+            found = True
+        if not found:
             log.warning(
                 "model %s: --follow folder %s does not exist yet; checking every %g s",
                 name,
                 folder,
                 options.follow_seconds,
             )
-    metrics = ServerMetrics([c.name for c in options.models])
-    executor = (
-        ThreadPoolExecutor(1, thread_name_prefix="policy-serve-infer")
-        if options.batch_window_us is not None
-        else None
-    )
-    followers = Followers(
-        options.follow,
-        options.follow_seconds,
-        # A checkpoint changes the train step /metrics shows for the version.
-        on_apply=lambda name: metrics.set_versions(name, registry.get(name).versions),
-    )
-    registry = make_registry(options, metrics, executor, followers)
+    core = build_core(options)
+    try:
+        return _serve(core, options)
+    finally:
+        core.close()
+
+
+def _serve(core: ServingCore, options: ServeOptions) -> int:
+    registry = core.registry
     registry.poll()
     for config in options.models:
         snapshot = registry.snapshots[config.name]
@@ -226,7 +229,7 @@ def run(options: ServeOptions) -> int:
             config.name,
             config.path,
         )
-    app = build_app(registry, metrics, options.limits)
+    app = build_app(core, protocols.codecs(core, "http"))
     # What is loaded now lives as long as the server: keeping it out of the garbage
     # collector's generations shortens the collections that pause requests.
     gc.collect()
@@ -237,12 +240,13 @@ def run(options: ServeOptions) -> int:
         app,
         log_level=options.log_level,
         access_log=options.access_log,
-        http=_nodelay_protocol(),
+        http=_protocol_class(options, core.metrics),
         lifespan="off",
         timeout_graceful_shutdown=options.graceful_seconds,
         server_header=False,
     )
     server = _Server(config)
+    server.core = core
     for name, snapshot in registry.snapshots.items():
         log.info(
             "model %s: versions %s in service (%s)",
@@ -252,14 +256,10 @@ def run(options: ServeOptions) -> int:
         )
     # The line scripts wait for: the socket is listening from here on.
     print(f"policy-toolkit serve: listening on http://{host}:{port}", file=sys.stderr, flush=True)
-    registry.start(options.poll_seconds)
+    core.start(options.poll_seconds)
     try:
         server.run(sockets=[sock])
     finally:
-        registry.stop()
-        followers.stop()
-        if executor is not None:
-            executor.shutdown(wait=True)
         sock.close()
     log.info("stopped after %d requests", server.server_state.total_requests)
     return 0

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 import runtimes
-from runtimes import derivations, onnx_backend
+from runtimes import derivations
+from runtimes.backends import onnx as onnx_backend
 from tests.contract import cases_runtime as cr
 from tests.contract.case import first_time_step, sample_time_step
 from toolkit import distribution_families as families

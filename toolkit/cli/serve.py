@@ -1,7 +1,7 @@
-"""``policy-toolkit serve``: a TF-free policy server speaking TF Serving's REST API.
+"""``policy-toolkit serve``: a TF-free policy server (TF Serving's REST API).
 
 The server (``runtimes.serving``) is imported when the command runs; neither it nor
-this module imports TensorFlow (with the default onnx backend).
+this module imports TensorFlow (with the onnx or litert backend).
 """
 
 from __future__ import annotations
@@ -152,7 +152,10 @@ def serve(
         typer.Option("--seed", min=0, help="Seeds stochastic actions (default: from the OS)."),
     ] = None,
     backend: Annotated[
-        str, typer.Option("--backend", help="onnx (no TensorFlow), tf, or auto.")
+        str,
+        typer.Option(
+            "--backend", help="onnx or litert (no TensorFlow), tf (the SavedModel), or auto."
+        ),
     ] = "onnx",
     batch_window_us: Annotated[
         int | None,
@@ -194,6 +197,21 @@ def serve(
             "--graceful-seconds", min=0.0, help="On SIGTERM, how long in-flight requests get."
         ),
     ] = 4.0,
+    read_timeout_seconds: Annotated[
+        float,
+        typer.Option(
+            "--read-timeout-seconds",
+            min=0.001,
+            help="Close a connection that has not sent a whole request this long after it "
+            "opened or its request began.",
+        ),
+    ] = 5.0,
+    max_connections: Annotated[
+        int,
+        typer.Option(
+            "--max-connections", min=1, help="Most open connections; more are closed at once."
+        ),
+    ] = 1024,
 ) -> None:
     """Serve policies over HTTP with TF Serving's REST API, without TensorFlow.
 
@@ -201,7 +219,8 @@ def serve(
     "instances" or columnar "inputs"), GET /metrics. SIGTERM stops it gracefully.
     """
     try:
-        from runtimes.serving.app import Limits
+        from runtimes import backends
+        from runtimes.serving.core import Limits
         from runtimes.serving.server import LOG_LEVELS, ServeOptions, run
     except ImportError as e:  # installed without the server's libraries
         from toolkit.errors import UnsupportedError
@@ -213,8 +232,9 @@ def serve(
 
     if log_level not in LOG_LEVELS:
         raise _bad("--log-level", f"one of {list(LOG_LEVELS)}", repr(log_level))
-    if backend not in ("onnx", "tf", "auto"):
-        raise _bad("--backend", "onnx, tf or auto", repr(backend))
+    known = [backends.AUTO, *backends.BACKENDS]
+    if backend not in known:
+        raise _bad("--backend", f"one of {known}", repr(backend))
     configs = model_configs(model, name, models, versions, labels)
     options = ServeOptions(
         models=configs,
@@ -228,6 +248,8 @@ def serve(
         log_level=log_level,
         access_log=access_log,
         graceful_seconds=graceful_seconds,
+        read_timeout_seconds=read_timeout_seconds,
+        max_connections=max_connections,
         follow=follow_folders(follow, [c.name for c in configs]),
         follow_seconds=follow_seconds,
     )

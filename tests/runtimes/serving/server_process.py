@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import re
 import signal
@@ -15,23 +16,62 @@ ROOT = Path(__file__).resolve().parents[3]
 _LISTENING = re.compile(r"listening on (http://127\.0\.0\.1:\d+)")
 
 
+_CODE = (
+    "import sys, tests.tf_blocker; from toolkit.cli import main; "
+    "sys.argv = ['policy-toolkit'] + sys.argv[1:]; main()"
+)
+
+
+def _without_dac_override() -> None:
+    """In the child before exec: a root process loses the capabilities that let it read
+    any file (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH), so mode 000 folders are unreadable
+    to it as to any user. Run as another user, nothing needs doing."""
+    if os.geteuid() != 0:
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    for capability in (1, 2):
+        if libc.prctl(24, capability, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) needs CAP_SETPCAP")
+
+
+def run_serve(*args: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
+    """Runs ``policy-toolkit serve ARGS`` (TF unimportable) to its end: for refusals."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run(
+        [sys.executable, "-c", _CODE, "serve", *args, "--port", "0"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 class ServerProcess:
     """Starts ``policy-toolkit serve ARGS --port 0`` (TF unimportable) and waits for it.
+
+    Args:
+      args: the command's arguments.
+      timeout: seconds to wait for it to listen.
+      permissions: honour file permissions even when the tests run as root (so a mode
+        000 folder is unreadable to the server).
 
     Attributes:
       url: ``http://127.0.0.1:PORT``.
       process: the Popen.
     """
 
-    def __init__(self, *args: str, timeout: float = 120.0):
-        code = (
-            "import sys, tests.tf_blocker; from toolkit.cli import main; "
-            "sys.argv = ['policy-toolkit'] + sys.argv[1:]; main()"
-        )
-        command = [sys.executable, "-c", code, "serve", *args, "--port", "0"]
+    def __init__(self, *args: str, timeout: float = 120.0, permissions: bool = False):
+        command = [sys.executable, "-c", _CODE, "serve", *args, "--port", "0"]
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         self.process = subprocess.Popen(
-            command, cwd=ROOT, env=env, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+            command,
+            cwd=ROOT,
+            env=env,
+            stderr=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            preexec_fn=_without_dac_override if permissions else None,
         )
         self._lines: list[str] = []
         self._found = threading.Event()

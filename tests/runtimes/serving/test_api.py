@@ -177,6 +177,40 @@ def test_every_signature_answers_as_the_policy_in_process(server, kind, fmt):
         assert answer == ({"predictions": [value]} if fmt == "rows" else {"outputs": value})
 
 
+# Beside the served kinds: a sampled epsilon-greedy (the deriver's draws, log
+# probabilities in info) and a stateful mixture (state through the deriver).
+FLAT_KINDS = [*KINDS, "epsilon_greedy_q", "mixture/stateful"]
+
+
+@pytest.mark.parametrize("kind", FLAT_KINDS)
+def test_flat_entry_points_act_as_the_nested_ones(kind):
+    """What the server runs (flat named arrays, no nests) equals action() and
+    distribution_params() on the same inputs, leaf for leaf, with the same seed."""
+    policy = runtimes.load_policy(cr.bundle(kind), "onnx")
+    time_step = sample_time_step(policy.time_step_spec, (3,), np.random.default_rng(2))
+    state = policy.get_initial_state(3)
+    if policy.is_stateful:
+        state = policy.action(time_step, state, seed=1).state
+    inputs = {**_flat(time_step), **_flat(state, "policy_state")}
+    assert sorted(inputs) == sorted(policy.input_names)
+    step = policy.action(time_step, state, seed=4)
+    expected = {**_flat(step.action, "action"), **_flat(step.info, "info")}
+    expected.update(_flat(step.state, "next_state"))
+    got = policy.action_flat(inputs, seed=4)
+    assert sorted(got) == sorted(expected)
+    for name, value in expected.items():
+        assert got[name].dtype == value.dtype, name
+        np.testing.assert_array_equal(got[name], value, err_msg=name)
+    params = policy.distribution_params(time_step, state)
+    flat = policy.distribution_params_flat(inputs)
+    for path, dist in nest.flatten_with_paths(params.action, "distribution"):
+        for name in ("loc", "scale", "logits", "low", "high"):
+            if hasattr(dist, name):
+                np.testing.assert_array_equal(flat[f"{path}/{name}"], getattr(dist, name))
+    for name, value in _flat(params.state, "next_state").items():
+        np.testing.assert_array_equal(flat[name], value)
+
+
 def test_a_recurrent_policy_carries_its_state_across_requests(server):
     """The client sends policy_state/... and gets next_state/...: five steps of one episode."""
     kind = "rnn/actor_distribution"
@@ -480,17 +514,22 @@ def test_metrics_in_prometheus_text_format(server):
         if line and not line.startswith("#"):
             name, _, value = line.rpartition(" ")
             samples[name] = float(value)
-    ok = 'policy_serving_requests_total{api="predict",code="200",model="versions"}'
+    # Requests are counted by protocol too (labels print sorted).
+    rest = 'protocol="tfserving_rest"'
+    ok = f'policy_serving_requests_total{{api="predict",code="200",model="versions",{rest}}}'
     assert samples[ok] >= 1
-    missing = 'policy_serving_request_errors_total{api="predict",code="404",model="_unknown"}'
+    missing = (
+        f'policy_serving_request_errors_total{{api="predict",code="404",model="_unknown",{rest}}}'
+    )
     assert samples[missing] >= 1
     assert samples['policy_serving_model_versions{model="versions"}'] == 2
     assert samples['policy_serving_model_train_step{model="versions",version="1"}'] == 7
     assert samples['policy_serving_model_train_step{model="versions",version="2"}'] == 8
-    count = 'policy_serving_request_latency_seconds_count{api="predict",model="versions"}'
+    count = f'policy_serving_request_latency_seconds_count{{api="predict",model="versions",{rest}}}'
     assert samples[count] >= 1
     bucket = (
-        'policy_serving_request_latency_seconds_bucket{api="predict",le="+Inf",model="versions"}'
+        "policy_serving_request_latency_seconds_bucket"
+        f'{{api="predict",le="+Inf",model="versions",{rest}}}'
     )
     assert samples[bucket] == samples[count]
 

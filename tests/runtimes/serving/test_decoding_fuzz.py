@@ -1,19 +1,22 @@
 """The request reader against random JSON: it answers or names the problem, never crashes.
 
-Runs in-process (no HTTP): random bodies go through every signature's ``decode`` and,
-when accepted, ``run``; anything but a ServingError or another ToolkitError would be a
-500 from the server.
+Runs in-process (no HTTP): random bodies go through TF Serving's REST codec's
+``decode`` (in both of its JSON parsers: inline, and in slices for large bodies) and,
+when accepted, the core's ``run`` and the codec's ``encode``; anything but a
+ServingError or another ToolkitError would be a 500 from the server.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import numpy as np
 import pytest
 
-import runtimes
-from runtimes.serving.signatures import signatures_for
+from runtimes.serving import tfserving_rest
+from runtimes.serving.core import CoreOptions, Limits, build_core
+from runtimes.serving.models import ModelConfig
 from tests.contract import cases_runtime as cr
 from toolkit.errors import ServingError, ToolkitError
 
@@ -87,20 +90,29 @@ def _body(rng: np.random.Generator, signature: str):
 
 @pytest.mark.parametrize("kind", ["greedy_q", "rnn/actor_distribution"])
 def test_random_bodies_are_answered_or_named(kind):
-    policy = runtimes.load_policy(cr.bundle(kind), "onnx", seed=0)
-    signatures = signatures_for(policy, policy.manifest)
-    rng = np.random.default_rng(0)
-    accepted = refused = 0
-    for i in range(3000):
-        name = list(signatures)[i % len(signatures)]
-        body = _body(rng, name)
-        try:
-            decoded = signatures[name].decode(body, max_batch=16)
-            signatures[name].run(decoded.arrays, decoded.batch)
-            accepted += 1
-        except ServingError:
-            refused += 1
-        except ToolkitError as e:  # the policy's own check (answered with 400)
-            assert str(e), body
-            refused += 1
+    options = CoreOptions([ModelConfig("m", cr.bundle(kind))], seed=0, limits=Limits(max_batch=16))
+    core = build_core(options)
+    loop = asyncio.new_event_loop()
+    try:
+        core.registry.poll()
+        loaded = core.resolve("m", None, None)
+        codec = tfserving_rest.make(core)
+        rng = np.random.default_rng(0)
+        accepted = refused = 0
+        for i in range(3000):
+            name = list(loaded.signatures)[i % len(loaded.signatures)]
+            raw = json.dumps(_body(rng, name)).encode()
+            try:
+                signature, arrays, rows = codec.decode(raw, loaded, sliced=i % 2 == 1)
+                outputs = loop.run_until_complete(core.run(signature, arrays))
+                tfserving_rest.encode(outputs, rows)
+                accepted += 1
+            except ServingError:
+                refused += 1
+            except ToolkitError as e:  # the policy's own check (answered with 400)
+                assert str(e), raw
+                refused += 1
+    finally:
+        loop.close()
+        core.close()
     assert refused > 300 and accepted > 300, (accepted, refused)

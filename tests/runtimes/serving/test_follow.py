@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 
 import httpx
@@ -115,6 +116,54 @@ def test_follow_applies_a_training_runs_checkpoints_and_moves_with_the_version(t
         assert _predict(server.url) == _tf_actions(ahead)
         assert "version 1000 took checkpoint" not in server.log
     assert server.process.returncode == 0
+
+
+@pytest.mark.slow
+def test_follow_waits_out_an_unreadable_folder(tmp_path):
+    """DIR unreadable at start: the server follows it once it can be read; unreadable
+    again while running: one line per change, no traceback, and it follows on."""
+    live = cr.live("greedy_q")  # train step 7 in its bundle
+    base, run = tmp_path / "base", tmp_path / "run"
+    publish(cr.bundle("greedy_q"), base, 1)
+    run.mkdir()
+    run.chmod(0)
+    step = tf.Variable(0, dtype=tf.int64)
+    manager = tf.train.CheckpointManager(
+        tf.train.Checkpoint(policy=live, train_step=step),
+        str(run / "policy_checkpoints"),
+        max_to_keep=5,
+    )
+
+    def save(seed: int, train_step: int) -> list:
+        cr.set_weights(live, seed)
+        step.assign(train_step)
+        manager.save(checkpoint_number=train_step)
+        return _tf_actions(live)
+
+    args = ["--name", "m", "--follow", str(run), "--follow-seconds", "0.05"]
+    args += ["--poll-seconds", "0"]
+    try:
+        with ServerProcess(str(base), *args, permissions=True) as server:
+            server.wait_for_log(r"cannot read .*run \(Permission denied\); checking again")
+            newer = save(31, 100)  # the tests' process may write there
+            time.sleep(0.5)
+            assert _train_step(server.url) == 7
+            run.chmod(0o755)
+            wait_until(lambda: _train_step(server.url) == 100)
+            assert _predict(server.url) == newer
+            run.chmod(0)
+            wait_until(lambda: server.log.count("cannot read") == 2)
+            latest = save(32, 200)
+            time.sleep(0.5)  # ten checks of the unreadable folder
+            run.chmod(0o755)
+            wait_until(lambda: _train_step(server.url) == 200)
+            assert _predict(server.url) == latest
+    finally:
+        run.chmod(0o755)
+    log = server.log
+    assert log.count("cannot read") == 2, log
+    assert log.count("can be read again") == 2, log
+    assert "Traceback" not in log, log
 
 
 def test_follow_folders_name_their_model():

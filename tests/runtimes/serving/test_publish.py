@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -131,3 +132,55 @@ def test_saved_model_cli_shows_serving_default_on_a_published_version(tmp_path):
     for name in ("action", "next_state/0/0", "next_state/0/1"):
         assert f"outputs['{name}']" in out, out
     assert "Method name is: tensorflow/serving/predict" in out
+
+
+def test_publishing_to_a_base_that_is_a_file_is_one_line_and_exit_2(tmp_path):
+    from typer.testing import CliRunner
+
+    from toolkit.cli import app
+
+    base = tmp_path / "base"
+    base.write_text("not a folder")
+    result = CliRunner().invoke(app, ["publish", str(cr.bundle("greedy_q")), str(base)])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip().splitlines() == [
+        f"error: {base}: expected a folder of versions (or a path to create), got a file"
+    ]
+    result = CliRunner().invoke(app, ["publish", str(cr.bundle("greedy_q")), str(base / "sub")])
+    assert result.exit_code == 2, result.output
+    assert "cannot create the base path (Not a directory)" in result.stderr
+
+
+def test_killed_publishes_leave_nothing_the_next_publish_does_not_remove(tmp_path):
+    """A publish killed after writing its temporary folder leaves ``.N.tmp-*``; the next
+    publish removes it, and only it: not a publish still running (it holds its folder's
+    lock), nor anything else hidden in the base path."""
+    import fcntl
+
+    base = tmp_path / "base"
+    result = run_python(
+        f"""
+        import os
+        from toolkit.bundle import writing
+        from runtimes.serving.publish import publish
+        writing._crash_hook = lambda point: os._exit(9) if point == "synced" else None
+        publish({str(cr.bundle("greedy_q"))!r}, {str(base)!r}, 5)
+        """,
+        without_tensorflow=True,
+    )
+    assert result.returncode == 9, result.stderr
+    (killed,) = [p.name for p in base.iterdir()]
+    assert killed.startswith(".5.tmp-") and (base / killed / "saved_model.pb").is_file()
+    running = base / ".6.tmp-0123abcd"
+    running.mkdir()
+    others = [base / ".5.tmp-notes", base / ".7.old", base / "tmp"]
+    for folder in others:
+        folder.mkdir()
+    fd = os.open(running, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a live publish holds it
+        publish(cr.bundle("greedy_q"), base, 8)
+    finally:
+        os.close(fd)
+    names = sorted(p.name for p in base.iterdir())
+    assert names == sorted(["8", running.name] + [p.name for p in others])

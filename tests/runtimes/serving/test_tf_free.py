@@ -11,7 +11,11 @@ def test_the_server_modules_import_without_tensorflow():
         import sys
         import runtimes.serving
         assert "uvicorn" not in sys.modules and "onnxruntime" not in sys.modules
-        import runtimes.serving.server, runtimes.serving.app, runtimes.serving.publish
+        import importlib, pkgutil
+        # Every module of the package: the core, each protocol's codec, publish.
+        for module in pkgutil.iter_modules(runtimes.serving.__path__):
+            importlib.import_module("runtimes.serving." + module.name)
+        assert "runtimes.serving.tfserving_rest" in sys.modules
         import toolkit.cli
         heavy = sorted(m for m in sys.modules if m.split(".")[0] in
                        ("tensorflow", "tensorflow_probability", "tf2onnx", "keras", "tf_keras"))

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import runtimes
-from runtimes.serving.models import VersionPolicy, list_versions
+from runtimes.serving.models import MAX_VERSION, VersionPolicy, list_versions, parse_version
 from runtimes.serving.publish import publish
 from tests.contract import cases_runtime as cr
 from tests.runtimes.serving import bundles
@@ -59,6 +59,16 @@ def test_only_numeric_folders_are_versions(tmp_path):
         (tmp_path / name).mkdir()
     (tmp_path / "5").write_text("a file")
     assert sorted(list_versions(tmp_path)) == [1, 7, 20]
+
+
+def test_versions_run_to_int64s_bound_as_publish_allows(tmp_path):
+    """Folder names of up to 2**63 - 1 are versions (publish takes the same bound); other
+    spellings of numbers are not."""
+    for name in ("1000000000000000000", str(MAX_VERSION), str(MAX_VERSION + 1), "\u0663", "+4"):
+        (tmp_path / name).mkdir()
+    assert sorted(list_versions(tmp_path)) == [10**18, MAX_VERSION]
+    assert parse_version("007") == 7 and parse_version(str(MAX_VERSION + 1)) is None
+    assert publish(cr.bundle("greedy_q"), tmp_path / "base", MAX_VERSION).name == str(MAX_VERSION)
 
 
 def test_new_versions_switch_in_and_broken_ones_are_logged(tmp_path):

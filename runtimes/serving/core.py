@@ -1,0 +1,280 @@
+"""The protocol-neutral serving core: models, versions, signatures, batching, following.
+
+``ServingCore`` is what every protocol answers from. It holds the model catalogue
+(``runtimes.serving.models``: versions, labels, polling), each version's signatures of
+flat named arrays (``runtimes.serving.signatures``), request batching, ``--follow``,
+the limits, the metrics (labelled by protocol) and the draining state. It knows no
+JSON, no HTTP path and no status code: it raises ``ServingError`` with an ``ErrorKind``
+and each protocol's codec (``runtimes.serving.protocols`` lists them) maps that to its
+own status. A codec turns its wire format into (model, version or label, signature,
+flat arrays), calls ``run`` and encodes the outputs; CPU-heavy decoding of large
+requests goes through ``offload``, off the event loop's thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runtimes.serving.batching import Batcher
+from runtimes.serving.following import Followers
+from runtimes.serving.metrics import ServerMetrics
+from runtimes.serving.models import LoadedVersion, ModelConfig, ModelRegistry, Snapshot
+from runtimes.serving.signatures import Signature, distribution_outputs, signatures_for
+from toolkit.errors import ErrorKind, ServingError, UnsupportedError
+
+__all__ = [
+    "OFFLOAD_BYTES",
+    "CoreOptions",
+    "Limits",
+    "ServingCore",
+    "VersionState",
+    "build_core",
+    "check_backend",
+]
+
+#: Requests up to this many bytes are decoded on the event loop's thread (well under a
+#: millisecond); larger ones in the decoding thread (``ServingCore.offload``).
+OFFLOAD_BYTES = 64 << 10
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """Request limits: body bytes (resource exhausted beyond) and rows per request."""
+
+    max_body_bytes: int = 4 << 20
+    max_batch: int = 1024
+
+
+@dataclasses.dataclass
+class CoreOptions:
+    """What the core is asked for (``policy-toolkit serve``'s model options)."""
+
+    models: list[ModelConfig]
+    poll_seconds: float = 1.0
+    seed: int | None = None
+    #: a runtime backend name (``runtimes.load_policy``): onnx, litert, tf or auto
+    backend: str = "onnx"
+    threads: int = 1
+    batch_window_us: int | None = None
+    limits: Limits = dataclasses.field(default_factory=Limits)
+    #: model name -> a checkpoint folder its highest version follows (``--follow``)
+    follow: dict[str, Path] = dataclasses.field(default_factory=dict)
+    follow_seconds: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class VersionState:
+    """A version's state as a status request shows it: in service, or failed with an error."""
+
+    version: int
+    available: bool
+    error: str = ""
+
+
+class ServingCore:
+    """Answers requests for the served models, whatever protocol carries them.
+
+    Args:
+      registry: the model catalogue (polled by the caller's ``start``).
+      metrics: the Prometheus metrics.
+      limits: the request limits.
+      followers: the ``--follow`` watches (stopped by ``close``).
+      executor: the inference thread of request batching, if any (shut by ``close``).
+    """
+
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        metrics: ServerMetrics,
+        limits: Limits,
+        followers: Followers | None = None,
+        executor: ThreadPoolExecutor | None = None,
+    ):
+        self.registry = registry
+        self.metrics = metrics
+        self.limits = limits
+        self.followers = followers
+        self._executor = executor
+        # One thread decodes large requests: several at once would only take turns on
+        # the GIL, and the event loop's thread takes its turn between their slices.
+        self._decoder = ThreadPoolExecutor(1, thread_name_prefix="policy-serve-decode")
+        self.draining = False
+
+    # --- the catalogue -------------------------------------------------------------------
+
+    def resolve(self, name: str, version: int | None, label: str | None) -> LoadedVersion:
+        """The version a request asks for: by number, by label, or the highest."""
+        return self.registry.get(name).resolve(version, label)
+
+    def status(self, name: str, version: int | None, label: str | None) -> list[VersionState]:
+        """The versions of a model (or the one asked for), failed ones included."""
+        snapshot = self.registry.get(name)
+        if version is not None or label is not None:
+            if version is not None and version not in snapshot.versions:
+                failure = snapshot.failures.get(version)
+                if failure is not None:
+                    return [VersionState(version, False, failure[1])]
+                raise ServingError(
+                    f"Could not find version {version} of model {snapshot.name}",
+                    ErrorKind.NOT_FOUND,
+                )
+            return [VersionState(snapshot.resolve(version, label).version, True)]
+        states = [VersionState(v, True) for v in sorted(snapshot.versions)]
+        states += [
+            VersionState(v, False, f[1])
+            for v, f in sorted(snapshot.failures.items())
+            if v not in snapshot.versions
+        ]
+        if not states:
+            raise ServingError(
+                f"Could not find any versions of model {snapshot.name}", ErrorKind.NOT_FOUND
+            )
+        return states
+
+    def ready(self) -> bool:
+        """Whether every model has a version in service and the server is not draining."""
+        return not self.draining and all(s.versions for s in self.registry.snapshots.values())
+
+    # --- running ---------------------------------------------------------------------------
+
+    async def run(self, signature: Signature, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+        """Checks decoded inputs against a signature and runs it: flat arrays out.
+
+        Raises:
+          ServingError: naming the input that does not fit (invalid argument).
+          ToolkitError: the policy's own refusal of its inputs (invalid argument too).
+        """
+        arrays, batch = signature.check(arrays, self.limits.max_batch)
+        outputs = signature.run(arrays, batch)
+        if not isinstance(outputs, dict):  # batched: the merged call's share
+            outputs = await outputs
+        return outputs
+
+    async def offload(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Runs CPU-heavy work of one request (decoding a large body) off the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self._decoder, fn, *args)
+
+    # --- metrics and life cycle -------------------------------------------------------------
+
+    def observe(
+        self,
+        protocol: str,
+        model: str | None,
+        api: str,
+        code: Any,
+        seconds: float,
+        error: bool,
+    ) -> None:
+        """Counts one answered request (``code``: the protocol's own status; requests
+        for models not served count under ``_unknown``)."""
+        label = self.metrics.model_label(model)
+        self.metrics.observe(protocol, label, api, code, seconds, error)
+
+    def start(self, poll_seconds: float) -> None:
+        """Keeps polling the models' paths every ``poll_seconds`` (0: never)."""
+        self.registry.start(poll_seconds)
+
+    def start_draining(self) -> None:
+        """From now on the server is not ready (it finishes what it has, then stops)."""
+        self.draining = True
+
+    def close(self) -> None:
+        """Stops polling, following, and the decoding and inference threads."""
+        self.draining = True
+        self.registry.stop()
+        if self.followers is not None:
+            self.followers.stop()
+        self._decoder.shutdown(wait=True)
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+
+
+def check_backend(backend: str, follow: bool) -> None:
+    """Refuses a backend that is not installed, or cannot do what is asked, up front.
+
+    Any backend of ``runtimes.backends.BACKENDS`` serves; ``auto`` is checked when a
+    version loads.
+
+    Raises:
+      SpecMismatchError: an unknown backend (naming the known ones).
+      UnsupportedError: naming the backend, what it lacks and what to install or use.
+    """
+    from runtimes import backends
+
+    if backend == backends.AUTO:
+        return
+    row = backends.get(backend)
+    if row.missing() is not None:
+        light = backends.names(tf_free=True)
+        hint = f"; --backend {light[0]} serves without it" if not row.tf_free and light else ""
+        raise UnsupportedError(
+            f"--backend {backend}: the {backend} backend needs {row.engine_label}, which is "
+            f"not installed (pip install 'policy-toolkit[{row.extra}]'){hint}"
+        )
+    if follow and not row.weight_updates:
+        able = [b.name for b in backends.BACKENDS.values() if b.weight_updates]
+        raise UnsupportedError(
+            f"--follow: the {backend} backend cannot take checkpoints; expected a backend "
+            f"with weight updates ({', '.join(able)})"
+        )
+
+
+def build_core(options: CoreOptions) -> ServingCore:
+    """The core the options ask for: models (not polled yet), batching, following, metrics."""
+    import runtimes
+
+    metrics = ServerMetrics([c.name for c in options.models])
+    window = None if options.batch_window_us is None else options.batch_window_us / 1e6
+    executor = (
+        ThreadPoolExecutor(1, thread_name_prefix="policy-serve-infer")
+        if window is not None
+        else None
+    )
+    followers = Followers(
+        options.follow,
+        options.follow_seconds,
+        # A checkpoint changes the train step /metrics shows for the version (followers
+        # start once the registry below has loaded versions).
+        on_apply=lambda name: metrics.set_versions(name, registry.get(name).versions),
+    )
+
+    def load(path: Path) -> tuple[Any, dict[str, Any]]:
+        policy = runtimes.load_policy(
+            path, options.backend, seed=options.seed, threads=options.threads
+        )
+        return policy, policy.manifest
+
+    def prepare(name, policy, manifest, version, path, identity) -> LoadedVersion:
+        action = batcher = None
+        if window is not None:
+            batcher = Batcher(
+                policy.action_flat,
+                window,
+                options.limits.max_batch,
+                executor,
+                on_batch=metrics.batch_rows.labels(name).observe,
+            )
+            action = batcher
+        signatures = signatures_for(policy, distribution_outputs(manifest), action)
+        return LoadedVersion(version, path, policy, signatures, identity, time.time(), batcher)
+
+    def on_change(name: str, snapshot: Snapshot) -> None:
+        metrics.set_versions(name, snapshot.versions)
+        followers.update(name, snapshot)
+
+    registry = ModelRegistry(
+        options.models,
+        load,
+        prepare,
+        on_change=on_change,
+        on_failure=lambda name, version, message: metrics.load_failures.labels(name).inc(),
+    )
+    return ServingCore(registry, metrics, options.limits, followers, executor)

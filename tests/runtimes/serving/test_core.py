@@ -1,0 +1,287 @@
+"""The protocol-neutral core in-process: its catalogue and draining, the protocol table,
+error kinds, the JSON parser of large bodies, and the policies' flat entry points."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import re
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+import runtimes
+from runtimes.serving import jsonio, protocols, tfserving_rest
+from runtimes.serving.batching import Batcher
+from runtimes.serving.core import CoreOptions, VersionState, build_core
+from runtimes.serving.models import ModelConfig
+from tests.contract import cases_runtime as cr
+from toolkit.errors import ErrorKind, ServingError, SpecMismatchError, UnsupportedError
+from toolkit.trajectories.time_step import TimeStep
+
+# --- the JSON of large bodies ---------------------------------------------------------------
+
+_CASES = [
+    "[1, 2]",
+    "[[1,2],[3,4]]",
+    ' { "a" : [ 1e5 , -2.5E-3 ,0.0] , "b" : [[ ]] } ',
+    "[NaN, Infinity, -Infinity]",
+    "[[1, NaN], [2, 3]]",
+    '["[1,2]", "]"]',
+    '{"instances": [[0.1, 0.2], [0.3, 0.4]], "signature_name": "x"}',
+    '{"a": 1, "a": [2]}',
+    '[true, false, null, "\\u00e9\\n"]',
+    "3",
+    "[]",
+    "[ ]",
+    # Refused by both parsers:
+    "[1,]",
+    "[1 2]",
+    "[1.2.3]",
+    "[- 1]",
+    "[01]",
+    "[+1]",
+    "[1e]",
+    "[1] x",
+    "[[1, 2]",
+    '{"a" 1}',
+    "[" * 3000 + "]" * 3000,
+]
+
+
+def _random_json(rng: np.random.Generator, depth: int = 0):
+    kind = int(rng.integers(0, 8 if depth < 5 else 4))
+    if kind == 0:
+        return float(rng.normal() * 10.0 ** int(rng.integers(-5, 30)))
+    if kind == 1:
+        return int(rng.integers(-(2**40), 2**40))
+    if kind == 2:
+        return [None, True, False, "a]", "[x,", float("nan"), float("-inf")][rng.integers(0, 7)]
+    if kind == 3:  # a row of numbers, the usual case
+        return rng.normal(size=int(rng.integers(0, 9))).round(int(rng.integers(0, 9))).tolist()
+    if kind in (4, 5):
+        return [_random_json(rng, depth + 1) for _ in range(int(rng.integers(0, 5)))]
+    if kind == 6:  # a batch of rows
+        shape = tuple(int(s) for s in rng.integers(1, 5, size=int(rng.integers(1, 4))))
+        return rng.integers(-9, 9, size=shape).tolist()
+    return {f"k{rng.integers(0, 4)}": _random_json(rng, depth + 1) for _ in range(3)}
+
+
+def _parse(parse, raw: bytes):
+    try:
+        return json.dumps(parse(raw), allow_nan=True)  # NaN compares as its token
+    except (ValueError, RecursionError, ServingError):
+        return "refused"
+
+
+def test_large_bodies_parse_in_slices_as_json_loads_parses_them():
+    rng = np.random.default_rng(0)
+    texts = list(_CASES)
+    for _ in range(1500):
+        separators = [(",", ":"), (", ", ": "), (" ,\n", " :\t")][rng.integers(0, 3)]
+        texts.append(json.dumps(_random_json(rng), separators=separators))
+    # A run of numbers longer than one slice goes element by element.
+    texts.append(json.dumps({"inputs": list(range(jsonio.SLICE))}))
+    refused = 0
+    for text in texts:
+        raw = text.encode()
+        expected = _parse(json.loads, raw)
+        refused += expected == "refused"
+        assert _parse(lambda r: jsonio.loads(r, sliced=True), raw) == expected, text[:200]
+    assert refused >= 11
+
+
+def test_a_parse_error_is_named():
+    with pytest.raises(ServingError, match=r"JSON Parse error: Expecting value") as info:
+        jsonio.loads(b"[1,]", sliced=True)
+    assert info.value.kind is ErrorKind.INVALID_ARGUMENT
+    with pytest.raises(ServingError, match="JSON Parse error: The document is empty"):
+        jsonio.loads(b"  ")
+
+
+# --- the protocol table and error kinds ------------------------------------------------------
+
+
+def test_the_protocol_table_builds_one_codec_per_protocol():
+    core = build_core(CoreOptions([]))
+    try:
+        for protocol in protocols.PROTOCOLS:
+            codec = importlib.import_module(protocol.module).make(core)
+            assert codec.name == protocol.name
+        http = protocols.codecs(core, "http")
+        assert [c.name for c in http] == ["tfserving_rest"]
+        assert http[0].handles("/v1/models/m:predict") and not http[0].handles("/v2/models/m")
+        assert protocols.codecs(core, "grpc") == []
+    finally:
+        core.close()
+
+
+def test_every_error_kind_has_a_tf_serving_status():
+    assert set(tfserving_rest.HTTP_STATUS) == set(ErrorKind)
+    assert tfserving_rest.HTTP_STATUS[ErrorKind.NOT_FOUND] == 404
+    assert tfserving_rest.HTTP_STATUS[ErrorKind.INVALID_ARGUMENT] == 400
+
+
+# --- the core --------------------------------------------------------------------------------
+
+
+def test_the_core_answers_from_its_catalogue_and_drains():
+    bundle = cr.bundle("greedy_q")
+    core = build_core(CoreOptions([ModelConfig("m", bundle)]))
+    loop = asyncio.new_event_loop()
+    try:
+        assert not core.ready()  # nothing loaded yet
+        core.registry.poll()
+        assert core.ready()
+        assert core.status("m", None, None) == [VersionState(1, True)]
+        loaded = core.resolve("m", None, None)
+        signature = loaded.signatures["serving_default"]
+        assert {n: t.describe_shape() for n, t in signature.inputs.items()} == {
+            "observation": "[B, 4]"
+        }
+        observations = np.random.default_rng(1).normal(size=(3, 4))  # float64: converted
+        outputs = loop.run_until_complete(core.run(signature, {"observation": observations}))
+        policy = runtimes.load_policy(bundle, "onnx")
+        mid = TimeStep(np.ones(3, np.int32), np.zeros(3, np.float32), np.ones(3, np.float32), None)
+        step = policy.action(mid._replace(observation=observations.astype(np.float32)))
+        assert list(outputs) == ["action"]
+        np.testing.assert_array_equal(outputs["action"], step.action)
+        with pytest.raises(ServingError, match=r"Latest\(nope\)") as info:
+            core.resolve("nope", None, None)
+        assert info.value.kind is ErrorKind.NOT_FOUND
+        with pytest.raises(ServingError, match="Could not find version 9 of model m") as info:
+            core.status("m", 9, None)
+        assert info.value.kind is ErrorKind.NOT_FOUND
+        core.start_draining()
+        assert not core.ready()
+    finally:
+        loop.close()
+        core.close()
+
+
+def test_flat_entry_points_name_bad_inputs():
+    policy = runtimes.load_policy(cr.bundle("greedy_q"), "onnx")
+    assert policy.input_names == ["step_type", "reward", "discount", "observation"]
+    good = {
+        "step_type": np.ones(2, np.int32),
+        "reward": np.zeros(2, np.float32),
+        "discount": np.ones(2, np.float32),
+        "observation": np.full((2, 4), 0.5, np.float32),
+    }
+    expected = policy.action_flat(good)["action"]
+    # Safe conversions, as action(): float64 observations, plain lists.
+    converted = {**good, "observation": good["observation"].astype(np.float64).tolist()}
+    np.testing.assert_array_equal(policy.action_flat(converted)["action"], expected)
+    cases = [
+        ({k: v for k, v in good.items() if k != "reward"}, "reward: expected an array"),
+        ({**good, "x": np.ones(2)}, "x: expected one of the inputs"),
+        ({**good, "observation": np.zeros((2, 3), np.float32)}, "observation: expected shape"),
+        ({**good, "step_type": np.array([1, 3], np.int32)}, "step_type"),
+        ({k: v[0] for k, v in good.items()}, "step_type: expected one batch dim, shape (B,)"),
+        # A missing input after one that needs converting (it was a KeyError), a typo
+        # in place of a name, an explicit None, and no mapping at all.
+        (
+            {"step_type": [1, 1], "reward": good["reward"], "discount": good["discount"]},
+            "observation: expected an array",
+        ),
+        ({**{k: v for k, v in good.items() if k != "reward"}, "rewards": 0}, "rewards: expected"),
+        ({**good, "observation": None}, "observation: expected an array"),
+        ("step_type", "inputs: expected a mapping of input name -> array, got str"),
+    ]
+    for inputs, message in cases:
+        with pytest.raises(SpecMismatchError, match=re.escape(message)):
+            policy.action_flat(inputs)
+
+
+def test_one_requests_bad_rows_fail_only_that_request_of_a_merged_batch():
+    """A step type of 3 in one request fails that request, named at its own row, while
+    the requests merged with it are answered (they all failed with its error before)."""
+    policy = runtimes.load_policy(cr.bundle("greedy_q"), "onnx")
+
+    def inputs(step_types: list[int]) -> dict[str, np.ndarray]:
+        n = len(step_types)
+        observation = np.linspace(-1, 1, n * 4, dtype=np.float32).reshape(n, 4)
+        return {
+            "step_type": np.array(step_types, np.int32),
+            "reward": np.zeros(n, np.float32),
+            "discount": np.ones(n, np.float32),
+            "observation": observation,
+        }
+
+    batches = []
+    with ThreadPoolExecutor(1) as executor:
+        batcher = Batcher(policy.action_flat, 0.05, 64, executor, on_batch=batches.append)
+
+        async def three_requests():
+            return await asyncio.gather(
+                batcher(inputs([1, 1]), 2),
+                batcher(inputs([1, 3]), 2),
+                batcher(inputs([0]), 1),
+                return_exceptions=True,
+            )
+
+        good, bad, first = asyncio.run(three_requests())
+    assert batches == [5]  # one merged call
+    assert isinstance(bad, SpecMismatchError)
+    assert (
+        "step_type: expected a step type in {0: FIRST, 1: MID, 2: LAST}, got 3 at index (1,)"
+        in (str(bad))
+    )
+    np.testing.assert_array_equal(good["action"], policy.action_flat(inputs([1, 1]))["action"])
+    np.testing.assert_array_equal(first["action"], policy.action_flat(inputs([0]))["action"])
+
+
+def test_the_core_serves_any_backend_of_the_table_and_refuses_what_one_cannot_do():
+    """A backend registered in runtimes.backends (one line) serves; --follow is refused
+    for one without weight updates, and an unknown name lists the table's."""
+    from runtimes import backends
+    from runtimes.serving.core import check_backend
+
+    backends.register(
+        backends.Backend(
+            "toy",
+            "tests.extensions.toy_backend",
+            "ToyPolicy",
+            "onnx",
+            "onnxruntime",
+            "runtime",
+            "ONNX",
+            weight_updates=False,
+            auto=False,
+        )
+    )
+    core = None
+    try:
+        check_backend("toy", follow=False)
+        with pytest.raises(
+            UnsupportedError,
+            match=re.escape(
+                "--follow: the toy backend cannot take checkpoints; expected a backend with "
+                "weight updates (onnx, tf)"
+            ),
+        ):
+            check_backend("toy", follow=True)
+        with pytest.raises(
+            SpecMismatchError,
+            match=re.escape("backend: expected one of ['auto', 'onnx', 'litert', 'tf', 'toy']"),
+        ):
+            check_backend("openvino", follow=False)
+        bundle = cr.bundle("greedy_q")
+        core = build_core(CoreOptions([ModelConfig("m", bundle)], backend="toy"))
+        core.registry.poll()
+        loaded = core.resolve("m", None, None)
+        assert type(loaded.policy).__name__ == "ToyPolicy"
+        observations = np.linspace(-1, 1, 8, dtype=np.float32).reshape(2, 4)
+        outputs = asyncio.run(
+            core.run(loaded.signatures["serving_default"], {"observation": observations})
+        )
+        onnx = runtimes.load_policy(bundle, "onnx")
+        mid = TimeStep(np.ones(2, np.int32), np.zeros(2, np.float32), np.ones(2, np.float32), None)
+        expected = onnx.action(mid._replace(observation=observations)).action
+        np.testing.assert_array_equal(outputs["action"], expected)
+    finally:
+        if core is not None:
+            core.close()
+        backends.unregister("toy")
