@@ -1,7 +1,12 @@
 """Fuzz bundle readers and writers with mutated bundles; print the issue-11 counts.
 
 Usage: ``python benchmarks/fuzz_bundles.py [--cases 330] [--seed 0] [--timeout 60]
-[--tf-every 6] [--tflite-cases 40] [--no-kill] [--work DIR]``
+[--tf-every 6] [--tflite-cases 40] [--no-kill] [--work DIR] [--trust]``
+
+With ``--trust`` the base bundles are signed with a fresh key and the workers run with
+that key in POLICY_TOOLKIT_TRUST_KEYS (as a fleet would): every load of a mutated
+bundle must then be refused (a load that succeeds is counted as a problem), while the
+unmutated signed bases are checked to load.
 
 Exports five small bundles (a Q policy with SavedModel and ONNX, the same ONNX-only, the
 same with LiteRT too, a recurrent Q policy, a deterministic actor), and a states file
@@ -44,6 +49,7 @@ import select
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import textwrap
 import time
@@ -62,6 +68,15 @@ BASES = {
     "actor": ("tf/actor/action_network", ("saved_model", "onnx")),
 }
 DECOYS = ("outside.onnx", "victim.onnx", "w.bin", "secret.bin")
+#: The files of the micro and c targets a "micro_rehash" case mutates (hashes rewritten).
+MICRO_FILES = (
+    "micro/policy.tflite",
+    "micro/held_out_states.f32",
+    "micro/held_out_actions.bin",
+    "c/policy.c",
+    "c/policy.h",
+    "c/weights.f32",
+)
 
 
 # --- set-up (parent) ------------------------------------------------------------------------
@@ -70,6 +85,34 @@ DECOYS = ("outside.onnx", "victim.onnx", "w.bin", "secret.bin")
 def states_file(base: Path) -> Path:
     """The recorded states ``quantize --observations`` reads for a base bundle."""
     return base.with_name(base.name + ".states.npz")
+
+
+def sign_bases(bases: dict[str, Path], work: Path) -> dict[str, str]:
+    """Signs every base with a fresh P-256 key; the workers' environment trusting it."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    import runtimes
+    from toolkit import bundle
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    private, public = work / "sign.pem", work / "sign.pub.pem"
+    private.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    public.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    for path in bases.values():
+        bundle.sign_bundle(path, private)
+        runtimes.load_policy(path, "onnx", trust=public)  # the unmutated base loads
+    return {bundle.TRUST_KEYS_ENV: str(public)}
 
 
 def export_bases(work: Path) -> dict[str, Path]:
@@ -93,6 +136,16 @@ def export_bases(work: Path) -> dict[str, Path]:
             rows = array_spec.sample_spec_nest(spec, np.random.default_rng(0), outer_dims=(64,))
             np.savez(states_file(path), **dict(nest.flatten_with_paths(rows, "observation")))
         bases[name] = path
+    # The micro and c targets (issue 27): calibrated on CartPole, so a CartPole policy.
+    micro = work / "bases" / "q_micro"
+    if not micro.exists():
+        from tests.cli_factories import small_cartpole
+
+        options = {"env": "CartPole-v1", "episodes": 2, "calibration_episodes": 2}
+        export_policy(
+            small_cartpole(), micro, formats=("onnx", "micro", "c"), format_options=options
+        )
+    bases["q_micro"] = micro
     ckpt = work / "bases" / "ckpt_q"
     if not ckpt.exists():
         save_checkpoint(exported_bundles.tf_policy_for("tf/greedy_q"), ckpt, train_step=7)
@@ -395,6 +448,23 @@ def make_case(index: int, family: str, base: str, bases: dict[str, Path], work: 
         _rehash(bundle, manifest, "policy.tflite")
         _save(bundle, manifest)
         what += " (rehashed)"
+    elif family == "micro_rehash":
+        rel = rng.choice(MICRO_FILES)
+        data = bytearray((bundle / rel).read_bytes())
+        if rng.random() < 0.25:
+            cut = rng.randrange(len(data))
+            data = data[:cut]
+            what = f"truncate {rel} at {cut}"
+        else:
+            flips = rng.randrange(1, 9)
+            for _ in range(flips):
+                data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
+            what = f"flip {flips} bits of {rel}"
+        (bundle / rel).write_bytes(bytes(data))
+        manifest = _load(bundle)
+        _rehash(bundle, manifest, rel)
+        _save(bundle, manifest)
+        what += " (rehashed)"
     elif family in ("truncate", "flip"):
         rel = rng.choice(_bundle_files(bundle))
         data = bytearray((bundle / rel).read_bytes())
@@ -536,6 +606,19 @@ def run_case(task: dict[str, Any], kind: str) -> dict[str, Any]:
     if kind == "light":
         results["load_onnx"] = _outcome(lambda: _act(runtimes.load_policy(bundle, "onnx", seed=0)))
         results["inspect"] = _outcome(lambda: _inspect(bundle))
+        if task.get("micro"):
+            # A mutated micro model or C file (hashes rewritten) may only be refused.
+            from exporters.parity import verify
+            from toolkit.errors import BundleError
+
+            for backend in ("micro", "c"):
+                results[f"load_{backend}"] = _outcome(
+                    lambda b=backend: _act(runtimes.load_policy(bundle, b, seed=0)),
+                    refusals=(BundleError,),
+                )
+            results["verify_micro"] = _outcome(
+                lambda: {"ok": verify(bundle, num_samples=4).ok}, refusals=(BundleError,)
+            )
         if task.get("quantize"):
             from exporters.quantize import quantize_bundle
 
@@ -595,12 +678,13 @@ def worker(kind: str) -> None:
 
 
 class Worker:
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, env: dict[str, str] | None = None):
         self.kind = kind
+        self.env = env or {}
         self.process = None
 
     def start(self) -> None:
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3", **self.env}
         self.process = subprocess.Popen(
             [sys.executable, str(Path(__file__).resolve()), "--worker", self.kind],
             stdin=subprocess.PIPE,
@@ -680,16 +764,18 @@ def kill_points(bases: dict[str, Path], work: Path, timeout: float) -> tuple[int
     import runtimes
     from toolkit import bundle as bundle_lib
 
-    shared = Path(os.environ.get("POLICY_TOOLKIT_SHARED", ROOT.parent / "shared"))
-    reference = shared / "reference" / "tf_agents_0_19" / "q_greedy" / "saved_policy"
+    # A real TF-Agents save to import: the test data's reference q_greedy.
+    unpacked = work / "tf_agents_reference"
+    if not unpacked.exists():
+        with tarfile.open(ROOT / "tests" / "data" / "tf_agents_0_19" / "reference.tar.xz") as tar:
+            tar.extractall(unpacked, filter="data")
+    reference = unpacked / "q_greedy" / "saved_policy"
     ops = {
         "export": (bases["q"], ""),
         "update": (bases["q_onnx"], str(work / "bases" / "ckpt_q")),
         "quantize": (bases["q_onnx"], str(bases["q_onnx"])),
         "import": (bases["q"], str(reference)),
     }
-    if not reference.exists():
-        del ops["import"]
     total, bad, notes = 0, 0, []
     for op, (base, extra) in ops.items():
         for point, exchange in POINTS:
@@ -748,6 +834,7 @@ def plan(cases: int, seed: int, tflite_cases: int) -> list[tuple[str, str]]:
         (name, "actor") for name in ("action_max_zero", "onnx_symlink_outside", "external_inside")
     ]
     out += [("tflite_rehash", "q_litert")] * tflite_cases
+    out += [("micro_rehash", "q_micro")] * tflite_cases
     families = ["field"] * 6 + ["field_consistent"] * 3 + ["truncate"] * 2 + ["flip"] * 3
     while len(out) < cases:
         out.append((rng.choice(families), rng.choice(list(BASES))))
@@ -763,11 +850,17 @@ def main(argv: list[str] | None = None) -> int:
         "--tf-every", type=int, default=6, help="run the tf worker on every n-th case"
     )
     parser.add_argument(
-        "--tflite-cases", type=int, default=40, help="mutated policy.tflite (rehashed) cases"
+        "--tflite-cases",
+        type=int,
+        default=40,
+        help="mutated policy.tflite, and mutated micro/ and c/ files, (rehashed) cases",
     )
     parser.add_argument("--no-kill", action="store_true", help="skip the kill-point runs")
     parser.add_argument("--work", type=Path, default=None)
     parser.add_argument("--verbose", action="store_true", help="print every case's outcomes")
+    parser.add_argument(
+        "--trust", action="store_true", help="sign the bases; workers load with a trust policy"
+    )
     parser.add_argument("--worker", choices=("light", "tf"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -778,7 +871,8 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     print(f"work folder: {work}", flush=True)
     bases = export_bases(work)
-    light, tf_worker = Worker("light"), Worker("tf")
+    worker_env = sign_bases(bases, work) if args.trust else {}
+    light, tf_worker = Worker("light", worker_env), Worker("tf", worker_env)
     counts = {
         "cases": 0,
         "skipped": 0,
@@ -807,6 +901,7 @@ def main(argv: list[str] | None = None) -> int:
             "ckpt": str(work / "bases" / "ckpt_q"),
             "quantize": index % 4 == 0,
             "quantize_litert": family == "tflite_rehash",
+            "micro": family == "micro_rehash",
             "states": str(states_file(bases[base])),
         }
         answers = []
@@ -878,6 +973,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"cases reading or writing outside:          {counts['outside']}")
     print(f"loaded bundles whose actions broke spec:   {counts['spec_breaks']}")
     print(f"kill points without a complete bundle:     {kill_bad} of {kill_total}")
+    if args.trust:
+        print(f"mutated bundles loaded under trust:        {counts['loaded']} (must be 0)")
     print(f"time: {time.monotonic() - started:.0f}s")
     bad = (
         counts["other_exceptions"]
@@ -885,6 +982,7 @@ def main(argv: list[str] | None = None) -> int:
         + counts["outside"]
         + counts["spec_breaks"]
         + kill_bad
+        + (counts["loaded"] if args.trust else 0)
     )
     return 1 if bad else 0
 

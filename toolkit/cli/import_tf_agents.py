@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from toolkit.cli import common
+from toolkit.cli.sign import SignKeyOption, sign_written
 
 
 @common.command
@@ -59,6 +60,7 @@ def import_tf_agents(
             "exploration, a stochastic policy's mode.",
         ),
     ] = False,
+    sign_key: SignKeyOption = None,
 ) -> None:
     """Import a TF-Agents PolicySaver output into a bundle.
 
@@ -68,12 +70,16 @@ def import_tf_agents(
     """
     from exporters import formats as export_formats
 
-    format_list = common.parse_list(formats, "--format", tuple(export_formats.names()))
+    format_list = common.parse_list(formats, "--format", tuple(export_formats.choices()))
     meta = common.parse_metadata(metadata or [])
     if not saved_model.is_dir():
         raise common.fail(f"{saved_model}: no such SavedModel folder")
     if checkpoint is not None and checkpoint != "latest" and not checkpoint.isdigit():
         raise common.fail(f"--checkpoint: expected 'latest' or a train step, got {checkpoint!r}")
+    # What the import and each format need, before any work.
+    common.require(["tensorflow"], "import-tf-agents")
+    for name in export_formats.parse(format_list):
+        common.require(export_formats.get(name).export_needs, f"import-tf-agents --format {name}")
     from exporters.tf_agents.layout import SAVED_POLICIES, resolve_layout
 
     if policy not in SAVED_POLICIES:
@@ -133,6 +139,7 @@ def import_tf_agents(
         f"{step_text} -> {path}",
         soft_wrap=True,
     )
+    sign_written(path, sign_key)
     exploration = written.metadata.get("tf_agents_exploration")
     if exploration is not None:
         typer.echo(f"note: TF-Agents' exploration rebuilt as {exploration}", err=True)

@@ -28,6 +28,7 @@ def run(
         int, typer.Option("--seed", help="Episode i resets with seed + i; seeds the policy too.")
     ] = 0,
     backend: common.BackendOption = "auto",
+    trust_key: common.TrustKeyOption = None,
     record: Annotated[
         Path | None,
         typer.Option("--record", help="Save one rendered episode (the first seed) as a .gif."),
@@ -91,6 +92,11 @@ def run(
         if record is not None:
             raise common.fail("--record: plays locally; run it without --workers")
         quiet = not common.is_debug(ctx)
+        trust = common.trust_policy(trust_key)
+        if trust is not None:  # checked once here, before any worker gets the bundle
+            from toolkit import bundle as bundle_lib
+
+            bundle_lib.read_manifest(bundle, check_files=False, trust=trust)
         result, used = _run_distributed(
             bundle, env, episodes, seed, workers, ray_address, backend, as_json, quiet
         )
@@ -112,11 +118,15 @@ def run(
         console.print(table)
         return
     parallel = 1 if follow is not None else min(episodes, rollout.MAX_PARALLEL_ENVS)
-    policy = common.load_runtime_policy(ctx, bundle, backend, seed)
+    policy = common.load_runtime_policy(
+        ctx, bundle, backend, seed, trust=common.trust_policy(trust_key) or False
+    )
     # A masked bundle takes the environment's info["action_mask"] as an observation leaf.
     masked = policy.action_mask_input is not None
     gym_env = rollout.make_env(env, parallel, action_mask=masked)
     rollout.check_compatible(policy, gym_env, env)
+    if record is not None:
+        rollout.check_record(env, seed)  # before the episodes, not after
     if follow is not None:
         from runtimes import backends
 
@@ -131,7 +141,10 @@ def run(
                 on_episode=None if as_json else _print_episode,
             )
     else:
-        result = rollout.rollout(policy, gym_env, episodes, seed, env_id=env)
+        with _EpisodeBar(f"{env} episodes", episodes, enabled=not as_json) as bar:
+            result = rollout.rollout(
+                policy, gym_env, episodes, seed, env_id=env, on_ended=bar.advance
+            )
     frames = None
     if record is not None:
         frames = rollout.record_episode(policy, env, seed, record)
@@ -147,6 +160,42 @@ def run(
     console.print(table)
     if record is not None:
         console.print(f"recorded {frames} frames -> {record}", soft_wrap=True)
+
+
+class _EpisodeBar:
+    """Episodes played so far, as a rich progress bar on stderr: only on a terminal (and
+    not with --json); piped or captured output gets nothing."""
+
+    def __init__(self, description: str, total: int, *, enabled: bool):
+        import sys
+
+        self._progress = None
+        if not (enabled and sys.stderr.isatty()):
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+        self._progress = Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=common.console(stderr=True),
+            transient=True,  # the results table follows; the bar is gone once done
+        )
+        self._task = self._progress.add_task(description, total=total)
+
+    def __enter__(self) -> _EpisodeBar:
+        if self._progress is not None:
+            self._progress.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+    def advance(self, n: int) -> None:
+        if self._progress is not None:
+            self._progress.advance(self._task, n)
 
 
 def _print_episode(index: int, episode_return: float, length: int, steps: tuple) -> None:

@@ -191,6 +191,7 @@ def serve(
         float,
         typer.Option("--follow-seconds", min=0.001, help="How often --follow folders are checked."),
     ] = 1.0,
+    trust_key: common.TrustKeyOption = None,
     graceful_seconds: Annotated[
         float,
         typer.Option(
@@ -235,6 +236,10 @@ def serve(
     known = [backends.AUTO, *backends.BACKENDS]
     if backend not in known:
         raise _bad("--backend", f"one of {known}", repr(backend))
+    if backend != backends.AUTO:
+        advice = backends.get(backend).missing()  # before the server starts, not per version
+        if advice is not None:
+            raise common.fail(advice)
     configs = model_configs(model, name, models, versions, labels)
     options = ServeOptions(
         models=configs,
@@ -252,5 +257,6 @@ def serve(
         max_connections=max_connections,
         follow=follow_folders(follow, [c.name for c in configs]),
         follow_seconds=follow_seconds,
+        trust=common.trust_policy(trust_key),
     )
     raise typer.Exit(run(options))
