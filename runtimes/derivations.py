@@ -5,6 +5,11 @@ manifest's action description (``toolkit.distribution_families``) says how actio
 come from them: plain sampling, epsilon-greedy, Gaussian and OU noise, mixtures.
 ``DerivationBuilder`` compiles that description once at load into a tree of
 ``Deriver``s, which ``runtimes.policy.BundlePolicy`` calls on every step.
+
+Over 600 lines on purpose: each deriver sits beside the compiled sampler that replaces
+its general numpy path on small leaves (same values, dtypes and random stream; tested
+against each other in tests/runtimes/test_fast_paths.py), and they share the clip
+bounds and the small-leaf helpers.
 """
 
 from __future__ import annotations

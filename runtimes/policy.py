@@ -13,7 +13,11 @@ lean: names, dtypes, shapes, bounds and the derivation are compiled once at load
 call with a well-formed TimeStep of numpy arrays costs a few identity checks on top of
 running the graph, and anything else falls back to the full validation of ``PyPolicy``
 (which converts safe dtypes and names what is wrong). The action derivation itself is
-in ``runtimes.derivations``.
+in ``runtimes.derivations``, the per-call value checks in ``runtimes.checks``.
+
+Over 600 lines on purpose: one class, the Python-policy interface every backend shares
+(nested and flat entry points, state, seeds, weights); its per-call path stays in one
+place so each call pays for attribute lookups on one object only.
 """
 
 from __future__ import annotations
@@ -23,14 +27,20 @@ import abc
 import functools
 import math
 import os
-import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
 from runtimes import derivations
+from runtimes.checks import (
+    LeafCheck,
+    flatten_like,
+    leaf_within,
+    leaves_within,
+    step_types_ok,
+)
 from toolkit import distribution_families as families
 from toolkit import nest
 from toolkit.bundle.layout import Layout, thaw
@@ -42,48 +52,15 @@ from toolkit.errors import (
     UnsupportedError,
 )
 from toolkit.policies.py_policy import PyPolicy, Seed
-from toolkit.specs import array_spec
 from toolkit.trajectories.policy_step import PolicyInfo, PolicyStep
 from toolkit.trajectories.time_step import TimeStep
 
-__all__ = ["LOG_PROBABILITY", "BundlePolicy", "as_generator", "check_fingerprint", "fill_inputs"]
+__all__ = ["LOG_PROBABILITY", "BundlePolicy", "as_generator", "check_fingerprint"]
 
 LOG_PROBABILITY = families.LOG_PROBABILITY
 _NDARRAY = np.ndarray
 #: tuple.__new__ builds a PolicyStep as its own __new__ does, without the Python frame.
 _new_tuple = tuple.__new__
-_BYTEORDER = sys.byteorder
-_UINT32 = np.dtype(np.uint32)
-_MAX = np.maximum.reduce
-#: rows above which a batch's step types are checked by one numpy reduction (about 11k
-#: instructions whatever the size) rather than as one Python int (callgrind, per call:
-#: 4.4k at 1 row, 7.3k at 32, 28k at 256)
-_STEP_ROWS = 64
-#: byte count -> (every bit but the two lowest of each int32 lane, the lowest bit of each)
-_STEP_MASKS: dict[int, tuple[int, int]] = {}
-
-
-def _step_types_ok(step_type: np.ndarray) -> bool:
-    """Whether every int32 step type of a batch is 0, 1 or 2.
-
-    Up to ``_STEP_ROWS`` rows, the batch as one Python int, masked: a lane is valid when
-    no bit above the lowest two is set and not both of those are (3). Above, seen as
-    unsigned (a negative step type is above 2 too), one maximum decides.
-    """
-    if step_type.size > _STEP_ROWS:
-        return _MAX(step_type.view(_UINT32)) <= 2
-    data = step_type.tobytes()
-    masks = _STEP_MASKS.get(len(data))
-    if masks is None:
-        lanes = len(data) // 4
-        high = (b"\xfc\xff\xff\xff" if _BYTEORDER == "little" else b"\xff\xff\xff\xfc") * lanes
-        low = (b"\x01\x00\x00\x00" if _BYTEORDER == "little" else b"\x00\x00\x00\x01") * lanes
-        masks = _STEP_MASKS[len(data)] = (
-            int.from_bytes(high, _BYTEORDER),
-            int.from_bytes(low, _BYTEORDER),
-        )
-    value = int.from_bytes(data, _BYTEORDER)
-    return not (value & masks[0]) and not (value & (value >> 1) & masks[1])
 
 
 def as_generator(seed: Seed, default: np.random.Generator | None) -> np.random.Generator:
@@ -95,23 +72,6 @@ def as_generator(seed: Seed, default: np.random.Generator | None) -> np.random.G
     if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool) and seed >= 0:
         return np.random.default_rng(int(seed))
     raise SpecMismatchError("seed", "None, a non-negative int or a numpy Generator", repr(seed))
-
-
-def fill_inputs(buffers: list[np.ndarray], arrays: list[Any], unbatched: bool) -> None:
-    """Copies graph inputs into a backend's buffers; an unbatched value fills row 0.
-
-    ``buffer[0] = value`` costs a third less than ``buffer[...] = value``; a value only
-    the latter takes (an unvalidated one with an extra leading 1) gets the latter.
-    """
-    if unbatched:
-        try:
-            for buffer, value in zip(buffers, arrays, strict=False):
-                buffer[0] = value
-            return
-        except (ValueError, TypeError):
-            pass
-    for buffer, value in zip(buffers, arrays, strict=False):
-        buffer[...] = value
 
 
 def check_fingerprint(root: Path, info: dict[str, Any], expected: str) -> None:
@@ -239,10 +199,10 @@ class BundlePolicy(PyPolicy):
         self._state_layout = [(s.dtype, s.shape) for s in self._state_leaf_specs]
         # check_finite: every call takes the general path, which checks observations.
         self._fast = None if check_finite else self._fast_layout(specs.time_step)
-        self._action_checks = [_LeafCheck.of(s) for s in nest.flatten(self.action_spec)]
+        self._action_checks = [LeafCheck.of(s) for s in nest.flatten(self.action_spec)]
         self._no_clips = [None] * len(self._action_checks)  # what a graph's own action has
-        self._state_checks = [_LeafCheck.of(s) for s in nest.flatten(self.policy_state_spec)]
-        self._info_checks = [_LeafCheck.of(s) for s in nest.flatten(self.info_spec)]
+        self._state_checks = [LeafCheck.of(s) for s in nest.flatten(self.policy_state_spec)]
+        self._info_checks = [LeafCheck.of(s) for s in nest.flatten(self.info_spec)]
         # The hottest call, compiled: one unbatched TimeStep of exactly-typed arrays into a
         # graph that outputs the one action itself (greedy and deterministic policies).
         # The hot path's checks, flat: the four TimeStep fields' (dtype, shape) in a row
@@ -495,7 +455,7 @@ class BundlePolicy(PyPolicy):
         if checked:
             rows = outer if len(outer) == 1 else _rows(outer)
             for value, check, clip in zip(actions, self._action_checks, clipped, strict=True):
-                if not _leaf_within(value, check, rows, clip):
+                if not leaf_within(value, check, rows, clip):
                     checked = False
                     break
             for value, (dtype, shape) in zip(states, self._state_layout, strict=True):
@@ -650,7 +610,7 @@ class BundlePolicy(PyPolicy):
         outputs = self._run(arrays, False, self._fetch)
         if self._plain_output and self._direct:  # the greedy case: the graph's one output
             result = {self._action_names[0]: outputs[0]}
-            if self._validate_args and not _leaf_within(outputs[0], self._action_checks[0], outer):
+            if self._validate_args and not leaf_within(outputs[0], self._action_checks[0], outer):
                 self._check_flat(result, outer, None)
             return result
         out = dict(zip(self._fetch, outputs, strict=True))
@@ -707,7 +667,7 @@ class BundlePolicy(PyPolicy):
             return arrays, batch
         step_type = arrays[0]
         if self._check_finite or not (
-            _step_types_ok(step_type)
+            step_types_ok(step_type)
             if step_type.dtype == np.int32
             else bool(((step_type >= 0) & (step_type <= 2)).all())
         ):
@@ -746,13 +706,13 @@ class BundlePolicy(PyPolicy):
 
     def _check_flat(self, result: dict[str, np.ndarray], outer: tuple, info: Any) -> None:
         """Checks flat outputs against the specs; PyPolicy's check names what is wrong."""
-        if _leaves_within([result[n] for n in self._action_names], self._action_checks, outer):
+        if leaves_within([result[n] for n in self._action_names], self._action_checks, outer):
             states = [result[n] for n in self._next_state_names]
-            if not self._state_checks or _leaves_within(states, self._state_checks, outer):
+            if not self._state_checks or leaves_within(states, self._state_checks, outer):
                 names = self._info_spec_names
                 if not self._info_checks or (
                     names is not None
-                    and _leaves_within([result[n] for n in names], self._info_checks, outer)
+                    and leaves_within([result[n] for n in names], self._info_checks, outer)
                 ):
                     return
         actions = [result[n] for n in self._action_names]
@@ -827,7 +787,7 @@ class BundlePolicy(PyPolicy):
                 and type(observation) is _NDARRAY
                 and observation.dtype is d3
                 and (outer, reward.shape, discount.shape, observation.shape) == shapes
-                and _step_types_ok(step_type)
+                and step_types_ok(step_type)
             ):
                 return super()._prepare(time_step, policy_state)  # it names what is wrong
         else:
@@ -873,11 +833,11 @@ class BundlePolicy(PyPolicy):
                     return arrays, outer
                 return [a if type(a) is _NDARRAY else np.asarray(a) for a in arrays], outer
         outer = self.outer_dims(time_step)
-        leaves = _flatten_like(self.time_step_spec, time_step, "time_step")
+        leaves = flatten_like(self.time_step_spec, time_step, "time_step")
         if type(policy_state) is _FlatState:
             leaves += policy_state
         elif self._state_names:
-            leaves += _flatten_like(self.policy_state_spec, policy_state, "policy_state")
+            leaves += flatten_like(self.policy_state_spec, policy_state, "policy_state")
         if len(outer) <= 1:
             return [np.asarray(a) for a in leaves], outer
         size = math.prod(outer)
@@ -910,7 +870,7 @@ class BundlePolicy(PyPolicy):
                             and check.low is not None
                             and check.low[0] <= value.item() <= check.high[0]
                             and value.shape == outer_dims + check.shape
-                        ) or _leaf_within(value, check, outer_dims):
+                        ) or leaf_within(value, check, outer_dims):
                             return
                     elif value.shape == outer_dims + check.shape:  # clipped by the derivation
                         return
@@ -925,19 +885,19 @@ class BundlePolicy(PyPolicy):
     def _leaves_ok(self, step: PolicyStep, outer: tuple[int, ...]) -> bool:
         clipped = self._no_clips if self._direct else self._deriver.clips
         if self._single_action:
-            if not _leaf_within(step.action, self._action_checks[0], outer, clipped[0]):
+            if not leaf_within(step.action, self._action_checks[0], outer, clipped[0]):
                 return False
-        elif not _leaves_within(
+        elif not leaves_within(
             self._action_treespec.flatten_up_to(step.action), self._action_checks, outer, clipped
         ):
             return False
-        if self._state_checks and not _leaves_within(
+        if self._state_checks and not leaves_within(
             self._state_treespec.flatten_up_to(step.state), self._state_checks, outer
         ):
             return False
         if self._info_checks:
             info = self._info_spec_treespec.flatten_up_to(step.info)
-            return _leaves_within(info, self._info_checks, outer)
+            return leaves_within(info, self._info_checks, outer)
         return True
 
     # --- update -------------------------------------------------------------------------------
@@ -956,102 +916,12 @@ class BundlePolicy(PyPolicy):
         """Makes this policy use ``policy``'s weights (same graph structure)."""
 
 
-class _LeafCheck(NamedTuple):
-    """What one output leaf must be: dtype, shape and bounds (flat lists, or None).
-
-    ``low_array`` and ``high_array`` are 0-d when the bounds are uniform (numpy
-    compares against a 0-d bound several times faster than a broadcast one).
-    """
-
-    dtype: np.dtype
-    shape: tuple[int, ...]
-    low: list[Any] | None
-    high: list[Any] | None
-    low_array: np.ndarray | None
-    high_array: np.ndarray | None
-    uniform: bool = False
-
-    @classmethod
-    def of(cls, spec: Any) -> _LeafCheck:
-        if not isinstance(spec, array_spec.BoundedArraySpec) or spec.dtype.kind not in "biuf":
-            return cls(spec.dtype, spec.shape, None, None, None, None)
-        low = np.broadcast_to(spec.minimum, spec.shape)
-        high = np.broadcast_to(spec.maximum, spec.shape)
-        low_list, high_list = low.ravel().tolist(), high.ravel().tolist()
-        uniform = len(set(low_list)) <= 1 and len(set(high_list)) <= 1
-        if uniform and low_list:
-            low, high = low.reshape(-1)[:1].reshape(()), high.reshape(-1)[:1].reshape(())
-        return cls(spec.dtype, spec.shape, low_list, high_list, low, high, uniform)
-
-
-# Below this many elements, bounds are compared as Python numbers: numpy's comparisons
-# and reductions cost about a microsecond each on tiny arrays.
-_SMALL = 16
-
-
-def _leaves_within(
-    values: list[Any],
-    checks: list[_LeafCheck],
-    outer: tuple[int, ...],
-    clipped: list[Any] | None = None,
-) -> bool:
-    """Whether every value surely has its check's dtype, shape and bounds (False: unsure).
-
-    ``clipped``: per leaf, whether the derivation clipped it to the bounds (not None).
-    """
-    if len(values) != len(checks):
-        return False
-    for i, (value, check) in enumerate(zip(values, checks, strict=True)):
-        if not _leaf_within(value, check, outer, None if clipped is None else clipped[i]):
-            return False
-    return True
-
-
-def _leaf_within(
-    value: Any, check: _LeafCheck, outer: tuple[int, ...], clipped: Any = None
-) -> bool:
-    # An unbatched action of a scalar spec comes out of the graph's batch as a numpy
-    # scalar (``array[0]``), which has a dtype and shape like a 0-d array.
-    if (
-        (type(value) is not _NDARRAY and not isinstance(value, np.generic))
-        or value.dtype is not check.dtype
-        or value.shape != outer + check.shape
-    ):
-        return False
-    low, high = check.low, check.high
-    if low is None or high is None or clipped is not None:
-        return True
-    size = value.size
-    if size == 1:  # then the spec has one element too
-        return low[0] <= value.item() <= high[0]  # False for NaN: the full check decides
-    if size <= _SMALL:
-        if check.uniform:  # min() and max() may skip a NaN, never a value out of bounds
-            values = value.ravel().tolist()
-            return low[0] <= min(values) and max(values) <= high[0]
-        n = len(low)
-        values = value.ravel().tolist()
-        return all(low[i % n] <= v <= high[i % n] for i, v in enumerate(values))
-    return not ((value < check.low_array).any() or (value > check.high_array).any())
-
-
-def _flatten_like(spec: Any, values: Any, what: str) -> list[Any]:
-    try:
-        return nest.flatten_up_to(spec, values)
-    except (ValueError, TypeError):
-        nest.assert_same_structure(values, spec, what)  # raises a StructureError naming where
-        raise
-
-
 def _same(array: np.ndarray) -> np.ndarray:
     return array
 
 
 def _unbatch(array: np.ndarray) -> np.ndarray:
     return array[0]
-
-
-def _same(array: np.ndarray) -> np.ndarray:
-    return array
 
 
 def _rows(outer: tuple[int, ...]) -> tuple[int, ...]:

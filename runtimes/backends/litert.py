@@ -23,7 +23,8 @@ import numpy as np
 from ai_edge_litert import interpreter as litert
 
 import runtimes
-from runtimes.policy import BundlePolicy, fill_inputs
+from runtimes.checks import fill_inputs
+from runtimes.policy import BundlePolicy
 from toolkit.bundle import readers
 from toolkit.bundle.layout import Layout
 from toolkit.errors import BundleError, PolicyError, UnsupportedError

@@ -16,7 +16,8 @@ import numpy as np
 import onnxruntime as ort
 
 import runtimes
-from runtimes.policy import BundlePolicy, fill_inputs
+from runtimes.checks import fill_inputs
+from runtimes.policy import BundlePolicy
 from toolkit.bundle import readers
 from toolkit.bundle.layout import Layout, Signature
 from toolkit.errors import BundleError, PolicyError, SpecMismatchError, UnsupportedError

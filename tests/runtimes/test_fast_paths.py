@@ -421,20 +421,20 @@ def test_a_step_checked_flat_is_known_by_identity_only():
 
 def test_step_types_are_checked_on_the_fast_path_at_every_batch_size():
     """Python (up to _STEP_ROWS rows) and numpy (above) decide as check_step_type does."""
-    from runtimes import policy as policy_module
+    from runtimes import checks
 
-    rows = policy_module._STEP_ROWS
+    rows = checks.STEP_ROWS
     rng = np.random.default_rng(13)
     for size in (0, 1, 2, rows, rows + 1, 256):
         good = rng.integers(0, 3, size).astype(np.int32)
-        assert policy_module._step_types_ok(good)
-        assert policy_module._step_types_ok(np.repeat(good, 2)[::2])  # strided
+        assert checks.step_types_ok(good)
+        assert checks.step_types_ok(np.repeat(good, 2)[::2])  # strided
         for bad_value in (-1, 3, 2**31 - 1, -(2**31)):
             for index in {0, size // 2, size - 1} if size else ():
                 bad = good.copy()
                 bad[index] = bad_value
-                assert not policy_module._step_types_ok(bad)
-                assert not policy_module._step_types_ok(np.repeat(bad, 2)[::2])
+                assert not checks.step_types_ok(bad)
+                assert not checks.step_types_ok(np.repeat(bad, 2)[::2])
     policy = cr.load("greedy_q", "onnx")
     for outer in ((1,), (rows,), (rows + 1,), (256,)):
         time_step = sample_time_step(policy.time_step_spec, outer, rng)
