@@ -41,11 +41,11 @@ def _bundle(folder: Path) -> Path:
 
 def local_steps_per_second(bundle: Path, seconds: float) -> float:
     from runtimes import load_policy
-    from toolkit.distributed.actors import make_environment
     from toolkit.environments import driver
     from toolkit.environments.delayed import Delayed
+    from toolkit.environments.episodes import make_env
 
-    env = make_environment(Delayed(ENV_ID, DELAY), ENVS)
+    env = make_env(Delayed(ENV_ID, DELAY), ENVS)
     policy = load_policy(bundle, backend="onnx", seed=0)
     run = driver.Driver(env, policy, max_steps=ENVS * STEPS_PER_CALL)
     time_step, state, steps = env.reset(seed=0), None, 0
@@ -136,13 +136,12 @@ def main() -> None:
     os.environ["RAY_TMPDIR"] = folder
     print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     bundle = _bundle(Path(folder))
+    from runtimes import load_policy
     from toolkit.distributed import actors as actors_lib
     from toolkit.distributed import cluster
 
     files = actors_lib.bundle_payload(bundle)
-    import json
-
-    description = json.loads((bundle / "manifest.json").read_text())["policy"]["action"]
+    description = load_policy(bundle, backend="onnx").action_description
     local = local_steps_per_second(bundle, args.seconds)
     local_rss = _rss_mib([os.getpid()])
     start = time.perf_counter()

@@ -1,24 +1,28 @@
 """Fuzz bundle readers and writers with mutated bundles; print the issue-11 counts.
 
 Usage: ``python benchmarks/fuzz_bundles.py [--cases 330] [--seed 0] [--timeout 60]
-[--tf-every 6] [--no-kill] [--work DIR]``
+[--tf-every 6] [--tflite-cases 40] [--no-kill] [--work DIR]``
 
-Exports four small bundles (a Q policy with SavedModel and ONNX, the same ONNX-only, a
-recurrent Q policy, a deterministic actor), then builds ``--cases`` mutated copies:
+Exports five small bundles (a Q policy with SavedModel and ONNX, the same ONNX-only, the
+same with LiteRT too, a recurrent Q policy, a deterministic actor), and a states file
+for each (``quantize --observations``), then builds ``--cases`` mutated copies:
 manifest fields set to random JSON or deleted, the same with every copy and hash
 rewritten to match (so only the graphs can tell), truncations, byte flips (with and
 without new hashes), paths leaving the bundle, symbolic links (to files outside, to
 /dev/zero, to folders), FIFOs, folders in place of files, ONNX external data (inside
-and outside the bundle), huge shapes, huge and deeply nested manifests.
+and outside the bundle), huge shapes, huge and deeply nested manifests, and
+``policy.tflite`` mutated with its hash rewritten to match (``--tflite-cases`` of them).
 
 Each case runs in a worker process with a timeout (a hang is counted and the worker
 restarted): ``load_policy`` with the onnx backend and three actions checked against the
 policy's own action spec, ``policy-toolkit inspect`` (CliRunner), ``update_bundle`` (ONNX-only
-bundles) and ``quantize_bundle`` (some cases); every ``--tf-every``-th case and every
-containment case also run ``load_policy(backend="tf")`` and ``verify`` in a TensorFlow
-worker. Decoy files sit beside each bundle (and in the workers' working folder):
-their content, mtime and atime (set older than mtime, so relatime records a read) tell
-a read or write outside the bundle.
+bundles) and ``quantize_bundle`` on the recorded states (some cases); every
+``--tf-every``-th case and every containment case also run ``load_policy(backend="tf")``
+and ``verify`` in a TensorFlow worker, and every mutated ``policy.tflite`` runs
+``quantize_bundle(target="litert", method="litert-gptq")`` there, which must end in a
+written bundle or a BundleError, nothing else. Decoy files sit beside each bundle (and
+in the workers' working folder): their content, mtime and atime (set older than mtime,
+so relatime records a read) tell a read or write outside the bundle.
 
 Then every crash point of a replacement is hit with ``os._exit`` in a child process
 during export, update, quantize and import (renameat2 exchange and the two-rename
@@ -53,6 +57,7 @@ sys.path.insert(0, str(ROOT))
 BASES = {
     "q": ("tf/greedy_q", ("saved_model", "onnx")),
     "q_onnx": ("tf/greedy_q", ("onnx",)),
+    "q_litert": ("tf/greedy_q", ("saved_model", "onnx", "litert")),
     "rnn": ("tf/greedy_q_rnn", ("saved_model", "onnx")),
     "actor": ("tf/actor/action_network", ("saved_model", "onnx")),
 }
@@ -62,10 +67,20 @@ DECOYS = ("outside.onnx", "victim.onnx", "w.bin", "secret.bin")
 # --- set-up (parent) ------------------------------------------------------------------------
 
 
+def states_file(base: Path) -> Path:
+    """The recorded states ``quantize --observations`` reads for a base bundle."""
+    return base.with_name(base.name + ".states.npz")
+
+
 def export_bases(work: Path) -> dict[str, Path]:
-    """The base bundles and a weights-only checkpoint of the Q policy."""
+    """The base bundles, their states files and a weights-only checkpoint of the Q policy."""
+    import numpy as np
+
+    import runtimes
     from exporters import export_policy, save_checkpoint
     from tests import exported_bundles
+    from toolkit import nest
+    from toolkit.specs import array_spec
 
     bases = {}
     for name, (case_id, formats) in BASES.items():
@@ -73,6 +88,10 @@ def export_bases(work: Path) -> dict[str, Path]:
         if not path.exists():
             policy = exported_bundles.tf_policy_for(case_id)
             export_policy(policy, path, formats=formats, train_step=3, metadata={"base": name})
+        if not states_file(path).exists():
+            spec = runtimes.load_policy(path, "onnx").time_step_spec.observation
+            rows = array_spec.sample_spec_nest(spec, np.random.default_rng(0), outer_dims=(64,))
+            np.savez(states_file(path), **dict(nest.flatten_with_paths(rows, "observation")))
         bases[name] = path
     ckpt = work / "bases" / "ckpt_q"
     if not ckpt.exists():
@@ -355,6 +374,27 @@ def make_case(index: int, family: str, base: str, bases: dict[str, Path], work: 
         _rewrite_copies(bundle, manifest)
         _save(bundle, manifest)
         what += " (copies rewritten)"
+    elif family == "tflite_rehash":
+        data = bytearray((bundle / "policy.tflite").read_bytes())
+        how = rng.choice(["flip", "flip", "word", "truncate"])
+        if how == "flip":
+            flips = rng.randrange(1, 9)
+            for _ in range(flips):
+                data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
+            what = f"flip {flips} bits of policy.tflite"
+        elif how == "word":
+            at = rng.randrange(len(data) - 4)
+            data[at : at + 4] = rng.randrange(2**32).to_bytes(4, "little")
+            what = f"overwrite policy.tflite[{at}:{at + 4}]"
+        else:
+            cut = rng.randrange(len(data))
+            data = data[:cut]
+            what = f"truncate policy.tflite at {cut}"
+        (bundle / "policy.tflite").write_bytes(bytes(data))
+        manifest = _load(bundle)
+        _rehash(bundle, manifest, "policy.tflite")
+        _save(bundle, manifest)
+        what += " (rehashed)"
     elif family in ("truncate", "flip"):
         rel = rng.choice(_bundle_files(bundle))
         data = bytearray((bundle / rel).read_bytes())
@@ -431,13 +471,15 @@ def touched_decoys(case: Path, state: dict[str, tuple]) -> list[str]:
 # --- workers --------------------------------------------------------------------------------------
 
 
-def _outcome(fn) -> dict[str, Any]:
+def _outcome(fn, refusals: tuple[type, ...] | None = None) -> dict[str, Any]:
+    """ok, refused (a ToolkitError, or one of ``refusals``) or other (the count at zero)."""
     from toolkit.errors import ToolkitError
 
+    refused = refusals or (ToolkitError,)
     try:
         detail = fn()
         return {"outcome": "ok", **(detail or {})}
-    except ToolkitError as e:
+    except refused as e:
         return {"outcome": "refused", "message": str(e).splitlines()[0][:300]}
     except BaseException as e:  # the count we want at zero
         return {
@@ -499,7 +541,11 @@ def run_case(task: dict[str, Any], kind: str) -> dict[str, Any]:
 
             out = Path(task["case"]) / "qout"
             results["quantize"] = _outcome(
-                lambda: {"written": quantize_bundle(bundle, out, samples=16, force=True).written}
+                lambda: {
+                    "written": quantize_bundle(
+                        bundle, out, observations=task["states"], force=True
+                    ).written
+                }
             )
         if task.get("update"):
             from exporters.update import update_bundle
@@ -515,6 +561,21 @@ def run_case(task: dict[str, Any], kind: str) -> dict[str, Any]:
 
         results["load_tf"] = _outcome(lambda: _act(runtimes.load_policy(bundle, "tf", seed=0)))
         results["verify"] = _outcome(lambda: {"ok": verify(bundle, num_samples=4).ok})
+        if task.get("quantize_litert"):
+            from exporters.quantize import quantize_bundle
+            from toolkit.errors import BundleError
+
+            out = Path(task["case"]) / "qout"
+            # A model file whose hash matches can only be refused as a bad bundle.
+            results["quantize_litert"] = _outcome(
+                lambda: {
+                    "written": quantize_bundle(
+                        bundle, out, observations=task["states"], target="litert",
+                        method="litert-gptq", min_agreement=0.0, force=True, overwrite=True,
+                    ).written
+                },
+                refusals=(BundleError,),
+            )  # fmt: skip
     return results
 
 
@@ -577,13 +638,14 @@ _KILL_CHILD = textwrap.dedent(
     import os, sys, json
     from pathlib import Path
     from toolkit import bundle
+    from toolkit.bundle import writing
     op, point, exchange = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
     target, extra = Path(sys.argv[4]), sys.argv[5]
-    bundle._use_exchange = exchange
+    writing._use_exchange = exchange
     def hook(name):
         if name == point:
             os._exit(9)
-    bundle._crash_hook = hook
+    writing._crash_hook = hook
     if op == "export":
         from tests import exported_bundles
         from exporters import export_policy
@@ -594,9 +656,10 @@ _KILL_CHILD = textwrap.dedent(
         update_bundle(target, extra)
     elif op == "quantize":
         from exporters.quantize import quantize_bundle
-        quantize_bundle(extra, target, samples=16, force=True, overwrite=True)
+        quantize_bundle(extra, target, observations=extra + ".states.npz", force=True,
+                        overwrite=True)
     elif op == "import":
-        from exporters.tf_agents_import import import_tf_agents
+        from exporters.tf_agents import import_tf_agents
         import_tf_agents(extra, target, overwrite=True)
     os._exit(0)
     """
@@ -678,12 +741,13 @@ def kill_points(bases: dict[str, Path], work: Path, timeout: float) -> tuple[int
 # --- main --------------------------------------------------------------------------------------
 
 
-def plan(cases: int, seed: int) -> list[tuple[str, str]]:
+def plan(cases: int, seed: int, tflite_cases: int) -> list[tuple[str, str]]:
     rng = random.Random(seed)
     out = [(name, base) for name in TARGETED for base in ("q", "q_onnx", "rnn")]
     out += [
         (name, "actor") for name in ("action_max_zero", "onnx_symlink_outside", "external_inside")
     ]
+    out += [("tflite_rehash", "q_litert")] * tflite_cases
     families = ["field"] * 6 + ["field_consistent"] * 3 + ["truncate"] * 2 + ["flip"] * 3
     while len(out) < cases:
         out.append((rng.choice(families), rng.choice(list(BASES))))
@@ -697,6 +761,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per case")
     parser.add_argument(
         "--tf-every", type=int, default=6, help="run the tf worker on every n-th case"
+    )
+    parser.add_argument(
+        "--tflite-cases", type=int, default=40, help="mutated policy.tflite (rehashed) cases"
     )
     parser.add_argument("--no-kill", action="store_true", help="skip the kill-point runs")
     parser.add_argument("--work", type=Path, default=None)
@@ -725,7 +792,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     problems: list[str] = []
     started = time.monotonic()
-    for index, (family, base) in enumerate(plan(args.cases, args.seed)):
+    for index, (family, base) in enumerate(plan(args.cases, args.seed, args.tflite_cases)):
         case, what = make_case(index, family, base, bases, work, args.seed)
         if what == "skip":
             counts["skipped"] += 1
@@ -739,10 +806,13 @@ def main(argv: list[str] | None = None) -> int:
             "update": base == "q_onnx",
             "ckpt": str(work / "bases" / "ckpt_q"),
             "quantize": index % 4 == 0,
+            "quantize_litert": family == "tflite_rehash",
+            "states": str(states_file(bases[base])),
         }
         answers = []
         workers = [light]
-        if (family in TARGETED or index % args.tf_every == 0) and base != "q_onnx":
+        targeted = family in TARGETED or family == "tflite_rehash"
+        if (targeted or index % args.tf_every == 0) and base != "q_onnx":
             workers.append(tf_worker)
         for w in workers:
             answer = w.run(task, args.timeout)

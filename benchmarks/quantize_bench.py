@@ -59,15 +59,16 @@ def _train_and_export(seed: int, out: Path) -> Path:
 
 
 def run_seed(seed: int, episodes: int) -> dict:
-    from exporters.quantize import LITERT_METHODS, ONNX_METHODS, quantize_bundle
+    from exporters.quantize import quantize_bundle
+    from exporters.quantize.targets import TARGETS as QUANTIZE_TARGETS
 
     rows = []
     auto = {}
     with tempfile.TemporaryDirectory(prefix=f"quantize-{seed}-") as scratch:
         out = Path(scratch)
         bundle = _train_and_export(seed, out)
-        for target, methods in (("onnx", ONNX_METHODS), ("litert", LITERT_METHODS)):
-            for method in methods:
+        for target, spec in QUANTIZE_TARGETS.items():
+            for method in spec.method_names:
                 report = quantize_bundle(
                     bundle,
                     out / f"{target}-{method}",

@@ -22,8 +22,8 @@ __all__ = [
 
 _LAZY = {
     "export_policy": "exporters.export",
-    "import_tf_agents": "exporters.tf_agents_import",
-    "import_tf_agents_checkpoint": "exporters.tf_agents_import",
+    "import_tf_agents": "exporters.tf_agents.importer",
+    "import_tf_agents_checkpoint": "exporters.tf_agents.importer",
     "quantize_bundle": "exporters.quantize",
     "save_checkpoint": "exporters.checkpoint",
     "update_bundle": "exporters.update",

@@ -28,7 +28,8 @@ import onnx.numpy_helper
 import tensorflow as tf
 
 from exporters import onnx_export
-from exporters.export import module_for, onnx_model_and_weights
+from exporters.onnx_export import onnx_model_and_weights
+from exporters.signatures import module_for
 from exporters.weights import canonical_initializers, graph_fingerprint
 from toolkit import bundle
 from toolkit.errors import ExportError

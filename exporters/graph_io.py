@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 
 from toolkit import nest
+from toolkit.bundle.layout import Layout
+from toolkit.errors import BundleError
 from toolkit.specs import array_spec
 
 __all__ = [
@@ -59,7 +61,7 @@ def _spec_sample(spec: Any, rng: np.random.Generator, batch: int) -> np.ndarray:
 
 
 def sample_time_steps(
-    manifest: dict[str, Any],
+    layout: Layout | dict[str, Any],
     batch: int,
     rng: np.random.Generator,
     *,
@@ -67,7 +69,7 @@ def sample_time_steps(
     stateful: bool = True,
     moderate: bool = False,
 ) -> dict[str, np.ndarray]:
-    """A batch of time steps drawn from the manifest's spec, by flat input name.
+    """A batch of time steps drawn from the bundle's time step spec, by flat input name.
 
     Args:
       first: the first step of a sequence (every entry FIRST for stateful policies).
@@ -76,7 +78,7 @@ def sample_time_steps(
       moderate: floats as ``sample_leaf`` (near what policies meet) instead of the
         spec's full range (which stresses parity over large inputs).
     """
-    spec = array_spec.spec_nest_from_json(manifest["specs"]["time_step"])
+    spec = Layout.coerce(layout).specs.time_step
     leaf = sample_leaf if moderate else _spec_sample
     inputs = {path: leaf(s, rng, batch) for path, s in nest.flatten_with_paths(spec)}
     if stateful:
@@ -89,9 +91,9 @@ def sample_time_steps(
     return inputs
 
 
-def initial_state(manifest: dict[str, Any], batch: int) -> dict[str, np.ndarray]:
+def initial_state(layout: Layout | dict[str, Any], batch: int) -> dict[str, np.ndarray]:
     """Zero policy states for ``batch`` entries, by flat input name (empty if stateless)."""
-    spec = array_spec.spec_nest_from_json(manifest["specs"]["policy_state"])
+    spec = Layout.coerce(layout).specs.policy_state
     return {path: s.zeros((batch,)) for path, s in nest.flatten_with_paths(spec, "policy_state")}
 
 
@@ -104,13 +106,13 @@ def next_state(outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     }
 
 
-def actions(manifest: dict[str, Any], outputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+def actions(layout: Layout | dict[str, Any], outputs: dict[str, np.ndarray]) -> list[np.ndarray]:
     """The representative action of every distribution leaf: the mode (argmax for
     categoricals, ``loc`` for deterministic and normal leaves), the mean for uniform ones."""
     from runtimes.distributions import make_distribution
     from toolkit import distribution_families as families
 
-    leaves = nest.from_json(manifest["distribution"], families.leaf_from_json)
+    leaves = Layout.coerce(layout).distribution
     out = []
     for path, leaf in nest.flatten_with_paths(leaves, "distribution"):
         names = families.FAMILIES[leaf.family]
@@ -120,10 +122,10 @@ def actions(manifest: dict[str, Any], outputs: dict[str, np.ndarray]) -> list[np
     return out
 
 
-def action_ranges(manifest: dict[str, Any]) -> list[np.ndarray | None]:
+def action_ranges(layout: Layout | dict[str, Any]) -> list[np.ndarray | None]:
     """Per action leaf (in nest order), ``maximum - minimum`` where finite, else None."""
     ranges: list[np.ndarray | None] = []
-    for spec in nest.flatten(array_spec.spec_nest_from_json(manifest["specs"]["action"])):
+    for spec in nest.flatten(Layout.coerce(layout).specs.action):
         if isinstance(spec, array_spec.BoundedArraySpec):
             width = np.asarray(spec.maximum, np.float64) - np.asarray(spec.minimum, np.float64)
             ranges.append(width if np.all(np.isfinite(width)) else None)
@@ -133,7 +135,7 @@ def action_ranges(manifest: dict[str, Any]) -> list[np.ndarray | None]:
 
 
 def agree(
-    manifest: dict[str, Any],
+    layout: Layout | dict[str, Any],
     a: dict[str, np.ndarray],
     b: dict[str, np.ndarray],
     tolerance: float,
@@ -143,11 +145,12 @@ def agree(
     Discrete actions must be equal; float actions agree within ``tolerance`` times the
     action spec's range (``tolerance * max(1, |a|)`` for unbounded actions).
     """
-    ranges = action_ranges(manifest)
+    layout = Layout.coerce(layout)
+    ranges = action_ranges(layout)
     per_leaf = []
     # Wrappers (epsilon-greedy, mixtures) repeat the action nest in their parameters,
     # so distribution leaf i belongs to action leaf i mod n.
-    for i, (x, y) in enumerate(zip(actions(manifest, a), actions(manifest, b), strict=True)):
+    for i, (x, y) in enumerate(zip(actions(layout, a), actions(layout, b), strict=True)):
         width = ranges[i % len(ranges)] if ranges else None
         if x.dtype.kind in "biu" and y.dtype.kind in "biu":
             same = x == y
@@ -186,15 +189,27 @@ def onnx_runner(model: bytes | str | Path, threads: int = 1) -> Runner:
 
 def litert_runner(model: bytes, signature: str = "distribution") -> Runner:
     """Runs one signature of a LiteRT model with ai-edge-litert (one thread)."""
-    from runtimes.litert_backend import new_interpreter, quiet_stderr
+    from runtimes.backends.litert import new_interpreter, quiet_stderr
 
     interpreter = new_interpreter(model)
+    signatures = interpreter.get_signature_list()
+    if signature not in signatures:
+        raise BundleError(
+            f"the LiteRT model has no {signature!r} signature (it has {sorted(signatures)})"
+        )
     runner = interpreter.get_signature_runner(signature)
-    input_names = list(interpreter.get_signature_list()[signature]["inputs"])
+    input_names = list(signatures[signature]["inputs"])
 
     def run(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         # A SignatureRunner allocates on every call, which prints the delegate banner.
         with quiet_stderr():
-            return runner(**{name: inputs[name] for name in input_names})
+            try:
+                return runner(**{name: inputs[name] for name in input_names})
+            except RuntimeError as e:
+                # LiteRT checks a model's tensor indices when it allocates, not at load.
+                first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+                raise BundleError(
+                    f"LiteRT could not run the model's {signature} signature: {first}"
+                ) from None
 
     return run

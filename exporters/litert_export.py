@@ -116,7 +116,7 @@ def convert_saved_model(
 
 
 def _check(model: bytes) -> bytes:
-    from runtimes.litert_backend import check_no_custom_ops
+    from runtimes.backends.litert import check_no_custom_ops
 
     check_no_custom_ops(model, "the converted LiteRT model")
     return model
@@ -126,7 +126,7 @@ def manifest_entry(model: bytes, file: str) -> dict[str, Any]:
     """The manifest's ``litert`` entry: the file, its signatures and the ops it uses."""
     from ai_edge_litert.interpreter import Interpreter
 
-    from runtimes.litert_backend import litert_ops
+    from runtimes.backends.litert import litert_ops
 
     signatures = sorted(Interpreter(model_content=model).get_signature_list())
     return {"file": file, "signatures": signatures, "ops": litert_ops(model)}

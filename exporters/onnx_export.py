@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,7 +19,16 @@ import onnx
 from toolkit import bundle
 from toolkit.errors import ExportError
 
-__all__ = ["DEFAULT_OPSET", "RANDOM_OPS", "all_nodes", "convert", "embed_manifest", "first_line"]
+__all__ = [
+    "DEFAULT_OPSET",
+    "RANDOM_OPS",
+    "all_nodes",
+    "convert",
+    "embed_manifest",
+    "first_line",
+    "onnx_model_and_weights",
+    "onnx_model_for",
+]
 
 #: Opset of exported graphs: supported by tf2onnx 1.17 and onnxruntime >= 1.14.
 DEFAULT_OPSET = 17
@@ -133,3 +143,47 @@ def embed_manifest(model: onnx.ModelProto, manifest: dict[str, Any]) -> None:
     prop = model.metadata_props.add()
     prop.key = bundle.ONNX_MANIFEST_KEY
     prop.value = json.dumps(embedded, sort_keys=True)
+
+
+def onnx_model_for(module: Any, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
+    """The ONNX model of a module's ``distribution`` function."""
+    inputs = dict(module.info.inputs)
+    what = type(module.policy).__name__
+    model = convert(module.info.functions["distribution"], [inputs], opset=opset, what=what)
+    stray = sorted({i.name for i in model.graph.input} - set(inputs))
+    if stray:
+        # e.g. a tensor captured from outside the traced function (not a variable).
+        raise ExportError(
+            f"{what}: expected the ONNX graph to take only {sorted(inputs)}, got extra "
+            f"inputs {stray} (tensors captured from outside the traced function?)"
+        )
+    return model
+
+
+def onnx_model_and_weights(
+    module: Any, opset: int = DEFAULT_OPSET
+) -> tuple[onnx.ModelProto, dict[str, Any] | None]:
+    """The ONNX model (converted with probe weights, real ones written in) and its weights
+    map for ``manifest["onnx"]["weights"]`` (see exporters.probe)."""
+    from exporters.probe import convert_with_probes
+    from exporters.weights import canonical_initializers
+
+    what = type(module.policy).__name__
+    try:
+        model, weights = convert_with_probes(module, lambda m: onnx_model_for(m, opset), what)
+    except ExportError as e:
+        if "disagree" not in str(e):
+            raise
+        # Some graphs compute with their weights at conversion time (e.g. an observation
+        # normaliser's variance folded through sqrt): they still export, converted with
+        # their real weights, but without a weights map (see docs/bundle-format.md).
+        warnings.warn(
+            f"{what}: exported without a weights map ({e}); the bundle takes weights-only "
+            "checkpoints of this graph, not TF checkpoints without TensorFlow",
+            UserWarning,
+            stacklevel=2,
+        )
+        return onnx_model_for(module, opset), None
+    by_name = weights.pop("by_name")
+    weights["initializers"] = [by_name.get(name) for name in canonical_initializers(model)]
+    return model, weights

@@ -2,10 +2,12 @@
 
 Spec-sampled time steps (sequences with FIRST steps for stateful policies, each form
 feeding back its own state) go through every available form of the ``distribution``
-function: the live TF policy (when given), the SavedModel, the ONNX graph under
-onnxruntime and the LiteRT model under ai-edge-litert. The report gives the largest
-absolute and relative difference per output against the reference (the TF policy, else
-the SavedModel); for LiteRT also its ``get_initial_state`` against the zero states.
+function: the live TF policy (when given), then each format of the bundle in the format
+registry's order (``Format.runner``: the SavedModel, the ONNX graph under onnxruntime,
+the LiteRT model under ai-edge-litert...). The report gives the largest absolute and
+relative difference per output against the reference (the TF policy, else the first
+format); formats add their own rows (``Format.extra_checks``: LiteRT's
+``get_initial_state`` against the zero states).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from exporters import formats as export_formats
 from exporters import graph_io
 from exporters.graph_io import Runner
 from toolkit import bundle
@@ -86,45 +89,6 @@ class VerifyReport:
         return "\n".join(lines)
 
 
-def _onnx_runner(root: Path, manifest: dict[str, Any]) -> Runner:
-    from runtimes.onnx_backend import check_graph_io
-
-    # Contained, hash-checked and self-contained (bundle.read_onnx).
-    model = bundle.read_onnx(root, manifest)
-    try:
-        run = graph_io.onnx_runner(model, threads=0)
-    except Exception as e:  # onnxruntime raises its own exception types
-        raise BundleError(f"onnxruntime could not load the policy graph: {e}") from e
-    check_graph_io(run.session, manifest["signatures"]["distribution"], manifest["onnx"]["file"])
-    return run
-
-
-def _read_litert(root: Path, manifest: dict[str, Any]) -> bytes:
-    rel = manifest["litert"]["file"]
-    return bundle.read_member(root, rel, key="litert.file", files=manifest["files"])
-
-
-def _litert_runner(root: Path, manifest: dict[str, Any]) -> Runner:
-    model = _read_litert(root, manifest)
-    return graph_io.litert_runner(model)
-
-
-def _litert_initial_state(root: Path, manifest: dict[str, Any], batch: int) -> list[OutputDiff]:
-    """The LiteRT model's ``get_initial_state`` against the zero states readers start from."""
-    model = _read_litert(root, manifest)
-    run = graph_io.litert_runner(model, "get_initial_state")
-    got = run({"batch_size": np.asarray(batch, np.int32)})
-    rows = []
-    for name, expected in graph_io.initial_state(manifest, batch).items():
-        value = got.get(name)
-        if value is None:
-            rows.append(OutputDiff("litert", f"get_initial_state/{name}", np.inf, np.inf, False))
-            continue
-        max_abs, max_rel, ok = _compare(expected, value, 0.0, 0.0)
-        rows.append(OutputDiff("litert", f"get_initial_state/{name}", max_abs, max_rel, ok))
-    return rows
-
-
 def _tf_runner(function: Any) -> Runner:
     import tensorflow as tf
 
@@ -135,25 +99,11 @@ def _tf_runner(function: Any) -> Runner:
     return run
 
 
-def _saved_model_runner(root: Path, manifest: dict[str, Any]) -> Runner:
-    import tensorflow as tf
-    import tensorflow_probability  # noqa: F401  (registers TFP types the model may name)
-
-    path = bundle.check_saved_model(root, manifest)
-    try:
-        loaded = tf.saved_model.load(str(path))
-        signature = loaded.signatures["distribution"]
-    except Exception as e:  # TF raises many kinds for a broken SavedModel
-        raise BundleError(f"{path}: TensorFlow could not load the SavedModel: {e}") from e
-
-    def run(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        outputs = signature(**{k: tf.constant(v) for k, v in inputs.items()})
-        return {k: v.numpy() for k, v in outputs.items()}
-
-    return run
-
-
-def _compare(reference: np.ndarray, other: np.ndarray, atol: float, rtol: float):
+def compare(
+    reference: np.ndarray, other: np.ndarray, atol: float, rtol: float
+) -> tuple[float, float, bool]:
+    """``(max abs diff, max rel diff, ok)``: ok when ``|other - reference| <= atol + rtol *
+    |reference|`` everywhere (integers: equal; non-finite floats: the same values)."""
     if reference.shape != other.shape:
         return float("inf"), float("inf"), False
     if reference.dtype.kind in "biu" or other.dtype.kind in "biu":
@@ -199,35 +149,32 @@ def verify(
       A VerifyReport (``report.ok``; ``str(report)`` is a table).
     """
     root = Path(bundle_dir)
-    manifest = bundle.read_manifest(root)
+    layout = bundle.read_layout(root)
     if num_samples < 1:
         raise BundleError(f"num_samples: expected at least 1, got {num_samples}")
     runners: dict[str, Runner] = {}
     if policy is not None:
-        from exporters.export import module_for
+        from exporters.signatures import module_for
 
-        module = module_for(policy, manifest.get("train_step"), {})
+        module = module_for(policy, layout.train_step, {})
         runners["tf_policy"] = _tf_runner(module.info.functions["distribution"])
-    if "saved_model" in manifest:
-        runners["saved_model"] = _saved_model_runner(root, manifest)
-    if "onnx" in manifest:
-        runners["onnx"] = _onnx_runner(root, manifest)
-    if "litert" in manifest:
-        runners["litert"] = _litert_runner(root, manifest)
+    present = [export_formats.get(name) for name in export_formats.names() if layout.has(name)]
+    for fmt in present:
+        runners[fmt.name] = fmt.runner(root, layout)
     if len(runners) < 2:
         raise BundleError(
             f"{root}: nothing to compare: the bundle has one form ({list(runners)}) and no "
             "policy was given"
         )
-    stateful = bool(graph_io.initial_state(manifest, 1))
+    stateful = bool(layout.names.states)
     steps = steps if steps is not None else (8 if stateful else 1)
     rng = np.random.default_rng(seed)
-    states = {name: graph_io.initial_state(manifest, num_samples) for name in runners}
+    states = {name: graph_io.initial_state(layout, num_samples) for name in runners}
     worst: dict[tuple[str, str], list[float | bool]] = {}
     reference = next(iter(runners))
     for step in range(steps):
         time_step = graph_io.sample_time_steps(
-            manifest, num_samples, rng, first=step == 0, stateful=stateful
+            layout, num_samples, rng, first=step == 0, stateful=stateful
         )
         outputs = {name: run({**time_step, **states[name]}) for name, run in runners.items()}
         for name in runners:
@@ -237,7 +184,7 @@ def verify(
                 if output not in outputs[form]:
                     worst[(form, output)] = [float("inf"), float("inf"), False]
                     continue
-                max_abs, max_rel, ok = _compare(ref_value, outputs[form][output], atol, rtol)
+                max_abs, max_rel, ok = compare(ref_value, outputs[form][output], atol, rtol)
                 previous = worst.get((form, output), [0.0, 0.0, True])
                 worst[(form, output)] = [
                     max(previous[0], max_abs),
@@ -248,8 +195,8 @@ def verify(
         OutputDiff(form, output, float(v[0]), float(v[1]), bool(v[2]))
         for (form, output), v in worst.items()
     ]
-    if "litert" in runners:
-        rows += _litert_initial_state(root, manifest, num_samples)
+    for fmt in present:
+        rows += fmt.extra_checks(root, layout, num_samples)
     return VerifyReport(
         bundle=root,
         reference=reference,

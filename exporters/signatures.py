@@ -18,12 +18,12 @@ import tensorflow as tf
 
 from toolkit import distribution_families as families
 from toolkit import nest
-from toolkit.errors import ExportError
+from toolkit.errors import ExportError, UnsupportedError
 from toolkit.policies import tf_policy as tf_policy_lib
 from toolkit.specs import tensor_spec
 from toolkit.trajectories.time_step import StepType, TimeStep
 
-__all__ = ["ExportModule", "FlatSignature", "flat_specs"]
+__all__ = ["ExportModule", "FlatSignature", "flat_specs", "module_for"]
 
 # TensorFlow's rule for op and tensor names, which SavedModel and tf2onnx keep.
 _NAME = re.compile(r"^[A-Za-z0-9.][A-Za-z0-9_.\-/]*$")
@@ -259,3 +259,30 @@ class ExportModule(tf.Module):
             for key, t in concrete.structured_outputs.items()
         }
         return FlatSignature(inputs, outputs)
+
+
+def module_for(policy: Any, train_step: int | None, metadata: dict[str, Any]) -> ExportModule:
+    """The traced export module of a TF policy (export, weights-only checkpoints, parity).
+
+    Raises:
+      ExportError: not a TFPolicy, or a policy part that does not export.
+    """
+    if not isinstance(policy, tf_policy_lib.TFPolicy):
+        raise ExportError(
+            f"{type(policy).__name__}: expected a TFPolicy (toolkit.policies.tf_policy); "
+            "Python policies have no graph to export"
+        )
+    try:
+        module = ExportModule(policy, train_step, metadata)
+        module.build_functions()
+        # Tracing the distribution function checks that every part of the policy exports.
+        module.info.functions["distribution"].get_concrete_function()
+    except (UnsupportedError, NotImplementedError) as e:
+        raise ExportError(f"{type(policy).__name__}: cannot be exported: {e}") from e
+    kind = module.info.description.get("kind")
+    if kind not in families.KINDS:
+        raise ExportError(
+            f"{type(policy).__name__}: cannot be exported: its action derivation {kind!r} is "
+            f"not one of {list(families.KINDS)}"
+        )
+    return module

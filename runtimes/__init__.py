@@ -9,32 +9,10 @@ Importing this package is cheap: onnxruntime, LiteRT or TensorFlow load inside
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from typing import Any
 
-__all__ = ["BACKENDS", "EXTRAS", "load_policy", "missing_extra"]
-
-BACKENDS = ("auto", "onnx", "litert", "tf")
-
-#: The pip extra that brings each TF-free backend's runtime.
-EXTRAS = {"onnx": "runtime", "litert": "litert"}
-_MODULES = {"onnx": "onnxruntime", "litert": "ai_edge_litert"}
-
-
-def _has_module(name: str) -> bool:
-    try:
-        return importlib.util.find_spec(name) is not None
-    except (ImportError, ValueError):  # a blocked or half-installed module
-        return False
-
-
-def missing_extra(backend: str) -> str | None:
-    """``pip install ...`` advice when a TF-free backend's runtime is not installed, else None."""
-    module = _MODULES.get(backend)
-    if module is None or _has_module(module):
-        return None
-    return f"the {backend} backend needs {module} (pip install 'policy-toolkit[{EXTRAS[backend]}]')"
+__all__ = ["load_policy"]
 
 
 def load_policy(
@@ -50,10 +28,10 @@ def load_policy(
 
     Args:
       path: the bundle folder (or its manifest.json, policy.onnx or policy.tflite).
-      backend: "onnx" (onnxruntime, no TensorFlow), "litert" (LiteRT, no TensorFlow),
-        "tf" (the SavedModel), or "auto": onnx when the bundle has policy.onnx and
-        onnxruntime is installed, else litert when it has policy.tflite and
-        ai-edge-litert is installed, else tf.
+      backend: a backend of ``runtimes.backends.BACKENDS``: "onnx" (onnxruntime, no
+        TensorFlow), "litert" (LiteRT, no TensorFlow), "tf" (the SavedModel), or "auto":
+        the first TF-free backend (table order: onnx, litert) whose format the bundle
+        holds and whose engine is installed, else tf.
       seed: seeds the policy's generator, used by ``action(seed=None)``; None seeds it
         from the OS, so two loads act differently.
       validate_args: check time steps and states against the specs, converting safe
@@ -62,13 +40,13 @@ def load_policy(
         states of another structure are refused naming the leaf. With False, inputs
         are trusted and go to the graph unchecked (a wrong dtype may be cast or refused
         by the backend); that saves under a microsecond a call.
-      threads: intra-op threads (onnx and litert backends).
+      threads: intra-op threads (backends with thread control).
       check_finite: refuse observations holding NaN or infinite values, naming the leaf
         (a failing sensor); off by default, as in TF-Agents, which passes them on.
 
     Returns:
-      A ``runtimes.onnx_backend.OnnxPolicy``, ``runtimes.litert_backend.LiteRTPolicy``
-      or ``runtimes.tf_backend.SavedModelPolicy``.
+      The backend's ``runtimes.policy.BundlePolicy``: ``runtimes.backends.onnx.OnnxPolicy``,
+      ``runtimes.backends.litert.LiteRTPolicy`` or ``runtimes.backends.tf.SavedModelPolicy``.
 
     Raises:
       BundleError: for a missing, corrupted, tampered or too-new bundle, one without
@@ -79,71 +57,19 @@ def load_policy(
       UnsupportedError: when the backend's library is not installed (the message names
         the extra to install).
     """
+    from runtimes.backends import choose
     from toolkit import bundle
-    from toolkit.errors import BundleError, SpecMismatchError, UnsupportedError
 
-    if backend not in BACKENDS:
-        raise SpecMismatchError("backend", f"one of {list(BACKENDS)}", repr(backend))
     root = bundle.bundle_root(path)
     # Each backend checks the hashes of the files it reads (an edge device may hold
     # only manifest.json and policy.onnx or policy.tflite).
-    manifest = bundle.read_manifest(root, check_files=False)
-    formats = manifest.get("formats", [])
-    has = {
-        backend_name: key in formats and isinstance(manifest.get(key), dict)
-        for backend_name, key in (("onnx", "onnx"), ("litert", "litert"), ("tf", "saved_model"))
-    }
-    if backend == "auto":
-        usable = [b for b in ("onnx", "litert") if has[b] and missing_extra(b) is None]
-        if usable:
-            backend = usable[0]
-        elif has["tf"]:
-            backend = "tf"
-        else:
-            light = [b for b in ("onnx", "litert") if has[b]]
-            if not light:
-                raise BundleError(
-                    f"{root}: expected an ONNX, LiteRT or SavedModel export, got {formats}"
-                )
-            advice = " or ".join(f"'policy-toolkit[{EXTRAS[b]}]'" for b in light)
-            raise UnsupportedError(
-                f"{root}: the bundle holds {' and '.join(light)} only and no runtime for it "
-                f"is installed (pip install {advice})"
-            )
-    if not has[backend]:
-        labels = {"onnx": "ONNX", "litert": "LiteRT", "tf": "a SavedModel"}
-        others = [b for b in ("onnx", "litert", "tf") if has[b]]
-        hint = f"; use backend={others[0]!r}" if others else ""
-        raise BundleError(
-            f"{root}: the bundle was exported without {labels[backend]} (formats {formats}){hint}"
-        )
-    advice = missing_extra(backend)
-    if advice is not None:
-        raise UnsupportedError(advice)
-    if backend == "onnx":
-        from runtimes.onnx_backend import OnnxPolicy
-
-        return OnnxPolicy(
-            manifest,
-            root,
-            seed=seed,
-            validate_args=validate_args,
-            threads=threads,
-            check_finite=check_finite,
-        )
-    if backend == "litert":
-        from runtimes.litert_backend import LiteRTPolicy
-
-        return LiteRTPolicy(
-            manifest,
-            root,
-            seed=seed,
-            validate_args=validate_args,
-            threads=threads,
-            check_finite=check_finite,
-        )
-    from runtimes.tf_backend import SavedModelPolicy
-
-    return SavedModelPolicy(
-        manifest, root, seed=seed, validate_args=validate_args, check_finite=check_finite
+    layout = bundle.read_layout(root, check_files=False)
+    chosen = choose(backend, layout.formats, str(root))
+    return chosen.policy_type()(
+        layout,
+        root,
+        seed=seed,
+        validate_args=validate_args,
+        check_finite=check_finite,
+        **({"threads": threads} if chosen.threads else {}),
     )

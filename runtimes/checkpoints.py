@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from toolkit import bundle, checkpoint_weights
+from toolkit.bundle.layout import Layout
 from toolkit.checkpoint_weights import Checkpoint
 from toolkit.errors import BundleError, CheckpointError
 
@@ -60,31 +61,31 @@ def _fingerprint_error(root: Path, expected: str, got: str) -> BundleError:
     )
 
 
-def _weights_only(manifest: dict[str, Any], checkpoint: Checkpoint) -> Weights:
+def _weights_only(layout: Layout, checkpoint: Checkpoint) -> Weights:
     root = checkpoint.path
     info = bundle.read_checkpoint(root)
-    expected = manifest["onnx"]["graph_fingerprint"]
+    expected = str(layout.graph_fingerprint)
     got = str(info.get("graph_fingerprint"))
     train_step = info.get("train_step")
     train_step = train_step if isinstance(train_step, int) else None
     if got == expected:
-        names = manifest["onnx"]["initializers"]
+        names = list(layout.onnx_initializers)
         return Weights(load_npz_weights(root, info, names), train_step, checkpoint)
     prefix = root / str(info.get("tf_checkpoint", bundle.TF_CHECKPOINT_PREFIX))
-    if checkpoint_weights.has_weights_map(manifest) and Path(f"{prefix}.index").is_file():
+    if layout.weights is not None and Path(f"{prefix}.index").is_file():
         # Another conversion of the weights (e.g. a checkpoint saved before the probe
         # conversion, from zero biases): its TF checkpoint still holds the variables.
         try:
-            values, _ = checkpoint_weights.read_tf_checkpoint(manifest, prefix, str(root))
+            values, _ = checkpoint_weights.read_tf_checkpoint(layout, prefix, str(root))
         except CheckpointError as e:
             raise _fingerprint_error(root, expected, got) from e
-        initializers = checkpoint_weights.initializer_values(manifest, values)
+        initializers = checkpoint_weights.initializer_values(layout, values)
         return Weights(initializers, train_step, checkpoint)
     raise _fingerprint_error(root, expected, got)
 
 
 def read_weights(
-    manifest: dict[str, Any],
+    layout: Layout,
     source: str | os.PathLike | Checkpoint,
     *,
     step: int | None = None,
@@ -92,7 +93,7 @@ def read_weights(
     """The initializer values a checkpoint gives a bundle's ONNX graph.
 
     Args:
-      manifest: the bundle's manifest.
+      layout: the bundle's layout.
       source: a checkpoint, a folder of them (the latest is taken), or a ``Checkpoint``.
       step: take the checkpoint of this train step.
 
@@ -106,7 +107,7 @@ def read_weights(
     else:
         checkpoint = source
     if checkpoint.kind == "weights_only":
-        weights = _weights_only(manifest, checkpoint)
+        weights = _weights_only(layout, checkpoint)
         if step is not None and weights.train_step != step:
             raise CheckpointError(
                 f"{checkpoint.path}: step {step} asked, but this weights-only checkpoint holds "
@@ -114,9 +115,9 @@ def read_weights(
             )
         return weights
     values, train_step = checkpoint_weights.read_tf_checkpoint(
-        manifest, checkpoint.path, str(checkpoint.path)
+        layout, checkpoint.path, str(checkpoint.path)
     )
-    initializers = checkpoint_weights.initializer_values(manifest, values)
+    initializers = checkpoint_weights.initializer_values(layout, values)
     return Weights(
         initializers, train_step if train_step is not None else checkpoint.step, checkpoint
     )

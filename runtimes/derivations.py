@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from toolkit import action_masks, nest
 from toolkit import distribution_families as families
-from toolkit import nest
 from toolkit.errors import BundleError, SpecMismatchError, UnsupportedError
 from toolkit.specs import array_spec
 
@@ -28,7 +28,7 @@ except ImportError:  # numpy < 2
 if TYPE_CHECKING:
     from runtimes import distributions as dists
 
-__all__ = ["DerivationBuilder", "Deriver", "Leaf", "named_leaves"]
+__all__ = ["DerivationBuilder", "Deriver", "Leaf", "MaskCheck", "named_leaves"]
 
 
 def _dists() -> Any:
@@ -316,6 +316,86 @@ class _Mixture(Deriver):
             np.stack(leaves, axis=1)[rows, choice] for leaves in zip(*per_component, strict=True)
         ]
         return self._clip(actions), None
+
+
+class MaskCheck:
+    """The no-allowed-action check of a bundle's declared action mask (``policy.action_mask``).
+
+    A masked policy's graph gives masked actions the lowest logit, so it never picks
+    one, but an entry whose mask allows nothing would still get an action; the
+    runtime refuses it (NoAllowedActionError naming the entry) before running the
+    graph. On every call: one ``bytes`` search for a row of zeros (a fraction of a
+    microsecond at batch 1, a few at 256); numpy finds the entry only when one turns up
+    (a zero run may also straddle two rows: then numpy clears it).
+
+    Args:
+      index: the mask's position among the graph inputs.
+      label: its input name, e.g. ``observation/mask``.
+      count: the number of actions (the mask's last dim).
+      itemsize: the bytes of one mask value (of the spec's dtype).
+    """
+
+    __slots__ = ("index", "itemsize", "label", "zero_row")
+
+    def __init__(self, index: int, label: str, count: int, itemsize: int):
+        self.index = index
+        self.label = label
+        self.itemsize = itemsize
+        self.zero_row = b"\0" * (count * itemsize)
+
+    @classmethod
+    def build(
+        cls, name: Any, time_step_spec: Any, action_spec: Any, input_names: list[str], where: Any
+    ) -> MaskCheck | None:
+        """The check for the manifest's ``policy.action_mask`` (None: the bundle has none).
+
+        Raises:
+          BundleError: a mask that is no observation input, not integer or bool, or
+            whose last dim is not the number of actions of a single discrete action.
+        """
+        if name is None:
+            return None
+        specs = dict(nest.flatten_with_paths(time_step_spec.observation, "observation"))
+        spec = specs.get(name)
+        if spec is None:
+            raise BundleError(
+                f"{where}: policy.action_mask: expected one of the observation inputs "
+                f"{sorted(specs)}, got {name!r}"
+            )
+        leaves = nest.flatten(action_spec)
+        action = leaves[0] if len(leaves) == 1 else None
+        if (
+            not isinstance(action, array_spec.BoundedArraySpec)
+            or action.dtype.kind not in "iu"
+            or action.shape.count(1) != len(action.shape)
+        ):
+            raise BundleError(
+                f"{where}: policy.action_mask: expected a single discrete action of one element "
+                f"to mask, got {action_spec}"
+            )
+        count = int(np.max(action.maximum)) - int(np.min(action.minimum)) + 1
+        if spec.dtype.kind not in "biu" or not spec.shape or spec.shape[-1] != count:
+            raise BundleError(
+                f"{where}: {name}: expected an int or bool mask of shape (..., {count}) (one "
+                f"entry per action), got {spec.dtype.name} {spec.shape}"
+            )
+        return cls(input_names.index(name), name, count, spec.dtype.itemsize)
+
+    def check(self, arrays: list[Any], outer: tuple[int, ...]) -> None:
+        """Raises NoAllowedActionError for the first entry whose mask allows nothing.
+
+        Args:
+          arrays: the graph inputs (one batch dim, flattened from ``outer``, or none).
+          outer: the caller's batch dims.
+        """
+        mask = arrays[self.index]
+        # C order: each row is a run of zero_row's length; another dtype (unvalidated
+        # inputs) gets numpy's check.
+        if mask.itemsize == self.itemsize and self.zero_row not in mask.tobytes():
+            return
+        if len(outer) > 1:
+            mask = mask.reshape(tuple(outer) + mask.shape[1:])
+        action_masks.check_rows(mask, tuple(outer), self.label)
 
 
 class DerivationBuilder:

@@ -5,8 +5,8 @@ A bundle's graph computes distribution *parameters*, the next policy state and i
 inputs, asks its backend to run the graph (``_run``), and derives the action from the
 parameters with a numpy Generator, following the manifest's action description
 (``toolkit.distribution_families``): plain sampling, epsilon-greedy, Gaussian and OU
-noise, mixtures. The onnx backend (runtimes.onnx_backend) and the tf backend
-(runtimes.tf_backend) differ only in how they run the graph and swap weights.
+noise, mixtures. The onnx backend (runtimes.backends.onnx) and the tf backend
+(runtimes.backends.tf) differ only in how they run the graph and swap weights.
 
 The hot path of ``action()`` (PyPolicy's: validate, compute, check the step) is kept
 lean: names, dtypes, shapes, bounds and the derivation are compiled once at load; a
@@ -33,11 +33,13 @@ import numpy as np
 from runtimes import derivations
 from toolkit import distribution_families as families
 from toolkit import nest
+from toolkit.bundle.layout import Layout, thaw
 from toolkit.errors import (
     BundleError,
     PolicyError,
-    SpecError,
     SpecMismatchError,
+    ToolkitError,
+    UnsupportedError,
 )
 from toolkit.policies.py_policy import PyPolicy, Seed
 from toolkit.specs import array_spec
@@ -116,17 +118,13 @@ def check_fingerprint(root: Path, info: dict[str, Any], expected: str) -> None:
 # --- the policy ----------------------------------------------------------------------------
 
 
-def _io_names(signature: dict[str, Any], which: str) -> list[str]:
-    return [entry["name"] for entry in signature.get(which, [])]
-
-
 class BundlePolicy(PyPolicy):
     """A bundle's policy: the TF-Agents policies tutorial's Python-policy interface over a graph.
 
     Subclasses run the graph (``_run``) and swap weights; this class does the rest.
 
     Args:
-      manifest: the bundle's validated manifest (toolkit.bundle.read_manifest).
+      layout: the bundle's layout (toolkit.bundle.read_layout).
       bundle_dir: the bundle folder.
       seed: seeds the policy's own Generator, used by ``action(seed=None)``.
       validate_args: check time steps and states against the specs (converting safe
@@ -137,39 +135,26 @@ class BundlePolicy(PyPolicy):
 
     def __init__(
         self,
-        manifest: dict[str, Any],
+        layout: Layout,
         bundle_dir: str | os.PathLike,
         *,
         seed: int | None = None,
         validate_args: bool = True,
         check_finite: bool = False,
     ):
-        try:
-            specs = manifest["specs"]
-            time_step_spec = array_spec.spec_nest_from_json(specs["time_step"])
-            action_spec = array_spec.spec_nest_from_json(specs["action"])
-            state_spec = array_spec.spec_nest_from_json(specs["policy_state"])
-            info_spec = array_spec.spec_nest_from_json(specs["info"])
-            graph_info_spec = array_spec.spec_nest_from_json(specs["graph_info"])
-            description = manifest["policy"]["action"]
-            params_tree = nest.from_json(manifest["distribution"], families.leaf_from_json)
-            signature = manifest["signatures"]["distribution"]
-        except KeyError as e:
-            raise BundleError(f"{bundle_dir}: the manifest has no {e}") from e
-        except (TypeError, SpecError) as e:
-            raise BundleError(f"{bundle_dir}: the manifest is malformed: {e}") from e
-        if not isinstance(time_step_spec, TimeStep):
-            raise BundleError(f"{bundle_dir}: specs.time_step is not a TimeStep")
-        state_spec = () if state_spec is None else state_spec
+        specs = layout.specs
+        signature = layout.signatures.get("distribution")
+        if signature is None:
+            raise BundleError(f"{bundle_dir}: the manifest has no 'distribution' signature")
         super().__init__(
-            time_step_spec,
-            action_spec,
-            state_spec,
-            info_spec,
+            specs.time_step,
+            specs.action,
+            specs.policy_state,
+            specs.info,
             validate_args=validate_args,
             check_finite=check_finite,
         )
-        self._manifest = manifest
+        self._bundle = layout
         self._bundle_dir = Path(bundle_dir)
         # The Generator is made on first use (``_generator``): numpy.random costs about
         # 10 ms of a cold start, and greedy policies never sample. An int seed gives the
@@ -182,27 +167,36 @@ class BundlePolicy(PyPolicy):
             isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0
         ):
             self._rng = np.random.default_rng(seed)
-        self._train_step = manifest.get("train_step")
-        self._description = description
+        self._train_step = layout.train_step
+        # The derivation builder reads plain dicts: the policy's own copy.
+        description = self._description = thaw(layout.action)
         self._emit_log_probability = bool(description.get("emit_log_probability", False))
-        self._graph_info_spec = () if graph_info_spec is None else graph_info_spec
-        self._params_tree = params_tree
+        self._graph_info_spec = specs.graph_info
+        self._params_tree = params_tree = layout.distribution
+        state_spec, action_spec = specs.policy_state, specs.action
 
         # Graph I/O names, all by nest path (docs/bundle-format.md).
-        self._input_names = [p for p, _ in nest.flatten_with_paths(time_step_spec)]
-        self._state_names = [p for p, _ in nest.flatten_with_paths(state_spec, "policy_state")]
-        self._input_names += self._state_names
-        self._next_state_names = [p for p, _ in nest.flatten_with_paths(state_spec, "next_state")]
-        self._info_names = [p for p, _ in nest.flatten_with_paths(self._graph_info_spec, "info")]
-        action_names = [p for p, _ in nest.flatten_with_paths(action_spec, "action")]
-        graph_inputs = _io_names(signature, "inputs")
-        graph_outputs = set(_io_names(signature, "outputs"))
+        names = layout.names
+        self._input_names = list(names.inputs)
+        self._state_names = list(names.states)
+        self._next_state_names = list(names.next_states)
+        self._info_names = list(names.infos)
+        action_names = list(names.actions)
+        graph_inputs = signature.input_names
+        graph_outputs = set(signature.output_names)
         missing = sorted(set(self._input_names) ^ set(graph_inputs))
         if missing:
             raise BundleError(
                 f"{bundle_dir}: the graph's inputs {sorted(graph_inputs)} do not match the "
                 f"specs' {sorted(self._input_names)}"
             )
+        self._mask_check = derivations.MaskCheck.build(
+            layout.action_mask,
+            specs.time_step,
+            action_spec,
+            self._input_names,
+            bundle_dir,
+        )
         self._deriver = derivations.DerivationBuilder(action_spec, state_spec).build(
             description, params_tree, "distribution", () if self.is_stateful else None
         )
@@ -234,7 +228,7 @@ class BundlePolicy(PyPolicy):
         )
         self._state_leaf_specs = nest.flatten(state_spec)
         # check_finite: every call takes the general path, which checks observations.
-        self._fast = None if check_finite else self._fast_layout(time_step_spec)
+        self._fast = None if check_finite else self._fast_layout(specs.time_step)
         self._action_checks = [_LeafCheck.of(s) for s in nest.flatten(self.action_spec)]
         self._state_checks = [_LeafCheck.of(s) for s in nest.flatten(self.policy_state_spec)]
         self._info_checks = [_LeafCheck.of(s) for s in nest.flatten(self.info_spec)]
@@ -332,20 +326,27 @@ class BundlePolicy(PyPolicy):
 
     @property
     def metadata(self) -> dict[str, Any]:
-        """The user metadata recorded at export."""
-        import copy  # not at module import: ~0.2 ms of cold start
+        """The user metadata recorded at export (a copy)."""
+        return thaw(self._bundle.metadata)
 
-        return copy.deepcopy(self._manifest.get("metadata", {}))
+    @property
+    def layout(self) -> Layout:
+        """The bundle's layout (toolkit.bundle.layout.Layout), read-only."""
+        return self._bundle
 
     @property
     def manifest(self) -> dict[str, Any]:
-        import copy
-
-        return copy.deepcopy(self._manifest)
+        """The bundle's manifest (a copy)."""
+        return self._bundle.to_json()
 
     @property
     def bundle_dir(self) -> Path:
         return self._bundle_dir
+
+    @property
+    def action_mask_input(self) -> str | None:
+        """The observation input holding the action mask (``observation/mask``), or None."""
+        return None if self._mask_check is None else self._mask_check.label
 
     @property
     def action_description(self) -> dict[str, Any]:
@@ -354,10 +355,59 @@ class BundlePolicy(PyPolicy):
 
         return copy.deepcopy(self._description)
 
+    def set_action_description(self, description: dict[str, Any]) -> None:
+        """Derives actions by ``description`` from the next call on; the graph stays.
+
+        What a collect policy's decayed epsilon needs (Ray collectors take the learner's
+        ``export_description()``): the description must be of the bundle's kind (e.g.
+        ``epsilon_greedy`` with another ``epsilon``), as the graph's outputs were made
+        for it. It is compiled before it is swapped in, so a bad one changes nothing.
+
+        Raises:
+          PolicyError: a description of another kind, or one the graph's parameters
+            do not fit (naming the field).
+        """
+        import copy
+
+        kind = self._description.get("kind")
+        got = description.get("kind") if isinstance(description, dict) else description
+        emit = isinstance(description, dict) and bool(
+            description.get("emit_log_probability", False)
+        )
+        if got != kind or emit != self._emit_log_probability:
+            raise PolicyError(
+                f"set_action_description: expected a {kind!r} description "
+                f"(emit_log_probability {self._emit_log_probability}) as the bundle's, got "
+                f"{got!r:.80} (emit_log_probability {emit})"
+            )
+        try:
+            deriver = derivations.DerivationBuilder(self.action_spec, self.policy_state_spec).build(
+                description, self._params_tree, "distribution", () if self.is_stateful else None
+            )
+        except (ToolkitError, TypeError, ValueError) as e:
+            raise PolicyError(f"set_action_description: {e}") from e
+        self._description = copy.deepcopy(description)
+        self._deriver = deriver
+
+    def apply_weights(self, initializers: dict[str, Any], train_step: int | None = None) -> None:
+        """Swaps in new weights given as arrays keyed by graph initializer name.
+
+        Only backends that run the graph with replaceable initializers take them (the
+        onnx backend); LiteRT models and SavedModels hold theirs as constants or
+        variables: this raises for them.
+
+        Raises:
+          UnsupportedError: always, here; backends that can override it.
+        """
+        raise UnsupportedError(
+            f"apply_weights: the {self.backend} backend cannot take weights from arrays; load "
+            "the bundle with backend='onnx' (or use update_from_checkpoint)"
+        )
+
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}({str(self._bundle_dir)!r}, "
-            f"policy={self._manifest['policy'].get('class')!r}, "
+            f"policy={self._bundle.policy_class!r}, "
             f"action={self._description.get('kind')!r}, train_step={self._train_step})"
         )
 
@@ -392,6 +442,8 @@ class BundlePolicy(PyPolicy):
             arrays, outer = list(time_step), step_type.shape
         else:
             arrays, outer = self._inputs_from(time_step, policy_state)
+        if self._mask_check is not None:
+            self._mask_check.check(arrays, outer)
         outputs = self._run(arrays, not outer, self._fetch)
         if self._plain_output and self._direct:
             action = outputs[0]
@@ -447,7 +499,7 @@ class BundlePolicy(PyPolicy):
         return super().distribution(time_step, policy_state)
 
     def _distribution(self, time_step: Any, policy_state: Any) -> PolicyStep:
-        out, outer = self._outputs(time_step, policy_state)
+        out, outer = self._outputs(time_step, policy_state, check_mask=True)
         restored = {k: _restore_any(v, outer) for k, v in out.items()}
         leaves = self._deriver.distributions(restored)
         action = leaves[0] if self._single_action else self._action_treespec.unflatten(leaves)
@@ -479,9 +531,13 @@ class BundlePolicy(PyPolicy):
             log_probs = [np.zeros(outer, np.float32) for _ in nest.flatten(self.action_spec)]
         return PolicyStep(action, state, self._info(out, log_probs, lambda a: a))
 
-    def _outputs(self, time_step: Any, policy_state: Any) -> tuple[dict[str, np.ndarray], tuple]:
+    def _outputs(
+        self, time_step: Any, policy_state: Any, check_mask: bool = False
+    ) -> tuple[dict[str, np.ndarray], tuple]:
         """Every parameter, next state and info output for prepared inputs."""
         arrays, outer = self._inputs_from(time_step, policy_state)
+        if check_mask and self._mask_check is not None:
+            self._mask_check.check(arrays, outer)
         fetch = self._param_fetch
         return dict(zip(fetch, self._run(arrays, not outer, fetch), strict=True)), outer
 
@@ -537,6 +593,8 @@ class BundlePolicy(PyPolicy):
         return self._action_flat(arrays, (batch,), seed)
 
     def _action_flat(self, arrays: list[Any], outer: tuple, seed: Seed) -> dict[str, np.ndarray]:
+        if self._mask_check is not None:  # as action(): a row that allows nothing is refused
+            self._mask_check.check(arrays, outer)
         outputs = self._run(arrays, False, self._fetch)
         if self._plain_output and self._direct:  # the greedy case: the graph's one output
             result = {self._action_names[0]: outputs[0]}
@@ -577,19 +635,13 @@ class BundlePolicy(PyPolicy):
         """The graph's inputs in order and the batch size; exactly-typed arrays pass as
         they are, anything else gets PyPolicy's validation through the nests."""
         specs = self._flat_specs
-        if len(inputs) != len(specs):
-            unknown = sorted(set(inputs) - set(self._input_names))
-            if unknown:
-                raise SpecMismatchError(
-                    unknown[0], f"one of the inputs {self._input_names}", "an unknown name"
-                )
+        if type(inputs) is not dict or len(inputs) != len(specs):
+            self._check_names(inputs)
         arrays = []
         batch = -1
         for name, dtype, shape in specs:
             value = inputs.get(name)
-            if value is None:
-                raise SpecMismatchError(name, f"an array (inputs: {self._input_names})", "none")
-            if (
+            if (  # None and lists too: the checked path names or converts them
                 type(value) is not _NDARRAY
                 or value.dtype is not dtype
                 or len(value.shape) != len(shape) + 1
@@ -610,7 +662,22 @@ class BundlePolicy(PyPolicy):
             return self._named_inputs_checked(inputs)  # it names what is wrong
         return arrays, batch
 
+    def _check_names(self, inputs: Any) -> None:
+        """Names a missing or unknown input, or inputs that are no mapping."""
+        if not isinstance(inputs, Mapping):
+            raise SpecMismatchError(
+                "inputs", "a mapping of input name -> array", f"{type(inputs).__name__}"
+            )
+        names = self._input_names
+        unknown = sorted(str(n) for n in set(inputs) - set(names))
+        if unknown:
+            raise SpecMismatchError(unknown[0], f"one of the inputs {names}", "an unknown name")
+        for name in names:
+            if inputs.get(name) is None:
+                raise SpecMismatchError(name, f"an array (inputs: {names})", "none")
+
     def _named_inputs_checked(self, inputs: Mapping[str, Any]) -> tuple[list[Any], int]:
+        self._check_names(inputs)
         leaves = [inputs[n] for n in self._input_names]
         count = len(self._input_names) - len(self._state_names)
         time_step = nest.pack_sequence_as(self.time_step_spec, leaves[:count])

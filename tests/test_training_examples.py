@@ -90,12 +90,44 @@ def test_train_cartpole_ppo_exports_and_plays_on_onnx(tmp_path):
     assert manifest["distribution"]["family"] == "categorical"
 
 
+@pytest.mark.slow
+def test_train_taxi_masked_exports_and_plays_on_both_tf_free_backends(tmp_path):
+    out = tmp_path / "taxi_masked"
+    lines = _run("train_taxi_masked.py", "--quick", "--output-dir", str(out))
+    # Taxi with masks: -1 per step for at most 200 steps, +20 for the delivery.
+    assert -200.0 <= _mean_return(lines) <= 20.0
+    for backend in ("onnx", "litert"):
+        played = [line for line in lines if line.startswith(f"{backend} backend: ")]
+        assert len(played) == 1, lines
+        assert played[0].endswith("actions the environment's mask forbids: 0")
+    spec = json.loads((out / "policy_checkpoints" / "policy_spec.json").read_text())
+    assert spec["splitter"] == {
+        "kind": "mask_splitter",
+        "observation": "observation",
+        "mask": "mask",
+    }
+    manifest = json.loads((out / "bundle" / "manifest.json").read_text())
+    assert manifest["policy"]["action_mask"] == "observation/mask"
+    assert manifest["formats"] == ["saved_model", "onnx", "litert"]
+    # The CLI plays a masked bundle: its environment gives the mask as an observation.
+    from typer.testing import CliRunner
+
+    from toolkit.cli import app
+
+    env_id = "Taxi-v4" if "Taxi-v4" in __import__("gymnasium").registry else "Taxi-v3"
+    args = ["run", str(out / "bundle"), "--env", env_id, "-n", "3", "--backend", "litert"]
+    result = CliRunner().invoke(app, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["episodes"] == 3
+
+
 def test_examples_show_their_flags_without_loading_tensorflow():
     for script in (
         "train_cartpole.py",
         "train_pendulum.py",
         "train_pendulum_sac.py",
         "train_cartpole_ppo.py",
+        "train_taxi_masked.py",
     ):
         completed = subprocess.run(
             [sys.executable, "-X", "importtime", str(ROOT / "examples" / script), "--help"],

@@ -20,7 +20,7 @@ import numpy as np
 import onnxruntime as ort
 import tensorflow as tf
 
-from exporters import tf_agents_import as tai
+from exporters.tf_agents.specs import POLICY_SPECS_PBTXT
 from toolkit.specs.tensor_spec import BoundedTensorSpec
 from toolkit.trajectories.policy_step import PolicyStep
 from toolkit.trajectories.time_step import TimeStep
@@ -242,7 +242,7 @@ def save_like_policy_saver(
         proto = nested_structure_coder.encode_structure(
             {"collect_data_spec": collect, "policy_state_spec": state_spec or ()}
         )
-    (path / tai.POLICY_SPECS_PBTXT).write_text(text_format.MessageToString(proto))
+    (path / POLICY_SPECS_PBTXT).write_text(text_format.MessageToString(proto))
     return path
 
 
@@ -253,3 +253,96 @@ def fake_feeds(batch: int = 6) -> dict[str, np.ndarray]:
         "discount": np.ones(batch, np.float32),
         "observation": OBSERVATION[:batch],
     }
+
+
+# --- hostile look-alikes: a SavedModel is a program -------------------------------------
+
+#: What ``save_hostile`` can make a look-alike do, besides acting.
+HOSTILE_KINDS = ("write_file", "read_file", "py_function")
+
+
+def save_hostile(path: Path, kind: str, target: Path) -> Path:
+    """A deterministic look-alike (``save_like_policy_saver(path, "deterministic")``)
+    whose SavedModel also does ``kind`` when loaded or called:
+
+      write_file: writes ``target/<where>`` from a resource initialiser (at load), the
+        action, the distribution, get_train_step and get_metadata (what an import of it
+        did before imports were screened: exit 0 and four files);
+      read_file: get_metadata returns the contents of the file ``target`` (which the
+        import would copy into the manifest, and ``serve`` hand out);
+      py_function: the distribution calls Python (``tf.py_function``).
+    """
+    import tensorflow_probability as tfp
+
+    tfd = tfp.distributions
+    save_like_policy_saver(path, "deterministic")  # policy_specs.pbtxt and the layout
+
+    def touch(where: str) -> None:
+        if kind == "write_file":
+            tf.io.write_file(str(target / where), where)
+
+    class AtLoad(tf.saved_model.experimental.TrackableResource):
+        def _create_resource(self):
+            return tf.raw_ops.VarHandleOp(dtype=tf.float32, shape=[], shared_name="")
+
+        def _initialize(self):
+            touch("at_load")
+
+    module = tf.Module()
+    module.w_move = tf.Variable(W_MOVE)
+    module.w_turn = tf.Variable(W_TURN)
+    module.model_variables = [module.w_move, module.w_turn]
+    module.train_step = tf.Variable(3, dtype=tf.int64)
+    module.metadata = {"version": tf.Variable(2)}
+    module.at_load = AtLoad()
+
+    def actions(observation):
+        if kind == "py_function":
+            (observation,) = tf.py_function(lambda x: x, [observation], [tf.float32])
+            observation.set_shape([None, 3])
+        move = tf.clip_by_value(observation @ module.w_move, -1.0, 1.0)
+        turn = tf.argmax(observation @ module.w_turn, -1, output_type=tf.int32)
+        return {"move": move, "turn": turn}
+
+    @tf.function
+    def action(time_step, policy_state=()):
+        touch("action")
+        return PolicyStep(actions(time_step.observation), (), ())
+
+    @tf.function
+    def distribution(time_step, policy_state=()):
+        touch("distribution")
+        dists = {k: tfd.Deterministic(v) for k, v in actions(time_step.observation).items()}
+        return PolicyStep(tf.nest.map_structure(tfp.experimental.as_composite, dists), (), ())
+
+    @tf.function
+    def get_train_step():
+        touch("get_train_step")
+        return module.train_step.read_value()
+
+    @tf.function
+    def get_metadata():
+        touch("get_metadata")
+        out = {"version": module.metadata["version"] + 0}
+        if kind == "read_file":
+            out["host"] = tf.io.read_file(str(target))
+        return out
+
+    spec = TimeStep(
+        tf.TensorSpec([None], tf.int32, "step_type"),
+        tf.TensorSpec([None], tf.float32, "reward"),
+        tf.TensorSpec([None], tf.float32, "discount"),
+        tf.TensorSpec([None, 3], tf.float32, "observation"),
+    )
+    action.get_concrete_function(spec, ())
+    distribution.get_concrete_function(spec, ())
+    module.action, module.distribution = action, distribution
+    module.get_initial_state = tf.function(lambda batch_size: ())
+    module.get_initial_state.get_concrete_function(tf.TensorSpec((), tf.int32))
+    module.get_train_step, module.get_metadata = get_train_step, get_metadata
+    get_train_step.get_concrete_function()
+    get_metadata.get_concrete_function()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Encoding a StructuredValue")
+        tf.saved_model.save(module, str(path))
+    return path

@@ -28,20 +28,23 @@ import dataclasses
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from toolkit import tensor_bundle
 from toolkit.errors import BundleError, CheckpointError
 
+if TYPE_CHECKING:
+    from toolkit.bundle.layout import Layout, WeightsMap
+
 __all__ = [
     "WEIGHTS_MAP_VERSION",
     "Checkpoint",
     "find_checkpoints",
-    "has_weights_map",
     "initializer_values",
     "read_tf_checkpoint",
+    "require_weights_map",
     "select",
 ]
 
@@ -79,11 +82,6 @@ class Checkpoint:
         except OSError:
             return (str(self.path), None)
         return (str(self.path), stat.st_size, stat.st_mtime_ns)
-
-
-def has_weights_map(manifest: dict[str, Any]) -> bool:
-    weights = manifest.get("onnx", {}).get("weights")
-    return isinstance(weights, dict) and weights.get("version") == WEIGHTS_MAP_VERSION
 
 
 # --- finding checkpoints -------------------------------------------------------------
@@ -214,8 +212,26 @@ def _policy_checkpoints_hint(prefix: str | os.PathLike) -> str:
     return "the run's policy_checkpoints/ (pass that, or the run folder)"
 
 
+def require_weights_map(layout: Layout) -> WeightsMap:
+    """The bundle's weights map, or a BundleError saying why it has none and what to do."""
+    if layout.weights is not None:
+        return layout.weights
+    if layout.quantization is not None:
+        method = layout.quantization.get("method", "quantized")
+        raise BundleError(
+            f"the bundle was written by quantize ({method}): its quantized weights cannot take "
+            "a float checkpoint; update the float bundle it was made from, then quantize it "
+            "again"
+        )
+    raise BundleError(
+        "the bundle has no weights map (exported before policy-toolkit could read TF "
+        "checkpoints without TensorFlow); export it again, or update it with a "
+        "weights-only checkpoint"
+    )
+
+
 def read_tf_checkpoint(
-    manifest: dict[str, Any], prefix: str | os.PathLike, where: str | None = None
+    layout: Layout, prefix: str | os.PathLike, where: str | None = None
 ) -> tuple[list[np.ndarray], int | None]:
     """The values of the bundle's mapped variables in a TF checkpoint, and its train step.
 
@@ -229,21 +245,16 @@ def read_tf_checkpoint(
       CheckpointError: a checkpoint that cannot be read or lacks a variable, or one
         whose variable has another shape or dtype (another policy structure).
     """
-    if not has_weights_map(manifest):
-        raise BundleError(
-            "the bundle has no weights map (exported before policy-toolkit could read TF "
-            "checkpoints without TensorFlow); export it again, or update it with a "
-            "weights-only checkpoint"
-        )
+    weights_map = require_weights_map(layout)
     where = where or str(prefix)
     reader = tensor_bundle.TensorBundle(prefix)
     nodes = reader.object_graph()
     starts = [s for s in (nodes[0].children.get("policy"), 0) if s is not None]
     values = []
-    for variable in manifest["onnx"]["weights"]["variables"]:
+    for variable in weights_map.variables:
         value = None
         for start in starts:
-            for path in variable.get("paths", []):
+            for path in variable.paths:
                 node = tensor_bundle.resolve(nodes, path, start)
                 if node is not None:
                     value = _value(reader, nodes, node, where)
@@ -251,9 +262,9 @@ def read_tf_checkpoint(
                     break
             if value is not None:
                 break
-        name = variable.get("name", "?")
+        name = variable.name
         if value is None:
-            shown = "/".join(variable["paths"][0]) if variable.get("paths") else "(none)"
+            shown = "/".join(variable.paths[0]) if variable.paths else "(none)"
             if "agent" in nodes[0].children and "policy" not in nodes[0].children:
                 raise CheckpointError(
                     f"{where}: expected a policy checkpoint, got a training state (an "
@@ -264,7 +275,7 @@ def read_tf_checkpoint(
                 f"{where}: expected the variable {name} (policy/{shown}), found no such "
                 "object in the checkpoint: a checkpoint of another policy"
             )
-        shape, dtype = tuple(variable["shape"]), np.dtype(variable["dtype"])
+        shape, dtype = variable.shape, np.dtype(variable.dtype)
         if value.shape != shape or value.dtype != dtype:
             raise CheckpointError(
                 f"{where}: variable {name}: expected {dtype.name} {list(shape)}, got "
@@ -281,17 +292,15 @@ def read_tf_checkpoint(
     return values, train_step
 
 
-def initializer_values(
-    manifest: dict[str, Any], variables: list[np.ndarray]
-) -> dict[str, np.ndarray]:
+def initializer_values(layout: Layout, variables: list[np.ndarray]) -> dict[str, np.ndarray]:
     """``{initializer name: value}`` for the mapped initializers.
 
     Args:
-      manifest: the bundle's manifest (with a weights map).
-      variables: the values of ``weights["variables"]``, in order.
+      layout: the bundle's layout (with a weights map).
+      variables: the values of the weights map's variables, in order.
     """
-    names = manifest["onnx"]["initializers"]
-    entries = manifest["onnx"]["weights"]["initializers"]
+    names = layout.onnx_initializers
+    entries = require_weights_map(layout).initializers
     if len(entries) != len(names):
         raise BundleError(
             f"manifest onnx.weights: expected {len(names)} initializer entries, got {len(entries)}"
@@ -300,10 +309,10 @@ def initializer_values(
     for name, entry in zip(names, entries, strict=True):
         if entry is None:
             continue
-        value = variables[entry["variable"]]
-        if "transpose" in entry:
-            value = value.transpose(entry["transpose"])
-        shape, dtype = tuple(entry["shape"]), np.dtype(entry["dtype"])
+        value = variables[entry.variable]
+        if entry.transpose is not None:
+            value = value.transpose(entry.transpose)
+        shape, dtype = entry.shape, np.dtype(entry.dtype)
         if value.size != int(np.prod(shape, dtype=np.int64)):
             raise BundleError(f"initializer {name}: expected {list(shape)}, got {value.shape}")
         out[name] = np.ascontiguousarray(value.reshape(shape).astype(dtype))

@@ -45,6 +45,22 @@ class PolicyError(ToolkitError):
     """A policy that cannot do what was asked (e.g. a script that ran out)."""
 
 
+class NoAllowedActionError(PolicyError, ValueError):
+    """A batch entry whose action mask allows no action (there is no action to return).
+
+    Attributes:
+      path: where the mask is (e.g. ``observation/mask``), with the entry's index
+        (``observation/mask[3]``; none for an unbatched time step).
+    """
+
+    problem = "expected at least one allowed action, got none"
+
+    def __init__(self, path: str, index: tuple[int, ...] = ()):
+        where = path + (f"[{', '.join(str(int(i)) for i in index)}]" if index else "")
+        self.path = where
+        super().__init__(f"{where}: {self.problem}")
+
+
 class ScriptExhaustedError(PolicyError, IndexError):
     """A scripted policy was asked for more actions than its script holds."""
 
@@ -93,6 +109,10 @@ class ErrorKind(enum.IntEnum):
     UNIMPLEMENTED = 12
     INTERNAL = 13
     UNAVAILABLE = 14
+
+
+class ClusterError(ToolkitError):
+    """A Ray cluster that cannot be reached, or workers lost for good (toolkit.distributed)."""
 
 
 class ServingError(ToolkitError):

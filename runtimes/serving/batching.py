@@ -89,17 +89,27 @@ class Batcher:
                     raise
                 continue
             for item, output in zip(items, outputs, strict=True):
-                if not item.future.done():
+                if item.future.done():
+                    continue
+                if isinstance(output, Exception):
+                    item.future.set_exception(output)
+                else:
                     item.future.set_result(output)
 
-    def _merged(self, items: list[_Item]) -> list[dict[str, np.ndarray]]:
+    def _merged(self, items: list[_Item]) -> list[dict[str, np.ndarray] | Exception]:
+        """Each item's outputs, or the error its own rows raise."""
         if self._on_batch is not None:
             self._on_batch(sum(item.batch for item in items))
         if len(items) == 1:
             return [self._run(items[0].full)]
         keys = items[0].full.keys()
         full = {k: np.concatenate([item.full[k] for item in items]) for k in keys}
-        outputs = self._run(full)
+        try:
+            outputs = self._run(full)
+        except Exception:
+            # One request's rows (a step type of 3) must not fail the others', nor be
+            # named at their row of the merged batch: each runs alone, to its own answer.
+            return [self._alone(item) for item in items]
         split = []
         start = 0
         for item in items:
@@ -107,3 +117,9 @@ class Batcher:
             split.append({k: v[start:stop] for k, v in outputs.items()})
             start = stop
         return split
+
+    def _alone(self, item: _Item) -> dict[str, np.ndarray] | Exception:
+        try:
+            return self._run(item.full)
+        except Exception as e:
+            return e

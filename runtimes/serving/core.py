@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import importlib.util
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -235,29 +234,30 @@ class ServingCore:
 def check_backend(backend: str, follow: bool) -> None:
     """Refuses a backend that is not installed, or cannot do what is asked, up front.
 
+    Any backend of ``runtimes.backends.BACKENDS`` serves; ``auto`` is checked when a
+    version loads.
+
     Raises:
+      SpecMismatchError: an unknown backend (naming the known ones).
       UnsupportedError: naming the backend, what it lacks and what to install or use.
     """
-    import runtimes
+    from runtimes import backends
 
-    if backend == "tf":
-        try:
-            found = importlib.util.find_spec("tensorflow") is not None
-        except (ImportError, ValueError):  # blocked or half installed
-            found = False
-        if not found:
-            raise UnsupportedError(
-                "--backend tf: the tf backend needs TensorFlow, which is not installed "
-                "(pip install 'policy-toolkit[all]'); --backend onnx serves without it"
-            )
+    if backend == backends.AUTO:
         return
-    advice = runtimes.missing_extra(backend)
-    if advice is not None:
-        raise UnsupportedError(f"--backend {backend}: {advice}")
-    if backend == "litert" and follow:
+    row = backends.get(backend)
+    if row.missing() is not None:
+        light = backends.names(tf_free=True)
+        hint = f"; --backend {light[0]} serves without it" if not row.tf_free and light else ""
         raise UnsupportedError(
-            "--follow: the litert backend cannot take checkpoints (a LiteRT model holds "
-            "its weights as converted constants); follow with --backend onnx"
+            f"--backend {backend}: the {backend} backend needs {row.engine_label}, which is "
+            f"not installed (pip install 'policy-toolkit[{row.extra}]'){hint}"
+        )
+    if follow and not row.weight_updates:
+        able = [b.name for b in backends.BACKENDS.values() if b.weight_updates]
+        raise UnsupportedError(
+            f"--follow: the {backend} backend cannot take checkpoints; expected a backend "
+            f"with weight updates ({', '.join(able)})"
         )
 
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from toolkit import bundle, nest
+from toolkit import action_masks, bundle, nest
 from toolkit.errors import ErrorKind, ServingError, SpecMismatchError, ToolkitError
 from toolkit.trajectories.time_step import StepType
 
@@ -414,6 +414,10 @@ class ModelRegistry:
 def check(policy: Any) -> None:
     """Acts once on a sample time step, so a version that cannot act never serves."""
     time_step = nest.map_structure(lambda s: s.generate_value()[None], policy.time_step_spec)
+    # A zero mask would allow no action: the sample allows every one.
+    time_step = action_masks.allow_every_action(
+        time_step, getattr(policy, "action_mask_input", None)
+    )
     dtype = policy.time_step_spec.step_type.dtype
     time_step = time_step._replace(step_type=np.full((1,), int(StepType.FIRST), dtype))
     state = policy.get_initial_state(1)

@@ -298,7 +298,7 @@ def test_run_records_a_gif(tmp_path):
             "error: Pendulum-v1 observation: expected shape (4,) float32 (the policy's), "
             "got shape (3,) float32",
         ),
-        (["--env", "CartPole-v1", "--backend", "gpu"], "error: --backend: expected some of"),
+        (["--env", "CartPole-v1", "--backend", "gpu"], "error: --backend: expected one of"),
         (["--env", "CartPole-v1", "--record", "out.mp4"], "error: --record: expected a .gif"),
     ],
 )

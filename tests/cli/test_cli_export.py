@@ -341,7 +341,7 @@ def test_update_writes_new_weights_into_both_formats(exported, tmp_path):
 
     lone = tmp_path / "lone.onnx"
     shutil.copy(target / "policy.onnx", lone)
-    assert load_for_inspection(lone)[0]["train_step"] == 123
+    assert load_for_inspection(lone)[0].train_step == 123
 
 
 def test_update_from_training_checkpoints(training_run, tmp_path):

@@ -67,7 +67,7 @@ def test_update_takes_a_tf_agents_checkpoint(imported, tmp_path):
 
     import tensorflow as tf
 
-    from exporters import tf_agents_import as tai
+    from exporters import tf_agents as tai
 
     path = tmp_path / "b"
     shutil.copytree(imported[0], path)

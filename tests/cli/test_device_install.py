@@ -2,8 +2,9 @@
 
 ``pip install '<repo>[runtime]'`` (or ``[litert]``), non-editable, into a new venv,
 then the installed ``policy-toolkit`` script loads, inspects, runs and benchmarks a
-bundle this test exports; TensorFlow must not be installed, and a command that needs
-what the extra lacks says which extra to install, in one line, exit 2.
+bundle this test exports, and ``[runtime]`` quantizes it; TensorFlow must not be
+installed, and a command that needs what the extra lacks says which extra to install,
+in one line, exit 2, before it does any work.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import subprocess
 import venv
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.cli_factories import small_cartpole
@@ -93,9 +95,39 @@ def test_each_device_extra_alone_runs_the_device_commands(tmp_path, device_bundl
         f"error: the {other} backend needs {other_module} "
         f"(pip install 'policy-toolkit[{'litert' if other == 'litert' else 'runtime'}]')"
     )
+    _quantize(env_dir, tmp_path, device_bundle, extra)
     export = _cli(env_dir, "export", "tests.cli_factories:small_cartpole", tmp_path / "b", cwd=ROOT)
     assert export.returncode == 2
     assert export.stderr.strip().splitlines()[-1] == (
         "error: this command needs the module 'tensorflow', which is not installed: "
         "pip install 'policy-toolkit[all]'"
     )
+
+
+def _quantize(env_dir: Path, tmp_path: Path, bundle: Path, extra: str) -> None:
+    """``[runtime]`` carries what ``quantize`` (target onnx) needs; ``[litert]`` is told
+    what to install before a single episode is played."""
+    states = tmp_path / "states.npz"
+    rng = np.random.default_rng(0)
+    np.savez(states, observation=(rng.standard_normal((200, 4)) * 0.3).astype(np.float32))
+    if extra == "runtime":
+        done = _cli(
+            env_dir, "quantize", bundle, tmp_path / "q", "--observations", states,
+            "--min-agreement", "0", "--json", cwd=tmp_path,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["written"] and (tmp_path / "q" / "policy.onnx").is_file()
+        return
+    for target, missing, install in (
+        ("onnx", "onnx, onnxruntime, which are", "pip install 'policy-toolkit[runtime]'"),
+        ("litert", "tensorflow, which is", "pip install 'policy-toolkit[all]'; target onnx "
+         "needs only the [runtime] extra"),
+    ):  # fmt: skip
+        refused = _cli(
+            env_dir, "quantize", bundle, tmp_path / "q", "--env", "CartPole-v1", "-n", "40",
+            "--target", target, cwd=tmp_path,
+        )  # fmt: skip
+        assert refused.returncode == 2
+        assert refused.stderr.strip().splitlines() == [
+            f"error: quantize --target {target} needs {missing} not installed ({install})"
+        ]

@@ -17,7 +17,7 @@ from tests.tf_agents_saved import REFERENCE, saved_policy
 
 @functools.cache
 def _adapter(case: str):
-    from exporters.tf_agents_policy import TFAgentsPolicy
+    from exporters.tf_agents.policy import TFAgentsPolicy
 
     return TFAgentsPolicy(saved_policy(case))
 

@@ -38,10 +38,19 @@ KINDS = {
 BATCH = 4
 
 
-def _time_step(policy, seed, batch=BATCH):
+def _time_step(policy, seed, batch=BATCH, moderate=False):
+    """Time steps with spec-sampled observations (or, ``moderate``, floats drawn from
+    N(0, 1): spec samples of unbounded dims are extreme, where a greedy policy picks the
+    same action whatever its weights)."""
     spec = tensor_spec.to_array_spec(policy.time_step_spec)
     rng = np.random.default_rng(seed)
-    observation = nest.map_structure(lambda s: s.sample(rng, outer_dims=(batch,)), spec.observation)
+
+    def draw(s):
+        if moderate and s.dtype.kind == "f":
+            return rng.normal(0.0, 1.0, (batch, *s.shape)).astype(s.dtype)
+        return s.sample(rng, outer_dims=(batch,))
+
+    observation = nest.map_structure(draw, spec.observation)
     step_type = np.resize(np.array([0, 1, 1, 2], np.int32), batch)
     ones = np.ones(batch, np.float32)
     return TimeStep(step_type, np.zeros(batch, np.float32), ones, observation)
@@ -101,7 +110,7 @@ def _check_both_backends(bundle, live, checkpoint, train_step, tmp_path):
     want = _live_params(live, time_step)
     # Training changed what the policy does (on many states: a greedy policy's few
     # actions on BATCH states may all be the same before and after).
-    probe = _time_step(live, 98, batch=256)
+    probe = _time_step(live, 98, batch=1024, moderate=True)
     trained = _live_params(live, probe)
     for backend in ("onnx", "tf"):
         policy = runtimes.load_policy(bundle, backend)

@@ -10,7 +10,8 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from exporters.gptq import gptq, quantize_model
+from exporters.quantize.gptq import gptq
+from exporters.quantize.gptq_onnx import quantize_model
 from toolkit.errors import BundleError, ExportError
 
 
@@ -113,8 +114,8 @@ def test_a_graph_of_output_layers_only_has_nothing_to_quantize():
 def test_litert_hidden_layers_become_int8_weights_feeding_dequantize():
     import tensorflow as tf
 
-    from exporters.gptq import quantize_litert
-    from runtimes.litert_backend import litert_ops, new_interpreter
+    from exporters.quantize.gptq_litert import quantize_litert
+    from runtimes.backends.litert import litert_ops, new_interpreter
 
     rng = np.random.default_rng(6)
     model = _mlp(rng, widths=(4, 64, 64, 3))

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from exporters import tf_agents_import as tai
+from exporters import tf_agents as tai
 from tests.tf_agents_saved import REFERENCE
 from toolkit import bundle
 from toolkit.errors import BundleError, ExportError
@@ -255,11 +255,12 @@ def test_tf_agents_shares_one_noise_vector_per_call_and_the_import_does_not(save
 
 
 def test_which_saved_actions_clip(saves):
-    from exporters import tf_agents_graph
+    from exporters.tf_agents.graph import action_is_clipped
+    from exporters.tf_agents.saved import find_concrete
 
     def clipped(case):
         loaded = tai.load_saved_policy(saves / case / "saved_policy")
-        return tf_agents_graph.action_is_clipped(tai.find_concrete(loaded.action))
+        return action_is_clipped(find_concrete(loaded.action))
 
     assert not clipped("ppo_continuous_collect")
     assert clipped("sac_collect") and clipped("td3_collect")
@@ -325,6 +326,159 @@ def test_a_tf_agents_checkpoint_goes_through_update(case, greedy, saves, bundles
         assert_acts_alike(dist["turn"].logits, rec["checkpoint/distribution/turn/logits"], case)
     else:
         raise AssertionError(f"{case}: nothing recorded after the checkpoint")
+
+
+def core_action(policy, ts):
+    """The deterministic action inside a collect bundle (before its exploration)."""
+    state = policy.get_initial_state(len(ts.step_type))  # OU noise lives in the state
+    params = policy.distribution_params(ts, state).action
+    if isinstance(params, dict) and "greedy" in params:
+        params = params["greedy"]
+    return params.loc
+
+
+@pytest.mark.parametrize("backend", ["onnx", "tf"])
+@pytest.mark.parametrize("case", sorted(CORES))
+def test_a_collect_policy_takes_the_checkpoint_tf_agents_wrote_for_it(
+    case, backend, saves, bundles
+):
+    """PolicySaver.save_checkpoint of a collect policy, read as it is: without TensorFlow on
+    the onnx backend (the weights map), into the SavedModel on the tf one."""
+    policy = load(bundles(case), backend)
+    policy.update_from_checkpoint(saves / case / "checkpoint")
+    assert policy.train_step == 2000
+    rec = rec_of(saves, CORES[case])  # the greedy save: same weights, same checkpoint
+    assert_acts_alike(core_action(policy, time_step(rec)), rec["checkpoint/action"], case)
+
+
+def test_update_writes_a_collect_policys_tf_agents_checkpoint_into_the_bundle(
+    saves, bundles, tmp_path
+):
+    from exporters.update import update_bundle
+
+    target = shutil.copytree(bundles("dqn_collect"), tmp_path / "b")
+    report = update_bundle(target, saves / "dqn_collect" / "checkpoint")
+    assert report.source == "tf_agents_checkpoint" and report.train_step == 2000
+    rec = rec_of(saves, "dqn_greedy")
+    for backend in ("onnx", "tf"):
+        action = core_action(load(target, backend), time_step(rec))
+        assert_acts_alike(action, rec["checkpoint/action"], backend)
+    assert bundle.read_manifest(target)["policy"]["action"]["epsilon"] == pytest.approx(0.25)
+
+
+PPO = ["ppo_continuous_collect", "ppo_continuous_eval", "ppo_discrete_collect", "ppo_discrete_eval"]
+
+
+def _params_of(policy, ts) -> dict[str, np.ndarray]:
+    dist = policy.distribution(ts).action
+    return {k: np.asarray(v) for k, v in vars(dist).items() if k in ("loc", "scale", "logits")}
+
+
+@pytest.mark.parametrize("case", PPO)
+def test_ppo_bundles_map_the_observation_normaliser_and_take_their_checkpoints(
+    case, saves, bundles
+):
+    """The normaliser's statistics stay variables of the ONNX graph (not constants folded
+    from them), so every PPO bundle has a weights map and takes TF-Agents' checkpoint
+    without TensorFlow (onnx) and into its SavedModel (tf)."""
+    weights = bundle.read_manifest(bundles(case))["onnx"]["weights"]
+    names = {v["name"] for v in weights["variables"]}
+    assert {"avg_0:0", "count_0:0", "m2_0:0"} <= names
+    rec = rec_of(saves, case)
+    for backend in ("onnx", "tf"):
+        policy = load(bundles(case), backend)
+        policy.update_from_checkpoint(saves / case / "checkpoint")
+        assert policy.train_step == 2000
+        ts = time_step(rec)
+        if "checkpoint/action" in rec:
+            assert_acts_alike(policy.action(ts).action, rec["checkpoint/action"], backend)
+        else:
+            for name, value in _params_of(policy, ts).items():
+                assert_acts_alike(value, rec[f"checkpoint/distribution/{name}"], name)
+
+
+@pytest.fixture(scope="module")
+def normaliser_checkpoints(saves, tmp_path_factory):
+    """``case -> (checkpoint, what TF-Agents' saved functions give with it)``: PolicySaver's
+    checkpoint layout, written after the observation normaliser saw other data."""
+    import tensorflow as tf
+
+    root = tmp_path_factory.mktemp("normaliser")
+    out = {}
+    for case in ("ppo_continuous_eval", "ppo_discrete_collect"):
+        loaded = tai.load_saved_policy(saves / case / "saved_policy")
+        stats = {
+            "avg_0:0": [0.5, -1.0, 0.25, 2.0],
+            "count_0:0": [50.0] * 4,
+            "m2_0:0": [50.0 * v for v in (0.25, 4.0, 1.0, 9.0)],
+        }
+        for variable in loaded.model_variables:
+            if variable.name in stats:
+                variable.assign(np.asarray(stats[variable.name], np.float32))
+        loaded.train_step.assign(77)
+        checkpoint = root / case
+        tf.train.Checkpoint(
+            policy=loaded, model_variables=loaded.model_variables, train_step=loaded.train_step
+        ).write(str(checkpoint / "variables" / "variables"))
+        rec = rec_of(saves, case)
+        ts = TimeStep(*(tf.constant(x) for x in time_step(rec)))
+        if case.endswith("_eval"):
+            want = {"action": loaded.action(ts, ()).action.numpy()}
+        else:
+            want = {"logits": loaded.distribution(ts, ()).action.logits_parameter().numpy()}
+        out[case] = (checkpoint, want)
+    return out
+
+
+@pytest.mark.parametrize("backend", ["onnx", "tf"])
+@pytest.mark.parametrize("case", ["ppo_continuous_eval", "ppo_discrete_collect"])
+def test_ppo_bundles_follow_the_normaliser_statistics_of_a_checkpoint(
+    case, backend, saves, bundles, normaliser_checkpoints
+):
+    checkpoint, want = normaliser_checkpoints[case]
+    rec = rec_of(saves, case)
+    policy = load(bundles(case), backend)
+    ts = time_step(rec)
+    before = policy.action(ts).action if "action" in want else _params_of(policy, ts)["logits"]
+    policy.update_from_checkpoint(checkpoint)
+    assert policy.train_step == 77
+    if "action" in want:
+        assert_acts_alike(policy.action(ts).action, want["action"], case)
+        assert not np.allclose(before, want["action"], atol=1e-3)  # the statistics matter
+    else:
+        assert_acts_alike(_params_of(policy, ts)["logits"], want["logits"], case)
+        assert not np.allclose(before, want["logits"], atol=1e-3)
+
+
+def test_a_ppo_bundle_takes_a_normaliser_checkpoint_where_tensorflow_cannot_load(
+    saves, bundles, normaliser_checkpoints, tmp_path
+):
+    from tests.subprocess_utils import run_python
+
+    case = "ppo_discrete_collect"
+    checkpoint, want = normaliser_checkpoints[case]
+    rec = rec_of(saves, case)
+    np.savez(tmp_path / "data.npz", observation=rec["observation"], logits=want["logits"])
+    result = run_python(
+        f"""
+        import numpy as np
+        import runtimes
+        from toolkit.trajectories.time_step import TimeStep
+
+        data = np.load({str(tmp_path / "data.npz")!r})
+        policy = runtimes.load_policy({str(bundles(case))!r}, "onnx")
+        policy.update_from_checkpoint({str(checkpoint)!r})
+        n = len(data["observation"])
+        ts = TimeStep(np.ones(n, np.int32), np.zeros(n, np.float32), np.ones(n, np.float32),
+                      data["observation"])
+        logits = policy.distribution(ts).action.logits
+        np.testing.assert_allclose(logits, data["logits"], rtol=0, atol=1e-5)
+        print("ok", policy.train_step)
+        """,
+        without_tensorflow=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok 77"
 
 
 @pytest.mark.skipif(not REFERENCE.is_dir(), reason="the TF-Agents reference folder is missing")

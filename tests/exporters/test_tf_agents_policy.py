@@ -17,8 +17,8 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 import exporters
-from exporters import tf_agents_import as tai
-from exporters.tf_agents_policy import TFAgentsPolicy
+from exporters import tf_agents as tai
+from exporters.tf_agents import TFAgentsPolicy
 from tests.tf_agents_saved import (
     OBSERVATION,
     REFERENCE,

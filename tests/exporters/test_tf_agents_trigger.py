@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import runtimes
-from exporters.tf_agents_layout import import_tf_agents_layout, resolve_layout
+from exporters.tf_agents.layout import import_tf_agents_layout, resolve_layout
 from exporters.update import update_bundle
 from tests.checkpoint_checks import assert_reader_matches_tf
 from toolkit import nest

@@ -17,7 +17,7 @@ import pytest
 import tensorflow as tf
 
 from exporters import export_policy
-from exporters.tf_agents_layout import import_tf_agents_layout
+from exporters.tf_agents.layout import import_tf_agents_layout
 from tests.exported_bundles import tf_policy_for
 from tests.subprocess_utils import run_python
 from toolkit import distribution_families as families

@@ -1,6 +1,6 @@
 """The onnx backend's use of onnxruntime's inner session objects (pinned range, checked here).
 
-runtimes/onnx_backend.py calls ``InferenceSession._sess`` and ``IOBinding._iobinding``
+runtimes/backends/onnx.py calls ``InferenceSession._sess`` and ``IOBinding._iobinding``
 directly, skipping per-call Python checks (measured: 2-4 us of a 15 us action). These
 tests fail when an onnxruntime release moves them, so the pin in pyproject.toml is
 raised only with them passing.

@@ -112,7 +112,7 @@ def test_importing_runtimes_loads_neither_onnxruntime_nor_tensorflow():
     result = run_python(
         """
         import sys
-        import runtimes, runtimes.policy, runtimes.distributions, runtimes.tf_backend
+        import runtimes, runtimes.policy, runtimes.distributions, runtimes.backends.tf
         loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("onnxruntime", "tensorflow"))
         assert not loaded, loaded
         print("ok")

@@ -195,6 +195,7 @@ def test_missing_format_and_bad_backend(tmp_path):
     def drop_onnx(manifest):
         manifest["formats"] = ["saved_model"]
         del manifest["onnx"]
+        manifest.pop("litert", None)  # a section of a format not listed is refused too
 
     rewrite_manifest(path, drop_onnx)
     with pytest.raises(BundleError, match=r"exported without ONNX \(formats \['saved_model'\]\)"):
@@ -541,6 +542,7 @@ def test_tf_backend_without_a_fingerprint_refuses_other_variables(checkpoints, t
     def drop_onnx(manifest):
         manifest["formats"] = ["saved_model"]
         del manifest["onnx"]
+        manifest.pop("litert", None)  # a section of a format not listed is refused too
 
     rewrite_manifest(path, drop_onnx)
     policy = runtimes.load_policy(path, "tf")

@@ -51,7 +51,7 @@ def test_log_prob_matches_tfp_inside_the_bounds():
 
 
 def test_log_prob_matches_the_registered_tf_agents_class():
-    from exporters import tf_agents_types
+    from exporters.tf_agents import distributions as tf_agents_types
 
     cls = tf_agents_types.register().get(tf_agents_types.SQUASH_TO_SPEC_NORMAL)
     if cls is None:

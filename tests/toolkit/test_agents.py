@@ -13,7 +13,13 @@ import tf_keras
 from toolkit.agents import checkpoints, common, ddpg, dqn, training
 from toolkit.environments import driver as driver_lib
 from toolkit.environments import gym_adapter
-from toolkit.errors import SpecError, SpecMismatchError, ToolkitError, UnsupportedError
+from toolkit.errors import (
+    ArgumentError,
+    SpecError,
+    SpecMismatchError,
+    ToolkitError,
+    UnsupportedError,
+)
 from toolkit.networks.actor_network import ActorNetwork
 from toolkit.networks.critic_network import CriticNetwork
 from toolkit.networks.q_network import QNetwork
@@ -346,6 +352,59 @@ def test_dqn_on_cartpole_beats_a_random_policy(tmp_path):
     # A random policy keeps the pole up for about 20 steps.
     assert random.mean_return < 40
     assert trained.mean_return > 3 * random.mean_return
+
+
+@pytest.mark.parametrize(
+    ("patience", "returns", "stop", "best"),
+    [
+        (None, [1.0, 5.0, 9.0], "target", 5.0),
+        (2, [1.0, 5.0, 6.0, 6.0, 5.5, 9.0], "plateau", 6.0),  # two without a better one
+        (1, [5.0, 5.0, 9.0], "plateau", 5.0),  # a tie is no improvement, but it is kept
+        (2, [1.0, 5.0, 4.0, 7.0, 6.0, 8.0, 3.0, 2.0, 9.0], "plateau", 8.0),
+    ],
+)
+def test_patience_trains_past_the_target_until_evaluations_stop_improving(
+    tmp_path, monkeypatch, patience, returns, stop, best
+):
+    # The evaluations' returns are scripted: the stopping rule is what is tested here.
+    scripted = iter(returns)
+    saved_steps = []  # the train step at each evaluation
+
+    def evaluate(*args, **kwargs):
+        saved_steps.append(int(agent.train_step_counter.numpy()))
+        return driver_lib.Evaluation([next(scripted)], [1])
+
+    monkeypatch.setattr(training.driver_lib, "evaluate_policy", evaluate)
+    env, agent, buffer, writer = _cartpole_agent(seed=2)
+    result = training.train_off_policy(
+        agent,
+        env,
+        buffer,
+        writer,
+        tmp_path,
+        max_env_steps=10_000,
+        initial_collect_steps=64,
+        eval_env=env,
+        eval_interval=16,  # one evaluation per iteration
+        target_return=5.0,
+        patience=patience,
+        seed=0,
+    )
+    assert result.stop_reason == stop
+    assert [r for _, _, r in result.evaluations] == returns[: len(result.evaluations)]
+    assert len(result.evaluations) == len(returns) - 1
+    assert result.best_return == best
+    # The policy kept is that of the last evaluation at the best return (ties: the later).
+    last_best = max(i for i, r in enumerate(returns[: len(result.evaluations)]) if r == best)
+    assert result.best_train_step == saved_steps[last_best]
+
+
+def test_patience_must_be_positive(tmp_path):
+    env, agent, buffer, writer = _cartpole_agent(seed=2)
+    with pytest.raises(ArgumentError, match="patience: expected None or >= 1, got 0"):
+        training.train_off_policy(
+            agent, env, buffer, writer, tmp_path, max_env_steps=10, eval_env=env, patience=0
+        )
 
 
 def test_training_writes_checkpoints_and_a_resumed_run_continues(tmp_path):

@@ -17,7 +17,8 @@ import pytest
 
 from tests.toolkit.manifests import minimal_manifest
 from toolkit import bundle, onnx_proto
-from toolkit import manifest as manifest_lib
+from toolkit.bundle import manifest as manifest_lib
+from toolkit.bundle import schema as schema_lib
 from toolkit.errors import BundleError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -112,7 +113,7 @@ def test_dev_zero_and_folders_are_refused(written):
 
 
 def test_an_oversized_manifest_is_refused_before_it_is_read(written, monkeypatch):
-    monkeypatch.setattr(bundle, "MAX_MANIFEST_BYTES", 100)
+    monkeypatch.setattr(bundle.files, "MAX_MANIFEST_BYTES", 100)
     with pytest.raises(BundleError, match=r"manifest.json: expected at most 100 bytes, got \d+"):
         bundle.read_manifest(written)
 
@@ -303,7 +304,7 @@ def test_the_validators_scalar_shortcut_reports_what_the_full_check_reports(monk
             node[path[-1]] = value
             cases.append(manifest)
     fast = [manifest_lib.violations(m) for m in cases]
-    monkeypatch.setattr(manifest_lib, "_passes_simple", lambda value, facts: False)
+    monkeypatch.setattr(schema_lib, "_passes_simple", lambda value, facts: False)
     full = [manifest_lib.violations(m) for m in cases]
     assert fast == full
     assert sum(1 for v in full if v) > len(cases) // 2  # most mutations are violations
@@ -363,14 +364,15 @@ _CHILD = textwrap.dedent(
     import os, sys
     from pathlib import Path
     from toolkit import bundle
+    from toolkit.bundle import writing
     from tests.toolkit.test_bundle_trust import _build
 
     point, exchange, target = sys.argv[1], sys.argv[2] == "1", Path(sys.argv[3])
-    bundle._use_exchange = exchange
+    writing._use_exchange = exchange
     def hook(name):
         if name == point:
             os._exit(9)
-    bundle._crash_hook = hook
+    writing._crash_hook = hook
     new = {"policy.onnx": b"new-onnx", "saved_model/saved_model.pb": b"new-pb"}
     bundle.write_bundle(target, _build(new), overwrite=True)
     """
@@ -421,7 +423,9 @@ def test_the_exchange_swaps_atomically_on_linux(tmp_path):
     b.mkdir()
     (a / "x").write_text("a")
     (b / "x").write_text("b")
-    assert bundle._exchange(a, b)
+    from toolkit.bundle import writing
+
+    assert writing._exchange(a, b)
     assert (a / "x").read_text() == "b" and (b / "x").read_text() == "a"
 
 

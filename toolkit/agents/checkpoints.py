@@ -19,7 +19,8 @@ Layout of a training output directory ``<out>`` (what the examples write)::
                                        read them by index
             train_step                 int64
         policy_spec.json               how to rebuild the policy: agent kind, network
-                                       class and constructor arguments, specs as JSON
+                                       class and constructor arguments, specs as JSON,
+                                       the action-mask splitter (a MaskSplitter's keys)
 
 ``load_policy(<out>/policy_checkpoints)`` rebuilds the policy from ``policy_spec.json``
 (only network classes of ``toolkit.networks`` are accepted: no code is loaded from
@@ -40,6 +41,7 @@ import numpy as np
 import tensorflow as tf
 
 from toolkit import nest
+from toolkit.action_masks import MaskSplitter
 from toolkit.errors import SpecError, ToolkitError, UnsupportedError
 from toolkit.specs import array_spec, tensor_spec
 
@@ -240,9 +242,20 @@ def load_policy(directory: str | os.PathLike, checkpoint: str | None = None) -> 
 # --- policy specs ------------------------------------------------------------------------
 
 
-def policy_config(kind: str, time_step_spec: Any, action_spec: Any, networks: dict[str, Any]):
-    """The policy_spec.json content for an agent's deployment policy."""
-    return {
+def policy_config(
+    kind: str,
+    time_step_spec: Any,
+    action_spec: Any,
+    networks: dict[str, Any],
+    splitter: Any = None,
+):
+    """The policy_spec.json content for an agent's deployment policy.
+
+    ``splitter`` (the agent's observation_and_action_constraint_splitter) is saved when
+    it is a MaskSplitter; any other function has no JSON form and is marked so, and
+    ``load_policy`` then refuses to rebuild the policy (an export factory still can).
+    """
+    config = {
         "format": POLICY_SPEC_FORMAT,
         "version": POLICY_SPEC_VERSION,
         "agent": kind,
@@ -250,24 +263,55 @@ def policy_config(kind: str, time_step_spec: Any, action_spec: Any, networks: di
         "action_spec": array_spec.spec_nest_to_json(action_spec),
         "networks": {name: network_config(net) for name, net in networks.items()},
     }
+    if splitter is not None:
+        config["splitter"] = (
+            splitter.to_json() if isinstance(splitter, MaskSplitter) else {"unsupported": True}
+        )
+    return config
+
+
+def _splitter(config: dict[str, Any]) -> MaskSplitter | None:
+    data = config.get("splitter")
+    if data is None:
+        return None
+    if isinstance(data, dict) and data.get("unsupported"):
+        raise UnsupportedError(
+            "policy_spec.json: the policy's observation_and_action_constraint_splitter is a "
+            "function with no JSON form; rebuild the policy with an export factory, or train "
+            "with a toolkit.action_masks.MaskSplitter"
+        )
+    return MaskSplitter.from_json(data)
 
 
 def build_policy(config: dict[str, Any]) -> Any:
     """The (untrained) deployment policy a policy_spec.json describes."""
     time_step_spec = tensor_spec.from_spec(array_spec.spec_nest_from_json(config["time_step_spec"]))
     action_spec = tensor_spec.from_spec(array_spec.spec_nest_from_json(config["action_spec"]))
+    splitter = _splitter(config)
     networks = {name: build_network(c) for name, c in config.get("networks", {}).items()}
     kind = config.get("agent")
     if kind == "dqn":
         from toolkit.policies.greedy_policy import GreedyPolicy
         from toolkit.policies.q_policy import QPolicy
 
-        return GreedyPolicy(QPolicy(time_step_spec, action_spec, networks["q_network"]))
+        return GreedyPolicy(
+            QPolicy(
+                time_step_spec,
+                action_spec,
+                networks["q_network"],
+                observation_and_action_constraint_splitter=splitter,
+            )
+        )
     if kind in ("ddpg", "sac", "ppo"):
         # DDPG's actor gives actions, SAC's and PPO's distributions: ActorPolicy takes both.
         from toolkit.policies.actor_policy import ActorPolicy
 
-        return ActorPolicy(time_step_spec, action_spec, networks["actor_network"])
+        return ActorPolicy(
+            time_step_spec,
+            action_spec,
+            networks["actor_network"],
+            observation_and_action_constraint_splitter=splitter,
+        )
     raise UnsupportedError(
         f"policy_spec.json agent: expected one of 'dqn', 'ddpg', 'sac', 'ppo', got {kind!r}"
     )

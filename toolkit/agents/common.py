@@ -80,6 +80,11 @@ class Agent(tf.Module):
         return self._action_spec
 
     @property
+    def observation_and_action_constraint_splitter(self) -> Callable[[Any], Any] | None:
+        """The action-mask splitter the agent was built with (TF-Agents' argument), or None."""
+        return getattr(self, "_splitter", None)
+
+    @property
     def experience_spec(self) -> Experience:
         """The TensorSpec of one Experience row that an off-policy ``train`` takes."""
         return self._experience_spec

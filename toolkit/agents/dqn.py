@@ -5,6 +5,13 @@ The loss for a batch of ``Experience`` rows is the Huber loss (by default) betwe
 ``max_a Q_target(s', a)``, or with ``double_dqn`` ``Q_target(s', argmax_a Q(s', a))``.
 Rows written by ``ExperienceWriter`` with n-step returns already carry the summed
 rewards and ``gamma**(n-1)`` in their discount, so the same target serves them.
+
+With an ``observation_and_action_constraint_splitter`` (TF-Agents' argument) the
+networks see the split observation and the mask restricts every choice of an action,
+as in TF-Agents: the policies' greedy and epsilon-greedy choices, and the target's
+argmax over the next observation's allowed actions (``V'(s') = Q_target(s', a*)``
+with ``a*`` the best allowed action under the target, or under the online network
+for Double DQN).
 """
 
 from __future__ import annotations
@@ -50,6 +57,11 @@ class DqnAgent(common.Agent):
       double_dqn: pick the next action with the online network (Double DQN).
       gradient_clipping: clip gradients to this global norm (None: no clipping).
       reward_scale_factor: multiplies rewards in the target.
+      observation_and_action_constraint_splitter: ``observation -> (network
+        observation, mask)`` with ``mask[..., i]`` nonzero where action ``minimum + i``
+        is allowed (e.g. ``GymEnvironment(..., action_mask=True)``'s); ``q_network``
+        then takes the network observation. A ``toolkit.action_masks.MaskSplitter`` is
+        saved with the policy checkpoints (other splitters need an export factory).
       train_step_counter: an int64 variable to count gradient steps in (e.g. shared
         with checkpoints); a new one by default.
       jit_compile: compile the train step with XLA.
@@ -72,6 +84,7 @@ class DqnAgent(common.Agent):
         double_dqn: bool = False,
         gradient_clipping: float | None = None,
         reward_scale_factor: float = 1.0,
+        observation_and_action_constraint_splitter: Callable[[Any], Any] | None = None,
         train_step_counter: tf.Variable | None = None,
         jit_compile: bool = False,
         name: str = "DqnAgent",
@@ -102,8 +115,14 @@ class DqnAgent(common.Agent):
         self._double_dqn = bool(double_dqn)
         self._clipping = gradient_clipping
         self._reward_scale = float(reward_scale_factor)
+        self._splitter = observation_and_action_constraint_splitter
 
-        q = q_policy.QPolicy(time_step_spec, action_spec, q_network)
+        q = q_policy.QPolicy(
+            time_step_spec,
+            action_spec,
+            q_network,
+            observation_and_action_constraint_splitter=self._splitter,
+        )
         self.policy = greedy_policy.GreedyPolicy(q)
         self.collect_policy = epsilon_greedy_policy.EpsilonGreedyPolicy(q, epsilon_greedy)
         # Optimizer slots exist before tracing, so train() creates no variables.
@@ -136,20 +155,36 @@ class DqnAgent(common.Agent):
         """The mean TD loss of a ``[B]`` batch, and the mean Q(s, a) (for monitoring)."""
         action = tf.reshape(nest.flatten(experience.action)[0], [-1])
         index = tf.cast(action, tf.int32) - self._minimum
-        q_values, _ = self.q_network(experience.observation, training=True)
+        observation, _ = self._split(experience.observation)
+        q_values, _ = self.q_network(observation, training=True)
         q_values = tf.reshape(q_values, [tf.shape(index)[0], -1])
         chosen = tf.gather(q_values, index, batch_dims=1)
         target = tf.stop_gradient(self._target(experience))
         loss = tf.reduce_mean(self._loss_fn(target - chosen))
         return loss, tf.reduce_mean(chosen)
 
+    def _split(self, observation: Any) -> tuple[Any, Any]:
+        """``(network observation, mask or None)``."""
+        if self._splitter is None:
+            return observation, None
+        return self._splitter(observation)
+
     def _target(self, experience: Experience) -> tf.Tensor:
-        next_q, _ = self.target_q_network(experience.next_observation)
+        next_observation, mask = self._split(experience.next_observation)
+        next_q, _ = self.target_q_network(next_observation)
         batch = tf.shape(experience.reward)[0]
         next_q = tf.reshape(next_q, [batch, -1])
-        if self._double_dqn:
-            online_q, _ = self.q_network(experience.next_observation)
-            best = tf.argmax(tf.reshape(online_q, [batch, -1]), axis=-1, output_type=tf.int32)
+        if self._double_dqn or mask is not None:
+            chooser = next_q
+            if self._double_dqn:
+                online_q, _ = self.q_network(next_observation)
+                chooser = tf.reshape(online_q, [batch, -1])
+            if mask is not None:
+                # TF-Agents' masking: disallowed actions at the lowest value, so the argmax
+                # is the best allowed one (the first action where none is allowed).
+                allowed = tf.reshape(tf.not_equal(mask, tf.zeros([], mask.dtype)), [batch, -1])
+                chooser = tf.where(allowed, chooser, tf.constant(chooser.dtype.min, chooser.dtype))
+            best = tf.argmax(chooser, axis=-1, output_type=tf.int32)
             next_value = tf.gather(next_q, best, batch_dims=1)
         else:
             next_value = tf.reduce_max(next_q, axis=-1)
@@ -159,5 +194,9 @@ class DqnAgent(common.Agent):
     def policy_config(self) -> dict[str, Any]:
         """The policy_spec.json content that lets ``checkpoints.load_policy`` rebuild ``policy``."""
         return checkpoints.policy_config(
-            "dqn", self._time_step_spec, self._action_spec, {"q_network": self.q_network}
+            "dqn",
+            self._time_step_spec,
+            self._action_spec,
+            {"q_network": self.q_network},
+            splitter=self._splitter,
         )

@@ -21,14 +21,22 @@ Normal (or TanhNormal) for continuous ones; the deployed ``policy`` samples it, 
 export is the distribution's parameters and the runtime samples them. For a Normal
 actor the policy clips samples to the bounds and the losses see the clipped action
 (the log-probability of the action the environment got).
+
+With an ``observation_and_action_constraint_splitter`` (discrete actions) both networks
+see the split observation and the actor's logits of disallowed actions are set to the
+lowest float (TF-Agents' MaskedCategorical, here with the dtype's minimum as the
+policies use): the policies never sample them, and the log-probabilities, ratios and
+entropy of the losses are those of the masked distribution the policy sampled from.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import numpy as np
 import tensorflow as tf
+import tensorflow_probability as tfp
 
 from toolkit import nest
 from toolkit.agents import checkpoints, common
@@ -136,6 +144,9 @@ class PpoAgent(common.Agent):
       entropy_coef: weight of the entropy bonus.
       normalize_advantages: normalize advantages per minibatch (zero mean, unit std).
       gradient_clipping: clip gradients to this global norm (None: no clipping).
+      observation_and_action_constraint_splitter: for a discrete action, ``observation
+        -> (network observation, mask)`` with ``mask[..., i]`` nonzero where action
+        ``minimum + i`` is allowed; both networks take the network observation.
       train_step_counter: an int64 variable to count gradient steps in.
       seed: seeds the minibatch shuffles.
       jit_compile: compile the train function with XLA.
@@ -159,6 +170,7 @@ class PpoAgent(common.Agent):
         entropy_coef: float = 0.0,
         normalize_advantages: bool = True,
         gradient_clipping: float | None = 0.5,
+        observation_and_action_constraint_splitter: Callable[[Any], Any] | None = None,
         train_step_counter: tf.Variable | None = None,
         seed: int | None = None,
         jit_compile: bool = False,
@@ -179,6 +191,11 @@ class PpoAgent(common.Agent):
             raise SpecError(f"PpoAgent: expected one action spec, got {action_spec}")
         self._set_plain("rollout_spec", rollout_spec(self.time_step_spec, self.action_spec))
         leaf = nest.flatten(self.action_spec)[0]
+        self._splitter = observation_and_action_constraint_splitter
+        if self._splitter is not None and not leaf.dtype.is_integer:
+            raise SpecError(
+                f"PpoAgent: an action mask needs a discrete action spec, got {self.action_spec}"
+            )
         # The network's Categorical is unshifted (0..n-1); the policy adds the minimum.
         self._action_shift = int(np.min(leaf.minimum)) if leaf.dtype.is_integer else 0
         self.actor_network = actor_network
@@ -198,9 +215,17 @@ class PpoAgent(common.Agent):
             if seed is not None
             else tf.random.Generator.from_non_deterministic_state()
         )
-        self.policy = actor_policy.ActorPolicy(self.time_step_spec, self.action_spec, actor_network)
+        self.policy = actor_policy.ActorPolicy(
+            self.time_step_spec,
+            self.action_spec,
+            actor_network,
+            observation_and_action_constraint_splitter=self._splitter,
+        )
         self.collect_policy = actor_policy.ActorPolicy(
-            self.time_step_spec, self.action_spec, actor_network
+            self.time_step_spec,
+            self.action_spec,
+            actor_network,
+            observation_and_action_constraint_splitter=self._splitter,
         )
         optimizer.build(self._variables())
         self._make_train(self._train, jit_compile)
@@ -224,7 +249,11 @@ class PpoAgent(common.Agent):
     def policy_config(self) -> dict[str, Any]:
         """The policy_spec.json content that lets ``checkpoints.load_policy`` rebuild ``policy``."""
         return checkpoints.policy_config(
-            "ppo", self.time_step_spec, self.action_spec, {"actor_network": self.actor_network}
+            "ppo",
+            self.time_step_spec,
+            self.action_spec,
+            {"actor_network": self.actor_network},
+            splitter=self._splitter,
         )
 
     # --- training ---------------------------------------------------------------------
@@ -248,9 +277,31 @@ class PpoAgent(common.Agent):
                     f"{tuple(value.shape.as_list())}",
                 )
 
+    def _split(self, observation: Any) -> tuple[Any, Any]:
+        """``(network observation, mask or None)``."""
+        if self._splitter is None:
+            return observation, None
+        return self._splitter(observation)
+
+    def _value(self, observation: Any, training: bool = False) -> tf.Tensor:
+        values, _ = self.value_network(self._split(observation)[0], training=training)
+        return values
+
     def _distribution(self, observation: Any) -> Any:
-        distribution, _ = self.actor_network(observation, training=True)
-        return nest.flatten(distribution)[0]
+        network_observation, mask = self._split(observation)
+        distribution, _ = self.actor_network(network_observation, training=True)
+        distribution = nest.flatten(distribution)[0]
+        if mask is None:
+            return distribution
+        if not isinstance(distribution, tfp.distributions.Categorical):
+            raise SpecError(
+                "PpoAgent: an action mask needs a Categorical actor output, got "
+                f"{type(distribution).__name__}"
+            )
+        logits = distribution.logits
+        allowed = tf.reshape(tf.not_equal(mask, tf.zeros([], mask.dtype)), tf.shape(logits))
+        logits = tf.where(allowed, logits, tf.constant(logits.dtype.min, logits.dtype))
+        return tfp.distributions.Categorical(logits=logits, dtype=distribution.dtype)
 
     def _log_prob(self, distribution: Any, action: tf.Tensor) -> tf.Tensor:
         if self._action_shift:
@@ -269,8 +320,8 @@ class PpoAgent(common.Agent):
         action = flat(nest.flatten(rollout.action)[0])
         shape = tf.shape(rollout.reward)
         old_log_prob = tf.stop_gradient(self._log_prob(self._distribution(observation), action))
-        values, _ = self.value_network(observation)
-        next_values, _ = self.value_network(next_observation)
+        values = self._value(observation)
+        next_values = self._value(next_observation)
         values = tf.reshape(tf.stop_gradient(values), shape)
         next_values = tf.reshape(tf.stop_gradient(next_values), shape)
         advantages = gae(
@@ -325,7 +376,7 @@ class PpoAgent(common.Agent):
             ratio = tf.exp(log_prob - old_log_prob)
             clipped = tf.clip_by_value(ratio, 1.0 - self._clip_ratio, 1.0 + self._clip_ratio)
             policy_loss = -mean(tf.minimum(ratio * advantages, clipped * advantages))
-            values, _ = self.value_network(observation, training=True)
+            values = self._value(observation, training=True)
             value_loss = mean(tf.square(returns - values))
             entropy = mean(_entropy(distribution, log_prob))
             loss = policy_loss + self._value_coef * value_loss - self._entropy_coef * entropy

@@ -6,9 +6,11 @@ transitions to the replay buffer, and calls ``agent.train`` once on ``[K, B]`` s
 experience: K gradient steps inside one ``tf.function`` call, so Python overhead is
 paid per iteration, not per gradient step. Every ``eval_interval`` environment steps
 the agent's ``policy`` (greedy for DQN and DDPG; stochastic for SAC and PPO, as
-deployed) plays one episode in each environment of ``eval_env``; a better mean return
-is saved as a policy checkpoint, so the latest policy checkpoint is always the best
-policy seen, and reaching ``target_return`` stops training early.
+deployed) plays one episode in each environment of ``eval_env``; a better (or equal:
+the later of two is trained longer) mean return is saved as a policy checkpoint, so the
+latest policy checkpoint is always the best policy seen, and reaching ``target_return``
+stops training early (or, with ``patience``, once that many evaluations after it bring
+no better return).
 
 ``train_on_policy`` (PPO): one iteration collects a ``Rollout`` of ``rollout_length``
 steps of every environment with ``collect_policy`` and calls ``agent.train`` once on it
@@ -36,6 +38,7 @@ import tensorflow as tf
 from toolkit import nest
 from toolkit.agents import checkpoints
 from toolkit.environments import driver as driver_lib
+from toolkit.errors import ArgumentError
 from toolkit.policies.py_tf_policy import PyTFPolicy
 from toolkit.policies.random_py_policy import RandomPyPolicy
 from toolkit.trajectories.time_step import StepType
@@ -77,7 +80,8 @@ class TrainResult:
       best_return: the best evaluation mean return (None if never evaluated).
       best_train_step: the train step of that evaluation (its policy checkpoint).
       resumed_from: the train step restored from a checkpoint (0 for a fresh run).
-      stop_reason: "target", "steps" or "time".
+      stop_reason: "target", "plateau" (``patience`` evaluations past the target brought
+        nothing better), "steps" or "time".
       seconds: wall time of this run's training loop.
       evaluations: ``(seconds, env_steps, mean_return)`` of every evaluation of this run,
         seconds counted from the start of the loop.
@@ -112,6 +116,7 @@ class _Run:
         checkpoint_interval: int,
         max_seconds: float | None,
         on_progress: Callable[[Progress], Any] | None,
+        patience: int | None = None,
     ):
         self.start = time.perf_counter()
         self.agent = agent
@@ -135,6 +140,11 @@ class _Run:
         self.eval_seed = eval_seed
         self.max_episode_return = max_episode_return
         self.target_return = target_return
+        if patience is not None and int(patience) < 1:
+            raise ArgumentError(f"patience: expected None or >= 1, got {patience}")
+        self.patience = None if patience is None else int(patience)
+        self.reached = False  # an evaluation reached target_return
+        self.stale = 0  # evaluations since then without a better return
         self.checkpoint_interval = checkpoint_interval
         self.max_seconds = max_seconds
         self.on_progress = on_progress
@@ -194,15 +204,31 @@ class _Run:
         )
         self.eval_seconds += time.perf_counter() - eval_start
         self.eval_return = evaluation.mean_return if evaluation.complete else None
-        if self.eval_return is None:
-            return False
-        self.evaluations.append((time.perf_counter() - self.start, steps, self.eval_return))
-        if self.eval_return > best_so_far:
+        improved = matched = False
+        if self.eval_return is not None:  # None: it could not beat the best, and gave up
+            self.evaluations.append((time.perf_counter() - self.start, steps, self.eval_return))
+            improved = self.eval_return > best_so_far
+            # A tie keeps the later policy, trained longer: a policy scoring as well on the
+            # evaluation's episodes may still be better on others (Taxi's first policy at
+            # its optimum there failed fresh episodes; the one at the plateau's end did not).
+            matched = self.eval_return == best_so_far
+        if improved or matched:
             self.best.assign(self.eval_return)
             self.best_step.assign(self.agent.train_step_counter)
             self.policy_saver.save()
-        if self.target_return is not None and self.eval_return >= self.target_return:
-            self.stop_reason = "target"
+        if self.target_return is None:
+            return False
+        if not self.reached:
+            if self.eval_return is None or self.eval_return < self.target_return:
+                return False
+            self.reached = True
+            if self.patience is None:
+                self.stop_reason = "target"
+                return True
+            return False
+        self.stale = 0 if improved else self.stale + 1
+        if self.patience is not None and self.stale >= self.patience:
+            self.stop_reason = "plateau"
             return True
         return False
 
@@ -241,6 +267,7 @@ def train_off_policy(
     eval_seed: int = 10_000,
     max_episode_return: float | None = None,
     target_return: float | None = None,
+    patience: int | None = None,
     checkpoint_interval: int = 10_000,
     max_seconds: float | None = None,
     seed: int | None = None,
@@ -268,6 +295,9 @@ def train_off_policy(
         500): an evaluation then stops as soon as it cannot beat the best one so far,
         which is all the loop needs to know (such evaluations are not recorded).
       target_return: stop once an evaluation's mean return reaches it.
+      patience: with ``target_return``, train on past the target until this many
+        evaluations in a row bring no better return (the best is kept): for tasks
+        whose best return is unknown, the target being only what is good enough.
       checkpoint_interval: environment steps between training checkpoints.
       max_seconds: stop after this much wall time in the loop.
       seed: seeds the collection policies and the first reset of ``env``.
@@ -292,11 +322,19 @@ def train_off_policy(
         checkpoint_interval=checkpoint_interval,
         max_seconds=max_seconds,
         on_progress=on_progress,
+        patience=patience,
     )
     collect_policy = PyTFPolicy(agent.collect_policy, seed=seed, validate_args=False)
     time_step = env.reset(seed=seed)
     if len(replay_buffer) < initial_collect_steps:
-        random_policy = RandomPyPolicy(env.time_step_spec(), env.action_spec(), seed=seed)
+        random_policy = RandomPyPolicy(
+            env.time_step_spec(),
+            env.action_spec(),
+            seed=seed,
+            observation_and_action_constraint_splitter=(
+                agent.observation_and_action_constraint_splitter
+            ),
+        )
         warmup = driver_lib.Driver(
             env, random_policy, [writer], max_steps=initial_collect_steps - len(replay_buffer)
         ).run(time_step)
@@ -347,6 +385,7 @@ def train_on_policy(
     eval_seed: int = 10_000,
     max_episode_return: float | None = None,
     target_return: float | None = None,
+    patience: int | None = None,
     checkpoint_interval: int = 50_000,
     max_seconds: float | None = None,
     seed: int | None = None,
@@ -373,6 +412,7 @@ def train_on_policy(
         checkpoint_interval=checkpoint_interval,
         max_seconds=max_seconds,
         on_progress=on_progress,
+        patience=patience,
     )
     policy = PyTFPolicy(agent.collect_policy, seed=seed, validate_args=False)
     time_step = env.reset(seed=seed)

@@ -22,27 +22,27 @@ def _label(bundle: Path, backend: str, several: bool) -> str:
         return backend
     from toolkit import bundle as bundle_lib
 
-    quantization = bundle_lib.read_manifest(bundle, check_files=False).get("quantization")
+    quantization = bundle_lib.read_layout(bundle, check_files=False).quantization
     if not quantization:
         return f"{backend} float"
     return f"{backend} {str(quantization.get('method', 'quantized')).removeprefix('litert-')}"
 
 
 def _available(bundle: Path) -> list[str]:
-    """The backends a bundle has a format for and whose runtime is installed (tf last)."""
-    import importlib.util
-
-    import runtimes
+    """The backends a bundle has a format for and whose engine is installed (table order)."""
+    from runtimes import backends
     from toolkit import bundle as bundle_lib
 
-    formats = bundle_lib.read_manifest(bundle, check_files=False).get("formats", [])
-    found = [b for b in ("onnx", "litert") if b in formats and not runtimes.missing_extra(b)]
-    if "saved_model" in formats and importlib.util.find_spec("tensorflow") is not None:
-        found.append("tf")
+    formats = list(bundle_lib.read_layout(bundle, check_files=False).formats)
+    found = [b.name for b in backends.installed(formats)]
     if not found:
+        extras = " or ".join(
+            f"'policy-toolkit[{b.extra}]'"
+            for b in backends.BACKENDS.values()
+            if b.format in formats
+        )
         raise common.fail(
-            f"{bundle}: no installed backend can run it (formats {formats}); "
-            "pip install 'policy-toolkit[runtime]' or 'policy-toolkit[litert]'"
+            f"{bundle}: no installed backend can run it (formats {formats}); pip install {extras}"
         )
     return found
 
@@ -64,7 +64,7 @@ def bench(
             "--backend",
             "-b",
             help="Comma-separated backends (onnx, litert, tf), or auto: every backend the "
-            "bundle has a format for and whose runtime is installed.",
+            "bundle has a format for and whose engine is installed.",
         ),
     ] = "auto",
     batch: Annotated[
@@ -84,11 +84,12 @@ def bench(
     second, per bundle, backend and batch size, as a table (or JSON) and optionally a
     plot; give a float bundle and its quantized copy to compare them.
     """
+    from runtimes import backends
     from toolkit.cli import timing
 
     explicit = None
-    if backend.strip() != "auto":
-        explicit = common.parse_list(backend, "--backend", common.BACKENDS)
+    if backend.strip() != backends.AUTO:
+        explicit = common.parse_list(backend, "--backend", tuple(backends.names()))
     try:
         batches = [int(b) for b in common.parse_list(batch, "--batch")]
     except ValueError:

@@ -25,7 +25,7 @@ import typer
 from toolkit.errors import ToolkitError
 
 __all__ = [
-    "BACKENDS",
+    "BackendOption",
     "BundleArgument",
     "CliState",
     "FormatsOption",
@@ -40,6 +40,7 @@ __all__ = [
     "fail",
     "is_debug",
     "load_runtime_policy",
+    "parse_backend",
     "parse_list",
     "parse_metadata",
     "print_verify",
@@ -49,16 +50,13 @@ __all__ = [
     "verify_stage",
 ]
 
-#: Runtime backends the commands take.
-BACKENDS = ("onnx", "litert", "tf")
-
 # Modules a command may need, and the extra (or package) that installs each.
 _INSTALLS = {
     "tensorflow": "'policy-toolkit[all]'",
     "tensorflow_probability": "'policy-toolkit[all]'",
     "tf2onnx": "'policy-toolkit[all]'",
     "tf_keras": "'policy-toolkit[all]'",
-    "onnx": "'policy-toolkit[all]' (or: pip install onnx)",
+    "onnx": "'policy-toolkit[runtime]' (or: pip install onnx)",
     "onnxruntime": "'policy-toolkit[runtime]'",
     "ai_edge_litert": "'policy-toolkit[litert]'",
     "gymnasium": "'policy-toolkit[runtime]' or '[litert]' (or: pip install gymnasium)",
@@ -84,6 +82,15 @@ MetadataOption = Annotated[
     typer.Option("--metadata", "-m", help="key=value stored in the manifest (repeatable)."),
 ]
 OverwriteOption = Annotated[bool, typer.Option("--overwrite", help="Replace an existing bundle.")]
+BackendOption = Annotated[
+    str,
+    typer.Option(
+        "--backend",
+        "-b",
+        help="A runtime backend (onnx, litert: no TensorFlow; tf), or auto: the first TF-free "
+        "one the bundle has a format for and whose engine is installed, else tf.",
+    ),
+]
 SamplesOption = Annotated[
     int, typer.Option("--samples", min=1, help="Sampled time steps for verification.")
 ]
@@ -271,20 +278,38 @@ def refuse_existing(output: Path, overwrite: bool) -> None:
         raise fail(f"{output}: already exists; pass --overwrite to replace it")
 
 
-def load_runtime_policy(ctx: typer.Context, bundle: Path, backend: str, seed: int | None) -> Any:
-    """A bundle's runtime policy; TensorFlow is loaded (quietly) only if the backend needs it."""
-    bundle_must_exist(bundle)
-    if backend in ("tf", "auto"):
-        import runtimes
-        from toolkit import bundle as bundle_lib
+def parse_backend(value: str, what: str = "--backend", *, auto: bool = True) -> Any:
+    """A backend of the table (``runtimes.backends``), or None for ``auto``.
 
-        formats = bundle_lib.read_manifest(bundle, check_files=False).get("formats", [])
-        light = [b for b in ("onnx", "litert") if b in formats and not runtimes.missing_extra(b)]
-        if backend == "tf" or (not light and "saved_model" in formats):
-            quiet_tensorflow(ctx)
+    Raises:
+      typer.Exit: an unknown name (exit 2, naming the known ones).
+    """
+    from runtimes import backends
+
+    name = value.strip()
+    if auto and name == backends.AUTO:
+        return None
+    if name not in backends.BACKENDS:
+        known = [*([backends.AUTO] if auto else []), *backends.names()]
+        raise fail(f"{what}: expected one of {known}, got {name!r}")
+    return backends.get(name)
+
+
+def load_runtime_policy(
+    ctx: typer.Context, bundle: Path, backend: str, seed: int | None, **options: Any
+) -> Any:
+    """A bundle's runtime policy; TensorFlow is loaded (quietly) only if the backend needs it."""
+    from runtimes import backends
+    from toolkit import bundle as bundle_lib
+
+    bundle_must_exist(bundle)
+    layout = bundle_lib.read_layout(bundle, check_files=False)
+    chosen = backends.choose(backend, layout.formats, str(bundle))
+    if not chosen.tf_free:
+        quiet_tensorflow(ctx)
     from runtimes import load_policy
 
-    return load_policy(bundle, backend=backend, seed=seed)
+    return load_policy(bundle, backend=chosen.name, seed=seed, **options)
 
 
 def _verify_renderable(report: Any) -> Any:

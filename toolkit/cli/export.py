@@ -50,9 +50,9 @@ def export(
     The policy comes from a factory, optionally restored from a training checkpoint;
     the export is verified against it unless --no-verify.
     """
-    from toolkit.bundle import FORMATS
+    from exporters import formats as export_formats
 
-    format_list = common.parse_list(formats, "--format", FORMATS)
+    format_list = common.parse_list(formats, "--format", tuple(export_formats.names()))
     meta = common.parse_metadata(metadata or [])
     if step is not None and checkpoint is None:
         raise common.fail("--step needs --checkpoint")

@@ -66,15 +66,15 @@ def import_tf_agents(
     imports the saved policy picked with --policy and, with --checkpoint, applies one of
     its checkpoints. The bundle is written only once verified.
     """
-    from toolkit.bundle import FORMATS
+    from exporters import formats as export_formats
 
-    format_list = common.parse_list(formats, "--format", FORMATS)
+    format_list = common.parse_list(formats, "--format", tuple(export_formats.names()))
     meta = common.parse_metadata(metadata or [])
     if not saved_model.is_dir():
         raise common.fail(f"{saved_model}: no such SavedModel folder")
     if checkpoint is not None and checkpoint != "latest" and not checkpoint.isdigit():
         raise common.fail(f"--checkpoint: expected 'latest' or a train step, got {checkpoint!r}")
-    from exporters.tf_agents_layout import SAVED_POLICIES, resolve_layout
+    from exporters.tf_agents.layout import SAVED_POLICIES, resolve_layout
 
     if policy not in SAVED_POLICIES:
         raise common.fail(f"--policy: expected one of {', '.join(SAVED_POLICIES)}, got {policy!r}")
@@ -84,7 +84,7 @@ def import_tf_agents(
     common.tensorflow_stage(ctx, stages)
     import warnings
 
-    from exporters.tf_agents_layout import import_tf_agents_layout
+    from exporters.tf_agents.layout import import_tf_agents_layout
 
     # Written beside the output and moved there once verified: a bundle whose forms
     # differ is never left behind (nor does it replace an existing one).
@@ -125,15 +125,15 @@ def import_tf_agents(
         report.bundle = output
     from toolkit import bundle as bundle_lib
 
-    manifest = bundle_lib.read_manifest(path)
-    train_step = manifest.get("train_step")
+    written = bundle_lib.read_layout(path)
+    train_step = written.train_step
     step_text = "" if train_step is None else f", train step {train_step}"
     common.console().print(
-        f"imported {manifest['metadata'].get('tf_agents_function')} of {layout.saved_policy}"
+        f"imported {written.metadata.get('tf_agents_function')} of {layout.saved_policy}"
         f"{step_text} -> {path}",
         soft_wrap=True,
     )
-    exploration = manifest["metadata"].get("tf_agents_exploration")
+    exploration = written.metadata.get("tf_agents_exploration")
     if exploration is not None:
         typer.echo(f"note: TF-Agents' exploration rebuilt as {exploration}", err=True)
     if report is not None:

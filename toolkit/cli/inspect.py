@@ -32,12 +32,12 @@ def inspect(
     from toolkit.cli import manifest_view
 
     common.bundle_must_exist(bundle)
-    manifest, source, checks = manifest_view.load_for_inspection(bundle)
+    layout, source, checks = manifest_view.load_for_inspection(bundle)
     if as_json:
-        typer.echo(json.dumps(manifest, indent=2))
+        typer.echo(json.dumps(layout.to_json(), indent=2))
     else:
         console = common.console()
-        for renderable in manifest_view.render_manifest(manifest, str(bundle), source, checks):
+        for renderable in manifest_view.render_manifest(layout, str(bundle), source, checks):
             console.print(renderable)
             console.print()
     changed = sorted(path for path, check in checks.items() if check == "changed")

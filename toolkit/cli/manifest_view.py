@@ -7,17 +7,18 @@ and, for a lone ``.onnx`` file, onnxruntime.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import types
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from exporters import formats as export_formats
 from toolkit import bundle, nest
-from toolkit.errors import BundleError
+from toolkit import distribution_families as families
+from toolkit.bundle import readers
+from toolkit.bundle.layout import Layout, thaw
 from toolkit.specs import array_spec
 
 __all__ = ["check_files", "load_for_inspection", "render_manifest"]
@@ -25,8 +26,8 @@ __all__ = ["check_files", "load_for_inspection", "render_manifest"]
 _BOUND_WIDTH = 36
 
 
-def load_for_inspection(path: str | os.PathLike) -> tuple[dict[str, Any], str, dict[str, str]]:
-    """The manifest to show, where it came from, and the state of each listed file.
+def load_for_inspection(path: str | os.PathLike) -> tuple[Layout, str, dict[str, str]]:
+    """The layout to show, where it came from, and the state of each listed file.
 
     Args:
       path: a bundle folder, its manifest.json, or an ``.onnx`` file exported by
@@ -34,7 +35,7 @@ def load_for_inspection(path: str | os.PathLike) -> tuple[dict[str, Any], str, d
         describes itself through its metadata).
 
     Returns:
-      ``(manifest, source, checks)``: source is "bundle" or "onnx metadata"; checks maps
+      ``(layout, source, checks)``: source is "bundle" or "onnx metadata"; checks maps
       every file of the manifest to "ok", "missing" (an edge device may hold only
       manifest.json and policy.onnx) or "changed" (size or sha256 differ).
 
@@ -44,11 +45,11 @@ def load_for_inspection(path: str | os.PathLike) -> tuple[dict[str, Any], str, d
     """
     path = Path(path)
     if path.is_file() and path.suffix == ".onnx" and not (path.parent / bundle.MANIFEST).exists():
-        manifest = _manifest_from_onnx(path)
-        return manifest, "onnx metadata", {name: "ok" for name in manifest["files"]}
+        layout = readers.read_lone_onnx(path)
+        return layout, "onnx metadata", {name: "ok" for name in layout.files}
     root = bundle.bundle_root(path)
-    manifest = bundle.read_manifest(root, check_files=False)
-    return manifest, "bundle", check_files(root, manifest["files"])
+    layout = bundle.read_layout(root, check_files=False)
+    return layout, "bundle", check_files(root, layout.files_json)
 
 
 def check_files(root: Path, files: dict[str, Any]) -> dict[str, str]:
@@ -58,44 +59,6 @@ def check_files(root: Path, files: dict[str, Any]) -> dict[str, str]:
     symbolic link, FIFO, device or folder, which readers refuse.
     """
     return {rel: bundle.file_state(root, rel, entry) for rel, entry in files.items()}
-
-
-def _manifest_from_onnx(path: Path) -> dict[str, Any]:
-    from toolkit import onnx_proto
-
-    # The user named this file, so a link they gave is followed; it is still read
-    # only if regular, and bounded.
-    real = path.resolve()
-    try:
-        data = bundle.read_member(real.parent, real.name, key="file")
-    except BundleError as e:
-        raise BundleError(f"{path}: {str(e).splitlines()[0]}") from None
-    # The model is only parsed here, never run: external data is reported, not read.
-    facts = onnx_proto.scan_model(data, str(path))
-    text = facts.metadata.get(bundle.ONNX_MANIFEST_KEY)
-    if text is None:
-        raise BundleError(
-            f"{path}: no {bundle.ONNX_MANIFEST_KEY} in the model's metadata; "
-            "not exported by policy-toolkit"
-        )
-    manifest = bundle._parse_json(text.encode("utf-8"), path)
-    # The embedded copy cannot list its own file; describe the file as it is now.
-    if not isinstance(manifest, dict):
-        raise BundleError(
-            f"{path}: expected a manifest object in its metadata, got {type(manifest).__name__}"
-        )
-    onnx_info = manifest.get("onnx")
-    name = onnx_info.get("file") if isinstance(onnx_info, dict) else None
-    manifest["files"] = {
-        name if isinstance(name, str) else path.name: {
-            "sha256": hashlib.sha256(data).hexdigest(),
-            "size": len(data),
-        }
-    }
-    from toolkit import manifest as manifest_lib
-
-    manifest_lib.validate(manifest, f"{path.name} (metadata_props)", files_listed=False)
-    return manifest
 
 
 # --- formatting -----------------------------------------------------------------------
@@ -130,14 +93,11 @@ def _shape(shape: Any) -> str:
     return "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"
 
 
-def spec_rows(manifest: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
+def spec_rows(layout: Layout) -> list[tuple[str, str, str, str, str, str]]:
     """``(path, kind, shape, dtype, minimum, maximum)`` for every spec leaf."""
     rows = []
-    specs = manifest.get("specs", {})
     for group in ("time_step", "action", "policy_state", "info"):
-        if group not in specs:
-            continue
-        tree = array_spec.spec_nest_from_json(specs[group])
+        tree = getattr(layout.specs, group)
         for path, spec in nest.flatten_with_paths(tree, group):
             bounded = isinstance(spec, array_spec.BoundedArraySpec)
             rows.append(
@@ -153,36 +113,30 @@ def spec_rows(manifest: dict[str, Any]) -> list[tuple[str, str, str, str, str, s
     return rows
 
 
-def distribution_rows(manifest: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
+def distribution_rows(layout: Layout) -> list[tuple[str, str, str, str, str]]:
     """``(output prefix, family, params, event dims, action dtype)`` per action leaf."""
     rows = []
-    tree = manifest.get("distribution")
-    if tree is None:
-        return rows
-    # Leaves decode to an opaque namespace, so that nest does not flatten their dicts.
-    leaves = nest.from_json(tree, lambda d: types.SimpleNamespace(d=d))
-    for path, wrapped in nest.flatten_with_paths(leaves, "distribution"):
-        leaf = wrapped.d
-        dtype = leaf.get("dtype", "")
-        if leaf.get("family") == "categorical" and leaf.get("shift"):
-            dtype = f"{dtype} (+{leaf['shift']})"
+    for path, leaf in nest.flatten_with_paths(layout.distribution, "distribution"):
+        dtype = str(leaf.static.get("dtype", ""))
+        if leaf.family == families.CATEGORICAL and leaf.static.get("shift"):
+            dtype = f"{dtype} (+{leaf.static['shift']})"
         rows.append(
             (
                 path,
-                str(leaf.get("family")),
-                ", ".join(leaf.get("params", [])),
-                str(leaf.get("event_ndims")),
+                leaf.family,
+                ", ".join(families.FAMILIES[leaf.family]),
+                str(leaf.static.get("event_ndims")),
                 dtype,
             )
         )
     return rows
 
 
-def _io(entries: list[dict[str, Any]]) -> str:
-    return "\n".join(f"{e['name']}  {e['dtype']} {_shape(e['shape'])}" for e in entries) or "-"
+def _io(entries: Any) -> str:
+    return "\n".join(f"{e.name}  {e.dtype} {_shape(e.shape or ())}" for e in entries) or "-"
 
 
-def _action_summary(description: dict[str, Any]) -> str:
+def _action_summary(description: Any) -> str:
     kind = description.get("kind", "?")
     extras = []
     if "epsilon" in description:
@@ -197,7 +151,7 @@ def _action_summary(description: dict[str, Any]) -> str:
 
 
 def render_manifest(
-    manifest: dict[str, Any],
+    layout: Layout,
     where: str,
     source: str = "bundle",
     checks: dict[str, str] | None = None,
@@ -222,34 +176,18 @@ def render_manifest(
     summary = Table.grid(padding=(0, 2))
     summary.add_column(style="bold")
     summary.add_column()
-    policy = manifest.get("policy", {})
     summary.add_row("bundle", f"{where}  ({source})")
-    summary.add_row("format", f"{manifest.get('format')} version {manifest.get('format_version')}")
-    summary.add_row("policy", str(policy.get("class", "?")))
-    summary.add_row("derivation", _action_summary(policy.get("action", {})))
-    summary.add_row("formats", ", ".join(manifest.get("formats", [])))
-    train_step = manifest.get("train_step")
+    summary.add_row("format", f"{bundle.FORMAT} version {bundle.FORMAT_VERSION}")
+    summary.add_row("policy", layout.policy_class or "?")
+    summary.add_row("derivation", _action_summary(layout.action))
+    summary.add_row("formats", ", ".join(layout.formats))
+    train_step = layout.train_step
     summary.add_row("train step", "-" if train_step is None else str(train_step))
-    if "onnx" in manifest:
-        o = manifest["onnx"]
-        summary.add_row(
-            "onnx",
-            f"{o.get('file')}: opset {o.get('opset')}, function {o.get('function')}, "
-            f"{len(o.get('initializers', []))} initializers, "
-            f"graph {str(o.get('graph_fingerprint', ''))[:12]}",
-        )
-    if "litert" in manifest:
-        lite = manifest["litert"]
-        summary.add_row(
-            "litert",
-            f"{lite.get('file')}: signatures {', '.join(lite.get('signatures', []))}; "
-            f"{len(lite.get('ops', []))} builtin ops",
-        )
-    if "saved_model" in manifest:
-        s = manifest["saved_model"]
-        summary.add_row("saved_model", f"{s.get('dir')}/ (tags {', '.join(s.get('tags', []))})")
-    if "quantization" in manifest:
-        q = manifest["quantization"]
+    for name, entry in layout.formats.items():
+        fmt = export_formats.FORMATS.get(name)
+        summary.add_row(name, fmt.describe(entry) if fmt is not None else entry.path)
+    if layout.quantization is not None:
+        q = layout.quantization
         returns = ""
         if q.get("quantized_return") is not None:
             returns = f"; mean return {q['quantized_return']:.1f} (float {q['float_return']:.1f})"
@@ -261,16 +199,16 @@ def render_manifest(
         )
 
     specs = table("Specs", "spec", "kind", "shape", "dtype", "minimum", "maximum")
-    for row in spec_rows(manifest):
+    for row in spec_rows(layout):
         specs.add_row(*row)
 
     distribution = table("Distribution", "outputs", "family", "params", "event dims", "dtype")
-    for row in distribution_rows(manifest):
+    for row in distribution_rows(layout):
         distribution.add_row(*row)
 
     signatures = table("Signatures (B = batch)", "function", "inputs", "outputs")
-    for name, io in manifest.get("signatures", {}).items():
-        signatures.add_row(name, _io(io.get("inputs", [])), _io(io.get("outputs", [])))
+    for name, io in layout.signatures.items():
+        signatures.add_row(name, _io(io.inputs), _io(io.outputs))
 
     files = table("Files", "path", "size", "sha256 (first 16)", "check")
     marks = {
@@ -279,23 +217,23 @@ def render_manifest(
         "changed": "[red]CHANGED[/red]",
         "refused": "[red]REFUSED[/red]",
     }
-    for path, entry in sorted(manifest.get("files", {}).items()):
+    for path, entry in sorted(layout.files.items()):
         # The full hashes are in --json; 16 hex digits tell files apart at a glance.
         files.add_row(
             path,
-            _size(int(entry.get("size", 0))),
-            str(entry.get("sha256"))[:16],
+            _size(entry.size),
+            entry.sha256[:16],
             marks.get(checks.get(path, ""), "-"),
         )
 
     metadata = table("Metadata", "key", "value")
-    for key, value in manifest.get("metadata", {}).items():
-        metadata.add_row(key, value if isinstance(value, str) else json.dumps(value))
-    if not manifest.get("metadata"):
+    for key, value in layout.metadata.items():
+        metadata.add_row(key, value if isinstance(value, str) else json.dumps(thaw(value)))
+    if not layout.metadata:
         metadata.add_row("-", "-")
 
     producer = table("Producer", "package", "version")
-    for key, value in manifest.get("producer", {}).items():
+    for key, value in layout.producer.items():
         producer.add_row(key, str(value))
 
     return [summary, specs, distribution, signatures, files, metadata, producer]

@@ -1,7 +1,8 @@
 """``policy-toolkit quantize``: a smaller copy of a bundle's policy, judged on real states.
 
-The engine is ``exporters.quantize``: candidates from GPTQ and per-tensor int8 to
-float16 weights, calibrated and measured on different real states of episodes
+The engine is ``exporters.quantize``; its target table (``exporters.quantize.targets``)
+gives the ``--target`` and ``--method`` choices. Candidates from GPTQ and per-tensor
+int8 to float16 weights are calibrated and measured on different real states of episodes
 (``--env``) or recorded ones (``--observations``), the first (smallest) that passes
 the agreement and return gates written. Exit 1 when none passes (nothing written)
 unless ``--force``.
@@ -15,7 +16,17 @@ from typing import Annotated, Any
 
 import typer
 
+from exporters.quantize.targets import TARGETS
 from toolkit.cli import common
+
+
+def _methods_help() -> str:
+    per_target = "; ".join(f"{', '.join(t.method_names)} ({name})" for name, t in TARGETS.items())
+    return f"auto (the smallest candidate that passes), or one of: {per_target}."
+
+
+def _targets_help() -> str:
+    return " or ".join(f"{name} (needs {', '.join(t.needs)})" for name, t in TARGETS.items()) + "."
 
 
 @common.command
@@ -49,17 +60,10 @@ def quantize(
     episodes: Annotated[
         int, typer.Option("--episodes", "-n", min=1, help="Episodes played with --env.")
     ] = 20,
-    target: Annotated[
-        str, typer.Option("--target", help="onnx (onnxruntime) or litert (needs TensorFlow).")
-    ] = "onnx",
+    target: Annotated[str, typer.Option("--target", help=_targets_help())] = "onnx",
     method: Annotated[
         str,
-        typer.Option(
-            "--method",
-            help="auto (the smallest candidate that passes), or one of: dynamic, "
-            "dynamic-per-channel, dynamic-per-channel-keep-last, static-per-channel-keep-last, "
-            "float16 (onnx); litert-dynamic-range, litert-int8, litert-float16 (litert).",
-        ),
+        typer.Option("--method", help=_methods_help()),
     ] = "auto",
     min_agreement: Annotated[
         float,
@@ -104,7 +108,7 @@ def quantize(
     """
     common.bundle_must_exist(bundle)
     common.refuse_existing(output, overwrite)
-    target = common.parse_list(target, "--target", ("onnx", "litert"))[0]
+    target = common.parse_list(target, "--target", tuple(TARGETS))[0]
     if (env is None) == (observations is None):
         raise common.fail(
             "expected real states: --env ID (episodes of the float policy) or "
@@ -112,7 +116,9 @@ def quantize(
         )
     if observations is not None and not observations.is_file():
         raise common.fail(f"--observations: {observations}: no such file")
-    if target == "litert":
+    # What the target needs is checked before any work (a device may lack it).
+    TARGETS[target].check_installed()
+    if "tensorflow" in TARGETS[target].needs:
         common.quiet_tensorflow(ctx)
     from exporters.quantize import quantize_bundle
 

@@ -2,7 +2,8 @@
 
 Episodes run in batches of up to ``MAX_PARALLEL_ENVS`` environments stepping together
 (one policy call per step of the batch), each playing exactly one whole episode that
-resets with ``seed + i``, through the gymnasium adapter and ``driver.evaluate_policy``.
+resets with ``seed + i``: ``toolkit.environments.episodes`` makes the environments and
+plays the chunks, as it does for ``quantize --env`` and the Ray evaluators.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from toolkit import nest
-from toolkit.errors import EnvironmentIdError, SpecMismatchError, UnsupportedError
+from toolkit.environments import episodes as episodes_lib
+from toolkit.errors import UnsupportedError
 
 __all__ = [
     "MAX_PARALLEL_ENVS",
@@ -28,48 +29,27 @@ __all__ = [
     "rollout",
 ]
 
-MAX_PARALLEL_ENVS = 32
 MAX_RECORDED_FRAMES = 1000
+#: Environments stepping together (toolkit.environments.episodes).
+MAX_PARALLEL_ENVS = episodes_lib.MAX_PARALLEL_ENVS
 
 
-def make_env(env_id: str, num_envs: int, **make_kwargs: Any) -> Any:
-    """A GymVectorEnvironment of ``num_envs`` copies, or a clear error for a bad id."""
-    import gymnasium
+def make_env(env_id: str, num_envs: int, **adapter_kwargs: Any) -> Any:
+    """A GymVectorEnvironment of ``num_envs`` copies, or a clear error for a bad id.
 
-    from toolkit.environments.gym_adapter import GymVectorEnvironment
-
-    try:
-        return GymVectorEnvironment(env_id, num_envs, **make_kwargs)
-    except gymnasium.error.Error as e:
-        raise EnvironmentIdError(f"--env {env_id!r}: {e}") from e
-    except ModuleNotFoundError as e:
-        raise EnvironmentIdError(
-            f"--env {env_id!r}: the environment needs the module {e.name!r}; install it"
-        ) from e
+    ``action_mask=True`` (for a bundle that declares a mask) puts the environment's
+    ``info["action_mask"]`` into the observations (toolkit.environments.gym_adapter).
+    """
+    return episodes_lib.make_env(env_id, num_envs, what="--env", **adapter_kwargs)
 
 
-def check_compatible(policy: Any, env: Any, env_id: str) -> None:
-    """Refuses an environment whose observations or actions the policy cannot take."""
-    pairs = (
-        ("observation", policy.time_step_spec.observation, env.observation_spec()),
-        ("action", policy.action_spec, env.action_spec()),
-    )
-    for what, mine, theirs in pairs:
-        mine_leaves = nest.flatten_with_paths(mine, what)
-        their_leaves = nest.flatten_with_paths(theirs, what)
-        if [p for p, _ in mine_leaves] != [p for p, _ in their_leaves]:
-            raise SpecMismatchError(
-                f"{env_id} {what}",
-                f"the policy's {[p for p, _ in mine_leaves]}",
-                f"{[p for p, _ in their_leaves]}",
-            )
-        for (path, a), (_, b) in zip(mine_leaves, their_leaves, strict=True):
-            if tuple(a.shape) != tuple(b.shape) or np.dtype(a.dtype).kind != np.dtype(b.dtype).kind:
-                raise SpecMismatchError(
-                    f"{env_id} {path}",
-                    f"shape {tuple(a.shape)} {np.dtype(a.dtype).name} (the policy's)",
-                    f"shape {tuple(b.shape)} {np.dtype(b.dtype).name}",
-                )
+#: Refuses an environment whose observations or actions the policy cannot take.
+check_compatible = episodes_lib.check_compatible
+
+
+def _masked(policy: Any) -> bool:
+    """Whether a bundle policy reads an action mask from its observations."""
+    return getattr(policy, "action_mask_input", None) is not None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,43 +113,40 @@ def rollout(
     (at its start and end) are recorded and ``on_episode(index, return, length,
     (first, last))`` is called after it (for ``--follow``).
     """
-    from toolkit.environments import driver
-
     returns: list[float] = []
     lengths: list[int] = []
     seconds = 0.0
-    done = 0
-    current = env
     tracked = env.batch_size == 1
     train_steps: list[tuple[int | None, int | None]] = []
-    while done < episodes:
-        size = min(episodes - done, env.batch_size)
-        if size != current.batch_size:
-            current.close()
-            current = make_env(env_id, size)
-        started = time.perf_counter()
-        first = policy.train_step
-        evaluation = driver.evaluate_policy(current, policy, seed=seed + done)
-        seconds += time.perf_counter() - started
-        returns += evaluation.episode_returns
-        lengths += evaluation.episode_lengths
-        if tracked:
-            train_steps.append((first, policy.train_step))
-            if on_episode is not None:
-                on_episode(done, returns[-1], lengths[-1], train_steps[-1])
-        done += size
-    current.close()
+    with episodes_lib.EpisodePlayer(
+        env_id, what="--env", first=env, action_mask=_masked(policy)
+    ) as player:
+        for start, count in episodes_lib.chunks(episodes, env.batch_size):
+            player.env(count)  # made before the clock starts
+            first = policy.train_step
+            started = time.perf_counter()
+            evaluation = player.play(policy, seed + start, count)
+            seconds += time.perf_counter() - started
+            returns += evaluation.episode_returns
+            lengths += evaluation.episode_lengths
+            if tracked:
+                train_steps.append((first, policy.train_step))
+                if on_episode is not None:
+                    on_episode(start, returns[-1], lengths[-1], train_steps[-1])
     return RolloutResult(env_id, seed, returns, lengths, seconds, train_steps if tracked else None)
 
 
-def render_rollout(result: RolloutResult, bundle: Path, backend: str) -> tuple[str, Any]:
-    """A title line and the table of results."""
+def render_rollout(
+    result: RolloutResult, bundle: Path, backend: str, *, workers: int = 0
+) -> tuple[str, Any]:
+    """A title line and the table of results (``workers``: Ray actors that played them)."""
     from rich import box
     from rich.table import Table
 
     stats = result.stats()
+    where = f", {workers} Ray workers" if workers else ""
     title = (
-        f"{bundle} in {result.env_id} ({backend} backend, seeds {result.seed}.."
+        f"{bundle} in {result.env_id} ({backend} backend{where}, seeds {result.seed}.."
         f"{result.seed + len(result.returns) - 1})"
     )
     table = Table(box=box.SIMPLE_HEAD, show_edge=False)
@@ -206,7 +183,7 @@ def record_episode(policy: Any, env_id: str, seed: int, path: Path) -> int:
     os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
     os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
     try:
-        env = GymEnvironment(env_id, render_mode="rgb_array")
+        env = GymEnvironment(env_id, render_mode="rgb_array", action_mask=_masked(policy))
     except gymnasium.error.Error as e:
         raise UnsupportedError(f"--record: {env_id} cannot render ({e})") from e
     frames = []

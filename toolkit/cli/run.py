@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from toolkit.cli import common
+from toolkit.distributed.cluster import CONNECT_TIMEOUT_S
 
 
 @common.command
@@ -26,14 +27,7 @@ def run(
     seed: Annotated[
         int, typer.Option("--seed", help="Episode i resets with seed + i; seeds the policy too.")
     ] = 0,
-    backend: Annotated[
-        str,
-        typer.Option(
-            "--backend",
-            "-b",
-            help="onnx or litert (no TensorFlow), tf, or auto (onnx, then litert, then tf).",
-        ),
-    ] = "auto",
+    backend: common.BackendOption = "auto",
     record: Annotated[
         Path | None,
         typer.Option("--record", help="Save one rendered episode (the first seed) as a .gif."),
@@ -57,14 +51,16 @@ def run(
             "--workers",
             "-w",
             min=0,
-            help="Play the episodes on this many Ray actors (onnx backend); 0: in this process.",
+            help="Play the episodes on this many Ray actors (--backend onnx or litert; auto: "
+            "onnx if the bundle has it); 0: in this process.",
         ),
     ] = 0,
     ray_address: Annotated[
         str,
         typer.Option(
             "--ray",
-            help="With --workers: 'local' (a cluster on 127.0.0.1 for this run) or host:port.",
+            help="With --workers: 'local' (a cluster on 127.0.0.1 for this run) or host:port "
+            f"(given up after {CONNECT_TIMEOUT_S:g} s without an answer).",
         ),
     ] = "local",
 ) -> None:
@@ -73,36 +69,58 @@ def run(
     Prints the mean, std, min and max return and the steps per second; with --follow,
     also each episode's return and the train step of the weights it was played with.
     With --workers, Ray actors play the episodes; the per-episode returns equal a local
-    run's.
+    run's, lost workers or not (a sampling policy draws per block of 32 episodes, so
+    past the first block its draws differ from a local run's).
     """
     from toolkit.cli import rollout
 
-    backend = common.parse_list(backend, "--backend", (*common.BACKENDS, "auto"))[0]
+    chosen = common.parse_backend(backend)
+    backend = "auto" if chosen is None else chosen.name
+    if follow is not None and chosen is not None:
+        chosen.require("weight_updates", "--follow")
     if record is not None and record.suffix.lower() != ".gif":
         raise common.fail(f"--record: expected a .gif file, got {record.name!r}")
     if workers:
         if follow is not None:
             raise common.fail("--follow: plays locally; run it without --workers")
         if backend == "tf":
-            raise common.fail("--workers: Ray actors run the onnx backend; drop --backend tf")
+            raise common.fail(
+                "--backend tf: Ray workers run TF-free backends (onnx, litert); drop --workers "
+                "to play tf locally"
+            )
         if record is not None:
             raise common.fail("--record: plays locally; run it without --workers")
-        result = _run_distributed(bundle, env, episodes, seed, workers, ray_address, as_json)
+        quiet = not common.is_debug(ctx)
+        result, used = _run_distributed(
+            bundle, env, episodes, seed, workers, ray_address, backend, as_json, quiet
+        )
+        if used.lost_workers:
+            common.console(stderr=True).print(
+                f"note: {used.lost_workers} Ray worker(s) lost; their episodes were played "
+                "again on others",
+                soft_wrap=True,
+            )
         if as_json:
             data = result.to_json()
             data["workers"] = workers
+            data["backend"] = used.backend
             typer.echo(json.dumps(data, indent=2))
             return
         console = common.console()
-        title, table = rollout.render_rollout(result, bundle, f"onnx, {workers} Ray workers;")
+        title, table = rollout.render_rollout(result, bundle, used.backend, workers=workers)
         console.print(title, soft_wrap=True)
         console.print(table)
         return
     parallel = 1 if follow is not None else min(episodes, rollout.MAX_PARALLEL_ENVS)
-    gym_env = rollout.make_env(env, parallel)
     policy = common.load_runtime_policy(ctx, bundle, backend, seed)
+    # A masked bundle takes the environment's info["action_mask"] as an observation leaf.
+    masked = policy.action_mask_input is not None
+    gym_env = rollout.make_env(env, parallel, action_mask=masked)
     rollout.check_compatible(policy, gym_env, env)
     if follow is not None:
+        from runtimes import backends
+
+        backends.get(policy.backend).require("weight_updates", "--follow")
         with policy.follow(follow, interval):
             result = rollout.rollout(
                 policy,
@@ -141,20 +159,38 @@ def _print_episode(index: int, episode_return: float, length: int, steps: tuple)
 
 
 def _run_distributed(
-    bundle: Path, env: str, episodes: int, seed: int, workers: int, address: str, quiet: bool
-) -> object:
-    """The episodes on Ray actors, with a progress bar on stderr; a RolloutResult."""
+    bundle: Path,
+    env: str,
+    episodes: int,
+    seed: int,
+    workers: int,
+    address: str,
+    backend: str,
+    no_progress: bool,
+    quiet: bool,
+) -> tuple[Any, Any]:
+    """The episodes on Ray actors, with a progress bar on stderr.
+
+    Returns:
+      A RolloutResult and the DistributedResult (its backend and lost workers).
+    """
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
     from runtimes import load_policy
+    from toolkit import bundle as bundle_lib
     from toolkit.cli import rollout
-    from toolkit.distributed import evaluation
+    from toolkit.distributed import backends, evaluation
 
     common.bundle_must_exist(bundle)
-    # A bad id, bundle or pairing fails here, before Ray starts.
+    # A bad id, bundle, backend or pairing fails here, before Ray starts; the workers
+    # run the backend chosen here (backends.choose), never another.
+    chosen = backends.choose(bundle_lib.read_layout(bundle, check_files=False).formats, backend)
     check = rollout.make_env(env, 1)
-    rollout.check_compatible(load_policy(bundle, backend="onnx"), check, env)
+    policy = load_policy(bundle, backend=chosen.name)
+    if policy.action_mask_input is not None:
+        raise common.fail("--workers: Ray actors pass no action masks yet; play it locally")
+    rollout.check_compatible(policy, check, env)
     check.close()
     progress = Progress(
         "[progress.description]{task.description}",
@@ -162,10 +198,17 @@ def _run_distributed(
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         console=Console(stderr=True),
-        disable=quiet,
+        disable=no_progress,
     )
-    with progress:
-        task = progress.add_task(f"{env} episodes", total=episodes)
+    task = progress.add_task(f"{env} episodes", total=episodes)
+    shown = []
+
+    def show(_actors: Any) -> None:
+        progress.start()
+        shown.append(True)
+
+    try:
+        # Shown once the workers start: an unreachable cluster is one line, no bar.
         result = evaluation.evaluate(
             bundle,
             env,
@@ -174,6 +217,13 @@ def _run_distributed(
             workers,
             address=address,
             policy_seed=seed,
+            backend=chosen.name,
             on_episodes=lambda n: progress.advance(task, n),
+            on_actors=show,
+            quiet=quiet,
         )
-    return rollout.RolloutResult(env, seed, result.returns, result.lengths, result.seconds)
+    finally:
+        if shown:  # stop() of a bar never shown still prints an empty line
+            progress.stop()
+    rolled = rollout.RolloutResult(env, seed, result.returns, result.lengths, result.seconds)
+    return rolled, result

@@ -246,7 +246,7 @@ def serve(
     and TF Serving's gRPC services. GET /metrics. SIGTERM stops it gracefully.
     """
     try:
-        from runtimes import BACKENDS
+        from runtimes import backends
         from runtimes.serving.core import Limits
         from runtimes.serving.server import LOG_LEVELS, ServeOptions, run
     except ImportError as e:  # installed without the server's libraries
@@ -259,8 +259,9 @@ def serve(
 
     if log_level not in LOG_LEVELS:
         raise _bad("--log-level", f"one of {list(LOG_LEVELS)}", repr(log_level))
-    if backend not in BACKENDS:
-        raise _bad("--backend", f"one of {list(BACKENDS)}", repr(backend))
+    known = [backends.AUTO, *backends.BACKENDS]
+    if backend not in known:
+        raise _bad("--backend", f"one of {known}", repr(backend))
     configs = model_configs(model, name, models, versions, labels)
     options = ServeOptions(
         models=configs,

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from toolkit import nest
+from toolkit import action_masks, nest
 from toolkit.trajectories import time_step as ts
 
 __all__ = ["BenchRow", "measure", "plot", "render"]
@@ -61,6 +61,10 @@ def sample_time_step(time_step_spec: Any, batch: int, seed: int = 0) -> ts.TimeS
 def measure(policy: Any, backend: str, batch: int, seconds: float) -> BenchRow:
     """Times ``policy.action`` at one batch size for about ``seconds``."""
     time_step = sample_time_step(policy.time_step_spec, batch)
+    # Sampled masks may allow no action, which policies refuse.
+    time_step = action_masks.allow_every_action(
+        time_step, getattr(policy, "action_mask_input", None)
+    )
     state = policy.get_initial_state(batch)
     for _ in range(WARMUP_CALLS):
         state = policy.action(time_step, state).state

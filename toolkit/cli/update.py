@@ -40,13 +40,11 @@ def update(
     if not checkpoint.exists() and not Path(f"{checkpoint}.index").is_file():
         raise common.fail(f"{checkpoint}: no such checkpoint")
     from toolkit import bundle as bundle_lib
-    from toolkit import checkpoint_weights
 
-    manifest = bundle_lib.read_manifest(bundle)
+    layout = bundle_lib.read_layout(bundle)
     weights_only = (checkpoint / bundle_lib.CHECKPOINT_FILE).is_file()
-    tf_free = checkpoint_weights.has_weights_map(manifest) or weights_only
-    formats = manifest.get("formats", [])
-    if "saved_model" in formats or "litert" in formats or not tf_free:
+    tf_free = layout.weights is not None or weights_only
+    if layout.has("saved_model") or layout.has("litert") or not tf_free:
         # A SavedModel restores in TF, and policy.tflite is converted again from it.
         common.quiet_tensorflow(ctx)
     from exporters.update import update_bundle

@@ -32,10 +32,12 @@ def verify(
     LiteRT) and reports the largest difference per output.
     """
     common.bundle_must_exist(bundle)
+    from exporters import formats
     from toolkit import bundle as bundle_lib
 
     # Only the SavedModel needs TensorFlow: a device compares ONNX with LiteRT without it.
-    if "saved_model" in bundle_lib.read_manifest(bundle, check_files=False).get("formats", []):
+    layout = bundle_lib.read_layout(bundle, check_files=False)
+    if any("tensorflow" in formats.get(name).runner_needs for name in layout.formats):
         common.quiet_tensorflow(ctx)
     from exporters import verify as verify_bundle
 

@@ -1,9 +1,11 @@
-"""What runs on Ray's workers: bundle policies over onnxruntime, never TensorFlow.
+"""What runs on Ray's workers: bundle policies over a TF-free runtime, never TensorFlow.
 
-Actors receive the bundle as bytes (its manifest and ONNX graph, through the object
-store), so workers on other machines need no shared disk, and new weights as plain
-numpy arrays keyed by ONNX initializer name. Nothing here imports TensorFlow; a test
-checks ``sys.modules`` inside the actors.
+Actors receive the bundle as bytes (its manifest and the model file of their backend,
+``toolkit.distributed.backends``, through the object store), so workers on other
+machines need no shared disk, and new weights as plain numpy arrays keyed by ONNX
+initializer name. They use only the runtime policies' public methods
+(``apply_weights``, ``set_action_description``, ``action(seed=...)``). Nothing here
+imports TensorFlow; a test checks ``sys.modules`` inside the actors.
 """
 
 from __future__ import annotations
@@ -17,106 +19,115 @@ from typing import Any
 import numpy as np
 
 from toolkit import nest
+from toolkit.distributed.backends import Payload
 from toolkit.errors import BundleError
 
 __all__ = [
     "CollectorActor",
     "EvaluatorActor",
     "bundle_payload",
-    "make_environment",
+    "load_payload",
 ]
 
 
-def bundle_payload(path: str | os.PathLike) -> dict[str, bytes]:
-    """The files the onnx backend reads (manifest and graph), as ``{name: bytes}``."""
-    from toolkit import bundle
+def bundle_payload(path: str | os.PathLike, backend: str = "onnx") -> Payload:
+    """What actors of ``backend`` load from a bundle (see ``backends.payload``)."""
+    from toolkit.distributed import backends
 
-    root = Path(path)
-    if root.is_file():
-        root = root.parent
-    manifest = bundle.read_manifest(root, check_files=False)
-    onnx_info = manifest.get("onnx")
-    if "onnx" not in manifest.get("formats", []) or not isinstance(onnx_info, dict):
-        raise BundleError(
-            f"{root}: distributed actors run the onnx backend; the bundle was exported "
-            f"without ONNX (formats {manifest.get('formats', [])})"
-        )
-    names = [bundle.MANIFEST, onnx_info["file"]]
-    return {name: (root / name).read_bytes() for name in names}
+    return backends.payload(path, backend, takes_weights=False)
 
 
-def load_payload(files: dict[str, bytes], seed: int | None) -> Any:
-    """Writes the payload to a private folder and loads it with the onnx backend."""
+def load_payload(payload: Payload, seed: int | None) -> Any:
+    """Loads a payload with its backend, from a private folder removed right after.
+
+    The runtimes keep the model bytes they read, so nothing needs the folder later.
+    """
     from runtimes import load_policy
 
-    folder = Path(tempfile.mkdtemp(prefix="policy-toolkit-actor-"))
-    for name, data in files.items():
-        target = (folder / name).resolve()
-        if folder.resolve() not in target.parents:
-            raise BundleError(f"bundle payload: {name!r} points outside the bundle")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(data)
-    return load_policy(folder, backend="onnx", seed=seed, validate_args=False)
+    with tempfile.TemporaryDirectory(prefix="policy-toolkit-actor-") as tmp:
+        folder = Path(tmp).resolve()
+        for name, data in payload.files.items():
+            target = (folder / name).resolve()
+            if folder not in target.parents:
+                raise BundleError(f"bundle payload: {name!r} points outside the bundle")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+        return load_policy(folder, backend=payload.backend, seed=seed, validate_args=False)
 
 
-def make_environment(env: Any, num_envs: int) -> Any:
-    """A GymVectorEnvironment from an id, or from a callable making one gymnasium env."""
-    from toolkit.environments.gym_adapter import GymVectorEnvironment
+def block_generator(policy_seed: int | None, offset: int) -> np.random.Generator | None:
+    """The generator of a block's draws: the block at ``offset`` (episodes from the first).
 
-    if isinstance(env, str):
-        return GymVectorEnvironment(env, num_envs)
-    return GymVectorEnvironment([env] * num_envs)
-
-
-def set_weights(policy: Any, weights: dict[str, np.ndarray], train_step: int) -> None:
-    """Swaps ``weights`` ({initializer name: array}) into an onnx-backend policy."""
-    # The onnx backend rebuilds its session with initializer overrides, exactly as
-    # update_from_checkpoint does with a weights-only checkpoint's arrays.
-    policy._set_session(policy._new_session(weights))
-    policy._train_step = int(train_step)
+    A block's episodes then depend only on their seeds, whichever actor plays them and
+    however often (a lost worker's block is played again). The first block's draws
+    are a local run's (its policy seeded with ``policy_seed``); later blocks get their
+    own streams. None (unseeded): the policy's own generator.
+    """
+    if policy_seed is None:
+        return None
+    if offset == 0:
+        return np.random.default_rng(policy_seed)
+    return np.random.default_rng((policy_seed, offset))
 
 
-def set_action_description(policy: Any, description: dict[str, Any]) -> None:
-    """Swaps in a new action description (e.g. the decayed epsilon of a collect policy)."""
-    from runtimes import derivations
+class _Seeded:
+    """A policy whose draws come from one generator (``evaluate_policy`` passes none)."""
 
-    policy._description = description
-    policy._deriver = derivations.DerivationBuilder(
-        policy.action_spec, policy.policy_state_spec
-    ).build(description, policy._params_tree, "distribution", () if policy.is_stateful else None)
+    def __init__(self, policy: Any, rng: np.random.Generator):
+        self._policy = policy
+        self._rng = rng
+
+    def get_initial_state(self, batch_size: int | None = None) -> Any:
+        return self._policy.get_initial_state(batch_size)
+
+    def action(self, time_step: Any, policy_state: Any = (), seed: Any = None) -> Any:
+        return self._policy.action(
+            time_step, policy_state, seed=self._rng if seed is None else seed
+        )
 
 
 def imported_tensorflow() -> bool:
     return "tensorflow" in sys.modules
 
 
+def where() -> dict[str, Any]:
+    """Where this actor runs and whether TensorFlow was imported there."""
+    import ray
+
+    return {
+        "pid": os.getpid(),
+        "node_id": ray.get_runtime_context().get_node_id(),
+        "tensorflow": imported_tensorflow(),
+    }
+
+
 class EvaluatorActor:
     """Plays seeded episodes with a bundle's policy (wrapped by ``ray.remote``)."""
 
-    def __init__(self, files: dict[str, bytes], env: Any, seed: int | None):
-        self._policy = load_payload(files, seed)
-        self._env_spec = env
-        self._envs: dict[int, Any] = {}
+    def __init__(self, payload: Payload, env: Any, seed: int | None):
+        from toolkit.environments.episodes import EpisodePlayer
 
-    def evaluate(self, first_seed: int, count: int) -> tuple[list[float], list[int]]:
-        """Episodes seeded ``first_seed .. first_seed + count - 1``: returns, lengths."""
-        from toolkit.environments import driver
+        self._policy = load_payload(payload, seed)
+        self._player = EpisodePlayer(env)
 
-        env = self._envs.get(count)
-        if env is None:
-            env = self._envs[count] = make_environment(self._env_spec, count)
-        result = driver.evaluate_policy(env, self._policy, seed=first_seed)
+    def evaluate(
+        self, first_seed: int, count: int, rng: np.random.Generator | None = None
+    ) -> tuple[list[float], list[int]]:
+        """Episodes seeded ``first_seed .. first_seed + count - 1``: returns, lengths.
+
+        ``rng`` (``block_generator``) makes the policy's draws those of this block alone.
+        """
+        policy = self._policy if rng is None else _Seeded(self._policy, rng)
+        result = self._player.play(policy, first_seed, count)
         return result.episode_returns, result.episode_lengths
+
+    def backend(self) -> str:
+        """The runtime backend this actor plays with."""
+        return self._policy.backend
 
     def ping(self) -> dict[str, Any]:
         """Where this actor runs and whether TensorFlow was imported there."""
-        import ray
-
-        return {
-            "pid": os.getpid(),
-            "node_id": ray.get_runtime_context().get_node_id(),
-            "tensorflow": imported_tensorflow(),
-        }
+        return where()
 
 
 class _RowSink:
@@ -143,7 +154,8 @@ class CollectorActor:
     """Steps environments with a collect policy and hands back Experience rows.
 
     Args:
-      files: the collect policy's bundle (``bundle_payload``).
+      payload: the collect policy's bundle (``bundle_payload``; a backend that takes
+        weights from arrays).
       env: an environment id or a callable making one gymnasium environment.
       num_envs: environments stepped together (one policy call per step of all).
       n_step, gamma: the ExperienceWriter's n-step returns.
@@ -152,18 +164,18 @@ class CollectorActor:
 
     def __init__(
         self,
-        files: dict[str, bytes],
+        payload: Payload,
         env: Any,
         num_envs: int,
         n_step: int,
         gamma: float,
         seed: int,
     ):
-        from toolkit.environments import driver
+        from toolkit.environments import driver, episodes
         from toolkit.replay_buffer import ExperienceWriter
 
-        self._policy = load_payload(files, seed)
-        self._env = make_environment(env, num_envs)
+        self._policy = load_payload(payload, seed)
+        self._env = episodes.make_env(env, num_envs)
         self._sink = _RowSink()
         self._driver = driver.Driver(
             self._env, self._policy, [ExperienceWriter(self._sink, n_step, gamma)], max_steps=1
@@ -183,10 +195,10 @@ class CollectorActor:
           and ``train_step`` (of the weights that acted).
         """
         if train_step != self._weights_step:
-            set_weights(self._policy, weights, train_step)
+            self._policy.apply_weights(weights, train_step)
             self._weights_step = train_step
         if description != self._description:
-            set_action_description(self._policy, description)
+            self._policy.set_action_description(description)
             self._description = description
         self._driver.max_steps = steps * self._env.batch_size
         result = self._driver.run(self._time_step, self._state)
@@ -199,10 +211,5 @@ class CollectorActor:
         }
 
     def ping(self) -> dict[str, Any]:
-        import ray
-
-        return {
-            "pid": os.getpid(),
-            "node_id": ray.get_runtime_context().get_node_id(),
-            "tensorflow": imported_tensorflow(),
-        }
+        """Where this actor runs and whether TensorFlow was imported there."""
+        return where()

@@ -7,10 +7,15 @@ them in when they are newer than its own), steps its environments, and returns n
 Experience rows; the learner puts them in its replay buffer. Every
 ``weights_interval`` train steps the learner puts its current weights (numpy arrays
 keyed by ONNX initializer name) and the collect policy's action description (the
-decayed epsilon) into the object store once; later calls carry that reference. So a
-restarted actor, whose retried call carries the same reference, acts with the same
-weights, and no actor ever needs TensorFlow. The policy lag is the learner's train
-step minus the train step of the weights that acted.
+decayed epsilon) into the object store once; later calls carry that reference, and
+actors apply them with the runtime's public ``apply_weights`` and
+``set_action_description``; no actor ever needs TensorFlow. The policy lag is the
+learner's train step minus the train step of the weights that acted.
+
+An actor that dies (its process or its node) is replaced here, not restarted by Ray
+(whose restart never happens when the node is gone and no other CPU is free): the
+new actor, seeded as the old one, gets the next call. No experience from any actor
+for ``STALL_TIMEOUT_S`` seconds ends the run with a ``ClusterError``.
 """
 
 from __future__ import annotations
@@ -20,11 +25,15 @@ import tempfile
 import uuid
 from typing import Any
 
-from toolkit.errors import ArgumentError
+from toolkit.errors import ArgumentError, ClusterError
 
-__all__ = ["ACTOR_NAME_PREFIX", "DistributedCollector"]
+__all__ = ["ACTOR_NAME_PREFIX", "STALL_TIMEOUT_S", "DistributedCollector"]
 
 ACTOR_NAME_PREFIX = "policy-toolkit-collector-"
+#: How long the learner waits for experience when no actor sends any.
+STALL_TIMEOUT_S = 120.0
+#: Replacements allowed per actor over a run (a crashing environment is not retried forever).
+MAX_LOST_PER_ACTOR = 10
 
 
 class DistributedCollector:
@@ -57,6 +66,7 @@ class DistributedCollector:
         weights_interval: int = 100,
     ):
         from toolkit.distributed import actors as actors_lib
+        from toolkit.distributed import backends
         from toolkit.distributed import weights as weights_lib
 
         if int(actors) < 1:
@@ -68,21 +78,26 @@ class DistributedCollector:
         with tempfile.TemporaryDirectory(prefix="policy-toolkit-collect-") as tmp:
             bundle = os.path.join(tmp, "collect_policy")
             self._map = weights_lib.export_for_actors(agent.collect_policy, bundle)
-            files = actors_lib.bundle_payload(bundle)
-        remote = ray.remote(num_cpus=1, max_restarts=-1, max_task_retries=-1)(
+            payload = backends.payload(bundle, "auto", takes_weights=True)
+        remote = ray.remote(num_cpus=1, max_restarts=0, max_task_retries=0)(
             actors_lib.CollectorActor
         )
         base = 0 if seed is None else int(seed) * 1000
-        # Kept for the actors' lifetime: a restarted actor is built from it again.
-        self._files_ref = files_ref = ray.put(files)
+        # Kept for the actors' lifetime: a replacement is built from it again.
+        self._payload_ref = payload_ref = ray.put(payload)
         # Named so that operators (and tests) can find them: ray.util.list_named_actors().
         prefix = f"{ACTOR_NAME_PREFIX}{uuid.uuid4().hex[:8]}-"
-        self.actors = [
-            remote.options(scheduling_strategy="SPREAD", name=f"{prefix}{i}").remote(
-                files_ref, env, int(envs_per_actor), int(n_step), float(gamma), base + i
-            )
-            for i in range(int(actors))
-        ]
+        self._generation = 0
+
+        def start(i: int) -> Any:
+            self._generation += 1  # a lost actor's name may not be free yet
+            return remote.options(
+                scheduling_strategy="SPREAD", name=f"{prefix}{i}.{self._generation}"
+            ).remote(payload_ref, env, int(envs_per_actor), int(n_step), float(gamma), base + i)
+
+        self._start = start
+        self.actors = [start(i) for i in range(int(actors))]
+        self.lost_actors = 0
         self._weights_step = -1
         self._pending: dict[Any, Any] = {}
         self.policy_lag: int | None = None
@@ -122,13 +137,26 @@ class DistributedCollector:
         steps, returns = 0, []
         while True:
             # Block until min_steps arrived, then take whatever else is ready.
-            timeout = None if steps < min_steps else 0
+            timeout = STALL_TIMEOUT_S if steps < min_steps else 0
             done, _ = ray.wait(list(self._pending), num_returns=1, timeout=timeout)
             if not done:
+                if steps < min_steps:
+                    raise ClusterError(
+                        f"no experience from any of {len(self.actors)} Ray actors for "
+                        f"{STALL_TIMEOUT_S:g} s ({self.lost_actors} lost)"
+                    )
                 break
             for ref in done:
                 actor = self._pending.pop(ref)
-                result = ray.get(ref)
+                try:
+                    result = ray.get(ref)
+                except ray.exceptions.RayActorError as e:
+                    if e.actor_init_failed:
+                        raise ClusterError(
+                            f"a Ray collector could not start: {_last_line(str(e))}"
+                        ) from None
+                    self._submit(self._replace(actor))
+                    continue
                 self._submit(actor)
                 if result["rows"] is not None:
                     replay_buffer.add_batch(result["rows"])
@@ -137,7 +165,25 @@ class DistributedCollector:
                 self.policy_lag = self._train_step() - int(result["train_step"])
         return steps, returns
 
+    def _replace(self, actor: Any) -> Any:
+        """A new actor in the place of a lost one (seeded as it was)."""
+        self.lost_actors += 1
+        if self.lost_actors > MAX_LOST_PER_ACTOR * len(self.actors):
+            raise ClusterError(
+                f"{self.lost_actors} Ray collectors lost (at most "
+                f"{MAX_LOST_PER_ACTOR * len(self.actors)} are replaced)"
+            )
+        self._ray.kill(actor)
+        index = self.actors.index(actor)
+        self.actors[index] = self._start(index)
+        return self.actors[index]
+
     def close(self) -> None:
         for actor in self.actors:
             self._ray.kill(actor)
         self._pending.clear()
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else "no reason given"

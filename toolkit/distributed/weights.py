@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -76,8 +75,8 @@ def export_for_actors(policy: Any, path: str | os.PathLike) -> WeightsMap:
     finally:
         for variable, value in zip(variables, saved, strict=True):
             variable.assign(value)
-    manifest = bundle.read_manifest(root, check_files=False)
-    model = onnx.load(str(Path(root) / manifest["onnx"]["file"]))
+    layout = bundle.read_layout(root, check_files=False)
+    model = onnx.load_model_from_string(bundle.read_onnx(root, layout))
     owner = {}
     for index, probe in enumerate(probes):
         for position, value in enumerate(probe.reshape(-1)):

@@ -22,6 +22,15 @@ spaces (``Text``, ``Graph``, ``Sequence``, ``OneOf``, custom ones) raise Unsuppo
 
 Rewards are float32 scalars per environment, discounts float32, step types int32.
 gymnasium is imported when an adapter is built from an id, not when this module loads.
+
+Action masks: environments such as Taxi give ``info["action_mask"]`` (1 where an action
+is allowed) with every observation. ``action_mask=True`` (or the info key, as a str)
+makes it an observation leaf: observations become ``{"observation": <the space's
+value>, "mask": <int8 of shape (n,)>}`` for a ``Discrete(n)`` action space, the mask
+spec ``BoundedArraySpec((n,), int8, 0, 1)`` (nonzero values become 1), and
+``observation_and_action_constraint_splitter()`` returns the splitter that agents and
+policies take (a ``toolkit.action_masks.MaskSplitter``). A step without the mask in its
+info raises SpecMismatchError naming the key.
 """
 
 from __future__ import annotations
@@ -32,11 +41,13 @@ from typing import Any
 import numpy as np
 
 from toolkit import nest
-from toolkit.errors import ArgumentError, ArgumentTypeError, UnsupportedError
+from toolkit.action_masks import MaskSplitter
+from toolkit.errors import ArgumentError, ArgumentTypeError, SpecMismatchError, UnsupportedError
 from toolkit.specs.array_spec import ArraySpec, BoundedArraySpec
 from toolkit.trajectories import time_step as ts
 
 __all__ = [
+    "ACTION_MASK_INFO_KEY",
     "SUPPORTED_SPACES",
     "GymEnvironment",
     "GymVectorEnvironment",
@@ -46,6 +57,9 @@ __all__ = [
 SUPPORTED_SPACES = ("Box", "Discrete", "MultiDiscrete", "MultiBinary", "Dict", "Tuple")
 
 _REWARD_SPEC = ArraySpec((), np.float32, name="reward")
+#: The info key ``action_mask=True`` reads (gymnasium's toy-text environments give it).
+ACTION_MASK_INFO_KEY = "action_mask"
+_MASK_SPLITTER = MaskSplitter("observation", "mask")
 
 
 def _gym() -> Any:
@@ -108,6 +122,10 @@ def _from_nest(value: Any, space: Any) -> Any:
         return {key: _from_nest(value[key], sub) for key, sub in space.items()}
     if isinstance(space, spaces.Tuple):
         return tuple(_from_nest(v, sub) for v, sub in zip(value, space, strict=True))
+    if isinstance(space, spaces.Discrete) and isinstance(value, np.ndarray) and not value.ndim:
+        # A numpy scalar: toy-text environments index dicts with the action (Taxi's P[s][a]),
+        # and 0-d arrays are not hashable.
+        return value[()]
     return value
 
 
@@ -127,15 +145,49 @@ def _conform(value: Any, spec: Any, prefix: str, outer_dims: tuple[int, ...]) ->
     return nest.pack_sequence_as(spec, leaves)
 
 
+def _mask_info_key(action_mask: Any, action_space: Any) -> str | None:
+    """The info key of the action mask asked for, checked against the action space."""
+    if action_mask is False or action_mask is None:
+        return None
+    if action_mask is True:
+        key = ACTION_MASK_INFO_KEY
+    elif isinstance(action_mask, str) and action_mask:
+        key = action_mask
+    else:
+        raise ArgumentTypeError(
+            f"action_mask: expected a bool or an info key (str), got {action_mask!r}"
+        )
+    if not isinstance(action_space, _gym().spaces.Discrete):
+        raise UnsupportedError(
+            f"action_mask: masks a Discrete action space, got {type(action_space).__name__} "
+            f"{action_space!r}"
+        )
+    return key
+
+
 class _Specs:
     """Specs shared by the single and the vector adapter."""
 
-    def _init_specs(self, observation_space: Any, action_space: Any) -> None:
+    def _init_specs(self, observation_space: Any, action_space: Any, action_mask: Any) -> None:
         self._observation_space = observation_space
         self._action_space = action_space
-        self._observation_spec = space_to_spec(observation_space, "observation")
+        self._mask_key = _mask_info_key(action_mask, action_space)
+        if self._mask_key is None:
+            self._observation_spec = space_to_spec(observation_space, "observation")
+        else:
+            self._num_actions = int(action_space.n)
+            self._observation_spec = {
+                "observation": space_to_spec(observation_space, "observation/observation"),
+                "mask": BoundedArraySpec(
+                    (self._num_actions,), np.int8, 0, 1, name="observation/mask"
+                ),
+            }
         self._action_spec = space_to_spec(action_space, "action")
         self._time_step_spec = ts.time_step_spec(self._observation_spec, _REWARD_SPEC)
+
+    def observation_and_action_constraint_splitter(self) -> MaskSplitter | None:
+        """The splitter of this adapter's observations with ``action_mask``, else None."""
+        return None if self._mask_key is None else _MASK_SPLITTER
 
     def observation_spec(self) -> Any:
         return self._observation_spec
@@ -149,13 +201,29 @@ class _Specs:
     def time_step_spec(self) -> ts.TimeStep:
         return self._time_step_spec
 
-    def _observation(self, raw: Any, outer_dims: tuple[int, ...]) -> Any:
-        return _conform(
-            _to_nest(raw, self._observation_space),
-            self._observation_spec,
-            "observation",
-            outer_dims,
-        )
+    def _observation(self, raw: Any, outer_dims: tuple[int, ...], info: Any) -> Any:
+        value = _to_nest(raw, self._observation_space)
+        if self._mask_key is not None:
+            value = {"observation": value, "mask": self._mask(info, outer_dims)}
+        return _conform(value, self._observation_spec, "observation", outer_dims)
+
+    def _mask(self, info: Any, outer_dims: tuple[int, ...]) -> np.ndarray:
+        """The action mask of ``info`` (per environment for a vector), as int8 0/1."""
+        key = self._mask_key
+        shape = tuple(outer_dims) + (self._num_actions,)
+        value = info.get(key) if isinstance(info, dict) else None
+        present = info.get("_" + key, True) if isinstance(info, dict) else True
+        if value is None or not np.all(present):
+            missing = "" if value is None else f" for environments {np.flatnonzero(~present)}"
+            raise SpecMismatchError(
+                f"info[{key!r}]",
+                f"an action mask of shape {shape} (action_mask asks for it)",
+                f"none{missing}",
+            )
+        mask = np.asarray(value)
+        if mask.shape != shape:
+            raise SpecMismatchError(f"info[{key!r}]", f"shape {shape}", f"{mask.shape}")
+        return (mask != 0).astype(np.int8)
 
 
 class GymEnvironment(_Specs):
@@ -165,13 +233,22 @@ class GymEnvironment(_Specs):
       env: a ``gymnasium.Env``, or an environment id for ``gymnasium.make``.
       validate_actions: check actions against the action spec before stepping, so that
         a wrong shape or an out-of-range discrete action gets a clear SpecMismatchError.
+      action_mask: put the environment's ``info["action_mask"]`` (or the info key
+        given) into observations as ``{"observation": ..., "mask": ...}`` (see above).
       **make_kwargs: passed to ``gymnasium.make`` when ``env`` is an id.
     """
 
     batch_size: int | None = None
     batched = False
 
-    def __init__(self, env: Any, *, validate_actions: bool = True, **make_kwargs: Any):
+    def __init__(
+        self,
+        env: Any,
+        *,
+        validate_actions: bool = True,
+        action_mask: bool | str = False,
+        **make_kwargs: Any,
+    ):
         if isinstance(env, str):
             env = _gym().make(env, **make_kwargs)
         elif make_kwargs:
@@ -180,7 +257,7 @@ class GymEnvironment(_Specs):
             )
         self._env = env
         self._validate_actions = validate_actions
-        self._init_specs(env.observation_space, env.action_space)
+        self._init_specs(env.observation_space, env.action_space, action_mask)
         self._current: ts.TimeStep | None = None
         self.last_info: dict[str, Any] = {}
 
@@ -195,7 +272,9 @@ class GymEnvironment(_Specs):
     def reset(self, seed: int | None = None, options: dict[str, Any] | None = None) -> ts.TimeStep:
         """Starts an episode; ``seed`` seeds the environment's generator (gymnasium rules)."""
         observation, self.last_info = self._env.reset(seed=seed, options=options)
-        self._current = ts.restart(self._observation(observation, ()), reward_spec=_REWARD_SPEC)
+        self._current = ts.restart(
+            self._observation(observation, (), self.last_info), reward_spec=_REWARD_SPEC
+        )
         return self._current
 
     def step(self, action: Any) -> ts.TimeStep:
@@ -207,7 +286,7 @@ class GymEnvironment(_Specs):
         observation, reward, terminated, truncated, self.last_info = self._env.step(
             _from_nest(action, self._action_space)
         )
-        observation = self._observation(observation, ())
+        observation = self._observation(observation, (), self.last_info)
         reward = np.float32(reward)
         if terminated:
             self._current = ts.termination(observation, reward, reward_spec=_REWARD_SPEC)
@@ -243,6 +322,8 @@ class GymVectorEnvironment(_Specs):
         ``gymnasium.vector.VectorEnv`` whose autoreset mode is NEXT_STEP.
       num_envs: how many copies of an environment id to run.
       validate_actions: check actions against the (batched) action spec before stepping.
+      action_mask: put each environment's ``info["action_mask"]`` (or the info key
+        given) into observations as ``{"observation": ..., "mask": ...}`` (see above).
       **make_kwargs: passed to ``gymnasium.make`` when ``env`` is an id.
     """
 
@@ -254,6 +335,7 @@ class GymVectorEnvironment(_Specs):
         num_envs: int | None = None,
         *,
         validate_actions: bool = True,
+        action_mask: bool | str = False,
         **make_kwargs: Any,
     ):
         gym = _gym()
@@ -284,7 +366,7 @@ class GymVectorEnvironment(_Specs):
             )
         self._env = env
         self._validate_actions = validate_actions
-        self._init_specs(env.single_observation_space, env.single_action_space)
+        self._init_specs(env.single_observation_space, env.single_action_space, action_mask)
         self._current: ts.TimeStep | None = None
         self._needs_reset = np.ones(env.num_envs, dtype=bool)
         self.last_info: dict[str, Any] = {}
@@ -308,7 +390,9 @@ class GymVectorEnvironment(_Specs):
         observation, self.last_info = self._env.reset(seed=seed, options=options)
         outer = (self.batch_size,)
         self._current = ts.restart(
-            self._observation(observation, outer), self.batch_size, reward_spec=_REWARD_SPEC
+            self._observation(observation, outer, self.last_info),
+            self.batch_size,
+            reward_spec=_REWARD_SPEC,
         )
         self._needs_reset[:] = False
         return self._current
@@ -334,7 +418,7 @@ class GymVectorEnvironment(_Specs):
         discount = np.where(terminated & ~first, 0.0, 1.0).astype(np.float32)
         reward = np.where(first, 0.0, np.asarray(reward)).astype(np.float32)
         self._current = ts.TimeStep(
-            step_type, reward, discount, self._observation(observation, outer)
+            step_type, reward, discount, self._observation(observation, outer, self.last_info)
         )
         self._needs_reset = (terminated | truncated) & ~first
         return self._current

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from toolkit import nest
+from toolkit import action_masks, nest
 from toolkit.errors import PolicyError, SpecMismatchError, StructureError
 from toolkit.policies import py_policy, tf_policy
 from toolkit.policies.seeds import stateless_seed
@@ -92,6 +92,14 @@ class PyTFPolicy(py_policy.PyPolicy):
             )
         if not self.is_stateful:
             policy_state = ()
+        splitter = self._policy.observation_and_action_constraint_splitter
+        if splitter is not None:  # here, in numpy: the graph's own check names no batch dims
+            _, mask = splitter(time_step.observation)
+            action_masks.check_rows(
+                mask,
+                outer,
+                lambda: action_masks.mask_label(splitter, self.time_step_spec.observation),
+            )
         time_step, policy_state = _to_one_batch_dim((time_step, policy_state), len(outer))
         seed_array = self._seed_array(seed)
         step = self._compiled()(time_step, policy_state, seed_array)

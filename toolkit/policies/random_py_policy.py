@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from toolkit import nest
-from toolkit.errors import PolicyError, SpecError, SpecMismatchError
+from toolkit import action_masks, nest
+from toolkit.errors import SpecError, SpecMismatchError
 from toolkit.policies import py_policy
 from toolkit.specs import array_spec
 from toolkit.specs.array_spec import BoundedArraySpec
@@ -82,10 +82,12 @@ class RandomPyPolicy(py_policy.PyPolicy):
             raise SpecMismatchError(
                 "observation mask", f"shape {outer + (num_actions,)}", f"{mask.shape}"
             )
+        action_masks.check_rows(
+            mask,
+            outer,
+            lambda: action_masks.mask_label(self._splitter, self.time_step_spec.observation),
+        )
         flat_mask = mask.reshape(-1, num_actions).astype(bool)
-        if not np.all(flat_mask.any(axis=1)):
-            row = int(np.argmin(flat_mask.any(axis=1)))
-            raise PolicyError(f"action mask of batch entry {row} allows no action")
         # Uniform over allowed actions: argmax of masked uniform noise.
         noise = rng.uniform(size=flat_mask.shape)
         choice = np.argmax(np.where(flat_mask, noise, -1.0), axis=1)

@@ -34,12 +34,13 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
+from toolkit import action_masks, nest
 from toolkit import distribution_families as families
-from toolkit import nest
 from toolkit.distributions import utils as dist_utils
 from toolkit.distributions.shifted_categorical import ShiftedCategorical
 from toolkit.distributions.utils import as_action_distribution, params_from_distribution
 from toolkit.errors import (
+    NoAllowedActionError,
     PolicyError,
     SpecError,
     SpecMismatchError,
@@ -310,7 +311,9 @@ class TFPolicy(tf.Module):
           Actions (clipped to bounded specs when ``clip``), the next state and info,
           with the time step's batch dims.
         """
+        raw_step_type = time_step.step_type if isinstance(time_step, TimeStep) else None
         time_step, policy_state, restore = self._prepare(time_step, policy_state)
+        self._check_action_mask(time_step, raw_step_type)
         seed = self._draw_seed() if seed is None else stateless_seed(seed)
         step = self._action_step(time_step, policy_state, seed)
         return restore(step)
@@ -321,7 +324,9 @@ class TFPolicy(tf.Module):
         ``info["log_probability"]`` (when emitted) is zeros here: log-probabilities
         belong to sampled actions, which ``action()`` returns.
         """
+        raw_step_type = time_step.step_type if isinstance(time_step, TimeStep) else None
         time_step, policy_state, restore = self._prepare(time_step, policy_state)
+        self._check_action_mask(time_step, raw_step_type)
         step = self._distribution_step(time_step, policy_state)
         if self._emit_log_probability:
             batch = tf.shape(time_step.step_type)[:1]
@@ -496,6 +501,40 @@ class TFPolicy(tf.Module):
             nest.pack_sequence_as(self._policy_state_spec, nest.flatten(initial)),
             policy_state,
         )
+
+    def _check_action_mask(self, time_step: TimeStep, raw_step_type: Any) -> None:
+        """Refuses a batch entry whose action mask allows no action: there is none to take.
+
+        Eagerly a NoAllowedActionError naming the entry; traced, an Assert op (raising
+        InvalidArgumentError with the same text, the entry counted in the flattened
+        batch). ``distribution_params`` (what exports trace) has no such op: runtimes
+        check the mask the bundle declares themselves.
+        """
+        splitter = self.observation_and_action_constraint_splitter
+        if splitter is None:
+            return
+        _, mask = splitter(time_step.observation)
+        mask = tf.convert_to_tensor(mask)
+        batch = tf.shape(time_step.step_type)[0]
+        allowed = tf.reduce_any(tf.not_equal(mask, tf.zeros([], mask.dtype)), axis=-1)
+        allowed = tf.reduce_all(tf.reshape(allowed, [batch, -1]), axis=-1)
+        observation_spec = self._time_step_spec.observation
+        if tf.executing_eagerly():
+            outer = tuple(np.shape(raw_step_type)) if raw_step_type is not None else (None,)
+            if None in outer or int(np.prod(outer)) != int(batch):
+                outer = (int(batch),)
+            action_masks.check_rows(
+                allowed.numpy()[:, None],
+                outer,
+                lambda: action_masks.mask_label(splitter, observation_spec),
+            )
+            return
+        label = action_masks.mask_label(splitter, observation_spec)
+        row = tf.argmin(tf.cast(allowed, tf.int32), output_type=tf.int32)
+        message = tf.strings.join(
+            [f"{label}[", tf.strings.as_string(row), f"]: {NoAllowedActionError.problem}"]
+        )
+        tf.debugging.Assert(tf.reduce_all(allowed), [message], name="check_action_mask")
 
     def _draw_seed(self) -> tf.Tensor:
         return self._rng.uniform_full_int([2], tf.int32)

@@ -177,7 +177,12 @@ def test_every_signature_answers_as_the_policy_in_process(server, kind, fmt):
         assert answer == ({"predictions": [value]} if fmt == "rows" else {"outputs": value})
 
 
-@pytest.mark.parametrize("kind", KINDS)
+# Beside the served kinds: a sampled epsilon-greedy (the deriver's draws, log
+# probabilities in info) and a stateful mixture (state through the deriver).
+FLAT_KINDS = [*KINDS, "epsilon_greedy_q", "mixture/stateful"]
+
+
+@pytest.mark.parametrize("kind", FLAT_KINDS)
 def test_flat_entry_points_act_as_the_nested_ones(kind):
     """What the server runs (flat named arrays, no nests) equals action() and
     distribution_params() on the same inputs, leaf for leaf, with the same seed."""

@@ -7,16 +7,18 @@ import asyncio
 import importlib
 import json
 import re
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 
 import runtimes
 from runtimes.serving import jsonio, protocols, tfserving_rest
+from runtimes.serving.batching import Batcher
 from runtimes.serving.core import CoreOptions, VersionState, build_core
 from runtimes.serving.models import ModelConfig
 from tests.contract import cases_runtime as cr
-from toolkit.errors import ErrorKind, ServingError, SpecMismatchError
+from toolkit.errors import ErrorKind, ServingError, SpecMismatchError, UnsupportedError
 from toolkit.trajectories.time_step import TimeStep
 
 # --- the JSON of large bodies ---------------------------------------------------------------
@@ -183,7 +185,108 @@ def test_flat_entry_points_name_bad_inputs():
         ({**good, "observation": np.zeros((2, 3), np.float32)}, "observation: expected shape"),
         ({**good, "step_type": np.array([1, 3], np.int32)}, "step_type"),
         ({k: v[0] for k, v in good.items()}, "step_type: expected one batch dim, shape (B,)"),
+        # A missing input after one that needs converting (it was a KeyError), a typo
+        # in place of a name, an explicit None, and no mapping at all.
+        (
+            {"step_type": [1, 1], "reward": good["reward"], "discount": good["discount"]},
+            "observation: expected an array",
+        ),
+        ({**{k: v for k, v in good.items() if k != "reward"}, "rewards": 0}, "rewards: expected"),
+        ({**good, "observation": None}, "observation: expected an array"),
+        ("step_type", "inputs: expected a mapping of input name -> array, got str"),
     ]
     for inputs, message in cases:
         with pytest.raises(SpecMismatchError, match=re.escape(message)):
             policy.action_flat(inputs)
+
+
+def test_one_requests_bad_rows_fail_only_that_request_of_a_merged_batch():
+    """A step type of 3 in one request fails that request, named at its own row, while
+    the requests merged with it are answered (they all failed with its error before)."""
+    policy = runtimes.load_policy(cr.bundle("greedy_q"), "onnx")
+
+    def inputs(step_types: list[int]) -> dict[str, np.ndarray]:
+        n = len(step_types)
+        observation = np.linspace(-1, 1, n * 4, dtype=np.float32).reshape(n, 4)
+        return {
+            "step_type": np.array(step_types, np.int32),
+            "reward": np.zeros(n, np.float32),
+            "discount": np.ones(n, np.float32),
+            "observation": observation,
+        }
+
+    batches = []
+    with ThreadPoolExecutor(1) as executor:
+        batcher = Batcher(policy.action_flat, 0.05, 64, executor, on_batch=batches.append)
+
+        async def three_requests():
+            return await asyncio.gather(
+                batcher(inputs([1, 1]), 2),
+                batcher(inputs([1, 3]), 2),
+                batcher(inputs([0]), 1),
+                return_exceptions=True,
+            )
+
+        good, bad, first = asyncio.run(three_requests())
+    assert batches == [5]  # one merged call
+    assert isinstance(bad, SpecMismatchError)
+    assert (
+        "step_type: expected a step type in {0: FIRST, 1: MID, 2: LAST}, got 3 at index (1,)"
+        in (str(bad))
+    )
+    np.testing.assert_array_equal(good["action"], policy.action_flat(inputs([1, 1]))["action"])
+    np.testing.assert_array_equal(first["action"], policy.action_flat(inputs([0]))["action"])
+
+
+def test_the_core_serves_any_backend_of_the_table_and_refuses_what_one_cannot_do():
+    """A backend registered in runtimes.backends (one line) serves; --follow is refused
+    for one without weight updates, and an unknown name lists the table's."""
+    from runtimes import backends
+    from runtimes.serving.core import check_backend
+
+    backends.register(
+        backends.Backend(
+            "toy",
+            "tests.extensions.toy_backend",
+            "ToyPolicy",
+            "onnx",
+            "onnxruntime",
+            "runtime",
+            "ONNX",
+            weight_updates=False,
+            auto=False,
+        )
+    )
+    core = None
+    try:
+        check_backend("toy", follow=False)
+        with pytest.raises(
+            UnsupportedError,
+            match=re.escape(
+                "--follow: the toy backend cannot take checkpoints; expected a backend with "
+                "weight updates (onnx, tf)"
+            ),
+        ):
+            check_backend("toy", follow=True)
+        with pytest.raises(
+            SpecMismatchError,
+            match=re.escape("backend: expected one of ['auto', 'onnx', 'litert', 'tf', 'toy']"),
+        ):
+            check_backend("openvino", follow=False)
+        bundle = cr.bundle("greedy_q")
+        core = build_core(CoreOptions([ModelConfig("m", bundle)], backend="toy"))
+        core.registry.poll()
+        loaded = core.resolve("m", None, None)
+        assert type(loaded.policy).__name__ == "ToyPolicy"
+        observations = np.linspace(-1, 1, 8, dtype=np.float32).reshape(2, 4)
+        outputs = asyncio.run(
+            core.run(loaded.signatures["serving_default"], {"observation": observations})
+        )
+        onnx = runtimes.load_policy(bundle, "onnx")
+        mid = TimeStep(np.ones(2, np.int32), np.zeros(2, np.float32), np.ones(2, np.float32), None)
+        expected = onnx.action(mid._replace(observation=observations)).action
+        np.testing.assert_array_equal(outputs["action"], expected)
+    finally:
+        if core is not None:
+            core.close()
+        backends.unregister("toy")

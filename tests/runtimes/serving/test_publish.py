@@ -161,9 +161,9 @@ def test_killed_publishes_leave_nothing_the_next_publish_does_not_remove(tmp_pat
     result = run_python(
         f"""
         import os
-        from toolkit import bundle
+        from toolkit.bundle import writing
         from runtimes.serving.publish import publish
-        bundle._crash_hook = lambda point: os._exit(9) if point == "synced" else None
+        writing._crash_hook = lambda point: os._exit(9) if point == "synced" else None
         publish({str(cr.bundle("greedy_q"))!r}, {str(base)!r}, 5)
         """,
         without_tensorflow=True,

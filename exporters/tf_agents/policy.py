@@ -1,6 +1,6 @@
 """TFAgentsPolicy: a policy saved by TF-Agents' ``PolicySaver``, as a TFPolicy of this project.
 
-The adapter wraps the loaded SavedModel (see ``exporters.tf_agents_import``) so that
+The adapter wraps the loaded SavedModel (loaded by ``exporters.tf_agents.saved``) so that
 ``exporters.export_policy`` turns it into a regular bundle, like any native policy:
 
 * specs come from ``policy_specs.pbtxt``; the variables are the saved model's own;
@@ -11,7 +11,16 @@ The adapter wraps the loaded SavedModel (see ``exporters.tf_agents_import``) so 
 * the saved functions reset the state on FIRST themselves (TF-Agents traced its own
   reset into them), so the base class's reset is off;
 * the action is a sample of the distribution, clipped to the action spec, as
-  TF-Agents' ``action`` does (a deterministic leaf samples to its ``loc``).
+  TF-Agents' ``action`` does (a deterministic leaf samples to its ``loc``). A categorical
+  whose values pass the spec's bounds (TF-Agents' ActorPolicy over actions [1, 4]
+  samples an index 0..3, which the clip turns into 1, 1, 2, 3) becomes the categorical
+  of the clipped values, so sampling it is sampling TF-Agents' action;
+* with ``greedy``, each leaf is the saved distribution's own mode, clipped to the spec:
+  TF-Agents' ``GreedyPolicy`` (which the mode of the clipped categorical above is not);
+* ``mask``: the observation leaf a collect policy's random branch masks its actions
+  with (``exporters.tf_agents.graph``); it becomes this policy's
+  ``observation_and_action_constraint_splitter``, which this project's
+  EpsilonGreedyPolicy honours in its random branch, as TF-Agents' does.
 
 TF-Agents' info, when it is a namedtuple (``PolicyInfo``), becomes a dict with the same
 paths; its ``log_probability`` entry becomes this project's ``emit_log_probability``
@@ -28,8 +37,19 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from exporters import tf_agents_graph, tf_agents_types
-from exporters import tf_agents_import as tai
+from exporters.tf_agents import distributions as tfa_distributions
+from exporters.tf_agents import graph as saved_graph
+from exporters.tf_agents.saved import (
+    check_initial_state,
+    find_concrete,
+    load_saved_policy,
+    random_tf_ops,
+    read_checkpoint,
+    saved_batch_size,
+    saved_metadata,
+    tf_op_types,
+)
+from exporters.tf_agents.specs import field_names, read_policy_specs
 from toolkit import distribution_families as families
 from toolkit import nest
 from toolkit.errors import UnsupportedError
@@ -72,6 +92,13 @@ class TFAgentsPolicy(tf_policy.TFPolicy):
         saved ``action`` applies too).
       validate_args: check inputs against the specs.
       name: module name.
+      core: the graph tensor of the deterministic action inside a collect policy's
+        saved action (``exporters.tf_agents.graph.Exploration.core``): that is this
+        policy's action.
+      greedy: each action leaf is the saved distribution's mode (TF-Agents'
+        GreedyPolicy).
+      mask: the index among the observation's leaves of the action mask (1 where an
+        action is allowed), for the exploration wrappers' random branches.
 
     Raises:
       BundleError: the directory is not a TF-Agents saved policy.
@@ -92,18 +119,20 @@ class TFAgentsPolicy(tf_policy.TFPolicy):
         validate_args: bool = True,
         name: str | None = None,
         core: str | None = None,
+        greedy: bool = False,
+        mask: int | None = None,
     ):
         source = Path(saved_model_dir)
-        specs = tai.read_policy_specs(source)
-        loaded = tai.load_saved_policy(source)
-        action_fn = tai.find_concrete(loaded.action)
+        specs = read_policy_specs(source)
+        loaded = load_saved_policy(source)
+        action_fn = find_concrete(loaded.action)
         if action_fn is None:
             raise UnsupportedError(
                 f"{source}: action: expected a function of (time_step, policy_state), got a "
                 "signature without time steps (saved with PolicySaver's input_fn_and_spec?)"
             )
-        batch_size = tai.saved_batch_size(action_fn)
-        tai.check_initial_state(loaded, specs, batch_size, source)
+        batch_size = saved_batch_size(action_fn)
+        check_initial_state(loaded, specs, batch_size, source)
         info_spec, emit_log_probability = _info_specs(specs.raw["info_spec"])
         super().__init__(
             specs.raw["time_step_spec"],
@@ -126,10 +155,16 @@ class TFAgentsPolicy(tf_policy.TFPolicy):
         # PolicySaver saves no model_variables for a policy without variables.
         self.model_variables = tuple(getattr(loaded, "model_variables", ()))
         # A plain list (tf.Module would wrap it into a tracked ListWrapper).
-        object.__setattr__(self, "_random_ops", tai.random_tf_ops(tai.tf_op_types(action_fn)))
+        object.__setattr__(self, "_random_ops", random_tf_ops(tf_op_types(action_fn)))
         # Saved functions run inlined (captured constants folded in) where needed.
         object.__setattr__(self, "_inlined", {})
         self._core = core
+        self._greedy = greedy
+        self._mask = mask
+        if mask is not None:
+            # The base class's splitter hook, which the wrappers' random branches read
+            # (a plain attribute: tf.Module would try to track the function).
+            object.__setattr__(self, "_splitter", lambda obs: (obs, nest.flatten(obs)[mask]))
         if core is not None:
             self._function, self._skipped = ACTION_CORE, None
             self._inline(ACTION, [core])
@@ -176,7 +211,7 @@ class TFAgentsPolicy(tf_policy.TFPolicy):
     @property
     def saved_metadata(self) -> dict[str, np.ndarray]:
         """PolicySaver's metadata (``get_metadata()``) as numpy values."""
-        return tai.saved_metadata(self._saved)
+        return saved_metadata(self._saved)
 
     def _choose_function(self, loaded: Any, source: Path) -> tuple[str, str | None]:
         """``distribution`` when it gives supported families, else a deterministic ``action``."""
@@ -198,10 +233,10 @@ class TFAgentsPolicy(tf_policy.TFPolicy):
     def _check_distribution(self, loaded: Any) -> None:
         """Raises UnsupportedError unless the saved distribution can be exported."""
         function = getattr(loaded, "distribution", None)
-        concrete = None if function is None else tai.find_concrete(function)
+        concrete = None if function is None else find_concrete(function)
         if concrete is None:
             raise UnsupportedError("the saved policy has no distribution function")
-        fields = tai.field_names(concrete.structured_outputs)
+        fields = field_names(concrete.structured_outputs)
         if fields is None or "action" not in fields:
             # PolicySaver saves a function that only raises when it could not serialize
             # policy.distribution() (e.g. a TransformedDistribution); it returns ().
@@ -219,7 +254,7 @@ class TFAgentsPolicy(tf_policy.TFPolicy):
             nest.flatten_up_to(self._specs.raw["action_spec"], step.action),
             strict=True,
         ):
-            _leaf_params(_action_distribution(dist, spec, path), spec, batch, path)
+            _leaf_params(self._leaf_distribution(dist, spec, path), spec, batch, path)
 
     # --- calling the saved functions ---------------------------------------------------
 
@@ -239,13 +274,13 @@ class TFAgentsPolicy(tf_policy.TFPolicy):
 
     def _inline(self, function: str, fetches: list[str] | None = None) -> None:
         """Runs the saved ``function`` inlined from now on (``fetches``: part of it)."""
-        concrete = tai.find_concrete(getattr(self._saved, function))
-        graph = tf_agents_graph.SavedGraph(concrete)
+        concrete = find_concrete(getattr(self._saved, function))
+        graph = saved_graph.SavedGraph(concrete)
         variables = list(self.model_variables)
 
         def inlined(time_step, policy_state):
             args = nest.flatten(time_step) + nest.flatten(policy_state)
-            outputs = tf_agents_graph.inline_call(graph, args, variables, fetches)
+            outputs = saved_graph.inline_call(graph, args, variables, fetches)
             if fetches is not None:
                 return outputs
             return tf.nest.pack_sequence_as(
@@ -264,15 +299,19 @@ class TFAgentsPolicy(tf_policy.TFPolicy):
         self._inlined[function] = call
 
     def _call(self, function: str, time_step: TimeStep, policy_state: Any) -> Any:
-        """The saved function's PolicyStep: inlined when it captured constants.
+        """The saved function's PolicyStep: inlined when it captured constants or combines
+        variables before the time step meets them.
 
         A restored function called inside a trace passes its captured constants (e.g.
         C51's support, made outside the traced function) as inputs of the new graph,
-        which would become stray inputs of the exported one.
+        which would become stray inputs of the exported one; and the conversion would
+        fold variables combined among themselves (PPO's observation normaliser) into
+        constants no checkpoint can update (``saved_graph.folded_reads``).
         """
         if function not in self._inlined:
-            concrete = tai.find_concrete(getattr(self._saved, function))
-            if tf_agents_graph.captured_constants(concrete):
+            concrete = find_concrete(getattr(self._saved, function))
+            graph = saved_graph.SavedGraph(concrete)
+            if saved_graph.captured_constants(concrete) or saved_graph.folded_reads(graph):
                 self._inline(function)
             else:
                 self._inlined[function] = getattr(self._saved, function)
@@ -288,6 +327,20 @@ class TFAgentsPolicy(tf_policy.TFPolicy):
             info = {k: v for k, v in info.items() if k != tf_policy.LOG_PROBABILITY}
         return nest.pack_sequence_as(self._base_info_spec, nest.flatten(info))
 
+    def _leaf_distribution(self, dist: Any, spec: Any, path: str) -> tfd.Distribution:
+        """One saved leaf in this project's terms: its distribution, or with ``greedy``
+        its own mode (TF-Agents' GreedyPolicy: ``mode()``, clipped by ``action``)."""
+        if not self._greedy:
+            return _action_distribution(dist, spec, path)
+        _action_distribution(dist, spec, path)  # the same families are supported
+        try:
+            mode = dist.mode()
+        except NotImplementedError:
+            raise UnsupportedError(
+                f"{path}: a {type(dist).__name__} has no mode: nothing greedy to import"
+            ) from None
+        return tf_policy.as_action_distribution(tf.cast(mode, spec.dtype), spec, path)
+
     def _distribution(self, time_step: TimeStep, policy_state: Any) -> PolicyStep:
         time_step, state = self._saved_inputs(time_step, policy_state)
         leaves = nest.flatten_with_paths(self.action_spec, "distribution")
@@ -299,7 +352,9 @@ class TFAgentsPolicy(tf_policy.TFPolicy):
         if self._function == DISTRIBUTION:
             step = self._call(DISTRIBUTION, time_step, state)
             saved = nest.flatten_up_to(self._specs.raw["action_spec"], step.action)
-            dists = [_action_distribution(d, s, p) for (p, s), d in zip(leaves, saved, strict=True)]
+            dists = [
+                self._leaf_distribution(d, s, p) for (p, s), d in zip(leaves, saved, strict=True)
+            ]
         else:
             step = self._call(ACTION, time_step, state)
             actions = nest.flatten_up_to(self._specs.raw["action_spec"], step.action)
@@ -335,6 +390,8 @@ class TFAgentsPolicy(tf_policy.TFPolicy):
             validate_args=self.validate_args,
             name=self.name,
             core=self._core,
+            greedy=self._greedy,
+            mask=self._mask,
         )
         other.update(self)
         return other
@@ -351,7 +408,7 @@ class TFAgentsPolicy(tf_policy.TFPolicy):
         Raises:
           BundleError: no checkpoint there, or one of another policy.
         """
-        fresh = tai.read_checkpoint(self._source, checkpoint_path)
+        fresh = read_checkpoint(self._source, checkpoint_path)
         for target, value in zip(self.model_variables, fresh.model_variables, strict=True):
             target.assign(value)
         return int(fresh.get_train_step()) if hasattr(fresh, "get_train_step") else -1
@@ -360,7 +417,7 @@ class TFAgentsPolicy(tf_policy.TFPolicy):
 def _leaf_params(dist: Any, spec: Any, batch: Any, path: str) -> families.DistributionParams:
     """The export parameters of one action leaf's distribution (TF-Agents' families too)."""
     base = dist.distribution if isinstance(dist, tfd.Independent) else dist
-    if tf_agents_types.tf_agents_class(base) != tf_agents_types.SQUASH_TO_SPEC_NORMAL:
+    if tfa_distributions.tf_agents_class(base) != tfa_distributions.SQUASH_TO_SPEC_NORMAL:
         return tf_policy.params_from_distribution(dist, spec, batch, path)
     shape = tf.concat([tf.reshape(tf.cast(batch, tf.int32), [1]), spec.shape.as_list()], 0)
 
@@ -382,23 +439,45 @@ def _leaf_params(dist: Any, spec: Any, batch: Any, path: str) -> families.Distri
     )
 
 
+def _within_bounds(logits: tf.Tensor, shift: int, spec: Any, path: str) -> tuple[tf.Tensor, int]:
+    """``(logits, shift)`` of the categorical of the actions TF-Agents returns.
+
+    TF-Agents samples a value ``index + shift`` and its action clips it into the spec's
+    bounds. Where the values pass the bounds, the probability of each value outside
+    goes to the bound it is clipped to, and values inside that no index reaches get
+    none (log 0 = -inf): a categorical over ``minimum .. maximum``.
+    """
+    n = logits.shape[-1]
+    if not hasattr(spec, "minimum") or n is None:
+        return logits, shift
+    low, high = np.unique(np.asarray(spec.minimum)), np.unique(np.asarray(spec.maximum))
+    if low.size != 1 or high.size != 1:
+        raise UnsupportedError(
+            f"{path}: expected one minimum and one maximum for a categorical action, got "
+            f"{spec.minimum} .. {spec.maximum}"
+        )
+    low, high = int(low[0]), int(high[0])
+    if low <= shift and shift + n - 1 <= high:
+        return logits, shift
+    clipped = np.clip(np.arange(n) + shift, low, high) - low
+    onto = np.zeros((n, high - low + 1), np.float32)
+    onto[np.arange(n), clipped] = 1.0  # index -> the action it is clipped to
+    probs = tf.nn.softmax(tf.cast(logits, tf.float32)) @ tf.constant(onto)
+    return tf.math.log(probs), low
+
+
 def _action_distribution(dist: Any, spec: tf.TensorSpec, path: str) -> tfd.Distribution:
     """One saved distribution with event shape ``spec.shape``, in TF-Agents' semantics."""
     base = dist.distribution if isinstance(dist, tfd.Independent) else dist
-    kind = tf_agents_types.tf_agents_class(base)
-    if kind == tf_agents_types.SQUASH_TO_SPEC_NORMAL:
+    kind = tfa_distributions.tf_agents_class(base)
+    if kind == tfa_distributions.SQUASH_TO_SPEC_NORMAL:
         return tf_policy.as_action_distribution(dist, spec, path)
     if isinstance(base, tfd.Categorical):
         # TF-Agents uses a TFP Categorical's indices as actions, unshifted; its own
         # ShiftedCategorical adds its shift (MaskedCategorical's logits are masked).
-        shift = int(base.shift) if kind == tf_agents_types.SHIFTED_CATEGORICAL else 0
-        low = int(np.asarray(spec.minimum).min()) if hasattr(spec, "minimum") else 0
-        if kind == tf_agents_types.SHIFTED_CATEGORICAL and shift != low:
-            raise UnsupportedError(
-                f"{path}: expected a ShiftedCategorical starting at the action minimum "
-                f"{low}, got shift {shift}"
-            )
+        shift = int(base.shift) if kind == tfa_distributions.SHIFTED_CATEGORICAL else 0
         logits = base.logits if base.logits is not None else tf.math.log(base.probs)
+        logits, shift = _within_bounds(logits, shift, spec, path)
         shifted = tf_policy.ShiftedCategorical(logits, shift=shift, dtype=spec.dtype)
         if spec.shape.rank:
             return tfd.Independent(shifted, reinterpreted_batch_ndims=spec.shape.rank)

@@ -1,15 +1,13 @@
-"""Validation of bundle manifests against their JSON Schema (TF-free, no schema library).
+"""A small JSON Schema (draft 2020-12) interpreter for the manifest schema (TF-free).
 
-The schema is ``toolkit/schemas/manifest.schema.json`` (published as
-docs/manifest.schema.json). ``validate`` checks a manifest against it with a small
-interpreter of the JSON Schema keywords the schema uses, then checks what a schema
-cannot say (spec bounds that fit their dtype and shape, element counts, file
-references). Every violation is one line naming the JSON path, e.g.
-``manifest.json: signatures.distribution.inputs[0].shape[1]: expected an int or null,
-got "x"``.
+It knows the keywords ``toolkit/schemas/manifest.schema.json`` uses, and words each
+violation as one line naming the JSON path, e.g. ``signatures.distribution.inputs[0].
+shape[1]: expected an int or null, got "x"``. The bundle rules a schema cannot say are in
+``toolkit.bundle.manifest``.
 
-Why not a schema library: this runs on every load on edge devices; importing
-jsonschema costs tens of milliseconds, this interpreter a fraction of one.
+Why not a schema library: this runs on every load on edge devices; importing jsonschema
+costs tens of milliseconds, this interpreter a fraction of one (the dev extra's
+jsonschema checks both agree: tests/toolkit/test_bundle_trust.py).
 """
 
 from __future__ import annotations
@@ -21,13 +19,19 @@ import re
 from pathlib import Path
 from typing import Any
 
-from toolkit.errors import BundleError
+__all__ = [
+    "MAX_VIOLATIONS",
+    "SCHEMA_PATH",
+    "add_format",
+    "format_names",
+    "join_path",
+    "register_format",
+    "schema",
+    "schema_violations",
+    "show_value",
+]
 
-__all__ = ["MAX_ELEMENTS", "SCHEMA_PATH", "schema", "schema_violations", "validate", "violations"]
-
-SCHEMA_PATH = Path(__file__).parent / "schemas" / "manifest.schema.json"
-#: Largest element count of one array a manifest may describe (a spec leaf, a graph I/O).
-MAX_ELEMENTS = 1 << 24
+SCHEMA_PATH = Path(__file__).parents[1] / "schemas" / "manifest.schema.json"
 #: Violations reported at most (the rest are counted).
 MAX_VIOLATIONS = 20
 _MAX_DEPTH = 64
@@ -35,13 +39,55 @@ _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _IGNORED = frozenset({"$schema", "$id", "title", "description", "$defs", "else"})
 
 
+#: Format sections registered at run time (``exporters.formats.register``), by name.
+_REGISTERED: dict[str, dict[str, Any]] = {}
+
+
 @functools.cache
 def schema() -> dict[str, Any]:
-    """The manifest's JSON Schema (draft 2020-12)."""
-    return json.loads(SCHEMA_PATH.read_text())
+    """The manifest's JSON Schema (draft 2020-12), with formats registered at run time."""
+    data = json.loads(SCHEMA_PATH.read_text())
+    for name, section in _REGISTERED.items():
+        add_format(data, name, section)
+    return data
 
 
-def _join(path: str, key: Any) -> str:
+def register_format(name: str, section: dict[str, Any]) -> None:
+    """Makes readers accept the format ``name`` with a manifest section matching
+    ``section`` (a format registered outside the committed schema)."""
+    _REGISTERED[name] = section
+    schema.cache_clear()
+
+
+def unregister_format(name: str) -> None:
+    """Undoes ``register_format``."""
+    if _REGISTERED.pop(name, None) is not None:
+        schema.cache_clear()
+
+
+def add_format(data: dict[str, Any], name: str, section: dict[str, Any]) -> None:
+    """Adds (or replaces) a format in a manifest schema: its section under ``name``, the
+    name in ``formats``, and the rule that a listed format has its section."""
+    data["properties"][name] = section
+    items = data["properties"]["formats"]["items"]
+    if name not in items["enum"]:
+        items["enum"].append(name)
+    data["properties"]["formats"]["maxItems"] = len(items["enum"])
+    rule = {
+        "if": {"properties": {"formats": {"contains": {"const": name}}}, "required": ["formats"]},
+        "then": {"required": [name]},
+    }
+    if rule not in data.setdefault("allOf", []):
+        data["allOf"].append(rule)
+
+
+def format_names() -> list[str]:
+    """The formats a manifest may list (the schema's ``formats`` enum)."""
+    return list(schema()["properties"]["formats"]["items"]["enum"])
+
+
+def join_path(path: str, key: Any) -> str:
+    """A JSON path with ``key`` appended: ``a.b``, ``a[3]``, ``a["x y"]``."""
     if isinstance(key, int):
         return f"{path}[{key}]"
     # An ASCII identifier is exactly what _IDENTIFIER matches, and this test is cheaper.
@@ -50,7 +96,8 @@ def _join(path: str, key: Any) -> str:
     return f"{path}[{json.dumps(key)}]"
 
 
-def _got(value: Any) -> str:
+def show_value(value: Any) -> str:
+    """A value as a message shows it: its JSON, shortened, or "an object"/"a list"."""
     if isinstance(value, dict):
         return "an object"
     if isinstance(value, list):
@@ -234,37 +281,42 @@ class _Validator:
         kinds = schema.get("type")
         if kinds is not None and not _types_ok(value, kinds):
             kinds = [kinds] if isinstance(kinds, str) else kinds
-            self.fail(path, f"expected {_or([_TYPE_TEXT[k] for k in kinds])}, got {_got(value)}")
+            self.fail(
+                path, f"expected {_or([_TYPE_TEXT[k] for k in kinds])}, got {show_value(value)}"
+            )
             return False
         if isinstance(value, float) and not math.isfinite(value):
             self.fail(path, f"expected a finite number, got {value}")
             return False
         if "const" in schema and value != schema["const"]:
-            self.fail(path, f"expected {json.dumps(schema['const'])}, got {_got(value)}")
+            self.fail(path, f"expected {json.dumps(schema['const'])}, got {show_value(value)}")
             return False
         if "enum" in schema and not (
             value in schema["enum"]  # a str equals only strs: no type test needed
             if type(value) is str
             else any(value == e and type(value) is type(e) for e in schema["enum"])
         ):
-            self.fail(path, f"expected one of {json.dumps(schema['enum'])}, got {_got(value)}")
+            self.fail(
+                path, f"expected one of {json.dumps(schema['enum'])}, got {show_value(value)}"
+            )
             return False
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             if "minimum" in schema and value < schema["minimum"]:
-                self.fail(path, f"expected a value >= {schema['minimum']}, got {_got(value)}")
+                self.fail(path, f"expected a value >= {schema['minimum']}, got {show_value(value)}")
             if "maximum" in schema and value > schema["maximum"]:
-                self.fail(path, f"expected a value <= {schema['maximum']}, got {_got(value)}")
+                self.fail(path, f"expected a value <= {schema['maximum']}, got {show_value(value)}")
         if isinstance(value, str):
             if len(value) < schema.get("minLength", 0):
                 self.fail(
-                    path, f"expected at least {schema['minLength']} characters, got {_got(value)}"
+                    path,
+                    f"expected at least {schema['minLength']} characters, got {show_value(value)}",
                 )
             if len(value) > schema.get("maxLength", math.inf):
                 self.fail(
                     path, f"expected at most {schema['maxLength']} characters, got {len(value)}"
                 )
             elif "pattern" in schema and not re.search(schema["pattern"], value):
-                self.fail(path, f"expected {self.pattern_text(schema)}, got {_got(value)}")
+                self.fail(path, f"expected {self.pattern_text(schema)}, got {show_value(value)}")
         if isinstance(value, list):
             self.check_array(value, schema, path, depth)
         if isinstance(value, dict):
@@ -302,8 +354,8 @@ class _Validator:
             kinds = [k for b in resolved for k in _kinds(b)]
             if kinds and not matching:
                 self.fail(
-                    _join(path, "kind"),
-                    f"expected one of {json.dumps(kinds)}, got {_got(value['kind'])}",
+                    join_path(path, "kind"),
+                    f"expected one of {json.dumps(kinds)}, got {show_value(value['kind'])}",
                 )
                 return False
         passing = [b for b in resolved if self.passes(value, b, path, depth + 1)]
@@ -316,7 +368,9 @@ class _Validator:
         ]
         if len(typed) == 1:
             return self.check(value, typed[0], path, depth + 1)
-        self.fail(path, f"expected {_or([self.describe(b) for b in resolved])}, got {_got(value)}")
+        self.fail(
+            path, f"expected {_or([self.describe(b) for b in resolved])}, got {show_value(value)}"
+        )
         return False
 
     def check_array(self, value: list, schema: dict[str, Any], path: str, depth: int) -> None:
@@ -342,7 +396,7 @@ class _Validator:
             if sub is items and facts is not None and _passes_simple(item, facts):
                 continue
             if sub is not None and len(self.errors) < MAX_VIOLATIONS:
-                self.check(item, sub, _join(path, i), depth + 1)
+                self.check(item, sub, join_path(path, i), depth + 1)
         if "contains" in schema and not any(
             self.passes(v, schema["contains"], path, depth + 1) for v in value
         ):
@@ -354,7 +408,7 @@ class _Validator:
             return
         for key in schema.get("required", []):
             if key not in value:
-                self.fail(_join(path, key), "expected this key, got none")
+                self.fail(join_path(path, key), "expected this key, got none")
         properties = schema.get("properties", {})
         extra = schema.get("additionalProperties", True)
         names = schema.get("propertyNames")
@@ -366,7 +420,7 @@ class _Validator:
                 facts = self.simple(properties[key])
                 if facts is not None and _passes_simple(item, facts):
                     continue
-            where = _join(path, key)
+            where = join_path(path, key)
             if names is not None and not self.check(key, names, where, depth + 1):
                 continue
             if key in properties:
@@ -391,202 +445,6 @@ def _kind_matches(schema: dict[str, Any], kind: Any) -> bool:
 # --- what the schema cannot say ------------------------------------------------------------
 
 
-def _semantic(manifest: dict[str, Any], errors: list[str], files_listed: bool = True) -> None:
-    from toolkit import distribution_families as families
-    from toolkit.errors import SpecError
-    from toolkit.specs.array_spec import ArraySpec
-
-    def specs(node: Any, path: str) -> None:
-        kind = node.get("kind")
-        if kind in ("array_spec", "bounded_array_spec"):
-            count = math.prod(node["shape"])
-            if count > MAX_ELEMENTS:
-                errors.append(
-                    f"{path}.shape: expected at most {MAX_ELEMENTS} elements, got {count}"
-                )
-                return
-            try:
-                ArraySpec.from_json(node)
-            except (SpecError, ValueError, TypeError, OverflowError) as e:
-                errors.append(f"{path}: {str(e).splitlines()[0]}")
-        elif kind == "dict":
-            for key, item in node["items"].items():
-                specs(item, _join(_join(path, "items"), key))
-        elif kind in ("tuple", "list", "namedtuple"):
-            if kind == "namedtuple" and len(node["fields"]) != len(node["items"]):
-                errors.append(
-                    f"{path}.items: expected {len(node['fields'])} entries (one per field), "
-                    f"got {len(node['items'])}"
-                )
-            for i, item in enumerate(node["items"]):
-                specs(item, _join(_join(path, "items"), i))
-
-    for group, node in manifest["specs"].items():
-        specs(node, f"specs.{group}")
-
-    def params(node: Any, path: str) -> None:
-        kind = node.get("kind")
-        if kind == "distribution_params":
-            expected = list(families.FAMILIES[node["family"]])
-            if node["params"] != expected:
-                errors.append(
-                    f"{path}.params: expected {json.dumps(expected)} for family "
-                    f"{node['family']!r}, got {json.dumps(node['params'])}"
-                )
-        elif kind == "dict":
-            for key, item in node["items"].items():
-                params(item, _join(_join(path, "items"), key))
-        elif kind in ("tuple", "list", "namedtuple"):
-            for i, item in enumerate(node["items"]):
-                params(item, _join(_join(path, "items"), i))
-
-    params(manifest["distribution"], "distribution")
-
-    for name, signature in manifest["signatures"].items():
-        for which in ("inputs", "outputs"):
-            seen = set()
-            for i, entry in enumerate(signature[which]):
-                where = f"signatures.{name}.{which}[{i}]"
-                if entry["name"] in seen:
-                    errors.append(
-                        f"{where}.name: expected a unique name, got {entry['name']!r} again"
-                    )
-                seen.add(entry["name"])
-                dims = [d for d in entry["shape"] or [] if d is not None]
-                count = math.prod(dims)
-                if count > MAX_ELEMENTS:
-                    errors.append(
-                        f"{where}.shape: expected at most {MAX_ELEMENTS} elements, got {count}"
-                    )
-
-    files = manifest["files"] if files_listed else {}
-    if files_listed and "onnx" in manifest and manifest["onnx"]["file"] not in files:
-        errors.append(
-            f"onnx.file: expected a path listed in files, got {_got(manifest['onnx']['file'])}"
-        )
-    if files_listed and "saved_model" in manifest:
-        folder = manifest["saved_model"]["dir"]
-        if not any(rel.startswith(folder + "/") for rel in files):
-            errors.append(
-                f"saved_model.dir: expected a folder with files listed in files, got {_got(folder)}"
-            )
-    for fmt in ("onnx", "saved_model"):
-        if fmt in manifest and fmt not in manifest["formats"]:
-            errors.append(
-                f"{fmt}: expected no {fmt!r} section where formats "
-                f"{json.dumps(manifest['formats'])} lacks it, got one"
-            )
-
-
-def _signature_entry_text(entry: dict[str, Any]) -> str:
-    return f"{entry['dtype']} {json.dumps(entry['shape'])}"
-
-
-def _consistency(manifest: dict[str, Any], errors: list[str]) -> None:
-    """The distribution signature agrees with the specs (names, dtypes, shapes, categories)."""
-    from toolkit import nest
-    from toolkit.specs import array_spec
-
-    specs = manifest["specs"]
-    try:
-        time_step = array_spec.spec_nest_from_json(specs["time_step"])
-        state = array_spec.spec_nest_from_json(specs["policy_state"])
-        action = array_spec.spec_nest_from_json(specs["action"])
-        graph_info = array_spec.spec_nest_from_json(specs["graph_info"])
-    except (ValueError, TypeError, KeyError) as e:  # SpecError is a ValueError
-        errors.append(f"specs: {str(e).splitlines()[0]}")
-        return
-    expected_inputs = nest.flatten_with_paths(time_step) + nest.flatten_with_paths(
-        state, "policy_state"
-    )
-    signature = manifest["signatures"]["distribution"]
-    inputs = {e["name"]: (i, e) for i, e in enumerate(signature["inputs"])}
-    outputs = {e["name"]: (i, e) for i, e in enumerate(signature["outputs"])}
-    names = [n for n, _ in expected_inputs]
-    if sorted(inputs) != sorted(names):
-        errors.append(
-            f"signatures.distribution.inputs: expected the inputs {sorted(names)} of the specs, "
-            f"got {sorted(inputs)}"
-        )
-        return
-
-    def agree(table: dict, which: str, name: str, spec: Any, required: bool = True) -> None:
-        if name not in table:
-            if required:
-                errors.append(f"signatures.distribution.{which}: expected {name!r}, got none")
-            return
-        i, entry = table[name]
-        # The batch dim is dynamic, or fixed where the source was (TF-Agents policies
-        # saved with a batch size).
-        batch = entry["shape"][0] if entry["shape"] else None
-        want = {"dtype": spec.dtype.name, "shape": [batch, *spec.shape]}
-        if entry["dtype"] != want["dtype"] or entry["shape"] != want["shape"]:
-            errors.append(
-                f"signatures.distribution.{which}[{i}]: expected {_signature_entry_text(want)} "
-                f"for {name!r} (its spec), got {_signature_entry_text(entry)}"
-            )
-
-    for name, spec in expected_inputs:
-        agree(inputs, "inputs", name, spec)
-    for name, spec in nest.flatten_with_paths(state, "next_state"):
-        agree(outputs, "outputs", name, spec)
-    for name, spec in nest.flatten_with_paths(graph_info, "info"):
-        agree(outputs, "outputs", name, spec)
-    action_leaves = nest.flatten_with_paths(action, "action")
-    for name, spec in action_leaves:
-        agree(outputs, "outputs", name, spec, required=False)
-    _check_params(manifest, outputs, [s for _, s in action_leaves], errors)
-
-
-def _check_params(
-    manifest: dict[str, Any], outputs: dict, action_leaves: list[Any], errors: list[str]
-) -> None:
-    from toolkit import distribution_families as families
-    from toolkit import nest
-    from toolkit.specs.array_spec import BoundedArraySpec
-
-    leaves: list[tuple[str, dict[str, Any]]] = []
-
-    def walk(node: Any, path: str) -> None:
-        kind = node.get("kind")
-        if kind == "distribution_params":
-            leaves.append((path, node))
-        elif kind == "dict":
-            for key in sorted(node["items"]):
-                walk(node["items"][key], nest.join_path(path, key))
-        elif kind in ("tuple", "list", "namedtuple"):
-            for i, item in enumerate(node["items"]):
-                walk(item, nest.join_path(path, i))
-
-    walk(manifest["distribution"], "distribution")
-    for index, (path, leaf) in enumerate(leaves):
-        rank = 1 + leaf["event_ndims"] + (leaf["family"] == families.CATEGORICAL)
-        for param in families.FAMILIES[leaf["family"]]:
-            name = nest.join_path(path, param)
-            if name not in outputs:
-                errors.append(f"signatures.distribution.outputs: expected {name!r}, got none")
-                continue
-            i, entry = outputs[name]
-            shape = entry["shape"]
-            if shape is None or len(shape) != rank:
-                errors.append(
-                    f"signatures.distribution.outputs[{i}].shape: expected rank {rank} (a batch "
-                    f"dim first) for {name!r}, got {json.dumps(shape)}"
-                )
-                continue
-            if leaf["family"] != families.CATEGORICAL or not action_leaves:
-                continue
-            spec = action_leaves[index % len(action_leaves)]
-            n, shift = shape[-1], leaf.get("shift", 0)
-            if isinstance(spec, BoundedArraySpec) and isinstance(n, int):
-                low, high = int(spec.minimum.max()), int(spec.maximum.min())
-                if shift < low or shift + n - 1 > high:
-                    errors.append(
-                        f"{path}: expected categories within the action spec's [{low}, {high}], "
-                        f"got {shift}..{shift + n - 1} (shift {shift}, {n} logits)"
-                    )
-
-
 def schema_violations(manifest: Any) -> list[str]:
     """The violations of the JSON Schema alone (what any schema validator reports)."""
     validator = _Validator(schema())
@@ -595,27 +453,3 @@ def schema_violations(manifest: Any) -> list[str]:
     except RecursionError:
         return ["(root): expected a manifest of bounded depth, got one nested too deeply"]
     return validator.errors
-
-
-def violations(manifest: Any, *, files_listed: bool = True) -> list[str]:
-    """Every violation of the manifest schema (and of the checks beyond it), one per line.
-
-    ``files_listed=False`` skips checking that the formats' files are listed (for the
-    copy a lone ONNX file carries, whose file table cannot list the bundle).
-    """
-    errors = schema_violations(manifest)
-    if not errors:
-        _semantic(manifest, errors, files_listed)
-    if not errors:
-        _consistency(manifest, errors)
-    return errors
-
-
-def validate(manifest: Any, where: str = "manifest.json", *, files_listed: bool = True) -> None:
-    """Raises BundleError with one line per violation (at most MAX_VIOLATIONS)."""
-    errors = violations(manifest, files_listed=files_listed)
-    if errors:
-        lines = [f"{where}: {e}" for e in errors[:MAX_VIOLATIONS]]
-        if len(errors) > MAX_VIOLATIONS:
-            lines.append(f"{where}: ... and {len(errors) - MAX_VIOLATIONS} more")
-        raise BundleError("\n".join(lines))

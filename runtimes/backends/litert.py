@@ -23,7 +23,8 @@ import numpy as np
 from ai_edge_litert import interpreter as litert
 
 from runtimes.policy import BundlePolicy, fill_inputs
-from toolkit import bundle
+from toolkit.bundle import readers
+from toolkit.bundle.layout import Layout
 from toolkit.errors import BundleError, PolicyError, UnsupportedError
 
 __all__ = [
@@ -135,7 +136,7 @@ class LiteRTPolicy(BundlePolicy):
     """A bundle's policy over LiteRT (no TensorFlow). Made by ``runtimes.load_policy``.
 
     Args:
-      manifest: the bundle's manifest (read with toolkit.bundle.read_manifest).
+      layout: the bundle's layout (toolkit.bundle.read_layout).
       bundle_dir: the bundle folder.
       seed: seeds the policy's Generator, used by ``action(seed=None)``.
       validate_args: check (and safely convert) inputs against the specs.
@@ -147,7 +148,7 @@ class LiteRTPolicy(BundlePolicy):
 
     def __init__(
         self,
-        manifest: dict[str, Any],
+        layout: Layout,
         bundle_dir: str | os.PathLike,
         *,
         seed: int | None = None,
@@ -156,22 +157,20 @@ class LiteRTPolicy(BundlePolicy):
         check_finite: bool = False,
     ):
         super().__init__(
-            manifest,
+            layout,
             bundle_dir,
             seed=seed,
             validate_args=validate_args,
             check_finite=check_finite,
         )
-        info = manifest.get("litert")
-        if not isinstance(info, dict) or "file" not in info:
+        if not layout.has("litert"):
             raise BundleError(f"{self._bundle_dir}: the bundle was exported without LiteRT")
+        rel = layout.format("litert").path
         self._threads = int(threads)
         # Contained, bounded and hash-checked; the interpreter is built from these bytes.
-        self._model = bundle.read_member(
-            self._bundle_dir, info["file"], key="litert.file", files=manifest["files"]
-        )
-        entries = {e["name"]: e for e in manifest["signatures"][SIGNATURE]["inputs"]}
-        inner = [entries[name]["shape"][1:] for name in self._input_names]
+        self._model = readers.read_litert(self._bundle_dir, layout)
+        entries = {e.name: e for e in layout.signatures[SIGNATURE].inputs}
+        inner = [entries[name].shape[1:] for name in self._input_names]
         dynamic = any(d is None for shape in inner for d in shape)
         self._inner = None if dynamic else [tuple(int(d) for d in shape) for shape in inner]
         self._local = thread_local()
@@ -180,7 +179,7 @@ class LiteRTPolicy(BundlePolicy):
         inputs, outputs = set(signature["inputs"]), set(signature["outputs"])
         if inputs != set(self._input_names) or not set(self._param_fetch + self._fetch) <= outputs:
             raise BundleError(
-                f"{self._bundle_dir}: {info['file']} does not match the manifest: inputs "
+                f"{self._bundle_dir}: {rel} does not match the manifest: inputs "
                 f"{sorted(inputs)} (expected {sorted(self._input_names)}), outputs "
                 f"{sorted(outputs)}"
             )
@@ -225,11 +224,8 @@ class LiteRTPolicy(BundlePolicy):
         )
 
     def _take_weights(self, policy: BundlePolicy) -> None:
-        mine = self._manifest["signatures"][SIGNATURE]
-        if (
-            not isinstance(policy, LiteRTPolicy)
-            or policy._manifest["signatures"][SIGNATURE] != mine
-        ):
+        mine = self.layout.signatures[SIGNATURE]
+        if not isinstance(policy, LiteRTPolicy) or policy.layout.signatures[SIGNATURE] != mine:
             raise PolicyError(
                 "update(): expected a litert-backend policy with the same signature, "
                 f"got {policy!r}"

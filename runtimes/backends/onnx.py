@@ -15,8 +15,9 @@ import numpy as np
 import onnxruntime as ort
 
 from runtimes.policy import BundlePolicy, fill_inputs
-from toolkit import bundle
-from toolkit.errors import BundleError, PolicyError
+from toolkit.bundle import readers
+from toolkit.bundle.layout import Layout, Signature
+from toolkit.errors import BundleError, PolicyError, SpecMismatchError, UnsupportedError
 
 __all__ = ["OnnxPolicy", "check_graph_io", "session_options"]
 
@@ -135,7 +136,7 @@ class OnnxPolicy(BundlePolicy):
     """A bundle's policy over onnxruntime (no TensorFlow). Made by ``runtimes.load_policy``.
 
     Args:
-      manifest: the bundle's manifest (read with toolkit.bundle.read_manifest).
+      layout: the bundle's layout (toolkit.bundle.read_layout).
       bundle_dir: the bundle folder.
       seed: seeds the policy's Generator, used by ``action(seed=None)``.
       validate_args: check (and safely convert) inputs against the specs.
@@ -147,7 +148,7 @@ class OnnxPolicy(BundlePolicy):
 
     def __init__(
         self,
-        manifest: dict[str, Any],
+        layout: Layout,
         bundle_dir: str | os.PathLike,
         *,
         seed: int | None = None,
@@ -156,25 +157,23 @@ class OnnxPolicy(BundlePolicy):
         threads: int = 1,
     ):
         super().__init__(
-            manifest,
+            layout,
             bundle_dir,
             seed=seed,
             validate_args=validate_args,
             check_finite=check_finite,
         )
-        onnx_info = manifest.get("onnx")
-        if not isinstance(onnx_info, dict) or "file" not in onnx_info:
+        if not layout.has("onnx"):
             raise BundleError(f"{self._bundle_dir}: the bundle was exported without ONNX")
         self._threads = int(threads)
-        rel = onnx_info["file"]
+        rel = layout.format("onnx").path
         # The session is built from these same bytes, so what was checked is what runs;
         # a model with external data is refused before onnxruntime sees it.
-        self._model = bundle.read_onnx(self._bundle_dir, manifest)
-        self._layout = _layouts(
-            manifest["signatures"]["distribution"], self._input_names, self._fetch
-        )
+        self._model = readers.read_onnx(self._bundle_dir, layout)
+        signature = layout.signatures["distribution"]
+        self._layout = _layouts(signature, self._input_names, self._fetch)
         self._set_session(self._new_session(None))
-        check_graph_io(self._session.session, manifest["signatures"]["distribution"], rel)
+        check_graph_io(self._session.session, signature, rel)
 
     def _new_session(self, initializers: dict[str, np.ndarray] | None) -> _Session:
         return _Session(self._model, self._threads, initializers, *self._layout)
@@ -190,7 +189,8 @@ class OnnxPolicy(BundlePolicy):
 
     @property
     def graph_fingerprint(self) -> str:
-        return self._manifest["onnx"]["graph_fingerprint"]
+        """The ONNX graph's structural fingerprint (checkpoints must match it)."""
+        return self.layout.graph_fingerprint
 
     def _run(self, arrays: list[Any], unbatched: bool, fetch: list[str]) -> list[Any]:
         try:
@@ -214,8 +214,37 @@ class OnnxPolicy(BundlePolicy):
         """
         from runtimes.checkpoints import read_weights
 
-        weights = read_weights(self._manifest, path, step=step)
+        weights = read_weights(self.layout, path, step=step)
         self._apply_weights(weights)
+
+    def apply_weights(self, initializers: dict[str, Any], train_step: int | None = None) -> None:
+        """Swaps in new weights given as arrays keyed by ONNX initializer name.
+
+        How Ray collectors take the learner's weights (``toolkit.distributed``): no
+        checkpoint files, no TensorFlow. The arrays must be every weight of the graph
+        (its weights map's initializers), each with its shape and dtype; then the
+        session is rebuilt with them as initializer overrides and swapped in whole:
+        calls already running finish on the old weights.
+
+        Args:
+          initializers: ``{initializer name: array}`` for every weight (e.g.
+            ``toolkit.distributed.weights.WeightsMap.initializers()``).
+          train_step: the train step these weights come from (``train_step`` reports
+            it); None when unknown.
+
+        Raises:
+          SpecMismatchError: a weight missing, an initializer that is not a weight of
+            this graph, or an array of another shape or dtype (naming the initializer).
+          UnsupportedError: a bundle without a weights map (exported before
+            policy-toolkit recorded one, or quantized).
+        """
+        if train_step is not None and (
+            isinstance(train_step, bool) or not isinstance(train_step, (int, np.integer))
+        ):
+            raise SpecMismatchError("train_step", "an int or None", repr(train_step))
+        arrays = _checked_weights(self.layout, initializers)
+        self._set_session(self._new_session(arrays))
+        self._train_step = None if train_step is None else int(train_step)
 
     def _apply_weights(self, weights: Any) -> None:
         self._set_session(self._new_session(weights.initializers))
@@ -231,18 +260,58 @@ class OnnxPolicy(BundlePolicy):
         self._set_session(policy._session)
 
 
-def _layouts(signature: dict[str, Any], inputs: list[str], fetch: list[str]) -> tuple:
+def _checked_weights(layout: Layout, initializers: dict[str, Any]) -> dict[str, np.ndarray]:
+    """``initializers`` as arrays, each a weight of the graph with its mapped shape and dtype.
+
+    onnxruntime takes overrides of unknown names and of other shapes without a word
+    (a wrong shape fails later, mid-run, or not at all), so they are checked here.
+    """
+    weights = layout.weights
+    if weights is None:
+        raise UnsupportedError(
+            "apply_weights: the bundle records no weights map (exported before "
+            "policy-toolkit recorded one, or quantized); export it with this version"
+        )
+    entries = dict(zip(layout.onnx_initializers, weights.initializers, strict=False))
+    out = {}
+    for name, value in initializers.items():
+        entry = entries.get(name)
+        if entry is None:
+            what = "a constant" if name in entries else "no initializer"
+            raise SpecMismatchError(
+                f"apply_weights/{name}", "a weight of this graph", f"{what} of that name"
+            )
+        array = np.asarray(value)
+        shape, dtype = entry.shape, np.dtype(entry.dtype)
+        if array.shape != shape or array.dtype != dtype:
+            raise SpecMismatchError(
+                f"apply_weights/{name}",
+                f"shape {shape} {dtype.name}",
+                f"shape {array.shape} {array.dtype.name}",
+            )
+        out[name] = array
+    missing = [n for n, e in entries.items() if e is not None and n not in out]
+    if missing:
+        raise SpecMismatchError(
+            "apply_weights",
+            f"every weight of this graph ({len(out) + len(missing)})",
+            f"{len(out)}, without {missing[:3]}{' ...' if len(missing) > 3 else ''}",
+        )
+    return out
+
+
+def _layouts(signature: Signature, inputs: list[str], fetch: list[str]) -> tuple:
     """``(inputs, outputs)`` as (name, numpy dtype, shape without batch) for bindings.
 
     outputs is None when an output has a dynamic dim besides the batch (no buffer fits).
     """
-    entries = {e["name"]: e for e in signature["inputs"] + signature["outputs"]}
+    entries = {e.name: e for e in signature.inputs + signature.outputs}
 
     def layout(name: str) -> tuple[str, np.dtype, tuple[int, ...]] | None:
-        shape = entries[name]["shape"]
+        shape = entries[name].shape
         if not shape or any(d is None for d in shape[1:]):
             return None
-        return name, np.dtype(entries[name]["dtype"]), tuple(int(d) for d in shape[1:])
+        return name, np.dtype(entries[name].dtype), tuple(int(d) for d in shape[1:])
 
     input_layout = [layout(name) for name in inputs]
     output_layout = [layout(name) for name in fetch]
@@ -269,35 +338,13 @@ _ORT_TYPES = {
 }
 
 
-def check_graph_io(session: Any, signature: dict[str, Any], where: str) -> None:
-    """Refuses a graph whose inputs and outputs differ from the manifest's signature.
-
-    Names must be the same sets; dtypes equal; every dim the manifest gives as a number
-    must be that number in the graph (``null`` = dynamic accepts anything).
-    """
+def check_graph_io(session: Any, signature: Signature, where: str) -> None:
+    """Refuses a graph whose inputs and outputs differ from the manifest's signature
+    (``Signature.check_graph``: same names and dtypes, the manifest's static dims)."""
     for which, args in (("inputs", session.get_inputs()), ("outputs", session.get_outputs())):
-        entries = {e["name"]: e for e in signature[which]}
-        graph = {a.name: a for a in args}
-        if set(graph) != set(entries):
-            missing = sorted(set(entries) - set(graph))
-            extra = sorted(set(graph) - set(entries))
-            raise BundleError(
-                f"{where}: the graph's {which} differ from the manifest's "
-                f"signatures.distribution.{which}: missing {missing[:6]}, unexpected {extra[:6]}"
-            )
-        for name, entry in entries.items():
-            arg = graph[name]
-            dtype = _ORT_TYPES.get(arg.type, arg.type)
+        graph = {}
+        for arg in args:
             shape = arg.shape if isinstance(arg.shape, list) else None
             static = [d if isinstance(d, int) else None for d in shape] if shape else shape
-            want = entry["shape"]
-            same_shape = want is None or (
-                static is not None
-                and len(static) == len(want)
-                and all(w is None or w == g for w, g in zip(want, static, strict=True))
-            )
-            if dtype != entry["dtype"] or not same_shape:
-                raise BundleError(
-                    f"{where}: graph {which[:-1]} {name!r} is {dtype} {static}, but the manifest "
-                    f"says {entry['dtype']} {entry['shape']}"
-                )
+            graph[arg.name] = (_ORT_TYPES.get(arg.type, arg.type), static)
+        signature.check_graph(which, graph, where)

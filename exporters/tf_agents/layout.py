@@ -110,7 +110,7 @@ def import_tf_agents_layout(
       BundleError: no such layout, policy or checkpoint (the steps there named).
       ExportError: the saved policy cannot be imported.
     """
-    from exporters.tf_agents_import import import_tf_agents
+    from exporters.tf_agents.importer import import_tf_agents
     from exporters.update import update_bundle
     from toolkit import checkpoint_weights
 

@@ -18,9 +18,11 @@ import numpy as np
 
 from runtimes.policy import BundlePolicy, check_fingerprint
 from toolkit import bundle
+from toolkit.bundle import readers
+from toolkit.bundle.layout import Layout, Signature, WeightsMap
 from toolkit.errors import BundleError, CheckpointError, PolicyError, UnsupportedError
 
-__all__ = ["SavedModelPolicy"]
+__all__ = ["SavedModelPolicy", "assign_variables", "variable_at"]
 
 
 def _tensorflow() -> Any:
@@ -69,7 +71,7 @@ class SavedModelPolicy(BundlePolicy):
     """A bundle's policy over its SavedModel. Made by ``runtimes.load_policy(..., "tf")``.
 
     Args:
-      manifest: the bundle's manifest (read with toolkit.bundle.read_manifest).
+      layout: the bundle's layout (toolkit.bundle.read_layout).
       bundle_dir: the bundle folder.
       seed: seeds the policy's Generator, used by ``action(seed=None)``.
       validate_args: check (and safely convert) inputs against the specs.
@@ -80,7 +82,7 @@ class SavedModelPolicy(BundlePolicy):
 
     def __init__(
         self,
-        manifest: dict[str, Any],
+        layout: Layout,
         bundle_dir: str | os.PathLike,
         *,
         seed: int | None = None,
@@ -88,21 +90,20 @@ class SavedModelPolicy(BundlePolicy):
         check_finite: bool = False,
     ):
         super().__init__(
-            manifest,
+            layout,
             bundle_dir,
             seed=seed,
             validate_args=validate_args,
             check_finite=check_finite,
         )
-        info = manifest.get("saved_model")
-        if not isinstance(info, dict) or "dir" not in info:
+        if not layout.has("saved_model"):
             raise BundleError(f"{self._bundle_dir}: the bundle was exported without a SavedModel")
-        rel = info["dir"]
+        rel = layout.format("saved_model").path
         # TensorFlow reads the folder by path: it must hold only hashed regular files.
-        path = bundle.check_saved_model(self._bundle_dir, manifest)
+        path = readers.check_saved_model(self._bundle_dir, layout)
         self._tf = _tensorflow()
         self._model = _Model(path)
-        _check_signature(self._model.function, manifest["signatures"]["distribution"], rel)
+        _check_signature(self._model.function, layout.signatures["distribution"], rel)
         missing = sorted(set(self._input_names) - set(self._model.keywords))
         if missing:
             raise BundleError(f"{self._bundle_dir}: the SavedModel lacks the inputs {missing}")
@@ -165,7 +166,8 @@ class SavedModelPolicy(BundlePolicy):
         from toolkit.checkpoint_weights import Checkpoint
 
         found = path if isinstance(path, Checkpoint) else checkpoint_weights.select(path, step)
-        if not checkpoint_weights.has_weights_map(self._manifest):
+        weights_map = self.layout.weights
+        if weights_map is None:
             if found.kind != "weights_only":
                 raise BundleError(
                     f"{found.path}: the bundle has no weights map (exported before "
@@ -182,23 +184,16 @@ class SavedModelPolicy(BundlePolicy):
             prefix, train_step = found.path, None
         try:
             values, read_step = checkpoint_weights.read_tf_checkpoint(
-                self._manifest, prefix, str(found.path)
+                self.layout, prefix, str(found.path)
             )
         except CheckpointError:
             if found.kind == "weights_only":
-                check_fingerprint(found.path, info, self._manifest["onnx"]["graph_fingerprint"])
+                check_fingerprint(found.path, info, self.layout.graph_fingerprint)
             raise
         if train_step is None:
             train_step = read_step if read_step is not None else found.step
         model = _Model(self._model.path)
-        for spec, value in zip(self._manifest["onnx"]["weights"]["variables"], values, strict=True):
-            variable = _variable_at(model.loaded.policy, spec["paths"])
-            if variable is None:
-                raise BundleError(
-                    f"{self._bundle_dir}: the SavedModel's policy has no variable at "
-                    f"{'/'.join(spec['paths'][0]) if spec['paths'] else spec.get('name')}"
-                )
-            variable.assign(value)
+        assign_variables(model.loaded.policy, weights_map, values, str(self._bundle_dir))
         model.loaded.train_step.assign(-1 if train_step is None else int(train_step))
         old = self._model
         with old.lock:
@@ -211,7 +206,7 @@ class SavedModelPolicy(BundlePolicy):
         weights map)."""
         tf = self._tf
         info = bundle.read_checkpoint(root)
-        fingerprint = self._manifest.get("onnx", {}).get("graph_fingerprint")
+        fingerprint = self.layout.graph_fingerprint
         if fingerprint:
             check_fingerprint(root, info, fingerprint)
         model = self._own_model()
@@ -248,8 +243,8 @@ class SavedModelPolicy(BundlePolicy):
             target.assign(source)
 
 
-def _variable_at(policy: Any, paths: list[list[str]]) -> Any:
-    """The variable at one of ``paths`` (object paths from the policy), or None."""
+def variable_at(policy: Any, paths: Any) -> Any:
+    """The ``tf.Variable`` at one of ``paths`` (object paths from the policy), or None."""
     tf = _tensorflow()
     for path in paths:
         node = policy
@@ -262,25 +257,30 @@ def _variable_at(policy: Any, paths: list[list[str]]) -> Any:
     return None
 
 
-def _check_signature(function: Any, signature: dict[str, Any], where: str) -> None:
+def assign_variables(policy: Any, weights_map: WeightsMap, values: list[Any], where: str) -> None:
+    """Assigns a TF checkpoint's values (``checkpoint_weights.read_tf_checkpoint``) to the
+    loaded SavedModel policy's variables, found by the weights map's object paths.
+
+    Raises:
+      BundleError: a variable the SavedModel's policy lacks.
+    """
+    for spec, value in zip(weights_map.variables, values, strict=True):
+        variable = variable_at(policy, spec.paths)
+        if variable is None:
+            shown = "/".join(spec.paths[0]) if spec.paths else spec.name
+            raise BundleError(f"{where}: the SavedModel's policy has no variable at {shown}")
+        variable.assign(value)
+
+
+def _check_signature(function: Any, signature: Signature, where: str) -> None:
     """Refuses a ``distribution`` signature whose inputs or outputs differ from the manifest's."""
     inputs = {s.name: s for s in function.structured_input_signature[1].values()}
     outputs = dict(function.structured_outputs)
-    for which, graph in (("inputs", inputs), ("outputs", outputs)):
-        entries = {e["name"]: e for e in signature[which]}
-        if set(graph) != set(entries):
-            missing = sorted(set(entries) - set(graph))
-            extra = sorted(set(graph) - set(entries))
-            raise BundleError(
-                f"{where}: the SavedModel's distribution {which} differ from the manifest's "
-                f"signatures.distribution.{which}: missing {missing[:6]}, unexpected {extra[:6]}"
-            )
-        for name, entry in entries.items():
-            spec = graph[name]
-            dtype = spec.dtype.name
-            shape = spec.shape.as_list() if spec.shape.rank is not None else None
-            if dtype != entry["dtype"] or shape != entry["shape"]:
-                raise BundleError(
-                    f"{where}: SavedModel {which[:-1]} {name!r} is {dtype} {shape}, but the "
-                    f"manifest says {entry['dtype']} {entry['shape']}"
-                )
+    for which, specs in (("inputs", inputs), ("outputs", outputs)):
+        graph = {
+            name: (spec.dtype.name, spec.shape.as_list() if spec.shape.rank is not None else None)
+            for name, spec in specs.items()
+        }
+        signature.check_graph(
+            which, graph, where, owner="the SavedModel's distribution", item="SavedModel"
+        )

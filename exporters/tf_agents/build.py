@@ -2,13 +2,16 @@
 
 * a saved ``distribution`` of a supported family (TFP's, or TF-Agents'
   SquashToSpecNormal / ShiftedCategorical / MaskedCategorical), or a deterministic
-  ``action``: a ``TFAgentsPolicy`` over it (with ``greedy``, a GreedyPolicy around a
-  stochastic one: each leaf's mode, TF-Agents' own greedy semantics);
+  ``action``: a ``TFAgentsPolicy`` over it (with ``greedy``, each leaf is the saved
+  distribution's mode: TF-Agents' GreedyPolicy);
 * a collect policy that samples inside its saved ``action`` (its distribution only
   raises): TF-Agents' ``EpsilonGreedyPolicy``, ``GaussianPolicy`` and
   ``OUNoisePolicy`` are rebuilt as this project's wrappers of the same names around
   the deterministic core (``TFAgentsPolicy(core=...)``), with epsilon, the noise scale,
-  or OU stddev and damping read from the saved graph (``exporters.tf_agents_graph``);
+  or OU stddev and damping read from the saved graph (``exporters.tf_agents.graph``);
+  the wrapper also tracks the core's ``model_variables``, where TF-Agents' checkpoints
+  keep them, and a masked random branch's mask becomes the core's action-constraint
+  splitter, so the rebuilt random branch draws only allowed actions as TF-Agents' does;
   with ``greedy``, the core alone;
 * a ``RandomTFPolicy`` (no variables; only uniform sampling ops): this project's
   RandomTFPolicy over the same specs (the runtime's random derivation).
@@ -30,8 +33,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from exporters import tf_agents_graph
-from exporters import tf_agents_import as tai
+from exporters.tf_agents import graph as saved_graph
+from exporters.tf_agents.policy import TFAgentsPolicy
+from exporters.tf_agents.saved import find_concrete, load_saved_policy, random_tf_ops, tf_op_types
+from exporters.tf_agents.specs import read_policy_specs
+from toolkit import nest
 from toolkit.errors import UnsupportedError
 
 __all__ = ["Built", "build_policy"]
@@ -62,8 +68,23 @@ class Built:
 def _random_policy(policy_source: Path) -> Any:
     from toolkit.policies.random_tf_policy import RandomTFPolicy
 
-    specs = tai.read_policy_specs(policy_source)
+    specs = read_policy_specs(policy_source)
     return RandomTFPolicy(specs.raw["time_step_spec"], specs.raw["action_spec"])
+
+
+def _mask_leaf(source: Path, exploration: saved_graph.Exploration) -> int | None:
+    """The observation leaf of the random branch's mask (its index among the leaves)."""
+    if exploration.mask is None:
+        return None
+    time_step = read_policy_specs(source).raw["time_step_spec"]
+    before = sum(len(nest.flatten(field)) for field in time_step[:3])
+    leaves = len(nest.flatten(time_step.observation))
+    if not before <= exploration.mask < before + leaves:
+        raise UnsupportedError(
+            f"{source}: epsilon-greedy: expected the action mask among the observation's "
+            "leaves, got another input of the saved action"
+        )
+    return exploration.mask - before
 
 
 def build_policy(saved_model_dir: str | os.PathLike, greedy: bool = False) -> Built:
@@ -73,31 +94,27 @@ def build_policy(saved_model_dir: str | os.PathLike, greedy: bool = False) -> Bu
       BundleError: the directory is not a TF-Agents saved policy.
       UnsupportedError: what was found and what to save instead.
     """
-    from exporters.tf_agents_policy import TFAgentsPolicy
     from toolkit.policies.epsilon_greedy_policy import EpsilonGreedyPolicy
     from toolkit.policies.gaussian_policy import GaussianPolicy
-    from toolkit.policies.greedy_policy import GreedyPolicy
     from toolkit.policies.ou_noise_policy import OUNoisePolicy
 
     source = Path(saved_model_dir)
     try:
         # Sampled actions are clipped to the spec even where TF-Agents' saved action
         # is not (PPO's collect policy): runtimes return actions within the spec.
-        policy = TFAgentsPolicy(source)
+        policy = TFAgentsPolicy(source, greedy=greedy)
     except UnsupportedError as e:
         first_error = e
     else:
-        if greedy and policy.function == "distribution":
-            return Built(GreedyPolicy(policy), policy, policy.function, None)
         return Built(policy, policy, policy.function, None)
-    loaded = tai.load_saved_policy(source)
-    concrete = tai.find_concrete(loaded.action)
+    loaded = load_saved_policy(source)
+    concrete = find_concrete(loaded.action)
     if concrete is None:
         raise first_error
     try:
-        exploration = tf_agents_graph.analyze_action(concrete)
+        exploration = saved_graph.analyze_action(concrete)
     except UnsupportedError as e:
-        randoms = set(tai.random_tf_ops(tai.tf_op_types(concrete)))
+        randoms = set(random_tf_ops(tf_op_types(concrete)))
         if not getattr(loaded, "model_variables", ()) and randoms <= _UNIFORM_OPS:
             if greedy:
                 raise UnsupportedError(
@@ -111,7 +128,7 @@ def build_policy(saved_model_dir: str | os.PathLike, greedy: bool = False) -> Bu
             "instead (a deterministic action, or a distribution of TFP's or TF-Agents' "
             "families)"
         ) from e
-    core = TFAgentsPolicy(source, core=exploration.core)
+    core = TFAgentsPolicy(source, core=exploration.core, mask=_mask_leaf(source, exploration))
     if greedy:
         return Built(core, core, core.function, None)
     params = exploration.params
@@ -121,12 +138,18 @@ def build_policy(saved_model_dir: str | os.PathLike, greedy: bool = False) -> Bu
             "saved graph: import only the deterministic action with greedy=True "
             "(`import-tf-agents --greedy`), or save the agent's greedy `policy`"
         )
-    if exploration.kind == tf_agents_graph.EPSILON_GREEDY:
+    if exploration.kind == saved_graph.EPSILON_GREEDY:
         wrapped = EpsilonGreedyPolicy(core, params["epsilon"])
-    elif exploration.kind == tf_agents_graph.GAUSSIAN:
+    elif exploration.kind == saved_graph.GAUSSIAN:
         wrapped = GaussianPolicy(core, scale=params["scale"], clip=True)
     else:
         wrapped = OUNoisePolicy(
             core, ou_stddev=params["stddev"], ou_damping=params["damping"], clip=True
         )
+    # PolicySaver.save_checkpoint keeps the saved policy's variables at
+    # policy/model_variables/<i>; inside the wrapper they would be reached through the
+    # wrapper's own attributes only (policy/_greedy_policy/_wrapped_policy/...). Tracked
+    # at the wrapper too, the export's weights map records TF-Agents' path, so the
+    # bundle takes the checkpoint TF-Agents wrote for this collect policy.
+    wrapped.model_variables = core.model_variables
     return Built(wrapped, core, core.function, exploration.kind)

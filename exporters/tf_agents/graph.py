@@ -7,7 +7,9 @@ and the exploration's parameters, so the import can rebuild the collect policy a
 project's derivations over the core:
 
 * ``EpsilonGreedyPolicy``: ``Select(uniform >= epsilon, greedy, random)``: epsilon is a
-  constant of the graph;
+  constant of the graph; a masked random branch (``MaskedCategorical`` over the
+  ``observation_and_action_constraint_splitter``'s mask) selects its logits with a
+  condition read from one observation leaf, the mask;
 * ``GaussianPolicy``: ``core + (N(0, 1) * scale + loc)``, ``scale``/``loc`` constants
   (TF-Agents makes them outside the traced function: captured constants);
 * ``OUNoisePolicy``: ``core + x`` where ``x`` is a variable assigned
@@ -18,6 +20,12 @@ raises UnsupportedError naming what was found. ``inline_call`` runs a saved conc
 function (or the part of it that computes some tensors) inside the current trace with
 its captured constants folded in as constants, so no stray graph inputs are left (a
 restored function called as a function passes its captured constants as inputs).
+
+``folded_reads`` finds the variables whose values the ONNX conversion would fold into
+computed constants (PPO's observation normaliser: ``rsqrt(m2 / count + eps)``), and
+``inline_call`` reads them through ``unfoldable``, so the ONNX graph keeps the variables
+as its initializers and computes from them: the weights map then covers them, and the
+bundle takes later checkpoints of the normaliser like any other weight.
 """
 
 from __future__ import annotations
@@ -37,7 +45,9 @@ __all__ = [
     "action_is_clipped",
     "analyze_action",
     "captured_constants",
+    "folded_reads",
     "inline_call",
+    "unfoldable",
 ]
 
 EPSILON_GREEDY = "epsilon_greedy"
@@ -48,6 +58,9 @@ _RANDOM_WORDS = ("Random", "Multinomial", "TruncatedNormal", "Rng")
 _NORMAL_OPS = ("RandomStandardNormal", "StatelessRandomNormal", "StatelessRandomNormalV2")
 _PASS_THROUGH = ("Identity", "Reshape", "Squeeze", "ExpandDims", "Cast")
 _ADD_OPS = ("Add", "AddV2")
+# Ops that fold a variable into a constant the weights map still describes: the variable
+# itself, cast, reshaped or transposed (exporters.probe), or no value of it at all.
+_MAPPABLE = (*_PASS_THROUGH, "Transpose", "ReadVariableOp", "Const", "Shape", "Size", "Rank")
 
 
 def _node_name(tensor_name: str) -> str:
@@ -70,12 +83,16 @@ class Exploration:
         schedule) instead of holding constants.
       core: the graph tensor name of the deterministic action (before the exploration).
       found: a description of the pattern found, for messages.
+      mask: for epsilon-greedy, the index among the saved function's arguments of the
+        action mask its random branch draws within (TF-Agents' RandomTFPolicy under an
+        observation_and_action_constraint_splitter), or None.
     """
 
     kind: str
     params: dict[str, Any] | None
     core: str
     found: str
+    mask: int | None = None
 
 
 class SavedGraph:
@@ -289,6 +306,40 @@ def analyze_action(concrete: Any, time_step_inputs: int = 4) -> Exploration:
     )
 
 
+def _through(graph: SavedGraph, tensor: str) -> str:
+    """The node behind ``tensor``'s casts, identities and reshapes."""
+    name = _node_name(tensor)
+    while graph.nodes[name].op in _PASS_THROUGH:
+        name = _node_name(graph.data_inputs(name)[0])
+    return name
+
+
+def _random_mask(graph: SavedGraph, random: str, core: str) -> int | None:
+    """The argument a random branch's action mask is (None when it has none).
+
+    TF-Agents' masked RandomTFPolicy samples ``MaskedCategorical(zeros, mask)``, whose
+    logits are ``Select(mask, logits, -inf)``: a Select of the random branch (and not of
+    the greedy one) whose condition is an input of the function.
+    """
+    own = _ancestors(graph, [random], stop=set()) - _ancestors(graph, [core], stop=set())
+    masks = set()
+    for name in sorted(own):
+        if graph.nodes[name].op not in ("Select", "SelectV2"):
+            continue
+        condition = _through(graph, graph.data_inputs(name)[0])
+        if condition not in graph.arg_names:
+            raise UnsupportedError(
+                "epsilon-greedy: the random branch selects its actions with "
+                f"{graph.describe(condition)}, computed in the graph; expected an action mask "
+                "given in the observation (or none)"
+            )
+        masks.add(graph.arg_names.index(condition))
+    if len(masks) > 1:
+        names = [graph.arg_names[i] for i in sorted(masks)]
+        raise UnsupportedError(f"epsilon-greedy: expected one action mask, got inputs {names}")
+    return masks.pop() if masks else None
+
+
 def _epsilon_greedy(graph: SavedGraph, select: Any, core: str) -> Exploration:
     condition = graph.data_inputs(select.name)[0]
     cond = graph.nodes[_node_name(condition)]
@@ -298,6 +349,8 @@ def _epsilon_greedy(graph: SavedGraph, select: Any, core: str) -> Exploration:
             f"{graph.describe(condition)}"
         )
     threshold = graph.data_inputs(cond.name)[1]
+    (random,) = [i for i in graph.data_inputs(select.name)[1:] if i != core]
+    mask = _random_mask(graph, random, core)
     epsilon = graph.constant(threshold)
     if epsilon is None or epsilon.size != 1:
         # A schedule (e.g. a function of the train step): the core still imports.
@@ -306,12 +359,14 @@ def _epsilon_greedy(graph: SavedGraph, select: Any, core: str) -> Exploration:
             None,
             core,
             f"epsilon-greedy whose epsilon is computed in the graph ({graph.describe(threshold)})",
+            mask,
         )
     return Exploration(
         EPSILON_GREEDY,
         {"epsilon": float(epsilon.reshape(()))},
         core,
         f"epsilon-greedy ({graph.describe(select.name)})",
+        mask,
     )
 
 
@@ -328,6 +383,42 @@ def _ancestors(graph: SavedGraph, names: Iterable[str], stop: set[str]) -> set[s
     return out
 
 
+def folded_reads(graph: SavedGraph, fetches: list[str] | None = None) -> set[str]:
+    """The variable reads whose values an ONNX conversion would fold into new constants.
+
+    tf2onnx freezes variables into constants, then folds every op whose inputs are all
+    constants. A read that only meets the time step through casts, reshapes and
+    transposes stays a constant the weights map can trace to its variable; one that is
+    first combined with other constants (``rsqrt(m2 / count + eps)``) would become a
+    value no checkpoint can update. Those reads are returned (among the ancestors of
+    ``fetches``, default the function's outputs).
+    """
+    fetches = fetches or [t.name for t in graph.concrete.outputs]
+    needed = _ancestors(graph, fetches, stop=set())
+    live = graph._closure(graph.arg_names, control=False)  # computed from the inputs
+    reads = {n.name for n in graph.graph_def.node if n.op == "ReadVariableOp"}
+    out: set[str] = set()
+    for name in needed - live:
+        node = graph.nodes[name]
+        inputs = graph.data_inputs(name)
+        if node.op in _MAPPABLE or not inputs:
+            continue
+        out |= _ancestors(graph, inputs, stop=set()) & reads
+    return out
+
+
+def unfoldable(value: tf.Tensor, step_type: tf.Tensor) -> tf.Tensor:
+    """``value``, as a tensor no constant folding can compute before the graph runs.
+
+    ``Where(c, value, value)`` is ``value``; ``c`` (the smallest step type is at least
+    its dtype's minimum) is always true but computed from the time step, so neither
+    TensorFlow's, tf2onnx's nor LiteRT's folding can evaluate it. (Shape-based tricks
+    fail on a static batch size; this holds for any.)
+    """
+    always = tf.reduce_min(step_type) >= step_type.dtype.min
+    return tf.where(always, value, value)
+
+
 def inline_call(
     graph: SavedGraph,
     args: list[tf.Tensor],
@@ -337,9 +428,9 @@ def inline_call(
     """Runs (part of) a saved function's graph inside the current ``tf.function`` trace.
 
     Reads of captured variables become reads of ``variables`` (so exports find the
-    variables), captured constants become constants, and only the ancestors of
-    ``fetches`` are imported, through data edges (control edges are dropped: random ops
-    the fetches do not use are left out).
+    variables; ``folded_reads`` go through ``unfoldable``), captured constants become
+    constants, and only the ancestors of ``fetches`` are imported, through data edges
+    (control edges are dropped: random ops the fetches do not use are left out).
 
     Args:
       graph: the saved function.
@@ -360,6 +451,7 @@ def inline_call(
         if n.op == "ReadVariableOp" and _node_name(n.input[0]) in resources
     }
     keep = _ancestors(graph, fetches, stop=reads)
+    folded = folded_reads(graph, fetches)
     input_map = {}
     for name in sorted(reads & keep):
         resource = _node_name(graph.nodes[name].input[0])
@@ -368,7 +460,8 @@ def inline_call(
             raise UnsupportedError(
                 f"the saved graph reads a resource ({resource}) that is none of its variables"
             )
-        input_map[f"{name}:0"] = variable.read_value()
+        value = variable.read_value()
+        input_map[f"{name}:0"] = unfoldable(value, args[0]) if name in folded else value
     sub = type(graph.graph_def)()
     sub.versions.CopyFrom(graph.graph_def.versions)
     sub.library.CopyFrom(graph.graph_def.library)
