@@ -22,8 +22,10 @@ import tritonclient.http as thttp
 from tritonclient.utils import InferenceServerException
 
 import runtimes
+from runtimes.serving.publish import publish
 from tests.contract import cases_runtime as cr
 from tests.contract.case import sample_time_step
+from tests.runtimes.serving import bundles
 from tests.runtimes.serving.server_process import ServerProcess
 from toolkit import nest
 from toolkit.specs import array_spec
@@ -41,8 +43,13 @@ def _model(kind: str, client: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def server():
-    args = ["--seed", str(SEED), "--poll-seconds", "0", "--max-batch", "64"]
+def server(tmp_path_factory):
+    base = tmp_path_factory.mktemp("protocols") / "versions"
+    publish(cr.bundle("greedy_q"), base, 1)
+    publish(bundles.greedy_q_v2(), base, 2)
+    args = ["--model", f"versions={base}", "--versions", "versions=all"]
+    args += ["--label", "versions:stable=1", "--label", "versions:canary=2"]
+    args += ["--seed", str(SEED), "--poll-seconds", "0", "--max-batch", "64"]
     args += ["--max-body-bytes", "65536", "--grpc-port", "0"]
     args += ["--max-sequences", str(MAX_SEQUENCES)]
     for kind in KINDS:
@@ -58,6 +65,9 @@ def server():
         process.channel = grpc.insecure_channel(process.grpc)
         yield process
         process.channel.close()
+        # SIGTERM drains every protocol and exits 0.
+        assert process.stop() == 0, process.log
+        assert "stopped after" in process.log
 
 
 # --- the four clients, one call each ------------------------------------------------------
@@ -505,3 +515,54 @@ def test_metrics_are_labelled_by_protocol(server):
             f'policy_serving_requests_total{{api="{api}",code="' in text
             and f'protocol="{protocol}"' in text
         ), protocol
+
+
+def test_versions_and_labels_on_every_protocol(server):
+    obs = np.random.default_rng(4).normal(size=(2, 4)).astype(np.float32)
+    expected = {}
+    for version, bundle in ((1, cr.bundle("greedy_q")), (2, bundles.greedy_q_v2())):
+        policy = runtimes.load_policy(bundle, "onnx")
+        step = TimeStep(np.ones(2, np.int32), np.zeros(2, np.float32), np.ones(2, np.float32), obs)
+        expected[version] = np.asarray(policy.action(step).action)
+    assert not np.array_equal(expected[1], expected[2])  # the versions are told apart
+    inputs = _v2_inputs(thttp, {"observation": obs})
+    for version in (1, 2):
+        got = server.http.infer("versions", inputs, model_version=str(version))
+        np.testing.assert_array_equal(got.as_numpy("action"), expected[version])
+        got = server.grpc_client.infer(
+            "versions", _v2_inputs(tgrpc, {"observation": obs}), model_version=str(version)
+        )
+        np.testing.assert_array_equal(got.as_numpy("action"), expected[version])
+    latest = server.http.infer("versions", inputs)
+    assert latest.get_response()["model_version"] == "2"
+    assert server.http.get_model_metadata("versions")["versions"] == ["1", "2"]
+    with pytest.raises(InferenceServerException) as e:
+        server.http.infer("versions", inputs, model_version="3")
+    assert e.value.status() == "404" and "Specific(versions, 3)" in e.value.message()
+    with pytest.raises(InferenceServerException) as e:
+        server.grpc_client.infer(
+            "versions", _v2_inputs(tgrpc, {"observation": obs}), model_version="3"
+        )
+    assert e.value.status() == "StatusCode.NOT_FOUND"
+    # TF Serving's gRPC: version and version_label in the ModelSpec.
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(server.channel)
+    for label, version in (("stable", 1), ("canary", 2)):
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = "versions"
+        request.model_spec.version_label = label
+        request.inputs["observation"].CopyFrom(tf.make_tensor_proto(obs))
+        response = stub.Predict(request, timeout=30)
+        assert response.model_spec.version.value == version
+        np.testing.assert_array_equal(
+            tf.make_ndarray(response.outputs["action"]), expected[version]
+        )
+    request.model_spec.version.value = 1
+    response = stub.Predict(request, timeout=30)
+    np.testing.assert_array_equal(tf.make_ndarray(response.outputs["action"]), expected[1])
+    request.model_spec.version_label = "nope"
+    with pytest.raises(grpc.RpcError) as e:
+        stub.Predict(request, timeout=30)
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND
