@@ -52,6 +52,9 @@ def server(tmp_path_factory):
     args += ["--seed", str(SEED), "--poll-seconds", "0", "--max-batch", "64"]
     args += ["--max-body-bytes", "65536", "--grpc-port", "0"]
     args += ["--max-sequences", str(MAX_SEQUENCES)]
+    # Request batching on: every protocol's requests go through it (one client waiting
+    # for each answer gets the same actions as without; 8 threads' sequences merge).
+    args += ["--batch-window-us", "0"]
     for kind in KINDS:
         for client in CLIENTS:
             args += ["--model", f"{_model(kind, client)}={cr.bundle(kind)}"]
@@ -505,16 +508,21 @@ def test_metrics_are_labelled_by_protocol(server):
         names=["action"],
     )
     _call(server, "tfs_grpc", "greedy", {"observation": np.zeros((1, 4), np.float32)})
-    text = httpx.get(f"{server.url}/metrics").text
+    lines = httpx.get(f"{server.url}/metrics").text.splitlines()
     for protocol, api in [
         ("kserve_v2_grpc", "infer"),
         ("kserve_v2_rest", "infer"),
         ("tfserving_grpc", "predict"),
     ]:
-        assert (
-            f'policy_serving_requests_total{{api="{api}",code="' in text
-            and f'protocol="{protocol}"' in text
-        ), protocol
+        counted = [
+            line
+            for line in lines
+            if line.startswith("policy_serving_requests_total{")
+            and f'protocol="{protocol}"' in line
+            and f'api="{api}"' in line
+            and 'model="greedy"' in line
+        ]
+        assert counted and float(counted[0].rsplit(" ", 1)[1]) >= 1, (protocol, lines[:5])
 
 
 def test_versions_and_labels_on_every_protocol(server):
