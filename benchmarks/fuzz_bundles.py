@@ -62,6 +62,15 @@ BASES = {
     "actor": ("tf/actor/action_network", ("saved_model", "onnx")),
 }
 DECOYS = ("outside.onnx", "victim.onnx", "w.bin", "secret.bin")
+#: The files of the micro and c targets a "micro_rehash" case mutates (hashes rewritten).
+MICRO_FILES = (
+    "micro/policy.tflite",
+    "micro/held_out_states.f32",
+    "micro/held_out_actions.bin",
+    "c/policy.c",
+    "c/policy.h",
+    "c/weights.f32",
+)
 
 
 # --- set-up (parent) ------------------------------------------------------------------------
@@ -93,6 +102,16 @@ def export_bases(work: Path) -> dict[str, Path]:
             rows = array_spec.sample_spec_nest(spec, np.random.default_rng(0), outer_dims=(64,))
             np.savez(states_file(path), **dict(nest.flatten_with_paths(rows, "observation")))
         bases[name] = path
+    # The micro and c targets (issue 27): calibrated on CartPole, so a CartPole policy.
+    micro = work / "bases" / "q_micro"
+    if not micro.exists():
+        from tests.cli_factories import small_cartpole
+
+        options = {"env": "CartPole-v1", "episodes": 2, "calibration_episodes": 2}
+        export_policy(
+            small_cartpole(), micro, formats=("onnx", "micro", "c"), format_options=options
+        )
+    bases["q_micro"] = micro
     ckpt = work / "bases" / "ckpt_q"
     if not ckpt.exists():
         save_checkpoint(exported_bundles.tf_policy_for("tf/greedy_q"), ckpt, train_step=7)
@@ -395,6 +414,23 @@ def make_case(index: int, family: str, base: str, bases: dict[str, Path], work: 
         _rehash(bundle, manifest, "policy.tflite")
         _save(bundle, manifest)
         what += " (rehashed)"
+    elif family == "micro_rehash":
+        rel = rng.choice(MICRO_FILES)
+        data = bytearray((bundle / rel).read_bytes())
+        if rng.random() < 0.25:
+            cut = rng.randrange(len(data))
+            data = data[:cut]
+            what = f"truncate {rel} at {cut}"
+        else:
+            flips = rng.randrange(1, 9)
+            for _ in range(flips):
+                data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
+            what = f"flip {flips} bits of {rel}"
+        (bundle / rel).write_bytes(bytes(data))
+        manifest = _load(bundle)
+        _rehash(bundle, manifest, rel)
+        _save(bundle, manifest)
+        what += " (rehashed)"
     elif family in ("truncate", "flip"):
         rel = rng.choice(_bundle_files(bundle))
         data = bytearray((bundle / rel).read_bytes())
@@ -536,6 +572,19 @@ def run_case(task: dict[str, Any], kind: str) -> dict[str, Any]:
     if kind == "light":
         results["load_onnx"] = _outcome(lambda: _act(runtimes.load_policy(bundle, "onnx", seed=0)))
         results["inspect"] = _outcome(lambda: _inspect(bundle))
+        if task.get("micro"):
+            # A mutated micro model or C file (hashes rewritten) may only be refused.
+            from exporters.parity import verify
+            from toolkit.errors import BundleError
+
+            for backend in ("micro", "c"):
+                results[f"load_{backend}"] = _outcome(
+                    lambda b=backend: _act(runtimes.load_policy(bundle, b, seed=0)),
+                    refusals=(BundleError,),
+                )
+            results["verify_micro"] = _outcome(
+                lambda: {"ok": verify(bundle, num_samples=4).ok}, refusals=(BundleError,)
+            )
         if task.get("quantize"):
             from exporters.quantize import quantize_bundle
 
@@ -748,6 +797,7 @@ def plan(cases: int, seed: int, tflite_cases: int) -> list[tuple[str, str]]:
         (name, "actor") for name in ("action_max_zero", "onnx_symlink_outside", "external_inside")
     ]
     out += [("tflite_rehash", "q_litert")] * tflite_cases
+    out += [("micro_rehash", "q_micro")] * tflite_cases
     families = ["field"] * 6 + ["field_consistent"] * 3 + ["truncate"] * 2 + ["flip"] * 3
     while len(out) < cases:
         out.append((rng.choice(families), rng.choice(list(BASES))))
@@ -763,7 +813,10 @@ def main(argv: list[str] | None = None) -> int:
         "--tf-every", type=int, default=6, help="run the tf worker on every n-th case"
     )
     parser.add_argument(
-        "--tflite-cases", type=int, default=40, help="mutated policy.tflite (rehashed) cases"
+        "--tflite-cases",
+        type=int,
+        default=40,
+        help="mutated policy.tflite, and mutated micro/ and c/ files, (rehashed) cases",
     )
     parser.add_argument("--no-kill", action="store_true", help="skip the kill-point runs")
     parser.add_argument("--work", type=Path, default=None)
@@ -807,6 +860,7 @@ def main(argv: list[str] | None = None) -> int:
             "ckpt": str(work / "bases" / "ckpt_q"),
             "quantize": index % 4 == 0,
             "quantize_litert": family == "tflite_rehash",
+            "micro": family == "micro_rehash",
             "states": str(states_file(bases[base])),
         }
         answers = []

@@ -111,6 +111,22 @@ def steps(out: Path, run_dir: Path, quick: bool = False) -> list[list[str]]:
         )  # fmt: skip
     plot = ["--plot", _rel(out / "bench.png")]
     commands.append(["policy-toolkit", "bench", bundle, *quantized, *bench, *plot])
+    # The smallest edge: the same policy as an integer TFLite Micro model and as plain C,
+    # calibrated and measured on real CartPole states, then played through TFLite Micro's
+    # own interpreter and through the C compiled by cc.
+    micro = _rel(out / "cartpole_micro")
+    commands.append(
+        ["policy-toolkit", "export", "examples.cartpole_factory:policy", micro,
+         "--checkpoint", _rel(run_dir), "--format", "micro,c", "--env", "CartPole-v1",
+         "--episodes", "3" if quick else "20", "--overwrite",
+         # A quick run's policy is untrained: its near-ties may fail the 99% agreement.
+         *(["--no-verify"] if quick else [])]
+    )  # fmt: skip
+    commands += [
+        ["policy-toolkit", "run", micro, "--env", "CartPole-v1", "--episodes", "20",
+         "--backend", backend]
+        for backend in ("micro", "c")
+    ]  # fmt: skip
     return commands
 
 

@@ -58,6 +58,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--jit-compile", type=int, default=1, help="XLA-compile the train step")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument(
+        "--verbose", action="store_true", help="show TensorFlow's C++ start-up and XLA logs"
+    )
+    parser.add_argument(
         "--actors", type=int, default=0, help="collect on this many Ray actors (0: locally)"
     )
     parser.add_argument("--ray", default="local", help="with --actors: 'local' or host:port")
@@ -73,11 +76,15 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> float:
     args = parse_args(argv)
-    # TensorFlow is imported here, after argument parsing: --help stays instant.
+    # TensorFlow is imported here, after argument parsing: --help stays instant. Its C++
+    # start-up lines (CUDA probes, XLA) stay off the terminal unless --verbose.
+    from toolkit.agents import tensorflow_logs
+
+    tensorflow_logs.quiet_import(args.verbose)
     import tensorflow as tf
     import tf_keras
 
-    from toolkit.agents import common, dqn, training
+    from toolkit.agents import common, dqn, reporting, training
     from toolkit.environments import gym_adapter
     from toolkit.networks.q_network import QNetwork
     from toolkit.replay_buffer import ExperienceWriter, ReplayBuffer, experience_spec
@@ -109,7 +116,7 @@ def main(argv=None) -> float:
     writer = ExperienceWriter(replay_buffer, n_step=args.n_step, gamma=gamma)
 
     training_start = time.perf_counter()
-    with training.ProgressBar("CartPole-v1 DQN", args.steps, enabled=not args.no_progress) as bar:
+    with reporting.ProgressBar("CartPole-v1 DQN", args.steps, enabled=not args.no_progress) as bar:
         train = training.train_off_policy
         distributed = {}
         if args.actors:
@@ -143,7 +150,7 @@ def main(argv=None) -> float:
             **distributed,
         )
     training_seconds = time.perf_counter() - training_start
-    return training.report_run(
+    return reporting.report_run(
         agent,
         args.output_dir,
         eval_env,

@@ -55,16 +55,23 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--jit-compile", type=int, default=1, help="XLA-compile the train step")
     parser.add_argument("--no-export", action="store_true", help="score the TF policy only")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--verbose", action="store_true", help="show TensorFlow's C++ start-up and XLA logs"
+    )
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> float:
     args = parse_args(argv)
-    # TensorFlow is imported here, after argument parsing: --help stays instant.
+    # TensorFlow is imported here, after argument parsing: --help stays instant. Its C++
+    # start-up lines (CUDA probes, XLA) stay off the terminal unless --verbose.
+    from toolkit.agents import tensorflow_logs
+
+    tensorflow_logs.quiet_import(args.verbose)
     import tensorflow as tf
     import tf_keras
 
-    from toolkit.agents import ppo, training
+    from toolkit.agents import ppo, reporting, training
     from toolkit.environments import gym_adapter
     from toolkit.networks.actor_distribution_network import ActorDistributionNetwork
     from toolkit.networks.value_network import ValueNetwork
@@ -98,7 +105,7 @@ def main(argv=None) -> float:
     )
 
     training_start = time.perf_counter()
-    with training.ProgressBar("CartPole-v1 PPO", args.steps, enabled=not args.no_progress) as bar:
+    with reporting.ProgressBar("CartPole-v1 PPO", args.steps, enabled=not args.no_progress) as bar:
         result = training.train_on_policy(
             agent,
             env,
@@ -130,7 +137,7 @@ def main(argv=None) -> float:
             train_step=train_step,
         )
 
-    return training.report_run(
+    return reporting.report_run(
         agent,
         args.output_dir,
         eval_env,

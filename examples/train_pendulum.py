@@ -39,15 +39,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--target-return", type=float, default=-170.0, help="stop when reached")
     parser.add_argument("--jit-compile", type=int, default=1, help="XLA-compile the train step")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--verbose", action="store_true", help="show TensorFlow's C++ start-up and XLA logs"
+    )
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> float:
     args = parse_args(argv)
-    # TensorFlow is imported here, after argument parsing: --help stays instant.
+    # TensorFlow is imported here, after argument parsing: --help stays instant. Its C++
+    # start-up lines (CUDA probes, XLA) stay off the terminal unless --verbose.
+    from toolkit.agents import tensorflow_logs
+
+    tensorflow_logs.quiet_import(args.verbose)
     import tf_keras
 
-    from toolkit.agents import ddpg, training
+    from toolkit.agents import ddpg, reporting, training
     from toolkit.environments import gym_adapter
     from toolkit.networks.actor_network import ActorNetwork
     from toolkit.networks.critic_network import CriticNetwork
@@ -84,7 +91,7 @@ def main(argv=None) -> float:
     writer = ExperienceWriter(replay_buffer, n_step=1, gamma=gamma)
 
     training_start = time.perf_counter()
-    with training.ProgressBar("Pendulum-v1 DDPG", args.steps, enabled=not args.no_progress) as bar:
+    with reporting.ProgressBar("Pendulum-v1 DDPG", args.steps, enabled=not args.no_progress) as bar:
         result = training.train_off_policy(
             agent,
             env,
@@ -105,7 +112,7 @@ def main(argv=None) -> float:
             on_progress=bar,
         )
     training_seconds = time.perf_counter() - training_start
-    return training.report_run(
+    return reporting.report_run(
         agent,
         args.output_dir,
         eval_env,

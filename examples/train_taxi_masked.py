@@ -83,6 +83,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--jit-compile", type=int, default=1, help="XLA-compile the train step")
     parser.add_argument("--quick", action="store_true", help="a few seconds of training (tests)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--verbose", action="store_true", help="show TensorFlow's C++ start-up and XLA logs"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.steps, args.eval_interval, args.epsilon_steps = 1_500, 500, 200
@@ -133,13 +136,17 @@ def play(policy, env, seed: int):
 
 def main(argv=None) -> float:
     args = parse_args(argv)
-    # TensorFlow is imported here, after argument parsing: --help stays instant.
+    # TensorFlow is imported here, after argument parsing: --help stays instant. Its C++
+    # start-up lines (CUDA probes, XLA) stay off the terminal unless --verbose.
+    from toolkit.agents import tensorflow_logs
+
+    tensorflow_logs.quiet_import(args.verbose)
     import tensorflow as tf
     import tf_keras
 
     from exporters.export import export_policy
     from runtimes import load_policy
-    from toolkit.agents import common, dqn, training
+    from toolkit.agents import common, dqn, reporting, training
     from toolkit.environments import gym_adapter
     from toolkit.replay_buffer import ExperienceWriter, ReplayBuffer, experience_spec
 
@@ -170,7 +177,7 @@ def main(argv=None) -> float:
     writer = ExperienceWriter(replay_buffer, n_step=args.n_step, gamma=args.gamma)
 
     training_start, training_cpu = time.perf_counter(), time.process_time()
-    with training.ProgressBar(
+    with reporting.ProgressBar(
         f"{taxi} masked DQN", args.steps, enabled=not args.no_progress
     ) as bar:
         result = training.train_off_policy(
@@ -218,7 +225,7 @@ def main(argv=None) -> float:
             evaluations[backend] = returns
         return _Evaluation(list(evaluations["onnx"]))
 
-    return training.report_run(
+    return reporting.report_run(
         agent,
         args.output_dir,
         eval_env,

@@ -69,6 +69,7 @@ def export_policy(
     *,
     overwrite: bool = False,
     opset: int = onnx_export.DEFAULT_OPSET,
+    format_options: dict[str, Any] | None = None,
 ) -> Path:
     """Exports a TF policy to a bundle folder.
 
@@ -83,6 +84,8 @@ def export_policy(
       metadata: JSON-able user metadata, in the manifest and ``get_metadata``.
       overwrite: replace an existing bundle at ``output_dir``.
       opset: the ONNX opset.
+      format_options: more options the formats take (``Format.convert``), e.g.
+        ``{"env": "CartPole-v1"}`` for ``micro`` and ``c``, calibrated on real states.
 
     Returns:
       The bundle's path.
@@ -99,7 +102,7 @@ def export_policy(
     if output.exists() and not overwrite:
         raise ExportError(f"{output.absolute()}: already exists; pass overwrite=True to replace it")
     module = module_for(policy, train_step, metadata)
-    options = {"opset": opset}
+    options = {**(format_options or {}), "opset": opset}
     # The slow part (conversions) before the temporary folder exists.
     contents = {name: export_formats.get(name).convert(module, options) for name in names}
 

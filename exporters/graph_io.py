@@ -29,6 +29,7 @@ __all__ = [
     "litert_runner",
     "next_state",
     "onnx_runner",
+    "sample_inputs",
     "sample_leaf",
     "sample_time_steps",
 ]
@@ -79,8 +80,21 @@ def sample_time_steps(
         spec's full range (which stresses parity over large inputs).
     """
     spec = Layout.coerce(layout).specs.time_step
+    return sample_inputs(spec, batch, rng, first=first, stateful=stateful, moderate=moderate)
+
+
+def sample_inputs(
+    time_step_spec: Any,
+    batch: int,
+    rng: np.random.Generator,
+    *,
+    first: bool,
+    stateful: bool = True,
+    moderate: bool = False,
+) -> dict[str, np.ndarray]:
+    """``sample_time_steps`` from a time step spec of array specs (no manifest yet)."""
     leaf = sample_leaf if moderate else _spec_sample
-    inputs = {path: leaf(s, rng, batch) for path, s in nest.flatten_with_paths(spec)}
+    inputs = {path: leaf(s, rng, batch) for path, s in nest.flatten_with_paths(time_step_spec)}
     if stateful:
         restart = np.ones(batch, bool) if first else rng.uniform(size=batch) < 0.25
         step_type = np.where(restart, 0, rng.integers(1, 3, size=batch))
@@ -167,13 +181,24 @@ def agree(
 # --- runners ---------------------------------------------------------------------------------
 
 
-def onnx_runner(model: bytes | str | Path, threads: int = 1) -> Runner:
-    """Runs an ONNX graph with onnxruntime (CPU, ``threads`` intra-op threads)."""
+def onnx_runner(
+    model: bytes | str | Path,
+    threads: int = 1,
+    initializers: dict[str, np.ndarray] | None = None,
+) -> Runner:
+    """Runs an ONNX graph with onnxruntime (CPU, ``threads`` intra-op threads), with
+    ``initializers`` (by name) in place of the graph's own values."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.log_severity_level = 3  # errors only: ORT warns about unused initializers
+    # onnxruntime keeps pointers into these OrtValues (and their arrays): they live as
+    # long as the runner.
+    arrays = {k: np.ascontiguousarray(v) for k, v in (initializers or {}).items()}
+    values = {k: ort.OrtValue.ortvalue_from_numpy(v) for k, v in arrays.items()}
+    for name, value in values.items():
+        options.add_initializer(name, value)
     source = str(model) if isinstance(model, Path) else model
     session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
@@ -184,6 +209,7 @@ def onnx_runner(model: bytes | str | Path, threads: int = 1) -> Runner:
         return dict(zip(names, session.run(names, feed), strict=True))
 
     run.session = session  # type: ignore[attr-defined]
+    run.keep = (arrays, values)  # type: ignore[attr-defined]
     return run
 
 

@@ -1,13 +1,19 @@
 """verify: parity of a bundle's exported forms with each other and with the TF policy.
 
-Spec-sampled time steps (sequences with FIRST steps for stateful policies, each form
-feeding back its own state) go through every available form of the ``distribution``
-function: the live TF policy (when given), then each format of the bundle in the format
-registry's order (``Format.runner``: the SavedModel, the ONNX graph under onnxruntime,
-the LiteRT model under ai-edge-litert...). The report gives the largest absolute and
-relative difference per output against the reference (the TF policy, else the first
-format); formats add their own rows (``Format.extra_checks``: LiteRT's
-``get_initial_state`` against the zero states).
+Two checks, on every form that can run here (``Format.runner``: the SavedModel, the ONNX
+graph under onnxruntime, the LiteRT model under ai-edge-litert...; a form whose runtime is
+not installed is skipped, naming what to install, ``Format.runner_missing``):
+
+- against the recorded calls a bundle carries (``Format.records``: the golden vectors
+  recorded from the TF policy at export): each form runs the recorded inputs, so a device
+  without TensorFlow still checks its runtime against the TF policy;
+- against each other: spec-sampled time steps (sequences with FIRST steps for stateful
+  policies, each form feeding back its own state) go through the live TF policy (when
+  given) and every form; the reference is the TF policy, else the first form.
+
+The report gives the largest absolute and relative difference per output; formats add
+their own rows (``Format.extra_checks``: LiteRT's ``get_initial_state`` against the zero
+states).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import numpy as np
 
 from exporters import formats as export_formats
 from exporters import graph_io
+from exporters.formats.base import Recording
 from exporters.graph_io import Runner
 from toolkit import bundle
 from toolkit.errors import BundleError
@@ -30,18 +37,25 @@ __all__ = ["OutputDiff", "VerifyReport", "verify"]
 
 @dataclasses.dataclass(frozen=True)
 class OutputDiff:
-    """The largest difference of one output between a form and the reference."""
+    """The largest difference of one output between a form and its reference."""
 
     form: str
     output: str
     max_abs: float
     max_rel: float
     ok: bool
+    #: what the form was compared with (a form, or a recording such as "golden")
+    reference: str = ""
 
 
 @dataclasses.dataclass
 class VerifyReport:
-    """What ``verify`` measured. ``ok`` is False when any output is beyond tolerance."""
+    """What ``verify`` measured. ``ok`` is False when any output is beyond tolerance.
+
+    ``reference`` is the recording the forms were checked against ("golden"), else the
+    form the others were compared with; ``skipped`` names the forms that could not run
+    here and why; ``recorded`` describes each recording (its calls and their source).
+    """
 
     bundle: Path
     reference: str
@@ -51,6 +65,8 @@ class VerifyReport:
     atol: float
     rtol: float
     rows: list[OutputDiff]
+    skipped: dict[str, str] = dataclasses.field(default_factory=dict)
+    recorded: dict[str, str] = dataclasses.field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -65,6 +81,8 @@ class VerifyReport:
             "ok": self.ok,
             "reference": self.reference,
             "forms": self.forms,
+            "skipped": self.skipped,
+            "recorded": self.recorded,
             "num_samples": self.num_samples,
             "steps": self.steps,
             "atol": self.atol,
@@ -72,19 +90,37 @@ class VerifyReport:
             "outputs": [dataclasses.asdict(row) for row in self.rows],
         }
 
-    def __str__(self) -> str:
-        lines = [
-            f"verify {self.bundle}: {'OK' if self.ok else 'FAILED'} "
-            f"({self.num_samples} samples x {self.steps} steps; reference {self.reference}; "
+    def summary(self) -> str:
+        """The status line: what was compared, with what, and the tolerance."""
+        parts = [f"{name}: {text}" for name, text in self.recorded.items()]
+        if len(self.forms) > 1:
+            parts.append(
+                f"{self.num_samples} samples x {self.steps} step{'s' if self.steps != 1 else ''}"
+                f" across forms, reference {self._cross_reference()}"
+            )
+        return (
+            f"verify {self.bundle}: {'OK' if self.ok else 'FAILED'} ({'; '.join(parts)}; "
             f"tolerance {self.atol:g} + {self.rtol:g} x |reference|)"
-        ]
+        )
+
+    def skipped_lines(self) -> list[str]:
+        """One line per form that could not run: ``saved_model: skipped, ...``."""
+        return [f"{name}: skipped, {reason}" for name, reason in self.skipped.items()]
+
+    def _cross_reference(self) -> str:
+        return self.forms[0] if self.forms else ""
+
+    def __str__(self) -> str:
+        lines = [self.summary(), *("  " + line for line in self.skipped_lines())]
         width = max([len(r.output) for r in self.rows] + [6])
-        lines.append(f"  {'form':<12} {'output':<{width}} {'max abs':>10} {'max rel':>10}")
+        lines.append(
+            f"  {'form':<12} {'reference':<12} {'output':<{width}} {'max abs':>10} {'max rel':>10}"
+        )
         for row in self.rows:
             mark = "" if row.ok else "  <-- beyond tolerance"
             lines.append(
-                f"  {row.form:<12} {row.output:<{width}} {row.max_abs:>10.3g} "
-                f"{row.max_rel:>10.3g}{mark}"
+                f"  {row.form:<12} {row.reference:<12} {row.output:<{width}} "
+                f"{row.max_abs:>10.3g} {row.max_rel:>10.3g}{mark}"
             )
         return "\n".join(lines)
 
@@ -133,12 +169,14 @@ def verify(
     rtol: float = 1e-5,
     seed: int = 0,
 ) -> VerifyReport:
-    """Compares every exported form of a bundle (and ``policy``, when given).
+    """Compares every exported form of a bundle that can run here with the bundle's
+    recorded calls (golden vectors), with each other and with ``policy``, when given.
 
     Args:
       bundle_dir: the bundle.
-      num_samples: the batch of sampled time steps fed at each step.
-      policy: the live TF policy the bundle was exported from; it becomes the reference.
+      num_samples: the batch of sampled time steps fed at each step (across forms).
+      policy: the live TF policy the bundle was exported from; it becomes the reference
+        across forms.
       steps: time steps per sequence; defaults to 8 for stateful policies, 1 otherwise.
       atol, rtol: an output passes when ``|form - reference| <= atol + rtol * |reference|``
         everywhere (float32 MLPs agree to about 1e-6; rtol covers large Q-values).
@@ -146,7 +184,12 @@ def verify(
       seed: seeds the sampled inputs.
 
     Returns:
-      A VerifyReport (``report.ok``; ``str(report)`` is a table).
+      A VerifyReport (``report.ok``; ``str(report)`` is a table; ``report.skipped`` the
+      forms whose runtime is not installed).
+
+    Raises:
+      BundleError: a bundle that fails the readers' checks, or nothing to compare: no
+        recording and fewer than two forms that can run here (naming the skipped ones).
     """
     root = Path(bundle_dir)
     layout = bundle.read_layout(root)
@@ -159,18 +202,125 @@ def verify(
         module = module_for(policy, layout.train_step, {})
         runners["tf_policy"] = _tf_runner(module.info.functions["distribution"])
     present = [export_formats.get(name) for name in export_formats.names() if layout.has(name)]
+    recordings: dict[str, Recording] = {}
+    skipped: dict[str, str] = {}
+    checked_apart: list[str] = []  # formats without a distribution runner
     for fmt in present:
-        runners[fmt.name] = fmt.runner(root, layout)
-    if len(runners) < 2:
+        if fmt.records:
+            recordings[fmt.name] = fmt.recording(root, layout)
+            continue
+        reason = fmt.runner_missing()
+        if reason is not None:
+            skipped[fmt.name] = reason
+            continue
+        run = fmt.runner(root, layout)
+        if run is None:  # e.g. an int8 deterministic action: its extra_checks verify it
+            checked_apart.append(fmt.name)
+            continue
+        runners[fmt.name] = run
+    if not checked_apart and (not runners or (not recordings and len(runners) < 2)):
+        also = "".join(f"; {name}: skipped, {reason}" for name, reason in skipped.items())
         raise BundleError(
-            f"{root}: nothing to compare: the bundle has one form ({list(runners)}) and no "
-            "policy was given"
+            f"{root}: nothing to compare: "
+            + (
+                "no form of the policy can run here"
+                if not runners
+                else f"the bundle has one form that runs here ({list(runners)}), no golden "
+                "vectors and no policy was given"
+            )
+            + also
         )
+    rows: list[OutputDiff] = []
+    for name, recording in recordings.items():
+        rows += _against_recording(name, recording, runners, atol, rtol)
     stateful = bool(layout.names.states)
     steps = steps if steps is not None else (8 if stateful else 1)
+    if len(runners) > 1:
+        rows += _across_forms(layout, runners, num_samples, steps, stateful, seed, atol, rtol)
+    for fmt in present:
+        if fmt.name in runners or fmt.name in checked_apart:
+            rows += fmt.extra_checks(root, layout, num_samples)
+    recorded = {
+        name: f"{_calls(recording)} recorded from {recording.source}"
+        for name, recording in recordings.items()
+    }
+    return VerifyReport(
+        bundle=root,
+        reference=next(iter(recordings), None)
+        or next(iter(runners), None)
+        or "held-out real states",
+        forms=[*runners, *checked_apart],
+        num_samples=num_samples,
+        steps=steps,
+        atol=atol,
+        rtol=rtol,
+        rows=rows,
+        skipped=skipped,
+        recorded=recorded,
+    )
+
+
+def _calls(recording: Recording) -> str:
+    inputs = recording.steps[0][0]
+    batch = len(next(iter(inputs.values()))) if inputs else 0
+    n = len(recording.steps)
+    return f"{batch} time steps x {n} step{'s' if n != 1 else ''}"
+
+
+def _worst(
+    worst: dict[tuple[str, str], list[Any]],
+    form: str,
+    reference_outputs: dict[str, np.ndarray],
+    outputs: dict[str, np.ndarray],
+    atol: float,
+    rtol: float,
+) -> None:
+    """Folds one call's differences into ``worst[(form, output)]``."""
+    for output, ref_value in reference_outputs.items():
+        if output not in outputs:
+            worst[(form, output)] = [float("inf"), float("inf"), False]
+            continue
+        max_abs, max_rel, ok = compare(ref_value, np.asarray(outputs[output]), atol, rtol)
+        previous = worst.get((form, output), [0.0, 0.0, True])
+        worst[(form, output)] = [
+            max(previous[0], max_abs),
+            max(previous[1], max_rel),
+            bool(previous[2] and ok),
+        ]
+
+
+def _rows(worst: dict[tuple[str, str], list[Any]], reference: str) -> list[OutputDiff]:
+    return [
+        OutputDiff(form, output, float(v[0]), float(v[1]), bool(v[2]), reference)
+        for (form, output), v in worst.items()
+    ]
+
+
+def _against_recording(
+    name: str, recording: Recording, runners: dict[str, Runner], atol: float, rtol: float
+) -> list[OutputDiff]:
+    """Every form on the recorded inputs (each step with its recorded state)."""
+    worst: dict[tuple[str, str], list[Any]] = {}
+    for inputs, expected in recording.steps:
+        for form, run in runners.items():
+            _worst(worst, form, expected, run(dict(inputs)), atol, rtol)
+    return _rows(worst, name)
+
+
+def _across_forms(
+    layout: Any,
+    runners: dict[str, Runner],
+    num_samples: int,
+    steps: int,
+    stateful: bool,
+    seed: int,
+    atol: float,
+    rtol: float,
+) -> list[OutputDiff]:
+    """Every form against the first on sampled sequences, each feeding back its state."""
     rng = np.random.default_rng(seed)
     states = {name: graph_io.initial_state(layout, num_samples) for name in runners}
-    worst: dict[tuple[str, str], list[float | bool]] = {}
+    worst: dict[tuple[str, str], list[Any]] = {}
     reference = next(iter(runners))
     for step in range(steps):
         time_step = graph_io.sample_time_steps(
@@ -180,30 +330,5 @@ def verify(
         for name in runners:
             states[name] = graph_io.next_state(outputs[name])
         for form in list(runners)[1:]:
-            for output, ref_value in outputs[reference].items():
-                if output not in outputs[form]:
-                    worst[(form, output)] = [float("inf"), float("inf"), False]
-                    continue
-                max_abs, max_rel, ok = compare(ref_value, outputs[form][output], atol, rtol)
-                previous = worst.get((form, output), [0.0, 0.0, True])
-                worst[(form, output)] = [
-                    max(previous[0], max_abs),
-                    max(previous[1], max_rel),
-                    bool(previous[2] and ok),
-                ]
-    rows = [
-        OutputDiff(form, output, float(v[0]), float(v[1]), bool(v[2]))
-        for (form, output), v in worst.items()
-    ]
-    for fmt in present:
-        rows += fmt.extra_checks(root, layout, num_samples)
-    return VerifyReport(
-        bundle=root,
-        reference=reference,
-        forms=list(runners),
-        num_samples=num_samples,
-        steps=steps,
-        atol=atol,
-        rtol=rtol,
-        rows=rows,
-    )
+            _worst(worst, form, outputs[reference], outputs[form], atol, rtol)
+    return _rows(worst, reference)

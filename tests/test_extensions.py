@@ -105,7 +105,8 @@ def test_a_command_refuses_a_backend_without_the_capability_it_needs(toy_backend
 def test_an_unknown_backend_names_the_registered_ones(toy_backend):
     result = runner.invoke(app, ["run", str(cartpole_bundle()), "--env", "CartPole-v1", "-b", "x"])
     assert result.exit_code == 2
-    assert "expected one of ['auto', 'onnx', 'litert', 'tf', 'toy'], got 'x'" in result.stderr
+    known = "['auto', 'onnx', 'litert', 'micro', 'c', 'tf', 'toy']"
+    assert f"expected one of {known}, got 'x'" in result.stderr
 
 
 def test_a_registered_format_exports_verifies_inspects_and_refuses_updates(toy_format, tmp_path):
@@ -114,7 +115,7 @@ def test_a_registered_format_exports_verifies_inspects_and_refuses_updates(toy_f
 
     path = export_policy(small_cartpole(), tmp_path / "b", formats=["saved_model", "onnx_copy"])
     layout = bundle.read_layout(path)  # the schema readers check takes the new section
-    assert list(layout.formats) == ["saved_model", "onnx_copy"]
+    assert list(layout.formats) == ["saved_model", "onnx_copy", "golden"]
     assert layout.format("onnx_copy").path == "policy_copy.onnx"
     report = verify(path)
     assert report.forms == ["saved_model", "onnx_copy"] and report.ok, str(report)

@@ -108,7 +108,7 @@ def test_train_taxi_masked_exports_and_plays_on_both_tf_free_backends(tmp_path):
     }
     manifest = json.loads((out / "bundle" / "manifest.json").read_text())
     assert manifest["policy"]["action_mask"] == "observation/mask"
-    assert manifest["formats"] == ["saved_model", "onnx", "litert"]
+    assert manifest["formats"] == ["saved_model", "onnx", "litert", "golden"]
     # The CLI plays a masked bundle: its environment gives the mask as an observation.
     from typer.testing import CliRunner
 

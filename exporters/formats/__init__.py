@@ -22,7 +22,7 @@ import importlib
 import json
 from typing import Any
 
-from exporters.formats.base import Format, NewWeights, Runner
+from exporters.formats.base import Format, NewWeights, Recording, Runner
 from toolkit.bundle import schema as schema_lib
 from toolkit.errors import ExportError
 
@@ -30,7 +30,9 @@ __all__ = [
     "FORMATS",
     "Format",
     "NewWeights",
+    "Recording",
     "Runner",
+    "choices",
     "default_formats",
     "get",
     "names",
@@ -45,6 +47,10 @@ _MODULES = (
     "exporters.formats.saved_model",
     "exporters.formats.onnx",
     "exporters.formats.litert",
+    "exporters.formats.micro",
+    "exporters.formats.c",
+    # Last: its update recomputes outputs from the formats written before it.
+    "exporters.formats.golden",
 )
 
 FORMATS: dict[str, Format] = {}
@@ -54,8 +60,14 @@ for _module in _MODULES:
 
 
 def register(fmt: Format) -> None:
-    """Adds (or replaces) a format, and its section in the schema readers check."""
+    """Adds (or replaces) a format, and its section in the schema readers check.
+
+    Formats that record (the golden vectors) stay last: an update recomputes them from
+    the others' new files.
+    """
     FORMATS[fmt.name] = fmt
+    for name in [n for n, f in FORMATS.items() if f.records and n != fmt.name]:
+        FORMATS[name] = FORMATS.pop(name)
     schema_lib.register_format(fmt.name, fmt.schema)
 
 
@@ -70,9 +82,15 @@ def names() -> list[str]:
     return list(FORMATS)
 
 
+def choices() -> list[str]:
+    """The formats an export can be asked for (``--format``): all but those written with
+    every export."""
+    return [name for name, fmt in FORMATS.items() if not fmt.always]
+
+
 def default_formats() -> tuple[str, ...]:
     """What ``export_policy`` writes when no formats are asked for."""
-    return tuple(name for name, fmt in FORMATS.items() if fmt.default)
+    return tuple(name for name, fmt in FORMATS.items() if fmt.default or fmt.always)
 
 
 def get(name: str) -> Format:
@@ -89,18 +107,24 @@ def get(name: str) -> Format:
 
 def parse(formats: Any) -> tuple[str, ...]:
     """Format names from a sequence or a comma-separated string, deduplicated, in writing
-    order.
+    order, with the formats written with every export (``Format.always``: the golden
+    vectors).
 
     Raises:
-      ExportError: none, or an unknown one (naming the known ones).
+      ExportError: none, an unknown one (naming the known ones), or only formats that
+        record (no form of the policy to run).
     """
     if isinstance(formats, str):
         formats = [f.strip() for f in formats.split(",") if f.strip()]
     asked = list(dict.fromkeys(formats))
     unknown = [f for f in asked if f not in FORMATS]
     if unknown or not asked:
-        raise ExportError(f"formats: expected some of {names()}, got {asked}")
-    return tuple(name for name in FORMATS if name in asked)
+        # The ones to ask for: those written with every export come anyway.
+        raise ExportError(f"formats: expected some of {choices()}, got {asked}")
+    if all(FORMATS[f].records for f in asked):
+        runnable = [n for n, fmt in FORMATS.items() if not fmt.records]
+        raise ExportError(f"formats: expected at least one of {runnable}, got {asked}")
+    return tuple(name for name, fmt in FORMATS.items() if name in asked or fmt.always)
 
 
 def schema(base: dict[str, Any] | None = None) -> dict[str, Any]:

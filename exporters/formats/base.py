@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 
 from toolkit.bundle.layout import FormatEntry, Layout
 
-__all__ = ["Format", "NewWeights", "Runner"]
+__all__ = ["Format", "NewWeights", "Recording", "Runner"]
 
 #: A function of the policy's flat ``distribution`` inputs (numpy arrays by graph name)
 #: returning its outputs the same way.
@@ -49,6 +49,20 @@ class NewWeights:
     source: str
 
 
+class Recording(NamedTuple):
+    """Recorded calls of the ``distribution`` function: a reference ``verify`` runs the
+    other forms against (``Format.records``).
+
+    Attributes:
+      source: what computed the outputs ("tf_policy": the TF policy at export).
+      steps: per step, ``(inputs, outputs)``: numpy arrays by flat graph name; the inputs
+        include the policy state the source carried into the step.
+    """
+
+    source: str
+    steps: list[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]
+
+
 class Format:
     """One bundle format. Subclasses set the class attributes and override the hooks."""
 
@@ -66,6 +80,11 @@ class Format:
     runner_needs: ClassVar[tuple[str, ...]] = ()
     #: formats written before this one in an update (their new files are read)
     update_after: ClassVar[tuple[str, ...]] = ()
+    #: written with every export, whatever formats are asked for
+    always: ClassVar[bool] = False
+    #: holds recorded calls (``recording``), not a form of the policy to run: ``verify``
+    #: runs the other forms against it, backends never load it
+    records: ClassVar[bool] = False
 
     # --- export ----------------------------------------------------------------------
 
@@ -73,7 +92,9 @@ class Format:
         """The format's content for a traced policy (``exporters.signatures.ExportModule``),
         made before the bundle's temporary folder exists (the slow part of an export).
 
-        ``options`` holds the export's options (``opset``...); formats take theirs.
+        ``options`` holds the export's options (``opset``, and the ``format_options``
+        given to ``export_policy``, e.g. ``env`` for formats calibrated on real states);
+        formats take theirs.
         """
         raise NotImplementedError
 
@@ -102,8 +123,28 @@ class Format:
 
     # --- verify ----------------------------------------------------------------------
 
-    def runner(self, root: Path, layout: Layout) -> Runner:
-        """Runs the format's ``distribution`` function on flat inputs (for ``verify``)."""
+    def runner(self, root: Path, layout: Layout) -> Runner | None:
+        """Runs the format's ``distribution`` function on flat inputs (for ``verify``).
+
+        None: the format does not compute the distribution function within a tolerance
+        (e.g. an int8 model of the deterministic action only); its ``extra_checks`` then
+        verify it their own way."""
+        raise NotImplementedError
+
+    def runner_missing(self) -> str | None:
+        """Why ``runner`` cannot run here, with what to install, or None when it can:
+        the first module of ``runner_needs`` that is not installed, as the backend table
+        names its install (``runtimes.backends.not_installed``)."""
+        from runtimes import backends
+
+        for module in self.runner_needs:
+            reason = backends.not_installed(module)
+            if reason is not None:
+                return reason
+        return None
+
+    def recording(self, root: Path, layout: Layout) -> Recording:
+        """The recorded calls a ``records`` format holds, read and checked."""
         raise NotImplementedError
 
     def extra_checks(self, root: Path, layout: Layout, batch: int) -> list[Any]:

@@ -20,7 +20,7 @@ from toolkit.bundle import readers
 from toolkit.bundle.layout import FormatEntry, Layout
 from toolkit.errors import BundleError, ExportError, UnsupportedError
 
-__all__ = ["FORMAT", "SavedModelFormat", "load_checked"]
+__all__ = ["FORMAT", "SavedModelFormat", "distribution_runner", "load_checked"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,22 +128,26 @@ class SavedModelFormat(Format):
     # --- verify and inspect ------------------------------------------------------------
 
     def runner(self, root: Path, layout: Layout) -> Runner:
-        import tensorflow as tf
-
-        loaded = load_checked(root, layout)
-        try:
-            signature = loaded.signatures["distribution"]
-        except KeyError as e:
-            raise BundleError(f"{root}: the SavedModel has no 'distribution' signature") from e
-
-        def run(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-            outputs = signature(**{k: tf.constant(v) for k, v in inputs.items()})
-            return {k: v.numpy() for k, v in outputs.items()}
-
-        return run
+        return distribution_runner(load_checked(root, layout), str(root))
 
     def describe(self, entry: FormatEntry) -> str:
         return f"{entry.path}/ (tags {', '.join(entry.section.get('tags', ()))})"
+
+
+def distribution_runner(loaded: Any, where: str) -> Runner:
+    """Runs a loaded SavedModel's ``distribution`` signature on flat numpy inputs."""
+    import tensorflow as tf
+
+    try:
+        signature = loaded.signatures["distribution"]
+    except KeyError as e:
+        raise BundleError(f"{where}: the SavedModel has no 'distribution' signature") from e
+
+    def run(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        outputs = signature(**{k: tf.constant(v) for k, v in inputs.items()})
+        return {k: v.numpy() for k, v in outputs.items()}
+
+    return run
 
 
 def _restore(loaded: Any, prefix: Path, shown: str) -> None:

@@ -10,6 +10,8 @@ backend     module (policy class)             reads format     engine (pip extra
 ==========  ================================  ===============  =================================
 ``onnx``    runtimes.backends.onnx            ``onnx``         onnxruntime (``[runtime]``)
 ``litert``  runtimes.backends.litert          ``litert``       ai-edge-litert (``[litert]``)
+``micro``   runtimes.backends.micro           ``micro``        tflite-micro (``[micro]``)
+``c``       runtimes.backends.c               ``c``            cc and ctypes (tests, benches)
 ``tf``      runtimes.backends.tf              ``saved_model``  TensorFlow (``[all]``)
 ==========  ================================  ===============  =================================
 
@@ -36,6 +38,7 @@ __all__ = [
     "get",
     "installed",
     "names",
+    "not_installed",
     "register",
     "unregister",
 ]
@@ -187,6 +190,35 @@ BACKENDS: dict[str, Backend] = {
             weight_updates=False,
         ),
         Backend(
+            "micro",
+            "runtimes.backends.micro",
+            "MicroPolicy",
+            "micro",
+            "tflite_micro",
+            "micro",
+            "TFLite Micro",
+            engine_label="TFLite Micro (tflite-micro)",
+            # An int8 model of the deterministic action, calibrated at export: never a
+            # silent pick, no checkpoints, one state per interpreter call.
+            weight_updates=False,
+            threads=False,
+            auto=False,
+        ),
+        Backend(
+            "c",
+            "runtimes.backends.c",
+            "CPolicy",
+            "c",
+            "ctypes",
+            "runtime",
+            "C",
+            engine_label="the system C compiler (cc) and ctypes",
+            # Compiles the C export (regenerated from its weights) for tests and benches.
+            weight_updates=False,
+            threads=False,
+            auto=False,
+        ),
+        Backend(
             "tf",
             "runtimes.backends.tf",
             "SavedModelPolicy",
@@ -232,6 +264,33 @@ def get(name: str) -> Backend:
     return backend
 
 
+def not_installed(module: str) -> str | None:
+    """Why ``module`` cannot be used here, naming the install that brings it (the extra of
+    the backend whose engine it is): "TensorFlow is not installed (pip install
+    'policy-toolkit[all]')"; None when it is installed."""
+    if _has_module(module):
+        return None
+    for backend in BACKENDS.values():
+        if backend.engine == module:
+            return (
+                f"{backend.engine_label} is not installed "
+                f"(pip install 'policy-toolkit[{backend.extra}]')"
+            )
+    return f"the module {module!r} is not installed"
+
+
+def _install_advice(backends: list[Backend]) -> str:
+    """``pip install ...`` for each backend's extra: "pip install 'policy-toolkit[runtime]'
+    (onnx backend) or 'policy-toolkit[all]' (tf backend)"."""
+    extras = dict.fromkeys(b.extra for b in backends)
+    advice = " or ".join(
+        f"'policy-toolkit[{extra}]' ({', '.join(b.name for b in backends if b.extra == extra)} "
+        "backend)"
+        for extra in extras
+    )
+    return f"pip install {advice}"
+
+
 def installed(formats: Any = None) -> list[Backend]:
     """The backends whose engine is installed (that read one of ``formats``, if given)."""
     return [
@@ -255,8 +314,15 @@ def choose(name: str, formats: Any, where: str) -> Backend:
     if name != AUTO:
         backend = get(name)
         if backend.format not in formats:
-            others = [b.name for b in BACKENDS.values() if b.format in formats]
-            hint = f"; use backend={others[0]!r}" if others else ""
+            readable = [b for b in BACKENDS.values() if b.format in formats]
+            usable = [b for b in readable if b.missing() is None]
+            if usable:
+                hint = f"; use backend={usable[0].name!r}"
+            elif readable:
+                # None installed: name the install, not a backend that would fail too.
+                hint = f"; {_install_advice(readable)}"
+            else:
+                hint = ""
             raise BundleError(
                 f"{where}: the bundle was exported without {backend.label} "
                 f"(formats {list(formats)}){hint}"
@@ -267,14 +333,15 @@ def choose(name: str, formats: Any, where: str) -> Backend:
         if backend.auto and backend.missing() is None:
             return backend
     for backend in readable:
-        if not backend.auto:
+        if not backend.auto and backend.missing() is None:
             return backend
     if not readable:
         labels = list(dict.fromkeys(b.label for b in BACKENDS.values()))
         known = ", ".join(labels[:-1]) + " or " + labels[-1] if len(labels) > 1 else labels[0]
         raise BundleError(f"{where}: expected an {known} export, got {list(formats)}")
-    advice = " or ".join(f"'policy-toolkit[{b.extra}]'" for b in readable)
+    # TF-free backends first: the install a device wants.
+    readable.sort(key=lambda b: not b.tf_free)
+    held = ", ".join(dict.fromkeys(b.format for b in readable))
     raise UnsupportedError(
-        f"{where}: the bundle holds {' and '.join(b.format for b in readable)} only and no "
-        f"runtime for it is installed (pip install {advice})"
+        f"{where}: no backend for its formats ({held}) is installed: {_install_advice(readable)}"
     )

@@ -29,9 +29,13 @@ def _tensorflow() -> Any:
     try:
         import tensorflow as tf
     except ImportError as e:
+        from runtimes.backends import installed
+
+        # Only backends that are installed are advised (the table says which).
+        free = [b.name for b in installed() if b.tf_free]
+        other = f"; or use a TF-free backend: {', '.join(free)}" if free else ""
         raise UnsupportedError(
-            "the tf backend needs TensorFlow (pip install 'policy-toolkit[all]'); "
-            "use backend='onnx' where TensorFlow is not installed"
+            f"the tf backend needs TensorFlow (pip install 'policy-toolkit[all]'){other}"
         ) from e
     return tf
 

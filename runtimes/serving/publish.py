@@ -23,6 +23,7 @@ from pathlib import Path
 
 from runtimes.serving.models import MAX_VERSION
 from toolkit import bundle
+from toolkit.bundle import Layout
 from toolkit.errors import BundleError, ExportError, SpecMismatchError
 
 __all__ = ["publish", "saved_model_mirror"]
@@ -31,13 +32,13 @@ __all__ = ["publish", "saved_model_mirror"]
 _TEMPORARY = re.compile(r"\.([0-9]{1,64})\.tmp-[0-9a-f]{8}")
 
 
-def saved_model_mirror(manifest: dict) -> dict[str, str]:
+def saved_model_mirror(layout: Layout) -> dict[str, str]:
     """``{bundle file: its path at the version root}`` for the SavedModel's files."""
-    if "saved_model" not in manifest.get("formats", []):
+    if not layout.has("saved_model"):
         return {}
-    prefix = str(manifest["saved_model"]["dir"]).rstrip("/") + "/"
-    mirror = {rel: rel[len(prefix) :] for rel in manifest["files"] if rel.startswith(prefix)}
-    clash = sorted(set(mirror.values()) & (set(manifest["files"]) | {bundle.MANIFEST}))
+    prefix = layout.format("saved_model").path.rstrip("/") + "/"
+    mirror = {rel: rel[len(prefix) :] for rel in layout.files if rel.startswith(prefix)}
+    clash = sorted(set(mirror.values()) & (set(layout.files) | {bundle.MANIFEST}))
     if clash:
         raise BundleError(
             f"the SavedModel's files {clash} would overwrite the bundle's own at the version root"
@@ -64,9 +65,9 @@ def publish(
       SpecMismatchError: for a bad version number, or no train step to default to.
     """
     source = bundle.bundle_root(bundle_dir)
-    manifest = bundle.read_manifest(source, check_files=True)
+    layout = bundle.read_layout(source, check_files=True)
     if version is None:
-        version = manifest.get("train_step")
+        version = layout.train_step
         if version is None or (isinstance(version, int) and version < 0):
             raise SpecMismatchError(
                 "--version",
@@ -84,7 +85,7 @@ def publish(
             f"{target}: version {version} already exists; versions are never replaced in place "
             "(servers keep what they loaded), publish a higher version"
         )
-    mirror = saved_model_mirror(manifest)
+    mirror = saved_model_mirror(layout)
     try:
         base.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -92,7 +93,7 @@ def publish(
     _remove_leftovers(base)
 
     def fill(tmp: Path) -> None:
-        for rel in [*manifest["files"], bundle.MANIFEST]:
+        for rel in [*layout.files, bundle.MANIFEST]:
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source / rel, tmp / rel)
         # What was copied is what the manifest describes (files changed meanwhile fail here).

@@ -166,11 +166,21 @@ def test_inspect_errors(tmp_path):
 def test_verify_reports_parity_and_exits_0():
     result = invoke("verify", cartpole_bundle(), "--samples", "16")
     assert result.exit_code == 0, result.output
-    assert f"verify {cartpole_bundle()}: OK (16 samples x 1 step; reference saved_model" in (
-        result.stdout
-    )
-    rows = [line.split() for line in result.stdout.splitlines() if line.strip().startswith("onnx")]
-    assert sorted(r[1] for r in rows) == ["action", "distribution/loc"]
+    assert (
+        f"verify {cartpole_bundle()}: OK (golden: 16 time steps x 1 step recorded from "
+        "tf_policy; 16 samples x 1 step across forms, reference saved_model"
+    ) in result.stdout
+    rows = [line.split() for line in result.stdout.splitlines()]
+    rows = [r for r in rows if r and r[0] in ("saved_model", "onnx")]
+    # Each form against the golden vectors, and the ONNX graph against the SavedModel.
+    assert sorted((r[0], r[1], r[2]) for r in rows) == [
+        ("onnx", "golden", "action"),
+        ("onnx", "golden", "distribution/loc"),
+        ("onnx", "saved_model", "action"),
+        ("onnx", "saved_model", "distribution/loc"),
+        ("saved_model", "golden", "action"),
+        ("saved_model", "golden", "distribution/loc"),
+    ]
     assert all(r[-1] == "ok" for r in rows)
     report = json.loads(invoke("verify", cartpole_bundle(), "-n", "8", "--json").stdout)
     assert report["ok"] is True and report["forms"] == ["saved_model", "onnx"]
@@ -375,7 +385,7 @@ def test_bench_prints_a_table():
         (["--batch", "0"], "error: --batch: expected sizes >= 1, got [0]"),
         (
             ["--backend", "onnx,cuda"],
-            "error: --backend: expected some of ['onnx', 'litert', 'tf'], got",
+            "error: --backend: expected some of ['onnx', 'litert', 'micro', 'c', 'tf'], got",
         ),
         (["--plot", "out.txt"], "error: --plot: expected a .png, .svg or .pdf file"),
     ],

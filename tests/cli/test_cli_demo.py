@@ -42,14 +42,21 @@ def test_the_demo_exports_the_run_it_trained(tmp_path):
     assert export[export.index("--checkpoint") + 1] == str(tmp_path / "cartpole_run_seed2")
     assert [c[1] for c in commands] == [
         "export", "verify", "inspect", "run", "run", "quantize", "quantize", "bench",
+        "export", "run", "run",
     ]  # fmt: skip
     assert export[export.index("--format") + 1] == "saved_model,onnx,litert"
     runs = [c for c in commands if c[1] == "run"]
-    assert [c[c.index("--backend") + 1] for c in runs] == ["onnx", "litert"]
+    assert [c[c.index("--backend") + 1] for c in runs] == ["onnx", "litert", "micro", "c"]
+    # It ends by playing CartPole through TFLite Micro and the compiled C.
+    edge = commands[-3]
+    assert edge[edge.index("--format") + 1] == "micro,c"
+    assert edge[edge.index("--checkpoint") + 1] == str(tmp_path / "cartpole_run_seed2")
+    assert {c[2] for c in commands[-2:]} == {edge[3]}
+    assert "--no-verify" not in edge  # the full demo verifies agreement on held-out states
     quantize = [c for c in commands if c[1] == "quantize"]
     assert all(c[c.index("--env") + 1] == "CartPole-v1" for c in quantize)
     assert "--force" not in quantize[0]  # the full demo writes only what passes the gates
-    bench = commands[-1]
+    bench = commands[-4]
     assert [c for c in bench if "cartpole" in c] == [
         str(tmp_path / "cartpole"),
         str(tmp_path / "cartpole_quantized"),

@@ -109,7 +109,7 @@ def test_export_writes_a_verified_bundle_that_acts_like_the_policy(exported):
     from tests.cli_factories import small_cartpole
 
     manifest = bundle_lib.read_manifest(exported)
-    assert manifest["formats"] == ["saved_model", "onnx"]
+    assert manifest["formats"] == ["saved_model", "onnx", "golden"]
     assert manifest["metadata"] == {"owner": "ci"}
     assert manifest["train_step"] is None
     time_step = cartpole_time_steps()
@@ -129,7 +129,7 @@ def test_export_prints_each_stage_and_the_verify_report(tmp_path):
     assert f"exported GreedyPolicy -> {tmp_path / 'b'}" in result.stdout
     assert "verify" in result.stdout and "OK" in result.stdout
     manifest = bundle_lib.read_manifest(tmp_path / "b")
-    assert manifest["formats"] == ["onnx"]
+    assert manifest["formats"] == ["onnx", "golden"]
     assert manifest["metadata"] == {"note": "a=b", "n": "1"}  # split at the first "="
     assert not (tmp_path / "b" / "saved_model").exists()
 
@@ -149,7 +149,7 @@ def test_export_refuses_an_existing_output_unless_overwrite(exported, tmp_path):
     assert error_line(result) == f"error: {target}: already exists; pass --overwrite to replace it"
     result = invoke("export", FACTORY, target, "--format", "onnx", "--overwrite", "--no-verify")
     assert result.exit_code == 0, result.output
-    assert bundle_lib.read_manifest(target)["formats"] == ["onnx"]
+    assert bundle_lib.read_manifest(target)["formats"] == ["onnx", "golden"]
 
 
 @pytest.mark.parametrize(
@@ -210,7 +210,8 @@ def test_debug_shows_the_exception(tmp_path):
         (["-m", "a=1", "-m", "a=2"], "error: --metadata: key 'a' given twice"),
         (
             ["--format", "onnx,tflite"],
-            "error: --format: expected some of ['saved_model', 'onnx', 'litert'], got ['tflite']",
+            "error: --format: expected some of ['saved_model', 'onnx', 'litert', 'micro', 'c'], "
+            "got ['tflite']",
         ),
         (["--step", "3"], "error: --step needs --checkpoint"),
     ],
@@ -326,7 +327,7 @@ def test_update_writes_new_weights_into_both_formats(exported, tmp_path):
 
     result = invoke("update", target, "--checkpoint", tmp_path / "ckpt")
     assert result.exit_code == 0, result.output
-    assert f"updated {target} (saved_model, onnx): train step None -> 123" in result.stdout
+    assert f"updated {target} (saved_model, onnx, golden): train step None -> 123" in result.stdout
     manifest = bundle_lib.read_manifest(target)  # hashes match the new files
     assert manifest["train_step"] == 123
     assert manifest["metadata"] == {"owner": "ci"}

@@ -83,7 +83,7 @@ def test_update_takes_a_tf_agents_checkpoint(imported, tmp_path):
 
     result = invoke("update", path, "--checkpoint", tmp_path / "ckpt")
     assert result.exit_code == 0, result.output
-    assert "(saved_model, onnx): train step None -> 7" in result.stdout
+    assert "(saved_model, onnx, golden): train step None -> 7" in result.stdout
     rec = recording("q_greedy")
     # Negated Q-values over two actions: the greedy action flips wherever there was no tie.
     no_tie = rec["distribution/logits"][:, 0] != rec["distribution/logits"][:, 1]

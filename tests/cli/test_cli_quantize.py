@@ -180,7 +180,8 @@ def test_bundles_without_what_the_target_needs(tmp_path):
     result = invoke("quantize", saved_model_only, tmp_path / "q", "--env", "CartPole-v1")
     assert result.exit_code == 2
     assert error_line(result) == (
-        f"error: {saved_model_only}: expected a bundle with an ONNX graph, got ['saved_model']"
+        f"error: {saved_model_only}: expected a bundle with an ONNX graph, got "
+        "['saved_model', 'golden']"
     )
     onnx_only = export_policy(small_cartpole(), tmp_path / "onnx", formats=("onnx",))
     result = invoke(

@@ -1,10 +1,11 @@
 """A device install: each extra alone, in a fresh venv, runs the device commands.
 
 ``pip install '<repo>[runtime]'`` (or ``[litert]``), non-editable, into a new venv,
-then the installed ``policy-toolkit`` script loads, inspects, runs and benchmarks a
-bundle this test exports, and ``[runtime]`` quantizes it; TensorFlow must not be
-installed, and a command that needs what the extra lacks says which extra to install,
-in one line, exit 2, before it does any work.
+then the installed ``policy-toolkit`` script loads, inspects, runs, verifies (against its
+golden vectors) and benchmarks a bundle this test exports, and ``[runtime]`` quantizes
+it; TensorFlow must not be installed, and a command that needs what the extra lacks says
+which extra to install, in one line, exit 2, before it does any work. The install
+ships py.typed and the LICENSE.
 """
 
 from __future__ import annotations
@@ -99,9 +100,38 @@ def test_each_device_extra_alone_runs_the_device_commands(tmp_path, device_bundl
     export = _cli(env_dir, "export", "tests.cli_factories:small_cartpole", tmp_path / "b", cwd=ROOT)
     assert export.returncode == 2
     assert export.stderr.strip().splitlines()[-1] == (
-        "error: this command needs the module 'tensorflow', which is not installed: "
-        "pip install 'policy-toolkit[all]'"
+        "error: export: TensorFlow is not installed (pip install 'policy-toolkit[all]')"
     )
+    _verify(env_dir, tmp_path, device_bundle, backend, other)
+    _typed_and_licensed(env_dir)
+
+
+def _verify(env_dir: Path, tmp_path: Path, bundle: Path, backend: str, other: str) -> None:
+    """``verify`` checks the installed backend's form against the bundle's golden vectors
+    and names the form it skips and what installs it."""
+    done = _cli(env_dir, "verify", bundle, "--json", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["ok"] and report["reference"] == "golden"
+    assert report["forms"] == [backend]
+    assert set(report["skipped"]) == {other}
+    assert {(r["form"], r["reference"]) for r in report["outputs"]} == {(backend, "golden")}
+
+
+def _typed_and_licensed(env_dir: Path) -> None:
+    """The wheel ships py.typed for the three packages and the Apache-2.0 LICENSE."""
+    code = (
+        "import importlib.metadata as m, importlib.resources as r\n"
+        "print(all(r.files(p).joinpath('py.typed').is_file() "
+        "for p in ('toolkit', 'exporters', 'runtimes')))\n"
+        "d = m.distribution('policy-toolkit')\n"
+        "print(any(str(f).endswith('LICENSE') for f in d.files), d.metadata['License-Expression'])"
+    )
+    done = subprocess.run(
+        [str(env_dir / "bin" / "python"), "-c", code],
+        capture_output=True, text=True, cwd=env_dir, timeout=60,
+    )  # fmt: skip
+    assert done.stdout.split() == ["True", "True", "Apache-2.0"], done.stderr
 
 
 def _quantize(env_dir: Path, tmp_path: Path, bundle: Path, extra: str) -> None:

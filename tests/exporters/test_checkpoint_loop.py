@@ -122,7 +122,7 @@ def _check_both_backends(bundle, live, checkpoint, train_step, tmp_path):
             np.testing.assert_allclose(got, w, atol=1e-5, err_msg=backend)
     updated = shutil.copytree(bundle, tmp_path / "updated")
     report = update_bundle(updated, checkpoint)
-    assert report.train_step == train_step and report.formats == ("saved_model", "onnx")
+    assert report.train_step == train_step and report.formats == ("saved_model", "onnx", "golden")
     for backend in ("onnx", "tf"):
         policy = runtimes.load_policy(updated, backend)
         assert policy.train_step == train_step

@@ -282,7 +282,8 @@ def test_bad_arguments(tmp_path):
 
 def test_single_format_bundles(tmp_path):
     onnx_only = exporters.export_policy(_small_q_policy(), tmp_path / "o", formats="onnx")
-    assert set(bundle.read_manifest(onnx_only)["files"]) == {"policy.onnx"}
+    # The golden vectors come with every export (verify's reference on devices).
+    assert set(bundle.read_manifest(onnx_only)["files"]) == {"policy.onnx", "golden.bin"}
     saved_only = exporters.export_policy(_small_q_policy(), tmp_path / "s", formats=["saved_model"])
     assert "onnx" not in bundle.read_manifest(saved_only)
 

@@ -36,7 +36,7 @@ def _edit_manifest(path, edit):
 def test_manifest_lists_the_litert_model_with_its_hash_signatures_and_builtin_ops():
     path = cr.bundle("rnn/greedy_q")
     manifest = bundle.read_manifest(path)
-    assert manifest["formats"] == ["saved_model", "onnx", "litert"]
+    assert manifest["formats"] == ["saved_model", "onnx", "litert", "golden"]
     entry = manifest["litert"]
     assert entry["file"] == "policy.tflite"
     assert entry["signatures"] == ["distribution", "get_initial_state"]
@@ -96,7 +96,7 @@ def test_update_converts_the_litert_model_again(tmp_path):
     checkpoint = exporters.save_checkpoint(policy, tmp_path / "ckpt", train_step=11)
     before = (path / "policy.tflite").read_bytes()
     report = exporters.update_bundle(path, checkpoint)
-    assert report.formats == ("saved_model", "onnx", "litert")
+    assert report.formats == ("saved_model", "onnx", "litert", "golden")
     assert (path / "policy.tflite").read_bytes() != before
     assert exporters.verify(path, 16, policy=policy).ok
     litert = runtimes.load_policy(path, "litert")

@@ -225,7 +225,7 @@ def test_graph_inputs_and_outputs_are_named_by_nest_path(bundles):
 def test_bundles_are_regular_with_checked_onnx_and_a_dynamic_batch(case, bundles):
     path = bundles(case)
     manifest = manifest_of(path)  # checks format, version and file hashes
-    assert manifest["formats"] == ["saved_model", "onnx"]
+    assert manifest["formats"] == ["saved_model", "onnx", "golden"]
     assert manifest["policy"]["class"] == "TFAgentsPolicy"
     assert manifest["train_step"] is None  # PolicySaver was given no train step
     assert manifest["metadata"] == {
@@ -334,7 +334,7 @@ def test_user_metadata_is_merged_and_reserved_keys_are_refused(tmp_path):
         metadata={"team": "rl", "run": 7},
     )
     manifest = manifest_of(path)
-    assert manifest["formats"] == ["onnx"]
+    assert manifest["formats"] == ["onnx", "golden"]
     assert not (path / "saved_model").exists()
     assert manifest["metadata"] == {
         "team": "rl",

@@ -338,7 +338,10 @@ def test_a_failed_checkpoint_restore_leaves_the_policy_as_it_was(tmp_path):
 def test_the_bundle_saved_model_tracks_only_our_objects(tmp_path):
     """No TF-Agents function or TFP structure is re-saved: only the variables they read."""
     path = tai.import_tf_agents(saved_policy("q_greedy"), tmp_path / "b", formats=["saved_model"])
-    assert json.loads((path / "manifest.json").read_text())["formats"] == ["saved_model"]
+    assert json.loads((path / "manifest.json").read_text())["formats"] == [
+        "saved_model",
+        "golden",
+    ]
     loaded = tf.saved_model.load(str(path / "saved_model"))
     children = set(loaded.policy._trackable_children())
     assert "model_variables" in children

@@ -195,7 +195,9 @@ def test_missing_format_and_bad_backend(tmp_path):
     def drop_onnx(manifest):
         manifest["formats"] = ["saved_model"]
         del manifest["onnx"]
-        manifest.pop("litert", None)  # a section of a format not listed is refused too
+        # Sections of formats not listed are refused too (the golden vectors' among them).
+        manifest.pop("litert", None)
+        manifest.pop("golden", None)
 
     rewrite_manifest(path, drop_onnx)
     with pytest.raises(BundleError, match=r"exported without ONNX \(formats \['saved_model'\]\)"):
@@ -203,7 +205,8 @@ def test_missing_format_and_bad_backend(tmp_path):
     assert runtimes.load_policy(path).backend == "tf"  # auto falls back
     with pytest.raises(
         SpecMismatchError,
-        match=r"backend: expected one of \['auto', 'onnx', 'litert', 'tf'\], got 'torch'",
+        match=r"backend: expected one of \['auto', 'onnx', 'litert', 'micro', 'c', 'tf'\], "
+        r"got 'torch'",
     ):
         runtimes.load_policy(path, "torch")
 
@@ -542,7 +545,9 @@ def test_tf_backend_without_a_fingerprint_refuses_other_variables(checkpoints, t
     def drop_onnx(manifest):
         manifest["formats"] = ["saved_model"]
         del manifest["onnx"]
-        manifest.pop("litert", None)  # a section of a format not listed is refused too
+        # Sections of formats not listed are refused too (the golden vectors' among them).
+        manifest.pop("litert", None)
+        manifest.pop("golden", None)
 
     rewrite_manifest(path, drop_onnx)
     policy = runtimes.load_policy(path, "tf")

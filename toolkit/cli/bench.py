@@ -28,23 +28,30 @@ def _label(bundle: Path, backend: str, several: bool) -> str:
     return f"{backend} {str(quantization.get('method', 'quantized')).removeprefix('litert-')}"
 
 
-def _available(bundle: Path) -> list[str]:
-    """The backends a bundle has a format for and whose engine is installed (table order)."""
+def _plan(bundle: Path, explicit: list[str] | None) -> list[str]:
+    """The backends to time on a bundle, each checked now (before any timing): the bundle
+    holds its format and its engine is installed. ``explicit``: the ones asked for; None:
+    every backend the bundle has a format for and whose engine is installed (table order).
+
+    Raises:
+      ToolkitError: naming the bundle and what is really missing (the engine's extra, or
+        the install for the bundle's formats when none is installed).
+    """
     from runtimes import backends
     from toolkit import bundle as bundle_lib
+    from toolkit.errors import UnsupportedError
 
     formats = list(bundle_lib.read_layout(bundle, check_files=False).formats)
-    found = [b.name for b in backends.installed(formats)]
-    if not found:
-        extras = " or ".join(
-            f"'policy-toolkit[{b.extra}]'"
-            for b in backends.BACKENDS.values()
-            if b.format in formats
-        )
-        raise common.fail(
-            f"{bundle}: no installed backend can run it (formats {formats}); pip install {extras}"
-        )
-    return found
+    if explicit is None:
+        found = [b.name for b in backends.installed(formats)]
+        # None installed: choose() names the install for these formats, or refuses them.
+        return found or [backends.choose(backends.AUTO, formats, str(bundle)).name]
+    for name in explicit:
+        backend = backends.choose(name, formats, str(bundle))
+        advice = backend.missing()
+        if advice is not None:
+            raise UnsupportedError(f"{bundle}: {advice}")
+    return explicit
 
 
 @common.command
@@ -98,13 +105,16 @@ def bench(
         raise common.fail(f"--batch: expected sizes >= 1, got {batches}")
     if plot is not None and plot.suffix.lower() not in (".png", ".svg", ".pdf"):
         raise common.fail(f"--plot: expected a .png, .svg or .pdf file, got {plot.name!r}")
+    if plot is not None:
+        common.require(["matplotlib"], "--plot")
     for path in bundles:
         common.bundle_must_exist(path)
+    # Every bundle's backends are checked before the first is timed.
+    plans = [(path, _plan(path, explicit)) for path in bundles]
     stages = common.Stages()
     rows = []
     several = len(bundles) > 1
-    for path in bundles:
-        names = explicit if explicit is not None else _available(path)
+    for path, names in plans:
         for name in names:
             label = _label(path, name, several)
             with stages.stage(f"load {label} backend") as note:

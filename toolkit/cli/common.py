@@ -40,30 +40,74 @@ __all__ = [
     "fail",
     "is_debug",
     "load_runtime_policy",
+    "not_installed",
     "parse_backend",
     "parse_list",
     "parse_metadata",
     "print_verify",
     "quiet_tensorflow",
     "refuse_existing",
+    "require",
     "tensorflow_stage",
     "verify_stage",
 ]
 
-# Modules a command may need, and the extra (or package) that installs each.
-_INSTALLS = {
-    "tensorflow": "'policy-toolkit[all]'",
-    "tensorflow_probability": "'policy-toolkit[all]'",
-    "tf2onnx": "'policy-toolkit[all]'",
-    "tf_keras": "'policy-toolkit[all]'",
-    "onnx": "'policy-toolkit[runtime]' (or: pip install onnx)",
-    "onnxruntime": "'policy-toolkit[runtime]'",
-    "ai_edge_litert": "'policy-toolkit[litert]'",
-    "gymnasium": "'policy-toolkit[runtime]' or '[litert]' (or: pip install gymnasium)",
-    "matplotlib": "matplotlib",
-    "pygame": "pygame",
-    "PIL": "pillow",
+# Modules a command may need that are no backend's engine, as (what messages call them,
+# what installs them). Engines (TensorFlow, onnxruntime, ai_edge_litert) are named with
+# their extra by the backend table. Only what is true on a device: a package, not
+# '[all]' (which pulls TensorFlow), unless only '[all]' has it.
+_PACKAGES = {
+    "tensorflow_probability": ("TensorFlow Probability", "'policy-toolkit[all]'"),
+    "tf2onnx": ("tf2onnx", "'policy-toolkit[all]'"),
+    "tf_keras": ("tf-keras", "'policy-toolkit[all]'"),
+    "onnx": ("the onnx package", "onnx"),
+    "gymnasium": ("gymnasium", "gymnasium"),
+    "matplotlib": ("matplotlib", "matplotlib"),
+    "pygame": ("pygame", "pygame"),
+    "PIL": ("pillow", "pillow"),
 }
+
+
+def _install(module: str) -> str | None:
+    """What installs ``module`` (``'policy-toolkit[all]'``, ``onnx``...), if known."""
+    if module in _PACKAGES:
+        return _PACKAGES[module][1]
+    from runtimes import backends
+
+    for backend in backends.BACKENDS.values():
+        if backend.engine == module:
+            return f"'policy-toolkit[{backend.extra}]'"
+    return None
+
+
+def not_installed(module: str) -> str | None:
+    """Why ``module`` cannot be used here, naming what installs it ("matplotlib is not
+    installed (pip install matplotlib)"), or None when it is installed."""
+    from runtimes import backends
+
+    if module not in _PACKAGES:
+        return backends.not_installed(module)
+    try:
+        import importlib.util
+
+        if importlib.util.find_spec(module) is not None:
+            return None
+    except (ImportError, ValueError):  # a blocked or half-installed module
+        pass
+    label, install = _PACKAGES[module]
+    return f"{label} is not installed (pip install {install})"
+
+
+def require(modules: Any, what: str) -> None:
+    """Fails (exit 2) before any work when a module ``what`` needs is not installed.
+
+    Raises:
+      typer.Exit: ``error: --plot: matplotlib is not installed (pip install matplotlib)``.
+    """
+    for module in modules:
+        reason = not_installed(module)
+        if reason is not None:
+            raise fail(f"{what}: {reason}")
 
 
 # Arguments and options that several commands take, declared once.
@@ -75,7 +119,13 @@ OutputArgument = Annotated[
     typer.Argument(metavar="OUTPUT", help="The bundle folder to write.", show_default=False),
 ]
 FormatsOption = Annotated[
-    str, typer.Option("--format", "-f", help="Comma-separated: saved_model,onnx,litert.")
+    str,
+    typer.Option(
+        "--format",
+        "-f",
+        help="Comma-separated: saved_model,onnx,litert. Golden vectors (verify's reference "
+        "on devices) come with every export.",
+    ),
 ]
 MetadataOption = Annotated[
     list[str] | None,
@@ -156,11 +206,12 @@ def command(fn: Callable[..., Any]) -> Callable[..., Any]:
             raise fail("interrupted", 130) from None
         except ModuleNotFoundError as e:
             top = (e.name or "").split(".")[0]
-            if is_debug(ctx) or top not in _INSTALLS:
+            install = _install(top)
+            if is_debug(ctx) or install is None:
                 raise
             raise fail(
                 f"this command needs the module {top!r}, which is not installed: "
-                f"pip install {_INSTALLS[top]}",
+                f"pip install {install}",
                 2,
             ) from None
         except Exception as e:
@@ -177,28 +228,11 @@ def command(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def quiet_tensorflow(ctx: typer.Context) -> None:
-    """Imports TensorFlow with its C++ start-up chatter (CUDA probes) kept off the terminal."""
-    if "tensorflow" in sys.modules or is_debug(ctx):
-        return
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tempfile
+    """Imports TensorFlow with its C++ start-up lines (CUDA probes, XLA) kept off the
+    terminal; ``--debug`` shows them (``toolkit.agents.tensorflow_logs``)."""
+    from toolkit.agents import tensorflow_logs
 
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as log:
-        os.dup2(log.fileno(), 2)
-        try:
-            import tensorflow as tf
-
-            tf.config.list_physical_devices("GPU")  # the CUDA probe logs here, once
-        except BaseException:
-            os.dup2(saved, 2)
-            log.seek(0)
-            sys.stderr.write(log.read().decode(errors="replace"))
-            raise
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
+    tensorflow_logs.quiet_import(verbose=is_debug(ctx))
 
 
 class Stages:
@@ -317,11 +351,13 @@ def _verify_renderable(report: Any) -> Any:
     from rich.table import Table
 
     table = Table(box=box.SIMPLE_HEAD, show_edge=False)
-    for column in ("form", "output", "max abs diff", "max rel diff", ""):
+    columns = ("form", "reference", "output", "max abs diff", "max rel diff", "")
+    for column in columns:
         table.add_column(column, justify="right" if "diff" in column else "left")
     for row in report.rows:
         table.add_row(
             row.form,
+            row.reference,
             row.output,
             f"{row.max_abs:.3g}",
             f"{row.max_rel:.3g}",
@@ -331,13 +367,15 @@ def _verify_renderable(report: Any) -> Any:
 
 
 def print_verify(report: Any) -> None:
-    """A verification report: its status line and the table of differences."""
+    """A verification report: its status line, the forms it skipped and the table."""
+    from rich.text import Text
+
     out = console()
-    status = "[green]OK[/green]" if report.ok else "[red]FAILED[/red]"
-    out.print(
-        f"verify {report.bundle}: {status} ({report.num_samples} samples x {report.steps} "
-        f"step{'s' if report.steps != 1 else ''}; reference {report.reference}; tolerance "
-        f"{report.atol:g} + {report.rtol:g} x |reference|)",
-        soft_wrap=True,
-    )
+    line = Text(report.summary())  # plain text: paths may hold rich markup characters
+    start = len(f"verify {report.bundle}: ")
+    status = "OK" if report.ok else "FAILED"
+    line.stylize("green" if report.ok else "red", start, start + len(status))
+    out.print(line, soft_wrap=True)
+    for skipped in report.skipped_lines():
+        out.print(Text(skipped), soft_wrap=True)
     out.print(_verify_renderable(report))

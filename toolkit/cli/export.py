@@ -44,6 +44,18 @@ def export(
         typer.Option("--verify/--no-verify", help="Check every exported form against the policy."),
     ] = True,
     samples: common.SamplesOption = 64,
+    env: Annotated[
+        str | None,
+        typer.Option(
+            "--env",
+            help="A gymnasium environment (e.g. CartPole-v1) whose real states formats "
+            "calibrated on them (micro) play: calibration and held-out episodes.",
+        ),
+    ] = None,
+    episodes: Annotated[
+        int,
+        typer.Option("--episodes", "-n", min=1, help="Held-out episodes played with --env."),
+    ] = 20,
 ) -> None:
     """Export a TF policy to a bundle.
 
@@ -52,7 +64,7 @@ def export(
     """
     from exporters import formats as export_formats
 
-    format_list = common.parse_list(formats, "--format", tuple(export_formats.names()))
+    format_list = common.parse_list(formats, "--format", tuple(export_formats.choices()))
     meta = common.parse_metadata(metadata or [])
     if step is not None and checkpoint is None:
         raise common.fail("--step needs --checkpoint")
@@ -62,6 +74,10 @@ def export(
     from toolkit.cli import sources
 
     sources.parse_source(source)  # a malformed string fails before TensorFlow loads
+    # What the export and each format need, before any work.
+    common.require(["tensorflow"], "export")
+    for name in export_formats.parse(format_list):
+        common.require(export_formats.get(name).export_needs, f"export --format {name}")
     stages = common.Stages()
     common.tensorflow_stage(ctx, stages)
 
@@ -84,6 +100,7 @@ def export(
             train_step=train_step,
             metadata=meta,
             overwrite=overwrite,
+            format_options={"env": env, "episodes": episodes} if env else None,
         )
         note["detail"] = str(path)
     report = common.verify_stage(stages, path, samples, policy=policy) if verify else None

@@ -68,12 +68,16 @@ def import_tf_agents(
     """
     from exporters import formats as export_formats
 
-    format_list = common.parse_list(formats, "--format", tuple(export_formats.names()))
+    format_list = common.parse_list(formats, "--format", tuple(export_formats.choices()))
     meta = common.parse_metadata(metadata or [])
     if not saved_model.is_dir():
         raise common.fail(f"{saved_model}: no such SavedModel folder")
     if checkpoint is not None and checkpoint != "latest" and not checkpoint.isdigit():
         raise common.fail(f"--checkpoint: expected 'latest' or a train step, got {checkpoint!r}")
+    # What the import and each format need, before any work.
+    common.require(["tensorflow"], "import-tf-agents")
+    for name in export_formats.parse(format_list):
+        common.require(export_formats.get(name).export_needs, f"import-tf-agents --format {name}")
     from exporters.tf_agents.layout import SAVED_POLICIES, resolve_layout
 
     if policy not in SAVED_POLICIES:

@@ -23,6 +23,7 @@ __all__ = [
     "MAX_PARALLEL_ENVS",
     "RolloutResult",
     "check_compatible",
+    "check_record",
     "make_env",
     "record_episode",
     "render_rollout",
@@ -105,13 +106,15 @@ def rollout(
     *,
     env_id: str = "",
     on_episode: Any = None,
+    on_ended: Any = None,
 ) -> RolloutResult:
     """Plays ``episodes`` whole episodes; episode i resets with ``seed + i``.
 
     ``env`` is the first batch of environments (``make_env``); further batches of a
     different size are made as needed. With a batch of one, each episode's train steps
     (at its start and end) are recorded and ``on_episode(index, return, length,
-    (first, last))`` is called after it (for ``--follow``).
+    (first, last))`` is called after it (for ``--follow``). ``on_ended(n)`` is called
+    whenever n episodes end (a progress bar).
     """
     returns: list[float] = []
     lengths: list[int] = []
@@ -125,7 +128,7 @@ def rollout(
             player.env(count)  # made before the clock starts
             first = policy.train_step
             started = time.perf_counter()
-            evaluation = player.play(policy, seed + start, count)
+            evaluation = player.play(policy, seed + start, count, on_ended=on_ended)
             seconds += time.perf_counter() - started
             returns += evaluation.episode_returns
             lengths += evaluation.episode_lengths
@@ -164,6 +167,58 @@ def render_rollout(
     return title, table
 
 
+def check_record(env_id: str, seed: int) -> None:
+    """Fails before any episode is played when ``--record`` could not write its GIF:
+    pillow missing, or the environment unable to render RGB frames here (its renderer,
+    e.g. pygame, missing). Renders the first frame of a reset; the policy is not called.
+
+    Raises:
+      UnsupportedError: naming what is missing and what installs it.
+    """
+    try:
+        import PIL  # noqa: F401
+    except ModuleNotFoundError as e:
+        raise UnsupportedError(
+            "--record: writing the GIF needs pillow, which is not installed (pip install pillow)"
+        ) from e
+    env = _render_env(env_id)
+    try:
+        env.reset(seed=seed)
+        _frame(env, env_id)
+    finally:
+        env.close()
+
+
+def _render_env(env_id: str, *, action_mask: bool = False) -> Any:
+    import gymnasium
+
+    from toolkit.environments.gym_adapter import GymEnvironment
+
+    # Off-screen rendering: no window, no display needed, no pygame banner.
+    os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+    os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
+    try:
+        return GymEnvironment(env_id, render_mode="rgb_array", action_mask=action_mask)
+    except gymnasium.error.DependencyNotInstalled as e:
+        raise UnsupportedError(_missing_renderer(env_id, e)) from e
+    except gymnasium.error.Error as e:
+        raise UnsupportedError(f"--record: {env_id} cannot render ({e})") from e
+
+
+def _missing_renderer(env_id: str, error: BaseException) -> str:
+    """What a renderer's missing module is, and what installs it."""
+    cause = error if isinstance(error, ModuleNotFoundError) else error.__cause__
+    name = getattr(cause, "name", None)
+    if name:
+        top = name.split(".")[0]
+        package = {"PIL": "pillow"}.get(top, top)
+        return (
+            f"--record: rendering {env_id} needs {package}, which is not installed "
+            f"(pip install {package})"
+        )
+    return f"--record: rendering {env_id} failed: {error}"
+
+
 def record_episode(policy: Any, env_id: str, seed: int, path: Path) -> int:
     """Renders one episode (reset with ``seed``) into an animated GIF; returns the frames.
 
@@ -171,21 +226,9 @@ def record_episode(policy: Any, env_id: str, seed: int, path: Path) -> int:
       UnsupportedError: the environment cannot render RGB frames, or pillow (or the
         environment's renderer, e.g. pygame) is not installed.
     """
-    import gymnasium
+    from PIL import Image  # ``run --record`` checked for it first (check_record)
 
-    from toolkit.environments.gym_adapter import GymEnvironment
-
-    try:
-        from PIL import Image
-    except ModuleNotFoundError as e:
-        raise UnsupportedError("--record needs pillow (pip install 'policy-toolkit[all]')") from e
-    # Off-screen rendering: no window, no display needed, no pygame banner.
-    os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
-    os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
-    try:
-        env = GymEnvironment(env_id, render_mode="rgb_array", action_mask=_masked(policy))
-    except gymnasium.error.Error as e:
-        raise UnsupportedError(f"--record: {env_id} cannot render ({e})") from e
+    env = _render_env(env_id, action_mask=_masked(policy))
     frames = []
     try:
         time_step = env.reset(seed=seed)
@@ -217,7 +260,7 @@ def _frame(env: Any, env_id: str) -> np.ndarray:
     try:
         frame = env.render()
     except (gymnasium.error.DependencyNotInstalled, ModuleNotFoundError) as e:
-        raise UnsupportedError(f"--record: rendering {env_id} failed: {e}") from e
+        raise UnsupportedError(_missing_renderer(env_id, e)) from e
     frame = np.asarray(frame) if frame is not None else None
     if frame is None or frame.ndim != 3 or frame.shape[-1] not in (3, 4):
         raise UnsupportedError(f"--record: {env_id} renders no RGB frames")

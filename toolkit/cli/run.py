@@ -117,6 +117,8 @@ def run(
     masked = policy.action_mask_input is not None
     gym_env = rollout.make_env(env, parallel, action_mask=masked)
     rollout.check_compatible(policy, gym_env, env)
+    if record is not None:
+        rollout.check_record(env, seed)  # before the episodes, not after
     if follow is not None:
         from runtimes import backends
 
@@ -131,7 +133,10 @@ def run(
                 on_episode=None if as_json else _print_episode,
             )
     else:
-        result = rollout.rollout(policy, gym_env, episodes, seed, env_id=env)
+        with _EpisodeBar(f"{env} episodes", episodes, enabled=not as_json) as bar:
+            result = rollout.rollout(
+                policy, gym_env, episodes, seed, env_id=env, on_ended=bar.advance
+            )
     frames = None
     if record is not None:
         frames = rollout.record_episode(policy, env, seed, record)
@@ -147,6 +152,42 @@ def run(
     console.print(table)
     if record is not None:
         console.print(f"recorded {frames} frames -> {record}", soft_wrap=True)
+
+
+class _EpisodeBar:
+    """Episodes played so far, as a rich progress bar on stderr: only on a terminal (and
+    not with --json); piped or captured output gets nothing."""
+
+    def __init__(self, description: str, total: int, *, enabled: bool):
+        import sys
+
+        self._progress = None
+        if not (enabled and sys.stderr.isatty()):
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+        self._progress = Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=common.console(stderr=True),
+            transient=True,  # the results table follows; the bar is gone once done
+        )
+        self._task = self._progress.add_task(description, total=total)
+
+    def __enter__(self) -> _EpisodeBar:
+        if self._progress is not None:
+            self._progress.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+    def advance(self, n: int) -> None:
+        if self._progress is not None:
+            self._progress.advance(self._task, n)
 
 
 def _print_episode(index: int, episode_return: float, length: int, steps: tuple) -> None:

@@ -262,6 +262,10 @@ def serve(
     known = [backends.AUTO, *backends.BACKENDS]
     if backend not in known:
         raise _bad("--backend", f"one of {known}", repr(backend))
+    if backend != backends.AUTO:
+        advice = backends.get(backend).missing()  # before the server starts, not per version
+        if advice is not None:
+            raise common.fail(advice)
     configs = model_configs(model, name, models, versions, labels)
     options = ServeOptions(
         models=configs,

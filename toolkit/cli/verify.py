@@ -28,17 +28,22 @@ def verify(
 ) -> None:
     """Check that a bundle's forms agree (exit 1 if not).
 
-    Feeds spec-sampled time steps to every form the bundle holds (SavedModel, ONNX,
-    LiteRT) and reports the largest difference per output.
+    Runs every form the bundle holds whose runtime is installed (SavedModel, ONNX,
+    LiteRT) on the golden vectors recorded from the TF policy at export, and on
+    spec-sampled time steps against each other; reports the largest difference per
+    output and names each form it skipped (a runtime not installed) and why.
     """
     common.bundle_must_exist(bundle)
     from exporters import formats
     from toolkit import bundle as bundle_lib
 
-    # Only the SavedModel needs TensorFlow: a device compares ONNX with LiteRT without it.
+    # Only the SavedModel needs TensorFlow; where it is not installed, verify skips it
+    # (saying so) and checks the other forms against the golden vectors and each other.
     layout = bundle_lib.read_layout(bundle, check_files=False)
-    if any("tensorflow" in formats.get(name).runner_needs for name in layout.formats):
-        common.quiet_tensorflow(ctx)
+    for name in layout.formats:
+        fmt = formats.get(name)
+        if "tensorflow" in fmt.runner_needs and fmt.runner_missing() is None:
+            common.quiet_tensorflow(ctx)
     from exporters import verify as verify_bundle
 
     report = verify_bundle(bundle, samples, steps=steps, atol=atol, rtol=rtol, seed=seed)

@@ -192,6 +192,7 @@ def evaluate_policy(
     *,
     max_episode_return: float | None = None,
     give_up_below: float | None = None,
+    on_ended: Callable[[int], Any] | None = None,
 ) -> Evaluation:
     """Runs exactly one whole episode in each environment of a batch and scores them.
 
@@ -210,6 +211,8 @@ def evaluate_policy(
         cannot reach this value even if every unfinished episode scored the maximum.
         A training loop that only wants to know whether a policy beats its best so far
         saves the rest of the episodes.
+      on_ended: called with the number of episodes that ended at a step, when some did
+        (progress bars).
 
     Returns:
       An ``Evaluation`` with one return and one length per environment.
@@ -236,5 +239,7 @@ def evaluate_policy(
                 return Evaluation(
                     [float(r) for r in returns], [int(n) for n in lengths], False, bound
                 )
+        if on_ended is not None and np.any(ended & active):
+            on_ended(int(np.count_nonzero(ended & active)))
         finished |= ended
     return Evaluation([float(r) for r in returns], [int(n) for n in lengths])

@@ -148,15 +148,24 @@ class EpisodePlayer:
             )
         return made
 
-    def play(self, policy: Any, first_seed: int, count: int) -> Any:
+    def play(
+        self,
+        policy: Any,
+        first_seed: int,
+        count: int,
+        *,
+        on_ended: Callable[[int], Any] | None = None,
+    ) -> Any:
         """``count`` whole episodes stepping together, episode i reset with ``first_seed + i``.
+
+        ``on_ended(n)`` is called whenever n of them end at a step (a progress bar).
 
         Returns:
           The ``driver.Evaluation`` (one return and one length per episode).
         """
         from toolkit.environments import driver
 
-        return driver.evaluate_policy(self.env(count), policy, seed=first_seed)
+        return driver.evaluate_policy(self.env(count), policy, seed=first_seed, on_ended=on_ended)
 
     def close(self) -> None:
         envs, self._envs = list(self._envs.values()), {}
