@@ -4,14 +4,19 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: venv demo test test-fast lint format protos bench clean
+.PHONY: venv demo test test-fast test-compat lint format protos bench clean
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml tests/tf_agents_compat/wheel-requirements.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@# TF-Agents' wheel, whose own tests tests/tf_agents_compat runs on our modules:
+	@# downloaded into the venv's folder, hash-checked by pip, never installed.
+	$(BIN)/python -m pip download --quiet --no-deps --only-binary=:all: --require-hashes \
+		-r tests/tf_agents_compat/wheel-requirements.txt --dest $(VENV) \
+		|| echo "make venv: TF-Agents' wheel not downloaded; tests/tf_agents_compat will skip"
 	@touch $(STAMP)
 
 demo: $(STAMP)
@@ -24,6 +29,10 @@ test: $(STAMP)
 # Skips the tests marked slow; for quick local iterations only.
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -n 2 --dist loadfile -m "not slow"
+
+# TF-Agents' own tests of the mirrored modules, alone (make test runs them too).
+test-compat: $(STAMP)
+	$(BIN)/python -m pytest tests/tf_agents_compat -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

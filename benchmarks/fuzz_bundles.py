@@ -44,6 +44,7 @@ import select
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import textwrap
 import time
@@ -729,16 +730,18 @@ def kill_points(bases: dict[str, Path], work: Path, timeout: float) -> tuple[int
     import runtimes
     from toolkit import bundle as bundle_lib
 
-    shared = Path(os.environ.get("POLICY_TOOLKIT_SHARED", ROOT.parent / "shared"))
-    reference = shared / "reference" / "tf_agents_0_19" / "q_greedy" / "saved_policy"
+    # A real TF-Agents save to import: the test data's reference q_greedy.
+    unpacked = work / "tf_agents_reference"
+    if not unpacked.exists():
+        with tarfile.open(ROOT / "tests" / "data" / "tf_agents_0_19" / "reference.tar.xz") as tar:
+            tar.extractall(unpacked, filter="data")
+    reference = unpacked / "q_greedy" / "saved_policy"
     ops = {
         "export": (bases["q"], ""),
         "update": (bases["q_onnx"], str(work / "bases" / "ckpt_q")),
         "quantize": (bases["q_onnx"], str(bases["q_onnx"])),
         "import": (bases["q"], str(reference)),
     }
-    if not reference.exists():
-        del ops["import"]
     total, bad, notes = 0, 0, []
     for op, (base, extra) in ops.items():
         for point, exchange in POINTS:

@@ -43,7 +43,7 @@ from toolkit.errors import (
 )
 from toolkit.policies.py_policy import PyPolicy, Seed
 from toolkit.specs import array_spec
-from toolkit.trajectories.policy_step import PolicyStep
+from toolkit.trajectories.policy_step import PolicyInfo, PolicyStep
 from toolkit.trajectories.time_step import TimeStep
 
 __all__ = ["LOG_PROBABILITY", "BundlePolicy", "as_generator", "check_fingerprint", "fill_inputs"]
@@ -476,10 +476,12 @@ class BundlePolicy(PyPolicy):
         if self._info_names:
             info = self._info_treespec.unflatten([restore(out[n]) for n in self._info_names])
         if log_probs is not None:
-            info = dict(info) if isinstance(info, dict) else {}
-            info[LOG_PROBABILITY] = self._action_treespec.unflatten(
-                [restore(lp) for lp in log_probs]
-            )
+            log_prob = self._action_treespec.unflatten([restore(lp) for lp in log_probs])
+            # As the TF policy's: its own dict plus the entry, or TF-Agents' PolicyInfo.
+            if isinstance(info, dict):
+                info = {**info, LOG_PROBABILITY: log_prob}
+            else:
+                info = PolicyInfo(log_probability=log_prob)
         return info
 
     # --- distributions ------------------------------------------------------------------------

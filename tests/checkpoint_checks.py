@@ -7,7 +7,9 @@ dtypes, shapes and bytes. The checkpoint tests call it on every checkpoint they 
 
 from __future__ import annotations
 
+import os
 import struct
+from pathlib import Path
 
 import numpy as np
 
@@ -91,3 +93,98 @@ def write_index(path, entries: dict[bytes, bytes], num_shards: int = 1) -> None:
     footer = footer.ljust(40, b"\x00") + struct.pack("<Q", 0xDB4775248B80FB57)
     with open(path, "wb") as f:
         f.write(data + trailer + index + index_trailer + footer)
+
+
+# --- whole checkpoints written by hand (TF-free), and hostile rewrites of real ones -------
+
+
+def _object_graph(nodes: list[tuple[dict[str, int], dict[str, str]]]) -> bytes:
+    """A TrackableObjectGraph: per node, its children {local name: id} and attributes
+    {name: checkpoint key}."""
+    out = b""
+    for children, attributes in nodes:
+        body = b"".join(
+            field(1, 2, field(1, 0, child) + field(2, 2, name.encode()))
+            for name, child in children.items()
+        )
+        body += b"".join(
+            field(2, 2, field(1, 2, name.encode()) + field(3, 2, key.encode()))
+            for name, key in attributes.items()
+        )
+        out += field(1, 2, body)
+    return out
+
+
+def _string_scalar(value: bytes) -> tuple[bytes, int]:
+    """A string scalar as TF stores it (length, its masked crc, the bytes) and its crc."""
+    length = struct.pack("<I", len(value))
+    checksum = struct.pack("<I", tensor_bundle.masked_crc32c(length))
+    return _varint(len(value)) + checksum + value, tensor_bundle.masked_crc32c(
+        length + checksum + value
+    )
+
+
+_DTYPE_ENUMS = {"float32": 1, "float64": 2, "int32": 3, "int64": 9}
+
+
+def write_policy_checkpoint(
+    prefix, variables: dict[str, np.ndarray], train_step: int | None = None
+) -> str:
+    """A checkpoint as ``tf.train.Checkpoint(policy=module, train_step=step)`` writes it,
+    where ``module`` has one variable per name (its object path: ``[name]``).
+    TF's own reader reads it (tests/toolkit/test_tensor_bundle.py checks)."""
+    names = sorted(variables)
+    nodes: list[tuple[dict[str, int], dict[str, str]]] = [({"policy": 1}, {}), ({}, {})]
+    tensors: dict[str, np.ndarray] = {}
+    for name in names:
+        key = f"policy/{name}/.ATTRIBUTES/VARIABLE_VALUE"
+        nodes[1][0][name] = len(nodes)
+        nodes.append(({}, {tensor_bundle.VARIABLE_VALUE: key}))
+        tensors[key] = np.ascontiguousarray(variables[name])
+    if train_step is not None:
+        key = "train_step/.ATTRIBUTES/VARIABLE_VALUE"
+        nodes[0][0]["train_step"] = len(nodes)
+        nodes.append(({}, {tensor_bundle.VARIABLE_VALUE: key}))
+        tensors[key] = np.int64(train_step)
+    data, entries = b"", {}
+    graph, crc = _string_scalar(_object_graph(nodes))
+    entries[tensor_bundle.OBJECT_GRAPH_KEY.encode()] = entry_proto(
+        7, [], offset=0, size=len(graph), crc=crc
+    )
+    data += graph
+    for key, value in sorted(tensors.items()):
+        raw = np.asarray(value).astype(np.asarray(value).dtype.newbyteorder("<")).tobytes()
+        entries[key.encode()] = entry_proto(
+            _DTYPE_ENUMS[np.asarray(value).dtype.name],
+            list(np.shape(value)),
+            offset=len(data),
+            size=len(raw),
+            crc=tensor_bundle.masked_crc32c(raw),
+        )
+        data += raw
+    prefix = str(prefix)
+    Path(prefix).parent.mkdir(parents=True, exist_ok=True)
+    Path(f"{prefix}.data-00000-of-00001").write_bytes(data)
+    write_index(f"{prefix}.index", entries)
+    return prefix
+
+
+def declare_shape(prefix, key: str, shape: tuple[int, ...]) -> int:
+    """Rewrites a checkpoint's index so tensor ``key`` declares ``shape``, its bytes a
+    sparse hole appended to its shard (a file that costs nothing on disk); returns the
+    bytes declared. The rest of the checkpoint is unchanged."""
+    reader = tensor_bundle.TensorBundle(prefix)
+    entries = {}
+    for name in reader.tensor_names():
+        e = reader.entry(name)
+        entries[name.encode()] = entry_proto(
+            e.dtype, e.shape, e.shard_id, e.offset, e.size, e.crc32c
+        )
+    e = reader.entry(key)
+    size = int(np.prod(shape, dtype=np.int64)) * np.dtype(e.dtype_name).itemsize
+    shard = reader.shard_path(e.shard_id)
+    offset = shard.stat().st_size
+    os.truncate(shard, offset + size)
+    entries[key.encode()] = entry_proto(e.dtype, list(shape), e.shard_id, offset, size, e.crc32c)
+    write_index(f"{prefix}.index", entries, num_shards=reader.num_shards)
+    return size

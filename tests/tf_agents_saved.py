@@ -1,17 +1,24 @@
 """TF-Agents saved policies for the import tests: the reference recordings and look-alikes.
 
-The reference folder holds four real ``PolicySaver`` outputs (TF-Agents 0.19) and what
-TF-Agents' own loader returned on recorded inputs (reward 0, discount 1): see its
-README.md. ``save_like_policy_saver`` writes policy kinds the folder lacks, with
-PolicySaver's layout, so the import can be tested on them without TF-Agents.
+tests/data/tf_agents_0_19 holds real ``PolicySaver`` outputs (TF-Agents 0.19) with what
+TF-Agents' own loader returned on recorded inputs (reward 0, discount 1), in two
+archives (see its README.md): ``reference()`` is reference.tar.xz (six cases, four of
+them from TF-Agents' policy classes directly) and ``saves()`` is saves.tar.xz (every
+kind TF-Agents' own agents save). Each is unpacked once per test process, on first
+use, into a temporary folder removed at exit; tests copy what they change.
+``save_like_policy_saver`` writes policy kinds the archives lack, with PolicySaver's
+layout, so the import can be tested on them without TF-Agents.
 """
 
 from __future__ import annotations
 
+import atexit
 import collections
 import functools
 import json
-import os
+import shutil
+import tarfile
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -25,26 +32,43 @@ from toolkit.specs.tensor_spec import BoundedTensorSpec
 from toolkit.trajectories.policy_step import PolicyStep
 from toolkit.trajectories.time_step import TimeStep
 
-#: ``shared/`` beside the checkout (CI's layout); POLICY_TOOLKIT_SHARED names another.
-SHARED = Path(
-    os.environ.get("POLICY_TOOLKIT_SHARED", Path(__file__).resolve().parents[2] / "shared")
-)
-REFERENCE = SHARED / "reference" / "tf_agents_0_19"
+DATA = Path(__file__).resolve().parent / "data" / "tf_agents_0_19"
+#: The reference cases made from TF-Agents' policy classes (the other two, sac_collect
+#: and c51_greedy, come from its agents with a checkpoint each).
 CASES = ("q_greedy", "actor_normal_stochastic", "nested_obs", "q_rnn")
 
 
+@functools.cache
+def _unpacked(archive: str) -> Path:
+    root = Path(tempfile.mkdtemp(prefix=f"policy-{archive.split('.')[0]}-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    with tarfile.open(DATA / archive) as tar:
+        tar.extractall(root, filter="data")
+    return root
+
+
+def reference() -> Path:
+    """The reference cases (reference.tar.xz), unpacked once per test process."""
+    return _unpacked("reference.tar.xz")
+
+
+def saves() -> Path:
+    """The saves of TF-Agents' own agents (saves.tar.xz), unpacked once per test process."""
+    return _unpacked("saves.tar.xz")
+
+
 def saved_policy(case: str) -> Path:
-    return REFERENCE / case / "saved_policy"
+    return reference() / case / "saved_policy"
 
 
 @functools.cache
 def recording(case: str) -> dict[str, np.ndarray]:
-    with np.load(REFERENCE / case / "expected.npz") as data:
+    with np.load(reference() / case / "expected.npz") as data:
         return {k: data[k] for k in data.files}
 
 
 def case_info(case: str) -> dict[str, Any]:
-    return json.loads((REFERENCE / case / "case.json").read_text())
+    return json.loads((reference() / case / "case.json").read_text())
 
 
 def time_step_feeds(rec: dict[str, np.ndarray], prefix: str = "") -> dict[str, np.ndarray]:

@@ -196,11 +196,23 @@ def select(path: str | os.PathLike, step: int | None = None) -> Checkpoint:
 # --- reading weights -----------------------------------------------------------------
 
 
-def _value(reader: tensor_bundle.TensorBundle, nodes: list, node: int, where: str):
-    key = nodes[node].attributes.get(tensor_bundle.VARIABLE_VALUE)
-    if key is None:
+def _key(nodes: list, node: int) -> str | None:
+    return nodes[node].attributes.get(tensor_bundle.VARIABLE_VALUE)
+
+
+def _train_step(reader: tensor_bundle.TensorBundle, nodes: list) -> int | None:
+    """The root's ``train_step``, when it is an integer scalar (read after checking so)."""
+    node = nodes[0].children.get("train_step")
+    key = None if node is None else _key(nodes, node)
+    if key is None or key not in reader:
         return None
-    return reader.get(key)
+    entry = reader.entry(key)
+    if entry.shape != () or entry.dtype_name not in _STEP_DTYPES:
+        return None
+    return int(reader.get(key))
+
+
+_STEP_DTYPES = ("int32", "int64", "uint32", "uint64")
 
 
 def _policy_checkpoints_hint(prefix: str | os.PathLike) -> str:
@@ -252,18 +264,18 @@ def read_tf_checkpoint(
     starts = [s for s in (nodes[0].children.get("policy"), 0) if s is not None]
     values = []
     for variable in weights_map.variables:
-        value = None
+        key = None
         for start in starts:
             for path in variable.paths:
                 node = tensor_bundle.resolve(nodes, path, start)
                 if node is not None:
-                    value = _value(reader, nodes, node, where)
-                if value is not None:
+                    key = _key(nodes, node)
+                if key is not None:
                     break
-            if value is not None:
+            if key is not None:
                 break
         name = variable.name
-        if value is None:
+        if key is None:
             shown = "/".join(variable.paths[0]) if variable.paths else "(none)"
             if "agent" in nodes[0].children and "policy" not in nodes[0].children:
                 raise CheckpointError(
@@ -275,21 +287,18 @@ def read_tf_checkpoint(
                 f"{where}: expected the variable {name} (policy/{shown}), found no such "
                 "object in the checkpoint: a checkpoint of another policy"
             )
-        shape, dtype = variable.shape, np.dtype(variable.dtype)
-        if value.shape != shape or value.dtype != dtype:
+        # The map says what the variable is: its entry must declare that shape and
+        # dtype before a byte of it is read (an entry may declare any size).
+        shape, dtype = tuple(variable.shape), np.dtype(variable.dtype)
+        entry = reader.entry(key)
+        if entry.shape != shape or entry.dtype_name != dtype.name:
             raise CheckpointError(
                 f"{where}: variable {name}: expected {dtype.name} {list(shape)}, got "
-                f"{value.dtype.name} {list(value.shape)}: a checkpoint of another policy "
+                f"{entry.dtype_name} {list(entry.shape)}: a checkpoint of another policy "
                 "structure"
             )
-        values.append(value)
-    step_node = nodes[0].children.get("train_step")
-    train_step = None
-    if step_node is not None:
-        step = _value(reader, nodes, step_node, where)
-        if step is not None and step.shape == () and step.dtype.kind in "iu":
-            train_step = int(step)
-    return values, train_step
+        values.append(reader.get(key, max_bytes=entry.count * dtype.itemsize))
+    return values, _train_step(reader, nodes)
 
 
 def initializer_values(layout: Layout, variables: list[np.ndarray]) -> dict[str, np.ndarray]:

@@ -17,6 +17,11 @@ class SpecError(ToolkitError, ValueError):
     """A spec that makes no sense (bounds, dtype, shape)."""
 
 
+class SpecTypeError(SpecError, TypeError):
+    """A spec argument of the wrong kind: a shape that is no sequence, an unknown dtype, a
+    nest leaf that is no spec (a TypeError too, as TF-Agents raises)."""
+
+
 class SpecMismatchError(ToolkitError, ValueError):
     """A value that does not conform to its spec.
 
@@ -35,6 +40,11 @@ class SpecMismatchError(ToolkitError, ValueError):
         if detail:
             message += f" ({detail})"
         super().__init__(message)
+
+
+class ActionDtypeError(SpecMismatchError, TypeError):
+    """A policy's action of another dtype than its action spec's (a TypeError too, as
+    TF-Agents raises)."""
 
 
 class StructureError(SpecMismatchError):
@@ -61,8 +71,9 @@ class NoAllowedActionError(PolicyError, ValueError):
         super().__init__(f"{where}: {self.problem}")
 
 
-class ScriptExhaustedError(PolicyError, IndexError):
-    """A scripted policy was asked for more actions than its script holds."""
+class ScriptExhaustedError(PolicyError, IndexError, ValueError):
+    """A scripted policy was asked for more actions than its script holds (a ValueError
+    too, as TF-Agents raises)."""
 
 
 class UnsupportedError(ToolkitError, NotImplementedError):

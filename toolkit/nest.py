@@ -11,8 +11,12 @@ optree and what it imports cost about 16 ms, a tenth of a LiteRT runtime's cold 
 So this module walks dicts with sortable keys, tuples, lists, namedtuples and ``None``
 itself, exactly as optree does (``tests/toolkit/test_nest.py`` compares the two), and
 hands anything else that optree treats as a node (OrderedDict, defaultdict, deque,
-structseq, dicts whose keys do not sort) to optree, imported then. Other objects are
-leaves, as in optree without custom registrations (this project registers none).
+structseq, dicts whose keys do not sort) to optree, imported then. TensorFlow's tracking
+containers, which ``tf.Module`` puts around the lists, dicts and tuples assigned to its
+attributes (``ListWrapper``, a list subclass; ``_DictWrapper`` and ``_TupleWrapper``,
+proxies), are the containers they hold, as in ``tf.nest``; rebuilt, they are plain lists,
+dicts and tuples. Other objects are leaves, as in optree without custom registrations
+(this project registers none).
 ``tree_spec`` gives optree's compiled structure, for hot paths that flatten and rebuild
 one structure on every call.
 """
@@ -51,7 +55,7 @@ def _optree() -> Any:
 
 # --- node kinds -------------------------------------------------------------------------
 
-_LEAF, _NONE, _SEQUENCE, _NAMEDTUPLE, _DICT = range(5)
+_LEAF, _NONE, _SEQUENCE, _NAMEDTUPLE, _DICT, _PROXY = range(6)
 
 
 #: type -> kind, for types met so far (bounded: namedtuple types are made at run time).
@@ -75,9 +79,19 @@ def _is_namedtuple_class(cls: type) -> bool:
     )
 
 
+def _is_tracking_proxy(cls: type) -> bool:
+    """TensorFlow's tracking proxies (``_DictWrapper``, ``_TupleWrapper``): wrapt proxies of
+    the container they track."""
+    return cls.__module__.startswith("tensorflow.") and hasattr(cls, "__wrapped__")
+
+
 def _kind_of(cls: type) -> int:
     if issubclass(cls, tuple) and _is_namedtuple_class(cls):
         kind = _NAMEDTUPLE
+    elif _is_tracking_proxy(cls):
+        kind = _PROXY
+    elif issubclass(cls, list) and cls.__module__.startswith("tensorflow."):
+        kind = _SEQUENCE  # ListWrapper
     elif issubclass(cls, _OPTREE_CONTAINERS):
         raise OptreeHandoff  # not cached: rare, and optree decides
     else:
@@ -109,6 +123,8 @@ def _leaves(tree: Any, out: list[Any]) -> None:
     elif kind == _DICT:
         for key in _sorted_keys(tree):
             _leaves(tree[key], out)
+    elif kind == _PROXY:
+        _leaves(tree.__wrapped__, out)
 
 
 def _leaves_with_paths(tree: Any, path: str, out: list[tuple[str, Any]]) -> None:
@@ -126,6 +142,8 @@ def _leaves_with_paths(tree: Any, path: str, out: list[tuple[str, Any]]) -> None
     elif kind == _DICT:
         for key in _sorted_keys(tree):
             _leaves_with_paths(tree[key], _join2(path, str(key)), out)
+    elif kind == _PROXY:
+        _leaves_with_paths(tree.__wrapped__, path, out)
 
 
 def _join2(path: str, part: str) -> str:
@@ -144,12 +162,14 @@ def _rebuild(structure: Any, leaves: Iterator[Any]) -> Any:
         return next(leaves)
     if kind == _SEQUENCE:
         children = [_rebuild(child, leaves) for child in structure]
-        return children if type(structure) is list else tuple(children)
+        return children if isinstance(structure, list) else tuple(children)
     if kind == _NAMEDTUPLE:
         return type(structure)(*[_rebuild(child, leaves) for child in structure])
     if kind == _DICT:
         built = {key: _rebuild(structure[key], leaves) for key in _sorted_keys(structure)}
         return {key: built[key] for key in structure}
+    if kind == _PROXY:
+        return _rebuild(structure.__wrapped__, leaves)
     return None
 
 
@@ -179,6 +199,8 @@ def is_nested(value: Any) -> bool:
             kind = _kind_of(type(value))
         except OptreeHandoff:
             return not _optree().tree_is_leaf(value, none_is_leaf=True)
+    if kind == _PROXY:
+        return is_nested(value.__wrapped__)
     return kind > _NONE
 
 
@@ -357,7 +379,37 @@ def map_structure(fn: Callable[..., Any], tree: Any, *rest: Any) -> Any:
             return _rebuild(tree, iter([fn(leaf) for leaf in leaves]))
         except OptreeHandoff:
             pass
-    return _optree().tree_map(fn, tree, *rest)
+    try:
+        return _optree().tree_map(fn, tree, *rest)
+    except (ValueError, TypeError):
+        # TensorFlow's tracking containers (a spec nest kept on a tf.Module) are the
+        # containers they hold: compare the plain nests.
+        plain = [_plain(t) for t in (tree, *rest)]
+        if all(p is t for p, t in zip(plain, (tree, *rest), strict=True)):
+            raise
+        return _optree().tree_map(fn, *plain)
+
+
+def _plain(tree: Any) -> Any:
+    """``tree`` with TensorFlow's tracking containers replaced by plain ones (``tree``
+    itself when it holds none)."""
+    leaves: list[Any] = []
+    try:
+        _leaves(tree, leaves)
+        rebuilt = _rebuild(tree, iter(leaves))
+    except OptreeHandoff:
+        return tree
+    return tree if _same_nodes(tree, rebuilt) else rebuilt
+
+
+def _same_nodes(a: Any, b: Any) -> bool:
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, (tuple, list)):
+        return all(_same_nodes(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict):
+        return all(_same_nodes(a[k], b[k]) for k in a)
+    return True
 
 
 def map_structure_with_paths(

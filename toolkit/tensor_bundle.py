@@ -12,13 +12,30 @@ A TF checkpoint ``<prefix>`` is a *tensor bundle*:
   ``offset``: raw little-endian values, or for strings varint64 lengths, a 4-byte masked
   crc32c of the lengths, then the bytes.
 
-The two protobuf messages are decoded by hand from the wire format (six fields each),
-so reading needs no generated protos. Everything read is untrusted: sizes and offsets
-are checked against the files' sizes before anything is allocated or read, every block
-and tensor is checked against its crc32c, and anything unexpected raises a
-``CheckpointError`` naming the file and what was wrong. Sliced (partitioned) variables,
-big-endian bundles, compressed tables and dtypes without a numpy equivalent (resource,
-variant, quantized, bfloat16) are refused.
+The protobuf messages are decoded by hand (``toolkit.protowire``), so reading needs no
+generated protos. Everything read is untrusted: a file's size is checked against a cap
+before it is read (only regular files are opened, so a FIFO never blocks), declared
+sizes and offsets are checked against the files' sizes before anything is allocated or
+read, every block and tensor is checked against its crc32c, and anything unexpected
+raises a ``CheckpointError`` naming the file and what was wrong. Sliced (partitioned)
+variables, big-endian bundles, compressed tables and dtypes without a numpy equivalent
+(resource, variant, quantized, bfloat16) are refused.
+
+The caps are what a policy's checkpoint can need, with a wide margin: a policy has one
+tensor per variable (tens to a few thousand, ~100 bytes of index each) and an object
+graph of one node per trackable object (layers, lists, variables):
+
+* ``MAX_INDEX_BYTES`` (4 MiB), ``MAX_TENSORS`` (65,536 tensors), ``MAX_KEY_BYTES``
+  (4 KiB a tensor name; TF's are object paths of 50-300 bytes) and, since keys are
+  prefix-compressed, ``MAX_KEYS_TOTAL_BYTES`` (16 MiB of names in all);
+* ``MAX_OBJECT_GRAPH_BYTES`` (4 MiB) and ``MAX_OBJECT_NODES`` (100,000 nodes);
+* ``MAX_STATE_BYTES`` (1 MiB) for the ``checkpoint`` state file, of which only the
+  newest ``MAX_STATE_CHECKPOINTS`` (1,000) prefixes are taken: a CheckpointManager
+  lists the checkpoints it keeps (``max_to_keep``, 5 by default), ~90 bytes each.
+
+A tensor's bytes are read only when asked for (``get``), bounded by its entry, which
+callers check against what they expect first (``checkpoint_weights`` compares the
+entry's shape and dtype with the bundle's weights map before reading).
 
 ``checkpoint_state(directory)`` reads the ``checkpoint`` state file TF's
 ``CheckpointManager`` writes (a text proto naming the latest prefix) the same way.
@@ -27,16 +44,28 @@ variant, quantized, bfloat16) are refused.
 from __future__ import annotations
 
 import os
+import re
+import stat
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 
+from toolkit import protowire
 from toolkit.errors import CheckpointError
+from toolkit.protowire import I32, LEN, VARINT, Span, signed64
 
 __all__ = [
+    "MAX_INDEX_BYTES",
+    "MAX_KEYS_TOTAL_BYTES",
+    "MAX_KEY_BYTES",
+    "MAX_OBJECT_GRAPH_BYTES",
+    "MAX_OBJECT_NODES",
+    "MAX_STATE_BYTES",
+    "MAX_STATE_CHECKPOINTS",
+    "MAX_TENSORS",
     "OBJECT_GRAPH_KEY",
     "VARIABLE_VALUE",
     "BundleEntry",
@@ -52,7 +81,15 @@ __all__ = [
 _FOOTER_SIZE = 48
 _TABLE_MAGIC = 0xDB4775248B80FB57
 _BLOCK_TRAILER = 5  # compression type byte + masked crc32c
-_MAX_VARINT_BYTES = 10
+
+MAX_INDEX_BYTES = 4 << 20
+MAX_TENSORS = 65_536
+MAX_KEY_BYTES = 4096
+MAX_KEYS_TOTAL_BYTES = 16 << 20
+MAX_OBJECT_GRAPH_BYTES = 4 << 20
+MAX_OBJECT_NODES = 100_000
+MAX_STATE_BYTES = 1 << 20
+MAX_STATE_CHECKPOINTS = 1000
 
 # TF's DataType enum -> numpy dtype (the dtypes checkpoints of policies hold).
 _DTYPES: dict[int, np.dtype] = {
@@ -129,51 +166,56 @@ def masked_crc32c(data: bytes) -> int:
     return _mask(crc32c(data))
 
 
-# --- protobuf wire format ----------------------------------------------------------------
+# --- bounded file reads ------------------------------------------------------------------
 
 
-def _varint(data: bytes | memoryview, pos: int, end: int, where: str) -> tuple[int, int]:
-    result = shift = 0
-    for i in range(_MAX_VARINT_BYTES):
-        if pos + i >= end:
-            raise CheckpointError(f"{where}: truncated varint")
-        byte = data[pos + i]
-        result |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return result, pos + i + 1
-        shift += 7
-    raise CheckpointError(f"{where}: varint longer than 10 bytes")
+def _failing(where: str) -> Callable[[str], CheckpointError]:
+    return lambda reason: CheckpointError(f"{where}: {reason}")
 
 
-def _fields(data: bytes, where: str) -> Iterator[tuple[int, int, Any]]:
-    """``(field number, wire type, value)`` of a protobuf message (no groups)."""
-    pos, end = 0, len(data)
-    while pos < end:
-        tag, pos = _varint(data, pos, end, where)
-        number, wire = tag >> 3, tag & 7
-        if wire == 0:
-            value, pos = _varint(data, pos, end, where)
-        elif wire == 1 or wire == 5:
-            width = 8 if wire == 1 else 4
-            if pos + width > end:
-                raise CheckpointError(f"{where}: truncated field {number}")
-            value = int.from_bytes(data[pos : pos + width], "little")
-            pos += width
-        elif wire == 2:
-            length, pos = _varint(data, pos, end, where)
-            if length > end - pos:
-                raise CheckpointError(
-                    f"{where}: field {number} declares {length} bytes, {end - pos} left"
-                )
-            value = bytes(data[pos : pos + length])
-            pos += length
-        else:
-            raise CheckpointError(f"{where}: unsupported protobuf wire type {wire}")
-        yield number, wire, value
+def _open_regular(path: Path, what: str) -> tuple[int, int]:
+    """``(fd, size)`` of a regular file, opened without blocking (a FIFO never blocks)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except (OSError, ValueError) as e:  # ValueError: a NUL in a path a state file named
+        raise CheckpointError(f"{path}: cannot read the {what} ({e})") from e
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise CheckpointError(f"{path}: expected the {what} as a regular file, got another kind")
+    return fd, info.st_size
 
 
-def _signed64(value: int) -> int:
-    return value - (1 << 64) if value >= 1 << 63 else value
+def _read_at(fd: int, offset: int, size: int) -> bytes:
+    chunks, done = [], 0
+    while done < size:
+        chunk = os.pread(fd, min(size - done, 1 << 20), offset + done)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        done += len(chunk)
+    return b"".join(chunks)
+
+
+def _read_capped(path: Path, limit: int, what: str, why: str) -> bytes:
+    """A whole file of at most ``limit`` bytes; larger ones are refused before reading."""
+    fd, size = _open_regular(path, what)
+    try:
+        if size > limit:
+            raise CheckpointError(
+                f"{path}: expected a {what} of at most {limit} bytes ({why}), got {size} bytes"
+            )
+        data = _read_at(fd, 0, size)
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read the {what} ({e.strerror or e})") from e
+    finally:
+        os.close(fd)
+    if len(data) != size:
+        raise CheckpointError(f"{path}: truncated (the file changed while being read)")
+    return data
+
+
+# --- the index's messages ----------------------------------------------------------------
 
 
 class BundleEntry(NamedTuple):
@@ -195,38 +237,52 @@ class BundleEntry(NamedTuple):
             return _DTYPES[self.dtype].name
         return _DTYPE_NAMES.get(self.dtype, f"dtype enum {self.dtype}")
 
+    @property
+    def count(self) -> int:
+        """How many elements its shape holds."""
+        count = 1
+        for dim in self.shape:
+            count *= dim
+        return count
 
-def _parse_shape(data: bytes, where: str) -> tuple[int, ...]:
+
+_MAX_RANK = 64
+
+
+def _parse_shape(wire: protowire.Decoder, span: Span) -> tuple[int, ...]:
     dims = []
-    for number, wire, value in _fields(data, where):
-        if number == 2 and wire == 2:  # Dim {int64 size = 1; string name = 2}
+    for number, kind, value in wire.fields(span):
+        if number == 2 and kind == LEN:  # Dim {int64 size = 1; string name = 2}
             size = 0
-            for n, w, v in _fields(value, where):
-                if n == 1 and w == 0:
-                    size = _signed64(v)
+            for n, w, v in wire.fields(value):
+                if n == 1 and w == VARINT:
+                    size = signed64(v)
             if size < 0:
-                raise CheckpointError(f"{where}: expected a known shape, got a dim of {size}")
+                raise wire.fail(f"expected a known shape, got a dim of {size}")
+            if len(dims) == _MAX_RANK:
+                raise wire.fail(f"expected a shape of at most {_MAX_RANK} dims")
             dims.append(size)
-        elif number == 3 and wire == 0 and value:
-            raise CheckpointError(f"{where}: expected a known shape, got an unknown rank")
+        elif number == 3 and kind == VARINT and value:
+            raise wire.fail("expected a known shape, got an unknown rank")
     return tuple(dims)
 
 
 def _parse_entry(data: bytes, where: str) -> BundleEntry:
+    wire = protowire.Decoder(data, _failing(where))
     fields = {"dtype": 0, "shape": (), "shard_id": 0, "offset": 0, "size": 0, "crc32c": 0}
     sliced = False
-    for number, wire, value in _fields(data, where):
-        if number == 1 and wire == 0:
+    for number, kind, value in wire.fields():
+        if number == 1 and kind == VARINT:
             fields["dtype"] = value
-        elif number == 2 and wire == 2:
-            fields["shape"] = _parse_shape(value, where)
-        elif number == 3 and wire == 0:
-            fields["shard_id"] = _signed64(value)
-        elif number == 4 and wire == 0:
-            fields["offset"] = _signed64(value)
-        elif number == 5 and wire == 0:
-            fields["size"] = _signed64(value)
-        elif number == 6 and wire == 5:
+        elif number == 2 and kind == LEN:
+            fields["shape"] = _parse_shape(wire, value)
+        elif number == 3 and kind == VARINT:
+            fields["shard_id"] = signed64(value)
+        elif number == 4 and kind == VARINT:
+            fields["offset"] = signed64(value)
+        elif number == 5 and kind == VARINT:
+            fields["size"] = signed64(value)
+        elif number == 6 and kind == I32:
             fields["crc32c"] = value
         elif number == 7:
             sliced = True
@@ -236,47 +292,58 @@ def _parse_entry(data: bytes, where: str) -> BundleEntry:
 # --- the table (.index) ------------------------------------------------------------------
 
 
-def _block(index: bytes, handle: bytes, where: str) -> bytes:
+def _block(wire: protowire.Decoder, handle: bytes) -> bytes:
     """The contents of the block a BlockHandle points at, crc-checked."""
-    offset, pos = _varint(handle, 0, len(handle), where)
-    size, _ = _varint(handle, pos, len(handle), where)
-    if offset + size + _BLOCK_TRAILER > len(index):
-        raise CheckpointError(
-            f"{where}: a block at {offset} of {size} bytes runs past the end of the file "
-            f"({len(index)} bytes)"
+    handle_wire = protowire.Decoder(handle, wire.fail)
+    offset, pos = handle_wire.varint(0, len(handle))
+    size, _ = handle_wire.varint(pos, len(handle))
+    if offset + size + _BLOCK_TRAILER > wire.size:
+        raise wire.fail(
+            f"a block at {offset} of {size} bytes runs past the end of the file ({wire.size} bytes)"
         )
-    contents = index[offset : offset + size]
+    index = wire.data
+    contents = bytes(index[offset : offset + size])
     kind = index[offset + size]
     (stored,) = struct.unpack_from("<I", index, offset + size + 1)
     if masked_crc32c(contents + bytes([kind])) != stored:
-        raise CheckpointError(f"{where}: block at {offset}: crc32c mismatch (corrupted file)")
+        raise wire.fail(f"block at {offset}: crc32c mismatch (corrupted file)")
     if kind != 0:
-        raise CheckpointError(
-            f"{where}: block at {offset}: compression type {kind} is not supported (TF "
-            "writes checkpoint indexes uncompressed)"
+        raise wire.fail(
+            f"block at {offset}: compression type {kind} is not supported (TF writes "
+            "checkpoint indexes uncompressed)"
         )
     return contents
 
 
-def _block_entries(block: bytes, where: str) -> Iterator[tuple[bytes, bytes]]:
-    """``(key, value)`` pairs of a block (keys prefix-compressed against the previous)."""
+def _block_entries(block: bytes, fail: Callable[[str], CheckpointError]):
+    """``(key, value)`` pairs of a block (keys prefix-compressed against the previous).
+
+    Keys longer than MAX_KEY_BYTES are refused as they are decoded: prefix compression
+    would otherwise let a small block spell out ever longer keys.
+    """
+    wire = protowire.Decoder(block, fail)
     if len(block) < 4:
-        raise CheckpointError(f"{where}: block of {len(block)} bytes has no restart count")
+        raise fail(f"block of {len(block)} bytes has no restart count")
     (restarts,) = struct.unpack_from("<I", block, len(block) - 4)
     limit = len(block) - 4 - 4 * restarts
     if restarts < 1 or limit < 0:
-        raise CheckpointError(f"{where}: block declares {restarts} restart points")
+        raise fail(f"block declares {restarts} restart points")
     for i in range(restarts):
         (point,) = struct.unpack_from("<I", block, limit + 4 * i)
         if point >= limit and not point == limit == 0:
-            raise CheckpointError(f"{where}: restart point {point} outside the block")
+            raise fail(f"restart point {point} outside the block")
     pos, key = 0, b""
     while pos < limit:
-        shared, pos = _varint(block, pos, limit, where)
-        unshared, pos = _varint(block, pos, limit, where)
-        length, pos = _varint(block, pos, limit, where)
+        shared, pos = wire.varint(pos, limit)
+        unshared, pos = wire.varint(pos, limit)
+        length, pos = wire.varint(pos, limit)
         if shared > len(key) or unshared + length > limit - pos:
-            raise CheckpointError(f"{where}: malformed block entry at byte {pos}")
+            raise fail(f"malformed block entry at byte {pos}")
+        if shared + unshared > MAX_KEY_BYTES:
+            raise fail(
+                f"expected keys of at most {MAX_KEY_BYTES} bytes (tensor names), got one of "
+                f"{shared + unshared} at byte {pos}"
+            )
         key = key[:shared] + block[pos : pos + unshared]
         pos += unshared
         yield key, block[pos : pos + length]
@@ -284,22 +351,23 @@ def _block_entries(block: bytes, where: str) -> Iterator[tuple[bytes, bytes]]:
 
 
 def _table(index: bytes, where: str) -> Iterator[tuple[bytes, bytes]]:
+    fail = _failing(where)
     if len(index) < _FOOTER_SIZE:
-        raise CheckpointError(
-            f"{where}: expected a table of at least {_FOOTER_SIZE} bytes, got {len(index)}"
-        )
+        raise fail(f"expected a table of at least {_FOOTER_SIZE} bytes, got {len(index)}")
     footer = index[-_FOOTER_SIZE:]
     (magic,) = struct.unpack_from("<Q", footer, 40)
     if magic != _TABLE_MAGIC:
-        raise CheckpointError(f"{where}: not a TF checkpoint index (bad table magic number)")
-    _, pos = _varint(footer, 0, 40, where)  # metaindex handle: unused
-    _, pos = _varint(footer, pos, 40, where)
+        raise fail("not a TF checkpoint index (bad table magic number)")
+    footer_wire = protowire.Decoder(footer, fail)
+    _, pos = footer_wire.varint(0, 40)  # metaindex handle: unused
+    _, pos = footer_wire.varint(pos, 40)
     index_handle = footer[pos:40]
+    wire = protowire.Decoder(index, fail)
     previous = None
-    for _, handle in _block_entries(_block(index, index_handle, where), where):
-        for key, value in _block_entries(_block(index, handle, where), where):
+    for _, handle in _block_entries(_block(wire, index_handle), fail):
+        for key, value in _block_entries(_block(wire, handle), fail):
             if previous is not None and key <= previous:
-                raise CheckpointError(f"{where}: keys out of order (corrupted file)")
+                raise fail("keys out of order (corrupted file)")
             previous = key
             yield key, value
 
@@ -310,28 +378,40 @@ def _table(index: bytes, where: str) -> Iterator[tuple[bytes, bytes]]:
 class TensorBundle:
     """The tensors of a TF checkpoint, read without TensorFlow.
 
+    Opening one reads the index (at most ``MAX_INDEX_BYTES``) and checks that the
+    shards it names exist; a tensor's bytes are read by ``get`` alone.
+
     Args:
       prefix: the checkpoint's path prefix (``<dir>/ckpt-5`` for ``ckpt-5.index``).
 
     Raises:
-      CheckpointError: a missing or malformed index, a big-endian bundle, or missing
-        shards.
+      CheckpointError: a missing, oversized or malformed index, a big-endian bundle,
+        or missing shards.
     """
 
     def __init__(self, prefix: str | os.PathLike):
         self.prefix = Path(prefix)
         index_path = Path(f"{self.prefix}.index")
         where = str(index_path)
-        try:
-            index = index_path.read_bytes()
-        except OSError as e:
-            raise CheckpointError(f"{index_path}: cannot read the checkpoint index ({e})") from e
+        index = _read_capped(
+            index_path,
+            MAX_INDEX_BYTES,
+            "checkpoint index",
+            f"{MAX_TENSORS} tensors at most, ~100 bytes each",
+        )
         entries: dict[str, BundleEntry] = {}
         header = None
+        key_bytes = 0
         for raw_key, value in _table(index, where):
             if raw_key == b"":
                 header = value
                 continue
+            key_bytes += len(raw_key)
+            if len(entries) == MAX_TENSORS or key_bytes > MAX_KEYS_TOTAL_BYTES:
+                raise CheckpointError(
+                    f"{where}: expected at most {MAX_TENSORS} tensors with names of "
+                    f"{MAX_KEYS_TOTAL_BYTES} bytes in all (a policy's checkpoint), got more"
+                )
             try:
                 key = raw_key.decode("utf-8")
             except UnicodeDecodeError as e:
@@ -340,10 +420,10 @@ class TensorBundle:
         if header is None:
             raise CheckpointError(f"{where}: no bundle header (not a TF checkpoint index)")
         num_shards, endianness = 1, 0
-        for number, wire, value in _fields(header, f"{where}: header"):
-            if number == 1 and wire == 0:
-                num_shards = _signed64(value)
-            elif number == 2 and wire == 0:
+        for number, kind, value in protowire.Decoder(header, _failing(f"{where}: header")).fields():
+            if number == 1 and kind == VARINT:
+                num_shards = signed64(value)
+            elif number == 2 and kind == VARINT:
                 endianness = value
         if endianness != 0:
             raise CheckpointError(f"{where}: big-endian checkpoints are not supported")
@@ -384,12 +464,17 @@ class TensorBundle:
     def dtypes(self) -> dict[str, str]:
         return {k: e.dtype_name for k, e in self._entries.items()}
 
-    def get(self, key: str) -> np.ndarray:
+    def get(self, key: str, *, max_bytes: int | None = None) -> np.ndarray:
         """The tensor ``key`` as a numpy array (strings as an object array of bytes).
+
+        Args:
+          key: the tensor's name.
+          max_bytes: refuse, before reading, a tensor whose entry declares more bytes.
 
         Raises:
           CheckpointError: no such tensor, an unsupported dtype or a sliced variable,
-            sizes that do not fit the shape or the file, or a crc32c mismatch.
+            sizes that do not fit the shape, the file or ``max_bytes``, or a crc32c
+            mismatch.
         """
         entry = self.entry(key)
         where = f"{self.prefix}: {key}"
@@ -398,15 +483,17 @@ class TensorBundle:
                 f"{where}: a sliced (partitioned) variable: not supported; save the "
                 "variable unpartitioned"
             )
-        count = 1
-        for dim in entry.shape:
-            count *= dim
         shard_size = self._shard_sizes[entry.shard_id]
         if entry.offset < 0 or entry.size < 0 or entry.offset + entry.size > shard_size:
             raise CheckpointError(
                 f"{where}: expected bytes within its data file ({shard_size} bytes), got "
                 f"{entry.size} bytes at offset {entry.offset}"
             )
+        if max_bytes is not None and entry.size > max_bytes:
+            raise CheckpointError(
+                f"{where}: expected at most {max_bytes} bytes, the entry declares {entry.size}"
+            )
+        count = entry.count
         if entry.dtype == _DT_STRING:
             data = self._read(entry, check=False)
             return _strings(data, entry, count, where)
@@ -429,26 +516,35 @@ class TensorBundle:
         """The checkpoint's object graph (``_CHECKPOINTABLE_OBJECT_GRAPH``), node 0 the root.
 
         Raises:
-          CheckpointError: a checkpoint without an object graph (written by TF1 savers)
-            or a malformed one.
+          CheckpointError: a checkpoint without an object graph (written by TF1 savers),
+            a malformed one, or one larger than MAX_OBJECT_GRAPH_BYTES or
+            MAX_OBJECT_NODES.
         """
         if OBJECT_GRAPH_KEY not in self._entries:
             raise CheckpointError(
                 f"{self.prefix}: no object graph (not written by tf.train.Checkpoint)"
             )
-        data = self.get(OBJECT_GRAPH_KEY)
-        if data.shape != ():
-            raise CheckpointError(f"{self.prefix}: {OBJECT_GRAPH_KEY}: expected a scalar")
-        return _parse_object_graph(data.item(), f"{self.prefix}: {OBJECT_GRAPH_KEY}")
+        where = f"{self.prefix}: {OBJECT_GRAPH_KEY}"
+        entry = self._entries[OBJECT_GRAPH_KEY]
+        if entry.dtype != _DT_STRING or entry.shape != ():
+            raise CheckpointError(
+                f"{where}: expected a string scalar, got {entry.dtype_name} {list(entry.shape)}"
+            )
+        data = self.get(OBJECT_GRAPH_KEY, max_bytes=MAX_OBJECT_GRAPH_BYTES + _MAX_VARINT_LEN)
+        return _parse_object_graph(data.item(), where)
 
     def as_dict(self) -> dict[str, np.ndarray]:
         return {key: self.get(key) for key in self.tensor_names()}
 
     def _read(self, entry: BundleEntry, *, check: bool = True) -> bytes:
         path = self.shard_path(entry.shard_id)
-        with open(path, "rb") as f:
-            f.seek(entry.offset)
-            data = f.read(entry.size)
+        fd, _ = _open_regular(path, "checkpoint data file")
+        try:
+            data = _read_at(fd, entry.offset, entry.size)
+        except OSError as e:
+            raise CheckpointError(f"{path}: cannot read ({e.strerror or e})") from e
+        finally:
+            os.close(fd)
         if len(data) != entry.size:
             raise CheckpointError(f"{path}: truncated (the file changed while being read)")
         if check and masked_crc32c(data) != entry.crc32c:
@@ -456,6 +552,7 @@ class TensorBundle:
         return data
 
 
+_MAX_VARINT_LEN = protowire.MAX_VARINT_BYTES + 4  # a string scalar's length and its crc
 OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
 #: The attribute name under which a tf.Variable's value is saved.
 VARIABLE_VALUE = "VARIABLE_VALUE"
@@ -469,27 +566,34 @@ class ObjectNode(NamedTuple):
 
 
 def _parse_object_graph(data: bytes, where: str) -> list[ObjectNode]:
+    wire = protowire.Decoder(data, _failing(where))
     nodes = []
-    for number, wire, value in _fields(data, where):
-        if number != 1 or wire != 2:
+    for number, kind, value in wire.fields():
+        if number != 1 or kind != LEN:
             continue
+        if len(nodes) == MAX_OBJECT_NODES:
+            raise wire.fail(f"expected at most {MAX_OBJECT_NODES} objects, got more")
         children, attributes = {}, {}
-        for n, w, v in _fields(value, where):
-            if n == 1 and w == 2:  # ObjectReference {int32 node_id = 1; string local_name = 2}
-                ref = {k: x for k, _, x in _fields(v, where)}
-                name = ref.get(2, b"")
-                children[name.decode("utf-8", "replace")] = _signed64(ref.get(1, 0))
-            elif n == 2 and w == 2:  # SerializedTensor {name = 1; full_name = 2; key = 3}
-                tensor = {k: x for k, _, x in _fields(v, where)}
-                name = tensor.get(1, b"").decode("utf-8", "replace")
-                attributes[name] = tensor.get(3, b"").decode("utf-8", "replace")
+        for n, w, v in wire.fields(value):
+            if n == 1 and w == LEN:  # ObjectReference {int32 node_id = 1; string local_name = 2}
+                ref = {k: x for k, _, x in wire.fields(v)}
+                name = ref.get(2)
+                name = wire.bytes(name).decode("utf-8", "replace") if type(name) is tuple else ""
+                node_id = ref.get(1, 0)
+                children[name] = signed64(node_id) if type(node_id) is int else -1
+            elif n == 2 and w == LEN:  # SerializedTensor {name = 1; full_name = 2; key = 3}
+                tensor = {k: x for k, _, x in wire.fields(v)}
+                name, key = tensor.get(1), tensor.get(3)
+                name = wire.bytes(name).decode("utf-8", "replace") if type(name) is tuple else ""
+                key = wire.bytes(key).decode("utf-8", "replace") if type(key) is tuple else ""
+                attributes[name] = key
         nodes.append(ObjectNode(children, attributes))
     if not nodes:
-        raise CheckpointError(f"{where}: an empty object graph")
+        raise wire.fail("an empty object graph")
     for node in nodes:
         for name, child in node.children.items():
             if not 0 <= child < len(nodes):
-                raise CheckpointError(f"{where}: child {name!r} names node {child} of {len(nodes)}")
+                raise wire.fail(f"child {name!r} names node {child} of {len(nodes)}")
     return nodes
 
 
@@ -515,9 +619,10 @@ def _strings(data: bytes, entry: BundleEntry, count: int, where: str) -> np.ndar
     """
     if count > len(data):  # each element takes at least one length byte
         raise CheckpointError(f"{where}: {count} strings cannot fit in {len(data)} bytes")
+    wire = protowire.Decoder(data, _failing(where))
     lengths, pos, crc = [], 0, 0
     for _ in range(count):
-        length, pos = _varint(data, pos, len(data), where)
+        length, pos = wire.varint(pos, len(data))
         lengths.append(length)
         crc = crc32c(struct.pack("<I" if length <= 0xFFFFFFFF else "<Q", length), crc)
     if pos + 4 > len(data):
@@ -542,6 +647,10 @@ def _strings(data: bytes, entry: BundleEntry, count: int, where: str) -> np.ndar
 # --- the checkpoint state file -----------------------------------------------------------
 
 STATE_FILE = "checkpoint"
+_STATE_LINE = re.compile(
+    r'^[ \t]*(model_checkpoint_path|all_model_checkpoint_paths)[ \t]*:[ \t]*"(.*)"[ \t]*\r?$',
+    re.MULTILINE,
+)
 
 
 def _unescape(text: str, where: str) -> str:
@@ -552,39 +661,46 @@ def _unescape(text: str, where: str) -> str:
 
 
 def checkpoint_state(directory: str | os.PathLike) -> tuple[Path | None, list[Path]]:
-    """``(latest prefix, all prefixes)`` from a directory's ``checkpoint`` file.
+    """``(latest prefix, the newest prefixes listed)`` from a directory's ``checkpoint`` file.
 
     The file is the text proto ``CheckpointState`` TF's ``CheckpointManager`` writes
     after each save (``model_checkpoint_path: "ckpt-5"``); relative paths are taken
-    relative to ``directory``. ``(None, [])`` when there is no state file.
+    relative to ``directory``. ``(None, [])`` when there is no state file. Of the
+    ``all_model_checkpoint_paths`` (oldest first), the newest MAX_STATE_CHECKPOINTS
+    are returned.
 
     Raises:
-      CheckpointError: a state file that cannot be read.
+      CheckpointError: a state file that cannot be read, or one over MAX_STATE_BYTES.
     """
     directory = Path(directory)
     path = directory / STATE_FILE
     if not path.is_file():
         return None, []
+    data = _read_capped(
+        path,
+        MAX_STATE_BYTES,
+        "checkpoint state file",
+        "about 10,000 checkpoints kept; set the CheckpointManager's max_to_keep",
+    )
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
         raise CheckpointError(f"{path}: cannot read the checkpoint state ({e})") from e
     latest, every = None, []
-    for line in text.splitlines():
-        line = line.strip()
-        if not line:
-            continue
-        name, sep, value = line.partition(":")
-        value = value.strip()
-        if not sep or len(value) < 2 or value[0] != '"' or value[-1] != '"':
-            continue  # timestamps and other numeric fields
-        prefix = Path(_unescape(value[1:-1], str(path)))
-        prefix = prefix if prefix.is_absolute() else directory / prefix
-        if name.strip() == "model_checkpoint_path":
-            latest = prefix
-        elif name.strip() == "all_model_checkpoint_paths":
-            every.append(prefix)
-    return latest, every
+    # One regex pass (timestamps and other numeric fields do not match): a state file
+    # at the cap parses in milliseconds, on every check of a follower.
+    for name, value in _STATE_LINE.findall(text):
+        if name == "model_checkpoint_path":
+            latest = value
+        else:
+            every.append(value)
+    every = every[-MAX_STATE_CHECKPOINTS:]
+
+    def prefix(text: str) -> Path:
+        found = Path(_unescape(text, str(path)))
+        return found if found.is_absolute() else directory / found
+
+    return (prefix(latest) if latest is not None else None), [prefix(p) for p in every]
 
 
 def is_complete(prefix: str | os.PathLike) -> bool:

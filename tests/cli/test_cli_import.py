@@ -10,14 +10,10 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from tests.tf_agents_saved import REFERENCE, recording, saved_policy
+from tests.tf_agents_saved import recording, saved_policy
 from toolkit import bundle as bundle_lib
 from toolkit.cli import app
 from toolkit.trajectories import time_step as ts
-
-pytestmark = pytest.mark.skipif(
-    not REFERENCE.is_dir(), reason="the TF-Agents reference policies are not on this machine"
-)
 
 runner = CliRunner()
 

@@ -3,7 +3,6 @@ behind by a failed verification."""
 
 from __future__ import annotations
 
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -11,22 +10,21 @@ import pytest
 from typer.testing import CliRunner
 
 import exporters
+from tests import tf_agents_saved
 from toolkit import bundle as bundle_lib
 from toolkit.cli import app
 from toolkit.trajectories.time_step import TimeStep
 
 pytestmark = pytest.mark.slow  # three imports with their ONNX conversions
 
-ARCHIVE = Path(__file__).resolve().parent.parent / "data" / "tf_agents_0_19" / "saves.tar.xz"
 runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def saves(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("saves")
-    with tarfile.open(ARCHIVE) as archive:
-        archive.extractall(root, filter="data")
-    return root
+def saves() -> Path:
+    """The saves of TF-Agents' agents, unpacked once per test process (tests copy what
+    they change)."""
+    return tf_agents_saved.saves()
 
 
 def invoke(*args):

@@ -1,4 +1,4 @@
-"""Contract cases: TF-Agents saved policies (the reference folder) through TFAgentsPolicy.
+"""Contract cases: TF-Agents saved policies (tests/data reference saves) through TFAgentsPolicy.
 
 Each case loads its SavedModel once; ``make()`` wraps that one adapter in a fresh
 PyTFPolicy (the contract never changes variables, so twins may share it; ``copy()``
@@ -12,7 +12,7 @@ import functools
 import pytest
 
 from tests.contract.case import PolicyCase
-from tests.tf_agents_saved import REFERENCE, saved_policy
+from tests.tf_agents_saved import saved_policy
 
 
 @functools.cache
@@ -29,10 +29,7 @@ def _make(case: str, seed: int):
 
 
 # Slow: each fresh PyTFPolicy traces the restored TF-Agents functions again (~25 s in all).
-_MARKS = (
-    pytest.mark.slow,
-    pytest.mark.skipif(not REFERENCE.is_dir(), reason="no TF-Agents reference policies here"),
-)
+_MARKS = (pytest.mark.slow,)
 
 CASES = [
     PolicyCase("tf_agents/q_greedy", _make("q_greedy", 0), deterministic=True, marks=_MARKS),

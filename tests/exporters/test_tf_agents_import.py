@@ -27,7 +27,6 @@ from exporters import onnx_export
 from exporters import tf_agents as tai
 from tests.tf_agents_saved import (
     CASES,
-    REFERENCE,
     case_info,
     onnx_session,
     recording,
@@ -39,10 +38,6 @@ from toolkit import bundle
 from toolkit.errors import BundleError, ExportError
 from toolkit.specs.array_spec import ArraySpec, BoundedArraySpec
 from toolkit.trajectories.time_step import TimeStep
-
-pytestmark = pytest.mark.skipif(
-    not REFERENCE.is_dir(), reason="the TF-Agents reference policies are not on this machine"
-)
 
 
 @pytest.fixture(scope="module")

@@ -13,14 +13,13 @@ from __future__ import annotations
 import functools
 import json
 import shutil
-import tarfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from exporters import tf_agents as tai
-from tests.tf_agents_saved import REFERENCE
+from tests import tf_agents_saved
 from toolkit import bundle
 from toolkit.errors import BundleError, ExportError
 from toolkit.trajectories.time_step import TimeStep
@@ -28,8 +27,6 @@ from toolkit.trajectories.time_step import TimeStep
 # Each kind costs an import with its ONNX conversion (seconds): slow, as a module.
 pytestmark = pytest.mark.slow
 
-DATA = Path(__file__).resolve().parent.parent / "data" / "tf_agents_0_19"
-ARCHIVE = DATA / "saves.tar.xz"
 
 DETERMINISTIC = [
     "sac_greedy",
@@ -66,11 +63,10 @@ EXPECTED_KIND = {
 
 
 @pytest.fixture(scope="module")
-def saves(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("tf_agents_saves")
-    with tarfile.open(ARCHIVE) as archive:
-        archive.extractall(root, filter="data")
-    return root
+def saves() -> Path:
+    """The saves of TF-Agents' agents, unpacked once per test process (tests copy what
+    they change)."""
+    return tf_agents_saved.saves()
 
 
 def rec_of(saves: Path, case: str) -> dict[str, np.ndarray]:
@@ -481,17 +477,16 @@ def test_a_ppo_bundle_takes_a_normaliser_checkpoint_where_tensorflow_cannot_load
     assert result.stdout.strip() == "ok 77"
 
 
-@pytest.mark.skipif(not REFERENCE.is_dir(), reason="the TF-Agents reference folder is missing")
 @pytest.mark.parametrize("case", ["c51_greedy", "sac_collect"])
 def test_a_checkpoint_of_a_policy_saved_before_training(case, tmp_path):
     """The reference saves were made from fresh networks (zero biases): the trigger
     workflow, where the bundle is exported before training and checkpoints come later."""
-    source = REFERENCE / case
+    source = tf_agents_saved.reference() / case
     path = tai.import_tf_agents(source / "saved_policy", tmp_path / "b")
     converted = tai.import_tf_agents_checkpoint(
         source / "saved_policy", source / "checkpoint", tmp_path / "c"
     )
-    rec = rec_of(REFERENCE, case)
+    rec = rec_of(tf_agents_saved.reference(), case)
     policy = load(path)
     # Takes the trained weights although the bundle was exported from zero biases.
     policy.update_from_checkpoint(converted)

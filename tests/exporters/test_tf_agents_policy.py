@@ -21,7 +21,6 @@ from exporters import tf_agents as tai
 from exporters.tf_agents import TFAgentsPolicy
 from tests.tf_agents_saved import (
     OBSERVATION,
-    REFERENCE,
     W_MOVE,
     W_TURN,
     fake_feeds,
@@ -266,12 +265,7 @@ def test_a_non_zero_initial_state_is_refused(saved):
 
 # --- the reference policies as TFPolicies ----------------------------------------------
 
-needs_reference = pytest.mark.skipif(
-    not REFERENCE.is_dir(), reason="the TF-Agents reference policies are not on this machine"
-)
 
-
-@needs_reference
 def test_reference_policies_act_like_tf_agents():
     rec = recording("nested_obs")
     policy = TFAgentsPolicy(saved_policy("nested_obs"))
@@ -293,7 +287,6 @@ def test_reference_policies_act_like_tf_agents():
     np.testing.assert_allclose(dist.stddev(), rec["distribution/stddev"], atol=1e-5)
 
 
-@needs_reference
 def test_unbatched_time_steps_and_validation():
     policy = TFAgentsPolicy(saved_policy("q_greedy"))
     rec = recording("q_greedy")
@@ -303,7 +296,6 @@ def test_unbatched_time_steps_and_validation():
         policy.action(single._replace(observation=np.zeros(5, np.float32)))
 
 
-@needs_reference
 def test_variables_are_the_saved_model_variables_and_copies_are_independent():
     policy = TFAgentsPolicy(saved_policy("q_greedy"))
     loaded = tai.load_saved_policy(saved_policy("q_greedy"))
@@ -322,7 +314,6 @@ def test_variables_are_the_saved_model_variables_and_copies_are_independent():
     np.testing.assert_array_equal(policy.action(ts).action[no_tie], 1 - rec["action"][no_tie])
 
 
-@needs_reference
 def test_a_failed_checkpoint_restore_leaves_the_policy_as_it_was(tmp_path):
     policy = TFAgentsPolicy(saved_policy("q_greedy"))
     before = [v.numpy() for v in policy.variables()]
@@ -334,7 +325,6 @@ def test_a_failed_checkpoint_restore_leaves_the_policy_as_it_was(tmp_path):
         np.testing.assert_array_equal(variable.numpy(), value)
 
 
-@needs_reference
 def test_the_bundle_saved_model_tracks_only_our_objects(tmp_path):
     """No TF-Agents function or TFP structure is re-saved: only the variables they read."""
     path = tai.import_tf_agents(saved_policy("q_greedy"), tmp_path / "b", formats=["saved_model"])

@@ -8,6 +8,7 @@ what the live TF-Agents policies returned at each step.
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 from pathlib import Path
@@ -19,6 +20,7 @@ import runtimes
 from exporters.tf_agents.layout import import_tf_agents_layout, resolve_layout
 from exporters.update import update_bundle
 from tests.checkpoint_checks import assert_reader_matches_tf
+from tests.subprocess_utils import run_python
 from toolkit import nest
 from toolkit.errors import BundleError, CheckpointError
 from toolkit.trajectories.time_step import TimeStep
@@ -68,13 +70,16 @@ def _want_params(expected, kind: str, step: int) -> list[np.ndarray]:
 
 @pytest.fixture(scope="module")
 def imported(tmp_path_factory):
-    """Each kind's greedy and raw policy imported from their fresh saves."""
+    """``imported(kind, saved)``: the kind's greedy or raw policy imported from its fresh
+    save, on first use (``make test-fast`` needs one of the eight; tests copy what they
+    change)."""
     root = tmp_path_factory.mktemp("trigger")
-    return {
-        (kind, saved): import_tf_agents_layout(DATA / kind, root / f"{kind}-{saved}", policy=saved)
-        for kind in KINDS
-        for saved in ("greedy_policy", "policy")
-    }
+
+    @functools.cache
+    def imported(kind: str, saved: str) -> Path:
+        return import_tf_agents_layout(DATA / kind, root / f"{kind}-{saved}", policy=saved)
+
+    return imported
 
 
 def test_trigger_checkpoints_read_bit_for_bit():
@@ -89,8 +94,8 @@ def test_fresh_import_takes_every_later_checkpoint(imported, kind, tmp_path):
     """Imports of saves made from zero biases take the trained checkpoints, and then act
     as TF-Agents' live policies did at those steps, on both backends."""
     expected = _expected(kind)
-    greedy = shutil.copytree(imported[kind, "greedy_policy"], tmp_path / "greedy")
-    raw = shutil.copytree(imported[kind, "policy"], tmp_path / "raw")
+    greedy = shutil.copytree(imported(kind, "greedy_policy"), tmp_path / "greedy")
+    raw = shutil.copytree(imported(kind, "policy"), tmp_path / "raw")
     checkpoints = DATA / kind / "policies" / "checkpoints"
     for step in (0, 150, 300):
         if step:
@@ -113,7 +118,7 @@ def test_fresh_import_takes_every_later_checkpoint(imported, kind, tmp_path):
 
 def test_onnx_runtime_follows_the_checkpoints_without_update(imported):
     expected = _expected("dqn")
-    policy = runtimes.load_policy(imported["dqn", "greedy_policy"], "onnx")
+    policy = runtimes.load_policy(imported("dqn", "greedy_policy"), "onnx")
     checkpoints = DATA / "dqn" / "policies" / "checkpoints"
     policy.update_from_checkpoint(checkpoints)
     assert policy.train_step == 300
@@ -126,6 +131,49 @@ def test_onnx_runtime_follows_the_checkpoints_without_update(imported):
     np.testing.assert_array_equal(
         policy.action(time_step).action, expected["150/greedy_policy/action"]
     )
+
+
+@pytest.mark.slow
+def test_every_kind_follows_its_checkpoints_without_tensorflow(imported):
+    """Each kind's greedy import (the bundles above) follows policies/checkpoints/ in a
+    process where TensorFlow cannot be imported, then acts as TF-Agents did at step 300."""
+    bundles = {kind: str(imported(kind, "greedy_policy")) for kind in KINDS}
+    result = run_python(
+        f"""
+        import sys, time
+        import numpy as np
+        import runtimes
+        from toolkit.trajectories.time_step import TimeStep
+
+        for kind, bundle in {bundles!r}.items():
+            root = {str(DATA)!r} + "/" + kind
+            data = np.load(root + "/expected.npz")
+            if "observation" in data.files:
+                observation = data["observation"]
+            else:
+                observation = {{k.split("/", 1)[1]: data[k] for k in data.files
+                               if k.startswith("observation/")}}
+            n = len(data["0/greedy_policy/action"])
+            step_type = np.zeros(n, np.int32)
+            step_type[n // 2:] = 1
+            ts = TimeStep(step_type, np.zeros(n, np.float32), np.ones(n, np.float32), observation)
+            policy = runtimes.load_policy(bundle, "onnx")
+            with policy.follow(root + "/policies/checkpoints", interval=0.05):
+                deadline = time.monotonic() + 30
+                while policy.train_step != 300 and time.monotonic() < deadline:
+                    time.sleep(0.05)
+            assert policy.train_step == 300, (kind, policy.train_step)
+            state = policy.get_initial_state(n)
+            np.testing.assert_allclose(
+                policy.action(ts, state).action, data["300/greedy_policy/action"], atol=1e-5
+            )
+            print("followed", kind)
+        assert "tensorflow" not in sys.modules
+        """,
+        without_tensorflow=True,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("followed") == len(KINDS)
 
 
 @pytest.mark.slow

@@ -3,7 +3,9 @@
 This process exports ONNX-only bundles from fresh weights and writes TF checkpoints of
 trained weights (the toolkit's training layout; TF-Agents' trigger layout from
 tests/data); a fresh interpreter with TensorFlow blocked (tests/tf_blocker.py) applies
-them with ``update_from_checkpoint``, ``follow`` and the CLI's ``update``.
+them with ``update_from_checkpoint``, ``follow`` and the CLI's ``update``. Every trigger
+kind following its checkpoints without TensorFlow is checked in
+tests/exporters/test_tf_agents_trigger.py, on the bundles that file imports anyway.
 """
 
 from __future__ import annotations
@@ -103,48 +105,3 @@ def test_update_and_follow_without_tensorflow(tmp_path):
     assert "train step 0 -> 150" in result.stdout
     manifest = json.loads((copy / "manifest.json").read_text())
     assert manifest["train_step"] == 150
-
-
-@pytest.mark.slow
-def test_every_trigger_kind_follows_without_tensorflow(tmp_path):
-    """Each TF-Agents kind of tests/data (fresh saves) follows its policies/checkpoints/
-    in a process without TensorFlow and then acts as TF-Agents did at step 300."""
-    kinds = ("dqn", "dqn_rnn", "dqn_dict", "reinforce")
-    for kind in kinds:
-        import_tf_agents_layout(TRIGGER.parent / kind, tmp_path / kind, formats=("onnx",))
-    result = run_python(
-        f"""
-        import sys, time
-        import numpy as np
-        import runtimes
-        from toolkit.trajectories.time_step import TimeStep
-
-        for kind in {kinds!r}:
-            root = {str(TRIGGER.parent)!r} + "/" + kind
-            data = np.load(root + "/expected.npz")
-            if "observation" in data.files:
-                observation = data["observation"]
-            else:
-                observation = {{k.split("/", 1)[1]: data[k] for k in data.files
-                               if k.startswith("observation/")}}
-            n = len(data["0/greedy_policy/action"])
-            step_type = np.zeros(n, np.int32)
-            step_type[n // 2:] = 1
-            ts = TimeStep(step_type, np.zeros(n, np.float32), np.ones(n, np.float32), observation)
-            policy = runtimes.load_policy({str(tmp_path)!r} + "/" + kind, "onnx")
-            with policy.follow(root + "/policies/checkpoints", interval=0.05):
-                deadline = time.monotonic() + 30
-                while policy.train_step != 300 and time.monotonic() < deadline:
-                    time.sleep(0.05)
-            assert policy.train_step == 300, (kind, policy.train_step)
-            state = policy.get_initial_state(n)
-            np.testing.assert_allclose(
-                policy.action(ts, state).action, data["300/greedy_policy/action"], atol=1e-5
-            )
-            print("followed", kind)
-        assert "tensorflow" not in sys.modules
-        """,
-        without_tensorflow=True,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.count("followed") == 4

@@ -14,8 +14,10 @@ import tensorflow as tf
 import runtimes
 from exporters import export_policy
 from runtimes.follow import follow
-from tests.checkpoint_checks import assert_reader_matches_tf
+from tests.checkpoint_checks import assert_reader_matches_tf, declare_shape
 from tests.exported_bundles import tf_policy_for
+from tests.subprocess_utils import run_python
+from toolkit import bundle as bundle_lib
 from toolkit import distribution_families as families
 from toolkit import nest
 from toolkit.specs import tensor_spec
@@ -187,3 +189,43 @@ def test_follow_waits_for_an_empty_folder_and_stops(fresh, tmp_path):
     assert policy.train_step == 0
     with pytest.raises(ValueError, match="interval: expected a positive number"):
         follow(policy, tmp_path, interval=0)
+
+
+def test_a_huge_declared_variable_costs_a_follower_nothing(fresh, tmp_path):
+    """A checkpoint whose index declares 1.5 GB for a mapped variable (a sparse data file)
+    took a following server to 1.5 GB RSS; it is now refused from its index alone. The
+    follower runs TF-free in its own process, whose peak RSS is measured (Linux's
+    /proc/self/status)."""
+    bundle, live = fresh
+    run = tmp_path / "policies" / "checkpoints"
+    prefix = tf.train.Checkpoint(policy=live, train_step=tf.Variable(300, dtype=tf.int64)).write(
+        str(run / "policy_checkpoint_0000000300" / "variables" / "variables")
+    )
+    variable = bundle_lib.read_manifest(bundle)["onnx"]["weights"]["variables"][0]
+    key = "/".join(["policy", *variable["paths"][0], ".ATTRIBUTES", "VARIABLE_VALUE"])
+    declared = (1536 << 20) // 4 // variable["shape"][-1]
+    assert declare_shape(prefix, key, (declared, variable["shape"][-1])) >= 1500 << 20
+    result = run_python(
+        f"""
+        import logging
+        import runtimes
+        from runtimes.follow import follow
+        logging.basicConfig(level=logging.WARNING, format="%(message)s")
+        policy = runtimes.load_policy({str(bundle)!r}, "onnx")
+        follower = follow(policy, {str(tmp_path)!r}, interval=60)
+        follower.poll()  # a second try: the checkpoint is unchanged, so it is logged
+        follower.stop()
+        # VmHWM: this process's peak RSS (ru_maxrss would count the forking parent's).
+        status = open("/proc/self/status").read()
+        peak_kib = int(status.split("VmHWM:")[1].split()[0])
+        print(policy.train_step, peak_kib >> 10)
+        """,
+        without_tensorflow=True,
+    )
+    assert result.returncode == 0, result.stderr
+    step, peak_mib = map(int, result.stdout.split())
+    assert step == 0  # kept the export's weights
+    assert peak_mib < 400, f"peak RSS {peak_mib} MiB"
+    assert f"variable {variable['name']}: expected float32 {variable['shape']}, got" in (
+        result.stderr
+    )

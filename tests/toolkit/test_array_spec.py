@@ -67,7 +67,10 @@ class TestValueObject:
 
 class TestBadSpecs:
     def test_minimum_above_maximum(self):
-        with pytest.raises(SpecError, match=r"spec 'x': minimum 3 is greater than maximum 1"):
+        with pytest.raises(
+            SpecError,
+            match=r"spec 'x': min has values greater than max: minimum 3 is greater than maximum 1",
+        ):
             BoundedArraySpec((), np.int32, 3, 1, name="x")
 
     def test_minimum_above_maximum_names_the_element(self):
@@ -78,7 +81,9 @@ class TestBadSpecs:
 
     def test_bounds_that_do_not_broadcast(self):
         with pytest.raises(
-            SpecError, match=r"minimum of shape \(3,\) does not broadcast to shape \(2,\)"
+            SpecError,
+            match=r"minimum of shape \(3,\) is not compatible with shape \(2,\) \(does not "
+            r"broadcast to it\)",
         ):
             BoundedArraySpec((2,), np.float32, [0.0, 0.0, 0.0], 1.0)
 

@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import re
 import shutil
 import sys
+import tracemalloc
+import uuid
 from pathlib import Path
 
+import hypothesis
+import hypothesis.strategies as st
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from tests import checkpoint_checks as cc
-from tests.tf_agents_saved import REFERENCE
-from toolkit import tensor_bundle
+from tests.tf_agents_saved import reference
+from toolkit import checkpoint_weights, tensor_bundle
+from toolkit.bundle.layout import FormatEntry, Layout
 from toolkit.errors import CheckpointError, ToolkitError
 
 
@@ -60,8 +67,8 @@ def test_every_dtype_and_multi_block_index_match_tf_bit_for_bit(tmp_path):
 @pytest.mark.parametrize("case", ["sac_collect", "c51_greedy"])
 def test_tf_agents_0_19_checkpoints_match_tf(case):
     for prefix in (
-        REFERENCE / case / "checkpoint" / "variables" / "variables",
-        REFERENCE / case / "saved_policy" / "variables" / "variables",
+        reference() / case / "checkpoint" / "variables" / "variables",
+        reference() / case / "saved_policy" / "variables" / "variables",
     ):
         assert cc.assert_reader_matches_tf(prefix) >= 3
 
@@ -204,3 +211,197 @@ def test_fuzz_synthetic_tables_with_huge_declared_sizes(tmp_path):
             _read_all(prefix)
         cases += 1
     assert cases == 300
+
+
+# --- bounds: what a checkpoint declares is checked before anything is read ---------------
+
+W = np.arange(128, dtype=np.float32).reshape(4, 32)
+B = np.linspace(-1, 1, 32, dtype=np.float32)
+#: A bundle manifest's weights map for a policy of two variables (w [4, 32], b [32]).
+_MANIFEST = {
+    "onnx": {
+        "initializers": [],
+        "weights": {
+            "version": checkpoint_weights.WEIGHTS_MAP_VERSION,
+            "variables": [
+                {"name": "w", "dtype": "float32", "shape": [4, 32], "paths": [["w"]]},
+                {"name": "b", "dtype": "float32", "shape": [32], "paths": [["b"]]},
+            ],
+            "initializers": [],
+        },
+    }
+}
+# The readers use only the layout's ONNX section (its weights map): a Layout of just that.
+LAYOUT = Layout(
+    _MANIFEST,
+    formats={"onnx": FormatEntry("onnx", _MANIFEST["onnx"], "policy.onnx", False)},
+    quantization=None,
+)
+KEY_W = "policy/w/.ATTRIBUTES/VARIABLE_VALUE"
+MiB = 1 << 20
+
+
+def _policy_checkpoint(directory: Path) -> str:
+    return cc.write_policy_checkpoint(directory / "ckpt-7", {"w": W, "b": B}, train_step=7)
+
+
+def _peak_bytes(fn) -> tuple[Exception | None, int]:
+    """What ``fn()`` raised (or None) and the peak of memory it allocated (tracemalloc
+    counts numpy's arrays and every bytes object read)."""
+    tracemalloc.start()
+    try:
+        fn()
+        raised = None
+    except Exception as e:
+        raised = e
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return raised, peak
+
+
+def test_a_checkpoint_written_by_hand_is_what_tf_reads_and_gives_the_mapped_values(tmp_path):
+    prefix = _policy_checkpoint(tmp_path)
+    assert cc.assert_reader_matches_tf(prefix) == 4  # object graph, w, b, train_step
+    reader = tf.train.load_checkpoint(prefix)
+    np.testing.assert_array_equal(reader.get_tensor(KEY_W), W)
+    values, step = checkpoint_weights.read_tf_checkpoint(LAYOUT, prefix)
+    np.testing.assert_array_equal(values[0], W)
+    np.testing.assert_array_equal(values[1], B)
+    assert step == 7
+
+
+def test_a_tensor_declared_larger_than_the_weights_map_says_is_refused_unread(tmp_path):
+    """An index declaring 640 MB for the [4, 32] variable (a sparse data file: nothing on
+    disk) cost 612 MB before; the entry is now checked against the map first."""
+    prefix = _policy_checkpoint(tmp_path)
+    assert cc.declare_shape(prefix, KEY_W, (40_000_000, 4)) == 640_000_000
+    raised, peak = _peak_bytes(lambda: checkpoint_weights.read_tf_checkpoint(LAYOUT, prefix))
+    assert isinstance(raised, CheckpointError)
+    assert re.search(
+        r"ckpt-7: variable w: expected float32 \[4, 32\], got float32 \[40000000, 4\]: a "
+        r"checkpoint of another policy structure",
+        str(raised),
+    ), raised
+    assert peak < 4 * MiB, peak
+    # The reader itself bounds a read when told how much to expect.
+    reader = tensor_bundle.TensorBundle(prefix)
+    with pytest.raises(CheckpointError, match=r"w/.ATTRIBUTES/VARIABLE_VALUE: expected at most "):
+        reader.get(KEY_W, max_bytes=512)
+
+
+def test_an_oversized_or_special_index_is_refused_before_reading(tmp_path):
+    prefix = _policy_checkpoint(tmp_path)
+    index = Path(f"{prefix}.index")
+    os.truncate(index, 640 * MiB)  # sparse: 640 MB declared, nothing on disk
+    raised, peak = _peak_bytes(lambda: checkpoint_weights.read_tf_checkpoint(LAYOUT, prefix))
+    assert isinstance(raised, CheckpointError)
+    assert str(raised) == (
+        f"{index}: expected a checkpoint index of at most {tensor_bundle.MAX_INDEX_BYTES} bytes "
+        f"({tensor_bundle.MAX_TENSORS} tensors at most, ~100 bytes each), got {640 * MiB} bytes"
+    )
+    assert peak < 4 * MiB, peak
+    index.unlink()
+    os.mkfifo(index)  # would block a plain open() for ever
+    with pytest.raises(CheckpointError, match=r"expected the checkpoint index as a regular file"):
+        tensor_bundle.TensorBundle(prefix)
+
+
+def test_tables_that_spell_out_too_many_or_too_long_names_are_refused(tmp_path):
+    prefix = tmp_path / "t"
+    entry = cc.entry_proto(1, [0], size=0)
+    Path(f"{prefix}.data-00000-of-00001").write_bytes(b"")
+    cc.write_index(f"{prefix}.index", {b"k" * (tensor_bundle.MAX_KEY_BYTES + 1): entry})
+    with pytest.raises(CheckpointError, match=r"expected keys of at most 4096 bytes"):
+        tensor_bundle.TensorBundle(prefix)
+    many = {f"{i:06d}".encode(): entry for i in range(tensor_bundle.MAX_TENSORS + 1)}
+    cc.write_index(f"{prefix}.index", many)
+    with pytest.raises(CheckpointError, match=r"expected at most 65536 tensors"):
+        tensor_bundle.TensorBundle(prefix)
+
+
+def test_an_oversized_state_file_is_refused_before_reading(tmp_path):
+    """A 320 MB ``checkpoint`` state file (sparse) cost 612 MB before."""
+    _policy_checkpoint(tmp_path)
+    state = tmp_path / tensor_bundle.STATE_FILE
+    state.write_text('model_checkpoint_path: "ckpt-7"\n')
+    os.truncate(state, 320 * MiB)
+    raised, peak = _peak_bytes(lambda: checkpoint_weights.find_checkpoints(tmp_path))
+    assert isinstance(raised, CheckpointError)
+    assert re.fullmatch(
+        rf"{re.escape(str(state))}: expected a checkpoint state file of at most 1048576 bytes "
+        rf"\(about 10,000 checkpoints kept; set the CheckpointManager's max_to_keep\), got "
+        rf"{320 * MiB} bytes",
+        str(raised),
+    ), raised
+    assert peak < 4 * MiB, peak
+
+
+def _state_file(directory: Path, steps: list[int]) -> None:
+    lines = [f'model_checkpoint_path: "ckpt-{steps[-1]}"']
+    lines += [f'all_model_checkpoint_paths: "ckpt-{s}"' for s in steps]
+    lines += [f"all_model_checkpoint_timestamps: 1700000000.{s}" for s in steps]
+    (directory / tensor_bundle.STATE_FILE).write_text("\n".join(lines) + "\n")
+
+
+def test_a_state_file_of_many_prefixes_costs_only_its_newest(tmp_path):
+    """100k prefixes (TF's own format) cost 3.6 s of CPU on every check before: now the
+    file is over the cap, and within it only the newest MAX_STATE_CHECKPOINTS count."""
+    _state_file(tmp_path, list(range(100_000)))
+    with pytest.raises(CheckpointError, match=r"state file of at most 1048576 bytes"):
+        tensor_bundle.checkpoint_state(tmp_path)
+    steps = list(range(10_000))
+    _state_file(tmp_path, steps)
+    assert (tmp_path / tensor_bundle.STATE_FILE).stat().st_size < tensor_bundle.MAX_STATE_BYTES
+    latest, every = tensor_bundle.checkpoint_state(tmp_path)
+    assert latest == tmp_path / "ckpt-9999"
+    assert every == [tmp_path / f"ckpt-{s}" for s in steps[-tensor_bundle.MAX_STATE_CHECKPOINTS :]]
+    # An old checkpoint still on disk but past the newest 1000 is not looked at.
+    for step in (5, 9998, 9999):
+        cc.write_policy_checkpoint(tmp_path / f"ckpt-{step}", {"w": W, "b": B}, train_step=step)
+    found = checkpoint_weights.find_checkpoints(tmp_path)
+    assert [c.step for c in found] == [9998, 9999]
+
+
+def _mutations():
+    """A mutation of one file of a policy checkpoint (or its state file)."""
+    files = st.sampled_from(["index", "data", "state"])
+    flips = st.lists(st.tuples(st.integers(0, 1 << 16), st.integers(1, 255)), max_size=4)
+    cut = st.one_of(st.none(), st.integers(0, 1 << 16))
+    insert = st.one_of(st.none(), st.tuples(st.integers(0, 1 << 16), st.binary(max_size=16)))
+    return st.tuples(files, flips, cut, insert)
+
+
+@hypothesis.settings(
+    max_examples=300,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[hypothesis.HealthCheck.function_scoped_fixture],
+)
+@hypothesis.given(mutation=_mutations())
+def test_fuzz_mutated_policy_checkpoints_give_only_checkpoint_errors(tmp_path, mutation):
+    """Byte flips, truncations and insertions anywhere in the index, the data or the
+    state file: the values come out, or a CheckpointError; never another exception."""
+    run = tmp_path / f"run-{uuid.uuid4().hex}"
+    prefix = _policy_checkpoint(run)
+    _state_file(run, [7])
+    which, flips, cut, insert = mutation
+    target = {
+        "index": Path(f"{prefix}.index"),
+        "data": Path(f"{prefix}.data-00000-of-00001"),
+        "state": run / tensor_bundle.STATE_FILE,
+    }[which]
+    data = bytearray(target.read_bytes())
+    for position, xor in flips:
+        data[position % len(data)] ^= xor
+    if insert is not None:
+        data[insert[0] % (len(data) + 1) : insert[0] % (len(data) + 1)] = insert[1]
+    if cut is not None:
+        del data[cut % (len(data) + 1) :]
+    target.write_bytes(bytes(data))
+    try:
+        checkpoint = checkpoint_weights.select(run)
+        values, _ = checkpoint_weights.read_tf_checkpoint(LAYOUT, checkpoint.path)
+    except CheckpointError:
+        return
+    assert [v.shape for v in values] == [(4, 32), (32,)]

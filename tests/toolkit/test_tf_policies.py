@@ -188,7 +188,8 @@ def test_q_policy_log_probability_is_the_log_softmax_of_the_q_values():
     policy, network = _q_policy(
         rng.normal(size=(4, 3)), rng.normal(size=3), emit_log_probability=True
     )
-    assert set(policy.info_spec) == {"log_probability"}
+    # TF-Agents' PolicyInfo (info.log_probability); info["log_probability"] reads it too.
+    assert policy.info_spec._fields == ("log_probability",)
     observations = rng.normal(size=(8, 4)).astype(np.float32)
     step = policy.action(_restart(observations), seed=4)
     action = step.action.numpy()[:, 0]

@@ -72,6 +72,8 @@ class ActorDistributionNetwork(Network):
       preprocessing_layers, preprocessing_combiner: see ``EncodingNetwork``.
       activation_fn: activation of the hidden layers.
       kernel_initializer: hidden layers' initializer.
+      conv_layer_params, dropout_layer_params, weight_decay_params, batch_squash, dtype:
+        see ``EncodingNetwork`` (convolutions for image observations).
       state_dependent_std: Normal scales from a dense output instead of a learned vector.
       std_bias_initializer_value: initial pre-softplus scale parameter.
       continuous_projection: ``"normal"`` (above) or ``"tanh_normal"``: float leaves get a
@@ -94,6 +96,11 @@ class ActorDistributionNetwork(Network):
         activation_fn: Callable[[tf.Tensor], tf.Tensor] | None = tf.nn.relu,
         *,
         kernel_initializer: Any = None,
+        conv_layer_params: Sequence[Sequence[Any]] | None = None,
+        dropout_layer_params: Sequence[Any] | None = None,
+        weight_decay_params: Sequence[float | None] | None = None,
+        batch_squash: bool = True,
+        dtype: Any = tf.float32,
         state_dependent_std: bool = False,
         std_bias_initializer_value: float = 0.0,
         continuous_projection: str = "normal",
@@ -103,13 +110,7 @@ class ActorDistributionNetwork(Network):
         super().__init__(input_tensor_spec, state_spec=(), name=name)
         self._set_untracked("_output_tensor_spec", output_tensor_spec)
         with self.name_scope:
-            self._projections = build_projections(
-                output_tensor_spec,
-                name,
-                state_dependent_std=state_dependent_std,
-                std_bias_initializer_value=std_bias_initializer_value,
-                continuous_projection=continuous_projection,
-            )
+            # The encoder first: variables are listed in the order layers are made.
             self._encoder = EncodingNetwork(
                 input_tensor_spec,
                 preprocessing_layers=preprocessing_layers,
@@ -118,7 +119,19 @@ class ActorDistributionNetwork(Network):
                 activation_fn=activation_fn,
                 kernel_initializer=kernel_initializer,
                 name="encoder",
+                conv_layer_params=conv_layer_params,
+                dropout_layer_params=dropout_layer_params,
+                weight_decay_params=weight_decay_params,
+                batch_squash=batch_squash,
+                dtype=dtype,
                 owner_name=name,
+            )
+            self._projections = build_projections(
+                output_tensor_spec,
+                name,
+                state_dependent_std=state_dependent_std,
+                std_bias_initializer_value=std_bias_initializer_value,
+                continuous_projection=continuous_projection,
             )
         self.create_variables()
 

@@ -28,7 +28,9 @@ class ActorDistributionRnnNetwork(Network):
       output_tensor_spec: action spec (nests allowed).
       preprocessing_layers, preprocessing_combiner: see ``EncodingNetwork``.
       input_fc_layer_params: dense layers before the LSTM.
-      lstm_size: units of each stacked LSTM layer.
+      lstm_size: units of each stacked LSTM layer (default ``(40,)``).
+      conv_layer_params, input_dropout_layer_params, weight_decay_params,
+        rnn_construction_fn, rnn_construction_kwargs, dtype: see ``LSTMEncodingNetwork``.
       output_fc_layer_params: dense layers after the LSTM.
       activation_fn: activation of the dense layers.
       kernel_initializer: dense layers' initializer.
@@ -43,11 +45,17 @@ class ActorDistributionRnnNetwork(Network):
         preprocessing_layers: Any = None,
         preprocessing_combiner: Callable[..., tf.Tensor] | None = None,
         input_fc_layer_params: Sequence[int] | None = (200, 100),
-        lstm_size: Sequence[int] = (40,),
+        lstm_size: Sequence[int] | None = None,
         output_fc_layer_params: Sequence[int] | None = (200, 100),
         activation_fn: Callable[[tf.Tensor], tf.Tensor] | None = tf.nn.relu,
         *,
         kernel_initializer: Any = None,
+        conv_layer_params: Sequence[Sequence[Any]] | None = None,
+        input_dropout_layer_params: Sequence[Any] | None = None,
+        weight_decay_params: Sequence[float | None] | None = None,
+        rnn_construction_fn: Callable[..., Any] | None = None,
+        rnn_construction_kwargs: dict[str, Any] | None = None,
+        dtype: Any = tf.float32,
         state_dependent_std: bool = False,
         std_bias_initializer_value: float = 0.0,
         name: str = "ActorDistributionRnnNetwork",
@@ -69,6 +77,12 @@ class ActorDistributionRnnNetwork(Network):
             output_fc_layer_params=output_fc_layer_params,
             activation_fn=activation_fn,
             kernel_initializer=kernel_initializer,
+            conv_layer_params=conv_layer_params,
+            input_dropout_layer_params=input_dropout_layer_params,
+            weight_decay_params=weight_decay_params,
+            rnn_construction_fn=rnn_construction_fn,
+            rnn_construction_kwargs=rnn_construction_kwargs,
+            dtype=dtype,
             name=f"{name}_lstm",
             owner_name=name,
         )

@@ -44,6 +44,8 @@ class ActorNetwork(Network):
       kernel_initializer: hidden layers' initializer.
       last_kernel_initializer: action layers' initializer (default uniform +-0.003, as
         DDPG and TF-Agents, so initial actions sit near the middle of the range).
+      conv_layer_params, dropout_layer_params, weight_decay_params, batch_squash, dtype:
+        see ``EncodingNetwork`` (convolutions for image observations).
       name: module name.
 
     Raises:
@@ -61,6 +63,11 @@ class ActorNetwork(Network):
         *,
         kernel_initializer: Any = None,
         last_kernel_initializer: Any = None,
+        conv_layer_params: Sequence[Sequence[Any]] | None = None,
+        dropout_layer_params: Sequence[Any] | None = None,
+        weight_decay_params: Sequence[float | None] | None = None,
+        batch_squash: bool = True,
+        dtype: Any = tf.float32,
         name: str = "ActorNetwork",
     ):
         output_tensor_spec = tensor_spec.from_spec(output_tensor_spec)
@@ -80,6 +87,11 @@ class ActorNetwork(Network):
                 activation_fn=activation_fn,
                 kernel_initializer=kernel_initializer,
                 name="encoder",
+                conv_layer_params=conv_layer_params,
+                dropout_layer_params=dropout_layer_params,
+                weight_decay_params=weight_decay_params,
+                batch_squash=batch_squash,
+                dtype=dtype,
                 owner_name=name,
             )
         self._action_layers = [
@@ -88,6 +100,7 @@ class ActorNetwork(Network):
                 activation=tf.nn.tanh,
                 kernel_initializer=last_kernel_initializer
                 or tf_keras.initializers.RandomUniform(minval=-0.003, maxval=0.003),
+                dtype=dtype,
                 name=f"action_{i}",
             )
             for i, spec in enumerate(nest.flatten(output_tensor_spec))

@@ -24,6 +24,7 @@ import optree
 import tensorflow as tf
 
 from toolkit import nest
+from toolkit.distributions import utils as dist_utils
 from toolkit.errors import SpecMismatchError, StructureError, UnsupportedError
 from toolkit.specs import tensor_spec
 
@@ -51,6 +52,7 @@ class Network(tf.Module):
             "_state_spec",
             "_call_takes_training",
             "_variables_created",
+            "_network_output_spec",
         )
     )
 
@@ -209,19 +211,78 @@ class Network(tf.Module):
 
     # --- variables and state -------------------------------------------------------
 
-    def create_variables(self) -> None:
-        """Creates the variables by calling the network once on a zero batch of one.
+    def create_variables(self, input_tensor_spec: Any = None, **kwargs: Any) -> Any:
+        """Creates the variables by calling the network once on a zero batch of one, and
+        returns the spec of one (unbatched) output, as TF-Agents does.
 
         Runs eagerly even when called inside a ``tf.function`` (``tf.init_scope``), so a
         policy traced later never creates variables during tracing.
+
+        Args:
+          input_tensor_spec: if given, must equal the network's (it is no way to change it).
+          **kwargs: passed to the call (e.g. ``training``).
         """
+        if input_tensor_spec is not None:
+            given = tensor_spec.from_spec(input_tensor_spec)
+            if nest.flatten(given) != nest.flatten(self._input_tensor_spec):
+                raise SpecMismatchError(
+                    "input_tensor_spec",
+                    f"the network's own {self._input_tensor_spec}",
+                    f"{given}",
+                    detail=f"{type(self).__name__}.create_variables",
+                )
         if getattr(self, "_variables_created", False):
-            return
+            return getattr(self, "_network_output_spec", None)
         with tf.init_scope():
             observation = tensor_spec.zero_spec_nest(self._input_tensor_spec, outer_dims=[1])
             step_type = tf.zeros([1], tf.int32)
-            self(observation, step_type=step_type, network_state=self.get_initial_state(1))
+            output, _ = self(
+                observation, step_type=step_type, network_state=self.get_initial_state(1), **kwargs
+            )
+        self._set_untracked("_network_output_spec", _output_spec(output))
         self._set_untracked("_variables_created", True)
+        return self._network_output_spec
+
+    # --- Keras-like views (TF-Agents' networks are Keras layers) --------------------
+
+    @property
+    def variables(self) -> tuple[tf.Variable, ...]:
+        """Every variable, in the order the network built its layers (as a Keras layer
+        lists its weights: layer by layer, each layer's in creation order)."""
+        return tuple(_ordered_variables(self))
+
+    @property
+    def trainable_variables(self) -> tuple[tf.Variable, ...]:
+        return tuple(v for v in _ordered_variables(self) if v.trainable)
+
+    @property
+    def non_trainable_variables(self) -> tuple[tf.Variable, ...]:
+        return tuple(v for v in _ordered_variables(self) if not v.trainable)
+
+    @property
+    def weights(self) -> tuple[tf.Variable, ...]:
+        return self.variables
+
+    @property
+    def trainable_weights(self) -> tuple[tf.Variable, ...]:
+        return self.trainable_variables
+
+    @property
+    def non_trainable_weights(self) -> tuple[tf.Variable, ...]:
+        return self.non_trainable_variables
+
+    @property
+    def layers(self) -> list[Any]:
+        """The network's own layers (Keras layers and networks), in the order it made them."""
+        return [c for c in _direct_children(self) if _is_layer(c)]
+
+    @property
+    def losses(self) -> list[tf.Tensor]:
+        """The regularization losses of the network's layers (e.g. ``weight_decay_params``)."""
+        losses: list[tf.Tensor] = []
+        for layer in _keras_layers(self):
+            losses.extend(layer.losses)
+        return losses
 
     def get_initial_state(self, batch_size: Any = None) -> Any:
         """Zeros like ``state_spec`` with an outer ``batch_size`` (an int or a scalar tensor).
@@ -317,6 +378,121 @@ def _clone_nest(value: Any) -> Any:
         return leaf
 
     return optree.tree_map(clone, value, none_is_leaf=True)
+
+
+# --- variables and layers in construction order -------------------------------------
+
+
+def _is_layer(value: Any) -> bool:
+    import tf_keras  # deferred like clone_layer's: networks already loaded it
+
+    return isinstance(value, (Network, tf_keras.layers.Layer))
+
+
+def _direct_children(module: tf.Module) -> list[Any]:
+    """The leaves of a module's attributes, in the order they were set (Python keeps it),
+    lists, tuples and dicts walked, TensorFlow's tracking wrappers included."""
+    ignored = getattr(module, "_TF_MODULE_IGNORED_PROPERTIES", frozenset())
+    children: list[Any] = []
+
+    def walk(value: Any) -> None:
+        value = getattr(value, "__wrapped__", value) if _is_tracking_proxy(value) else value
+        if isinstance(value, dict):
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                walk(item)
+        elif value is not None:
+            children.append(value)
+
+    for key, value in vars(module).items():
+        if key not in ignored:
+            walk(value)
+    return children
+
+
+def _is_tracking_proxy(value: Any) -> bool:
+    cls = type(value)
+    return cls.__module__.startswith("tensorflow.") and hasattr(cls, "__wrapped__")
+
+
+def _ordered_variables(module: tf.Module) -> list[tf.Variable]:
+    import tf_keras  # deferred like clone_layer's: networks already loaded it
+
+    found: list[tf.Variable] = []
+    seen_variables: set[int] = set()
+    seen_objects: set[int] = set()
+
+    def add(variable: tf.Variable) -> None:
+        if id(variable) not in seen_variables:
+            seen_variables.add(id(variable))
+            found.append(variable)
+
+    def visit(value: Any) -> None:
+        if isinstance(value, tf.Variable):
+            add(value)
+        elif id(value) in seen_objects:
+            return
+        elif isinstance(value, tf_keras.layers.Layer):
+            seen_objects.add(id(value))
+            for variable in value.weights:
+                add(variable)
+        elif isinstance(value, tf.Module):
+            seen_objects.add(id(value))
+            for child in _direct_children(value):
+                visit(child)
+
+    seen_objects.add(id(module))
+    for child in _direct_children(module):
+        visit(child)
+    return found
+
+
+def _keras_layers(module: tf.Module) -> list[Any]:
+    """The outermost Keras layers under a module (each lists its sublayers' losses)."""
+    import tf_keras  # deferred like clone_layer's: networks already loaded it
+
+    layers: list[Any] = []
+    seen: set[int] = {id(module)}
+
+    def visit(value: Any) -> None:
+        if id(value) in seen:
+            return
+        seen.add(id(value))
+        if isinstance(value, tf_keras.layers.Layer):
+            layers.append(value)
+        elif isinstance(value, tf.Module):
+            for child in _direct_children(value):
+                visit(child)
+
+    for child in _direct_children(module):
+        visit(child)
+    return layers
+
+
+def _output_spec(output: Any) -> Any:
+    """The spec of one output of a batch-of-one call, as TF-Agents': tensors lose their
+    batch dim; a distribution is a ``DistributionSpecV2`` whose parameters' specs lose
+    it too."""
+
+    def unbatched(value: Any) -> Any:
+        if not tf.is_tensor(value):
+            return value
+        shape = value.shape
+        if shape.rank and shape[0] == 1:  # scalar parameters have no batch dim to lose
+            shape = shape[1:]
+        return tf.TensorSpec(shape, value.dtype)
+
+    def spec(value: Any) -> Any:
+        if isinstance(value, tf.Tensor):
+            return tf.TensorSpec(value.shape[1:], value.dtype)
+        if dist_utils.is_distribution(value):
+            parameters = dist_utils.map_params(unbatched, dist_utils.get_parameters(value))
+            return dist_utils.DistributionSpecV2(value.event_shape, value.dtype, parameters)
+        return value
+
+    return nest.map_structure(spec, output)
 
 
 # --- small helpers -----------------------------------------------------------------

@@ -14,6 +14,7 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 import tf_keras
 
+from toolkit.distributions import utils as dist_utils
 from toolkit.distributions.tanh_normal import TanhNormal
 from toolkit.networks import spec_utils
 from toolkit.networks.actor_network import reshape_inner
@@ -118,7 +119,7 @@ class NormalProjectionNetwork(tf.Module):
             raw_stds = self._std_bias + tf.zeros_like(loc)
         scale = tf.nn.softplus(raw_stds)
         loc, scale = tf.cast(loc, self._spec.dtype), tf.cast(scale, self._spec.dtype)
-        return tfd.Independent(tfd.Normal(loc, scale), reinterpreted_batch_ndims=len(shape))
+        return dist_utils.independent(tfd.Normal(loc, scale), len(shape))
 
 
 class TanhNormalProjectionNetwork(tf.Module):

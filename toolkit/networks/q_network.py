@@ -17,11 +17,14 @@ from toolkit.specs import tensor_spec
 __all__ = ["QNetwork", "q_value_layer"]
 
 
-def q_value_layer(num_actions: int, name: str = "q_values") -> tf_keras.layers.Dense:
+def q_value_layer(
+    num_actions: int, name: str = "q_values", activation: Any = None, dtype: Any = tf.float32
+) -> tf_keras.layers.Dense:
     """The last layer of Q networks: small uniform weights, bias -0.2 (as TF-Agents)."""
     return tf_keras.layers.Dense(
         num_actions,
-        activation=None,
+        activation=activation,
+        dtype=dtype,
         kernel_initializer=tf_keras.initializers.RandomUniform(minval=-0.03, maxval=0.03),
         bias_initializer=tf_keras.initializers.Constant(-0.2),
         name=name,
@@ -57,6 +60,9 @@ class QNetwork(Network):
       activation_fn: activation of the hidden layers.
       num_actions: optional; must equal ``maximum - minimum + 1`` of ``action_spec``.
       kernel_initializer: hidden layers' initializer (default: He truncated normal).
+      conv_layer_params, dropout_layer_params, weight_decay_params, batch_squash, dtype:
+        see ``EncodingNetwork`` (convolutions for image observations).
+      q_layer_activation_fn: activation of the Q-value layer (default none).
       name: module name.
 
     Raises:
@@ -75,6 +81,12 @@ class QNetwork(Network):
         *,
         num_actions: int | None = None,
         kernel_initializer: Any = None,
+        conv_layer_params: Sequence[Sequence[Any]] | None = None,
+        dropout_layer_params: Sequence[Any] | None = None,
+        weight_decay_params: Sequence[float | None] | None = None,
+        batch_squash: bool = True,
+        dtype: Any = tf.float32,
+        q_layer_activation_fn: Callable[[tf.Tensor], tf.Tensor] | None = None,
         name: str = "QNetwork",
     ):
         # Checked before anything is built: a wrong spec must fail here, not in a matmul.
@@ -91,9 +103,16 @@ class QNetwork(Network):
                 activation_fn=activation_fn,
                 kernel_initializer=kernel_initializer,
                 name="encoder",
+                conv_layer_params=conv_layer_params,
+                dropout_layer_params=dropout_layer_params,
+                weight_decay_params=weight_decay_params,
+                batch_squash=batch_squash,
+                dtype=dtype,
                 owner_name=name,
             )
-        self._q_layer = q_value_layer(self._num_actions)
+        self._q_layer = q_value_layer(
+            self._num_actions, activation=q_layer_activation_fn, dtype=dtype
+        )
         self.create_variables()
 
     @property

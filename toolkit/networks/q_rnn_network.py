@@ -18,7 +18,7 @@ __all__ = ["QRnnNetwork"]
 class QRnnNetwork(Network):
     """Q values from an LSTM encoding; the state resets on FIRST steps inside the call.
 
-    ``state_spec`` is ``((h, c),)`` per LSTM layer (see ``LSTMEncodingNetwork``). Output
+    ``state_spec`` is one ``(h, c)`` pair per LSTM layer (see ``LSTMEncodingNetwork``). Output
     ``[B, num_actions]`` for single steps, ``[B, T, num_actions]`` for sequences. Action
     specs and ``num_actions`` are checked as in ``QNetwork``.
 
@@ -27,7 +27,9 @@ class QRnnNetwork(Network):
       action_spec: a single bounded integer spec of shape () or (1,).
       preprocessing_layers, preprocessing_combiner: see ``EncodingNetwork``.
       input_fc_layer_params: dense layers before the LSTM.
-      lstm_size: units of each stacked LSTM layer.
+      lstm_size: units of each stacked LSTM layer (default ``(40,)``).
+      conv_layer_params, input_dropout_layer_params, weight_decay_params,
+        rnn_construction_fn, rnn_construction_kwargs, dtype: see ``LSTMEncodingNetwork``.
       output_fc_layer_params: dense layers after the LSTM.
       activation_fn: activation of the dense layers.
       num_actions: optional; must equal ``maximum - minimum + 1`` of ``action_spec``.
@@ -42,12 +44,18 @@ class QRnnNetwork(Network):
         preprocessing_layers: Any = None,
         preprocessing_combiner: Callable[..., tf.Tensor] | None = None,
         input_fc_layer_params: Sequence[int] | None = (75, 40),
-        lstm_size: Sequence[int] = (40,),
+        lstm_size: Sequence[int] | None = None,
         output_fc_layer_params: Sequence[int] | None = (75, 40),
         activation_fn: Callable[[tf.Tensor], tf.Tensor] | None = tf.nn.relu,
         *,
         num_actions: int | None = None,
         kernel_initializer: Any = None,
+        conv_layer_params: Sequence[Sequence[Any]] | None = None,
+        input_dropout_layer_params: Sequence[Any] | None = None,
+        weight_decay_params: Sequence[float | None] | None = None,
+        rnn_construction_fn: Callable[..., Any] | None = None,
+        rnn_construction_kwargs: dict[str, Any] | None = None,
+        dtype: Any = tf.float32,
         name: str = "QRnnNetwork",
     ):
         checked_num_actions = check_num_actions(name, action_spec, num_actions)
@@ -60,6 +68,12 @@ class QRnnNetwork(Network):
             output_fc_layer_params=output_fc_layer_params,
             activation_fn=activation_fn,
             kernel_initializer=kernel_initializer,
+            conv_layer_params=conv_layer_params,
+            input_dropout_layer_params=input_dropout_layer_params,
+            weight_decay_params=weight_decay_params,
+            rnn_construction_fn=rnn_construction_fn,
+            rnn_construction_kwargs=rnn_construction_kwargs,
+            dtype=dtype,
             name=f"{name}_lstm",
             owner_name=name,
         )
@@ -67,7 +81,7 @@ class QRnnNetwork(Network):
         self._num_actions = checked_num_actions
         self._set_untracked("_action_spec", tensor_spec.from_spec(action_spec))
         self._lstm = lstm
-        self._q_layer = q_value_layer(checked_num_actions)
+        self._q_layer = q_value_layer(checked_num_actions, dtype=dtype)
         self.create_variables()
 
     @property

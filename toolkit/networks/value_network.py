@@ -27,6 +27,8 @@ class ValueNetwork(Network):
       preprocessing_layers, preprocessing_combiner: see ``EncodingNetwork``.
       activation_fn: activation of the hidden layers.
       kernel_initializer: hidden layers' initializer.
+      conv_layer_params, dropout_layer_params, weight_decay_params, batch_squash, dtype:
+        see ``EncodingNetwork`` (convolutions for image observations).
       encoder: an existing ``EncodingNetwork`` to use (and share) instead of a new
         one; the layer options above must then be left at their defaults.
       name: module name.
@@ -41,6 +43,11 @@ class ValueNetwork(Network):
         activation_fn: Callable[[tf.Tensor], tf.Tensor] | None = tf.nn.relu,
         *,
         kernel_initializer: Any = None,
+        conv_layer_params: Sequence[Sequence[Any]] | None = None,
+        dropout_layer_params: Sequence[Any] | None = None,
+        weight_decay_params: Sequence[float | None] | None = None,
+        batch_squash: bool = True,
+        dtype: Any = tf.float32,
         encoder: EncodingNetwork | None = None,
         name: str = "ValueNetwork",
     ):
@@ -52,6 +59,9 @@ class ValueNetwork(Network):
                 "preprocessing_combiner": preprocessing_combiner is not None,
                 "activation_fn": activation_fn is not tf.nn.relu,
                 "kernel_initializer": kernel_initializer is not None,
+                "conv_layer_params": bool(conv_layer_params),
+                "dropout_layer_params": dropout_layer_params is not None,
+                "weight_decay_params": weight_decay_params is not None,
             }
             clash = [k for k, v in given.items() if v]
             if clash:
@@ -70,10 +80,16 @@ class ValueNetwork(Network):
                     activation_fn=activation_fn,
                     kernel_initializer=kernel_initializer,
                     name="encoder",
+                    conv_layer_params=conv_layer_params,
+                    dropout_layer_params=dropout_layer_params,
+                    weight_decay_params=weight_decay_params,
+                    batch_squash=batch_squash,
+                    dtype=dtype,
                     owner_name=name,
                 )
         self._value_layer = tf_keras.layers.Dense(
             1,
+            dtype=dtype,
             kernel_initializer=tf_keras.initializers.RandomUniform(minval=-0.03, maxval=0.03),
             name="value",
         )

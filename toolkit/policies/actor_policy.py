@@ -55,7 +55,8 @@ class ActorPolicy(TFPolicy):
     network_state=..., training=...) -> (output, next_state)``; its ``state_spec`` is the
     policy state spec), or a plain callable called as the TF-Agents policies tutorial does:
     ``fn(time_steps, action_spec)`` (or ``fn(time_steps)`` if it takes one argument),
-    returning the output alone. A function's layers are not tracked by the policy (so
+    returning the output alone. A network's variables are created at construction (its
+    ``create_variables()``); a function's layers are not tracked by the policy (so
     ``variables()``, ``update()`` and copies don't see them) unless the callable is a
     ``tf.Module``.
 
@@ -114,6 +115,10 @@ class ActorPolicy(TFPolicy):
             seed=seed,
             name=name,
         )
+        if is_network and callable(getattr(actor_network, "create_variables", None)):
+            # As TF-Agents: a lazily built network gets its variables now, so that
+            # variables(), update() and checkpoints see them before the first action.
+            actor_network.create_variables()
         self._actor_network = actor_network
         self._is_network = is_network
         self._passes_action_spec = not is_network and _takes_action_spec(actor_network)
@@ -121,7 +126,7 @@ class ActorPolicy(TFPolicy):
         self._splitter = observation_and_action_constraint_splitter
         if self._splitter is not None:
             leaves = nest.flatten(self.action_spec)
-            if len(leaves) != 1 or not tensor_spec.is_discrete(leaves[0]):
+            if len(leaves) != 1 or not tensor_spec.is_integer_or_bool(leaves[0]):
                 raise SpecError(
                     f"an action mask needs a single discrete action spec, got {self.action_spec}"
                 )
@@ -181,10 +186,9 @@ def _masked(distribution: Any, mask: Any, spec: Any) -> Any:
         raise SpecError(
             f"an action mask needs a categorical actor output, got {type(base).__name__}"
         )
-    logits = base.logits
+    logits = base.logits_parameter()
     mask = tf.reshape(tf.cast(mask, tf.bool), tf.shape(logits))
     logits = tf.where(mask, logits, tf.constant(logits.dtype.min, logits.dtype))
-    return tfd.Independent(
-        ShiftedCategorical(logits, shift=base.shift, dtype=spec.dtype),
-        reinterpreted_batch_ndims=spec.shape.rank,
+    return dist_utils.independent(
+        ShiftedCategorical(logits, shift=base.shift, dtype=spec.dtype), spec.shape.rank
     )

@@ -10,6 +10,7 @@ import tensorflow_probability as tfp
 
 from toolkit import distribution_families as families
 from toolkit import nest
+from toolkit.distributions import utils as dist_utils
 from toolkit.distributions.shifted_categorical import ShiftedCategorical
 from toolkit.errors import SpecError, UnsupportedError
 from toolkit.policies import tf_policy
@@ -39,21 +40,36 @@ class EpsilonGreedyPolicy(TFPolicy):
       epsilon: a float, a tf.Variable, or a callable returning the current epsilon
         (read at every call; inside ``tf.function`` it should return a tensor, e.g. read
         a variable, since Python values are frozen when the function is traced).
-      emit_log_probability: add ``info["log_probability"]``: the exact log-probability
-        of the action under the epsilon mixture (single discrete action leaf only).
-      seed: seeds the policy's own generator.
+      exploration_mask: for a single discrete action, one 0/1 entry per action: the
+        random branch draws among the allowed ones only (TF-Agents' exploration_mask).
+      info_fields_to_inherit_from_greedy: TF-Agents' bandit option; the info here is
+        always the greedy policy's, so only ``()`` is accepted.
       name: module name.
+      emit_log_probability: add ``info.log_probability``: the exact log-probability of
+        the action under the epsilon mixture (single discrete action leaf only). Default:
+        as ``policy``, as in TF-Agents.
+      seed: seeds the policy's own generator.
     """
 
     def __init__(
         self,
         policy: TFPolicy,
         epsilon: Epsilon,
-        emit_log_probability: bool = False,
-        *,
-        seed: int | None = None,
+        exploration_mask: Any = None,
+        info_fields_to_inherit_from_greedy: Any = (),
         name: str | None = None,
+        *,
+        emit_log_probability: bool | None = None,
+        seed: int | None = None,
     ):
+        if tuple(info_fields_to_inherit_from_greedy):
+            raise UnsupportedError(
+                "info_fields_to_inherit_from_greedy: expected (), got "
+                f"{tuple(info_fields_to_inherit_from_greedy)} (the info is always the greedy "
+                "policy's here)"
+            )
+        if emit_log_probability is None:
+            emit_log_probability = policy.emit_log_probability
         super().__init__(
             policy.time_step_spec,
             policy.action_spec,
@@ -78,11 +94,12 @@ class EpsilonGreedyPolicy(TFPolicy):
             policy.action_spec,
             observation_and_action_constraint_splitter=self._splitter,
             validate_args=policy.validate_args,
+            stationary_mask=exploration_mask,
         )
         leaves = nest.flatten(self.action_spec)
         self._single_discrete = (
             len(leaves) == 1
-            and tensor_spec.is_discrete(leaves[0])
+            and tensor_spec.is_integer_or_bool(leaves[0])
             and leaves[0].shape.num_elements() == 1
         )
         if emit_log_probability and not self._single_discrete:
@@ -109,8 +126,8 @@ class EpsilonGreedyPolicy(TFPolicy):
 
     def _action(self, time_step: Any, policy_state: Any, seed: tf.Tensor) -> PolicyStep:
         greedy_seed, random_seed, coin_seed = split_seed(seed, 3)
-        greedy = self._greedy_policy._action_step(time_step, policy_state, greedy_seed)
-        random = self._random_policy._action_step(time_step, (), random_seed)
+        greedy = self._greedy_policy.action(time_step, policy_state, seed=greedy_seed)
+        random = self._random_policy.action(time_step, seed=random_seed)
         epsilon = self.epsilon
         explore = tf.random.stateless_uniform(tf.shape(time_step.step_type), seed=coin_seed)
         explore = explore < epsilon
@@ -121,7 +138,7 @@ class EpsilonGreedyPolicy(TFPolicy):
         )
         info = greedy.info
         if self._emit_log_probability:
-            random_dist = nest.flatten(self._random_policy._distribution(time_step, ()).action)[0]
+            random_dist = nest.flatten(self._random_policy.distribution(time_step).action)[0]
             chosen = nest.flatten(action)[0]
             is_greedy = tf.reduce_all(
                 tf.reshape(tf.equal(chosen, nest.flatten(greedy.action)[0]), [-1, 1]), axis=1
@@ -146,26 +163,26 @@ class EpsilonGreedyPolicy(TFPolicy):
                 f"element, got {self.action_spec}"
             )
         spec = nest.flatten(self.action_spec)[0]
-        greedy = self._greedy_policy._distribution(time_step, policy_state)
-        random = nest.flatten(self._random_policy._distribution(time_step, ()).action)[0]
-        random_base = random.distribution
+        greedy = self._greedy_policy.distribution(time_step, policy_state)
+        random = nest.flatten(self._random_policy.distribution(time_step).action)[0]
+        random_base = dist_utils.unwrap_independent(random)
         probs = random_base.probs_parameter()  # [B, *S, n]
         n = probs.shape[-1]
         mode = nest.flatten(greedy.action)[0].mode()
         one_hot = tf.one_hot(tf.cast(mode, tf.int64) - random_base.shift, n, dtype=probs.dtype)
         epsilon = self.epsilon
         mixed = (1.0 - epsilon) * one_hot + epsilon * probs
-        distribution = tfd.Independent(
+        distribution = dist_utils.independent(
             ShiftedCategorical(tf.math.log(mixed), shift=random_base.shift, dtype=spec.dtype),
-            reinterpreted_batch_ndims=spec.shape.rank,
+            spec.shape.rank,
         )
         return PolicyStep(
             nest.pack_sequence_as(self.action_spec, [distribution]), greedy.state, greedy.info
         )
 
     def _distribution_params(self, time_step: Any, policy_state: Any):
-        greedy, state, info = self._greedy_policy._distribution_params(time_step, policy_state)
-        random, _, _ = self._random_policy._distribution_params(time_step, ())
+        greedy, state, info = self._greedy_policy.distribution_params(time_step, policy_state)
+        random, _, _ = self._random_policy.distribution_params(time_step)
         return {"greedy": greedy, "random": random}, state, info
 
     def export_description(self) -> dict[str, Any]:

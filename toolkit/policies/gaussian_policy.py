@@ -99,7 +99,7 @@ class GaussianPolicy(TFPolicy):
 
     def _action(self, time_step: Any, policy_state: Any, seed: tf.Tensor) -> PolicyStep:
         wrapped_seed, noise_seed = split_seed(seed, 2)
-        step = self._wrapped_policy._action_step(time_step, policy_state, wrapped_seed)
+        step = self._wrapped_policy.action(time_step, policy_state, seed=wrapped_seed)
         clean = nest.flatten(step.action)
         seeds = split_seed(noise_seed, len(clean))
         noisy = [
@@ -118,7 +118,7 @@ class GaussianPolicy(TFPolicy):
         return PolicyStep(nest.pack_sequence_as(self.action_spec, noisy), step.state, info)
 
     def _distribution(self, time_step: Any, policy_state: Any) -> PolicyStep:
-        step = self._wrapped_policy._distribution_step(time_step, policy_state, checked=False)
+        step = self._wrapped_policy.distribution(time_step, policy_state)
         out = []
         for (path, _), d, scale in zip(
             nest.flatten_with_paths(self.action_spec, "action"),
@@ -136,10 +136,14 @@ class GaussianPolicy(TFPolicy):
                     f"{path}: GaussianPolicy.distribution() needs a Deterministic or Normal "
                     f"wrapped distribution, got {type(base).__name__}"
                 )
-        return PolicyStep(nest.pack_sequence_as(self.action_spec, out), step.state, step.info)
+        return PolicyStep(
+            nest.pack_sequence_as(self.action_spec, out),
+            step.state,
+            tf_policy.strip_log_probability(step.info),
+        )
 
     def _distribution_params(self, time_step: Any, policy_state: Any):
-        return self._wrapped_policy._distribution_params(time_step, policy_state)
+        return self._wrapped_policy.distribution_params(time_step, policy_state)
 
     def export_description(self) -> dict[str, Any]:
         """``{"kind": "gaussian_noise", "scale": ..., "inner": <wrapped description>}``."""
@@ -161,4 +165,4 @@ class GaussianPolicy(TFPolicy):
 def _normal(loc: tf.Tensor, scale: Any) -> tfd.Distribution:
     loc = tf.convert_to_tensor(loc)
     scale = tf.broadcast_to(tf.cast(scale, loc.dtype), tf.shape(loc))
-    return tfd.Independent(tfd.Normal(loc, scale), reinterpreted_batch_ndims=loc.shape.rank - 1)
+    return dist_utils.independent(tfd.Normal(loc, scale), loc.shape.rank - 1)

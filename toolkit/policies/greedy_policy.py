@@ -52,7 +52,7 @@ class GreedyPolicy(TFPolicy):
         return self._wrapped_policy
 
     def _distribution(self, time_step: Any, policy_state: Any) -> PolicyStep:
-        step = self._wrapped_policy._distribution_step(time_step, policy_state, checked=False)
+        step = self._wrapped_policy.distribution(time_step, policy_state)
 
         def delta(path: str, distribution: Any, spec: Any) -> Any:
             try:
@@ -67,4 +67,4 @@ class GreedyPolicy(TFPolicy):
         action = nest.map_structure_with_paths(
             delta, step.action, self.action_spec, prefix="action"
         )
-        return PolicyStep(action, step.state, step.info)
+        return PolicyStep(action, step.state, tf_policy.strip_log_probability(step.info))

@@ -96,7 +96,7 @@ class MixturePolicy(TFPolicy):
     def _action(self, time_step: Any, policy_state: Any, seed: tf.Tensor) -> PolicyStep:
         seeds = split_seed(seed, len(self._policies) + 1)
         steps = [
-            policy._action_step(time_step, state, s)
+            policy.action(time_step, state, seed=s)
             for policy, state, s in zip(
                 self._policies, self._component_states(policy_state), seeds[1:], strict=True
             )
@@ -120,9 +120,7 @@ class MixturePolicy(TFPolicy):
     def _distribution_params(self, time_step: Any, policy_state: Any):
         params, states = [], []
         for policy, state in zip(self._policies, self._component_states(policy_state), strict=True):
-            policy_params, next_state, _ = policy._distribution_params(
-                time_step, policy._reset_state(time_step, state)
-            )
+            policy_params, next_state, _ = policy.distribution_params(time_step, state)
             params.append(policy_params)
             states.append(next_state)
         return tuple(params), self._next_state(states), ()

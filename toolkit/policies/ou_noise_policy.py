@@ -94,8 +94,8 @@ class OUNoisePolicy(TFPolicy):
 
     def _action(self, time_step: Any, policy_state: Any, seed: tf.Tensor) -> PolicyStep:
         wrapped_seed, noise_seed = split_seed(seed, 2)
-        step = self._wrapped_policy._action_step(
-            time_step, self._wrapped_state(policy_state), wrapped_seed
+        step = self._wrapped_policy.action(
+            time_step, self._wrapped_state(policy_state), seed=wrapped_seed
         )
         clean = nest.flatten(step.action)
         noise = nest.flatten(policy_state[OU_STATE_KEY])
@@ -121,7 +121,7 @@ class OUNoisePolicy(TFPolicy):
         )
 
     def _distribution_params(self, time_step: Any, policy_state: Any):
-        params, wrapped_state, info = self._wrapped_policy._distribution_params(
+        params, wrapped_state, info = self._wrapped_policy.distribution_params(
             time_step, self._wrapped_state(policy_state)
         )
         # The noise passes through (already reset on FIRST): the runtime updates it.

@@ -10,6 +10,7 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from toolkit import nest
+from toolkit.distributions import utils as dist_utils
 from toolkit.distributions.shifted_categorical import ShiftedCategorical
 from toolkit.errors import SpecError, SpecMismatchError, StructureError
 from toolkit.policies import tf_policy
@@ -64,7 +65,8 @@ class QPolicy(TFPolicy):
         leaves = nest.flatten(action_spec)
         if len(leaves) != 1:
             raise SpecError(
-                f"QPolicy: expected a single discrete action spec, got {len(leaves)} specs"
+                "QPolicy: Only scalar actions are supported: expected a single discrete "
+                f"action spec, got {len(leaves)} specs"
             )
         spec = tensor_spec.from_spec(leaves[0])
         self._low, self._high = tf_policy.discrete_range(spec, "action_spec")
@@ -93,7 +95,18 @@ class QPolicy(TFPolicy):
         return self._num_actions
 
     def _check_q_network(self) -> None:
-        """Fails at construction when the network's Q-values don't match the actions."""
+        """Fails at construction when the network's Q-values don't match the actions, or
+        its own ``action_spec`` (when it declares one) is not compatible with the policy's."""
+        network_spec = getattr(self._q_network, "action_spec", None)
+        if network_spec is not None:
+            network_leaves = nest.flatten(tensor_spec.from_spec(network_spec))
+            if len(network_leaves) != 1 or not self._spec.is_compatible_with(network_leaves[0]):
+                raise SpecMismatchError(
+                    "q_network",
+                    f"an action_spec compatible with the policy's {self._spec} (action_spec "
+                    "must be compatible with q_network.action_spec)",
+                    f"{network_spec}",
+                )
         expected = self._num_actions
         what = f"{expected} Q values (one per action from {self._low} to {self._high})"
         declared = getattr(self._q_network, "num_actions", None)
@@ -141,9 +154,9 @@ class QPolicy(TFPolicy):
             state = ()
         elif not nest.flatten(state):
             raise StructureError("q_network state", "the next network state", "no state")
-        distribution = tfd.Independent(
+        distribution = dist_utils.independent(
             ShiftedCategorical(logits, shift=self._low, dtype=self._spec.dtype),
-            reinterpreted_batch_ndims=self._spec.shape.rank,
+            self._spec.shape.rank,
         )
         action = nest.pack_sequence_as(self.action_spec, [distribution])
         return PolicyStep(action, state, ())

@@ -25,7 +25,8 @@ class RandomPyPolicy(py_policy.PyPolicy):
       action_spec: a nest of array specs; bounded specs are sampled uniformly within
         their bounds, integer bounds inclusive.
       seed: seeds the policy's own generator, so a seeded policy replays its actions.
-      outer_dims: batch dims of the actions when no time step is given.
+      outer_dims: batch dims of the actions; when given they hold whatever the time step's
+        batch (as TF-Agents), else the time step's batch is the actions'.
       observation_and_action_constraint_splitter: for a single discrete action spec,
         a function ``observation -> (observation, mask)`` where ``mask[..., i]`` is 1
         for allowed actions ``minimum + i``; actions are drawn among the allowed ones.
@@ -49,6 +50,7 @@ class RandomPyPolicy(py_policy.PyPolicy):
         self._seed = seed
         self._rng = np.random.default_rng(seed)
         self._outer_dims = tuple(outer_dims or ())
+        self._fixed_outer_dims = outer_dims is not None
         self._splitter = observation_and_action_constraint_splitter
         if self._splitter is not None:
             leaves = nest.flatten(self.action_spec)
@@ -65,7 +67,8 @@ class RandomPyPolicy(py_policy.PyPolicy):
 
     def _action(self, time_step: Any, policy_state: Any, seed: py_policy.Seed) -> PolicyStep:
         rng = self._rng if seed is None else array_spec.as_rng(seed)
-        outer = self._outer_dims if time_step is None else self.outer_dims(time_step)
+        fixed = time_step is None or self._fixed_outer_dims
+        outer = self._outer_dims if fixed else self.outer_dims(time_step)
         if self._splitter is not None and time_step is not None:
             action = self._masked_action(time_step, outer, rng)
         else:
@@ -94,6 +97,10 @@ class RandomPyPolicy(py_policy.PyPolicy):
         action = (choice + int(np.min(spec.minimum))).astype(spec.dtype)
         action = action.reshape(outer + spec.shape)
         return nest.pack_sequence_as(self.action_spec, [action])
+
+    def _prepare(self, time_step: Any, policy_state: Any) -> tuple[Any, Any, Any]:
+        time_step, policy_state, outer = super()._prepare(time_step, policy_state)
+        return time_step, policy_state, self._outer_dims if self._fixed_outer_dims else outer
 
     def _update(self, policy: py_policy.PyPolicy) -> None:
         # Nothing is learned: the specs (checked by update()) are all there is.

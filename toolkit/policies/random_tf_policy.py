@@ -10,8 +10,10 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from toolkit import nest
+from toolkit.distributions import utils as dist_utils
 from toolkit.distributions.shifted_categorical import ShiftedCategorical
 from toolkit.errors import SpecError, SpecMismatchError, UnsupportedError
+from toolkit.policies.seeds import split_seed
 from toolkit.policies.tf_policy import TFPolicy
 from toolkit.specs import tensor_spec
 from toolkit.specs.array_spec import FLOAT_SAMPLE_LIMIT
@@ -29,7 +31,9 @@ class RandomTFPolicy(TFPolicy):
     """Samples actions uniformly from the action spec; ignores observations.
 
     Integer (and bool) leaves are uniform over their inclusive bounds, as a categorical
-    over ``minimum .. maximum``; bounded float leaves are uniform within their bounds
+    over ``minimum .. maximum``; integer leaves without bounds are uniform over their
+    dtype's whole range, as in TF-Agents (their ``distribution()`` is unsupported: no
+    distribution covers the range); bounded float leaves are uniform within their bounds
     (narrowed to +-``FLOAT_SAMPLE_LIMIT`` like array specs); unbounded float leaves are
     standard normal. The policy state, if any, passes through; info is zeros.
 
@@ -41,7 +45,10 @@ class RandomTFPolicy(TFPolicy):
       observation_and_action_constraint_splitter: for a single discrete action with one
         element, ``observation -> (observation, mask)`` with ``mask[..., i]`` 1 for the
         allowed actions ``minimum + i``; actions are uniform among the allowed ones.
-      emit_log_probability: add ``info["log_probability"]``.
+      emit_log_probability: add ``info.log_probability``.
+      stationary_mask: for a single bounded integer action, one 0/1 entry per action
+        ``minimum + i``: actions are uniform among the allowed ones (and those the
+        splitter's mask allows, when both are given), as in TF-Agents.
       automatic_state_reset / validate_args: as TFPolicy.
       seed: seeds the policy's generator, so a seeded policy replays its actions.
       name: module name.
@@ -58,6 +65,7 @@ class RandomTFPolicy(TFPolicy):
         automatic_state_reset: bool = True,
         validate_args: bool = True,
         *,
+        stationary_mask: Any = None,
         seed: int | None = None,
         name: str | None = None,
     ):
@@ -78,17 +86,28 @@ class RandomTFPolicy(TFPolicy):
             _leaf_sampling(path, spec)
             for path, spec in nest.flatten_with_paths(self.action_spec, "action_spec")
         ]
-        if self._splitter is not None:
+        if self._splitter is not None or stationary_mask is not None:
             leaves = nest.flatten(self.action_spec)
             if (
                 len(leaves) != 1
-                or not tensor_spec.is_discrete(leaves[0])
+                or not tensor_spec.is_integer_or_bool(leaves[0])
                 or leaves[0].shape.num_elements() != 1
+                or self._leaf_params[0]["kind"] != "categorical"
             ):
                 raise SpecError(
                     "an action mask needs a single bounded integer action spec with one "
                     f"element, got {self.action_spec}"
                 )
+        if stationary_mask is not None:
+            params = self._leaf_params[0]
+            allowed = np.asarray(stationary_mask).astype(bool).reshape(-1)
+            if allowed.shape != (params["n"],):
+                raise SpecMismatchError(
+                    "stationary_mask",
+                    f"{params['n']} entries (one per action)",
+                    f"{allowed.size}",
+                )
+            params["logits"] = np.where(allowed, params["logits"], -np.inf).astype(np.float32)
 
     def _distribution(self, time_step: Any, policy_state: Any) -> PolicyStep:
         batch = tf.shape(time_step.step_type)[:1]
@@ -96,24 +115,59 @@ class RandomTFPolicy(TFPolicy):
         if self._splitter is not None:
             _, mask = self._splitter(time_step.observation)
         distributions = []
-        for spec, params in zip(nest.flatten(self.action_spec), self._leaf_params, strict=True):
+        for (path, spec), params in zip(
+            nest.flatten_with_paths(self.action_spec, "action"), self._leaf_params, strict=True
+        ):
+            if params["kind"] == "full_range":
+                raise UnsupportedError(
+                    f"{path}: RandomTFPolicy has no distribution over an integer's whole "
+                    f"range ({spec}); give the spec bounds"
+                )
             distributions.append(_leaf_distribution(spec, params, batch, mask))
         action = nest.pack_sequence_as(self.action_spec, distributions)
         info = tensor_spec.zero_spec_nest(self._base_info_spec, batch)
         return PolicyStep(action, policy_state, info)
 
+    def _action(self, time_step: Any, policy_state: Any, seed: tf.Tensor) -> PolicyStep:
+        if all(p["kind"] != "full_range" for p in self._leaf_params):
+            return super()._action(time_step, policy_state, seed)
+        # Some leaves span an integer dtype's whole range: drawn directly, the others from
+        # their distributions.
+        batch = tf.shape(time_step.step_type)[:1]
+        mask = None
+        if self._splitter is not None:
+            _, mask = self._splitter(time_step.observation)
+        specs = nest.flatten(self.action_spec)
+        seeds = split_seed(seed, len(specs))
+        actions, log_probs = [], []
+        for spec, params, leaf_seed in zip(specs, self._leaf_params, seeds, strict=True):
+            if params["kind"] == "full_range":
+                shape = tf.concat([batch, tf.constant(spec.shape.as_list(), tf.int32)], 0)
+                action = tf.random.stateless_uniform(
+                    shape, leaf_seed, minval=None, maxval=None, dtype=spec.dtype
+                )
+                span = float(spec.dtype.max) - float(spec.dtype.min) + 1.0
+                log_prob = tf.fill(batch, -np.log(span) * spec.shape.num_elements())
+            else:
+                distribution = _leaf_distribution(spec, params, batch, mask)
+                action = distribution.sample(seed=leaf_seed)
+                log_prob = distribution.log_prob(action)
+            actions.append(action)
+            log_probs.append(tf.cast(log_prob, tf.float32))
+        info = tensor_spec.zero_spec_nest(self._base_info_spec, batch)
+        info = self._with_log_probability(info, nest.pack_sequence_as(self.action_spec, log_probs))
+        return PolicyStep(nest.pack_sequence_as(self.action_spec, actions), policy_state, info)
+
 
 def _leaf_sampling(path: str, spec: Any) -> dict[str, Any]:
     """Static sampling parameters of one action spec leaf."""
     shape = tuple(spec.shape.as_list())
-    if tensor_spec.is_discrete(spec):
+    if tensor_spec.is_integer_or_bool(spec):
         if spec.dtype.is_bool:
             low, high = np.zeros(shape, np.int64), np.ones(shape, np.int64)
         else:
             if not tensor_spec.is_bounded(spec):
-                raise UnsupportedError(
-                    f"{path}: RandomTFPolicy needs bounds for integer actions, got {spec}"
-                )
+                return {"kind": "full_range"}
             low = np.broadcast_to(np.asarray(spec.minimum, np.int64), shape)
             high = np.broadcast_to(np.asarray(spec.maximum, np.int64), shape)
         shift = int(low.min()) if low.size else 0
@@ -155,15 +209,12 @@ def _leaf_distribution(spec: Any, params: dict[str, Any], batch: tf.Tensor, mask
                 )
             mask = tf.reshape(mask, tf.shape(logits))
             logits = tf.where(mask, logits, tf.constant(-np.inf, logits.dtype))
-        return tfd.Independent(
-            ShiftedCategorical(logits, shift=params["shift"], dtype=spec.dtype),
-            reinterpreted_batch_ndims=rank,
+        return dist_utils.independent(
+            ShiftedCategorical(logits, shift=params["shift"], dtype=spec.dtype), rank
         )
     dtype = spec.dtype
     if params["kind"] == "uniform":
         low = tf.broadcast_to(tf.constant(params["low"], dtype), shape)
         high = tf.broadcast_to(tf.constant(params["high"], dtype), shape)
-        return tfd.Independent(tfd.Uniform(low, high), reinterpreted_batch_ndims=rank)
-    return tfd.Independent(
-        tfd.Normal(tf.zeros(shape, dtype), tf.ones(shape, dtype)), reinterpreted_batch_ndims=rank
-    )
+        return dist_utils.independent(tfd.Uniform(low, high), rank)
+    return dist_utils.independent(tfd.Normal(tf.zeros(shape, dtype), tf.ones(shape, dtype)), rank)

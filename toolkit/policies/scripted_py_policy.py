@@ -80,7 +80,8 @@ class ScriptedPyPolicy(py_policy.PyPolicy):
                     raise ScriptExhaustedError(
                         f"the action script ran out: it holds {self._total()} actions in "
                         f"{len(self._script)} entries; call get_initial_state() to start over "
-                        "or build the policy with loop=True"
+                        "or build the policy with loop=True (Episode is longer than the "
+                        "provided scripted policy)"
                     )
                 index, repeats = 0, 0
             num_repeats, action = self._script[index]

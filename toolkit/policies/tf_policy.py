@@ -26,6 +26,7 @@ checks and batch-dim helpers that only it uses.
 
 from __future__ import annotations
 
+import contextvars
 import copy
 from collections.abc import Callable
 from typing import Any
@@ -40,6 +41,7 @@ from toolkit.distributions import utils as dist_utils
 from toolkit.distributions.shifted_categorical import ShiftedCategorical
 from toolkit.distributions.utils import as_action_distribution, params_from_distribution
 from toolkit.errors import (
+    ActionDtypeError,
     NoAllowedActionError,
     PolicyError,
     SpecError,
@@ -50,7 +52,7 @@ from toolkit.errors import (
 from toolkit.policies.seeds import split_seed, stateless_seed
 from toolkit.specs import tensor_spec
 from toolkit.specs.tensor_spec import discrete_range, same_kind, shape_text
-from toolkit.trajectories.policy_step import PolicyStep
+from toolkit.trajectories.policy_step import PolicyInfo, PolicyStep, set_log_probability
 from toolkit.trajectories.time_step import StepType, TimeStep
 
 tfd = tfp.distributions
@@ -71,6 +73,13 @@ __all__ = [
 ]
 
 LOG_PROBABILITY = families.LOG_PROBABILITY
+
+#: True while ``distribution_params`` runs: what exports trace has no action-mask check
+#: (runtimes check the mask the bundle declares), not even in the public ``distribution()``
+#: calls a wrapper policy makes to the policy it wraps.
+_PARAMS_ONLY: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "toolkit_policy_params_only", default=False
+)
 
 
 # --- specs and values ------------------------------------------------------------------
@@ -137,19 +146,46 @@ def _convert_nest(values: Any, spec: Any, prefix: str, outer: tf.TensorShape | N
     return nest.pack_sequence_as(spec, out), outer
 
 
-def _check_outputs(values: Any, spec: Any, prefix: str, who: str) -> Any:
-    """Outputs of a policy's private methods, checked (and cast within a dtype kind)."""
+def _check_outputs(
+    values: Any,
+    spec: Any,
+    prefix: str,
+    who: str,
+    exact_dtypes: bool = False,
+    batch_size: tf.Tensor | None = None,
+) -> Any:
+    """Outputs of a policy's private methods, checked (and cast within a dtype kind, unless
+    ``exact_dtypes``: actions must have their spec's dtype, as in TF-Agents).
+
+    With ``batch_size``, an output without the batch dim (one shaped like its spec, e.g.
+    a constant action) stands for every batch entry and is broadcast, as TF-Agents'
+    policies may return such outputs.
+    """
     nest.assert_same_structure(values, spec, prefix)
     specs = nest.flatten_with_paths(spec, prefix)
+    tensors = [tf.convert_to_tensor(value) for value in leaves_like(spec, values)]
     out = []
-    for (path, s), value in zip(specs, leaves_like(spec, values), strict=True):
-        tensor = tf.convert_to_tensor(value)
+    if exact_dtypes:  # every dtype before any shape, as TF-Agents checks them
+        for (path, s), tensor in zip(specs, tensors, strict=True):
+            if tensor.dtype != s.dtype:
+                raise ActionDtypeError(
+                    path,
+                    f"dtype {s.dtype.name}",
+                    tensor.dtype.name,
+                    detail=f"{who} produced an action with a dtype that doesn't match its "
+                    "action_spec",
+                )
+    for (path, s), tensor in zip(specs, tensors, strict=True):
         if tensor.dtype != s.dtype:
             if not same_kind(tensor.dtype, s.dtype):
                 raise SpecMismatchError(
                     path, f"dtype {s.dtype.name}", tensor.dtype.name, detail=f"from {who}"
                 )
             tensor = tf.cast(tensor, s.dtype)
+        if batch_size is not None and _without_batch_dim(tensor.shape, s.shape):
+            tensor = tf.broadcast_to(
+                tensor, tf.concat([[batch_size], tf.constant(s.shape.as_list(), tf.int32)], 0)
+            )
         shape = tensor.shape
         if shape.rank is not None and (
             shape.rank != s.shape.rank + 1 or not s.shape.is_compatible_with(shape[1:])
@@ -162,6 +198,20 @@ def _check_outputs(values: Any, spec: Any, prefix: str, who: str) -> Any:
             )
         out.append(tensor)
     return nest.pack_sequence_as(spec, out)
+
+
+def _without_batch_dim(shape: tf.TensorShape, spec_shape: tf.TensorShape) -> bool:
+    """Whether an output of ``shape`` lacks the batch dim: it has at most the spec's rank
+    and broadcasts to the spec's shape."""
+    if shape.rank is None or spec_shape.rank is None or shape.rank > spec_shape.rank:
+        return False
+    if not shape.is_fully_defined() or not spec_shape.is_fully_defined():
+        return False
+    try:
+        np.broadcast_shapes(tuple(shape.as_list()), tuple(spec_shape.as_list()))
+    except ValueError:
+        return False
+    return True
 
 
 def broadcast_rows(mask: tf.Tensor, rank: int) -> tf.Tensor:
@@ -346,7 +396,11 @@ class TFPolicy(tf.Module):
         """
         time_step, policy_state, restore = self._prepare(time_step, policy_state)
         policy_state = self._reset_state(time_step, policy_state)
-        params, state, info = self._distribution_params(time_step, policy_state)
+        token = _PARAMS_ONLY.set(True)
+        try:
+            params, state, info = self._distribution_params(time_step, policy_state)
+        finally:
+            _PARAMS_ONLY.reset(token)
         if self.is_stateful:
             state = _check_outputs(state, self._policy_state_spec, "state", type(self).__name__)
         step = restore(PolicyStep(params, state, info), params=True)
@@ -368,24 +422,35 @@ class TFPolicy(tf.Module):
         """The policy's model variables (networks, schedules), without its generator."""
         return list(tf.Module.variables.fget(self))
 
-    def update(self, policy: TFPolicy, tau: float = 1.0) -> None:
+    def update(
+        self,
+        policy: TFPolicy,
+        tau: float = 1.0,
+        tau_non_trainable: float | None = None,
+        sort_variables_by_name: bool = False,
+    ) -> None:
         """Moves this policy's variables towards ``policy``'s: ``v = (1-tau) v + tau w``.
 
-        ``tau=1`` copies. Variables are paired in ``variables()`` order; both policies
-        must have the same variable shapes. Works inside ``tf.function``, where ``tau``
-        may be a tensor.
+        ``tau=1`` copies, ``tau=0`` changes nothing; non-trainable float variables move by
+        ``tau_non_trainable`` (default ``tau``); integer ones (counters) are copied.
+        Variables are paired in ``variables()`` order, or by name with
+        ``sort_variables_by_name``; both policies must have the same variable shapes.
+        Works inside ``tf.function``, where ``tau`` may be a tensor.
         """
-        copies = False
-        if not tf.is_tensor(tau):
-            if not 0.0 < float(tau) <= 1.0:
-                raise SpecError(f"tau: expected a value in (0, 1], got {tau}")
-            copies = float(tau) == 1.0
-        mine, theirs = self.variables(), policy.variables()
+        if tau_non_trainable is None:
+            tau_non_trainable = tau
+        for name, value in (("tau", tau), ("tau_non_trainable", tau_non_trainable)):
+            if not tf.is_tensor(value) and not 0.0 <= float(value) <= 1.0:
+                raise SpecError(f"{name}: expected a value in [0, 1], got {value}")
+        mine, theirs = list(self.variables()), list(policy.variables())
         if len(mine) != len(theirs):
             raise PolicyError(
                 f"update(): expected a policy with {len(mine)} variables like "
                 f"{type(self).__name__}, got {len(theirs)} from {type(policy).__name__}"
             )
+        if sort_variables_by_name:
+            mine = sorted(mine, key=lambda v: v.name)
+            theirs = sorted(theirs, key=lambda v: v.name)
         for target, source in zip(mine, theirs, strict=True):
             if target.shape != source.shape or target.dtype != source.dtype:
                 raise SpecMismatchError(
@@ -394,11 +459,15 @@ class TFPolicy(tf.Module):
                     f"{shape_text(source.shape)} {source.dtype.name} ({source.name})",
                     detail="update() pairs variables in order",
                 )
-            if copies or not target.dtype.is_floating:  # counters are copied, not mixed
+            rate = tau if target.trainable else tau_non_trainable
+            # Counters (integers) are copied, not mixed.
+            if not target.dtype.is_floating or (not tf.is_tensor(rate) and float(rate) == 1.0):
                 target.assign(source)
+            elif not tf.is_tensor(rate) and float(rate) == 0.0:
+                continue
             else:
-                tau_ = tf.cast(tau, target.dtype)
-                target.assign((1.0 - tau_) * target + tau_ * tf.cast(source, target.dtype))
+                rate = tf.cast(rate, target.dtype)
+                target.assign((1.0 - rate) * target + rate * tf.cast(source, target.dtype))
 
     def copy(self) -> TFPolicy:
         """An independent copy: new variables with the same values, its own generator."""
@@ -451,14 +520,17 @@ class TFPolicy(tf.Module):
         who = f"{type(self).__name__}._action"
         if not isinstance(step, PolicyStep):
             raise StructureError("policy step", "a PolicyStep", type(step).__name__)
-        action = _check_outputs(step.action, self._action_spec, "action", who)
+        batch = tf.shape(time_step.step_type)[0]
+        action = _check_outputs(
+            step.action, self._action_spec, "action", who, exact_dtypes=True, batch_size=batch
+        )
         if self._clip:
             action = nest.map_structure(clip_to_spec, action, self._action_spec)
         state = step.state
         if self.is_stateful:
             state = _check_outputs(state, self._policy_state_spec, "state", who)
         info = (
-            _check_outputs(step.info, self._info_spec, "info", who)
+            _check_outputs(step.info, self._info_spec, "info", who, batch_size=batch)
             if nest.flatten(self._info_spec)
             else step.info
         )
@@ -474,13 +546,19 @@ class TFPolicy(tf.Module):
         if not isinstance(step, PolicyStep):
             raise StructureError("policy step", "a PolicyStep", type(step).__name__)
         nest.assert_same_structure(step.action, self._action_spec, "distribution")
+        distributions = []
         for (path, s), d in zip(
             nest.flatten_with_paths(self._action_spec, "distribution"),
-            nest.flatten(step.action),
+            leaves_like(self._action_spec, step.action),
             strict=True,
         ):
             if not dist_utils.is_distribution(d):
                 raise SpecMismatchError(path, "a TFP distribution", type(d).__name__)
+            d = _broadcast_distribution(d, s, tf.shape(time_step.step_type)[0])
+            if d.event_shape.rank == 0 and s.shape.rank:
+                # As TF-Agents allows: scalar events over [B] + spec.shape, e.g. a Normal
+                # of the spec's shape; one event of the spec's shape from here on.
+                d = tfd.Independent(d, reinterpreted_batch_ndims=s.shape.rank)
             if d.event_shape.rank is not None and not d.event_shape.is_compatible_with(s.shape):
                 raise SpecMismatchError(
                     path,
@@ -488,7 +566,8 @@ class TFPolicy(tf.Module):
                     shape_text(d.event_shape),
                     detail=f"from {type(self).__name__}._distribution",
                 )
-        return step
+            distributions.append(d)
+        return step._replace(action=nest.pack_sequence_as(self._action_spec, distributions))
 
     def _reset_state(self, time_step: TimeStep, policy_state: Any) -> Any:
         """Replaces the state of FIRST entries by the initial state (per batch entry)."""
@@ -511,7 +590,7 @@ class TFPolicy(tf.Module):
         check the mask the bundle declares themselves.
         """
         splitter = self.observation_and_action_constraint_splitter
-        if splitter is None:
+        if splitter is None or _PARAMS_ONLY.get():
             return
         _, mask = splitter(time_step.observation)
         mask = tf.convert_to_tensor(mask)
@@ -578,6 +657,21 @@ class TFPolicy(tf.Module):
         return _batch_to_one_dim(time_step, policy_state, outer, self._time_step_spec)
 
 
+def _broadcast_distribution(distribution: Any, spec: Any, batch_size: tf.Tensor) -> Any:
+    """A distribution without the batch dim (its batch and event shapes together shaped
+    like the spec, e.g. a fixed one), broadcast over the batch as TF-Agents allows."""
+    event, batch = distribution.event_shape, distribution.batch_shape
+    if event.rank is None or batch.rank is None:
+        return distribution
+    if not _without_batch_dim(batch.concatenate(event), spec.shape):
+        return distribution
+    outer = spec.shape[: spec.shape.rank - event.rank] if event.rank <= spec.shape.rank else None
+    if outer is None:
+        return distribution
+    shape = tf.concat([[batch_size], tf.constant(outer.as_list(), tf.int32)], 0)
+    return tfd.BatchBroadcast(distribution, with_shape=shape)
+
+
 def _specs_or_empty(spec: Any) -> Any:
     if spec is None or not nest.flatten(spec):
         return ()
@@ -585,26 +679,34 @@ def _specs_or_empty(spec: Any) -> Any:
 
 
 def _with_log_probability_spec(info_spec: Any, action_spec: Any) -> Any:
+    """The info spec of a policy that emits log-probabilities, as TF-Agents makes it: a
+    ``PolicyInfo`` when the policy has no info of its own, else the dict or namedtuple
+    with its ``log_probability`` entry set."""
     log_prob = nest.map_structure(
         lambda _: tf.TensorSpec((), tf.float32, name=LOG_PROBABILITY), action_spec
     )
     if not nest.flatten(info_spec):
-        return {LOG_PROBABILITY: log_prob}
-    if not isinstance(info_spec, dict):
+        return PolicyInfo(log_probability=log_prob)
+    if not isinstance(info_spec, dict) and LOG_PROBABILITY not in getattr(info_spec, "_fields", ()):
         raise StructureError(
-            "info_spec", "a dict (to hold log_probability) or ()", nest.structure_repr(info_spec)
+            "info_spec",
+            "a dict or a namedtuple with a log_probability field (to hold the "
+            "log-probabilities), or ()",
+            nest.structure_repr(info_spec),
         )
-    return {**info_spec, LOG_PROBABILITY: log_prob}
+    return set_log_probability(info_spec, log_prob)
 
 
-def _info_with(info: Any, log_probs: Any) -> dict[str, Any]:
-    base = dict(info) if isinstance(info, dict) else {}
-    base[LOG_PROBABILITY] = log_probs
-    return base
+def _info_with(info: Any, log_probs: Any) -> Any:
+    if not isinstance(info, dict) and not nest.flatten(info):
+        return PolicyInfo(log_probability=log_probs)
+    return set_log_probability(info, log_probs)
 
 
 def without_log_probability(info_spec: Any) -> Any:
     """An info spec without its ``log_probability`` entry (for wrappers)."""
+    if isinstance(info_spec, PolicyInfo):
+        return ()
     if isinstance(info_spec, dict) and LOG_PROBABILITY in info_spec:
         rest = {k: v for k, v in info_spec.items() if k != LOG_PROBABILITY}
         return rest or ()
@@ -670,6 +772,8 @@ def numpy_nest(value: Any) -> Any:
 
 def strip_log_probability(info: Any) -> Any:
     """Info values without a ``log_probability`` entry (wrappers emit their own)."""
+    if isinstance(info, PolicyInfo):
+        return ()
     if isinstance(info, dict) and LOG_PROBABILITY in info:
         rest = {k: v for k, v in info.items() if k != LOG_PROBABILITY}
         return rest or ()

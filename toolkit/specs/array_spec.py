@@ -17,15 +17,21 @@ from typing import Any
 import numpy as np
 
 from toolkit import nest
-from toolkit.errors import SpecError, SpecMismatchError, StructureError
+from toolkit.errors import SpecError, SpecMismatchError, SpecTypeError
 
 __all__ = [
     "ArraySpec",
     "BoundedArraySpec",
+    "add_outer_dims_nest",
     "as_array_spec",
     "as_rng",
+    "assert_arrays_spec_nest",
     "check_arrays_nest",
     "conform_nest",
+    "is_bounded",
+    "is_continuous",
+    "is_discrete",
+    "sample_bounded_spec",
     "sample_spec_nest",
     "spec_nest_from_json",
     "spec_nest_to_json",
@@ -61,7 +67,7 @@ def _as_dtype(dtype: Any) -> np.dtype:
     try:
         result = np.dtype(dtype)
     except TypeError as e:
-        raise SpecError(f"unknown dtype {dtype!r}") from e
+        raise SpecTypeError(f"unknown dtype {dtype!r}") from e
     if result.name not in _ALLOWED_DTYPES:
         raise SpecError(f"expected a numeric or bool dtype, got {result.name}")
     return result
@@ -74,14 +80,20 @@ def _as_shape(shape: Any) -> tuple[int, ...]:
     if as_list is not None:
         shape = as_list()
     if isinstance(shape, (int, np.integer)):
-        shape = (shape,)
+        # As TF-Agents: 3 is no shape; (3,) or () say which was meant.
+        raise SpecTypeError(f"expected a shape (a tuple of ints), got the int {shape}")
     try:
         result = tuple(int(d) for d in shape)
     except (TypeError, ValueError) as e:
-        raise SpecError(f"expected a shape of ints, got {shape!r}") from e
+        raise SpecTypeError(f"expected a shape of ints, got {shape!r}") from e
     if any(d < 0 for d in result):
         raise SpecError(f"expected a shape of non-negative ints, got {result}")
     return result
+
+
+def _spec_shape(spec: Any) -> Any:
+    # tf.TensorShape and tuples: anything _as_shape takes.
+    return spec.shape
 
 
 def _describe_dtype(value: np.ndarray) -> str:
@@ -232,9 +244,11 @@ class ArraySpec:
         return cls(array.shape, array.dtype, name)
 
     @classmethod
-    def from_spec(cls, spec: Any) -> ArraySpec:
-        """An ArraySpec with the shape, dtype and name of any spec-like object."""
-        return ArraySpec(spec.shape, spec.dtype, getattr(spec, "name", None))
+    def from_spec(cls, spec: Any, name: str | None = None) -> ArraySpec:
+        """An ArraySpec with the shape, dtype and name (or ``name``) of any spec-like object."""
+        return ArraySpec(
+            _spec_shape(spec), spec.dtype, name if name is not None else getattr(spec, "name", None)
+        )
 
     # --- JSON -------------------------------------------------------------------
 
@@ -296,7 +310,10 @@ class BoundedArraySpec(ArraySpec):
             lo = np.broadcast_to(self._minimum, self.shape)[index]
             hi = np.broadcast_to(self._maximum, self.shape)[index]
             where = f" at index {index}" if index else ""
-            raise SpecError(f"{label}: minimum {lo} is greater than maximum {hi}{where}")
+            raise SpecError(
+                f"{label}: min has values greater than max: minimum {lo} is greater than "
+                f"maximum {hi}{where}"
+            )
 
     def _make_bound(self, value: Any, which: str, label: str) -> np.ndarray:
         raw = np.asarray(value)
@@ -306,7 +323,8 @@ class BoundedArraySpec(ArraySpec):
             np.broadcast_to(raw, self.shape)
         except ValueError as e:
             raise SpecError(
-                f"{label}: {which} of shape {raw.shape} does not broadcast to shape {self.shape}"
+                f"{label}: {which} of shape {raw.shape} is not compatible with shape "
+                f"{self.shape} (does not broadcast to it)"
             ) from e
         if raw.dtype.kind == "f" and np.any(np.isnan(raw)):
             raise SpecError(f"{label}: {which} is NaN")
@@ -342,10 +360,11 @@ class BoundedArraySpec(ArraySpec):
         return self._maximum
 
     @property
-    def num_values(self) -> np.ndarray:
-        """For integer specs, how many values each element can take (maximum - minimum + 1)."""
-        if self.dtype.kind not in "biu":
-            raise SpecError(f"num_values is defined for integer specs, not {self.dtype.name}")
+    def num_values(self) -> np.ndarray | None:
+        """For integer specs, how many values each element can take (maximum - minimum + 1);
+        None for other specs, as in TF-Agents."""
+        if self.dtype.kind not in "iu":
+            return None
         return self._maximum.astype(np.int64) - self._minimum.astype(np.int64) + 1
 
     def __repr__(self) -> str:
@@ -440,11 +459,14 @@ class BoundedArraySpec(ArraySpec):
         return np.clip(sample, low, high).astype(self.dtype)
 
     @classmethod
-    def from_spec(cls, spec: Any) -> BoundedArraySpec:
-        """A bounded spec from any spec; unbounded ones get the dtype's limits."""
+    def from_spec(cls, spec: Any, name: str | None = None) -> BoundedArraySpec:
+        """A bounded spec from any spec (renamed ``name`` if given); unbounded ones get the
+        dtype's limits."""
         minimum = getattr(spec, "minimum", None)
         maximum = getattr(spec, "maximum", None)
-        return cls(spec.shape, spec.dtype, minimum, maximum, getattr(spec, "name", None))
+        if name is None:
+            name = getattr(spec, "name", None)
+        return cls(_spec_shape(spec), spec.dtype, minimum, maximum, name)
 
     def to_json(self) -> dict[str, Any]:
         data = super().to_json()
@@ -467,10 +489,13 @@ def _dtype_limits(dtype: np.dtype) -> tuple[Any, Any]:
     return float(info.min), float(info.max)
 
 
-def as_rng(rng: np.random.Generator | int | None) -> np.random.Generator:
-    """A Generator as given, or a new one seeded with ``rng`` (None: fresh entropy)."""
+def as_rng(rng: Any) -> np.random.Generator:
+    """A Generator as given, one drawing from a RandomState's bit generator (TF-Agents
+    passes RandomStates), or a new one seeded with ``rng`` (None: fresh entropy)."""
     if isinstance(rng, np.random.Generator):
         return rng
+    if isinstance(rng, np.random.RandomState):
+        return np.random.Generator(rng._bit_generator)
     return np.random.default_rng(rng)
 
 
@@ -600,15 +625,63 @@ def as_array_spec(spec: Any) -> ArraySpec:
 
 
 def check_arrays_nest(arrays: Any, spec: Any) -> bool:
-    """True when ``arrays`` has the structure of ``spec`` and every leaf checks exactly."""
+    """True when ``arrays`` has the structure of ``spec`` and every leaf checks exactly
+    (False, not an error, for anything else, a leaf of ``spec`` that is no spec included)."""
     try:
-        nest.assert_same_structure(arrays, spec)
-    except StructureError:
+        assert_arrays_spec_nest(arrays, spec)
+    except (TypeError, ValueError):
         return False
-    return all(
-        as_array_spec(s).check_array(a)
-        for a, s in zip(nest.flatten_up_to(spec, arrays), nest.flatten(spec), strict=True)
-    )
+    return True
+
+
+def assert_arrays_spec_nest(arrays: Any, spec: Any) -> None:
+    """Raises SpecMismatchError (a ValueError) naming the first leaf of ``arrays`` that does
+    not match its spec, StructureError for a different structure, SpecTypeError for a leaf
+    of ``spec`` that is no spec."""
+    nest.assert_same_structure(arrays, spec)
+    for (path, s), a in zip(
+        nest.flatten_with_paths(spec), nest.flatten_up_to(spec, arrays), strict=True
+    ):
+        if not _is_spec(s):
+            raise SpecTypeError(
+                f"{path or 'spec'}: expected an array spec, got {type(s).__name__} {s!r:.40}"
+            )
+        as_array_spec(s).validate(a, path)
+
+
+def add_outer_dims_nest(structure: Any, outer_dims: Sequence[int]) -> Any:
+    """The same nest of array specs with ``outer_dims`` prepended to every shape."""
+
+    def add(spec: Any) -> ArraySpec:
+        spec = as_array_spec(spec)
+        return spec.replace(shape=tuple(outer_dims) + spec.shape)
+
+    return nest.map_structure(add, structure)
+
+
+def is_bounded(spec: Any) -> bool:
+    return isinstance(spec, BoundedArraySpec)
+
+
+def is_discrete(spec: Any) -> bool:
+    """True for integer specs (or dtypes); bool specs are neither discrete nor continuous."""
+    return issubclass(np.dtype(_dtype_of(spec)).type, np.integer)
+
+
+def is_continuous(spec: Any) -> bool:
+    """True for floating-point specs (or dtypes)."""
+    return issubclass(np.dtype(_dtype_of(spec)).type, np.floating)
+
+
+def _dtype_of(spec: Any) -> Any:
+    dtype = getattr(spec, "dtype", spec)
+    return getattr(dtype, "as_numpy_dtype", dtype)
+
+
+def sample_bounded_spec(spec: Any, rng: Any) -> np.ndarray:
+    """A uniform sample of a bounded spec (bounds inclusive); ``rng`` a numpy Generator,
+    RandomState or seed."""
+    return BoundedArraySpec.from_spec(spec).sample(as_rng(rng))
 
 
 def conform_nest(

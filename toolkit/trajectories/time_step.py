@@ -7,6 +7,7 @@ then already imported by the caller, and this module only looks it up.
 from __future__ import annotations
 
 import enum
+import pprint
 import sys
 from typing import Any, NamedTuple
 
@@ -54,6 +55,10 @@ class TimeStep(NamedTuple):
 
     def is_last(self) -> Any:
         return _backend(self.step_type).equal(self.step_type, StepType.LAST)
+
+    def __repr__(self) -> str:
+        # As TF-Agents: tf.print shows a time step as this dict.
+        return "TimeStep(\n" + pprint.pformat(dict(self._asdict()), sort_dicts=False) + ")"
 
 
 def check_step_type(step_type: np.ndarray, path: str = "step_type") -> None:
@@ -111,7 +116,11 @@ class _TensorFlowOps:
         tf = self.tf
         if isinstance(outer, tuple):
             return tf.fill(outer + tuple(inner), tf.constant(value, dtype=dtype))
-        return tf.fill(tf.concat([outer, list(inner)], 0), tf.constant(value, dtype=dtype))
+        outer = tf.cast(outer, tf.int32)
+        return tf.fill(
+            tf.concat([outer, tf.constant(inner, tf.int32, shape=[len(inner)])], 0),
+            tf.constant(value, dtype=dtype),
+        )
 
     def cast(self, value: Any, dtype: Any) -> Any:
         return self.tf.cast(value, dtype)
@@ -148,9 +157,22 @@ def _spec_dtype(spec: Any, backend: Any) -> Any:
 _SCALAR_REWARD = ArraySpec((), np.float32, name="reward")
 
 
-def _outer_from(observation: Any, observation_spec: Any, batch_size: int | None, ops: Any):
+def _as_outer(batch_size: Any) -> Any:
+    """``batch_size`` as outer dims: an int gives ``(n,)``; a shape (a tuple, an array or a
+    tensor of rank 1) is the outer dims itself."""
+    if _is_tensor(batch_size):
+        if batch_size.shape.rank == 0:
+            return (batch_size,)
+        return batch_size
+    dims = np.asarray(batch_size)
+    if dims.ndim > 0:
+        return tuple(int(d) for d in dims)
+    return (int(dims),)
+
+
+def _outer_from(observation: Any, observation_spec: Any, batch_size: Any, ops: Any):
     if batch_size is not None:
-        return (int(batch_size),)
+        return _as_outer(batch_size)
     if observation_spec is None:
         return ()
     leaves = nest.flatten(observation)
@@ -168,18 +190,19 @@ def _rewards_like(reward_spec: Any, outer: Any, ops: Any) -> Any:
 
 def restart(
     observation: Any,
-    batch_size: int | None = None,
+    batch_size: Any = None,
     reward_spec: Any = None,
     *,
     observation_spec: Any = None,
 ) -> TimeStep:
-    """A FIRST time step: reward 0, discount 1.
+    """A FIRST time step: reward 0 (zeros like ``reward_spec``), discount 1.
 
-    The batch size is ``batch_size`` when given; otherwise it is inferred from the
-    observation when ``observation_spec`` is given (the observation's extra leading
-    dims are the batch); otherwise the step is unbatched.
+    The batch is ``batch_size`` when given (an int, or outer dims as a tuple or a rank-1
+    tensor); otherwise it is inferred from the observation when ``observation_spec`` is
+    given (the observation's extra leading dims are the batch); otherwise the step is
+    unbatched.
     """
-    ops = _backend(observation)
+    ops = _backend(observation, batch_size)
     reward_spec = _SCALAR_REWARD if reward_spec is None else reward_spec
     outer = _outer_from(observation, observation_spec, batch_size, ops)
     return TimeStep(
@@ -191,16 +214,75 @@ def restart(
 
 
 def _reward_outer(reward: Any, reward_spec: Any, ops: Any) -> Any:
-    specs = nest.flatten(reward_spec)
     leaves = nest.flatten(reward)
-    return ops.outer_shape(leaves[0], len(tuple(specs[0].shape)))
+    if reward_spec is not None:
+        specs = nest.flatten(reward_spec)
+        return ops.outer_shape(leaves[0], len(tuple(specs[0].shape)))
+    if len(leaves) == 1:  # one reward: a scalar per batch entry, as the default spec says
+        return ops.outer_shape(leaves[0], 0)
+    # Several rewards (TF-Agents' multi-rewards): the batch is their first dim.
+    shape = getattr(leaves[0], "shape", None)
+    rank = len(np.shape(leaves[0])) if shape is None else len(shape)
+    return ops.outer_shape(leaves[0], max(0, rank - 1))
+
+
+def _reward_leaf(path: str, value: Any, spec: Any, ops: Any) -> Any:
+    """A reward leaf: tensors keep their dtype (numpy values become float32) unless a
+    reward spec says otherwise; None is refused."""
+    if value is None:
+        raise SpecMismatchError(path, "a number", "None (a time step input left unset?)")
+    if spec is not None:
+        return ops.cast(value, _spec_dtype(spec, ops))
+    if ops is _NumpyOps:
+        array = np.asarray(value)
+        if array.dtype.kind == "O":
+            raise SpecMismatchError(path, "numbers", f"{array!r:.60}")
+        return array.astype(np.float32)
+    return ops.tf.convert_to_tensor(value)
+
+
+def _none_path(tree: Any, path: str) -> str | None:
+    """The path of the first None in a nest (None is an empty nest to toolkit.nest)."""
+    if tree is None:
+        return path
+    if isinstance(tree, dict):
+        items = list(tree.items())
+    elif isinstance(tree, (tuple, list)):
+        items = list(enumerate(tree))
+    else:
+        return None
+    for key, value in items:
+        found = _none_path(value, nest.join_path(path, key))
+        if found is not None:
+            return found
+    return None
 
 
 def _step(observation, reward, discount, step_type, reward_spec, outer_dims):
+    none = _none_path(reward, "reward")
+    if none is not None:
+        raise SpecMismatchError(none, "a number", "None (a time step input left unset?)")
     ops = _backend(observation, reward)
-    reward_spec = _SCALAR_REWARD if reward_spec is None else reward_spec
-    outer = tuple(outer_dims) if outer_dims is not None else _reward_outer(reward, reward_spec, ops)
-    reward = nest.map_structure(lambda r, s: ops.cast(r, _spec_dtype(s, ops)), reward, reward_spec)
+    if reward_spec is None:
+        reward = nest.map_structure_with_paths(
+            lambda path, r: _reward_leaf(path, r, None, ops), reward, prefix="reward"
+        )
+    else:
+        nest.assert_same_structure(reward, reward_spec, "reward")
+        specs = nest.flatten(reward_spec)
+        paths = [p for p, _ in nest.flatten_with_paths(reward_spec, "reward")]
+        leaves = [
+            _reward_leaf(path, r, s, ops)
+            for path, r, s in zip(
+                paths, nest.flatten_up_to(reward_spec, reward), specs, strict=True
+            )
+        ]
+        reward = nest.pack_sequence_as(reward_spec, leaves)
+    outer = (
+        _as_outer(outer_dims) if outer_dims is not None else _reward_outer(reward, reward_spec, ops)
+    )
+    if discount is None:
+        raise SpecMismatchError("discount", "a number", "None")
     return TimeStep(
         step_type=ops.full(outer, (), step_type, _int32(ops)),
         reward=reward,
@@ -213,17 +295,23 @@ def transition(
     observation: Any,
     reward: Any,
     discount: Any = 1.0,
-    outer_dims: tuple[int, ...] | None = None,
+    outer_dims: Any = None,
     reward_spec: Any = None,
 ) -> TimeStep:
-    """A MID time step. The batch is the reward's outer dims unless ``outer_dims`` is given."""
+    """A MID time step.
+
+    The batch is ``outer_dims`` when given, else the reward's outer dims (a single
+    reward's whole shape; the first dim of several rewards). Reward tensors keep their
+    dtype and numpy rewards become float32, as in TF-Agents, unless ``reward_spec`` gives
+    the dtypes.
+    """
     return _step(observation, reward, discount, StepType.MID, reward_spec, outer_dims)
 
 
 def termination(
     observation: Any,
     reward: Any,
-    outer_dims: tuple[int, ...] | None = None,
+    outer_dims: Any = None,
     reward_spec: Any = None,
 ) -> TimeStep:
     """A LAST time step of an episode that ended (discount 0)."""
@@ -234,7 +322,7 @@ def truncation(
     observation: Any,
     reward: Any,
     discount: Any = 1.0,
-    outer_dims: tuple[int, ...] | None = None,
+    outer_dims: Any = None,
     reward_spec: Any = None,
 ) -> TimeStep:
     """A LAST time step of an episode cut short (e.g. a time limit): discount stays."""

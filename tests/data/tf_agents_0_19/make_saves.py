@@ -2,16 +2,23 @@
 
 Run it with a separate venv holding TF-Agents (the project must not depend on it):
 
-    python3.11 -m venv /work/venvs/tfa
-    /work/venvs/tfa/bin/pip install tf-agents==0.19.0 tensorflow-cpu==2.15.1 \
+    python3.11 -m venv /tmp/tfa
+    /tmp/tfa/bin/pip install tf-agents==0.19.0 tensorflow-cpu==2.15.1 \
         tensorflow-probability==0.23.0 gym==0.23.0 numpy==1.26.4
-    /work/venvs/tfa/bin/python tests/data/tf_agents_0_19/make_saves.py [OUT_DIR] [CASE ...]
+    /tmp/tfa/bin/python tests/data/tf_agents_0_19/make_saves.py [OUT_DIR] [CASE ...]
+    /tmp/tfa/bin/python tests/data/tf_agents_0_19/make_saves.py --reference \
+        [OUT_DIR] [CASE ...]
+
+then pack each set as the archive beside this file (see README.md). The first makes
+saves.tar.xz's cases; ``--reference`` makes reference.tar.xz's (``make_reference``
+below: four policies built from TF-Agents' policy classes, and SAC's collect policy and
+C51's greedy policy saved from fresh networks).
 
 Each case is made with TF-Agents' own agents and small networks, saved by
 ``PolicySaver(policy, batch_size=None, train_step=...)`` at train step 1000, and what
 TF-Agents' own loader (``SavedModelPyTFEagerPolicy(path, load_specs_from_pbtxt=True,
 batch_time_steps=False)``) returned is recorded in ``expected.npz`` (same layout as
-/work/shared/reference/tf_agents_0_19):
+reference.tar.xz):
 
 * ``observation``, ``step_type`` (32 steps: FIRST then MID), ``action``;
 * ``distribution/<param>``: the saved distribution's parameters on those inputs, when
@@ -59,6 +66,7 @@ from tf_agents.networks import (
     actor_distribution_network,
     categorical_q_network,
     q_network,
+    q_rnn_network,
     value_network,
 )
 from tf_agents.policies import (
@@ -66,6 +74,7 @@ from tf_agents.policies import (
     greedy_policy,
     policy_saver,
     py_tf_eager_policy,
+    q_policy,
     random_tf_policy,
 )
 from tf_agents.specs import tensor_spec
@@ -428,7 +437,216 @@ def main(out_dir: Path, only: list[str]) -> None:
             print(f"{case}: {sorted(rec)}")
 
 
+# --- reference.tar.xz ---------------------------------------------------------------------
+
+
+def _reference_policies():
+    """case -> (policy to save, live policy whose distribution is recorded, batch, steps)."""
+    out = {}
+    obs = tensor_spec.TensorSpec((4,), tf.float32, "observation")
+    act = tensor_spec.BoundedTensorSpec((), tf.int64, minimum=0, maximum=1, name="action")
+    q = q_policy.QPolicy(
+        ts.time_step_spec(obs), act, q_network.QNetwork(obs, act, fc_layer_params=(64, 64))
+    )
+    out["q_greedy"] = (greedy_policy.GreedyPolicy(q), q, BATCH, 0)
+
+    obs = tensor_spec.TensorSpec((8,), tf.float32, "observation")
+    act = tensor_spec.BoundedTensorSpec((2,), tf.float32, -1.0, 1.0, name="action")
+    actor = actor_policy.ActorPolicy(
+        ts.time_step_spec(obs),
+        act,
+        actor_distribution_network.ActorDistributionNetwork(obs, act, fc_layer_params=(32,)),
+    )
+    out["actor_normal_stochastic"] = (actor, actor, BATCH, 0)
+
+    obs = {
+        "position": tensor_spec.TensorSpec((2,), tf.float32, "position"),
+        "velocity": tensor_spec.TensorSpec((3,), tf.float32, "velocity"),
+    }
+    act = tensor_spec.BoundedTensorSpec((), tf.int64, minimum=0, maximum=3, name="action")
+    net = q_network.QNetwork(
+        obs,
+        act,
+        preprocessing_layers={
+            "position": tf.keras.layers.Dense(8),
+            "velocity": tf.keras.layers.Dense(8),
+        },
+        preprocessing_combiner=tf.keras.layers.Concatenate(axis=-1),
+        fc_layer_params=(16,),
+    )
+    nested = q_policy.QPolicy(ts.time_step_spec(obs), act, net)
+    out["nested_obs"] = (greedy_policy.GreedyPolicy(nested), None, BATCH, 0)
+
+    obs = tensor_spec.TensorSpec((4,), tf.float32, "observation")
+    act = tensor_spec.BoundedTensorSpec((), tf.int64, minimum=0, maximum=2, name="action")
+    net = q_rnn_network.QRnnNetwork(
+        obs, act, input_fc_layer_params=(16,), lstm_size=(8,), output_fc_layer_params=(16,)
+    )
+    rnn = q_policy.QPolicy(ts.time_step_spec(obs), act, net)
+    out["q_rnn"] = (greedy_policy.GreedyPolicy(rnn), None, 4, 10)
+    return out
+
+
+def _reference_agents():
+    """case -> policy of an agent, saved from fresh networks (zero biases)."""
+    out = {}
+    time_step_spec, obs, act = _specs(
+        5, tensor_spec.BoundedTensorSpec((2,), tf.float32, -2.0, 2.0, name="action")
+    )
+    sac = sac_agent.SacAgent(
+        time_step_spec,
+        act,
+        actor_network=actor_distribution_network.ActorDistributionNetwork(
+            obs,
+            act,
+            fc_layer_params=(32, 32),
+            continuous_projection_net=tanh_normal_projection_network.TanhNormalProjectionNetwork,
+        ),
+        critic_network=critic_network.CriticNetwork((obs, act), joint_fc_layer_params=(32,)),
+        actor_optimizer=_optimizer(),
+        critic_optimizer=_optimizer(),
+        alpha_optimizer=_optimizer(),
+    )
+    sac.initialize()
+    out["sac_collect"] = sac.collect_policy
+    time_step_spec, obs, act = _specs(4, DISCRETE)
+    c51 = categorical_dqn_agent.CategoricalDqnAgent(
+        time_step_spec,
+        act,
+        categorical_q_network=categorical_q_network.CategoricalQNetwork(
+            obs, act, num_atoms=51, fc_layer_params=(32,)
+        ),
+        optimizer=_optimizer(),
+        min_q_value=-10.0,
+        max_q_value=10.0,
+    )
+    c51.initialize()
+    out["c51_greedy"] = c51.policy
+    return out
+
+
+def _load(path: Path):
+    return py_tf_eager_policy.SavedModelPyTFEagerPolicy(
+        str(path), load_specs_from_pbtxt=True, batch_time_steps=False
+    )
+
+
+def _observation_batch(spec, n: int, seed: int):
+    if isinstance(spec, dict):
+        return {k: _observations(spec[k], n, seed + i) for i, k in enumerate(sorted(spec))}
+    return _observations(spec, n, seed)
+
+
+def _record_policy_class(case, policy, live, batch: int, steps: int, folder: Path) -> dict:
+    loaded = _load(folder / "saved_policy")
+    obs_spec = policy.time_step_spec.observation
+    if steps:  # a recurrent policy: its state fed back, FIRST at the start and half-way
+        rec, state = {}, loaded.get_initial_state(batch)
+        for t in range(steps):
+            step_type = np.full(batch, 0 if t in (0, steps // 2) else 1, np.int32)
+            observation = _observation_batch(obs_spec, batch, seed=100 + t)
+            step = loaded.action(_time_step(observation, step_type), state)
+            state = step.state
+            rec.update(_flat(f"t{t}/observation", observation))
+            rec[f"t{t}/step_type"] = step_type
+            rec[f"t{t}/action"] = np.asarray(step.action)
+        return rec
+    step_type = np.ones(batch, np.int32)
+    observation = _observation_batch(obs_spec, batch, seed=1)
+    time_step = _time_step(observation, step_type)
+    rec = {"step_type": step_type, **_flat("observation", observation)}
+    rec["action"] = np.asarray(loaded.action(time_step).action)
+    if live is not None:  # the live policy's distribution (the greedy one's Q-values)
+        dist = live.distribution(tf.nest.map_structure(tf.convert_to_tensor, time_step)).action
+        if hasattr(dist, "logits") and dist.logits is not None:
+            rec["distribution/logits"] = dist.logits.numpy()
+        else:
+            rec["distribution/mean"] = dist.mean().numpy()
+            rec["distribution/stddev"] = dist.stddev().numpy()
+    return rec
+
+
+def make_reference(out_dir: Path, only: list[str]) -> None:
+    """The cases of reference.tar.xz (see README.md)."""
+    tf.random.set_seed(0)
+    np.random.seed(0)
+    kinds = {
+        "q_greedy": "greedy(q)",
+        "actor_normal_stochastic": "actor(normal)",
+        "nested_obs": "greedy(q)",
+        "q_rnn": "greedy(q(lstm))",
+    }
+    for case, (policy, live, batch, steps) in _reference_policies().items():
+        if only and case not in only:
+            continue
+        folder = out_dir / case
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        # No train_step: PolicySaver then records -1, as a bare policy's save does.
+        policy_saver.PolicySaver(policy, batch_size=None).save(str(folder / "saved_policy"))
+        rec = _record_policy_class(case, policy, live, batch, steps, folder)
+        info = {
+            "kind": kinds[case],
+            "deterministic": case != "actor_normal_stochastic",
+            "case": case,
+            "rnn_steps": steps,
+            "batch": batch,
+        }
+        np.savez_compressed(folder / "expected.npz", **rec)
+        (folder / "case.json").write_text(json.dumps(info, indent=1) + "\n")
+        print(f"{case}: {sorted(rec)}")
+    for case, policy in _reference_agents().items():
+        if only and case not in only:
+            continue
+        folder = out_dir / case
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        train_step = tf.Variable(TRAIN_STEP, dtype=tf.int64)
+        saver = policy_saver.PolicySaver(policy, batch_size=None, train_step=train_step)
+        saver.save(str(folder / "saved_policy"))  # fresh networks: zero biases
+        step_type = np.array([0, 1, 1, 2] * (BATCH // 4), np.int32)
+        observation = _observations(policy.time_step_spec.observation, BATCH, seed=1)
+        time_step = _time_step(observation, step_type)
+        loaded = _load(folder / "saved_policy")
+        tf.random.set_seed(11)
+        rec = {"step_type": step_type, "observation": observation}
+        rec["action"] = np.asarray(loaded.action(time_step).action)
+        rec.update(_record_distribution(loaded._policy, time_step, policy.action_spec))
+        sampled = case == "sac_collect"
+        if sampled:
+            one = _observations(policy.time_step_spec.observation, 1, seed=2)
+            many = _time_step(np.repeat(one, SAMPLES, 0), np.ones(SAMPLES, np.int32))
+            rec["samples/observation"] = one
+            rec["samples/action"] = np.asarray(loaded.action(many).action)
+        _perturb(policy)
+        train_step.assign(CHECKPOINT_STEP)
+        saver.save_checkpoint(str(folder / "checkpoint"))
+        loaded = _load(folder / "saved_policy")
+        loaded.update_from_checkpoint(str(folder / "checkpoint"))
+        rec["checkpoint/action"] = np.asarray(loaded.action(time_step).action)
+        dist = _record_distribution(loaded._policy, time_step, policy.action_spec)
+        rec.update({f"checkpoint/{k}": v for k, v in dist.items()})
+        info = {
+            "kind": f"{case.split('_')[0]}.{'collect_policy' if sampled else 'policy'}",
+            "case": case,
+            "deterministic": not sampled,
+            "batch": BATCH,
+            "rnn_steps": 0,
+            "sample_n": SAMPLES if sampled else 0,
+            "trained_at_save": False,
+            "train_step": TRAIN_STEP,
+            "checkpoint_train_step": CHECKPOINT_STEP,
+            "checkpoint_loaded_train_step": int(loaded.get_train_step()),
+        }
+        np.savez_compressed(folder / "expected.npz", **rec)
+        (folder / "case.json").write_text(json.dumps(info, indent=1) + "\n")
+        print(f"{case}: {sorted(rec)}")
+
+
 if __name__ == "__main__":
     here = Path(__file__).resolve().parent
-    target = Path(sys.argv[1]) if len(sys.argv) > 1 else here
-    main(target, sys.argv[2:])
+    args = sys.argv[1:]
+    reference = bool(args) and args[0] == "--reference"
+    args = args[1:] if reference else args
+    target = Path(args[0]) if args else here
+    (make_reference if reference else main)(target, args[1:])

@@ -1,0 +1,1 @@
+"""Helpers TF-Agents users import from ``tf_agents.utils`` (nest_utils, common)."""
