@@ -1,7 +1,12 @@
 """Fuzz bundle readers and writers with mutated bundles; print the issue-11 counts.
 
 Usage: ``python benchmarks/fuzz_bundles.py [--cases 330] [--seed 0] [--timeout 60]
-[--tf-every 6] [--tflite-cases 40] [--no-kill] [--work DIR]``
+[--tf-every 6] [--tflite-cases 40] [--no-kill] [--work DIR] [--trust]``
+
+With ``--trust`` the base bundles are signed with a fresh key and the workers run with
+that key in POLICY_TOOLKIT_TRUST_KEYS (as a fleet would): every load of a mutated
+bundle must then be refused (a load that succeeds is counted as a problem), while the
+unmutated signed bases are checked to load.
 
 Exports five small bundles (a Q policy with SavedModel and ONNX, the same ONNX-only, the
 same with LiteRT too, a recurrent Q policy, a deterministic actor), and a states file
@@ -80,6 +85,34 @@ MICRO_FILES = (
 def states_file(base: Path) -> Path:
     """The recorded states ``quantize --observations`` reads for a base bundle."""
     return base.with_name(base.name + ".states.npz")
+
+
+def sign_bases(bases: dict[str, Path], work: Path) -> dict[str, str]:
+    """Signs every base with a fresh P-256 key; the workers' environment trusting it."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    import runtimes
+    from toolkit import bundle
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    private, public = work / "sign.pem", work / "sign.pub.pem"
+    private.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    public.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    for path in bases.values():
+        bundle.sign_bundle(path, private)
+        runtimes.load_policy(path, "onnx", trust=public)  # the unmutated base loads
+    return {bundle.TRUST_KEYS_ENV: str(public)}
 
 
 def export_bases(work: Path) -> dict[str, Path]:
@@ -645,12 +678,13 @@ def worker(kind: str) -> None:
 
 
 class Worker:
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, env: dict[str, str] | None = None):
         self.kind = kind
+        self.env = env or {}
         self.process = None
 
     def start(self) -> None:
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3", **self.env}
         self.process = subprocess.Popen(
             [sys.executable, str(Path(__file__).resolve()), "--worker", self.kind],
             stdin=subprocess.PIPE,
@@ -824,6 +858,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-kill", action="store_true", help="skip the kill-point runs")
     parser.add_argument("--work", type=Path, default=None)
     parser.add_argument("--verbose", action="store_true", help="print every case's outcomes")
+    parser.add_argument(
+        "--trust", action="store_true", help="sign the bases; workers load with a trust policy"
+    )
     parser.add_argument("--worker", choices=("light", "tf"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -834,7 +871,8 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     print(f"work folder: {work}", flush=True)
     bases = export_bases(work)
-    light, tf_worker = Worker("light"), Worker("tf")
+    worker_env = sign_bases(bases, work) if args.trust else {}
+    light, tf_worker = Worker("light", worker_env), Worker("tf", worker_env)
     counts = {
         "cases": 0,
         "skipped": 0,
@@ -935,6 +973,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"cases reading or writing outside:          {counts['outside']}")
     print(f"loaded bundles whose actions broke spec:   {counts['spec_breaks']}")
     print(f"kill points without a complete bundle:     {kill_bad} of {kill_total}")
+    if args.trust:
+        print(f"mutated bundles loaded under trust:        {counts['loaded']} (must be 0)")
     print(f"time: {time.monotonic() - started:.0f}s")
     bad = (
         counts["other_exceptions"]
@@ -942,6 +982,7 @@ def main(argv: list[str] | None = None) -> int:
         + counts["outside"]
         + counts["spec_breaks"]
         + kill_bad
+        + (counts["loaded"] if args.trust else 0)
     )
     return 1 if bad else 0
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import tensorflow as tf
 
+from exporters import card as card_lib
 from exporters import formats as export_formats
 from exporters import onnx_export
 from exporters.signatures import ExportModule, module_for
@@ -67,6 +68,7 @@ def export_policy(
     train_step: int | None = None,
     metadata: dict[str, Any] | None = None,
     *,
+    card: dict[str, str] | None = None,
     overwrite: bool = False,
     opset: int = onnx_export.DEFAULT_OPSET,
     format_options: dict[str, Any] | None = None,
@@ -82,6 +84,9 @@ def export_policy(
         see exporters.litert_export).
       train_step: recorded in the manifest and the ``get_train_step`` signature.
       metadata: JSON-able user metadata, in the manifest and ``get_metadata``.
+      card: what the model card (``bom.cdx.json``, ``exporters.card``) says beyond the
+        manifest: keys of ``exporters.card.CARD_KEYS`` (agent, env, env_steps,
+        eval_return...); metadata keys of those names fill in too.
       overwrite: replace an existing bundle at ``output_dir``.
       opset: the ONNX opset.
       format_options: more options the formats take (``Format.convert``), e.g.
@@ -113,6 +118,9 @@ def export_policy(
         # Last: the formats repeat the finished manifest.
         for name, content in contents.items():
             export_formats.get(name).embed(content, tmp, manifest)
+        (tmp / card_lib.CARD_FILE).write_bytes(
+            card_lib.card_bytes(card_lib.make_card(manifest, card, name=output.absolute().name))
+        )
         return manifest
 
     return bundle.write_bundle(output, build, overwrite=overwrite)

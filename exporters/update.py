@@ -26,6 +26,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from exporters import card as card_lib
 from exporters import formats as export_formats
 from exporters.formats.base import NewWeights
 from toolkit import bundle
@@ -253,6 +254,8 @@ def _write(
             # Anything else travels unchanged, read contained and hash-checked; the path
             # was validated, so it stays inside ``tmp`` too.
             data = bundle.read_member(root, rel, key=f"files[{rel!r}]", files=files)
+            if rel == card_lib.CARD_FILE:  # the model card names the train step
+                data = card_lib.updated_card(data, new_manifest)
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
             (tmp / rel).write_bytes(data)
         for name in formats:  # writing order: a format's update_after come first

@@ -23,6 +23,7 @@ def load_policy(
     validate_args: bool = True,
     threads: int = 1,
     check_finite: bool = False,
+    trust: Any = None,
 ) -> Any:
     """Loads an exported policy bundle as a Python policy.
 
@@ -43,6 +44,11 @@ def load_policy(
       threads: intra-op threads (backends with thread control).
       check_finite: refuse observations holding NaN or infinite values, naming the leaf
         (a failing sensor); off by default, as in TF-Agents, which passes them on.
+      trust: the keys whose signatures this load accepts: a
+        ``toolkit.bundle.TrustPolicy``, or a PEM public key path (or several). Then an
+        unsigned bundle, one signed by another key, or any file changed, added or removed
+        since signing is refused before anything is read. None (default) applies the
+        keys of POLICY_TOOLKIT_TRUST_KEYS when it is set; False none.
 
     Returns:
       The backend's ``runtimes.policy.BundlePolicy``: ``runtimes.backends.onnx.OnnxPolicy``,
@@ -54,6 +60,7 @@ def load_policy(
         violation) or differs from its format's copy or graph, a path leaving the
         bundle, a symbolic link, FIFO or device, or an ONNX model with external data
         (docs/bundle-format.md, "What a reader trusts").
+      TrustError: a bundle the trust policy refuses (a BundleError).
       UnsupportedError: when the backend's library is not installed (the message names
         the extra to install).
     """
@@ -63,7 +70,11 @@ def load_policy(
     root = bundle.bundle_root(path)
     # Each backend checks the hashes of the files it reads (an edge device may hold
     # only manifest.json and policy.onnx or policy.tflite).
-    layout = bundle.read_layout(root, check_files=False)
+    # Without a policy (none given, none in the environment) the signing module and
+    # ``cryptography`` stay unloaded: the cold start is as before.
+    wanted = trust is not None or bool(os.environ.get(bundle.TRUST_KEYS_ENV))
+    policy = bundle.trust_policy(trust) if wanted and trust is not False else None
+    layout = bundle.read_layout(root, check_files=False, trust=policy)
     chosen = choose(backend, layout.formats, str(root))
     return chosen.policy_type()(
         layout,

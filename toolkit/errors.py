@@ -144,6 +144,11 @@ def describe_path(path: str, default: str = "value") -> str:
     return path or default
 
 
+class TrustError(BundleError):
+    """A bundle a trust policy refuses: unsigned, signed by another key, or not the bundle
+    that was signed (a changed, added or removed file)."""
+
+
 class CheckpointError(BundleError):
     """A checkpoint that is missing, malformed, corrupted or of another policy."""
 

@@ -39,6 +39,10 @@ entry's shape and dtype with the bundle's weights map before reading).
 
 ``checkpoint_state(directory)`` reads the ``checkpoint`` state file TF's
 ``CheckpointManager`` writes (a text proto naming the latest prefix) the same way.
+
+Over 600 lines on purpose: one file format's reader, each bound next to the read it
+guards and every read going through the same capped, regular-file-only helpers; the
+wire decoding itself is ``toolkit.protowire``'s.
 """
 
 from __future__ import annotations
@@ -73,7 +77,6 @@ __all__ = [
     "TensorBundle",
     "checkpoint_state",
     "crc32c",
-    "is_complete",
     "masked_crc32c",
     "resolve",
 ]
@@ -701,16 +704,3 @@ def checkpoint_state(directory: str | os.PathLike) -> tuple[Path | None, list[Pa
         return found if found.is_absolute() else directory / found
 
     return (prefix(latest) if latest is not None else None), [prefix(p) for p in every]
-
-
-def is_complete(prefix: str | os.PathLike) -> bool:
-    """True when a checkpoint's index and every data shard it names are on disk.
-
-    TF writes the data shards first and the index last (then renames it into place),
-    so an index whose shards exist is a whole checkpoint.
-    """
-    try:
-        bundle = TensorBundle(prefix)
-    except CheckpointError:
-        return False
-    return all(bundle.shard_path(s).is_file() for s in range(bundle.num_shards))

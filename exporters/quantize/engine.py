@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from exporters import card as card_lib
 from exporters.quantize import measure, report, targets
 from exporters.quantize.report import Candidate, QuantizeReport
 from exporters.quantize.source import FloatBundle, quantized_manifest
@@ -158,6 +159,9 @@ def quantize_bundle(
 
             def build(folder: Path) -> dict[str, Any]:
                 (folder / file).write_bytes(model)
+                # The model card of the quantized policy: its candidate and agreement.
+                card = card_lib.make_card(new_manifest, name=Path(output).absolute().name)
+                (folder / card_lib.CARD_FILE).write_bytes(card_lib.card_bytes(card))
                 return new_manifest
 
             bundle.write_bundle(output, build, overwrite=overwrite)

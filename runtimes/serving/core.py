@@ -30,7 +30,7 @@ from runtimes.serving.models import LoadedVersion, ModelConfig, ModelRegistry, S
 from runtimes.serving.sequences import SequenceFlags, Sequences
 from runtimes.serving.signatures import Signature, distribution_outputs, signatures_for
 from toolkit import nest
-from toolkit.errors import ErrorKind, ServingError, UnsupportedError
+from toolkit.errors import ErrorKind, ServingError, TrustError, UnsupportedError
 
 __all__ = [
     "OFFLOAD_BYTES",
@@ -70,6 +70,10 @@ class CoreOptions:
     #: model name -> a checkpoint folder its highest version follows (``--follow``)
     follow: dict[str, Path] = dataclasses.field(default_factory=dict)
     follow_seconds: float = 1.0
+    #: the keys a version must be signed by (a ``toolkit.bundle.TrustPolicy``, from
+    #: ``--trust-key`` or POLICY_TOOLKIT_TRUST_KEYS); a refused version is logged and
+    #: counted, the versions in service stay. None: no policy.
+    trust: Any = None
     #: server-held sequences (runtimes.serving.sequences): idle eviction and the limit
     sequence_idle_seconds: float = 60.0
     max_sequences: int = 1024
@@ -280,10 +284,18 @@ def build_core(options: CoreOptions) -> ServingCore:
         on_apply=lambda name: metrics.set_versions(name, registry.get(name).versions),
     )
 
+    trust = False if options.trust is None else options.trust
+    names = {Path(c.path).absolute(): c.name for c in options.models}
+
     def load(path: Path) -> tuple[Any, dict[str, Any]]:
-        policy = runtimes.load_policy(
-            path, options.backend, seed=options.seed, threads=options.threads
-        )
+        try:
+            policy = runtimes.load_policy(
+                path, options.backend, seed=options.seed, threads=options.threads, trust=trust
+            )
+        except TrustError:
+            folder = Path(path).absolute()
+            metrics.trust_refusals.labels(names.get(folder.parent, names.get(folder, ""))).inc()
+            raise
         return policy, policy.manifest
 
     def prepare(name, policy, manifest, version, path, identity) -> LoadedVersion:

@@ -92,6 +92,13 @@ class ServerMetrics:
             ["reason"],
             registry=self.registry,
         )
+        self.trust_refusals = Counter(
+            "policy_serving_trust_refusals",
+            "Versions the trust policy refused (unsigned, another key, changed files); the "
+            "versions in service stayed. Also counted in version_load_failures.",
+            ["model"],
+            registry=self.registry,
+        )
         self._children: dict[tuple, Any] = {}
         self._shown: dict[str, set[str]] = {}
 

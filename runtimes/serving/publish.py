@@ -20,6 +20,7 @@ import os
 import re
 import shutil
 from pathlib import Path
+from typing import Any
 
 from runtimes.serving.models import MAX_VERSION
 from toolkit import bundle
@@ -47,14 +48,26 @@ def saved_model_mirror(layout: Layout) -> dict[str, str]:
 
 
 def publish(
-    bundle_dir: str | os.PathLike, base: str | os.PathLike, version: int | None = None
+    bundle_dir: str | os.PathLike,
+    base: str | os.PathLike,
+    version: int | None = None,
+    *,
+    trust: Any = None,
+    sign_key: str | os.PathLike | None = None,
 ) -> Path:
     """Adds a bundle to a model base path as version ``version`` (default: its train step).
+
+    A signed bundle's ``model.sig`` goes with it (its signature also covers the mirror,
+    whose files equal the signed SavedModel's).
 
     Args:
       bundle_dir: the bundle (checked against its manifest first).
       base: the model base path (created if missing).
       version: the version number; defaults to the bundle's train step.
+      trust: a trust policy (``toolkit.bundle.TrustPolicy``): only a bundle it accepts
+        is published (checked before copying, and the copy again).
+      sign_key: a PEM private key: the version folder (mirror included) is signed with
+        it before it appears.
 
     Returns:
       The new version folder ``base/<version>``.
@@ -62,10 +75,16 @@ def publish(
     Raises:
       BundleError: for a damaged bundle, or a version that already exists (versions are
         never changed in place: servers would not notice).
+      TrustError: a bundle the trust policy refuses.
       SpecMismatchError: for a bad version number, or no train step to default to.
     """
     source = bundle.bundle_root(bundle_dir)
-    layout = bundle.read_layout(source, check_files=True)
+    layout = bundle.read_layout(source, check_files=True, trust=trust)
+    signature = None
+    if os.path.lexists(source / bundle.SIGNATURE_FILE):
+        signature = bundle.read_member(
+            source, bundle.SIGNATURE_FILE, key=bundle.SIGNATURE_FILE, cap=bundle.MAX_MANIFEST_BYTES
+        )
     if version is None:
         version = layout.train_step
         if version is None or (isinstance(version, int) and version < 0):
@@ -104,6 +123,12 @@ def publish(
                 os.link(tmp / rel, tmp / dest)
             except OSError:  # a filesystem without hard links
                 shutil.copyfile(tmp / rel, tmp / dest)
+        if sign_key is not None:
+            bundle.sign_bundle(tmp, sign_key)
+        elif signature is not None:
+            (tmp / bundle.SIGNATURE_FILE).write_bytes(signature)
+        if trust is not None:  # the copy is what was trusted
+            bundle.read_manifest(tmp, check_files=False, trust=trust)
 
     try:
         return bundle.write_folder(target, fill)

@@ -273,7 +273,8 @@ def test_failure_mid_export_leaves_nothing(tmp_path, monkeypatch):
 def test_bad_arguments(tmp_path):
     with pytest.raises(
         ExportError,
-        match=r"formats: expected some of \['saved_model', 'onnx', 'litert'\], got \['tflite'\]",
+        match=r"formats: expected some of \['saved_model', 'onnx', 'litert', 'micro', 'c'\], "
+        r"got \['tflite'\]",
     ):
         exporters.export_policy(_small_q_policy(), tmp_path / "b", formats=("tflite",))
     with pytest.raises(ExportError, match="metadata: expected JSON values"):
@@ -282,8 +283,10 @@ def test_bad_arguments(tmp_path):
 
 def test_single_format_bundles(tmp_path):
     onnx_only = exporters.export_policy(_small_q_policy(), tmp_path / "o", formats="onnx")
-    # The golden vectors come with every export (verify's reference on devices).
-    assert set(bundle.read_manifest(onnx_only)["files"]) == {"policy.onnx", "golden.bin"}
+    # The golden vectors (verify's reference on devices) and the model card come with
+    # every export.
+    files = set(bundle.read_manifest(onnx_only)["files"])
+    assert files == {"policy.onnx", "golden.bin", "bom.cdx.json"}
     saved_only = exporters.export_policy(_small_q_policy(), tmp_path / "s", formats=["saved_model"])
     assert "onnx" not in bundle.read_manifest(saved_only)
 
@@ -295,7 +298,9 @@ def test_verify_fails_beyond_tolerance(tmp_path):
         variable.assign_add(tf.ones_like(variable) * 0.01)
     report = exporters.verify(path, num_samples=8, policy=policy)
     assert not report.ok
-    assert {row.form for row in report.failures()} == {"saved_model", "onnx"}
+    # The changed policy differs from both exported forms, and from the golden vectors
+    # recorded at export (its own row).
+    assert {row.form for row in report.failures()} == {"saved_model", "onnx", "tf_policy"}
     assert "beyond tolerance" in str(report)
 
 

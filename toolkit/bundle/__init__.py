@@ -12,12 +12,14 @@ docs/bundle-format.md is the contract; this package implements it, one concern a
 ``readers``        the built-in formats' files read as every reader must (ONNX, SavedModel)
 ``recovery``       completing a replacement a killed writer left half done
 ``writing``        crash-safe writes (a temporary sibling, fsync, an atomic swap)
+``signing``        signatures (OpenSSF model-signing's format) and trust policies
 =================  ============================================================================
 
 The layers inside: ``names`` < ``files`` < ``schema`` < ``manifest`` < ``layout`` <
-``recovery`` < ``reading`` < ``readers``, ``writing``. The names below are the package's
-public API (``from toolkit import bundle; bundle.read_layout(path)``); the writer's and the
-format readers' modules load when first used, so a runtime that only reads skips them.
+``recovery`` < ``signing`` < ``reading`` < ``readers``, ``writing``. The names below are the
+package's public API (``from toolkit import bundle; bundle.read_layout(path)``); the
+writer's, the format readers' and the signing modules load when first used, so a runtime
+that only reads skips them.
 """
 
 from __future__ import annotations
@@ -48,7 +50,9 @@ from toolkit.bundle.names import (
     ONNX_MANIFEST_KEY,
     SAVED_MODEL_DIR,
     SAVED_MODEL_MANIFEST,
+    SIGNATURE_FILE,
     TF_CHECKPOINT_PREFIX,
+    TRUST_KEYS_ENV,
     WEIGHTS_FILE,
 )
 from toolkit.bundle.reading import bundle_root, read_checkpoint, read_layout, read_manifest
@@ -64,6 +68,11 @@ _LAZY = {
     "read_onnx": "readers",
     "read_litert": "readers",
     "check_saved_model": "readers",
+    "TrustPolicy": "signing",
+    "sign_bundle": "signing",
+    "signature_info": "signing",
+    "trust_policy": "signing",
+    "verify_bundle": "signing",
 }
 
 __all__ = [
@@ -79,7 +88,9 @@ __all__ = [
     "ONNX_MANIFEST_KEY",
     "SAVED_MODEL_DIR",
     "SAVED_MODEL_MANIFEST",
+    "SIGNATURE_FILE",
     "TF_CHECKPOINT_PREFIX",
+    "TRUST_KEYS_ENV",
     "WEIGHTS_FILE",
     "Layout",
     "bundle_root",

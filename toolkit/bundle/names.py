@@ -15,7 +15,9 @@ __all__ = [
     "ONNX_MANIFEST_KEY",
     "SAVED_MODEL_DIR",
     "SAVED_MODEL_MANIFEST",
+    "SIGNATURE_FILE",
     "TF_CHECKPOINT_PREFIX",
+    "TRUST_KEYS_ENV",
     "WEIGHTS_FILE",
 ]
 
@@ -31,6 +33,12 @@ ONNX_MANIFEST_KEY = "policy_toolkit.manifest"
 #: The SavedModel's copy of the manifest (without its file table), inside its folder.
 #: ``assets.extra`` is TensorFlow's place for files the graph does not read.
 SAVED_MODEL_MANIFEST = "assets.extra/policy_toolkit.manifest.json"
+
+#: The bundle's signature (OpenSSF model-signing's format and default name); not listed in
+#: the manifest's file table (it is written after it), never covered by itself.
+SIGNATURE_FILE = "model.sig"
+#: Public keys (PEM paths, separated by os.pathsep) every reader of this process trusts.
+TRUST_KEYS_ENV = "POLICY_TOOLKIT_TRUST_KEYS"
 
 # Weights-only checkpoints (exporters.save_checkpoint): a folder with checkpoint.json,
 # weights.npz (ONNX initializers by name) and tf/ckpt-* (a TF checkpoint).

@@ -11,10 +11,17 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from toolkit.bundle import manifest as manifest_lib
-from toolkit.bundle.files import check_bundle_files, check_member_path, read_json_member
+from toolkit.bundle.files import (
+    _sha256_hex,
+    check_bundle_files,
+    check_member_path,
+    parse_json,
+    read_json_member,
+    read_member,
+)
 from toolkit.bundle.layout import Layout
 from toolkit.bundle.names import (
     CHECKPOINT_FILE,
@@ -23,10 +30,14 @@ from toolkit.bundle.names import (
     FORMAT_VERSION,
     LITERT_FILE,
     MANIFEST,
+    MAX_MANIFEST_BYTES,
     ONNX_FILE,
 )
 from toolkit.bundle.recovery import recover
-from toolkit.errors import BundleError
+from toolkit.errors import BundleError, TrustError
+
+if TYPE_CHECKING:
+    from toolkit.bundle.signing import TrustPolicy
 
 __all__ = ["bundle_root", "read_checkpoint", "read_layout", "read_manifest"]
 
@@ -60,8 +71,34 @@ def bundle_root(path: str | os.PathLike) -> Path:
     return root
 
 
+def _read_trusted(root: Path, trust: TrustPolicy) -> Any:
+    """manifest.json's content, the bundle verified against ``trust`` first and the bytes
+    parsed being the signed ones; the manifest's file table must then agree with the
+    signature, so every later hash check of a reader is a check against the signature."""
+    from toolkit.bundle.signing import verify_bundle
+
+    signed = verify_bundle(root, trust)
+    data = read_member(root, MANIFEST, key=MANIFEST, cap=MAX_MANIFEST_BYTES, where=MANIFEST)
+    if _sha256_hex(data) != signed[MANIFEST]:
+        raise TrustError(f"{root / MANIFEST}: changed since it was verified")
+    manifest = parse_json(data, root / MANIFEST)
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if isinstance(files, dict):
+        for rel, entry in files.items():
+            digest = entry.get("sha256") if isinstance(entry, dict) else None
+            if signed.get(rel) != digest:
+                raise TrustError(
+                    f"{root / MANIFEST}: files[{rel!r:.80}]: its sha256 is not the signed one"
+                )
+    return manifest
+
+
 def read_manifest(
-    bundle_dir: str | os.PathLike, *, check_files: bool = True, validate: bool = True
+    bundle_dir: str | os.PathLike,
+    *,
+    check_files: bool = True,
+    validate: bool = True,
+    trust: TrustPolicy | None = None,
 ) -> dict[str, Any]:
     """Reads and validates a bundle's manifest.
 
@@ -70,9 +107,12 @@ def read_manifest(
       check_files: verify that every listed file exists with its size and sha256.
       validate: check every field against the manifest schema (``toolkit.manifest``);
         only the format, the version and the file table's paths are checked without.
+      trust: a ``toolkit.bundle.signing.TrustPolicy``: the bundle must be signed by one
+        of its keys, every file as signed (``verify_bundle``), before anything is used.
 
     Raises:
       BundleError: saying what is wrong and where (one line per manifest violation).
+      TrustError: a bundle the trust policy refuses.
     """
     root = bundle_root(bundle_dir)
     if not os.path.lexists(root):
@@ -82,7 +122,12 @@ def read_manifest(
     if not root.is_dir():
         raise BundleError(f"{root}: expected a bundle folder, got a file")
     path = root / MANIFEST
-    data = read_json_member(root, MANIFEST, f"{root}: no {MANIFEST}; not a policy-toolkit bundle")
+    if trust is not None:
+        data = _read_trusted(root, trust)
+    else:
+        data = read_json_member(
+            root, MANIFEST, f"{root}: no {MANIFEST}; not a policy-toolkit bundle"
+        )
     manifest = _check_format(data, path, FORMAT)
     if validate:
         manifest_lib.validate(manifest)
@@ -125,16 +170,21 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return info
 
 
-def read_layout(bundle_dir: str | os.PathLike, *, check_files: bool = True) -> Layout:
+def read_layout(
+    bundle_dir: str | os.PathLike, *, check_files: bool = True, trust: TrustPolicy | None = None
+) -> Layout:
     """Reads, validates and decodes a bundle's manifest (``read_manifest``) into its Layout.
 
     Args:
       bundle_dir: the bundle folder (or its policy.onnx / manifest.json).
       check_files: verify that every listed file exists with its size and sha256
         (runtime backends check only the files they read, when they read them).
+      trust: a trust policy (``read_manifest``).
 
     Raises:
       BundleError: saying what is wrong and where (one line per manifest violation).
+      TrustError: a bundle the trust policy refuses.
     """
     root = bundle_root(bundle_dir)
-    return Layout.of(read_manifest(root, check_files=check_files), root / MANIFEST, owned=True)
+    manifest = read_manifest(root, check_files=check_files, trust=trust)
+    return Layout.of(manifest, root / MANIFEST, owned=True)

@@ -1,5 +1,5 @@
 """The policy-toolkit command line (typer): export, inspect, verify, run, bench, quantize, update,
-serve, publish.
+serve, publish, sign.
 
 One module per command (``toolkit.cli.export``, ...), the plumbing they share in
 ``toolkit.cli.common``. Commands import what they need inside their bodies, so
@@ -29,6 +29,7 @@ from toolkit.cli import publish as _publish
 from toolkit.cli import quantize as _quantize
 from toolkit.cli import run as _run
 from toolkit.cli import serve as _serve
+from toolkit.cli import sign as _sign
 from toolkit.cli import update as _update
 from toolkit.cli import verify as _verify
 from toolkit.cli.common import CliState
@@ -78,6 +79,7 @@ app.command("update")(_update.update)
 app.command("import-tf-agents")(_import_tf_agents.import_tf_agents)
 app.command("serve")(_serve.serve)
 app.command("publish")(_publish.publish)
+app.command("sign")(_sign.sign)
 
 
 def main() -> None:

@@ -80,6 +80,7 @@ def bench(
     seconds: Annotated[
         float, typer.Option("--seconds", min=0.01, help="Time budget per backend and batch.")
     ] = 1.0,
+    trust_key: common.TrustKeyOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
     plot: Annotated[
         Path | None, typer.Option("--plot", help="Save latency and throughput plots (.png).")
@@ -109,6 +110,7 @@ def bench(
         common.require(["matplotlib"], "--plot")
     for path in bundles:
         common.bundle_must_exist(path)
+    trust = common.trust_policy(trust_key) or False
     # Every bundle's backends are checked before the first is timed.
     plans = [(path, _plan(path, explicit)) for path in bundles]
     stages = common.Stages()
@@ -118,7 +120,7 @@ def bench(
         for name in names:
             label = _label(path, name, several)
             with stages.stage(f"load {label} backend") as note:
-                policy = common.load_runtime_policy(ctx, path, name, 0)
+                policy = common.load_runtime_policy(ctx, path, name, 0, trust=trust)
                 note["detail"] = type(policy).__name__
             for size in batches:
                 with stages.stage(f"{label} batch {size}") as note:

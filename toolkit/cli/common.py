@@ -34,6 +34,7 @@ __all__ = [
     "OverwriteOption",
     "SamplesOption",
     "Stages",
+    "TrustKeyOption",
     "bundle_must_exist",
     "command",
     "console",
@@ -49,6 +50,7 @@ __all__ = [
     "refuse_existing",
     "require",
     "tensorflow_stage",
+    "trust_policy",
     "verify_stage",
 ]
 
@@ -139,6 +141,16 @@ BackendOption = Annotated[
         "-b",
         help="A runtime backend (onnx, litert: no TensorFlow; tf), or auto: the first TF-free "
         "one the bundle has a format for and whose engine is installed, else tf.",
+    ),
+]
+TrustKeyOption = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--trust-key",
+        help="Load only bundles signed by this PEM public key (repeatable; any one will "
+        "do): unsigned bundles, other keys' and changed, added or removed files are "
+        "refused. Default: the keys of POLICY_TOOLKIT_TRUST_KEYS, if set.",
+        show_default=False,
     ),
 ]
 SamplesOption = Annotated[
@@ -329,6 +341,13 @@ def parse_backend(value: str, what: str = "--backend", *, auto: bool = True) -> 
     return backends.get(name)
 
 
+def trust_policy(keys: list[Path] | None) -> Any:
+    """The trust policy of ``--trust-key`` options, else of POLICY_TOOLKIT_TRUST_KEYS, or None."""
+    from toolkit import bundle as bundle_lib
+
+    return bundle_lib.trust_policy(list(keys) if keys else None)
+
+
 def load_runtime_policy(
     ctx: typer.Context, bundle: Path, backend: str, seed: int | None, **options: Any
 ) -> Any:
@@ -337,7 +356,10 @@ def load_runtime_policy(
     from toolkit import bundle as bundle_lib
 
     bundle_must_exist(bundle)
-    layout = bundle_lib.read_layout(bundle, check_files=False)
+    # With a trust policy nothing of the bundle is used, its manifest included, before
+    # the signature is checked (load_policy checks it again as it reads).
+    trust = options.get("trust") or None
+    layout = bundle_lib.read_layout(bundle, check_files=False, trust=trust)
     chosen = backends.choose(backend, layout.formats, str(bundle))
     if not chosen.tf_free:
         quiet_tensorflow(ctx)

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from toolkit.cli import common
+from toolkit.cli.sign import SignKeyOption, sign_written
 
 
 @common.command
@@ -38,6 +39,14 @@ def export(
     ] = None,
     formats: common.FormatsOption = "saved_model,onnx",
     metadata: common.MetadataOption = None,
+    card: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--card",
+            help="key=value for the model card bom.cdx.json (repeatable): agent, network, "
+            "env, env_steps, eval_return, eval_episodes, description, limitation, license.",
+        ),
+    ] = None,
     overwrite: common.OverwriteOption = False,
     verify: Annotated[
         bool,
@@ -56,6 +65,7 @@ def export(
         int,
         typer.Option("--episodes", "-n", min=1, help="Held-out episodes played with --env."),
     ] = 20,
+    sign_key: SignKeyOption = None,
 ) -> None:
     """Export a TF policy to a bundle.
 
@@ -66,6 +76,9 @@ def export(
 
     format_list = common.parse_list(formats, "--format", tuple(export_formats.choices()))
     meta = common.parse_metadata(metadata or [])
+    from exporters.card import parse_card_options
+
+    card_options = parse_card_options(card or [])
     if step is not None and checkpoint is None:
         raise common.fail("--step needs --checkpoint")
     common.refuse_existing(output, overwrite)
@@ -99,6 +112,7 @@ def export(
             formats=format_list,
             train_step=train_step,
             metadata=meta,
+            card=card_options,
             overwrite=overwrite,
             format_options={"env": env, "episodes": episodes} if env else None,
         )
@@ -106,6 +120,7 @@ def export(
     report = common.verify_stage(stages, path, samples, policy=policy) if verify else None
     step_text = "" if train_step is None else f", train step {train_step}"
     common.console().print(f"exported {type(policy).__name__}{step_text} -> {path}", soft_wrap=True)
+    sign_written(path, sign_key)
     if report is not None:
         common.print_verify(report)
         if not report.ok:

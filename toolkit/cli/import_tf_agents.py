@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from toolkit.cli import common
+from toolkit.cli.sign import SignKeyOption, sign_written
 
 
 @common.command
@@ -59,6 +60,7 @@ def import_tf_agents(
             "exploration, a stochastic policy's mode.",
         ),
     ] = False,
+    sign_key: SignKeyOption = None,
 ) -> None:
     """Import a TF-Agents PolicySaver output into a bundle.
 
@@ -137,6 +139,7 @@ def import_tf_agents(
         f"{step_text} -> {path}",
         soft_wrap=True,
     )
+    sign_written(path, sign_key)
     exploration = written.metadata.get("tf_agents_exploration")
     if exploration is not None:
         typer.echo(f"note: TF-Agents' exploration rebuilt as {exploration}", err=True)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from toolkit.cli import common
+
+_CARD = "bom.cdx.json"
 
 
 @common.command
@@ -25,7 +27,8 @@ def inspect(
     """Show a bundle's specs, files and metadata (no TF).
 
     Specs, signatures, distribution family, files, train step, metadata and producer
-    versions. Exits 1 when a
+    versions, the model card (bom.cdx.json) and the signature (model.sig: its key, not
+    verified; `run --trust-key` verifies). Exits 1 when a
     file differs from the manifest (missing files are only marked: an edge device may
     hold just manifest.json and policy.onnx).
     """
@@ -38,6 +41,10 @@ def inspect(
     else:
         console = common.console()
         for renderable in manifest_view.render_manifest(layout, str(bundle), source, checks):
+            console.print(renderable)
+            console.print()
+        root = Path(bundle) if Path(bundle).is_dir() else Path(bundle).parent
+        for renderable in _card_and_signature(root, layout, checks):
             console.print(renderable)
             console.print()
     changed = sorted(path for path, check in checks.items() if check == "changed")
@@ -54,3 +61,56 @@ def inspect(
             "link, FIFO, device or folder); readers refuse them",
             1,
         )
+
+
+def _card_and_signature(root: Path, layout: Any, checks: dict[str, str]) -> list[Any]:
+    """The model card's main facts and the signature's key hint (unverified), as tables."""
+    from rich import box
+    from rich.table import Table
+
+    from toolkit import bundle as bundle_lib
+
+    out: list[Any] = []
+    files = layout.files_json
+    if _CARD in files and checks.get(_CARD) == "ok":
+        data = bundle_lib.read_member(root, _CARD, key=f"files[{_CARD!r}]", files=files)
+        card = json.loads(data)
+        model = card.get("metadata", {}).get("component", {})
+        model_card = model.get("modelCard", {})
+        params = model_card.get("modelParameters", {})
+        table = Table(
+            title=f"model card ({_CARD}, CycloneDX {card.get('specVersion')})",
+            box=box.SIMPLE_HEAD,
+            show_header=False,
+            title_justify="left",
+        )
+        table.add_column("key")
+        table.add_column("value")
+        table.add_row("model", f"{model.get('name')} (train step {model.get('version')})")
+        table.add_row("approach", str(params.get("approach", {}).get("type")))
+        table.add_row("agent", str(params.get("architectureFamily")))
+        if params.get("modelArchitecture"):
+            table.add_row("network", str(params["modelArchitecture"]))
+        for entry in params.get("inputs", []) + params.get("outputs", []):
+            table.add_row("io", str(entry.get("format")))
+        for metric in model_card.get("quantitativeAnalysis", {}).get("performanceMetrics", []):
+            table.add_row(str(metric.get("type")), f"{metric.get('value')} ({metric.get('slice')})")
+        for prop in model_card.get("properties", []):
+            name = str(prop.get("name")).removeprefix("policy-toolkit:")
+            table.add_row(name, str(prop.get("value")))
+        for text in model_card.get("considerations", {}).get("technicalLimitations", []):
+            table.add_row("limitation", str(text))
+        for component in card.get("components", []):
+            table.add_row("producer", f"{component.get('name')} {component.get('version')}")
+        out.append(table)
+    info = bundle_lib.signature_info(root)
+    if info is None:
+        out.append("signature: none (unsigned)")
+    elif "error" in info:
+        out.append(f"signature: unreadable ({info['error']})")
+    else:
+        out.append(
+            f"signature: {bundle_lib.SIGNATURE_FILE}, {info['files']} files, key "
+            f"{str(info['key_hint'])[:16]}... (not verified here: run --trust-key verifies)"
+        )
+    return out

@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from toolkit.cli import common
+from toolkit.cli.sign import SignKeyOption
 
 __all__ = ["publish"]
 
@@ -31,6 +32,8 @@ def publish(
         int | None,
         typer.Option("--version", min=0, help="The version number (default: the train step)."),
     ] = None,
+    sign_key: SignKeyOption = None,
+    trust_key: common.TrustKeyOption = None,
 ) -> None:
     """Add a bundle to a model base path as a new version, atomically.
 
@@ -39,5 +42,6 @@ def publish(
     """
     from runtimes.serving.publish import publish as publish_bundle
 
-    target = publish_bundle(bundle, base, version)
+    trust = common.trust_policy(trust_key)
+    target = publish_bundle(bundle, base, version, trust=trust, sign_key=sign_key)
     typer.echo(str(target))

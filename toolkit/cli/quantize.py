@@ -18,6 +18,7 @@ import typer
 
 from exporters.quantize.targets import TARGETS
 from toolkit.cli import common
+from toolkit.cli.sign import SignKeyOption, is_signed, sign_written
 
 
 def _methods_help() -> str:
@@ -95,6 +96,7 @@ def quantize(
     seed: Annotated[int, typer.Option("--seed", help="Episode i resets with seed + i.")] = 0,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace OUTPUT.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    sign_key: SignKeyOption = None,
 ) -> None:
     """Write a quantized copy of a bundle's policy, if it acts like the float one.
 
@@ -159,6 +161,8 @@ def quantize(
         console.print(f"chose {report.reason}", soft_wrap=True)
         if report.written:
             console.print(f"wrote {report.output}", soft_wrap=True)
+    if report.written:
+        sign_written(Path(report.output), sign_key, was_signed=is_signed(bundle))
     if not report.written:
         raise common.fail(f"{report.reason} (--force writes the most faithful anyway)", 1)
 

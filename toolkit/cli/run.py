@@ -28,6 +28,7 @@ def run(
         int, typer.Option("--seed", help="Episode i resets with seed + i; seeds the policy too.")
     ] = 0,
     backend: common.BackendOption = "auto",
+    trust_key: common.TrustKeyOption = None,
     record: Annotated[
         Path | None,
         typer.Option("--record", help="Save one rendered episode (the first seed) as a .gif."),
@@ -91,6 +92,11 @@ def run(
         if record is not None:
             raise common.fail("--record: plays locally; run it without --workers")
         quiet = not common.is_debug(ctx)
+        trust = common.trust_policy(trust_key)
+        if trust is not None:  # checked once here, before any worker gets the bundle
+            from toolkit import bundle as bundle_lib
+
+            bundle_lib.read_manifest(bundle, check_files=False, trust=trust)
         result, used = _run_distributed(
             bundle, env, episodes, seed, workers, ray_address, backend, as_json, quiet
         )
@@ -112,7 +118,9 @@ def run(
         console.print(table)
         return
     parallel = 1 if follow is not None else min(episodes, rollout.MAX_PARALLEL_ENVS)
-    policy = common.load_runtime_policy(ctx, bundle, backend, seed)
+    policy = common.load_runtime_policy(
+        ctx, bundle, backend, seed, trust=common.trust_policy(trust_key) or False
+    )
     # A masked bundle takes the environment's info["action_mask"] as an observation leaf.
     masked = policy.action_mask_input is not None
     gym_env = rollout.make_env(env, parallel, action_mask=masked)

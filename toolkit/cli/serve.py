@@ -191,6 +191,7 @@ def serve(
         float,
         typer.Option("--follow-seconds", min=0.001, help="How often --follow folders are checked."),
     ] = 1.0,
+    trust_key: common.TrustKeyOption = None,
     graceful_seconds: Annotated[
         float,
         typer.Option(
@@ -286,5 +287,6 @@ def serve(
         grpc_port=grpc_port,
         sequence_idle_seconds=sequence_idle_seconds,
         max_sequences=max_sequences,
+        trust=common.trust_policy(trust_key),
     )
     raise typer.Exit(run(options))

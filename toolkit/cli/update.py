@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from toolkit.cli import common
+from toolkit.cli.sign import SignKeyOption, is_signed, sign_written
 
 
 @common.command
@@ -29,6 +30,7 @@ def update(
     step: Annotated[
         int | None, typer.Option("--step", help="The train step to take (default: the latest).")
     ] = None,
+    sign_key: SignKeyOption = None,
 ) -> None:
     """Write a checkpoint's weights into an existing bundle.
 
@@ -49,6 +51,7 @@ def update(
         common.quiet_tensorflow(ctx)
     from exporters.update import update_bundle
 
+    was_signed = is_signed(bundle)
     report = update_bundle(bundle, checkpoint, step=step)
     change = ""
     if report.max_weight_change is not None:
@@ -58,3 +61,5 @@ def update(
         f"{report.previous_train_step} -> {report.train_step}{change}",
         soft_wrap=True,
     )
+    # An updated bundle is another bundle: the old signature never covers it.
+    sign_written(Path(report.bundle), sign_key, was_signed=was_signed)

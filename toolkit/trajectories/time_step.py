@@ -7,7 +7,6 @@ then already imported by the caller, and this module only looks it up.
 from __future__ import annotations
 
 import enum
-import pprint
 import sys
 from typing import Any, NamedTuple
 
@@ -57,7 +56,10 @@ class TimeStep(NamedTuple):
         return _backend(self.step_type).equal(self.step_type, StepType.LAST)
 
     def __repr__(self) -> str:
-        # As TF-Agents: tf.print shows a time step as this dict.
+        # As TF-Agents: tf.print shows a time step as this dict. pprint is imported here:
+        # it imports dataclasses, which the runtime's cold start does without.
+        import pprint
+
         return "TimeStep(\n" + pprint.pformat(dict(self._asdict()), sort_dicts=False) + ")"
 
 
