@@ -14,6 +14,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[3]
 _LISTENING = re.compile(r"listening on (http://127\.0\.0\.1:\d+)")
+_GRPC = re.compile(r"gRPC listening on (127\.0\.0\.1:\d+)")
 
 
 _CODE = (
@@ -58,6 +59,7 @@ class ServerProcess:
 
     Attributes:
       url: ``http://127.0.0.1:PORT``.
+      grpc: ``127.0.0.1:PORT`` of the gRPC server (with ``--grpc-port``), else "".
       process: the Popen.
     """
 
@@ -76,6 +78,7 @@ class ServerProcess:
         self._lines: list[str] = []
         self._found = threading.Event()
         self.url = ""
+        self.grpc = ""
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
         if not self._found.wait(timeout) or not self.url:
@@ -87,6 +90,9 @@ class ServerProcess:
     def _read(self) -> None:
         for line in self.process.stderr:
             self._lines.append(line)
+            grpc_match = _GRPC.search(line)
+            if grpc_match and not self.grpc:
+                self.grpc = grpc_match.group(1)
             match = _LISTENING.search(line)
             if match and not self.url:
                 self.url = match.group(1)
