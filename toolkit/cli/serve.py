@@ -248,7 +248,7 @@ def serve(
     """
     try:
         from runtimes import backends
-        from runtimes.serving.core import Limits
+        from runtimes.serving.core import Limits, check_backend
         from runtimes.serving.server import LOG_LEVELS, ServeOptions, run
     except ImportError as e:  # installed without the server's libraries
         from toolkit.errors import UnsupportedError
@@ -263,10 +263,8 @@ def serve(
     known = [backends.AUTO, *backends.BACKENDS]
     if backend not in known:
         raise _bad("--backend", f"one of {known}", repr(backend))
-    if backend != backends.AUTO:
-        advice = backends.get(backend).missing()  # before the server starts, not per version
-        if advice is not None:
-            raise common.fail(advice)
+    # Before the server starts, not per version: not installed, or unable to --follow.
+    check_backend(backend, follow=bool(follow))
     configs = model_configs(model, name, models, versions, labels)
     options = ServeOptions(
         models=configs,
