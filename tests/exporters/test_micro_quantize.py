@@ -118,3 +118,34 @@ def test_a_continuous_actor_is_judged_by_its_action_error(tmp_path):
     close = np.all(np.abs(want - got) <= tolerance * 4.0, axis=1)  # the range is [-2, 2]
     assert report.action_agreement == pytest.approx(np.mean(close))
     assert report.action_agreement > 0.9  # int8 is near, not equal, by design
+
+
+def test_int16_activations_from_recorded_states_and_a_bundle_without_onnx(float_bundle, tmp_path):
+    """``--method micro-int16`` on recorded states: calibrated on the first half, measured
+    on the second; the output's manifest says int16 and it verifies. A bundle without an
+    ONNX graph (the micro-only output) is refused naming what the target reads."""
+    from exporters.quantize import micro_target
+    from toolkit.cli import app
+    from toolkit.errors import BundleError
+
+    rng = np.random.default_rng(3)
+    observations = (rng.standard_normal((400, 4)) * [0.5, 0.8, 0.08, 0.8]).astype(np.float32)
+    npz = tmp_path / "states.npz"
+    np.savez(npz, observation=observations)
+    out = tmp_path / "q16"
+    args = ["quantize", str(float_bundle), str(out), "--target", "micro", "--observations"]
+    result = CliRunner().invoke(app, [*args, str(npz), "--method", "micro-int16", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["method"] == "micro-int16" and report["states"] == 200
+    measured = observations[200:]
+    want = _actions(float_bundle, "onnx", measured)
+    got = _actions(out, "micro", measured)
+    assert report["action_agreement"] == pytest.approx(np.mean(np.all(want == got, axis=1)))
+    manifest = bundle_lib.read_manifest(out)
+    assert manifest["micro"]["activations"] == "int16"
+    assert manifest["quantization"]["activations"] == "int16"
+    verified = CliRunner().invoke(app, ["verify", str(out)])
+    assert verified.exit_code == 0, verified.output
+    with pytest.raises(BundleError, match=r"reads the policy's float ONNX graph, and this bundle"):
+        micro_target.check(FloatBundle.read(out))
