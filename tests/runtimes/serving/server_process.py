@@ -56,6 +56,8 @@ class ServerProcess:
       timeout: seconds to wait for it to listen.
       permissions: honour file permissions even when the tests run as root (so a mode
         000 folder is unreadable to the server).
+      executable: an installed ``policy-toolkit`` script to run instead (e.g. a device
+        venv's), from a folder outside the checkout; TF is then simply not installed.
 
     Attributes:
       url: ``http://127.0.0.1:PORT``.
@@ -63,12 +65,23 @@ class ServerProcess:
       process: the Popen.
     """
 
-    def __init__(self, *args: str, timeout: float = 120.0, permissions: bool = False):
-        command = [sys.executable, "-c", _CODE, "serve", *args, "--port", "0"]
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
+    def __init__(
+        self,
+        *args: str,
+        timeout: float = 120.0,
+        permissions: bool = False,
+        executable: str | os.PathLike | None = None,
+    ):
+        if executable is None:
+            command = [sys.executable, "-c", _CODE, "serve", *args, "--port", "0"]
+            env, cwd = dict(os.environ, PYTHONPATH=str(ROOT)), ROOT
+        else:
+            command = [str(executable), "serve", *args, "--port", "0"]
+            env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+            cwd = Path(executable).parent
         self.process = subprocess.Popen(
             command,
-            cwd=ROOT,
+            cwd=cwd,
             env=env,
             stderr=subprocess.PIPE,
             stdout=subprocess.PIPE,
