@@ -296,9 +296,9 @@ def build_core(options: CoreOptions) -> ServingCore:
             folder = Path(path).absolute()
             metrics.trust_refusals.labels(names.get(folder.parent, names.get(folder, ""))).inc()
             raise
-        return policy, policy.manifest
+        return policy, policy.layout
 
-    def prepare(name, policy, manifest, version, path, identity) -> LoadedVersion:
+    def prepare(name, policy, layout, version, path, identity) -> LoadedVersion:
         action = batcher = None
         if window is not None:
             batcher = Batcher(
@@ -309,7 +309,7 @@ def build_core(options: CoreOptions) -> ServingCore:
                 on_batch=metrics.batch_rows.labels(name).observe,
             )
             action = batcher
-        signatures = signatures_for(policy, distribution_outputs(manifest), action)
+        signatures = signatures_for(policy, distribution_outputs(layout), action)
         return LoadedVersion(version, path, policy, signatures, identity, time.time(), batcher)
 
     def on_change(name: str, snapshot: Snapshot) -> None:

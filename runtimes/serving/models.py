@@ -215,8 +215,8 @@ class ModelRegistry:
 
     Args:
       configs: the models.
-      load: ``(path) -> (policy, manifest)``; loads one bundle.
-      prepare: ``(model name, policy, manifest, version, path, identity) -> LoadedVersion``
+      load: ``(path) -> (policy, layout)``; loads one bundle.
+      prepare: ``(model name, policy, layout, version, path, identity) -> LoadedVersion``
         (its signatures and batcher).
       on_change: called with the model name and new snapshot after each switch.
     """
@@ -364,9 +364,9 @@ class ModelRegistry:
             return None  # failed before and unchanged since: logged once
         started = time.perf_counter()
         try:
-            policy, manifest = self._load(path)
+            policy, layout = self._load(path)
             check(policy)
-            found = self._prepare(config.name, policy, manifest, version, path, identity)
+            found = self._prepare(config.name, policy, layout, version, path, identity)
         except Exception as e:  # any failure of a new version keeps the old ones
             message = f"{type(e).__name__}: {e}" if not isinstance(e, ToolkitError) else str(e)
             failures[version] = (identity, message)

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from toolkit import nest
+from toolkit.bundle.layout import Layout
 from toolkit.errors import ServingError
 from toolkit.trajectories.time_step import StepType
 
@@ -206,20 +207,16 @@ def _tensors(spec: Any, prefix: str, required: bool = True, batch: bool = True) 
     ]
 
 
-def distribution_outputs(manifest: dict[str, Any]) -> list[TensorInfo]:
+def distribution_outputs(layout: Layout) -> list[TensorInfo]:
     """The distribution function's outputs but the deterministic ``action/...`` (the
-    action is the ``action`` signature's), from the bundle's manifest.
-
-    The serving code's one read of a manifest's contents (publish reads its file table).
-    """
-    entries = manifest.get("signatures", {}).get("distribution", {}).get("outputs", [])
+    action is the ``action`` signature's), from the bundle's typed layout."""
+    signature = layout.signatures.get("distribution")
     out = []
-    for entry in entries:
-        name = entry["name"]
-        if name.split("/")[0] == "action":
+    for entry in () if signature is None else signature.outputs:
+        if entry.name.split("/")[0] == "action":
             continue
-        shape = tuple(None if d is None else int(d) for d in entry["shape"])
-        out.append(TensorInfo(name, np.dtype(entry["dtype"]), shape))
+        shape = tuple(None if d is None else int(d) for d in entry.shape)
+        out.append(TensorInfo(entry.name, np.dtype(entry.dtype), shape))
     return out
 
 
