@@ -153,8 +153,11 @@ class CFormat(Format):
             else ""
         )
         layers = " -> ".join(f"{x['outputs']} {x['activation']}" for x in s.get("layers", ()))
+        weights = s.get("weight_type", "float32")
+        if "int8_layers" in measured:  # which layers: all, first_float, last_float, hidden
+            weights += f" ({measured['int8_layers']})"
         return (
-            f"{entry.path}: C99, {s.get('weight_type', 'float32')} weights, flash "
+            f"{entry.path}: C99, {weights} weights, flash "
             f"{s.get('flash_bytes')} bytes, stack {s.get('stack_bytes')} bytes; "
             f"layers {layers}{quality}"
         )

@@ -209,6 +209,11 @@ def test_int8_layers_beside_float_ones_compute_the_quantized_model():
     # Different from the float weights, which it approximates.
     assert not np.array_equal(quantized.mlp.layers[1].weight, mlp.layers[1].weight)
     assert c_int8.agreement(mlp, mlp.act(x[300:]), got) >= 0.95
+    # The flash ``choose`` ranks the modes by is the weights file the C export writes.
+    for mode in c_int8.MODES:
+        written = c_model(mlp, c_int8.quantize(mlp, x[:300], mode)).weights_bytes()
+        assert c_int8.weight_bytes(mlp, mode) == len(written)
+    assert c_int8.weight_bytes(mlp, "all") < c_int8.weight_bytes(mlp, "hidden")
 
 
 def test_int8_weights_below_99_percent_agreement_are_refused():
@@ -228,3 +233,25 @@ def test_int8_weights_below_99_percent_agreement_are_refused():
         c_export.build_c(mlp, "CartPole-v1", episodes=3, calibration_episodes=3, weights="int8")
     with pytest.raises(ExportError, match=r"c_weights: expected one of \('float32', 'int8'\)"):
         c_export.build_c(mlp, "CartPole-v1", episodes=1, weights="int4")
+
+
+def test_the_cli_exports_int8_c_weights_and_refuses_unknown_ones(tmp_path):
+    from typer.testing import CliRunner
+
+    from toolkit.cli import app
+
+    def export(out, weights):
+        args = ["export", "tests.cli_factories:cartpole_100_40", str(tmp_path / out)]
+        args += ["--format", "onnx,c", "--env", "CartPole-v1", "-n", "2", "--no-verify"]
+        return CliRunner().invoke(app, [*args, "--c-weights", weights])
+
+    done = export("int8", "int8")
+    assert done.exit_code == 0, done.output
+    section = bundle.read_layout(tmp_path / "int8").format("c").section
+    assert section["weight_type"] == "int8" and (tmp_path / "int8/c/weights.bin").exists()
+    refused = export("int4", "int4")
+    assert refused.exit_code == 2
+    assert "c export: c_weights: expected one of ('float32', 'int8'), got 'int4'" in (
+        refused.stderr
+    )
+    assert not (tmp_path / "int4").exists()
