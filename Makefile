@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: venv demo test test-fast test-compat lint format bench clean
+.PHONY: venv demo test test-fast test-compat lint format protos bench clean
 
 venv: $(STAMP)
 
@@ -38,6 +38,12 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports --no-cache
+
+# Regenerates the gRPC protocols' messages (runtimes/serving/proto/README.md).
+protos: $(STAMP)
+	$(BIN)/python -m grpc_tools.protoc -I runtimes/serving/proto \
+	    --python_out=runtimes/serving/proto --pyi_out=runtimes/serving/proto \
+	    runtimes/serving/proto/kserve_v2.proto runtimes/serving/proto/tfserving.proto
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix .

@@ -10,13 +10,20 @@ reader) and an LSTM policy (greedy Q over an LSTM of 32 units, its state fed bac
 * cold start (a new process imports, loads and acts once) and its peak RSS, for the
   onnx, litert and tf backends and a bare onnxruntime script, on the demo policy.
 
+* with ``--only threads``: the graph alone (raw ``session.run``) on one intra-op
+  thread against onnxruntime's default, batches 1 to 256, the measurement behind
+  ``runtimes.AUTO_THREADS_MIN_BATCH`` (``threads="auto"``).
+
 Timings interleave the contenders round by round, so a change in machine load hits
-all of them alike; ratios are medians of per-round ratios. Targets: litert
-``action()`` at batch 1 <= 0.5x raw ``session.run``, onnx <= 1.0x (on the demo
-policy); litert cold start <= 0.8x the bare onnxruntime script.
+all of them alike; ratios are medians of per-round ratios, reported with their min and
+max over the rounds, and the load average is read before and after each part. Targets
+(issue 24), for every policy: the onnx backend's ``action()`` <= 1.0x raw
+``session.run`` at batch 1 and 256 (sampling included on our side), litert <= 0.5x
+at batch 1 and <= 1.0x at 256; cold start (median of the runs): litert <= 0.8x the
+bare onnxruntime script, onnx <= 1.0x.
 
 Usage: ``python benchmarks/runtime_bench.py [--json] [--rounds N] [--cold-runs N]
-[--only action|cold]``
+[--only action|cold|threads]``
 """
 
 from __future__ import annotations
@@ -39,9 +46,11 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-LITERT_ACTION_TARGET = 0.5
-ONNX_ACTION_TARGET = 1.0
-LITERT_COLD_START_TARGET = 0.8
+#: (backend, batch) -> the most ``action()`` may cost, as a multiple of raw session.run
+ACTION_TARGETS = {("onnx", 1): 1.0, ("onnx", 256): 1.0, ("litert", 1): 0.5, ("litert", 256): 1.0}
+#: backend -> the most its cold start may take, as a multiple of the bare script's
+COLD_START_TARGETS = {"onnx": 1.0, "litert": 0.8}
+THREAD_BATCHES = (1, 16, 32, 64, 128, 256)
 FORMATS = ("saved_model", "onnx", "litert")
 
 
@@ -103,8 +112,13 @@ def interleaved(contenders: dict[str, Any], calls: int, rounds: int) -> dict[str
     return times
 
 
-def _ratio(times: dict[str, list[float]], name: str, base: str) -> float:
-    return statistics.median(a / b for a, b in zip(times[name], times[base], strict=True))
+def _spread(values: list[float]) -> dict[str, float]:
+    return {"min": min(values), "median": statistics.median(values), "max": max(values)}
+
+
+def _ratios(times: dict[str, list[float]], name: str, base: str) -> dict[str, float]:
+    """min, median and max over the rounds of ``name``'s time over ``base``'s."""
+    return _spread([a / b for a, b in zip(times[name], times[base], strict=True)])
 
 
 RAW = "raw session.run"
@@ -163,16 +177,60 @@ def in_process(bundles: dict[str, Path], rounds: int) -> list[dict[str, Any]]:
         for batch, calls in ((1, 2000), (256, 100)):
             times = interleaved(_contenders(bundle, batch), calls, rounds)
             for what, values in times.items():
+                us = {k: v * 1e6 for k, v in _spread(values).items()}
+                ratios = _ratios(times, what, RAW)
                 rows.append(
                     {
                         "policy": name,
                         "batch": batch,
                         "what": what,
-                        "median_us": statistics.median(values) * 1e6,
+                        "median_us": us["median"],
+                        "us": us,
                         "actions_per_s": batch / statistics.median(values),
-                        "vs_raw": _ratio(times, what, RAW),
+                        "vs_raw": ratios["median"],
+                        "vs_raw_spread": ratios,
                     }
                 )
+    return rows
+
+
+def thread_scaling(bundles: dict[str, Path], rounds: int) -> list[dict[str, Any]]:
+    """Raw session.run on one intra-op thread against onnxruntime's default threads."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from runtimes.backends.onnx import session_options
+
+    rows = []
+    for name, bundle in bundles.items():
+        model = str(bundle / "policy.onnx")
+        sessions = {
+            threads: ort.InferenceSession(
+                model, sess_options=session_options(threads), providers=["CPUExecutionProvider"]
+            )
+            for threads in (1, 0)
+        }
+        inputs = sessions[1].get_inputs()
+        for batch in THREAD_BATCHES:
+            rng = np.random.default_rng(batch)
+            feed = {}
+            for i in inputs:
+                shape = [batch] + [d if isinstance(d, int) else 1 for d in i.shape[1:]]
+                dtype = np.int32 if "int32" in i.type else np.float32
+                value = np.zeros(shape, dtype) if dtype == np.int32 else rng.normal(size=shape)
+                feed[i.name] = np.asarray(value, dtype)
+            calls = max(20, 2000 // batch)
+            runs = {t: (lambda s=s, f=feed: s.run(None, f)) for t, s in sessions.items()}
+            times = interleaved(runs, calls, rounds)
+            rows.append(
+                {
+                    "policy": name,
+                    "batch": batch,
+                    "one_thread_us": statistics.median(times[1]) * 1e6,
+                    "default_us": statistics.median(times[0]) * 1e6,
+                    "default_vs_one": _ratios(times, 0, 1),
+                }
+            )
     return rows
 
 
@@ -260,6 +318,7 @@ def cold_start(bundle: Path, runs: int, pycache: Path) -> list[dict[str, Any]]:
             "what": name,
             "median_s": statistics.median(r["s"]),
             "best_s": min(r["s"]),
+            "worst_s": max(r["s"]),
             "peak_rss_mib": statistics.median(r["rss"]),
             "vs_bare": statistics.median(r["s"]) / base,
             "rss_vs_bare": statistics.median(r["rss"]) / base_rss,
@@ -280,45 +339,47 @@ def _target(measured: float, target: float) -> dict[str, Any]:
 
 
 def run(rounds: int, cold_runs: int, only: str | None = None) -> dict[str, Any]:
-    load_before = _load()
+    load = {"before": _load()}
     directory = Path(tempfile.mkdtemp(prefix="runtime-bench-"))
+    action_rows, cold_rows, thread_rows = [], [], []
     try:
         bundles = export_bundles(directory)
-        action_rows = in_process(bundles, rounds) if only != "cold" else []
-        cold_rows = (
-            cold_start(bundles["demo"], cold_runs, directory / "pycache")
-            if only != "action"
-            else []
-        )
+        if only in (None, "action"):
+            load["before action"] = _load()
+            action_rows = in_process(bundles, rounds)
+            load["after action"] = _load()
+        if only in (None, "cold"):
+            load["before cold start"] = _load()
+            cold_rows = cold_start(bundles["demo"], cold_runs, directory / "pycache")
+            load["after cold start"] = _load()
+        if only == "threads":
+            thread_rows = thread_scaling(bundles, rounds)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+    load["after"] = _load()
     import ai_edge_litert
     import onnxruntime
 
-    def ratio(what: str) -> float:
-        return next(
-            r["vs_raw"]
-            for r in action_rows
-            if r["policy"] == "demo" and r["batch"] == 1 and r["what"] == what
-        )
-
     targets = {}
-    if action_rows:
-        targets["litert_action_vs_raw"] = _target(
-            ratio("litert backend action()"), LITERT_ACTION_TARGET
-        )
-        targets["onnx_action_vs_raw"] = _target(ratio("onnx backend action()"), ONNX_ACTION_TARGET)
-    if cold_rows:
-        litert_cold = next(r for r in cold_rows if r["what"] == "litert backend")
-        targets["litert_cold_start_vs_bare"] = _target(
-            litert_cold["vs_bare"], LITERT_COLD_START_TARGET
-        )
+    for row in action_rows:
+        backend = row["what"].split()[0]
+        target = ACTION_TARGETS.get((backend, row["batch"]))
+        if target is not None:
+            key = f"{row['policy']} batch {row['batch']}: {backend} action() vs raw"
+            targets[key] = _target(row["vs_raw"], target)
+    for row in cold_rows:
+        backend = row["what"].split()[0]
+        if backend in COLD_START_TARGETS:
+            targets[f"{backend} cold start vs bare"] = _target(
+                row["vs_bare"], COLD_START_TARGETS[backend]
+            )
     return {
         "benchmark": "runtime",
         "machine": {
             "cpus": os.cpu_count(),
-            "load_average_before": load_before,
-            "load_average_after": _load(),
+            "load_average": load,
+            "load_average_before": load["before"],
+            "load_average_after": load["after"],
             "python": platform.python_version(),
             "onnxruntime": onnxruntime.__version__,
             "ai_edge_litert": getattr(ai_edge_litert, "__version__", "?"),
@@ -326,6 +387,7 @@ def run(rounds: int, cold_runs: int, only: str | None = None) -> dict[str, Any]:
         },
         "action": action_rows,
         "cold_start": cold_rows,
+        "threads": thread_rows,
         "targets": targets,
     }
 
@@ -333,30 +395,53 @@ def run(rounds: int, cold_runs: int, only: str | None = None) -> dict[str, Any]:
 def table(result: dict[str, Any]) -> str:
     machine = result["machine"]
     lines = [
-        f"runtime benchmark: {machine['cpus']} CPUs, load average {machine['load_average_before']}"
-        f" -> {machine['load_average_after']}, onnxruntime {machine['onnxruntime']}, "
+        f"runtime benchmark: {machine['cpus']} CPUs, onnxruntime {machine['onnxruntime']}, "
         f"ai-edge-litert {machine['ai_edge_litert']}, Python {machine['python']}",
-        "",
-        "action() latency (interleaved rounds; ratio = median of per-round ratios to raw "
-        "default session.run on the same policy.onnx)",
-        f"{'policy':<9} {'batch':>5}  {'what':<26} {'median us':>10} {'actions/s':>11} "
-        f"{'vs raw':>7}",
+        "load average (1, 5, 15 min): "
+        + "; ".join(f"{when} {values}" for when, values in machine["load_average"].items()),
     ]
+    if result["action"]:
+        lines += [
+            "",
+            "action() latency (interleaved rounds; vs raw = per-round ratio to raw default "
+            "session.run on the same policy.onnx: median [min-max])",
+            f"{'policy':<9} {'batch':>5}  {'what':<24} {'us: median [min-max]':>24} "
+            f"{'actions/s':>11} {'vs raw: median [min-max]':>25}",
+        ]
     for row in result["action"]:
+        us, r = row["us"], row["vs_raw_spread"]
         lines.append(
-            f"{row['policy']:<9} {row['batch']:>5}  {row['what']:<26} {row['median_us']:>10.1f} "
-            f"{row['actions_per_s']:>11,.0f} {row['vs_raw']:>6.2f}x"
+            f"{row['policy']:<9} {row['batch']:>5}  {row['what']:<24} "
+            f"{us['median']:>8.1f} [{us['min']:.1f}-{us['max']:.1f}]".ljust(67)
+            + f"{row['actions_per_s']:>11,.0f} "
+            f"{r['median']:>8.2f}x [{r['min']:.2f}-{r['max']:.2f}]"
         )
-    lines += [
-        "",
-        "cold start (demo policy): new process, import + load + first action",
-        f"{'what':<26} {'median s':>9} {'best s':>8} {'vs bare':>8} {'peak RSS MiB':>13} "
-        f"{'vs bare':>8}",
-    ]
+    if result["cold_start"]:
+        lines += [
+            "",
+            "cold start (demo policy): new process, import + load + first action",
+            f"{'what':<26} {'median s':>9} {'best s':>8} {'worst s':>8} {'vs bare':>8} "
+            f"{'peak RSS MiB':>13} {'vs bare':>8}",
+        ]
     for row in result["cold_start"]:
         lines.append(
             f"{row['what']:<26} {row['median_s']:>9.3f} {row['best_s']:>8.3f} "
-            f"{row['vs_bare']:>7.2f}x {row['peak_rss_mib']:>13.1f} {row['rss_vs_bare']:>7.2f}x"
+            f"{row['worst_s']:>8.3f} {row['vs_bare']:>7.2f}x {row['peak_rss_mib']:>13.1f} "
+            f"{row['rss_vs_bare']:>7.2f}x"
+        )
+    if result["threads"]:
+        lines += [
+            "",
+            "threads: raw session.run, onnxruntime's default threads vs one (below 1: the "
+            "default is faster)",
+            f"{'policy':<9} {'batch':>5} {'1 thread us':>12} {'default us':>11} "
+            f"{'default/1: median [min-max]':>28}",
+        ]
+    for row in result["threads"]:
+        r = row["default_vs_one"]
+        lines.append(
+            f"{row['policy']:<9} {row['batch']:>5} {row['one_thread_us']:>12.1f} "
+            f"{row['default_us']:>11.1f} {r['median']:>10.2f}x [{r['min']:.2f}-{r['max']:.2f}]"
         )
     lines.append("")
     for name, target in result["targets"].items():
@@ -371,9 +456,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument("--rounds", type=int, default=15, help="interleaved timing rounds")
-    parser.add_argument("--cold-runs", type=int, default=5, help="new processes per contender")
+    parser.add_argument("--cold-runs", type=int, default=9, help="new processes per contender")
     parser.add_argument(
-        "--only", choices=("action", "cold"), help="measure action() latency or cold start only"
+        "--only",
+        choices=("action", "cold", "threads"),
+        help="measure action() latency, cold start, or thread scaling (not in the default run)",
     )
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")

@@ -21,7 +21,19 @@ batching on gives 32 clients >= 2x the requests/s of batching off (large), and p
 50 ms for one client beside 4 MiB bodies (small). The load average is printed: the
 machine may be shared.
 
-Usage: ``python benchmarks/serve_bench.py [--json] [--seconds S]``
+With ``--protocols`` it measures the protocols instead, in one run on the ``small``
+policy.onnx, batch-1 requests with 1 and 8 clients: our server over TF Serving REST,
+KServe v2 REST (JSON), KServe v2 gRPC and TF Serving gRPC, and, with
+``--mlserver-python PATH`` (the python of a separate virtualenv with ``mlserver`` and
+``onnxruntime``: its dependencies stay out of ours), Seldon MLServer serving the same
+policy.onnx with an onnxruntime runtime (benchmarks/_mlserver_onnx.py) over v2 REST
+and v2 gRPC. gRPC load comes from benchmarks/_grpc_load.py (grpc.aio, prebuilt
+request bytes). Targets (issue 28): our p50 at 1 client at most a third of
+MLServer's, our throughput at 8 clients at least 3x MLServer's (per protocol), and
+our gRPC p50 not above our REST p50.
+
+Usage: ``python benchmarks/serve_bench.py [--json] [--seconds S] [--protocols
+[--mlserver-python PATH]]``
 """
 
 from __future__ import annotations
@@ -107,9 +119,11 @@ def in_process(bundle: Path, seconds: float) -> dict[str, Any]:
 
 
 class Server:
-    """``policy-toolkit serve`` in its own process on 127.0.0.1 at a free port."""
+    """``policy-toolkit serve`` in its own process on 127.0.0.1 at a free port (and its
+    gRPC address in ``grpc`` with ``--grpc-port 0``)."""
 
     def __init__(self, bundle: Path, *args: str):
+        self.grpc = None
         command = [sys.executable, "-m", "toolkit", "serve", str(bundle), "--name", "p"]
         command += ["--port", "0", "--log-level", "warning", *args]
         env = dict(os.environ, PYTHONPATH=str(ROOT))
@@ -122,6 +136,10 @@ class Server:
             line = self.process.stderr.readline()
             if not line:
                 break
+            grpc_match = re.search(r"gRPC listening on (\S+)", line)
+            if grpc_match:
+                self.grpc = grpc_match.group(1)
+                continue
             match = re.search(r"listening on (http://\S+)", line)
             if match:
                 self.url = match.group(1)
@@ -181,13 +199,15 @@ class LargeBodies:
         self._thread.join(120)
 
 
-def load(url: str, body_file: Path, clients: int, seconds: float) -> dict[str, Any]:
+def load(
+    url: str, body_file: Path, clients: int, seconds: float, path: str = "/v1/models/p:predict"
+) -> dict[str, Any]:
     done = subprocess.run(
         [
             sys.executable,
             str(HERE / "_serve_load.py"),
             url,
-            "/v1/models/p:predict",
+            path,
             str(body_file),
             "--clients",
             str(clients),
@@ -234,6 +254,202 @@ def run(seconds: float) -> list[dict[str, Any]]:
     return rows
 
 
+# --- the protocols, and MLServer beside them -------------------------------------------------
+
+KSERVE_INFER = "/inference.GRPCInferenceService/ModelInfer"
+TFS_PREDICT = "/tensorflow.serving.PredictionService/Predict"
+
+
+def grpc_load(
+    address: str, method: str, request_file: Path, clients: int, seconds: float
+) -> dict[str, Any]:
+    done = subprocess.run(
+        [sys.executable, str(HERE / "_grpc_load.py"), address, method, str(request_file)]
+        + ["--clients", str(clients), "--seconds", str(seconds)],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 120,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(done.stderr)
+    return json.loads(done.stdout)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class MLServer:
+    """Seldon MLServer (in its own virtualenv) serving policy.onnx on 127.0.0.1."""
+
+    def __init__(self, python: str, onnx: Path, folder: Path):
+        self.http_port, self.grpc_port = _free_port(), _free_port()
+        model = folder / "p"
+        model.mkdir(parents=True)
+        settings = {
+            "host": "127.0.0.1",
+            "http_port": self.http_port,
+            "grpc_port": self.grpc_port,
+            "metrics_port": _free_port(),
+            "debug": False,
+            # Inference in the server process: MLServer 1.7.1's worker processes fail to
+            # start with uvloop 0.22+ ("no current event loop"), and skipping the hop
+            # to a worker is its fastest set-up for a model this small anyway.
+            "parallel_workers": 0,
+        }
+        (folder / "settings.json").write_text(json.dumps(settings))
+        model_settings = {
+            "name": "p",
+            "implementation": "_mlserver_onnx.OnnxPolicy",
+            "parameters": {"uri": str(onnx)},
+        }
+        (model / "model-settings.json").write_text(json.dumps(model_settings))
+        mlserver = str(Path(python).parent / "mlserver")
+        env = dict(os.environ, PYTHONPATH=str(HERE))
+        self.process = subprocess.Popen(
+            [mlserver, "start", str(folder)],
+            cwd=folder,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self.url = f"http://127.0.0.1:{self.http_port}"
+        self.grpc = f"127.0.0.1:{self.grpc_port}"
+        deadline = time.monotonic() + 180
+        import urllib.request
+
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"{self.url}/v2/models/p/ready", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.5)
+        self.stop()
+        raise RuntimeError("MLServer did not start")
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+def _protocol_requests(tmp: Path) -> dict[str, Path]:
+    import numpy as np
+
+    from runtimes.serving.proto import kserve_v2_pb2, tfserving_pb2
+
+    obs = [0.1] * POLICIES["small"][0]
+    files = {}
+    tfs_rest = tmp / "tfs.json"
+    tfs_rest.write_text(json.dumps({"instances": [obs]}))
+    files["tfs_rest"] = tfs_rest
+    v2_rest = tmp / "v2.json"
+    v2_rest.write_text(
+        json.dumps(
+            {
+                "inputs": [
+                    {"name": "observation", "shape": [1, len(obs)], "datatype": "FP32", "data": obs}
+                ]
+            }
+        )
+    )
+    files["v2_rest"] = v2_rest
+    request = kserve_v2_pb2.ModelInferRequest(model_name="p")
+    item = request.inputs.add(name="observation", datatype="FP32", shape=[1, len(obs)])
+    item.contents.fp32_contents.extend(obs)
+    files["v2_grpc"] = tmp / "v2.pb"
+    files["v2_grpc"].write_bytes(request.SerializeToString())
+    predict = tfserving_pb2.PredictRequest()
+    predict.model_spec.name = "p"
+    tensor = predict.inputs["observation"]
+    tensor.dtype = tfserving_pb2.DT_FLOAT
+    tensor.tensor_shape.dim.add(size=1)
+    tensor.tensor_shape.dim.add(size=len(obs))
+    tensor.tensor_content = np.asarray([obs], np.float32).tobytes()
+    files["tfs_grpc"] = tmp / "tfs.pb"
+    files["tfs_grpc"].write_bytes(predict.SerializeToString())
+    return files
+
+
+def run_protocols(seconds: float, mlserver_python: str | None) -> list[dict[str, Any]]:
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        bundle = export_bundles(tmp)["small"]
+        files = _protocol_requests(tmp)
+        server = Server(bundle, "--grpc-port", "0")
+        try:
+            for clients in (1, 8):
+                for protocol, runner in (
+                    ("TF Serving REST", lambda c: load(server.url, files["tfs_rest"], c, seconds)),
+                    (
+                        "v2 REST",
+                        lambda c: load(
+                            server.url, files["v2_rest"], c, seconds, "/v2/models/p/infer"
+                        ),
+                    ),
+                    (
+                        "v2 gRPC",
+                        lambda c: grpc_load(
+                            server.grpc, KSERVE_INFER, files["v2_grpc"], c, seconds
+                        ),
+                    ),
+                    (
+                        "TF Serving gRPC",
+                        lambda c: grpc_load(
+                            server.grpc, TFS_PREDICT, files["tfs_grpc"], c, seconds
+                        ),
+                    ),
+                ):
+                    rows.append({"policy": "small", "mode": f"ours, {protocol}", **runner(clients)})
+        finally:
+            server.stop()
+        if mlserver_python:
+            other = MLServer(mlserver_python, bundle / "policy.onnx", tmp / "mlserver")
+            try:
+                for clients in (1, 8):
+                    row = load(other.url, files["v2_rest"], clients, seconds, "/v2/models/p/infer")
+                    rows.append({"policy": "small", "mode": "MLServer, v2 REST", **row})
+                    row = grpc_load(other.grpc, KSERVE_INFER, files["v2_grpc"], clients, seconds)
+                    rows.append({"policy": "small", "mode": "MLServer, v2 gRPC", **row})
+            finally:
+                other.stop()
+    return rows
+
+
+def protocol_verdicts(rows: list[dict[str, Any]]) -> list[tuple[str, float, str, bool]]:
+    out = []
+    rest = _find(rows, "small", "ours, v2 REST", 1)["p50_ms"]
+    grpc_p50 = _find(rows, "small", "ours, v2 gRPC", 1)["p50_ms"]
+    out.append(
+        ("our v2 gRPC p50 / v2 REST p50, 1 client (<= 1)", grpc_p50 / rest, "x", grpc_p50 <= rest)
+    )
+    for protocol in ("v2 REST", "v2 gRPC"):
+        try:
+            theirs1 = _find(rows, "small", f"MLServer, {protocol}", 1)
+            theirs8 = _find(rows, "small", f"MLServer, {protocol}", 8)
+        except StopIteration:
+            continue
+        ours1 = _find(rows, "small", f"ours, {protocol}", 1)
+        ours8 = _find(rows, "small", f"ours, {protocol}", 8)
+        ratio = ours1["p50_ms"] / theirs1["p50_ms"]
+        out.append(
+            (f"{protocol}: our p50 / MLServer's, 1 client (<= 0.333)", ratio, "x", ratio <= 1 / 3)
+        )
+        ratio = ours8["rps"] / theirs8["rps"]
+        out.append(
+            (f"{protocol}: our req/s / MLServer's, 8 clients (>= 3)", ratio, "x", ratio >= 3)
+        )
+    return out
+
+
 def _find(rows, policy, mode, clients):
     return next(
         r for r in rows if r["policy"] == policy and r["mode"] == mode and r["clients"] == clients
@@ -269,10 +485,20 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=3.0, help="seconds per load run")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
+    parser.add_argument(
+        "--protocols", action="store_true", help="compare the protocols (and MLServer)"
+    )
+    parser.add_argument(
+        "--mlserver-python", help="python of a virtualenv with mlserver and onnxruntime"
+    )
     args = parser.parse_args()
     load_before = os.getloadavg()[0]
-    rows = run(args.seconds)
-    checks = verdicts(rows)
+    if args.protocols:
+        rows = run_protocols(args.seconds, args.mlserver_python)
+        checks = protocol_verdicts(rows)
+    else:
+        rows = run(args.seconds)
+        checks = verdicts(rows)
     if args.json:
         print(json.dumps({"rows": rows, "checks": checks}, indent=2))
         return 0

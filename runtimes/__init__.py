@@ -12,7 +12,29 @@ from __future__ import annotations
 import os
 from typing import Any
 
-__all__ = ["load_policy"]
+__all__ = ["AUTO_THREADS_MIN_BATCH", "load_policy", "thread_setting"]
+
+#: ``threads="auto"``: batches of at least this many rows run with the engine's default
+#: threads (onnxruntime: one per physical core; LiteRT: its own default), smaller ones
+#: on one thread. Measured with ``python benchmarks/runtime_bench.py --only threads``
+#: (graph time alone, one thread against the default, batches 1 to 256, on the
+#: benchmark's three policies): see README.md, "Benchmarks".
+AUTO_THREADS_MIN_BATCH = 64
+
+
+def thread_setting(threads: Any) -> int | str:
+    """``threads`` checked: a positive int, or ``"auto"``.
+
+    Raises:
+      SpecMismatchError: anything else.
+    """
+    if threads == "auto" and isinstance(threads, str):
+        return "auto"
+    if hasattr(threads, "__index__") and not isinstance(threads, bool) and threads >= 1:
+        return int(threads)  # numpy ints too
+    from toolkit.errors import SpecMismatchError
+
+    raise SpecMismatchError("threads", "a positive int or 'auto'", repr(threads))
 
 
 def load_policy(
@@ -21,7 +43,7 @@ def load_policy(
     *,
     seed: int | None = None,
     validate_args: bool = True,
-    threads: int = 1,
+    threads: int | str = "auto",
     check_finite: bool = False,
     trust: Any = None,
 ) -> Any:
@@ -41,7 +63,12 @@ def load_policy(
         states of another structure are refused naming the leaf. With False, inputs
         are trusted and go to the graph unchecked (a wrong dtype may be cast or refused
         by the backend); that saves under a microsecond a call.
-      threads: intra-op threads (backends with thread control).
+      threads: the onnx and litert backends' intra-op threads: an int, or "auto" (the
+        default): one thread for batches below ``AUTO_THREADS_MIN_BATCH`` rows (a
+        small network's call is over before threads could share it, and several
+        processes may share the machine), the engine's default above (a second
+        session or interpreter, built when the first such batch comes). Pass 1 to
+        keep every call on one thread (many policy processes per machine).
       check_finite: refuse observations holding NaN or infinite values, naming the leaf
         (a failing sensor); off by default, as in TF-Agents, which passes them on.
       trust: the keys whose signatures this load accepts: a
@@ -67,6 +94,7 @@ def load_policy(
     from runtimes.backends import choose
     from toolkit import bundle
 
+    threads = thread_setting(threads)
     root = bundle.bundle_root(path)
     # Each backend checks the hashes of the files it reads (an edge device may hold
     # only manifest.json and policy.onnx or policy.tflite).

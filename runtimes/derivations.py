@@ -5,12 +5,18 @@ manifest's action description (``toolkit.distribution_families``) says how actio
 come from them: plain sampling, epsilon-greedy, Gaussian and OU noise, mixtures.
 ``DerivationBuilder`` compiles that description once at load into a tree of
 ``Deriver``s, which ``runtimes.policy.BundlePolicy`` calls on every step.
+
+Over 600 lines on purpose: each deriver sits beside the compiled sampler that replaces
+its general numpy path on small leaves (same values, dtypes and random stream; tested
+against each other in tests/runtimes/test_fast_paths.py), and they share the clip
+bounds and the small-leaf helpers.
 """
 
 from __future__ import annotations
 
 import abc
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -24,6 +30,10 @@ try:  # the clip ufunc: np.clip's Python wrapper costs microseconds on small arr
     from numpy._core.umath import clip as _clip
 except ImportError:  # numpy < 2
     from numpy.core.umath import clip as _clip
+
+# The ufuncs the compiled samplers call with ``out=``: each call costs a few thousand
+# instructions whatever the size, so the samplers make as few as the formula allows.
+_add, _multiply, _tanh = np.add, np.multiply, np.tanh
 
 if TYPE_CHECKING:
     from runtimes import distributions as dists
@@ -113,9 +123,14 @@ def _per_leaf(value: Any, action_leaves: list[Any], action_spec: Any, what: str)
 
 
 class Deriver(abc.ABC):
-    """Turns graph outputs (one batch dim) into action leaves, in action-spec order."""
+    """Turns graph outputs (one batch dim) into action leaves, in action-spec order.
 
-    clips: list[tuple[np.ndarray, np.ndarray] | None]
+    ``clips`` holds one ``_Clip`` per action leaf (None: not clipped). Every derivation
+    ends by clipping, so a clipped leaf of the spec's dtype is within the spec's bounds
+    whatever the graph gave: the policy's output check skips its bounds (runtimes.policy).
+    """
+
+    clips: list[_Clip | None]
 
     @abc.abstractmethod
     def act(
@@ -130,20 +145,259 @@ class Deriver(abc.ABC):
     no_distribution = ""
 
     def _clip(self, actions: list[np.ndarray]) -> list[np.ndarray]:
-        return [
-            a if c is None else _clip(a, c[0], c[1])
-            for a, c in zip(actions, self.clips, strict=False)
-        ]
+        return [a if c is None else c(a) for a, c in zip(actions, self.clips, strict=False)]
+
+
+class _Clip:
+    """Clips one action leaf to its spec's bounds (cast to the spec's dtype).
+
+    Bounds whose elements are all equal are kept as 0-d arrays: numpy broadcasts a 0-d
+    operand far faster than an event-shaped one (clipping a (256, 2) float32 array:
+    6.4k instructions against 47k, callgrind). Other bounds are broadcast to the batch's
+    shape once per shape, for the same reason. The values are those of clipping with the
+    spec's bounds as they are. Float bounds also come as float64 (``wide``), for clipping
+    float64 intermediates in place: the same numbers, without a mixed-dtype ufunc.
+    """
+
+    __slots__ = ("_full", "high", "high64", "low", "low64")
+
+    #: batch shapes whose broadcast bounds are kept (per leaf)
+    MAX_SHAPES = 4
+
+    def __init__(self, low: np.ndarray, high: np.ndarray):
+        self.low, self.high = _compact(low), _compact(high)
+        self.low64 = self.high64 = None
+        if low.dtype.kind == "f":
+            self.low64, self.high64 = self.low.astype(np.float64), self.high.astype(np.float64)
+        self._full: dict[tuple, tuple[np.ndarray, np.ndarray]] | None = (
+            {} if self.low.ndim or self.high.ndim else None
+        )
+
+    def __call__(
+        self, a: np.ndarray, out: np.ndarray | None = None, wide: bool = False
+    ) -> np.ndarray:
+        """``a`` clipped, into a new array or ``out``; ``wide``: with the float64 bounds."""
+        low, high = (self.low64, self.high64) if wide else (self.low, self.high)
+        full = self._full
+        if full is not None and a.ndim > low.ndim:
+            key = (a.shape, wide)
+            bounds = full.get(key)
+            if bounds is None:
+                try:
+                    bounds = tuple(
+                        np.ascontiguousarray(np.broadcast_to(b, a.shape)) for b in (low, high)
+                    )
+                except ValueError:  # a shape unlike the spec's: the plain clip says so
+                    bounds = (low, high)
+                else:
+                    if len(full) >= self.MAX_SHAPES:
+                        full.clear()
+                    full[key] = bounds
+            low, high = bounds
+        if out is None:
+            return _clip(a, low, high)
+        return _clip(a, low, high, out=out)
+
+
+def _compact(bound: np.ndarray) -> np.ndarray:
+    """``bound`` as a 0-d array when all its elements are equal (see ``_Clip``)."""
+    flat = bound.reshape(-1)
+    if flat.size and bool((flat == flat[0]).all()):
+        return flat[:1].reshape(())
+    return bound
+
+
+# --- compiled samplers -----------------------------------------------------------------
+#
+# One function per action leaf, made at load, drawing exactly what the leaf's numpy
+# distribution (runtimes.distributions) draws and computing the same float64 formula in
+# place: the same values, dtypes and Generator stream as ``Leaf.distribution(out).sample``
+# (tests/runtimes/test_fast_paths.py), without building a distribution object and its
+# temporaries on every call. A numpy call costs a few thousand instructions whatever the
+# size, so a leaf of at most ``_SMALL`` elements (one action of a few dims) is computed
+# in Python floats instead: IEEE doubles as numpy's float64, the one rounding to the
+# action's dtype by numpy.
+
+#: Elements of a leaf below which the samplers compute in Python floats.
+_SMALL = 8
+
+
+def _sampler(
+    leaf: Leaf, clip: _Clip | None
+) -> Callable[[dict[str, np.ndarray], np.random.Generator], np.ndarray]:
+    """The leaf's sample, clipped (``clip``) as the derivation then does."""
+    family, names = leaf.family, leaf.names
+    dtype = np.dtype(leaf.static["dtype"])
+    if family == families.DETERMINISTIC:
+        (loc_name,) = names
+        if clip is None:
+            return lambda out, rng: out[loc_name].astype(dtype, copy=False)
+        return lambda out, rng: clip(out[loc_name].astype(dtype, copy=False))
+    if family == families.NORMAL:
+        return _normal_sampler(names, dtype, clip)
+    if family == families.TANH_NORMAL:
+        return _tanh_normal_sampler(names, dtype, clip)
+    if family == families.CATEGORICAL:
+        return _categorical_sampler(names, dtype, int(leaf.static.get("shift", 0)), clip)
+    if clip is None:  # uniform (random policies): rare, through its distribution
+        return lambda out, rng: leaf.distribution(out).sample(rng)
+    return lambda out, rng: clip(leaf.distribution(out).sample(rng))
+
+
+def _python_bounds(clip: _Clip | None, dtype: np.dtype) -> tuple | None:
+    """A float leaf's clip bounds for Python math: ``()`` (no clip), ``(low, high)`` as
+    floats when uniform, else as lists over the event's elements.
+
+    None when the small path cannot reproduce numpy exactly: an integer or other dtype,
+    or bounds of another dtype than the leaf's (their clip would promote).
+    """
+    if dtype not in _FLOATS:
+        return None
+    if clip is None:
+        return ()
+    if clip.low.dtype != dtype or clip.high.dtype != dtype:
+        return None
+    return _python_values(clip.low), _python_values(clip.high)
+
+
+def _python_values(array: np.ndarray) -> float | list[float]:
+    """A 0-d array as a float, others as a list of floats (C order)."""
+    return array.item() if array.ndim == 0 else array.ravel().tolist()
+
+
+def _clip_values(values: list[float], bounds: tuple) -> list[float]:
+    """numpy's clip of Python floats: NaN passes, a value equal to a bound is kept."""
+    if not bounds:
+        return values
+    low, high = bounds
+    if type(low) is float and type(high) is float:
+        return [low if x < low else (high if x > high else x) for x in values]
+    size = len(values)
+    return [
+        lo if x < lo else (hi if x > hi else x)
+        for x, lo, hi in zip(values, _repeat_list(low, size), _repeat_list(high, size), strict=True)
+    ]
+
+
+def _repeat_list(value: float | list[float], size: int) -> list[float]:
+    """A float, or a list over one event's elements, over ``size`` elements."""
+    return [value] * size if type(value) is float else value * (size // len(value))
+
+
+def _finish(values: list[float], bounds: tuple, dtype: np.dtype, shape: tuple) -> np.ndarray:
+    """Python floats clipped (as numpy, in float64) and rounded once to ``dtype``.
+
+    Clipping before the rounding gives what rounding then clipping gives: the bounds are
+    values of ``dtype`` and rounding to nearest is monotonic.
+    """
+    return np.array(_clip_values(values, bounds), dtype).reshape(shape)
+
+
+def _normal_sampler(names: tuple[str, ...], dtype: np.dtype, clip: _Clip | None) -> Callable:
+    loc_name, scale_name = names
+    python = _python_bounds(clip, dtype)
+
+    def normal(out, rng):
+        loc, scale = out[loc_name], out[scale_name]
+        if loc.shape == scale.shape:
+            if python is not None and loc.size <= _SMALL and _float_params(loc, scale):
+                noise = rng.standard_normal(loc.size).tolist()
+                values = [
+                    m + s * z
+                    for m, s, z in zip(
+                        loc.ravel().tolist(), scale.ravel().tolist(), noise, strict=True
+                    )
+                ]
+                return _finish(values, python, dtype, loc.shape)
+            shape = loc.shape
+        else:
+            shape = _broadcast(loc, scale)
+        x = rng.standard_normal(shape)  # Normal.sample: loc + scale * noise, in float64
+        _multiply(x, scale, out=x)
+        _add(x, loc, out=x)
+        x = x.astype(dtype, copy=False)
+        return x if clip is None else clip(x)
+
+    return normal
+
+
+def _float_params(*arrays: np.ndarray) -> bool:
+    """Whether numpy promotes these parameters to float64 exactly as Python floats are
+    (float32 and float64 values convert to doubles exactly)."""
+    return all(a.dtype in _FLOATS for a in arrays)
+
+
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _categorical_sampler(
+    names: tuple[str, ...], dtype: np.dtype, shift: int, clip: _Clip | None
+) -> Callable:
+    (logits_name,) = names
+
+    def categorical(out, rng):
+        logits = out[logits_name]
+        x = rng.gumbel(size=logits.shape)  # Categorical.sample: Gumbel-max in float64
+        _add(x, logits, out=x)
+        index = x.argmax(axis=-1)
+        if shift:
+            index += shift
+        index = index.astype(dtype, copy=False)
+        return index if clip is None else clip(index)
+
+    return categorical
+
+
+def _broadcast(*arrays: np.ndarray) -> tuple[int, ...]:
+    return np.broadcast_shapes(*(a.shape for a in arrays))
+
+
+def _tanh_normal_sampler(names: tuple[str, ...], dtype: np.dtype, clip: _Clip | None) -> Callable:
+    loc_name, scale_name, low_name, high_name = names
+    # The centre and half-width come from the graph's low and high outputs, which are
+    # the spec's bounds in every row: computed as TanhNormal does, kept while the bytes
+    # of low and high are the same (comparing them costs less than recomputing).
+    last: list[Any] = [None]
+
+    def centre_magnitude(low: np.ndarray, high: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        key = (low.dtype, low.shape, low.tobytes(), high.dtype, high.shape, high.tobytes())
+        cached = last[0]
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        pair = _dists().tanh_centre_magnitude(low, high)
+        last[0] = (key, pair)
+        return pair
+
+    def tanh_normal(out, rng):
+        loc, scale = out[loc_name], out[scale_name]
+        centre, magnitude = centre_magnitude(out[low_name], out[high_name])
+        x = rng.standard_normal(_broadcast(loc, scale, centre))
+        _multiply(x, scale, out=x)  # TanhNormal.sample: c + m * tanh(loc + scale * noise)
+        _add(x, loc, out=x)
+        _tanh(x, out=x)
+        _multiply(x, magnitude, out=x)
+        _add(x, centre, out=x)
+        x = x.astype(dtype, copy=False)
+        return x if clip is None else clip(x)
+
+    return tanh_normal
 
 
 class _Sample(Deriver):
     """``sample``: each leaf sampled from its distribution (a deterministic one: its loc)."""
 
-    def __init__(self, leaves: list[Leaf], clips: list[Any]):
+    def __init__(self, leaves: list[Leaf], clips: list[Any], compiled: bool = True):
         self.leaves = leaves
         self.clips = clips
+        if compiled:
+            samplers = [_sampler(leaf, clip) for leaf, clip in zip(leaves, clips, strict=False)]
+            self.act = _compiled_sample(samplers, self._act_general)
 
     def act(self, out, rng, want_log_prob):
+        return self._act_general(out, rng, want_log_prob)
+
+    def _act_general(self, out, rng, want_log_prob):
+        """Through the numpy distributions: the reference, and the log-probabilities."""
         actions, log_probs = [], []
         for leaf in self.leaves:
             if leaf.family == families.DETERMINISTIC:
@@ -160,6 +414,31 @@ class _Sample(Deriver):
 
     def distributions(self, out):
         return [leaf.distribution(out) for leaf in self.leaves]
+
+
+def _general(deriver: Deriver) -> Callable:
+    """A deriver's general (reference) ``act``: its own where it has a compiled one."""
+    return getattr(deriver, "_act_general", deriver.act)
+
+
+def _compiled_sample(samplers: list[Callable], general: Callable) -> Callable:
+    """``_Sample.act`` over compiled samplers (log-probabilities: the general path)."""
+    if len(samplers) == 1:
+        (sample,) = samplers
+
+        def act_one(out, rng, want_log_prob):
+            if want_log_prob:
+                return general(out, rng, want_log_prob)
+            return [sample(out, rng)], None
+
+        return act_one
+
+    def act(out, rng, want_log_prob):
+        if want_log_prob:
+            return general(out, rng, want_log_prob)
+        return [sample(out, rng) for sample in samplers], None
+
+    return act
 
 
 def _rows(mask: np.ndarray, rank: int) -> np.ndarray:
@@ -221,14 +500,131 @@ class _EpsilonGreedy(Deriver):
 class _GaussianNoise(Deriver):
     """``gaussian_noise``: the inner action plus ``N(0, scale)`` noise."""
 
-    def __init__(self, inner: Deriver, scales: list[np.ndarray], event_ndims: list[int], clips):
+    def __init__(
+        self,
+        inner: Deriver,
+        scales: list[np.ndarray],
+        event_ndims: list[int],
+        clips,
+        compiled: bool = True,
+        shapes: list[tuple[int, ...]] | None = None,
+    ):
         self.inner = inner
         self.scales = scales
         self.event_ndims = event_ndims
         self.clips = clips
+        if compiled:
+            # ``scale * noise`` promotes the spec-dtype scale to float64: the same
+            # numbers, converted once (0-d when uniform, see _Clip).
+            self._scales64 = [_compact(np.asarray(s, np.float64)) for s in scales]
+            self._small = self._small_plan(shapes)
+            self._uniform = self._uniform_plan()
+            self.act = self._act_compiled
 
     def act(self, out, rng, want_log_prob):
+        return self._act_general(out, rng, want_log_prob)
+
+    def _small_plan(self, shapes: list[tuple[int, ...]] | None) -> tuple | None:
+        """What the Python-float path needs for one deterministic float leaf, or None."""
+        inner = self.inner
+        if not (
+            shapes is not None
+            and isinstance(inner, _Sample)
+            and len(inner.leaves) == 1
+            and inner.leaves[0].family == families.DETERMINISTIC
+        ):
+            return None
+        leaf = inner.leaves[0]
+        dtype = np.dtype(leaf.static["dtype"])
+        inner_bounds = _python_bounds(inner.clips[0], dtype)
+        bounds = _python_bounds(self.clips[0], dtype)
+        if inner_bounds is None or bounds is None:
+            return None
+        scale = np.broadcast_to(self._scales64[0], shapes[0])
+        scale = _python_values(_compact(np.ascontiguousarray(scale)))
+        return leaf.names[0], dtype, inner_bounds, bounds, scale
+
+    def _uniform_plan(self) -> tuple | None:
+        """``(low, high, inner low, inner high, scale)`` as floats for ``_act_row``: both
+        clips (an absent one: infinite bounds, which clip nothing) and the scale uniform."""
+        if self._small is None:
+            return None
+        _, _, inner, outer, scale = self._small
+        if type(scale) is not float:
+            return None
+        bounds = []
+        for clip in (outer, inner):
+            if not clip:
+                clip = (-np.inf, np.inf)
+            if type(clip[0]) is not float or type(clip[1]) is not float:
+                return None
+            bounds += clip
+        return (*bounds, scale)
+
+    def _act_compiled(self, out, rng, want_log_prob):
+        if want_log_prob:
+            return self._act_general(out, rng, want_log_prob)
+        small = self._small
+        if small is not None:
+            name, dtype, inner_bounds, bounds, scale = small
+            loc = out[name]
+            if loc.size <= _SMALL and loc.dtype in _FLOATS:
+                if self._uniform is not None and loc.ndim == 2 and len(loc) == 1:
+                    return [self._act_row(loc, dtype, rng)], None
+                # the inner action (the loc in the leaf's dtype, clipped) + scale * noise
+                values = _clip_values(loc.astype(dtype, copy=False).ravel().tolist(), inner_bounds)
+                noise = rng.standard_normal(len(values)).tolist()
+                if type(scale) is float:
+                    values = [v + scale * z for v, z in zip(values, noise, strict=True)]
+                else:
+                    scales = _repeat_list(scale, len(values))
+                    values = [v + s * z for v, s, z in zip(values, scales, noise, strict=True)]
+                return [_finish(values, bounds, dtype, loc.shape)], None
+            return self._act_one(loc, dtype, rng), None
         clean, _ = self.inner.act(out, rng, False)
+        noisy = []
+        for a, scale in zip(clean, self._scales64, strict=True):
+            x = rng.standard_normal(a.shape)  # a + scale * noise in float64, in place
+            _multiply(x, scale, out=x)
+            _add(x, a, out=x)
+            noisy.append(x.astype(a.dtype, copy=False))
+        return self._clip(noisy), None
+
+    def _act_row(self, loc: np.ndarray, dtype: np.dtype, rng: np.random.Generator) -> np.ndarray:
+        """One row of a few elements, both clips and the scale uniform: one Python loop."""
+        low, high, inner_low, inner_high, scale = self._uniform
+        row = loc.astype(dtype, copy=False).tolist()[0]
+        noise = rng.standard_normal(len(row)).tolist()
+        values = []
+        for v, z in zip(row, noise, strict=True):
+            v = inner_low if v < inner_low else (inner_high if v > inner_high else v)
+            x = v + scale * z
+            values.append(low if x < low else (high if x > high else x))
+        return np.array([values], dtype)
+
+    def _act_one(self, loc: np.ndarray, dtype: np.dtype, rng: np.random.Generator) -> list:
+        """One deterministic float leaf, in numpy, in float64 throughout.
+
+        The leaf's values are exact in float64, so clipping them there is the inner
+        clip; the noise is added in float64 as the formula does; the outer clip also
+        happens in float64, before the rounding to the leaf's dtype: the bounds are
+        values of that dtype and rounding is monotonic, so this is the formula's
+        rounding, then clipping. Same-dtype ufuncs in place cost half what mixed ones do.
+        """
+        clean = np.array(loc.astype(dtype, copy=False), np.float64)  # a copy, ours
+        inner, outer = self.inner.clips[0], self.clips[0]
+        if inner is not None:
+            inner(clean, out=clean, wide=True)
+        x = rng.standard_normal(loc.shape)
+        _multiply(x, self._scales64[0], out=x)
+        _add(x, clean, out=x)
+        if outer is not None:
+            outer(x, out=x, wide=True)
+        return [x.astype(dtype, copy=False)]
+
+    def _act_general(self, out, rng, want_log_prob):
+        """The formula as written: the reference, and the log-probabilities."""
+        clean, _ = _general(self.inner)(out, rng, False)
         noisy = [
             (a + scale * rng.standard_normal(a.shape)).astype(a.dtype, copy=False)
             for a, scale in zip(clean, self.scales, strict=True)
@@ -399,9 +795,18 @@ class MaskCheck:
 
 
 class DerivationBuilder:
-    """Compiles a manifest's action description into a tree of derivers."""
+    """Compiles a manifest's action description into a tree of derivers.
 
-    def __init__(self, action_spec: Any, state_spec: Any):
+    Args:
+      action_spec: the policy's action spec.
+      state_spec: its state spec.
+      compiled: give ``sample`` and ``gaussian_noise`` their compiled samplers (the
+        default); False builds the general derivers only, the reference the compiled
+        ones are tested against.
+    """
+
+    def __init__(self, action_spec: Any, state_spec: Any, *, compiled: bool = True):
+        self.compiled = compiled
         self.action_spec = action_spec
         self.action_leaves = nest.flatten(action_spec)
         self.state_spec = state_spec
@@ -418,7 +823,7 @@ class DerivationBuilder:
         try:
             if kind == families.SAMPLE:
                 self._check_params(params, prefix)
-                return _Sample(named_leaves(params, prefix), clips)
+                return _Sample(named_leaves(params, prefix), clips, self.compiled)
             if kind == families.EPSILON_GREEDY:
                 if not isinstance(params, dict) or set(params) != {"greedy", "random"}:
                     raise BundleError(f"{prefix}: expected parameters 'greedy' and 'random'")
@@ -433,7 +838,8 @@ class DerivationBuilder:
                 inner = self.build(description["inner"], params, prefix, state_path)
                 scales = self._per_leaf(description["scale"], "gaussian_noise scale")
                 event_ndims = [len(s.shape) for s in self.action_leaves]
-                return _GaussianNoise(inner, scales, event_ndims, clips)
+                shapes = [s.shape for s in self.action_leaves]
+                return _GaussianNoise(inner, scales, event_ndims, clips, self.compiled, shapes)
             if kind == families.OU_NOISE:
                 return self._ou_noise(description, params, prefix, state_path, clips)
             if kind == families.MIXTURE:
@@ -494,9 +900,9 @@ def _subtree(tree: Any, path: tuple) -> Any:
     return tree
 
 
-def _clip_bounds(spec: Any) -> tuple[np.ndarray, np.ndarray] | None:
+def _clip_bounds(spec: Any) -> _Clip | None:
     if not isinstance(spec, array_spec.BoundedArraySpec) or spec.dtype.kind == "b":
         return None
     low = np.broadcast_to(spec.minimum, spec.shape).astype(spec.dtype)
     high = np.broadcast_to(spec.maximum, spec.shape).astype(spec.dtype)
-    return low, high
+    return _Clip(low, high)

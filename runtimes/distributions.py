@@ -23,6 +23,7 @@ __all__ = [
     "TanhNormal",
     "Uniform",
     "make_distribution",
+    "tanh_centre_magnitude",
 ]
 
 _LOG_2PI = float(np.log(2.0 * np.pi))
@@ -288,9 +289,7 @@ class TanhNormal(Distribution):
         self.scale = np.asarray(scale)
         self.low = np.asarray(low)
         self.high = np.asarray(high)
-        # float32 as TF-Agents computes them (spec_means_and_magnitudes).
-        self._center = ((self.high + self.low) / 2.0).astype(np.float32).astype(np.float64)
-        self._magnitude = ((self.high - self.low) / 2.0).astype(np.float32).astype(np.float64)
+        self._center, self._magnitude = tanh_centre_magnitude(self.low, self.high)
 
     def _shape(self) -> tuple[int, ...]:
         return np.broadcast_shapes(self.loc.shape, self.scale.shape, self._center.shape)
@@ -330,6 +329,16 @@ class TanhNormal(Distribution):
 
     def parameters(self):
         return {"loc": self.loc, "scale": self.scale, "low": self.low, "high": self.high}
+
+
+def tanh_centre_magnitude(low: np.ndarray, high: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """TanhNormal's centre and half-width of ``[low, high]``, as float64 arrays.
+
+    Computed in float32 as TF-Agents does (spec_means_and_magnitudes).
+    """
+    centre = ((high + low) / 2.0).astype(np.float32).astype(np.float64)
+    magnitude = ((high - low) / 2.0).astype(np.float32).astype(np.float64)
+    return centre, magnitude
 
 
 _FAMILIES = {cls.family: cls for cls in (Deterministic, Categorical, Normal, Uniform, TanhNormal)}

@@ -13,7 +13,11 @@ lean: names, dtypes, shapes, bounds and the derivation are compiled once at load
 call with a well-formed TimeStep of numpy arrays costs a few identity checks on top of
 running the graph, and anything else falls back to the full validation of ``PyPolicy``
 (which converts safe dtypes and names what is wrong). The action derivation itself is
-in ``runtimes.derivations``.
+in ``runtimes.derivations``, the per-call value checks in ``runtimes.checks``.
+
+Over 600 lines on purpose: one class, the Python-policy interface every backend shares
+(nested and flat entry points, state, seeds, weights); its per-call path stays in one
+place so each call pays for attribute lookups on one object only.
 """
 
 from __future__ import annotations
@@ -23,14 +27,20 @@ import abc
 import functools
 import math
 import os
-import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
 from runtimes import derivations
+from runtimes.checks import (
+    LeafCheck,
+    flatten_like,
+    leaf_within,
+    leaves_within,
+    step_types_ok,
+)
 from toolkit import distribution_families as families
 from toolkit import nest
 from toolkit.bundle.layout import Layout, thaw
@@ -42,39 +52,15 @@ from toolkit.errors import (
     UnsupportedError,
 )
 from toolkit.policies.py_policy import PyPolicy, Seed
-from toolkit.specs import array_spec
 from toolkit.trajectories.policy_step import PolicyInfo, PolicyStep
 from toolkit.trajectories.time_step import TimeStep
 
-__all__ = ["LOG_PROBABILITY", "BundlePolicy", "as_generator", "check_fingerprint", "fill_inputs"]
+__all__ = ["LOG_PROBABILITY", "BundlePolicy", "as_generator", "check_fingerprint"]
 
 LOG_PROBABILITY = families.LOG_PROBABILITY
 _NDARRAY = np.ndarray
 #: tuple.__new__ builds a PolicyStep as its own __new__ does, without the Python frame.
 _new_tuple = tuple.__new__
-_BYTEORDER = sys.byteorder
-#: byte count -> (every bit but the two lowest of each int32 lane, the lowest bit of each)
-_STEP_MASKS: dict[int, tuple[int, int]] = {}
-
-
-def _step_types_ok(step_type: np.ndarray) -> bool:
-    """Whether every int32 step type is 0, 1 or 2: the batch as one Python int, masked.
-
-    A lane is valid when no bit above the lowest two is set and not both of those are
-    (3); two big-int operations cost a fraction of a numpy reduction.
-    """
-    data = step_type.tobytes()
-    masks = _STEP_MASKS.get(len(data))
-    if masks is None:
-        lanes = len(data) // 4
-        high = (b"\xfc\xff\xff\xff" if _BYTEORDER == "little" else b"\xff\xff\xff\xfc") * lanes
-        low = (b"\x01\x00\x00\x00" if _BYTEORDER == "little" else b"\x00\x00\x00\x01") * lanes
-        masks = _STEP_MASKS[len(data)] = (
-            int.from_bytes(high, _BYTEORDER),
-            int.from_bytes(low, _BYTEORDER),
-        )
-    value = int.from_bytes(data, _BYTEORDER)
-    return not (value & masks[0]) and not (value & (value >> 1) & masks[1])
 
 
 def as_generator(seed: Seed, default: np.random.Generator | None) -> np.random.Generator:
@@ -86,23 +72,6 @@ def as_generator(seed: Seed, default: np.random.Generator | None) -> np.random.G
     if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool) and seed >= 0:
         return np.random.default_rng(int(seed))
     raise SpecMismatchError("seed", "None, a non-negative int or a numpy Generator", repr(seed))
-
-
-def fill_inputs(buffers: list[np.ndarray], arrays: list[Any], unbatched: bool) -> None:
-    """Copies graph inputs into a backend's buffers; an unbatched value fills row 0.
-
-    ``buffer[0] = value`` costs a third less than ``buffer[...] = value``; a value only
-    the latter takes (an unvalidated one with an extra leading 1) gets the latter.
-    """
-    if unbatched:
-        try:
-            for buffer, value in zip(buffers, arrays, strict=False):
-                buffer[0] = value
-            return
-        except (ValueError, TypeError):
-            pass
-    for buffer, value in zip(buffers, arrays, strict=False):
-        buffer[...] = value
 
 
 def check_fingerprint(root: Path, info: dict[str, Any], expected: str) -> None:
@@ -227,18 +196,23 @@ class BundlePolicy(PyPolicy):
             and not self._emit_log_probability
         )
         self._state_leaf_specs = nest.flatten(state_spec)
+        self._state_layout = [(s.dtype, s.shape) for s in self._state_leaf_specs]
         # check_finite: every call takes the general path, which checks observations.
         self._fast = None if check_finite else self._fast_layout(specs.time_step)
-        self._action_checks = [_LeafCheck.of(s) for s in nest.flatten(self.action_spec)]
-        self._state_checks = [_LeafCheck.of(s) for s in nest.flatten(self.policy_state_spec)]
-        self._info_checks = [_LeafCheck.of(s) for s in nest.flatten(self.info_spec)]
+        self._action_checks = [LeafCheck.of(s) for s in nest.flatten(self.action_spec)]
+        self._no_clips = [None] * len(self._action_checks)  # what a graph's own action has
+        self._state_checks = [LeafCheck.of(s) for s in nest.flatten(self.policy_state_spec)]
+        self._info_checks = [LeafCheck.of(s) for s in nest.flatten(self.info_spec)]
         # The hottest call, compiled: one unbatched TimeStep of exactly-typed arrays into a
         # graph that outputs the one action itself (greedy and deterministic policies).
         # The hot path's checks, flat: the four TimeStep fields' (dtype, shape) in a row
         # (unrolled, they cost a third of a loop), and whether inputs go to the graph as
         # they came (validated flat arrays, no state).
         self._fast_flat = None if self._fast is None else tuple(x for p in self._fast for x in p)
-        self._flat_inputs = self._validate_args and self._fast is not None and not self._state_names
+        self._batch_shapes: dict[tuple[int, ...], tuple] = {}
+        self._flat_inputs = self._validate_args and self._fast is not None
+        # The last PolicyStep whose leaves _policy_step checked flat (see _check_step).
+        self._checked: PolicyStep | None = None
         # A scalar action spec: the graph's batch of one comes out as a numpy scalar, whose
         # type alone tells its dtype (its attributes cost more than an array's).
         check = self._action_checks[0]
@@ -436,40 +410,76 @@ class BundlePolicy(PyPolicy):
 
     def _action(self, time_step: Any, policy_state: Any, seed: Seed) -> PolicyStep:
         step_type = time_step[0] if type(time_step) is TimeStep else None
-        if (  # the hot path, inline: validated flat arrays (see _prepare), no state
+        if (  # the hot path, inline: validated flat arrays and state (see _prepare)
             self._flat_inputs and type(step_type) is _NDARRAY and step_type.ndim <= 1
         ):
             arrays, outer = list(time_step), step_type.shape
+            if self._state_names:
+                if type(policy_state) is _FlatState:
+                    arrays += policy_state
+                else:
+                    arrays, outer = self._inputs_from(time_step, policy_state)
         else:
             arrays, outer = self._inputs_from(time_step, policy_state)
+        fetch = self._fetch
         if self._mask_check is not None:
             self._mask_check.check(arrays, outer)
-        outputs = self._run(arrays, not outer, self._fetch)
-        if self._plain_output and self._direct:
-            action = outputs[0]
+        outputs = self._run(arrays, not outer, fetch)
+        if self._plain_output:  # one action leaf; no state, info or log-probability
+            if self._direct:
+                action = outputs[0]
+            else:
+                rng = self._rng if seed is None else None
+                if rng is None:
+                    rng = self._generator(seed)
+                action = self._deriver.act(dict(zip(fetch, outputs, strict=False)), rng, False)
+                action = action[0][0]
             action = action[0] if not outer else _restore(action, outer)
             return _new_tuple(PolicyStep, (action, (), ()))  # PolicyStep(action), framelessly
-        return self._policy_step(dict(zip(self._fetch, outputs, strict=False)), outer, seed)
+        return self._policy_step(dict(zip(fetch, outputs, strict=False)), outer, seed)
 
     def _policy_step(self, out: dict[str, np.ndarray], outer: tuple, seed: Seed) -> PolicyStep:
         emit = self._emit_log_probability
         if self._direct:
             actions = [out[n] for n in self._action_names]
             log_probs = [np.zeros(a.shape[:1], np.float32) for a in actions] if emit else None
+            clipped = self._no_clips
         else:
-            actions, log_probs = self._deriver.act(out, self._generator(seed), emit)
-        restore = _unbatch if not outer else (lambda a: _restore(a, outer))
+            deriver = self._deriver
+            actions, log_probs = deriver.act(out, self._generator(seed), emit)
+            clipped = deriver.clips
+        states = [out[n] for n in self._next_state_names]
+        # The output check, here on the flat leaves with their batch dim (a stateful step
+        # would have to be taken apart again): _check_step then knows this step by identity.
+        checked = self._validate_args and not self._info_checks
+        if checked:
+            rows = outer if len(outer) == 1 else _rows(outer)
+            for value, check, clip in zip(actions, self._action_checks, clipped, strict=True):
+                if not leaf_within(value, check, rows, clip):
+                    checked = False
+                    break
+            for value, (dtype, shape) in zip(states, self._state_layout, strict=True):
+                if (
+                    type(value) is not _NDARRAY
+                    or value.dtype is not dtype
+                    or value.shape != rows + shape
+                ):
+                    checked = False
+                    break
+        if len(outer) == 1:  # batched outputs are the graph's own: nothing to restore
+            restore = _same
+        else:
+            restore = _unbatch if not outer else functools.partial(_restore, outer=outer)
         if self._single_action:
             action = restore(actions[0])
         else:
             action = self._action_treespec.unflatten([restore(a) for a in actions])
-        state = ()
-        if self._next_state_names:
-            state = self._state_treespec.unflatten(
-                [restore(out[n]) for n in self._next_state_names]
-            )
-        info = self._info(out, log_probs, restore)
-        return PolicyStep(action, state, info)
+        state = self._state_treespec.unflatten([restore(a) for a in states]) if states else ()
+        info = self._info(out, log_probs, restore) if self._info_names or emit else ()
+        step = _new_tuple(PolicyStep, (action, state, info))
+        if checked:
+            self._checked = step
+        return step
 
     def _info(self, out: dict[str, np.ndarray], log_probs: Any, restore: Any) -> Any:
         info: Any = ()
@@ -600,7 +610,7 @@ class BundlePolicy(PyPolicy):
         outputs = self._run(arrays, False, self._fetch)
         if self._plain_output and self._direct:  # the greedy case: the graph's one output
             result = {self._action_names[0]: outputs[0]}
-            if self._validate_args and not _leaf_within(outputs[0], self._action_checks[0], outer):
+            if self._validate_args and not leaf_within(outputs[0], self._action_checks[0], outer):
                 self._check_flat(result, outer, None)
             return result
         out = dict(zip(self._fetch, outputs, strict=True))
@@ -657,7 +667,7 @@ class BundlePolicy(PyPolicy):
             return arrays, batch
         step_type = arrays[0]
         if self._check_finite or not (
-            _step_types_ok(step_type)
+            step_types_ok(step_type)
             if step_type.dtype == np.int32
             else bool(((step_type >= 0) & (step_type <= 2)).all())
         ):
@@ -696,13 +706,13 @@ class BundlePolicy(PyPolicy):
 
     def _check_flat(self, result: dict[str, np.ndarray], outer: tuple, info: Any) -> None:
         """Checks flat outputs against the specs; PyPolicy's check names what is wrong."""
-        if _leaves_within([result[n] for n in self._action_names], self._action_checks, outer):
+        if leaves_within([result[n] for n in self._action_names], self._action_checks, outer):
             states = [result[n] for n in self._next_state_names]
-            if not self._state_checks or _leaves_within(states, self._state_checks, outer):
+            if not self._state_checks or leaves_within(states, self._state_checks, outer):
                 names = self._info_spec_names
                 if not self._info_checks or (
                     names is not None
-                    and _leaves_within([result[n] for n in names], self._info_checks, outer)
+                    and leaves_within([result[n] for n in names], self._info_checks, outer)
                 ):
                     return
         actions = [result[n] for n in self._action_names]
@@ -764,33 +774,48 @@ class BundlePolicy(PyPolicy):
             ):
                 return super()._prepare(time_step, policy_state)  # it names what is wrong
         elif ndim == 1:
-            if not _step_types_ok(step_type):
-                return super()._prepare(time_step, policy_state)  # it names the step type
             outer = step_type.shape
-            for value, (dtype, shape) in zip(time_step, layout, strict=False):
-                if (
-                    type(value) is not _NDARRAY
-                    or value.dtype is not dtype
-                    or value.shape[1:] != shape
-                    or value.shape[:1] != outer
-                ):
-                    return super()._prepare(time_step, policy_state)
+            shapes = self._batch_shapes.get(outer)
+            if shapes is None:
+                shapes = self._shapes_at(outer)
+            _, _, d1, _, d2, _, d3, _ = self._fast_flat
+            if not (
+                type(reward) is _NDARRAY
+                and reward.dtype is d1
+                and type(discount) is _NDARRAY
+                and discount.dtype is d2
+                and type(observation) is _NDARRAY
+                and observation.dtype is d3
+                and (outer, reward.shape, discount.shape, observation.shape) == shapes
+                and step_types_ok(step_type)
+            ):
+                return super()._prepare(time_step, policy_state)  # it names what is wrong
         else:
             return super()._prepare(time_step, policy_state)
+        outer = step_type.shape
         if self._state_names:
             try:
                 state = self._state_treespec.flatten_up_to(policy_state)
             except (ValueError, TypeError):
                 return super()._prepare(time_step, policy_state)
-            for value, spec in zip(state, self._state_leaf_specs, strict=False):
+            for value, (dtype, shape) in zip(state, self._state_layout, strict=False):
                 if (
                     type(value) is not _NDARRAY
-                    or value.dtype is not spec.dtype
-                    or value.shape[ndim:] != spec.shape
-                    or value.shape[:ndim] != step_type.shape
+                    or value.dtype is not dtype
+                    or value.shape != outer + shape
                 ):
                     return super()._prepare(time_step, policy_state)
-        return time_step, policy_state, step_type.shape
+            # The leaves, flat: what _action feeds the graph, without flattening again.
+            return time_step, _FlatState(state), outer
+        return time_step, policy_state, outer
+
+    def _shapes_at(self, outer: tuple[int, ...]) -> tuple:
+        """The four TimeStep fields' shapes at batch ``outer`` (kept for a few batches)."""
+        shapes = tuple(outer + shape for shape in self._fast_flat[1::2])
+        if len(self._batch_shapes) >= 8:
+            self._batch_shapes.clear()
+        self._batch_shapes[outer] = shapes
+        return shapes
 
     def _inputs_from(self, time_step: Any, policy_state: Any) -> tuple[list, tuple]:
         """Flat graph inputs (one batch dim, or none) from prepared nests, and their outer dims."""
@@ -800,14 +825,19 @@ class BundlePolicy(PyPolicy):
             if len(outer) <= 1:
                 arrays = list(time_step)
                 if self._state_names:
-                    arrays += self._state_treespec.flatten_up_to(policy_state)
+                    if type(policy_state) is _FlatState:
+                        arrays += policy_state
+                    else:
+                        arrays += self._state_treespec.flatten_up_to(policy_state)
                 if self._validate_args:  # validated: every leaf is an array already
                     return arrays, outer
                 return [a if type(a) is _NDARRAY else np.asarray(a) for a in arrays], outer
         outer = self.outer_dims(time_step)
-        leaves = _flatten_like(self.time_step_spec, time_step, "time_step")
-        if self._state_names:
-            leaves += _flatten_like(self.policy_state_spec, policy_state, "policy_state")
+        leaves = flatten_like(self.time_step_spec, time_step, "time_step")
+        if type(policy_state) is _FlatState:
+            leaves += policy_state
+        elif self._state_names:
+            leaves += flatten_like(self.policy_state_spec, policy_state, "policy_state")
         if len(outer) <= 1:
             return [np.asarray(a) for a in leaves], outer
         size = math.prod(outer)
@@ -819,7 +849,12 @@ class BundlePolicy(PyPolicy):
         # The step is assembled from the specs' tree structures, so its leaves are checked
         # cheaply (dtype by identity, shape by tuple, bounds in Python for small arrays);
         # anything unexpected gets PyPolicy's full check, which names the problem.
+        # Bounds are not compared for an action leaf the derivation clipped to them in
+        # the spec's dtype (Deriver.clips): numpy's clip already put every value within
+        # them (NaN stays NaN, which the full check lets pass too).
         if type(step) is PolicyStep and outer_dims is not None:
+            if step is self._checked:  # built and checked by _policy_step
+                return
             if self._plain_output:
                 value, check = step.action, self._action_checks[0]
                 if (  # the hottest case: one unbatched scalar, its type tells its dtype
@@ -828,15 +863,17 @@ class BundlePolicy(PyPolicy):
                     and check.low[0] <= value.item() <= check.high[0]
                 ):
                     return
-                if (  # the hot path's common case, inline: one in-bounds element
-                    type(value) is _NDARRAY
-                    and value.dtype is check.dtype
-                    and value.size == 1
-                    and check.low is not None
-                    and check.low[0] <= value.item() <= check.high[0]
-                    and value.shape == outer_dims + check.shape
-                ) or _leaf_within(value, check, outer_dims):
-                    return
+                if type(value) is _NDARRAY and value.dtype is check.dtype:
+                    if self._direct or self._deriver.clips[0] is None:
+                        if (  # the hot path's common case, inline: one in-bounds element
+                            value.size == 1
+                            and check.low is not None
+                            and check.low[0] <= value.item() <= check.high[0]
+                            and value.shape == outer_dims + check.shape
+                        ) or leaf_within(value, check, outer_dims):
+                            return
+                    elif value.shape == outer_dims + check.shape:  # clipped by the derivation
+                        return
             else:
                 try:
                     if self._leaves_ok(step, outer_dims):
@@ -846,20 +883,21 @@ class BundlePolicy(PyPolicy):
         super()._check_step(step, outer_dims)
 
     def _leaves_ok(self, step: PolicyStep, outer: tuple[int, ...]) -> bool:
+        clipped = self._no_clips if self._direct else self._deriver.clips
         if self._single_action:
-            if not _leaf_within(step.action, self._action_checks[0], outer):
+            if not leaf_within(step.action, self._action_checks[0], outer, clipped[0]):
                 return False
-        elif not _leaves_within(
-            self._action_treespec.flatten_up_to(step.action), self._action_checks, outer
+        elif not leaves_within(
+            self._action_treespec.flatten_up_to(step.action), self._action_checks, outer, clipped
         ):
             return False
-        if self._state_checks and not _leaves_within(
+        if self._state_checks and not leaves_within(
             self._state_treespec.flatten_up_to(step.state), self._state_checks, outer
         ):
             return False
         if self._info_checks:
             info = self._info_spec_treespec.flatten_up_to(step.info)
-            return _leaves_within(info, self._info_checks, outer)
+            return leaves_within(info, self._info_checks, outer)
         return True
 
     # --- update -------------------------------------------------------------------------------
@@ -878,73 +916,23 @@ class BundlePolicy(PyPolicy):
         """Makes this policy use ``policy``'s weights (same graph structure)."""
 
 
-class _LeafCheck(NamedTuple):
-    """What one output leaf must be: dtype, shape and bounds (flat lists, or None)."""
-
-    dtype: np.dtype
-    shape: tuple[int, ...]
-    low: list[Any] | None
-    high: list[Any] | None
-    low_array: np.ndarray | None
-    high_array: np.ndarray | None
-
-    @classmethod
-    def of(cls, spec: Any) -> _LeafCheck:
-        if not isinstance(spec, array_spec.BoundedArraySpec) or spec.dtype.kind not in "biuf":
-            return cls(spec.dtype, spec.shape, None, None, None, None)
-        low = np.broadcast_to(spec.minimum, spec.shape)
-        high = np.broadcast_to(spec.maximum, spec.shape)
-        return cls(spec.dtype, spec.shape, low.ravel().tolist(), high.ravel().tolist(), low, high)
-
-
-# Below this many elements, bounds are compared as Python numbers: numpy's comparisons
-# and reductions cost about a microsecond each on tiny arrays.
-_SMALL = 16
-
-
-def _leaves_within(values: list[Any], checks: list[_LeafCheck], outer: tuple[int, ...]) -> bool:
-    """Whether every value surely has its check's dtype, shape and bounds (False: unsure)."""
-    if len(values) != len(checks):
-        return False
-    return all(_leaf_within(v, c, outer) for v, c in zip(values, checks, strict=True))
-
-
-def _leaf_within(value: Any, check: _LeafCheck, outer: tuple[int, ...]) -> bool:
-    # An unbatched action of a scalar spec comes out of the graph's batch as a numpy
-    # scalar (``array[0]``), which has a dtype and shape like a 0-d array.
-    if (
-        (type(value) is not _NDARRAY and not isinstance(value, np.generic))
-        or value.dtype is not check.dtype
-        or value.shape != outer + check.shape
-    ):
-        return False
-    low, high = check.low, check.high
-    if low is None or high is None:
-        return True
-    size = value.size
-    if size == 1:  # then the spec has one element too
-        return low[0] <= value.item() <= high[0]  # False for NaN: the full check decides
-    if size <= _SMALL:
-        n = len(low)
-        values = value.ravel().tolist()
-        return all(low[i % n] <= v <= high[i % n] for i, v in enumerate(values))
-    return not ((value < check.low_array).any() or (value > check.high_array).any())
-
-
-def _flatten_like(spec: Any, values: Any, what: str) -> list[Any]:
-    try:
-        return nest.flatten_up_to(spec, values)
-    except (ValueError, TypeError):
-        nest.assert_same_structure(values, spec, what)  # raises a StructureError naming where
-        raise
-
-
 def _same(array: np.ndarray) -> np.ndarray:
     return array
 
 
 def _unbatch(array: np.ndarray) -> np.ndarray:
     return array[0]
+
+
+def _rows(outer: tuple[int, ...]) -> tuple[int, ...]:
+    """The graph's batch dim for inputs of outer dims ``outer`` (see ``_inputs_from``)."""
+    if len(outer) == 1:
+        return outer
+    return (math.prod(outer),) if outer else (1,)
+
+
+class _FlatState(list):
+    """A validated policy state's leaves in state-spec order (``_prepare``'s fast path)."""
 
 
 def _restore(array: np.ndarray, outer: tuple) -> np.ndarray:

@@ -167,12 +167,11 @@ class MicroFormat(Format):
         s = entry.section
         measured = s.get("measured", {})
         agreement = measured.get("agreement")
-        quality = (
-            f"; agrees on {agreement:.2%} of held-out states, return "
-            f"{measured.get('micro_return', 0):.1f} vs {measured.get('float_return', 0):.1f}"
-            if agreement is not None
-            else ""
-        )
+        quality = f"; agrees on {agreement:.2%} of held-out states" if agreement is not None else ""
+        if agreement is not None and "micro_return" in measured:  # quantize records no return here
+            quality += (
+                f", return {measured['micro_return']:.1f} vs {measured.get('float_return', 0):.1f}"
+            )
         return (
             f"{entry.path}: {s.get('activations', 'int8')}, flash {s.get('flash_bytes')} bytes, "
             f"arena {s.get('arena_bytes')} bytes; ops {', '.join(s.get('ops', ()))}{quality}"

@@ -56,7 +56,7 @@ def quantize_bundle(
         and the return gate.
       observations: or an .npz of recorded states (see ``states``).
       episodes: episodes played with ``env`` (per candidate for the return).
-      target: a name of ``targets.TARGETS`` ("onnx" or "litert").
+      target: a name of ``targets.TARGETS`` ("onnx", "litert" or "micro").
       method: "auto" or one of the target's methods.
       min_agreement: the share of agreeing actions a candidate needs.
       min_return_ratio: with ``env``, the share of the float mean return it needs (for
@@ -112,6 +112,9 @@ def quantize_bundle(
     else:
         calibration, states = states_from_file(Path(observations), source).split()
     reference = measure.reference(source, states)
+    # A target whose files or measures depend on the run's states binds to them.
+    if hasattr(module, "bind"):
+        module = module.bind(prepared, source, states)
 
     def manifest_for(
         chosen: targets.Method,
@@ -155,10 +158,12 @@ def quantize_bundle(
         new_manifest = manifest_for(spec.method(pick), model, keep, agreement, mean_return)
         model = module.finish(model, new_manifest)
         if written:
-            file = new_manifest[spec.writes]["file"]
+            files = measure.files_of(module, spec.writes, model, new_manifest)
 
             def build(folder: Path) -> dict[str, Any]:
-                (folder / file).write_bytes(model)
+                for rel, data in files.items():
+                    (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+                    (folder / rel).write_bytes(data)
                 # The model card of the quantized policy: its candidate and agreement.
                 card = card_lib.make_card(new_manifest, name=Path(output).absolute().name)
                 (folder / card_lib.CARD_FILE).write_bytes(card_lib.card_bytes(card))
@@ -221,8 +226,11 @@ def _try(
             )
             continue
         say(f"measure: {name} on {states.count} real states")
-        run = module.runner(model)
-        agreement = measure.agreement(source, reference, run, states, tolerance)
+        if hasattr(module, "agreement"):  # a target computing actions, not distributions
+            agreement = module.agreement(model, tolerance)
+        else:
+            run = module.runner(model)
+            agreement = measure.agreement(source, reference, run, states, tolerance)
         mean_return = None
         why = ""
         if agreement < min_agreement:

@@ -23,7 +23,7 @@ from exporters.quantize.states import RealStates
 from toolkit import bundle
 from toolkit.environments import episodes as episodes_lib
 
-__all__ = ["BATCH", "agreement", "candidate_return", "latency_us", "reference"]
+__all__ = ["BATCH", "agreement", "candidate_return", "files_of", "latency_us", "reference"]
 
 #: States per graph call when measuring agreement.
 BATCH = 1024
@@ -82,12 +82,22 @@ def candidate_return(
     """
     import runtimes
 
-    data = module.finish(model, manifest)
+    files = files_of(module, fmt, model, manifest)
 
     def build(folder: Path) -> dict[str, Any]:
-        (folder / manifest[fmt]["file"]).write_bytes(data)
+        for rel, data in files.items():
+            (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+            (folder / rel).write_bytes(data)
         return manifest
 
     path = bundle.write_bundle(tmp / f"trial-{time.monotonic_ns()}", build)
     policy = runtimes.load_policy(path, fmt, seed=0)
     return episodes_lib.play(policy, states.env_id, states.episodes, states.seed).mean_return
+
+
+def files_of(module: Any, fmt: str, model: bytes, manifest: dict[str, Any]) -> dict[str, bytes]:
+    """The files a candidate's bundle holds, by bundle path: the target's ``files`` when
+    its format has several, else its one model file (``finish``)."""
+    if hasattr(module, "files"):
+        return module.files(model, manifest)
+    return {manifest[fmt]["file"]: module.finish(model, manifest)}

@@ -13,6 +13,17 @@ the docs read. A new target is one module and one line here. Its module provides
 * ``finish(model, manifest)``: the model file as written beside ``manifest``.
 * ``runner(model)``: a ``graph_io.Runner`` of the model's ``distribution`` graph.
 
+Optional, for a target whose format is not one model file of the distribution graph
+(``micro_target``):
+
+* ``bind(prepared, source, states)``: called once the measured states are known; returns
+  the object used as the module from then on (``build`` and the rest), bound to them.
+* ``files(model, manifest)``: every file of the format, by bundle path (default: the
+  one ``finish`` gives, at ``manifest[writes]["file"]``).
+* ``agreement(model, tolerance)``: the share of measured states where the candidate
+  acts as the float policy (default: its ``runner``'s distribution against the float
+  graph's, ``measure.agreement``).
+
 This module imports nothing heavy, so the CLI reads the table at start-up.
 """
 
@@ -35,7 +46,7 @@ class Method:
     Attributes:
       name: what ``--method`` takes.
       weights: the stored weight type ("int8" or "float16").
-      activations: what the graph computes in ("int8" or "float").
+      activations: what the graph computes in ("int8", "int16" or "float").
       per_channel: one int8 scale per output channel (else one per tensor).
     """
 
@@ -136,6 +147,19 @@ TARGETS: dict[str, Target] = {
         # The converter (and the flatbuffer schema litert-gptq edits with) is TensorFlow's.
         needs=("tensorflow", "ai_edge_litert"),
         install="pip install 'policy-toolkit[all]'; target onnx needs only the [runtime] extra",
+    ),
+    "micro": Target(
+        "micro",
+        "exporters.quantize.micro_target",
+        reads=("onnx",),
+        writes="micro",
+        methods=(
+            Method("micro-int8", activations="int8", per_channel=True),
+            Method("micro-int16", activations="int16", per_channel=True),
+        ),
+        # The float graph (read as an MLP, and the reference) and TFLite Micro's interpreter.
+        needs=("onnx", "onnxruntime", "tflite_micro"),
+        install="pip install 'policy-toolkit[runtime,micro]'",
     ),
 }
 

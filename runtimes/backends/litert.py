@@ -22,7 +22,9 @@ from typing import Any
 import numpy as np
 from ai_edge_litert import interpreter as litert
 
-from runtimes.policy import BundlePolicy, fill_inputs
+import runtimes
+from runtimes.checks import fill_inputs
+from runtimes.policy import BundlePolicy
 from toolkit.bundle import readers
 from toolkit.bundle.layout import Layout
 from toolkit.errors import BundleError, PolicyError, UnsupportedError
@@ -76,10 +78,15 @@ def _scratch_file() -> Any:
     return tempfile.TemporaryFile()
 
 
-def new_interpreter(model: bytes, threads: int = 1) -> Any:
-    """A LiteRT Interpreter over model bytes, with its default CPU delegate (XNNPACK)."""
+def new_interpreter(model: bytes, threads: int | None = 1) -> Any:
+    """A LiteRT Interpreter over model bytes, with its default CPU delegate (XNNPACK).
+
+    ``threads=None``: LiteRT's default number of threads.
+    """
     try:
-        return litert.Interpreter(model_content=model, num_threads=int(threads))
+        return litert.Interpreter(
+            model_content=model, num_threads=None if threads is None else int(threads)
+        )
     except (ValueError, RuntimeError) as e:
         raise BundleError(f"LiteRT could not load the policy model: {e}") from e
 
@@ -87,7 +94,7 @@ def new_interpreter(model: bytes, threads: int = 1) -> Any:
 class _Runner:
     """One thread's interpreter, run directly on the ``distribution`` subgraph."""
 
-    def __init__(self, model: bytes, threads: int, inputs: list[str], inner: list | None):
+    def __init__(self, model: bytes, threads: int | None, inputs: list[str], inner: list | None):
         self.interpreter = new_interpreter(model, threads)
         self.wrapper = self.interpreter._interpreter  # what SignatureRunner calls, too
         signature = self.interpreter._get_full_signature_list()[SIGNATURE]
@@ -140,7 +147,9 @@ class LiteRTPolicy(BundlePolicy):
       bundle_dir: the bundle folder.
       seed: seeds the policy's Generator, used by ``action(seed=None)``.
       validate_args: check (and safely convert) inputs against the specs.
-      threads: LiteRT's CPU threads per interpreter (1 suits small networks).
+      threads: LiteRT's CPU threads per interpreter, or "auto" (see
+        ``runtimes.load_policy``: large batches get a second interpreter per thread,
+        with LiteRT's default threads).
       check_finite: refuse observations with NaN or infinite values.
     """
 
@@ -153,7 +162,7 @@ class LiteRTPolicy(BundlePolicy):
         *,
         seed: int | None = None,
         validate_args: bool = True,
-        threads: int = 1,
+        threads: int | str = "auto",
         check_finite: bool = False,
     ):
         super().__init__(
@@ -166,7 +175,8 @@ class LiteRTPolicy(BundlePolicy):
         if not layout.has("litert"):
             raise BundleError(f"{self._bundle_dir}: the bundle was exported without LiteRT")
         rel = layout.format("litert").path
-        self._threads = int(threads)
+        self._threads = runtimes.thread_setting(threads)
+        self._min_batch = runtimes.AUTO_THREADS_MIN_BATCH if self._threads == "auto" else None
         # Contained, bounded and hash-checked; the interpreter is built from these bytes.
         self._model = readers.read_litert(self._bundle_dir, layout)
         entries = {e.name: e for e in layout.signatures[SIGNATURE].inputs}
@@ -184,17 +194,22 @@ class LiteRTPolicy(BundlePolicy):
                 f"{sorted(outputs)}"
             )
 
-    def _runner(self) -> _Runner:
-        runner = getattr(self._local, "runner", None)
+    def _runner(self, many: bool = False) -> _Runner:
+        """This thread's runner; ``many``: the auto mode's one for large batches."""
+        key = "many" if many else "runner"
+        runner = getattr(self._local, key, None)
         if runner is None:
+            threads = self._threads
+            if threads == "auto":
+                threads = None if many else 1
             try:
-                runner = _Runner(self._model, self._threads, self._input_names, self._inner)
+                runner = _Runner(self._model, threads, self._input_names, self._inner)
             except (KeyError, ValueError, RuntimeError) as e:
                 raise BundleError(
                     f"{self._bundle_dir}: the LiteRT model has no {SIGNATURE!r} signature "
                     f"with the manifest's inputs ({e})"
                 ) from e
-            self._local.runner = runner
+            setattr(self._local, key, runner)
         return runner
 
     @property
@@ -204,6 +219,8 @@ class LiteRTPolicy(BundlePolicy):
 
     def _run(self, arrays: list[Any], unbatched: bool, fetch: list[str]) -> list[Any]:
         runner = getattr(self._local, "runner", None) or self._runner()
+        if self._min_batch is not None and not unbatched and len(arrays[0]) >= self._min_batch:
+            runner = getattr(self._local, "many", None) or self._runner(many=True)
         try:
             return runner.run(arrays, unbatched, fetch)
         except (ValueError, RuntimeError) as e:  # LiteRT's errors, for unvalidated inputs

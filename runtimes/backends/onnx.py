@@ -7,6 +7,7 @@ The graph computes distribution parameters; runtimes.policy derives the actions.
 
 from __future__ import annotations
 
+import _thread
 import os
 import threading
 from typing import Any
@@ -14,7 +15,9 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from runtimes.policy import BundlePolicy, fill_inputs
+import runtimes
+from runtimes.checks import fill_inputs
+from runtimes.policy import BundlePolicy
 from toolkit.bundle import readers
 from toolkit.bundle.layout import Layout, Signature
 from toolkit.errors import BundleError, PolicyError, SpecMismatchError, UnsupportedError
@@ -27,7 +30,8 @@ def session_options(threads: int = 1) -> ort.SessionOptions:
 
     One thread and sequential execution: a 64x64 MLP at batch 1 runs in microseconds,
     so thread hand-offs would cost more than they save (and several policies may share a
-    device). Every graph optimisation is on; they run once, at load.
+    device). ``threads=0`` is onnxruntime's default (a thread per physical core). Every
+    graph optimisation is on; they run once, at load.
     """
     options = ort.SessionOptions()
     options.intra_op_num_threads = int(threads)
@@ -38,24 +42,46 @@ def session_options(threads: int = 1) -> ort.SessionOptions:
     return options
 
 
+#: Bytes a bound call would copy (inputs in, outputs out) above which a batch runs plain:
+#: ``run`` takes the caller's arrays as they are and returns the arrays onnxruntime
+#: allocated, where the binding copies both (an LSTM policy's state at batch 256 is
+#: 130 KiB each way). Measured with callgrind on the benchmark's policies: bound
+#: runs cost fewer instructions up to 36 KiB (LSTM, batch 64: 743k against 767k), plain
+#: ones from 144 KiB (LSTM, batch 256: 2.22M against 2.33M).
+PLAIN_RUN_BYTES = 64 * 1024
+
+
 class _Binding:
     """Reused input and output buffers bound to a session at one batch size.
 
     Running with an IOBinding over buffers bound once skips building input and output
     values on every call, the main cost of ``run`` on small networks (measured: about a
-    third less time per call for a 64x64 MLP at batch 1).
+    third less time per call for a 64x64 MLP at batch 1). ``plain``: this batch is too
+    large for copies to pay (PLAIN_RUN_BYTES); the session's plain ``run`` is used.
     """
 
-    def __init__(self, session: Any, batch: int, inputs: list, outputs: list):
-        self.io = session.io_binding()
+    def __init__(self, session: Any, batch: int, inputs: list, outputs: list, plain_bytes: int):
+        self.session = session
+        self.run_plain = getattr(session, "_sess", session).run
+        # A RunOptions made once: passing None makes onnxruntime build one per call
+        # (5.4k of a 60k-instruction run, callgrind).
+        self.options = ort.RunOptions()
         self.inputs = [np.zeros((batch, *shape), dtype) for _, dtype, shape in inputs]
+        self.outputs = [np.empty((batch, *shape), dtype) for _, dtype, shape in outputs]
+        size = sum(b.nbytes for b in self.inputs) + sum(b.nbytes for b in self.outputs)
+        self.plain = size > plain_bytes
+        if self.plain:
+            self.inputs = self.outputs = []
+            return
+        self.io = session.io_binding()
         for (name, _, _), buffer in zip(inputs, self.inputs, strict=True):
             self.io.bind_cpu_input(name, buffer)
-        self.outputs = [np.empty((batch, *shape), dtype) for _, dtype, shape in outputs]
         for (name, dtype, _), buffer in zip(outputs, self.outputs, strict=True):
             self.io.bind_output(name, "cpu", 0, dtype, buffer.shape, buffer.ctypes.data)
         inner = getattr(self.io, "_iobinding", None)
         self.inner = inner if inner is not None else self.io
+        sess = getattr(session, "_sess", None)
+        self.run_bound = sess.run_with_iobinding if sess is not None else session.run_with_iobinding
 
 
 class _Session:
@@ -65,6 +91,10 @@ class _Session:
     (and the numpy arrays under them) live as long as the session. Weight updates build
     a new _Session and swap it in: a running call keeps using the one it started with.
     Sessions are thread-safe; the reused buffers are per thread (``threading.local``).
+
+    ``threads="auto"``: batches below ``AUTO_THREADS_MIN_BATCH`` (runtimes) run on a
+    one-thread session, larger ones on a second session with onnxruntime's default
+    threads, built when such a batch first comes (it holds its own copy of the weights).
     """
 
     #: bindings kept per thread (one per batch size seen, oldest dropped first)
@@ -73,26 +103,24 @@ class _Session:
     def __init__(
         self,
         model: bytes,
-        threads: int,
+        threads: int | str,
         initializers: dict[str, np.ndarray] | None,
         inputs: list,
         outputs: list | None,
     ):
-        options = session_options(threads)
+        self.model = model
         self.arrays = []
         self.values = []
         for name, array in (initializers or {}).items():
             array = np.ascontiguousarray(array)
-            value = ort.OrtValue.ortvalue_from_numpy(array)
-            options.add_initializer(name, value)
             self.arrays.append(array)
-            self.values.append(value)
-        try:
-            self.session = ort.InferenceSession(
-                model, sess_options=options, providers=["CPUExecutionProvider"]
-            )
-        except Exception as e:  # onnxruntime raises its own exception types
-            raise BundleError(f"onnxruntime could not load the policy graph: {e}") from e
+            self.values.append((name, ort.OrtValue.ortvalue_from_numpy(array)))
+        self.auto = threads == "auto"
+        self.min_batch = runtimes.AUTO_THREADS_MIN_BATCH
+        self.plain_bytes = PLAIN_RUN_BYTES
+        self.session = self._build(1 if self.auto else int(threads))
+        self.many: Any = None  # the auto mode's session for large batches, made on first use
+        self.lock = _thread.allocate_lock()
         self.input_layout = inputs
         self.names = [name for name, _, _ in inputs]
         # ``outputs``: (name, dtype, shape) of the hot-path outputs when all their shapes
@@ -111,11 +139,37 @@ class _Session:
         )
         self.local = threading.local()
 
+    def _build(self, threads: int) -> Any:
+        options = session_options(threads)
+        for name, value in self.values:
+            options.add_initializer(name, value)
+        try:
+            return ort.InferenceSession(
+                self.model, sess_options=options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as e:  # onnxruntime raises its own exception types
+            raise BundleError(f"onnxruntime could not load the policy graph: {e}") from e
+
+    def session_for(self, batch: int) -> Any:
+        """The session that runs a batch of ``batch`` rows."""
+        if not self.auto or batch < self.min_batch:
+            return self.session
+        many = self.many
+        if many is None:
+            with self.lock:  # two threads' first large batches build it once
+                if self.many is None:
+                    self.many = self._build(0)
+                many = self.many
+        return many
+
     def run(self, arrays: list[Any], unbatched: bool, fetch: list[str], bound: bool) -> list:
         if not bound or self.output_layout is None:
             if unbatched:
                 arrays = [a[None] for a in arrays]
-            return self.run_plain(fetch, dict(zip(self.names, arrays, strict=True)), None)
+            run = self.run_plain
+            if self.auto and not unbatched:
+                run = getattr(self.session_for(len(arrays[0])), "_sess", self.session).run
+            return run(fetch, dict(zip(self.names, arrays, strict=True)), None)
         batch = 1 if unbatched else arrays[0].shape[0]
         bindings = getattr(self.local, "bindings", None)
         if bindings is None:
@@ -125,10 +179,19 @@ class _Session:
             if len(bindings) >= self.MAX_BINDINGS:
                 del bindings[next(iter(bindings))]
             binding = bindings[batch] = _Binding(
-                self.session, batch, self.input_layout, self.output_layout
+                self.session_for(batch),
+                batch,
+                self.input_layout,
+                self.output_layout,
+                self.plain_bytes,
             )
+        if binding.plain:  # the caller's arrays in, onnxruntime's out: no copies
+            if unbatched:
+                arrays = [a[None] for a in arrays]
+            feeds = dict(zip(self.names, arrays, strict=True))
+            return binding.run_plain(fetch, feeds, binding.options)
         fill_inputs(binding.inputs, arrays, unbatched)  # dtypes were checked
-        self.run_bound(binding.inner, None)
+        binding.run_bound(binding.inner, binding.options)
         return [buffer.copy() for buffer in binding.outputs]
 
 
@@ -141,7 +204,7 @@ class OnnxPolicy(BundlePolicy):
       seed: seeds the policy's Generator, used by ``action(seed=None)``.
       validate_args: check (and safely convert) inputs against the specs.
       check_finite: refuse observations with NaN or infinite values.
-      threads: onnxruntime intra-op threads (1 suits small networks).
+      threads: onnxruntime intra-op threads, or "auto" (see ``runtimes.load_policy``).
     """
 
     backend = "onnx"
@@ -154,7 +217,7 @@ class OnnxPolicy(BundlePolicy):
         seed: int | None = None,
         validate_args: bool = True,
         check_finite: bool = False,
-        threads: int = 1,
+        threads: int | str = "auto",
     ):
         super().__init__(
             layout,
@@ -165,7 +228,7 @@ class OnnxPolicy(BundlePolicy):
         )
         if not layout.has("onnx"):
             raise BundleError(f"{self._bundle_dir}: the bundle was exported without ONNX")
-        self._threads = int(threads)
+        self._threads = runtimes.thread_setting(threads)
         rel = layout.format("onnx").path
         # The session is built from these same bytes, so what was checked is what runs;
         # a model with external data is refused before onnxruntime sees it.

@@ -27,7 +27,9 @@ from runtimes.serving.batching import Batcher
 from runtimes.serving.following import Followers
 from runtimes.serving.metrics import ServerMetrics
 from runtimes.serving.models import LoadedVersion, ModelConfig, ModelRegistry, Snapshot
+from runtimes.serving.sequences import SequenceFlags, Sequences
 from runtimes.serving.signatures import Signature, distribution_outputs, signatures_for
+from toolkit import nest
 from toolkit.errors import ErrorKind, ServingError, TrustError, UnsupportedError
 
 __all__ = [
@@ -72,6 +74,9 @@ class CoreOptions:
     #: ``--trust-key`` or POLICY_TOOLKIT_TRUST_KEYS); a refused version is logged and
     #: counted, the versions in service stay. None: no policy.
     trust: Any = None
+    #: server-held sequences (runtimes.serving.sequences): idle eviction and the limit
+    sequence_idle_seconds: float = 60.0
+    max_sequences: int = 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +97,7 @@ class ServingCore:
       limits: the request limits.
       followers: the ``--follow`` watches (stopped by ``close``).
       executor: the inference thread of request batching, if any (shut by ``close``).
+      sequences: the server-held state of sequences (a default store if None).
     """
 
     def __init__(
@@ -101,8 +107,10 @@ class ServingCore:
         limits: Limits,
         followers: Followers | None = None,
         executor: ThreadPoolExecutor | None = None,
+        sequences: Sequences | None = None,
     ):
         self.registry = registry
+        self.sequences = sequences if sequences is not None else Sequences()
         self.metrics = metrics
         self.limits = limits
         self.followers = followers
@@ -149,13 +157,39 @@ class ServingCore:
 
     # --- running ---------------------------------------------------------------------------
 
-    async def run(self, signature: Signature, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+    async def run(
+        self,
+        signature: Signature,
+        arrays: dict[str, np.ndarray],
+        sequence: SequenceFlags | None = None,
+        loaded: LoadedVersion | None = None,
+        model: str = "",
+    ) -> dict[str, Any]:
         """Checks decoded inputs against a signature and runs it: flat arrays out.
 
+        Args:
+          signature: the signature to run.
+          arrays: the decoded inputs, by name.
+          sequence: the request's sequence flags: the state is the server's
+            (``runtimes.serving.sequences``); then ``loaded`` and ``model`` name the
+            version and the model.
+
         Raises:
-          ServingError: naming the input that does not fit (invalid argument).
+          ServingError: naming the input that does not fit (invalid argument); for
+            sequences, an unknown one (not found) or one too many (unavailable).
           ToolkitError: the policy's own refusal of its inputs (invalid argument too).
         """
+        if sequence is not None:
+            if loaded is None:
+                raise ValueError("a sequence's request needs its loaded version")
+            policy = loaded.policy
+
+            def initial() -> dict[str, np.ndarray]:
+                return dict(nest.flatten_with_paths(policy.get_initial_state(1), "policy_state"))
+
+            return await self.sequences.run(
+                model, sequence, signature, arrays, initial, lambda a: self.run(signature, a)
+            )
         arrays, batch = signature.check(arrays, self.limits.max_batch)
         outputs = signature.run(arrays, batch)
         if not isinstance(outputs, dict):  # batched: the merged call's share
@@ -289,4 +323,5 @@ def build_core(options: CoreOptions) -> ServingCore:
         on_change=on_change,
         on_failure=lambda name, version, message: metrics.load_failures.labels(name).inc(),
     )
-    return ServingCore(registry, metrics, options.limits, followers, executor)
+    sequences = Sequences(options.sequence_idle_seconds, options.max_sequences)
+    return ServingCore(registry, metrics, options.limits, followers, executor, sequences)

@@ -85,9 +85,10 @@ class HttpRequest:
 
 
 class HttpAnswer:
-    """A response (status, body, content type) and what it served, for the metrics."""
+    """A response (status, body, content type, more headers) and what it served, for the
+    metrics."""
 
-    __slots__ = ("api", "body", "content_type", "model", "status")
+    __slots__ = ("api", "body", "content_type", "headers", "model", "status")
 
     def __init__(
         self,
@@ -96,8 +97,11 @@ class HttpAnswer:
         content_type: bytes = JSON,
         model: str | None = None,
         api: str = "other",
+        headers: list[tuple[bytes, bytes]] | None = None,
     ):
         self.body = body
+        #: more response headers, ``[(lower-case name, value)]``
+        self.headers = headers
         self.status = status
         self.content_type = content_type
         self.model = model
@@ -155,16 +159,13 @@ def build_app(core: ServingCore, codecs: list[HttpCodec]) -> Any:
             else:
                 message = f"Malformed request: {scope['method']} {path}"
                 answer = HttpAnswer(json.dumps({"error": message}).encode(), 404)
-        await send(
-            {
-                "type": "http.response.start",
-                "status": answer.status,
-                "headers": [
-                    (b"content-type", answer.content_type),
-                    (b"content-length", str(len(answer.body)).encode()),
-                ],
-            }
-        )
+        headers = [
+            (b"content-type", answer.content_type),
+            (b"content-length", str(len(answer.body)).encode()),
+        ]
+        if answer.headers:
+            headers += answer.headers
+        await send({"type": "http.response.start", "status": answer.status, "headers": headers})
         await send({"type": "http.response.body", "body": answer.body})
 
     return app

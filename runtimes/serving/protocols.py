@@ -3,11 +3,11 @@
 Each entry names a codec module over the protocol-neutral core
 (``runtimes.serving.core``) and the transport it rides on. A module's ``make(core)``
 returns its codec: for ``http`` an ``runtimes.serving.http.HttpCodec`` (its own path
-prefix, on the server's one HTTP port); the server (``runtimes.serving.server``)
-builds every entry of the transports it runs. Adding a protocol is one codec module
-and one line here: a REST protocol (KServe v2's ``/v2/...``) is another ``http``
-entry; a gRPC service would be a ``grpc`` entry whose codec adds its servicer to a
-gRPC server on its own port, over the same core in the same process.
+prefix, on the server's one HTTP port), for ``grpc`` a
+``runtimes.serving.grpc_server.GrpcCodec`` (its services' method handlers, on the
+server's gRPC port, ``--grpc-port``); the server (``runtimes.serving.server``)
+builds every entry of the transports it runs, over the same core on the same event
+loop. Adding a protocol is one codec module and one line here.
 """
 
 from __future__ import annotations
@@ -35,6 +35,26 @@ PROTOCOLS: tuple[Protocol, ...] = (
         "http",
         "runtimes.serving.tfserving_rest",
         "TF Serving's REST API: /v1/models/NAME[/versions/V|/labels/L][:predict|/metadata]",
+    ),
+    Protocol(
+        "kserve_v2_rest",
+        "http",
+        "runtimes.serving.kserve_v2_rest",
+        "KServe v2 (Open Inference Protocol) REST: /v2, /v2/health/*, /v2/models/NAME[/versions/V]"
+        "[/ready|/infer], JSON and binary tensors",
+    ),
+    Protocol(
+        "kserve_v2_grpc",
+        "grpc",
+        "runtimes.serving.kserve_v2_grpc",
+        "KServe v2 gRPC: inference.GRPCInferenceService (health, metadata, ModelInfer)",
+    ),
+    Protocol(
+        "tfserving_grpc",
+        "grpc",
+        "runtimes.serving.tfserving_grpc",
+        "TF Serving's gRPC API: PredictionService (Predict, GetModelMetadata), "
+        "ModelService (GetModelStatus)",
     ),
 )
 

@@ -53,6 +53,8 @@ class ServeOptions(CoreOptions):
     read_timeout_seconds: float = 5.0
     #: open connections at most; more are closed as they come
     max_connections: int = 1024
+    #: the gRPC port (None: no gRPC)
+    grpc_port: int | None = None
 
 
 def _protocol_class(options: ServeOptions, metrics: ServerMetrics) -> Any:
@@ -125,9 +127,36 @@ def _protocol_class(options: ServeOptions, metrics: ServerMetrics) -> Any:
 class _Server(uvicorn.Server):
     """uvicorn's server; a handled SIGTERM/SIGINT starts draining the core and ends
     with exit status 0 (uvicorn raises the signal again after its graceful shutdown,
-    so the process would end as killed by it)."""
+    so the process would end as killed by it). With a gRPC port, the gRPC server runs
+    on the same event loop, starts before the HTTP server and stops with it (letting
+    its calls in flight finish, as the HTTP server does)."""
 
     core: ServingCore | None = None
+    grpc_port: int | None = None
+    grpc_host: str = "127.0.0.1"
+    graceful_seconds: float = 4.0
+    listening: str = ""
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        grpc_server = None
+        if self.grpc_port is not None and self.core is not None:
+            from runtimes.serving.grpc_server import build_server
+
+            codecs = protocols.codecs(self.core, "grpc")
+            grpc_server, port = build_server(self.core, codecs, self.grpc_host, self.grpc_port)
+            await grpc_server.start()
+            print(
+                f"policy-toolkit serve: gRPC listening on {self.grpc_host}:{port}",
+                file=sys.stderr,
+                flush=True,
+            )
+        # The line scripts wait for: every socket is listening from here on.
+        print(self.listening, file=sys.stderr, flush=True)
+        try:
+            await super().serve(sockets=sockets)
+        finally:
+            if grpc_server is not None:
+                await grpc_server.stop(self.graceful_seconds)
 
     def handle_exit(self, sig: int, frame: Any) -> None:
         if self.core is not None:
@@ -247,6 +276,10 @@ def _serve(core: ServingCore, options: ServeOptions) -> int:
     )
     server = _Server(config)
     server.core = core
+    server.grpc_port = options.grpc_port
+    server.grpc_host = options.host
+    server.graceful_seconds = options.graceful_seconds
+    server.listening = f"policy-toolkit serve: listening on http://{host}:{port}"
     for name, snapshot in registry.snapshots.items():
         log.info(
             "model %s: versions %s in service (%s)",
@@ -254,8 +287,6 @@ def _serve(core: ServingCore, options: ServeOptions) -> int:
             sorted(snapshot.versions),
             registry.configs[name].versions,
         )
-    # The line scripts wait for: the socket is listening from here on.
-    print(f"policy-toolkit serve: listening on http://{host}:{port}", file=sys.stderr, flush=True)
     core.start(options.poll_seconds)
     try:
         server.run(sockets=[sock])

@@ -161,3 +161,62 @@ def _quantize(env_dir: Path, tmp_path: Path, bundle: Path, extra: str) -> None:
         assert refused.stderr.strip().splitlines() == [
             f"error: quantize --target {target} needs {missing} not installed ({install})"
         ]
+
+
+def test_the_serve_extra_alone_serves_every_protocol(tmp_path, device_bundle):
+    """``pip install '.[serve]'`` alone serves TF Serving's REST API, KServe v2's REST API
+    and, with --grpc-port, both gRPC APIs, without TensorFlow: each answers the action
+    the in-process onnx policy takes."""
+    import grpc
+    import httpx
+    import tritonclient.grpc as tgrpc
+    import tritonclient.http as thttp
+
+    import runtimes
+    from tests.runtimes.serving.server_process import ServerProcess
+    from toolkit.trajectories import time_step as ts
+
+    env_dir = _install(tmp_path, "serve")
+    listed = subprocess.run(
+        [str(env_dir / "bin" / "python"), "-m", "pip", "list", "--format", "json"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    installed = {p["name"].lower() for p in json.loads(listed.stdout)}
+    assert not {"tensorflow", "tensorflow-cpu", "tf-keras", "tf2onnx"} & installed
+    assert {"grpcio", "protobuf", "uvicorn"} <= installed
+
+    observations = np.array(
+        [[0.02, -0.01, 0.03, 0.04], [0.1, 0.5, -0.05, -0.6], [-0.2, -0.3, 0.1, 0.4]], np.float32
+    )
+    policy = runtimes.load_policy(device_bundle, backend="onnx")
+    expected = policy.action(ts.restart(observations, batch_size=3)).action
+    args = ["--model", f"cartpole={device_bundle}", "--grpc-port", "0", "--backend", "onnx"]
+    with ServerProcess(*args, executable=env_dir / "bin" / "policy-toolkit") as server:
+        assert server.grpc, server.log
+        rest = httpx.post(
+            f"{server.url}/v1/models/cartpole:predict",
+            json={"instances": observations.tolist()},
+            timeout=30,
+        )
+        assert rest.status_code == 200, rest.text
+        np.testing.assert_array_equal(rest.json()["predictions"], expected)
+
+        for module, address in ((thttp, server.url.removeprefix("http://")), (tgrpc, server.grpc)):
+            client = module.InferenceServerClient(address)
+            given = module.InferInput("observation", list(observations.shape), "FP32")
+            given.set_data_from_numpy(observations)
+            answer = client.infer("cartpole", [given]).as_numpy("action")
+            np.testing.assert_array_equal(answer, expected, err_msg=module.__name__)
+            client.close()
+
+        import tensorflow as tf  # the test's client only: TF Serving's stubs need it
+        from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+        with grpc.insecure_channel(server.grpc) as channel:
+            request = predict_pb2.PredictRequest()
+            request.model_spec.name = "cartpole"
+            request.inputs["observation"].CopyFrom(tf.make_tensor_proto(observations))
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            response = stub.Predict(request, timeout=30)
+            np.testing.assert_array_equal(tf.make_ndarray(response.outputs["action"]), expected)
+        assert server.stop() == 0, server.log

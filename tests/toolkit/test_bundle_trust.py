@@ -142,8 +142,10 @@ def test_unlisted_files_and_links_in_the_saved_model_folder_are_refused(written,
 
 
 def test_the_published_schema_is_the_one_readers_use():
-    published = ROOT / "docs" / "manifest.schema.json"
+    # One copy: the file the package ships (and docs/bundle-format.md links to).
+    published = ROOT / "toolkit" / "schemas" / "manifest.schema.json"
     assert json.loads(published.read_text()) == manifest_lib.schema()
+    assert not (ROOT / "docs" / "manifest.schema.json").exists()
 
 
 def test_violations_name_the_json_path(written):

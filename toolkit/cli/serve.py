@@ -213,15 +213,42 @@ def serve(
             "--max-connections", min=1, help="Most open connections; more are closed at once."
         ),
     ] = 1024,
+    grpc_port: Annotated[
+        int | None,
+        typer.Option(
+            "--grpc-port",
+            min=0,
+            max=65535,
+            help="Also serve gRPC here (KServe v2's GRPCInferenceService, TF Serving's "
+            "PredictionService and ModelService; TF Serving uses 8500; 0: any free port).",
+            show_default=False,
+        ),
+    ] = None,
+    sequence_idle_seconds: Annotated[
+        float,
+        typer.Option(
+            "--sequence-idle-seconds",
+            min=0.001,
+            help="Drop a server-held sequence (sequence_id) unused this long.",
+        ),
+    ] = 60.0,
+    max_sequences: Annotated[
+        int,
+        typer.Option(
+            "--max-sequences", min=1, help="Most server-held sequences; new ones are refused."
+        ),
+    ] = 1024,
 ) -> None:
-    """Serve policies over HTTP with TF Serving's REST API, without TensorFlow.
+    """Serve policies without TensorFlow: TF Serving's REST API, KServe v2 REST, gRPC.
 
-    GET /v1/models/NAME (status), .../metadata, POST /v1/models/NAME:predict (row
-    "instances" or columnar "inputs"), GET /metrics. SIGTERM stops it gracefully.
+    TF Serving: GET /v1/models/NAME (status), .../metadata, POST /v1/models/NAME:predict
+    (row "instances" or columnar "inputs"). KServe v2: GET /v2, /v2/health/live|ready,
+    /v2/models/NAME[/versions/V][/ready], POST .../infer. With --grpc-port: KServe v2's
+    and TF Serving's gRPC services. GET /metrics. SIGTERM stops it gracefully.
     """
     try:
         from runtimes import backends
-        from runtimes.serving.core import Limits
+        from runtimes.serving.core import Limits, check_backend
         from runtimes.serving.server import LOG_LEVELS, ServeOptions, run
     except ImportError as e:  # installed without the server's libraries
         from toolkit.errors import UnsupportedError
@@ -236,10 +263,8 @@ def serve(
     known = [backends.AUTO, *backends.BACKENDS]
     if backend not in known:
         raise _bad("--backend", f"one of {known}", repr(backend))
-    if backend != backends.AUTO:
-        advice = backends.get(backend).missing()  # before the server starts, not per version
-        if advice is not None:
-            raise common.fail(advice)
+    # Before the server starts, not per version: not installed, or unable to --follow.
+    check_backend(backend, follow=bool(follow))
     configs = model_configs(model, name, models, versions, labels)
     options = ServeOptions(
         models=configs,
@@ -257,6 +282,9 @@ def serve(
         max_connections=max_connections,
         follow=follow_folders(follow, [c.name for c in configs]),
         follow_seconds=follow_seconds,
+        grpc_port=grpc_port,
+        sequence_idle_seconds=sequence_idle_seconds,
+        max_sequences=max_sequences,
         trust=common.trust_policy(trust_key),
     )
     raise typer.Exit(run(options))

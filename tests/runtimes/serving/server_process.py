@@ -14,6 +14,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[3]
 _LISTENING = re.compile(r"listening on (http://127\.0\.0\.1:\d+)")
+_GRPC = re.compile(r"gRPC listening on (127\.0\.0\.1:\d+)")
 
 
 _CODE = (
@@ -55,18 +56,32 @@ class ServerProcess:
       timeout: seconds to wait for it to listen.
       permissions: honour file permissions even when the tests run as root (so a mode
         000 folder is unreadable to the server).
+      executable: an installed ``policy-toolkit`` script to run instead (e.g. a device
+        venv's), from a folder outside the checkout; TF is then simply not installed.
 
     Attributes:
       url: ``http://127.0.0.1:PORT``.
+      grpc: ``127.0.0.1:PORT`` of the gRPC server (with ``--grpc-port``), else "".
       process: the Popen.
     """
 
-    def __init__(self, *args: str, timeout: float = 120.0, permissions: bool = False):
-        command = [sys.executable, "-c", _CODE, "serve", *args, "--port", "0"]
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
+    def __init__(
+        self,
+        *args: str,
+        timeout: float = 120.0,
+        permissions: bool = False,
+        executable: str | os.PathLike | None = None,
+    ):
+        if executable is None:
+            command = [sys.executable, "-c", _CODE, "serve", *args, "--port", "0"]
+            env, cwd = dict(os.environ, PYTHONPATH=str(ROOT)), ROOT
+        else:
+            command = [str(executable), "serve", *args, "--port", "0"]
+            env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+            cwd = Path(executable).parent
         self.process = subprocess.Popen(
             command,
-            cwd=ROOT,
+            cwd=cwd,
             env=env,
             stderr=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -76,6 +91,7 @@ class ServerProcess:
         self._lines: list[str] = []
         self._found = threading.Event()
         self.url = ""
+        self.grpc = ""
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
         if not self._found.wait(timeout) or not self.url:
@@ -87,6 +103,9 @@ class ServerProcess:
     def _read(self) -> None:
         for line in self.process.stderr:
             self._lines.append(line)
+            grpc_match = _GRPC.search(line)
+            if grpc_match and not self.grpc:
+                self.grpc = grpc_match.group(1)
             match = _LISTENING.search(line)
             if match and not self.url:
                 self.url = match.group(1)

@@ -1,0 +1,177 @@
+"""KServe v2's ``inference.GRPCInferenceService`` as a codec over the serving core.
+
+ServerLive, ServerReady, ModelReady, ServerMetadata, ModelMetadata and ModelInfer, with
+the messages of ``proto/kserve_v2.proto``. ModelInfer takes tensors as typed contents
+or as ``raw_input_contents`` (little-endian bytes, one entry per input, as
+``tritonclient.grpc`` sends them) and answers in ``raw_output_contents``; parameters,
+request ids, named outputs and sequence flags as over REST (``runtimes.serving.v2``).
+Errors are gRPC statuses of the error's kind.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+import numpy as np
+
+from runtimes.serving import v2
+from runtimes.serving.core import ServingCore
+from runtimes.serving.grpc_server import unary
+from runtimes.serving.proto import kserve_v2_pb2 as pb
+from toolkit.errors import ErrorKind, ServingError
+
+__all__ = ["NAME", "SERVICE", "KServeV2Grpc", "make"]
+
+NAME = "kserve_v2_grpc"
+SERVICE = "inference.GRPCInferenceService"
+
+# datatype -> the InferTensorContents field that carries it
+_CONTENTS = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+
+
+def make(core: ServingCore) -> KServeV2Grpc:
+    """The codec over ``core`` (the protocol table's entry point)."""
+    return KServeV2Grpc(core)
+
+
+def parameters(message: Any) -> dict[str, Any]:
+    """A message's ``map<string, InferParameter>`` as plain values."""
+    out = {}
+    for key, value in message.parameters.items():
+        choice = value.WhichOneof("parameter_choice")
+        out[key] = getattr(value, choice) if choice else None
+    return out
+
+
+class KServeV2Grpc:
+    """KServe v2's gRPC service (see the module docstring)."""
+
+    name = NAME
+
+    def __init__(self, core: ServingCore):
+        self.core = core
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            self._version = version("policy-toolkit")
+        except PackageNotFoundError:
+            self._version = "0"
+
+    def handlers(self) -> list[grpc.GenericRpcHandler]:
+        core = self.core
+        methods = {
+            "ServerLive": (self.server_live, pb.ServerLiveRequest, pb.ServerLiveResponse),
+            "ServerReady": (self.server_ready, pb.ServerReadyRequest, pb.ServerReadyResponse),
+            "ModelReady": (self.model_ready, pb.ModelReadyRequest, pb.ModelReadyResponse),
+            "ServerMetadata": (
+                self.server_metadata,
+                pb.ServerMetadataRequest,
+                pb.ServerMetadataResponse,
+            ),
+            "ModelMetadata": (
+                self.model_metadata,
+                pb.ModelMetadataRequest,
+                pb.ModelMetadataResponse,
+            ),
+            "ModelInfer": (self.model_infer, pb.ModelInferRequest, pb.ModelInferResponse),
+        }
+        handlers = {
+            name: unary(core, NAME, _api(name), fn, request, response)
+            for name, (fn, request, response) in methods.items()
+        }
+        return [grpc.method_handlers_generic_handler(SERVICE, handlers)]
+
+    # --- health and metadata -----------------------------------------------------------------
+
+    async def server_live(self, request: Any) -> tuple[Any, None]:
+        return pb.ServerLiveResponse(live=True), None
+
+    async def server_ready(self, request: Any) -> tuple[Any, None]:
+        return pb.ServerReadyResponse(ready=self.core.ready()), None
+
+    async def model_ready(self, request: Any) -> tuple[Any, str]:
+        try:
+            self.core.resolve(request.name, v2.parse_version_text(request.version), None)
+            ready = not self.core.draining
+        except ServingError as e:
+            if e.kind != ErrorKind.NOT_FOUND:
+                raise
+            ready = False
+        return pb.ModelReadyResponse(ready=ready), request.name
+
+    async def server_metadata(self, request: Any) -> tuple[Any, None]:
+        meta = v2.server_metadata(self._version)
+        return pb.ServerMetadataResponse(**meta), None
+
+    async def model_metadata(self, request: Any) -> tuple[Any, str]:
+        loaded = self.core.resolve(request.name, v2.parse_version_text(request.version), None)
+        meta = v2.model_metadata(self.core, request.name, loaded)
+        response = pb.ModelMetadataResponse(
+            name=meta["name"], versions=meta["versions"], platform=meta["platform"]
+        )
+        for field in ("inputs", "outputs"):
+            getattr(response, field).extend(
+                pb.ModelMetadataResponse.TensorMetadata(**t) for t in meta[field]
+            )
+        return response, request.name
+
+    # --- infer -----------------------------------------------------------------------------------
+
+    async def model_infer(self, request: Any) -> tuple[Any, str]:
+        model = request.model_name
+        core = self.core
+        loaded = core.resolve(model, v2.parse_version_text(request.model_version), None)
+        params = parameters(request)
+        signature = v2.signature_of(loaded, params)
+        raw = request.raw_input_contents
+        if raw and len(raw) != len(request.inputs):
+            raise ServingError(
+                f"raw_input_contents: expected one entry per input ({len(request.inputs)}), "
+                f"got {len(raw)}"
+            )
+        max_batch = core.limits.max_batch
+        arrays: dict[str, np.ndarray] = {}
+        for i, item in enumerate(request.inputs):
+            name = item.name
+            if name in arrays:
+                raise ServingError(f"{name}: given twice")
+            tensor, shape, count = v2.check_shape(
+                name, item.datatype, list(item.shape), signature, model, max_batch
+            )
+            if raw:
+                arrays[name] = v2.from_bytes(name, raw[i], tensor, shape, count)
+            else:
+                values = list(getattr(item.contents, _CONTENTS[item.datatype]))
+                if item.datatype == "BYTES":
+                    values = [bytes(v) for v in values]
+                arrays[name] = v2.from_list(name, values, tensor, shape, count)
+        names = v2.output_names(signature, [o.name for o in request.outputs], model)
+        outputs = await v2.infer(core, model, loaded, signature, arrays, params)
+        response = pb.ModelInferResponse(
+            model_name=model, model_version=str(loaded.version), id=request.id
+        )
+        for name in names:
+            array = np.asarray(outputs[name])
+            response.outputs.add(name=name, datatype=v2.datatype(array.dtype), shape=array.shape)
+            response.raw_output_contents.append(v2.to_bytes(array))
+        return response, model
+
+
+def _api(method: str) -> str:
+    """ModelInfer -> model_infer (the metrics' api label, as over REST)."""
+    out = "".join("_" + c.lower() if c.isupper() else c for c in method).lstrip("_")
+    return {"model_infer": "infer", "server_live": "live", "server_ready": "ready"}.get(out, out)

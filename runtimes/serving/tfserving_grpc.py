@@ -1,0 +1,266 @@
+"""TF Serving's gRPC API as a codec over the serving core, without TensorFlow.
+
+``tensorflow.serving.PredictionService`` (Predict, GetModelMetadata) and
+``tensorflow.serving.ModelService`` (GetModelStatus), with the messages of
+``proto/tfserving.proto`` (TF Serving's, under another package name: the wire format
+is the same). A ``ModelSpec`` is read as TF Serving reads it: ``name``, ``version``
+or ``version_label``, ``signature_name`` (``serving_default`` when empty). Tensors are
+``TensorProto``s: read from ``tensor_content`` or the typed ``*_val`` fields, answered
+in ``tensor_content`` (strings in ``string_val``), which ``tf.make_ndarray`` reads.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import grpc
+import numpy as np
+
+from runtimes.serving.core import ServingCore
+from runtimes.serving.grpc_server import unary
+from runtimes.serving.proto import tfserving_pb2 as pb
+from runtimes.serving.signatures import DEFAULT_SIGNATURE, Signature, TensorInfo
+from toolkit.errors import ServingError
+
+__all__ = ["NAME", "TFServingGrpc", "make"]
+
+NAME = "tfserving_grpc"
+PREDICTION_SERVICE = "tensorflow.serving.PredictionService"
+MODEL_SERVICE = "tensorflow.serving.ModelService"
+SIGNATURE_DEF_MAP_URL = "type.googleapis.com/tensorflow.serving.SignatureDefMap"
+PREDICT_METHOD = "tensorflow/serving/predict"
+
+# numpy dtype name -> (DataType, the TensorProto field of its values)
+_TYPES = {
+    "float32": (pb.DT_FLOAT, "float_val"),
+    "float64": (pb.DT_DOUBLE, "double_val"),
+    "float16": (pb.DT_HALF, "half_val"),
+    "int8": (pb.DT_INT8, "int_val"),
+    "int16": (pb.DT_INT16, "int_val"),
+    "int32": (pb.DT_INT32, "int_val"),
+    "int64": (pb.DT_INT64, "int64_val"),
+    "uint8": (pb.DT_UINT8, "int_val"),
+    "uint16": (pb.DT_UINT16, "int_val"),
+    "uint32": (pb.DT_UINT32, "uint32_val"),
+    "uint64": (pb.DT_UINT64, "uint64_val"),
+    "bool": (pb.DT_BOOL, "bool_val"),
+    "object": (pb.DT_STRING, "string_val"),
+}
+
+
+def make(core: ServingCore) -> TFServingGrpc:
+    """The codec over ``core`` (the protocol table's entry point)."""
+    return TFServingGrpc(core)
+
+
+def _dtype_name(dtype: int) -> str:
+    return pb.DataType.Name(dtype) if dtype in pb.DataType.values() else str(dtype)
+
+
+def to_array(
+    name: str, proto: Any, tensor: TensorInfo, max_batch: int, batched: bool
+) -> np.ndarray:
+    """A TensorProto -> an array, its dtype and shape checked against the input first.
+
+    Raises:
+      ServingError: (invalid argument) naming the input, what was expected and what came.
+    """
+    target = np.dtype(tensor.dtype)
+    dtype, field = _TYPES[target.name]
+    if proto.dtype != dtype:
+        raise ServingError(
+            f"{name}: expected {pb.DataType.Name(dtype)}, got {_dtype_name(proto.dtype)}"
+        )
+    shape = tuple(d.size for d in proto.tensor_shape.dim)
+    if not tensor.shape and shape in ((), (1,)):
+        shape = ()
+    elif len(shape) != len(tensor.shape) or any(
+        d is not None and d != n for d, n in zip(tensor.shape, shape, strict=False)
+    ):
+        raise ServingError(
+            f"{name}: expected shape {tensor.describe_shape()}, got [{', '.join(map(str, shape))}]"
+        )
+    if any(n < 0 for n in shape):
+        raise ServingError(f"{name}: expected sizes >= 0, got {list(shape)}")
+    if batched and shape and shape[0] > max_batch:
+        raise ServingError(
+            f"{name}: expected a batch of at most {max_batch} (the server's --max-batch), "
+            f"got {shape[0]}"
+        )
+    count = math.prod(shape)
+    if proto.tensor_content and target.kind != "O":
+        expected = count * target.itemsize
+        if len(proto.tensor_content) != expected:
+            raise ServingError(
+                f"{name}: expected {expected} bytes of tensor_content for shape "
+                f"{list(shape)}, got {len(proto.tensor_content)}"
+            )
+        array = np.frombuffer(proto.tensor_content, target.newbyteorder("<"))
+        return array.astype(target, copy=False).reshape(shape)
+    values = getattr(proto, field)
+    if target.name == "float16":
+        array = np.asarray(values, np.uint16).view(np.float16)
+    elif target.kind == "O":
+        array = np.empty(len(values), object)
+        array[:] = list(values)
+    else:
+        array = np.asarray(values, target)
+    if array.size == 1 and count != 1:  # TensorFlow fills a shape from one value
+        array = np.full(count, array[0], array.dtype)
+    if array.size != count:
+        raise ServingError(
+            f"{name}: expected {count} values for shape {list(shape)}, got {array.size}"
+        )
+    return array.reshape(shape)
+
+
+def to_proto(value: Any) -> Any:
+    """An output -> a TensorProto (numbers in tensor_content, strings in string_val)."""
+    array = np.asarray(value)
+    if array.dtype.kind in "OUS":
+        proto = pb.TensorProto(dtype=pb.DT_STRING)
+        proto.string_val.extend(
+            v if isinstance(v, bytes) else str(v).encode() for v in array.ravel().tolist()
+        )
+    else:
+        dtype, _ = _TYPES[array.dtype.name]
+        proto = pb.TensorProto(dtype=dtype)
+        proto.tensor_content = np.ascontiguousarray(array, array.dtype.newbyteorder("<")).tobytes()
+    proto.tensor_shape.dim.extend(pb.TensorShapeProto.Dim(size=n) for n in array.shape)
+    return proto
+
+
+def _tensor_info(tensor: TensorInfo) -> Any:
+    info = pb.TensorInfo(name=f"{tensor.name}:0", dtype=_TYPES[np.dtype(tensor.dtype).name][0])
+    info.tensor_shape.dim.extend(
+        pb.TensorShapeProto.Dim(size=-1 if d is None else d) for d in tensor.shape
+    )
+    return info
+
+
+def _signature_def(signature: Signature) -> Any:
+    out = pb.SignatureDef(method_name=PREDICT_METHOD)
+    for name, tensor in signature.inputs.items():
+        out.inputs[name].CopyFrom(_tensor_info(tensor))
+    for name, tensor in signature.outputs.items():
+        out.outputs[name].CopyFrom(_tensor_info(tensor))
+    return out
+
+
+class TFServingGrpc:
+    """TF Serving's gRPC services (see the module docstring)."""
+
+    name = NAME
+
+    def __init__(self, core: ServingCore):
+        self.core = core
+
+    def handlers(self) -> list[grpc.GenericRpcHandler]:
+        core = self.core
+        prediction = {
+            "Predict": unary(
+                core, NAME, "predict", self.predict, pb.PredictRequest, pb.PredictResponse
+            ),
+            "GetModelMetadata": unary(
+                core,
+                NAME,
+                "metadata",
+                self.metadata,
+                pb.GetModelMetadataRequest,
+                pb.GetModelMetadataResponse,
+            ),
+        }
+        model = {
+            "GetModelStatus": unary(
+                core,
+                NAME,
+                "status",
+                self.status,
+                pb.GetModelStatusRequest,
+                pb.GetModelStatusResponse,
+            ),
+        }
+        return [
+            grpc.method_handlers_generic_handler(PREDICTION_SERVICE, prediction),
+            grpc.method_handlers_generic_handler(MODEL_SERVICE, model),
+        ]
+
+    def _resolve(self, spec: Any) -> Any:
+        if not spec.name:
+            raise ServingError("Missing ModelSpec")
+        choice = spec.WhichOneof("version_choice")
+        version = spec.version.value if choice == "version" else None
+        label = spec.version_label if choice == "version_label" else None
+        return self.core.resolve(spec.name, version, label)
+
+    async def predict(self, request: Any) -> tuple[Any, str]:
+        spec = request.model_spec
+        loaded = self._resolve(spec)
+        name = spec.signature_name or DEFAULT_SIGNATURE
+        signature = loaded.signatures.get(name)
+        if signature is None:
+            raise ServingError(
+                f'Serving signature name: "{name}" not found in signature def '
+                f"(signatures: {sorted(loaded.signatures)})"
+            )
+        max_batch = self.core.limits.max_batch
+        arrays = {}
+        for key, proto in request.inputs.items():
+            tensor = signature.inputs.get(key)
+            if tensor is None:
+                signature.check_names([key])  # names the unknown input
+            arrays[key] = to_array(key, proto, tensor, max_batch, signature.batched)
+        wanted = list(request.output_filter) or list(signature.outputs)
+        for key in wanted:
+            if key not in signature.outputs:
+                raise ServingError(
+                    f"output tensor alias not found in signature: {key} (signature "
+                    f"'{name}' gives {sorted(signature.outputs)})"
+                )
+        outputs = await self.core.run(signature, arrays)
+        response = pb.PredictResponse()
+        response.model_spec.name = spec.name
+        response.model_spec.version.value = loaded.version
+        response.model_spec.signature_name = name
+        for key in wanted:
+            response.outputs[key].CopyFrom(to_proto(outputs[key]))
+        return response, spec.name
+
+    async def metadata(self, request: Any) -> tuple[Any, str]:
+        spec = request.model_spec
+        fields = list(request.metadata_field)
+        if fields != ["signature_def"]:
+            raise ServingError(
+                f"metadata_field: expected ['signature_def'] (the one field served), got {fields}"
+            )
+        loaded = self._resolve(spec)
+        signatures = pb.SignatureDefMap()
+        for key, signature in loaded.signatures.items():
+            signatures.signature_def[key].CopyFrom(_signature_def(signature))
+        response = pb.GetModelMetadataResponse()
+        response.model_spec.name = spec.name
+        response.model_spec.version.value = loaded.version
+        entry = response.metadata["signature_def"]
+        entry.type_url = SIGNATURE_DEF_MAP_URL
+        entry.value = signatures.SerializeToString()
+        return response, spec.name
+
+    async def status(self, request: Any) -> tuple[Any, str]:
+        spec = request.model_spec
+        if not spec.name:
+            raise ServingError("Missing ModelSpec")
+        choice = spec.WhichOneof("version_choice")
+        version = spec.version.value if choice == "version" else None
+        label = spec.version_label if choice == "version_label" else None
+        response = pb.GetModelStatusResponse()
+        for state in self.core.status(spec.name, version, label):
+            entry = response.model_version_status.add(
+                version=state.version,
+                state=pb.ModelVersionStatus.AVAILABLE
+                if state.available
+                else pb.ModelVersionStatus.END,
+            )
+            entry.status.error_code = pb.OK if state.available else pb.UNKNOWN
+            entry.status.error_message = state.error
+        return response, spec.name
