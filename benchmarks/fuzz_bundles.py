@@ -76,6 +76,7 @@ MICRO_FILES = (
     "c/policy.c",
     "c/policy.h",
     "c/weights.f32",
+    "c/weights.bin",
 )
 
 
@@ -146,6 +147,13 @@ def export_bases(work: Path) -> dict[str, Path]:
             small_cartpole(), micro, formats=("onnx", "micro", "c"), format_options=options
         )
     bases["q_micro"] = micro
+    c_int8 = work / "bases" / "q_c_int8"  # the c target with int8 weights
+    if not c_int8.exists():
+        from tests.cli_factories import small_cartpole
+
+        options = {"env": "CartPole-v1", "episodes": 2, "c_weights": "int8"}
+        export_policy(small_cartpole(), c_int8, formats=("onnx", "c"), format_options=options)
+    bases["q_c_int8"] = c_int8
     ckpt = work / "bases" / "ckpt_q"
     if not ckpt.exists():
         save_checkpoint(exported_bundles.tf_policy_for("tf/greedy_q"), ckpt, train_step=7)
@@ -449,7 +457,7 @@ def make_case(index: int, family: str, base: str, bases: dict[str, Path], work: 
         _save(bundle, manifest)
         what += " (rehashed)"
     elif family == "micro_rehash":
-        rel = rng.choice(MICRO_FILES)
+        rel = rng.choice([f for f in MICRO_FILES if (bundle / f).exists()])
         data = bytearray((bundle / rel).read_bytes())
         if rng.random() < 0.25:
             cut = rng.randrange(len(data))
@@ -835,6 +843,7 @@ def plan(cases: int, seed: int, tflite_cases: int) -> list[tuple[str, str]]:
     ]
     out += [("tflite_rehash", "q_litert")] * tflite_cases
     out += [("micro_rehash", "q_micro")] * tflite_cases
+    out += [("micro_rehash", "q_c_int8")] * (tflite_cases // 2)
     families = ["field"] * 6 + ["field_consistent"] * 3 + ["truncate"] * 2 + ["flip"] * 3
     while len(out) < cases:
         out.append((rng.choice(families), rng.choice(list(BASES))))

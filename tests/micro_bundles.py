@@ -36,3 +36,15 @@ def cartpole_c() -> Path:
     return export_policy(
         cartpole_100_40(), _ROOT / "cartpole_c", formats=["onnx", "c"], format_options=options
     )
+
+
+@functools.cache
+def cartpole_c_int8() -> Path:
+    """The same policy exported as ONNX and C with int8 weights (``c_weights=int8``)."""
+    from exporters import export_policy
+    from tests.cli_factories import cartpole_100_40
+
+    options = {**ENV, "c_weights": "int8"}
+    return export_policy(
+        cartpole_100_40(), _ROOT / "cartpole_c_int8", formats=["onnx", "c"], format_options=options
+    )

@@ -2,11 +2,14 @@
 
 For MLP policies (dense layers with ReLU or tanh, argmax, tanh squashing, the action
 spec's scaling; anything else is an ``UnsupportedError`` naming the layer): one C source
-and header with float32 weights, ``int policy_action(const float *observation, <action
-type> *action)``, no heap, no libm beyond ``tanhf``, and a ``main`` checking golden
-vectors (``exporters.micro.c_export``). Like micro it computes the deterministic action
-and needs real states (``export --env``); ``verify`` compiles the C (the c backend) and
-requires agreement with the float policy on the held-out real states stored at export.
+and header with float32 weights (or, with the option ``c_weights="int8"`` / ``export
+--c-weights int8``, int8 weights with one float scale per output channel, calibrated on
+real states by ``exporters.micro.c_int8`` and refused below 99% agreement), ``int
+policy_action(const float *observation, <action type> *action)``, no heap, no libm
+beyond ``tanhf``, and a ``main`` checking golden vectors (``exporters.micro.c_export``).
+Like micro it computes the deterministic action and needs real states (``export
+--env``); ``verify`` compiles the C (the c backend) and requires agreement with the
+float policy on the held-out real states stored at export.
 """
 
 from __future__ import annotations
@@ -55,7 +58,7 @@ class CFormat(Format):
             "header": _PATH,
             "main": _PATH,
             "weights": _PATH,
-            "weight_type": {"enum": ["float32"]},
+            "weight_type": {"enum": ["float32", "int8"]},
             "flash_bytes": {"type": "integer", "minimum": 0},
             "stack_bytes": {"type": "integer", "minimum": 0},
             "features": {"type": "integer", "minimum": 1, "maximum": 1 << 16},
@@ -72,6 +75,7 @@ class CFormat(Format):
                         "inputs": {"type": "integer", "minimum": 1, "maximum": 1 << 16},
                         "outputs": {"type": "integer", "minimum": 1, "maximum": 1 << 16},
                         "activation": {"enum": ["linear", "relu", "tanh"]},
+                        "weights": {"enum": ["float32", "int8"]},
                     },
                 },
             },
@@ -109,6 +113,8 @@ class CFormat(Format):
             env_id,
             episodes=int(options.get("episodes", 20)),
             seed=int(options.get("seed", 0)),
+            weights=str(options.get("c_weights", "float32")),
+            calibration_episodes=int(options.get("calibration_episodes", 20)),
         )
 
     def write(self, content: Any, folder: Path) -> dict[str, Any]:
@@ -147,8 +153,11 @@ class CFormat(Format):
             else ""
         )
         layers = " -> ".join(f"{x['outputs']} {x['activation']}" for x in s.get("layers", ()))
+        weights = s.get("weight_type", "float32")
+        if "int8_layers" in measured:  # which layers: all, first_float, last_float, hidden
+            weights += f" ({measured['int8_layers']})"
         return (
-            f"{entry.path}: C99, {s.get('weight_type', 'float32')} weights, flash "
+            f"{entry.path}: C99, {weights} weights, flash "
             f"{s.get('flash_bytes')} bytes, stack {s.get('stack_bytes')} bytes; "
             f"layers {layers}{quality}"
         )

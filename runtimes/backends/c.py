@@ -48,16 +48,29 @@ class CModel:
     """The numbers of a C export: dense layers and the action head.
 
     Attributes:
-      layers: ``[(weight float32 [out, in], bias float32 [out], activation)]``.
+      layers: ``[(weight float32 or int8 [out, in], bias float32 [out], activation)]``.
+      scales: per layer, None (float weights) or float32 ``[out]``: an int8 layer's
+        per-output-channel scales (its weights are ``weight * scale``).
       kind: ``argmax`` or ``affine``; shift: the argmax's first action.
       scale, offset, low, high: affine only, float32 per action element.
       dtype: the action dtype name; size: the action's element count.
     """
 
     def __init__(
-        self, layers, kind, dtype, size, shift=0, scale=None, offset=None, low=None, high=None
+        self,
+        layers,
+        kind,
+        dtype,
+        size,
+        shift=0,
+        scale=None,
+        offset=None,
+        low=None,
+        high=None,
+        scales=None,
     ):
         self.layers = layers
+        self.scales = list(scales) if scales is not None else [None] * len(layers)
         self.kind, self.dtype, self.size, self.shift = kind, dtype, int(size), int(shift)
         self.scale, self.offset, self.low, self.high = scale, offset, low, high
 
@@ -65,9 +78,31 @@ class CModel:
     def features(self) -> int:
         return int(self.layers[0][0].shape[1])
 
+    @property
+    def int8(self) -> bool:
+        return any(s is not None for s in self.scales)
+
     def weights_bytes(self) -> bytes:
-        parts = [np.concatenate([w.reshape(-1), b]) for w, b, _ in self.layers]
-        return np.concatenate(parts).astype("<f4").tobytes()
+        """Float weights: every layer's weights then bias as little-endian float32. With
+        int8 layers, per layer in order: an int8 layer's int8 weights, float32 scales and
+        float32 bias; a float layer's float32 weights and bias."""
+        if not self.int8:
+            parts = [np.concatenate([w.reshape(-1), b]) for w, b, _ in self.layers]
+            return np.concatenate(parts).astype("<f4").tobytes()
+        out = []
+        for (w, b, _), s in zip(self.layers, self.scales, strict=True):
+            if s is None:
+                out.append(np.concatenate([w.reshape(-1), b]).astype("<f4").tobytes())
+            else:
+                out.append(np.asarray(w, np.int8).tobytes())
+                out.append(np.concatenate([s, b]).astype("<f4").tobytes())
+        return b"".join(out)
+
+
+def layer_bytes(sizes: list[tuple[int, int]], int8: list[bool]) -> int:
+    """The weights file's size for layers ``(outputs, inputs)``, int8 or float."""
+    pairs = zip(sizes, int8, strict=True)
+    return sum((o * i + 8 * o) if q else 4 * (o * i + o) for (o, i), q in pairs)
 
 
 def _f(value: float) -> str:
@@ -80,6 +115,13 @@ def _f(value: float) -> str:
     return text + "f"
 
 
+def _int8_array(name: str, values: np.ndarray) -> str:
+    flat = [str(int(v)) for v in np.asarray(values, np.int8).reshape(-1)]
+    rows = [", ".join(flat[i : i + 16]) for i in range(0, len(flat), 16)]
+    body = ",\n  ".join(rows)
+    return f"static const int8_t {name}[{len(flat)}] = {{\n  {body}\n}};\n"
+
+
 def _array(name: str, values: np.ndarray) -> str:
     flat = [_f(v) for v in np.asarray(values, np.float32).reshape(-1)]
     rows = [", ".join(flat[i : i + 8]) for i in range(0, len(flat), 8)]
@@ -88,7 +130,8 @@ def _array(name: str, values: np.ndarray) -> str:
 
 
 def c_files(model: CModel) -> tuple[str, str]:
-    """``policy.c`` and ``policy.h``: C99, no heap, no libm beyond ``tanhf``."""
+    """``policy.c`` and ``policy.h``: C99, no heap, no libm beyond ``tanhf``. An int8
+    layer's weights are dequantized per output channel in its loop (float activations)."""
     ctype = C_TYPES[model.dtype]
     width = max(max(w.shape[0] for w, _, _ in model.layers), model.features)
     uses_tanh = any(a == "tanh" for _, _, a in model.layers)
@@ -116,8 +159,12 @@ int policy_action(const float *observation, {ctype} *action);
     ]
     if uses_tanh:
         lines += ["#include <math.h>", ""]
-    for i, (w, b, _) in enumerate(model.layers):
-        lines.append(_array(f"W{i}", w))
+    for i, ((w, b, _), s) in enumerate(zip(model.layers, model.scales, strict=True)):
+        if s is None:
+            lines.append(_array(f"W{i}", w))
+        else:
+            lines.append(_int8_array(f"W{i}", w))
+            lines.append(_array(f"S{i}", s))
         lines.append(_array(f"B{i}", b))
     if model.kind == "affine":
         lines.append(_array("SCALE", model.scale))
@@ -125,14 +172,8 @@ int policy_action(const float *observation, {ctype} *action);
         big = float(np.finfo(np.float32).max)  # an infinite bound clips nothing
         lines.append(_array("HIGH", np.clip(model.high, -big, big)))
         lines.append(_array("LOW", np.clip(model.low, -big, big)))
-    lines.append(
-        """static void dense(const float *x, int n, const float *w, const float *b, int m,
-                  float *y, int activation) {
-  int i, k;
-  for (i = 0; i < m; ++i) {
-    float acc = b[i];
-    for (k = 0; k < n; ++k) acc += w[i * n + k] * x[k];"""
-        + (
+    activate = (
+        (
             """
     if (activation == 2) acc = tanhf(acc);"""
             if uses_tanh
@@ -145,6 +186,28 @@ int policy_action(const float *observation, {ctype} *action);
 }
 """
     )
+    if any(s is None for s in model.scales):
+        lines.append(
+            """static void dense(const float *x, int n, const float *w, const float *b, int m,
+                  float *y, int activation) {
+  int i, k;
+  for (i = 0; i < m; ++i) {
+    float acc = b[i];
+    for (k = 0; k < n; ++k) acc += w[i * n + k] * x[k];"""
+            + activate
+        )
+    if model.int8:
+        lines.append(
+            """/* int8 weights, one float scale per output channel: y = b + s * (w . x). */
+static void dense_q(const float *x, int n, const int8_t *w, const float *s, const float *b,
+                    int m, float *y, int activation) {
+  int i, k;
+  for (i = 0; i < m; ++i) {
+    float acc = 0.0f;
+    for (k = 0; k < n; ++k) acc += (float)w[i * n + k] * x[k];
+    acc = b[i] + s[i] * acc;"""
+            + activate
+        )
     codes = {"linear": 0, "relu": 1, "tanh": 2}
     body = [
         f"int policy_action(const float *observation, {ctype} *action) {{",
@@ -158,9 +221,14 @@ int policy_action(const float *observation, {ctype} *action);
     ]
     src, dst = "a", "b"
     n = model.features
-    for i, (w, _, activation) in enumerate(model.layers):
+    for i, ((w, _, activation), s) in enumerate(zip(model.layers, model.scales, strict=True)):
         m = w.shape[0]
-        body.append(f"  dense({src}, {n}, W{i}, B{i}, {m}, {dst}, {codes[activation]});")
+        if s is None:
+            body.append(f"  dense({src}, {n}, W{i}, B{i}, {m}, {dst}, {codes[activation]});")
+        else:
+            body.append(
+                f"  dense_q({src}, {n}, W{i}, S{i}, B{i}, {m}, {dst}, {codes[activation]});"
+            )
         src, dst, n = dst, src, m
     if model.kind == "argmax":
         body += [
@@ -224,6 +292,7 @@ def read_weights(root: Path, layout: Layout) -> CModel:
     section = layout.format("c").section
     layers_json = section["layers"]
     sizes = [(int(x["outputs"]), int(x["inputs"])) for x in layers_json]
+    int8 = [x.get("weights", "float32") == "int8" for x in layers_json]
     count = sum(o * i + o for o, i in sizes)
     if count > MAX_WEIGHTS:
         raise BundleError(f"c.layers: expected at most {MAX_WEIGHTS} weights, got {count}")
@@ -232,26 +301,34 @@ def read_weights(root: Path, layout: Layout) -> CModel:
             raise BundleError(f"c.layers: a layer of {i} inputs follows one of {n} outputs")
     if sizes[0][1] != int(section["features"]):
         raise BundleError(f"c.layers: expected {section['features']} inputs, got {sizes[0][1]}")
+    size = layer_bytes(sizes, int8)
     data = files.read_member(
-        root, section["weights"], key="c.weights", files=layout.files_json, cap=count * 4
+        root, section["weights"], key="c.weights", files=layout.files_json, cap=size
     )
-    if len(data) != count * 4:
-        raise BundleError(f"{section['weights']}: expected {count * 4} bytes, got {len(data)}")
-    flat = np.frombuffer(data, "<f4")
-    layers, at = [], 0
-    for (o, i), x in zip(sizes, layers_json, strict=True):
-        w = flat[at : at + o * i].reshape(o, i)
-        b = flat[at + o * i : at + o * i + o]
-        at += o * i + o
+    if len(data) != size:
+        raise BundleError(f"{section['weights']}: expected {size} bytes, got {len(data)}")
+    layers, scales, at = [], [], 0
+    for (o, i), x, q in zip(sizes, layers_json, int8, strict=True):
+        if q:
+            w = np.frombuffer(data, np.int8, o * i, at).reshape(o, i)
+            s = np.frombuffer(data, "<f4", o, at + o * i).astype(np.float32)
+            b = np.frombuffer(data, "<f4", o, at + o * i + 4 * o).astype(np.float32)
+            at += o * i + 8 * o
+        else:
+            w = np.frombuffer(data, "<f4", o * i, at).reshape(o, i).astype(np.float32)
+            b = np.frombuffer(data, "<f4", o, at + 4 * o * i).astype(np.float32)
+            s = None
+            at += 4 * (o * i + o)
         layers.append((w, b, x["activation"]))
+        scales.append(s)
     action = section["action"]
     size = int(np.prod(action["shape"], dtype=np.int64)) if action["shape"] else 1
     if action["kind"] == "argmax":
-        return CModel(layers, "argmax", action["dtype"], 1, shift=action["shift"])
+        return CModel(layers, "argmax", action["dtype"], 1, shift=action["shift"], scales=scales)
     head = {k: np.asarray(action[k], np.float32) for k in ("scale", "offset", "low", "high")}
     if any(v.shape != (size,) for v in head.values()) or sizes[-1][0] != size:
         raise BundleError(f"c.action: expected {size} values per head parameter")
-    return CModel(layers, "affine", action["dtype"], size, **head)
+    return CModel(layers, "affine", action["dtype"], size, scales=scales, **head)
 
 
 def compile_library(source: str, header: str, where: str) -> Path:

@@ -65,6 +65,14 @@ def export(
         int,
         typer.Option("--episodes", "-n", min=1, help="Held-out episodes played with --env."),
     ] = 20,
+    c_weights: Annotated[
+        str,
+        typer.Option(
+            "--c-weights",
+            help="The c format's weights: float32, or int8 (per-channel scales, calibrated "
+            "on --env states; refused below 99% agreement with the float policy).",
+        ),
+    ] = "float32",
     sign_key: SignKeyOption = None,
 ) -> None:
     """Export a TF policy to a bundle.
@@ -114,7 +122,9 @@ def export(
             metadata=meta,
             card=card_options,
             overwrite=overwrite,
-            format_options={"env": env, "episodes": episodes} if env else None,
+            format_options=(
+                {"env": env, "episodes": episodes, "c_weights": c_weights} if env else None
+            ),
         )
         note["detail"] = str(path)
     report = common.verify_stage(stages, path, samples, policy=policy) if verify else None
