@@ -31,13 +31,15 @@ class ToyPolicy(BundlePolicy):
         seed: int | None = None,
         validate_args: bool = True,
         check_finite: bool = False,
-        threads: int = 1,
+        threads: int | str = 1,
     ):
         super().__init__(
             layout, bundle_dir, seed=seed, validate_args=validate_args, check_finite=check_finite
         )
         options = ort.SessionOptions()
-        options.intra_op_num_threads = int(threads)
+        # A backend with the threads capability takes an int or "auto" (load_policy's
+        # default); the toy runs "auto" on one thread.
+        options.intra_op_num_threads = 1 if threads == "auto" else int(threads)
         self._session = ort.InferenceSession(
             readers.read_onnx(self.bundle_dir, layout), options, providers=["CPUExecutionProvider"]
         )
