@@ -19,9 +19,25 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from runtimes.serving.core import ServingCore
 from toolkit.errors import ErrorKind, ServingError
 
-__all__ = ["JSON", "HttpAnswer", "HttpCodec", "HttpRequest", "build_app"]
+__all__ = ["HTTP_STATUS", "JSON", "HttpAnswer", "HttpCodec", "HttpRequest", "build_app"]
 
 JSON = b"application/json"
+
+#: Error kind -> HTTP status, for every REST protocol: TF Serving's REST server's mapping
+#: of its codes, which KServe v2's REST API shares (400 a bad request, 404 an unknown
+#: model or version, 503 not ready or full), but for RESOURCE_EXHAUSTED: the one
+#: resource a request exhausts here is the body size (413).
+HTTP_STATUS = {
+    ErrorKind.CANCELLED: 499,
+    ErrorKind.INVALID_ARGUMENT: 400,
+    ErrorKind.DEADLINE_EXCEEDED: 504,
+    ErrorKind.NOT_FOUND: 404,
+    ErrorKind.RESOURCE_EXHAUSTED: 413,
+    ErrorKind.FAILED_PRECONDITION: 400,
+    ErrorKind.UNIMPLEMENTED: 501,
+    ErrorKind.INTERNAL: 500,
+    ErrorKind.UNAVAILABLE: 503,
+}
 
 
 class HttpRequest:

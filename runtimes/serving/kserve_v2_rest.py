@@ -22,11 +22,11 @@ import numpy as np
 
 from runtimes.serving import jsonio, v2
 from runtimes.serving.core import OFFLOAD_BYTES, ServingCore
-from runtimes.serving.http import HttpAnswer, HttpRequest
+from runtimes.serving.http import HTTP_STATUS, HttpAnswer, HttpRequest
 from runtimes.serving.models import LoadedVersion
 from toolkit.errors import ErrorKind, ServingError, ToolkitError
 
-__all__ = ["HTTP_STATUS", "NAME", "KServeV2Rest", "make"]
+__all__ = ["NAME", "KServeV2Rest", "make"]
 
 NAME = "kserve_v2_rest"
 HEADER_LENGTH = b"inference-header-content-length"
@@ -34,19 +34,6 @@ OCTETS = b"application/octet-stream"
 
 log = logging.getLogger("policy_toolkit.serve")
 
-#: Error kind -> HTTP status (the protocol: 400 for a bad request, 404 for an unknown
-#: model or version; 413 for a body over --max-body-bytes; 503 when not ready or full).
-HTTP_STATUS = {
-    ErrorKind.CANCELLED: 499,
-    ErrorKind.INVALID_ARGUMENT: 400,
-    ErrorKind.DEADLINE_EXCEEDED: 504,
-    ErrorKind.NOT_FOUND: 404,
-    ErrorKind.RESOURCE_EXHAUSTED: 413,
-    ErrorKind.FAILED_PRECONDITION: 400,
-    ErrorKind.UNIMPLEMENTED: 501,
-    ErrorKind.INTERNAL: 500,
-    ErrorKind.UNAVAILABLE: 503,
-}
 
 _MODEL = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?(?:/(ready|infer))?")
 

@@ -19,12 +19,12 @@ import numpy as np
 
 from runtimes.serving import jsonio
 from runtimes.serving.core import OFFLOAD_BYTES, ServingCore, VersionState
-from runtimes.serving.http import HttpAnswer, HttpRequest
+from runtimes.serving.http import HTTP_STATUS, HttpAnswer, HttpRequest
 from runtimes.serving.models import LoadedVersion, parse_version
 from runtimes.serving.signatures import DEFAULT_SIGNATURE, Signature, TensorInfo, short
 from toolkit.errors import ErrorKind, ServingError, ToolkitError
 
-__all__ = ["HTTP_STATUS", "NAME", "TFServingRest", "encode", "make"]
+__all__ = ["NAME", "TFServingRest", "encode", "make"]
 
 #: The protocol's name (the metrics' ``protocol`` label).
 NAME = "tfserving_rest"
@@ -32,19 +32,6 @@ PREDICT_METHOD = "tensorflow/serving/predict"
 
 log = logging.getLogger("policy_toolkit.serve")
 
-#: Error kind -> HTTP status, as TF Serving's REST server maps its error codes, but for
-#: RESOURCE_EXHAUSTED: the one resource a request exhausts here is the body size (413).
-HTTP_STATUS = {
-    ErrorKind.CANCELLED: 499,
-    ErrorKind.INVALID_ARGUMENT: 400,
-    ErrorKind.DEADLINE_EXCEEDED: 504,
-    ErrorKind.NOT_FOUND: 404,
-    ErrorKind.RESOURCE_EXHAUSTED: 413,
-    ErrorKind.FAILED_PRECONDITION: 400,
-    ErrorKind.UNIMPLEMENTED: 501,
-    ErrorKind.INTERNAL: 500,
-    ErrorKind.UNAVAILABLE: 503,
-}
 
 # TF Serving's path patterns (http_rest_api_util.cc), matched against the whole path.
 _PREDICT = re.compile(

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import runtimes
-from runtimes.serving import jsonio, protocols, tfserving_rest
+from runtimes.serving import jsonio, protocols
 from runtimes.serving.batching import Batcher
 from runtimes.serving.core import CoreOptions, VersionState, build_core
 from runtimes.serving.models import ModelConfig
@@ -121,12 +121,11 @@ def test_the_protocol_table_builds_one_codec_per_protocol():
 
 
 def test_every_error_kind_has_a_tf_serving_status():
-    from runtimes.serving import kserve_v2_rest
+    from runtimes.serving import http
 
-    assert set(kserve_v2_rest.HTTP_STATUS) == set(ErrorKind)
-    assert set(tfserving_rest.HTTP_STATUS) == set(ErrorKind)
-    assert tfserving_rest.HTTP_STATUS[ErrorKind.NOT_FOUND] == 404
-    assert tfserving_rest.HTTP_STATUS[ErrorKind.INVALID_ARGUMENT] == 400
+    assert set(http.HTTP_STATUS) == set(ErrorKind)
+    assert http.HTTP_STATUS[ErrorKind.NOT_FOUND] == 404
+    assert http.HTTP_STATUS[ErrorKind.INVALID_ARGUMENT] == 400
 
 
 # --- the core --------------------------------------------------------------------------------
