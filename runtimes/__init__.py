@@ -16,9 +16,10 @@ __all__ = ["AUTO_THREADS_MIN_BATCH", "load_policy", "thread_setting"]
 
 #: ``threads="auto"``: batches of at least this many rows run with the engine's default
 #: threads (onnxruntime: one per physical core; LiteRT: its own default), smaller ones
-#: on one thread. Measured with ``python benchmarks/runtime_bench.py --only threads``
-#: (graph time alone, one thread against the default, batches 1 to 256, on the
-#: benchmark's three policies): see README.md, "Benchmarks".
+#: on one thread. ``python benchmarks/runtime_bench.py --only threads`` times the graph
+#: alone, one thread against the default, at batches 1 to 256 on the benchmark's three
+#: policies: the threshold is where the default starts to win (64 is a first estimate;
+#: the runs so far were on a loaded machine, too noisy to move it).
 AUTO_THREADS_MIN_BATCH = 64
 
 
