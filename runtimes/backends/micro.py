@@ -10,6 +10,7 @@ exist on PyPI).
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import os
 import signal
 import sys
@@ -127,6 +128,9 @@ def _fits(model: bytes, arena: int) -> bool:
     pid = os.fork()
     if pid == 0:  # the child: try, and report by exit status only
         code = 1
+        # A crash here is an answer ("does not fit"), not an error to report: no
+        # traceback from a faulthandler the parent enabled (pytest does).
+        faulthandler.disable()
         try:
             signal.alarm(30)  # a child stuck on a lock inherited from a thread dies
             interpreter = _interpreter(model, arena)
