@@ -199,13 +199,9 @@ def test_import_tf_agents_names_a_format_s_missing_module_before_loading_tensorf
     )
 
 
-def test_serve_with_the_tf_backend_and_no_tensorflow_fails_before_serving(onnx_bundle):
-    args = ("serve", onnx_bundle, "--backend", "tf")
-    done = _cli(("tensorflow",), *args, timeout=60)
-    assert done.returncode == 2, done.stderr
-    assert (
-        _error(done) == "error: the tf backend needs TensorFlow (pip install 'policy-toolkit[all]')"
-    )
+# serve --backend tf without TensorFlow, refused before serving with one line naming the
+# TF-free alternative: tests/runtimes/serving/test_hostile.py
+# (test_backends_the_server_cannot_run_are_refused_before_serving).
 
 
 def test_load_policy_advises_only_what_is_installed_or_the_extra_to_install(onnx_bundle):
