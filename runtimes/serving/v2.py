@@ -59,8 +59,19 @@ DATATYPES = {
 _NUMPY = {v: k for k, v in DATATYPES.items()}
 
 
+# np.dtype(...).name is slow (tens of microseconds per request on the hot path): look
+# dtypes up directly, falling back to the name for anything else.
+_BY_DTYPE = {np.dtype(k): v for k, v in DATATYPES.items()}
+
+
 def datatype(dtype: Any) -> str:
     """A numpy dtype's v2 datatype."""
+    try:
+        found = _BY_DTYPE.get(dtype)
+    except TypeError:  # unhashable
+        found = None
+    if found is not None:
+        return found
     return DATATYPES.get(np.dtype(dtype).name, "BYTES")
 
 
