@@ -134,9 +134,13 @@ def leaves_within(
 def leaf_within(value: Any, check: LeafCheck, outer: tuple[int, ...], clipped: Any = None) -> bool:
     # An unbatched action of a scalar spec comes out of the graph's batch as a numpy
     # scalar (``array[0]``), which has a dtype and shape like a 0-d array.
+    # The dtype by identity first; onnxruntime's own outputs (a plain run, large
+    # batches) carry int64 as numpy's "longlong" (q), a dtype object equal to but not
+    # the same as np.dtype(np.int64) (l) on Linux: without ``==`` every such step took
+    # PyPolicy's full check (about half of an LSTM call at batch 256).
     if (
         (type(value) is not _NDARRAY and not isinstance(value, np.generic))
-        or value.dtype is not check.dtype
+        or (value.dtype is not check.dtype and value.dtype != check.dtype)
         or value.shape != outer + check.shape
     ):
         return False

@@ -592,6 +592,9 @@ class _GaussianNoise(Deriver):
 
     def _act_row(self, loc: np.ndarray, dtype: np.dtype, rng: np.random.Generator) -> np.ndarray:
         """One row of a few elements, both clips and the scale uniform: one Python loop."""
+        return np.array([self._row_values(loc, dtype, rng)], dtype)
+
+    def _row_values(self, loc: np.ndarray, dtype: np.dtype, rng: np.random.Generator) -> list:
         low, high, inner_low, inner_high, scale = self._uniform
         row = loc.astype(dtype, copy=False).tolist()[0]
         noise = rng.standard_normal(len(row)).tolist()
@@ -600,7 +603,27 @@ class _GaussianNoise(Deriver):
             v = inner_low if v < inner_low else (inner_high if v > inner_high else v)
             x = v + scale * z
             values.append(low if x < low else (high if x > high else x))
-        return np.array([values], dtype)
+        return values
+
+    def row_sampler(self) -> tuple[str, Any] | None:
+        """``(parameter name, sample)`` for the policy's unbatched hot path, or None.
+
+        ``sample(loc, rng)`` is ``act({name: loc}, rng, False)[0][0][0]`` for a ``loc`` of
+        one row (the graph's output at batch 1), without the dict, the list of leaves and
+        the batch dim made and taken apart again (callgrind: see runtimes/policy.py); any
+        other ``loc`` (another dtype or size) goes through ``act``.
+        """
+        if getattr(self, "_uniform", None) is None:  # the general (uncompiled) deriver
+            return None
+        name, dtype = self._small[0], self._small[1]
+        row_values, act = self._row_values, self._act_compiled
+
+        def sample(loc: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+            if loc.ndim == 2 and len(loc) == 1 and loc.size <= _SMALL and loc.dtype in _FLOATS:
+                return np.array(row_values(loc, dtype, rng), dtype)
+            return act({name: loc}, rng, False)[0][0][0]
+
+        return name, sample
 
     def _act_one(self, loc: np.ndarray, dtype: np.dtype, rng: np.random.Generator) -> list:
         """One deterministic float leaf, in numpy, in float64 throughout.

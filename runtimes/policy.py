@@ -221,6 +221,16 @@ class BundlePolicy(PyPolicy):
             if self._plain_output and check.shape == () and check.low is not None
             else None
         )
+        self._row_sample = self._row_sampler(self._deriver)
+
+    def _row_sampler(self, deriver: Any) -> tuple[int, Any] | None:
+        """(fetch index, sample) when the deriver draws an unbatched row directly (see
+        ``_GaussianNoise.row_sampler``): the sampled hot path of a plain policy."""
+        compiled = getattr(deriver, "row_sampler", None)
+        plan = compiled() if compiled is not None and self._plain_output else None
+        if plan is None or self._direct or plan[0] not in self._fetch:
+            return None
+        return self._fetch.index(plan[0]), plan[1]
 
     # optree's compiled structures, for nested actions, states and info, which the hot
     # path cuts and rebuilds on every call; made on first use, as flat policies (one
@@ -362,6 +372,7 @@ class BundlePolicy(PyPolicy):
             raise PolicyError(f"set_action_description: {e}") from e
         self._description = copy.deepcopy(description)
         self._deriver = deriver
+        self._row_sample = self._row_sampler(deriver)
 
     def apply_weights(self, initializers: dict[str, Any], train_step: int | None = None) -> None:
         """Swaps in new weights given as arrays keyed by graph initializer name.
@@ -432,6 +443,9 @@ class BundlePolicy(PyPolicy):
                 rng = self._rng if seed is None else None
                 if rng is None:
                     rng = self._generator(seed)
+                row = self._row_sample
+                if row is not None and not outer:  # one unbatched row, drawn as it is
+                    return _new_tuple(PolicyStep, (row[1](outputs[row[0]], rng), (), ()))
                 action = self._deriver.act(dict(zip(fetch, outputs, strict=False)), rng, False)
                 action = action[0][0]
             action = action[0] if not outer else _restore(action, outer)
@@ -461,7 +475,7 @@ class BundlePolicy(PyPolicy):
             for value, (dtype, shape) in zip(states, self._state_layout, strict=True):
                 if (
                     type(value) is not _NDARRAY
-                    or value.dtype is not dtype
+                    or (value.dtype is not dtype and value.dtype != dtype)  # see leaf_within
                     or value.shape != rows + shape
                 ):
                     checked = False
@@ -801,7 +815,7 @@ class BundlePolicy(PyPolicy):
             for value, (dtype, shape) in zip(state, self._state_layout, strict=False):
                 if (
                     type(value) is not _NDARRAY
-                    or value.dtype is not dtype
+                    or (value.dtype is not dtype and value.dtype != dtype)  # see leaf_within
                     or value.shape != outer + shape
                 ):
                     return super()._prepare(time_step, policy_state)
@@ -863,7 +877,9 @@ class BundlePolicy(PyPolicy):
                     and check.low[0] <= value.item() <= check.high[0]
                 ):
                     return
-                if type(value) is _NDARRAY and value.dtype is check.dtype:
+                if type(value) is _NDARRAY and (  # by identity, else equal (see leaf_within)
+                    value.dtype is check.dtype or value.dtype == check.dtype
+                ):
                     if self._direct or self._deriver.clips[0] is None:
                         if (  # the hot path's common case, inline: one in-bounds element
                             value.size == 1

@@ -306,6 +306,8 @@ def _general_copy(policy):
     ).build(
         clone._description, clone._params_tree, "distribution", () if clone.is_stateful else None
     )
+    clone._row_sample = clone._row_sampler(clone._deriver)
+    assert clone._row_sample is None  # the general path only
     return clone
 
 
@@ -383,6 +385,42 @@ def test_a_tanh_normal_policy_acts_as_with_the_general_derivers(tanh_normal_bund
     for outer in ((), (2,), (256,)):
         _assert_steps_equal(_episode(policy, outer), _episode(general, outer))
         _assert_steps_equal(_episode(policy, outer, seed=1), _episode(general, outer, seed=1))
+
+
+@pytest.fixture(scope="module")
+def gaussian_noise_bundle(tmp_path_factory):
+    """A deterministic actor with clipped N(0, 0.2) noise (DDPG/TD3's collect policy)."""
+    import tensorflow as tf
+
+    from exporters.export import export_policy
+    from toolkit.networks.actor_network import ActorNetwork
+    from toolkit.policies import actor_policy, gaussian_policy
+    from toolkit.specs import tensor_spec
+    from toolkit.trajectories import time_step as ts
+
+    observation = tensor_spec.TensorSpec((3,), tf.float32, name="observation")
+    action = tensor_spec.BoundedTensorSpec((2,), tf.float32, -1.0, 1.0, name="force")
+    network = ActorNetwork(observation, action, fc_layer_params=(8,))
+    actor = cr.set_weights(
+        actor_policy.ActorPolicy(ts.time_step_spec(observation), action, network), 4
+    )
+    policy = gaussian_policy.GaussianPolicy(actor, scale=0.2)
+    return export_policy(
+        policy, tmp_path_factory.mktemp("gauss") / "b", formats=("onnx", "litert"), train_step=1
+    )
+
+
+@pytest.mark.parametrize("backend", ["onnx", "litert"])
+def test_a_gaussian_noise_policy_acts_as_with_the_general_derivers(gaussian_noise_bundle, backend):
+    """The unbatched sampled row (Deriver.row_sampler) draws what the formula draws."""
+    policy = runtimes.load_policy(gaussian_noise_bundle, backend, seed=3)
+    assert policy._description["kind"] == "gaussian_noise" and policy._row_sample is not None
+    general = _general_copy(policy)
+    for outer in ((), (1,), (2,), (256,)):
+        _assert_steps_equal(_episode(policy, outer), _episode(general, outer))
+        _assert_steps_equal(_episode(policy, outer, seed=1), _episode(general, outer, seed=1))
+    # the same stream afterwards: the row path drew as many normals as the formula
+    assert policy._generator(None).random() == general._generator(None).random()
 
 
 def test_an_unclipped_sample_out_of_bounds_is_still_reported():
@@ -508,3 +546,18 @@ def test_threads_must_be_a_positive_int_or_auto(threads):
     with pytest.raises(SpecMismatchError, match=r"threads: expected a positive int or 'auto', got"):
         runtimes.load_policy(cr.bundle("q"), "onnx", threads=threads)
     assert runtimes.load_policy(cr.bundle("q"), "onnx", threads=np.int64(2))._threads == 2
+
+
+def test_an_equal_dtype_of_another_identity_passes_the_fast_check():
+    """onnxruntime's plain run gives int64 as numpy's longlong (q): equal to, not the same
+    object as, np.dtype(np.int64) on Linux; the fast check must still take it (and still
+    refuse another dtype or a value out of bounds)."""
+    from runtimes.checks import LeafCheck, leaf_within
+
+    check = LeafCheck.of(BoundedArraySpec((), np.int64, 0, 3))
+    longlong = np.arange(256, dtype="q") % 4
+    assert longlong.dtype == check.dtype
+    assert leaf_within(longlong, check, (256,))
+    assert not leaf_within(longlong.astype(np.int32), check, (256,))
+    longlong[7] = 4
+    assert not leaf_within(longlong, check, (256,))
