@@ -16,11 +16,12 @@ __all__ = ["AUTO_THREADS_MIN_BATCH", "load_policy", "thread_setting"]
 
 #: ``threads="auto"``: batches of at least this many rows run with the engine's default
 #: threads (onnxruntime: one per physical core; LiteRT: its own default), smaller ones
-#: on one thread. ``python benchmarks/runtime_bench.py --only threads`` times the graph
-#: alone, one thread against the default, at batches 1 to 256 on the benchmark's three
-#: policies: the threshold is where the default starts to win (64 is a first estimate;
-#: the runs so far were on a loaded machine, too noisy to move it).
-AUTO_THREADS_MIN_BATCH = 64
+#: on one thread. Measured on 2 idle cores (load 0.8) with
+#: ``python benchmarks/runtime_bench.py --only threads --rounds 9`` (raw session.run,
+#: onnxruntime's default threads over one, median of rounds): slower at every batch up to
+#: 256 on the benchmark's three policies (demo 0.98-1.30x, Gaussian 1.00-1.36x, LSTM
+#: 0.99-1.33x), so one thread up to 256 rows; 512 is the first size not measured slower.
+AUTO_THREADS_MIN_BATCH = 512
 
 
 def thread_setting(threads: Any) -> int | str:
