@@ -232,3 +232,25 @@ def test_signing_and_verifying_need_no_tensorflow(copy, keys):
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().endswith("heavy: []"), result.stdout
+
+
+@pytest.mark.parametrize("backend", ["micro", "c"])
+def test_the_micro_and_c_backends_take_the_trust_policy_too(tmp_path, keys, backend):
+    from tests.micro_bundles import cartpole_c, cartpole_micro
+
+    source = cartpole_micro() if backend == "micro" else cartpole_c()
+    path = Path(shutil.copytree(source, tmp_path / "bundle"))
+    with pytest.raises(TrustError, match=r"not signed \(no model.sig\)"):
+        runtimes.load_policy(path, backend, trust=keys["ours"][1])
+    bundle.sign_bundle(path, keys["ours"][0])
+    assert runtimes.load_policy(path, backend, trust=keys["ours"][1]).backend == backend
+    # One of the target's own files changed, its hash rewritten in the manifest.
+    files = json.loads((path / bundle.MANIFEST).read_text())["files"]
+    rel = sorted(r for r in files if r.startswith(f"{backend}/"))[0]
+    data = bytearray((path / rel).read_bytes())
+    data[-1] ^= 1
+    (path / rel).write_bytes(bytes(data))
+    _rehash(path, rel)
+    with pytest.raises(TrustError, match=r"not the bundle that was signed \(changed: ") as e:
+        runtimes.load_policy(path, backend, trust=keys["ours"][1])
+    assert rel in str(e.value) and "manifest.json" in str(e.value)
