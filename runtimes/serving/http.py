@@ -19,7 +19,15 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from runtimes.serving.core import ServingCore
 from toolkit.errors import ErrorKind, ServingError
 
-__all__ = ["HTTP_STATUS", "JSON", "HttpAnswer", "HttpCodec", "HttpRequest", "build_app"]
+__all__ = [
+    "HTTP_STATUS",
+    "JSON",
+    "HttpAnswer",
+    "HttpCodec",
+    "HttpRequest",
+    "build_app",
+    "error_answer",
+]
 
 JSON = b"application/json"
 
@@ -122,6 +130,13 @@ class HttpAnswer:
         self.content_type = content_type
         self.model = model
         self.api = api
+
+
+def error_answer(message: str, kind: ErrorKind, model: str | None, api: str) -> HttpAnswer:
+    """An error as both REST protocols answer it: ``{"error": message}`` with the HTTP
+    status of its kind."""
+    body = json.dumps({"error": message}).encode()
+    return HttpAnswer(body, HTTP_STATUS[kind], model=model, api=api)
 
 
 class HttpCodec(Protocol):

@@ -8,12 +8,11 @@ JSON header (``Inference-Header-Content-Length`` gives the header's size, each
 input's ``binary_data_size`` parameter its share). Outputs are answered in binary when
 asked (``binary_data`` on an output, or ``binary_data_output`` on the request, as
 ``tritonclient.http`` asks by default). Errors are ``{"error": "..."}`` with an HTTP
-status per error kind (``HTTP_STATUS``).
+status per error kind (``runtimes.serving.http.error_answer``).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from typing import Any
@@ -22,7 +21,7 @@ import numpy as np
 
 from runtimes.serving import jsonio, v2
 from runtimes.serving.core import OFFLOAD_BYTES, ServingCore
-from runtimes.serving.http import HTTP_STATUS, HttpAnswer, HttpRequest
+from runtimes.serving.http import HttpAnswer, HttpRequest, error_answer
 from runtimes.serving.models import LoadedVersion
 from toolkit.errors import ErrorKind, ServingError, ToolkitError
 
@@ -41,11 +40,6 @@ _MODEL = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?(?:/(ready|infer))
 def make(core: ServingCore) -> KServeV2Rest:
     """The codec over ``core`` (the protocol table's entry point)."""
     return KServeV2Rest(core)
-
-
-def _error(message: str, kind: ErrorKind, model: str | None, api: str) -> HttpAnswer:
-    body = json.dumps({"error": message}).encode()
-    return HttpAnswer(body, HTTP_STATUS[kind], model=model, api=api)
 
 
 class KServeV2Rest:
@@ -100,13 +94,13 @@ class KServeV2Rest:
                 return HttpAnswer(body, model=model, api=api)
             raise ServingError(f"Malformed request: {method} {path}", ErrorKind.NOT_FOUND)
         except ServingError as e:
-            return _error(str(e), e.kind, model, api)
+            return error_answer(str(e), e.kind, model, api)
         except ToolkitError as e:  # the policy refused the inputs (names what is wrong)
-            return _error(str(e), ErrorKind.INVALID_ARGUMENT, model, api)
+            return error_answer(str(e), ErrorKind.INVALID_ARGUMENT, model, api)
         except Exception as e:
             log.exception("%s %s failed", method, path)
             message = f"Internal error: {type(e).__name__}: {e}"
-            return _error(message, ErrorKind.INTERNAL, model, api)
+            return error_answer(message, ErrorKind.INTERNAL, model, api)
 
     # --- infer ---------------------------------------------------------------------------------
 

@@ -5,12 +5,12 @@ case-insensitive, as theirs): model status ``GET /v1/models/NAME[/versions/V|/la
 metadata ``GET .../metadata``, predict ``POST /v1/models/NAME[/versions/V|/labels/L]:predict``
 with the inputs in row (``instances``) or columnar (``inputs``) format, answered in
 the same one (``predictions`` / ``outputs``); errors are ``{"error": "..."}`` with the
-HTTP status ``HTTP_STATUS`` gives each error kind, as TF Serving maps its codes.
+HTTP status ``runtimes.serving.http.HTTP_STATUS`` gives each error kind, as TF Serving maps
+its codes (``runtimes.serving.http.error_answer``).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from typing import Any
@@ -19,7 +19,7 @@ import numpy as np
 
 from runtimes.serving import jsonio
 from runtimes.serving.core import OFFLOAD_BYTES, ServingCore, VersionState
-from runtimes.serving.http import HTTP_STATUS, HttpAnswer, HttpRequest
+from runtimes.serving.http import HttpAnswer, HttpRequest, error_answer
 from runtimes.serving.models import LoadedVersion, parse_version
 from runtimes.serving.signatures import DEFAULT_SIGNATURE, Signature, TensorInfo, short
 from toolkit.errors import ErrorKind, ServingError, ToolkitError
@@ -73,11 +73,6 @@ def _version(text: str | None) -> int | None:
     return version
 
 
-def _error(message: str, kind: ErrorKind, model: str | None, api: str) -> HttpAnswer:
-    body = json.dumps({"error": message}).encode()
-    return HttpAnswer(body, HTTP_STATUS[kind], model=model, api=api)
-
-
 class TFServingRest:
     """TF Serving's REST API on ``/v1/...`` (see the module docstring)."""
 
@@ -113,13 +108,13 @@ class TFServingRest:
             else:
                 raise ServingError(f"Malformed request: {method} {path}")
         except ServingError as e:
-            return _error(str(e), e.kind, model, api)
+            return error_answer(str(e), e.kind, model, api)
         except ToolkitError as e:  # the policy refused the inputs (names what is wrong)
-            return _error(str(e), ErrorKind.INVALID_ARGUMENT, model, api)
+            return error_answer(str(e), ErrorKind.INVALID_ARGUMENT, model, api)
         except Exception as e:
             log.exception("%s %s failed", method, path)
             message = f"Internal error: {type(e).__name__}: {e}"
-            return _error(message, ErrorKind.INTERNAL, model, api)
+            return error_answer(message, ErrorKind.INTERNAL, model, api)
         return HttpAnswer(body, model=model, api=api)
 
     # --- predict ------------------------------------------------------------------------
