@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import grpc
+from _serve_load import summary  # this folder is the script's: on sys.path
 
 
 async def _main(args) -> dict:
@@ -52,22 +53,7 @@ async def _main(args) -> dict:
                     errors[0] += failed
 
         await asyncio.gather(*(client() for _ in range(args.clients)))
-    elapsed = min(time.perf_counter(), stop_at) - warm_at
-    latencies.sort()
-    n = len(latencies)
-
-    def pct(q: float) -> float:
-        return latencies[min(n - 1, int(q * n))] * 1e3 if n else float("nan")
-
-    return {
-        "clients": args.clients,
-        "requests": n,
-        "all_requests": total[0],
-        "errors": errors[0],
-        "p50_ms": pct(0.50),
-        "p99_ms": pct(0.99),
-        "rps": n / elapsed if elapsed > 0 else float("nan"),
-    }
+    return summary(latencies, stop_at, warm_at, args.clients, total[0], errors[0])
 
 
 def main() -> None:

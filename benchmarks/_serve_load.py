@@ -67,18 +67,26 @@ async def _main(args) -> dict:
             for _ in range(args.clients)
         )
     )
+    return summary(latencies, stop_at, warm_at, args.clients, total[0], errors[0])
+
+
+def summary(
+    latencies: list[float], stop_at: float, warm_at: float, clients: int, total: int, errors: int
+) -> dict:
+    """The JSON line both load generators print: percentiles of the timed latencies (after
+    the warm-up) and their rate over the timed window."""
     elapsed = min(time.perf_counter(), stop_at) - warm_at
-    latencies.sort()
+    latencies = sorted(latencies)
     n = len(latencies)
 
     def pct(q: float) -> float:
         return latencies[min(n - 1, int(q * n))] * 1e3 if n else float("nan")
 
     return {
-        "clients": args.clients,
+        "clients": clients,
         "requests": n,
-        "all_requests": total[0],
-        "errors": errors[0],
+        "all_requests": total,
+        "errors": errors,
         "p50_ms": pct(0.50),
         "p99_ms": pct(0.99),
         "rps": n / elapsed if elapsed > 0 else float("nan"),
