@@ -124,7 +124,11 @@ class _Runner:
         }
         self.shapes = shapes
 
-    def run(self, arrays: list[np.ndarray], unbatched: bool, fetch: list[str]) -> list:
+    def run(
+        self, arrays: list[np.ndarray], unbatched: bool, fetch: list[str], copy: bool = True
+    ) -> list:
+        """The outputs; ``copy=False``: views of the interpreter's buffers (read them
+        before this thread's next run)."""
         # Inner dims are fixed unless the signature has dynamic ones; then the whole
         # shapes decide whether to resize.
         if self.dynamic:
@@ -136,6 +140,8 @@ class _Runner:
         fill_inputs(self.in_views, arrays, unbatched)  # unbatched: the batch of one
         self.wrapper.Invoke(self.subgraph)
         views = self.out_views
+        if not copy:
+            return [views[name] for name in fetch]
         return [views[name].copy() for name in fetch]
 
 
@@ -217,15 +223,20 @@ class LiteRTPolicy(BundlePolicy):
         """This thread's LiteRT Interpreter."""
         return self._runner().interpreter
 
-    def _run(self, arrays: list[Any], unbatched: bool, fetch: list[str]) -> list[Any]:
+    def _run(
+        self, arrays: list[Any], unbatched: bool, fetch: list[str], copy: bool = True
+    ) -> list[Any]:
         runner = getattr(self._local, "runner", None) or self._runner()
         if self._min_batch is not None and not unbatched and len(arrays[0]) >= self._min_batch:
             runner = getattr(self._local, "many", None) or self._runner(many=True)
         try:
-            return runner.run(arrays, unbatched, fetch)
+            return runner.run(arrays, unbatched, fetch, copy)
         except (ValueError, RuntimeError) as e:  # LiteRT's errors, for unvalidated inputs
             runner.shapes = None  # a failed resize may leave other shapes behind
             raise PolicyError(f"LiteRT could not run the policy: {e}") from e
+
+    def _run_borrowed(self, arrays: list[Any], unbatched: bool, fetch: list[str]) -> list[Any]:
+        return self._run(arrays, unbatched, fetch, False)
 
     def update_from_checkpoint(self, path: str | os.PathLike) -> None:
         """Not available: a LiteRT model's weights are baked in when it is converted.
