@@ -666,12 +666,13 @@ class _GaussianNoise(Deriver):
         block: NormalBlock | None = None,
     ) -> list:
         low, high, inner_low, inner_high, scale = self._uniform
-        row = loc.astype(dtype, copy=False).tolist()[0]
+        # (astype's keyword parsing costs ~1k instructions: skipped for the leaf's dtype)
+        row = (loc if loc.dtype is dtype else loc.astype(dtype, copy=False)).tolist()[0]
         noise = None if block is None else block.take(len(row))
         if noise is None:
             noise = rng.standard_normal(len(row)).tolist()
         values = []
-        for v, z in zip(row, noise, strict=True):
+        for v, z in zip(row, noise):  # noqa: B905 (one noise per element; no keyword parsing)
             v = inner_low if v < inner_low else (inner_high if v > inner_high else v)
             x = v + scale * z
             values.append(low if x < low else (high if x > high else x))
@@ -695,7 +696,13 @@ class _GaussianNoise(Deriver):
         def sample(
             loc: np.ndarray, rng: np.random.Generator, block: NormalBlock | None = None
         ) -> np.ndarray:
-            if loc.ndim == 2 and len(loc) == 1 and loc.size <= _SMALL and loc.dtype in _FLOATS:
+            kind = loc.dtype  # by identity first: ``in`` compares with dtype.__eq__
+            if (
+                loc.ndim == 2
+                and len(loc) == 1
+                and loc.size <= _SMALL
+                and (kind is dtype or kind in _FLOATS)
+            ):
                 return np.array(row_values(loc, dtype, rng, block), dtype)
             if block is not None:
                 block.sync()  # act draws from rng itself

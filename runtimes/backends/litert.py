@@ -236,7 +236,14 @@ class LiteRTPolicy(BundlePolicy):
             raise PolicyError(f"LiteRT could not run the policy: {e}") from e
 
     def _run_borrowed(self, arrays: list[Any], unbatched: bool, fetch: list[str]) -> list[Any]:
-        return self._run(arrays, unbatched, fetch, False)
+        if not unbatched:
+            return self._run(arrays, unbatched, fetch, False)
+        runner = getattr(self._local, "runner", None) or self._runner()
+        try:  # the unbatched hot path, without _run's frame and batch test
+            return runner.run(arrays, True, fetch, False)
+        except (ValueError, RuntimeError) as e:  # LiteRT's errors, for unvalidated inputs
+            runner.shapes = None
+            raise PolicyError(f"LiteRT could not run the policy: {e}") from e
 
     def update_from_checkpoint(self, path: str | os.PathLike) -> None:
         """Not available: a LiteRT model's weights are baked in when it is converted.
