@@ -127,7 +127,7 @@ def leaves_within(
     """
     if len(values) != len(checks):
         return False
-    for i, (value, check) in enumerate(zip(values, checks, strict=True)):
+    for i, (value, check) in enumerate(zip(values, checks)):  # noqa: B905 (lengths equal)
         if not leaf_within(value, check, outer, None if clipped is None else clipped[i]):
             return False
     return True
