@@ -336,35 +336,44 @@ class NormalBlock:
     generator is then drawn from directly, as by every other path.
     """
 
-    #: normals per block (a refill costs about 20k instructions, the block's list 9k)
-    SIZE = 64
+    #: normals per block (a refill costs about 70k instructions: the generator's state,
+    #: the draws and their list)
+    SIZE = 256
 
     __slots__ = ("lock", "on", "pos", "rng", "state", "values")
 
     def __init__(self, rng: np.random.Generator):
         self.rng = rng
         self.lock = _thread.allocate_lock()
-        self.values: list[float] = []
+        self.values: list[float] = []  # empty when off: every take goes to _next
         self.pos = 0
         self.state: dict[str, Any] | None = None  # the generator's state before the block
         self.on = True
 
     def take(self, n: int) -> list[float] | None:
         """The next ``n`` normals of the stream; None once the block is off."""
-        with self.lock:
-            if not self.on:
-                return None
+        lock = self.lock
+        lock.acquire()  # (acquire and release cost half of ``with lock``)
+        try:
             pos = self.pos
             end = pos + n
             values = self.values
             if end <= len(values):
                 self.pos = end
                 return values[pos:end]
-            head = values[pos:]  # the rest of this block, then the next one's first
-            self.state = self.rng.bit_generator.state
-            values = self.values = self.rng.standard_normal(max(self.SIZE, n)).tolist()
-            self.pos = end = n - len(head)
-            return head + values[:end]
+            return self._next(n)
+        finally:
+            lock.release()
+
+    def _next(self, n: int) -> list[float] | None:
+        """The rest of this block, then the next one's first normals (lock held)."""
+        if not self.on:
+            return None
+        head = self.values[self.pos :]
+        self.state = self.rng.bit_generator.state
+        values = self.values = self.rng.standard_normal(max(self.SIZE, n)).tolist()
+        self.pos = end = n - len(head)
+        return head + values[:end]
 
     def sync(self) -> None:
         """Puts the generator where element-wise draws would have left it."""
@@ -656,27 +665,7 @@ class _GaussianNoise(Deriver):
 
     def _act_row(self, loc: np.ndarray, dtype: np.dtype, rng: np.random.Generator) -> np.ndarray:
         """One row of a few elements, both clips and the scale uniform: one Python loop."""
-        return np.array([self._row_values(loc, dtype, rng)], dtype)
-
-    def _row_values(
-        self,
-        loc: np.ndarray,
-        dtype: np.dtype,
-        rng: np.random.Generator,
-        block: NormalBlock | None = None,
-    ) -> list:
-        low, high, inner_low, inner_high, scale = self._uniform
-        # (astype's keyword parsing costs ~1k instructions: skipped for the leaf's dtype)
-        row = (loc if loc.dtype is dtype else loc.astype(dtype, copy=False)).tolist()[0]
-        noise = None if block is None else block.take(len(row))
-        if noise is None:
-            noise = rng.standard_normal(len(row)).tolist()
-        values = []
-        for v, z in zip(row, noise):  # noqa: B905 (one noise per element; no keyword parsing)
-            v = inner_low if v < inner_low else (inner_high if v > inner_high else v)
-            x = v + scale * z
-            values.append(low if x < low else (high if x > high else x))
-        return values
+        return np.array([_row_values(self._uniform, loc, dtype, rng, None)], dtype)
 
     def row_sampler(self) -> tuple[str, Any] | None:
         """``(parameter name, sample)`` for the policy's unbatched hot path, or None.
@@ -691,7 +680,7 @@ class _GaussianNoise(Deriver):
         if getattr(self, "_uniform", None) is None:  # the general (uncompiled) deriver
             return None
         name, dtype = self._small[0], self._small[1]
-        row_values, act = self._row_values, self._act_compiled
+        uniform, act = self._uniform, self._act_compiled
 
         def sample(
             loc: np.ndarray, rng: np.random.Generator, block: NormalBlock | None = None
@@ -703,7 +692,7 @@ class _GaussianNoise(Deriver):
                 and loc.size <= _SMALL
                 and (kind is dtype or kind in _FLOATS)
             ):
-                return np.array(row_values(loc, dtype, rng, block), dtype)
+                return np.array(_row_values(uniform, loc, dtype, rng, block), dtype)
             if block is not None:
                 block.sync()  # act draws from rng itself
             return act({name: loc.copy()}, rng, False)[0][0][0]
@@ -763,6 +752,29 @@ class _GaussianNoise(Deriver):
                 _dists().Normal(loc, total.astype(inner.dtype), inner.event_ndims, inner.dtype)
             )
         return out_dists
+
+
+def _row_values(
+    uniform: tuple,
+    loc: np.ndarray,
+    dtype: np.dtype,
+    rng: np.random.Generator,
+    block: NormalBlock | None,
+) -> list[float]:
+    """``_GaussianNoise``'s row: both clips and the scale uniform (``_uniform_plan``),
+    the noise from ``block`` when given (and on), else drawn from ``rng``."""
+    low, high, inner_low, inner_high, scale = uniform
+    # (astype's keyword parsing costs ~1k instructions: skipped for the leaf's dtype)
+    row = (loc if loc.dtype is dtype else loc.astype(dtype, copy=False)).tolist()[0]
+    noise = None if block is None else block.take(len(row))
+    if noise is None:
+        noise = rng.standard_normal(len(row)).tolist()
+    values = []
+    for v, z in zip(row, noise):  # noqa: B905 (one noise per element; no keyword parsing)
+        v = inner_low if v < inner_low else (inner_high if v > inner_high else v)
+        x = v + scale * z
+        values.append(low if x < low else (high if x > high else x))
+    return values
 
 
 class _OUNoise(Deriver):

@@ -232,6 +232,11 @@ class BundlePolicy(PyPolicy):
         ``_GaussianNoise.row_sampler``): the sampled hot path of a plain policy."""
         compiled = getattr(deriver, "row_sampler", None)
         plan = compiled() if compiled is not None and self._plain_output else None
+        # (dtype, shape) of a row whose bounds the derivation clipped: the output check of
+        # such a step (``_check_step``) is done inline on the row path.
+        check = self._action_checks[0]
+        clipped = self._plain_output and deriver.clips[0] is not None
+        self._row_exact = (check.dtype, check.shape) if clipped else None
         if plan is None or self._direct or plan[0] not in self._fetch:
             return None
         return self._fetch.index(plan[0]), plan[1]
@@ -479,10 +484,19 @@ class BundlePolicy(PyPolicy):
             outputs = self._run_borrowed(arrays, True, fetch)
             if seed is None:
                 block = self._block or self._normals()
-                step = (row[1](outputs[row[0]], block.rng, block), (), ())
+                action = row[1](outputs[row[0]], block.rng, block)
             else:
-                step = (row[1](outputs[row[0]], self._generator(seed)), (), ())
-            return _new_tuple(PolicyStep, step)
+                action = row[1](outputs[row[0]], self._generator(seed))
+            step = _new_tuple(PolicyStep, (action, (), ()))
+            exact = self._row_exact
+            if (  # what _check_step checks of a leaf the derivation clipped; known by identity
+                exact is not None
+                and type(action) is _NDARRAY
+                and action.dtype is exact[0]
+                and action.shape == exact[1]
+            ):
+                self._checked = step
+            return step
         outputs = self._run(arrays, not outer, fetch)
         if self._plain_output:  # one action leaf; no state, info or log-probability
             if self._direct:

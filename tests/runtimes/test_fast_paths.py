@@ -616,3 +616,18 @@ def test_the_policys_own_noise_block_gives_the_stream_of_a_generator_passed_per_
     assert policy._block is not None and not policy._block.on
     np.testing.assert_array_equal(kept[0], kept[1])
     assert policy._generator(None).random() == rng.random()
+
+
+@pytest.mark.parametrize("backend", ["onnx", "litert"])
+def test_a_sampled_row_of_another_shape_than_the_spec_is_still_reported(
+    gaussian_noise_bundle, backend
+):
+    """The row path checks its action inline (dtype, shape) before skipping _check_step:
+    a graph row of the wrong width goes to the full check, which names it."""
+    policy = runtimes.load_policy(gaussian_noise_bundle, backend, seed=0)
+    rng = np.random.default_rng(0)
+    time_step = first_time_step(sample_time_step(policy.time_step_spec, (), rng))
+    assert policy.action(time_step).action.shape == (2,)
+    policy._run_borrowed = lambda arrays, unbatched, fetch: [np.zeros((1, 3), F32)]
+    with pytest.raises(SpecMismatchError, match=r"action: expected shape \(2,\)"):
+        policy.action(time_step)
