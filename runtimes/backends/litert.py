@@ -105,6 +105,7 @@ class _Runner:
         # dynamic (then every call's shapes decide whether to resize).
         self.dynamic = inner is None
         self.shapes: Any = None
+        self.borrowed = None
         if inner is not None:  # ready for batch 1, the common call, at load
             self.resize([np.empty((1, *shape), np.uint8) for shape in inner], 1)
 
@@ -122,6 +123,7 @@ class _Runner:
             name: wrapper.tensor(self.interpreter, index, subgraph)
             for name, index in self.outputs.items()
         }
+        self.borrowed: tuple[list[str], list[np.ndarray]] | None = None  # see run
         self.shapes = shapes
 
     def run(
@@ -140,8 +142,11 @@ class _Runner:
         fill_inputs(self.in_views, arrays, unbatched)  # unbatched: the batch of one
         self.wrapper.Invoke(self.subgraph)
         views = self.out_views
-        if not copy:
-            return [views[name] for name in fetch]
+        if not copy:  # the views in fetch order, kept until the next resize (one list)
+            borrowed = self.borrowed
+            if borrowed is None or borrowed[0] is not fetch:
+                borrowed = self.borrowed = (fetch, [views[name] for name in fetch])
+            return borrowed[1]
         return [views[name].copy() for name in fetch]
 
 
