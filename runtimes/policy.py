@@ -226,6 +226,18 @@ class BundlePolicy(PyPolicy):
             else None
         )
         self._row_sample = self._row_sampler(self._deriver)
+        # A recurrent policy whose graph outputs its one action and the next state, and
+        # nothing else (a greedy LSTM Q policy): its unbatched step is built from the
+        # outputs by position (``_state_row``), without the dict and lists of the general
+        # ``_policy_step``.
+        self._state_row = (
+            self._direct
+            and self._single_action
+            and bool(self._next_state_names)
+            and not self._info_names
+            and not self._emit_log_probability
+            and self._fetch == action_names + self._next_state_names
+        )
 
     def _row_sampler(self, deriver: Any) -> tuple[int, Any] | None:
         """(fetch index, sample) when the deriver draws an unbatched row directly (see
@@ -508,7 +520,33 @@ class BundlePolicy(PyPolicy):
                 action = action[0][0]
             action = action[0] if not outer else _restore(action, outer)
             return _new_tuple(PolicyStep, (action, (), ()))  # PolicyStep(action), framelessly
+        if self._state_row and not outer:
+            return self._state_step(outputs)
         return self._policy_step(dict(zip(fetch, outputs)), outer, seed)  # noqa: B905
+
+    def _state_step(self, outputs: list[np.ndarray]) -> PolicyStep:
+        """``_policy_step`` of an unbatched call of a ``_state_row`` policy: the action,
+        then the next state's leaves, by position; the same step and the same checks."""
+        action = outputs[0]
+        states = outputs[1:]
+        checked = self._validate_args
+        if checked:
+            if not leaf_within(action, self._action_checks[0], (1,)):
+                checked = False
+            else:
+                for value, (dtype, shape) in zip(states, self._state_layout):  # noqa: B905
+                    if (
+                        type(value) is not _NDARRAY
+                        or (value.dtype is not dtype and value.dtype != dtype)
+                        or value.shape != (1, *shape)
+                    ):
+                        checked = False
+                        break
+        state = self._state_treespec.unflatten([a[0] for a in states])
+        step = _new_tuple(PolicyStep, (action[0], state, ()))
+        if checked:
+            self._checked = step
+        return step
 
     def _policy_step(self, out: dict[str, np.ndarray], outer: tuple, seed: Seed) -> PolicyStep:
         emit = self._emit_log_probability

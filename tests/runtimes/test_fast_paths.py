@@ -631,3 +631,29 @@ def test_a_sampled_row_of_another_shape_than_the_spec_is_still_reported(
     policy._run_borrowed = lambda arrays, unbatched, fetch: [np.zeros((1, 3), F32)]
     with pytest.raises(SpecMismatchError, match=r"action: expected shape \(2,\)"):
         policy.action(time_step)
+
+
+@pytest.mark.parametrize("backend", ["onnx", "litert"])
+def test_a_recurrent_greedy_step_by_position_equals_the_general_step(backend):
+    """``_state_step`` (unbatched, outputs by position) against ``_policy_step`` (by
+    name): equal episodes with the state fed back, the same checks."""
+    policy = cr.load("rnn/greedy_q", backend)
+    assert policy._state_row
+    general = policy.copy()
+    general._state_row = False
+    _assert_steps_equal(_episode(policy, (), steps=6), _episode(general, (), steps=6))
+    # the outputs' check: an action outside the spec is named by the full check
+    time_step = first_time_step(
+        sample_time_step(policy.time_step_spec, (), np.random.default_rng(1))
+    )
+    real_run = policy._run
+
+    def run(arrays, unbatched, fetch):
+        outputs = real_run(arrays, unbatched, fetch)
+        outputs[0] = np.full_like(outputs[0], 99)
+        return outputs
+
+    for p in (policy, general):
+        p._run = run
+        with pytest.raises(SpecMismatchError, match="action: expected values in"):
+            p.action(time_step, p.get_initial_state())
