@@ -1,19 +1,25 @@
-"""The gRPC side shared by the gRPC protocols: one grpc.aio server, a codec per service.
+"""The gRPC side shared by the gRPC protocols: one grpc server, a codec per service.
 
-``build_server(core, codecs, host, port)`` makes a ``grpc.aio`` server on the event
-loop the HTTP server runs on (so request batching, sequences and the core's state are
-shared across every protocol), with each codec's method handlers
-(``GrpcCodec.handlers``). ``unary`` wraps one method: it times it, turns a
-``ServingError`` into the gRPC status of its kind (the kinds are gRPC's canonical
-codes), and counts it in the metrics under the codec's protocol name. Messages are
-bounded by the server's ``--max-body-bytes`` (RESOURCE_EXHAUSTED beyond, from gRPC).
+``build_server(core, codecs, host, port)`` makes a sync ``grpc.server`` whose methods
+run in a pool of ``WORKERS`` threads, with each codec's method handlers
+(``GrpcCodec.handlers``). A method decodes, runs and encodes in its gRPC thread
+(``ServingCore.run_blocking``): what lives on the HTTP server's event loop (request
+batching, sequences) is handed to that loop, so it is shared across every protocol.
+Measured against a ``grpc.aio`` server on that loop (benchmarks/serve_bench.py, one
+blocking client, the users' kind): the aio server's hand-offs between its poller
+thread and the loop cost more than the sync server's between its poller and the pool.
+``unary`` wraps one method: it times it, turns a ``ServingError`` into the gRPC status
+of its kind (the kinds are gRPC's canonical codes), and counts it in the metrics under
+the codec's protocol name. Messages are bounded by the server's ``--max-body-bytes``
+(RESOURCE_EXHAUSTED beyond, from gRPC).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 import grpc
@@ -21,7 +27,11 @@ import grpc
 from runtimes.serving.core import ServingCore
 from toolkit.errors import ErrorKind, ServingError, ToolkitError
 
-__all__ = ["GrpcCodec", "build_server", "unary"]
+__all__ = ["WORKERS", "GrpcCodec", "build_server", "unary"]
+
+#: gRPC threads: calls in progress at once (more wait for one); each call waiting for
+#: its share of a batched call holds one, so this bounds what one batch merges over gRPC
+WORKERS = 16
 
 log = logging.getLogger("policy_toolkit.serve")
 
@@ -40,7 +50,7 @@ def unary(
     core: ServingCore,
     protocol: str,
     api: str,
-    method: Callable[[Any], Awaitable[tuple[Any, str | None]]],
+    method: Callable[[Any], tuple[Any, str | None]],
     request_type: Any,
     response_type: Any,
 ) -> grpc.RpcMethodHandler:
@@ -50,20 +60,21 @@ def unary(
       core: the serving core (its metrics).
       protocol: the metrics' protocol label.
       api: the metrics' api label (the method).
-      method: the method; raises ServingError (or ToolkitError: invalid argument).
+      method: the method, called in a gRPC thread; raises ServingError (or
+        ToolkitError: invalid argument).
       request_type: the request message class.
       response_type: the response message class.
     """
     observe = core.observe
 
-    async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
+    def handle(request: Any, context: grpc.ServicerContext) -> Any:
         started = time.perf_counter()
         model = getattr(request, "model_name", None) or getattr(request, "name", None)
         spec = getattr(request, "model_spec", None)
         if spec is not None:
             model = spec.name or None
         try:
-            response, model = await method(request)
+            response, model = method(request)
         except ServingError as e:
             kind, message = e.kind, str(e)
         except ToolkitError as e:  # the policy refused the inputs (names what is wrong)
@@ -76,7 +87,7 @@ def unary(
             return response
         code = grpc.StatusCode[kind.name]
         observe(protocol, model, api, code.name, time.perf_counter() - started, True)
-        await context.abort(code, message)
+        context.abort(code, message)
 
     return grpc.unary_unary_rpc_method_handler(
         handle,
@@ -87,14 +98,15 @@ def unary(
 
 def build_server(
     core: ServingCore, codecs: list[GrpcCodec], host: str, port: int
-) -> tuple[grpc.aio.Server, int]:
-    """A grpc.aio server with every codec's services, bound (not started): (server, port).
+) -> tuple[grpc.Server, int]:
+    """A grpc server with every codec's services, bound (not started): (server, port).
 
     Raises:
       ServingError: when the address cannot be bound.
     """
     limit = core.limits.max_body_bytes
-    server = grpc.aio.server(
+    server = grpc.server(
+        ThreadPoolExecutor(WORKERS, thread_name_prefix="policy-serve-grpc"),
         options=[
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", max(limit, 64 << 20)),

@@ -97,13 +97,13 @@ class KServeV2Grpc:
 
     # --- health and metadata -----------------------------------------------------------------
 
-    async def server_live(self, request: Any) -> tuple[Any, None]:
+    def server_live(self, request: Any) -> tuple[Any, None]:
         return pb.ServerLiveResponse(live=True), None
 
-    async def server_ready(self, request: Any) -> tuple[Any, None]:
+    def server_ready(self, request: Any) -> tuple[Any, None]:
         return pb.ServerReadyResponse(ready=self.core.ready()), None
 
-    async def model_ready(self, request: Any) -> tuple[Any, str]:
+    def model_ready(self, request: Any) -> tuple[Any, str]:
         try:
             self.core.resolve(request.name, v2.parse_version_text(request.version), None)
             ready = not self.core.draining
@@ -113,11 +113,11 @@ class KServeV2Grpc:
             ready = False
         return pb.ModelReadyResponse(ready=ready), request.name
 
-    async def server_metadata(self, request: Any) -> tuple[Any, None]:
+    def server_metadata(self, request: Any) -> tuple[Any, None]:
         meta = v2.server_metadata(self._version)
         return pb.ServerMetadataResponse(**meta), None
 
-    async def model_metadata(self, request: Any) -> tuple[Any, str]:
+    def model_metadata(self, request: Any) -> tuple[Any, str]:
         loaded = self.core.resolve(request.name, v2.parse_version_text(request.version), None)
         meta = v2.model_metadata(self.core, request.name, loaded)
         response = pb.ModelMetadataResponse(
@@ -131,7 +131,7 @@ class KServeV2Grpc:
 
     # --- infer -----------------------------------------------------------------------------------
 
-    async def model_infer(self, request: Any) -> tuple[Any, str]:
+    def model_infer(self, request: Any) -> tuple[Any, str]:
         model = request.model_name
         core = self.core
         loaded = core.resolve(model, v2.parse_version_text(request.model_version), None)
@@ -160,7 +160,7 @@ class KServeV2Grpc:
                     values = [bytes(v) for v in values]
                 arrays[name] = v2.from_list(name, values, tensor, shape, count)
         names = v2.output_names(signature, [o.name for o in request.outputs], model)
-        outputs = await v2.infer(core, model, loaded, signature, arrays, params)
+        outputs = v2.infer_blocking(core, model, loaded, signature, arrays, params)
         response = pb.ModelInferResponse(
             model_name=model, model_version=str(loaded.version), id=request.id
         )

@@ -21,6 +21,7 @@ from runtimes.serving.core import ServingCore
 from runtimes.serving.grpc_server import unary
 from runtimes.serving.proto import tfserving_pb2 as pb
 from runtimes.serving.signatures import DEFAULT_SIGNATURE, Signature, TensorInfo
+from runtimes.serving.v2 import little_endian
 from toolkit.errors import ServingError
 
 __all__ = ["NAME", "TFServingGrpc", "make"]
@@ -96,8 +97,7 @@ def to_array(
                 f"{name}: expected {expected} bytes of tensor_content for shape "
                 f"{list(shape)}, got {len(proto.tensor_content)}"
             )
-        array = np.frombuffer(proto.tensor_content, target.newbyteorder("<"))
-        return array.astype(target, copy=False).reshape(shape)
+        return little_endian(proto.tensor_content, target).reshape(shape)
     values = getattr(proto, field)
     if target.name == "float16":
         array = np.asarray(values, np.uint16).view(np.float16)
@@ -194,7 +194,7 @@ class TFServingGrpc:
         label = spec.version_label if choice == "version_label" else None
         return self.core.resolve(spec.name, version, label)
 
-    async def predict(self, request: Any) -> tuple[Any, str]:
+    def predict(self, request: Any) -> tuple[Any, str]:
         spec = request.model_spec
         loaded = self._resolve(spec)
         name = spec.signature_name or DEFAULT_SIGNATURE
@@ -218,7 +218,7 @@ class TFServingGrpc:
                     f"output tensor alias not found in signature: {key} (signature "
                     f"'{name}' gives {sorted(signature.outputs)})"
                 )
-        outputs = await self.core.run(signature, arrays)
+        outputs = self.core.run_blocking(signature, arrays)
         response = pb.PredictResponse()
         response.model_spec.name = spec.name
         response.model_spec.version.value = loaded.version
@@ -227,7 +227,7 @@ class TFServingGrpc:
             response.outputs[key].CopyFrom(to_proto(outputs[key]))
         return response, spec.name
 
-    async def metadata(self, request: Any) -> tuple[Any, str]:
+    def metadata(self, request: Any) -> tuple[Any, str]:
         spec = request.model_spec
         fields = list(request.metadata_field)
         if fields != ["signature_def"]:
@@ -246,7 +246,7 @@ class TFServingGrpc:
         entry.value = signatures.SerializeToString()
         return response, spec.name
 
-    async def status(self, request: Any) -> tuple[Any, str]:
+    def status(self, request: Any) -> tuple[Any, str]:
         spec = request.model_spec
         if not spec.name:
             raise ServingError("Missing ModelSpec")
