@@ -138,10 +138,9 @@ def main() -> None:
     args = parser.parse_args()
     request = Path(args.request_file).read_bytes()
     if args.mode == "aio":
-        out = asyncio.run(_run_aio(args, request))
+        print(json.dumps(asyncio.run(_run_aio(args, request))))
     else:
-        out = _run_sync(args, request)
-    print(json.dumps(out))
+        print(json.dumps(_run_sync(args, request)))
 
 
 if __name__ == "__main__":

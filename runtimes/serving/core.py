@@ -209,6 +209,7 @@ class ServingCore:
         sequence: SequenceFlags | None = None,
         loaded: LoadedVersion | None = None,
         model: str = "",
+        checked: int | None = None,
     ) -> dict[str, Any]:
         """``run`` for a caller in a thread other than the event loop's (a gRPC thread).
 
@@ -216,10 +217,16 @@ class ServingCore:
         runtimes keep their per-call buffers per thread), unless its version batches
         requests: then its share of a merged call, like a sequence's step, is awaited on
         the event loop (``self.loop``), where the batcher and the sequences live.
-        Same arguments, result and errors as ``run``.
+        Same arguments, result and errors as ``run``; ``checked``: the batch size of
+        arrays the codec made in the inputs' exact dtypes and shapes, with names, shapes
+        and batch as ``Signature.check`` passed them for an earlier request of this very
+        layout (it is not run again).
         """
         if sequence is None:
-            arrays, batch = signature.check(arrays, self.limits.max_batch)
+            if checked is None:
+                arrays, batch = signature.check(arrays, self.limits.max_batch)
+            else:
+                batch = checked
             outputs = signature.run(arrays, batch)
             if isinstance(outputs, dict):
                 return outputs

@@ -27,7 +27,7 @@ import grpc
 from runtimes.serving.core import ServingCore
 from toolkit.errors import ErrorKind, ServingError, ToolkitError
 
-__all__ = ["WORKERS", "GrpcCodec", "build_server", "unary"]
+__all__ = ["WORKERS", "GrpcCodec", "build_server", "new_server", "unary"]
 
 #: gRPC threads: calls in progress at once (more wait for one); each call waiting for
 #: its share of a batched call holds one, so this bounds what one batch merges over gRPC
@@ -55,6 +55,8 @@ def unary(
     response_type: Any,
 ) -> grpc.RpcMethodHandler:
     """A unary method handler: ``method(request) -> (response, model)``, errors mapped.
+
+    The response is a message of ``response_type`` or its serialized bytes.
 
     Args:
       core: the serving core (its metrics).
@@ -92,7 +94,26 @@ def unary(
     return grpc.unary_unary_rpc_method_handler(
         handle,
         request_deserializer=request_type.FromString,
-        response_serializer=response_type.SerializeToString,
+        response_serializer=_serialize,
+    )
+
+
+def _serialize(response: Any) -> bytes:
+    """A response message's bytes; a method may answer with them already serialized."""
+    return response if response.__class__ is bytes else response.SerializeToString()
+
+
+def new_server(max_body_bytes: int) -> grpc.Server:
+    """The transport alone: a grpc server with no services yet (benchmarks/serve_bench.py
+    measures it bare, as the floor under every gRPC protocol)."""
+    return grpc.server(
+        ThreadPoolExecutor(WORKERS, thread_name_prefix="policy-serve-grpc"),
+        options=[
+            ("grpc.max_receive_message_length", max_body_bytes),
+            ("grpc.max_send_message_length", max(max_body_bytes, 64 << 20)),
+            ("grpc.so_reuseport", 0),
+        ],
+        maximum_concurrent_rpcs=1024,
     )
 
 
@@ -104,16 +125,7 @@ def build_server(
     Raises:
       ServingError: when the address cannot be bound.
     """
-    limit = core.limits.max_body_bytes
-    server = grpc.server(
-        ThreadPoolExecutor(WORKERS, thread_name_prefix="policy-serve-grpc"),
-        options=[
-            ("grpc.max_receive_message_length", limit),
-            ("grpc.max_send_message_length", max(limit, 64 << 20)),
-            ("grpc.so_reuseport", 0),
-        ],
-        maximum_concurrent_rpcs=1024,
-    )
+    server = new_server(core.limits.max_body_bytes)
     for codec in codecs:
         server.add_generic_rpc_handlers(tuple(codec.handlers()))
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

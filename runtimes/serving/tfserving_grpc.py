@@ -50,6 +50,16 @@ _TYPES = {
 }
 
 
+# np.dtype(...).name costs microseconds a call (twice a request): look dtypes up directly
+_BY_DTYPE = {np.dtype(k): v for k, v in _TYPES.items()}
+
+
+def _type_of(dtype: np.dtype) -> tuple[int, str]:
+    """A numpy dtype's (DataType, TensorProto field of its values)."""
+    found = _BY_DTYPE.get(dtype)
+    return found if found is not None else _TYPES[np.dtype(dtype).name]
+
+
 def make(core: ServingCore) -> TFServingGrpc:
     """The codec over ``core`` (the protocol table's entry point)."""
     return TFServingGrpc(core)
@@ -68,7 +78,7 @@ def to_array(
       ServingError: (invalid argument) naming the input, what was expected and what came.
     """
     target = np.dtype(tensor.dtype)
-    dtype, field = _TYPES[target.name]
+    dtype, field = _type_of(target)
     if proto.dtype != dtype:
         raise ServingError(
             f"{name}: expected {pb.DataType.Name(dtype)}, got {_dtype_name(proto.dtype)}"
@@ -115,24 +125,27 @@ def to_array(
     return array.reshape(shape)
 
 
-def to_proto(value: Any) -> Any:
-    """An output -> a TensorProto (numbers in tensor_content, strings in string_val)."""
+def to_proto(value: Any, proto: Any = None) -> Any:
+    """An output -> a TensorProto (numbers in tensor_content, strings in string_val);
+    ``proto``: an empty one to fill (a response's map entry) instead of a new one."""
     array = np.asarray(value)
+    if proto is None:
+        proto = pb.TensorProto()
     if array.dtype.kind in "OUS":
-        proto = pb.TensorProto(dtype=pb.DT_STRING)
+        proto.dtype = pb.DT_STRING
         proto.string_val.extend(
             v if isinstance(v, bytes) else str(v).encode() for v in array.ravel().tolist()
         )
     else:
-        dtype, _ = _TYPES[array.dtype.name]
-        proto = pb.TensorProto(dtype=dtype)
+        proto.dtype = _type_of(array.dtype)[0]
         proto.tensor_content = np.ascontiguousarray(array, array.dtype.newbyteorder("<")).tobytes()
-    proto.tensor_shape.dim.extend(pb.TensorShapeProto.Dim(size=n) for n in array.shape)
+    for n in array.shape:
+        proto.tensor_shape.dim.add(size=n)
     return proto
 
 
 def _tensor_info(tensor: TensorInfo) -> Any:
-    info = pb.TensorInfo(name=f"{tensor.name}:0", dtype=_TYPES[np.dtype(tensor.dtype).name][0])
+    info = pb.TensorInfo(name=f"{tensor.name}:0", dtype=_type_of(np.dtype(tensor.dtype))[0])
     info.tensor_shape.dim.extend(
         pb.TensorShapeProto.Dim(size=-1 if d is None else d) for d in tensor.shape
     )
@@ -224,7 +237,7 @@ class TFServingGrpc:
         response.model_spec.version.value = loaded.version
         response.model_spec.signature_name = name
         for key in wanted:
-            response.outputs[key].CopyFrom(to_proto(outputs[key]))
+            to_proto(outputs[key], response.outputs[key])
         return response, spec.name
 
     def metadata(self, request: Any) -> tuple[Any, str]:
