@@ -68,13 +68,11 @@ def unary(
       response_type: the response message class.
     """
     observe = core.observe
+    model_of = _model_of(request_type)
 
     def handle(request: Any, context: grpc.ServicerContext) -> Any:
         started = time.perf_counter()
-        model = getattr(request, "model_name", None) or getattr(request, "name", None)
-        spec = getattr(request, "model_spec", None)
-        if spec is not None:
-            model = spec.name or None
+        model = model_of(request)
         try:
             response, model = method(request)
         except ServingError as e:
@@ -96,6 +94,18 @@ def unary(
         request_deserializer=request_type.FromString,
         response_serializer=_serialize,
     )
+
+
+def _model_of(request_type: Any) -> Callable[[Any], str | None]:
+    """How to read the model a request names (for the metrics of a call that fails),
+    from its message type's fields: looked up once, not tried on every request."""
+    fields = request_type.DESCRIPTOR.fields_by_name
+    if "model_spec" in fields:
+        return lambda request: request.model_spec.name or None
+    for name in ("model_name", "name"):
+        if name in fields:
+            return lambda request, name=name: getattr(request, name) or None
+    return lambda request: None
 
 
 def _serialize(response: Any) -> bytes:
