@@ -31,13 +31,13 @@ and v2 gRPC. gRPC load comes from benchmarks/_grpc_load.py with prebuilt request
 (v2: raw tensor bytes, as ``tritonclient.grpc`` sends them). One client makes blocking
 calls on a sync channel, because the users' clients do (``tritonclient.grpc`` and TF
 Serving's ``PredictionServiceStub`` are blocking stubs on ``grpc.insecure_channel``);
-8 clients are tasks on one ``grpc.aio`` channel, which loads either server harder
-from one client process than 8 blocking threads. The same load runs against a bare
-gRPC echo server (benchmarks/_grpc_echo.py: our gRPC transport, no policy): the
-"floor" row, what grpcio and the client cost on this machine before any server does
-any work. Targets (issue 28): our p50 at 1 client at most a third of MLServer's, our
-throughput at 8 clients at least 3x MLServer's (per protocol), and our gRPC p50 not
-above our REST p50.
+8 clients are tasks on one ``grpc.aio`` channel, which (measured here) loads both
+servers at least as hard from one client process as 8 blocking threads. The same
+load runs against a bare gRPC echo server (benchmarks/_grpc_echo.py: our gRPC
+transport, no policy): the "floor" row, what grpcio and the client cost on this
+machine before any server does any work. Targets (issue 28): our p50 at 1 client at
+most a third of MLServer's, our throughput at 8 clients at least 3x MLServer's (per
+protocol), and our gRPC p50 not above our REST p50.
 
 Usage: ``python benchmarks/serve_bench.py [--json] [--seconds S] [--protocols
 [--mlserver-python PATH]]``
@@ -271,8 +271,7 @@ def grpc_load(
     address: str, method: str, request_file: Path, clients: int, seconds: float
 ) -> dict[str, Any]:
     """A gRPC load run: one client makes blocking calls (the users' clients do);
-    8 clients are tasks on one grpc.aio channel, which loads any server harder from
-    one client process than 8 blocking threads (measured on both servers)."""
+    more are tasks on one grpc.aio channel (the module docstring says why)."""
     mode = "sync" if clients == 1 else "aio"
     done = subprocess.run(
         [sys.executable, str(HERE / "_grpc_load.py"), address, method, str(request_file)]
