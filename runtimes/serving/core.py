@@ -216,12 +216,16 @@ class ServingCore:
         A request without a sequence is checked and run in the calling thread (the
         runtimes keep their per-call buffers per thread), unless its version batches
         requests: then its share of a merged call, like a sequence's step, is awaited on
-        the event loop (``self.loop``), where the batcher and the sequences live.
+        the event loop (``self.loop``, which must be running), where the batcher and
+        the sequences live.
         Same arguments, result and errors as ``run``; ``checked``: the batch size of
         arrays the codec made in the inputs' exact dtypes and shapes, with names, shapes
         and batch as ``Signature.check`` passed them for an earlier request of this very
         layout (it is not run again).
         """
+        loop = self.loop
+        if loop is None:
+            raise RuntimeError("run_blocking: the server's event loop is not running (.loop)")
         if sequence is None:
             if checked is None:
                 arrays, batch = signature.check(arrays, self.limits.max_batch)
@@ -233,10 +237,7 @@ class ServingCore:
             pending = outputs  # a batched action's coroutine: it runs on the loop
         else:
             pending = self.run(signature, arrays, sequence, loaded, model)
-        if self.loop is None:
-            pending.close()
-            raise RuntimeError("run_blocking: the server's event loop is not running")
-        return asyncio.run_coroutine_threadsafe(pending, self.loop).result()
+        return asyncio.run_coroutine_threadsafe(pending, loop).result()
 
     async def offload(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Runs CPU-heavy work of one request (decoding a large body) off the event loop."""
