@@ -150,6 +150,7 @@ def run(
         frames = rollout.record_episode(policy, env, seed, record)
     if as_json:
         data = result.to_json()
+        data["backend"] = policy.backend  # as with --workers: what played the episodes
         if record is not None:
             data["record"] = {"path": str(record), "frames": frames}
         typer.echo(json.dumps(data, indent=2))
