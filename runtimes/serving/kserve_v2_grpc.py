@@ -11,6 +11,7 @@ Errors are gRPC statuses of the error's kind.
 from __future__ import annotations
 
 import sys
+import weakref
 from typing import Any
 
 import grpc
@@ -151,10 +152,11 @@ class KServeV2Grpc:
                 tuple(o.name for o in request.outputs),
             )
             plan = self._plans.get(key)
-            if plan is not None and plan.loaded is loaded:
+            if plan is not None and plan.loaded() is loaded:
                 arrays = plan.decode(raw)
                 if arrays is not None:
-                    outputs = self.core.run_blocking(plan.signature, arrays, checked=plan.batch)
+                    signature = loaded.signatures[plan.signature]
+                    outputs = self.core.run_blocking(signature, arrays, checked=plan.batch)
                     return plan.encode(outputs, request.id) or self._encode(
                         model, loaded, request.id, plan.names, outputs
                     ), model
@@ -229,8 +231,10 @@ class _Plan:
     __slots__ = ("batch", "head", "inputs", "loaded", "names", "outputs", "signature")
 
     def __init__(self, loaded, signature, inputs, batch, names, outputs, head):
-        self.loaded = loaded
-        self.signature = signature
+        #: the version it was made for, weakly: a plan keeps no retired version alive
+        self.loaded = weakref.ref(loaded)
+        #: the signature's name (the signature itself would hold the version's policy)
+        self.signature = signature.name
         #: per input: name, dtype, shape, byte count
         self.inputs = inputs
         self.batch = batch
