@@ -7,7 +7,8 @@ run in a pool of ``WORKERS`` threads, with each codec's method handlers
 batching, sequences) is handed to that loop, so it is shared across every protocol.
 Measured against a ``grpc.aio`` server on that loop (benchmarks/serve_bench.py, one
 blocking client, the users' kind): the aio server's hand-offs between its poller
-thread and the loop cost more than the sync server's between its poller and the pool.
+thread and the loop cost more than the sync server's between its poller and the pool
+(with request batching on, the crossing to the loop and back costs instead).
 ``unary`` wraps one method: it times it, turns a ``ServingError`` into the gRPC status
 of its kind (the kinds are gRPC's canonical codes), and counts it in the metrics under
 the codec's protocol name. Messages are bounded by the server's ``--max-body-bytes``
