@@ -657,3 +657,33 @@ def test_a_recurrent_greedy_step_by_position_equals_the_general_step(backend):
         p._run = run
         with pytest.raises(SpecMismatchError, match="action: expected values in"):
             p.action(time_step, p.get_initial_state())
+
+
+def test_threads_sampling_rows_take_each_normal_of_the_block_once(gaussian_noise_bundle):
+    """4 threads x 60 unbatched sampled calls from the policy's own generator: the actions
+    of 240 calls in one thread, in some order (no normal handed out twice, none lost),
+    and the generator ends where 480 draws leave it."""
+    import threading
+
+    policy = runtimes.load_policy(gaussian_noise_bundle, "onnx", seed=9)
+    time_step = first_time_step(
+        sample_time_step(policy.time_step_spec, (), np.random.default_rng(2))
+    )
+    actions = [[] for _ in range(4)]
+
+    def work(i):
+        for _ in range(60):
+            actions[i].append(policy.action(time_step).action)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    drawn = sorted(tuple(a.tolist()) for per_thread in actions for a in per_thread)
+    alone = runtimes.load_policy(gaussian_noise_bundle, "onnx", seed=9)
+    # each call takes its row's normals at once: the actions one thread would get
+    assert drawn == sorted(tuple(alone.action(time_step).action.tolist()) for _ in range(240))
+    reference = np.random.default_rng(9)
+    reference.standard_normal(480)
+    assert policy._generator(None).random() == reference.random()
