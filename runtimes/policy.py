@@ -306,9 +306,7 @@ class BundlePolicy(PyPolicy):
         rng = self._rng
         if rng is None:
             with self._rng_lock:  # two threads' first draws must not share one seed
-                if self._rng is None:
-                    self._rng = np.random.default_rng(self._seed)
-                rng = self._rng
+                rng = self._own_rng_locked()
         return rng
 
     # --- what subclasses provide ------------------------------------------------------
@@ -492,7 +490,7 @@ class BundlePolicy(PyPolicy):
             self._mask_check.check(arrays, outer)
         row = self._row_sample
         if row is not None and not outer:  # one unbatched row, drawn as it is
-            # The graph's outputs are only read here, so the backend's buffers do.
+            # The graph's outputs are only read here: the backend's own buffers, no copy.
             outputs = self._run_borrowed(arrays, True, fetch)
             if seed is None:
                 block = self._block or self._normals()
