@@ -330,7 +330,7 @@ def test_a_fine_tuned_student_starts_as_the_gptq_model_and_replays_exactly(bits)
     def agreement(candidate):
         return np.mean(int8.simulate(candidate, calibration.astype(np.float32)) == decisions)
 
-    kept = package.calibrated(mlp, calibration, bits)
+    kept = package.calibrated(mlp, calibration, bits, steps=100)
     assert agreement(kept) >= agreement(base)
     described = kept.to_json()["weights"]
     assert ("fine-tuned" in described) == (kept.fine_tuned > 0)

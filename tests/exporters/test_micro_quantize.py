@@ -175,7 +175,7 @@ def test_quantize_target_micro_runs_with_tensorflow_blocked(float_bundle, tmp_pa
     from tests.subprocess_utils import run_python
 
     rng = np.random.default_rng(8)
-    observations = (rng.standard_normal((200, 4)) * [0.5, 0.8, 0.08, 0.8]).astype(np.float32)
+    observations = (rng.standard_normal((100, 4)) * [0.5, 0.8, 0.08, 0.8]).astype(np.float32)
     npz = tmp_path / "states.npz"
     np.savez(npz, observation=observations)
     out = tmp_path / "q"
@@ -184,7 +184,7 @@ def test_quantize_target_micro_runs_with_tensorflow_blocked(float_bundle, tmp_pa
         from exporters.quantize import quantize_bundle
         from toolkit import bundle
         report = quantize_bundle({str(float_bundle)!r}, {str(out)!r}, observations={str(npz)!r},
-                                 target="micro", min_agreement=0.0)
+                                 target="micro", method="micro-int16", min_agreement=0.0)
         assert report.written, report
         assert bundle.read_manifest({str(out)!r})["formats"] == ["micro"]
         tests.tf_blocker.assert_no_heavy_modules()
