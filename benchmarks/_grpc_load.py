@@ -1,12 +1,18 @@
 """A light gRPC load generator for serve_bench.py, run as its own process.
 
-``CLIENTS`` concurrent callers on one ``grpc.aio`` channel to 127.0.0.1, each sending
-one unary request at a time (the next as soon as the answer is in), for ``--seconds``
-after ``--warmup`` seconds (or until ``--max-requests``). The request is prebuilt,
-serialized bytes (from ``REQUEST_FILE``) sent with identity serializers, so the client
-spends no time on protobuf. Prints one JSON line like _serve_load.py's.
+``CLIENTS`` concurrent callers to 127.0.0.1, each sending one unary request at a time
+(the next as soon as the answer is in), for ``--seconds`` after ``--warmup`` seconds
+(or until ``--max-requests``). The request is prebuilt, serialized bytes (from
+``REQUEST_FILE``) sent with identity serializers, so the client spends no time on
+protobuf. Prints one JSON line like _serve_load.py's.
 
-Usage: ``python benchmarks/_grpc_load.py ADDRESS METHOD REQUEST_FILE --clients N --seconds S``
+The client is the users' kind: ``tritonclient.grpc`` and TF Serving's
+``PredictionServiceStub`` are blocking calls on a sync ``grpc.insecure_channel``. With
+``--mode sync`` (the default) each caller is a thread making blocking calls on a channel
+of its own; ``--mode aio`` runs the callers as tasks on one ``grpc.aio`` channel.
+
+Usage: ``python benchmarks/_grpc_load.py ADDRESS METHOD REQUEST_FILE --clients N --seconds S
+[--mode sync|aio]``
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import threading
 import time
 from pathlib import Path
 
@@ -21,15 +28,77 @@ import grpc
 from _serve_load import summary  # this folder is the script's: on sys.path
 
 
-async def _main(args) -> dict:
-    request = Path(args.request_file).read_bytes()
-    latencies: list[float] = []
-    errors = [0]
-    budget = [args.max_requests]
-    total = [0]
+def _identity(b: bytes) -> bytes:
+    return b
+
+
+class _Tally:
+    """What the callers share: latencies after the warm-up, counts, the request budget."""
+
+    def __init__(self, budget: int):
+        self.latencies: list[float] = []
+        self.errors = 0
+        self.total = 0
+        self.budget = budget
+        self.lock = threading.Lock()
+
+
+def _run_sync(args, request: bytes) -> dict:
+    tally = _Tally(args.max_requests)
+    channels = [grpc.insecure_channel(args.address) for _ in range(args.clients)]
+    calls = [
+        c.unary_unary(args.method, request_serializer=_identity, response_deserializer=_identity)
+        for c in channels
+    ]
+    for call in calls:
+        call(request, timeout=30)  # connected and warm
+    now = time.perf_counter()
+    warm_at, stop_at = now + args.warmup, now + args.warmup + args.seconds
+
+    def client(call) -> None:
+        mine: list[float] = []
+        errors = total = 0
+        while True:
+            started = time.perf_counter()
+            if started >= stop_at:
+                break
+            with tally.lock:
+                if tally.budget <= 0:
+                    break
+                tally.budget -= 1
+            failed = False
+            try:
+                call(request, timeout=30)
+            except grpc.RpcError:
+                failed = True
+            done = time.perf_counter()
+            total += 1
+            if started >= warm_at:
+                mine.append(done - started)
+                errors += failed
+        with tally.lock:
+            tally.latencies += mine
+            tally.errors += errors
+            tally.total += total
+
+    if args.clients == 1:
+        client(calls[0])
+    else:
+        threads = [threading.Thread(target=client, args=(c,)) for c in calls]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    for c in channels:
+        c.close()
+    return summary(tally.latencies, stop_at, warm_at, args.clients, tally.total, tally.errors)
+
+
+async def _run_aio(args, request: bytes) -> dict:
+    tally = _Tally(args.max_requests)
     async with grpc.aio.insecure_channel(args.address) as channel:
         call = channel.unary_unary(
-            args.method, request_serializer=lambda b: b, response_deserializer=lambda b: b
+            args.method, request_serializer=_identity, response_deserializer=_identity
         )
         await call(request, timeout=30)  # connected and warm
         now = time.perf_counter()
@@ -38,22 +107,22 @@ async def _main(args) -> dict:
         async def client() -> None:
             while True:
                 started = time.perf_counter()
-                if started >= stop_at or budget[0] <= 0:
+                if started >= stop_at or tally.budget <= 0:
                     return
-                budget[0] -= 1
+                tally.budget -= 1
                 failed = False
                 try:
                     await call(request, timeout=30)
                 except grpc.aio.AioRpcError:
                     failed = True
                 done = time.perf_counter()
-                total[0] += 1
+                tally.total += 1
                 if started >= warm_at:
-                    latencies.append(done - started)
-                    errors[0] += failed
+                    tally.latencies.append(done - started)
+                    tally.errors += failed
 
         await asyncio.gather(*(client() for _ in range(args.clients)))
-    return summary(latencies, stop_at, warm_at, args.clients, total[0], errors[0])
+    return summary(tally.latencies, stop_at, warm_at, args.clients, tally.total, tally.errors)
 
 
 def main() -> None:
@@ -65,8 +134,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--warmup", type=float, default=0.5)
     parser.add_argument("--max-requests", type=int, default=200_000)
+    parser.add_argument("--mode", choices=("sync", "aio"), default="sync")
     args = parser.parse_args()
-    print(json.dumps(asyncio.run(_main(args))))
+    request = Path(args.request_file).read_bytes()
+    if args.mode == "aio":
+        print(json.dumps(asyncio.run(_run_aio(args, request))))
+    else:
+        print(json.dumps(_run_sync(args, request)))
 
 
 if __name__ == "__main__":

@@ -27,10 +27,17 @@ KServe v2 REST (JSON), KServe v2 gRPC and TF Serving gRPC, and, with
 ``--mlserver-python PATH`` (the python of a separate virtualenv with ``mlserver`` and
 ``onnxruntime``: its dependencies stay out of ours), Seldon MLServer serving the same
 policy.onnx with an onnxruntime runtime (benchmarks/_mlserver_onnx.py) over v2 REST
-and v2 gRPC. gRPC load comes from benchmarks/_grpc_load.py (grpc.aio, prebuilt
-request bytes). Targets (issue 28): our p50 at 1 client at most a third of
-MLServer's, our throughput at 8 clients at least 3x MLServer's (per protocol), and
-our gRPC p50 not above our REST p50.
+and v2 gRPC. gRPC load comes from benchmarks/_grpc_load.py with prebuilt request bytes
+(v2: raw tensor bytes, as ``tritonclient.grpc`` sends them). One client makes blocking
+calls on a sync channel, because the users' clients do (``tritonclient.grpc`` and TF
+Serving's ``PredictionServiceStub`` are blocking stubs on ``grpc.insecure_channel``);
+8 clients are tasks on one ``grpc.aio`` channel, which (measured here) loads both
+servers at least as hard from one client process as 8 blocking threads. The same
+load runs against a bare gRPC echo server (benchmarks/_grpc_echo.py: our gRPC
+transport, no policy): the "floor" row, what grpcio and the client cost on this
+machine before any server does any work. Targets (issue 28): our p50 at 1 client at
+most a third of MLServer's, our throughput at 8 clients at least 3x MLServer's (per
+protocol), and our gRPC p50 not above our REST p50.
 
 Usage: ``python benchmarks/serve_bench.py [--json] [--seconds S] [--protocols
 [--mlserver-python PATH]]``
@@ -263,9 +270,12 @@ TFS_PREDICT = "/tensorflow.serving.PredictionService/Predict"
 def grpc_load(
     address: str, method: str, request_file: Path, clients: int, seconds: float
 ) -> dict[str, Any]:
+    """A gRPC load run: one client makes blocking calls (the users' clients do);
+    more are tasks on one grpc.aio channel (the module docstring says why)."""
+    mode = "sync" if clients == 1 else "aio"
     done = subprocess.run(
         [sys.executable, str(HERE / "_grpc_load.py"), address, method, str(request_file)]
-        + ["--clients", str(clients), "--seconds", str(seconds)],
+        + ["--clients", str(clients), "--seconds", str(seconds), "--mode", mode],
         capture_output=True,
         text=True,
         timeout=seconds + 120,
@@ -281,6 +291,32 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+class EchoServer:
+    """The bare transport: benchmarks/_grpc_echo.py (our gRPC server, no policy)."""
+
+    def __init__(self):
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        self.process = subprocess.Popen(
+            [sys.executable, str(HERE / "_grpc_echo.py")],
+            env=env,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        line = self.process.stderr.readline()
+        match = re.search(r"gRPC listening on (\S+)", line)
+        if match is None:
+            self.process.kill()
+            raise RuntimeError(f"the echo server did not start: {line}")
+        self.grpc = match.group(1)
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
 
 
 class MLServer:
@@ -361,9 +397,10 @@ def _protocol_requests(tmp: Path) -> dict[str, Path]:
         )
     )
     files["v2_rest"] = v2_rest
+    # As tritonclient.grpc sends it (InferInput.set_data_from_numpy): raw bytes.
     request = kserve_v2_pb2.ModelInferRequest(model_name="p")
-    item = request.inputs.add(name="observation", datatype="FP32", shape=[1, len(obs)])
-    item.contents.fp32_contents.extend(obs)
+    request.inputs.add(name="observation", datatype="FP32", shape=[1, len(obs)])
+    request.raw_input_contents.append(np.asarray([obs], np.float32).tobytes())
     files["v2_grpc"] = tmp / "v2.pb"
     files["v2_grpc"].write_bytes(request.SerializeToString())
     predict = tfserving_pb2.PredictRequest()
@@ -411,6 +448,13 @@ def run_protocols(seconds: float, mlserver_python: str | None) -> list[dict[str,
                     rows.append({"policy": "small", "mode": f"ours, {protocol}", **runner(clients)})
         finally:
             server.stop()
+        echo = EchoServer()
+        try:
+            for clients in (1, 8):
+                row = grpc_load(echo.grpc, KSERVE_INFER, files["v2_grpc"], clients, seconds)
+                rows.append({"policy": "small", "mode": "floor: bare gRPC echo", **row})
+        finally:
+            echo.stop()
         if mlserver_python:
             other = MLServer(mlserver_python, bundle / "policy.onnx", tmp / "mlserver")
             try:
@@ -431,6 +475,12 @@ def protocol_verdicts(rows: list[dict[str, Any]]) -> list[tuple[str, float, str,
     out.append(
         ("our v2 gRPC p50 / v2 REST p50, 1 client (<= 1)", grpc_p50 / rest, "x", grpc_p50 <= rest)
     )
+    floor = _find(rows, "small", "floor: bare gRPC echo", 1)["p50_ms"]
+    for label, ratio in (
+        ("bare gRPC echo p50 / our v2 REST p50, 1 client (info)", floor / rest),
+        ("our v2 gRPC p50 / bare gRPC echo p50, 1 client (info)", grpc_p50 / floor),
+    ):
+        out.append((label, ratio, "x", True))
     for protocol in ("v2 REST", "v2 gRPC"):
         try:
             theirs1 = _find(rows, "small", f"MLServer, {protocol}", 1)
@@ -439,6 +489,9 @@ def protocol_verdicts(rows: list[dict[str, Any]]) -> list[tuple[str, float, str,
             continue
         ours1 = _find(rows, "small", f"ours, {protocol}", 1)
         ours8 = _find(rows, "small", f"ours, {protocol}", 8)
+        if protocol == "v2 gRPC":
+            ratio = floor / theirs1["p50_ms"]
+            out.append(("bare gRPC echo p50 / MLServer's v2 gRPC p50 (info)", ratio, "x", True))
         ratio = ours1["p50_ms"] / theirs1["p50_ms"]
         out.append(
             (f"{protocol}: our p50 / MLServer's, 1 client (<= 0.333)", ratio, "x", ratio <= 1 / 3)

@@ -52,8 +52,10 @@ def train_command(run_dir: Path, seed: int, quick: bool = False) -> list[str]:
     """The training step: train_cartpole.py writes policy checkpoints into run_dir."""
     if quick:
         # Enough to produce a checkpoint and exercise every command, not to balance well.
-        budget = ["--steps", "3000", "--max-seconds", "10", "--eval-interval", "1000"]
-        budget += ["--no-progress"]
+        # No XLA: compiling the train step costs more than this run trains
+        # (tests/test_training_examples.py trains with it).
+        budget = ["--steps", "1000", "--max-seconds", "10", "--eval-interval", "500"]
+        budget += ["--jit-compile", "0", "--no-progress"]
     else:
         # Training stops once 20 evaluation episodes average 500 (CartPole's maximum),
         # which takes about 20-60 s on 2 cores. A budget in steps rather than the

@@ -15,8 +15,14 @@ from typing import Any
 
 from tests.contract import cases_tf
 
-_ROOT = Path(tempfile.mkdtemp(prefix="policy-bundles-"))
-atexit.register(shutil.rmtree, _ROOT, ignore_errors=True)
+
+@functools.cache
+def _root() -> Path:
+    """The folder of this process's bundles (made on first use, removed at exit)."""
+    root = Path(tempfile.mkdtemp(prefix="policy-bundles-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    return root
+
 
 #: case id -> the contract case, for every TF policy kind.
 CASES = {case.id: case for case in cases_tf.CASES}
@@ -38,7 +44,7 @@ def bundle_for(case_id: str) -> tuple[Path, Any]:
     from exporters import export_policy
 
     policy = tf_policy_for(case_id)
-    path = _ROOT / case_id.replace("/", "__")
+    path = _root() / case_id.replace("/", "__")
     formats = ("onnx",) if case_id in ONNX_ONLY else ("saved_model", "onnx")
     export_policy(policy, path, formats=formats, train_step=42, metadata={"case": case_id})
     return path, policy

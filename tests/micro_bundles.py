@@ -8,8 +8,14 @@ import shutil
 import tempfile
 from pathlib import Path
 
-_ROOT = Path(tempfile.mkdtemp(prefix="micro-bundles-"))
-atexit.register(shutil.rmtree, _ROOT, ignore_errors=True)
+
+@functools.cache
+def _root() -> Path:
+    """The folder of this process's micro bundles (made on first use, removed at exit)."""
+    root = Path(tempfile.mkdtemp(prefix="micro-bundles-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    return root
+
 
 #: Calibration and held-out episodes of the shared export (short: the policy is untrained).
 ENV = {"env": "CartPole-v1", "episodes": 3, "calibration_episodes": 3}
@@ -22,7 +28,7 @@ def cartpole_micro() -> Path:
     from tests.cli_factories import cartpole_100_40
 
     return export_policy(
-        cartpole_100_40(), _ROOT / "cartpole", formats=["onnx", "micro"], format_options=ENV
+        cartpole_100_40(), _root() / "cartpole", formats=["onnx", "micro"], format_options=ENV
     )
 
 
@@ -34,7 +40,7 @@ def cartpole_c() -> Path:
 
     options = {"env": ENV["env"], "episodes": ENV["episodes"]}
     return export_policy(
-        cartpole_100_40(), _ROOT / "cartpole_c", formats=["onnx", "c"], format_options=options
+        cartpole_100_40(), _root() / "cartpole_c", formats=["onnx", "c"], format_options=options
     )
 
 
@@ -46,5 +52,8 @@ def cartpole_c_int8() -> Path:
 
     options = {**ENV, "c_weights": "int8"}
     return export_policy(
-        cartpole_100_40(), _ROOT / "cartpole_c_int8", formats=["onnx", "c"], format_options=options
+        cartpole_100_40(),
+        _root() / "cartpole_c_int8",
+        formats=["onnx", "c"],
+        format_options=options,
     )

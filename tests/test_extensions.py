@@ -8,6 +8,8 @@ the project knows them, yet ``load_policy``, ``run``, ``bench``, ``export``, ``v
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from typer.testing import CliRunner
@@ -16,7 +18,7 @@ from exporters import formats
 from runtimes import backends
 from tests.cli_factories import cartpole_bundle, small_cartpole
 from toolkit import bundle
-from toolkit.cli import app
+from toolkit.cli import app, common
 from toolkit.errors import BundleError
 from toolkit.trajectories import time_step as ts
 
@@ -74,6 +76,9 @@ def test_a_registered_backend_loads_acts_like_the_others_and_the_cli_takes_it(to
         app, ["run", str(path), "--env", "CartPole-v1", "-n", "2", "--backend", "toy", "--json"]
     )
     assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["backend"] == "toy"
+    # The CLI's --backend help lists the table's backends, a registered one included.
+    assert common.backends_help() == "onnx, litert, micro, c, toy: no TensorFlow; tf"
     result = runner.invoke(
         app, ["bench", str(path), "--backend", "toy", "--batch", "1", "--seconds", "0.05"]
     )

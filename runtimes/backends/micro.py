@@ -96,6 +96,159 @@ def check_model(model: bytes, where: str) -> None:
             f"{where}: expected one subgraph of {sorted(OPS)}, got {subgraphs} subgraphs of "
             f"{sorted(str(o) for o in ops)}"
         )
+    _check_graph(parsed, schema, names, where)
+
+
+#: Element sizes of the tensor types a micro model holds (schema TensorType names).
+_ITEM_BYTES = {"FLOAT32": 4, "INT8": 1, "INT16": 2, "INT32": 4, "INT64": 8}
+#: The largest dimension of a micro model's tensor (its layers are a few hundred wide).
+_MAX_DIM = 1 << 16
+
+
+def _check_graph(model: Any, schema: Any, op_names: dict[int, str], where: str) -> None:
+    """Refuses a parsed model whose indices, shapes or constants do not hold together:
+    TFLite Micro trusts them (an operator code, tensor or buffer index out of range, or a
+    constant shorter than its shape, is read out of bounds), and it reads tensors placed
+    by an ``OfflineMemoryAllocation`` metadata entry where that entry says. So only what
+    the micro export writes passes: no metadata, signatures, external or offset buffers,
+    sparse, variable or custom parts; every index in range; each constant exactly its
+    shape's bytes; each operator's shapes those of the chain the export writes
+    (exporters/micro/tflite_model.py).
+
+    Raises:
+      BundleError: naming the part and what it holds.
+    """
+    type_names = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
+
+    def bad(what: str, expected: str, got: Any) -> BundleError:
+        return BundleError(f"{where}: {what}: expected {expected}, got {got}")
+
+    for field in ("metadata", "metadataBuffer", "signatureDefs", "externalBuffers"):
+        if getattr(model, field, None):
+            raise bad(field, "none (the micro export writes none)", "entries")
+    graph = model.subgraphs[0]
+    buffers = model.buffers or []
+    tensors = graph.tensors or []
+    if not buffers or (buffers[0].data is not None and len(buffers[0].data)):
+        raise bad("buffer 0", "an empty buffer", "data")
+    for i, buffer in enumerate(buffers):
+        if buffer.offset or buffer.size:
+            raise bad(f"buffer {i}", "data inside the model", f"offset {buffer.offset}")
+    shapes: list[tuple[int, ...]] = []
+    kinds: list[str] = []
+    constant: list[bool] = []
+    for i, t in enumerate(tensors):
+        what = f"tensor {i}"
+        kind = type_names.get(t.type, str(t.type))
+        if kind not in _ITEM_BYTES:
+            raise bad(what, f"a type of {sorted(_ITEM_BYTES)}", kind)
+        shape = tuple(int(d) for d in (t.shape if t.shape is not None else ()))
+        if not 1 <= len(shape) <= 2 or not all(1 <= d <= _MAX_DIM for d in shape):
+            raise bad(what, f"a shape of 1 or 2 dimensions in [1, {_MAX_DIM}]", shape)
+        if t.isVariable or t.sparsity is not None or t.variantTensors or t.externalBuffer:
+            raise bad(what, "a plain tensor", "a variable, sparse or external one")
+        if t.shapeSignature is not None and tuple(t.shapeSignature) != shape:
+            raise bad(what, f"a shape signature of {shape}", tuple(t.shapeSignature))
+        if not 0 <= t.buffer < len(buffers):
+            raise bad(what, f"a buffer index below {len(buffers)}", t.buffer)
+        data = buffers[t.buffer].data if t.buffer else None
+        size = int(np.prod(shape)) * _ITEM_BYTES[kind]
+        if data is not None and len(data) != size:
+            raise bad(what, f"{size} bytes of {kind} {shape}", f"{len(data)} bytes")
+        q = t.quantization
+        if q is not None:
+            n = 0 if q.scale is None else len(q.scale)
+            zeros = 0 if q.zeroPoint is None else len(q.zeroPoint)
+            axis = int(q.quantizedDimension)
+            if q.details is not None or q.min is not None or q.max is not None:
+                raise bad(f"{what} quantization", "scales and zero points", "more")
+            if n != zeros or not 0 <= axis < len(shape) or n not in (0, 1, shape[axis]):
+                raise bad(f"{what} quantization", f"1 or {shape[axis : axis + 1]} scales", n)
+            if n and not np.all(np.isfinite(q.scale) & (np.asarray(q.scale) > 0)):
+                raise bad(f"{what} quantization", "finite positive scales", "others")
+        shapes.append(shape)
+        kinds.append(kind)
+        constant.append(data is not None)
+    count = len(tensors)
+    ins = [int(i) for i in (graph.inputs if graph.inputs is not None else ())]
+    outs = [int(i) for i in (graph.outputs if graph.outputs is not None else ())]
+    if len(ins) != 1 or len(outs) != 1 or not all(0 <= i < count for i in ins + outs):
+        raise bad("subgraph", f"one input and one output among {count} tensors", (ins, outs))
+    if constant[ins[0]] or kinds[ins[0]] != "FLOAT32":
+        raise bad("subgraph input", "a float32 tensor that is not a constant", kinds[ins[0]])
+    written = {ins[0]}
+    codes = model.operatorCodes or []
+    for k, op in enumerate(graph.operators or []):
+        what = f"operator {k}"
+        if not 0 <= op.opcodeIndex < len(codes):
+            raise bad(what, f"an operator code below {len(codes)}", op.opcodeIndex)
+        code = codes[op.opcodeIndex]
+        name = op_names.get(max(code.builtinCode, code.deprecatedBuiltinCode))
+        if (
+            op.customOptions is not None
+            or op.mutatingVariableInputs is not None
+            or op.intermediates is not None
+            or op.largeCustomOptionsOffset
+            or op.largeCustomOptionsSize
+            or op.builtinOptions2Type
+        ):
+            raise bad(what, f"a plain {name}", "custom, variable or intermediate parts")
+        args = [int(i) for i in (op.inputs if op.inputs is not None else ())]
+        results = [int(i) for i in (op.outputs if op.outputs is not None else ())]
+        if not all(0 <= i < count for i in args + results):
+            raise bad(what, f"tensor indices below {count}", (args, results))
+        # In order: an operator reads constants, the input and earlier results only, and
+        # writes each tensor once (never a constant).
+        for i in args:
+            if not constant[i] and i not in written:
+                raise bad(what, "inputs computed before it", f"tensor {i}")
+        for i in results:
+            if constant[i] or i in written:
+                raise bad(what, "outputs written once, not constants", f"tensor {i}")
+            written.add(i)
+        _check_operator(name, [shapes[i] for i in args], [shapes[i] for i in results], bad, what)
+        if name == "ARG_MAX" and (not constant[args[1]] or kinds[results[0]] != "INT32"):
+            raise bad(what, "a constant axis and an int32 index", kinds[results[0]])
+        if name == "FULLY_CONNECTED" and not (constant[args[1]] and constant[args[2]]):
+            raise bad(what, "constant weights and bias", "computed ones")
+    if outs[0] not in written or outs[0] == ins[0]:
+        raise bad("subgraph output", "a tensor an operator computes", f"tensor {outs[0]}")
+
+
+def _check_operator(
+    name: str | None,
+    args: list[tuple[int, ...]],
+    results: list[tuple[int, ...]],
+    bad: Any,
+    what: str,
+) -> None:
+    """One operator's shapes, as the micro export writes them (batch 1)."""
+    if len(results) != 1:
+        raise bad(what, f"one output of {name}", len(results))
+    out = results[0]
+    if name == "FULLY_CONNECTED":
+        if len(args) != 3:
+            raise bad(what, "input, weights and bias", f"{len(args)} inputs")
+        x, w, b = args
+        if len(x) != 2 or x[0] != 1 or len(w) != 2 or w[1] != x[1] or b != (w[0],):
+            raise bad(what, "x (1, k), weights (n, k), bias (n,)", (x, w, b))
+        if out != (1, w[0]):
+            raise bad(what, f"an output of shape (1, {w[0]})", out)
+    elif name in ("ADD", "MUL", "MINIMUM", "MAXIMUM"):
+        if len(args) != 2 or len(args[0]) != 2 or args[0][0] != 1:
+            raise bad(what, f"{name} of a (1, n) tensor and another", args)
+        if args[1] not in (args[0], args[0][1:]) or out != args[0]:
+            raise bad(what, f"(1, n) and (n,) in, (1, n) out for {name}", (args, out))
+    elif name in ("QUANTIZE", "DEQUANTIZE", "TANH"):
+        if len(args) != 1 or args[0] != out:
+            raise bad(what, f"one input of the output's shape for {name}", (args, out))
+    elif name == "ARG_MAX":
+        if len(args) != 2 or len(args[0]) != 2 or args[0][0] != 1 or args[1] != (1,):
+            raise bad(what, "ARG_MAX of a (1, n) tensor along a (1,) axis", args)
+        if out != (1,):
+            raise bad(what, "an ARG_MAX output of shape (1,)", out)
+    else:
+        raise bad(what, f"one of {sorted(OPS)}", name)
 
 
 def _interpreter(model: bytes, arena: int) -> Any:

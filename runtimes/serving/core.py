@@ -8,7 +8,10 @@ JSON, no HTTP path and no status code: it raises ``ServingError`` with an ``Erro
 and each protocol's codec (``runtimes.serving.protocols`` lists them) maps that to its
 own status. A codec turns its wire format into (model, version or label, signature,
 flat arrays), calls ``run`` and encodes the outputs; CPU-heavy decoding of large
-requests goes through ``offload``, off the event loop's thread.
+requests goes through ``offload``, off the event loop's thread. A codec whose transport
+calls it in a thread of its own (gRPC) calls ``run_blocking`` there instead: a plain
+request runs in that thread, and what lives on the event loop (request batching,
+sequences) is handed to the loop.
 """
 
 from __future__ import annotations
@@ -119,6 +122,9 @@ class ServingCore:
         # the GIL, and the event loop's thread takes its turn between their slices.
         self._decoder = ThreadPoolExecutor(1, thread_name_prefix="policy-serve-decode")
         self.draining = False
+        #: the event loop the server runs on (set by the server once it runs): where
+        #: ``run_blocking`` hands batched and sequence requests
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     # --- the catalogue -------------------------------------------------------------------
 
@@ -195,6 +201,43 @@ class ServingCore:
         if not isinstance(outputs, dict):  # batched: the merged call's share
             outputs = await outputs
         return outputs
+
+    def run_blocking(
+        self,
+        signature: Signature,
+        arrays: dict[str, np.ndarray],
+        sequence: SequenceFlags | None = None,
+        loaded: LoadedVersion | None = None,
+        model: str = "",
+        checked: int | None = None,
+    ) -> dict[str, Any]:
+        """``run`` for a caller in a thread other than the event loop's (a gRPC thread).
+
+        A request without a sequence is checked and run in the calling thread (the
+        runtimes keep their per-call buffers per thread), unless its version batches
+        requests: then its share of a merged call, like a sequence's step, is awaited on
+        the event loop (``self.loop``, which must be running), where the batcher and
+        the sequences live.
+        Same arguments, result and errors as ``run``; ``checked``: the batch size of
+        arrays the codec made in the inputs' exact dtypes and shapes, with names, shapes
+        and batch as ``Signature.check`` passed them for an earlier request of this very
+        layout (it is not run again).
+        """
+        loop = self.loop
+        if loop is None:
+            raise RuntimeError("run_blocking: the server's event loop is not running (.loop)")
+        if sequence is None:
+            if checked is None:
+                arrays, batch = signature.check(arrays, self.limits.max_batch)
+            else:
+                batch = checked
+            outputs = signature.run(arrays, batch)
+            if isinstance(outputs, dict):
+                return outputs
+            pending = outputs  # a batched action's coroutine: it runs on the loop
+        else:
+            pending = self.run(signature, arrays, sequence, loaded, model)
+        return asyncio.run_coroutine_threadsafe(pending, loop).result()
 
     async def offload(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Runs CPU-heavy work of one request (decoding a large body) off the event loop."""

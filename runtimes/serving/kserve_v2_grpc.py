@@ -10,6 +10,8 @@ Errors are gRPC statuses of the error's kind.
 
 from __future__ import annotations
 
+import sys
+import weakref
 from typing import Any
 
 import grpc
@@ -18,6 +20,7 @@ import numpy as np
 from runtimes.serving import v2
 from runtimes.serving.core import ServingCore
 from runtimes.serving.grpc_server import unary
+from runtimes.serving.models import LoadedVersion
 from runtimes.serving.proto import kserve_v2_pb2 as pb
 from toolkit.errors import ErrorKind, ServingError
 
@@ -25,6 +28,10 @@ __all__ = ["NAME", "SERVICE", "KServeV2Grpc", "make"]
 
 NAME = "kserve_v2_grpc"
 SERVICE = "inference.GRPCInferenceService"
+
+_LITTLE = sys.byteorder == "little"
+#: layouts of plain requests kept (``_Plan``); all are dropped when full
+_MAX_PLANS = 256
 
 # datatype -> the InferTensorContents field that carries it
 _CONTENTS = {
@@ -64,6 +71,7 @@ class KServeV2Grpc:
 
     def __init__(self, core: ServingCore):
         self.core = core
+        self._plans: dict[Any, _Plan] = {}
         from importlib.metadata import PackageNotFoundError, version
 
         try:
@@ -97,13 +105,13 @@ class KServeV2Grpc:
 
     # --- health and metadata -----------------------------------------------------------------
 
-    async def server_live(self, request: Any) -> tuple[Any, None]:
+    def server_live(self, request: Any) -> tuple[Any, None]:
         return pb.ServerLiveResponse(live=True), None
 
-    async def server_ready(self, request: Any) -> tuple[Any, None]:
+    def server_ready(self, request: Any) -> tuple[Any, None]:
         return pb.ServerReadyResponse(ready=self.core.ready()), None
 
-    async def model_ready(self, request: Any) -> tuple[Any, str]:
+    def model_ready(self, request: Any) -> tuple[Any, str]:
         try:
             self.core.resolve(request.name, v2.parse_version_text(request.version), None)
             ready = not self.core.draining
@@ -113,11 +121,11 @@ class KServeV2Grpc:
             ready = False
         return pb.ModelReadyResponse(ready=ready), request.name
 
-    async def server_metadata(self, request: Any) -> tuple[Any, None]:
+    def server_metadata(self, request: Any) -> tuple[Any, None]:
         meta = v2.server_metadata(self._version)
         return pb.ServerMetadataResponse(**meta), None
 
-    async def model_metadata(self, request: Any) -> tuple[Any, str]:
+    def model_metadata(self, request: Any) -> tuple[Any, str]:
         loaded = self.core.resolve(request.name, v2.parse_version_text(request.version), None)
         meta = v2.model_metadata(self.core, request.name, loaded)
         response = pb.ModelMetadataResponse(
@@ -131,10 +139,33 @@ class KServeV2Grpc:
 
     # --- infer -----------------------------------------------------------------------------------
 
-    async def model_infer(self, request: Any) -> tuple[Any, str]:
+    def model_infer(self, request: Any) -> tuple[Any, str]:
         model = request.model_name
+        loaded = self.core.resolve(model, v2.parse_version_text(request.model_version), None)
+        raw = request.raw_input_contents
+        key = None
+        if raw and not request.parameters:  # tritonclient's plain request
+            key = (
+                model,
+                request.model_version,
+                tuple((i.name, i.datatype, tuple(i.shape)) for i in request.inputs),
+                tuple(o.name for o in request.outputs),
+            )
+            plan = self._plans.get(key)
+            if plan is not None and plan.loaded() is loaded:
+                arrays = plan.decode(raw)
+                if arrays is not None:
+                    signature = loaded.signatures[plan.signature]
+                    outputs = self.core.run_blocking(signature, arrays, checked=plan.batch)
+                    return plan.encode(outputs, request.id) or self._encode(
+                        model, loaded, request.id, plan.names, outputs
+                    ), model
+        return self._infer(request, model, loaded, key), model
+
+    def _infer(self, request: Any, model: str, loaded: LoadedVersion, key: Any) -> Any:
+        """Any request, decoded and checked in full; ``key``: the plan to make for the
+        layout of a plain request that passes (``_Plan``)."""
         core = self.core
-        loaded = core.resolve(model, v2.parse_version_text(request.model_version), None)
         params = parameters(request)
         signature = v2.signature_of(loaded, params)
         raw = request.raw_input_contents
@@ -160,15 +191,106 @@ class KServeV2Grpc:
                     values = [bytes(v) for v in values]
                 arrays[name] = v2.from_list(name, values, tensor, shape, count)
         names = v2.output_names(signature, [o.name for o in request.outputs], model)
-        outputs = await v2.infer(core, model, loaded, signature, arrays, params)
-        response = pb.ModelInferResponse(
-            model_name=model, model_version=str(loaded.version), id=request.id
-        )
+        if key is None or not signature.batched:
+            outputs = v2.infer_blocking(core, model, loaded, signature, arrays, params)
+            return self._encode(model, loaded, request.id, names, outputs)
+        checked, batch = signature.check(arrays, max_batch)
+        outputs = core.run_blocking(signature, checked, checked=batch)
+        if all(checked[n] is a for n, a in arrays.items()):  # passed as they came
+            plan = _Plan.make(model, loaded, signature, checked, batch, names, outputs)
+            if plan is not None:
+                if len(self._plans) >= _MAX_PLANS:
+                    self._plans.clear()
+                self._plans[key] = plan
+        return self._encode(model, loaded, request.id, names, outputs)
+
+    def _encode(
+        self, model: str, loaded: LoadedVersion, id: str, names: Any, outputs: dict[str, Any]
+    ) -> Any:
+        response = pb.ModelInferResponse(model_name=model, model_version=str(loaded.version), id=id)
         for name in names:
             array = np.asarray(outputs[name])
             response.outputs.add(name=name, datatype=v2.datatype(array.dtype), shape=array.shape)
             response.raw_output_contents.append(v2.to_bytes(array))
-        return response, model
+        return response
+
+
+class _Plan:
+    """What a plain request of one layout needs, worked out on its first request.
+
+    A plain request is tritonclient's: raw tensor bytes, no parameters. Its layout
+    (model, version asked for, input names, datatypes and shapes, outputs asked for)
+    fixes everything but the data once the version is resolved: the arrays' dtypes and
+    shapes, that they pass the signature's check unchanged (then it is not run again,
+    ``ServingCore.run_blocking``'s ``checked``), and the answer's head (model,
+    version, outputs' names, datatypes and shapes), serialized once. The data's byte
+    counts are still checked on every request (a mismatch takes the full path, which
+    names it), as are the outputs' dtypes and shapes against the head.
+    """
+
+    __slots__ = ("batch", "head", "inputs", "loaded", "names", "outputs", "signature")
+
+    def __init__(self, loaded, signature, inputs, batch, names, outputs, head):
+        #: the version it was made for, weakly: a plan keeps no retired version alive
+        self.loaded = weakref.ref(loaded)
+        #: the signature's name (the signature itself would hold the version's policy)
+        self.signature = signature.name
+        #: per input: name, dtype, shape, byte count
+        self.inputs = inputs
+        self.batch = batch
+        self.names = names
+        #: per output asked for: name, dtype, shape
+        self.outputs = outputs
+        self.head = head
+
+    @classmethod
+    def make(cls, model, loaded, signature, arrays, batch, names, outputs) -> _Plan | None:
+        """The plan of a request that passed (None: one of text tensors, or whose
+        outputs are not plain arrays)."""
+        inputs = tuple((n, a.dtype, a.shape, a.nbytes) for n, a in arrays.items())
+        if any(dtype.kind in "OUSV" for _, dtype, _, _ in inputs):
+            return None
+        head = pb.ModelInferResponse(model_name=model, model_version=str(loaded.version))
+        plan_outputs = []
+        for name in names:
+            array = outputs[name]
+            if type(array) is not np.ndarray or array.dtype.kind in "OUSV":
+                return None
+            plan_outputs.append((name, array.dtype, array.shape))
+            head.outputs.add(name=name, datatype=v2.datatype(array.dtype), shape=array.shape)
+        return cls(
+            loaded,
+            signature,
+            inputs,
+            batch,
+            tuple(names),
+            tuple(plan_outputs),
+            head.SerializeToString(),
+        )
+
+    def decode(self, raw: Any) -> dict[str, np.ndarray] | None:
+        """The arrays (None: a count of bytes that does not fit, for the full path)."""
+        if len(raw) != len(self.inputs):
+            return None
+        arrays = {}
+        for (name, dtype, shape, size), data in zip(self.inputs, raw, strict=True):
+            if len(data) != size:
+                return None
+            arrays[name] = v2.little_endian(data, dtype).reshape(shape)
+        return arrays
+
+    def encode(self, outputs: dict[str, Any], id: str) -> bytes | None:
+        """The answer's bytes: the head, then the id and the outputs' data (a message's
+        fields may come in any order and in pieces: protobuf merges them). None: an
+        output whose dtype or shape is not the head's."""
+        contents = []
+        for name, dtype, shape in self.outputs:
+            array = outputs[name]
+            if type(array) is not np.ndarray or array.dtype != dtype or array.shape != shape:
+                return None
+            contents.append(array.tobytes() if _LITTLE else v2.to_bytes(array))
+        tail = pb.ModelInferResponse(id=id, raw_output_contents=contents)
+        return self.head + tail.SerializeToString()
 
 
 def _api(method: str) -> str:

@@ -12,6 +12,7 @@ access log is off unless asked for.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import gc
@@ -127,9 +128,10 @@ def _protocol_class(options: ServeOptions, metrics: ServerMetrics) -> Any:
 class _Server(uvicorn.Server):
     """uvicorn's server; a handled SIGTERM/SIGINT starts draining the core and ends
     with exit status 0 (uvicorn raises the signal again after its graceful shutdown,
-    so the process would end as killed by it). With a gRPC port, the gRPC server runs
-    on the same event loop, starts before the HTTP server and stops with it (letting
-    its calls in flight finish, as the HTTP server does)."""
+    so the process would end as killed by it). With a gRPC port, the gRPC server (its
+    own threads, handing batched and sequence requests to this event loop) starts
+    before the HTTP server and stops with it (letting its calls in flight finish, as
+    the HTTP server does)."""
 
     core: ServingCore | None = None
     grpc_port: int | None = None
@@ -139,12 +141,14 @@ class _Server(uvicorn.Server):
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
         grpc_server = None
+        if self.core is not None:
+            self.core.loop = asyncio.get_running_loop()
         if self.grpc_port is not None and self.core is not None:
             from runtimes.serving.grpc_server import build_server
 
             codecs = protocols.codecs(self.core, "grpc")
             grpc_server, port = build_server(self.core, codecs, self.grpc_host, self.grpc_port)
-            await grpc_server.start()
+            grpc_server.start()
             print(
                 f"policy-toolkit serve: gRPC listening on {self.grpc_host}:{port}",
                 file=sys.stderr,
@@ -156,7 +160,9 @@ class _Server(uvicorn.Server):
             await super().serve(sockets=sockets)
         finally:
             if grpc_server is not None:
-                await grpc_server.stop(self.graceful_seconds)
+                # Waited for off the loop: calls in flight may need it (batching, sequences).
+                stopped = grpc_server.stop(self.graceful_seconds)
+                await asyncio.get_running_loop().run_in_executor(None, stopped.wait)
 
     def handle_exit(self, sig: int, frame: Any) -> None:
         if self.core is not None:

@@ -12,6 +12,7 @@ them (``runtimes.serving.sequences``).
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any
 
 import numpy as np
@@ -29,6 +30,8 @@ __all__ = [
     "check_shape",
     "datatype",
     "infer",
+    "infer_blocking",
+    "little_endian",
     "model_metadata",
     "numpy_dtype",
     "parse_version_text",
@@ -57,6 +60,7 @@ DATATYPES = {
     "object": "BYTES",
 }
 _NUMPY = {v: k for k, v in DATATYPES.items()}
+_LITTLE = sys.byteorder == "little"
 
 
 # np.dtype(...).name is slow (tens of microseconds per request on the hot path): look
@@ -217,7 +221,19 @@ def from_bytes(
             f"{name}: expected {expected} bytes of {datatype(target)} for shape "
             f"{list(shape)}, got {len(raw)}"
         )
-    return np.frombuffer(raw, target.newbyteorder("<")).astype(target, copy=False).reshape(shape)
+    return little_endian(raw, target).reshape(shape)
+
+
+def little_endian(raw: bytes | memoryview, dtype: np.dtype) -> np.ndarray:
+    """Little-endian bytes (their size checked) -> a flat array of ``dtype`` itself.
+
+    The result's dtype is ``dtype``'s own object, not an equal ``<f4`` one: the
+    runtime's fast path takes arrays whose dtype is the spec's by identity, and an
+    equal copy sends every request through its full nest checks (~100 us).
+    """
+    if _LITTLE or dtype.itemsize == 1:
+        return np.frombuffer(raw, dtype)
+    return np.frombuffer(raw, dtype.newbyteorder("<")).astype(dtype)
 
 
 def _unpack_bytes(name: str, raw: bytes | memoryview, count: int) -> np.ndarray:
@@ -279,3 +295,18 @@ async def infer(
     if flags is None:
         return await core.run(signature, arrays)
     return await core.run(signature, arrays, flags, loaded, model)
+
+
+def infer_blocking(
+    core: ServingCore,
+    model: str,
+    loaded: LoadedVersion,
+    signature: Signature,
+    arrays: dict[str, np.ndarray],
+    parameters: dict[str, Any],
+) -> dict[str, Any]:
+    """``infer`` from a thread other than the event loop's (``ServingCore.run_blocking``)."""
+    flags = parse_flags(parameters)
+    if flags is None:
+        return core.run_blocking(signature, arrays)
+    return core.run_blocking(signature, arrays, flags, loaded, model)

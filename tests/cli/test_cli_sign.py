@@ -57,6 +57,42 @@ def test_sign_then_bench_with_the_trust_key_and_refusals_are_one_line(tmp_path, 
     assert result.exit_code == 2 and "expected a PEM private key" in result.stderr
 
 
+def test_verify_checks_the_signature_first_with_a_trust_policy(tmp_path):
+    path = shutil.copytree(cr.bundle("greedy_q"), tmp_path / "b")
+    private, public = write_key_pair(tmp_path, "k")
+    _, other = write_key_pair(tmp_path, "other")
+    verify = ["verify", str(path), "-n", "4"]
+
+    result = runner.invoke(app, [*verify, "--trust-key", str(public)])
+    assert result.exit_code == 2 and "not signed (no model.sig)" in result.stderr
+    assert runner.invoke(app, ["sign", str(path), "--key", str(private)]).exit_code == 0
+
+    result = runner.invoke(app, [*verify, "--json"])  # no policy: reported, not verified
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["signature"]["verified"] is False
+    result = runner.invoke(app, verify)
+    assert "signature: present, not verified (--trust-key KEY verifies it)" in result.stdout
+
+    result = runner.invoke(app, [*verify, "--trust-key", str(public), "--json"])
+    assert result.exit_code == 0, result.output
+    signature = json.loads(result.stdout)["signature"]
+    assert signature["verified"] is True and signature["trusted"] == [str(public)]
+    assert signature["files"] == len(bundle.read_manifest(path)["files"]) + 1
+    result = runner.invoke(app, [*verify, "--trust-key", str(other)])
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert "signed by a key the trust policy does not hold" in result.stderr
+
+    # Changed metadata: verify's own checks pass it (no file of the manifest changed);
+    # the signature does not, and verify stops before reading the bundle.
+    manifest = json.loads((path / bundle.MANIFEST).read_text())
+    manifest["metadata"] = {"changed": "yes"}
+    (path / bundle.MANIFEST).write_text(json.dumps(manifest))
+    result = runner.invoke(app, [*verify, "--trust-key", str(public)])
+    assert result.exit_code == 2 and "manifest.json" in result.stderr
+    assert "verify" not in result.stdout
+
+
 def test_update_leaves_a_signed_bundle_unsigned_and_says_so_unless_re_signed(tmp_path):
     from exporters import save_checkpoint
 

@@ -5,11 +5,10 @@ without TensorFlow (the recipe of tests/cli/test_device_install.py)."""
 from __future__ import annotations
 
 import json
-import subprocess
 
 import pytest
 
-from tests.cli.test_device_install import _cli, _install
+from tests.cli.test_device_install import _cli, _install, _installed
 
 pytestmark = pytest.mark.slow
 
@@ -19,11 +18,7 @@ def test_the_micro_extra_alone_runs_and_benches_a_micro_bundle(tmp_path):
 
     bundle = cartpole_micro()
     env_dir = _install(tmp_path, "micro")
-    listed = subprocess.run(
-        [str(env_dir / "bin" / "python"), "-m", "pip", "list", "--format", "json"],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    installed = {p["name"].lower(): p["version"] for p in json.loads(listed.stdout)}
+    installed = _installed(env_dir)
     assert not {"tensorflow", "tensorflow-cpu", "tf-keras", "tf2onnx", "onnxruntime"} & set(
         installed
     )

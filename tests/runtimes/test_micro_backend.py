@@ -94,3 +94,136 @@ def test_a_manifest_declaring_too_small_an_arena_cannot_crash_the_interpreter(
     got = load_policy(copy, backend="micro").action(ts.restart(states, batch_size=3)).action
     want = load_policy(micro_bundle, backend="micro").action(ts.restart(states, batch_size=3))
     np.testing.assert_array_equal(got, want.action)
+
+
+def _rehash(root) -> None:
+    import json
+
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest["files"] = bundle.hash_files(root)
+    (root / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_damaged_micro_model_is_refused_or_acts_within_the_spec(micro_bundle, tmp_path, seed):
+    """Bytes of micro/policy.tflite cut or flipped, the manifest's hashes rewritten to match:
+    the micro backend (whose tflite-micro release trusts its flatbuffer) refuses with a
+    ToolkitError or acts within the action spec; it never crashes the process."""
+    import shutil
+
+    from runtimes import load_policy
+    from toolkit.errors import ToolkitError
+
+    rng = np.random.default_rng(seed)
+    states = ts.restart(np.zeros((2, 4), np.float32), batch_size=2)
+    outcomes = []
+    for trial in range(12):
+        copy = tmp_path / f"m{trial}"
+        shutil.copytree(micro_bundle, copy)
+        model = copy / "micro/policy.tflite"
+        data = bytearray(model.read_bytes())
+        if trial == 0:
+            data = data[: int(rng.integers(1, len(data)))]
+        else:
+            for where in rng.integers(0, len(data), int(rng.integers(1, 9))):
+                data[where] ^= 1 << int(rng.integers(0, 8))
+        model.write_bytes(bytes(data))
+        _rehash(copy)
+        try:
+            action = load_policy(copy, backend="micro").action(states).action
+        except ToolkitError as e:
+            outcomes.append(type(e).__name__)
+            continue
+        assert action.shape == (2,) and np.all((action >= 0) & (action <= 1)), action
+        outcomes.append("acted")
+    assert len(outcomes) == 12
+
+
+def _fc(model):
+    """The first FULLY_CONNECTED operator of a parsed model and its input tensors."""
+    graph = model.subgraphs[0]
+    for op in graph.operators:
+        code = model.operatorCodes[op.opcodeIndex]
+        if max(code.builtinCode, code.deprecatedBuiltinCode) == 9:  # FULLY_CONNECTED
+            return op, [graph.tensors[i] for i in op.inputs]
+    raise AssertionError("no FULLY_CONNECTED")
+
+
+def _weights_wider(model):
+    _, (_, weights, _) = _fc(model)
+    weights.shape = np.array([weights.shape[0], weights.shape[1] * 2], np.int32)
+
+
+def _offline_arena(model):
+    from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as schema
+
+    entry = schema.MetadataT()
+    entry.name = b"OfflineMemoryAllocation"
+    entry.buffer = 0
+    model.metadata = [entry]
+
+
+def _shorter_bias(model):
+    _, (_, _, bias) = _fc(model)
+    model.buffers[bias.buffer].data = model.buffers[bias.buffer].data[:-4]
+
+
+def _input_read_before_written(model):
+    graph = model.subgraphs[0]
+    graph.operators[0].inputs = np.array([graph.operators[-1].outputs[0], 1], np.int32)
+
+
+HOSTILE = {
+    "an operator code out of range": (
+        lambda m: setattr(m.subgraphs[0].operators[0], "opcodeIndex", 99),
+        "operator 0: expected an operator code below",
+    ),
+    "a tensor index out of range": (
+        lambda m: setattr(m.subgraphs[0].operators[0], "inputs", np.array([0, 999], np.int32)),
+        "operator 0: expected tensor indices below",
+    ),
+    "a buffer index out of range": (
+        lambda m: setattr(m.subgraphs[0].tensors[1], "buffer", 999),
+        "tensor 1: expected a buffer index below",
+    ),
+    "weights wider than their bytes": (_weights_wider, r"expected \d+ bytes of INT8"),
+    "a bias shorter than its shape": (_shorter_bias, r"expected \d+ bytes of INT(32|64)"),
+    "an offline arena plan": (_offline_arena, "metadata: expected none"),
+    "a tensor read before it is computed": (
+        _input_read_before_written,
+        "operator 0: expected inputs computed before it",
+    ),
+    "a batch of 2": (
+        lambda m: setattr(m.subgraphs[0].tensors[0], "shape", np.array([2, 4], np.int32)),
+        r"operator 0: expected MUL of a \(1, n\) tensor",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_a_well_formed_micro_model_that_does_not_hold_together_is_refused(
+    micro_bundle, tmp_path, case
+):
+    """Canonical flatbuffers (they pass the re-packing check) whose indices, sizes or
+    metadata TFLite Micro would trust: each is refused, naming the part, before TFLite
+    Micro sees it."""
+    import shutil
+
+    import flatbuffers
+    from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as schema
+
+    from runtimes import load_policy
+    from toolkit.errors import BundleError
+
+    mutate, message = HOSTILE[case]
+    copy = tmp_path / "hostile"
+    shutil.copytree(micro_bundle, copy)
+    path = copy / "micro/policy.tflite"
+    model = schema.ModelT.InitFromPackedBuf(bytearray(path.read_bytes()), 0)
+    mutate(model)
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    path.write_bytes(bytes(builder.Output()))
+    _rehash(copy)
+    with pytest.raises(BundleError, match=f"micro/policy.tflite: .*{message}"):
+        load_policy(copy, backend="micro")

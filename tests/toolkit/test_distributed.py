@@ -318,22 +318,32 @@ def test_litert_workers_run_litert(cluster, bundle):
     assert result.returns == _local(bundle, 12, 2, backend="litert").returns
 
 
-def test_cli_run_with_workers_gives_the_local_returns(cluster, bundle):
+def test_cli_run_with_workers_gives_the_local_returns(cluster, bundle, tmp_path):
     """A fresh interpreter joins the cluster by its address (this process has joined it
-    already, and connect() would use that): the answer check, one attempt, quietly."""
+    already, and connect() would use that): the answer check, one attempt, quietly; a
+    signed copy under --trust-key, whose workers get the signed bytes."""
     from typer.testing import CliRunner
 
+    from tests.signing_keys import write_key_pair
+    from toolkit import bundle as bundle_lib
     from toolkit.cli import app
 
     runner = CliRunner()
     args = ["run", str(bundle), "--env", ENV_ID, "-n", "40", "--seed", "3", "--json"]
     local = runner.invoke(app, args)
     assert local.exit_code == 0, local.output
+    signed = shutil.copytree(bundle, tmp_path / "signed")
+    private, public = write_key_pair(tmp_path, "k")
+    trusted = ["--workers", "2", "--trust-key", str(public)]
+    refused = runner.invoke(app, ["run", str(signed), *args[2:], *trusted])
+    assert refused.exit_code == 2 and "not signed (no model.sig)" in refused.stderr
+    bundle_lib.sign_bundle(signed, private)
+    remote = ["run", str(signed), *args[2:], *trusted, "--ray", cluster.address]
     done = run_python(
         f"""
         import sys
         from toolkit.cli import main
-        sys.argv = ["policy-toolkit", *{args!r}, "--workers", "2", "--ray", {cluster.address!r}]
+        sys.argv = ["policy-toolkit", *{remote!r}]
         main()
         """,
         timeout=300,
@@ -606,3 +616,39 @@ def test_cluster_addresses_are_checked_before_ray_is_imported():
     for bad in ("nonsense", "host:", ":80", "host:99999", "host:port"):
         with pytest.raises(ArgumentError, match=f"got {bad!r}"):
             cluster.host_port(bad)
+
+
+def test_the_payload_of_a_trust_policy_holds_signed_bytes_and_workers_load_it(
+    bundle, tmp_path, monkeypatch
+):
+    """The driver checks the signature and sends the signed bytes; a worker (with the
+    fleet's POLICY_TOOLKIT_TRUST_KEYS set) loads the payload, which holds no signature."""
+    from tests.signing_keys import write_key_pair
+    from toolkit import bundle as bundle_lib
+    from toolkit.distributed import actors
+    from toolkit.errors import TrustError
+
+    copy = shutil.copytree(bundle, tmp_path / "signed")
+    private, public = write_key_pair(tmp_path, "k")
+    with pytest.raises(TrustError, match="not signed"):
+        actors.bundle_payload(copy, "onnx", trust=public)
+    monkeypatch.setenv(bundle_lib.TRUST_KEYS_ENV, str(public))
+    with pytest.raises(TrustError, match="not signed"):  # the variable applies by default
+        actors.bundle_payload(copy, "onnx")
+    assert actors.bundle_payload(copy, "onnx", trust=False).backend == "onnx"
+
+    bundle_lib.sign_bundle(copy, private)
+    payload = actors.bundle_payload(copy, "onnx")
+    assert bundle_lib.SIGNATURE_FILE not in payload.files
+    assert actors.load_payload(payload, seed=0).backend == "onnx"  # the variable still set
+
+    # A model file swapped between the signature's check and its read is refused.
+    real = bundle_lib.read_member
+
+    def swapped(root, name, **kwargs):
+        data = real(root, name, **kwargs)
+        return data + b"\0" if name == "policy.onnx" else data
+
+    monkeypatch.setattr(bundle_lib, "read_member", swapped)
+    with pytest.raises(TrustError, match="policy.onnx changed after its signature was checked"):
+        actors.bundle_payload(copy, "onnx")

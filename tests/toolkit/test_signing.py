@@ -150,6 +150,19 @@ def test_the_trust_policy_refuses(copy, keys, backend, case):
         runtimes.load_policy(copy, backend, trust=False)
 
 
+def test_a_killed_signs_temporary_file_is_removed_not_signed(copy, keys):
+    """A sign killed before its rename leaves ``.model.sig.tmp-*``; the next sign removes
+    it rather than signing it as a file of the bundle (a look-alike folder stays)."""
+    (copy / ".model.sig.tmp-deadbeef").write_text('{"half": ')
+    (copy / ".model.sig.tmp-folder").mkdir()
+    bundle.sign_bundle(copy, keys["ours"][0])
+    assert not (copy / ".model.sig.tmp-deadbeef").exists()
+    assert (copy / ".model.sig.tmp-folder").is_dir()
+    (copy / ".model.sig.tmp-folder").rmdir()
+    runtimes.load_policy(copy, "onnx", trust=keys["ours"][1])
+    _model_signing_verify(copy, keys["ours"][1])
+
+
 def test_the_environment_sets_the_policy_for_every_load(copy, keys, monkeypatch):
     monkeypatch.setenv(bundle.TRUST_KEYS_ENV, str(keys["other"][1]))
     with pytest.raises(TrustError, match="does not hold"):

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import json
 import os
 import stat
@@ -254,6 +255,24 @@ def _statement(name: str, digests: Mapping[str, str]) -> bytes:
     return json.dumps(statement, indent=2).encode()
 
 
+#: A signature being written (renamed to model.sig when whole).
+_TEMPORARY_PREFIX = f".{SIGNATURE_FILE}.tmp-"
+
+
+def _remove_stale_temporaries(root: Path) -> None:
+    """Removes the temporary signatures a killed ``sign`` left at the bundle's top (regular
+    files named as ours only; nothing is followed)."""
+    with os.scandir(root) as entries:
+        stale = [
+            entry.path
+            for entry in entries
+            if entry.name.startswith(_TEMPORARY_PREFIX) and entry.is_file(follow_symlinks=False)
+        ]
+    for path in stale:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
 def sign_bundle(
     bundle_dir: str | os.PathLike, private_key: str | os.PathLike, *, password: bytes | None = None
 ) -> Path:
@@ -291,6 +310,7 @@ def sign_bundle(
         hint, hash_alg = _key_hash(key.public_key())
     except BundleError as e:
         raise BundleError(f"{private_key}: {e}") from None
+    _remove_stale_temporaries(root)  # a killed sign's file must not be signed as the bundle's
     digests = {rel: str(digest) for rel, digest in _folder_digests(root).items()}
     payload = _statement(root.resolve().name, digests)
     signature = key.sign(_pae(payload), ec.ECDSA(hash_alg))
@@ -304,7 +324,7 @@ def sign_bundle(
         },
     }
     target = root / SIGNATURE_FILE
-    temporary = root / f".{SIGNATURE_FILE}.tmp-{uuid.uuid4().hex[:8]}"
+    temporary = root / f"{_TEMPORARY_PREFIX}{uuid.uuid4().hex[:8]}"
     try:
         with open(temporary, "x", encoding="utf-8") as f:
             json.dump(document, f, indent=2)

@@ -70,8 +70,8 @@ def bench(
         typer.Option(
             "--backend",
             "-b",
-            help="Comma-separated backends (onnx, litert, tf), or auto: every backend the "
-            "bundle has a format for and whose engine is installed.",
+            help=f"Comma-separated backends ({common.backends_help()}), or auto: every "
+            "backend the bundle has a format for and whose engine is installed.",
         ),
     ] = "auto",
     batch: Annotated[

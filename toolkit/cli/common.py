@@ -35,6 +35,7 @@ __all__ = [
     "SamplesOption",
     "Stages",
     "TrustKeyOption",
+    "backends_help",
     "bundle_must_exist",
     "command",
     "console",
@@ -134,13 +135,25 @@ MetadataOption = Annotated[
     typer.Option("--metadata", "-m", help="key=value stored in the manifest (repeatable)."),
 ]
 OverwriteOption = Annotated[bool, typer.Option("--overwrite", help="Replace an existing bundle.")]
+
+
+def backends_help() -> str:
+    """The backends of the table as help texts list them: ``onnx, litert, ...: no
+    TensorFlow; tf`` (a backend added to runtimes.backends shows up here)."""
+    from runtimes import backends
+
+    free = backends.names(tf_free=True)
+    rest = [name for name in backends.names() if name not in free]
+    return f"{', '.join(free)}: no TensorFlow" + (f"; {', '.join(rest)}" if rest else "")
+
+
 BackendOption = Annotated[
     str,
     typer.Option(
         "--backend",
         "-b",
-        help="A runtime backend (onnx, litert: no TensorFlow; tf), or auto: the first TF-free "
-        "one the bundle has a format for and whose engine is installed, else tf.",
+        help=f"A runtime backend ({backends_help()}), or auto: the first TF-free one the "
+        "bundle has a format for and whose engine is installed, else tf.",
     ),
 ]
 TrustKeyOption = Annotated[

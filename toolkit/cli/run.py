@@ -92,13 +92,10 @@ def run(
         if record is not None:
             raise common.fail("--record: plays locally; run it without --workers")
         quiet = not common.is_debug(ctx)
-        trust = common.trust_policy(trust_key)
-        if trust is not None:  # checked once here, before any worker gets the bundle
-            from toolkit import bundle as bundle_lib
-
-            bundle_lib.read_manifest(bundle, check_files=False, trust=trust)
+        # Checked before Ray starts; the workers get the signed bytes (backends.payload).
+        trust = common.trust_policy(trust_key) or False
         result, used = _run_distributed(
-            bundle, env, episodes, seed, workers, ray_address, backend, as_json, quiet
+            bundle, env, episodes, seed, workers, ray_address, backend, as_json, quiet, trust
         )
         if used.lost_workers:
             common.console(stderr=True).print(
@@ -150,6 +147,7 @@ def run(
         frames = rollout.record_episode(policy, env, seed, record)
     if as_json:
         data = result.to_json()
+        data["backend"] = policy.backend  # as with --workers: what played the episodes
         if record is not None:
             data["record"] = {"path": str(record), "frames": frames}
         typer.echo(json.dumps(data, indent=2))
@@ -217,6 +215,7 @@ def _run_distributed(
     backend: str,
     no_progress: bool,
     quiet: bool,
+    trust: Any,
 ) -> tuple[Any, Any]:
     """The episodes on Ray actors, with a progress bar on stderr.
 
@@ -232,11 +231,12 @@ def _run_distributed(
     from toolkit.distributed import backends, evaluation
 
     common.bundle_must_exist(bundle)
-    # A bad id, bundle, backend or pairing fails here, before Ray starts; the workers
-    # run the backend chosen here (backends.choose), never another.
-    chosen = backends.choose(bundle_lib.read_layout(bundle, check_files=False).formats, backend)
+    # A bad id, bundle, signature, backend or pairing fails here, before Ray starts; the
+    # workers run the backend chosen here (backends.choose), never another.
+    layout = bundle_lib.read_layout(bundle, check_files=False, trust=trust or None)
+    chosen = backends.choose(layout.formats, backend)
     check = rollout.make_env(env, 1)
-    policy = load_policy(bundle, backend=chosen.name)
+    policy = load_policy(bundle, backend=chosen.name, trust=trust)
     if policy.action_mask_input is not None:
         raise common.fail("--workers: Ray actors pass no action masks yet; play it locally")
     rollout.check_compatible(policy, check, env)
@@ -270,6 +270,7 @@ def _run_distributed(
             on_episodes=lambda n: progress.advance(task, n),
             on_actors=show,
             quiet=quiet,
+            trust=trust,
         )
     finally:
         if shown:  # stop() of a bar never shown still prints an empty line

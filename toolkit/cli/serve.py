@@ -153,9 +153,7 @@ def serve(
     ] = None,
     backend: Annotated[
         str,
-        typer.Option(
-            "--backend", help="onnx or litert (no TensorFlow), tf (the SavedModel), or auto."
-        ),
+        typer.Option("--backend", help=f"A runtime backend ({common.backends_help()}), or auto."),
     ] = "onnx",
     batch_window_us: Annotated[
         int | None,

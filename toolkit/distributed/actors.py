@@ -30,17 +30,20 @@ __all__ = [
 ]
 
 
-def bundle_payload(path: str | os.PathLike, backend: str = "onnx") -> Payload:
+def bundle_payload(path: str | os.PathLike, backend: str = "onnx", trust: Any = None) -> Payload:
     """What actors of ``backend`` load from a bundle (see ``backends.payload``)."""
     from toolkit.distributed import backends
 
-    return backends.payload(path, backend, takes_weights=False)
+    return backends.payload(path, backend, takes_weights=False, trust=trust)
 
 
 def load_payload(payload: Payload, seed: int | None) -> Any:
     """Loads a payload with its backend, from a private folder removed right after.
 
-    The runtimes keep the model bytes they read, so nothing needs the folder later.
+    The runtimes keep the model bytes they read, so nothing needs the folder later. No
+    trust policy applies here, POLICY_TOOLKIT_TRUST_KEYS included: a payload is not a
+    whole signed bundle, and its bytes were checked against the signature on the driver
+    (``backends.payload``) before they were sent.
     """
     from runtimes import load_policy
 
@@ -52,7 +55,9 @@ def load_payload(payload: Payload, seed: int | None) -> Any:
                 raise BundleError(f"bundle payload: {name!r} points outside the bundle")
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(data)
-        return load_policy(folder, backend=payload.backend, seed=seed, validate_args=False)
+        return load_policy(
+            folder, backend=payload.backend, seed=seed, validate_args=False, trust=False
+        )
 
 
 def block_generator(policy_seed: int | None, offset: int) -> np.random.Generator | None:

@@ -88,17 +88,42 @@ def choose(
     return backend
 
 
-def payload(path: str | os.PathLike, backend: str = "auto", *, takes_weights: bool = False):
+def payload(
+    path: str | os.PathLike,
+    backend: str = "auto",
+    *,
+    takes_weights: bool = False,
+    trust: Any = None,
+):
     """What workers of ``backend`` load from the bundle at ``path`` (read, bounded and
     hash-checked here): a ``Payload``.
+
+    A payload holds the manifest and one model file, not the whole signed bundle, so the
+    signature is checked here, on the driver, and the bytes sent are the signed ones:
+    each is compared with the signature's digest after it is read (a file swapped
+    between the check and the read is refused). Workers then load the payload without a
+    trust policy of their own (``actors.load_payload``).
+
+    Args:
+      path: the bundle folder.
+      backend: the workers' backend name, or "auto".
+      takes_weights: the workers take weight updates (distributed training).
+      trust: as ``runtimes.load_policy``'s: a TrustPolicy or PEM path(s), False for
+        none, None for POLICY_TOOLKIT_TRUST_KEYS's keys if set.
 
     Raises:
       BundleError, UnsupportedError, ArgumentError: as ``choose``, or for an unreadable
         bundle.
+      TrustError: a bundle the trust policy refuses.
     """
+    import hashlib
+
     from toolkit import bundle
+    from toolkit.errors import TrustError
 
     root = bundle.bundle_root(Path(path))
+    policy = bundle.trust_policy(trust)
+    signed = bundle.verify_bundle(root, policy) if policy is not None else None
     layout = bundle.read_layout(root, check_files=False)
     chosen = choose(layout.formats, backend, takes_weights=takes_weights)
     entry = layout.format(chosen.format)
@@ -110,4 +135,7 @@ def payload(path: str | os.PathLike, backend: str = "auto", *, takes_weights: bo
             root, entry.path, key=f"{chosen.format}.file", files=layout.files_json
         ),
     }
+    for name, data in files.items() if signed is not None else ():
+        if signed.get(name) != hashlib.sha256(data).hexdigest():
+            raise TrustError(f"{root}: {name} changed after its signature was checked")
     return Payload(chosen.name, files)

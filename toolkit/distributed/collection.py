@@ -78,7 +78,8 @@ class DistributedCollector:
         with tempfile.TemporaryDirectory(prefix="policy-toolkit-collect-") as tmp:
             bundle = os.path.join(tmp, "collect_policy")
             self._map = weights_lib.export_for_actors(agent.collect_policy, bundle)
-            payload = backends.payload(bundle, "auto", takes_weights=True)
+            # The learner's own export, made just now: no signature to check.
+            payload = backends.payload(bundle, "auto", takes_weights=True, trust=False)
         remote = ray.remote(num_cpus=1, max_restarts=0, max_task_retries=0)(
             actors_lib.CollectorActor
         )

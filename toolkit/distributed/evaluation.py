@@ -204,6 +204,7 @@ def evaluate(
     on_actors: Callable[[list], Any] | None = None,
     quiet: bool = True,
     start_timeout: float = START_TIMEOUT_S,
+    trust: Any = None,
 ) -> DistributedResult:
     """Plays ``episodes`` episodes of a bundle's policy on ``workers`` Ray actors.
 
@@ -223,6 +224,8 @@ def evaluate(
       on_actors: called with the first actor handles once they are started (tests kill one).
       quiet: keep Ray's own output off the terminal (``cluster.connect``).
       start_timeout: seconds to wait with no worker ready before giving up.
+      trust: the trust policy the bundle must pass, checked here before Ray starts (as
+        ``runtimes.load_policy``'s; None: POLICY_TOOLKIT_TRUST_KEYS's keys if set).
 
     Returns:
       A ``DistributedResult`` with the episodes in seed order.
@@ -238,7 +241,7 @@ def evaluate(
     for name, value in (("episodes", episodes), ("workers", workers), ("chunk", chunk)):
         if isinstance(value, bool) or int(value) < 1:
             raise ArgumentError(f"{name}: expected a positive int, got {value!r}")
-    payload = actors.bundle_payload(bundle, backend)
+    payload = actors.bundle_payload(bundle, backend, trust)
     cpus = max(int(workers), os.cpu_count() or 1)  # a local cluster fits every actor
     with cluster.connect(address, num_cpus=cpus, quiet=quiet) as ray:
         started = time.perf_counter()

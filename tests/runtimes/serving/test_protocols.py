@@ -58,6 +58,8 @@ def server(tmp_path_factory):
     for kind in KINDS:
         for client in CLIENTS:
             args += ["--model", f"{_model(kind, client)}={cr.bundle(kind)}"]
+    for kind in KINDS:
+        args += ["--model", f"{_model(kind, 'plain')}={cr.bundle(kind)}"]
     args += ["--model", f"seq={cr.bundle(SEQUENCE_KIND)}"]
     args += ["--model", f"greedy={cr.bundle('greedy_q')}"]
     args += ["--model", f"rnn={cr.bundle('rnn/actor_distribution')}"]
@@ -152,6 +154,53 @@ def _assert_outputs(got, expected, what):
 
 
 # --- actions equal the in-process policy's, per request, on every protocol ---------------
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_plain_v2_grpc_requests_equal_the_policy_in_process(server, kind):
+    # tritonclient's plain requests (raw tensors, no parameters) of one layout take the
+    # server's planned path from the second on; each answer must still be the policy's,
+    # its id the request's, and the data's size checked on every request.
+    model = _model(kind, "plain")
+    policy = runtimes.load_policy(cr.bundle(kind), "onnx", seed=SEED)
+    recurrent = bool(_flat(policy.policy_state_spec))
+    rng = np.random.default_rng(5)
+    state = policy.get_initial_state(2)
+    for step in range(4):
+        time_step = sample_time_step(policy.time_step_spec, (2,), rng)
+        # serving_default's defaults: reward 0, discount 1, step type MID unless sent
+        time_step = time_step._replace(
+            reward=np.zeros_like(time_step.reward), discount=np.ones_like(time_step.discount)
+        )
+        if not recurrent:
+            time_step = time_step._replace(step_type=np.full_like(time_step.step_type, 1))
+        inputs = _flat(time_step.observation, "observation")
+        if recurrent:
+            inputs.update(step_type=np.asarray(time_step.step_type))
+            inputs.update(_flat(state, "policy_state"))
+        expected = policy.action(time_step, state)
+        result = server.grpc_client.infer(model, _v2_inputs(tgrpc, inputs), request_id=f"r{step}")
+        assert result.get_response().id == f"r{step}"
+        want = {**_flat(expected.action, "action"), **_flat(expected.state, "next_state")}
+        got = {name: result.as_numpy(name) for name in want}
+        _assert_outputs(got, want, f"{model} step {step}")
+        state = expected.state
+    # The same layout with 4 bytes short: refused, naming the input; then served again.
+    request = tgrpc.service_pb2.ModelInferRequest(model_name=model)
+    for name, value in inputs.items():
+        value = np.ascontiguousarray(value)
+        request.inputs.add(name=name, datatype=_datatype(value.dtype), shape=value.shape)
+        request.raw_input_contents.append(value.tobytes())
+    first = request.inputs[0].name
+    request.raw_input_contents[0] = request.raw_input_contents[0][:-4]
+    stub = tgrpc.service_pb2_grpc.GRPCInferenceServiceStub(server.channel)
+    with pytest.raises(grpc.RpcError) as e:
+        stub.ModelInfer(request)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert e.value.details().startswith(f"{first}: expected "), e.value.details()
+    assert "bytes" in e.value.details()
+    request.raw_input_contents[0] = np.ascontiguousarray(inputs[first]).tobytes()
+    assert stub.ModelInfer(request).raw_output_contents
 
 
 @pytest.mark.parametrize("client", CLIENTS)

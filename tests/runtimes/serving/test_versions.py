@@ -175,6 +175,40 @@ def test_sigterm_finishes_requests_in_flight_and_exits_0(tmp_path):
         _predict(server.url)
 
 
+def test_sigterm_finishes_grpc_calls_in_flight_and_exits_0():
+    """A gRPC call waiting in a long batch window (on the event loop, from its gRPC
+    thread) when SIGTERM comes is still answered; new calls are refused."""
+    import grpc
+    import tritonclient.grpc as tgrpc
+    from tritonclient.utils import InferenceServerException
+
+    bundle = cr.bundle("greedy_q")
+    args = ["--name", "m", "--batch-window-us", "1500000", "--grpc-port", "0"]
+    server = ServerProcess(str(bundle), *args)
+    client = tgrpc.InferenceServerClient(server.grpc)
+    item = tgrpc.InferInput("observation", list(OBSERVATIONS.shape), "FP32")
+    item.set_data_from_numpy(OBSERVATIONS)
+    results = {}
+
+    def slow_call():
+        results["result"] = client.infer("m", [item])
+
+    thread = threading.Thread(target=slow_call)
+    thread.start()
+    time.sleep(0.5)  # the call waits in the batcher
+    started = time.monotonic()
+    code = server.stop(timeout=10)
+    elapsed = time.monotonic() - started
+    thread.join(10)
+    assert code == 0, server.log
+    assert elapsed < 5.0, elapsed
+    assert results["result"].as_numpy("action").tolist() == _actions(bundle)
+    with pytest.raises(InferenceServerException) as e:
+        client.infer("m", [item], client_timeout=5)
+    assert e.value.status() == f"StatusCode.{grpc.StatusCode.UNAVAILABLE.name}"
+    client.close()
+
+
 def test_batching_merges_concurrent_requests_and_answers_each_its_rows(tmp_path):
     v1 = cr.bundle("greedy_q")
     rng = np.random.default_rng(8)
