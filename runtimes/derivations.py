@@ -592,6 +592,7 @@ class _GaussianNoise(Deriver):
             self._scales64 = [_compact(np.asarray(s, np.float64)) for s in scales]
             self._small = self._small_plan(shapes)
             self._uniform = self._uniform_plan()
+            self._row = None if self._uniform is None else self.row_sampler()[1]
             self.act = self._act_compiled
 
     def act(self, out, rng, want_log_prob):
@@ -664,8 +665,9 @@ class _GaussianNoise(Deriver):
         return self._clip(noisy), None
 
     def _act_row(self, loc: np.ndarray, dtype: np.dtype, rng: np.random.Generator) -> np.ndarray:
-        """One row of a few elements, both clips and the scale uniform: one Python loop."""
-        return np.array([_row_values(self._uniform, loc, dtype, rng, None)], dtype)
+        """One row of a few elements, both clips and the scale uniform: one Python loop
+        (``row_sampler``'s), with its batch dim."""
+        return self._row(loc, rng)[None]
 
     def row_sampler(self) -> tuple[str, Any] | None:
         """``(parameter name, sample)`` for the policy's unbatched hot path, or None.
@@ -680,22 +682,35 @@ class _GaussianNoise(Deriver):
         if getattr(self, "_uniform", None) is None:  # the general (uncompiled) deriver
             return None
         name, dtype = self._small[0], self._small[1]
-        uniform, act = self._uniform, self._act_compiled
+        low, high, inner_low, inner_high, scale = self._uniform
+        act = self._act_compiled
 
         def sample(
             loc: np.ndarray, rng: np.random.Generator, block: NormalBlock | None = None
         ) -> np.ndarray:
             kind = loc.dtype  # by identity first: ``in`` compares with dtype.__eq__
-            if (
+            if not (
                 loc.ndim == 2
                 and len(loc) == 1
                 and loc.size <= _SMALL
                 and (kind is dtype or kind in _FLOATS)
             ):
-                return np.array(_row_values(uniform, loc, dtype, rng, block), dtype)
-            if block is not None:
-                block.sync()  # act draws from rng itself
-            return act({name: loc.copy()}, rng, False)[0][0][0]
+                if block is not None:
+                    block.sync()  # act draws from rng itself
+                return act({name: loc.copy()}, rng, False)[0][0][0]
+            # The row in one loop, inline (the bounds and scale are this closure's):
+            # the inner clip, plus scale * noise in float64, the outer clip, one rounding.
+            # (astype's keyword parsing costs ~1k instructions: skipped for the dtype)
+            row = (loc if kind is dtype else loc.astype(dtype, copy=False)).tolist()[0]
+            noise = None if block is None else block.take(len(row))
+            if noise is None:
+                noise = rng.standard_normal(len(row)).tolist()
+            values = []
+            for v, z in zip(row, noise):  # noqa: B905 (one noise per element; no keyword parsing)
+                v = inner_low if v < inner_low else (inner_high if v > inner_high else v)
+                x = v + scale * z
+                values.append(low if x < low else (high if x > high else x))
+            return np.array(values, dtype)
 
         return name, sample
 
@@ -752,29 +767,6 @@ class _GaussianNoise(Deriver):
                 _dists().Normal(loc, total.astype(inner.dtype), inner.event_ndims, inner.dtype)
             )
         return out_dists
-
-
-def _row_values(
-    uniform: tuple,
-    loc: np.ndarray,
-    dtype: np.dtype,
-    rng: np.random.Generator,
-    block: NormalBlock | None,
-) -> list[float]:
-    """``_GaussianNoise``'s row: both clips and the scale uniform (``_uniform_plan``),
-    the noise from ``block`` when given (and on), else drawn from ``rng``."""
-    low, high, inner_low, inner_high, scale = uniform
-    # (astype's keyword parsing costs ~1k instructions: skipped for the leaf's dtype)
-    row = (loc if loc.dtype is dtype else loc.astype(dtype, copy=False)).tolist()[0]
-    noise = None if block is None else block.take(len(row))
-    if noise is None:
-        noise = rng.standard_normal(len(row)).tolist()
-    values = []
-    for v, z in zip(row, noise):  # noqa: B905 (one noise per element; no keyword parsing)
-        v = inner_low if v < inner_low else (inner_high if v > inner_high else v)
-        x = v + scale * z
-        values.append(low if x < low else (high if x > high else x))
-    return values
 
 
 class _OUNoise(Deriver):
