@@ -324,3 +324,48 @@ def test_the_core_serves_any_backend_of_the_table_and_refuses_what_one_cannot_do
         if core is not None:
             core.close()
         backends.unregister("toy")
+
+
+def test_a_planned_tf_serving_predict_answers_as_the_full_path():
+    """TF Serving gRPC: a plain Predict (tensor_content) of a layout answered before is
+    decoded and encoded by its plan; its bytes parse to the full path's answer."""
+    from runtimes.serving import tfserving_grpc
+    from runtimes.serving.proto import tfserving_pb2 as pb
+
+    core = build_core(CoreOptions([ModelConfig("m", cr.bundle("greedy_q"))]))
+    core.registry.poll()
+
+    def request(obs: np.ndarray, content: bytes | None = None) -> pb.PredictRequest:
+        message = pb.PredictRequest()
+        message.model_spec.name = "m"
+        tensor = message.inputs["observation"]
+        tensor.dtype = pb.DT_FLOAT
+        for n in obs.shape:
+            tensor.tensor_shape.dim.add(size=n)
+        tensor.tensor_content = obs.tobytes() if content is None else content
+        return message
+
+    observations = np.random.default_rng(4).normal(size=(3, 2, 4)).astype(np.float32)
+    policy = runtimes.load_policy(cr.bundle("greedy_q"), "onnx")
+    mid = TimeStep(np.ones(2, np.int32), np.zeros(2, np.float32), np.ones(2, np.float32), None)
+    try:
+        codec = tfserving_grpc.make(core)
+        first, model = codec.predict(request(observations[0]))
+        assert model == "m" and isinstance(first, pb.PredictResponse)  # the full path
+        for obs in observations[1:]:
+            planned, _ = codec.predict(request(obs))
+            assert isinstance(planned, bytes)  # the plan's answer
+            full, _ = tfserving_grpc.make(core).predict(request(obs))  # a codec with no plan
+            assert pb.PredictResponse.FromString(planned) == full
+            want = policy.action(mid._replace(observation=obs)).action
+            tensor = full.outputs["action"]
+            assert tensor.dtype == pb.DT_INT32
+            assert [d.size for d in tensor.tensor_shape.dim] == list(want.shape)
+            action = np.frombuffer(tensor.tensor_content, "<i4").reshape(want.shape)
+            np.testing.assert_array_equal(action, want)
+        # The same layout 4 bytes short: the full path names it.
+        short = observations[0].tobytes()[:-4]
+        with pytest.raises(ServingError, match="observation: expected 32 bytes of tensor_content"):
+            codec.predict(request(observations[0], short))
+    finally:
+        core.close()
