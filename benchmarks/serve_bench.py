@@ -42,7 +42,7 @@ protocol), and our gRPC p50 not above our REST p50.
 With ``--trees DIR [DIR...]`` it compares source trees (worktrees of other commits):
 gRPC with request batching on (``--batch-window-us 0``), 8 clients, v2 and TF Serving
 gRPC, each tree's server in turn for ``--rounds`` interleaved rounds, with the
-server's CPU time per request.
+server's CPU time per request (``--tree-clients 1 8``: 1 client too).
 
 Usage: ``python benchmarks/serve_bench.py [--json] [--seconds S] [--protocols
 [--mlserver-python PATH]] [--trees DIR... [--rounds N]]``
@@ -51,6 +51,7 @@ Usage: ``python benchmarks/serve_bench.py [--json] [--seconds S] [--protocols
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import re
@@ -473,8 +474,11 @@ def run_protocols(seconds: float, mlserver_python: str | None) -> list[dict[str,
     return rows
 
 
-def run_trees(trees: list[Path], seconds: float, rounds: int) -> list[dict[str, Any]]:
-    """Batching on (``--batch-window-us 0``), 8 clients, v2 gRPC and TF Serving gRPC,
+def run_trees(
+    trees: list[Path], seconds: float, rounds: int, client_counts: tuple[int, ...] = (8,)
+) -> list[dict[str, Any]]:
+    """Batching on (``--batch-window-us 0``), v2 gRPC and TF Serving gRPC at each count
+    of ``client_counts`` (1: a blocking client, as in ``--protocols``),
     served by each source tree (e.g. throwaway worktrees of other commits) in turn,
     ``rounds`` times interleaved: ratios between trees taken in one run hold up on a
     loaded machine where absolute figures do not. Each row has the server's CPU time
@@ -489,12 +493,15 @@ def run_trees(trees: list[Path], seconds: float, rounds: int) -> list[dict[str, 
         try:
             for round_ in range(rounds):
                 for tree, server in zip(trees, servers, strict=True):
-                    for protocol, method, request in (
-                        ("v2 gRPC", KSERVE_INFER, files["v2_grpc"]),
-                        ("TF Serving gRPC", TFS_PREDICT, files["tfs_grpc"]),
+                    for clients, (protocol, method, request) in itertools.product(
+                        client_counts,
+                        (
+                            ("v2 gRPC", KSERVE_INFER, files["v2_grpc"]),
+                            ("TF Serving gRPC", TFS_PREDICT, files["tfs_grpc"]),
+                        ),
                     ):
                         before = server.cpu_seconds()
-                        row = grpc_load(server.grpc, method, request, 8, seconds)
+                        row = grpc_load(server.grpc, method, request, clients, seconds)
                         spent = server.cpu_seconds() - before  # warm-up requests included
                         row["server_cpu_us"] = spent / max(row["all_requests"], 1) * 1e6
                         mode = f"{tree.name}, {protocol}, batching"
@@ -588,10 +595,14 @@ def main() -> int:
         help="compare source trees: gRPC with batching on, 8 clients, interleaved rounds",
     )
     parser.add_argument("--rounds", type=int, default=3, help="rounds of --trees")
+    parser.add_argument(
+        "--tree-clients", type=int, nargs="+", default=[8], help="client counts of --trees"
+    )
     args = parser.parse_args()
     load_before = os.getloadavg()[0]
     if args.trees:
-        rows = run_trees([t.resolve() for t in args.trees], args.seconds, args.rounds)
+        trees = [t.resolve() for t in args.trees]
+        rows = run_trees(trees, args.seconds, args.rounds, tuple(args.tree_clients))
         checks = []
     elif args.protocols:
         rows = run_protocols(args.seconds, args.mlserver_python)
