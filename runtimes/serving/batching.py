@@ -137,35 +137,38 @@ class Batcher:
 
     async def _lead_async(self) -> None:
         """The loop's leader: waits the window on the loop's timer (no thread held),
-        then runs the batch in the inference thread."""
+        then runs the batch in the inference thread; again while only coroutines wait."""
         loop = asyncio.get_running_loop()
-        try:
-            if self._rows < self._max_batch:
-                # Lets requests already on the wire join this batch (window 0 too).
-                await asyncio.sleep(self._window)
-        finally:  # even if cancelled: the pending requests are answered
+        again = True
+        while again:
             try:
-                done = loop.run_in_executor(self._executor, self._run_batch, False)
-            except RuntimeError as e:  # the inference thread is shut (the server closed)
-                self._fail_pending(e)
-                raise
-        await done
+                if self._rows < self._max_batch:
+                    # Lets requests already on the wire join this batch (window 0 too).
+                    await asyncio.sleep(self._window)
+            finally:  # even if cancelled: the pending requests are answered
+                try:
+                    done = loop.run_in_executor(self._executor, self._run_batch, False, True)
+                except RuntimeError as e:  # the inference thread is shut (the server closed)
+                    self._fail_pending(e)
+                    raise
+            again = await done
 
-    def _run_batch(self, wait: bool) -> None:
-        """The leader's batch: (waits the window,) takes, runs, answers, hands over."""
+    def _run_batch(self, wait: bool, on_loop: bool = False) -> bool:
+        """The leader's batch: (waits the window,) takes, runs, answers, hands over.
+
+        Returns True when the loop's leader (``on_loop``) is to lead again."""
         with self._lock:
             if wait and self._window > 0 and self._rows < self._max_batch:
                 self._full.wait_for(self._is_full, self._window)
             items = self._take()
-        outputs: list[Any] = []
         try:
             outputs = self._merged(items)
         except BaseException as e:  # every request of the batch learns of it
-            outputs = [e] * len(items)
+            self._answer(items, [e] * len(items))
+            self._hand_over(False)
             raise
-        finally:
-            self._answer(items, outputs)
-            self._hand_over()
+        self._answer(items, outputs)
+        return self._hand_over(on_loop)
 
     def _is_full(self) -> bool:
         return self._rows >= self._max_batch
@@ -183,25 +186,29 @@ class Batcher:
         self._rows -= rows
         return taken
 
-    def _hand_over(self) -> None:
+    def _hand_over(self, keep: bool) -> bool:
         """The lead goes to the first waiting thread's request, else to the event loop
-        (only coroutines wait), else no one leads until the next request."""
+        (only coroutines wait; True: ``keep``, the loop's leader leads again), else no
+        one leads until the next request."""
         with self._lock:
             if not self._pending:
                 self._leading = False
-                return
+                return False
             heir = next((item for item in self._pending if item.wake is not None), None)
             if heir is not None:
                 heir.lead = True
+            elif keep:
+                return True
             else:
                 loop = self._pending[0].loop
         if heir is not None:
             heir.wake.release()
-            return
+            return False
         try:
             loop.call_soon_threadsafe(self._lead_on_loop, loop)
         except RuntimeError as e:  # the loop is closed: nobody can lead there
             self._fail_pending(e)
+        return False
 
     def _fail_pending(self, error: BaseException) -> None:
         with self._lock:
