@@ -172,6 +172,10 @@ class MicroFormat(Format):
             quality += (
                 f", return {measured['micro_return']:.1f} vs {measured.get('float_return', 0):.1f}"
             )
+        weights = str(s.get("quantization", {}).get("weights", ""))
+        if weights.startswith("a student"):
+            # The float policy is unchanged: only the micro model is the student.
+            quality += f"; weights: {weights}"
         return (
             f"{entry.path}: {s.get('activations', 'int8')}, flash {s.get('flash_bytes')} bytes, "
             f"arena {s.get('arena_bytes')} bytes; ops {', '.join(s.get('ops', ()))}{quality}"

@@ -110,6 +110,9 @@ class QModel:
       layers: the int8 dense layers.
       head: the float head (``Mlp.head``): argmax, or the continuous affine map and clip.
       observation, sizes: as the ``Mlp``'s.
+      bits: the activations' bits (8, or 16: TFLite's 16x8 kernels).
+      fine_tuned: the quantization-aware fine-tuning steps of the student these layers
+        are (``exporters.micro.distill``), or 0: the policy's own weights, quantized.
     """
 
     preamble_scale: np.ndarray
@@ -121,6 +124,7 @@ class QModel:
     observation: tuple[str, ...]
     sizes: tuple[int, ...]
     bits: int = 8
+    fine_tuned: int = 0
 
     @property
     def activations(self) -> str:
@@ -138,6 +142,11 @@ class QModel:
     def to_json(self) -> dict:
         """The quantization parameters a device needs beside the model (the manifest's)."""
         return {
+            "weights": (
+                f"a student fine-tuned through its quantization ({self.fine_tuned} steps)"
+                if self.fine_tuned
+                else "the policy's own, GPTQ-rounded"
+            ),
             "preamble_scale": [float(v) for v in self.preamble_scale],
             "preamble_offset": [float(v) for v in self.preamble_offset],
             "input": {"scale": float(self.input_scale), "zero_point": int(self.input_zp)},
@@ -323,9 +332,24 @@ def _layer(
     )
 
 
-def quantize(mlp: Mlp, calibration: np.ndarray, bits: int = 8) -> QModel:
+def quantize(
+    mlp: Mlp,
+    calibration: np.ndarray,
+    bits: int = 8,
+    *,
+    ranges: tuple[tuple[float, float], ...] | None = None,
+    weight_scales: tuple[np.ndarray, ...] | None = None,
+    decisions: np.ndarray | None = None,
+) -> QModel:
     """The int8 form of ``mlp`` (``bits=16``: int16 activations, TFLite's 16x8),
     calibrated on flat real observations ``[N, inputs]``.
+
+    The hidden layers' output ``ranges`` and each layer's per-channel ``weight_scales``
+    quantize a student of ``exporters.micro.distill``
+    exactly as it was trained: weights rounded to nearest on those scales, no bias
+    correction, head centring or refit (they would pull it back towards float outputs).
+    ``decisions``: the argmax indices the head's output scale is chosen to agree with
+    (default: ``mlp``'s own on the calibration states).
 
     Raises:
       ExportError: no calibration states, or values the integer types cannot hold.
@@ -356,15 +380,25 @@ def quantize(mlp: Mlp, calibration: np.ndarray, bits: int = 8) -> QModel:
             weight = half[:, None] * weight
         last = i == count - 1
         y_float = float_in @ dense.weight + dense.bias  # the float pre-activations
+        nearest = weight_scales is not None
         if last and mlp.discrete:
-            layer = _discrete_head(dense.name, weight, bias, h_real, y_float, h_q, input_q, bits)
+            fixed = weight_scales[i] if weight_scales is not None else None
+            layer = _discrete_head(
+                dense.name, weight, bias, h_real, y_float, h_q, input_q, bits, fixed, decisions
+            )
         else:
-            q = gptq_lib.gptq(weight, h_real)
-            scale = gptq_lib.scales(weight)
+            scale = weight_scales[i] if weight_scales is not None else gptq_lib.scales(weight)
+            if nearest:
+                q = np.clip(np.round(weight / scale), -127, 127).astype(np.int8)
+            else:
+                q = gptq_lib.gptq(weight, h_real)
             dequantized = q.astype(np.float64) * scale
-            bias = bias + (y_float - h_real @ dequantized - bias).mean(axis=0)
+            if not nearest:
+                bias = bias + (y_float - h_real @ dequantized - bias).mean(axis=0)
             y_q_float = h_real @ dequantized + bias
-            if dense.activation == "relu":
+            if ranges is not None and not last:
+                output_q = _range_params(*ranges[i], bits)
+            elif dense.activation == "relu":
                 output_q = _range_params(0.0, float(np.max(y_q_float)), bits)
             else:
                 output_q = _range_params(float(np.min(y_q_float)), float(np.max(y_q_float)), bits)
@@ -406,21 +440,30 @@ def _discrete_head(
     h_q: np.ndarray,
     input_q: tuple[float, int],
     bits: int,
+    fixed_scale: np.ndarray | None = None,
+    decisions: np.ndarray | None = None,
 ) -> QLayer:
     """The argmax layer: centred, refitted on the quantized features, GPTQ-rounded, its
-    output scale chosen by agreement on the calibration states."""
-    want = np.argmax(y_float, axis=1)
+    output scale chosen by agreement on the calibration states (``fixed_scale``: a
+    distilled student's, rounded to nearest on its weight scales only)."""
+    want = np.argmax(y_float, axis=1) if decisions is None else np.asarray(decisions).reshape(-1)
     centred_w = weight - weight.mean(axis=1, keepdims=True)
     centred_b = bias - bias.mean()
     target = y_float - y_float.mean(axis=1, keepdims=True)
-    start = np.vstack([centred_w, centred_b[None]])
-    solution = gptq_lib.refit(h_real, target, start, discrete=True)
-    if solution is not None:
-        centred_w, centred_b = solution[:-1], solution[-1]
-    q = gptq_lib.gptq(centred_w, h_real)
     scale = gptq_lib.scales(centred_w)
+    if fixed_scale is not None:
+        centred_w, centred_b, scale = weight, bias, fixed_scale
+        q = np.clip(np.round(centred_w / scale), -127, 127).astype(np.int8)
+    else:
+        start = np.vstack([centred_w, centred_b[None]])
+        solution = gptq_lib.refit(h_real, target, start, discrete=True)
+        if solution is not None:
+            centred_w, centred_b = solution[:-1], solution[-1]
+        q = gptq_lib.gptq(centred_w, h_real)
+        scale = gptq_lib.scales(centred_w)
+        dequantized = q.astype(np.float64) * scale
+        centred_b = centred_b + (target - h_real @ dequantized - centred_b).mean(axis=0)
     dequantized = q.astype(np.float64) * scale
-    centred_b = centred_b + (target - h_real @ dequantized - centred_b).mean(axis=0)
     y = h_real @ dequantized + centred_b
     top = float(np.max(np.abs(y))) or 1.0
     limit = _limits(bits)[1]

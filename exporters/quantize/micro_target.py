@@ -7,7 +7,9 @@ The candidates are ``exporters.micro``'s (the builder of ``export --format micro
   Q-networks whose decisions hang on gaps int8 activations lose.
 
 Both read the policy's float ONNX graph as an MLP (``exporters.micro.mlp``), take their
-per-feature preamble and activation ranges from the calibration states, and are measured
+per-feature preamble and activation ranges from the calibration states (a Q-network's
+layers then fine-tuned through their quantization on them, ``exporters.micro.distill``,
+when that agrees on more of them: the bundle's float policy is unchanged), and are measured
 through TFLite Micro's own interpreter on the other, measured states. A micro model
 outputs the deterministic action only (a greedy Q policy's argmax, a deterministic
 actor's action, a stochastic policy's mode), not distribution parameters, so agreement is
@@ -119,7 +121,7 @@ class Bound:
         from runtimes.backends.micro import smallest_arena
 
         x = prepared.mlp.features(calibration.inputs)
-        quantized = int8.quantize(prepared.mlp, x, bits=BITS[method])
+        quantized = package.calibrated(prepared.mlp, x, BITS[method])
         data = tflite_model.build(quantized)
         prepared.built[data] = _Built(quantized, smallest_arena(data, package.MODEL_FILE))
         return data, ()

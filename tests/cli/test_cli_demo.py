@@ -32,7 +32,8 @@ def test_every_retry_is_a_fresh_run_with_the_next_seed(tmp_path):
     # The full demo's budget is in steps, capped in time; the quick one is tiny.
     assert first[first.index("--steps") + 1] == "40000"
     quick = demo.train_command(tmp_path / "r", 0, quick=True)
-    assert quick[quick.index("--steps") + 1] == "3000"
+    assert int(quick[quick.index("--steps") + 1]) <= 3000
+    assert quick[quick.index("--jit-compile") + 1] == "0"  # compiling costs more than it trains
 
 
 def test_the_demo_exports_the_run_it_trained(tmp_path):

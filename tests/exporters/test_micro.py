@@ -207,6 +207,10 @@ def test_the_cli_exports_inspects_and_verifies_micro(tmp_path):
     shown = runner.invoke(app, ["inspect", str(out)])
     assert shown.exit_code == 0, shown.output
     assert re.search(r"micro/policy.tflite: int8, flash \d+ bytes, arena \d+ bytes", shown.stdout)
+    # inspect says when the micro model is a fine-tuned student (the float policy is not).
+    weights = bundle.read_layout(out).format("micro").section["quantization"]["weights"]
+    text = " ".join(shown.stdout.split())  # the table wraps long lines
+    assert ("weights: a student fine-tuned" in text) == weights.startswith("a student")
     refused = runner.invoke(app, [*args[:2], str(tmp_path / "no_env"), "--format", "micro"])
     assert refused.exit_code == 2
     assert (
@@ -268,3 +272,85 @@ def test_a_continuous_head_in_tflite_micro_is_the_replay_and_near_the_float_acti
     np.testing.assert_allclose(got, int8.simulate(model, x), atol=1e-6)
     # int8 differs from the float action by design: within 5% of the action range here.
     assert np.max(np.abs(got - mlp.act(x))) < 0.05 * 4.0
+
+
+def _near_tie_q_network(seed: int):
+    """A ReLU Q-network whose two Q-values differ by a few hundredths of their size (a
+    trained CartPole policy's are a thousandth), and states of CartPole-like spreads."""
+    from exporters.micro.mlp import Dense, Head, Mlp
+
+    rng = np.random.default_rng(seed)
+    head = rng.normal(0, 0.3, (16, 1))
+    near = np.hstack([head, head + rng.normal(0, 0.005, (16, 1))])
+    layers = (
+        Dense("a", rng.normal(0, 0.7, (4, 32)), rng.normal(0, 0.2, 32), "relu"),
+        Dense("b", rng.normal(0, 0.3, (32, 16)), rng.normal(0, 0.2, 16), "relu"),
+        Dense("c", near, np.full(2, 5.0), "linear"),
+    )
+    mlp = Mlp(("observation",), (4,), layers, Head("argmax", "int64", (), shift=0))
+    scale = np.array([0.1, 0.5, 0.05, 0.5])
+    return mlp, rng.normal(0, 1, (600, 4)) * scale, rng.normal(0, 1, (300, 4)) * scale
+
+
+@pytest.mark.parametrize("bits", [8, 16])
+def test_a_fine_tuned_student_starts_as_the_gptq_model_and_replays_exactly(bits):
+    """Quantization-aware fine-tuning (``distill``): step 0 has ``int8.quantize``'s integer
+    weights and biases (so choosing the student on calibration states is a fair comparison), the
+    trained student is deterministic given its seed, TFLite Micro computes exactly what
+    ``int8.simulate`` replays for it, and the model ``calibrated`` keeps agrees with the
+    float policy on at least as many calibration states as the GPTQ model."""
+    from exporters.micro import distill, int8, package, tflite_model
+
+    mlp, calibration, x = _near_tie_q_network(1)
+    decisions = np.argmax(mlp.hidden(calibration)[-1], axis=1)
+    base = int8.quantize(mlp, calibration, bits)
+    start = distill.fine_tune(mlp, calibration, bits, steps=0, start=base)
+    same = start.quantize(calibration, bits, decisions)
+    for a, b in zip(base.layers, same.layers, strict=True):
+        np.testing.assert_array_equal(a.weight, b.weight)
+        np.testing.assert_array_equal(a.bias, b.bias)
+        # The head's output scale is searched again, from its int32 (rounded) biases.
+        assert a.output_zp == b.output_zp
+        assert a.output_scale == pytest.approx(b.output_scale, rel=1e-3)
+
+    student = distill.fine_tune(mlp, calibration, bits, steps=60, check=20, start=base)
+    again = distill.fine_tune(mlp, calibration, bits, steps=60, check=20, start=base)
+    assert student.steps == again.steps
+    for a, b in zip(student.mlp.layers, again.mlp.layers, strict=True):
+        np.testing.assert_array_equal(a.weight, b.weight)
+    model = student.quantize(calibration, bits, decisions)
+    assert model.bits == bits and model.fine_tuned == student.steps
+    interpreter = _interpreter(tflite_model.build(model), 1 << 16)
+    got = []
+    for row in x.astype(np.float32):
+        interpreter.set_input(row[None], 0)
+        interpreter.invoke()
+        got.append(int(interpreter.get_output(0)[0]))
+    np.testing.assert_array_equal(int8.simulate(model, x.astype(np.float32)), got)
+
+    def agreement(candidate):
+        return np.mean(int8.simulate(candidate, calibration.astype(np.float32)) == decisions)
+
+    kept = package.calibrated(mlp, calibration, bits, steps=100)
+    assert agreement(kept) >= agreement(base)
+    described = kept.to_json()["weights"]
+    assert ("fine-tuned" in described) == (kept.fine_tuned > 0)
+
+
+def test_a_continuous_actor_is_not_fine_tuned():
+    """Distillation is for argmax heads (ReLU/linear hidden layers); a tanh actor keeps
+    ``int8.quantize``'s model, the policy's own weights."""
+    from exporters.micro import distill, package
+    from exporters.micro.mlp import Dense, Head, Mlp
+
+    rng = np.random.default_rng(4)
+    layers = (
+        Dense("a", rng.normal(0, 0.5, (3, 8)), rng.normal(0, 0.1, 8), "relu"),
+        Dense("b", rng.normal(0, 0.5, (8, 1)), rng.normal(0, 0.1, 1), "tanh"),
+    )
+    head = Head("affine", "float32", (1,), scale=np.full(1, 2.0), offset=np.zeros(1),
+                low=np.full(1, -2.0), high=np.full(1, 2.0))  # fmt: skip
+    mlp = Mlp(("observation",), (3,), layers, head)
+    calibration = rng.normal(0, 1, (200, 3))
+    assert distill.fine_tune(mlp, calibration, 8) is None
+    assert package.calibrated(mlp, calibration, 8).fine_tuned == 0

@@ -149,3 +149,48 @@ def test_int16_activations_from_recorded_states_and_a_bundle_without_onnx(float_
     assert verified.exit_code == 0, verified.output
     with pytest.raises(BundleError, match=r"reads the policy's float ONNX graph, and this bundle"):
         micro_target.check(FloatBundle.read(out))
+
+
+def test_a_recurrent_policy_is_refused_in_one_line_naming_its_state(tmp_path):
+    """The micro model is a stateless MLP: a recurrent Q policy is refused before any
+    state is read (exit 2, one line naming the policy state), nothing written."""
+    from tests.exported_bundles import bundle_for
+    from toolkit.cli import app
+
+    path, _ = bundle_for("tf/greedy_q_rnn")
+    out = tmp_path / "q"
+    result = CliRunner().invoke(
+        app, ["quantize", str(path), str(out), "--target", "micro", "--env", "CartPole-v1"]
+    )
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.output
+    assert "quantize --target micro: the policy is recurrent (policy state" in lines[0]
+    assert not out.exists()
+
+
+def test_quantize_target_micro_runs_with_tensorflow_blocked(float_bundle, tmp_path):
+    """``quantize --target micro`` (distillation included) in a process where TensorFlow
+    cannot be imported: it writes a micro bundle that verifies, and loads none of it."""
+    from tests.subprocess_utils import run_python
+
+    rng = np.random.default_rng(8)
+    observations = (rng.standard_normal((100, 4)) * [0.5, 0.8, 0.08, 0.8]).astype(np.float32)
+    npz = tmp_path / "states.npz"
+    np.savez(npz, observation=observations)
+    out = tmp_path / "q"
+    result = run_python(
+        f"""
+        from exporters.quantize import quantize_bundle
+        from toolkit import bundle
+        report = quantize_bundle({str(float_bundle)!r}, {str(out)!r}, observations={str(npz)!r},
+                                 target="micro", method="micro-int16", min_agreement=0.0)
+        assert report.written, report
+        assert bundle.read_manifest({str(out)!r})["formats"] == ["micro"]
+        tests.tf_blocker.assert_no_heavy_modules()
+        print("ok")
+        """,
+        without_tensorflow=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith("ok")

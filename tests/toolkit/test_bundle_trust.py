@@ -199,10 +199,11 @@ def test_signatures_must_agree_with_the_specs(written):
         bundle.read_manifest(written)
 
 
-jsonschema = pytest.importorskip("jsonschema")
-
-
 def _schema_errors(manifest):
+    # Imported here, not at collection: jsonschema takes about a second to import (its
+    # format checkers build grammars), paid by every xdist worker that collects this file.
+    import jsonschema
+
     validator = jsonschema.Draft202012Validator(manifest_lib.schema())
     return list(validator.iter_errors(manifest))
 
