@@ -141,22 +141,43 @@ class Batcher:
         loop = asyncio.get_running_loop()
         again = True
         while again:
+            done = None
             try:
                 if self._rows < self._max_batch:
                     # Lets requests already on the wire join this batch (window 0 too).
                     await asyncio.sleep(self._window)
-            finally:  # even if cancelled: the pending requests are answered
-                try:
-                    done = loop.run_in_executor(self._executor, self._run_batch, False, True)
-                except RuntimeError as e:  # the inference thread is shut (the server closed)
-                    self._fail_pending(e)
-                    raise
-            again = await done
+                done = self._start(loop)
+                again, answers = await asyncio.shield(done)
+            except asyncio.CancelledError:
+                # The loop is shutting down: the batch still runs and is answered.
+                (done or self._start(loop)).add_done_callback(self._finish)
+                raise
+            _settle(answers)  # here on the loop: no second wake-up of it
 
-    def _run_batch(self, wait: bool, on_loop: bool = False) -> bool:
+    def _start(self, loop: asyncio.AbstractEventLoop) -> asyncio.Future:
+        """The loop leader's batch, started in the inference thread."""
+        try:
+            return loop.run_in_executor(self._executor, self._run_batch, False, loop)
+        except RuntimeError as e:  # the inference thread is shut (the server closed)
+            self._fail_pending(e)
+            raise
+
+    def _finish(self, done: asyncio.Future) -> None:
+        """What a cancelled loop leader leaves: its batch's answers, and the lead."""
+        if done.cancelled() or done.exception() is not None:
+            return  # a failed batch answered its requests and handed the lead over
+        again, answers = done.result()
+        _settle(answers)
+        if again:
+            self._lead_on_loop(done.get_loop())
+
+    def _run_batch(
+        self, wait: bool, loop: asyncio.AbstractEventLoop | None = None
+    ) -> tuple[bool, list]:
         """The leader's batch: (waits the window,) takes, runs, answers, hands over.
 
-        Returns True when the loop's leader (``on_loop``) is to lead again."""
+        Returns, for the leader of the event loop ``loop``: whether it is to lead
+        again, and the answers of that loop's coroutines, which it sets itself."""
         with self._lock:
             if wait and self._window > 0 and self._rows < self._max_batch:
                 self._full.wait_for(self._is_full, self._window)
@@ -167,8 +188,8 @@ class Batcher:
             self._answer(items, [e] * len(items))
             self._hand_over(False)
             raise
-        self._answer(items, outputs)
-        return self._hand_over(on_loop)
+        answers = self._answer(items, outputs, loop)
+        return self._hand_over(loop is not None), answers
 
     def _is_full(self) -> bool:
         return self._rows >= self._max_batch
@@ -218,9 +239,11 @@ class Batcher:
             self._leading = False
         self._answer(items, [error] * len(items))
 
-    def _answer(self, items: list[_Item], outputs: list[Any]) -> None:
+    def _answer(
+        self, items: list[_Item], outputs: list[Any], here: asyncio.AbstractEventLoop | None = None
+    ) -> list:
         """Hands each request its outputs or error: threads directly, coroutines on
-        their loop (one call per loop)."""
+        their loop (one call per loop); those of loop ``here`` are returned instead."""
         settle: dict[asyncio.AbstractEventLoop, list] = {}
         for item, output in zip(items, outputs, strict=True):
             if item.wake is not None:
@@ -231,10 +254,12 @@ class Batcher:
                 item.wake.release()
             else:
                 settle.setdefault(item.loop, []).append((item.future, output))
+        mine = settle.pop(here, []) if here is not None else []
         for loop, answers in settle.items():
             # A closed loop: nobody waits there any more.
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(_settle, answers)
+        return mine
 
     # --- the merged call ---------------------------------------------------------------------
 

@@ -190,3 +190,26 @@ def test_a_closed_inference_thread_fails_waiting_coroutines_instead_of_hanging(p
 
     with pytest.raises(RuntimeError, match="after shutdown"):
         asyncio.run(one())
+
+
+def test_a_cancelled_loop_leader_still_answers_every_waiting_request(policy):
+    """The event loop's leader cancelled in its window (the loop shutting down): its
+    batch still runs, and the requests left for later batches are led and answered."""
+    run = _Counted(policy)
+    with ThreadPoolExecutor(1) as executor:
+        batcher = Batcher(run, 0.3, 2, executor)  # 3 requests of a row: two calls
+
+        async def on_loop():
+            requests = [asyncio.ensure_future(batcher(_inputs([1], 0), 1))]
+            await asyncio.sleep(0.05)  # its leader waits in its window
+            (leader,) = asyncio.all_tasks() - {asyncio.current_task(), *requests}
+            requests += [asyncio.ensure_future(batcher(_inputs([1], i), 1)) for i in (1, 2)]
+            await asyncio.sleep(0)  # they join
+            leader.cancel()
+            return await asyncio.wait_for(asyncio.gather(*requests), 20)
+
+        answers = asyncio.run(on_loop())
+    assert run.calls == [2, 1]
+    for i, answer in enumerate(answers):
+        want = policy.action_flat(_inputs([1], i))["action"]
+        np.testing.assert_array_equal(answer["action"], want)
