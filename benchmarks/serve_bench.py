@@ -39,13 +39,19 @@ machine before any server does any work. Targets (issue 28): our p50 at 1 client
 most a third of MLServer's, our throughput at 8 clients at least 3x MLServer's (per
 protocol), and our gRPC p50 not above our REST p50.
 
+With ``--trees DIR [DIR...]`` it compares source trees (worktrees of other commits):
+gRPC with request batching on (``--batch-window-us 0``), 8 clients, v2 and TF Serving
+gRPC, each tree's server in turn for ``--rounds`` interleaved rounds, with the
+server's CPU time per request (``--tree-clients 1 8``: 1 client too).
+
 Usage: ``python benchmarks/serve_bench.py [--json] [--seconds S] [--protocols
-[--mlserver-python PATH]]``
+[--mlserver-python PATH]] [--trees DIR... [--rounds N]]``
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import re
@@ -129,13 +135,13 @@ class Server:
     """``policy-toolkit serve`` in its own process on 127.0.0.1 at a free port (and its
     gRPC address in ``grpc`` with ``--grpc-port 0``)."""
 
-    def __init__(self, bundle: Path, *args: str):
+    def __init__(self, bundle: Path, *args: str, root: Path = ROOT):
         self.grpc = None
         command = [sys.executable, "-m", "toolkit", "serve", str(bundle), "--name", "p"]
         command += ["--port", "0", "--log-level", "warning", *args]
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        env = dict(os.environ, PYTHONPATH=str(root))  # root: the source tree that serves
         self.process = subprocess.Popen(
-            command, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True
+            command, cwd=root, env=env, stderr=subprocess.PIPE, text=True
         )
         deadline = time.monotonic() + 120
         self.url = None
@@ -468,6 +474,44 @@ def run_protocols(seconds: float, mlserver_python: str | None) -> list[dict[str,
     return rows
 
 
+def run_trees(
+    trees: list[Path], seconds: float, rounds: int, client_counts: tuple[int, ...] = (8,)
+) -> list[dict[str, Any]]:
+    """Batching on (``--batch-window-us 0``), v2 gRPC and TF Serving gRPC at each count
+    of ``client_counts`` (1: a blocking client, as in ``--protocols``),
+    served by each source tree (e.g. throwaway worktrees of other commits) in turn,
+    ``rounds`` times interleaved: ratios between trees taken in one run hold up on a
+    loaded machine where absolute figures do not. Each row has the server's CPU time
+    per request and its round."""
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        bundle = export_bundles(tmp)["small"]
+        files = _protocol_requests(tmp)
+        args = ("--grpc-port", "0", "--batch-window-us", "0")
+        servers = [Server(bundle, *args, root=tree) for tree in trees]
+        try:
+            for round_ in range(rounds):
+                for tree, server in zip(trees, servers, strict=True):
+                    for clients, (protocol, method, request) in itertools.product(
+                        client_counts,
+                        (
+                            ("v2 gRPC", KSERVE_INFER, files["v2_grpc"]),
+                            ("TF Serving gRPC", TFS_PREDICT, files["tfs_grpc"]),
+                        ),
+                    ):
+                        before = server.cpu_seconds()
+                        row = grpc_load(server.grpc, method, request, clients, seconds)
+                        spent = server.cpu_seconds() - before  # warm-up requests included
+                        row["server_cpu_us"] = spent / max(row["all_requests"], 1) * 1e6
+                        mode = f"{tree.name}, {protocol}, batching"
+                        rows.append({"policy": "small", "mode": mode, "round": round_, **row})
+        finally:
+            for server in servers:
+                server.stop()
+    return rows
+
+
 def protocol_verdicts(rows: list[dict[str, Any]]) -> list[tuple[str, float, str, bool]]:
     out = []
     rest = _find(rows, "small", "ours, v2 REST", 1)["p50_ms"]
@@ -544,9 +588,23 @@ def main() -> int:
     parser.add_argument(
         "--mlserver-python", help="python of a virtualenv with mlserver and onnxruntime"
     )
+    parser.add_argument(
+        "--trees",
+        nargs="+",
+        type=Path,
+        help="compare source trees: gRPC with batching on, 8 clients, interleaved rounds",
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of --trees")
+    parser.add_argument(
+        "--tree-clients", type=int, nargs="+", default=[8], help="client counts of --trees"
+    )
     args = parser.parse_args()
     load_before = os.getloadavg()[0]
-    if args.protocols:
+    if args.trees:
+        trees = [t.resolve() for t in args.trees]
+        rows = run_trees(trees, args.seconds, args.rounds, tuple(args.tree_clients))
+        checks = []
+    elif args.protocols:
         rows = run_protocols(args.seconds, args.mlserver_python)
         checks = protocol_verdicts(rows)
     else:
@@ -556,14 +614,15 @@ def main() -> int:
         print(json.dumps({"rows": rows, "checks": checks}, indent=2))
         return 0
     print(f"load average before: {load_before:.2f}, after: {os.getloadavg()[0]:.2f}")
+    width = max(27, *(len(r["mode"]) for r in rows))
     print(
-        f"{'policy':7} {'mode':27} {'clients':>7} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>9} "
+        f"{'policy':7} {'mode':{width}} {'clients':>7} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>9} "
         f"{'server CPU us/req':>18}"
     )
     for r in rows:
         cpu = f"{r['server_cpu_us']:>18.0f}" if "server_cpu_us" in r else f"{'':>18}"
         print(
-            f"{r['policy']:7} {r['mode']:27} {r['clients']:>7} {r['p50_ms']:>8.3f} "
+            f"{r['policy']:7} {r['mode']:{width}} {r['clients']:>7} {r['p50_ms']:>8.3f} "
             f"{r['p99_ms']:>8.3f} {r['rps']:>9.0f} {cpu}"
             + (f"  ({r['errors']} errors)" if r.get("errors") else "")
             + (f"  ({r['large_bodies']} large bodies meanwhile)" if "large_bodies" in r else "")

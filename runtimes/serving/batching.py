@@ -1,30 +1,52 @@
 """Request batching: concurrent action requests for one version become one action call.
 
-Requests queue up; one drain task per version takes what has queued (after waiting
-``window`` seconds for more, when set), stacks the inputs along the batch dim, runs
-the action in the inference thread and hands each request its rows back. While one
-batch runs, the next one gathers, so under load batches grow by themselves even with
-a window of 0. The event loop meanwhile keeps reading requests: onnxruntime releases
-the GIL while it computes.
+One ``Batcher`` per version takes requests from both sides of the server: coroutines
+on the event loop (REST: ``await batcher(full, batch)``) and threads (gRPC:
+``batcher.run_blocking(full, batch)``), so one merged call holds rows of either.
+Requests queue up under a lock; one leader at a time gathers a batch (waiting
+``window`` seconds for more after the first request, when set), stacks the inputs
+along the batch dim, runs the action and hands each request its rows back. The
+leader is the first request's own thread when a thread asks (a gRPC call that waits
+anyway: no hand-off to the event loop and back), or else a task on the event loop
+that runs the merged call in the inference thread. After its batch the leader hands
+over to a waiting thread's request, else to the loop: while one batch runs the next
+one gathers, so under load batches grow by themselves even with a window of 0.
+onnxruntime releases the GIL while it computes, so the event loop and the gRPC
+threads keep reading requests meanwhile.
 """
 
 from __future__ import annotations
 
+import _thread
 import asyncio
-import dataclasses
+import collections
+import contextlib
+import threading
 from collections.abc import Callable
 from concurrent.futures import Executor
+from typing import Any
 
 import numpy as np
 
 __all__ = ["Batcher"]
 
 
-@dataclasses.dataclass
 class _Item:
-    full: dict[str, np.ndarray]
-    batch: int
-    future: asyncio.Future
+    """One request's rows, and how its answer reaches it: a thread waits on ``wake``
+    (a lock it holds until the answer, or its turn to lead, is there), a coroutine
+    on ``future`` (set on ``loop``)."""
+
+    __slots__ = ("batch", "error", "full", "future", "lead", "loop", "output", "wake")
+
+    def __init__(self, full: dict[str, np.ndarray], batch: int):
+        self.full = full
+        self.batch = batch
+        self.output: dict[str, np.ndarray] | None = None
+        self.error: BaseException | None = None
+        self.lead = False
+        self.wake: Any = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.future: asyncio.Future | None = None
 
 
 class Batcher:
@@ -33,9 +55,10 @@ class Batcher:
     Args:
       run: ``full inputs -> outputs`` for one (merged) batch; every output has the batch dim.
       window: seconds to wait for more requests after the first one (0: take what is
-        there). The event loop's timers have a resolution of about a millisecond.
+        there). A thread leader's wait ends early once ``max_batch`` rows are there.
       max_batch: the most rows one call takes.
-      executor: where ``run`` runs (one thread: calls never overlap).
+      executor: where a batch led from the event loop runs (calls of one batcher never
+        overlap, whoever leads).
       on_batch: called with each merged batch's row count (for metrics).
     """
 
@@ -52,56 +75,200 @@ class Batcher:
         self._max_batch = int(max_batch)
         self._executor = executor
         self._on_batch = on_batch
-        self._pending: list[_Item] = []
-        self._worker: asyncio.Task | None = None
+        self._lock = threading.Lock()
+        self._full = threading.Condition(self._lock)  # max_batch rows are pending
+        self._pending: collections.deque[_Item] = collections.deque()
+        self._rows = 0  # pending rows
+        self._leading = False  # a leader gathers or runs a batch, or has been called
+        self._tasks: set[asyncio.Task] = set()  # the loop's leaders (kept from the GC)
+
+    # --- the two ways in -----------------------------------------------------------------
 
     async def __call__(self, full: dict[str, np.ndarray], batch: int) -> dict[str, np.ndarray]:
+        """A request from a coroutine on the event loop: its rows of a merged call."""
         loop = asyncio.get_running_loop()
-        item = _Item(full, batch, loop.create_future())
-        self._pending.append(item)
-        if self._worker is None or self._worker.done():
-            self._worker = loop.create_task(self._drain())
-        return await item.future
+        item = _Item(full, batch)
+        item.loop = loop
+        item.future = future = loop.create_future()
+        if self._join(item):
+            self._lead_on_loop(loop)
+        return await future
+
+    def run_blocking(self, full: dict[str, np.ndarray], batch: int) -> dict[str, np.ndarray]:
+        """A request from a thread (not the event loop's): its rows of a merged call.
+
+        The thread leads the batch when no one else does, or when handed the lead.
+        """
+        item = _Item(full, batch)
+        item.wake = wake = _thread.allocate_lock()  # threading's Event costs more
+        wake.acquire()
+        lead = self._join(item)
+        while True:
+            if lead:
+                self._run_batch(wait=True)
+            wake.acquire()  # released once: with the answer, or with the lead
+            lead = item.lead
+            if not lead:
+                break
+            item.lead = False
+        if item.error is not None:
+            raise item.error
+        return item.output
+
+    # --- leading -----------------------------------------------------------------------------
+
+    def _join(self, item: _Item) -> bool:
+        """Queues a request; True when its caller must lead (no one leads yet)."""
+        with self._lock:
+            self._pending.append(item)
+            self._rows += item.batch
+            if self._rows >= self._max_batch:
+                self._full.notify()
+            if self._leading:
+                return False
+            self._leading = True
+            return True
+
+    def _lead_on_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Starts a leader task on the event loop (called in the loop's thread)."""
+        task = loop.create_task(self._lead_async())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _lead_async(self) -> None:
+        """The loop's leader: waits the window on the loop's timer (no thread held),
+        then runs the batch in the inference thread; again while only coroutines wait."""
+        loop = asyncio.get_running_loop()
+        again = True
+        while again:
+            done = None
+            try:
+                if self._rows < self._max_batch:
+                    # Lets requests already on the wire join this batch (window 0 too).
+                    await asyncio.sleep(self._window)
+                done = self._start(loop)
+                again, answers = await asyncio.shield(done)
+            except asyncio.CancelledError:
+                # The loop is shutting down: the batch still runs and is answered.
+                (done or self._start(loop)).add_done_callback(self._finish)
+                raise
+            _settle(answers)  # here on the loop: no second wake-up of it
+
+    def _start(self, loop: asyncio.AbstractEventLoop) -> asyncio.Future:
+        """The loop leader's batch, started in the inference thread."""
+        try:
+            return loop.run_in_executor(self._executor, self._run_batch, False, loop)
+        except RuntimeError as e:  # the inference thread is shut (the server closed)
+            self._fail_pending(e)
+            raise
+
+    def _finish(self, done: asyncio.Future) -> None:
+        """What a cancelled loop leader leaves: its batch's answers, and the lead."""
+        if done.cancelled() or done.exception() is not None:
+            return  # a failed batch answered its requests and handed the lead over
+        again, answers = done.result()
+        _settle(answers)
+        if again:
+            self._lead_on_loop(done.get_loop())
+
+    def _run_batch(
+        self, wait: bool, loop: asyncio.AbstractEventLoop | None = None
+    ) -> tuple[bool, list]:
+        """The leader's batch: (waits the window,) takes, runs, answers, hands over.
+
+        Returns, for the leader of the event loop ``loop``: whether it is to lead
+        again, and the answers of that loop's coroutines, which it sets itself."""
+        with self._lock:
+            if wait and self._window > 0 and self._rows < self._max_batch:
+                self._full.wait_for(self._is_full, self._window)
+            items = self._take()
+        try:
+            outputs = self._merged(items)
+        except BaseException as e:  # every request of the batch learns of it
+            self._answer(items, [e] * len(items))
+            self._hand_over(False)
+            raise
+        answers = self._answer(items, outputs, loop)
+        return self._hand_over(loop is not None), answers
+
+    def _is_full(self) -> bool:
+        return self._rows >= self._max_batch
 
     def _take(self) -> list[_Item]:
-        taken, rows = [], 0
-        while self._pending and (not taken or rows + self._pending[0].batch <= self._max_batch):
-            item = self._pending.pop(0)
+        """The next batch, first come first (under the lock): at least one request,
+        and no more than max_batch rows."""
+        pending = self._pending
+        taken = [pending.popleft()]
+        rows = taken[0].batch
+        while pending and rows + pending[0].batch <= self._max_batch:
+            item = pending.popleft()
             taken.append(item)
             rows += item.batch
+        self._rows -= rows
         return taken
 
-    async def _drain(self) -> None:
-        loop = asyncio.get_running_loop()
-        while self._pending:
-            rows = sum(item.batch for item in self._pending)
-            if rows < self._max_batch:
-                # Lets requests already on the wire join this batch.
-                await asyncio.sleep(self._window)
-            items = self._take()
-            try:
-                outputs = await loop.run_in_executor(self._executor, self._merged, items)
-            except BaseException as e:  # every waiting request learns of it
-                for item in items:
-                    if not item.future.done():
-                        item.future.set_exception(e)
-                if isinstance(e, asyncio.CancelledError):
-                    raise
-                continue
-            for item, output in zip(items, outputs, strict=True):
-                if item.future.done():
-                    continue
-                if isinstance(output, Exception):
-                    item.future.set_exception(output)
+    def _hand_over(self, keep: bool) -> bool:
+        """The lead goes to the first waiting thread's request, else to the event loop
+        (only coroutines wait; True: ``keep``, the loop's leader leads again), else no
+        one leads until the next request."""
+        with self._lock:
+            if not self._pending:
+                self._leading = False
+                return False
+            heir = next((item for item in self._pending if item.wake is not None), None)
+            if heir is not None:
+                heir.lead = True
+            elif keep:
+                return True
+            else:
+                loop = self._pending[0].loop
+        if heir is not None:
+            heir.wake.release()
+            return False
+        try:
+            loop.call_soon_threadsafe(self._lead_on_loop, loop)
+        except RuntimeError as e:  # the loop is closed: nobody can lead there
+            self._fail_pending(e)
+        return False
+
+    def _fail_pending(self, error: BaseException) -> None:
+        with self._lock:
+            items = list(self._pending)
+            self._pending.clear()
+            self._rows = 0
+            self._leading = False
+        self._answer(items, [error] * len(items))
+
+    def _answer(
+        self, items: list[_Item], outputs: list[Any], here: asyncio.AbstractEventLoop | None = None
+    ) -> list:
+        """Hands each request its outputs or error: threads directly, coroutines on
+        their loop (one call per loop); those of loop ``here`` are returned instead."""
+        settle: dict[asyncio.AbstractEventLoop, list] = {}
+        for item, output in zip(items, outputs, strict=True):
+            if item.wake is not None:
+                if isinstance(output, BaseException):
+                    item.error = output
                 else:
-                    item.future.set_result(output)
+                    item.output = output
+                item.wake.release()
+            else:
+                settle.setdefault(item.loop, []).append((item.future, output))
+        mine = settle.pop(here, []) if here is not None else []
+        for loop, answers in settle.items():
+            # A closed loop: nobody waits there any more.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_settle, answers)
+        return mine
+
+    # --- the merged call ---------------------------------------------------------------------
 
     def _merged(self, items: list[_Item]) -> list[dict[str, np.ndarray] | Exception]:
         """Each item's outputs, or the error its own rows raise."""
         if self._on_batch is not None:
             self._on_batch(sum(item.batch for item in items))
         if len(items) == 1:
-            return [self._run(items[0].full)]
+            return [self._alone(items[0])]
         keys = items[0].full.keys()
         full = {k: np.concatenate([item.full[k] for item in items]) for k in keys}
         try:
@@ -123,3 +290,15 @@ class Batcher:
             return self._run(item.full)
         except Exception as e:
             return e
+
+
+def _settle(answers: list[tuple[asyncio.Future, Any]]) -> None:
+    """Sets each waiting coroutine's future (on its loop); one whose request was
+    cancelled meanwhile is skipped."""
+    for future, output in answers:
+        if future.done():
+            continue
+        if isinstance(output, BaseException):
+            future.set_exception(output)
+        else:
+            future.set_result(output)

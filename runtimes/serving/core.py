@@ -9,9 +9,10 @@ and each protocol's codec (``runtimes.serving.protocols`` lists them) maps that 
 own status. A codec turns its wire format into (model, version or label, signature,
 flat arrays), calls ``run`` and encodes the outputs; CPU-heavy decoding of large
 requests goes through ``offload``, off the event loop's thread. A codec whose transport
-calls it in a thread of its own (gRPC) calls ``run_blocking`` there instead: a plain
-request runs in that thread, and what lives on the event loop (request batching,
-sequences) is handed to the loop.
+calls it in a thread of its own (gRPC) calls ``run_blocking`` there instead: a request
+runs in that thread, a batched one as its share of a merged call (the batcher takes
+threads and coroutines alike: ``runtimes.serving.batching``), and only sequences,
+which live on the event loop, are handed to the loop.
 """
 
 from __future__ import annotations
@@ -123,7 +124,7 @@ class ServingCore:
         self._decoder = ThreadPoolExecutor(1, thread_name_prefix="policy-serve-decode")
         self.draining = False
         #: the event loop the server runs on (set by the server once it runs): where
-        #: ``run_blocking`` hands batched and sequence requests
+        #: ``run_blocking`` hands sequence requests
         self.loop: asyncio.AbstractEventLoop | None = None
 
     # --- the catalogue -------------------------------------------------------------------
@@ -214,29 +215,26 @@ class ServingCore:
         """``run`` for a caller in a thread other than the event loop's (a gRPC thread).
 
         A request without a sequence is checked and run in the calling thread (the
-        runtimes keep their per-call buffers per thread), unless its version batches
-        requests: then its share of a merged call, like a sequence's step, is awaited on
-        the event loop (``self.loop``, which must be running), where the batcher and
-        the sequences live.
+        runtimes keep their per-call buffers per thread); when its version batches
+        requests, the thread waits for its share of a merged call (or leads it:
+        ``Batcher.run_blocking``), with no crossing to the event loop. A sequence's
+        step is awaited on the event loop (``self.loop``, which must be running),
+        where the sequences live.
         Same arguments, result and errors as ``run``; ``checked``: the batch size of
         arrays the codec made in the inputs' exact dtypes and shapes, with names, shapes
         and batch as ``Signature.check`` passed them for an earlier request of this very
         layout (it is not run again).
         """
-        loop = self.loop
-        if loop is None:
-            raise RuntimeError("run_blocking: the server's event loop is not running (.loop)")
         if sequence is None:
             if checked is None:
                 arrays, batch = signature.check(arrays, self.limits.max_batch)
             else:
                 batch = checked
-            outputs = signature.run(arrays, batch)
-            if isinstance(outputs, dict):
-                return outputs
-            pending = outputs  # a batched action's coroutine: it runs on the loop
-        else:
-            pending = self.run(signature, arrays, sequence, loaded, model)
+            return signature.run_blocking(arrays, batch)
+        loop = self.loop
+        if loop is None:
+            raise RuntimeError("run_blocking: the server's event loop is not running (.loop)")
+        pending = self.run(signature, arrays, sequence, loaded, model)
         return asyncio.run_coroutine_threadsafe(pending, loop).result()
 
     async def offload(self, fn: Callable[..., Any], *args: Any) -> Any:
@@ -342,7 +340,7 @@ def build_core(options: CoreOptions) -> ServingCore:
         return policy, policy.layout
 
     def prepare(name, policy, layout, version, path, identity) -> LoadedVersion:
-        action = batcher = None
+        action = blocking = batcher = None
         if window is not None:
             batcher = Batcher(
                 policy.action_flat,
@@ -351,8 +349,8 @@ def build_core(options: CoreOptions) -> ServingCore:
                 executor,
                 on_batch=metrics.batch_rows.labels(name).observe,
             )
-            action = batcher
-        signatures = signatures_for(policy, distribution_outputs(layout), action)
+            action, blocking = batcher, batcher.run_blocking
+        signatures = signatures_for(policy, distribution_outputs(layout), action, blocking)
         return LoadedVersion(version, path, policy, signatures, identity, time.time(), batcher)
 
     def on_change(name: str, snapshot: Snapshot) -> None:

@@ -3,12 +3,13 @@
 ``build_server(core, codecs, host, port)`` makes a sync ``grpc.server`` whose methods
 run in a pool of ``WORKERS`` threads, with each codec's method handlers
 (``GrpcCodec.handlers``). A method decodes, runs and encodes in its gRPC thread
-(``ServingCore.run_blocking``): what lives on the HTTP server's event loop (request
-batching, sequences) is handed to that loop, so it is shared across every protocol.
-Measured against a ``grpc.aio`` server on that loop (benchmarks/serve_bench.py, one
-blocking client, the users' kind): the aio server's hand-offs between its poller
-thread and the loop cost more than the sync server's between its poller and the pool
-(with request batching on, the crossing to the loop and back costs instead).
+(``ServingCore.run_blocking``); with request batching on, the thread waits for its
+share of a merged call (or leads it) in the version's batcher, which REST requests on
+the event loop feed too. Only sequences, which live on the HTTP server's event loop,
+are handed to that loop. Measured against a ``grpc.aio`` server on that loop
+(benchmarks/serve_bench.py, one blocking client, the users' kind): the aio server's
+hand-offs between its poller thread and the loop cost more than the sync server's
+between its poller and the pool.
 ``unary`` wraps one method: it times it, turns a ``ServingError`` into the gRPC status
 of its kind (the kinds are gRPC's canonical codes), and counts it in the metrics under
 the codec's protocol name. Messages are bounded by the server's ``--max-body-bytes``
@@ -31,7 +32,8 @@ from toolkit.errors import ErrorKind, ServingError, ToolkitError
 __all__ = ["WORKERS", "GrpcCodec", "build_server", "new_server", "unary"]
 
 #: gRPC threads: calls in progress at once (more wait for one); each call waiting for
-#: its share of a batched call holds one, so this bounds what one batch merges over gRPC
+#: its share of a batched call holds one (its leader too), so this bounds what one
+#: batch merges over gRPC
 WORKERS = 16
 
 log = logging.getLogger("policy_toolkit.serve")

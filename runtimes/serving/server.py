@@ -129,7 +129,7 @@ class _Server(uvicorn.Server):
     """uvicorn's server; a handled SIGTERM/SIGINT starts draining the core and ends
     with exit status 0 (uvicorn raises the signal again after its graceful shutdown,
     so the process would end as killed by it). With a gRPC port, the gRPC server (its
-    own threads, handing batched and sequence requests to this event loop) starts
+    own threads, handing sequence requests to this event loop) starts
     before the HTTP server and stops with it (letting its calls in flight finish, as
     the HTTP server does)."""
 

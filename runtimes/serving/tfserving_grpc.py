@@ -12,6 +12,8 @@ in ``tensor_content`` (strings in ``string_val``), which ``tf.make_ndarray`` rea
 from __future__ import annotations
 
 import math
+import sys
+import weakref
 from typing import Any
 
 import grpc
@@ -19,6 +21,7 @@ import numpy as np
 
 from runtimes.serving.core import ServingCore
 from runtimes.serving.grpc_server import unary
+from runtimes.serving.models import LoadedVersion
 from runtimes.serving.proto import tfserving_pb2 as pb
 from runtimes.serving.signatures import DEFAULT_SIGNATURE, Signature, TensorInfo
 from runtimes.serving.v2 import little_endian
@@ -31,6 +34,10 @@ PREDICTION_SERVICE = "tensorflow.serving.PredictionService"
 MODEL_SERVICE = "tensorflow.serving.ModelService"
 SIGNATURE_DEF_MAP_URL = "type.googleapis.com/tensorflow.serving.SignatureDefMap"
 PREDICT_METHOD = "tensorflow/serving/predict"
+
+_LITTLE = sys.byteorder == "little"
+#: layouts of plain Predict requests kept (``_Plan``); all are dropped when full
+_MAX_PLANS = 256
 
 # numpy dtype name -> (DataType, the TensorProto field of its values)
 _TYPES = {
@@ -168,6 +175,7 @@ class TFServingGrpc:
 
     def __init__(self, core: ServingCore):
         self.core = core
+        self._plans: dict[Any, _Plan] = {}
 
     def handlers(self) -> list[grpc.GenericRpcHandler]:
         core = self.core
@@ -210,6 +218,35 @@ class TFServingGrpc:
     def predict(self, request: Any) -> tuple[Any, str]:
         spec = request.model_spec
         loaded = self._resolve(spec)
+        # A plain request (every input in tensor_content: what tf.make_tensor_proto
+        # makes of an array) of a layout answered before takes that layout's plan.
+        layout: list | None = []
+        contents = []
+        for key, proto in request.inputs.items():
+            content = proto.tensor_content
+            if not content:
+                layout = None
+                break
+            layout.append((key, proto.dtype, tuple(d.size for d in proto.tensor_shape.dim)))
+            contents.append(content)
+        plan_key = None
+        if layout:
+            plan_key = (spec.SerializeToString(), tuple(layout), tuple(request.output_filter))
+            plan = self._plans.get(plan_key)
+            if plan is not None and plan.loaded() is loaded:
+                arrays = plan.decode(contents)
+                if arrays is not None:
+                    signature = loaded.signatures[plan.signature]
+                    outputs = self.core.run_blocking(signature, arrays, checked=plan.batch)
+                    answer = plan.encode(outputs)
+                    if answer is None:
+                        answer = _response(spec, loaded, plan.signature, plan.wanted, outputs)
+                    return answer, spec.name
+        return self._predict(spec, request, loaded, plan_key), spec.name
+
+    def _predict(self, spec: Any, request: Any, loaded: LoadedVersion, plan_key: Any) -> Any:
+        """Any request, decoded and checked in full; ``plan_key``: the plan to make for
+        the layout of a plain request that passes (``_Plan``)."""
         name = spec.signature_name or DEFAULT_SIGNATURE
         signature = loaded.signatures.get(name)
         if signature is None:
@@ -231,14 +268,18 @@ class TFServingGrpc:
                     f"output tensor alias not found in signature: {key} (signature "
                     f"'{name}' gives {sorted(signature.outputs)})"
                 )
-        outputs = self.core.run_blocking(signature, arrays)
-        response = pb.PredictResponse()
-        response.model_spec.name = spec.name
-        response.model_spec.version.value = loaded.version
-        response.model_spec.signature_name = name
-        for key in wanted:
-            to_proto(outputs[key], response.outputs[key])
-        return response, spec.name
+        if plan_key is None or not signature.batched:
+            outputs = self.core.run_blocking(signature, arrays)
+            return _response(spec, loaded, name, wanted, outputs)
+        checked, batch = signature.check(arrays, max_batch)
+        outputs = self.core.run_blocking(signature, checked, checked=batch)
+        if all(checked[n] is a for n, a in arrays.items()):  # passed as they came
+            plan = _Plan.make(spec, loaded, signature, checked, batch, wanted, outputs)
+            if plan is not None:
+                if len(self._plans) >= _MAX_PLANS:
+                    self._plans.clear()
+                self._plans[plan_key] = plan
+        return _response(spec, loaded, name, wanted, outputs)
 
     def metadata(self, request: Any) -> tuple[Any, str]:
         spec = request.model_spec
@@ -277,3 +318,122 @@ class TFServingGrpc:
             entry.status.error_code = pb.OK if state.available else pb.UNKNOWN
             entry.status.error_message = state.error
         return response, spec.name
+
+
+def _response(spec: Any, loaded: LoadedVersion, name: str, wanted: Any, outputs: Any) -> Any:
+    """The PredictResponse: the model spec served (name, version, signature) and the
+    outputs asked for."""
+    response = pb.PredictResponse()
+    response.model_spec.name = spec.name
+    response.model_spec.version.value = loaded.version
+    response.model_spec.signature_name = name
+    for key in wanted:
+        to_proto(outputs[key], response.outputs[key])
+    return response
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _field(tag: int, payload: bytes) -> bytes:
+    """A length-delimited field (``tag``: its number << 3 | 2) on the wire."""
+    return bytes((tag,)) + _varint(len(payload)) + payload
+
+
+# Wire tags (field number << 3 | 2, length-delimited): PredictResponse.outputs (1), a
+# map entry's key (1) and value (2), TensorProto.tensor_content (4).
+_OUTPUTS_TAG = _ENTRY_KEY_TAG = 0x0A
+_ENTRY_VALUE_TAG = 0x12
+_CONTENT_TAG = 0x22
+
+
+class _Plan:
+    """What a plain Predict request of one layout needs, worked out on its first one.
+
+    A plain request carries every input in ``tensor_content``. Its layout (the model
+    spec as sent, input names, dtypes and shapes, the output filter) fixes everything
+    but the data once the version is resolved: the arrays' dtypes and shapes, that they
+    pass the signature's check unchanged (it is not run again:
+    ``ServingCore.run_blocking``'s ``checked``), and the answer but for the outputs'
+    bytes: the model spec and each output's dtype and shape, serialized once. The
+    inputs' byte counts are still checked on every request (a mismatch takes the full
+    path, which names it), as are the outputs' dtypes and shapes.
+    """
+
+    __slots__ = ("batch", "head", "inputs", "loaded", "outputs", "signature", "wanted")
+
+    def __init__(self, loaded, signature, inputs, batch, wanted, outputs, head):
+        #: the version it was made for, weakly: a plan keeps no retired version alive
+        self.loaded = weakref.ref(loaded)
+        #: the signature's name (the signature itself would hold the version's policy)
+        self.signature = signature.name
+        #: per input, in the request's order: dtype, shape, byte count
+        self.inputs = inputs
+        self.batch = batch
+        self.wanted = wanted
+        #: per output asked for: name, dtype, shape, its map entry's key and TensorProto
+        #: head (dtype and shape) on the wire
+        self.outputs = outputs
+        #: the response's model spec on the wire
+        self.head = head
+
+    @classmethod
+    def make(cls, spec, loaded, signature, arrays, batch, wanted, outputs) -> _Plan | None:
+        """The plan of a request that passed (None: one of text tensors, or whose
+        outputs are not plain numeric arrays)."""
+        inputs = tuple((n, a.dtype, a.shape, a.nbytes) for n, a in arrays.items())
+        if any(dtype.kind in "OUSV" for _, dtype, _, _ in inputs):
+            return None
+        plan_outputs = []
+        for key in wanted:
+            array = outputs[key]
+            if type(array) is not np.ndarray or array.dtype.kind in "OUSV":
+                return None
+            tensor = pb.TensorProto(dtype=_type_of(array.dtype)[0])
+            for n in array.shape:
+                tensor.tensor_shape.dim.add(size=n)
+            key_field = _field(_ENTRY_KEY_TAG, key.encode())
+            head = tensor.SerializeToString()
+            plan_outputs.append((key, array.dtype, array.shape, key_field, head))
+        head = pb.PredictResponse()
+        head.model_spec.name = spec.name
+        head.model_spec.version.value = loaded.version
+        head.model_spec.signature_name = signature.name
+        return cls(
+            loaded,
+            signature,
+            inputs,
+            batch,
+            tuple(wanted),
+            tuple(plan_outputs),
+            head.SerializeToString(),
+        )
+
+    def decode(self, contents: list[bytes]) -> dict[str, np.ndarray] | None:
+        """The arrays (None: a count of bytes that does not fit, for the full path)."""
+        arrays = {}
+        for (name, dtype, shape, size), data in zip(self.inputs, contents, strict=True):
+            if len(data) != size:
+                return None
+            arrays[name] = little_endian(data, dtype).reshape(shape)
+        return arrays
+
+    def encode(self, outputs: dict[str, Any]) -> bytes | None:
+        """The answer's bytes: the model spec, then one map entry per output. None: an
+        output whose dtype or shape is not the plan's."""
+        parts = [self.head]
+        for key, dtype, shape, key_field, tensor in self.outputs:
+            array = outputs[key]
+            if type(array) is not np.ndarray or array.dtype != dtype or array.shape != shape:
+                return None
+            data = array.tobytes() if _LITTLE else array.astype(dtype.newbyteorder("<")).tobytes()
+            value = tensor + _field(_CONTENT_TAG, data)
+            entry = key_field + _field(_ENTRY_VALUE_TAG, value)
+            parts.append(_field(_OUTPUTS_TAG, entry))
+        return b"".join(parts)

@@ -167,26 +167,22 @@ def test_the_core_answers_from_its_catalogue_and_drains():
 
 @pytest.mark.parametrize("window_us", [None, 0])
 def test_run_blocking_answers_from_other_threads_as_run_does(window_us):
-    # What a gRPC thread calls: without batching the policy runs in the caller's thread
-    # (here 4 at once); with batching the request is the event loop's, so it needs it.
-    import threading
+    # What a gRPC thread calls: the policy runs in the caller's threads (here 4 at once),
+    # batched or not, with no event loop; only a sequence's step needs the loop.
+    from runtimes.serving.sequences import SequenceFlags
 
     bundle = cr.bundle("greedy_q")
     core = build_core(CoreOptions([ModelConfig("m", bundle)], batch_window_us=window_us))
     core.registry.poll()
-    signature = core.resolve("m", None, None).signatures["serving_default"]
+    loaded = core.resolve("m", None, None)
+    signature = loaded.signatures["serving_default"]
     rng = np.random.default_rng(2)
     observations = rng.normal(size=(8, 3, 4)).astype(np.float32)
     policy = runtimes.load_policy(bundle, "onnx")
     mid = TimeStep(np.ones(3, np.int32), np.zeros(3, np.float32), np.ones(3, np.float32), None)
     expected = [policy.action(mid._replace(observation=o)).action for o in observations]
-    loop = asyncio.new_event_loop()
-    runner = threading.Thread(target=loop.run_forever)
     try:
-        with pytest.raises(RuntimeError, match="event loop is not running"):
-            core.run_blocking(signature, {"observation": observations[0]})
-        core.loop = loop
-        runner.start()
+        assert core.loop is None
         with ThreadPoolExecutor(4) as pool:
             got = list(
                 pool.map(lambda o: core.run_blocking(signature, {"observation": o}), observations)
@@ -195,11 +191,10 @@ def test_run_blocking_answers_from_other_threads_as_run_does(window_us):
             np.testing.assert_array_equal(answer["action"], want)
         with pytest.raises(ServingError, match=r"observation: expected shape \[B, 4\]"):
             core.run_blocking(signature, {"observation": observations[0][:, :3]})
+        flags = SequenceFlags("s", True, False)
+        with pytest.raises(RuntimeError, match="event loop is not running"):
+            core.run_blocking(signature, {"observation": observations[0]}, flags, loaded, "m")
     finally:
-        if runner.is_alive():
-            loop.call_soon_threadsafe(loop.stop)
-            runner.join(10)
-        loop.close()
         core.close()
 
 
@@ -329,3 +324,48 @@ def test_the_core_serves_any_backend_of_the_table_and_refuses_what_one_cannot_do
         if core is not None:
             core.close()
         backends.unregister("toy")
+
+
+def test_a_planned_tf_serving_predict_answers_as_the_full_path():
+    """TF Serving gRPC: a plain Predict (tensor_content) of a layout answered before is
+    decoded and encoded by its plan; its bytes parse to the full path's answer."""
+    from runtimes.serving import tfserving_grpc
+    from runtimes.serving.proto import tfserving_pb2 as pb
+
+    core = build_core(CoreOptions([ModelConfig("m", cr.bundle("greedy_q"))]))
+    core.registry.poll()
+
+    def request(obs: np.ndarray, content: bytes | None = None) -> pb.PredictRequest:
+        message = pb.PredictRequest()
+        message.model_spec.name = "m"
+        tensor = message.inputs["observation"]
+        tensor.dtype = pb.DT_FLOAT
+        for n in obs.shape:
+            tensor.tensor_shape.dim.add(size=n)
+        tensor.tensor_content = obs.tobytes() if content is None else content
+        return message
+
+    observations = np.random.default_rng(4).normal(size=(3, 2, 4)).astype(np.float32)
+    policy = runtimes.load_policy(cr.bundle("greedy_q"), "onnx")
+    mid = TimeStep(np.ones(2, np.int32), np.zeros(2, np.float32), np.ones(2, np.float32), None)
+    try:
+        codec = tfserving_grpc.make(core)
+        first, model = codec.predict(request(observations[0]))
+        assert model == "m" and isinstance(first, pb.PredictResponse)  # the full path
+        for obs in observations[1:]:
+            planned, _ = codec.predict(request(obs))
+            assert isinstance(planned, bytes)  # the plan's answer
+            full, _ = tfserving_grpc.make(core).predict(request(obs))  # a codec with no plan
+            assert pb.PredictResponse.FromString(planned) == full
+            want = policy.action(mid._replace(observation=obs)).action
+            tensor = full.outputs["action"]
+            assert tensor.dtype == pb.DT_INT32
+            assert [d.size for d in tensor.tensor_shape.dim] == list(want.shape)
+            action = np.frombuffer(tensor.tensor_content, "<i4").reshape(want.shape)
+            np.testing.assert_array_equal(action, want)
+        # The same layout 4 bytes short: the full path names it.
+        short = observations[0].tobytes()[:-4]
+        with pytest.raises(ServingError, match="observation: expected 32 bytes of tensor_content"):
+            codec.predict(request(observations[0], short))
+    finally:
+        core.close()

@@ -176,8 +176,9 @@ def test_sigterm_finishes_requests_in_flight_and_exits_0(tmp_path):
 
 
 def test_sigterm_finishes_grpc_calls_in_flight_and_exits_0():
-    """A gRPC call waiting in a long batch window (on the event loop, from its gRPC
-    thread) when SIGTERM comes is still answered; new calls are refused."""
+    """A gRPC call waiting in a long batch window (its gRPC thread leads the batch) and
+    a REST request that joined it when SIGTERM comes are still answered; new calls are
+    refused."""
     import grpc
     import tritonclient.grpc as tgrpc
     from tritonclient.utils import InferenceServerException
@@ -193,16 +194,24 @@ def test_sigterm_finishes_grpc_calls_in_flight_and_exits_0():
     def slow_call():
         results["result"] = client.infer("m", [item])
 
+    def slow_request():
+        results["response"] = _predict(server.url)
+
     thread = threading.Thread(target=slow_call)
     thread.start()
-    time.sleep(0.5)  # the call waits in the batcher
+    time.sleep(0.3)  # the call leads the batch and waits its window
+    rest = threading.Thread(target=slow_request)
+    rest.start()
+    time.sleep(0.3)  # the REST request joined it
     started = time.monotonic()
     code = server.stop(timeout=10)
     elapsed = time.monotonic() - started
     thread.join(10)
+    rest.join(10)
     assert code == 0, server.log
     assert elapsed < 5.0, elapsed
     assert results["result"].as_numpy("action").tolist() == _actions(bundle)
+    assert results["response"].json()["predictions"] == _actions(bundle)
     with pytest.raises(InferenceServerException) as e:
         client.infer("m", [item], client_timeout=5)
     assert e.value.status() == f"StatusCode.{grpc.StatusCode.UNAVAILABLE.name}"
