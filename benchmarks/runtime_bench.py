@@ -6,7 +6,9 @@ reader) and an LSTM policy (greedy Q over an LSTM of 32 units, its state fed bac
 
 * ``action()`` latency at batch 1 and batch 256 of the onnx backend and the litert
   backend, and raw ``onnxruntime`` ``session.run`` on the same policy.onnx (a bare
-  script's default session);
+  script's default session); every contender cycles through the same 64 observations
+  (batches), one per call: the demo's are CartPole-v1 states met by the policy itself,
+  the others' N(0, 1) draws (their 8-dim observations have no installed environment);
 * cold start (a new process imports, loads and acts once) and its peak RSS, for the
   onnx, litert and tf backends and a bare onnxruntime script, on the demo policy.
 
@@ -124,7 +126,45 @@ def _ratios(times: dict[str, list[float]], name: str, base: str) -> dict[str, fl
 RAW = "raw session.run"
 
 
-def _contenders(bundle: Path, batch: int) -> dict[str, Any]:
+#: Distinct observations each contender cycles through, one per call, in the same order.
+STATES = 64
+#: policy -> the gymnasium environment its observations come from (played by the policy
+#: itself); the others' 8-dim observations (LunarLander's shape, whose Box2D is not a
+#: dependency) are N(0, 1) draws.
+ENVIRONMENTS = {"demo": "CartPole-v1"}
+
+
+def observations(policy: Any, env_id: str | None, count: int, seed: int) -> Any:
+    """``count`` observations: states of ``env_id`` met by ``policy`` acting from seeded
+    resets (a new episode when one ends), else N(0, 1) draws of the spec's shape."""
+    import numpy as np
+
+    from toolkit.trajectories import time_step as ts
+
+    shape = policy.time_step_spec.observation.shape
+    if env_id is None:
+        return np.random.default_rng(seed).normal(size=(count, *shape)).astype(np.float32)
+    import gymnasium
+
+    env = gymnasium.make(env_id)
+    try:
+        found = []
+        observation, _ = env.reset(seed=seed)
+        while len(found) < count:
+            observation = np.asarray(observation, np.float32)
+            found.append(observation)
+            action = policy.action(ts.restart(observation)).action
+            observation, _, terminated, truncated, _ = env.step(action.item())
+            if terminated or truncated:
+                observation, _ = env.reset(seed=seed + len(found))
+    finally:
+        env.close()
+    return np.stack(found)
+
+
+def _contenders(bundle: Path, batch: int, env_id: str | None = None) -> dict[str, Any]:
+    import itertools
+
     import numpy as np
     import onnxruntime as ort
 
@@ -133,33 +173,39 @@ def _contenders(bundle: Path, batch: int) -> dict[str, Any]:
 
     onnx = runtimes.load_policy(bundle, "onnx", seed=0)
     litert = runtimes.load_policy(bundle, "litert", seed=0)
-    rng = np.random.default_rng(batch)
-    shape = onnx.time_step_spec.observation.shape
-    observation = rng.normal(size=(batch, *shape)).astype(np.float32)
-    # Batch 1 is the common production call: one unbatched observation.
+    pool = observations(onnx, env_id, STATES * batch if batch > 1 else STATES, batch)
+    # Batch 1 is the common production call: one unbatched observation. Larger batches
+    # take rows of the pool in turn.
     outer = None if batch == 1 else batch
-    time_step = ts.restart(observation[0]) if batch == 1 else ts.restart(observation, batch)
+    if batch == 1:
+        steps = [ts.restart(row) for row in pool]
+        rows = [row[None] for row in pool]
+    else:
+        rows = list(pool.reshape(STATES, batch, *pool.shape[1:]))
+        steps = [ts.restart(row, batch) for row in rows]
     session = ort.InferenceSession(str(bundle / "policy.onnx"), providers=["CPUExecutionProvider"])
-    feed = {
+    fixed = {
         "step_type": np.zeros(batch, np.int32),
         "reward": np.zeros(batch, np.float32),
         "discount": np.ones(batch, np.float32),
-        "observation": observation,
+        **_flat_state(onnx.get_initial_state(batch)),
     }
+    feeds = itertools.cycle([{**fixed, "observation": row} for row in rows])
     states = {}
     for policy in (onnx, litert):
         states[policy.backend] = policy.get_initial_state(outer)
-    for name, value in _flat_state(onnx.get_initial_state(batch)).items():
-        feed[name] = value
 
     def act(policy):
+        time_steps = itertools.cycle(steps)
+
         def call():
-            states[policy.backend] = policy.action(time_step, states[policy.backend]).state
+            key = policy.backend
+            states[key] = policy.action(next(time_steps), states[key]).state
 
         return call
 
     return {
-        RAW: lambda: session.run(None, feed),
+        RAW: lambda: session.run(None, next(feeds)),
         "onnx backend action()": act(onnx),
         "litert backend action()": act(litert),
     }
@@ -175,7 +221,8 @@ def in_process(bundles: dict[str, Path], rounds: int) -> list[dict[str, Any]]:
     rows = []
     for name, bundle in bundles.items():
         for batch, calls in ((1, 2000), (256, 100)):
-            times = interleaved(_contenders(bundle, batch), calls, rounds)
+            contenders = _contenders(bundle, batch, ENVIRONMENTS.get(name))
+            times = interleaved(contenders, calls, rounds)
             for what, values in times.items():
                 us = {k: v * 1e6 for k, v in _spread(values).items()}
                 ratios = _ratios(times, what, RAW)

@@ -132,6 +132,10 @@ class BundlePolicy(PyPolicy):
         self._seed = seed
         self._rng: np.random.Generator | None = None
         self._rng_lock = _thread.allocate_lock()  # threading's Lock; threading costs ~0.7 ms
+        # The unbatched sampled hot path takes its noise from a block of the generator's
+        # normals (derivations.NormalBlock: the same stream); any other use of the
+        # generator ends the block first (``_generator``).
+        self._block: derivations.NormalBlock | None = None
         if seed is not None and not (
             isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0
         ):
@@ -222,12 +226,29 @@ class BundlePolicy(PyPolicy):
             else None
         )
         self._row_sample = self._row_sampler(self._deriver)
+        # A recurrent policy whose graph outputs its one action and the next state, and
+        # nothing else (a greedy LSTM Q policy): its unbatched step is built from the
+        # outputs by position (``_state_row``), without the dict and lists of the general
+        # ``_policy_step``.
+        self._state_row = (
+            self._direct
+            and self._single_action
+            and bool(self._next_state_names)
+            and not self._info_names
+            and not self._emit_log_probability
+            and self._fetch == action_names + self._next_state_names
+        )
 
     def _row_sampler(self, deriver: Any) -> tuple[int, Any] | None:
         """(fetch index, sample) when the deriver draws an unbatched row directly (see
         ``_GaussianNoise.row_sampler``): the sampled hot path of a plain policy."""
         compiled = getattr(deriver, "row_sampler", None)
         plan = compiled() if compiled is not None and self._plain_output else None
+        # (dtype, shape) of a row whose bounds the derivation clipped: the output check of
+        # such a step (``_check_step``) is done inline on the row path.
+        check = self._action_checks[0]
+        clipped = self._plain_output and deriver.clips[0] is not None
+        self._row_exact = (check.dtype, check.shape) if clipped else None
         if plan is None or self._direct or plan[0] not in self._fetch:
             return None
         return self._fetch.index(plan[0]), plan[1]
@@ -253,15 +274,39 @@ class BundlePolicy(PyPolicy):
         return nest.tree_spec(self.info_spec)
 
     def _generator(self, seed: Seed) -> np.random.Generator:
-        """The Generator for one call: the policy's own (made on first use) for None."""
+        """The Generator for one call: the policy's own (made on first use) for None.
+
+        The policy's own is handed out where it is drawn from directly: a block of its
+        normals (``_normals``) is synced back into it and ended first.
+        """
         if seed is not None:
             return as_generator(seed, None)
+        block = self._block
+        if block is not None and block.on:
+            block.off()
+        return self._own_rng()
+
+    def _normals(self) -> derivations.NormalBlock:
+        """The block of the policy's own normals for the unbatched sampled path."""
+        block = self._block
+        if block is None:
+            with self._rng_lock:
+                if self._block is None:
+                    self._block = derivations.NormalBlock(self._own_rng_locked())
+                block = self._block
+        return block
+
+    def _own_rng_locked(self) -> np.random.Generator:
+        if self._rng is None:
+            self._rng = np.random.default_rng(self._seed)
+        return self._rng
+
+    def _own_rng(self) -> np.random.Generator:
+        """The policy's own Generator, made on first use."""
         rng = self._rng
         if rng is None:
             with self._rng_lock:  # two threads' first draws must not share one seed
-                if self._rng is None:
-                    self._rng = np.random.default_rng(self._seed)
-                rng = self._rng
+                rng = self._own_rng_locked()
         return rng
 
     # --- what subclasses provide ------------------------------------------------------
@@ -279,6 +324,11 @@ class BundlePolicy(PyPolicy):
         Returns:
           The outputs in ``fetch`` order, each with a batch dim, owned by the caller.
         """
+
+    def _run_borrowed(self, arrays: list[np.ndarray], unbatched: bool, fetch: list[str]) -> list:
+        """``_run``, whose outputs may be the backend's own buffers: the caller reads them
+        before this thread runs the graph again and never hands them out."""
+        return self._run(arrays, unbatched, fetch)
 
     @abc.abstractmethod
     def update_from_checkpoint(self, path: Any, *, step: int | None = None) -> None:
@@ -404,8 +454,11 @@ class BundlePolicy(PyPolicy):
         import copy
 
         clone = copy.copy(self)
-        clone._rng = copy.deepcopy(self._generator(None), memo)  # the same draws next
+        if self._block is not None:
+            self._block.sync()  # the generator where the draws handed out left it
+        clone._rng = copy.deepcopy(self._own_rng(), memo)  # the same draws next
         clone._rng_lock = _thread.allocate_lock()
+        clone._block = None
         clone._after_copy()
         return clone
 
@@ -435,22 +488,63 @@ class BundlePolicy(PyPolicy):
         fetch = self._fetch
         if self._mask_check is not None:
             self._mask_check.check(arrays, outer)
+        row = self._row_sample
+        if row is not None and not outer:  # one unbatched row, drawn as it is
+            # The graph's outputs are only read here: the backend's own buffers, no copy.
+            outputs = self._run_borrowed(arrays, True, fetch)
+            if seed is None:
+                block = self._block or self._normals()
+                action = row[1](outputs[row[0]], block.rng, block)
+            else:
+                action = row[1](outputs[row[0]], self._generator(seed))
+            step = _new_tuple(PolicyStep, (action, (), ()))
+            exact = self._row_exact
+            if (  # what _check_step checks of a leaf the derivation clipped; known by identity
+                exact is not None
+                and type(action) is _NDARRAY
+                and action.dtype is exact[0]
+                and action.shape == exact[1]
+            ):
+                self._checked = step
+            return step
         outputs = self._run(arrays, not outer, fetch)
         if self._plain_output:  # one action leaf; no state, info or log-probability
             if self._direct:
                 action = outputs[0]
             else:
-                rng = self._rng if seed is None else None
-                if rng is None:
-                    rng = self._generator(seed)
-                row = self._row_sample
-                if row is not None and not outer:  # one unbatched row, drawn as it is
-                    return _new_tuple(PolicyStep, (row[1](outputs[row[0]], rng), (), ()))
-                action = self._deriver.act(dict(zip(fetch, outputs, strict=False)), rng, False)
+                rng = self._generator(seed)
+                # (no strict=: zip's keyword parsing costs ~1.5k instructions per call)
+                action = self._deriver.act(dict(zip(fetch, outputs)), rng, False)  # noqa: B905
                 action = action[0][0]
             action = action[0] if not outer else _restore(action, outer)
             return _new_tuple(PolicyStep, (action, (), ()))  # PolicyStep(action), framelessly
-        return self._policy_step(dict(zip(fetch, outputs, strict=False)), outer, seed)
+        if self._state_row and not outer:
+            return self._state_step(outputs)
+        return self._policy_step(dict(zip(fetch, outputs)), outer, seed)  # noqa: B905
+
+    def _state_step(self, outputs: list[np.ndarray]) -> PolicyStep:
+        """``_policy_step`` of an unbatched call of a ``_state_row`` policy: the action,
+        then the next state's leaves, by position; the same step and the same checks."""
+        action = outputs[0]
+        states = outputs[1:]
+        checked = self._validate_args
+        if checked:
+            if not leaf_within(action, self._action_checks[0], (1,)):
+                checked = False
+            else:
+                for value, (dtype, shape) in zip(states, self._state_layout):  # noqa: B905
+                    if (
+                        type(value) is not _NDARRAY
+                        or (value.dtype is not dtype and value.dtype != dtype)
+                        or value.shape != (1, *shape)
+                    ):
+                        checked = False
+                        break
+        state = self._state_treespec.unflatten([a[0] for a in states])
+        step = _new_tuple(PolicyStep, (action[0], state, ()))
+        if checked:
+            self._checked = step
+        return step
 
     def _policy_step(self, out: dict[str, np.ndarray], outer: tuple, seed: Seed) -> PolicyStep:
         emit = self._emit_log_probability
@@ -468,11 +562,13 @@ class BundlePolicy(PyPolicy):
         checked = self._validate_args and not self._info_checks
         if checked:
             rows = outer if len(outer) == 1 else _rows(outer)
-            for value, check, clip in zip(actions, self._action_checks, clipped, strict=True):
+            # (zip without strict=: its keyword parsing costs ~1.5k instructions a call;
+            # the lists are built per leaf of the specs here and in the deriver)
+            for value, check, clip in zip(actions, self._action_checks, clipped):  # noqa: B905
                 if not leaf_within(value, check, rows, clip):
                     checked = False
                     break
-            for value, (dtype, shape) in zip(states, self._state_layout, strict=True):
+            for value, (dtype, shape) in zip(states, self._state_layout):  # noqa: B905
                 if (
                     type(value) is not _NDARRAY
                     or (value.dtype is not dtype and value.dtype != dtype)  # see leaf_within
@@ -812,7 +908,7 @@ class BundlePolicy(PyPolicy):
                 state = self._state_treespec.flatten_up_to(policy_state)
             except (ValueError, TypeError):
                 return super()._prepare(time_step, policy_state)
-            for value, (dtype, shape) in zip(state, self._state_layout, strict=False):
+            for value, (dtype, shape) in zip(state, self._state_layout):  # noqa: B905
                 if (
                     type(value) is not _NDARRAY
                     or (value.dtype is not dtype and value.dtype != dtype)  # see leaf_within

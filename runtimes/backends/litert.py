@@ -105,6 +105,7 @@ class _Runner:
         # dynamic (then every call's shapes decide whether to resize).
         self.dynamic = inner is None
         self.shapes: Any = None
+        self.borrowed = None
         if inner is not None:  # ready for batch 1, the common call, at load
             self.resize([np.empty((1, *shape), np.uint8) for shape in inner], 1)
 
@@ -122,9 +123,14 @@ class _Runner:
             name: wrapper.tensor(self.interpreter, index, subgraph)
             for name, index in self.outputs.items()
         }
+        self.borrowed: tuple[list[str], list[np.ndarray]] | None = None  # see run
         self.shapes = shapes
 
-    def run(self, arrays: list[np.ndarray], unbatched: bool, fetch: list[str]) -> list:
+    def run(
+        self, arrays: list[np.ndarray], unbatched: bool, fetch: list[str], copy: bool = True
+    ) -> list:
+        """The outputs; ``copy=False``: views of the interpreter's buffers (read them
+        before this thread's next run)."""
         # Inner dims are fixed unless the signature has dynamic ones; then the whole
         # shapes decide whether to resize.
         if self.dynamic:
@@ -136,6 +142,11 @@ class _Runner:
         fill_inputs(self.in_views, arrays, unbatched)  # unbatched: the batch of one
         self.wrapper.Invoke(self.subgraph)
         views = self.out_views
+        if not copy:  # the views in fetch order, kept until the next resize (one list)
+            borrowed = self.borrowed
+            if borrowed is None or borrowed[0] is not fetch:
+                borrowed = self.borrowed = (fetch, [views[name] for name in fetch])
+            return borrowed[1]
         return [views[name].copy() for name in fetch]
 
 
@@ -217,14 +228,26 @@ class LiteRTPolicy(BundlePolicy):
         """This thread's LiteRT Interpreter."""
         return self._runner().interpreter
 
-    def _run(self, arrays: list[Any], unbatched: bool, fetch: list[str]) -> list[Any]:
+    def _run(
+        self, arrays: list[Any], unbatched: bool, fetch: list[str], copy: bool = True
+    ) -> list[Any]:
         runner = getattr(self._local, "runner", None) or self._runner()
         if self._min_batch is not None and not unbatched and len(arrays[0]) >= self._min_batch:
             runner = getattr(self._local, "many", None) or self._runner(many=True)
         try:
-            return runner.run(arrays, unbatched, fetch)
+            return runner.run(arrays, unbatched, fetch, copy)
         except (ValueError, RuntimeError) as e:  # LiteRT's errors, for unvalidated inputs
             runner.shapes = None  # a failed resize may leave other shapes behind
+            raise PolicyError(f"LiteRT could not run the policy: {e}") from e
+
+    def _run_borrowed(self, arrays: list[Any], unbatched: bool, fetch: list[str]) -> list[Any]:
+        if not unbatched:
+            return self._run(arrays, unbatched, fetch, False)
+        runner = getattr(self._local, "runner", None) or self._runner()
+        try:  # the unbatched hot path, without _run's frame and batch test
+            return runner.run(arrays, True, fetch, False)
+        except (ValueError, RuntimeError) as e:  # LiteRT's errors, for unvalidated inputs
+            runner.shapes = None
             raise PolicyError(f"LiteRT could not run the policy: {e}") from e
 
     def update_from_checkpoint(self, path: str | os.PathLike) -> None:

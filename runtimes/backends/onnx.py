@@ -162,7 +162,11 @@ class _Session:
                 many = self.many
         return many
 
-    def run(self, arrays: list[Any], unbatched: bool, fetch: list[str], bound: bool) -> list:
+    def run(
+        self, arrays: list[Any], unbatched: bool, fetch: list[str], bound: bool, copy: bool = True
+    ) -> list:
+        """The outputs; ``copy=False``: a bound run's are this thread's buffers (read them
+        before this thread's next run)."""
         if not bound or self.output_layout is None:
             if unbatched:
                 arrays = [a[None] for a in arrays]
@@ -192,6 +196,8 @@ class _Session:
             return binding.run_plain(fetch, feeds, binding.options)
         fill_inputs(binding.inputs, arrays, unbatched)  # dtypes were checked
         binding.run_bound(binding.inner, binding.options)
+        if not copy:
+            return binding.outputs
         return [buffer.copy() for buffer in binding.outputs]
 
 
@@ -258,6 +264,12 @@ class OnnxPolicy(BundlePolicy):
     def _run(self, arrays: list[Any], unbatched: bool, fetch: list[str]) -> list[Any]:
         try:
             return self._session_run(arrays, unbatched, fetch, fetch is self._fetch)
+        except Exception as e:  # onnxruntime's own types (for unvalidated inputs)
+            raise PolicyError(f"onnxruntime could not run the policy: {e}") from e
+
+    def _run_borrowed(self, arrays: list[Any], unbatched: bool, fetch: list[str]) -> list[Any]:
+        try:
+            return self._session_run(arrays, unbatched, fetch, fetch is self._fetch, False)
         except Exception as e:  # onnxruntime's own types (for unvalidated inputs)
             raise PolicyError(f"onnxruntime could not run the policy: {e}") from e
 

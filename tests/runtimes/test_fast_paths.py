@@ -561,3 +561,129 @@ def test_an_equal_dtype_of_another_identity_passes_the_fast_check():
     assert not leaf_within(longlong.astype(np.int32), check, (256,))
     longlong[7] = 4
     assert not leaf_within(longlong, check, (256,))
+
+
+# --- the block of normals of the unbatched sampled path ----------------------------------
+
+
+def test_a_normal_block_hands_out_the_generators_own_stream():
+    """Taken a few at a time across refills, synced mid-block: the element-wise stream,
+    and the generator left where element-wise draws leave it."""
+    rng, reference = np.random.default_rng(11), np.random.default_rng(11)
+    block = derivations.NormalBlock(rng)
+    sizes = [2, 1, 3, 2] * 20 + [derivations.NormalBlock.SIZE + 5, 2]
+    for i, n in enumerate(sizes):
+        assert block.take(n) == reference.standard_normal(n).tolist()
+        if i in (7, 50):  # another user of the generator: synced, then drawn directly
+            block.sync()
+            assert rng.bit_generator.state == reference.bit_generator.state
+            assert rng.random(3).tolist() == reference.random(3).tolist()
+    block.off()
+    assert rng.bit_generator.state == reference.bit_generator.state
+    assert block.take(2) is None
+
+
+@pytest.mark.parametrize("backend", ["onnx", "litert"])
+def test_the_policys_own_noise_block_gives_the_stream_of_a_generator_passed_per_call(
+    gaussian_noise_bundle, backend
+):
+    """Own generator (block) against the same seed's Generator passed to every call (drawn
+    directly): equal actions over several blocks, a copy and a batched call between."""
+    policy = runtimes.load_policy(gaussian_noise_bundle, backend, seed=3)
+    direct = runtimes.load_policy(gaussian_noise_bundle, backend)
+    rng = np.random.default_rng(3)
+    kept = None
+    for i in range(90):  # two normals a step: a block of 64 lasts 32 steps
+        time_step = first_time_step(
+            sample_time_step(policy.time_step_spec, (), np.random.default_rng(i))
+        )
+        if i == 40:  # a copy draws what the policy draws next
+            clone = policy.copy()
+            np.testing.assert_array_equal(
+                clone.action(time_step).action, policy.action(time_step).action
+            )
+            direct.action(time_step, seed=rng)
+        if i == 60:  # a batched call takes the generator itself: the block syncs and ends
+            batch = sample_time_step(policy.time_step_spec, (3,), np.random.default_rng(i))
+            np.testing.assert_array_equal(
+                policy.action(batch).action, direct.action(batch, seed=rng).action
+            )
+        got, want = policy.action(time_step).action, direct.action(time_step, seed=rng).action
+        assert got.dtype == want.dtype == F32 and got.shape == want.shape == (2,)
+        np.testing.assert_array_equal(got, want)
+        if i == 1:  # the graph's outputs are borrowed: what the caller keeps stays
+            kept = (got, got.copy())
+    assert policy._block is not None and not policy._block.on
+    np.testing.assert_array_equal(kept[0], kept[1])
+    assert policy._generator(None).random() == rng.random()
+
+
+@pytest.mark.parametrize("backend", ["onnx", "litert"])
+def test_a_sampled_row_of_another_shape_than_the_spec_is_still_reported(
+    gaussian_noise_bundle, backend
+):
+    """The row path checks its action inline (dtype, shape) before skipping _check_step:
+    a graph row of the wrong width goes to the full check, which names it."""
+    policy = runtimes.load_policy(gaussian_noise_bundle, backend, seed=0)
+    rng = np.random.default_rng(0)
+    time_step = first_time_step(sample_time_step(policy.time_step_spec, (), rng))
+    assert policy.action(time_step).action.shape == (2,)
+    policy._run_borrowed = lambda arrays, unbatched, fetch: [np.zeros((1, 3), F32)]
+    with pytest.raises(SpecMismatchError, match=r"action: expected shape \(2,\)"):
+        policy.action(time_step)
+
+
+@pytest.mark.parametrize("backend", ["onnx", "litert"])
+def test_a_recurrent_greedy_step_by_position_equals_the_general_step(backend):
+    """``_state_step`` (unbatched, outputs by position) against ``_policy_step`` (by
+    name): equal episodes with the state fed back, the same checks."""
+    policy = cr.load("rnn/greedy_q", backend)
+    assert policy._state_row
+    general = policy.copy()
+    general._state_row = False
+    _assert_steps_equal(_episode(policy, (), steps=6), _episode(general, (), steps=6))
+    # the outputs' check: an action outside the spec is named by the full check
+    time_step = first_time_step(
+        sample_time_step(policy.time_step_spec, (), np.random.default_rng(1))
+    )
+    real_run = policy._run
+
+    def run(arrays, unbatched, fetch):
+        outputs = real_run(arrays, unbatched, fetch)
+        outputs[0] = np.full_like(outputs[0], 99)
+        return outputs
+
+    for p in (policy, general):
+        p._run = run
+        with pytest.raises(SpecMismatchError, match="action: expected values in"):
+            p.action(time_step, p.get_initial_state())
+
+
+def test_threads_sampling_rows_take_each_normal_of_the_block_once(gaussian_noise_bundle):
+    """4 threads x 60 unbatched sampled calls from the policy's own generator: the actions
+    of 240 calls in one thread, in some order (no normal handed out twice, none lost),
+    and the generator ends where 480 draws leave it."""
+    import threading
+
+    policy = runtimes.load_policy(gaussian_noise_bundle, "onnx", seed=9)
+    time_step = first_time_step(
+        sample_time_step(policy.time_step_spec, (), np.random.default_rng(2))
+    )
+    actions = [[] for _ in range(4)]
+
+    def work(i):
+        for _ in range(60):
+            actions[i].append(policy.action(time_step).action)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    drawn = sorted(tuple(a.tolist()) for per_thread in actions for a in per_thread)
+    alone = runtimes.load_policy(gaussian_noise_bundle, "onnx", seed=9)
+    # each call takes its row's normals at once: the actions one thread would get
+    assert drawn == sorted(tuple(alone.action(time_step).action.tolist()) for _ in range(240))
+    reference = np.random.default_rng(9)
+    reference.standard_normal(480)
+    assert policy._generator(None).random() == reference.random()
