@@ -77,7 +77,7 @@ def steps(out: Path, run_dir: Path, quick: bool = False) -> list[list[str]]:
     """The commands after training, in order."""
     bundle = _rel(out / "cartpole")
     quantized = [_rel(out / "cartpole_quantized")]
-    bench = ["--batch", "1,32", "--seconds", "0.2"] if quick else ["--batch", "1,32,256"]
+    bench = ["--batch", "1,32", "--seconds", "0.05"] if quick else ["--batch", "1,32,256"]
     # A quick run's policy is untrained: --force shows the report even if no candidate
     # passes. The full demo writes only a candidate that passes both gates.
     force = ["--force"] if quick else []

@@ -63,7 +63,10 @@ def export_fresh(bundle: Path) -> None:
 def start_training(run: Path, seed: int, quick: bool) -> subprocess.Popen:
     args = ["--output-dir", str(run), "--seed", str(seed), "--no-progress"]
     if quick:
+        # No XLA: on a loaded machine compiling the train step could take most of the
+        # 20 s, and the run would end before its first checkpoint.
         args += ["--steps", "3000", "--eval-interval", "1000", "--max-seconds", "20"]
+        args += ["--jit-compile", "0"]
     else:
         args += ["--max-seconds", "600"]
     return subprocess.Popen(
