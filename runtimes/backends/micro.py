@@ -207,8 +207,15 @@ def _check_graph(model: Any, schema: Any, op_names: dict[int, str], where: str) 
                 raise bad(what, "outputs written once, not constants", f"tensor {i}")
             written.add(i)
         _check_operator(name, [shapes[i] for i in args], [shapes[i] for i in results], bad, what)
-        if name == "ARG_MAX" and (not constant[args[1]] or kinds[results[0]] != "INT32"):
-            raise bad(what, "a constant axis and an int32 index", kinds[results[0]])
+        if name == "ARG_MAX":
+            axis = tensors[args[1]]
+            data = buffers[axis.buffer].data if constant[args[1]] else None
+            value = np.frombuffer(bytes(data), "<i4") if kinds[args[1]] == "INT32" else None
+            # Along the batch axis the index would have n elements for a (1,) output.
+            if value is None or value.tolist() not in ([1], [-1]):
+                raise bad(what, "ARG_MAX along a constant int32 axis 1", "another axis")
+            if kinds[results[0]] != "INT32":
+                raise bad(what, "an int32 index", kinds[results[0]])
         if name == "FULLY_CONNECTED" and not (constant[args[1]] and constant[args[2]]):
             raise bad(what, "constant weights and bias", "computed ones")
     if outs[0] not in written or outs[0] == ins[0]:

@@ -173,7 +173,24 @@ def _input_read_before_written(model):
     graph.operators[0].inputs = np.array([graph.operators[-1].outputs[0], 1], np.int32)
 
 
+def _argmax_along_the_batch(model):
+    graph = model.subgraphs[0]
+    for op in graph.operators:
+        code = model.operatorCodes[op.opcodeIndex]
+        if max(code.builtinCode, code.deprecatedBuiltinCode) == 56:  # ARG_MAX
+            axis = graph.tensors[op.inputs[1]]
+            model.buffers[axis.buffer].data = np.frombuffer(
+                np.array([0], "<i4").tobytes(), np.uint8
+            )
+            return
+    raise AssertionError("no ARG_MAX")
+
+
 HOSTILE = {
+    "an argmax along the batch axis": (
+        _argmax_along_the_batch,
+        "expected ARG_MAX along a constant int32 axis 1",
+    ),
     "an operator code out of range": (
         lambda m: setattr(m.subgraphs[0].operators[0], "opcodeIndex", 99),
         "operator 0: expected an operator code below",
