@@ -154,6 +154,7 @@ def run(command: list[str], allowed: tuple[int, ...] = (0,)) -> str:
     if process.wait() not in allowed:
         raise subprocess.CalledProcessError(process.returncode, command)
     print(f"  ({time.perf_counter() - started:.1f} s)", flush=True)
+    run.returncode = process.returncode  # for the steps whose exit 1 is a result
     return "".join(lines)
 
 
@@ -270,6 +271,15 @@ def main() -> None:
                 run(command, allowed=(0, 1))
                 if not (ROOT / command[3]).exists():
                     print("demo: quantize refused every candidate; deploy the float bundle")
+            elif command[1] == "export" and "micro,c" in command:
+                # The micro model is written either way; its verify gate (99% agreement
+                # on held-out states) is a result, not a crash: with fine-tuning, 16x8
+                # models agree on 99.25-99.89% of held-out states, and one demo run's
+                # gate read 99.15% of its 2,000 stored states, so a run can miss it.
+                run(command, allowed=(0, 1))
+                if run.returncode == 1:
+                    print("demo: the micro/C export agrees on less than 99% of held-out "
+                          "states (report above): written, still played below")  # fmt: skip
             else:
                 run(command)
         prediction = serve_and_ask(args.out / "cartpole")
