@@ -11,13 +11,12 @@ Errors are gRPC statuses of the error's kind.
 from __future__ import annotations
 
 import sys
-import weakref
 from typing import Any
 
 import grpc
 import numpy as np
 
-from runtimes.serving import v2
+from runtimes.serving import plans, v2
 from runtimes.serving.core import ServingCore
 from runtimes.serving.grpc_server import unary
 from runtimes.serving.models import LoadedVersion
@@ -71,7 +70,7 @@ class KServeV2Grpc:
 
     def __init__(self, core: ServingCore):
         self.core = core
-        self._plans: dict[Any, _Plan] = {}
+        self._plans = plans.Plans(_MAX_PLANS)
         from importlib.metadata import PackageNotFoundError, version
 
         try:
@@ -152,14 +151,11 @@ class KServeV2Grpc:
                 tuple(o.name for o in request.outputs),
             )
             plan = self._plans.get(key)
-            if plan is not None and plan.loaded() is loaded:
-                arrays = plan.decode(raw)
-                if arrays is not None:
-                    signature = loaded.signatures[plan.signature]
-                    outputs = self.core.run_blocking(signature, arrays, checked=plan.batch)
-                    return plan.encode(outputs, request.id) or self._encode(
-                        model, loaded, request.id, plan.names, outputs
-                    ), model
+            outputs = None if plan is None else plan.run(self.core, loaded, raw)
+            if outputs is not None:
+                return plan.encode(outputs, request.id) or self._encode(
+                    model, loaded, request.id, plan.names, outputs
+                ), model
         return self._infer(request, model, loaded, key), model
 
     def _infer(self, request: Any, model: str, loaded: LoadedVersion, key: Any) -> Any:
@@ -197,11 +193,9 @@ class KServeV2Grpc:
         checked, batch = signature.check(arrays, max_batch)
         outputs = core.run_blocking(signature, checked, checked=batch)
         if all(checked[n] is a for n, a in arrays.items()):  # passed as they came
-            plan = _Plan.make(model, loaded, signature, checked, batch, names, outputs)
-            if plan is not None:
-                if len(self._plans) >= _MAX_PLANS:
-                    self._plans.clear()
-                self._plans[key] = plan
+            self._plans.learn(
+                key, _Plan.make(model, loaded, signature, checked, batch, names, outputs)
+            )
         return self._encode(model, loaded, request.id, names, outputs)
 
     def _encode(
@@ -215,69 +209,39 @@ class KServeV2Grpc:
         return response
 
 
-class _Plan:
+class _Plan(plans.InputPlan):
     """What a plain request of one layout needs, worked out on its first request.
 
     A plain request is tritonclient's: raw tensor bytes, no parameters. Its layout
     (model, version asked for, input names, datatypes and shapes, outputs asked for)
-    fixes everything but the data once the version is resolved: the arrays' dtypes and
-    shapes, that they pass the signature's check unchanged (then it is not run again,
-    ``ServingCore.run_blocking``'s ``checked``), and the answer's head (model,
-    version, outputs' names, datatypes and shapes), serialized once. The data's byte
-    counts are still checked on every request (a mismatch takes the full path, which
-    names it), as are the outputs' dtypes and shapes against the head.
+    fixes its inputs (``plans.InputPlan``) and the answer's head (model, version,
+    outputs' names, datatypes and shapes), serialized once. The outputs' dtypes and
+    shapes are checked against the head on every request.
     """
 
-    __slots__ = ("batch", "head", "inputs", "loaded", "names", "outputs", "signature")
-
-    def __init__(self, loaded, signature, inputs, batch, names, outputs, head):
-        #: the version it was made for, weakly: a plan keeps no retired version alive
-        self.loaded = weakref.ref(loaded)
-        #: the signature's name (the signature itself would hold the version's policy)
-        self.signature = signature.name
-        #: per input: name, dtype, shape, byte count
-        self.inputs = inputs
-        self.batch = batch
-        self.names = names
-        #: per output asked for: name, dtype, shape
-        self.outputs = outputs
-        self.head = head
+    __slots__ = ("head", "names", "outputs")
 
     @classmethod
     def make(cls, model, loaded, signature, arrays, batch, names, outputs) -> _Plan | None:
         """The plan of a request that passed (None: one of text tensors, or whose
         outputs are not plain arrays)."""
-        inputs = tuple((n, a.dtype, a.shape, a.nbytes) for n, a in arrays.items())
-        if any(dtype.kind in "OUSV" for _, dtype, _, _ in inputs):
+        inputs = plans.InputPlan.layout(arrays)
+        if inputs is None:
             return None
         head = pb.ModelInferResponse(model_name=model, model_version=str(loaded.version))
         plan_outputs = []
         for name in names:
             array = outputs[name]
-            if type(array) is not np.ndarray or array.dtype.kind in "OUSV":
+            if type(array) is not np.ndarray or array.dtype.kind in plans.TEXT_KINDS:
                 return None
             plan_outputs.append((name, array.dtype, array.shape))
             head.outputs.add(name=name, datatype=v2.datatype(array.dtype), shape=array.shape)
-        return cls(
-            loaded,
-            signature,
-            inputs,
-            batch,
-            tuple(names),
-            tuple(plan_outputs),
-            head.SerializeToString(),
-        )
-
-    def decode(self, raw: Any) -> dict[str, np.ndarray] | None:
-        """The arrays (None: a count of bytes that does not fit, for the full path)."""
-        if len(raw) != len(self.inputs):
-            return None
-        arrays = {}
-        for (name, dtype, shape, size), data in zip(self.inputs, raw, strict=True):
-            if len(data) != size:
-                return None
-            arrays[name] = v2.little_endian(data, dtype).reshape(shape)
-        return arrays
+        plan = cls(loaded, signature, inputs, batch)
+        plan.names = tuple(names)
+        #: per output asked for: name, dtype, shape
+        plan.outputs = tuple(plan_outputs)
+        plan.head = head.SerializeToString()
+        return plan
 
     def encode(self, outputs: dict[str, Any], id: str) -> bytes | None:
         """The answer's bytes: the head, then the id and the outputs' data (a message's

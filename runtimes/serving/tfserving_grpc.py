@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import math
 import sys
-import weakref
 from typing import Any
 
 import grpc
 import numpy as np
 
+from runtimes.serving import plans
 from runtimes.serving.core import ServingCore
 from runtimes.serving.grpc_server import unary
 from runtimes.serving.models import LoadedVersion
@@ -175,7 +175,7 @@ class TFServingGrpc:
 
     def __init__(self, core: ServingCore):
         self.core = core
-        self._plans: dict[Any, _Plan] = {}
+        self._plans = plans.Plans(_MAX_PLANS)
 
     def handlers(self) -> list[grpc.GenericRpcHandler]:
         core = self.core
@@ -233,15 +233,12 @@ class TFServingGrpc:
         if layout:
             plan_key = (spec.SerializeToString(), tuple(layout), tuple(request.output_filter))
             plan = self._plans.get(plan_key)
-            if plan is not None and plan.loaded() is loaded:
-                arrays = plan.decode(contents)
-                if arrays is not None:
-                    signature = loaded.signatures[plan.signature]
-                    outputs = self.core.run_blocking(signature, arrays, checked=plan.batch)
-                    answer = plan.encode(outputs)
-                    if answer is None:
-                        answer = _response(spec, loaded, plan.signature, plan.wanted, outputs)
-                    return answer, spec.name
+            outputs = None if plan is None else plan.run(self.core, loaded, contents)
+            if outputs is not None:
+                answer = plan.encode(outputs)
+                if answer is None:
+                    answer = _response(spec, loaded, plan.signature, plan.wanted, outputs)
+                return answer, spec.name
         return self._predict(spec, request, loaded, plan_key), spec.name
 
     def _predict(self, spec: Any, request: Any, loaded: LoadedVersion, plan_key: Any) -> Any:
@@ -274,11 +271,9 @@ class TFServingGrpc:
         checked, batch = signature.check(arrays, max_batch)
         outputs = self.core.run_blocking(signature, checked, checked=batch)
         if all(checked[n] is a for n, a in arrays.items()):  # passed as they came
-            plan = _Plan.make(spec, loaded, signature, checked, batch, wanted, outputs)
-            if plan is not None:
-                if len(self._plans) >= _MAX_PLANS:
-                    self._plans.clear()
-                self._plans[plan_key] = plan
+            self._plans.learn(
+                plan_key, _Plan.make(spec, loaded, signature, checked, batch, wanted, outputs)
+            )
         return _response(spec, loaded, name, wanted, outputs)
 
     def metadata(self, request: Any) -> tuple[Any, str]:
@@ -353,47 +348,29 @@ _ENTRY_VALUE_TAG = 0x12
 _CONTENT_TAG = 0x22
 
 
-class _Plan:
+class _Plan(plans.InputPlan):
     """What a plain Predict request of one layout needs, worked out on its first one.
 
     A plain request carries every input in ``tensor_content``. Its layout (the model
-    spec as sent, input names, dtypes and shapes, the output filter) fixes everything
-    but the data once the version is resolved: the arrays' dtypes and shapes, that they
-    pass the signature's check unchanged (it is not run again:
-    ``ServingCore.run_blocking``'s ``checked``), and the answer but for the outputs'
-    bytes: the model spec and each output's dtype and shape, serialized once. The
-    inputs' byte counts are still checked on every request (a mismatch takes the full
-    path, which names it), as are the outputs' dtypes and shapes.
+    spec as sent, input names, dtypes and shapes, the output filter) fixes its inputs
+    (``plans.InputPlan``) and the answer but for the outputs' bytes: the model spec and
+    each output's dtype and shape, serialized once. The outputs' dtypes and shapes are
+    checked on every request.
     """
 
-    __slots__ = ("batch", "head", "inputs", "loaded", "outputs", "signature", "wanted")
-
-    def __init__(self, loaded, signature, inputs, batch, wanted, outputs, head):
-        #: the version it was made for, weakly: a plan keeps no retired version alive
-        self.loaded = weakref.ref(loaded)
-        #: the signature's name (the signature itself would hold the version's policy)
-        self.signature = signature.name
-        #: per input, in the request's order: dtype, shape, byte count
-        self.inputs = inputs
-        self.batch = batch
-        self.wanted = wanted
-        #: per output asked for: name, dtype, shape, its map entry's key and TensorProto
-        #: head (dtype and shape) on the wire
-        self.outputs = outputs
-        #: the response's model spec on the wire
-        self.head = head
+    __slots__ = ("head", "outputs", "wanted")
 
     @classmethod
     def make(cls, spec, loaded, signature, arrays, batch, wanted, outputs) -> _Plan | None:
         """The plan of a request that passed (None: one of text tensors, or whose
         outputs are not plain numeric arrays)."""
-        inputs = tuple((n, a.dtype, a.shape, a.nbytes) for n, a in arrays.items())
-        if any(dtype.kind in "OUSV" for _, dtype, _, _ in inputs):
+        inputs = plans.InputPlan.layout(arrays)
+        if inputs is None:
             return None
         plan_outputs = []
         for key in wanted:
             array = outputs[key]
-            if type(array) is not np.ndarray or array.dtype.kind in "OUSV":
+            if type(array) is not np.ndarray or array.dtype.kind in plans.TEXT_KINDS:
                 return None
             tensor = pb.TensorProto(dtype=_type_of(array.dtype)[0])
             for n in array.shape:
@@ -405,24 +382,14 @@ class _Plan:
         head.model_spec.name = spec.name
         head.model_spec.version.value = loaded.version
         head.model_spec.signature_name = signature.name
-        return cls(
-            loaded,
-            signature,
-            inputs,
-            batch,
-            tuple(wanted),
-            tuple(plan_outputs),
-            head.SerializeToString(),
-        )
-
-    def decode(self, contents: list[bytes]) -> dict[str, np.ndarray] | None:
-        """The arrays (None: a count of bytes that does not fit, for the full path)."""
-        arrays = {}
-        for (name, dtype, shape, size), data in zip(self.inputs, contents, strict=True):
-            if len(data) != size:
-                return None
-            arrays[name] = little_endian(data, dtype).reshape(shape)
-        return arrays
+        plan = cls(loaded, signature, inputs, batch)
+        plan.wanted = tuple(wanted)
+        #: per output asked for: name, dtype, shape, its map entry's key and TensorProto
+        #: head (dtype and shape) on the wire
+        plan.outputs = tuple(plan_outputs)
+        #: the response's model spec on the wire
+        plan.head = head.SerializeToString()
+        return plan
 
     def encode(self, outputs: dict[str, Any]) -> bytes | None:
         """The answer's bytes: the model spec, then one map entry per output. None: an
