@@ -170,11 +170,16 @@ class Server:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
+        _terminate(self.process, 10)
+
+
+def _terminate(process: subprocess.Popen, seconds: float) -> None:
+    """SIGTERM (the servers drain and exit), then SIGKILL after ``seconds``."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(seconds)
+    except subprocess.TimeoutExpired:
+        process.kill()
 
 
 class LargeBodies:
@@ -318,11 +323,7 @@ class EchoServer:
         self.grpc = match.group(1)
 
     def stop(self) -> None:
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
+        _terminate(self.process, 10)
 
 
 class MLServer:
@@ -375,11 +376,7 @@ class MLServer:
         raise RuntimeError("MLServer did not start")
 
     def stop(self) -> None:
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
+        _terminate(self.process, 20)
 
 
 def _protocol_requests(tmp: Path) -> dict[str, Path]:
