@@ -305,12 +305,13 @@ def _free_port() -> int:
 
 
 class EchoServer:
-    """The bare transport: benchmarks/_grpc_echo.py (our gRPC server, no policy)."""
+    """A bare transport: benchmarks/_grpc_echo.py (grpcio's server, no policy) or
+    another echo ``script``."""
 
-    def __init__(self):
+    def __init__(self, script: str = "_grpc_echo.py"):
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         self.process = subprocess.Popen(
-            [sys.executable, str(HERE / "_grpc_echo.py")],
+            [sys.executable, str(HERE / script)],
             env=env,
             stderr=subprocess.PIPE,
             text=True,
@@ -321,6 +322,8 @@ class EchoServer:
             self.process.kill()
             raise RuntimeError(f"the echo server did not start: {line}")
         self.grpc = match.group(1)
+
+    cpu_seconds = Server.cpu_seconds
 
     def stop(self) -> None:
         _terminate(self.process, 10)
@@ -471,6 +474,68 @@ def run_protocols(seconds: float, mlserver_python: str | None) -> list[dict[str,
     return rows
 
 
+ECHOES = {
+    "floor: bare gRPC echo (grpcio)": "_grpc_echo.py",
+    "bare gRPC echo (asyncio + h2)": "_h2_echo.py",
+    "bare gRPC echo (asyncio + lean frames)": "_h2lean_echo.py",
+}
+
+
+def run_echoes(seconds: float, rounds: int) -> list[dict[str, Any]]:
+    """The gRPC transports alone, beside our REST: each echo server of ``ECHOES`` and our
+    server's TF Serving REST, v2 REST and v2 gRPC, 1 and 8 clients, ``rounds``
+    interleaved rounds (ratios within one run hold up on a loaded machine), each row with
+    the server's CPU time per request."""
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        bundle = export_bundles(tmp)["small"]
+        files = _protocol_requests(tmp)
+        server = Server(bundle, "--grpc-port", "0")
+        echoes = {mode: EchoServer(script) for mode, script in ECHOES.items()}
+        runners = [
+            (
+                "ours, TF Serving REST",
+                server,
+                lambda c: load(server.url, files["tfs_rest"], c, seconds),
+            ),
+            (
+                "ours, v2 REST",
+                server,
+                lambda c: load(server.url, files["v2_rest"], c, seconds, "/v2/models/p/infer"),
+            ),
+            (
+                "ours, v2 gRPC",
+                server,
+                lambda c: grpc_load(server.grpc, KSERVE_INFER, files["v2_grpc"], c, seconds),
+            ),
+        ]
+        for mode, echo in echoes.items():
+            runners.append(
+                (
+                    mode,
+                    echo,
+                    lambda c, echo=echo: grpc_load(
+                        echo.grpc, KSERVE_INFER, files["v2_grpc"], c, seconds
+                    ),
+                )
+            )
+        try:
+            for round_ in range(rounds):
+                for clients in (1, 8):
+                    for mode, process, runner in runners:
+                        before = process.cpu_seconds()
+                        row = runner(clients)
+                        spent = process.cpu_seconds() - before  # warm-up requests included
+                        row["server_cpu_us"] = spent / max(row["all_requests"], 1) * 1e6
+                        rows.append({"policy": "small", "mode": mode, "round": round_, **row})
+        finally:
+            server.stop()
+            for echo in echoes.values():
+                echo.stop()
+    return rows
+
+
 def run_trees(
     trees: list[Path], seconds: float, rounds: int, client_counts: tuple[int, ...] = (8,)
 ) -> list[dict[str, Any]]:
@@ -595,9 +660,15 @@ def main() -> int:
     parser.add_argument(
         "--tree-clients", type=int, nargs="+", default=[8], help="client counts of --trees"
     )
+    parser.add_argument(
+        "--echoes", action="store_true", help="the bare gRPC transports beside our REST"
+    )
     args = parser.parse_args()
     load_before = os.getloadavg()[0]
-    if args.trees:
+    if args.echoes:
+        rows = run_echoes(args.seconds, args.rounds)
+        checks = []
+    elif args.trees:
         trees = [t.resolve() for t in args.trees]
         rows = run_trees(trees, args.seconds, args.rounds, tuple(args.tree_clients))
         checks = []
