@@ -171,6 +171,7 @@ class ServingCore:
         sequence: SequenceFlags | None = None,
         loaded: LoadedVersion | None = None,
         model: str = "",
+        checked: int | None = None,
     ) -> dict[str, Any]:
         """Checks decoded inputs against a signature and runs it: flat arrays out.
 
@@ -180,6 +181,9 @@ class ServingCore:
           sequence: the request's sequence flags: the state is the server's
             (``runtimes.serving.sequences``); then ``loaded`` and ``model`` name the
             version and the model.
+          checked: the batch size of arrays a codec made in the inputs' exact dtypes
+            and shapes, as ``Signature.check`` passed them for an earlier request of
+            this very layout (the check is not run again).
 
         Raises:
           ServingError: naming the input that does not fit (invalid argument); for
@@ -197,7 +201,10 @@ class ServingCore:
             return await self.sequences.run(
                 model, sequence, signature, arrays, initial, lambda a: self.run(signature, a)
             )
-        arrays, batch = signature.check(arrays, self.limits.max_batch)
+        if checked is None:
+            arrays, batch = signature.check(arrays, self.limits.max_batch)
+        else:
+            batch = checked
         outputs = signature.run(arrays, batch)
         if not isinstance(outputs, dict):  # batched: the merged call's share
             outputs = await outputs
