@@ -539,9 +539,10 @@ class _Connection(asyncio.Protocol):
             out.append(_frame(HEADERS, END_HEADERS | END_STREAM, stream_id, block))
             self._finish(stream)
             return
-        found = self.server.methods.get(path.decode("latin-1")) if path else None
+        name = path.decode("utf-8", "replace") if path else ""
+        found = self.server.methods.get(name)
         if found is None or method != b"POST":
-            shown = path.decode("latin-1", "replace") if path else ""
+            shown = name
             self._refuse(stream, ErrorKind.UNIMPLEMENTED, f"Method not found: {shown}", out)
             return
         stream.protocol, stream.method = found
