@@ -454,13 +454,14 @@ def run_protocols(seconds: float, mlserver_python: str | None) -> list[dict[str,
                     rows.append({"policy": "small", "mode": f"ours, {protocol}", **runner(clients)})
         finally:
             server.stop()
-        echo = EchoServer()
-        try:
-            for clients in (1, 8):
-                row = grpc_load(echo.grpc, KSERVE_INFER, files["v2_grpc"], clients, seconds)
-                rows.append({"policy": "small", "mode": "floor: bare gRPC echo", **row})
-        finally:
-            echo.stop()
+        for mode in ("floor: bare gRPC echo", "bare gRPC echo, our transport"):
+            echo = EchoServer(ECHOES[mode])
+            try:
+                for clients in (1, 8):
+                    row = grpc_load(echo.grpc, KSERVE_INFER, files["v2_grpc"], clients, seconds)
+                    rows.append({"policy": "small", "mode": mode, **row})
+            finally:
+                echo.stop()
         if mlserver_python:
             other = MLServer(mlserver_python, bundle / "policy.onnx", tmp / "mlserver")
             try:
@@ -475,9 +476,9 @@ def run_protocols(seconds: float, mlserver_python: str | None) -> list[dict[str,
 
 
 ECHOES = {
-    "floor: bare gRPC echo (grpcio)": "_grpc_echo.py",
-    "bare gRPC echo (asyncio + h2)": "_h2_echo.py",
-    "bare gRPC echo (asyncio + lean frames)": "_h2lean_echo.py",
+    "floor: bare gRPC echo": "_grpc_echo.py",
+    "bare gRPC echo, h2 library": "_h2_echo.py",
+    "bare gRPC echo, our transport": "_grpc_echo_ours.py",
 }
 
 
@@ -582,7 +583,9 @@ def protocol_verdicts(rows: list[dict[str, Any]]) -> list[tuple[str, float, str,
         ("our v2 gRPC p50 / v2 REST p50, 1 client (<= 1)", grpc_p50 / rest, "x", grpc_p50 <= rest)
     )
     floor = _find(rows, "small", "floor: bare gRPC echo", 1)["p50_ms"]
+    ours = _find(rows, "small", "bare gRPC echo, our transport", 1)["p50_ms"]
     for label, ratio in (
+        ("our transport's bare echo p50 / grpcio's bare echo p50, 1 client (info)", ours / floor),
         ("bare gRPC echo p50 / our v2 REST p50, 1 client (info)", floor / rest),
         ("our v2 gRPC p50 / bare gRPC echo p50, 1 client (info)", grpc_p50 / floor),
     ):

@@ -261,11 +261,14 @@ class _Connection(asyncio.Protocol):
         # the window each stream grants the peer: a whole message up to the limit
         self.stream_window = min(self.limit + 5, (1 << 31) - 1)
         # the connection window: bounds what the peer may have sent and we still buffer
-        self.connection_window = min(max(self.stream_window, 1 << 20), (1 << 31) - 1)
+        # (twice a whole message: what is released but not yet granted back, under a
+        # quarter of it, never holds a message up)
+        self.connection_window = min(max(2 * self.stream_window, 1 << 20), (1 << 31) - 1)
         self.transport: Any = None
         self.buffer = b""
         self.preface = False
         self.decoder = hpack.Decoder(max_header_list_size=MAX_HEADER_LIST_SIZE)
+        self.header_cache: dict[bytes, tuple] = {}
         self.streams: dict[int, _Stream] = {}
         self.last_stream = 0
         self.received = 0  # DATA bytes the peer sent against our connection window
@@ -396,7 +399,7 @@ class _Connection(asyncio.Protocol):
 
     def _grant(self, out: list[bytes]) -> None:
         """Gives the peer back connection window for what left our buffers."""
-        if self.released >= self.connection_window // 4 or (self.released and not self.streams):
+        if self.released >= self.connection_window // 4:
             out.append(_frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", self.released)))
             self.received -= self.released
             self.released = 0
@@ -493,12 +496,9 @@ class _Connection(asyncio.Protocol):
             self._header_block(stream_id, first_flags, b"".join(parts), out)
 
     def _header_block(self, stream_id: int, flags: int, block: bytes, out: list[bytes]) -> None:
-        try:
-            headers = self.decoder.decode(block, raw=True)
-        except hpack.exceptions.OversizedHeaderListError:
-            raise _ConnectionError(ENHANCE_YOUR_CALM, "a header list too large") from None
-        except Exception as e:  # HPACK's state is lost: the connection cannot go on
-            raise _ConnectionError(COMPRESSION_ERROR, f"a bad header block ({e})") from None
+        fields = self.header_cache.get(block)
+        if fields is None:
+            fields = self._decode(block)
         existing = self.streams.get(stream_id)
         if existing is not None:  # trailers of a request: only an end of stream
             if not flags & END_STREAM:
@@ -517,18 +517,7 @@ class _Connection(asyncio.Protocol):
             return
         stream = _Stream(stream_id, self.peer_window)
         self.streams[stream_id] = stream
-        path = content_type = method = encoding = timeout = None
-        for name, value in headers:
-            if name == b":path":
-                path = value
-            elif name == b"content-type":
-                content_type = value
-            elif name == b":method":
-                method = value
-            elif name == b"grpc-encoding":
-                encoding = value
-            elif name == b"grpc-timeout":
-                timeout = value
+        path, content_type, method, encoding, timeout = fields
         if content_type is None or not (
             content_type == b"application/grpc"
             or content_type.startswith(b"application/grpc+")
@@ -563,6 +552,47 @@ class _Connection(asyncio.Protocol):
                 stream.deadline = loop.call_later(seconds, self._expire, stream)
         if flags & END_STREAM:
             self._dispatch(stream, out)
+
+    def _decode(self, block: bytes) -> tuple:
+        """A header block's fields we read: (path, content-type, method, grpc-encoding,
+        grpc-timeout). A grpc client sends the same block, all indexed, for every call
+        after its first few: a block that left HPACK's dynamic table as it was decodes
+        the same while the table stays so, and is kept (the cache is dropped when the
+        table changes)."""
+        table = self.decoder.header_table
+        entries = table.dynamic_entries
+        before = (len(entries), entries[0] if entries else None, table.maxsize)
+        try:
+            headers = self.decoder.decode(block, raw=True)
+        except hpack.exceptions.OversizedHeaderListError:
+            raise _ConnectionError(ENHANCE_YOUR_CALM, "a header list too large") from None
+        except Exception as e:  # HPACK's state is lost: the connection cannot go on
+            raise _ConnectionError(COMPRESSION_ERROR, f"a bad header block ({e})") from None
+        path = content_type = method = encoding = timeout = None
+        for name, value in headers:
+            if name == b":path":
+                path = value
+            elif name == b"content-type":
+                content_type = value
+            elif name == b":method":
+                method = value
+            elif name == b"grpc-encoding":
+                encoding = value
+            elif name == b"grpc-timeout":
+                timeout = value
+        fields = (path, content_type, method, encoding, timeout)
+        cache = self.header_cache
+        if (
+            before[0] == len(entries)
+            and (not entries or entries[0] is before[1])
+            and (before[2] == table.maxsize)
+        ):
+            if len(cache) >= 32:
+                cache.clear()
+            cache[block] = fields
+        elif cache:
+            cache.clear()
+        return fields
 
     def _settings(self, stream_id: int, flags: int, payload: bytes, out: list[bytes]) -> None:
         if stream_id:

@@ -137,7 +137,7 @@ def test_settings_ping_and_a_call(server):
     acknowledged with its payload (grpc-core's BDP pings); a call answers headers, the
     message and trailers with grpc-status 0."""
     client = Client(server.grpc)
-    kind, flags, stream, payload = client.frame()
+    kind, _, stream, payload = client.frame()
     assert (kind, stream) == (SETTINGS, 0)
     settings = dict(struct.iter_unpack(">HI", payload))
     assert settings[0x3] == MAX_CONCURRENT_STREAMS
@@ -301,7 +301,7 @@ def test_rst_stream_cancels_a_call_and_the_connection_goes_on(server):
     stream = client.headers(f"{SERVICE}/ModelInfer")
     client.send(frame(DATA, END_STREAM, stream, message(_infer_request())))
     client.send(frame(RST_STREAM, 0, stream, struct.pack(">I", 0x8)))
-    blocks, data, others = client.call(f"{SERVICE}/ServerLive", b"")
+    blocks, _, others = client.call(f"{SERVICE}/ServerLive", b"")
     assert blocks[-1]["grpc-status"] == "0"
     assert not any(f[2] == stream for f in others)  # nothing answered on the reset stream
     client.close()
