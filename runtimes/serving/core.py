@@ -8,11 +8,12 @@ JSON, no HTTP path and no status code: it raises ``ServingError`` with an ``Erro
 and each protocol's codec (``runtimes.serving.protocols`` lists them) maps that to its
 own status. A codec turns its wire format into (model, version or label, signature,
 flat arrays), calls ``run`` and encodes the outputs; CPU-heavy decoding of large
-requests goes through ``offload``, off the event loop's thread. A codec whose transport
-calls it in a thread of its own (gRPC) calls ``run_blocking`` there instead: a request
-runs in that thread, a batched one as its share of a merged call (the batcher takes
-threads and coroutines alike: ``runtimes.serving.batching``), and only sequences,
-which live on the event loop, are handed to the loop.
+requests goes through ``offload``, off the event loop's thread. Both transports (HTTP
+and gRPC) call ``run`` on the event loop. A caller in a thread of its own calls
+``run_blocking`` there instead: a request runs in that thread, a batched one as its
+share of a merged call (the batcher takes threads and coroutines alike:
+``runtimes.serving.batching``), and only sequences, which live on the event loop, are
+handed to the loop.
 """
 
 from __future__ import annotations

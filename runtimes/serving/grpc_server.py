@@ -655,11 +655,20 @@ class _Connection(asyncio.Protocol):
         try:
             answer = method.handler(request)
             if asyncio.iscoroutine(answer):
-                task = asyncio.get_running_loop().create_task(answer)
-                stream.task = task
-                task.add_done_callback(lambda t, s=stream, r=request: self._completed(s, r, t))
-                return
-        except Exception as e:
+                # Run eagerly: a call that does not wait (no batching, no sequence) is
+                # answered within this data_received, with no task and no loop turn
+                # between (measured: answering from a task's callback doubled one
+                # client's p50).
+                try:
+                    waiting = answer.send(None)
+                except StopIteration as done:
+                    answer = done.value
+                else:
+                    task = asyncio.get_running_loop().create_task(_resume(answer, waiting))
+                    stream.task = task
+                    task.add_done_callback(lambda t, s=stream, r=request: self._completed(s, r, t))
+                    return
+        except Exception as e:  # mapped to the call's status
             self._failed(stream, request, e, out)
             return
         self._answer(stream, request, answer, out)
@@ -852,6 +861,35 @@ class _Connection(asyncio.Protocol):
                 self._cancel(stream)
             self.streams.clear()
             self.transport.close()
+
+
+async def _resume(coroutine: Any, waiting: Any) -> Any:
+    """Goes on with a coroutine that was stepped once by hand and is now ``waiting`` on a
+    future (or yielded None: a bare turn of the loop), as a task would: its result,
+    exceptions and cancellation pass through."""
+    while True:
+        try:
+            if waiting is None:
+                await asyncio.sleep(0)
+            else:
+                # as a task does with what a coroutine yields: the future was flagged
+                # "blocking" when yielded; awaiting it again needs the flag cleared
+                waiting._asyncio_future_blocking = False
+                await waiting
+        except asyncio.CancelledError as e:
+            if waiting is not None and not waiting.done():
+                waiting.cancel()
+            try:
+                waiting = coroutine.throw(e)
+            except StopIteration as done:
+                return done.value
+            continue
+        except BaseException:  # the coroutine reads the future's outcome itself
+            pass
+        try:
+            waiting = coroutine.send(None)
+        except StopIteration as done:
+            return done.value
 
 
 async def build_server(
