@@ -5,9 +5,9 @@ Each entry names a codec module over the protocol-neutral core
 returns its codec: for ``http`` an ``runtimes.serving.http.HttpCodec`` (its own path
 prefix, on the server's one HTTP port), for ``grpc`` a
 ``runtimes.serving.grpc_server.GrpcCodec`` (its services' methods, ``GrpcMethod``s, on
-the server's gRPC port, ``--grpc-port``, served by our HTTP/2 transport); the server (``runtimes.serving.server``)
-builds every entry of the transports it runs, over the same core on the same event
-loop. Adding a protocol is one codec module and one line here.
+the server's gRPC port, ``--grpc-port``, served by our HTTP/2 transport); the server
+(``runtimes.serving.server``) builds every entry of the transports it runs, over the
+same core on the same event loop. Adding a protocol is one codec module and one line here.
 """
 
 from __future__ import annotations
