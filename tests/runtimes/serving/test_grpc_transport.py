@@ -367,3 +367,34 @@ def test_fuzzed_frames_get_an_answer_or_a_closed_connection(server):
         if case % 50 == 49:
             assert live(server.grpc)
     assert live(server.grpc)
+
+
+def test_open_connections_are_bounded(server):
+    """Past MAX_CONNECTIONS open connections a new one is closed at once (no SETTINGS);
+    once they close, the server serves again."""
+    from runtimes.serving.grpc_server import MAX_CONNECTIONS
+
+    host, port = server.grpc.rsplit(":", 1)
+    held = []
+    try:
+        refused = None
+        for _ in range(MAX_CONNECTIONS + 5):
+            sock = socket.create_connection((host, int(port)), timeout=5)
+            held.append(sock)
+            first = sock.recv(9)
+            if not first:
+                refused = len(held)
+                break
+            assert first[3] == SETTINGS
+        assert refused is not None and refused <= MAX_CONNECTIONS + 1
+    finally:
+        for sock in held:
+            sock.close()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            if live(server.grpc):
+                break
+        except (AssertionError, OSError):
+            time.sleep(0.1)
+    assert live(server.grpc)
