@@ -32,6 +32,7 @@ _NDARRAY = np.ndarray
 _BYTEORDER = sys.byteorder
 _UINT32 = np.dtype(np.uint32)
 _MAX = np.maximum.reduce
+_MIN = np.minimum.reduce
 #: rows above which a batch's step types are checked by one numpy reduction (about 11k
 #: instructions whatever the size) rather than as one Python int (callgrind, per call:
 #: 4.4k at 1 row, 7.3k at 32, 28k at 256)
@@ -159,6 +160,11 @@ def leaf_within(value: Any, check: LeafCheck, outer: tuple[int, ...], clipped: A
         n = len(low)
         values = value.ravel().tolist()
         return all(low[i % n] <= v <= high[i % n] for i, v in enumerate(values))
+    if check.uniform and value.dtype.kind in "iu":
+        # Integers (no NaN) against uniform bounds: the extremes, by the ufuncs' reduce
+        # directly (``.any()`` goes through a Python wrapper, and the comparisons make two
+        # temporaries): an LSTM's int64 action at batch 256, 2.4 -> 1.7 us.
+        return low[0] <= _MIN(value, None) and _MAX(value, None) <= high[0]  # axis=None
     return not ((value < check.low_array).any() or (value > check.high_array).any())
 
 
