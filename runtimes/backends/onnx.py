@@ -8,8 +8,8 @@ The graph computes distribution parameters; runtimes.policy derives the actions.
 from __future__ import annotations
 
 import _thread
-from _thread import _local as thread_local  # threading.local; threading costs ~0.7 ms
 import os
+from _thread import _local as thread_local  # threading.local; threading costs ~0.7 ms
 from typing import Any
 
 import numpy as np
