@@ -8,7 +8,8 @@ of returns False, and the caller falls back to ``PyPolicy``'s full check, which 
 what is wrong.
 """
 
-from __future__ import annotations
+# No ``from __future__ import annotations``: typing compiles each string annotation of a
+# NamedTuple's fields at import (a runtime's cold start).
 
 import sys
 from typing import Any, NamedTuple
@@ -99,7 +100,7 @@ class LeafCheck(NamedTuple):
     uniform: bool = False
 
     @classmethod
-    def of(cls, spec: Any) -> LeafCheck:
+    def of(cls, spec: Any) -> "LeafCheck":
         if not isinstance(spec, array_spec.BoundedArraySpec) or spec.dtype.kind not in "biuf":
             return cls(spec.dtype, spec.shape, None, None, None, None)
         low = np.broadcast_to(spec.minimum, spec.shape)
