@@ -13,8 +13,8 @@ writer that derives a new manifest asks for a copy (``to_json``).
 """
 
 # No ``from __future__ import annotations`` here: typing compiles every string annotation
-# of a NamedTuple field (47 ``compile()`` calls at a runtime's import); forward
-# references are quoted instead.
+# of a NamedTuple field (this module's records: about 0.3 ms of a runtime's cold start);
+# forward references are quoted instead.
 
 import types
 from collections.abc import Mapping
