@@ -577,6 +577,13 @@ def test_the_integer_bounds_check_by_extremes_refuses_either_side(dtype):
         wrong = values.copy()
         wrong[index] = bad
         assert not leaf_within(wrong, check, (256,))
+    rng = np.random.default_rng(0)
+    for _ in range(50):  # the general comparison's verdict on random batches, either way
+        batch = rng.integers(0, 5, size=(256, 2)).astype(dtype)
+        batch[batch == 0] = rng.integers(1, 4) if rng.random() < 0.5 else 0
+        batch[batch == 4] = rng.integers(1, 4) if rng.random() < 0.5 else 4
+        general = not ((batch < 1).any() or (batch > 3).any())
+        assert leaf_within(batch, check, (256,)) == general
     per_element = LeafCheck.of(BoundedArraySpec((2,), dtype, [1, 2], [3, 3]))
     assert not per_element.uniform
     assert not leaf_within(values, per_element, (256,))  # column 0 holds 1 < 2
