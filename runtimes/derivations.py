@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from toolkit import action_masks, nest
 from toolkit import distribution_families as families
+from toolkit import nest
 from toolkit.errors import BundleError, SpecMismatchError, UnsupportedError
 from toolkit.specs import array_spec
 
@@ -903,6 +903,8 @@ class MaskCheck:
             return
         if len(outer) > 1:
             mask = mask.reshape(tuple(outer) + mask.shape[1:])
+        from toolkit import action_masks  # here, not at import: a runtime's cold start
+
         action_masks.check_rows(mask, tuple(outer), self.label)
 
 

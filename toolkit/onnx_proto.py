@@ -14,7 +14,7 @@ AttributeProto, TensorProto, SparseTensorProto, FunctionProto, TrainingInfoProto
 
 from __future__ import annotations
 
-import dataclasses
+from typing import NamedTuple
 
 from toolkit import protowire
 from toolkit.errors import BundleError
@@ -43,9 +43,12 @@ _FUNCTION_NODE = 7
 _ENTRY_KEY, _ENTRY_VALUE = 1, 2
 
 
-@dataclasses.dataclass(frozen=True)
-class ModelFacts:
-    """What ``scan_model`` found: the model's metadata_props and its external-data tensors."""
+class ModelFacts(NamedTuple):
+    """What ``scan_model`` found: the model's metadata_props and its external-data tensors.
+
+    A NamedTuple, not a dataclass: readers scan a model on every cold start, and
+    importing dataclasses costs about a millisecond.
+    """
 
     metadata: dict[str, str]
     external_tensors: list[str]

@@ -1,6 +1,6 @@
 """What a runtime's cold start leaves out, and that leaving it out changes no behaviour.
 
-A greedy policy loaded with the litert backend imports neither optree, numpy.random,
+A greedy policy loaded with the litert or onnx backend imports neither optree, numpy.random,
 OpenSSL's hashlib, threading, dataclasses nor the writers' modules (issue 15's cold
 start target); the hash check still refuses a changed model. Generators are made on
 first use with the seeding of before: seeded draws, per-call Generators and copies give
@@ -33,12 +33,12 @@ NOT_IMPORTED = (
 )
 
 
-@pytest.mark.parametrize("backend", ["litert"])
+@pytest.mark.parametrize("backend", ["litert", "onnx"])
 def test_loading_and_acting_greedily_imports_none_of_the_heavy_modules(tmp_path, backend):
     bundle = cr.bundle("greedy_q")
     changed = tmp_path / "changed"
     shutil.copytree(bundle, changed)
-    model = changed / "policy.tflite"
+    model = changed / ("policy.tflite" if backend == "litert" else "policy.onnx")
     data = bytearray(model.read_bytes())
     data[len(data) // 2] ^= 1  # same size, other bytes: only the hash can tell
     model.write_bytes(bytes(data))
@@ -61,7 +61,7 @@ def test_loading_and_acting_greedily_imports_none_of_the_heavy_modules(tmp_path,
         except BundleError as e:
             assert "expected sha256" in str(e), e
         else:
-            raise AssertionError("a changed policy.tflite loaded")
+            raise AssertionError("a changed model loaded")
         loaded = sorted(m for m in sys.modules if m in {NOT_IMPORTED!r})
         print("loaded:", loaded)
         """

@@ -563,6 +563,33 @@ def test_an_equal_dtype_of_another_identity_passes_the_fast_check():
     assert not leaf_within(longlong, check, (256,))
 
 
+@pytest.mark.parametrize("dtype", [np.int64, np.int32, np.uint8])
+def test_the_integer_bounds_check_by_extremes_refuses_either_side(dtype):
+    """Uniform integer bounds are checked by the batch's minimum and maximum: a value
+    one past either bound, anywhere in the batch, is refused; per-element bounds still
+    go element by element."""
+    from runtimes.checks import LeafCheck, leaf_within
+
+    check = LeafCheck.of(BoundedArraySpec((2,), dtype, 1, 3))
+    values = (np.arange(512) % 3 + 1).astype(dtype).reshape(256, 2)
+    assert leaf_within(values, check, (256,))
+    for index, bad in (((0, 0), 0), ((255, 1), 4), ((100, 1), 0)):
+        wrong = values.copy()
+        wrong[index] = bad
+        assert not leaf_within(wrong, check, (256,))
+    rng = np.random.default_rng(0)
+    for _ in range(50):  # the general comparison's verdict on random batches, either way
+        batch = rng.integers(0, 5, size=(256, 2)).astype(dtype)
+        batch[batch == 0] = rng.integers(1, 4) if rng.random() < 0.5 else 0
+        batch[batch == 4] = rng.integers(1, 4) if rng.random() < 0.5 else 4
+        general = not ((batch < 1).any() or (batch > 3).any())
+        assert leaf_within(batch, check, (256,)) == general
+    per_element = LeafCheck.of(BoundedArraySpec((2,), dtype, [1, 2], [3, 3]))
+    assert not per_element.uniform
+    assert not leaf_within(values, per_element, (256,))  # column 0 holds 1 < 2
+    assert leaf_within(np.maximum(values, 2).astype(dtype), per_element, (256,))
+
+
 # --- the block of normals of the unbatched sampled path ----------------------------------
 
 

@@ -13,6 +13,11 @@ restarts would retry the block on the restarted actor only, which never starts w
 its node is gone and the others have no free CPU: the evaluation then waited forever.
 A block whose workers die ``MAX_BLOCK_ATTEMPTS`` times, or no worker ready for
 ``start_timeout`` seconds, ends the evaluation with a ``ClusterError``.
+
+A task whose node is gone is taken as lost even when Ray has not failed it: waits
+with tasks running wake every ``LIVENESS_POLL_S`` seconds and check their actors'
+nodes in the cluster's table. A removed node's task was seen to stay pending after Ray
+had marked the node dead (2 cores under load), and the evaluation then never returned.
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ DEFAULT_CHUNK = episodes_lib.MAX_PARALLEL_ENVS
 START_TIMEOUT_S = 120.0
 #: Tries of one block before its workers' deaths are taken as the block's fault.
 MAX_BLOCK_ATTEMPTS = 3
+#: How often a wait with tasks running checks that their actors' nodes are alive.
+LIVENESS_POLL_S = 5.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,6 +94,7 @@ class _Pool:
         self.ready: list[Any] = []
         self.starting: dict[Any, Any] = {}  # ping ref -> actor
         self.everyone: list[Any] = []
+        self.node_of: dict[Any, str] = {}  # ready actor -> its node's id
         self.lost = 0
         self._max_lost = MAX_BLOCK_ATTEMPTS * workers
         self._start = lambda count: start_evaluators(ray, payload_ref, env, count, seed)
@@ -112,13 +120,19 @@ class _Pool:
         """An actor answered its first ping (or died trying)."""
         actor = self.starting.pop(ref)
         try:
-            self.ray.get(ref)
+            where = self.ray.get(ref)
         except self.ray.exceptions.RayActorError as e:
             if e.actor_init_failed:
                 raise _init_failure(e) from None
             self.replace(actor, e)
             return
+        self.node_of[actor] = where["node_id"]
         self.ready.append(actor)
+
+    def on_dead_nodes(self, actors: list[Any]) -> set[Any]:
+        """Those of ``actors`` whose node the cluster no longer lists as alive."""
+        alive = {node["NodeID"] for node in self.ray.nodes() if node.get("Alive")}
+        return {actor for actor in actors if self.node_of[actor] not in alive}
 
     def close(self) -> None:
         for actor in self.everyone:
@@ -141,6 +155,19 @@ def _play(
     queue = list(blocks)
     running: dict[Any, tuple[tuple[int, int], Any]] = {}  # task ref -> (block, actor)
     attempts = dict.fromkeys(blocks, 0)
+
+    def lost(block: tuple[int, int], actor: Any, error: Exception) -> None:
+        """The block goes back to the queue's head; its actor is replaced."""
+        attempts[block] += 1
+        if attempts[block] >= MAX_BLOCK_ATTEMPTS:
+            raise ClusterError(
+                f"episodes with seeds {seed + block[0]}..{seed + sum(block) - 1}: "
+                f"{attempts[block]} Ray workers died playing them "
+                f"(last: {_first_line(str(error))})"
+            ) from None
+        queue.insert(0, block)
+        pool.replace(actor, error)
+
     idle_since = time.monotonic()
     while queue or running:
         while queue and pool.ready:
@@ -158,7 +185,13 @@ def _play(
                     f"no Ray worker was ready for {start_timeout:g} s ({pool.lost} lost, "
                     f"{len(pool.starting)} starting; the cluster may have no free CPU for them)"
                 )
-        done, _ = ray.wait([*running, *pool.starting], num_returns=1, timeout=timeout)
+        wait = LIVENESS_POLL_S if timeout is None else min(timeout, LIVENESS_POLL_S)
+        done, _ = ray.wait([*running, *pool.starting], num_returns=1, timeout=wait)
+        if not done and running:  # nothing for a while: are the running actors' nodes there?
+            dead = pool.on_dead_nodes([actor for _, actor in running.values()])
+            for ref in [ref for ref, (_, actor) in running.items() if actor in dead]:
+                block, actor = running.pop(ref)
+                lost(block, actor, ClusterError("its node left the cluster"))
         for ref in done:
             if ref in pool.starting:
                 pool.started(ref)
@@ -167,15 +200,7 @@ def _play(
             try:
                 results[block[0]] = ray.get(ref)
             except ray.exceptions.RayActorError as e:
-                attempts[block] += 1
-                if attempts[block] >= MAX_BLOCK_ATTEMPTS:
-                    raise ClusterError(
-                        f"episodes with seeds {seed + block[0]}..{seed + sum(block) - 1}: "
-                        f"{attempts[block]} Ray workers died playing them "
-                        f"(last: {_first_line(str(e))})"
-                    ) from None
-                queue.insert(0, block)
-                pool.replace(actor, e)
+                lost(block, actor, e)
                 continue
             except ray.exceptions.RayTaskError as e:
                 # An error of the episodes themselves (a policy or environment error):
