@@ -33,11 +33,19 @@ calls on a sync channel, because the users' clients do (``tritonclient.grpc`` an
 Serving's ``PredictionServiceStub`` are blocking stubs on ``grpc.insecure_channel``);
 8 clients are tasks on one ``grpc.aio`` channel, which (measured here) loads both
 servers at least as hard from one client process as 8 blocking threads. The same
-load runs against a bare gRPC echo server (benchmarks/_grpc_echo.py: our gRPC
-transport, no policy): the "floor" row, what grpcio and the client cost on this
+load runs against a bare gRPC echo server (benchmarks/_grpc_echo.py: grpcio's server,
+which our gRPC port ran on before its own transport; no policy): the "floor" row, what
+grpcio and the client cost on this
 machine before any server does any work. Targets (issue 28): our p50 at 1 client at
 most a third of MLServer's, our throughput at 8 clients at least 3x MLServer's (per
 protocol), and our gRPC p50 not above our REST p50.
+
+With ``--echoes`` it measures the gRPC transports bare, beside our server: a gRPC echo
+(no decoding, no policy) on grpcio's server (benchmarks/_grpc_echo.py), on asyncio + the
+``h2`` library (benchmarks/_h2_echo.py) and on our own transport
+(benchmarks/_grpc_echo_ours.py), and our server's TF Serving REST, v2 REST and v2 gRPC,
+1 and 8 clients, ``--rounds`` interleaved rounds, each row with the server's CPU time
+per request. ``--protocols`` has our transport's echo as a row too.
 
 With ``--trees DIR [DIR...]`` it compares source trees (worktrees of other commits):
 gRPC with request batching on (``--batch-window-us 0``), 8 clients, v2 and TF Serving
@@ -45,7 +53,7 @@ gRPC, each tree's server in turn for ``--rounds`` interleaved rounds, with the
 server's CPU time per request (``--tree-clients 1 8``: 1 client too).
 
 Usage: ``python benchmarks/serve_bench.py [--json] [--seconds S] [--protocols
-[--mlserver-python PATH]] [--trees DIR... [--rounds N]]``
+[--mlserver-python PATH]] [--echoes [--rounds N]] [--trees DIR... [--rounds N]]``
 """
 
 from __future__ import annotations

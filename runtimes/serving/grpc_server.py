@@ -216,7 +216,6 @@ class GrpcServer:
         self.connections: set[_Connection] = set()
         self.draining = False
         self._server: asyncio.AbstractServer | None = None
-        self._idle = asyncio.Event()
 
     async def start(self, host: str, port: int) -> int:
         """Listens at ``host:port``; the port bound.
