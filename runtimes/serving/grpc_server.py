@@ -689,8 +689,12 @@ class _Connection(asyncio.Protocol):
             self.transport.write(b"".join(out))
 
     def _answer(self, stream: _Stream, request: Any, answer: Any, out: list[bytes]) -> None:
-        response, model = answer
-        data = response if response.__class__ is bytes else response.SerializeToString()
+        try:
+            response, model = answer
+            data = response if response.__class__ is bytes else response.SerializeToString()
+        except Exception as e:  # a handler's bad answer: INTERNAL, not a hung call
+            self._failed(stream, request, e, out)
+            return
         method = stream.method
         self.observe(
             stream.protocol, model, method.api, "OK", time.perf_counter() - stream.started, False
