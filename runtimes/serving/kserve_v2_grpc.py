@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from runtimes.serving import plans, v2
-from runtimes.serving.core import ServingCore
+from runtimes.serving.core import OFFLOAD_BYTES, ServingCore
 from runtimes.serving.grpc_server import GrpcMethod
 from runtimes.serving.models import LoadedVersion
 from runtimes.serving.proto import kserve_v2_pb2 as pb
@@ -162,13 +162,34 @@ class KServeV2Grpc:
         core = self.core
         params = parameters(request)
         signature = v2.signature_of(loaded, params)
+        max_batch = core.limits.max_batch
+        # Typed contents of a large request are decoded off the event loop (the other
+        # clients' calls go on meanwhile), as REST bodies are.
+        if not request.raw_input_contents and request.ByteSize() > OFFLOAD_BYTES:
+            arrays = await core.offload(self._decode, request, signature, model)
+        else:
+            arrays = self._decode(request, signature, model)
+        names = v2.output_names(signature, [o.name for o in request.outputs], model)
+        if key is None or not signature.batched:
+            outputs = await v2.infer(core, model, loaded, signature, arrays, params)
+            return self._encode(model, loaded, request.id, names, outputs)
+        checked, batch = signature.check(arrays, max_batch)
+        outputs = await core.run(signature, checked, checked=batch)
+        if all(checked[n] is a for n, a in arrays.items()):  # passed as they came
+            self._plans.learn(
+                key, _Plan.make(model, loaded, signature, checked, batch, names, outputs)
+            )
+        return self._encode(model, loaded, request.id, names, outputs)
+
+    def _decode(self, request: Any, signature: Any, model: str) -> dict[str, np.ndarray]:
+        """A request's inputs as arrays, each checked against the signature's shapes."""
         raw = request.raw_input_contents
         if raw and len(raw) != len(request.inputs):
             raise ServingError(
                 f"raw_input_contents: expected one entry per input ({len(request.inputs)}), "
                 f"got {len(raw)}"
             )
-        max_batch = core.limits.max_batch
+        max_batch = self.core.limits.max_batch
         arrays: dict[str, np.ndarray] = {}
         for i, item in enumerate(request.inputs):
             name = item.name
@@ -184,17 +205,7 @@ class KServeV2Grpc:
                 if item.datatype == "BYTES":
                     values = [bytes(v) for v in values]
                 arrays[name] = v2.from_list(name, values, tensor, shape, count)
-        names = v2.output_names(signature, [o.name for o in request.outputs], model)
-        if key is None or not signature.batched:
-            outputs = await v2.infer(core, model, loaded, signature, arrays, params)
-            return self._encode(model, loaded, request.id, names, outputs)
-        checked, batch = signature.check(arrays, max_batch)
-        outputs = await core.run(signature, checked, checked=batch)
-        if all(checked[n] is a for n, a in arrays.items()):  # passed as they came
-            self._plans.learn(
-                key, _Plan.make(model, loaded, signature, checked, batch, names, outputs)
-            )
-        return self._encode(model, loaded, request.id, names, outputs)
+        return arrays
 
     def _encode(
         self, model: str, loaded: LoadedVersion, id: str, names: Any, outputs: dict[str, Any]

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from runtimes.serving import plans
-from runtimes.serving.core import ServingCore
+from runtimes.serving.core import OFFLOAD_BYTES, ServingCore
 from runtimes.serving.grpc_server import GrpcMethod
 from runtimes.serving.models import LoadedVersion
 from runtimes.serving.proto import tfserving_pb2 as pb
@@ -250,12 +250,12 @@ class TFServingGrpc:
                 f"(signatures: {sorted(loaded.signatures)})"
             )
         max_batch = self.core.limits.max_batch
-        arrays = {}
-        for key, proto in request.inputs.items():
-            tensor = signature.inputs.get(key)
-            if tensor is None:
-                signature.check_names([key])  # names the unknown input
-            arrays[key] = to_array(key, proto, tensor, max_batch, signature.batched)
+        # The typed values of a large request are decoded off the event loop (the other
+        # clients' calls go on meanwhile), as REST bodies are.
+        if plan_key is None and request.ByteSize() > OFFLOAD_BYTES:
+            arrays = await self.core.offload(_arrays, request, signature, max_batch)
+        else:
+            arrays = _arrays(request, signature, max_batch)
         wanted = list(request.output_filter) or list(signature.outputs)
         for key in wanted:
             if key not in signature.outputs:
@@ -311,6 +311,17 @@ class TFServingGrpc:
             entry.status.error_code = pb.OK if state.available else pb.UNKNOWN
             entry.status.error_message = state.error
         return response, spec.name
+
+
+def _arrays(request: Any, signature: Signature, max_batch: int) -> dict[str, np.ndarray]:
+    """A Predict request's inputs as arrays, checked against the signature."""
+    arrays = {}
+    for key, proto in request.inputs.items():
+        tensor = signature.inputs.get(key)
+        if tensor is None:
+            signature.check_names([key])  # names the unknown input
+        arrays[key] = to_array(key, proto, tensor, max_batch, signature.batched)
+    return arrays
 
 
 def _spec_name(request: Any) -> str | None:

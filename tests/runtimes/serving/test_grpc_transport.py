@@ -398,3 +398,51 @@ def test_open_connections_are_bounded(server):
         except (AssertionError, OSError):
             time.sleep(0.1)
     assert live(server.grpc)
+
+
+def test_large_typed_requests_are_decoded_off_the_loop_and_answered(server):
+    """20,000 rows as typed values (v2 fp32_contents, TF Serving float_val: over 64 KiB,
+    so decoded in the decoding thread) answer the in-process actions."""
+    import grpc
+
+    import runtimes
+    from runtimes.serving.proto import tfserving_pb2 as tfs
+    from toolkit.trajectories.time_step import TimeStep
+
+    rows = 20000
+    observations = np.random.default_rng(5).normal(size=(rows, 4)).astype(np.float32)
+    policy = runtimes.load_policy(cr.bundle("greedy_q"), "onnx")
+    step = TimeStep(
+        np.ones(rows, np.int32), np.zeros(rows, np.float32), np.ones(rows, np.float32), None
+    )
+    want = policy.action(step._replace(observation=observations)).action
+    v2 = pb.ModelInferRequest(model_name="m")
+    item = v2.inputs.add(name="observation", datatype="FP32", shape=[rows, 4])
+    item.contents.fp32_contents.extend(observations.ravel().tolist())
+    predict = tfs.PredictRequest()
+    predict.model_spec.name = "m"
+    tensor = predict.inputs["observation"]
+    tensor.dtype = tfs.DT_FLOAT
+    tensor.tensor_shape.dim.add(size=rows)
+    tensor.tensor_shape.dim.add(size=4)
+    tensor.float_val.extend(observations.ravel().tolist())
+    assert v2.ByteSize() > 64 << 10 and predict.ByteSize() > 64 << 10
+    with grpc.insecure_channel(server.grpc) as channel:
+        infer = channel.unary_unary(
+            f"{SERVICE}/ModelInfer",
+            request_serializer=pb.ModelInferRequest.SerializeToString,
+            response_deserializer=pb.ModelInferResponse.FromString,
+        )
+        answer = infer(v2, timeout=30)
+        got = np.frombuffer(answer.raw_output_contents[0], want.dtype.newbyteorder("<"))
+        got = got.reshape(tuple(answer.outputs[0].shape))
+        np.testing.assert_array_equal(got, want)
+        call = channel.unary_unary(
+            "/tensorflow.serving.PredictionService/Predict",
+            request_serializer=tfs.PredictRequest.SerializeToString,
+            response_deserializer=tfs.PredictResponse.FromString,
+        )
+        output = call(predict, timeout=30).outputs["action"]
+        got = np.frombuffer(output.tensor_content, want.dtype.newbyteorder("<"))
+        got = got.reshape([d.size for d in output.tensor_shape.dim])
+        np.testing.assert_array_equal(got, want)
