@@ -1,7 +1,7 @@
 """A bare gRPC echo server for serve_bench.py: our server's transport with no policy.
 
-The same ``grpc.server`` as ``policy-toolkit serve --grpc-port`` builds
-(``runtimes.serving.grpc_server.new_server``: its thread pool and options), with one
+The ``grpc.server`` ``policy-toolkit serve --grpc-port`` ran before its own transport
+(``runtimes.serving.grpc_server``): 16 pool threads and the same options, with one
 method, KServe v2's ModelInfer, that answers each request with its own bytes (no
 decoding, no policy). What a load run measures against it is what the transport and the
 client cost on this machine: the floor under every gRPC server's figures. Listens on
@@ -22,9 +22,9 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import grpc  # noqa: E402
+from concurrent.futures import ThreadPoolExecutor  # noqa: E402
 
-from runtimes.serving.grpc_server import new_server  # noqa: E402
+import grpc  # noqa: E402
 
 SERVICE = "inference.GRPCInferenceService"
 
@@ -35,6 +35,18 @@ def _identity(data: bytes) -> bytes:
 
 def _echo(request: bytes, context: grpc.ServicerContext) -> bytes:
     return request
+
+
+def new_server(max_body_bytes: int) -> grpc.Server:
+    return grpc.server(
+        ThreadPoolExecutor(16, thread_name_prefix="policy-serve-grpc"),
+        options=[
+            ("grpc.max_receive_message_length", max_body_bytes),
+            ("grpc.max_send_message_length", max(max_body_bytes, 64 << 20)),
+            ("grpc.so_reuseport", 0),
+        ],
+        maximum_concurrent_rpcs=1024,
+    )
 
 
 def main() -> None:

@@ -33,11 +33,19 @@ calls on a sync channel, because the users' clients do (``tritonclient.grpc`` an
 Serving's ``PredictionServiceStub`` are blocking stubs on ``grpc.insecure_channel``);
 8 clients are tasks on one ``grpc.aio`` channel, which (measured here) loads both
 servers at least as hard from one client process as 8 blocking threads. The same
-load runs against a bare gRPC echo server (benchmarks/_grpc_echo.py: our gRPC
-transport, no policy): the "floor" row, what grpcio and the client cost on this
+load runs against a bare gRPC echo server (benchmarks/_grpc_echo.py: grpcio's server,
+which our gRPC port ran on before its own transport; no policy): the "floor" row, what
+grpcio and the client cost on this
 machine before any server does any work. Targets (issue 28): our p50 at 1 client at
 most a third of MLServer's, our throughput at 8 clients at least 3x MLServer's (per
 protocol), and our gRPC p50 not above our REST p50.
+
+With ``--echoes`` it measures the gRPC transports bare, beside our server: a gRPC echo
+(no decoding, no policy) on grpcio's server (benchmarks/_grpc_echo.py), on asyncio + the
+``h2`` library (benchmarks/_h2_echo.py) and on our own transport
+(benchmarks/_grpc_echo_ours.py), and our server's TF Serving REST, v2 REST and v2 gRPC,
+1 and 8 clients, ``--rounds`` interleaved rounds, each row with the server's CPU time
+per request. ``--protocols`` has our transport's echo as a row too.
 
 With ``--trees DIR [DIR...]`` it compares source trees (worktrees of other commits):
 gRPC with request batching on (``--batch-window-us 0``), 8 clients, v2 and TF Serving
@@ -45,7 +53,7 @@ gRPC, each tree's server in turn for ``--rounds`` interleaved rounds, with the
 server's CPU time per request (``--tree-clients 1 8``: 1 client too).
 
 Usage: ``python benchmarks/serve_bench.py [--json] [--seconds S] [--protocols
-[--mlserver-python PATH]] [--trees DIR... [--rounds N]]``
+[--mlserver-python PATH]] [--echoes [--rounds N]] [--trees DIR... [--rounds N]]``
 """
 
 from __future__ import annotations
@@ -305,12 +313,13 @@ def _free_port() -> int:
 
 
 class EchoServer:
-    """The bare transport: benchmarks/_grpc_echo.py (our gRPC server, no policy)."""
+    """A bare transport: benchmarks/_grpc_echo.py (grpcio's server, no policy) or
+    another echo ``script``."""
 
-    def __init__(self):
+    def __init__(self, script: str = "_grpc_echo.py"):
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         self.process = subprocess.Popen(
-            [sys.executable, str(HERE / "_grpc_echo.py")],
+            [sys.executable, str(HERE / script)],
             env=env,
             stderr=subprocess.PIPE,
             text=True,
@@ -321,6 +330,8 @@ class EchoServer:
             self.process.kill()
             raise RuntimeError(f"the echo server did not start: {line}")
         self.grpc = match.group(1)
+
+    cpu_seconds = Server.cpu_seconds
 
     def stop(self) -> None:
         _terminate(self.process, 10)
@@ -451,13 +462,14 @@ def run_protocols(seconds: float, mlserver_python: str | None) -> list[dict[str,
                     rows.append({"policy": "small", "mode": f"ours, {protocol}", **runner(clients)})
         finally:
             server.stop()
-        echo = EchoServer()
-        try:
-            for clients in (1, 8):
-                row = grpc_load(echo.grpc, KSERVE_INFER, files["v2_grpc"], clients, seconds)
-                rows.append({"policy": "small", "mode": "floor: bare gRPC echo", **row})
-        finally:
-            echo.stop()
+        for mode in ("floor: bare gRPC echo", "bare gRPC echo, our transport"):
+            echo = EchoServer(ECHOES[mode])
+            try:
+                for clients in (1, 8):
+                    row = grpc_load(echo.grpc, KSERVE_INFER, files["v2_grpc"], clients, seconds)
+                    rows.append({"policy": "small", "mode": mode, **row})
+            finally:
+                echo.stop()
         if mlserver_python:
             other = MLServer(mlserver_python, bundle / "policy.onnx", tmp / "mlserver")
             try:
@@ -468,6 +480,68 @@ def run_protocols(seconds: float, mlserver_python: str | None) -> list[dict[str,
                     rows.append({"policy": "small", "mode": "MLServer, v2 gRPC", **row})
             finally:
                 other.stop()
+    return rows
+
+
+ECHOES = {
+    "floor: bare gRPC echo": "_grpc_echo.py",
+    "bare gRPC echo, h2 library": "_h2_echo.py",
+    "bare gRPC echo, our transport": "_grpc_echo_ours.py",
+}
+
+
+def run_echoes(seconds: float, rounds: int) -> list[dict[str, Any]]:
+    """The gRPC transports alone, beside our REST: each echo server of ``ECHOES`` and our
+    server's TF Serving REST, v2 REST and v2 gRPC, 1 and 8 clients, ``rounds``
+    interleaved rounds (ratios within one run hold up on a loaded machine), each row with
+    the server's CPU time per request."""
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        bundle = export_bundles(tmp)["small"]
+        files = _protocol_requests(tmp)
+        server = Server(bundle, "--grpc-port", "0")
+        echoes = {mode: EchoServer(script) for mode, script in ECHOES.items()}
+        runners = [
+            (
+                "ours, TF Serving REST",
+                server,
+                lambda c: load(server.url, files["tfs_rest"], c, seconds),
+            ),
+            (
+                "ours, v2 REST",
+                server,
+                lambda c: load(server.url, files["v2_rest"], c, seconds, "/v2/models/p/infer"),
+            ),
+            (
+                "ours, v2 gRPC",
+                server,
+                lambda c: grpc_load(server.grpc, KSERVE_INFER, files["v2_grpc"], c, seconds),
+            ),
+        ]
+        for mode, echo in echoes.items():
+            runners.append(
+                (
+                    mode,
+                    echo,
+                    lambda c, echo=echo: grpc_load(
+                        echo.grpc, KSERVE_INFER, files["v2_grpc"], c, seconds
+                    ),
+                )
+            )
+        try:
+            for round_ in range(rounds):
+                for clients in (1, 8):
+                    for mode, process, runner in runners:
+                        before = process.cpu_seconds()
+                        row = runner(clients)
+                        spent = process.cpu_seconds() - before  # warm-up requests included
+                        row["server_cpu_us"] = spent / max(row["all_requests"], 1) * 1e6
+                        rows.append({"policy": "small", "mode": mode, "round": round_, **row})
+        finally:
+            server.stop()
+            for echo in echoes.values():
+                echo.stop()
     return rows
 
 
@@ -517,7 +591,9 @@ def protocol_verdicts(rows: list[dict[str, Any]]) -> list[tuple[str, float, str,
         ("our v2 gRPC p50 / v2 REST p50, 1 client (<= 1)", grpc_p50 / rest, "x", grpc_p50 <= rest)
     )
     floor = _find(rows, "small", "floor: bare gRPC echo", 1)["p50_ms"]
+    ours = _find(rows, "small", "bare gRPC echo, our transport", 1)["p50_ms"]
     for label, ratio in (
+        ("our transport's bare echo p50 / grpcio's bare echo p50, 1 client (info)", ours / floor),
         ("bare gRPC echo p50 / our v2 REST p50, 1 client (info)", floor / rest),
         ("our v2 gRPC p50 / bare gRPC echo p50, 1 client (info)", grpc_p50 / floor),
     ):
@@ -595,9 +671,15 @@ def main() -> int:
     parser.add_argument(
         "--tree-clients", type=int, nargs="+", default=[8], help="client counts of --trees"
     )
+    parser.add_argument(
+        "--echoes", action="store_true", help="the bare gRPC transports beside our REST"
+    )
     args = parser.parse_args()
     load_before = os.getloadavg()[0]
-    if args.trees:
+    if args.echoes:
+        rows = run_echoes(args.seconds, args.rounds)
+        checks = []
+    elif args.trees:
         trees = [t.resolve() for t in args.trees]
         rows = run_trees(trees, args.seconds, args.rounds, tuple(args.tree_clients))
         checks = []

@@ -1,18 +1,19 @@
 """Request batching: concurrent action requests for one version become one action call.
 
 One ``Batcher`` per version takes requests from both sides of the server: coroutines
-on the event loop (REST: ``await batcher(full, batch)``) and threads (gRPC:
-``batcher.run_blocking(full, batch)``), so one merged call holds rows of either.
+on the event loop (REST and gRPC: ``await batcher(full, batch)``) and threads
+(``ServingCore.run_blocking``: ``batcher.run_blocking(full, batch)``), so one merged
+call holds rows of either.
 Requests queue up under a lock; one leader at a time gathers a batch (waiting
 ``window`` seconds for more after the first request, when set), stacks the inputs
 along the batch dim, runs the action and hands each request its rows back. The
-leader is the first request's own thread when a thread asks (a gRPC call that waits
-anyway: no hand-off to the event loop and back), or else a task on the event loop
+leader is the first request's own thread when a thread asks (it waits anyway: no
+hand-off to the event loop and back), or else a task on the event loop
 that runs the merged call in the inference thread. After its batch the leader hands
 over to a waiting thread's request, else to the loop: while one batch runs the next
 one gathers, so under load batches grow by themselves even with a window of 0.
-onnxruntime releases the GIL while it computes, so the event loop and the gRPC
-threads keep reading requests meanwhile.
+onnxruntime releases the GIL while it computes, so the event loop (and any calling
+threads) keep reading requests meanwhile.
 """
 
 from __future__ import annotations

@@ -8,11 +8,12 @@ JSON, no HTTP path and no status code: it raises ``ServingError`` with an ``Erro
 and each protocol's codec (``runtimes.serving.protocols`` lists them) maps that to its
 own status. A codec turns its wire format into (model, version or label, signature,
 flat arrays), calls ``run`` and encodes the outputs; CPU-heavy decoding of large
-requests goes through ``offload``, off the event loop's thread. A codec whose transport
-calls it in a thread of its own (gRPC) calls ``run_blocking`` there instead: a request
-runs in that thread, a batched one as its share of a merged call (the batcher takes
-threads and coroutines alike: ``runtimes.serving.batching``), and only sequences,
-which live on the event loop, are handed to the loop.
+requests goes through ``offload``, off the event loop's thread. Both transports (HTTP
+and gRPC) call ``run`` on the event loop. A caller in a thread of its own calls
+``run_blocking`` there instead: a request runs in that thread, a batched one as its
+share of a merged call (the batcher takes threads and coroutines alike:
+``runtimes.serving.batching``), and only sequences, which live on the event loop, are
+handed to the loop.
 """
 
 from __future__ import annotations
@@ -171,6 +172,7 @@ class ServingCore:
         sequence: SequenceFlags | None = None,
         loaded: LoadedVersion | None = None,
         model: str = "",
+        checked: int | None = None,
     ) -> dict[str, Any]:
         """Checks decoded inputs against a signature and runs it: flat arrays out.
 
@@ -180,6 +182,9 @@ class ServingCore:
           sequence: the request's sequence flags: the state is the server's
             (``runtimes.serving.sequences``); then ``loaded`` and ``model`` name the
             version and the model.
+          checked: the batch size of arrays a codec made in the inputs' exact dtypes
+            and shapes, as ``Signature.check`` passed them for an earlier request of
+            this very layout (the check is not run again).
 
         Raises:
           ServingError: naming the input that does not fit (invalid argument); for
@@ -197,7 +202,10 @@ class ServingCore:
             return await self.sequences.run(
                 model, sequence, signature, arrays, initial, lambda a: self.run(signature, a)
             )
-        arrays, batch = signature.check(arrays, self.limits.max_batch)
+        if checked is None:
+            arrays, batch = signature.check(arrays, self.limits.max_batch)
+        else:
+            batch = checked
         outputs = signature.run(arrays, batch)
         if not isinstance(outputs, dict):  # batched: the merged call's share
             outputs = await outputs

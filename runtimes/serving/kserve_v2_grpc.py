@@ -13,12 +13,11 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-import grpc
 import numpy as np
 
 from runtimes.serving import plans, v2
-from runtimes.serving.core import ServingCore
-from runtimes.serving.grpc_server import unary
+from runtimes.serving.core import OFFLOAD_BYTES, ServingCore
+from runtimes.serving.grpc_server import GrpcMethod
 from runtimes.serving.models import LoadedVersion
 from runtimes.serving.proto import kserve_v2_pb2 as pb
 from toolkit.errors import ErrorKind, ServingError
@@ -78,8 +77,8 @@ class KServeV2Grpc:
         except PackageNotFoundError:
             self._version = "0"
 
-    def handlers(self) -> list[grpc.GenericRpcHandler]:
-        core = self.core
+    def methods(self) -> list[GrpcMethod]:
+        """The service's methods (the gRPC transport serves them)."""
         methods = {
             "ServerLive": (self.server_live, pb.ServerLiveRequest, pb.ServerLiveResponse),
             "ServerReady": (self.server_ready, pb.ServerReadyRequest, pb.ServerReadyResponse),
@@ -96,11 +95,10 @@ class KServeV2Grpc:
             ),
             "ModelInfer": (self.model_infer, pb.ModelInferRequest, pb.ModelInferResponse),
         }
-        handlers = {
-            name: unary(core, NAME, _api(name), fn, request, response)
+        return [
+            GrpcMethod(f"/{SERVICE}/{name}", request, response, fn, _api(name), _model_of(request))
             for name, (fn, request, response) in methods.items()
-        }
-        return [grpc.method_handlers_generic_handler(SERVICE, handlers)]
+        ]
 
     # --- health and metadata -----------------------------------------------------------------
 
@@ -138,7 +136,7 @@ class KServeV2Grpc:
 
     # --- infer -----------------------------------------------------------------------------------
 
-    def model_infer(self, request: Any) -> tuple[Any, str]:
+    async def model_infer(self, request: Any) -> tuple[Any, str]:
         model = request.model_name
         loaded = self.core.resolve(model, v2.parse_version_text(request.model_version), None)
         raw = request.raw_input_contents
@@ -151,26 +149,47 @@ class KServeV2Grpc:
                 tuple(o.name for o in request.outputs),
             )
             plan = self._plans.get(key)
-            outputs = None if plan is None else plan.run(self.core, loaded, raw)
+            outputs = None if plan is None else await plan.run(self.core, loaded, raw)
             if outputs is not None:
                 return plan.encode(outputs, request.id) or self._encode(
                     model, loaded, request.id, plan.names, outputs
                 ), model
-        return self._infer(request, model, loaded, key), model
+        return await self._infer(request, model, loaded, key), model
 
-    def _infer(self, request: Any, model: str, loaded: LoadedVersion, key: Any) -> Any:
+    async def _infer(self, request: Any, model: str, loaded: LoadedVersion, key: Any) -> Any:
         """Any request, decoded and checked in full; ``key``: the plan to make for the
         layout of a plain request that passes (``_Plan``)."""
         core = self.core
         params = parameters(request)
         signature = v2.signature_of(loaded, params)
+        max_batch = core.limits.max_batch
+        # Typed contents of a large request are decoded off the event loop (the other
+        # clients' calls go on meanwhile), as REST bodies are.
+        if not request.raw_input_contents and request.ByteSize() > OFFLOAD_BYTES:
+            arrays = await core.offload(self._decode, request, signature, model)
+        else:
+            arrays = self._decode(request, signature, model)
+        names = v2.output_names(signature, [o.name for o in request.outputs], model)
+        if key is None or not signature.batched:
+            outputs = await v2.infer(core, model, loaded, signature, arrays, params)
+            return self._encode(model, loaded, request.id, names, outputs)
+        checked, batch = signature.check(arrays, max_batch)
+        outputs = await core.run(signature, checked, checked=batch)
+        if all(checked[n] is a for n, a in arrays.items()):  # passed as they came
+            self._plans.learn(
+                key, _Plan.make(model, loaded, signature, checked, batch, names, outputs)
+            )
+        return self._encode(model, loaded, request.id, names, outputs)
+
+    def _decode(self, request: Any, signature: Any, model: str) -> dict[str, np.ndarray]:
+        """A request's inputs as arrays, each checked against the signature's shapes."""
         raw = request.raw_input_contents
         if raw and len(raw) != len(request.inputs):
             raise ServingError(
                 f"raw_input_contents: expected one entry per input ({len(request.inputs)}), "
                 f"got {len(raw)}"
             )
-        max_batch = core.limits.max_batch
+        max_batch = self.core.limits.max_batch
         arrays: dict[str, np.ndarray] = {}
         for i, item in enumerate(request.inputs):
             name = item.name
@@ -186,17 +205,7 @@ class KServeV2Grpc:
                 if item.datatype == "BYTES":
                     values = [bytes(v) for v in values]
                 arrays[name] = v2.from_list(name, values, tensor, shape, count)
-        names = v2.output_names(signature, [o.name for o in request.outputs], model)
-        if key is None or not signature.batched:
-            outputs = v2.infer_blocking(core, model, loaded, signature, arrays, params)
-            return self._encode(model, loaded, request.id, names, outputs)
-        checked, batch = signature.check(arrays, max_batch)
-        outputs = core.run_blocking(signature, checked, checked=batch)
-        if all(checked[n] is a for n, a in arrays.items()):  # passed as they came
-            self._plans.learn(
-                key, _Plan.make(model, loaded, signature, checked, batch, names, outputs)
-            )
-        return self._encode(model, loaded, request.id, names, outputs)
+        return arrays
 
     def _encode(
         self, model: str, loaded: LoadedVersion, id: str, names: Any, outputs: dict[str, Any]
@@ -255,6 +264,15 @@ class _Plan(plans.InputPlan):
             contents.append(array.tobytes() if _LITTLE else v2.to_bytes(array))
         tail = pb.ModelInferResponse(id=id, raw_output_contents=contents)
         return self.head + tail.SerializeToString()
+
+
+def _model_of(request_type: Any) -> Any:
+    """How to read the model a request names (the metrics of a call that fails)."""
+    fields = request_type.DESCRIPTOR.fields_by_name
+    for name in ("model_name", "name"):
+        if name in fields:
+            return lambda request, name=name: getattr(request, name) or None
+    return lambda request: None
 
 
 def _api(method: str) -> str:

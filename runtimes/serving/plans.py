@@ -3,7 +3,7 @@
 A plain request (v2's raw tensors without parameters, TF Serving's inputs all in
 ``tensor_content``) of a layout seen before fixes everything but its data once the
 version is resolved: the arrays' dtypes and shapes, and that they pass the signature's
-check unchanged (then it is not run again: ``ServingCore.run_blocking``'s ``checked``).
+check unchanged (then it is not run again: ``ServingCore.run``'s ``checked``).
 ``InputPlan`` holds that, shared by the gRPC codecs; each codec's plan adds its answer's
 head on the wire. ``Plans`` keeps them by layout, bounded.
 """
@@ -51,7 +51,7 @@ class InputPlan:
             return None
         return inputs
 
-    def run(self, core: ServingCore, loaded: LoadedVersion, contents: Any) -> Any:
+    async def run(self, core: ServingCore, loaded: LoadedVersion, contents: Any) -> Any:
         """The outputs of a request's input bytes, run on ``loaded`` (None: the plan is
         another version's, or a count of bytes does not fit: the full path names it)."""
         if self.loaded() is not loaded or len(contents) != len(self.inputs):
@@ -61,7 +61,7 @@ class InputPlan:
             if len(data) != size:
                 return None
             arrays[name] = little_endian(data, dtype).reshape(shape)
-        return core.run_blocking(loaded.signatures[self.signature], arrays, checked=self.batch)
+        return await core.run(loaded.signatures[self.signature], arrays, checked=self.batch)
 
 
 class Plans:

@@ -4,10 +4,10 @@ Each entry names a codec module over the protocol-neutral core
 (``runtimes.serving.core``) and the transport it rides on. A module's ``make(core)``
 returns its codec: for ``http`` an ``runtimes.serving.http.HttpCodec`` (its own path
 prefix, on the server's one HTTP port), for ``grpc`` a
-``runtimes.serving.grpc_server.GrpcCodec`` (its services' method handlers, on the
-server's gRPC port, ``--grpc-port``); the server (``runtimes.serving.server``)
-builds every entry of the transports it runs, over the same core on the same event
-loop. Adding a protocol is one codec module and one line here.
+``runtimes.serving.grpc_server.GrpcCodec`` (its services' methods, ``GrpcMethod``s, on
+the server's gRPC port, ``--grpc-port``, served by our HTTP/2 transport); the server
+(``runtimes.serving.server``) builds every entry of the transports it runs, over the
+same core on the same event loop. Adding a protocol is one codec module and one line here.
 """
 
 from __future__ import annotations

@@ -128,14 +128,14 @@ def _protocol_class(options: ServeOptions, metrics: ServerMetrics) -> Any:
 class _Server(uvicorn.Server):
     """uvicorn's server; a handled SIGTERM/SIGINT starts draining the core and ends
     with exit status 0 (uvicorn raises the signal again after its graceful shutdown,
-    so the process would end as killed by it). With a gRPC port, the gRPC server (its
-    own threads, handing sequence requests to this event loop) starts
-    before the HTTP server and stops with it (letting its calls in flight finish, as
-    the HTTP server does)."""
+    so the process would end as killed by it). With a gRPC port, the gRPC transport
+    (on this event loop) starts before the HTTP server; a signal sends its clients
+    GOAWAY, and it stops with the HTTP server, letting its calls in flight finish."""
 
     core: ServingCore | None = None
     grpc_port: int | None = None
     grpc_host: str = "127.0.0.1"
+    grpc_server: Any = None
     graceful_seconds: float = 4.0
     listening: str = ""
 
@@ -147,8 +147,10 @@ class _Server(uvicorn.Server):
             from runtimes.serving.grpc_server import build_server
 
             codecs = protocols.codecs(self.core, "grpc")
-            grpc_server, port = build_server(self.core, codecs, self.grpc_host, self.grpc_port)
-            grpc_server.start()
+            grpc_server, port = await build_server(
+                self.core, codecs, self.grpc_host, self.grpc_port
+            )
+            self.grpc_server = grpc_server
             print(
                 f"policy-toolkit serve: gRPC listening on {self.grpc_host}:{port}",
                 file=sys.stderr,
@@ -160,13 +162,13 @@ class _Server(uvicorn.Server):
             await super().serve(sockets=sockets)
         finally:
             if grpc_server is not None:
-                # Waited for off the loop: calls in flight may need it (batching, sequences).
-                stopped = grpc_server.stop(self.graceful_seconds)
-                await asyncio.get_running_loop().run_in_executor(None, stopped.wait)
+                await grpc_server.stop(self.graceful_seconds)
 
     def handle_exit(self, sig: int, frame: Any) -> None:
         if self.core is not None:
             self.core.start_draining()
+        if self.grpc_server is not None:  # GOAWAY, from the loop; calls in flight go on
+            self.core.loop.call_soon_threadsafe(self.grpc_server.drain)
         super().handle_exit(sig, frame)
 
     @contextlib.contextmanager

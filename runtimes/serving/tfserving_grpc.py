@@ -15,12 +15,11 @@ import math
 import sys
 from typing import Any
 
-import grpc
 import numpy as np
 
 from runtimes.serving import plans
-from runtimes.serving.core import ServingCore
-from runtimes.serving.grpc_server import unary
+from runtimes.serving.core import OFFLOAD_BYTES, ServingCore
+from runtimes.serving.grpc_server import GrpcMethod
 from runtimes.serving.models import LoadedVersion
 from runtimes.serving.proto import tfserving_pb2 as pb
 from runtimes.serving.signatures import DEFAULT_SIGNATURE, Signature, TensorInfo
@@ -177,34 +176,33 @@ class TFServingGrpc:
         self.core = core
         self._plans = plans.Plans(_MAX_PLANS)
 
-    def handlers(self) -> list[grpc.GenericRpcHandler]:
-        core = self.core
-        prediction = {
-            "Predict": unary(
-                core, NAME, "predict", self.predict, pb.PredictRequest, pb.PredictResponse
+    def methods(self) -> list[GrpcMethod]:
+        """The services' methods (the gRPC transport serves them)."""
+        return [
+            GrpcMethod(
+                f"/{PREDICTION_SERVICE}/Predict",
+                pb.PredictRequest,
+                pb.PredictResponse,
+                self.predict,
+                "predict",
+                _spec_name,
             ),
-            "GetModelMetadata": unary(
-                core,
-                NAME,
-                "metadata",
-                self.metadata,
+            GrpcMethod(
+                f"/{PREDICTION_SERVICE}/GetModelMetadata",
                 pb.GetModelMetadataRequest,
                 pb.GetModelMetadataResponse,
+                self.metadata,
+                "metadata",
+                _spec_name,
             ),
-        }
-        model = {
-            "GetModelStatus": unary(
-                core,
-                NAME,
-                "status",
-                self.status,
+            GrpcMethod(
+                f"/{MODEL_SERVICE}/GetModelStatus",
                 pb.GetModelStatusRequest,
                 pb.GetModelStatusResponse,
+                self.status,
+                "status",
+                _spec_name,
             ),
-        }
-        return [
-            grpc.method_handlers_generic_handler(PREDICTION_SERVICE, prediction),
-            grpc.method_handlers_generic_handler(MODEL_SERVICE, model),
         ]
 
     def _resolve(self, spec: Any) -> Any:
@@ -215,7 +213,7 @@ class TFServingGrpc:
         label = spec.version_label if choice == "version_label" else None
         return self.core.resolve(spec.name, version, label)
 
-    def predict(self, request: Any) -> tuple[Any, str]:
+    async def predict(self, request: Any) -> tuple[Any, str]:
         spec = request.model_spec
         loaded = self._resolve(spec)
         # A plain request (every input in tensor_content: what tf.make_tensor_proto
@@ -233,15 +231,15 @@ class TFServingGrpc:
         if layout:
             plan_key = (spec.SerializeToString(), tuple(layout), tuple(request.output_filter))
             plan = self._plans.get(plan_key)
-            outputs = None if plan is None else plan.run(self.core, loaded, contents)
+            outputs = None if plan is None else await plan.run(self.core, loaded, contents)
             if outputs is not None:
                 answer = plan.encode(outputs)
                 if answer is None:
                     answer = _response(spec, loaded, plan.signature, plan.wanted, outputs)
                 return answer, spec.name
-        return self._predict(spec, request, loaded, plan_key), spec.name
+        return await self._predict(spec, request, loaded, plan_key), spec.name
 
-    def _predict(self, spec: Any, request: Any, loaded: LoadedVersion, plan_key: Any) -> Any:
+    async def _predict(self, spec: Any, request: Any, loaded: LoadedVersion, plan_key: Any) -> Any:
         """Any request, decoded and checked in full; ``plan_key``: the plan to make for
         the layout of a plain request that passes (``_Plan``)."""
         name = spec.signature_name or DEFAULT_SIGNATURE
@@ -252,12 +250,12 @@ class TFServingGrpc:
                 f"(signatures: {sorted(loaded.signatures)})"
             )
         max_batch = self.core.limits.max_batch
-        arrays = {}
-        for key, proto in request.inputs.items():
-            tensor = signature.inputs.get(key)
-            if tensor is None:
-                signature.check_names([key])  # names the unknown input
-            arrays[key] = to_array(key, proto, tensor, max_batch, signature.batched)
+        # The typed values of a large request are decoded off the event loop (the other
+        # clients' calls go on meanwhile), as REST bodies are.
+        if plan_key is None and request.ByteSize() > OFFLOAD_BYTES:
+            arrays = await self.core.offload(_arrays, request, signature, max_batch)
+        else:
+            arrays = _arrays(request, signature, max_batch)
         wanted = list(request.output_filter) or list(signature.outputs)
         for key in wanted:
             if key not in signature.outputs:
@@ -266,10 +264,10 @@ class TFServingGrpc:
                     f"'{name}' gives {sorted(signature.outputs)})"
                 )
         if plan_key is None or not signature.batched:
-            outputs = self.core.run_blocking(signature, arrays)
+            outputs = await self.core.run(signature, arrays)
             return _response(spec, loaded, name, wanted, outputs)
         checked, batch = signature.check(arrays, max_batch)
-        outputs = self.core.run_blocking(signature, checked, checked=batch)
+        outputs = await self.core.run(signature, checked, checked=batch)
         if all(checked[n] is a for n, a in arrays.items()):  # passed as they came
             self._plans.learn(
                 plan_key, _Plan.make(spec, loaded, signature, checked, batch, wanted, outputs)
@@ -313,6 +311,22 @@ class TFServingGrpc:
             entry.status.error_code = pb.OK if state.available else pb.UNKNOWN
             entry.status.error_message = state.error
         return response, spec.name
+
+
+def _arrays(request: Any, signature: Signature, max_batch: int) -> dict[str, np.ndarray]:
+    """A Predict request's inputs as arrays, checked against the signature."""
+    arrays = {}
+    for key, proto in request.inputs.items():
+        tensor = signature.inputs.get(key)
+        if tensor is None:
+            signature.check_names([key])  # names the unknown input
+        arrays[key] = to_array(key, proto, tensor, max_batch, signature.batched)
+    return arrays
+
+
+def _spec_name(request: Any) -> str | None:
+    """The model a request names (the metrics of a call that fails)."""
+    return request.model_spec.name or None
 
 
 def _response(spec: Any, loaded: LoadedVersion, name: str, wanted: Any, outputs: Any) -> Any:

@@ -30,7 +30,6 @@ __all__ = [
     "check_shape",
     "datatype",
     "infer",
-    "infer_blocking",
     "little_endian",
     "model_metadata",
     "numpy_dtype",
@@ -295,18 +294,3 @@ async def infer(
     if flags is None:
         return await core.run(signature, arrays)
     return await core.run(signature, arrays, flags, loaded, model)
-
-
-def infer_blocking(
-    core: ServingCore,
-    model: str,
-    loaded: LoadedVersion,
-    signature: Signature,
-    arrays: dict[str, np.ndarray],
-    parameters: dict[str, Any],
-) -> dict[str, Any]:
-    """``infer`` from a thread other than the event loop's (``ServingCore.run_blocking``)."""
-    flags = parse_flags(parameters)
-    if flags is None:
-        return core.run_blocking(signature, arrays)
-    return core.run_blocking(signature, arrays, flags, loaded, model)

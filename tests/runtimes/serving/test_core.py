@@ -350,12 +350,14 @@ def test_a_planned_tf_serving_predict_answers_as_the_full_path():
     mid = TimeStep(np.ones(2, np.int32), np.zeros(2, np.float32), np.ones(2, np.float32), None)
     try:
         codec = tfserving_grpc.make(core)
-        first, model = codec.predict(request(observations[0]))
+        first, model = asyncio.run(codec.predict(request(observations[0])))
         assert model == "m" and isinstance(first, pb.PredictResponse)  # the full path
         for obs in observations[1:]:
-            planned, _ = codec.predict(request(obs))
+            planned, _ = asyncio.run(codec.predict(request(obs)))
             assert isinstance(planned, bytes)  # the plan's answer
-            full, _ = tfserving_grpc.make(core).predict(request(obs))  # a codec with no plan
+            full, _ = asyncio.run(
+                tfserving_grpc.make(core).predict(request(obs))
+            )  # a codec with no plan
             assert pb.PredictResponse.FromString(planned) == full
             want = policy.action(mid._replace(observation=obs)).action
             tensor = full.outputs["action"]
@@ -366,6 +368,6 @@ def test_a_planned_tf_serving_predict_answers_as_the_full_path():
         # The same layout 4 bytes short: the full path names it.
         short = observations[0].tobytes()[:-4]
         with pytest.raises(ServingError, match="observation: expected 32 bytes of tensor_content"):
-            codec.predict(request(observations[0], short))
+            asyncio.run(codec.predict(request(observations[0], short)))
     finally:
         core.close()

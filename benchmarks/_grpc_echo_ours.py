@@ -1,0 +1,70 @@
+"""A bare gRPC echo on our own transport (runtimes/serving/grpc_server.py), no policy.
+
+``policy-toolkit serve --grpc-port``'s transport (HTTP/2 on a uvloop event loop) with
+one method, KServe v2's ModelInfer, answering each request with its own message
+(parsed and serialized again, as a codec would, but no decoding of tensors and no
+policy). serve_bench.py runs it beside benchmarks/_grpc_echo.py (the same echo on
+grpcio's server) and benchmarks/_h2_echo.py (on the ``h2`` library): what each
+transport costs on this machine. Listens on 127.0.0.1 at a free port, prints ``gRPC
+listening on 127.0.0.1:PORT`` and serves until SIGTERM.
+
+Usage: ``python benchmarks/_grpc_echo_ours.py``
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+import types
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from runtimes.serving.core import Limits  # noqa: E402
+from runtimes.serving.grpc_server import GrpcMethod, GrpcServer  # noqa: E402
+from runtimes.serving.proto import kserve_v2_pb2 as pb  # noqa: E402
+
+
+class _Echo:
+    name = "echo"
+
+    def methods(self) -> list[GrpcMethod]:
+        return [
+            GrpcMethod(
+                "/inference.GRPCInferenceService/ModelInfer",
+                pb.ModelInferRequest,
+                pb.ModelInferResponse,
+                lambda request: (request.SerializeToString(), None),
+                "infer",
+                lambda request: None,
+            )
+        ]
+
+
+async def _serve() -> None:
+    # The transport's only needs of a core: its limits and a metrics hook (a no-op:
+    # the echo measures the transport alone).
+    core = types.SimpleNamespace(limits=Limits(), observe=lambda *args: None)
+    server = GrpcServer(core, [_Echo()])
+    port = await server.start("127.0.0.1", 0)
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    print(f"gRPC listening on 127.0.0.1:{port}", file=sys.stderr, flush=True)
+    await stop.wait()
+    await server.stop(1.0)
+
+
+def main() -> None:
+    try:
+        import uvloop
+
+        uvloop.run(_serve())
+    except ImportError:
+        asyncio.run(_serve())
+
+
+if __name__ == "__main__":
+    main()
