@@ -24,10 +24,15 @@ What it does, as grpc servers do:
   (RESOURCE_EXHAUSTED, counted in the metrics), unknown methods are UNIMPLEMENTED,
   ``grpc-timeout`` is honoured (DEADLINE_EXCEEDED), errors are trailers-only answers
   with ``grpc-status`` and a percent-encoded ``grpc-message``.
-* Bounds: at most ``MAX_CONNECTIONS`` open connections; per connection, the bytes the
-  peer may send before its calls are answered are bounded by the connection window we
-  grant (we grant more only as buffered requests are answered or dropped), and our
-  answers stop being produced while the socket's write buffer is full.
+* Bounds, as the HTTP port's: at most ``--max-connections`` open connections (at the
+  limit a new one takes the place of the longest-idle one without calls in progress,
+  which gets GOAWAY; with none idle the new one is closed); ``--read-timeout-seconds``
+  for the client preface once a connection opens and for each request's whole message
+  once its headers come (else the connection closes, counted ``read_timeout``); per
+  connection, the bytes the peer may send before its calls are answered are bounded by
+  the connection window we grant (we grant more only as buffered requests are answered
+  or dropped), and our answers stop being produced while the socket's write buffer is
+  full.
 """
 
 from __future__ import annotations
@@ -60,8 +65,11 @@ log = logging.getLogger("policy_toolkit.serve")
 
 #: calls in progress at once on one connection (more are refused: REFUSED_STREAM)
 MAX_CONCURRENT_STREAMS = 100
-#: open gRPC connections (more are closed as they come)
-MAX_CONNECTIONS = 256
+#: open gRPC connections by default (the server passes ``--max-connections``)
+MAX_CONNECTIONS = 1024
+#: seconds for a preface, or a request's message after its headers, by default (the
+#: server passes ``--read-timeout-seconds``)
+READ_TIMEOUT_S = 5.0
 #: a request's header block, decoded (more: the connection is closed)
 MAX_HEADER_LIST_SIZE = 16 << 10
 #: the largest frame we accept (HTTP/2's default, which we do not raise)
@@ -176,12 +184,14 @@ class _Stream:
         "buffered",
         "deadline",
         "done",
+        "ended",
         "expected",
         "id",
         "method",
         "pending",
         "protocol",
         "refused",
+        "stall",
         "started",
         "task",
         "window",
@@ -196,8 +206,10 @@ class _Stream:
         self.expected = -1  # the message's length, once its prefix is in
         self.refused = False  # answered early: what else comes is dropped
         self.done = False  # answered (or reset): the stream only waits to be dropped
+        self.ended = False  # the peer's END_STREAM came: nothing more may come on it
         self.task: asyncio.Task | None = None
         self.deadline: asyncio.TimerHandle | None = None
+        self.stall: asyncio.TimerHandle | None = None  # the read timeout of its message
         self.window = window  # what we may send on it
         self.pending: list[Any] = []  # an answer waiting for the peer's windows
         self.started = time.perf_counter()
@@ -206,14 +218,24 @@ class _Stream:
 class GrpcServer:
     """Every codec's methods over HTTP/2 on the running event loop (module docstring)."""
 
-    def __init__(self, core: ServingCore, codecs: list[GrpcCodec]):
+    def __init__(
+        self,
+        core: ServingCore,
+        codecs: list[GrpcCodec],
+        max_connections: int = MAX_CONNECTIONS,
+        read_timeout: float = READ_TIMEOUT_S,
+    ):
         self.core = core
         self.limit = core.limits.max_body_bytes
+        self.max_connections = max_connections
+        self.read_timeout = read_timeout
+        self.closed_counter = core.metrics.connections_closed
         self.methods: dict[str, tuple[str, GrpcMethod]] = {}
         for codec in codecs:
             for method in codec.methods():
                 self.methods[method.path] = (codec.name, method)
-        self.connections: set[_Connection] = set()
+        # open connections, oldest first (the longest idle is evicted at the limit)
+        self.connections: dict[_Connection, None] = {}
         self.draining = False
         self._server: asyncio.AbstractServer | None = None
 
@@ -280,16 +302,30 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self.paused = False
         self.blocked: list[_Stream] = []  # streams with answers waiting for windows
+        self.timer: asyncio.TimerHandle | None = None  # the preface's read timeout
 
     # --- asyncio --------------------------------------------------------------------------
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
-        if len(self.server.connections) >= MAX_CONNECTIONS or self.server.draining:
+        server = self.server
+        if server.draining:
             transport.close()
             self.closed = True
             return
-        self.server.connections.add(self)
+        if len(server.connections) >= server.max_connections:
+            idle = next((c for c in server.connections if not (c.streams or c.closed)), None)
+            server.closed_counter.labels("limit").inc()
+            if idle is None:  # every connection has calls in progress
+                transport.close()
+                self.closed = True
+                return
+            idle.go_away()
+            idle.close()
+        server.connections[self] = None
+        self.timer = asyncio.get_running_loop().call_later(
+            server.read_timeout, self._timed_out, "no HTTP/2 preface"
+        )
         settings = struct.pack(
             ">HIHIHI",
             0x3,  # MAX_CONCURRENT_STREAMS
@@ -304,7 +340,9 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self.server.connections.discard(self)
+        self.server.connections.pop(self, None)
+        if self.timer is not None:
+            self.timer.cancel()
         for stream in self.streams.values():
             self._cancel(stream)
         self.streams.clear()
@@ -343,6 +381,9 @@ class _Connection(asyncio.Protocol):
             if buffer[:24] != _PREFACE:
                 raise _ConnectionError(PROTOCOL_ERROR, "not an HTTP/2 client preface")
             self.preface = True
+            if self.timer is not None:
+                self.timer.cancel()
+                self.timer = None
             buffer = buffer[24:]
         out: list[bytes] = []
         pos, end = 0, len(buffer)
@@ -423,6 +464,10 @@ class _Connection(asyncio.Protocol):
         if self.received > self.connection_window:
             raise _ConnectionError(FLOW_CONTROL_ERROR, "DATA beyond the connection window")
         stream = self.streams.get(stream_id)
+        if stream is not None and stream.ended and not stream.done:
+            # half-closed by the peer (a call waiting: batching, a sequence); taken as a
+            # connection error, as HTTP/2 allows, so no request runs twice
+            raise _ConnectionError(STREAM_CLOSED, f"DATA on stream {stream_id} after its end")
         if stream is None or stream.done or stream.refused:
             self.released += size  # dropped: the window comes back
             if stream is None and stream_id > self.last_stream:
@@ -502,6 +547,10 @@ class _Connection(asyncio.Protocol):
         if existing is not None:  # trailers of a request: only an end of stream
             if not flags & END_STREAM:
                 raise _ConnectionError(PROTOCOL_ERROR, "trailers without END_STREAM")
+            if existing.ended:
+                raise _ConnectionError(
+                    STREAM_CLOSED, f"HEADERS on stream {stream_id} after its end"
+                )
             if not existing.done and not existing.refused:
                 self._dispatch(existing, out)
             return
@@ -516,6 +565,10 @@ class _Connection(asyncio.Protocol):
             return
         stream = _Stream(stream_id, self.peer_window)
         self.streams[stream_id] = stream
+        if not flags & END_STREAM:  # its message must come within the read timeout
+            stream.stall = asyncio.get_running_loop().call_later(
+                self.server.read_timeout, self._timed_out, f"stream {stream_id}: no whole request"
+            )
         path, content_type, method, encoding, timeout = fields
         if content_type is None or not (
             content_type == b"application/grpc"
@@ -638,6 +691,10 @@ class _Connection(asyncio.Protocol):
     def _dispatch(self, stream: _Stream, out: list[bytes]) -> None:
         """The request is whole: decodes it and runs its handler (inline, or as a task
         when it awaits: batching, sequences)."""
+        stream.ended = True
+        if stream.stall is not None:
+            stream.stall.cancel()
+            stream.stall = None
         body = stream.body[0] if len(stream.body) == 1 else b"".join(stream.body)
         self._release(stream)
         if stream.method is None:
@@ -800,9 +857,7 @@ class _Connection(asyncio.Protocol):
 
     def _finish(self, stream: _Stream) -> None:
         stream.done = True
-        if stream.deadline:
-            stream.deadline.cancel()
-        stream.deadline = None
+        _cancel_timers(stream)
         self._release(stream)
         self.streams.pop(stream.id, None)
         if self.going_away and not self.streams and not self.closed:
@@ -815,9 +870,7 @@ class _Connection(asyncio.Protocol):
 
     def _cancel(self, stream: _Stream) -> None:
         stream.done = True
-        if stream.deadline:
-            stream.deadline.cancel()
-        stream.deadline = None
+        _cancel_timers(stream)
         if stream.task is not None and not stream.task.done():
             stream.task.cancel()
         if stream in self.blocked:
@@ -839,6 +892,15 @@ class _Connection(asyncio.Protocol):
             self._refuse(stream, ErrorKind.DEADLINE_EXCEEDED, "Deadline Exceeded", out)
         self._grant(out)
         self.transport.write(b"".join(out))
+
+    def _timed_out(self, what: str) -> None:
+        """The read timeout passed (a preface, or a request's message): as the HTTP port
+        does with a slow request, the connection closes."""
+        if self.closed:
+            return
+        self.server.closed_counter.labels("read_timeout").inc()
+        log.debug("gRPC connection closed: %s within the read timeout", what)
+        self._close_with(NO_ERROR, f"{what} within {self.server.read_timeout:g} s")
 
     # --- closing --------------------------------------------------------------------------
 
@@ -864,6 +926,13 @@ class _Connection(asyncio.Protocol):
                 self._cancel(stream)
             self.streams.clear()
             self.transport.close()
+
+
+def _cancel_timers(stream: _Stream) -> None:
+    for timer in (stream.deadline, stream.stall):
+        if timer is not None:
+            timer.cancel()
+    stream.deadline = stream.stall = None
 
 
 async def _resume(coroutine: Any, waiting: Any) -> Any:
@@ -896,13 +965,19 @@ async def _resume(coroutine: Any, waiting: Any) -> Any:
 
 
 async def build_server(
-    core: ServingCore, codecs: list[GrpcCodec], host: str, port: int
+    core: ServingCore,
+    codecs: list[GrpcCodec],
+    host: str,
+    port: int,
+    *,
+    max_connections: int = MAX_CONNECTIONS,
+    read_timeout: float = READ_TIMEOUT_S,
 ) -> tuple[GrpcServer, int]:
     """A gRPC server with every codec's methods, listening: (server, port).
 
     Raises:
       ServingError: when the address cannot be bound.
     """
-    server = GrpcServer(core, codecs)
+    server = GrpcServer(core, codecs, max_connections, read_timeout)
     bound = await server.start(host, port)
     return server, bound

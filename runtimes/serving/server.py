@@ -137,6 +137,8 @@ class _Server(uvicorn.Server):
     grpc_host: str = "127.0.0.1"
     grpc_server: Any = None
     graceful_seconds: float = 4.0
+    max_connections: int = 1024
+    read_timeout_seconds: float = 5.0
     listening: str = ""
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
@@ -148,7 +150,12 @@ class _Server(uvicorn.Server):
 
             codecs = protocols.codecs(self.core, "grpc")
             grpc_server, port = await build_server(
-                self.core, codecs, self.grpc_host, self.grpc_port
+                self.core,
+                codecs,
+                self.grpc_host,
+                self.grpc_port,
+                max_connections=self.max_connections,
+                read_timeout=self.read_timeout_seconds,
             )
             self.grpc_server = grpc_server
             print(
@@ -287,6 +294,8 @@ def _serve(core: ServingCore, options: ServeOptions) -> int:
     server.grpc_port = options.grpc_port
     server.grpc_host = options.host
     server.graceful_seconds = options.graceful_seconds
+    server.max_connections = options.max_connections
+    server.read_timeout_seconds = options.read_timeout_seconds
     server.listening = f"policy-toolkit serve: listening on http://{host}:{port}"
     for name, snapshot in registry.snapshots.items():
         log.info(

@@ -31,11 +31,15 @@ END_STREAM, END_HEADERS = 0x1, 0x4
 SERVICE = "/inference.GRPCInferenceService"
 MAX_BODY = 1 << 20
 BATCH_WINDOW_S = 1.5
+#: the server's --max-connections (HTTP and gRPC ports each) and --read-timeout-seconds
+MAX_CONNECTIONS = 24
+READ_S = 1.0
 
 
 @pytest.fixture(scope="module")
 def server():
     args = ["--name", "m", "--grpc-port", "0", "--max-body-bytes", str(MAX_BODY)]
+    args += ["--max-connections", str(MAX_CONNECTIONS), "--read-timeout-seconds", str(READ_S)]
     args += ["--batch-window-us", str(int(BATCH_WINDOW_S * 1e6)), "--max-batch", "20000"]
     with ServerProcess(str(cr.bundle("greedy_q")), *args) as process:
         yield process
@@ -321,6 +325,26 @@ def test_a_protocol_error_closes_that_connection_only(server):
     bad.close()
 
 
+@pytest.mark.parametrize("again", ["data", "trailers"])
+def test_a_frame_after_the_end_of_a_waiting_call_closes_the_connection(server, again):
+    """A call waiting in the batch window has had its END_STREAM: a second request body
+    (or trailers) on it must not run it twice; the connection closes (STREAM_CLOSED)."""
+    client = Client(server.grpc)
+    stream = client.headers(f"{SERVICE}/ModelInfer")
+    client.send(frame(DATA, END_STREAM, stream, message(_infer_request())))
+    if again == "data":
+        client.send(frame(DATA, END_STREAM, stream, message(_infer_request())))
+    else:
+        client.send(frame(HEADERS, END_HEADERS | END_STREAM, stream, client.encoder.encode([])))
+    frames = []
+    while (got := client.frame()) is not None:
+        frames.append(got)
+    goaway = [f for f in frames if f[0] == GOAWAY]
+    assert goaway and struct.unpack(">II", goaway[0][3][:8])[1] == 0x5, frames
+    assert live(server.grpc)
+    client.close()
+
+
 def test_an_oversized_header_block_closes_the_connection(server):
     client = Client(server.grpc)
     client.headers(f"{SERVICE}/ServerLive", [("x-big", "a" * (MAX_HEADER_LIST_SIZE + 10))])
@@ -369,34 +393,84 @@ def test_fuzzed_frames_get_an_answer_or_a_closed_connection(server):
     assert live(server.grpc)
 
 
-def test_open_connections_are_bounded(server):
-    """Past MAX_CONNECTIONS open connections a new one is closed at once (no SETTINGS);
-    once they close, the server serves again."""
-    from runtimes.serving.grpc_server import MAX_CONNECTIONS
+def _closed_for(url: str, reason: str) -> float:
+    text = httpx.get(f"{url}/metrics").text
+    found = re.findall(
+        rf'policy_serving_connections_closed_total\{{reason="{reason}"\}} (\S+)', text
+    )
+    return sum(float(v) for v in found)
 
-    host, port = server.grpc.rsplit(":", 1)
-    held = []
+
+def _handshaken(address: str, count: int) -> list[Client]:
+    clients = [Client(address) for _ in range(count)]
+    for client in clients:  # each has its SETTINGS: the server holds it open
+        got = client.frame()
+        assert got is not None and got[0] == SETTINGS
+    return clients
+
+
+def _closed(client: Client, seconds: float = 5.0) -> list:
+    """The frames until the server closes the connection (fails after ``seconds``)."""
+    client.sock.settimeout(seconds)
+    frames = []
+    while (got := client.frame()) is not None:
+        frames.append(got)
+    return frames
+
+
+def test_at_the_connection_limit_a_new_one_takes_the_longest_idle_ones_place(server):
+    """Idle connections cannot lock the port: at --max-connections the oldest one without
+    a call in progress gets GOAWAY and closes, and the new one is served."""
+    before = _closed_for(server.url, "limit")
+    held = _handshaken(server.grpc, MAX_CONNECTIONS)
     try:
-        refused = None
-        for _ in range(MAX_CONNECTIONS + 5):
-            sock = socket.create_connection((host, int(port)), timeout=5)
-            held.append(sock)
-            first = sock.recv(9)
-            if not first:
-                refused = len(held)
-                break
-            assert first[3] == SETTINGS
-        assert refused is not None and refused <= MAX_CONNECTIONS + 1
+        newcomer = Client(server.grpc)
+        blocks, _, _ = newcomer.call(f"{SERVICE}/ServerLive", b"")
+        assert blocks[-1]["grpc-status"] == "0"
+        frames = _closed(held[0])
+        assert any(f[0] == GOAWAY for f in frames), frames
+        assert _closed_for(server.url, "limit") >= before + 1
+        newcomer.close()
     finally:
-        for sock in held:
-            sock.close()
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        try:
-            if live(server.grpc):
-                break
-        except (AssertionError, OSError):
-            time.sleep(0.1)
+        for client in held:
+            client.close()
+
+
+def test_stalled_calls_time_out_and_a_full_server_serves_again(server):
+    """Connections whose calls never send their message hold the port only for the read
+    timeout: while every slot is busy a new connection is closed at once; then each
+    stalled one is closed (counted read_timeout) and the server serves again."""
+    before = _closed_for(server.url, "read_timeout")
+    held = _handshaken(server.grpc, MAX_CONNECTIONS)
+    try:
+        for client in held:  # headers, no END_STREAM, no message: a call in progress
+            client.headers(f"{SERVICE}/ModelInfer")
+        time.sleep(0.2)
+        refused = Client(server.grpc)
+        assert _closed(refused, 1.0) == []  # closed before SETTINGS
+        refused.close()
+        for client in held:
+            assert any(f[0] == GOAWAY for f in _closed(client, READ_S + 4)), "not closed"
+    finally:
+        for client in held:
+            client.close()
+    assert _closed_for(server.url, "read_timeout") >= before + MAX_CONNECTIONS
+    assert live(server.grpc)
+
+
+def test_a_connection_without_a_preface_is_closed_after_the_read_timeout(server):
+    before = _closed_for(server.url, "read_timeout")
+    host, port = server.grpc.rsplit(":", 1)
+    sock = socket.create_connection((host, int(port)), timeout=READ_S + 4)
+    try:
+        started = time.monotonic()
+        data = b""
+        while chunk := sock.recv(65536):  # SETTINGS, then GOAWAY and the close
+            data += chunk
+        assert time.monotonic() - started >= READ_S * 0.9
+    finally:
+        sock.close()
+    assert _closed_for(server.url, "read_timeout") == before + 1
     assert live(server.grpc)
 
 
