@@ -45,9 +45,14 @@ class _Echo:
 
 
 async def _serve() -> None:
-    # The transport's only needs of a core: its limits and a metrics hook (a no-op:
-    # the echo measures the transport alone).
-    core = types.SimpleNamespace(limits=Limits(), observe=lambda *args: None)
+    # The transport's only needs of a core: its limits, a metrics hook and the closed
+    # connections' counter (no-ops: the echo measures the transport alone).
+    uncounted = types.SimpleNamespace(labels=lambda reason: types.SimpleNamespace(inc=int))
+    core = types.SimpleNamespace(
+        limits=Limits(),
+        observe=lambda *args: None,
+        metrics=types.SimpleNamespace(connections_closed=uncounted),
+    )
     server = GrpcServer(core, [_Echo()])
     port = await server.start("127.0.0.1", 0)
     stop = asyncio.Event()

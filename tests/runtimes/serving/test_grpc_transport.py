@@ -520,3 +520,27 @@ def test_large_typed_requests_are_decoded_off_the_loop_and_answered(server):
         got = np.frombuffer(output.tensor_content, want.dtype.newbyteorder("<"))
         got = got.reshape([d.size for d in output.tensor_shape.dim])
         np.testing.assert_array_equal(got, want)
+
+
+def test_the_benchmarks_bare_echo_runs_on_the_transport():
+    """benchmarks/_grpc_echo_ours.py (serve_bench's floor row for this transport) starts
+    and echoes a request: the transport's needs of a core are what it provides."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[3] / "benchmarks" / "_grpc_echo_ours.py"
+    process = subprocess.Popen(
+        [sys.executable, str(script)], stderr=subprocess.PIPE, text=True, stdout=subprocess.DEVNULL
+    )
+    try:
+        line = process.stderr.readline()
+        assert "gRPC listening on 127.0.0.1:" in line, line + process.stderr.read()
+        client = Client(line.rsplit(" ", 1)[1].strip())
+        request = _infer_request()
+        blocks, data, _ = client.call(f"{SERVICE}/ModelInfer", request)
+        assert blocks[-1]["grpc-status"] == "0" and data == message(request)
+        client.close()
+    finally:
+        process.terminate()
+        process.wait(10)
