@@ -139,6 +139,13 @@ def in_process(bundle: Path, seconds: float) -> dict[str, Any]:
     }
 
 
+#: command prefixes of the servers and of the load generators: empty (the scheduler
+#: places them), or with ``--pin`` every server on CPU 0 and every client on CPU 1
+#: (``taskset``), the same for each server measured
+SERVER_CPUS: list[str] = []
+CLIENT_CPUS: list[str] = []
+
+
 class Server:
     """``policy-toolkit serve`` in its own process on 127.0.0.1 at a free port (and its
     gRPC address in ``grpc`` with ``--grpc-port 0``)."""
@@ -149,7 +156,7 @@ class Server:
         command += ["--port", "0", "--log-level", "warning", *args]
         env = dict(os.environ, PYTHONPATH=str(root))  # root: the source tree that serves
         self.process = subprocess.Popen(
-            command, cwd=root, env=env, stderr=subprocess.PIPE, text=True
+            SERVER_CPUS + command, cwd=root, env=env, stderr=subprocess.PIPE, text=True
         )
         deadline = time.monotonic() + 120
         self.url = None
@@ -229,7 +236,8 @@ def load(
     url: str, body_file: Path, clients: int, seconds: float, path: str = "/v1/models/p:predict"
 ) -> dict[str, Any]:
     done = subprocess.run(
-        [
+        CLIENT_CPUS
+        + [
             sys.executable,
             str(HERE / "_serve_load.py"),
             url,
@@ -293,7 +301,8 @@ def grpc_load(
     more are tasks on one grpc.aio channel (the module docstring says why)."""
     mode = "sync" if clients == 1 else "aio"
     done = subprocess.run(
-        [sys.executable, str(HERE / "_grpc_load.py"), address, method, str(request_file)]
+        CLIENT_CPUS
+        + [sys.executable, str(HERE / "_grpc_load.py"), address, method, str(request_file)]
         + ["--clients", str(clients), "--seconds", str(seconds), "--mode", mode],
         capture_output=True,
         text=True,
@@ -319,7 +328,7 @@ class EchoServer:
     def __init__(self, script: str = "_grpc_echo.py"):
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         self.process = subprocess.Popen(
-            [sys.executable, str(HERE / script)],
+            SERVER_CPUS + [sys.executable, str(HERE / script)],
             env=env,
             stderr=subprocess.PIPE,
             text=True,
@@ -365,7 +374,7 @@ class MLServer:
         mlserver = str(Path(python).parent / "mlserver")
         env = dict(os.environ, PYTHONPATH=str(HERE))
         self.process = subprocess.Popen(
-            [mlserver, "start", str(folder)],
+            SERVER_CPUS + [mlserver, "start", str(folder)],
             cwd=folder,
             env=env,
             stdout=subprocess.DEVNULL,
@@ -674,7 +683,15 @@ def main() -> int:
     parser.add_argument(
         "--echoes", action="store_true", help="the bare gRPC transports beside our REST"
     )
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="servers on CPU 0, load generators on CPU 1 (taskset; the same for every server)",
+    )
     args = parser.parse_args()
+    if args.pin:
+        SERVER_CPUS[:] = ["taskset", "-c", "0"]
+        CLIENT_CPUS[:] = ["taskset", "-c", "1"]
     load_before = os.getloadavg()[0]
     if args.echoes:
         rows = run_echoes(args.seconds, args.rounds)
