@@ -139,6 +139,19 @@ class ServingError(ToolkitError):
         super().__init__(message)
 
 
+class ConnectionProtocolError(ServingError):
+    """A peer broke its connection's wire protocol (HTTP/2 framing on the gRPC port): the
+    connection is closed (GOAWAY with ``code``, an HTTP/2 error code); its calls end.
+
+    Attributes:
+      code: the HTTP/2 error code the GOAWAY carries.
+    """
+
+    def __init__(self, code: int, message: str):
+        self.code = int(code)
+        super().__init__(message, ErrorKind.UNAVAILABLE)
+
+
 def describe_path(path: str, default: str = "value") -> str:
     """Returns ``path`` or a placeholder for the root of a nest."""
     return path or default

@@ -50,7 +50,7 @@ import hpack
 import hpack.exceptions
 
 from runtimes.serving.core import ServingCore
-from toolkit.errors import ErrorKind, ServingError, ToolkitError
+from toolkit.errors import ConnectionProtocolError, ErrorKind, ServingError, ToolkitError
 
 __all__ = [
     "MAX_CONCURRENT_STREAMS",
@@ -166,14 +166,6 @@ def _parse_timeout(value: bytes) -> float | None:
     if not digits.isdigit() or len(digits) > 8 or unit not in units:
         return None
     return int(digits) * units[unit]
-
-
-class _ConnectionError(Exception):
-    """A connection-level protocol error: GOAWAY with ``code``, then the connection closes."""
-
-    def __init__(self, code: int, message: str):
-        super().__init__(message)
-        self.code = code
 
 
 class _Stream:
@@ -361,7 +353,7 @@ class _Connection(asyncio.Protocol):
             return
         try:
             out = self._receive(data)
-        except _ConnectionError as e:
+        except ConnectionProtocolError as e:
             log.debug("gRPC connection closed: %s", e)
             self._close_with(e.code, str(e))
             return
@@ -375,11 +367,11 @@ class _Connection(asyncio.Protocol):
         if not self.preface:
             if len(buffer) < 24:
                 if not _PREFACE.startswith(buffer):
-                    raise _ConnectionError(PROTOCOL_ERROR, "not an HTTP/2 client preface")
+                    raise ConnectionProtocolError(PROTOCOL_ERROR, "not an HTTP/2 client preface")
                 self.buffer = buffer
                 return []
             if buffer[:24] != _PREFACE:
-                raise _ConnectionError(PROTOCOL_ERROR, "not an HTTP/2 client preface")
+                raise ConnectionProtocolError(PROTOCOL_ERROR, "not an HTTP/2 client preface")
             self.preface = True
             if self.timer is not None:
                 self.timer.cancel()
@@ -392,14 +384,14 @@ class _Connection(asyncio.Protocol):
             word, flags, stream_id = unpack(buffer, pos)
             length, kind = word >> 8, word & 0xFF
             if length > MAX_FRAME_SIZE:
-                raise _ConnectionError(FRAME_SIZE_ERROR, f"a frame of {length} bytes")
+                raise ConnectionProtocolError(FRAME_SIZE_ERROR, f"a frame of {length} bytes")
             if end - pos - 9 < length:
                 break
             payload = buffer[pos + 9 : pos + 9 + length]
             pos += 9 + length
             stream_id &= 0x7FFFFFFF
             if self.continuation is not None and kind != CONTINUATION:
-                raise _ConnectionError(PROTOCOL_ERROR, "expected a CONTINUATION frame")
+                raise ConnectionProtocolError(PROTOCOL_ERROR, "expected a CONTINUATION frame")
             if kind == DATA:
                 self._data(stream_id, flags, payload, out)
             elif kind == HEADERS:
@@ -410,14 +402,14 @@ class _Connection(asyncio.Protocol):
                 self._settings(stream_id, flags, payload, out)
             elif kind == PING:
                 if stream_id or length != 8:
-                    raise _ConnectionError(PROTOCOL_ERROR, "a bad PING frame")
+                    raise ConnectionProtocolError(PROTOCOL_ERROR, "a bad PING frame")
                 if not flags & ACK:
                     out.append(_frame(PING, ACK, 0, payload))
             elif kind == WINDOW_UPDATE:
                 self._window_update(stream_id, payload, out)
             elif kind == RST_STREAM:
                 if not stream_id or length != 4:
-                    raise _ConnectionError(PROTOCOL_ERROR, "a bad RST_STREAM frame")
+                    raise ConnectionProtocolError(PROTOCOL_ERROR, "a bad RST_STREAM frame")
                 stream = self.streams.pop(stream_id, None)
                 if stream is not None:
                     self._cancel(stream)
@@ -429,9 +421,9 @@ class _Connection(asyncio.Protocol):
                     self.transport.close()
                     return out
             elif kind == PUSH_PROMISE:
-                raise _ConnectionError(PROTOCOL_ERROR, "PUSH_PROMISE from a client")
+                raise ConnectionProtocolError(PROTOCOL_ERROR, "PUSH_PROMISE from a client")
             elif kind == PRIORITY and (length != 5 or not stream_id):
-                raise _ConnectionError(PROTOCOL_ERROR, "a bad PRIORITY frame")
+                raise ConnectionProtocolError(PROTOCOL_ERROR, "a bad PRIORITY frame")
             # other frame types are ignored, as HTTP/2 says
         self.buffer = buffer[pos:]
         self._grant(out)
@@ -452,26 +444,28 @@ class _Connection(asyncio.Protocol):
     def _strip(self, flags: int, payload: bytes) -> bytes:
         if flags & PADDED:
             if not payload or payload[0] >= len(payload):
-                raise _ConnectionError(PROTOCOL_ERROR, "padding longer than its frame")
+                raise ConnectionProtocolError(PROTOCOL_ERROR, "padding longer than its frame")
             payload = payload[1 : len(payload) - payload[0]]
         return payload
 
     def _data(self, stream_id: int, flags: int, payload: bytes, out: list[bytes]) -> None:
         if not stream_id:
-            raise _ConnectionError(PROTOCOL_ERROR, "DATA on stream 0")
+            raise ConnectionProtocolError(PROTOCOL_ERROR, "DATA on stream 0")
         size = len(payload)
         self.received += size
         if self.received > self.connection_window:
-            raise _ConnectionError(FLOW_CONTROL_ERROR, "DATA beyond the connection window")
+            raise ConnectionProtocolError(FLOW_CONTROL_ERROR, "DATA beyond the connection window")
         stream = self.streams.get(stream_id)
         if stream is not None and stream.ended and not stream.done:
             # half-closed by the peer (a call waiting: batching, a sequence); taken as a
             # connection error, as HTTP/2 allows, so no request runs twice
-            raise _ConnectionError(STREAM_CLOSED, f"DATA on stream {stream_id} after its end")
+            raise ConnectionProtocolError(
+                STREAM_CLOSED, f"DATA on stream {stream_id} after its end"
+            )
         if stream is None or stream.done or stream.refused:
             self.released += size  # dropped: the window comes back
             if stream is None and stream_id > self.last_stream:
-                raise _ConnectionError(PROTOCOL_ERROR, f"DATA on idle stream {stream_id}")
+                raise ConnectionProtocolError(PROTOCOL_ERROR, f"DATA on idle stream {stream_id}")
             return
         data = self._strip(flags, payload)
         self.released += size - len(data)
@@ -479,7 +473,7 @@ class _Connection(asyncio.Protocol):
             stream.body.append(data)
             stream.buffered += len(data)
             if stream.buffered > self.stream_window:
-                raise _ConnectionError(FLOW_CONTROL_ERROR, "DATA beyond the stream window")
+                raise ConnectionProtocolError(FLOW_CONTROL_ERROR, "DATA beyond the stream window")
             if not self._check_prefix(stream, out):
                 return
         if flags & END_STREAM:
@@ -516,11 +510,11 @@ class _Connection(asyncio.Protocol):
 
     def _headers(self, stream_id: int, flags: int, payload: bytes, out: list[bytes]) -> None:
         if not stream_id or not stream_id & 1:
-            raise _ConnectionError(PROTOCOL_ERROR, f"HEADERS on stream {stream_id}")
+            raise ConnectionProtocolError(PROTOCOL_ERROR, f"HEADERS on stream {stream_id}")
         payload = self._strip(flags, payload)
         if flags & PRIORITY_FLAG:
             if len(payload) < 5:
-                raise _ConnectionError(PROTOCOL_ERROR, "a short HEADERS frame")
+                raise ConnectionProtocolError(PROTOCOL_ERROR, "a short HEADERS frame")
             payload = payload[5:]
         if not flags & END_HEADERS:
             self.continuation = (stream_id, flags, [payload])
@@ -529,11 +523,11 @@ class _Connection(asyncio.Protocol):
 
     def _continuation(self, stream_id: int, flags: int, payload: bytes, out: list[bytes]) -> None:
         if self.continuation is None or self.continuation[0] != stream_id:
-            raise _ConnectionError(PROTOCOL_ERROR, "an unexpected CONTINUATION frame")
+            raise ConnectionProtocolError(PROTOCOL_ERROR, "an unexpected CONTINUATION frame")
         parts = self.continuation[2]
         parts.append(payload)
         if sum(map(len, parts)) > MAX_HEADER_LIST_SIZE:
-            raise _ConnectionError(ENHANCE_YOUR_CALM, "a header block too large")
+            raise ConnectionProtocolError(ENHANCE_YOUR_CALM, "a header block too large")
         if flags & END_HEADERS:
             first_flags = self.continuation[1]
             self.continuation = None
@@ -546,16 +540,16 @@ class _Connection(asyncio.Protocol):
         existing = self.streams.get(stream_id)
         if existing is not None:  # trailers of a request: only an end of stream
             if not flags & END_STREAM:
-                raise _ConnectionError(PROTOCOL_ERROR, "trailers without END_STREAM")
+                raise ConnectionProtocolError(PROTOCOL_ERROR, "trailers without END_STREAM")
             if existing.ended:
-                raise _ConnectionError(
+                raise ConnectionProtocolError(
                     STREAM_CLOSED, f"HEADERS on stream {stream_id} after its end"
                 )
             if not existing.done and not existing.refused:
                 self._dispatch(existing, out)
             return
         if stream_id <= self.last_stream:
-            raise _ConnectionError(STREAM_CLOSED, f"HEADERS on closed stream {stream_id}")
+            raise ConnectionProtocolError(STREAM_CLOSED, f"HEADERS on closed stream {stream_id}")
         self.last_stream = stream_id
         if self.going_away or self.server.draining:
             out.append(_frame(RST_STREAM, 0, stream_id, struct.pack(">I", REFUSED_STREAM)))
@@ -617,9 +611,9 @@ class _Connection(asyncio.Protocol):
         try:
             headers = self.decoder.decode(block, raw=True)
         except hpack.exceptions.OversizedHeaderListError:
-            raise _ConnectionError(ENHANCE_YOUR_CALM, "a header list too large") from None
+            raise ConnectionProtocolError(ENHANCE_YOUR_CALM, "a header list too large") from None
         except Exception as e:  # HPACK's state is lost: the connection cannot go on
-            raise _ConnectionError(COMPRESSION_ERROR, f"a bad header block ({e})") from None
+            raise ConnectionProtocolError(COMPRESSION_ERROR, f"a bad header block ({e})") from None
         path = content_type = method = encoding = timeout = None
         for name, value in headers:
             if name == b":path":
@@ -648,37 +642,41 @@ class _Connection(asyncio.Protocol):
 
     def _settings(self, stream_id: int, flags: int, payload: bytes, out: list[bytes]) -> None:
         if stream_id:
-            raise _ConnectionError(PROTOCOL_ERROR, "SETTINGS on a stream")
+            raise ConnectionProtocolError(PROTOCOL_ERROR, "SETTINGS on a stream")
         if flags & ACK:
             return
         if len(payload) % 6:
-            raise _ConnectionError(FRAME_SIZE_ERROR, "a SETTINGS frame of a bad length")
+            raise ConnectionProtocolError(FRAME_SIZE_ERROR, "a SETTINGS frame of a bad length")
         for offset in range(0, len(payload), 6):
             key, value = struct.unpack_from(">HI", payload, offset)
             if key == 0x4:  # INITIAL_WINDOW_SIZE: applies to open streams too
                 if value > (1 << 31) - 1:
-                    raise _ConnectionError(FLOW_CONTROL_ERROR, "INITIAL_WINDOW_SIZE too large")
+                    raise ConnectionProtocolError(
+                        FLOW_CONTROL_ERROR, "INITIAL_WINDOW_SIZE too large"
+                    )
                 delta = value - self.peer_window
                 self.peer_window = value
                 for stream in self.streams.values():
                     stream.window += delta
             elif key == 0x5:  # MAX_FRAME_SIZE
                 if not 16384 <= value <= (1 << 24) - 1:
-                    raise _ConnectionError(PROTOCOL_ERROR, "a bad MAX_FRAME_SIZE")
+                    raise ConnectionProtocolError(PROTOCOL_ERROR, "a bad MAX_FRAME_SIZE")
                 self.peer_frame = value
         out.append(_SETTINGS_ACK)
         self._flush(out)
 
     def _window_update(self, stream_id: int, payload: bytes, out: list[bytes]) -> None:
         if len(payload) != 4:
-            raise _ConnectionError(FRAME_SIZE_ERROR, "a WINDOW_UPDATE frame of a bad length")
+            raise ConnectionProtocolError(FRAME_SIZE_ERROR, "a WINDOW_UPDATE frame of a bad length")
         increment = int.from_bytes(payload, "big") & 0x7FFFFFFF
         if not increment:
-            raise _ConnectionError(PROTOCOL_ERROR, "a WINDOW_UPDATE of 0")
+            raise ConnectionProtocolError(PROTOCOL_ERROR, "a WINDOW_UPDATE of 0")
         if not stream_id:
             self.send_window += increment
             if self.send_window > (1 << 31) - 1:
-                raise _ConnectionError(FLOW_CONTROL_ERROR, "the connection window overflowed")
+                raise ConnectionProtocolError(
+                    FLOW_CONTROL_ERROR, "the connection window overflowed"
+                )
         else:
             stream = self.streams.get(stream_id)
             if stream is None:
