@@ -15,12 +15,19 @@ import pytest
 
 #: Files of few, long end-to-end tests, longest first (``--durations``, 2 busy cores:
 #: the demo and follow_training 850 s; two fresh venvs 640 s; four trainings 380 s;
-#: imports of TF-Agents' trigger output with its checkpoints 290 s).
+#: imports of TF-Agents' trigger output with its checkpoints 290 s). The Ray file goes
+#: first: about 100 s of 18 tests, much of it waiting on Ray (a cluster's start, a node's
+#: death), which the other worker's CPU work fills; queued by its number of tests it
+#: started near the end and ran alone. The micro device install and the training output
+#: checks (fresh interpreters importing TensorFlow) take 15-50 s each.
 LONG_FILES = (
+    "tests/toolkit/test_distributed.py",
     "tests/test_examples.py",
     "tests/cli/test_device_install.py",
     "tests/test_training_examples.py",
     "tests/exporters/test_tf_agents_trigger.py",
+    "tests/cli/test_device_install_micro.py",
+    "tests/toolkit/test_training_output.py",
 )
 
 
