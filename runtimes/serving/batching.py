@@ -82,6 +82,8 @@ class Batcher:
         self._rows = 0  # pending rows
         self._leading = False  # a leader gathers or runs a batch, or has been called
         self._tasks: set[asyncio.Task] = set()  # the loop's leaders (kept from the GC)
+        # the loop leader's window, while it waits: set early when max_batch rows are in
+        self._window_open: asyncio.Future | None = None
 
     # --- the two ways in -----------------------------------------------------------------
 
@@ -125,6 +127,10 @@ class Batcher:
             self._rows += item.batch
             if self._rows >= self._max_batch:
                 self._full.notify()
+                window = self._window_open
+                if window is not None:  # the loop's leader waits: end its window now
+                    self._window_open = None
+                    window.get_loop().call_soon_threadsafe(_close_window, window)
             if self._leading:
                 return False
             self._leading = True
@@ -145,8 +151,9 @@ class Batcher:
             done = None
             try:
                 if self._rows < self._max_batch:
-                    # Lets requests already on the wire join this batch (window 0 too).
-                    await asyncio.sleep(self._window)
+                    # Lets requests already on the wire join this batch (window 0 too);
+                    # max_batch rows end the window early, as a thread leader's does.
+                    await self._wait_window(loop)
                 done = self._start(loop)
                 again, answers = await asyncio.shield(done)
             except asyncio.CancelledError:
@@ -154,6 +161,26 @@ class Batcher:
                 (done or self._start(loop)).add_done_callback(self._finish)
                 raise
             _settle(answers)  # here on the loop: no second wake-up of it
+
+    async def _wait_window(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The window on the loop's timer, or until max_batch rows are pending."""
+        if self._window <= 0:
+            await asyncio.sleep(0)
+            return
+        window = loop.create_future()
+        timer = loop.call_later(self._window, _close_window, window)
+        with self._lock:
+            if self._rows >= self._max_batch:
+                window.set_result(None)
+            else:
+                self._window_open = window
+        try:
+            await window
+        finally:
+            timer.cancel()
+            with self._lock:
+                if self._window_open is window:
+                    self._window_open = None
 
     def _start(self, loop: asyncio.AbstractEventLoop) -> asyncio.Future:
         """The loop leader's batch, started in the inference thread."""
@@ -291,6 +318,11 @@ class Batcher:
             return self._run(item.full)
         except Exception as e:
             return e
+
+
+def _close_window(window: asyncio.Future) -> None:
+    if not window.done():
+        window.set_result(None)
 
 
 def _settle(answers: list[tuple[asyncio.Future, Any]]) -> None:

@@ -148,6 +148,36 @@ def test_the_window_is_waited_and_ends_early_at_max_batch(policy):
         assert run.calls == [4] and all(isinstance(a, dict) for a in answers)
 
 
+def test_the_event_loops_window_ends_early_at_max_batch(policy):
+    """A coroutine leader (REST's side) stops waiting its window once max_batch rows are
+    in, whether coroutines or a thread brought them."""
+    with ThreadPoolExecutor(1) as executor:
+        run = _Counted(policy)
+        batcher = Batcher(run, 30.0, 4, executor)
+
+        async def two_coroutines():
+            return await asyncio.gather(*(batcher(_inputs([1, 1]), 2) for _ in range(2)))
+
+        started = time.monotonic()
+        answers = asyncio.run(asyncio.wait_for(two_coroutines(), 20))
+        assert time.monotonic() - started < 10  # 4 rows: the 30 s window ended there
+        assert run.calls == [4] and all(isinstance(a, dict) for a in answers)
+
+        run = _Counted(policy)
+        batcher = Batcher(run, 30.0, 4, executor)
+
+        async def a_coroutine_then_a_thread():
+            first = asyncio.ensure_future(batcher(_inputs([1]), 1))
+            await asyncio.sleep(0.2)  # the coroutine leads and waits its window
+            thread = asyncio.to_thread(batcher.run_blocking, _inputs([1, 1, 1]), 3)
+            return await asyncio.gather(first, thread)
+
+        started = time.monotonic()
+        answers = asyncio.run(asyncio.wait_for(a_coroutine_then_a_thread(), 20))
+        assert time.monotonic() - started < 10
+        assert run.calls == [4] and all(isinstance(a, dict) for a in answers)
+
+
 def test_batches_keep_to_max_batch_and_answer_every_row_under_load(policy):
     """Threads and coroutines over many rounds: every call within max_batch, every row
     run exactly once, every request answered with its own rows (the lead handed over)."""
