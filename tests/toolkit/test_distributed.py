@@ -342,6 +342,21 @@ def test_a_task_on_a_node_that_left_is_played_again_even_when_ray_never_fails_it
     assert not started, "no replacement was started"
 
 
+def test_a_node_table_that_cannot_be_read_is_a_cluster_error(monkeypatch):
+    """The liveness check's lookup failing (the head gone) ends the run in one line."""
+    from toolkit.distributed import evaluation
+    from toolkit.errors import ClusterError
+
+    def gone():
+        raise ConnectionError("GCS at 127.0.0.1:6379 unreachable")
+
+    pool = object.__new__(evaluation._Pool)
+    pool.ray = types.SimpleNamespace(nodes=gone)
+    pool.node_of = {}
+    with pytest.raises(ClusterError, match=r"node table cannot be read \(GCS at 127.0.0.1"):
+        pool.on_dead_nodes([])
+
+
 def test_no_worker_ready_is_a_cluster_error_after_the_start_timeout(cluster, bundle):
     from ray.util.placement_group import placement_group, remove_placement_group
 

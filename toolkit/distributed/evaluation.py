@@ -131,7 +131,11 @@ class _Pool:
 
     def on_dead_nodes(self, actors: list[Any]) -> set[Any]:
         """Those of ``actors`` whose node the cluster no longer lists as alive."""
-        alive = {node["NodeID"] for node in self.ray.nodes() if node.get("Alive")}
+        try:
+            nodes = self.ray.nodes()
+        except Exception as e:  # the head is gone: no worker can answer either
+            raise ClusterError(f"the Ray cluster's node table cannot be read ({e})") from None
+        alive = {node["NodeID"] for node in nodes if node.get("Alive")}
         return {actor for actor in actors if self.node_of[actor] not in alive}
 
     def close(self) -> None:
