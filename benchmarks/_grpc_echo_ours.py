@@ -13,11 +13,12 @@ Usage: ``python benchmarks/_grpc_echo_ours.py``
 
 from __future__ import annotations
 
-import asyncio
-import signal
 import sys
 import types
 from pathlib import Path
+from typing import Any
+
+import _echo_loop  # benchmarks/, this script's folder
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -44,7 +45,7 @@ class _Echo:
         ]
 
 
-async def _serve() -> None:
+async def _start() -> tuple[int, Any]:
     # The transport's only needs of a core: its limits, a metrics hook and the closed
     # connections' counter (no-ops: the echo measures the transport alone).
     uncounted = types.SimpleNamespace(labels=lambda reason: types.SimpleNamespace(inc=int))
@@ -54,22 +55,8 @@ async def _serve() -> None:
         metrics=types.SimpleNamespace(connections_closed=uncounted),
     )
     server = GrpcServer(core, [_Echo()])
-    port = await server.start("127.0.0.1", 0)
-    stop = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-    print(f"gRPC listening on 127.0.0.1:{port}", file=sys.stderr, flush=True)
-    await stop.wait()
-    await server.stop(1.0)
-
-
-def main() -> None:
-    try:
-        import uvloop
-
-        uvloop.run(_serve())
-    except ImportError:
-        asyncio.run(_serve())
+    return await server.start("127.0.0.1", 0), lambda: server.stop(1.0)
 
 
 if __name__ == "__main__":
-    main()
+    _echo_loop.run(_start)

@@ -13,9 +13,9 @@ Usage: ``python benchmarks/_h2_echo.py``
 from __future__ import annotations
 
 import asyncio
-import signal
-import sys
+from typing import Any
 
+import _echo_loop  # benchmarks/, this script's folder
 import h2.config
 import h2.connection
 import h2.events
@@ -71,25 +71,14 @@ class EchoProtocol(asyncio.Protocol):
             self.transport.write(out)
 
 
-async def _serve() -> None:
-    loop = asyncio.get_running_loop()
-    server = await loop.create_server(EchoProtocol, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    stop = asyncio.Event()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    print(f"gRPC listening on 127.0.0.1:{port}", file=sys.stderr, flush=True)
-    await stop.wait()
-    server.close()
+async def _start() -> tuple[int, Any]:
+    server = await asyncio.get_running_loop().create_server(EchoProtocol, "127.0.0.1", 0)
 
+    async def stop() -> None:
+        server.close()
 
-def main() -> None:
-    try:
-        import uvloop
-
-        uvloop.run(_serve())
-    except ImportError:
-        asyncio.run(_serve())
+    return server.sockets[0].getsockname()[1], stop
 
 
 if __name__ == "__main__":
-    main()
+    _echo_loop.run(_start)
