@@ -69,6 +69,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -438,6 +439,22 @@ def _protocol_requests(tmp: Path) -> dict[str, Path]:
     return files
 
 
+def _our_protocols(
+    server: Server, files: dict[str, Path], seconds: float
+) -> dict[str, Callable[[int], dict[str, Any]]]:
+    """Protocol -> a load run of ``clients`` clients against our server, one request file
+    each (``_protocol_requests``)."""
+    v2_infer = "/v2/models/p/infer"
+    return {
+        "TF Serving REST": lambda c: load(server.url, files["tfs_rest"], c, seconds),
+        "v2 REST": lambda c: load(server.url, files["v2_rest"], c, seconds, v2_infer),
+        "v2 gRPC": lambda c: grpc_load(server.grpc, KSERVE_INFER, files["v2_grpc"], c, seconds),
+        "TF Serving gRPC": lambda c: grpc_load(
+            server.grpc, TFS_PREDICT, files["tfs_grpc"], c, seconds
+        ),
+    }
+
+
 def run_protocols(seconds: float, mlserver_python: str | None) -> list[dict[str, Any]]:
     rows = []
     with tempfile.TemporaryDirectory() as tmp_name:
@@ -447,27 +464,7 @@ def run_protocols(seconds: float, mlserver_python: str | None) -> list[dict[str,
         server = Server(bundle, "--grpc-port", "0")
         try:
             for clients in (1, 8):
-                for protocol, runner in (
-                    ("TF Serving REST", lambda c: load(server.url, files["tfs_rest"], c, seconds)),
-                    (
-                        "v2 REST",
-                        lambda c: load(
-                            server.url, files["v2_rest"], c, seconds, "/v2/models/p/infer"
-                        ),
-                    ),
-                    (
-                        "v2 gRPC",
-                        lambda c: grpc_load(
-                            server.grpc, KSERVE_INFER, files["v2_grpc"], c, seconds
-                        ),
-                    ),
-                    (
-                        "TF Serving gRPC",
-                        lambda c: grpc_load(
-                            server.grpc, TFS_PREDICT, files["tfs_grpc"], c, seconds
-                        ),
-                    ),
-                ):
+                for protocol, runner in _our_protocols(server, files, seconds).items():
                     rows.append({"policy": "small", "mode": f"ours, {protocol}", **runner(clients)})
         finally:
             server.stop()
@@ -511,22 +508,10 @@ def run_echoes(seconds: float, rounds: int) -> list[dict[str, Any]]:
         files = _protocol_requests(tmp)
         server = Server(bundle, "--grpc-port", "0")
         echoes = {mode: EchoServer(script) for mode, script in ECHOES.items()}
+        ours = _our_protocols(server, files, seconds)
         runners = [
-            (
-                "ours, TF Serving REST",
-                server,
-                lambda c: load(server.url, files["tfs_rest"], c, seconds),
-            ),
-            (
-                "ours, v2 REST",
-                server,
-                lambda c: load(server.url, files["v2_rest"], c, seconds, "/v2/models/p/infer"),
-            ),
-            (
-                "ours, v2 gRPC",
-                server,
-                lambda c: grpc_load(server.grpc, KSERVE_INFER, files["v2_grpc"], c, seconds),
-            ),
+            (f"ours, {protocol}", server, ours[protocol])
+            for protocol in ("TF Serving REST", "v2 REST", "v2 gRPC")
         ]
         for mode, echo in echoes.items():
             runners.append(
