@@ -200,6 +200,8 @@ class _Connection(asyncio.Protocol):
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.head_size = 0
+        self.head_seen = 0  # bytes read while in one head, after the read it began in
+        self.begun = 0  # requests begun
         self.body: list[bytes] = []
         self.size = 0
         self.receiving = False  # between a request's first byte and its end
@@ -255,8 +257,15 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closed or self.close_after:
             return
+        begun = self.begun
         try:
             self.parser.feed_data(data)
+            if self.receiving and self.current is None and self.begun == begun:
+                # still in the same head: httptools buffers a header until it ends, so
+                # the bytes of a head are bounded here too, not only in its callbacks
+                self.head_seen += len(data)
+                if self.head_seen > MAX_HEAD_BYTES:
+                    raise _HeadTooLarge
         except httptools.HttpParserUpgrade:
             # the request was answered; what follows is another protocol's
             self._close_after_answers(None)
@@ -275,6 +284,8 @@ class _Connection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self.receiving = True
+        self.begun += 1
+        self.head_seen = 0
         self.url = b""
         self.headers = []
         self.head_size = 0

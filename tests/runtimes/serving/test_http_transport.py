@@ -5,6 +5,7 @@ keep-alive close, SIGTERM with a request in flight, and a fuzz run of 200 connec
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import re
@@ -179,6 +180,19 @@ def test_malformed_requests_get_400_and_the_connection_closes(server, request_by
     assert (got, headers["connection"]) == (status, "close")
     assert "error" in json.loads(body)
     assert reader.closed()
+
+
+def test_one_endless_header_sent_in_pieces_gets_431(server):
+    """httptools buffers a header until it ends: a value that never ends is bounded by
+    what the connection read while in the head, not only by the parser's callbacks."""
+    reader = _connect(server)
+    reader.sock.sendall(b"GET / HTTP/1.1\r\nx-long: ")
+    with contextlib.suppress(ConnectionResetError, BrokenPipeError):
+        for _ in range(40):  # 80 KiB, over the 64 KiB bound
+            reader.sock.sendall(b"a" * 2048)
+            time.sleep(0.005)
+    status, headers, _ = reader.answer()
+    assert (status, headers["connection"]) == (431, "close")
 
 
 def test_expect_100_continue_and_head(server):
