@@ -14,7 +14,10 @@ an independent policy with the template's untouched, seeded generator.
 
 from __future__ import annotations
 
+import atexit
 import functools
+import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -223,6 +226,18 @@ def backends(kind: str) -> tuple[str, ...]:
 def live(kind: str):
     """A fresh TF policy of ``kind`` (same weights every time)."""
     return KINDS[kind][0]()
+
+
+_ROOT: list[Path] = []
+
+
+def _root() -> Path:
+    """This process's own folder (tests/runtimes/serving/bundles.py exports into it)."""
+    if not _ROOT:
+        path = Path(tempfile.mkdtemp(prefix="runtime-bundles-"))
+        atexit.register(shutil.rmtree, path, True)
+        _ROOT.append(path)
+    return _ROOT[0]
 
 
 @functools.cache
