@@ -47,13 +47,20 @@ With ``--echoes`` it measures the gRPC transports bare, beside our server: a gRP
 1 and 8 clients, ``--rounds`` interleaved rounds, each row with the server's CPU time
 per request. ``--protocols`` has our transport's echo as a row too.
 
+With ``--http-echoes`` it does the same for the REST transport: a bare HTTP echo (a
+fixed small JSON answer, no policy) on uvicorn + httptools + a minimal ASGI app, as our
+server configures uvicorn (benchmarks/_http_echo_uvicorn.py), and on an asyncio.Protocol
+of our own driving httptools' parser and answering inline
+(benchmarks/_http_echo_ours.py), beside our server's TF Serving REST and v2 REST.
+
 With ``--trees DIR [DIR...]`` it compares source trees (worktrees of other commits):
 gRPC with request batching on (``--batch-window-us 0``), 8 clients, v2 and TF Serving
 gRPC, each tree's server in turn for ``--rounds`` interleaved rounds, with the
 server's CPU time per request (``--tree-clients 1 8``: 1 client too).
 
 Usage: ``python benchmarks/serve_bench.py [--json] [--seconds S] [--protocols
-[--mlserver-python PATH]] [--echoes [--rounds N]] [--trees DIR... [--rounds N]]``
+[--mlserver-python PATH]] [--echoes [--rounds N]] [--http-echoes [--rounds N]]
+[--trees DIR... [--rounds N]]``
 """
 
 from __future__ import annotations
@@ -324,7 +331,7 @@ def _free_port() -> int:
 
 class EchoServer:
     """A bare transport: benchmarks/_grpc_echo.py (grpcio's server, no policy) or
-    another echo ``script``."""
+    another echo ``script`` (gRPC: its address in ``grpc``; HTTP: ``url``)."""
 
     def __init__(self, script: str = "_grpc_echo.py"):
         env = dict(os.environ, PYTHONPATH=str(ROOT))
@@ -335,11 +342,12 @@ class EchoServer:
             text=True,
         )
         line = self.process.stderr.readline()
-        match = re.search(r"gRPC listening on (\S+)", line)
+        match = re.search(r"listening on (\S+)", line)
         if match is None:
             self.process.kill()
             raise RuntimeError(f"the echo server did not start: {line}")
         self.grpc = match.group(1)
+        self.url = match.group(1) if match.group(1).startswith("http://") else None
 
     cpu_seconds = Server.cpu_seconds
 
@@ -539,6 +547,55 @@ def run_echoes(seconds: float, rounds: int) -> list[dict[str, Any]]:
     return rows
 
 
+HTTP_ECHOES = {
+    "bare HTTP echo, uvicorn + ASGI": "_http_echo_uvicorn.py",
+    "bare HTTP echo, our httptools protocol": "_http_echo_ours.py",
+}
+
+
+def run_http_echoes(seconds: float, rounds: int) -> list[dict[str, Any]]:
+    """The REST transports alone, beside our REST: each HTTP echo of ``HTTP_ECHOES``
+    (a fixed small JSON answer, no policy) and our server's TF Serving REST and v2
+    REST, 1 and 8 clients, ``rounds`` interleaved rounds, each row with the server's
+    CPU time per request."""
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        bundle = export_bundles(tmp)["small"]
+        files = _protocol_requests(tmp)
+        server = Server(bundle)
+        echoes = {mode: EchoServer(script) for mode, script in HTTP_ECHOES.items()}
+        ours = _our_protocols(server, files, seconds)
+        runners = [
+            (f"ours, {protocol}", server, ours[protocol])
+            for protocol in ("TF Serving REST", "v2 REST")
+        ]
+        for mode, echo in echoes.items():
+            runners.append(
+                (
+                    mode,
+                    echo,
+                    lambda c, echo=echo: load(
+                        echo.url, files["v2_rest"], c, seconds, "/v2/models/p/infer"
+                    ),
+                )
+            )
+        try:
+            for round_ in range(rounds):
+                for clients in (1, 8):
+                    for mode, process, runner in runners:
+                        before = process.cpu_seconds()
+                        row = runner(clients)
+                        spent = process.cpu_seconds() - before  # warm-up requests included
+                        row["server_cpu_us"] = spent / max(row["all_requests"], 1) * 1e6
+                        rows.append({"policy": "small", "mode": mode, "round": round_, **row})
+        finally:
+            server.stop()
+            for echo in echoes.values():
+                echo.stop()
+    return rows
+
+
 def run_trees(
     trees: list[Path], seconds: float, rounds: int, client_counts: tuple[int, ...] = (8,)
 ) -> list[dict[str, Any]]:
@@ -669,6 +726,9 @@ def main() -> int:
         "--echoes", action="store_true", help="the bare gRPC transports beside our REST"
     )
     parser.add_argument(
+        "--http-echoes", action="store_true", help="the bare HTTP transports beside our REST"
+    )
+    parser.add_argument(
         "--pin",
         action="store_true",
         help="servers on CPU 0, load generators on CPU 1 (taskset; the same for every server)",
@@ -680,6 +740,9 @@ def main() -> int:
     load_before = os.getloadavg()[0]
     if args.echoes:
         rows = run_echoes(args.seconds, args.rounds)
+        checks = []
+    elif args.http_echoes:
+        rows = run_http_echoes(args.seconds, args.rounds)
         checks = []
     elif args.trees:
         trees = [t.resolve() for t in args.trees]

@@ -9,11 +9,7 @@ and each protocol's codec (``runtimes.serving.protocols`` lists them) maps that 
 own status. A codec turns its wire format into (model, version or label, signature,
 flat arrays), calls ``run`` and encodes the outputs; CPU-heavy decoding of large
 requests goes through ``offload``, off the event loop's thread. Both transports (HTTP
-and gRPC) call ``run`` on the event loop. A caller in a thread of its own calls
-``run_blocking`` there instead: a request runs in that thread, a batched one as its
-share of a merged call (the batcher takes threads and coroutines alike:
-``runtimes.serving.batching``), and only sequences, which live on the event loop, are
-handed to the loop.
+and gRPC) call ``run`` on the event loop, where batching and sequences live.
 """
 
 from __future__ import annotations
@@ -124,9 +120,6 @@ class ServingCore:
         # the GIL, and the event loop's thread takes its turn between their slices.
         self._decoder = ThreadPoolExecutor(1, thread_name_prefix="policy-serve-decode")
         self.draining = False
-        #: the event loop the server runs on (set by the server once it runs): where
-        #: ``run_blocking`` hands sequence requests
-        self.loop: asyncio.AbstractEventLoop | None = None
 
     # --- the catalogue -------------------------------------------------------------------
 
@@ -210,40 +203,6 @@ class ServingCore:
         if not isinstance(outputs, dict):  # batched: the merged call's share
             outputs = await outputs
         return outputs
-
-    def run_blocking(
-        self,
-        signature: Signature,
-        arrays: dict[str, np.ndarray],
-        sequence: SequenceFlags | None = None,
-        loaded: LoadedVersion | None = None,
-        model: str = "",
-        checked: int | None = None,
-    ) -> dict[str, Any]:
-        """``run`` for a caller in a thread other than the event loop's (a gRPC thread).
-
-        A request without a sequence is checked and run in the calling thread (the
-        runtimes keep their per-call buffers per thread); when its version batches
-        requests, the thread waits for its share of a merged call (or leads it:
-        ``Batcher.run_blocking``), with no crossing to the event loop. A sequence's
-        step is awaited on the event loop (``self.loop``, which must be running),
-        where the sequences live.
-        Same arguments, result and errors as ``run``; ``checked``: the batch size of
-        arrays the codec made in the inputs' exact dtypes and shapes, with names, shapes
-        and batch as ``Signature.check`` passed them for an earlier request of this very
-        layout (it is not run again).
-        """
-        if sequence is None:
-            if checked is None:
-                arrays, batch = signature.check(arrays, self.limits.max_batch)
-            else:
-                batch = checked
-            return signature.run_blocking(arrays, batch)
-        loop = self.loop
-        if loop is None:
-            raise RuntimeError("run_blocking: the server's event loop is not running (.loop)")
-        pending = self.run(signature, arrays, sequence, loaded, model)
-        return asyncio.run_coroutine_threadsafe(pending, loop).result()
 
     async def offload(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Runs CPU-heavy work of one request (decoding a large body) off the event loop."""
@@ -348,7 +307,7 @@ def build_core(options: CoreOptions) -> ServingCore:
         return policy, policy.layout
 
     def prepare(name, policy, layout, version, path, identity) -> LoadedVersion:
-        action = blocking = batcher = None
+        batcher = None
         if window is not None:
             batcher = Batcher(
                 policy.action_flat,
@@ -357,8 +316,7 @@ def build_core(options: CoreOptions) -> ServingCore:
                 executor,
                 on_batch=metrics.batch_rows.labels(name).observe,
             )
-            action, blocking = batcher, batcher.run_blocking
-        signatures = signatures_for(policy, distribution_outputs(layout), action, blocking)
+        signatures = signatures_for(policy, distribution_outputs(layout), batcher)
         return LoadedVersion(version, path, policy, signatures, identity, time.time(), batcher)
 
     def on_change(name: str, snapshot: Snapshot) -> None:

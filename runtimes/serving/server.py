@@ -140,11 +140,11 @@ class _Server(uvicorn.Server):
     max_connections: int = 1024
     read_timeout_seconds: float = 5.0
     listening: str = ""
+    loop: asyncio.AbstractEventLoop | None = None
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
         grpc_server = None
-        if self.core is not None:
-            self.core.loop = asyncio.get_running_loop()
+        self.loop = asyncio.get_running_loop()
         if self.grpc_port is not None and self.core is not None:
             from runtimes.serving.grpc_server import build_server
 
@@ -175,7 +175,7 @@ class _Server(uvicorn.Server):
         if self.core is not None:
             self.core.start_draining()
         if self.grpc_server is not None:  # GOAWAY, from the loop; calls in flight go on
-            self.core.loop.call_soon_threadsafe(self.grpc_server.drain)
+            self.loop.call_soon_threadsafe(self.grpc_server.drain)
         super().handle_exit(sig, frame)
 
     @contextlib.contextmanager

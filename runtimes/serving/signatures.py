@@ -78,8 +78,6 @@ class Signature:
         instance); get_initial_state, get_train_step and get_metadata do not.
       run: ``(arrays, batch) -> {output name: array}`` (or an awaitable of it, when
         request batching runs it), for arrays that passed ``check``.
-      run_blocking: ``run`` for a caller off the event loop (a gRPC thread): the
-        outputs themselves, never an awaitable (``run`` when None).
     """
 
     def __init__(
@@ -89,14 +87,12 @@ class Signature:
         outputs: list[TensorInfo],
         batched: bool,
         run: Run,
-        run_blocking: Run | None = None,
     ):
         self.name = name
         self.inputs = {t.name: t for t in inputs}
         self.outputs = {t.name: t for t in outputs}
         self.batched = batched
         self.run = run
-        self.run_blocking = run if run_blocking is None else run_blocking
         self.required = [t.name for t in inputs if t.required]
 
     def check_names(self, names: Any) -> None:
@@ -284,7 +280,6 @@ def signatures_for(
     policy: Any,
     distribution: list[TensorInfo],
     action: Callable[[dict[str, np.ndarray], int], Any] | None = None,
-    blocking: Callable[[dict[str, np.ndarray], int], Any] | None = None,
 ) -> dict[str, Signature]:
     """The signatures a loaded runtime policy answers.
 
@@ -293,8 +288,6 @@ def signatures_for(
       distribution: the distribution signature's outputs (``distribution_outputs``).
       action: ``(full inputs, batch) -> flat outputs`` (or an awaitable of them):
         request batching plugs in here; by default ``policy.action_flat``.
-      blocking: ``action`` for a caller off the event loop, its outputs themselves
-        (request batching's ``run_blocking``); ``action`` when None.
 
     Returns:
       Signature name -> Signature.
@@ -305,9 +298,6 @@ def signatures_for(
         def action(full, batch):
             return policy.action_flat(full)
 
-    if blocking is None:
-        blocking = action
-
     action_out = _tensors(policy.action_spec, "action")
     state_out = _tensors(policy.policy_state_spec, "next_state")
     info_out = _tensors(policy.info_spec, "info")
@@ -316,7 +306,7 @@ def signatures_for(
         dataclasses.replace(t, required=False) for t in defaults.time_step if t.name == "step_type"
     ]
 
-    def picker(tensors: list[TensorInfo]) -> tuple[Run, Run]:
+    def picker(tensors: list[TensorInfo]) -> Run:
         names = [t.name for t in tensors]
 
         def pick(out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -328,10 +318,7 @@ def signatures_for(
                 return _then(out, pick)
             return pick(out)
 
-        def run_blocking(arrays, batch):
-            return pick(blocking(defaults.full(arrays, batch), batch))
-
-        return run, run_blocking
+        return run
 
     def run_distribution(arrays, batch):
         out = policy.distribution_params_flat(defaults.full(arrays, batch))
@@ -357,14 +344,14 @@ def signatures_for(
             serving_inputs,
             action_out + state_out,
             True,
-            *picker(action_out + state_out),
+            picker(action_out + state_out),
         ),
         Signature(
             "action",
             all_inputs,
             action_out + state_out + info_out,
             True,
-            *picker(action_out + state_out + info_out),
+            picker(action_out + state_out + info_out),
         ),
         Signature("distribution", all_inputs, distribution, True, run_distribution),
         Signature(

@@ -166,34 +166,29 @@ def test_the_core_answers_from_its_catalogue_and_drains():
 
 
 @pytest.mark.parametrize("window_us", [None, 0])
-def test_run_blocking_answers_from_other_threads_as_run_does(window_us):
-    # What a gRPC thread calls: the policy runs in the caller's threads (here 4 at once),
-    # batched or not, with no event loop; only a sequence's step needs the loop.
-    from runtimes.serving.sequences import SequenceFlags
-
+def test_concurrent_requests_are_answered_each_with_its_own_rows(window_us):
+    # Both transports await run on the loop: 8 requests at once, batched or not.
     bundle = cr.bundle("greedy_q")
     core = build_core(CoreOptions([ModelConfig("m", bundle)], batch_window_us=window_us))
     core.registry.poll()
-    loaded = core.resolve("m", None, None)
-    signature = loaded.signatures["serving_default"]
+    signature = core.resolve("m", None, None).signatures["serving_default"]
     rng = np.random.default_rng(2)
     observations = rng.normal(size=(8, 3, 4)).astype(np.float32)
     policy = runtimes.load_policy(bundle, "onnx")
     mid = TimeStep(np.ones(3, np.int32), np.zeros(3, np.float32), np.ones(3, np.float32), None)
     expected = [policy.action(mid._replace(observation=o)).action for o in observations]
+
+    async def requests():
+        return await asyncio.gather(
+            *(core.run(signature, {"observation": o}) for o in observations)
+        )
+
     try:
-        assert core.loop is None
-        with ThreadPoolExecutor(4) as pool:
-            got = list(
-                pool.map(lambda o: core.run_blocking(signature, {"observation": o}), observations)
-            )
+        got = asyncio.run(requests())
         for want, answer in zip(expected, got, strict=True):
             np.testing.assert_array_equal(answer["action"], want)
         with pytest.raises(ServingError, match=r"observation: expected shape \[B, 4\]"):
-            core.run_blocking(signature, {"observation": observations[0][:, :3]})
-        flags = SequenceFlags("s", True, False)
-        with pytest.raises(RuntimeError, match="event loop is not running"):
-            core.run_blocking(signature, {"observation": observations[0]}, flags, loaded, "m")
+            asyncio.run(core.run(signature, {"observation": observations[0][:, :3]}))
     finally:
         core.close()
 
