@@ -8,15 +8,19 @@ that key in POLICY_TOOLKIT_TRUST_KEYS (as a fleet would): every load of a mutate
 bundle must then be refused (a load that succeeds is counted as a problem), while the
 unmutated signed bases are checked to load.
 
-Exports five small bundles (a Q policy with SavedModel and ONNX, the same ONNX-only, the
-same with LiteRT too, a recurrent Q policy, a deterministic actor), and a states file
+Exports seven small bundles (a Q policy with SavedModel and ONNX, the same ONNX-only, the
+same with LiteRT too, a recurrent Q policy, a deterministic actor, a CartPole Q policy
+with the micro and C targets, the same with the C target's int8 weights), and a states file
 for each (``quantize --observations``), then builds ``--cases`` mutated copies:
 manifest fields set to random JSON or deleted, the same with every copy and hash
 rewritten to match (so only the graphs can tell), truncations, byte flips (with and
 without new hashes), paths leaving the bundle, symbolic links (to files outside, to
 /dev/zero, to folders), FIFOs, folders in place of files, ONNX external data (inside
 and outside the bundle), huge shapes, huge and deeply nested manifests, and
-``policy.tflite`` mutated with its hash rewritten to match (``--tflite-cases`` of them).
+``policy.tflite`` mutated with its hash rewritten to match (``--tflite-cases`` of them),
+and the micro and C targets' files likewise. The random families (fields, truncations,
+flips) draw their base from all seven bundles, the two micro/C ones included: every
+case of those also loads and acts with the micro and c backends and runs ``verify``.
 
 Each case runs in a worker process with a timeout (a hang is counted and the worker
 restarted): ``load_policy`` with the onnx backend and three actions checked against the
@@ -67,6 +71,9 @@ BASES = {
     "rnn": ("tf/greedy_q_rnn", ("saved_model", "onnx")),
     "actor": ("tf/actor/action_network", ("saved_model", "onnx")),
 }
+#: Bases exported with the micro and c targets (made in export_bases): random mutations
+#: of theirs are loaded by the micro and c backends too.
+MICRO_BASES = ("q_micro", "q_c_int8")
 DECOYS = ("outside.onnx", "victim.onnx", "w.bin", "secret.bin")
 #: The files of the micro and c targets a "micro_rehash" case mutates (hashes rewritten).
 MICRO_FILES = (
@@ -154,6 +161,11 @@ def export_bases(work: Path) -> dict[str, Path]:
         options = {"env": "CartPole-v1", "episodes": 2, "c_weights": "int8"}
         export_policy(small_cartpole(), c_int8, formats=("onnx", "c"), format_options=options)
     bases["q_c_int8"] = c_int8
+    for name in MICRO_BASES:  # quantize cases of these bases read recorded states too
+        if not states_file(bases[name]).exists():
+            spec = runtimes.load_policy(bases[name], "onnx").time_step_spec.observation
+            rows = array_spec.sample_spec_nest(spec, np.random.default_rng(0), outer_dims=(64,))
+            np.savez(states_file(bases[name]), **dict(nest.flatten_with_paths(rows, "observation")))
     ckpt = work / "bases" / "ckpt_q"
     if not ckpt.exists():
         save_checkpoint(exported_bundles.tf_policy_for("tf/greedy_q"), ckpt, train_step=7)
@@ -615,17 +627,19 @@ def run_case(task: dict[str, Any], kind: str) -> dict[str, Any]:
         results["load_onnx"] = _outcome(lambda: _act(runtimes.load_policy(bundle, "onnx", seed=0)))
         results["inspect"] = _outcome(lambda: _inspect(bundle))
         if task.get("micro"):
-            # A mutated micro model or C file (hashes rewritten) may only be refused.
+            # A mutated micro model or C file (hashes rewritten) may only be refused as a
+            # bad bundle; a mutated manifest, with any ToolkitError.
             from exporters.parity import verify
             from toolkit.errors import BundleError
 
+            refusals = (BundleError,) if task.get("rehashed_model") else None
             for backend in ("micro", "c"):
                 results[f"load_{backend}"] = _outcome(
                     lambda b=backend: _act(runtimes.load_policy(bundle, b, seed=0)),
-                    refusals=(BundleError,),
+                    refusals=refusals,
                 )
             results["verify_micro"] = _outcome(
-                lambda: {"ok": verify(bundle, num_samples=4).ok}, refusals=(BundleError,)
+                lambda: {"ok": verify(bundle, num_samples=4).ok}, refusals=refusals
             )
         if task.get("quantize"):
             from exporters.quantize import quantize_bundle
@@ -845,8 +859,9 @@ def plan(cases: int, seed: int, tflite_cases: int) -> list[tuple[str, str]]:
     out += [("micro_rehash", "q_micro")] * tflite_cases
     out += [("micro_rehash", "q_c_int8")] * (tflite_cases // 2)
     families = ["field"] * 6 + ["field_consistent"] * 3 + ["truncate"] * 2 + ["flip"] * 3
+    bases = [*BASES, *MICRO_BASES]
     while len(out) < cases:
-        out.append((rng.choice(families), rng.choice(list(BASES))))
+        out.append((rng.choice(families), rng.choice(bases)))
     return out
 
 
@@ -910,13 +925,15 @@ def main(argv: list[str] | None = None) -> int:
             "ckpt": str(work / "bases" / "ckpt_q"),
             "quantize": index % 4 == 0,
             "quantize_litert": family == "tflite_rehash",
-            "micro": family == "micro_rehash",
+            "micro": base in MICRO_BASES,
+            "rehashed_model": family == "micro_rehash",
             "states": str(states_file(bases[base])),
         }
         answers = []
         workers = [light]
         targeted = family in TARGETED or family == "tflite_rehash"
-        if (targeted or index % args.tf_every == 0) and base != "q_onnx":
+        has_tf = base in BASES and "saved_model" in BASES[base][1]
+        if (targeted or index % args.tf_every == 0) and has_tf:
             workers.append(tf_worker)
         for w in workers:
             answer = w.run(task, args.timeout)

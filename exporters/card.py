@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
 
-from toolkit.errors import ExportError
+from toolkit.errors import BundleError, ExportError
 
 __all__ = ["CARD_FILE", "CARD_KEYS", "make_card", "parse_card_options", "updated_card"]
 
@@ -224,12 +224,27 @@ def card_bytes(card: Mapping[str, Any]) -> bytes:
 
 
 def updated_card(data: bytes, manifest: Mapping[str, Any]) -> bytes:
-    """A card (bom.cdx.json bytes) with the manifest's new train step (``update``)."""
-    card = json.loads(data)
-    model = card["metadata"]["component"]
+    """A card (bom.cdx.json bytes) with the manifest's new train step (``update``).
+
+    Raises:
+      BundleError: the card is not a CycloneDX model card of the shape export writes (its
+        hash matched: the bundle's data, checked before it is edited).
+    """
+    try:
+        card = json.loads(data)
+        model = card["metadata"]["component"]
+        properties = model["modelCard"].get("properties", [])
+        if not isinstance(properties, list):
+            raise TypeError(f"properties: expected a list, got {type(properties).__name__}")
+    except (ValueError, RecursionError, LookupError, TypeError, AttributeError) as e:
+        got = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
+        raise BundleError(
+            f"{CARD_FILE}: expected a CycloneDX model card with metadata.component.modelCard "
+            f"(as export writes it), got {type(e).__name__}: {got}"
+        ) from e
     model["version"] = str(manifest.get("train_step"))
-    for prop in model["modelCard"].get("properties", []):
-        if prop.get("name") == _PROPERTY + "train_step":
+    for prop in properties:
+        if isinstance(prop, dict) and prop.get("name") == _PROPERTY + "train_step":
             prop["value"] = str(manifest.get("train_step"))
     card["serialNumber"] = f"urn:uuid:{uuid.uuid4()}"
     return card_bytes(card)

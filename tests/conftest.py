@@ -11,7 +11,11 @@ first, the rest still by their number of tests, so both workers finish together.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+
+from tests import run_cache
 
 #: Files of few, long end-to-end tests, longest first (``--durations``, 2 busy cores:
 #: the demo and follow_training 850 s; two fresh venvs 640 s; four trainings 380 s;
@@ -20,6 +24,8 @@ import pytest
 #: death), which the other worker's CPU work fills; queued by its number of tests it
 #: started near the end and ran alone. The micro device install and the training output
 #: checks (fresh interpreters importing TensorFlow) take 15-50 s each.
+_RUN_CACHE = pytest.StashKey[Path]()
+
 LONG_FILES = (
     "tests/toolkit/test_distributed.py",
     "tests/test_examples.py",
@@ -34,6 +40,14 @@ LONG_FILES = (
 def pytest_configure(config: pytest.Config) -> None:
     if hasattr(config.option, "loadscopereorder"):  # pytest-xdist: keep the order below
         config.option.loadscopereorder = False
+    if not hasattr(config, "workerinput"):  # the controlling process (or a lone pytest)
+        # Exports shared by the workers it starts (tests/run_cache.py), removed at the end.
+        config.stash[_RUN_CACHE] = run_cache.start_run()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _RUN_CACHE in config.stash:
+        run_cache.end_run(config.stash[_RUN_CACHE])
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -1,28 +1,19 @@
-"""Bundles of every TF policy kind of the contract suite, exported once per test process.
+"""Bundles of every TF policy kind of the contract suite, exported once per test run.
 
 Export takes seconds per policy, so test modules share these: ``bundle_for(case_id)``
-returns ``(bundle_path, tf_policy)`` and caches both.
+returns ``(bundle_path, tf_policy)`` and caches both. The bundle is exported by the first
+of ``make test``'s workers that asks (tests/run_cache.py); the policy is made in each
+process (the same weights on every call).
 """
 
 from __future__ import annotations
 
-import atexit
 import functools
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from tests import run_cache
 from tests.contract import cases_tf
-
-
-@functools.cache
-def _root() -> Path:
-    """The folder of this process's bundles (made on first use, removed at exit)."""
-    root = Path(tempfile.mkdtemp(prefix="policy-bundles-"))
-    atexit.register(shutil.rmtree, root, ignore_errors=True)
-    return root
-
 
 #: case id -> the contract case, for every TF policy kind.
 CASES = {case.id: case for case in cases_tf.CASES}
@@ -44,7 +35,11 @@ def bundle_for(case_id: str) -> tuple[Path, Any]:
     from exporters import export_policy
 
     policy = tf_policy_for(case_id)
-    path = _root() / case_id.replace("/", "__")
     formats = ("onnx",) if case_id in ONNX_ONLY else ("saved_model", "onnx")
-    export_policy(policy, path, formats=formats, train_step=42, metadata={"case": case_id})
+    path = run_cache.shared(
+        "exported-" + case_id.replace("/", "__"),
+        lambda to: export_policy(
+            policy, to, formats=formats, train_step=42, metadata={"case": case_id}
+        ),
+    )
     return path, policy

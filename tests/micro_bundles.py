@@ -1,21 +1,12 @@
-"""Micro bundles shared by the micro tests, exported once per test process."""
+"""Micro bundles shared by the micro tests, exported once per test run (by the first of
+``make test``'s workers that asks, tests/run_cache.py)."""
 
 from __future__ import annotations
 
-import atexit
 import functools
-import shutil
-import tempfile
 from pathlib import Path
 
-
-@functools.cache
-def _root() -> Path:
-    """The folder of this process's micro bundles (made on first use, removed at exit)."""
-    root = Path(tempfile.mkdtemp(prefix="micro-bundles-"))
-    atexit.register(shutil.rmtree, root, ignore_errors=True)
-    return root
-
+from tests import run_cache
 
 #: Calibration and held-out episodes of the shared export (short: the policy is untrained).
 ENV = {"env": "CartPole-v1", "episodes": 3, "calibration_episodes": 3}
@@ -27,8 +18,11 @@ def cartpole_micro() -> Path:
     from exporters import export_policy
     from tests.cli_factories import cartpole_100_40
 
-    return export_policy(
-        cartpole_100_40(), _root() / "cartpole", formats=["onnx", "micro"], format_options=ENV
+    return run_cache.shared(
+        "micro-cartpole",
+        lambda to: export_policy(
+            cartpole_100_40(), to, formats=["onnx", "micro"], format_options=ENV
+        ),
     )
 
 
@@ -39,8 +33,11 @@ def cartpole_c() -> Path:
     from tests.cli_factories import cartpole_100_40
 
     options = {"env": ENV["env"], "episodes": ENV["episodes"]}
-    return export_policy(
-        cartpole_100_40(), _root() / "cartpole_c", formats=["onnx", "c"], format_options=options
+    return run_cache.shared(
+        "micro-cartpole_c",
+        lambda to: export_policy(
+            cartpole_100_40(), to, formats=["onnx", "c"], format_options=options
+        ),
     )
 
 
@@ -51,9 +48,9 @@ def cartpole_c_int8() -> Path:
     from tests.cli_factories import cartpole_100_40
 
     options = {**ENV, "c_weights": "int8"}
-    return export_policy(
-        cartpole_100_40(),
-        _root() / "cartpole_c_int8",
-        formats=["onnx", "c"],
-        format_options=options,
+    return run_cache.shared(
+        "micro-cartpole_c_int8",
+        lambda to: export_policy(
+            cartpole_100_40(), to, formats=["onnx", "c"], format_options=options
+        ),
     )

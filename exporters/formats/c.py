@@ -20,6 +20,7 @@ from typing import Any
 from exporters.formats.base import Format, Runner
 from exporters.formats.micro import (
     HELD_OUT_SCHEMA,
+    MEASURED_SCHEMA,
     OBSERVATION_SCHEMA,
     agreement_row,
     read_held_out,
@@ -99,7 +100,7 @@ class CFormat(Format):
                 },
             },
             "held_out": HELD_OUT_SCHEMA,
-            "measured": {"type": "object"},
+            "measured": MEASURED_SCHEMA,
         },
     }
 

@@ -49,6 +49,33 @@ HELD_OUT_SCHEMA = {
         "action_dtype": {"enum": ["int32", "float32"]},
     },
 }
+_COUNT = {"type": "integer", "minimum": 0}
+_SHARE = {"type": "number", "minimum": 0, "maximum": 1}
+#: What export and quantize measured (micro and c), as ``describe`` and inspect read it:
+#: each known entry typed, so a manifest with another kind of value is refused at load.
+MEASURED_SCHEMA = {
+    "type": "object",
+    "maxProperties": 64,
+    "properties": {
+        "env": {"type": "string", "maxLength": 256},
+        "state_source": {"type": "string", "maxLength": 4096},
+        "episodes": _COUNT,
+        "calibration_episodes": _COUNT,
+        "seed": {"type": "integer"},
+        "held_out_states": _COUNT,
+        "calibration_states": _COUNT,
+        "float_return": {"type": "number"},
+        "micro_return": {"type": "number"},
+        "c_return": {"type": "number"},
+        "agreement": _SHARE,
+        "int8_agreement": _SHARE,
+        "calibration_agreement": _SHARE,
+        "max_action_error": {"type": "number"},
+        "mean_action_error": {"type": "number"},
+        "action_range": {"type": "array", "maxItems": 1 << 16, "items": {"type": "number"}},
+        "int8_layers": {"type": "string", "maxLength": 64},
+    },
+}
 OBSERVATION_SCHEMA = {
     "type": "array",
     "minItems": 1,
@@ -110,7 +137,7 @@ class MicroFormat(Format):
             },
             "quantization": {"type": "object"},
             "held_out": HELD_OUT_SCHEMA,
-            "measured": {"type": "object"},
+            "measured": MEASURED_SCHEMA,
         },
     }
 

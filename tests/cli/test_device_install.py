@@ -10,19 +10,17 @@ ships py.typed and the LICENSE.
 
 from __future__ import annotations
 
-import atexit
 import functools
 import json
-import shutil
 import subprocess
 import sys
-import tempfile
 import venv
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests import run_cache
 from tests.cli_factories import small_cartpole
 
 pytestmark = pytest.mark.slow
@@ -44,18 +42,20 @@ def device_bundle(tmp_path_factory):
     )
 
 
-@functools.cache
-def _project_wheel() -> Path:
-    """The project's wheel, built once per test process: what ``pip install .`` builds."""
-    out = Path(tempfile.mkdtemp(prefix="device-wheel-"))
-    atexit.register(shutil.rmtree, out, ignore_errors=True)
+def _build_wheel(out: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet",
          "--disable-pip-version-check", "--wheel-dir", str(out), str(ROOT)],
         capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
-    (wheel,) = out.glob("policy_toolkit-*.whl")
+
+
+@functools.cache
+def _project_wheel() -> Path:
+    """The project's wheel, built once per test run (this file and the micro install's
+    share it across workers, tests/run_cache.py): what ``pip install .`` builds."""
+    (wheel,) = run_cache.shared("device-wheel", _build_wheel).glob("policy_toolkit-*.whl")
     return wheel
 
 

@@ -1,8 +1,9 @@
 """Contract cases: exported bundles of every exportable policy kind, loaded by every runtime.
 
 Each kind is a TF policy with deterministic weights (``live(kind)`` builds it afresh);
-``bundle(kind)`` exports it once per test session into a temporary folder removed at
-exit, so the contract suite, the parity tests and the sampling tests share exports.
+``bundle(kind)`` exports it once per test run (by the first of ``make test``'s workers
+that asks, tests/run_cache.py), so the contract suite, the parity tests and the sampling
+tests share exports.
 
 Bundles hold a LiteRT model too, except for kinds LiteRT's builtin ops cannot express
 (``LITERT_UNSUPPORTED``). ``make()`` of an onnx or litert case loads the bundle anew
@@ -24,6 +25,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from tests import run_cache
 from tests.contract.case import PolicyCase
 
 # One observation layout per family of cases: flat, and a dict with a float64 leaf
@@ -230,6 +232,7 @@ _ROOT: list[Path] = []
 
 
 def _root() -> Path:
+    """This process's own folder (tests/runtimes/serving/bundles.py exports into it)."""
     if not _ROOT:
         path = Path(tempfile.mkdtemp(prefix="runtime-bundles-"))
         atexit.register(shutil.rmtree, path, True)
@@ -239,17 +242,19 @@ def _root() -> Path:
 
 @functools.cache
 def bundle(kind: str) -> Path:
-    """The bundle of ``kind``, exported once per process."""
+    """The bundle of ``kind``, exported once per test run."""
     from exporters.export import export_policy
 
-    name = kind.replace("/", "-")
     formats = ("saved_model", "onnx") + (() if kind in LITERT_UNSUPPORTED else ("litert",))
-    return export_policy(
-        live(kind),
-        _root() / name,
-        formats=formats,
-        train_step=7,
-        metadata={"kind": kind, "source": "tests"},
+    return run_cache.shared(
+        "runtime-" + kind.replace("/", "-"),
+        lambda to: export_policy(
+            live(kind),
+            to,
+            formats=formats,
+            train_step=7,
+            metadata={"kind": kind, "source": "tests"},
+        ),
     )
 
 

@@ -255,3 +255,23 @@ def test_the_cli_exports_int8_c_weights_and_refuses_unknown_ones(tmp_path):
         refused.stderr
     )
     assert not (tmp_path / "int4").exists()
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("float_return", "float32", r'c.measured.float_return: expected a number, got "float32"'),
+        ("agreement", 2.5, r"c.measured.agreement: expected a value <= 1, got 2.5"),
+        ("int8_layers", ["all"], r"c.measured.int8_layers: expected a string, got a list"),
+    ],
+)
+def test_measured_values_of_another_type_are_refused_at_load(float_bundle, key, value, message):
+    # inspect formatted ``float_return`` with :.1f and crashed on a string
+    # (benchmarks/fuzz_bundles.py, a field set with every copy rewritten to match).
+    from toolkit.bundle import manifest as manifest_lib
+
+    data = json.loads((float_bundle / "manifest.json").read_text())
+    manifest_lib.validate(data)  # the export's own manifest passes
+    data["c"]["measured"][key] = value
+    with pytest.raises(BundleError, match=message):
+        manifest_lib.validate(data)

@@ -129,3 +129,48 @@ def test_a_quantized_bundle_has_its_own_card(tmp_path):
         "agree with the float policy" in t
         for t in model_card["considerations"]["technicalLimitations"]
     )
+
+
+@pytest.mark.parametrize(
+    "data, shown",
+    [
+        (b'{"bomFormat": "CycloneDX", "metadata": {', "model card: unreadable (bom.cdx.json: "
+         "expected JSON, got Expecting property name"),
+        (b"\xff\xfe not utf-8", "model card: unreadable (bom.cdx.json: expected JSON, got"),
+        (b"[" * 100_000 + b"]" * 100_000, "model card: unreadable (bom.cdx.json: expected JSON"),
+        (b'["a list"]', "model card: unreadable (bom.cdx.json: expected a JSON object, got list)"),
+        # The right top level, every field of another shape: shown as far as it goes.
+        (
+            json.dumps({
+                "specVersion": "1.6", "metadata": {"component": {"name": "p", "modelCard": {
+                    "modelParameters": {"approach": "rl", "inputs": 3, "outputs": ["x", 1]},
+                    "quantitativeAnalysis": [], "properties": [7, {"name": 1}],
+                    "considerations": {"technicalLimitations": "one"}}}},
+                "components": {"name": "TensorFlow"},
+            }).encode(),
+            "p (train step None)",
+        ),
+    ],
+    ids=["truncated", "not-utf8", "nested-too-deep", "a-list", "odd-shapes"],
+)  # fmt: skip
+def test_inspect_shows_a_malformed_card_whose_hash_matches_and_fails_on_nothing(
+    tmp_path, data, shown
+):
+    # The card is the bundle's data: with its hash rewritten to match (found by
+    # benchmarks/fuzz_bundles.py), inspect crashed with an unexpected JSONDecodeError.
+    import hashlib
+    import shutil
+
+    path = tmp_path / "b"
+    shutil.copytree(cr.bundle("greedy_q"), path)
+    (path / card_lib.CARD_FILE).write_bytes(data)
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["files"][card_lib.CARD_FILE] = {
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "size": len(data),
+    }
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    result = CliRunner().invoke(app, ["inspect", str(path)])
+    assert result.exit_code == 0, result.output
+    assert shown in result.stdout, result.stdout
+    assert "signature: none (unsigned)" in result.stdout  # the rest is still shown

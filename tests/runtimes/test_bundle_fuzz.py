@@ -117,6 +117,33 @@ def test_update_through_a_symlink_is_refused(source, checkpoint, tmp_path):
     assert victim.stat().st_mtime_ns == mtime
 
 
+@pytest.mark.parametrize(
+    "card", [b'{"metadata": {', b'{"metadata": {"component": []}}', b'{"metadata": {"component":'
+             b' {"modelCard": {"properties": "x"}}}}'],
+    ids=["truncated", "component-a-list", "properties-a-string"],
+)  # fmt: skip
+def test_update_refuses_a_malformed_card_whose_hash_matches_and_keeps_the_bundle(
+    source, checkpoint, tmp_path, card
+):
+    # update rewrites the card's train step; a card it cannot read was an unexpected
+    # JSONDecodeError/KeyError/TypeError (benchmarks/fuzz_bundles.py found inspect's twin).
+    import hashlib
+
+    from exporters import update_bundle
+
+    path = _copy(source, tmp_path)
+    (path / "bom.cdx.json").write_bytes(card)
+    manifest = json.loads((path / "manifest.json").read_text())
+    digest = hashlib.sha256(card).hexdigest()
+    manifest["files"]["bom.cdx.json"] = {"sha256": digest, "size": len(card)}
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    before = {p.name: p.read_bytes() for p in path.iterdir() if p.is_file()}
+    with pytest.raises(BundleError, match=r"bom.cdx.json: expected a CycloneDX model card with "
+                       r"metadata.component.modelCard \(as export writes it\), got "):  # fmt: skip
+        update_bundle(path, checkpoint)
+    assert {p.name: p.read_bytes() for p in path.iterdir() if p.is_file()} == before
+
+
 def test_update_applies_a_checkpoint_and_stays_consistent(source, checkpoint, tmp_path):
     from exporters import update_bundle
 

@@ -526,6 +526,14 @@ def test_load_policy_errors(tmp_path):
     )
     with pytest.raises(ToolkitError, match="no checkpoint found"):
         checkpoints.load_policy(tmp_path)
+    # A damaged spec file is named, not an unexpected JSONDecodeError or AttributeError.
+    spec = tmp_path / checkpoints.POLICY_SPEC_FILE
+    spec.write_bytes(b'{"format": ')
+    with pytest.raises(ToolkitError, match=r"policy_spec.json: expected JSON, got Expecting value"):
+        checkpoints.load_policy(tmp_path)
+    spec.write_text("[1, 2]")
+    with pytest.raises(ToolkitError, match=r"policy_spec.json: expected a JSON object, got list"):
+        checkpoints.load_policy(tmp_path)
 
 
 def test_network_classes_outside_the_allowlist_are_refused():

@@ -217,7 +217,12 @@ def load_policy(directory: str | os.PathLike, checkpoint: str | None = None) -> 
         raise ToolkitError(
             f"{directory}: expected a policy checkpoint directory with {POLICY_SPEC_FILE}"
         )
-    config = json.loads(spec_path.read_text())
+    try:
+        config = json.loads(spec_path.read_bytes())
+    except (ValueError, RecursionError) as e:  # bad UTF-8 or JSON, or nested too deep
+        raise ToolkitError(f"{spec_path}: expected JSON, got {str(e)[:120]}") from e
+    if not isinstance(config, dict):
+        raise ToolkitError(f"{spec_path}: expected a JSON object, got {type(config).__name__}")
     if config.get("format") != POLICY_SPEC_FORMAT or config.get("version") != POLICY_SPEC_VERSION:
         raise ToolkitError(
             f"{spec_path}: expected format {POLICY_SPEC_FORMAT!r} version {POLICY_SPEC_VERSION}, "

@@ -190,7 +190,9 @@ def render_manifest(
         q = layout.quantization
         returns = ""
         if q.get("quantized_return") is not None:
-            returns = f"; mean return {q['quantized_return']:.1f} (float {q['float_return']:.1f})"
+            returns = f"; mean return {q['quantized_return']:.1f}"
+            if q.get("float_return") is not None:  # both may be null (the schema's types)
+                returns += f" (float {q['float_return']:.1f})"
         summary.add_row(
             "quantized",
             f"{q.get('method')} ({q.get('weight_type')} weights), action agreement "
