@@ -285,8 +285,8 @@ def test_fuzz_200_connections_while_a_good_client_is_answered(server):
 
 def test_sigterm_lets_a_request_in_flight_finish_and_refuses_new_connections():
     """A request waiting in the batcher's window when SIGTERM comes is answered; new
-    connections are refused meanwhile; the server exits 0."""
-    args = ["--name", "m", "--batch-window-us", "1500000", "--max-batch", "64"]
+    connections are refused meanwhile; the server exits 0 (and --access-log logged it)."""
+    args = ["--name", "m", "--batch-window-us", "1500000", "--max-batch", "64", "--access-log"]
     with ServerProcess(str(cr.bundle("greedy_q")), *args) as server:
         host, port = server.url.removeprefix("http://").split(":")
         sock = socket.create_connection((host, int(port)), timeout=30)
@@ -301,3 +301,5 @@ def test_sigterm_lets_a_request_in_flight_finish_and_refuses_new_connections():
         assert headers["connection"] == "close"
         assert len(json.loads(body)["predictions"]) == 1
         assert server.process.wait(30) == 0, server.log
+        server.wait_for_log(r'127\.0\.0\.1 - "POST /v1/models/m:predict" 200')
+        server.wait_for_log("stopped after 1 requests")
