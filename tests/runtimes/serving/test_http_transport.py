@@ -226,7 +226,8 @@ def _garbage(rng: random.Random) -> bytes:
 def test_fuzz_200_connections_while_a_good_client_is_answered(server):
     """200 connections send random bytes, valid requests split at random points, and
     garbage after valid requests; a good client on its own connection is answered right
-    all along, the server then closes an idle keep-alive connection after ~5 s."""
+    all along; meanwhile a connection whose body does not come in time is closed (a
+    read timeout), and one idle after its request after ~5 s (not counted)."""
     rng = random.Random(28)
     stop = threading.Event()
     good: list[float] = []
@@ -244,6 +245,8 @@ def test_fuzz_200_connections_while_a_good_client_is_answered(server):
     idle.sock.sendall(_request())
     assert idle.answer()[0] == 200
     idle_since = time.monotonic()
+    slow = _connect(server)  # a whole head, then a body that never ends in time
+    slow.sock.sendall(_request()[:-10])
     thread = threading.Thread(target=good_client)
     thread.start()
     answered = 0
@@ -277,9 +280,12 @@ def test_fuzz_200_connections_while_a_good_client_is_answered(server):
         thread.join(60)
     assert not failures, failures[:3]
     assert answered == 133
+    assert slow.closed(timeout=15)  # --read-timeout-seconds 2 for the head and the body
     assert idle.closed(timeout=15)
     assert time.monotonic() - idle_since >= 4.5
     metrics = httpx.get(f"{server.url}/metrics", timeout=30).text
+    timed_out = re.search(r'connections_closed_total\{reason="read_timeout"\} (\S+)', metrics)
+    assert timed_out and float(timed_out.group(1)) >= 1
     assert re.search(r'policy_serving_requests_total\{.*protocol="tfserving_rest"', metrics)
 
 
