@@ -1,7 +1,8 @@
 """A bare HTTP echo on uvicorn as ``policy-toolkit serve`` configures it, no policy.
 
-uvicorn with httptools, on uvloop, with the REST port's protocol class
-(runtimes/serving/server.py: TCP_NODELAY, connection limit, read timeout), lifespan
+uvicorn with httptools, on uvloop, with the protocol class the REST port ran on before
+it had a transport of its own (runtimes/serving/http_server.py): TCP_NODELAY, a
+connection limit and a read timeout, kept here as the baseline; lifespan
 and the access log off, and a minimal ASGI app answering every request with a fixed
 small JSON body (after reading the request's body). serve_bench.py ``--http-echoes``
 runs it beside benchmarks/_http_echo_ours.py: what the REST transport costs on this
@@ -13,18 +14,12 @@ Usage: ``python benchmarks/_http_echo_uvicorn.py``
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import sys
-import types
-from pathlib import Path
+from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-import uvicorn  # noqa: E402
-
-from runtimes.serving.server import ServeOptions, _protocol_class  # noqa: E402
+import uvicorn
 
 ANSWER = b'{"predictions": [0]}'
 HEADERS = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(ANSWER))]
@@ -41,9 +36,59 @@ async def app(scope, receive, send) -> None:
     await send({"type": "http.response.body", "body": ANSWER})
 
 
+def _protocol_class(limit: int = 1024, timeout: float = 5.0) -> Any:
+    """uvicorn's httptools protocol with TCP_NODELAY, a connection limit and a read
+    timeout (a connection's request must be whole ``timeout`` s after it opened or
+    began), as the REST port had it."""
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as Base
+
+    class Guarded(Base):
+        _refused = False
+        _timer: Any = None
+
+        def connection_made(self, transport: Any) -> None:
+            if len(self.connections) >= limit:
+                self._refused = True
+                transport.close()
+                return
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                with contextlib.suppress(OSError, AttributeError):
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            super().connection_made(transport)
+            self._arm()
+
+        def _arm(self) -> None:
+            if self._timer is None:
+                self._timer = self.loop.call_later(timeout, self._timed_out)
+
+        def _timed_out(self) -> None:
+            self._timer = None
+            if not self.transport.is_closing():
+                self.transport.close()
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._arm()
+
+        def on_message_complete(self) -> None:
+            super().on_message_complete()
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self._refused:
+                return
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            super().connection_lost(exc)
+
+    return Guarded
+
+
 def main() -> None:
-    uncounted = types.SimpleNamespace(labels=lambda reason: types.SimpleNamespace(inc=int))
-    metrics = types.SimpleNamespace(connections_closed=uncounted)
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
@@ -53,7 +98,7 @@ def main() -> None:
         app,
         log_level="warning",
         access_log=False,
-        http=_protocol_class(ServeOptions(models=[]), metrics),
+        http=_protocol_class(),
         lifespan="off",
         server_header=False,
     )

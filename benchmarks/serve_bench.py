@@ -49,18 +49,22 @@ per request. ``--protocols`` has our transport's echo as a row too.
 
 With ``--http-echoes`` it does the same for the REST transport: a bare HTTP echo (a
 fixed small JSON answer, no policy) on uvicorn + httptools + a minimal ASGI app, as our
-server configures uvicorn (benchmarks/_http_echo_uvicorn.py), and on an asyncio.Protocol
+server configured uvicorn before it had a transport of its own
+(benchmarks/_http_echo_uvicorn.py), and on an asyncio.Protocol
 of our own driving httptools' parser and answering inline
 (benchmarks/_http_echo_ours.py), beside our server's TF Serving REST and v2 REST.
 
 With ``--trees DIR [DIR...]`` it compares source trees (worktrees of other commits):
 gRPC with request batching on (``--batch-window-us 0``), 8 clients, v2 and TF Serving
 gRPC, each tree's server in turn for ``--rounds`` interleaved rounds, with the
-server's CPU time per request (``--tree-clients 1 8``: 1 client too).
+server's CPU time per request (``--tree-clients 1 8``: 1 client too;
+``--tree-protocols "v2 REST" "TF Serving REST"``: the REST port instead;
+``--tree-no-batching``: batching off, as ``--protocols`` runs).
 
 Usage: ``python benchmarks/serve_bench.py [--json] [--seconds S] [--protocols
 [--mlserver-python PATH]] [--echoes [--rounds N]] [--http-echoes [--rounds N]]
-[--trees DIR... [--rounds N]]``
+[--trees DIR... [--rounds N] [--tree-clients N...] [--tree-protocols P...]
+[--tree-no-batching]]``
 """
 
 from __future__ import annotations
@@ -596,37 +600,42 @@ def run_http_echoes(seconds: float, rounds: int) -> list[dict[str, Any]]:
     return rows
 
 
+TREE_PROTOCOLS = ("v2 gRPC", "TF Serving gRPC")
+
+
 def run_trees(
-    trees: list[Path], seconds: float, rounds: int, client_counts: tuple[int, ...] = (8,)
+    trees: list[Path],
+    seconds: float,
+    rounds: int,
+    client_counts: tuple[int, ...] = (8,),
+    protocols: tuple[str, ...] = TREE_PROTOCOLS,
+    batching: bool = True,
 ) -> list[dict[str, Any]]:
-    """Batching on (``--batch-window-us 0``), v2 gRPC and TF Serving gRPC at each count
-    of ``client_counts`` (1: a blocking client, as in ``--protocols``),
-    served by each source tree (e.g. throwaway worktrees of other commits) in turn,
-    ``rounds`` times interleaved: ratios between trees taken in one run hold up on a
-    loaded machine where absolute figures do not. Each row has the server's CPU time
-    per request and its round."""
+    """Each protocol of ``protocols`` (``_our_protocols``: v2 gRPC and TF Serving gRPC by
+    default; v2 REST, TF Serving REST) at each count of ``client_counts`` (1: a
+    blocking client, as in ``--protocols``), batching on (``--batch-window-us 0``)
+    unless ``batching`` is false, served by each source tree (e.g. throwaway worktrees
+    of other commits) in turn, ``rounds`` times interleaved: ratios between trees taken
+    in one run hold up on a loaded machine where absolute figures do not. Each row has
+    the server's CPU time per request and its round."""
     rows = []
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         bundle = export_bundles(tmp)["small"]
         files = _protocol_requests(tmp)
-        args = ("--grpc-port", "0", "--batch-window-us", "0")
+        args = ("--grpc-port", "0") + (("--batch-window-us", "0") if batching else ())
         servers = [Server(bundle, *args, root=tree) for tree in trees]
+        suffix = ", batching" if batching else ""
         try:
             for round_ in range(rounds):
                 for tree, server in zip(trees, servers, strict=True):
-                    for clients, (protocol, method, request) in itertools.product(
-                        client_counts,
-                        (
-                            ("v2 gRPC", KSERVE_INFER, files["v2_grpc"]),
-                            ("TF Serving gRPC", TFS_PREDICT, files["tfs_grpc"]),
-                        ),
-                    ):
+                    runners = _our_protocols(server, files, seconds)
+                    for clients, protocol in itertools.product(client_counts, protocols):
                         before = server.cpu_seconds()
-                        row = grpc_load(server.grpc, method, request, clients, seconds)
+                        row = runners[protocol](clients)
                         spent = server.cpu_seconds() - before  # warm-up requests included
                         row["server_cpu_us"] = spent / max(row["all_requests"], 1) * 1e6
-                        mode = f"{tree.name}, {protocol}, batching"
+                        mode = f"{tree.name}, {protocol}{suffix}"
                         rows.append({"policy": "small", "mode": mode, "round": round_, **row})
         finally:
             for server in servers:
@@ -718,6 +727,16 @@ def main() -> int:
         type=Path,
         help="compare source trees: gRPC with batching on, 8 clients, interleaved rounds",
     )
+    parser.add_argument(
+        "--tree-protocols",
+        nargs="+",
+        default=list(TREE_PROTOCOLS),
+        choices=["v2 REST", "TF Serving REST", "v2 gRPC", "TF Serving gRPC"],
+        help="protocols of --trees",
+    )
+    parser.add_argument(
+        "--tree-no-batching", action="store_true", help="--trees without --batch-window-us"
+    )
     parser.add_argument("--rounds", type=int, default=3, help="rounds of --trees")
     parser.add_argument(
         "--tree-clients", type=int, nargs="+", default=[8], help="client counts of --trees"
@@ -746,7 +765,14 @@ def main() -> int:
         checks = []
     elif args.trees:
         trees = [t.resolve() for t in args.trees]
-        rows = run_trees(trees, args.seconds, args.rounds, tuple(args.tree_clients))
+        rows = run_trees(
+            trees,
+            args.seconds,
+            args.rounds,
+            tuple(args.tree_clients),
+            tuple(args.tree_protocols),
+            not args.tree_no_batching,
+        )
         checks = []
     elif args.protocols:
         rows = run_protocols(args.seconds, args.mlserver_python)

@@ -50,6 +50,7 @@ import hpack
 import hpack.exceptions
 
 from runtimes.serving.core import ServingCore
+from runtimes.serving.transport import Listener, run_inline
 from toolkit.errors import ConnectionProtocolError, ErrorKind, ServingError, ToolkitError
 
 __all__ = [
@@ -207,8 +208,10 @@ class _Stream:
         self.started = time.perf_counter()
 
 
-class GrpcServer:
+class GrpcServer(Listener):
     """Every codec's methods over HTTP/2 on the running event loop (module docstring)."""
+
+    what = "gRPC"
 
     def __init__(
         self,
@@ -217,51 +220,14 @@ class GrpcServer:
         max_connections: int = MAX_CONNECTIONS,
         read_timeout: float = READ_TIMEOUT_S,
     ):
-        self.core = core
-        self.limit = core.limits.max_body_bytes
-        self.max_connections = max_connections
-        self.read_timeout = read_timeout
-        self.closed_counter = core.metrics.connections_closed
+        super().__init__(core, max_connections, read_timeout)
         self.methods: dict[str, tuple[str, GrpcMethod]] = {}
         for codec in codecs:
             for method in codec.methods():
                 self.methods[method.path] = (codec.name, method)
-        # open connections, oldest first (the longest idle is evicted at the limit)
-        self.connections: dict[_Connection, None] = {}
-        self.draining = False
-        self._server: asyncio.AbstractServer | None = None
 
-    async def start(self, host: str, port: int) -> int:
-        """Listens at ``host:port``; the port bound.
-
-        Raises:
-          ServingError: when the address cannot be bound.
-        """
-        loop = asyncio.get_running_loop()
-        try:
-            self._server = await loop.create_server(lambda: _Connection(self), host, port)
-        except OSError as e:
-            raise ServingError(f"{host}:{port}: cannot listen there for gRPC ({e})") from None
-        return self._server.sockets[0].getsockname()[1]
-
-    def drain(self) -> None:
-        """Stops taking connections and new calls (GOAWAY); calls in flight go on."""
-        if self.draining:
-            return
-        self.draining = True
-        if self._server is not None:
-            self._server.close()
-        for connection in list(self.connections):
-            connection.go_away()
-
-    async def stop(self, seconds: float) -> None:
-        """Drains, waits up to ``seconds`` for calls in flight, then closes every connection."""
-        self.drain()
-        deadline = time.monotonic() + seconds
-        while any(c.streams for c in self.connections) and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
-        for connection in list(self.connections):
-            connection.close()
+    def connection_factory(self) -> _Connection:
+        return _Connection(self)
 
 
 class _Connection(asyncio.Protocol):
@@ -301,20 +267,9 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
         server = self.server
-        if server.draining:
-            transport.close()
+        if not server.admit(self, transport):
             self.closed = True
             return
-        if len(server.connections) >= server.max_connections:
-            idle = next((c for c in server.connections if not (c.streams or c.closed)), None)
-            server.closed_counter.labels("limit").inc()
-            if idle is None:  # every connection has calls in progress
-                transport.close()
-                self.closed = True
-                return
-            idle.go_away()
-            idle.close()
-        server.connections[self] = None
         self.timer = asyncio.get_running_loop().call_later(
             server.read_timeout, self._timed_out, "no HTTP/2 preface"
         )
@@ -332,12 +287,15 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self.server.connections.pop(self, None)
+        self.server.forget(self)
         if self.timer is not None:
             self.timer.cancel()
         for stream in self.streams.values():
             self._cancel(stream)
         self.streams.clear()
+
+    def busy(self) -> bool:
+        return bool(self.streams)
 
     def pause_writing(self) -> None:  # the peer does not read: stop reading it too
         self.paused = True
@@ -709,18 +667,11 @@ class _Connection(asyncio.Protocol):
         try:
             answer = method.handler(request)
             if asyncio.iscoroutine(answer):
-                # Run eagerly: a call that does not wait (no batching, no sequence) is
-                # answered within this data_received, with no task and no loop turn
-                # between (measured: answering from a task's callback doubled one
-                # client's p50).
-                try:
-                    waiting = answer.send(None)
-                except StopIteration as done:
-                    answer = done.value
-                else:
-                    task = asyncio.get_running_loop().create_task(_resume(answer, waiting))
+                answer, task = run_inline(
+                    answer, lambda t, s=stream, r=request: self._completed(s, r, t)
+                )
+                if task is not None:
                     stream.task = task
-                    task.add_done_callback(lambda t, s=stream, r=request: self._completed(s, r, t))
                     return
         except Exception as e:  # mapped to the call's status
             self._failed(stream, request, e, out)
@@ -931,35 +882,6 @@ def _cancel_timers(stream: _Stream) -> None:
         if timer is not None:
             timer.cancel()
     stream.deadline = stream.stall = None
-
-
-async def _resume(coroutine: Any, waiting: Any) -> Any:
-    """Goes on with a coroutine that was stepped once by hand and is now ``waiting`` on a
-    future (or yielded None: a bare turn of the loop), as a task would: its result,
-    exceptions and cancellation pass through."""
-    while True:
-        try:
-            if waiting is None:
-                await asyncio.sleep(0)
-            else:
-                # as a task does with what a coroutine yields: the future was flagged
-                # "blocking" when yielded; awaiting it again needs the flag cleared
-                waiting._asyncio_future_blocking = False
-                await waiting
-        except asyncio.CancelledError as e:
-            if waiting is not None and not waiting.done():
-                waiting.cancel()
-            try:
-                waiting = coroutine.throw(e)
-            except StopIteration as done:
-                return done.value
-            continue
-        except BaseException:  # the coroutine reads the future's outcome itself
-            pass
-        try:
-            waiting = coroutine.send(None)
-        except StopIteration as done:
-            return done.value
 
 
 async def build_server(

@@ -1,6 +1,6 @@
-"""The HTTP side shared by the REST protocols: one ASGI app, a codec per path prefix.
+"""The HTTP side shared by the REST protocols: one handler, a codec per path prefix.
 
-``build_app(core, codecs)`` answers ``GET /metrics`` itself and hands every other
+``build_handler(core, codecs)`` answers ``GET /metrics`` itself and hands every other
 request to the first codec whose ``handles(path)`` is true (TF Serving's REST API
 takes ``/v1/...``; another REST protocol takes its own prefix on the same port). A
 codec reads the request (``HttpRequest``: method, path, headers, a size-bounded
@@ -25,8 +25,9 @@ __all__ = [
     "HttpAnswer",
     "HttpCodec",
     "HttpRequest",
-    "build_app",
+    "build_handler",
     "error_answer",
+    "too_large",
 ]
 
 JSON = b"application/json"
@@ -49,7 +50,7 @@ HTTP_STATUS = {
 
 
 class HttpRequest:
-    """One HTTP request as a codec sees it.
+    """One HTTP request as a codec sees it (the transport, http_server.py, has read it).
 
     Attributes:
       method: ``GET``, ``POST``...
@@ -57,55 +58,42 @@ class HttpRequest:
       headers: ``[(lower-case name, value)]`` as bytes.
     """
 
-    __slots__ = ("_limit", "_receive", "headers", "method", "path")
+    __slots__ = ("_body", "_error", "headers", "method", "path")
 
-    def __init__(self, scope: dict, receive: Any, limit: int):
-        self.method: str = scope["method"]
-        self.path: str = scope["path"]
-        self.headers: list[tuple[bytes, bytes]] = scope["headers"]
-        self._receive = receive
-        self._limit = limit
+    def __init__(
+        self,
+        method: str,
+        path: str,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes = b"",
+        error: ServingError | None = None,
+    ):
+        self.method = method
+        self.path = path
+        self.headers = headers
+        self._body = body
+        self._error = error
 
     async def body(self) -> bytes:
         """The whole body, at most the server's ``--max-body-bytes``.
 
         Raises:
           ServingError: RESOURCE_EXHAUSTED for a larger body (by its Content-Length, or
-            while reading a chunked one), INVALID_ARGUMENT for a bad Content-Length,
-            CANCELLED when the client went away (or was timed out) before sending it.
+            while reading a chunked one).
         """
-        limit = self._limit
-        for name, value in self.headers:
-            if name == b"content-length":
-                try:
-                    declared = int(value)
-                except ValueError:
-                    raise ServingError(
-                        f"Content-Length: expected a number, got {value!r}"
-                    ) from None
-                if declared > limit:
-                    raise ServingError(
-                        f"request body: expected at most {limit} bytes (the server's "
-                        f"--max-body-bytes), got {declared}",
-                        ErrorKind.RESOURCE_EXHAUSTED,
-                    )
-                break
-        chunks, size = [], 0
-        while True:
-            message = await self._receive()
-            if message["type"] == "http.disconnect":
-                raise ServingError("the client went away", ErrorKind.CANCELLED)
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                raise ServingError(
-                    f"request body: expected at most {limit} bytes (the server's "
-                    f"--max-body-bytes), got more",
-                    ErrorKind.RESOURCE_EXHAUSTED,
-                )
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        if self._error is not None:
+            raise self._error
+        return self._body
+
+
+def too_large(limit: int, declared: int | None) -> ServingError:
+    """The error of a body over ``limit`` bytes (``declared`` by its Content-Length, or
+    None: found while reading it)."""
+    got = "more" if declared is None else str(declared)
+    return ServingError(
+        f"request body: expected at most {limit} bytes (the server's --max-body-bytes), got {got}",
+        ErrorKind.RESOURCE_EXHAUSTED,
+    )
 
 
 class HttpAnswer:
@@ -152,28 +140,24 @@ class HttpCodec(Protocol):
         """The answer; errors too (in the protocol's shape), never an exception."""
 
 
-def build_app(core: ServingCore, codecs: list[HttpCodec]) -> Any:
-    """The ASGI app over ``core``, speaking every protocol in ``codecs``.
+def build_handler(core: ServingCore, codecs: list[HttpCodec]) -> Any:
+    """``async handle(request) -> HttpAnswer`` over ``core``, speaking every protocol in
+    ``codecs``; every answer a codec gives is counted in the metrics.
 
-    A plain ASGI callable: the API is a handful of paths, and a framework's request and
-    response objects cost more per request (measured: about a third of the server's
-    time per predict) than they give here.
+    A plain handler, no framework: the API is a handful of paths, and a framework's
+    request and response objects cost more per request (measured: about a third of the
+    server's time per predict) than they give here.
     """
-    limit = core.limits.max_body_bytes
     observe = core.observe
+    registry = core.metrics.registry
+    metrics_type = CONTENT_TYPE_LATEST.encode()
 
-    async def app(scope, receive, send) -> None:
-        kind = scope["type"]
-        if kind != "http":
-            if kind == "lifespan":  # not used (uvicorn runs with lifespan off)
-                message = await receive()
-                await send({"type": message["type"] + ".complete"})
-            return
+    async def handle(request: HttpRequest) -> HttpAnswer:
         started = time.perf_counter()
-        path = scope["path"]
+        path = request.path
         for codec in codecs:
             if codec.handles(path):
-                answer = await codec.handle(HttpRequest(scope, receive, limit))
+                answer = await codec.handle(request)
                 observe(
                     codec.name,
                     answer.model,
@@ -182,21 +166,10 @@ def build_app(core: ServingCore, codecs: list[HttpCodec]) -> Any:
                     time.perf_counter() - started,
                     answer.status >= 400,
                 )
-                break
-        else:
-            if path == "/metrics" and scope["method"] == "GET":
-                registry = core.metrics.registry
-                answer = HttpAnswer(generate_latest(registry), 200, CONTENT_TYPE_LATEST.encode())
-            else:
-                message = f"Malformed request: {scope['method']} {path}"
-                answer = HttpAnswer(json.dumps({"error": message}).encode(), 404)
-        headers = [
-            (b"content-type", answer.content_type),
-            (b"content-length", str(len(answer.body)).encode()),
-        ]
-        if answer.headers:
-            headers += answer.headers
-        await send({"type": "http.response.start", "status": answer.status, "headers": headers})
-        await send({"type": "http.response.body", "body": answer.body})
+                return answer
+        if path == "/metrics" and request.method == "GET":
+            return HttpAnswer(generate_latest(registry), 200, metrics_type)
+        message = f"Malformed request: {request.method} {path}"
+        return HttpAnswer(json.dumps({"error": message}).encode(), 404)
 
-    return app
+    return handle

@@ -1,6 +1,6 @@
 """The bare HTTP echoes of serve_bench.py --http-echoes (benchmarks/_http_echo_*.py) start
 and answer keep-alive requests, a chunked one too: a figure they give is of a working
-transport (the uvicorn one borrows the REST port's protocol class from server.py)."""
+transport (the uvicorn one with the protocol class the REST port had on uvicorn)."""
 
 from __future__ import annotations
 
