@@ -139,6 +139,14 @@ class ServingError(ToolkitError):
         super().__init__(message)
 
 
+class RequestHeadTooLargeError(ServingError):
+    """A request's head (its URL and headers) is over the REST transport's bounds
+    (``runtimes.serving.http_server``): answered 431, then the connection closes."""
+
+    def __init__(self, message: str = "the request's head is too large"):
+        super().__init__(message, ErrorKind.INVALID_ARGUMENT)
+
+
 class ConnectionProtocolError(ServingError):
     """A peer broke its connection's wire protocol (HTTP/2 framing on the gRPC port): the
     connection is closed (GOAWAY with ``code``, an HTTP/2 error code); its calls end.

@@ -53,6 +53,7 @@ import httptools
 from runtimes.serving.core import ServingCore
 from runtimes.serving.http import HttpAnswer, HttpRequest, too_large
 from runtimes.serving.transport import Listener, run_inline
+from toolkit.errors import RequestHeadTooLargeError
 
 __all__ = ["IDLE_TIMEOUT_S", "LINGER_S", "MAX_HEADERS", "MAX_HEAD_BYTES", "HttpServer"]
 
@@ -81,10 +82,6 @@ _CLOSE = b"connection: close\r\n"
 def _status_line(status: int) -> bytes:
     line = _STATUS_LINES.get(status)
     return line if line is not None else b"HTTP/1.1 %d Unknown\r\n" % status
-
-
-class _HeadTooLarge(Exception):
-    """Raised from a parser callback: the request's head is over the bounds."""
 
 
 class _Request:
@@ -265,14 +262,14 @@ class _Connection(asyncio.Protocol):
                 # the bytes of a head are bounded here too, not only in its callbacks
                 self.head_seen += len(data)
                 if self.head_seen > MAX_HEAD_BYTES:
-                    raise _HeadTooLarge
+                    raise RequestHeadTooLargeError
         except httptools.HttpParserUpgrade:
             # the request was answered; what follows is another protocol's
             self._close_after_answers(None)
-        except _HeadTooLarge:
+        except RequestHeadTooLargeError:
             self._close_after_answers(431, "the request's head is too large")
         except httptools.HttpParserCallbackError as e:
-            if isinstance(e.__cause__ or e.__context__, _HeadTooLarge):
+            if isinstance(e.__cause__ or e.__context__, RequestHeadTooLargeError):
                 self._close_after_answers(431, "the request's head is too large")
             else:
                 log.error("HTTP request parsing failed", exc_info=e)
@@ -298,13 +295,13 @@ class _Connection(asyncio.Protocol):
     def on_url(self, url: bytes) -> None:
         self.head_size += len(url)
         if self.head_size > MAX_HEAD_BYTES:
-            raise _HeadTooLarge
+            raise RequestHeadTooLargeError
         self.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.head_size += len(name) + len(value)
         if self.head_size > MAX_HEAD_BYTES or len(self.headers) >= MAX_HEADERS:
-            raise _HeadTooLarge
+            raise RequestHeadTooLargeError
         self.headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
