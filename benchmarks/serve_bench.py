@@ -508,47 +508,64 @@ ECHOES = {
 }
 
 
-def run_echoes(seconds: float, rounds: int) -> list[dict[str, Any]]:
-    """The gRPC transports alone, beside our REST: each echo server of ``ECHOES`` and our
-    server's TF Serving REST, v2 REST and v2 gRPC, 1 and 8 clients, ``rounds``
-    interleaved rounds (ratios within one run hold up on a loaded machine), each row with
-    the server's CPU time per request."""
+def _measured(process: Any, runner: Callable[[int], dict[str, Any]], clients: int) -> dict:
+    """A load run's row, with the serving process's CPU time per request."""
+    before = process.cpu_seconds()
+    row = runner(clients)
+    spent = process.cpu_seconds() - before  # warm-up requests included
+    row["server_cpu_us"] = spent / max(row["all_requests"], 1) * 1e6
+    return row
+
+
+def _beside_echoes(
+    scripts: dict[str, str],
+    protocols: tuple[str, ...],
+    echo_load: Callable[..., dict[str, Any]],
+    seconds: float,
+    rounds: int,
+    *server_args: str,
+) -> list[dict[str, Any]]:
+    """Each echo server of ``scripts`` (mode -> script) under ``echo_load(echo, files,
+    clients, seconds)``, beside our server's ``protocols``, 1 and 8 clients, ``rounds``
+    interleaved rounds, each row with the server's CPU time per request."""
     rows = []
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         bundle = export_bundles(tmp)["small"]
         files = _protocol_requests(tmp)
-        server = Server(bundle, "--grpc-port", "0")
-        echoes = {mode: EchoServer(script) for mode, script in ECHOES.items()}
+        server = Server(bundle, *server_args)
+        echoes = {mode: EchoServer(script) for mode, script in scripts.items()}
         ours = _our_protocols(server, files, seconds)
-        runners = [
-            (f"ours, {protocol}", server, ours[protocol])
-            for protocol in ("TF Serving REST", "v2 REST", "v2 gRPC")
-        ]
+        runners = [(f"ours, {protocol}", server, ours[protocol]) for protocol in protocols]
         for mode, echo in echoes.items():
-            runners.append(
-                (
-                    mode,
-                    echo,
-                    lambda c, echo=echo: grpc_load(
-                        echo.grpc, KSERVE_INFER, files["v2_grpc"], c, seconds
-                    ),
-                )
-            )
+            runners.append((mode, echo, lambda c, echo=echo: echo_load(echo, files, c, seconds)))
         try:
             for round_ in range(rounds):
                 for clients in (1, 8):
                     for mode, process, runner in runners:
-                        before = process.cpu_seconds()
-                        row = runner(clients)
-                        spent = process.cpu_seconds() - before  # warm-up requests included
-                        row["server_cpu_us"] = spent / max(row["all_requests"], 1) * 1e6
+                        row = _measured(process, runner, clients)
                         rows.append({"policy": "small", "mode": mode, "round": round_, **row})
         finally:
             server.stop()
             for echo in echoes.values():
                 echo.stop()
     return rows
+
+
+def run_echoes(seconds: float, rounds: int) -> list[dict[str, Any]]:
+    """The gRPC transports alone, beside our REST: each echo server of ``ECHOES`` and our
+    server's TF Serving REST, v2 REST and v2 gRPC, 1 and 8 clients, ``rounds``
+    interleaved rounds (ratios within one run hold up on a loaded machine), each row with
+    the server's CPU time per request."""
+    return _beside_echoes(
+        ECHOES,
+        ("TF Serving REST", "v2 REST", "v2 gRPC"),
+        lambda echo, files, c, s: grpc_load(echo.grpc, KSERVE_INFER, files["v2_grpc"], c, s),
+        seconds,
+        rounds,
+        "--grpc-port",
+        "0",
+    )
 
 
 HTTP_ECHOES = {
@@ -562,42 +579,13 @@ def run_http_echoes(seconds: float, rounds: int) -> list[dict[str, Any]]:
     (a fixed small JSON answer, no policy) and our server's TF Serving REST and v2
     REST, 1 and 8 clients, ``rounds`` interleaved rounds, each row with the server's
     CPU time per request."""
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp_name:
-        tmp = Path(tmp_name)
-        bundle = export_bundles(tmp)["small"]
-        files = _protocol_requests(tmp)
-        server = Server(bundle)
-        echoes = {mode: EchoServer(script) for mode, script in HTTP_ECHOES.items()}
-        ours = _our_protocols(server, files, seconds)
-        runners = [
-            (f"ours, {protocol}", server, ours[protocol])
-            for protocol in ("TF Serving REST", "v2 REST")
-        ]
-        for mode, echo in echoes.items():
-            runners.append(
-                (
-                    mode,
-                    echo,
-                    lambda c, echo=echo: load(
-                        echo.url, files["v2_rest"], c, seconds, "/v2/models/p/infer"
-                    ),
-                )
-            )
-        try:
-            for round_ in range(rounds):
-                for clients in (1, 8):
-                    for mode, process, runner in runners:
-                        before = process.cpu_seconds()
-                        row = runner(clients)
-                        spent = process.cpu_seconds() - before  # warm-up requests included
-                        row["server_cpu_us"] = spent / max(row["all_requests"], 1) * 1e6
-                        rows.append({"policy": "small", "mode": mode, "round": round_, **row})
-        finally:
-            server.stop()
-            for echo in echoes.values():
-                echo.stop()
-    return rows
+    return _beside_echoes(
+        HTTP_ECHOES,
+        ("TF Serving REST", "v2 REST"),
+        lambda echo, files, c, s: load(echo.url, files["v2_rest"], c, s, "/v2/models/p/infer"),
+        seconds,
+        rounds,
+    )
 
 
 TREE_PROTOCOLS = ("v2 gRPC", "TF Serving gRPC")
@@ -631,10 +619,7 @@ def run_trees(
                 for tree, server in zip(trees, servers, strict=True):
                     runners = _our_protocols(server, files, seconds)
                     for clients, protocol in itertools.product(client_counts, protocols):
-                        before = server.cpu_seconds()
-                        row = runners[protocol](clients)
-                        spent = server.cpu_seconds() - before  # warm-up requests included
-                        row["server_cpu_us"] = spent / max(row["all_requests"], 1) * 1e6
+                        row = _measured(server, runners[protocol], clients)
                         mode = f"{tree.name}, {protocol}{suffix}"
                         rows.append({"policy": "small", "mode": mode, "round": round_, **row})
         finally:
