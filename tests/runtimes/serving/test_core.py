@@ -366,3 +366,58 @@ def test_a_planned_tf_serving_predict_answers_as_the_full_path():
             asyncio.run(codec.predict(request(observations[0], short)))
     finally:
         core.close()
+
+
+@pytest.mark.parametrize("kind", ["greedy_q", "actor/action_network"])
+def test_a_planned_v2_rest_infer_answers_as_the_full_path(kind):
+    """KServe v2 REST: a plain JSON infer of a layout answered before goes through its
+    plan; its answers are the full path's byte for byte (int and float32 outputs, with
+    and without an id), and bad data of the same layout still gets the full path's error."""
+    from runtimes.serving import kserve_v2_rest
+    from runtimes.serving.http import HttpRequest
+
+    core = build_core(CoreOptions([ModelConfig("m", cr.bundle(kind))]))
+    core.registry.poll()
+
+    def body(data, **more) -> bytes:
+        tensor = {"name": "observation", "shape": [2, 4], "datatype": "FP32", "data": data}
+        return json.dumps({"inputs": [tensor], **more}).encode()
+
+    def answer(codec, raw: bytes):
+        request = HttpRequest("POST", "/v2/models/m/infer", [], raw)
+        return asyncio.run(codec.handle(request))
+
+    rng = np.random.default_rng(5)
+    try:
+        codec = kserve_v2_rest.make(core)
+        first = rng.normal(size=(2, 4)).round(3).tolist()
+        assert answer(codec, body(first)).status == 200
+        assert len(codec._plans) == 1  # learned
+        decoded = []  # requests the plan did not take (decoded in full)
+        full_decode = codec.decode
+        codec.decode = lambda *args: decoded.append(1) or full_decode(*args)
+        bodies = [body(rng.normal(size=(2, 4)).tolist()) for _ in range(3)]
+        bodies += [
+            body(rng.normal(size=8).tolist(), id="abc"),  # flat data, an id
+            body([[1, 2, 3, 4], [5, 6, 7, 8]]),  # whole numbers for floats
+            body([[True] * 4] * 2),  # booleans: refused
+            body([["a"] * 4] * 2),  # text: refused
+            body([[0.5] * 4, [0.5] * 3]),  # ragged
+            body([0.5] * 7),  # a value short
+            body([[0.5] * 4] * 2, id=[1, {"x": "é"}]),  # an id of any JSON
+        ]
+        for raw in bodies:
+            planned = answer(codec, raw)
+            full = answer(kserve_v2_rest.make(core), raw)  # a codec with no plan
+            assert (planned.status, planned.body) == (full.status, full.body)
+        assert [answer(codec, raw).status for raw in bodies[5:9]] == [400] * 4
+        assert len(decoded) == 8  # the 4 bad bodies, twice
+        obs = np.asarray(json.loads(bodies[0])["inputs"][0]["data"], np.float32)
+        out = json.loads(answer(codec, bodies[0]).body)["outputs"][0]
+        policy = runtimes.load_policy(cr.bundle(kind), "onnx")
+        mid = TimeStep(np.ones(2, np.int32), np.zeros(2, np.float32), np.ones(2, np.float32), None)
+        want = policy.action(mid._replace(observation=obs)).action
+        assert out["shape"] == list(want.shape)
+        np.testing.assert_array_equal(np.asarray(out["data"], want.dtype).reshape(want.shape), want)
+    finally:
+        core.close()
