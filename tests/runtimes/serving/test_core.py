@@ -421,3 +421,39 @@ def test_a_planned_v2_rest_infer_answers_as_the_full_path(kind):
         np.testing.assert_array_equal(np.asarray(out["data"], want.dtype).reshape(want.shape), want)
     finally:
         core.close()
+
+
+def test_request_metrics_count_answers_into_prometheus_buckets():
+    """The request counts and latency histogram (plain numbers read at scrape time)
+    print as prometheus-client's counters and histograms would: a latency on a bucket's
+    bound counts in that bucket, errors only under their own codes."""
+    from prometheus_client import generate_latest
+
+    from runtimes.serving.metrics import ServerMetrics
+
+    metrics = ServerMetrics(["m"])
+    for seconds in (0.00005, 0.0001, 0.0003, 3.0):
+        metrics.observe("kserve_v2_rest", "m", "infer", 200, seconds, False)
+    metrics.observe("kserve_v2_grpc", "m", "infer", "NOT_FOUND", 0.001, True)
+    samples = {}
+    for line in generate_latest(metrics.registry).decode().splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    rest = 'api="infer",model="m",protocol="kserve_v2_rest"'
+    assert samples[f'policy_serving_requests_total{{api="infer",code="200",{rest[12:]}}}'] == 4
+    errors = [n for n in samples if n.startswith("policy_serving_request_errors_total")]
+    assert errors == [
+        'policy_serving_request_errors_total{api="infer",code="NOT_FOUND",model="m",'
+        'protocol="kserve_v2_grpc"}'
+    ]
+    bucket = "policy_serving_request_latency_seconds_bucket"
+    got = {
+        le: samples[f'{bucket}{{api="infer",le="{le}",model="m",protocol="kserve_v2_rest"}}']
+        for le in ("0.0001", "0.00025", "0.0005", "2.5", "+Inf")
+    }
+    assert got == {"0.0001": 2, "0.00025": 2, "0.0005": 3, "2.5": 3, "+Inf": 4}
+    assert samples[f"policy_serving_request_latency_seconds_count{{{rest}}}"] == 4
+    assert samples[f"policy_serving_request_latency_seconds_sum{{{rest}}}"] == pytest.approx(
+        3.00045
+    )
