@@ -50,7 +50,7 @@ def _sliced_decoder() -> json.JSONDecoder:
 
 
 _SLICED = _sliced_decoder()
-_DECODE = json.JSONDecoder().decode
+_RAW_DECODE = json.JSONDecoder().raw_decode
 # json.dumps with separators builds a new encoder per call: one, made once, for answers
 _ENCODE = json.JSONEncoder(separators=(",", ":"), allow_nan=True).encode
 
@@ -70,7 +70,10 @@ def loads(raw: bytes, sliced: bool = False) -> Any:
     try:
         if not sliced:
             if raw[:1] == b"{" and raw[1:2] != b"\x00":  # UTF-8 (UTF-16's '{' has a 0 byte)
-                return _DECODE(raw.decode("utf-8", "surrogatepass"))
+                text = raw.decode("utf-8", "surrogatepass")
+                value, end = _RAW_DECODE(text)
+                if end == len(text):  # else json.loads allows whitespace, names extra data
+                    return value
             return json.loads(raw)
         text = raw.decode(json.detect_encoding(raw), "surrogatepass")
         return _SLICED.decode(text)

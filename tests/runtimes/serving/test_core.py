@@ -48,6 +48,11 @@ _CASES = [
     "[[1, 2]",
     '{"a" 1}',
     "[" * 3000 + "]" * 3000,
+    '{"a": 1} \n',
+    '{"a": "\\ud800 \u00e9"}',
+    # Refused by both parsers:
+    '{"a": 1} x',
+    '{"a": 1}{}',
 ]
 
 
@@ -90,13 +95,18 @@ def test_large_bodies_parse_in_slices_as_json_loads_parses_them():
         expected = _parse(json.loads, raw)
         refused += expected == "refused"
         assert _parse(lambda r: jsonio.loads(r, sliced=True), raw) == expected, text[:200]
-    assert refused >= 11
+        assert _parse(jsonio.loads, raw) == expected, text[:200]
+    assert refused >= 13
+    for encoding in ("utf-16-le", "utf-16-be", "utf-32-le", "utf-8-sig"):
+        assert jsonio.loads('{"a": [1.5]}'.encode(encoding)) == {"a": [1.5]}
 
 
 def test_a_parse_error_is_named():
     with pytest.raises(ServingError, match=r"JSON Parse error: Expecting value") as info:
         jsonio.loads(b"[1,]", sliced=True)
     assert info.value.kind is ErrorKind.INVALID_ARGUMENT
+    with pytest.raises(ServingError, match=r"JSON Parse error: Extra data: line 1 column 10"):
+        jsonio.loads(b'{"a": 1} x')
     with pytest.raises(ServingError, match="JSON Parse error: The document is empty"):
         jsonio.loads(b"  ")
 
