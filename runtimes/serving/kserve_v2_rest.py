@@ -117,7 +117,7 @@ class KServeV2Rest:
     # --- infer ---------------------------------------------------------------------------------
 
     async def infer(self, request: HttpRequest, model: str, version: int | None) -> HttpAnswer:
-        raw = await request.body()
+        raw = request.body()
         header_size = None
         for key, value in request.headers:
             if key == HEADER_LENGTH:

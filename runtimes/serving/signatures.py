@@ -325,7 +325,7 @@ def signatures_for(
 
         def run(arrays, batch):
             out = action(defaults.full(arrays, batch), batch)
-            if inspect.isawaitable(out):  # a batched action
+            if type(out) is not dict and inspect.isawaitable(out):  # a batched action
                 return _then(out, pick)
             return pick(out)
 
