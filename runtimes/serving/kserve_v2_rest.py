@@ -140,7 +140,8 @@ class KServeV2Rest:
                 if plan is not None:
                     arrays = plan.arrays(loaded, body["inputs"])
                     if arrays is not None:
-                        outputs = await core.run(plan.signature, arrays, checked=plan.batch)
+                        signature = loaded.signatures[plan.signature]
+                        outputs = await core.run(signature, arrays, checked=plan.batch)
                         answer = plan.encode(outputs, body)
                         if answer is not None:
                             return HttpAnswer(answer, model=model, api="infer")
@@ -349,7 +350,8 @@ class _Plan:
             plan_outputs.append((name, array.dtype, prefix[:-1] + b',"shape":['))
         plan = cls()
         plan.loaded = weakref.ref(loaded)
-        plan.signature = signature
+        #: the signature's name (the signature itself would hold the version's policy)
+        plan.signature = signature.name
         plan.inputs = tuple(inputs)
         plan.batch = batch
         plan.wanted = wanted
@@ -387,7 +389,7 @@ class _Plan:
         parts.append(b',"outputs":[')
         for i, (name, dtype, prefix) in enumerate(self.outputs):
             array = outputs[name]
-            if type(array) is not np.ndarray or array.dtype is not dtype:
+            if type(array) is not np.ndarray or array.dtype != dtype:
                 return None
             if i:
                 parts.append(b",")
