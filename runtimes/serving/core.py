@@ -26,7 +26,7 @@ import numpy as np
 
 from runtimes.serving.batching import Batcher
 from runtimes.serving.following import Followers
-from runtimes.serving.metrics import ServerMetrics
+from runtimes.serving.metrics import UNKNOWN_MODEL, ServerMetrics
 from runtimes.serving.models import LoadedVersion, ModelConfig, ModelRegistry, Snapshot
 from runtimes.serving.sequences import SequenceFlags, Sequences
 from runtimes.serving.signatures import Signature, distribution_outputs, signatures_for
@@ -221,8 +221,9 @@ class ServingCore:
     ) -> None:
         """Counts one answered request (``code``: the protocol's own status; requests
         for models not served count under ``_unknown``)."""
-        label = self.metrics.model_label(model)
-        self.metrics.observe(protocol, label, api, code, seconds, error)
+        metrics = self.metrics
+        label = model if model in metrics.models else UNKNOWN_MODEL
+        metrics.observe(protocol, label, api, code, seconds, error)
 
     def start(self, poll_seconds: float) -> None:
         """Keeps polling the models' paths every ``poll_seconds`` (0: never)."""

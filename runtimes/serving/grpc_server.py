@@ -260,6 +260,10 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self.paused = False
         self.blocked: list[_Stream] = []  # streams with answers waiting for windows
+        # streams whose headers came without their message in this read: their read
+        # timeout is armed when the read is done (a client's headers and message
+        # usually come in one read, and then no timer is made and cancelled per call)
+        self.unarmed: list[_Stream] = []
         self.timer: asyncio.TimerHandle | None = None  # the preface's read timeout
 
     # --- asyncio --------------------------------------------------------------------------
@@ -384,8 +388,22 @@ class _Connection(asyncio.Protocol):
                 raise ConnectionProtocolError(PROTOCOL_ERROR, "a bad PRIORITY frame")
             # other frame types are ignored, as HTTP/2 says
         self.buffer = buffer[pos:]
+        if self.unarmed:
+            self._arm()
         self._grant(out)
         return out
+
+    def _arm(self) -> None:
+        """Arms the read timeout of the streams still waiting for their message."""
+        loop = asyncio.get_running_loop()
+        for stream in self.unarmed:
+            if not (stream.ended or stream.done or self.closed) and stream.stall is None:
+                stream.stall = loop.call_later(
+                    self.server.read_timeout,
+                    self._timed_out,
+                    f"stream {stream.id}: no whole request",
+                )
+        self.unarmed.clear()
 
     def _grant(self, out: list[bytes]) -> None:
         """Gives the peer back connection window for what left our buffers."""
@@ -518,9 +536,7 @@ class _Connection(asyncio.Protocol):
         stream = _Stream(stream_id, self.peer_window)
         self.streams[stream_id] = stream
         if not flags & END_STREAM:  # its message must come within the read timeout
-            stream.stall = asyncio.get_running_loop().call_later(
-                self.server.read_timeout, self._timed_out, f"stream {stream_id}: no whole request"
-            )
+            self.unarmed.append(stream)
         path, content_type, method, encoding, timeout = fields
         if content_type is None or not (
             content_type == b"application/grpc"

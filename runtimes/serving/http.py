@@ -74,7 +74,7 @@ class HttpRequest:
         self._body = body
         self._error = error
 
-    async def body(self) -> bytes:
+    def body(self) -> bytes:
         """The whole body, at most the server's ``--max-body-bytes``.
 
         Raises:

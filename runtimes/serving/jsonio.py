@@ -50,6 +50,9 @@ def _sliced_decoder() -> json.JSONDecoder:
 
 
 _SLICED = _sliced_decoder()
+_RAW_DECODE = json.JSONDecoder().raw_decode
+# json.dumps with separators builds a new encoder per call: one, made once, for answers
+_ENCODE = json.JSONEncoder(separators=(",", ":"), allow_nan=True).encode
 
 
 def loads(raw: bytes, sliced: bool = False) -> Any:
@@ -66,6 +69,11 @@ def loads(raw: bytes, sliced: bool = False) -> Any:
         raise ServingError("JSON Parse error: The document is empty")
     try:
         if not sliced:
+            if raw[:1] == b"{" and raw[1:2] != b"\x00":  # UTF-8 (UTF-16's '{' has a 0 byte)
+                text = raw.decode("utf-8", "surrogatepass")
+                value, end = _RAW_DECODE(text)
+                if end == len(text):  # else json.loads allows whitespace, names extra data
+                    return value
             return json.loads(raw)
         text = raw.decode(json.detect_encoding(raw), "surrogatepass")
         return _SLICED.decode(text)
@@ -132,4 +140,4 @@ def dumps(data: Any, indent: int | None = None) -> bytes:
     """JSON bytes; NaN and Infinity as tokens, as TF Serving writes them (its API allows them)."""
     if indent is not None:
         return json.dumps(data, indent=indent, allow_nan=True).encode()
-    return json.dumps(data, separators=(",", ":"), allow_nan=True).encode()
+    return _ENCODE(data).encode()

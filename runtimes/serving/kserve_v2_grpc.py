@@ -28,6 +28,9 @@ NAME = "kserve_v2_grpc"
 SERVICE = "inference.GRPCInferenceService"
 
 _LITTLE = sys.byteorder == "little"
+# Wire tags (field number << 3 | 2) of ModelInferResponse.id (3), raw_output_contents (6)
+_ID_TAG = 0x1A
+_RAW_TAG = 0x32
 #: layouts of plain requests kept (``_Plan``); all are dropped when full
 _MAX_PLANS = 256
 
@@ -142,12 +145,14 @@ class KServeV2Grpc:
         raw = request.raw_input_contents
         key = None
         if raw and not request.parameters:  # tritonclient's plain request
-            key = (
-                model,
-                request.model_version,
-                tuple((i.name, i.datatype, tuple(i.shape)) for i in request.inputs),
-                tuple(o.name for o in request.outputs),
-            )
+            inputs, asked = request.inputs, request.outputs
+            if len(inputs) == 1:  # the usual request: no generator
+                one = inputs[0]
+                layout = ((one.name, one.datatype, tuple(one.shape)),)
+            else:
+                layout = tuple((i.name, i.datatype, tuple(i.shape)) for i in inputs)
+            names = tuple(o.name for o in asked) if asked else ()
+            key = (model, request.model_version, layout, names)
             plan = self._plans.get(key)
             outputs = None if plan is None else await plan.run(self.core, loaded, raw)
             if outputs is not None:
@@ -261,9 +266,12 @@ class _Plan(plans.InputPlan):
             array = outputs[name]
             if type(array) is not np.ndarray or array.dtype != dtype or array.shape != shape:
                 return None
-            contents.append(array.tobytes() if _LITTLE else v2.to_bytes(array))
-        tail = pb.ModelInferResponse(id=id, raw_output_contents=contents)
-        return self.head + tail.SerializeToString()
+            contents.append(
+                plans.field(_RAW_TAG, array.tobytes() if _LITTLE else v2.to_bytes(array))
+            )
+        if id:
+            return b"".join([self.head, plans.field(_ID_TAG, id.encode()), *contents])
+        return b"".join([self.head, *contents])
 
 
 def _model_of(request_type: Any) -> Any:

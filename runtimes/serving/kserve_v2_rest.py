@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import logging
 import re
+import weakref
 from typing import Any
 
 import numpy as np
 
-from runtimes.serving import jsonio, v2
+from runtimes.serving import jsonio, plans, v2
 from runtimes.serving.core import OFFLOAD_BYTES, ServingCore
 from runtimes.serving.http import HttpAnswer, HttpRequest, error_answer
 from runtimes.serving.models import LoadedVersion
@@ -30,6 +31,10 @@ __all__ = ["NAME", "KServeV2Rest", "make"]
 NAME = "kserve_v2_rest"
 HEADER_LENGTH = b"inference-header-content-length"
 OCTETS = b"application/octet-stream"
+#: layouts of plain requests kept (``_Plan``); all are dropped when full
+_MAX_PLANS = 256
+# the element kinds JSON data of an input's kind may hold (as ``v2.from_list``)
+_ACCEPTS = {"f": "fiu", "i": "iu", "u": "iu", "b": "b"}
 
 log = logging.getLogger("policy_toolkit.serve")
 
@@ -49,6 +54,7 @@ class KServeV2Rest:
 
     def __init__(self, core: ServingCore):
         self.core = core
+        self._plans = plans.Plans(_MAX_PLANS)
         from importlib.metadata import PackageNotFoundError, version
 
         try:
@@ -64,6 +70,12 @@ class KServeV2Rest:
         model, api = None, "other"
         core = self.core
         try:
+            # an infer of the highest version, without the path's regex
+            if method == "POST" and path[-6:] == "/infer" and path[:11] == "/v2/models/":
+                name = path[11:-6]
+                if name and "/" not in name:
+                    model, api = name, "infer"
+                    return await self.infer(request, name, None)
             if path in ("/v2", "/v2/") and method == "GET":
                 api = "server_metadata"
                 return HttpAnswer(jsonio.dumps(v2.server_metadata(self._version)), api=api)
@@ -105,7 +117,7 @@ class KServeV2Rest:
     # --- infer ---------------------------------------------------------------------------------
 
     async def infer(self, request: HttpRequest, model: str, version: int | None) -> HttpAnswer:
-        raw = await request.body()
+        raw = request.body()
         header_size = None
         for key, value in request.headers:
             if key == HEADER_LENGTH:
@@ -121,7 +133,24 @@ class KServeV2Rest:
         loaded = self.core.resolve(model, version, None)
         core = self.core
         if len(raw) <= OFFLOAD_BYTES:
-            decoded = self.decode(raw, header_size, model, loaded)
+            if header_size is None:
+                body = jsonio.loads(raw)
+                key = _layout(body, model, version)
+                plan = None if key is None else self._plans.get(key)
+                if plan is not None:
+                    arrays = plan.arrays(loaded, body["inputs"])
+                    if arrays is not None:
+                        signature = loaded.signatures[plan.signature]
+                        outputs = await core.run(signature, arrays, checked=plan.batch)
+                        answer = plan.encode(outputs, body)
+                        if answer is not None:
+                            return HttpAnswer(answer, model=model, api="infer")
+                        return self.encode(outputs, body, plan.wanted, model, loaded)
+                decoded = self.decode(raw, None, model, loaded, body)
+                if key is not None:
+                    return await self._learn(key, decoded, model, loaded)
+            else:
+                decoded = self.decode(raw, header_size, model, loaded)
         else:
             decoded = await core.offload(self.decode, raw, header_size, model, loaded)
         signature, arrays, parameters, body, wanted = decoded
@@ -130,17 +159,41 @@ class KServeV2Rest:
             return self.encode(outputs, body, wanted, model, loaded)
         return await core.offload(self.encode, outputs, body, wanted, model, loaded)
 
+    async def _learn(
+        self, key: tuple, decoded: tuple, model: str, loaded: LoadedVersion
+    ) -> HttpAnswer:
+        """Runs a plain request decoded in full, and keeps its layout's plan when the
+        signature's check only converted its arrays' dtypes (``_Plan``)."""
+        signature, arrays, _, body, wanted = decoded
+        checked, batch = signature.check(arrays, self.core.limits.max_batch)
+        outputs = await self.core.run(signature, checked, checked=batch)
+        answer = self.encode(outputs, body, wanted, model, loaded)
+        if all(checked[n].shape == a.shape for n, a in arrays.items()):
+            plan = _Plan.make(model, loaded, signature, checked, batch, wanted, outputs)
+            if plan is not None and plan.encode(outputs, body) == answer.body:
+                self._plans.learn(key, plan)
+        return answer
+
     def decode(
-        self, raw: bytes, header_size: int | None, model: str, loaded: LoadedVersion
+        self,
+        raw: bytes,
+        header_size: int | None,
+        model: str,
+        loaded: LoadedVersion,
+        body: Any = None,
     ) -> tuple[Any, dict[str, np.ndarray], dict[str, Any], dict[str, Any], list]:
         """An infer body -> (signature, input arrays, parameters, the JSON, requested outputs).
+
+        Args:
+          body: the JSON of a body without binary data, if parsed already.
 
         Raises:
           ServingError: (invalid argument) naming what is wrong.
         """
         view = memoryview(raw)
-        head = view if header_size is None else view[:header_size]
-        body = jsonio.loads(bytes(head), len(head) > OFFLOAD_BYTES)
+        if body is None:
+            head = raw if header_size is None else bytes(view[:header_size])
+            body = jsonio.loads(head, len(head) > OFFLOAD_BYTES)
         if not isinstance(body, dict):
             raise ServingError("infer request: expected a JSON object")
         parameters = body.get("parameters", {}) or {}
@@ -239,3 +292,109 @@ class KServeV2Rest:
             api="infer",
             headers=[(HEADER_LENGTH, str(len(head)).encode())],
         )
+
+
+def _layout(body: Any, model: str, version: int | None) -> tuple | None:
+    """The layout of a plain request's JSON: no parameters or outputs asked for (an
+    ``id`` at most besides the inputs), each input its name, datatype, a shape of whole
+    numbers and data only. None for anything else (decoded in full every time)."""
+    if type(body) is not dict:
+        return None
+    inputs = body.get("inputs")
+    if type(inputs) is not list or len(body) != 1 + ("id" in body):
+        return None
+    key: list[Any] = [model, version]
+    for item in inputs:
+        if type(item) is not dict or len(item) != 4 or "data" not in item:
+            return None
+        name, datatype, shape = item.get("name"), item.get("datatype"), item.get("shape")
+        if type(name) is not str or type(datatype) is not str or type(shape) is not list:
+            return None
+        for size in shape:
+            if type(size) is not int:  # True and 1.0 equal 1: the full path refuses them
+                return None
+        key.append((name, datatype, *shape))
+    return tuple(key)
+
+
+class _Plan:
+    """What a plain JSON request of one layout needs, worked out on its first request.
+
+    The layout (``_layout``: model, version asked for, input names, datatypes and
+    shapes) fixes, for the version it was made on, the signature, each input's element
+    count, dtype and shape, the batch, and the answer's text but the outputs' data.
+    A request's data is still converted and checked (count, element kinds) on every
+    request; anything that does not fit goes the full way, which names what is wrong.
+    """
+
+    __slots__ = ("batch", "head", "inputs", "loaded", "outputs", "signature", "wanted")
+
+    @classmethod
+    def make(cls, model, loaded, signature, arrays, batch, wanted, outputs) -> _Plan | None:
+        """The plan of a request that passed (None: text tensors, binary outputs, or
+        outputs that are not plain arrays)."""
+        if not signature.batched or any(binary for _, binary in wanted):
+            return None
+        inputs = []
+        for name, array in arrays.items():
+            kind = array.dtype.kind
+            if kind not in _ACCEPTS:
+                return None
+            inputs.append((name, array.dtype, array.shape, array.size, _ACCEPTS[kind]))
+        plan_outputs = []
+        for name, _ in wanted:
+            array = outputs[name]
+            if type(array) is not np.ndarray or array.dtype.kind in plans.TEXT_KINDS:
+                return None
+            prefix = jsonio.dumps({"name": name, "datatype": v2.datatype(array.dtype)})
+            plan_outputs.append((name, array.dtype, prefix[:-1] + b',"shape":['))
+        plan = cls()
+        plan.loaded = weakref.ref(loaded)
+        #: the signature's name (the signature itself would hold the version's policy)
+        plan.signature = signature.name
+        plan.inputs = tuple(inputs)
+        plan.batch = batch
+        plan.wanted = wanted
+        plan.outputs = tuple(plan_outputs)
+        version = jsonio.dumps(str(loaded.version))
+        plan.head = b'{"model_name":' + jsonio.dumps(model) + b',"model_version":' + version
+        return plan
+
+    def arrays(self, loaded: LoadedVersion, items: list) -> dict[str, np.ndarray] | None:
+        """A request's inputs in the signature's dtypes and shapes (None: another
+        version's plan, or data that does not fit: the full path names what is wrong)."""
+        if self.loaded() is not loaded:
+            return None
+        arrays = {}
+        for (name, dtype, shape, count, accepts), item in zip(self.inputs, items, strict=True):
+            try:
+                array = np.array(item["data"])
+            except (ValueError, TypeError):
+                return None
+            if array.size != count or (count and array.dtype.kind not in accepts):
+                return None
+            if array.dtype is not dtype:
+                if dtype.kind in "iu":  # a range to check: the full path does
+                    return None
+                array = array.astype(dtype)
+            arrays[name] = array.reshape(shape)
+        return arrays
+
+    def encode(self, outputs: dict[str, Any], body: dict) -> bytes | None:
+        """The answer's JSON, as ``KServeV2Rest.encode`` writes it (None: an output of
+        another dtype than the plan's)."""
+        parts = [self.head]
+        if "id" in body:
+            parts += [b',"id":', jsonio.dumps(body["id"])]
+        parts.append(b',"outputs":[')
+        for i, (name, dtype, prefix) in enumerate(self.outputs):
+            array = outputs[name]
+            if type(array) is not np.ndarray or array.dtype != dtype:
+                return None
+            if i:
+                parts.append(b",")
+            shape = ",".join(map(str, array.shape)).encode()
+            data = jsonio.dumps(jsonio.plain(array.ravel()))
+            parts += [prefix, shape, b'],"data":', data, b"}"]
+        parts.append(b"]}")
+        return b"".join(parts)

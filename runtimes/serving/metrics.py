@@ -1,14 +1,20 @@
 """The server's Prometheus metrics (prometheus-client), in a registry of its own.
 
 Requests are counted by protocol (``tfserving_rest``...), model, API and the
-protocol's own status code.
+protocol's own status code. Those counts and their latency histogram are plain
+numbers bumped on the event loop's thread, read by a collector of ours when
+``/metrics`` is scraped: prometheus-client's counters and histograms take a lock and
+walk their buckets in Python on every request (~8 us of a ~80 us request, measured).
 """
 
 from __future__ import annotations
 
+import bisect
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily
+from prometheus_client.utils import floatToGoString
 
 __all__ = ["ServerMetrics"]
 
@@ -40,26 +46,12 @@ class ServerMetrics:
     def __init__(self, models: list[str]):
         self.registry = CollectorRegistry(auto_describe=True)
         self.models = frozenset(models)
-        self.requests = Counter(
-            "policy_serving_requests",
-            "Requests answered, by protocol, model, API (predict, status, metadata...) and "
-            "the protocol's status code.",
-            ["protocol", "model", "api", "code"],
-            registry=self.registry,
-        )
-        self.errors = Counter(
-            "policy_serving_request_errors",
-            "Requests answered with an error, by protocol, model, API and status code.",
-            ["protocol", "model", "api", "code"],
-            registry=self.registry,
-        )
-        self.latency = Histogram(
-            "policy_serving_request_latency_seconds",
-            "Time from a request's arrival to its answer, by protocol, model and API.",
-            ["protocol", "model", "api"],
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
-        )
+        self._requests = _RequestCollector()
+        self.registry.register(self._requests)
+        #: ``observe(protocol, model, api, code, seconds, error)`` counts one answer
+        #: (``code``: the protocol's status, ``error``: whether it is one); on the event
+        #: loop's thread only
+        self.observe = self._requests.observe
         self.batch_rows = Histogram(
             "policy_serving_batch_rows",
             "Rows per merged action call (request batching only).",
@@ -99,29 +91,7 @@ class ServerMetrics:
             ["model"],
             registry=self.registry,
         )
-        self._children: dict[tuple, Any] = {}
         self._shown: dict[str, set[str]] = {}
-
-    def model_label(self, name: str | None) -> str:
-        return name if name in self.models else UNKNOWN_MODEL
-
-    def observe(
-        self, protocol: str, model: str, api: str, code: Any, seconds: float, error: bool
-    ) -> None:
-        """Counts one answer; ``code`` is the protocol's status, ``error`` whether it is one."""
-        key = (protocol, model, api, code)
-        children = self._children.get(key)
-        if children is None:
-            text = str(code)
-            children = self._children[key] = (
-                self.requests.labels(protocol, model, api, text),
-                self.latency.labels(protocol, model, api),
-                self.errors.labels(protocol, model, api, text) if error else None,
-            )
-        children[0].inc()
-        children[1].observe(seconds)
-        if children[2] is not None:
-            children[2].inc()
 
     def set_versions(self, model: str, versions: dict[int, Any]) -> None:
         """Shows the versions in service (and their train steps) of one model."""
@@ -133,3 +103,66 @@ class ServerMetrics:
         for gone in shown - {str(v) for v in versions}:
             self.train_step.remove(model, gone)
         self._shown[model] = {str(v) for v in versions}
+
+
+_LABELS = ["protocol", "model", "api", "code"]
+
+
+class _RequestCollector:
+    """Requests, errors and latency by protocol, model, API (and code), as
+    ``policy_serving_requests``, ``policy_serving_request_errors`` (counters) and
+    ``policy_serving_request_latency_seconds`` (a histogram of ``LATENCY_BUCKETS``)."""
+
+    def __init__(self) -> None:
+        #: (protocol, model, api, code) -> [answers, is an error, its latency entry]
+        self._answers: dict[tuple, list] = {}
+        #: (protocol, model, api) -> [seconds in all, then the count per bucket, +Inf last]
+        self._latency: dict[tuple, list] = {}
+
+    def observe(
+        self, protocol: str, model: str, api: str, code: Any, seconds: float, error: bool
+    ) -> None:
+        entry = self._answers.get((protocol, model, api, code))
+        if entry is None:
+            latency = self._latency.setdefault(
+                (protocol, model, api), [0.0] + [0] * (len(LATENCY_BUCKETS) + 1)
+            )
+            entry = self._answers[(protocol, model, api, code)] = [0, error, latency]
+        entry[0] += 1
+        latency = entry[2]
+        latency[0] += seconds
+        latency[bisect.bisect_left(LATENCY_BUCKETS, seconds) + 1] += 1
+
+    def describe(self) -> list:
+        return []
+
+    def collect(self) -> Any:
+        requests = CounterMetricFamily(
+            "policy_serving_requests",
+            "Requests answered, by protocol, model, API (predict, status, metadata...) and "
+            "the protocol's status code.",
+            labels=_LABELS,
+        )
+        errors = CounterMetricFamily(
+            "policy_serving_request_errors",
+            "Requests answered with an error, by protocol, model, API and status code.",
+            labels=_LABELS,
+        )
+        for (protocol, model, api, code), (count, error, _) in list(self._answers.items()):
+            labels = [protocol, model, api, str(code)]
+            requests.add_metric(labels, count)
+            if error:
+                errors.add_metric(labels, count)
+        latency = HistogramMetricFamily(
+            "policy_serving_request_latency_seconds",
+            "Time from a request's arrival to its answer, by protocol, model and API.",
+            labels=_LABELS[:3],
+        )
+        bounds = [floatToGoString(b) for b in LATENCY_BUCKETS] + ["+Inf"]
+        for labels, entry in list(self._latency.items()):
+            total, cumulative, buckets = entry[0], 0, []
+            for bound, count in zip(bounds, entry[1:], strict=True):
+                cumulative += count
+                buckets.append((bound, cumulative))
+            latency.add_metric(list(labels), buckets, total)
+        return [requests, errors, latency]

@@ -14,6 +14,7 @@ it ends: none fails in a switch.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import re
@@ -179,6 +180,11 @@ class Snapshot:
     labels: dict[str, int]
     failures: dict[int, str]
 
+    @functools.cached_property
+    def _latest(self) -> LoadedVersion:
+        """The highest version (looked up once: most requests name none)."""
+        return self.versions[max(self.versions)]
+
     def resolve(self, version: int | None, label: str | None) -> LoadedVersion:
         """The version a request asks for (the highest when it names none)."""
         if label is not None:
@@ -194,7 +200,7 @@ class Snapshot:
                 raise ServingError(
                     f"Servable not found for request: Latest({self.name})", ErrorKind.NOT_FOUND
                 )
-            return self.versions[max(self.versions)]
+            return self._latest
         found = self.versions.get(version)
         if found is None:
             raise ServingError(

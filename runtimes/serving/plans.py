@@ -20,7 +20,7 @@ from runtimes.serving.models import LoadedVersion
 from runtimes.serving.signatures import Signature
 from runtimes.serving.v2 import little_endian
 
-__all__ = ["TEXT_KINDS", "InputPlan", "Plans"]
+__all__ = ["TEXT_KINDS", "InputPlan", "Plans", "field"]
 
 #: numpy dtype kinds a plan does not take (text and objects: their bytes are not fixed)
 TEXT_KINDS = "OUSV"
@@ -86,3 +86,18 @@ class Plans:
 
     def __len__(self) -> int:
         return len(self._plans)
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def field(tag: int, payload: bytes) -> bytes:
+    """A length-delimited protobuf field (``tag``: its number << 3 | 2) on the wire,
+    for the plans' answers written without building a message."""
+    return bytes((tag,)) + _varint(len(payload)) + payload

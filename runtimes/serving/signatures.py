@@ -237,9 +237,20 @@ class Defaults:
         self.state = _tensors(policy.policy_state_spec, "policy_state", required=False)
         self.state_names = [t.name for t in self.state]
         self._cache: dict[tuple[str, int], np.ndarray] = {}
+        #: batch -> every time step input's default (policies without state)
+        self._steps: dict[int, dict[str, np.ndarray]] = {}
 
     def full(self, arrays: dict[str, np.ndarray], batch: int) -> dict[str, np.ndarray]:
         """Every time step and state input, defaults filled in."""
+        if not self.state:  # every input is a time step's: its defaults, then the inputs
+            base = self._steps.get(batch)
+            if base is None:
+                base = {t.name: self._default(t, batch) for t in self.time_step}
+                if len(self._steps) < 256:
+                    self._steps[batch] = base
+            out = base.copy()
+            out.update(arrays)
+            return out
         out = {}
         for tensor in self.time_step:
             value = arrays.get(tensor.name)
@@ -314,7 +325,7 @@ def signatures_for(
 
         def run(arrays, batch):
             out = action(defaults.full(arrays, batch), batch)
-            if inspect.isawaitable(out):  # a batched action
+            if type(out) is not dict and inspect.isawaitable(out):  # a batched action
                 return _then(out, pick)
             return pick(out)
 

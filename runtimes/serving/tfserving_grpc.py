@@ -341,20 +341,6 @@ def _response(spec: Any, loaded: LoadedVersion, name: str, wanted: Any, outputs:
     return response
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n > 0x7F:
-        out.append(n & 0x7F | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def _field(tag: int, payload: bytes) -> bytes:
-    """A length-delimited field (``tag``: its number << 3 | 2) on the wire."""
-    return bytes((tag,)) + _varint(len(payload)) + payload
-
-
 # Wire tags (field number << 3 | 2, length-delimited): PredictResponse.outputs (1), a
 # map entry's key (1) and value (2), TensorProto.tensor_content (4).
 _OUTPUTS_TAG = _ENTRY_KEY_TAG = 0x0A
@@ -389,7 +375,7 @@ class _Plan(plans.InputPlan):
             tensor = pb.TensorProto(dtype=_type_of(array.dtype)[0])
             for n in array.shape:
                 tensor.tensor_shape.dim.add(size=n)
-            key_field = _field(_ENTRY_KEY_TAG, key.encode())
+            key_field = plans.field(_ENTRY_KEY_TAG, key.encode())
             head = tensor.SerializeToString()
             plan_outputs.append((key, array.dtype, array.shape, key_field, head))
         head = pb.PredictResponse()
@@ -414,7 +400,7 @@ class _Plan(plans.InputPlan):
             if type(array) is not np.ndarray or array.dtype != dtype or array.shape != shape:
                 return None
             data = array.tobytes() if _LITTLE else array.astype(dtype.newbyteorder("<")).tobytes()
-            value = tensor + _field(_CONTENT_TAG, data)
-            entry = key_field + _field(_ENTRY_VALUE_TAG, value)
-            parts.append(_field(_OUTPUTS_TAG, entry))
+            value = tensor + plans.field(_CONTENT_TAG, data)
+            entry = key_field + plans.field(_ENTRY_VALUE_TAG, value)
+            parts.append(plans.field(_OUTPUTS_TAG, entry))
         return b"".join(parts)

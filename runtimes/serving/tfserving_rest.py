@@ -122,7 +122,7 @@ class TFServingRest:
     async def predict(
         self, request: HttpRequest, model: str, version: int | None, label: str | None
     ) -> bytes:
-        raw = await request.body()
+        raw = request.body()
         loaded = self.core.resolve(model, version, label)
         core = self.core
         if len(raw) <= OFFLOAD_BYTES:

@@ -48,6 +48,11 @@ _CASES = [
     "[[1, 2]",
     '{"a" 1}',
     "[" * 3000 + "]" * 3000,
+    '{"a": 1} \n',
+    '{"a": "\\ud800 \u00e9"}',
+    # Refused by both parsers:
+    '{"a": 1} x',
+    '{"a": 1}{}',
 ]
 
 
@@ -90,13 +95,18 @@ def test_large_bodies_parse_in_slices_as_json_loads_parses_them():
         expected = _parse(json.loads, raw)
         refused += expected == "refused"
         assert _parse(lambda r: jsonio.loads(r, sliced=True), raw) == expected, text[:200]
-    assert refused >= 11
+        assert _parse(jsonio.loads, raw) == expected, text[:200]
+    assert refused >= 13
+    for encoding in ("utf-16-le", "utf-16-be", "utf-32-le", "utf-8-sig"):
+        assert jsonio.loads('{"a": [1.5]}'.encode(encoding)) == {"a": [1.5]}
 
 
 def test_a_parse_error_is_named():
     with pytest.raises(ServingError, match=r"JSON Parse error: Expecting value") as info:
         jsonio.loads(b"[1,]", sliced=True)
     assert info.value.kind is ErrorKind.INVALID_ARGUMENT
+    with pytest.raises(ServingError, match=r"JSON Parse error: Extra data: line 1 column 10"):
+        jsonio.loads(b'{"a": 1} x')
     with pytest.raises(ServingError, match="JSON Parse error: The document is empty"):
         jsonio.loads(b"  ")
 
@@ -366,3 +376,94 @@ def test_a_planned_tf_serving_predict_answers_as_the_full_path():
             asyncio.run(codec.predict(request(observations[0], short)))
     finally:
         core.close()
+
+
+@pytest.mark.parametrize("kind", ["greedy_q", "actor/action_network"])
+def test_a_planned_v2_rest_infer_answers_as_the_full_path(kind):
+    """KServe v2 REST: a plain JSON infer of a layout answered before goes through its
+    plan; its answers are the full path's byte for byte (int and float32 outputs, with
+    and without an id), and bad data of the same layout still gets the full path's error."""
+    from runtimes.serving import kserve_v2_rest
+    from runtimes.serving.http import HttpRequest
+
+    core = build_core(CoreOptions([ModelConfig("m", cr.bundle(kind))]))
+    core.registry.poll()
+
+    def body(data, **more) -> bytes:
+        tensor = {"name": "observation", "shape": [2, 4], "datatype": "FP32", "data": data}
+        return json.dumps({"inputs": [tensor], **more}).encode()
+
+    def answer(codec, raw: bytes):
+        request = HttpRequest("POST", "/v2/models/m/infer", [], raw)
+        return asyncio.run(codec.handle(request))
+
+    rng = np.random.default_rng(5)
+    try:
+        codec = kserve_v2_rest.make(core)
+        first = rng.normal(size=(2, 4)).round(3).tolist()
+        assert answer(codec, body(first)).status == 200
+        assert len(codec._plans) == 1  # learned
+        decoded = []  # requests the plan did not take (decoded in full)
+        full_decode = codec.decode
+        codec.decode = lambda *args: decoded.append(1) or full_decode(*args)
+        bodies = [body(rng.normal(size=(2, 4)).tolist()) for _ in range(3)]
+        bodies += [
+            body(rng.normal(size=8).tolist(), id="abc"),  # flat data, an id
+            body([[1, 2, 3, 4], [5, 6, 7, 8]]),  # whole numbers for floats
+            body([[True] * 4] * 2),  # booleans: refused
+            body([["a"] * 4] * 2),  # text: refused
+            body([[0.5] * 4, [0.5] * 3]),  # ragged
+            body([0.5] * 7),  # a value short
+            body([[0.5] * 4] * 2, id=[1, {"x": "é"}]),  # an id of any JSON
+        ]
+        for raw in bodies:
+            planned = answer(codec, raw)
+            full = answer(kserve_v2_rest.make(core), raw)  # a codec with no plan
+            assert (planned.status, planned.body) == (full.status, full.body)
+        assert [answer(codec, raw).status for raw in bodies[5:9]] == [400] * 4
+        assert len(decoded) == 8  # the 4 bad bodies, twice
+        obs = np.asarray(json.loads(bodies[0])["inputs"][0]["data"], np.float32)
+        out = json.loads(answer(codec, bodies[0]).body)["outputs"][0]
+        policy = runtimes.load_policy(cr.bundle(kind), "onnx")
+        mid = TimeStep(np.ones(2, np.int32), np.zeros(2, np.float32), np.ones(2, np.float32), None)
+        want = policy.action(mid._replace(observation=obs)).action
+        assert out["shape"] == list(want.shape)
+        np.testing.assert_array_equal(np.asarray(out["data"], want.dtype).reshape(want.shape), want)
+    finally:
+        core.close()
+
+
+def test_request_metrics_count_answers_into_prometheus_buckets():
+    """The request counts and latency histogram (plain numbers read at scrape time)
+    print as prometheus-client's counters and histograms would: a latency on a bucket's
+    bound counts in that bucket, errors only under their own codes."""
+    from prometheus_client import generate_latest
+
+    from runtimes.serving.metrics import ServerMetrics
+
+    metrics = ServerMetrics(["m"])
+    for seconds in (0.00005, 0.0001, 0.0003, 3.0):
+        metrics.observe("kserve_v2_rest", "m", "infer", 200, seconds, False)
+    metrics.observe("kserve_v2_grpc", "m", "infer", "NOT_FOUND", 0.001, True)
+    samples = {}
+    for line in generate_latest(metrics.registry).decode().splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    rest = 'api="infer",model="m",protocol="kserve_v2_rest"'
+    assert samples[f'policy_serving_requests_total{{api="infer",code="200",{rest[12:]}}}'] == 4
+    errors = [n for n in samples if n.startswith("policy_serving_request_errors_total")]
+    assert errors == [
+        'policy_serving_request_errors_total{api="infer",code="NOT_FOUND",model="m",'
+        'protocol="kserve_v2_grpc"}'
+    ]
+    bucket = "policy_serving_request_latency_seconds_bucket"
+    got = {
+        le: samples[f'{bucket}{{api="infer",le="{le}",model="m",protocol="kserve_v2_rest"}}']
+        for le in ("0.0001", "0.00025", "0.0005", "2.5", "+Inf")
+    }
+    assert got == {"0.0001": 2, "0.00025": 2, "0.0005": 3, "2.5": 3, "+Inf": 4}
+    assert samples[f"policy_serving_request_latency_seconds_count{{{rest}}}"] == 4
+    assert samples[f"policy_serving_request_latency_seconds_sum{{{rest}}}"] == pytest.approx(
+        3.00045
+    )
