@@ -12,8 +12,6 @@ Field numbers are those of onnx/onnx.proto3 (ModelProto, GraphProto, NodeProto,
 AttributeProto, TensorProto, SparseTensorProto, FunctionProto, TrainingInfoProto).
 """
 
-from __future__ import annotations
-
 from typing import NamedTuple
 
 from toolkit import protowire

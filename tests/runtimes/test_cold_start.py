@@ -1,7 +1,7 @@
 """What a runtime's cold start leaves out, and that leaving it out changes no behaviour.
 
 A greedy policy loaded with the litert or onnx backend imports neither optree, numpy.random,
-OpenSSL's hashlib, threading, dataclasses nor the writers' modules (issue 15's cold
+OpenSSL's hashlib, threading, dataclasses, json nor the writers' modules (issue 15's cold
 start target); the hash check still refuses a changed model. Generators are made on
 first use with the seeding of before: seeded draws, per-call Generators and copies give
 the actions they gave when the Generator was made at load.
@@ -30,6 +30,9 @@ NOT_IMPORTED = (
     "uuid",
     "tempfile",
     "runtimes.distributions",
+    # JSON is read by json's C scanner: importing json compiles six regexes.
+    "json",
+    "toolkit.bundle.recovery",
 )
 
 

@@ -56,7 +56,6 @@ from toolkit.bundle.names import (
     WEIGHTS_FILE,
 )
 from toolkit.bundle.reading import bundle_root, read_checkpoint, read_layout, read_manifest
-from toolkit.bundle.recovery import recover
 
 #: Loaded on first use: name -> module of this package.
 _LAZY = {
@@ -73,6 +72,7 @@ _LAZY = {
     "signature_info": "signing",
     "trust_policy": "signing",
     "verify_bundle": "signing",
+    "recover": "recovery",
 }
 
 __all__ = [
@@ -103,7 +103,6 @@ __all__ = [
     "read_layout",
     "read_manifest",
     "read_member",
-    "recover",
     "sha256_file",
     "without_files",
     *_LAZY,

@@ -9,7 +9,6 @@ naming the JSON path.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from toolkit.bundle.files import parse_json
 from toolkit.bundle.names import MANIFEST
 from toolkit.bundle.schema import (
     MAX_VIOLATIONS,
+    _dumps,
     format_names,
     join_path,
     schema,
@@ -80,8 +80,8 @@ def _semantic(manifest: dict[str, Any], errors: list[str], files_listed: bool = 
             expected = list(families.FAMILIES[node["family"]])
             if node["params"] != expected:
                 errors.append(
-                    f"{path}.params: expected {json.dumps(expected)} for family "
-                    f"{node['family']!r}, got {json.dumps(node['params'])}"
+                    f"{path}.params: expected {_dumps(expected)} for family "
+                    f"{node['family']!r}, got {_dumps(node['params'])}"
                 )
         elif kind == "dict":
             for key, item in node["items"].items():
@@ -118,7 +118,7 @@ def _semantic(manifest: dict[str, Any], errors: list[str], files_listed: bool = 
         if fmt not in listed:
             errors.append(
                 f"{fmt}: expected no {fmt!r} section where formats "
-                f"{json.dumps(listed)} lacks it, got one"
+                f"{_dumps(listed)} lacks it, got one"
             )
         if not files_listed:
             continue
@@ -134,7 +134,7 @@ def _semantic(manifest: dict[str, Any], errors: list[str], files_listed: bool = 
 
 
 def _signature_entry_text(entry: dict[str, Any]) -> str:
-    return f"{entry['dtype']} {json.dumps(entry['shape'])}"
+    return f"{entry['dtype']} {_dumps(entry['shape'])}"
 
 
 def _consistency(manifest: dict[str, Any], errors: list[str]) -> None:
@@ -226,7 +226,7 @@ def _check_params(
             if shape is None or len(shape) != rank:
                 errors.append(
                     f"signatures.distribution.outputs[{i}].shape: expected rank {rank} (a batch "
-                    f"dim first) for {name!r}, got {json.dumps(shape)}"
+                    f"dim first) for {name!r}, got {_dumps(shape)}"
                 )
                 continue
             if leaf["family"] != families.CATEGORICAL or not action_leaves:

@@ -33,7 +33,6 @@ from toolkit.bundle.names import (
     MAX_MANIFEST_BYTES,
     ONNX_FILE,
 )
-from toolkit.bundle.recovery import recover
 from toolkit.errors import BundleError, TrustError
 
 if TYPE_CHECKING:
@@ -116,6 +115,8 @@ def read_manifest(
     """
     root = bundle_root(bundle_dir)
     if not os.path.lexists(root):
+        from toolkit.bundle.recovery import recover  # a killed writer's leftovers only
+
         recover(root)
     if not root.exists():
         raise BundleError(f"{root}: no such bundle")

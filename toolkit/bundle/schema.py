@@ -13,11 +13,12 @@ jsonschema checks both agree: tests/toolkit/test_bundle_trust.py).
 from __future__ import annotations
 
 import functools
-import json
 import math
 import re
 from pathlib import Path
 from typing import Any
+
+from toolkit.bundle.files import json_string, loads_json
 
 __all__ = [
     "MAX_VIOLATIONS",
@@ -35,7 +36,6 @@ SCHEMA_PATH = Path(__file__).parents[1] / "schemas" / "manifest.schema.json"
 #: Violations reported at most (the rest are counted).
 MAX_VIOLATIONS = 20
 _MAX_DEPTH = 64
-_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _IGNORED = frozenset({"$schema", "$id", "title", "description", "$defs", "else"})
 
 
@@ -46,7 +46,7 @@ _REGISTERED: dict[str, dict[str, Any]] = {}
 @functools.cache
 def schema() -> dict[str, Any]:
     """The manifest's JSON Schema (draft 2020-12), with formats registered at run time."""
-    data = json.loads(SCHEMA_PATH.read_text())
+    data = loads_json(SCHEMA_PATH.read_text())
     for name, section in _REGISTERED.items():
         add_format(data, name, section)
     return data
@@ -90,10 +90,32 @@ def join_path(path: str, key: Any) -> str:
     """A JSON path with ``key`` appended: ``a.b``, ``a[3]``, ``a["x y"]``."""
     if isinstance(key, int):
         return f"{path}[{key}]"
-    # An ASCII identifier is exactly what _IDENTIFIER matches, and this test is cheaper.
+    # An ASCII identifier ([A-Za-z_][A-Za-z0-9_]*), tested without a regex.
     if key.isascii() and key.isidentifier():
         return f"{path}.{key}" if path else key
-    return f"{path}[{json.dumps(key)}]"
+    return f"{path}[{json_string(key)}]"
+
+
+def _dumps(value: Any, **options: Any) -> str:
+    """``json.dumps(value, **options)``; strings, numbers, bools, None and lists of strings
+    without importing json (trial checks of oneOf branches word messages they drop)."""
+    if not options:
+        kind = type(value)
+        if kind is str:
+            return json_string(value)
+        if kind is bool:
+            return "true" if value else "false"
+        if kind is int:
+            return int.__repr__(value)
+        if kind is float and math.isfinite(value):
+            return float.__repr__(value)
+        if value is None:
+            return "null"
+        if kind is list and all(type(v) is str for v in value):
+            return "[" + ", ".join(map(json_string, value)) + "]"
+    import json
+
+    return json.dumps(value, **options)
 
 
 def show_value(value: Any) -> str:
@@ -102,7 +124,7 @@ def show_value(value: Any) -> str:
         return "an object"
     if isinstance(value, list):
         return "a list"
-    text = json.dumps(value)
+    text = _dumps(value)
     return text if len(text) <= 40 else text[:37] + "..."
 
 
@@ -200,6 +222,39 @@ def _passes_simple(value: Any, facts: tuple) -> bool:
     return True
 
 
+def _hex64(value: str) -> bool:
+    return len(value) == 64 and not value.strip("0123456789abcdef")
+
+
+def _identifier(value: str) -> bool:
+    return value.isascii() and value[:1].isalpha() and value.replace("_", "a").isalnum()
+
+
+def _relative_path(value: str) -> bool:
+    # No newline: "." and "$" in the pattern treat it apart.
+    return (
+        "\\" not in value
+        and "\x00" not in value
+        and "\n" not in value
+        and all(part not in ("", ".", "..") for part in value.split("/"))
+    )
+
+
+#: The schema's patterns, each with a test that is True only where the regex matches (a
+#: False goes to the regex): compiling the three regexes is ~1.3M instructions of a
+#: runtime's cold start (tests/toolkit/test_bundle_json.py holds each to its regex).
+_PATTERN_TESTS = {
+    "^[0-9a-f]{64}$": _hex64,
+    "^[A-Za-z][A-Za-z0-9_]*$": _identifier,
+    "^(?!\\.\\.?(/|$))(?!.*/\\.\\.?(/|$))[^/\\\\\\u0000]+(/[^/\\\\\\u0000]+)*$": _relative_path,
+}
+
+
+def _matches(pattern: str, value: str) -> bool:
+    test = _PATTERN_TESTS.get(pattern)
+    return (test is not None and test(value)) or re.search(pattern, value) is not None
+
+
 def _or(texts: list[str]) -> str:
     return texts[0] if len(texts) == 1 else ", ".join(texts[:-1]) + " or " + texts[-1]
 
@@ -225,9 +280,9 @@ class _Validator:
     def describe(self, schema: dict[str, Any]) -> str:
         schema = self.resolve(schema)
         if "const" in schema:
-            return json.dumps(schema["const"])
+            return _dumps(schema["const"])
         if "enum" in schema:
-            return "one of " + json.dumps(schema["enum"])
+            return "one of " + _dumps(schema["enum"])
         if "oneOf" in schema:
             return _or([self.describe(s) for s in schema["oneOf"]])
         kinds = schema.get("type")
@@ -289,16 +344,14 @@ class _Validator:
             self.fail(path, f"expected a finite number, got {value}")
             return False
         if "const" in schema and value != schema["const"]:
-            self.fail(path, f"expected {json.dumps(schema['const'])}, got {show_value(value)}")
+            self.fail(path, f"expected {_dumps(schema['const'])}, got {show_value(value)}")
             return False
         if "enum" in schema and not (
             value in schema["enum"]  # a str equals only strs: no type test needed
             if type(value) is str
             else any(value == e and type(value) is type(e) for e in schema["enum"])
         ):
-            self.fail(
-                path, f"expected one of {json.dumps(schema['enum'])}, got {show_value(value)}"
-            )
+            self.fail(path, f"expected one of {_dumps(schema['enum'])}, got {show_value(value)}")
             return False
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             if "minimum" in schema and value < schema["minimum"]:
@@ -315,7 +368,7 @@ class _Validator:
                 self.fail(
                     path, f"expected at most {schema['maxLength']} characters, got {len(value)}"
                 )
-            elif "pattern" in schema and not re.search(schema["pattern"], value):
+            elif "pattern" in schema and not _matches(schema["pattern"], value):
                 self.fail(path, f"expected {self.pattern_text(schema)}, got {show_value(value)}")
         if isinstance(value, list):
             self.check_array(value, schema, path, depth)
@@ -330,7 +383,7 @@ class _Validator:
     def pattern_text(self, schema: dict[str, Any]) -> str:
         if "sha256" in schema["pattern"] or schema["pattern"] == "^[0-9a-f]{64}$":
             return "64 lowercase hex digits"
-        if "u0000" in json.dumps(schema["pattern"]) or "\\x00" in schema["pattern"]:
+        if "u0000" in _dumps(schema["pattern"]) or "\\x00" in schema["pattern"]:
             return (
                 "a relative path inside the bundle (no leading '/', '.', '..', empty parts or '\\')"
             )
@@ -346,6 +399,13 @@ class _Validator:
 
     def one_of(self, value: Any, branches: list[Any], path: str, depth: int) -> bool:
         resolved = [self.resolve(b) for b in branches]
+        if depth < _MAX_DEPTH and type(value) is not dict:
+            # A value passing a simple branch in a few comparisons passes: no trial checks
+            # (_passes_simple takes no dict, so the "kind" dispatch below cannot apply).
+            for branch in resolved:
+                facts = self.simple(branch)
+                if facts is not None and _passes_simple(value, facts):
+                    return True
         if isinstance(value, dict) and "kind" in value:
             # Branches told apart by "kind": report the matching branch's own violations.
             matching = [b for b in resolved if _kind_matches(b, value["kind"])]
@@ -355,11 +415,10 @@ class _Validator:
             if kinds and not matching:
                 self.fail(
                     join_path(path, "kind"),
-                    f"expected one of {json.dumps(kinds)}, got {show_value(value['kind'])}",
+                    f"expected one of {_dumps(kinds)}, got {show_value(value['kind'])}",
                 )
                 return False
-        passing = [b for b in resolved if self.passes(value, b, path, depth + 1)]
-        if passing:
+        if any(self.passes(value, b, path, depth + 1) for b in resolved):
             return True
         typed = [
             b
@@ -383,8 +442,7 @@ class _Validator:
             # Strings as they are (most lists of unique items hold strings), anything
             # else as its canonical JSON; the flag keeps the two kinds apart.
             seen = [
-                (True, v) if type(v) is str else (False, json.dumps(v, sort_keys=True))
-                for v in value
+                (True, v) if type(v) is str else (False, _dumps(v, sort_keys=True)) for v in value
             ]
             if len(set(seen)) != len(seen):
                 self.fail(path, "expected unique entries, got repeats")

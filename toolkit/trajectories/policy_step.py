@@ -1,7 +1,5 @@
 """PolicyStep: what a policy returns, and the log-probability helpers of its info (TF-free)."""
 
-from __future__ import annotations
-
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -24,7 +22,7 @@ class PolicyStep(NamedTuple):
     state: Any = ()
     info: Any = ()
 
-    def replace(self, **kwargs: Any) -> PolicyStep:
+    def replace(self, **kwargs: Any) -> "PolicyStep":
         """A copy with the given fields replaced (``namedtuple._replace``)."""
         return self._replace(**kwargs)
 

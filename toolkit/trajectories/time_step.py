@@ -4,8 +4,6 @@ Works on numpy arrays and, when given TensorFlow tensors, on tensors: TensorFlow
 then already imported by the caller, and this module only looks it up.
 """
 
-from __future__ import annotations
-
 import enum
 import sys
 from typing import Any, NamedTuple

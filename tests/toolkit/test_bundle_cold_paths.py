@@ -1,0 +1,157 @@
+"""What a runtime's cold start skips gives what it replaces: the bundle's JSON read without
+the json package (toolkit.bundle.files.loads_json) and the schema's messages' JSON
+(schema._dumps) are json's, errors included; the schema's patterns tested without their
+regexes pass only what the regexes match; member paths are checked as the regex did."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import random
+import re
+
+import pytest
+
+from toolkit.bundle import files, schema
+from toolkit.errors import BundleError
+
+DOCUMENTS = [
+    '{"a": [1, 2.5, -3e-7, true, false, null, "x\\u00e9\\n"], "b": {}}',
+    "  \n\t[]\r\n ",
+    '"just a string"',
+    "12345678901234567890",
+    '{"a": 1, "a": 2}',  # the last duplicate wins, as json.loads
+    "-0.0",
+    '{"nested": [[[[{"k": "v"}]]]]}',
+]
+
+BAD = [
+    "",
+    "   ",
+    "{",
+    '{"a": 1} x',  # extra data
+    '{"a": NaN}',
+    '{"a": Infinity}',
+    "[-Infinity]",
+    '{"a": "\x01"}',  # a control character in a string (strict)
+    "[1,]",
+    "'single'",
+    "[" * 100000 + "]" * 100000,  # deeper than the scanner recurses
+]
+
+
+@pytest.mark.parametrize("text", DOCUMENTS)
+def test_loads_json_is_json_loads(text):
+    got = files.loads_json(text)
+    assert got == json.loads(text)
+    assert json.dumps(got) == json.dumps(json.loads(text))  # same types too
+
+
+@pytest.mark.parametrize("text", BAD, ids=range(len(BAD)))
+def test_loads_json_refuses_what_json_loads_refuses_with_its_error(text):
+    def no_constants(name):
+        raise ValueError(f"{name} is not JSON")
+
+    with pytest.raises((ValueError, RecursionError)) as expected:
+        json.loads(text, parse_constant=no_constants)
+    with pytest.raises(type(expected.value)) as got:
+        files.loads_json(text)
+    assert str(got.value) == str(expected.value)
+
+
+def test_parse_json_names_the_file_and_refuses_constants():
+    with pytest.raises(BundleError, match=r"m.json: not valid JSON \(NaN is not JSON\)"):
+        files.parse_json(b'{"x": NaN}', "m.json")
+    with pytest.raises(BundleError, match=r"m.json: not valid JSON \(Extra data"):
+        files.parse_json(b"{} {}", "m.json")
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "a",
+        'é"\\\n\x00\u2028',
+        "",
+        True,
+        False,
+        0,
+        -5,
+        10**30,
+        1.5,
+        -0.0,
+        1e300,
+        5e-324,
+        0.1,
+        None,
+        ["a", "b"],
+        [],
+        ["x", 1],
+        [1.0],
+        {"a": 1},
+        math.nan,
+        math.inf,
+        -math.inf,
+    ],
+)
+def test_schema_messages_json_is_json_dumps(value):
+    assert schema._dumps(value) == json.dumps(value)
+    if isinstance(value, str):
+        assert files.json_string(value) == json.dumps(value)
+    assert schema._dumps(value, sort_keys=True) == json.dumps(value, sort_keys=True)
+
+
+def _strings():
+    """Tricky strings for the patterns: every short string over a small alphabet of the
+    characters they treat apart, and random longer ones."""
+    alphabet = ["a", "Z", "0", "f", "_", ".", "/", "\\", "\x00", "\n", "\r", "é", " "]
+    for n in range(4):
+        yield from ("".join(t) for t in itertools.product(alphabet, repeat=n))
+    rng = random.Random(3)
+    for _ in range(3000):
+        pieces = alphabet + ["ab", "..", "/..", "./"]
+        yield "".join(rng.choice(pieces) for _ in range(rng.randrange(12)))
+        yield "".join(rng.choice("0123456789abcdef") for _ in range(rng.choice((63, 64, 64))))
+    yield from ("a" * 64, "0123456789abcdef" * 4, "0123456789abcdef" * 4 + "\n", "A" * 64)
+    yield from ("a/b/c", "a/./b", "a/../b", "a\n/../b", "../a", "./a", "a/", "/a", "a//b", "..a/b.")
+
+
+def test_each_schema_pattern_has_a_test_and_each_test_passes_only_what_its_regex_matches():
+    patterns = set()
+
+    def walk(node):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                patterns.add(value) if key == "pattern" else walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(schema.schema())
+    assert patterns == set(schema._PATTERN_TESTS)  # every pattern of the schema skips re
+    for pattern, test in schema._PATTERN_TESTS.items():
+        regex = re.compile(pattern)
+        passed = 0
+        for text in _strings():
+            if test(text):
+                passed += 1
+                assert regex.search(text), (pattern, text)
+            assert schema._matches(pattern, text) == bool(regex.search(text)), (pattern, text)
+        assert passed > 10, pattern  # the test does pass things
+
+
+def test_member_paths_are_checked_as_the_part_regex_did():
+    part = re.compile(r"[^/\\\x00]+")
+    for text in _strings():
+        parts = text.split("/")
+        expected = bool(text) and not (
+            len(text) > 4096
+            or text.startswith("/")
+            or any(p in ("", ".", "..") or not part.fullmatch(p) for p in parts)
+        )
+        try:
+            files.check_member_path(text, "k")
+        except BundleError:
+            assert not expected, text
+        else:
+            assert expected, text
