@@ -249,6 +249,13 @@ class BundlePolicy(PyPolicy):
         check = self._action_checks[0]
         clipped = self._plain_output and deriver.clips[0] is not None
         self._row_exact = (check.dtype, check.shape) if clipped else None
+        # The batched sampled hot path likewise (``_GaussianNoise.batch_sampler``): its
+        # sample is always a new array, so the graph's outputs are read in place.
+        batched = getattr(deriver, "batch_sampler", None)
+        batch = batched() if batched is not None and self._plain_output else None
+        self._batch_sample = None
+        if batch is not None and not self._direct and batch[0] in self._fetch:
+            self._batch_sample = self._fetch.index(batch[0]), batch[1]
         if plan is None or self._direct or plan[0] not in self._fetch:
             return None
         return self._fetch.index(plan[0]), plan[1]
@@ -507,6 +514,12 @@ class BundlePolicy(PyPolicy):
             ):
                 self._checked = step
             return step
+        batch = self._batch_sample
+        if batch is not None and len(outer) == 1:  # a batch of rows, sampled
+            # Read in place (the backend's buffers, no copy): the sample is a new array.
+            outputs = self._run_borrowed(arrays, False, fetch)
+            action = batch[1](outputs[batch[0]], self._generator(seed))
+            return _new_tuple(PolicyStep, (action, (), ()))
         outputs = self._run(arrays, not outer, fetch)
         if self._plain_output:  # one action leaf; no state, info or log-probability
             if self._direct:

@@ -307,7 +307,7 @@ def _general_copy(policy):
         clone._description, clone._params_tree, "distribution", () if clone.is_stateful else None
     )
     clone._row_sample = clone._row_sampler(clone._deriver)
-    assert clone._row_sample is None  # the general path only
+    assert clone._row_sample is None and clone._batch_sample is None  # the general path only
     return clone
 
 
@@ -714,3 +714,26 @@ def test_threads_sampling_rows_take_each_normal_of_the_block_once(gaussian_noise
     reference = np.random.default_rng(9)
     reference.standard_normal(480)
     assert policy._generator(None).random() == reference.random()
+
+
+@pytest.mark.parametrize("backend", ["onnx", "litert"])
+def test_a_sampled_batch_reads_the_outputs_in_place_and_hands_out_new_arrays(
+    gaussian_noise_bundle, backend
+):
+    """The batched sampled path (Deriver.batch_sampler) reads the graph's own buffers:
+    an action the caller keeps never changes, and an output of the wrong width is
+    still named by the full check."""
+    policy = runtimes.load_policy(gaussian_noise_bundle, backend, seed=5)
+    assert policy._batch_sample is not None
+    kept = []
+    for i in range(3):
+        time_step = sample_time_step(policy.time_step_spec, (256,), np.random.default_rng(i))
+        action = policy.action(first_time_step(time_step)).action
+        assert action.dtype == F32 and action.shape == (256, 2)
+        kept.append((action, action.copy()))
+    for action, copy in kept:
+        np.testing.assert_array_equal(action, copy)
+    assert not np.array_equal(kept[0][1], kept[1][1])
+    policy._run_borrowed = lambda arrays, unbatched, fetch: [np.zeros((256, 3), F32)]
+    with pytest.raises(SpecMismatchError, match=r"action: expected shape \(256, 2\)"):
+        policy.action(first_time_step(time_step))
