@@ -531,30 +531,35 @@ class BundlePolicy(PyPolicy):
                 action = action[0][0]
             action = action[0] if not outer else _restore(action, outer)
             return _new_tuple(PolicyStep, (action, (), ()))  # PolicyStep(action), framelessly
-        if self._state_row and not outer:
-            return self._state_step(outputs)
+        if self._state_row and len(outer) <= 1:
+            return self._state_step(outputs, outer)
         return self._policy_step(dict(zip(fetch, outputs)), outer, seed)  # noqa: B905
 
-    def _state_step(self, outputs: list[np.ndarray]) -> PolicyStep:
-        """``_policy_step`` of an unbatched call of a ``_state_row`` policy: the action,
-        then the next state's leaves, by position; the same step and the same checks."""
+    def _state_step(self, outputs: list[np.ndarray], outer: tuple) -> PolicyStep:
+        """``_policy_step`` of an unbatched or one-batch-dim call of a ``_state_row``
+        policy: the action, then the next state's leaves, by position; the same step and
+        the same checks, without the dict by name, the restore and the lists between."""
         action = outputs[0]
         states = outputs[1:]
+        rows = outer or (1,)
         checked = self._validate_args
         if checked:
-            if not leaf_within(action, self._action_checks[0], (1,)):
+            if not leaf_within(action, self._action_checks[0], rows):
                 checked = False
             else:
                 for value, (dtype, shape) in zip(states, self._state_layout):  # noqa: B905
                     if (
                         type(value) is not _NDARRAY
                         or (value.dtype is not dtype and value.dtype != dtype)
-                        or value.shape != (1, *shape)
+                        or value.shape != (*rows, *shape)
                     ):
                         checked = False
                         break
-        state = self._state_treespec.unflatten([a[0] for a in states])
-        step = _new_tuple(PolicyStep, (action[0], state, ()))
+        if outer:  # batched outputs are the graph's own: nothing to restore
+            step = _new_tuple(PolicyStep, (action, self._state_treespec.unflatten(states), ()))
+        else:
+            state = self._state_treespec.unflatten([a[0] for a in states])
+            step = _new_tuple(PolicyStep, (action[0], state, ()))
         if checked:
             self._checked = step
         return step

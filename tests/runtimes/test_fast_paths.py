@@ -590,6 +590,35 @@ def test_the_integer_bounds_check_by_extremes_refuses_either_side(dtype):
     assert leaf_within(np.maximum(values, 2).astype(dtype), per_element, (256,))
 
 
+@pytest.mark.parametrize("dtype", [np.int64, np.int32, np.int8, np.uint8])
+def test_the_integer_bounds_check_from_zero_by_the_unsigned_maximum_refuses_negatives(dtype):
+    """Uniform bounds [0, high] are checked by one unsigned maximum: negatives (down to
+    the dtype's minimum) and high + 1 are refused, anywhere, in strided batches too; the
+    verdict is the general comparison's on random batches."""
+    from runtimes.checks import LeafCheck, leaf_within
+
+    check = LeafCheck.of(BoundedArraySpec((), dtype, 0, 3))
+    assert check.unsigned is not None and check.unsigned.itemsize == np.dtype(dtype).itemsize
+    assert LeafCheck.of(BoundedArraySpec((), dtype, 1, 3)).unsigned is None
+    values = (np.arange(512) % 4).astype(dtype)
+    assert leaf_within(values, check, (512,)) and leaf_within(values[::2], check, (256,))
+    bads = [4, np.iinfo(dtype).max] + ([-1, np.iinfo(dtype).min] if dtype != np.uint8 else [])
+    for bad in bads:
+        for index in (0, 255, 511):
+            wrong = values.copy()
+            wrong[index] = bad
+            assert not leaf_within(wrong, check, (512,))
+            assert not leaf_within(wrong[index % 2 :: 2], check, (256,))
+    rng = np.random.default_rng(1)
+    low = -2 if dtype != np.uint8 else 0
+    for _ in range(50):
+        batch = rng.integers(0, 4, size=256).astype(dtype)
+        if rng.random() < 0.5:
+            batch[rng.integers(0, 256)] = rng.integers(low, 6)
+        general = not ((batch < 0).any() or (batch > 3).any())
+        assert leaf_within(batch, check, (256,)) == general
+
+
 # --- the block of normals of the unbatched sampled path ----------------------------------
 
 
@@ -668,7 +697,8 @@ def test_a_recurrent_greedy_step_by_position_equals_the_general_step(backend):
     assert policy._state_row
     general = policy.copy()
     general._state_row = False
-    _assert_steps_equal(_episode(policy, (), steps=6), _episode(general, (), steps=6))
+    for outer in ((), (3,), (256,)):
+        _assert_steps_equal(_episode(policy, outer, steps=6), _episode(general, outer, steps=6))
     # the outputs' check: an action outside the spec is named by the full check
     time_step = first_time_step(
         sample_time_step(policy.time_step_spec, (), np.random.default_rng(1))
@@ -680,10 +710,15 @@ def test_a_recurrent_greedy_step_by_position_equals_the_general_step(backend):
         outputs[0] = np.full_like(outputs[0], 99)
         return outputs
 
+    batch = first_time_step(
+        sample_time_step(policy.time_step_spec, (3,), np.random.default_rng(1))
+    )
     for p in (policy, general):
         p._run = run
         with pytest.raises(SpecMismatchError, match="action: expected values in"):
             p.action(time_step, p.get_initial_state())
+        with pytest.raises(SpecMismatchError, match="action: expected values in"):
+            p.action(batch, p.get_initial_state(3))
 
 
 def test_threads_sampling_rows_take_each_normal_of_the_block_once(gaussian_noise_bundle):
