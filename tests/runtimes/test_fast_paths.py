@@ -710,9 +710,7 @@ def test_a_recurrent_greedy_step_by_position_equals_the_general_step(backend):
         outputs[0] = np.full_like(outputs[0], 99)
         return outputs
 
-    batch = first_time_step(
-        sample_time_step(policy.time_step_spec, (3,), np.random.default_rng(1))
-    )
+    batch = first_time_step(sample_time_step(policy.time_step_spec, (3,), np.random.default_rng(1)))
     for p in (policy, general):
         p._run = run
         with pytest.raises(SpecMismatchError, match="action: expected values in"):
@@ -766,8 +764,8 @@ def test_a_sampled_batch_reads_the_outputs_in_place_and_hands_out_new_arrays(
         action = policy.action(first_time_step(time_step)).action
         assert action.dtype == F32 and action.shape == (256, 2)
         kept.append((action, action.copy()))
-    for action, copy in kept:
-        np.testing.assert_array_equal(action, copy)
+    for action, snapshot in kept:
+        np.testing.assert_array_equal(action, snapshot)
     assert not np.array_equal(kept[0][1], kept[1][1])
     policy._run_borrowed = lambda arrays, unbatched, fetch: [np.zeros((256, 3), F32)]
     with pytest.raises(SpecMismatchError, match=r"action: expected shape \(256, 2\)"):
