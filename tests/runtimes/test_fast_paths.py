@@ -176,6 +176,45 @@ def test_gaussian_noise_around_a_deterministic_action(dtype):
             assert ok.all()
 
 
+@pytest.mark.parametrize("dtype", [F32, F64])
+@pytest.mark.parametrize("clip", [True, False])
+def test_the_batch_sampler_draws_what_the_general_gaussian_noise_draws(dtype, clip):
+    """``batch_sampler`` (the policy's batched hot path) against the general formula on
+    the same seed: equal values (NaN, -0.0 and infinite locs too), a new array, the loc
+    untouched, the same draws; a loc of another dtype takes act's path, equally."""
+    name = np.dtype(dtype).name
+    other = F64 if dtype == F32 else F32
+    for spec, scale in (
+        (_bounded(dtype=dtype), 0.7),
+        (BoundedArraySpec((2,), dtype, [-1.0, 0.0], [1.0, 0.25], name="a"), [0.7, 0.1]),
+    ):
+        description = {
+            "kind": "gaussian_noise",
+            "clip": clip,
+            "scale": scale,
+            "inner": {"kind": "sample", "clip": clip},
+        }
+        fast, general = _both(description, _leaf("deterministic", name), spec)
+        plan = fast.batch_sampler()
+        assert plan is not None and plan[0] == "distribution/loc"
+        assert general.batch_sampler() is None
+        rng = np.random.default_rng(8)
+        for batch in BATCHES:
+            for loc_dtype in (dtype, other):
+                loc = _locs(rng, (batch, 2), loc_dtype)
+                before = loc.copy()
+                rng_fast, rng_general = np.random.default_rng(batch), np.random.default_rng(batch)
+                got = plan[1](loc, rng_fast)
+                want = general.act({"distribution/loc": loc.copy()}, rng_general, False)[0][0]
+                assert got.dtype == want.dtype == dtype and got.shape == want.shape
+                np.testing.assert_array_equal(got, want)
+                finite = ~np.isnan(want)
+                np.testing.assert_array_equal(np.signbit(got[finite]), np.signbit(want[finite]))
+                assert not np.shares_memory(got, loc)
+                np.testing.assert_array_equal(loc, before)
+                assert rng_fast.random() == rng_general.random()
+
+
 def test_gaussian_noise_without_clips_and_around_a_normal():
     spec = _bounded()
     for inner_family, clip in (("deterministic", False), ("normal", True)):
