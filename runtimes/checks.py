@@ -170,7 +170,7 @@ def leaf_within(value: Any, check: LeafCheck, outer: tuple[int, ...], clipped: A
     unsigned = check.unsigned
     if unsigned is not None:
         # Integers within [0, high]: seen as unsigned of the same size (the dtype was
-        # checked), a negative value is above 2**63 - 1, so the maximum alone decides:
+        # checked), a negative value is above the signed maximum, so the maximum decides:
         # one reduction where the extremes take two (an LSTM's int64 action at batch 256).
         return _MAX(value.view(unsigned), None) <= high[0]
     if check.uniform and value.dtype.kind in "iu":

@@ -733,7 +733,7 @@ class _GaussianNoise(Deriver):
         act = self._act_compiled
 
         def sample(loc: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-            if loc.dtype is not dtype or loc.size <= _SMALL or not loc.ndim:
+            if loc.dtype is not dtype or loc.size <= _SMALL:  # (a 0-d loc is small too)
                 return act({name: loc.copy()}, rng, False)[0][0]
             clean = loc if inner is None else inner(loc)  # read now, never kept
             x = rng.standard_normal(loc.shape)  # clean + scale * noise, in float64, in place
