@@ -98,6 +98,9 @@ class LeafCheck(NamedTuple):
     low_array: np.ndarray | None
     high_array: np.ndarray | None
     uniform: bool = False
+    #: uniform integer bounds from 0: the unsigned dtype of the same size, which sees a
+    #: negative value as one above every bound (one reduction decides, see leaf_within)
+    unsigned: np.dtype | None = None
 
     @classmethod
     def of(cls, spec: Any) -> "LeafCheck":
@@ -109,7 +112,10 @@ class LeafCheck(NamedTuple):
         uniform = len(set(low_list)) <= 1 and len(set(high_list)) <= 1
         if uniform and low_list:
             low, high = low.reshape(-1)[:1].reshape(()), high.reshape(-1)[:1].reshape(())
-        return cls(spec.dtype, spec.shape, low_list, high_list, low, high, uniform)
+        unsigned = None
+        if uniform and low_list and spec.dtype.kind in "iu" and low_list[0] == 0:
+            unsigned = np.dtype(f"u{spec.dtype.itemsize}")
+        return cls(spec.dtype, spec.shape, low_list, high_list, low, high, uniform, unsigned)
 
 
 # Below this many elements, bounds are compared as Python numbers: numpy's comparisons
@@ -161,6 +167,12 @@ def leaf_within(value: Any, check: LeafCheck, outer: tuple[int, ...], clipped: A
         n = len(low)
         values = value.ravel().tolist()
         return all(low[i % n] <= v <= high[i % n] for i, v in enumerate(values))
+    unsigned = check.unsigned
+    if unsigned is not None:
+        # Integers within [0, high]: seen as unsigned of the same size (the dtype was
+        # checked), a negative value is above the signed maximum, so the maximum decides:
+        # one reduction where the extremes take two (an LSTM's int64 action at batch 256).
+        return _MAX(value.view(unsigned), None) <= high[0]
     if check.uniform and value.dtype.kind in "iu":
         # Integers (no NaN) against uniform bounds: the extremes, by the ufuncs' reduce
         # directly (``.any()`` goes through a Python wrapper, and the comparisons make two

@@ -714,6 +714,37 @@ class _GaussianNoise(Deriver):
 
         return name, sample
 
+    def batch_sampler(self) -> tuple[str, Any] | None:
+        """``(parameter name, sample)`` for the policy's batched hot path, or None.
+
+        ``sample(loc, rng)`` is ``act({name: loc}, rng, False)[0][0]`` for a ``loc`` with a
+        batch dim (the graph's output), without the dict and the list of leaves; it
+        always returns a new array, so ``loc`` may be a backend's own buffer (read, never
+        kept or handed out). A loc of the leaf's dtype above ``_SMALL`` elements is
+        computed as ``_act_one`` does with one numpy call fewer: the inner clip in the
+        leaf's dtype (its bounds are values of that dtype, so this is the float64 clip
+        of the float64 copy) into a new array, added to the float64 noise; anything
+        else goes through ``act``.
+        """
+        if getattr(self, "_small", None) is None:  # the general (uncompiled) deriver
+            return None
+        name, dtype = self._small[0], self._small[1]
+        inner, outer, scale = self.inner.clips[0], self.clips[0], self._scales64[0]
+        act = self._act_compiled
+
+        def sample(loc: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+            if loc.dtype is not dtype or loc.size <= _SMALL:  # (a 0-d loc is small too)
+                return act({name: loc.copy()}, rng, False)[0][0]
+            clean = loc if inner is None else inner(loc)  # read now, never kept
+            x = rng.standard_normal(loc.shape)  # clean + scale * noise, in float64, in place
+            _multiply(x, scale, out=x)
+            _add(x, clean, out=x)
+            if outer is not None:
+                outer(x, out=x, wide=True)
+            return x.astype(dtype)
+
+        return name, sample
+
     def _act_one(self, loc: np.ndarray, dtype: np.dtype, rng: np.random.Generator) -> list:
         """One deterministic float leaf, in numpy, in float64 throughout.
 

@@ -249,6 +249,13 @@ class BundlePolicy(PyPolicy):
         check = self._action_checks[0]
         clipped = self._plain_output and deriver.clips[0] is not None
         self._row_exact = (check.dtype, check.shape) if clipped else None
+        # The batched sampled hot path likewise (``_GaussianNoise.batch_sampler``): its
+        # sample is always a new array, so the graph's outputs are read in place.
+        batched = getattr(deriver, "batch_sampler", None)
+        batch = batched() if batched is not None and self._plain_output else None
+        self._batch_sample = None
+        if batch is not None and not self._direct and batch[0] in self._fetch:
+            self._batch_sample = self._fetch.index(batch[0]), batch[1]
         if plan is None or self._direct or plan[0] not in self._fetch:
             return None
         return self._fetch.index(plan[0]), plan[1]
@@ -507,6 +514,12 @@ class BundlePolicy(PyPolicy):
             ):
                 self._checked = step
             return step
+        batch = self._batch_sample
+        if batch is not None and len(outer) == 1:  # a batch of rows, sampled
+            # Read in place (the backend's buffers, no copy): the sample is a new array.
+            outputs = self._run_borrowed(arrays, False, fetch)
+            action = batch[1](outputs[batch[0]], self._generator(seed))
+            return _new_tuple(PolicyStep, (action, (), ()))
         outputs = self._run(arrays, not outer, fetch)
         if self._plain_output:  # one action leaf; no state, info or log-probability
             if self._direct:
@@ -518,30 +531,35 @@ class BundlePolicy(PyPolicy):
                 action = action[0][0]
             action = action[0] if not outer else _restore(action, outer)
             return _new_tuple(PolicyStep, (action, (), ()))  # PolicyStep(action), framelessly
-        if self._state_row and not outer:
-            return self._state_step(outputs)
+        if self._state_row and len(outer) <= 1:
+            return self._state_step(outputs, outer)
         return self._policy_step(dict(zip(fetch, outputs)), outer, seed)  # noqa: B905
 
-    def _state_step(self, outputs: list[np.ndarray]) -> PolicyStep:
-        """``_policy_step`` of an unbatched call of a ``_state_row`` policy: the action,
-        then the next state's leaves, by position; the same step and the same checks."""
+    def _state_step(self, outputs: list[np.ndarray], outer: tuple) -> PolicyStep:
+        """``_policy_step`` of an unbatched or one-batch-dim call of a ``_state_row``
+        policy: the action, then the next state's leaves, by position; the same step and
+        the same checks, without the dict by name, the restore and the lists between."""
         action = outputs[0]
         states = outputs[1:]
+        rows = outer or (1,)
         checked = self._validate_args
         if checked:
-            if not leaf_within(action, self._action_checks[0], (1,)):
+            if not leaf_within(action, self._action_checks[0], rows):
                 checked = False
             else:
                 for value, (dtype, shape) in zip(states, self._state_layout):  # noqa: B905
                     if (
                         type(value) is not _NDARRAY
                         or (value.dtype is not dtype and value.dtype != dtype)
-                        or value.shape != (1, *shape)
+                        or value.shape != (*rows, *shape)
                     ):
                         checked = False
                         break
-        state = self._state_treespec.unflatten([a[0] for a in states])
-        step = _new_tuple(PolicyStep, (action[0], state, ()))
+        if outer:  # batched outputs are the graph's own: nothing to restore
+            step = _new_tuple(PolicyStep, (action, self._state_treespec.unflatten(states), ()))
+        else:
+            state = self._state_treespec.unflatten([a[0] for a in states])
+            step = _new_tuple(PolicyStep, (action[0], state, ()))
         if checked:
             self._checked = step
         return step

@@ -176,6 +176,45 @@ def test_gaussian_noise_around_a_deterministic_action(dtype):
             assert ok.all()
 
 
+@pytest.mark.parametrize("dtype", [F32, F64])
+@pytest.mark.parametrize("clip", [True, False])
+def test_the_batch_sampler_draws_what_the_general_gaussian_noise_draws(dtype, clip):
+    """``batch_sampler`` (the policy's batched hot path) against the general formula on
+    the same seed: equal values (NaN, -0.0 and infinite locs too), a new array, the loc
+    untouched, the same draws; a loc of another dtype takes act's path, equally."""
+    name = np.dtype(dtype).name
+    other = F64 if dtype == F32 else F32
+    for spec, scale in (
+        (_bounded(dtype=dtype), 0.7),
+        (BoundedArraySpec((2,), dtype, [-1.0, 0.0], [1.0, 0.25], name="a"), [0.7, 0.1]),
+    ):
+        description = {
+            "kind": "gaussian_noise",
+            "clip": clip,
+            "scale": scale,
+            "inner": {"kind": "sample", "clip": clip},
+        }
+        fast, general = _both(description, _leaf("deterministic", name), spec)
+        plan = fast.batch_sampler()
+        assert plan is not None and plan[0] == "distribution/loc"
+        assert general.batch_sampler() is None
+        rng = np.random.default_rng(8)
+        for batch in BATCHES:
+            for loc_dtype in (dtype, other):
+                loc = _locs(rng, (batch, 2), loc_dtype)
+                before = loc.copy()
+                rng_fast, rng_general = np.random.default_rng(batch), np.random.default_rng(batch)
+                got = plan[1](loc, rng_fast)
+                want = general.act({"distribution/loc": loc.copy()}, rng_general, False)[0][0]
+                assert got.dtype == want.dtype == dtype and got.shape == want.shape
+                np.testing.assert_array_equal(got, want)
+                finite = ~np.isnan(want)
+                np.testing.assert_array_equal(np.signbit(got[finite]), np.signbit(want[finite]))
+                assert not np.shares_memory(got, loc)
+                np.testing.assert_array_equal(loc, before)
+                assert rng_fast.random() == rng_general.random()
+
+
 def test_gaussian_noise_without_clips_and_around_a_normal():
     spec = _bounded()
     for inner_family, clip in (("deterministic", False), ("normal", True)):
@@ -307,7 +346,7 @@ def _general_copy(policy):
         clone._description, clone._params_tree, "distribution", () if clone.is_stateful else None
     )
     clone._row_sample = clone._row_sampler(clone._deriver)
-    assert clone._row_sample is None  # the general path only
+    assert clone._row_sample is None and clone._batch_sample is None  # the general path only
     return clone
 
 
@@ -590,6 +629,35 @@ def test_the_integer_bounds_check_by_extremes_refuses_either_side(dtype):
     assert leaf_within(np.maximum(values, 2).astype(dtype), per_element, (256,))
 
 
+@pytest.mark.parametrize("dtype", [np.int64, np.int32, np.int8, np.uint8])
+def test_the_integer_bounds_check_from_zero_by_the_unsigned_maximum_refuses_negatives(dtype):
+    """Uniform bounds [0, high] are checked by one unsigned maximum: negatives (down to
+    the dtype's minimum) and high + 1 are refused, anywhere, in strided batches too; the
+    verdict is the general comparison's on random batches."""
+    from runtimes.checks import LeafCheck, leaf_within
+
+    check = LeafCheck.of(BoundedArraySpec((), dtype, 0, 3))
+    assert check.unsigned is not None and check.unsigned.itemsize == np.dtype(dtype).itemsize
+    assert LeafCheck.of(BoundedArraySpec((), dtype, 1, 3)).unsigned is None
+    values = (np.arange(512) % 4).astype(dtype)
+    assert leaf_within(values, check, (512,)) and leaf_within(values[::2], check, (256,))
+    bads = [4, np.iinfo(dtype).max] + ([-1, np.iinfo(dtype).min] if dtype != np.uint8 else [])
+    for bad in bads:
+        for index in (0, 255, 511):
+            wrong = values.copy()
+            wrong[index] = bad
+            assert not leaf_within(wrong, check, (512,))
+            assert not leaf_within(wrong[index % 2 :: 2], check, (256,))
+    rng = np.random.default_rng(1)
+    low = -2 if dtype != np.uint8 else 0
+    for _ in range(50):
+        batch = rng.integers(0, 4, size=256).astype(dtype)
+        if rng.random() < 0.5:
+            batch[rng.integers(0, 256)] = rng.integers(low, 6)
+        general = not ((batch < 0).any() or (batch > 3).any())
+        assert leaf_within(batch, check, (256,)) == general
+
+
 # --- the block of normals of the unbatched sampled path ----------------------------------
 
 
@@ -668,7 +736,8 @@ def test_a_recurrent_greedy_step_by_position_equals_the_general_step(backend):
     assert policy._state_row
     general = policy.copy()
     general._state_row = False
-    _assert_steps_equal(_episode(policy, (), steps=6), _episode(general, (), steps=6))
+    for outer in ((), (3,), (256,)):
+        _assert_steps_equal(_episode(policy, outer, steps=6), _episode(general, outer, steps=6))
     # the outputs' check: an action outside the spec is named by the full check
     time_step = first_time_step(
         sample_time_step(policy.time_step_spec, (), np.random.default_rng(1))
@@ -680,10 +749,13 @@ def test_a_recurrent_greedy_step_by_position_equals_the_general_step(backend):
         outputs[0] = np.full_like(outputs[0], 99)
         return outputs
 
+    batch = first_time_step(sample_time_step(policy.time_step_spec, (3,), np.random.default_rng(1)))
     for p in (policy, general):
         p._run = run
         with pytest.raises(SpecMismatchError, match="action: expected values in"):
             p.action(time_step, p.get_initial_state())
+        with pytest.raises(SpecMismatchError, match="action: expected values in"):
+            p.action(batch, p.get_initial_state(3))
 
 
 def test_threads_sampling_rows_take_each_normal_of_the_block_once(gaussian_noise_bundle):
@@ -714,3 +786,26 @@ def test_threads_sampling_rows_take_each_normal_of_the_block_once(gaussian_noise
     reference = np.random.default_rng(9)
     reference.standard_normal(480)
     assert policy._generator(None).random() == reference.random()
+
+
+@pytest.mark.parametrize("backend", ["onnx", "litert"])
+def test_a_sampled_batch_reads_the_outputs_in_place_and_hands_out_new_arrays(
+    gaussian_noise_bundle, backend
+):
+    """The batched sampled path (Deriver.batch_sampler) reads the graph's own buffers:
+    an action the caller keeps never changes, and an output of the wrong width is
+    still named by the full check."""
+    policy = runtimes.load_policy(gaussian_noise_bundle, backend, seed=5)
+    assert policy._batch_sample is not None
+    kept = []
+    for i in range(3):
+        time_step = sample_time_step(policy.time_step_spec, (256,), np.random.default_rng(i))
+        action = policy.action(first_time_step(time_step)).action
+        assert action.dtype == F32 and action.shape == (256, 2)
+        kept.append((action, action.copy()))
+    for action, snapshot in kept:
+        np.testing.assert_array_equal(action, snapshot)
+    assert not np.array_equal(kept[0][1], kept[1][1])
+    policy._run_borrowed = lambda arrays, unbatched, fetch: [np.zeros((256, 3), F32)]
+    with pytest.raises(SpecMismatchError, match=r"action: expected shape \(256, 2\)"):
+        policy.action(first_time_step(time_step))
