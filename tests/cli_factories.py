@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import atexit
 import functools
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from tests import run_cache
 
 CARTPOLE_OBSERVATION = (4,)
 
@@ -68,12 +67,15 @@ NOT_CALLABLE = 42
 
 @functools.cache
 def cartpole_bundle() -> Path:
-    """A bundle (both formats, train step 7) of ``small_cartpole()``, exported once per process.
+    """A bundle (both formats, train step 7) of ``small_cartpole()``, exported once per test
+    run (by the first of ``make test``'s workers that asks, tests/run_cache.py: the CLI,
+    quantize, install and extension files that read it land on both workers).
 
     Tests that change a bundle copy it first.
     """
     from exporters import export_policy
 
-    root = Path(tempfile.mkdtemp(prefix="cli-bundles-"))
-    atexit.register(shutil.rmtree, root, ignore_errors=True)
-    return export_policy(small_cartpole(), root / "cartpole", train_step=7, metadata={"k": "v"})
+    return run_cache.shared(
+        "cli-cartpole",
+        lambda to: export_policy(small_cartpole(), to, train_step=7, metadata={"k": "v"}),
+    )
