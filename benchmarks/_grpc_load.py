@@ -11,8 +11,17 @@ The client is the users' kind: ``tritonclient.grpc`` and TF Serving's
 ``--mode sync`` (the default) each caller is a thread making blocking calls on a channel
 of its own; ``--mode aio`` runs the callers as tasks on one ``grpc.aio`` channel.
 
+``--mode raw`` (one caller) is the kind of client _serve_load.py is for REST: HTTP/2 on
+raw asyncio streams, the request's frames prebuilt (headers by HPACK's static and
+dynamic tables after the first call, as HTTP/2 clients send them; only the stream id
+changes), one write a call, frames read until the call's END_STREAM. grpcio's client
+hands each call between its own threads (~6 futex calls a call, measured), which the
+REST generator does not: this mode measures a gRPC server the way the REST rows
+measure a REST server. A call counts as failed when its stream ends without a message
+(gRPC's errors are trailers only).
+
 Usage: ``python benchmarks/_grpc_load.py ADDRESS METHOD REQUEST_FILE --clients N --seconds S
-[--mode sync|aio]``
+[--mode sync|aio|raw]``
 """
 
 from __future__ import annotations
@@ -125,6 +134,104 @@ async def _run_aio(args, request: bytes) -> dict:
     return summary(tally.latencies, stop_at, warm_at, args.clients, tally.total, tally.errors)
 
 
+def _hpack_int(value: int, prefix_bits: int, first: int = 0) -> bytes:
+    limit = (1 << prefix_bits) - 1
+    if value < limit:
+        return bytes([first | value])
+    out, value = [first | limit], value - limit
+    while value >= 128:
+        out.append((value & 127) | 128)
+        value >>= 7
+    return bytes([*out, value])
+
+
+def _frame(kind: int, flags: int, stream: int, payload: bytes) -> bytes:
+    return (
+        len(payload).to_bytes(3, "big") + bytes([kind, flags]) + stream.to_bytes(4, "big") + payload
+    )
+
+
+async def _run_raw(args, request: bytes) -> dict:
+    if args.clients != 1:
+        raise SystemExit("--mode raw: one client only")
+    host, port = args.address.rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    # HPACK as HTTP/2 clients send it (grpcio's too): :method POST and :scheme http from
+    # the static table; the other four as literals added to the dynamic table on the
+    # first call, then by their index (the last added is 62) on every later one.
+    added = (
+        (b":path", args.method.encode()),
+        (b":authority", args.address.encode()),
+        (b"content-type", b"application/grpc"),
+        (b"te", b"trailers"),
+    )
+    first_block = b"\x83\x86" + b"".join(
+        b"\x40" + _hpack_int(len(k), 7) + k + _hpack_int(len(v), 7) + v for k, v in added
+    )
+    block = b"\x83\x86" + bytes(0x80 | (62 + len(added) - 1 - i) for i in range(len(added)))
+    message = b"\x00" + len(request).to_bytes(4, "big") + request
+    # The connection's receive window opened wide: answers are never held back by it.
+    writer.write(
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+        + _frame(4, 0, 0, b"")
+        + _frame(8, 0, 0, ((1 << 31) - 1 - 65535).to_bytes(4, "big"))
+    )
+    stream = [-1]
+    pending = bytearray()  # bytes read past the last whole frame
+
+    async def call() -> bool:
+        stream[0] += 2
+        sid = stream[0]
+        head = first_block if sid == 1 else block
+        writer.write(_frame(1, 4, sid, head) + _frame(0, 1, sid, message))
+        got_message = False
+        while True:
+            # Whatever the socket holds in one read (an answer's three frames, usually),
+            # then its whole frames in turn, as _serve_load.py reads an HTTP answer.
+            pending.extend(await reader.read(1 << 16))
+            if not pending:
+                raise ConnectionError("the server closed the connection")
+            at = 0
+            while len(pending) - at >= 9:
+                length = int.from_bytes(pending[at : at + 3], "big")
+                end = at + 9 + length
+                if end > len(pending):
+                    break
+                kind, flags = pending[at + 3], pending[at + 4]
+                on = int.from_bytes(pending[at + 5 : at + 9], "big") & 0x7FFFFFFF
+                if kind == 4 and not flags & 1:  # the server's settings: acknowledged
+                    writer.write(_frame(4, 1, 0, b""))
+                elif kind == 6 and not flags & 1:  # a ping: answered
+                    writer.write(_frame(6, 1, 0, bytes(pending[at + 9 : end])))
+                elif kind == 7:
+                    raise ConnectionError("GOAWAY from the server")
+                elif on == sid and kind in (0, 1):
+                    got_message |= kind == 0 and length > 5
+                    if flags & 1:
+                        del pending[:end]
+                        return got_message
+                at = end
+            del pending[:at]
+
+    tally = _Tally(args.max_requests)
+    await call()  # connected and warm
+    now = time.perf_counter()
+    warm_at, stop_at = now + args.warmup, now + args.warmup + args.seconds
+    while True:
+        started = time.perf_counter()
+        if started >= stop_at or tally.budget <= 0:
+            break
+        tally.budget -= 1
+        ok = await call()
+        done = time.perf_counter()
+        tally.total += 1
+        if started >= warm_at:
+            tally.latencies.append(done - started)
+            tally.errors += not ok
+    writer.close()
+    return summary(tally.latencies, stop_at, warm_at, args.clients, tally.total, tally.errors)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("address")
@@ -134,11 +241,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--warmup", type=float, default=0.5)
     parser.add_argument("--max-requests", type=int, default=200_000)
-    parser.add_argument("--mode", choices=("sync", "aio"), default="sync")
+    parser.add_argument("--mode", choices=("sync", "aio", "raw"), default="sync")
     args = parser.parse_args()
     request = Path(args.request_file).read_bytes()
     if args.mode == "aio":
         print(json.dumps(asyncio.run(_run_aio(args, request))))
+    elif args.mode == "raw":
+        print(json.dumps(asyncio.run(_run_raw(args, request))))
     else:
         print(json.dumps(_run_sync(args, request)))
 

@@ -544,3 +544,53 @@ def test_the_benchmarks_bare_echo_runs_on_the_transport():
     finally:
         process.terminate()
         process.wait(10)
+
+
+@pytest.mark.parametrize("echo", ["_grpc_echo_ours.py", "_grpc_echo.py"])
+def test_the_benchmarks_light_grpc_client_is_answered_by_both_transports(tmp_path, echo):
+    """benchmarks/_grpc_load.py --mode raw (serve_bench's light gRPC client: prebuilt
+    HTTP/2 frames on raw asyncio streams) gets every call answered with a message by our
+    transport's echo and by grpcio's (the C core's settings, pings and windows)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    benchmarks = Path(__file__).resolve().parents[3] / "benchmarks"
+    process = subprocess.Popen(
+        [sys.executable, str(benchmarks / echo)],
+        stderr=subprocess.PIPE,
+        text=True,
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        line = process.stderr.readline()
+        assert "gRPC listening on 127.0.0.1:" in line, line
+        address = line.rsplit(" ", 1)[1].strip()
+        request = tmp_path / "request.pb"
+        request.write_bytes(_infer_request())
+        done = subprocess.run(
+            [sys.executable, str(benchmarks / "_grpc_load.py"), address, f"{SERVICE}/ModelInfer"]
+            + [str(request), "--mode", "raw", "--seconds", "0.3", "--warmup", "0.1"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        row = json.loads(done.stdout)
+        # More calls than the server's first window and a BDP ping or two would allow
+        # if the client did not keep the connection going.
+        assert row["errors"] == 0 and row["requests"] > 50, row
+        if echo == "_grpc_echo.py":  # grpcio answers an unknown method with trailers only
+            done = subprocess.run(
+                [sys.executable, str(benchmarks / "_grpc_load.py"), address, "/x.Y/Z"]
+                + [str(request), "--mode", "raw", "--seconds", "0.2", "--warmup", "0.1"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            row = json.loads(done.stdout)
+            assert row["requests"] > 0 and row["errors"] == row["requests"], row
+    finally:
+        process.terminate()
+        process.wait(10)
