@@ -42,9 +42,15 @@ RAY_ENV = {
 #: An evaluation must return within this, whatever is killed (issue 22: it never did).
 DEADLINE_S = 120
 NODE = {"num_cpus": 1, "node_ip_address": "127.0.0.1"}
-#: A killed node is marked dead after 5 missed checks: 5 s here, 15 s by Ray's defaults
-#: (each check still waits up to Ray's 10 s for a slow node's answer).
-HEALTH_CHECKS = {"health_check_period_ms": 1000, "health_check_initial_delay_ms": 1000}
+#: A killed node is marked dead after 5 missed checks, one a second here. Each check of a
+#: killed node waits out its timeout (Ray's default: 10 s): with two CPU-bound processes
+#: beside the test (the other xdist worker), the lost-node evaluation took 110 s with
+#: the default timeout against its 120 s deadline, 24 s with 2 s.
+HEALTH_CHECKS = {
+    "health_check_period_ms": 1000,
+    "health_check_initial_delay_ms": 1000,
+    "health_check_timeout_ms": 2000,
+}
 #: Each block of 8 episodes takes >= 1.2 s (8 resets of 0.15 s, one after the other),
 #: whatever the untrained policy's episode lengths: a kill at KILL_AFTER_S lands mid-block.
 SLOW_ENV = {"seconds": 0.01, "reset_seconds": 0.15}
