@@ -186,11 +186,9 @@ async def _run_raw(args, request: bytes) -> dict:
         writer.write(_frame(1, 4, sid, head) + _frame(0, 1, sid, message))
         got_message = False
         while True:
-            # Whatever the socket holds in one read (an answer's three frames, usually),
-            # then its whole frames in turn, as _serve_load.py reads an HTTP answer.
-            pending.extend(await reader.read(1 << 16))
-            if not pending:
-                raise ConnectionError("the server closed the connection")
+            # Whole frames first (a read may have brought more than the last answer), then
+            # whatever the socket holds in one read (an answer's three frames, usually), as
+            # _serve_load.py reads an HTTP answer.
             at = 0
             while len(pending) - at >= 9:
                 length = int.from_bytes(pending[at : at + 3], "big")
@@ -205,6 +203,9 @@ async def _run_raw(args, request: bytes) -> dict:
                     writer.write(_frame(6, 1, 0, bytes(pending[at + 9 : end])))
                 elif kind == 7:
                     raise ConnectionError("GOAWAY from the server")
+                elif on == sid and kind == 3:  # RST_STREAM: the call failed
+                    del pending[:end]
+                    return False
                 elif on == sid and kind in (0, 1):
                     got_message |= kind == 0 and length > 5
                     if flags & 1:
@@ -212,6 +213,10 @@ async def _run_raw(args, request: bytes) -> dict:
                         return got_message
                 at = end
             del pending[:at]
+            data = await reader.read(1 << 16)
+            if not data:
+                raise ConnectionError("the server closed the connection")
+            pending.extend(data)
 
     tally = _Tally(args.max_requests)
     await call()  # connected and warm
