@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 
 import grpc
+import hpack
 from _serve_load import summary  # this folder is the script's: on sys.path
 
 
@@ -134,17 +135,6 @@ async def _run_aio(args, request: bytes) -> dict:
     return summary(tally.latencies, stop_at, warm_at, args.clients, tally.total, tally.errors)
 
 
-def _hpack_int(value: int, prefix_bits: int, first: int = 0) -> bytes:
-    limit = (1 << prefix_bits) - 1
-    if value < limit:
-        return bytes([first | value])
-    out, value = [first | limit], value - limit
-    while value >= 128:
-        out.append((value & 127) | 128)
-        value >>= 7
-    return bytes([*out, value])
-
-
 def _frame(kind: int, flags: int, stream: int, payload: bytes) -> bytes:
     return (
         len(payload).to_bytes(3, "big") + bytes([kind, flags]) + stream.to_bytes(4, "big") + payload
@@ -156,19 +146,20 @@ async def _run_raw(args, request: bytes) -> dict:
         raise SystemExit("--mode raw: one client only")
     host, port = args.address.rsplit(":", 1)
     reader, writer = await asyncio.open_connection(host, int(port))
-    # HPACK as HTTP/2 clients send it (grpcio's too): :method POST and :scheme http from
-    # the static table; the other four as literals added to the dynamic table on the
-    # first call, then by their index (the last added is 62) on every later one.
-    added = (
-        (b":path", args.method.encode()),
-        (b":authority", args.address.encode()),
-        (b"content-type", b"application/grpc"),
-        (b"te", b"trailers"),
-    )
-    first_block = b"\x83\x86" + b"".join(
-        b"\x40" + _hpack_int(len(k), 7) + k + _hpack_int(len(v), 7) + v for k, v in added
-    )
-    block = b"\x83\x86" + bytes(0x80 | (62 + len(added) - 1 - i) for i in range(len(added)))
+    # HPACK by hpack's encoder, as HTTP/2 clients send it (grpcio's too): the first call's
+    # block adds the headers to the dynamic table, every later call's names them by index
+    # (the same bytes each time: only the stream id changes).
+    encoder = hpack.Encoder()
+    headers = [
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":path", args.method),
+        (":authority", args.address),
+        ("content-type", "application/grpc"),
+        ("te", "trailers"),
+    ]
+    first_block = encoder.encode(headers)
+    block = encoder.encode(headers)
     message = b"\x00" + len(request).to_bytes(4, "big") + request
     # The connection's receive window opened wide: answers are never held back by it.
     writer.write(

@@ -242,7 +242,7 @@ def _relative_path(value: str) -> bool:
 
 #: The schema's patterns, each with a test that is True only where the regex matches (a
 #: False goes to the regex): compiling the three regexes is ~1.3M instructions of a
-#: runtime's cold start (tests/toolkit/test_bundle_json.py holds each to its regex).
+#: runtime's cold start (tests/toolkit/test_bundle_cold_paths.py holds each to its regex).
 _PATTERN_TESTS = {
     "^[0-9a-f]{64}$": _hex64,
     "^[A-Za-z][A-Za-z0-9_]*$": _identifier,
