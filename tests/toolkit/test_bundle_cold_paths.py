@@ -155,3 +155,58 @@ def test_member_paths_are_checked_as_the_part_regex_did():
             assert not expected, text
         else:
             assert expected, text
+
+
+def _manifest_only_bundle(root, manifest):
+    """A bundle folder holding only its manifest (read with ``check_files=False``)."""
+    from tests.toolkit.manifests import minimal_manifest
+
+    manifest = minimal_manifest(**manifest)
+    manifest["files"] = {
+        "policy.onnx": {"sha256": "0" * 64, "size": 1},
+        "saved_model/saved_model.pb": {"sha256": "0" * 64, "size": 1},
+    }
+    root.mkdir(exist_ok=True)
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    return manifest
+
+
+def test_a_load_decodes_each_spec_leaf_once_and_gives_the_specs_a_fresh_decode_gives(
+    tmp_path, monkeypatch
+):
+    from toolkit.bundle import Layout, read_layout
+    from toolkit.specs.array_spec import ArraySpec
+
+    manifest = _manifest_only_bundle(tmp_path / "b", {})
+    decoded = []
+    from_json = ArraySpec.from_json
+
+    def counting(data):
+        decoded.append(data["name"])
+        return from_json(data)
+
+    monkeypatch.setattr(ArraySpec, "from_json", staticmethod(counting))
+    layout = read_layout(tmp_path / "b", check_files=False)
+    # validation decodes each leaf (its messages name the leaf); the layout takes them
+    assert sorted(decoded) == ["action", "discount", "observation", "reward", "step_type"]
+    fresh = Layout.of(manifest)  # decodes on its own
+    assert len(decoded) == 10
+    assert layout.specs == fresh.specs
+    assert type(layout.specs.time_step) is type(fresh.specs.time_step)
+    assert layout.names == fresh.names
+
+
+def test_a_load_decodes_the_manifest_on_disk_not_the_last_loads_specs(tmp_path):
+    from toolkit.bundle import read_layout
+
+    root = tmp_path / "b"
+    _manifest_only_bundle(root, {})
+    assert int(read_layout(root, check_files=False).specs.action.maximum) == 1
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest["specs"]["action"]["maximum"] = 2
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    assert int(read_layout(root, check_files=False).specs.action.maximum) == 2
+    manifest["specs"]["action"]["maximum"] = -1  # below the minimum: refused, not cached
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=r"specs\.action: .*minimum"):
+        read_layout(root, check_files=False)

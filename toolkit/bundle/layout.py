@@ -411,7 +411,12 @@ class Layout:
 
     @classmethod
     def of(
-        cls, manifest: dict[str, Any], where: str | Path = "manifest.json", *, owned: bool = False
+        cls,
+        manifest: dict[str, Any],
+        where: str | Path = "manifest.json",
+        *,
+        owned: bool = False,
+        specs: Mapping[str, Any] | None = None,
     ) -> Layout:
         """The layout of a validated manifest.
 
@@ -420,17 +425,24 @@ class Layout:
           where: where it came from, for messages.
           owned: the caller hands the dict over (no one else holds it), so it is kept
             as it is instead of copied.
+          specs: this manifest's spec nests by ``specs`` group, as its validation decoded
+            them (``toolkit.bundle.manifest.validate(nests=)``); decoded here when empty.
 
         Raises:
           BundleError: a manifest whose specs or distribution cannot be decoded.
         """
         try:
-            raw_specs = manifest["specs"]
-            time_step = array_spec.spec_nest_from_json(raw_specs["time_step"])
-            action = array_spec.spec_nest_from_json(raw_specs["action"])
-            state = array_spec.spec_nest_from_json(raw_specs["policy_state"])
-            info = array_spec.spec_nest_from_json(raw_specs["info"])
-            graph_info = array_spec.spec_nest_from_json(raw_specs["graph_info"])
+            if specs:
+                time_step, action, state, info, graph_info = (
+                    specs[k] for k in ("time_step", "action", "policy_state", "info", "graph_info")
+                )
+            else:
+                raw_specs = manifest["specs"]
+                time_step = array_spec.spec_nest_from_json(raw_specs["time_step"])
+                action = array_spec.spec_nest_from_json(raw_specs["action"])
+                state = array_spec.spec_nest_from_json(raw_specs["policy_state"])
+                info = array_spec.spec_nest_from_json(raw_specs["info"])
+                graph_info = array_spec.spec_nest_from_json(raw_specs["graph_info"])
             distribution = nest.from_json(manifest["distribution"], families.leaf_from_json)
             signatures = {k: Signature.of(v) for k, v in manifest["signatures"].items()}
         except KeyError as e:
