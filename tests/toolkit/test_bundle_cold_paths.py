@@ -210,3 +210,125 @@ def test_a_load_decodes_the_manifest_on_disk_not_the_last_loads_specs(tmp_path):
     (root / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match=r"specs\.action: .*minimum"):
         read_layout(root, check_files=False)
+
+
+# --- the schema as plain Python (toolkit.bundle._manifest_check) ----------------------------
+
+
+def test_the_generated_manifest_check_is_written_from_the_committed_schema():
+    """Stale when the schema changed without ``python -m exporters.formats --write-schema``."""
+    from toolkit.bundle import _manifest_check, schema_codegen
+
+    committed = files.loads_json(schema.SCHEMA_PATH.read_text())
+    assert schema_codegen.MODULE_PATH.read_text() == schema_codegen.generate(committed), (
+        "toolkit/bundle/_manifest_check.py is stale: run python -m exporters.formats --write-schema"
+    )
+    assert list(_manifest_check.FORMAT_NAMES) == committed["properties"]["formats"]["items"]["enum"]
+
+
+def _walk(manifest):
+    validator = schema._Validator(schema.schema())
+    validator.check(manifest, schema.schema(), "")
+    return validator.errors
+
+
+def _mutations():
+    import copy
+
+    from tests.toolkit.manifests import minimal_manifest
+
+    base = minimal_manifest()
+    base["files"] = {
+        "policy.onnx": {"sha256": "a" * 64, "size": 10},
+        "saved_model/saved_model.pb": {"sha256": "b" * 64, "size": 8},
+    }
+
+    def paths(node, prefix=()):
+        yield prefix
+        if isinstance(node, (dict, list)):
+            for key, value in node.items() if isinstance(node, dict) else enumerate(node):
+                yield from paths(value, (*prefix, key))
+
+    values = [
+        None,
+        True,
+        0,
+        -1,
+        1.5,
+        2.0,
+        float("nan"),
+        2**70,
+        "",
+        "x" * 300,
+        "float32",
+        "a" * 64,
+        "../x",
+        [],
+        [1],
+        {},
+        {"kind": "tuple", "items": []},
+        (1,),
+    ]
+    yield base
+    for path in [p for p in paths(base) if p]:
+        for value in [*values, "<delete>"]:
+            manifest = copy.deepcopy(base)
+            node = manifest
+            for key in path[:-1]:
+                node = node[key]
+            if value == "<delete>":
+                del node[path[-1]]
+            else:
+                node[path[-1]] = value
+            yield manifest
+
+
+def test_the_generated_check_passes_exactly_what_the_schema_walk_passes():
+    """Every field of a manifest replaced by each of 19 values, or deleted: the generated
+    check says True exactly where the walk finds no violation (a True where the walk finds
+    one would let a bad manifest load; a False where it finds none only costs time)."""
+    from toolkit.bundle import _manifest_check
+
+    passed = 0
+    for manifest in _mutations():
+        errors = _walk(manifest)
+        assert _manifest_check.valid(manifest) == (errors == []), (errors, manifest)
+        passed += not errors
+    assert 100 < passed < 1000, passed  # both kinds, many of each
+
+
+def test_the_generated_check_leaves_nesting_beyond_the_limit_to_the_walk():
+    from tests.toolkit.manifests import minimal_manifest
+    from toolkit.bundle import _manifest_check
+
+    manifest = minimal_manifest()
+    manifest["files"] = {
+        "policy.onnx": {"sha256": "a" * 64, "size": 1},
+        "saved_model/x": {"sha256": "a" * 64, "size": 1},
+    }
+    node = manifest["specs"]["info"] = {"kind": "tuple", "items": []}
+    for _ in range(40):  # 80 levels: beyond the walk's 64
+        inner = {"kind": "tuple", "items": []}
+        node["items"].append(inner)
+        node = inner
+    assert _walk(manifest)  # too deep
+    assert not _manifest_check.valid(manifest)
+    assert schema.schema_violations(manifest) == _walk(manifest)
+
+
+def test_formats_registered_at_run_time_are_checked_by_the_walk(monkeypatch):
+    from tests.toolkit.manifests import minimal_manifest
+
+    manifest = minimal_manifest(formats=["saved_model", "onnx", "toy"], toy={"file": 3})
+    manifest["files"] = {
+        "policy.onnx": {"sha256": "a" * 64, "size": 1},
+        "saved_model/x": {"sha256": "a" * 64, "size": 1},
+    }
+    assert schema.schema_violations(manifest)  # no such format in the committed schema
+    schema.register_format("toy", {"type": "object", "properties": {"file": {"type": "string"}}})
+    try:
+        assert schema.format_names()[-1] == "toy"
+        assert schema.schema_violations(manifest) == ["toy.file: expected a string, got 3"]
+    finally:
+        schema.unregister_format("toy")
+    assert "toy" not in schema.format_names()
