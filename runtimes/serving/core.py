@@ -34,9 +34,11 @@ from toolkit import nest
 from toolkit.errors import ErrorKind, ServingError, TrustError, UnsupportedError
 
 __all__ = [
+    "MAX_BUFFERED_BYTES",
     "OFFLOAD_BYTES",
     "CoreOptions",
     "Limits",
+    "RequestBudget",
     "ServingCore",
     "VersionState",
     "build_core",
@@ -48,12 +50,75 @@ __all__ = [
 OFFLOAD_BYTES = 64 << 10
 
 
+#: ``--max-buffered-bytes`` by default: 64 whole bodies of the default
+#: ``--max-body-bytes`` (4 MiB) buffered at once, far more than 2-8 cores decode at once,
+#: and a size any machine that runs the server has to spare
+MAX_BUFFERED_BYTES = 256 << 20
+
+
 @dataclasses.dataclass(frozen=True)
 class Limits:
-    """Request limits: body bytes (resource exhausted beyond) and rows per request."""
+    """Request limits: body bytes (resource exhausted beyond), rows per request, and the
+    request bytes buffered at once across every connection of both ports."""
 
     max_body_bytes: int = 4 << 20
     max_batch: int = 1024
+    max_buffered_bytes: int = MAX_BUFFERED_BYTES
+
+    def __post_init__(self) -> None:
+        if self.max_buffered_bytes < self.max_body_bytes:
+            raise ServingError(
+                f"--max-buffered-bytes: expected at least --max-body-bytes "
+                f"({self.max_body_bytes}), got {self.max_buffered_bytes}"
+            )
+
+
+class RequestBudget:
+    """The request bytes buffered at once across every connection of both ports, at most
+    ``--max-buffered-bytes``.
+
+    A transport reserves a request's bytes before it buffers them (HTTP/1.1: the
+    Content-Length, or each chunk as it comes; gRPC: the message's length prefix) and
+    releases them when the request's body is dropped (answered, refused, cancelled, its
+    connection closed); a request that cannot reserve is refused at once, with its
+    protocol's "try later" error. Both transports run on the event loop's thread, so a
+    reservation is a plain add and compare, with no lock.
+
+    Attributes:
+      limit: the bytes that may be reserved at once.
+      reserved: the bytes reserved now (``policy_serving_buffered_request_bytes``).
+      refused: requests refused, by port (``"http"``, ``"grpc"``;
+        ``policy_serving_buffer_refusals_total``).
+    """
+
+    __slots__ = ("limit", "refused", "reserved")
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.reserved = 0
+        self.refused = {"http": 0, "grpc": 0}
+
+    def reserve(self, size: int) -> bool:
+        """Reserves ``size`` bytes; False (nothing reserved) when they do not fit."""
+        reserved = self.reserved + size
+        if reserved > self.limit:
+            return False
+        self.reserved = reserved
+        return True
+
+    def release(self, size: int) -> None:
+        """Gives back ``size`` bytes reserved before."""
+        self.reserved -= size
+
+    def refusal(self, port: str, what: str, size: int) -> str:
+        """Counts a refusal on ``port``; the error's message (``what``: the request's
+        part that did not fit, e.g. "request body")."""
+        self.refused[port] += 1
+        return (
+            f"{what}: {size} bytes cannot be buffered now: expected at most "
+            f"{self.limit - self.reserved} more of the server's --max-buffered-bytes "
+            f"({self.limit}), which other requests hold; retry later"
+        )
 
 
 @dataclasses.dataclass
@@ -114,6 +179,9 @@ class ServingCore:
         self.sequences = sequences if sequences is not None else Sequences()
         self.metrics = metrics
         self.limits = limits
+        #: the request bytes both ports buffer at once (``--max-buffered-bytes``)
+        self.budget = RequestBudget(limits.max_buffered_bytes)
+        metrics.show_budget(self.budget)
         self.followers = followers
         self._executor = executor
         # One thread decodes large requests: several at once would only take turns on

@@ -184,6 +184,7 @@ class _Stream:
         "pending",
         "protocol",
         "refused",
+        "reserved",
         "stall",
         "started",
         "task",
@@ -198,6 +199,7 @@ class _Stream:
         self.buffered = 0  # bytes in body (released to the connection window when done)
         self.expected = -1  # the message's length, once its prefix is in
         self.refused = False  # answered early: what else comes is dropped
+        self.reserved = 0  # bytes reserved from the server's budget (from its prefix)
         self.done = False  # answered (or reset): the stream only waits to be dropped
         self.ended = False  # the peer's END_STREAM came: nothing more may come on it
         self.task: asyncio.Task | None = None
@@ -237,6 +239,7 @@ class _Connection(asyncio.Protocol):
         self.server = server
         self.observe = server.core.observe
         self.limit = server.limit
+        self.budget = server.core.budget
         # the window each stream grants the peer: a whole message up to the limit
         self.stream_window = min(self.limit + 5, (1 << 31) - 1)
         # the connection window: bounds what the peer may have sent and we still buffer
@@ -481,6 +484,13 @@ class _Connection(asyncio.Protocol):
                 out,
             )
             return False
+        # the whole message is reserved from the budget before it is buffered (the
+        # prefix's 5 bytes are in, at most 4 more of a frame buffered before it came)
+        if not self.budget.reserve(length + 5):
+            message = self.budget.refusal("grpc", "request message", length)
+            self._refuse(stream, ErrorKind.RESOURCE_EXHAUSTED, message, out)
+            return False
+        stream.reserved = length + 5
         stream.expected = length
         return self._check_prefix(stream, out)
 
@@ -824,6 +834,9 @@ class _Connection(asyncio.Protocol):
         stream.done = True
         _cancel_timers(stream)
         self._release(stream)
+        if stream.reserved:
+            self.budget.release(stream.reserved)
+            stream.reserved = 0
         self.streams.pop(stream.id, None)
         if self.going_away and not self.streams and not self.closed:
             # after the caller has written this stream's last frames
@@ -836,6 +849,9 @@ class _Connection(asyncio.Protocol):
     def _cancel(self, stream: _Stream) -> None:
         stream.done = True
         _cancel_timers(stream)
+        if stream.reserved:
+            self.budget.release(stream.reserved)
+            stream.reserved = 0
         if stream.task is not None and not stream.task.done():
             stream.task.cancel()
         if stream in self.blocked:

@@ -53,7 +53,7 @@ import httptools
 from runtimes.serving.core import ServingCore
 from runtimes.serving.http import HttpAnswer, HttpRequest, too_large
 from runtimes.serving.transport import Listener, run_inline
-from toolkit.errors import RequestHeadTooLargeError
+from toolkit.errors import ErrorKind, RequestHeadTooLargeError, ServingError
 
 __all__ = ["IDLE_TIMEOUT_S", "LINGER_S", "MAX_HEADERS", "MAX_HEAD_BYTES", "HttpServer"]
 
@@ -77,6 +77,9 @@ _STATUS_LINES = {
 }
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _CLOSE = b"connection: close\r\n"
+#: a request refused for want of budget may be retried: the bodies holding it are
+#: answered or timed out within --read-timeout-seconds (5 s), most far sooner
+_RETRY_AFTER = b"retry-after: 1\r\n"
 
 
 def _status_line(status: int) -> bytes:
@@ -95,6 +98,8 @@ class _Request:
         "head",
         "keep_alive",
         "request",
+        "reserved",
+        "retry",
         "task",
     )
 
@@ -105,6 +110,8 @@ class _Request:
         self.expect = expect  # Expect: 100-continue
         self.complete = False  # its whole body is in
         self.answered = False
+        self.reserved = 0  # its body's bytes reserved from the server's budget
+        self.retry = False  # refused for want of budget: its 503 says when to retry
         self.task: asyncio.Task | None = None
         self.fixed: HttpAnswer | None = None  # the transport's own answer (an error)
 
@@ -189,6 +196,7 @@ class _Connection(asyncio.Protocol):
         self.server = server
         self.handler = server.handler
         self.limit = server.limit
+        self.budget = server.core.budget
         self.parser = httptools.HttpRequestParser(self)
         self.transport: Any = None
         self.closed = False
@@ -201,6 +209,8 @@ class _Connection(asyncio.Protocol):
         self.begun = 0  # requests begun
         self.body: list[bytes] = []
         self.size = 0
+        self.reserved = 0  # budget reserved for the body being received
+        self.chunked = False  # its size is not declared: reserved chunk by chunk
         self.receiving = False  # between a request's first byte and its end
         self.current: _Request | None = None  # after its head, until its end
         # requests whose answers are due, in order; the first may be running as a task
@@ -325,11 +335,17 @@ class _Connection(asyncio.Protocol):
         request = HttpRequest(method, text, self.headers)
         keep_alive = parser.should_keep_alive() and not self.going_away
         self.current = current = _Request(request, keep_alive, method == "HEAD", expect)
+        self.chunked = declared is None
         if declared is not None and declared > self.limit:
             request._error = too_large(self.limit, declared)
             self._enqueue(current)  # answered now; the body is dropped as it comes
-        elif expect and not self.queue:
-            self.transport.write(_CONTINUE)
+        elif declared and not self.budget.reserve(declared):
+            self._out_of_budget(current, declared)
+        else:
+            if declared:
+                self.reserved = declared
+            if expect and not self.queue:
+                self.transport.write(_CONTINUE)
 
     def on_body(self, body: bytes) -> None:
         current = self.current
@@ -337,11 +353,32 @@ class _Connection(asyncio.Protocol):
             return  # dropped: the request was answered already
         self.size += len(body)
         if self.size > self.limit:
-            self.body = []
+            self._unreserve()
             current.request._error = too_large(self.limit, None)
             self._enqueue(current)
             return
+        if self.chunked:  # reserved as it grows
+            if not self.budget.reserve(len(body)):
+                self._unreserve()
+                self._out_of_budget(current, len(body))
+                return
+            self.reserved += len(body)
         self.body.append(body)
+
+    def _out_of_budget(self, current: _Request, size: int) -> None:
+        """The body cannot be buffered now: answered at once (503 with Retry-After, in
+        the codec's shape) and dropped as it comes, as a body over the limit is."""
+        message = self.budget.refusal("http", "request body", size)
+        current.request._error = ServingError(message, ErrorKind.UNAVAILABLE)
+        current.retry = True
+        self._enqueue(current)
+
+    def _unreserve(self) -> None:
+        """The body being received is dropped: its reservation is given back."""
+        self.body = []
+        if self.reserved:
+            self.budget.release(self.reserved)
+            self.reserved = 0
 
     def on_message_complete(self) -> None:
         current = self.current
@@ -355,6 +392,8 @@ class _Connection(asyncio.Protocol):
             body = self.body
             current.request._body = body[0] if len(body) == 1 else b"".join(body)
             self.body = []
+            current.reserved = self.reserved  # released when it is answered or dropped
+            self.reserved = 0
             self._enqueue(current)
         elif current.answered and not current.keep_alive:
             self._linger()
@@ -411,6 +450,9 @@ class _Connection(asyncio.Protocol):
         """Writes a request's answer (one write), then runs the next one due."""
         request.answered = True
         request.task = None
+        if request.reserved:
+            self.budget.release(request.reserved)
+            request.reserved = 0
         queue = self.queue
         queue.popleft()
         body = answer.body
@@ -426,6 +468,8 @@ class _Connection(asyncio.Protocol):
         if answer.headers:
             head += [b"%s: %s\r\n" % header for header in answer.headers]
         head.append(self.server.date)
+        if request.retry and answer.status == 503:
+            head.append(_RETRY_AFTER)
         if close:
             head.append(_CLOSE)
         head.append(b"\r\n")
@@ -471,6 +515,7 @@ class _Connection(asyncio.Protocol):
         turn after those due, then the connection closes."""
         self.close_after = True
         self.current = None
+        self._unreserve()
         self.receiving = False
         self.deadline = None
         self._reading()
@@ -521,10 +566,15 @@ class _Connection(asyncio.Protocol):
             self.close()
 
     def _cancel(self) -> None:
+        """Drops every request of the connection (and the body being received)."""
         for request in self.queue:
             if request.task is not None and not request.task.done():
                 request.task.cancel()
+            if request.reserved:
+                self.budget.release(request.reserved)
+                request.reserved = 0
         self.queue.clear()
+        self._unreserve()
 
     def close(self) -> None:
         if not self.closed:
