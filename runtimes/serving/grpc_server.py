@@ -20,8 +20,11 @@ What it does, as grpc servers do:
   GOAWAY (sent on drain; a protocol error closes that connection only).
 * gRPC: ``content-type: application/grpc`` (else HTTP 415), ``grpc-encoding`` other
   than identity or a compressed message is UNIMPLEMENTED / INTERNAL, a message's
-  length prefix is checked against ``--max-body-bytes`` before it is buffered
-  (RESOURCE_EXHAUSTED, counted in the metrics), unknown methods are UNIMPLEMENTED,
+  length prefix is checked against ``--max-body-bytes`` and reserved from the
+  server's request-memory budget (``core.RequestBudget``, ``--max-buffered-bytes``,
+  shared with the HTTP port) before it is buffered (RESOURCE_EXHAUSTED on that stream
+  when it does not fit, counted in the metrics; given back when the call ends, is
+  reset or cancelled, or its connection closes), unknown methods are UNIMPLEMENTED,
   ``grpc-timeout`` is honoured (DEADLINE_EXCEEDED), errors are trailers-only answers
   with ``grpc-status`` and a percent-encoded ``grpc-message``.
 * Bounds, as the HTTP port's: at most ``--max-connections`` open connections (at the
@@ -32,7 +35,7 @@ What it does, as grpc servers do:
   connection, the bytes the peer may send before its calls are answered are bounded by
   the connection window we grant (we grant more only as buffered requests are answered
   or dropped), and our answers stop being produced while the socket's write buffer is
-  full.
+  full; across connections, by the request budget above.
 """
 
 from __future__ import annotations

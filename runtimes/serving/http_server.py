@@ -18,8 +18,14 @@ What it does, as uvicorn did here:
 * A body over ``--max-body-bytes`` (by its ``Content-Length``, or while a chunked one
   comes) is answered at once by the codec (413 in the protocol's shape), and the rest of
   it is read and dropped (closing on the client as it sends would reset the connection
-  before it reads the answer). A malformed request (httptools refuses it) gets 400, a
-  head over 64 KiB or 100 headers 431; then the connection closes.
+  before it reads the answer). A body is reserved from the server's request-memory
+  budget (``core.RequestBudget``, ``--max-buffered-bytes``, shared with the gRPC port)
+  before it is buffered: by its Content-Length, a chunked one chunk by chunk; one that
+  does not fit is answered at once as one over the limit is (503 with Retry-After, in
+  the protocol's shape), and the reservation is given back when the request is answered
+  or dropped (its connection closed, the read timeout, a parse error). A malformed
+  request (httptools refuses it) gets 400, a head over 64 KiB or 100 headers 431; then
+  the connection closes.
 * Bounds: ``--max-connections`` (``transport.Listener``: idle eviction);
   ``--read-timeout-seconds`` for a connection's first request from its opening and for
   each request's head and body from its first byte (slowloris), counted

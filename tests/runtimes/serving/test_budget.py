@@ -229,7 +229,7 @@ def test_grpc_messages_reserve_by_their_prefix_and_both_ports_share_the_budget(s
     http = _connect(server)
     http.sock.sendall(_padded(MAX_BODY)[0])
     status, _, answer = http.answer()
-    assert json.loads(answer) == {"error": _refused_text(MAX_BODY, left)}
+    assert (status, json.loads(answer)) == (503, {"error": _refused_text(MAX_BODY, left)})
     http.sock.close()
 
     holder.send(frame(RST_STREAM, 0, held[0], struct.pack(">I", 0x8)))
