@@ -410,6 +410,9 @@ class _Connection(asyncio.Protocol):
 
     def _enqueue(self, request: _Request) -> None:
         if self.closed or self.close_after:  # the parser goes on with what was read
+            if request.reserved:  # dropped, as its body is
+                self.budget.release(request.reserved)
+                request.reserved = 0
             return
         queue = self.queue
         queue.append(request)
