@@ -489,10 +489,13 @@ class _Connection(asyncio.Protocol):
             return False
         # the whole message is reserved from the budget before it is buffered (the
         # prefix's 5 bytes are in, at most 4 more of a frame buffered before it came)
-        if not self.budget.reserve(length + 5):
-            message = self.budget.refusal("grpc", "request message", length)
+        budget = self.budget
+        reserved = budget.reserved + length + 5  # RequestBudget.reserve, inline
+        if reserved > budget.limit:
+            message = budget.refusal("grpc", "request message", length)
             self._refuse(stream, ErrorKind.RESOURCE_EXHAUSTED, message, out)
             return False
+        budget.reserved = reserved
         stream.reserved = length + 5
         stream.expected = length
         return self._check_prefix(stream, out)
@@ -838,7 +841,7 @@ class _Connection(asyncio.Protocol):
         _cancel_timers(stream)
         self._release(stream)
         if stream.reserved:
-            self.budget.release(stream.reserved)
+            self.budget.reserved -= stream.reserved  # RequestBudget.release, inline
             stream.reserved = 0
         self.streams.pop(stream.id, None)
         if self.going_away and not self.streams and not self.closed:

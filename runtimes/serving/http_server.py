@@ -342,16 +342,21 @@ class _Connection(asyncio.Protocol):
         keep_alive = parser.should_keep_alive() and not self.going_away
         self.current = current = _Request(request, keep_alive, method == "HEAD", expect)
         self.chunked = declared is None
-        if declared is not None and declared > self.limit:
-            request._error = too_large(self.limit, declared)
-            self._enqueue(current)  # answered now; the body is dropped as it comes
-        elif declared and not self.budget.reserve(declared):
-            self._out_of_budget(current, declared)
-        else:
-            if declared:
-                self.reserved = declared
-            if expect and not self.queue:
-                self.transport.write(_CONTINUE)
+        if declared:
+            if declared > self.limit:
+                request._error = too_large(self.limit, declared)
+                self._enqueue(current)  # answered now; the body is dropped as it comes
+                return
+            # reserved before it is buffered (RequestBudget.reserve, inline: per request)
+            budget = self.budget
+            reserved = budget.reserved + declared
+            if reserved > budget.limit:
+                self._out_of_budget(current, declared)
+                return
+            budget.reserved = reserved
+            self.reserved = declared
+        if expect and not self.queue:
+            self.transport.write(_CONTINUE)
 
     def on_body(self, body: bytes) -> None:
         current = self.current
@@ -460,7 +465,7 @@ class _Connection(asyncio.Protocol):
         request.answered = True
         request.task = None
         if request.reserved:
-            self.budget.release(request.reserved)
+            self.budget.reserved -= request.reserved  # RequestBudget.release, inline
             request.reserved = 0
         queue = self.queue
         queue.popleft()
