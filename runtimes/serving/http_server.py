@@ -105,7 +105,6 @@ class _Request:
         "keep_alive",
         "request",
         "reserved",
-        "retry",
         "task",
     )
 
@@ -117,7 +116,6 @@ class _Request:
         self.complete = False  # its whole body is in
         self.answered = False
         self.reserved = 0  # its body's bytes reserved from the server's budget
-        self.retry = False  # refused for want of budget: its 503 says when to retry
         self.task: asyncio.Task | None = None
         self.fixed: HttpAnswer | None = None  # the transport's own answer (an error)
 
@@ -215,8 +213,9 @@ class _Connection(asyncio.Protocol):
         self.begun = 0  # requests begun
         self.body: list[bytes] = []
         self.size = 0
-        self.reserved = 0  # budget reserved for the body being received
-        self.chunked = False  # its size is not declared: reserved chunk by chunk
+        # budget reserved for the body being received: its Content-Length, or what has
+        # come of a chunked one
+        self.reserved = 0
         self.receiving = False  # between a request's first byte and its end
         self.current: _Request | None = None  # after its head, until its end
         # requests whose answers are due, in order; the first may be running as a task
@@ -341,7 +340,6 @@ class _Connection(asyncio.Protocol):
         request = HttpRequest(method, text, self.headers)
         keep_alive = parser.should_keep_alive() and not self.going_away
         self.current = current = _Request(request, keep_alive, method == "HEAD", expect)
-        self.chunked = declared is None
         if declared:
             if declared > self.limit:
                 request._error = too_large(self.limit, declared)
@@ -368,7 +366,7 @@ class _Connection(asyncio.Protocol):
             current.request._error = too_large(self.limit, None)
             self._enqueue(current)
             return
-        if self.chunked:  # reserved as it grows
+        if self.size > self.reserved:  # chunked: reserved as it grows
             if not self.budget.reserve(len(body)):
                 self._unreserve()
                 self._out_of_budget(current, len(body))
@@ -381,7 +379,6 @@ class _Connection(asyncio.Protocol):
         the codec's shape) and dropped as it comes, as a body over the limit is."""
         message = self.budget.refusal("http", "request body", size)
         current.request._error = ServingError(message, ErrorKind.UNAVAILABLE)
-        current.retry = True
         self._enqueue(current)
 
     def _unreserve(self) -> None:
@@ -482,7 +479,8 @@ class _Connection(asyncio.Protocol):
         if answer.headers:
             head += [b"%s: %s\r\n" % header for header in answer.headers]
         head.append(self.server.date)
-        if request.retry and answer.status == 503:
+        if answer.status == 503 and request.request._error is not None:
+            # the transport's errors are a body too large (413) or out of budget (503)
             head.append(_RETRY_AFTER)
         if close:
             head.append(_CLOSE)
