@@ -52,7 +52,7 @@ async def _start() -> tuple[int, Any]:
     uncounted = types.SimpleNamespace(labels=lambda reason: types.SimpleNamespace(inc=int))
     core = types.SimpleNamespace(
         limits=Limits(),
-        budget=RequestBudget(Limits().max_buffered_bytes),
+        budget=RequestBudget(Limits().max_buffered_bytes, Limits().max_body_bytes),
         observe=lambda *args: None,
         metrics=types.SimpleNamespace(connections_closed=uncounted),
     )

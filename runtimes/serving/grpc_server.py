@@ -52,7 +52,7 @@ from typing import Any, NamedTuple, Protocol
 import hpack
 import hpack.exceptions
 
-from runtimes.serving.core import ServingCore
+from runtimes.serving.core import OFFLOAD_BYTES, ServingCore
 from runtimes.serving.transport import Listener, run_inline
 from toolkit.errors import ConnectionProtocolError, ErrorKind, ServingError, ToolkitError
 
@@ -491,8 +491,8 @@ class _Connection(asyncio.Protocol):
         # prefix's 5 bytes are in, at most 4 more of a frame buffered before it came)
         budget = self.budget
         reserved = budget.reserved + length + 5  # RequestBudget.reserve, inline
-        if reserved > budget.limit:
-            message = budget.refusal("grpc", "request message", length)
+        if reserved > budget.limit or (length > OFFLOAD_BYTES and reserved > budget.large_limit):
+            message = budget.refusal("grpc", "request message", length, length)
             self._refuse(stream, ErrorKind.RESOURCE_EXHAUSTED, message, out)
             return False
         budget.reserved = reserved

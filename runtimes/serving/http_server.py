@@ -22,7 +22,7 @@ What it does, as uvicorn did here:
   budget (``core.RequestBudget``, ``--max-buffered-bytes``, shared with the gRPC port)
   before it is buffered: by its Content-Length, a chunked one chunk by chunk; one that
   does not fit is answered at once as one over the limit is (503 with Retry-After, in
-  the protocol's shape), and the reservation is given back when the request is answered
+  the protocol's shape; bodies over 64 KiB may take 7/8 of the budget), and the reservation is given back when the request is answered
   or dropped (its connection closed, the read timeout, a parse error). A malformed
   request (httptools refuses it) gets 400, a head over 64 KiB or 100 headers 431; then
   the connection closes.
@@ -56,7 +56,7 @@ from typing import Any
 
 import httptools
 
-from runtimes.serving.core import ServingCore
+from runtimes.serving.core import OFFLOAD_BYTES, ServingCore
 from runtimes.serving.http import HttpAnswer, HttpRequest, too_large
 from runtimes.serving.transport import Listener, run_inline
 from toolkit.errors import ErrorKind, RequestHeadTooLargeError, ServingError
@@ -348,8 +348,10 @@ class _Connection(asyncio.Protocol):
             # reserved before it is buffered (RequestBudget.reserve, inline: per request)
             budget = self.budget
             reserved = budget.reserved + declared
-            if reserved > budget.limit:
-                self._out_of_budget(current, declared)
+            if reserved > budget.limit or (
+                declared > OFFLOAD_BYTES and reserved > budget.large_limit
+            ):
+                self._out_of_budget(current, declared, declared)
                 return
             budget.reserved = reserved
             self.reserved = declared
@@ -367,17 +369,18 @@ class _Connection(asyncio.Protocol):
             self._enqueue(current)
             return
         if self.size > self.reserved:  # chunked: reserved as it grows
-            if not self.budget.reserve(len(body)):
+            if not self.budget.reserve(len(body), self.size):
                 self._unreserve()
-                self._out_of_budget(current, len(body))
+                self._out_of_budget(current, len(body), self.size)
                 return
             self.reserved += len(body)
         self.body.append(body)
 
-    def _out_of_budget(self, current: _Request, size: int) -> None:
-        """The body cannot be buffered now: answered at once (503 with Retry-After, in
-        the codec's shape) and dropped as it comes, as a body over the limit is."""
-        message = self.budget.refusal("http", "request body", size)
+    def _out_of_budget(self, current: _Request, size: int, whole: int) -> None:
+        """``size`` more bytes of the body (``whole`` bytes so far) cannot be buffered
+        now: answered at once (503 with Retry-After, in the codec's shape) and dropped as
+        it comes, as a body over the limit is."""
+        message = self.budget.refusal("http", "request body", size, whole)
         current.request._error = ServingError(message, ErrorKind.UNAVAILABLE)
         self._enqueue(current)
 

@@ -177,8 +177,9 @@ def serve(
             min=1,
             help="Most request bytes buffered at once across every connection of both "
             "ports (at least --max-body-bytes); a request that does not fit is refused at "
-            "once (HTTP 503 with Retry-After, gRPC RESOURCE_EXHAUSTED). Default: 256 MiB, "
-            "or --max-body-bytes if larger.",
+            "once (HTTP 503 with Retry-After, gRPC RESOURCE_EXHAUSTED). Bodies over 64 KiB "
+            "may take 7/8 of it: the rest is kept for small ones. Default: 256 MiB, or "
+            "--max-body-bytes if larger.",
             show_default=False,
         ),
     ] = None,

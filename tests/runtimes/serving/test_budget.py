@@ -38,6 +38,8 @@ KIB = 1 << 10
 MAX_BODY = 512 * KIB  # the server's --max-body-bytes
 BUDGET = 1024 * KIB  # its --max-buffered-bytes
 HOLD = 400 * KIB  # what one slow client holds
+LARGE = BUDGET * 7 // 8  # what bodies over 64 KiB may hold in all
+SMALL = 64 * KIB  # the largest body that may take the rest
 READ_S = 1.0  # its --read-timeout-seconds
 INFER = f"{SERVICE}/ModelInfer"
 
@@ -86,11 +88,12 @@ def _connect(server) -> _Reader:
     return _Reader(socket.create_connection(server.address, timeout=30))
 
 
-def _refused_text(size: int, left: int) -> str:
+def _refused_text(size: int, left: int, what: str = "request body") -> str:
+    """The refusal of a body over 64 KiB."""
     return (
-        f"request body: {size} bytes cannot be buffered now: expected at most {left} more "
-        f"of the server's --max-buffered-bytes ({BUDGET}), which other requests hold; "
-        "retry later"
+        f"{what}: {size} bytes cannot be buffered now: expected at most {left} more of "
+        f"the server's --max-buffered-bytes ({BUDGET}, {BUDGET - LARGE} of which are kept "
+        "for bodies of 64 KiB at most), which other requests hold; retry later"
     )
 
 
@@ -112,7 +115,7 @@ def test_http_bodies_reserve_before_they_are_buffered_and_release_on_every_end(s
     refused.sock.sendall(large_head)  # refused on its head alone
     status, headers, answer = refused.answer()
     assert (status, headers["retry-after"]) == (503, "1")
-    assert json.loads(answer) == {"error": _refused_text(MAX_BODY, BUDGET - 2 * HOLD)}
+    assert json.loads(answer) == {"error": _refused_text(MAX_BODY, LARGE - 2 * HOLD)}
     refused.sock.sendall(large_body + PREDICT + b"content-length: %d\r\n\r\n" % len(BODY) + BODY)
     status, _, answer = refused.answer()  # the body was dropped; the connection serves on
     assert (status, json.loads(answer)) == (200, server.expected)
@@ -121,7 +124,7 @@ def test_http_bodies_reserve_before_they_are_buffered_and_release_on_every_end(s
     v2.sock.sendall(b"POST /v2/models/m/infer HTTP/1.1\r\ncontent-length: %d\r\n\r\n" % MAX_BODY)
     status, headers, answer = v2.answer()
     assert (status, headers["retry-after"]) == (503, "1")
-    assert json.loads(answer) == {"error": _refused_text(MAX_BODY, BUDGET - 2 * HOLD)}
+    assert json.loads(answer) == {"error": _refused_text(MAX_BODY, LARGE - 2 * HOLD)}
     v2.sock.close()
     assert _refusals(server.url, "http") == refused_before + 2
 
@@ -152,8 +155,9 @@ def _chunk(data: bytes) -> bytes:
 
 
 def test_a_chunked_body_reserves_as_it_grows(server):
-    """With 800 KiB held, a chunked body is refused (503) at the chunk that does not fit;
-    what it had reserved is given back, and its connection serves on."""
+    """With 800 KiB held, a chunked body's first 50 KiB fit (a body of 64 KiB at most may
+    take the last eighth), its next 50 KiB do not (past 64 KiB it may not): 503, what it
+    had reserved is given back, and its connection serves on."""
     holders = [_connect(server) for _ in range(2)]
     head, body = _padded(HOLD)
     for holder in holders:
@@ -161,13 +165,15 @@ def test_a_chunked_body_reserves_as_it_grows(server):
     _reserved_becomes(server.url, 2 * HOLD)
     chunked = _connect(server)
     chunked.sock.sendall(PREDICT + b"transfer-encoding: chunked\r\n\r\n")
-    chunked.sock.sendall(_chunk(b" " * (100 * KIB)))
-    _reserved_becomes(server.url, 2 * HOLD + 100 * KIB)
-    chunked.sock.sendall(_chunk(b" " * (200 * KIB)))  # does not fit
+    chunked.sock.sendall(_chunk(b" " * (50 * KIB)))
+    _reserved_becomes(server.url, 2 * HOLD + 50 * KIB)
+    chunked.sock.sendall(_chunk(b" " * (50 * KIB)))  # does not fit
     status, headers, answer = chunked.answer()
     assert (status, headers["retry-after"]) == (503, "1")
     error = json.loads(answer)["error"]
-    assert error.startswith("request body: ") and f"--max-buffered-bytes ({BUDGET})" in error
+    # the chunk may come in pieces: the one refused, and what was left, vary
+    pattern = re.escape(_refused_text(0, 0)).replace("0", r"\d+", 2)
+    assert re.fullmatch(pattern, error), error
     _reserved_becomes(server.url, 2 * HOLD)
     chunked.sock.sendall(_chunk(BODY) + b"0\r\n\r\n")  # the rest is dropped
     chunked.sock.sendall(PREDICT + b"content-length: %d\r\n\r\n" % len(BODY) + BODY)
@@ -175,6 +181,39 @@ def test_a_chunked_body_reserves_as_it_grows(server):
     assert (status, json.loads(answer)) == (200, server.expected)
     for reader in (chunked, *holders):
         reader.sock.close()
+    _reserved_becomes(server.url, 0)
+
+
+def test_small_requests_are_answered_while_large_ones_hold_all_they_may(server):
+    """Bodies over 64 KiB may hold seven eighths of the budget: a 448 KiB HTTP body and a
+    448 KiB gRPC message take it, a 65 KiB body is refused on either port, and 64 KiB
+    bodies of other clients are answered (the last eighth is theirs)."""
+    http = _connect(server)
+    head, body = _padded(LARGE // 2)
+    http.sock.sendall(head + body[:KIB])
+    grpc = Client(server.grpc)
+    stream = grpc.headers(INFER)
+    grpc.send(frame(DATA, 0, stream, _prefix(LARGE // 2 - 5)))
+    _reserved_becomes(server.url, LARGE)
+
+    refused = _connect(server)
+    refused.sock.sendall(_padded(SMALL + 1)[0])
+    status, _, answer = refused.answer()
+    assert (status, json.loads(answer)) == (503, {"error": _refused_text(SMALL + 1, 0)})
+    other = Client(server.grpc)
+    stream = other.headers(INFER)
+    other.send(frame(DATA, 0, stream, _prefix(SMALL + 1)))
+    blocks, _, _ = other.answer(stream)
+    assert blocks[0]["grpc-message"] == _refused_text(SMALL + 1, 0, "request message")
+
+    head, body = _padded(SMALL)
+    refused.sock.sendall(b" " * (SMALL + 1) + head + body)  # the refused body, dropped
+    status, _, answer = refused.answer()
+    assert (status, json.loads(answer)) == (200, server.expected)
+    blocks, data, _ = other.call(INFER, _infer().SerializeToString())
+    assert blocks[-1]["grpc-status"] == "0"
+    for each in (refused.sock, http.sock, other, grpc):
+        each.close()
     _reserved_becomes(server.url, 0)
 
 
@@ -211,13 +250,9 @@ def test_grpc_messages_reserve_by_their_prefix_and_both_ports_share_the_budget(s
     stream = other.headers(INFER)
     other.send(frame(DATA, 0, stream, _prefix(HOLD)))
     blocks, _, _ = other.answer(stream)
-    left = BUDGET - 2 * (HOLD + 5)
+    left = LARGE - 2 * (HOLD + 5)
     assert blocks[0]["grpc-status"] == "8"
-    assert blocks[0]["grpc-message"] == (
-        f"request message: {HOLD} bytes cannot be buffered now: expected at most {left} "
-        f"more of the server's --max-buffered-bytes ({BUDGET}), which other requests "
-        "hold; retry later"
-    )
+    assert blocks[0]["grpc-message"] == _refused_text(HOLD, left, "request message")
     other.send(frame(DATA, END_STREAM, stream, b"\x00" * KIB))  # dropped
     blocks, data, _ = other.call(INFER, _infer().SerializeToString())
     assert blocks[-1]["grpc-status"] == "0"
