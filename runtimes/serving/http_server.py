@@ -22,8 +22,9 @@ What it does, as uvicorn did here:
   budget (``core.RequestBudget``, ``--max-buffered-bytes``, shared with the gRPC port)
   before it is buffered: by its Content-Length, a chunked one chunk by chunk; one that
   does not fit is answered at once as one over the limit is (503 with Retry-After, in
-  the protocol's shape; bodies over 64 KiB may take 7/8 of the budget), and the reservation is given back when the request is answered
-  or dropped (its connection closed, the read timeout, a parse error). A malformed
+  the protocol's shape; bodies over 64 KiB may take 7/8 of the budget), and the
+  reservation is given back when the request is answered or dropped (its connection
+  closed, the read timeout, a parse error). A malformed
   request (httptools refuses it) gets 400, a head over 64 KiB or 100 headers 431; then
   the connection closes.
 * Bounds: ``--max-connections`` (``transport.Listener``: idle eviction);

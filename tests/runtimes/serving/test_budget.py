@@ -212,6 +212,7 @@ def test_small_requests_are_answered_while_large_ones_hold_all_they_may(server):
     assert (status, json.loads(answer)) == (200, server.expected)
     blocks, data, _ = other.call(INFER, _infer().SerializeToString())
     assert blocks[-1]["grpc-status"] == "0"
+    assert pb.ModelInferResponse.FromString(data[5:]).outputs[0].name == "action"
     for each in (refused.sock, http.sock, other, grpc):
         each.close()
     _reserved_becomes(server.url, 0)
