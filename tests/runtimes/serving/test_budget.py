@@ -52,6 +52,10 @@ def server():
     with ServerProcess(str(cr.bundle("greedy_q")), *args) as process:
         host, port = process.url.removeprefix("http://").split(":")
         process.address = (host, int(port))
+        process.wait_for_log(
+            f"request bodies buffered at once: at most {BUDGET} bytes "
+            rf"\(--max-buffered-bytes\), each at most {MAX_BODY} \(--max-body-bytes\)"
+        )
         response = httpx.post(f"{process.url}/v1/models/m:predict", content=BODY, timeout=30)
         assert response.status_code == 200, response.text
         process.expected = response.json()
