@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from runtimes.serving.core import Limits  # noqa: E402
+from runtimes.serving.core import Limits, RequestBudget  # noqa: E402
 from runtimes.serving.grpc_server import GrpcMethod, GrpcServer  # noqa: E402
 from runtimes.serving.proto import kserve_v2_pb2 as pb  # noqa: E402
 
@@ -46,11 +46,13 @@ class _Echo:
 
 
 async def _start() -> tuple[int, Any]:
-    # The transport's only needs of a core: its limits, a metrics hook and the closed
-    # connections' counter (no-ops: the echo measures the transport alone).
+    # The transport's only needs of a core: its limits and request budget, a metrics
+    # hook and the closed connections' counter (no-ops: the echo measures the transport
+    # alone).
     uncounted = types.SimpleNamespace(labels=lambda reason: types.SimpleNamespace(inc=int))
     core = types.SimpleNamespace(
         limits=Limits(),
+        budget=RequestBudget(Limits().max_buffered_bytes, Limits().max_body_bytes),
         observe=lambda *args: None,
         metrics=types.SimpleNamespace(connections_closed=uncounted),
     )

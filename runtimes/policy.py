@@ -280,6 +280,18 @@ class BundlePolicy(PyPolicy):
     def _info_spec_treespec(self) -> Any:
         return nest.tree_spec(self.info_spec)
 
+    @functools.cached_property
+    def _graph_clips(self) -> list[Any]:
+        """Per action leaf of a direct policy (the graph outputs its action): True where
+        the graph itself provably clips that output to within the spec's bounds, so a
+        batched call compares only its dtype and shape, else None (``_prove_clips``).
+        Made on the first batched call; dropped when the graph runner is replaced."""
+        return self._prove_clips()
+
+    def _prove_clips(self) -> list[Any]:
+        """``_graph_clips`` for this backend: none proven unless it overrides this."""
+        return list(self._no_clips)
+
     def _generator(self, seed: Seed) -> np.random.Generator:
         """The Generator for one call: the policy's own (made on first use) for None.
 
@@ -524,6 +536,20 @@ class BundlePolicy(PyPolicy):
         if self._plain_output:  # one action leaf; no state, info or log-probability
             if self._direct:
                 action = outputs[0]
+                if len(outer) == 1 and self._graph_clips[0]:
+                    # The graph clipped it (proven at first use): what _check_step
+                    # checks of it is its dtype and shape, here; the step is known by
+                    # identity there.
+                    step = _new_tuple(PolicyStep, (action, (), ()))
+                    check = self._action_checks[0]
+                    if (
+                        self._validate_args
+                        and type(action) is _NDARRAY
+                        and (action.dtype is check.dtype or action.dtype == check.dtype)
+                        and action.shape == (*outer, *check.shape)
+                    ):
+                        self._checked = step
+                    return step
             else:
                 rng = self._generator(seed)
                 # (no strict=: zip's keyword parsing costs ~1.5k instructions per call)
@@ -544,7 +570,10 @@ class BundlePolicy(PyPolicy):
         rows = outer or (1,)
         checked = self._validate_args
         if checked:
-            if not leaf_within(action, self._action_checks[0], rows):
+            # (the graph's own clip, if proven, is looked up for batches only: an unbatched
+            # call's bounds cost a comparison, and the proof is made on first use)
+            clip = self._graph_clips[0] if outer else None
+            if not leaf_within(action, self._action_checks[0], rows, clip):
                 checked = False
             else:
                 for value, (dtype, shape) in zip(states, self._state_layout):  # noqa: B905
@@ -569,7 +598,7 @@ class BundlePolicy(PyPolicy):
         if self._direct:
             actions = [out[n] for n in self._action_names]
             log_probs = [np.zeros(a.shape[:1], np.float32) for a in actions] if emit else None
-            clipped = self._no_clips
+            clipped = self._graph_clips if outer else self._no_clips
         else:
             deriver = self._deriver
             actions, log_probs = deriver.act(out, self._generator(seed), emit)

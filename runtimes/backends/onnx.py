@@ -111,9 +111,12 @@ class _Session:
         self.model = model
         self.arrays = []
         self.values = []
+        #: the initializers the session was built with, by name (what it runs)
+        self.overrides: dict[str, np.ndarray] = {}
         for name, array in (initializers or {}).items():
             array = np.ascontiguousarray(array)
             self.arrays.append(array)
+            self.overrides[name] = array
             self.values.append((name, ort.OrtValue.ortvalue_from_numpy(array)))
         self.auto = threads == "auto"
         self.min_batch = runtimes.AUTO_THREADS_MIN_BATCH
@@ -252,6 +255,41 @@ class OnnxPolicy(BundlePolicy):
     def _set_session(self, session: _Session) -> None:
         self._session = session
         self._session_run = session.run
+        # What the graph proves is proven of this session's model and initializers.
+        self.__dict__.pop("_graph_clips", None)
+
+    def _prove_clips(self) -> list[Any]:
+        """Action leaves the graph itself clips to within the spec's bounds.
+
+        The exporter ends a graph's own action with a clip to the spec's bounds (``Max``
+        of ``Min``, or ``Clip``, with constant bounds). When this session's graph
+        (its model's bytes and the initializers it was built with, as onnxruntime runs
+        them) clips an action output to constants that all lie within the spec's
+        bounds, every value of that output does too (NaN stays NaN, which the full
+        check lets pass): the per-call comparison of every element with the bounds, a
+        numpy reduction over the batch, is skipped; dtype and shape are still checked
+        on every call. Anything not proven keeps the comparison.
+        """
+        from toolkit import onnx_proto  # the first batched call only
+
+        clips = list(self._no_clips)
+        if not self._direct:
+            return clips
+        session = self._session
+        found = onnx_proto.output_clips(
+            session.model, self._action_names, str(self._bundle_dir), session.overrides
+        )
+        for i, (name, check) in enumerate(zip(self._action_names, self._action_checks)):  # noqa: B905
+            bounds = found.get(name)
+            if bounds is None or check.low is None or not check.low:
+                continue
+            if any(b.dtype != check.dtype for b in bounds):
+                continue
+            low, high = max(check.low), min(check.high)
+            # Python numbers, exact for every dtype here; NaN fails both comparisons
+            if all(low <= v <= high for b in bounds for v in b.tolist()):
+                clips[i] = True
+        return clips
 
     @property
     def session(self) -> ort.InferenceSession:

@@ -34,9 +34,11 @@ from toolkit import nest
 from toolkit.errors import ErrorKind, ServingError, TrustError, UnsupportedError
 
 __all__ = [
+    "MAX_BUFFERED_BYTES",
     "OFFLOAD_BYTES",
     "CoreOptions",
     "Limits",
+    "RequestBudget",
     "ServingCore",
     "VersionState",
     "build_core",
@@ -48,12 +50,89 @@ __all__ = [
 OFFLOAD_BYTES = 64 << 10
 
 
+#: ``--max-buffered-bytes`` by default: 64 whole bodies of the default
+#: ``--max-body-bytes`` (4 MiB) buffered at once, far more than 2-8 cores decode at once,
+#: and a size any machine that runs the server has to spare
+MAX_BUFFERED_BYTES = 256 << 20
+
+
 @dataclasses.dataclass(frozen=True)
 class Limits:
-    """Request limits: body bytes (resource exhausted beyond) and rows per request."""
+    """Request limits: body bytes (resource exhausted beyond), rows per request, and the
+    request bytes buffered at once across every connection of both ports."""
 
     max_body_bytes: int = 4 << 20
     max_batch: int = 1024
+    max_buffered_bytes: int = MAX_BUFFERED_BYTES
+
+    def __post_init__(self) -> None:
+        if self.max_buffered_bytes < self.max_body_bytes:
+            raise ServingError(
+                f"--max-buffered-bytes: expected at least --max-body-bytes "
+                f"({self.max_body_bytes}), got {self.max_buffered_bytes}"
+            )
+
+
+class RequestBudget:
+    """The request bytes buffered at once across every connection of both ports, at most
+    ``--max-buffered-bytes``.
+
+    A transport reserves a request's bytes before it buffers them (HTTP/1.1: the
+    Content-Length, or each chunk as it comes; gRPC: the message's length prefix) and
+    releases them when the request's body is dropped (answered, refused, cancelled, its
+    connection closed); a request that cannot reserve is refused at once, with its
+    protocol's "try later" error. Bodies over ``OFFLOAD_BYTES`` (64 KiB) may take only
+    ``large_limit`` (seven eighths of the limit, or ``--max-body-bytes`` if more): the
+    rest is kept for small requests, so large ones holding the budget do not stop the
+    small ones of other clients. Both transports run on the event loop's thread, so a
+    reservation is a plain add and compare, with no lock.
+
+    Args:
+      limit: the bytes that may be reserved at once.
+      max_body: the largest body (``--max-body-bytes``): one always fits in an empty
+        budget.
+
+    Attributes:
+      limit: the bytes that may be reserved at once.
+      large_limit: what bodies over ``OFFLOAD_BYTES`` may reserve in all.
+      reserved: the bytes reserved now (``policy_serving_buffered_request_bytes``).
+      refused: requests refused, by port (``"http"``, ``"grpc"``;
+        ``policy_serving_buffer_refusals_total``).
+    """
+
+    __slots__ = ("large_limit", "limit", "refused", "reserved")
+
+    def __init__(self, limit: int, max_body: int = 0):
+        self.limit = limit
+        self.large_limit = min(limit, max(limit - limit // 8, max_body))
+        self.reserved = 0
+        self.refused = {"http": 0, "grpc": 0}
+
+    def reserve(self, size: int, body: int) -> bool:
+        """Reserves ``size`` more bytes of a body of ``body`` bytes (so far, with them);
+        False (nothing reserved) when they do not fit."""
+        reserved = self.reserved + size
+        if reserved > self.limit or (body > OFFLOAD_BYTES and reserved > self.large_limit):
+            return False
+        self.reserved = reserved
+        return True
+
+    def release(self, size: int) -> None:
+        """Gives back ``size`` bytes reserved before."""
+        self.reserved -= size
+
+    def refusal(self, port: str, what: str, size: int, body: int) -> str:
+        """Counts a refusal on ``port``; the error's message (``what``: the request's
+        part that did not fit, e.g. "request body"; ``size`` bytes of ``body``)."""
+        self.refused[port] += 1
+        large = body > OFFLOAD_BYTES and self.large_limit < self.limit
+        left = max(0, (self.large_limit if large else self.limit) - self.reserved)
+        kept = f", {self.limit - self.large_limit} of which are kept for bodies of 64 KiB at most"
+        return (
+            f"{what}: {size} bytes cannot be buffered now: expected at most {left} more of "
+            f"the server's --max-buffered-bytes ({self.limit}{kept if large else ''}), "
+            "which other requests hold; retry later"
+        )
 
 
 @dataclasses.dataclass
@@ -114,6 +193,9 @@ class ServingCore:
         self.sequences = sequences if sequences is not None else Sequences()
         self.metrics = metrics
         self.limits = limits
+        #: the request bytes both ports buffer at once (``--max-buffered-bytes``)
+        self.budget = RequestBudget(limits.max_buffered_bytes, limits.max_body_bytes)
+        metrics.show_budget(self.budget)
         self.followers = followers
         self._executor = executor
         # One thread decodes large requests: several at once would only take turns on

@@ -20,8 +20,11 @@ What it does, as grpc servers do:
   GOAWAY (sent on drain; a protocol error closes that connection only).
 * gRPC: ``content-type: application/grpc`` (else HTTP 415), ``grpc-encoding`` other
   than identity or a compressed message is UNIMPLEMENTED / INTERNAL, a message's
-  length prefix is checked against ``--max-body-bytes`` before it is buffered
-  (RESOURCE_EXHAUSTED, counted in the metrics), unknown methods are UNIMPLEMENTED,
+  length prefix is checked against ``--max-body-bytes`` and reserved from the
+  server's request-memory budget (``core.RequestBudget``, ``--max-buffered-bytes``,
+  shared with the HTTP port) before it is buffered (RESOURCE_EXHAUSTED on that stream
+  when it does not fit, counted in the metrics; given back when the call ends, is
+  reset or cancelled, or its connection closes), unknown methods are UNIMPLEMENTED,
   ``grpc-timeout`` is honoured (DEADLINE_EXCEEDED), errors are trailers-only answers
   with ``grpc-status`` and a percent-encoded ``grpc-message``.
 * Bounds, as the HTTP port's: at most ``--max-connections`` open connections (at the
@@ -32,7 +35,7 @@ What it does, as grpc servers do:
   connection, the bytes the peer may send before its calls are answered are bounded by
   the connection window we grant (we grant more only as buffered requests are answered
   or dropped), and our answers stop being produced while the socket's write buffer is
-  full.
+  full; across connections, by the request budget above.
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ from typing import Any, NamedTuple, Protocol
 import hpack
 import hpack.exceptions
 
-from runtimes.serving.core import ServingCore
+from runtimes.serving.core import OFFLOAD_BYTES, ServingCore
 from runtimes.serving.transport import Listener, run_inline
 from toolkit.errors import ConnectionProtocolError, ErrorKind, ServingError, ToolkitError
 
@@ -184,6 +187,7 @@ class _Stream:
         "pending",
         "protocol",
         "refused",
+        "reserved",
         "stall",
         "started",
         "task",
@@ -198,6 +202,7 @@ class _Stream:
         self.buffered = 0  # bytes in body (released to the connection window when done)
         self.expected = -1  # the message's length, once its prefix is in
         self.refused = False  # answered early: what else comes is dropped
+        self.reserved = 0  # bytes reserved from the server's budget (from its prefix)
         self.done = False  # answered (or reset): the stream only waits to be dropped
         self.ended = False  # the peer's END_STREAM came: nothing more may come on it
         self.task: asyncio.Task | None = None
@@ -237,6 +242,7 @@ class _Connection(asyncio.Protocol):
         self.server = server
         self.observe = server.core.observe
         self.limit = server.limit
+        self.budget = server.core.budget
         # the window each stream grants the peer: a whole message up to the limit
         self.stream_window = min(self.limit + 5, (1 << 31) - 1)
         # the connection window: bounds what the peer may have sent and we still buffer
@@ -481,6 +487,16 @@ class _Connection(asyncio.Protocol):
                 out,
             )
             return False
+        # the whole message is reserved from the budget before it is buffered (the
+        # prefix's 5 bytes are in, at most 4 more of a frame buffered before it came)
+        budget = self.budget
+        reserved = budget.reserved + length + 5  # RequestBudget.reserve, inline
+        if reserved > budget.limit or (length > OFFLOAD_BYTES and reserved > budget.large_limit):
+            message = budget.refusal("grpc", "request message", length, length)
+            self._refuse(stream, ErrorKind.RESOURCE_EXHAUSTED, message, out)
+            return False
+        budget.reserved = reserved
+        stream.reserved = length + 5
         stream.expected = length
         return self._check_prefix(stream, out)
 
@@ -824,6 +840,9 @@ class _Connection(asyncio.Protocol):
         stream.done = True
         _cancel_timers(stream)
         self._release(stream)
+        if stream.reserved:
+            self.budget.reserved -= stream.reserved  # RequestBudget.release, inline
+            stream.reserved = 0
         self.streams.pop(stream.id, None)
         if self.going_away and not self.streams and not self.closed:
             # after the caller has written this stream's last frames
@@ -836,6 +855,9 @@ class _Connection(asyncio.Protocol):
     def _cancel(self, stream: _Stream) -> None:
         stream.done = True
         _cancel_timers(stream)
+        if stream.reserved:
+            self.budget.release(stream.reserved)
+            stream.reserved = 0
         if stream.task is not None and not stream.task.done():
             stream.task.cancel()
         if stream in self.blocked:

@@ -18,8 +18,15 @@ What it does, as uvicorn did here:
 * A body over ``--max-body-bytes`` (by its ``Content-Length``, or while a chunked one
   comes) is answered at once by the codec (413 in the protocol's shape), and the rest of
   it is read and dropped (closing on the client as it sends would reset the connection
-  before it reads the answer). A malformed request (httptools refuses it) gets 400, a
-  head over 64 KiB or 100 headers 431; then the connection closes.
+  before it reads the answer). A body is reserved from the server's request-memory
+  budget (``core.RequestBudget``, ``--max-buffered-bytes``, shared with the gRPC port)
+  before it is buffered: by its Content-Length, a chunked one chunk by chunk; one that
+  does not fit is answered at once as one over the limit is (503 with Retry-After, in
+  the protocol's shape; bodies over 64 KiB may take 7/8 of the budget), and the
+  reservation is given back when the request is answered or dropped (its connection
+  closed, the read timeout, a parse error). A malformed
+  request (httptools refuses it) gets 400, a head over 64 KiB or 100 headers 431; then
+  the connection closes.
 * Bounds: ``--max-connections`` (``transport.Listener``: idle eviction);
   ``--read-timeout-seconds`` for a connection's first request from its opening and for
   each request's head and body from its first byte (slowloris), counted
@@ -50,10 +57,10 @@ from typing import Any
 
 import httptools
 
-from runtimes.serving.core import ServingCore
+from runtimes.serving.core import OFFLOAD_BYTES, ServingCore
 from runtimes.serving.http import HttpAnswer, HttpRequest, too_large
 from runtimes.serving.transport import Listener, run_inline
-from toolkit.errors import RequestHeadTooLargeError
+from toolkit.errors import ErrorKind, RequestHeadTooLargeError, ServingError
 
 __all__ = ["IDLE_TIMEOUT_S", "LINGER_S", "MAX_HEADERS", "MAX_HEAD_BYTES", "HttpServer"]
 
@@ -77,6 +84,9 @@ _STATUS_LINES = {
 }
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _CLOSE = b"connection: close\r\n"
+#: a request refused for want of budget may be retried: the bodies holding it are
+#: answered or timed out within --read-timeout-seconds (5 s), most far sooner
+_RETRY_AFTER = b"retry-after: 1\r\n"
 
 
 def _status_line(status: int) -> bytes:
@@ -95,6 +105,7 @@ class _Request:
         "head",
         "keep_alive",
         "request",
+        "reserved",
         "task",
     )
 
@@ -105,6 +116,7 @@ class _Request:
         self.expect = expect  # Expect: 100-continue
         self.complete = False  # its whole body is in
         self.answered = False
+        self.reserved = 0  # its body's bytes reserved from the server's budget
         self.task: asyncio.Task | None = None
         self.fixed: HttpAnswer | None = None  # the transport's own answer (an error)
 
@@ -189,6 +201,7 @@ class _Connection(asyncio.Protocol):
         self.server = server
         self.handler = server.handler
         self.limit = server.limit
+        self.budget = server.core.budget
         self.parser = httptools.HttpRequestParser(self)
         self.transport: Any = None
         self.closed = False
@@ -201,6 +214,9 @@ class _Connection(asyncio.Protocol):
         self.begun = 0  # requests begun
         self.body: list[bytes] = []
         self.size = 0
+        # budget reserved for the body being received: its Content-Length, or what has
+        # come of a chunked one
+        self.reserved = 0
         self.receiving = False  # between a request's first byte and its end
         self.current: _Request | None = None  # after its head, until its end
         # requests whose answers are due, in order; the first may be running as a task
@@ -325,10 +341,22 @@ class _Connection(asyncio.Protocol):
         request = HttpRequest(method, text, self.headers)
         keep_alive = parser.should_keep_alive() and not self.going_away
         self.current = current = _Request(request, keep_alive, method == "HEAD", expect)
-        if declared is not None and declared > self.limit:
-            request._error = too_large(self.limit, declared)
-            self._enqueue(current)  # answered now; the body is dropped as it comes
-        elif expect and not self.queue:
+        if declared:
+            if declared > self.limit:
+                request._error = too_large(self.limit, declared)
+                self._enqueue(current)  # answered now; the body is dropped as it comes
+                return
+            # reserved before it is buffered (RequestBudget.reserve, inline: per request)
+            budget = self.budget
+            reserved = budget.reserved + declared
+            if reserved > budget.limit or (
+                declared > OFFLOAD_BYTES and reserved > budget.large_limit
+            ):
+                self._out_of_budget(current, declared, declared)
+                return
+            budget.reserved = reserved
+            self.reserved = declared
+        if expect and not self.queue:
             self.transport.write(_CONTINUE)
 
     def on_body(self, body: bytes) -> None:
@@ -337,11 +365,32 @@ class _Connection(asyncio.Protocol):
             return  # dropped: the request was answered already
         self.size += len(body)
         if self.size > self.limit:
-            self.body = []
+            self._unreserve()
             current.request._error = too_large(self.limit, None)
             self._enqueue(current)
             return
+        if self.size > self.reserved:  # chunked: reserved as it grows
+            if not self.budget.reserve(len(body), self.size):
+                self._unreserve()
+                self._out_of_budget(current, len(body), self.size)
+                return
+            self.reserved += len(body)
         self.body.append(body)
+
+    def _out_of_budget(self, current: _Request, size: int, whole: int) -> None:
+        """``size`` more bytes of the body (``whole`` bytes so far) cannot be buffered
+        now: answered at once (503 with Retry-After, in the codec's shape) and dropped as
+        it comes, as a body over the limit is."""
+        message = self.budget.refusal("http", "request body", size, whole)
+        current.request._error = ServingError(message, ErrorKind.UNAVAILABLE)
+        self._enqueue(current)
+
+    def _unreserve(self) -> None:
+        """The body being received is dropped: its reservation is given back."""
+        self.body = []
+        if self.reserved:
+            self.budget.release(self.reserved)
+            self.reserved = 0
 
     def on_message_complete(self) -> None:
         current = self.current
@@ -355,6 +404,8 @@ class _Connection(asyncio.Protocol):
             body = self.body
             current.request._body = body[0] if len(body) == 1 else b"".join(body)
             self.body = []
+            current.reserved = self.reserved  # released when it is answered or dropped
+            self.reserved = 0
             self._enqueue(current)
         elif current.answered and not current.keep_alive:
             self._linger()
@@ -365,6 +416,9 @@ class _Connection(asyncio.Protocol):
 
     def _enqueue(self, request: _Request) -> None:
         if self.closed or self.close_after:  # the parser goes on with what was read
+            if request.reserved:  # dropped, as its body is
+                self.budget.release(request.reserved)
+                request.reserved = 0
             return
         queue = self.queue
         queue.append(request)
@@ -411,6 +465,9 @@ class _Connection(asyncio.Protocol):
         """Writes a request's answer (one write), then runs the next one due."""
         request.answered = True
         request.task = None
+        if request.reserved:
+            self.budget.reserved -= request.reserved  # RequestBudget.release, inline
+            request.reserved = 0
         queue = self.queue
         queue.popleft()
         body = answer.body
@@ -426,6 +483,9 @@ class _Connection(asyncio.Protocol):
         if answer.headers:
             head += [b"%s: %s\r\n" % header for header in answer.headers]
         head.append(self.server.date)
+        if answer.status == 503 and request.request._error is not None:
+            # the transport's errors are a body too large (413) or out of budget (503)
+            head.append(_RETRY_AFTER)
         if close:
             head.append(_CLOSE)
         head.append(b"\r\n")
@@ -471,6 +531,7 @@ class _Connection(asyncio.Protocol):
         turn after those due, then the connection closes."""
         self.close_after = True
         self.current = None
+        self._unreserve()
         self.receiving = False
         self.deadline = None
         self._reading()
@@ -521,10 +582,15 @@ class _Connection(asyncio.Protocol):
             self.close()
 
     def _cancel(self) -> None:
+        """Drops every request of the connection (and the body being received)."""
         for request in self.queue:
             if request.task is not None and not request.task.done():
                 request.task.cancel()
+            if request.reserved:
+                self.budget.release(request.reserved)
+                request.reserved = 0
         self.queue.clear()
+        self._unreserve()
 
     def close(self) -> None:
         if not self.closed:

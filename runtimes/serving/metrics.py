@@ -13,7 +13,11 @@ import bisect
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
 from prometheus_client.utils import floatToGoString
 
 __all__ = ["ServerMetrics"]
@@ -92,6 +96,12 @@ class ServerMetrics:
             registry=self.registry,
         )
         self._shown: dict[str, set[str]] = {}
+        self._budget = _BudgetCollector()
+        self.registry.register(self._budget)
+
+    def show_budget(self, budget: Any) -> None:
+        """Shows a ``core.RequestBudget``'s bytes reserved and refusals when scraped."""
+        self._budget.budget = budget
 
     def set_versions(self, model: str, versions: dict[int, Any]) -> None:
         """Shows the versions in service (and their train steps) of one model."""
@@ -106,6 +116,43 @@ class ServerMetrics:
 
 
 _LABELS = ["protocol", "model", "api", "code"]
+
+
+class _BudgetCollector:
+    """The request-memory budget (``core.RequestBudget``: plain numbers bumped on the
+    event loop, read here when scraped): ``policy_serving_buffered_request_bytes`` (a
+    gauge: reserved now), ``policy_serving_max_buffered_request_bytes`` (the limit) and
+    ``policy_serving_buffer_refusals`` (a counter by port)."""
+
+    def __init__(self) -> None:
+        self.budget: Any = None
+
+    def describe(self) -> list:
+        return []
+
+    def collect(self) -> Any:
+        budget = self.budget
+        if budget is None:
+            return []
+        reserved = GaugeMetricFamily(
+            "policy_serving_buffered_request_bytes",
+            "Request bytes buffered now (reserved from --max-buffered-bytes), both ports.",
+            value=budget.reserved,
+        )
+        limit = GaugeMetricFamily(
+            "policy_serving_max_buffered_request_bytes",
+            "The server's --max-buffered-bytes.",
+            value=budget.limit,
+        )
+        refusals = CounterMetricFamily(
+            "policy_serving_buffer_refusals",
+            "Requests refused at once because --max-buffered-bytes was taken by other "
+            "requests (HTTP 503, gRPC RESOURCE_EXHAUSTED), by port.",
+            labels=["port"],
+        )
+        for port, count in budget.refused.items():
+            refusals.add_metric([port], count)
+        return [reserved, limit, refusals]
 
 
 class _RequestCollector:

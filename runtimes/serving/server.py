@@ -10,7 +10,8 @@ SIGTERM or SIGINT; then it stops accepting, lets requests in flight finish (at m
 (``max_connections``; at the limit a new one takes an idle one's place) and in patience:
 one that has not delivered a whole request ``read_timeout_seconds`` after it opened, or
 after its request began, is closed (idle keep-alive connections close after 5 s). The
-access log is off unless asked for.
+request bytes both ports buffer at once are bounded by ``limits.max_buffered_bytes``
+(the core's ``RequestBudget``). The access log is off unless asked for.
 """
 
 from __future__ import annotations
@@ -229,6 +230,12 @@ def _serve(core: ServingCore, options: ServeOptions) -> int:
             sorted(snapshot.versions),
             registry.configs[name].versions,
         )
+    log.info(
+        "request bodies buffered at once: at most %d bytes (--max-buffered-bytes), "
+        "each at most %d (--max-body-bytes)",
+        core.limits.max_buffered_bytes,
+        core.limits.max_body_bytes,
+    )
     core.start(options.poll_seconds)
     try:
         served = _event_loop_runner()(_run_servers(core, options, sock, listening))

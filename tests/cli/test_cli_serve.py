@@ -36,6 +36,10 @@ def test_serve_refuses_bad_options_naming_them(tmp_path):
         ),
         (["serve", str(tmp_path), "--log-level", "loud"], "--log-level: expected one of"),
         (["serve", str(tmp_path / "missing")], "is neither a bundle nor a base path"),
+        (
+            ["serve", str(tmp_path), "--max-body-bytes", "2048", "--max-buffered-bytes", "1024"],
+            "--max-buffered-bytes: expected at least --max-body-bytes (2048), got 1024",
+        ),
     ]
     for args, message in cases:
         result = runner.invoke(app, args)

@@ -170,6 +170,19 @@ def serve(
     max_body_bytes: Annotated[
         int, typer.Option("--max-body-bytes", min=1, help="Largest request body (413 beyond).")
     ] = 4 << 20,
+    max_buffered_bytes: Annotated[
+        int | None,
+        typer.Option(
+            "--max-buffered-bytes",
+            min=1,
+            help="Most request bytes buffered at once across every connection of both "
+            "ports (at least --max-body-bytes); a request that does not fit is refused at "
+            "once (HTTP 503 with Retry-After, gRPC RESOURCE_EXHAUSTED). Bodies over 64 KiB "
+            "may take 7/8 of it: the rest is kept for small ones. Default: 256 MiB, or "
+            "--max-body-bytes if larger.",
+            show_default=False,
+        ),
+    ] = None,
     log_level: Annotated[
         str, typer.Option("--log-level", help="critical, error, warning, info or debug.")
     ] = "info",
@@ -246,7 +259,7 @@ def serve(
     """
     try:
         from runtimes import backends
-        from runtimes.serving.core import Limits, check_backend
+        from runtimes.serving.core import MAX_BUFFERED_BYTES, Limits, check_backend
         from runtimes.serving.server import LOG_LEVELS, ServeOptions, run
     except ImportError as e:  # installed without the server's libraries
         from toolkit.errors import UnsupportedError
@@ -264,6 +277,11 @@ def serve(
     # Before the server starts, not per version: not installed, or unable to --follow.
     check_backend(backend, follow=bool(follow))
     configs = model_configs(model, name, models, versions, labels)
+    if max_buffered_bytes is None:
+        max_buffered_bytes = max(MAX_BUFFERED_BYTES, max_body_bytes)
+    limits = Limits(
+        max_body_bytes=max_body_bytes, max_batch=max_batch, max_buffered_bytes=max_buffered_bytes
+    )
     options = ServeOptions(
         models=configs,
         host=host,
@@ -272,7 +290,7 @@ def serve(
         seed=seed,
         backend=backend,
         batch_window_us=batch_window_us,
-        limits=Limits(max_body_bytes=max_body_bytes, max_batch=max_batch),
+        limits=limits,
         log_level=log_level,
         access_log=access_log,
         graceful_seconds=graceful_seconds,
