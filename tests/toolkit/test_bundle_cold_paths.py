@@ -332,3 +332,39 @@ def test_formats_registered_at_run_time_are_checked_by_the_walk(monkeypatch):
     finally:
         schema.unregister_format("toy")
     assert "toy" not in schema.format_names()
+
+
+def test_layout_records_behave_as_the_namedtuples_they_replace():
+    import collections
+    import copy
+    import pickle
+
+    from toolkit import nest
+    from toolkit.bundle.layout import FormatEntry, GraphNames, TensorInfo
+
+    info = TensorInfo("x", "float32", (None, 3))
+    twin = collections.namedtuple("TensorInfo", ["name", "dtype", "shape"])(
+        "x", "float32", (None, 3)
+    )
+    assert info == twin == ("x", "float32", (None, 3)) and hash(info) == hash(twin)
+    assert repr(info) == repr(twin) == "TensorInfo(name='x', dtype='float32', shape=(None, 3))"
+    assert info._fields == twin._fields and info._asdict() == twin._asdict()
+    assert info._replace(shape=None) == TensorInfo(name="x", dtype="float32", shape=None)
+    assert TensorInfo._make(["a", "b", None]) == ("a", "b", None)
+    for bad, error in (
+        (lambda: TensorInfo("x"), TypeError),
+        (lambda: TensorInfo._make(["x"]), TypeError),
+        (lambda: info._replace(size=1), ValueError),
+        (lambda: setattr(info, "name", "y"), AttributeError),
+    ):
+        with pytest.raises(error):
+            bad()
+    for copied in (pickle.loads(pickle.dumps(info)), copy.deepcopy(info), copy.copy(info)):
+        assert copied == info and type(copied) is TensorInfo
+    name, dtype, shape = info
+    assert (name, dtype, shape) == (info.name, info.dtype, info.shape)
+    names = GraphNames(inputs=("a",), states=(), next_states=(), infos=(), actions=("b",))
+    assert nest.flatten(names) == ["a", "b"]
+    assert nest.map_structure(str.upper, names) == GraphNames(("A",), (), (), (), ("B",))
+    entry = FormatEntry("onnx", {}, "policy.onnx", False)
+    assert entry.path == entry[2] == "policy.onnx" and not entry.is_dir

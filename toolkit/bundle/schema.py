@@ -8,6 +8,11 @@ shape[1]: expected an int or null, got "x"``. The bundle rules a schema cannot s
 Why not a schema library: this runs on every load on edge devices; importing jsonschema
 costs tens of milliseconds, this interpreter a fraction of one (the dev extra's
 jsonschema checks both agree: tests/toolkit/test_bundle_trust.py).
+
+A load asks the committed schema's plain-Python form first (``_manifest_check``, written
+by ``schema_codegen``): it passes exactly the manifests this interpreter passes, without
+parsing or walking the schema; the interpreter runs where it says no, and words the
+messages.
 """
 
 from __future__ import annotations
