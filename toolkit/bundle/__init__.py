@@ -6,6 +6,7 @@ docs/bundle-format.md is the contract; this package implements it, one concern a
 ``names``          the fixed file names, format name and version, size caps
 ``files``          contained, bounded reads of a bundle's files and their hashes
 ``schema``         a small JSON Schema interpreter (the manifest schema's keywords)
+``schema_codegen`` writes ``_manifest_check``: the committed schema as plain Python
 ``manifest``       the manifest's rules: the schema and what a schema cannot say
 ``layout``         the typed, immutable layout every reader uses, built once from a manifest
 ``reading``        read_manifest / read_layout / read_checkpoint, and the manifest copies

@@ -12,14 +12,13 @@ writer that derives a new manifest asks for a copy (``to_json``).
 (``toolkit.bundle.manifest.validate``); ``toolkit.bundle.read_layout`` does both.
 """
 
-# No ``from __future__ import annotations`` here: typing compiles every string annotation
-# of a NamedTuple field (this module's records: about 0.3 ms of a runtime's cold start);
-# forward references are quoted instead.
+from __future__ import annotations
 
 import types
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from operator import itemgetter
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from toolkit import distribution_families as families
 from toolkit import nest
@@ -58,16 +57,62 @@ def thaw(value: Any) -> Any:
     return value
 
 
-class TensorInfo(NamedTuple):
+class _Record(tuple):
+    """An immutable record that behaves as a namedtuple (``_fields``, ``_make``,
+    ``_replace``, ``_asdict``, its repr, unpacking, equality, pickling).
+
+    Not ``typing.NamedTuple``: that compiles each class's ``__new__`` from generated
+    source (``exec``), ~0.55M instructions a class; this module's nine records were ~5M
+    of a runtime's cold start (callgrind), these ~0.1M each. Each record writes its
+    ``__new__`` (named arguments, as a namedtuple's) and its fields with ``_field``.
+    """
+
+    __slots__ = ()
+    _fields: tuple[str, ...] = ()
+
+    @classmethod
+    def _make(cls, iterable: Iterable[Any]) -> Any:
+        result = tuple.__new__(cls, iterable)
+        if len(result) != len(cls._fields):
+            raise TypeError(f"expected {len(cls._fields)} arguments, got {len(result)}")
+        return result
+
+    def _replace(self, **changes: Any) -> Any:
+        result = self._make(map(changes.pop, self._fields, self))
+        if changes:
+            raise ValueError(f"got unexpected field names: {list(changes)!r}")
+        return result
+
+    def _asdict(self) -> dict[str, Any]:
+        return dict(zip(self._fields, self, strict=True))
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{f}={v!r}" for f, v in zip(self._fields, self, strict=True))
+        return f"{type(self).__name__}({shown})"
+
+    def __getnewargs__(self) -> tuple[Any, ...]:
+        return tuple(self)
+
+
+def _field(index: int, doc: str) -> property:
+    return property(itemgetter(index), doc=doc)
+
+
+class TensorInfo(_Record):
     """One input or output of a signature: its name, numpy dtype name and shape
     (``None`` dims are dynamic; a ``None`` shape is unknown)."""
 
-    name: str
-    dtype: str
-    shape: tuple[int | None, ...] | None
+    __slots__ = ()
+    _fields = __match_args__ = ("name", "dtype", "shape")
+    name = _field(0, "the tensor's name in the graph")
+    dtype = _field(1, "its numpy dtype name")
+    shape = _field(2, "its shape: ``None`` dims dynamic, a ``None`` shape unknown")
+
+    def __new__(cls, name: str, dtype: str, shape: tuple[int | None, ...] | None) -> TensorInfo:
+        return tuple.__new__(cls, (name, dtype, shape))
 
     @classmethod
-    def of(cls, entry: Mapping[str, Any]) -> "TensorInfo":
+    def of(cls, entry: Mapping[str, Any]) -> TensorInfo:
         shape = entry["shape"]
         return cls(entry["name"], entry["dtype"], None if shape is None else tuple(shape))
 
@@ -76,14 +121,19 @@ class TensorInfo(NamedTuple):
         return {"name": self.name, "dtype": self.dtype, "shape": shape}
 
 
-class Signature(NamedTuple):
+class Signature(_Record):
     """A function's inputs and outputs, in the graph's order."""
 
-    inputs: tuple[TensorInfo, ...]
-    outputs: tuple[TensorInfo, ...]
+    __slots__ = ()
+    _fields = __match_args__ = ("inputs", "outputs")
+    inputs = _field(0, "the ``TensorInfo`` of each input")
+    outputs = _field(1, "the ``TensorInfo`` of each output")
+
+    def __new__(cls, inputs: tuple[TensorInfo, ...], outputs: tuple[TensorInfo, ...]) -> Signature:
+        return tuple.__new__(cls, (inputs, outputs))
 
     @classmethod
-    def of(cls, entry: Mapping[str, Any]) -> "Signature":
+    def of(cls, entry: Mapping[str, Any]) -> Signature:
         return cls(
             tuple(TensorInfo.of(e) for e in entry.get("inputs", ())),
             tuple(TensorInfo.of(e) for e in entry.get("outputs", ())),
@@ -152,80 +202,129 @@ class Signature(NamedTuple):
                 )
 
 
-class Specs(NamedTuple):
+class Specs(_Record):
     """The policy's specs (array spec nests): ``policy_state`` and ``graph_info`` are
     ``()`` when the policy has none; ``graph_info`` is ``info`` without the
     log-probability, which readers compute."""
 
-    time_step: TimeStep
-    action: Any
-    policy_state: Any
-    info: Any
-    graph_info: Any
+    __slots__ = ()
+    _fields = __match_args__ = ("time_step", "action", "policy_state", "info", "graph_info")
+    time_step = _field(0, "the ``TimeStep`` of specs")
+    action = _field(1, "the action spec nest")
+    policy_state = _field(2, "the policy state spec nest, ``()`` if none")
+    info = _field(3, "the info spec nest")
+    graph_info = _field(4, "``info`` without the log-probability, ``()`` if none")
+
+    def __new__(
+        cls, time_step: TimeStep, action: Any, policy_state: Any, info: Any, graph_info: Any
+    ) -> Specs:
+        return tuple.__new__(cls, (time_step, action, policy_state, info, graph_info))
 
 
-class GraphNames(NamedTuple):
+class GraphNames(_Record):
     """The ``distribution`` graph's I/O names by nest path, in flattening order."""
 
-    #: the time step's inputs, then the state's (``policy_state/...``)
-    inputs: tuple[str, ...]
-    #: ``policy_state/...`` (a suffix of ``inputs``)
-    states: tuple[str, ...]
-    #: ``next_state/...``
-    next_states: tuple[str, ...]
-    #: ``info/...`` (the graph's info)
-    infos: tuple[str, ...]
-    #: ``action/...``: outputs only where the policy is deterministic
-    actions: tuple[str, ...]
+    __slots__ = ()
+    _fields = __match_args__ = ("inputs", "states", "next_states", "infos", "actions")
+    inputs = _field(0, "the time step's inputs, then the state's (``policy_state/...``)")
+    states = _field(1, "``policy_state/...`` (a suffix of ``inputs``)")
+    next_states = _field(2, "``next_state/...``")
+    infos = _field(3, "``info/...`` (the graph's info)")
+    actions = _field(4, "``action/...``: outputs only where the policy is deterministic")
+
+    def __new__(
+        cls,
+        inputs: tuple[str, ...],
+        states: tuple[str, ...],
+        next_states: tuple[str, ...],
+        infos: tuple[str, ...],
+        actions: tuple[str, ...],
+    ) -> GraphNames:
+        return tuple.__new__(cls, (inputs, states, next_states, infos, actions))
 
 
-class FileEntry(NamedTuple):
+class FileEntry(_Record):
     """One file of the bundle: its sha256 (hex) and size in bytes."""
 
-    sha256: str
-    size: int
+    __slots__ = ()
+    _fields = __match_args__ = ("sha256", "size")
+    sha256 = _field(0, "the file's sha256, hex")
+    size = _field(1, "its size in bytes")
+
+    def __new__(cls, sha256: str, size: int) -> FileEntry:
+        return tuple.__new__(cls, (sha256, size))
 
 
-class FormatEntry(NamedTuple):
+class FormatEntry(_Record):
     """One exported format: its manifest section (read-only) and where its files are."""
 
-    name: str
-    #: the manifest's section for the format (``manifest[name]``), read-only
-    section: Mapping[str, Any]
-    #: the bundle-relative path of its file (``section["file"]``) or folder (``["dir"]``)
-    path: str
-    #: whether ``path`` is a folder
-    is_dir: bool
+    __slots__ = ()
+    _fields = __match_args__ = ("name", "section", "path", "is_dir")
+    name = _field(0, "the format's name")
+    section = _field(1, "the manifest's section for the format (``manifest[name]``), read-only")
+    path = _field(
+        2, "the bundle-relative path of its file (``section['file']``) or folder (``['dir']``)"
+    )
+    is_dir = _field(3, "whether ``path`` is a folder")
+
+    def __new__(cls, name: str, section: Mapping[str, Any], path: str, is_dir: bool) -> FormatEntry:
+        return tuple.__new__(cls, (name, section, path, is_dir))
 
 
-class WeightVariable(NamedTuple):
+class WeightVariable(_Record):
     """One policy variable of the weights map: its name, dtype, shape and object paths."""
 
-    name: str
-    dtype: str
-    shape: tuple[int, ...]
-    paths: tuple[tuple[str, ...], ...]
+    __slots__ = ()
+    _fields = __match_args__ = ("name", "dtype", "shape", "paths")
+    name = _field(0, "the variable's name")
+    dtype = _field(1, "its numpy dtype name")
+    shape = _field(2, "its shape")
+    paths = _field(3, "its object paths in the policy")
+
+    def __new__(
+        cls, name: str, dtype: str, shape: tuple[int, ...], paths: tuple[tuple[str, ...], ...]
+    ) -> WeightVariable:
+        return tuple.__new__(cls, (name, dtype, shape, paths))
 
 
-class WeightInitializer(NamedTuple):
+class WeightInitializer(_Record):
     """How an ONNX initializer is made from a variable: transposed, reshaped, cast."""
 
-    variable: int
-    shape: tuple[int, ...]
-    dtype: str
-    transpose: tuple[int, ...] | None
+    __slots__ = ()
+    _fields = __match_args__ = ("variable", "shape", "dtype", "transpose")
+    variable = _field(0, "the index of its variable in ``WeightsMap.variables``")
+    shape = _field(1, "the initializer's shape")
+    dtype = _field(2, "its numpy dtype name")
+    transpose = _field(3, "the axes the variable is transposed by, or None")
+
+    def __new__(
+        cls, variable: int, shape: tuple[int, ...], dtype: str, transpose: tuple[int, ...] | None
+    ) -> WeightInitializer:
+        return tuple.__new__(cls, (variable, shape, dtype, transpose))
 
 
-class WeightsMap(NamedTuple):
+class WeightsMap(_Record):
     """The ONNX graph's weights map (docs/bundle-format.md, "The weights map")."""
 
-    version: int
-    variables: tuple[WeightVariable, ...]
-    #: one per ``Layout.onnx_initializers`` entry: None for a constant
-    initializers: tuple[WeightInitializer | None, ...]
+    __slots__ = ()
+    _fields = __match_args__ = ("version", "variables", "initializers")
+    version = _field(0, "the weights map's version")
+    variables = _field(1, "the ``WeightVariable`` of each policy variable")
+    initializers = _field(
+        2,
+        "one per ``Layout.onnx_initializers`` entry: a ``WeightInitializer``, None for a constant",
+    )
+
+    def __new__(
+        cls,
+        version: int,
+        variables: tuple[WeightVariable, ...],
+        initializers: tuple[WeightInitializer | None, ...],
+    ) -> WeightsMap:
+        return tuple.__new__(cls, (version, variables, initializers))
 
     @classmethod
-    def of(cls, data: Mapping[str, Any]) -> "WeightsMap":
+    def of(cls, data: Mapping[str, Any]) -> WeightsMap:
         variables = tuple(
             WeightVariable(
                 v["name"],
@@ -312,8 +411,13 @@ class Layout:
 
     @classmethod
     def of(
-        cls, manifest: dict[str, Any], where: str | Path = "manifest.json", *, owned: bool = False
-    ) -> "Layout":
+        cls,
+        manifest: dict[str, Any],
+        where: str | Path = "manifest.json",
+        *,
+        owned: bool = False,
+        specs: Mapping[str, Any] | None = None,
+    ) -> Layout:
         """The layout of a validated manifest.
 
         Args:
@@ -321,17 +425,24 @@ class Layout:
           where: where it came from, for messages.
           owned: the caller hands the dict over (no one else holds it), so it is kept
             as it is instead of copied.
+          specs: this manifest's spec nests by ``specs`` group, as its validation decoded
+            them (``toolkit.bundle.manifest.validate(nests=)``); decoded here when empty.
 
         Raises:
           BundleError: a manifest whose specs or distribution cannot be decoded.
         """
         try:
-            raw_specs = manifest["specs"]
-            time_step = array_spec.spec_nest_from_json(raw_specs["time_step"])
-            action = array_spec.spec_nest_from_json(raw_specs["action"])
-            state = array_spec.spec_nest_from_json(raw_specs["policy_state"])
-            info = array_spec.spec_nest_from_json(raw_specs["info"])
-            graph_info = array_spec.spec_nest_from_json(raw_specs["graph_info"])
+            if specs:
+                time_step, action, state, info, graph_info = (
+                    specs[k] for k in ("time_step", "action", "policy_state", "info", "graph_info")
+                )
+            else:
+                raw_specs = manifest["specs"]
+                time_step = array_spec.spec_nest_from_json(raw_specs["time_step"])
+                action = array_spec.spec_nest_from_json(raw_specs["action"])
+                state = array_spec.spec_nest_from_json(raw_specs["policy_state"])
+                info = array_spec.spec_nest_from_json(raw_specs["info"])
+                graph_info = array_spec.spec_nest_from_json(raw_specs["graph_info"])
             distribution = nest.from_json(manifest["distribution"], families.leaf_from_json)
             signatures = {k: Signature.of(v) for k, v in manifest["signatures"].items()}
         except KeyError as e:
@@ -381,7 +492,7 @@ class Layout:
         )
 
     @classmethod
-    def coerce(cls, value: "Layout | dict[str, Any]") -> "Layout":
+    def coerce(cls, value: Layout | dict[str, Any]) -> Layout:
         """``value`` if it is a Layout, else the Layout of a (validated) manifest dict."""
         return value if isinstance(value, Layout) else cls.of(value)
 

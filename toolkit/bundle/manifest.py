@@ -41,7 +41,13 @@ __all__ = [
 MAX_ELEMENTS = 1 << 24
 
 
-def _semantic(manifest: dict[str, Any], errors: list[str], files_listed: bool = True) -> None:
+def _semantic(
+    manifest: dict[str, Any],
+    errors: list[str],
+    files_listed: bool = True,
+    leaves: dict[int, Any] | None = None,
+) -> None:
+    """``leaves``: filled with each spec leaf decoded, by ``id`` of its JSON node."""
     from toolkit import distribution_families as families
     from toolkit.errors import SpecError
     from toolkit.specs.array_spec import ArraySpec
@@ -56,9 +62,12 @@ def _semantic(manifest: dict[str, Any], errors: list[str], files_listed: bool = 
                 )
                 return
             try:
-                ArraySpec.from_json(node)
+                spec = ArraySpec.from_json(node)
             except (SpecError, ValueError, TypeError, OverflowError) as e:
                 errors.append(f"{path}: {str(e).splitlines()[0]}")
+            else:
+                if leaves is not None:
+                    leaves[id(node)] = spec
         elif kind == "dict":
             for key, item in node["items"].items():
                 specs(item, join_path(join_path(path, "items"), key))
@@ -137,20 +146,46 @@ def _signature_entry_text(entry: dict[str, Any]) -> str:
     return f"{entry['dtype']} {_dumps(entry['shape'])}"
 
 
-def _consistency(manifest: dict[str, Any], errors: list[str]) -> None:
-    """The distribution signature agrees with the specs (names, dtypes, shapes, categories)."""
+def _consistency(
+    manifest: dict[str, Any],
+    errors: list[str],
+    leaves: dict[int, Any] | None = None,
+    nests: dict[str, Any] | None = None,
+) -> None:
+    """The distribution signature agrees with the specs (names, dtypes, shapes, categories).
+
+    ``leaves``: the spec leaves ``_semantic`` decoded (by ``id`` of their JSON node), taken
+    instead of decoding them again; ``nests``: filled with the decoded spec nests by group.
+    """
     from toolkit import nest
     from toolkit.specs import array_spec
 
+    known = leaves or {}
+
+    def leaf(node: dict[str, Any]) -> Any:
+        spec = known.get(id(node))
+        # A leaf node is a nest of one leaf: decoded as spec_nest_from_json decodes leaves.
+        return spec if spec is not None else array_spec.spec_nest_from_json(node)
+
     specs = manifest["specs"]
     try:
-        time_step = array_spec.spec_nest_from_json(specs["time_step"])
-        state = array_spec.spec_nest_from_json(specs["policy_state"])
-        action = array_spec.spec_nest_from_json(specs["action"])
-        graph_info = array_spec.spec_nest_from_json(specs["graph_info"])
+        time_step = nest.from_json(specs["time_step"], leaf)
+        state = nest.from_json(specs["policy_state"], leaf)
+        action = nest.from_json(specs["action"], leaf)
+        graph_info = nest.from_json(specs["graph_info"], leaf)
+        if nests is not None:
+            info = nest.from_json(specs["info"], leaf)
     except (ValueError, TypeError, KeyError) as e:  # SpecError is a ValueError
         errors.append(f"specs: {str(e).splitlines()[0]}")
         return
+    if nests is not None:
+        nests.update(
+            time_step=time_step,
+            action=action,
+            policy_state=state,
+            info=info,
+            graph_info=graph_info,
+        )
     expected_inputs = nest.flatten_with_paths(time_step) + nest.flatten_with_paths(
         state, "policy_state"
     )
@@ -242,23 +277,38 @@ def _check_params(
                     )
 
 
-def violations(manifest: Any, *, files_listed: bool = True) -> list[str]:
+def violations(
+    manifest: Any, *, files_listed: bool = True, nests: dict[str, Any] | None = None
+) -> list[str]:
     """Every violation of the manifest schema (and of the checks beyond it), one per line.
 
     ``files_listed=False`` skips checking that the formats' files are listed (for the
-    copy a lone ONNX file carries, whose file table cannot list the bundle).
+    copy a lone ONNX file carries, whose file table cannot list the bundle). ``nests``:
+    a dict filled with the spec nests decoded on the way (``specs`` group -> nest of
+    ``ArraySpec``) when there are no violations, so that a reader of this manifest
+    (``Layout.of``) does not decode them again.
     """
     errors = schema_violations(manifest)
+    leaves: dict[int, Any] = {}  # the nodes live in ``manifest`` until this returns
     if not errors:
-        _semantic(manifest, errors, files_listed)
+        _semantic(manifest, errors, files_listed, leaves)
     if not errors:
-        _consistency(manifest, errors)
+        _consistency(manifest, errors, leaves, nests)
     return errors
 
 
-def validate(manifest: Any, where: str = "manifest.json", *, files_listed: bool = True) -> None:
-    """Raises BundleError with one line per violation (at most MAX_VIOLATIONS)."""
-    errors = violations(manifest, files_listed=files_listed)
+def validate(
+    manifest: Any,
+    where: str = "manifest.json",
+    *,
+    files_listed: bool = True,
+    nests: dict[str, Any] | None = None,
+) -> None:
+    """Raises BundleError with one line per violation (at most MAX_VIOLATIONS).
+
+    ``nests``: filled with the decoded spec nests (``violations``).
+    """
+    errors = violations(manifest, files_listed=files_listed, nests=nests)
     if errors:
         lines = [f"{where}: {e}" for e in errors[:MAX_VIOLATIONS]]
         if len(errors) > MAX_VIOLATIONS:

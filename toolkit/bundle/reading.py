@@ -113,6 +113,17 @@ def read_manifest(
       BundleError: saying what is wrong and where (one line per manifest violation).
       TrustError: a bundle the trust policy refuses.
     """
+    return _read_manifest(bundle_dir, check_files, validate, trust, None)
+
+
+def _read_manifest(
+    bundle_dir: str | os.PathLike,
+    check_files: bool,
+    validate: bool,
+    trust: TrustPolicy | None,
+    nests: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """``read_manifest``; ``nests`` is filled with the spec nests validation decoded."""
     root = bundle_root(bundle_dir)
     if not os.path.lexists(root):
         from toolkit.bundle.recovery import recover  # a killed writer's leftovers only
@@ -131,7 +142,7 @@ def read_manifest(
         )
     manifest = _check_format(data, path, FORMAT)
     if validate:
-        manifest_lib.validate(manifest)
+        manifest_lib.validate(manifest, nests=nests)
     files = manifest.get("files")
     if not isinstance(files, dict):
         raise BundleError(f"{path}: expected a 'files' table, got {type(files).__name__}")
@@ -187,5 +198,8 @@ def read_layout(
       TrustError: a bundle the trust policy refuses.
     """
     root = bundle_root(bundle_dir)
-    manifest = read_manifest(root, check_files=check_files, trust=trust)
-    return Layout.of(manifest, root / MANIFEST, owned=True)
+    # The specs are decoded once, by validation, for this load only: the bundle on disk
+    # may change before the next.
+    nests: dict[str, Any] = {}
+    manifest = _read_manifest(root, check_files, True, trust, nests)
+    return Layout.of(manifest, root / MANIFEST, owned=True, specs=nests)
