@@ -87,6 +87,22 @@ def check_fingerprint(root: Path, info: dict[str, Any], expected: str) -> None:
 # --- the policy ----------------------------------------------------------------------------
 
 
+class _ProvenClips:
+    """``BundlePolicy._graph_clips``, made on first read under the policy's proof lock and
+    then kept in the instance's ``__dict__`` (which a non-data descriptor yields to: later
+    reads are a plain attribute lookup). Not ``functools.cached_property``: it must not
+    write a value after ``_keep_proof`` has written a newer one (3.12's takes no lock)."""
+
+    def __get__(self, policy: Any, owner: Any = None) -> Any:
+        if policy is None:
+            return self
+        with policy._proof_lock:
+            proven = policy.__dict__.get("_graph_clips")
+            if proven is None:
+                proven = policy.__dict__["_graph_clips"] = policy._prove_clips()
+        return proven
+
+
 class BundlePolicy(PyPolicy):
     """A bundle's policy: the TF-Agents policies tutorial's Python-policy interface over a graph.
 
@@ -132,6 +148,7 @@ class BundlePolicy(PyPolicy):
         self._seed = seed
         self._rng: np.random.Generator | None = None
         self._rng_lock = _thread.allocate_lock()  # threading's Lock; threading costs ~0.7 ms
+        self._proof_lock = _thread.allocate_lock()  # _graph_clips (see _ProvenClips)
         # The unbatched sampled hot path takes its noise from a block of the generator's
         # normals (derivations.NormalBlock: the same stream); any other use of the
         # generator ends the block first (``_generator``).
@@ -280,17 +297,32 @@ class BundlePolicy(PyPolicy):
     def _info_spec_treespec(self) -> Any:
         return nest.tree_spec(self.info_spec)
 
-    @functools.cached_property
-    def _graph_clips(self) -> list[Any]:
-        """Per action leaf of a direct policy (the graph outputs its action): True where
-        the graph itself provably clips that output to within the spec's bounds, so a
-        batched call compares only its dtype and shape, else None (``_prove_clips``).
-        Made on the first batched call; dropped when the graph runner is replaced."""
-        return self._prove_clips()
+    #: Per action leaf of a direct policy (the graph outputs its action): True where the
+    #: graph itself provably clips that output to within the spec's bounds, so a batched
+    #: call compares only its dtype and shape, else None. Made on the first batched call
+    #: (``_ProvenClips``); a backend that replaces its graph runner keeps it true of every
+    #: runner a call may still be using (``_keep_proof``).
+    _graph_clips = _ProvenClips()
 
     def _prove_clips(self) -> list[Any]:
-        """``_graph_clips`` for this backend: none proven unless it overrides this."""
+        """What this backend's graph runner proves (``_graph_clips``): nothing unless the
+        backend overrides this."""
         return list(self._no_clips)
+
+    def _keep_proof(self, proven: list[Any]) -> None:
+        """Before a new graph runner is swapped in (``proven``: what it proves): the proof
+        becomes what both the old and the new runner prove, so a call still reading the
+        old runner's outputs is never let off a comparison the old one needed. A proof
+        only ever shrinks (a runner that proves less costs every later call its
+        comparison, which is the safe way to be wrong)."""
+        with self._proof_lock:
+            old = self.__dict__.get("_graph_clips")
+            if old is None:
+                old = self._prove_clips()  # the old runner's, made now
+            self.__dict__["_graph_clips"] = [
+                True if a and b else None
+                for a, b in zip(old, proven)  # noqa: B905
+            ]
 
     def _generator(self, seed: Seed) -> np.random.Generator:
         """The Generator for one call: the policy's own (made on first use) for None.
@@ -477,6 +509,7 @@ class BundlePolicy(PyPolicy):
             self._block.sync()  # the generator where the draws handed out left it
         clone._rng = copy.deepcopy(self._own_rng(), memo)  # the same draws next
         clone._rng_lock = _thread.allocate_lock()
+        clone._proof_lock = _thread.allocate_lock()
         clone._block = None
         clone._after_copy()
         return clone

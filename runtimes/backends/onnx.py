@@ -253,12 +253,14 @@ class OnnxPolicy(BundlePolicy):
         return _Session(self._model, self._threads, initializers, *self._layout)
 
     def _set_session(self, session: _Session) -> None:
+        if getattr(self, "_session", None) is not None:  # a swap, not the load
+            # What the new session proves, and-ed into the proof before any call can run
+            # on it (a call still on the old session keeps what the old one proved).
+            self._keep_proof(self._prove_clips(session))
         self._session = session
         self._session_run = session.run
-        # What the graph proves is proven of this session's model and initializers.
-        self.__dict__.pop("_graph_clips", None)
 
-    def _prove_clips(self) -> list[Any]:
+    def _prove_clips(self, session: _Session | None = None) -> list[Any]:
         """Action leaves the graph itself clips to within the spec's bounds.
 
         The exporter ends a graph's own action with a clip to the spec's bounds (``Max``
@@ -268,14 +270,15 @@ class OnnxPolicy(BundlePolicy):
         bounds, every value of that output does too (NaN stays NaN, which the full
         check lets pass): the per-call comparison of every element with the bounds, a
         numpy reduction over the batch, is skipped; dtype and shape are still checked
-        on every call. Anything not proven keeps the comparison.
+        on every call. Anything not proven keeps the comparison. ``session``: the one to
+        prove (default: the one in use).
         """
-        from toolkit import onnx_proto  # the first batched call only
+        from toolkit import onnx_proto  # the first batched call (or swap) only
 
         clips = list(self._no_clips)
         if not self._direct:
             return clips
-        session = self._session
+        session = session if session is not None else self._session
         found = onnx_proto.output_clips(
             session.model, self._action_names, str(self._bundle_dir), session.overrides
         )

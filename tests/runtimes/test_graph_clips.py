@@ -200,30 +200,50 @@ def test_an_exported_greedy_policy_proves_its_clip_and_batches_skip_the_comparis
 
 
 def test_a_session_whose_clip_constants_leave_the_bounds_keeps_the_comparison():
-    """The real graph, run by onnxruntime, with its clip's lower bound overridden to 7
-    (outside [-1, 1]): every action is 7; not proven, the full check names it."""
+    """The real graph, run by onnxruntime, with its clip's bounds overridden to 7 (outside
+    [-1, 1]): every action is 7; not proven, the full check names it. The proof is made
+    before a new session can run and is what every session since proves: a later
+    session within the bounds does not bring it back (a call may still be on the old one)."""
     policy = cr.load("greedy_q", "onnx")
     low, high = _clip_constants(policy)
     step = sample_time_step(policy.time_step_spec, (4,), np.random.default_rng(0))
     policy.action(step)
     assert policy._graph_clips == [True]
     dtype = policy.action_spec.dtype
-    policy._set_session(policy._new_session({low: np.array(7, dtype), high: np.array(7, dtype)}))
-    assert "_graph_clips" not in vars(policy)  # a new session: proven again
+    outside = policy._new_session({low: np.array(7, dtype), high: np.array(7, dtype)})
+    assert policy._prove_clips(outside) == [None]
+    policy._set_session(outside)
+    assert policy._graph_clips == [None]  # before any call ran on it
     with pytest.raises(SpecMismatchError, match=r"action: expected values in \[-1, 1\], got 7"):
         policy.action(step)
+    inside = policy._new_session({low: np.array(0, dtype), high: np.array(0, dtype)})
+    assert policy._prove_clips(inside) == [True]
+    policy._set_session(inside)
+    assert policy.action(step).action.tolist() == [[0]] * 4  # checked in full, and passes
     assert policy._graph_clips == [None]
-    # constants within the bounds: proven, and what the graph gives passes
-    policy._set_session(policy._new_session({low: np.array(0, dtype), high: np.array(0, dtype)}))
-    assert policy.action(step).action.tolist() == [[0]] * 4
-    assert policy._graph_clips == [True]
 
 
-def test_a_recurrent_policy_proves_its_clip_and_update_takes_the_others_proof_anew():
+def test_a_swap_before_any_batched_call_proves_both_sessions():
+    policy = cr.load("greedy_q", "onnx")
+    assert "_graph_clips" not in vars(policy)
+    low, high = _clip_constants(policy)
+    dtype = policy.action_spec.dtype
+    policy._set_session(policy._new_session({low: np.array(9, dtype), high: np.array(9, dtype)}))
+    assert policy._graph_clips == [None]
+    fresh = cr.load("greedy_q", "onnx")
+    fresh._set_session(fresh._new_session({low: np.array(1, dtype), high: np.array(1, dtype)}))
+    assert fresh._graph_clips == [True]  # the load's session and this one both proven
+    step = sample_time_step(fresh.time_step_spec, (2,), np.random.default_rng(0))
+    assert fresh.action(step).action.tolist() == [[1]] * 2
+
+
+def test_a_recurrent_policy_proves_its_clip_and_update_keeps_what_both_prove():
     policy = cr.load("rnn/greedy_q", "onnx")
     step = sample_time_step(policy.time_step_spec, (3,), np.random.default_rng(2))
     result = policy.action(step, policy.get_initial_state(3))
     assert policy._graph_clips == [True] and policy._checked is result
     other = cr.load("rnn/greedy_q", "onnx")
     policy.update(other)
-    assert "_graph_clips" not in vars(policy)
+    assert policy._session is other._session and policy._graph_clips == [True]
+    copy = policy.copy()
+    assert copy._proof_lock is not policy._proof_lock and copy._graph_clips == [True]
