@@ -255,7 +255,11 @@ def test_a_lost_worker_node_does_not_hang_the_evaluation(cluster, bundle):
     from toolkit.distributed import evaluation
     from toolkit.environments.delayed import Delayed
 
-    episodes, seed = 24, 11
+    # Two blocks of 8, one per actor: the lost node's block is played again by the head's
+    # actor after its own. Seeds 37..52: the untrained policy ends each of these episodes
+    # within 10 steps, so a block lasts ~2 s (SLOW_ENV); 24 episodes from seed 11 held
+    # episodes of 87 and 89 steps, 8 s blocks played one after the other here.
+    episodes, seed = 16, 37
     local = _local(bundle, episodes, seed)
     removed = []
 
