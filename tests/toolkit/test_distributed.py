@@ -217,8 +217,10 @@ def test_a_worker_process_killed_mid_episodes_changes_no_return(cluster, samplin
     from toolkit.environments.delayed import Delayed
 
     ray = cluster.ray
-    # two blocks of 8, one per actor: the killed actor's block is played again by the other
-    episodes, seed = 16, 5
+    # two blocks of 8, one per actor: the killed actor's block is played again by the other.
+    # Seed 29: no episode of either block lasts over 19 steps, so a block takes ~2.5 s
+    # (SLOW_ENV); seed 5's second block held an 88-step episode (~8 s).
+    episodes, seed = 16, 29
     reference = evaluation.evaluate(
         sampling_bundle, ENV_ID, episodes, seed, workers=1, chunk=8, policy_seed=seed
     )
