@@ -41,7 +41,14 @@ RAY_ENV = {
 }
 #: An evaluation must return within this, whatever is killed (issue 22: it never did).
 DEADLINE_S = 120
-NODE = {"num_cpus": 1, "node_ip_address": "127.0.0.1"}
+#: No autoscaler monitor (nothing scales here) and no log monitor (the driver does not
+#: stream the workers' output: log_to_driver=False): Ray processes no test uses.
+NODE = {
+    "num_cpus": 1,
+    "node_ip_address": "127.0.0.1",
+    "no_monitor": True,
+    "include_log_monitor": False,
+}
 #: A killed node is marked dead after 5 missed checks, one a second here. Each check of a
 #: killed node waits out its timeout (Ray's default: 10 s): with two CPU-bound processes
 #: beside the test (the other xdist worker), the lost-node evaluation took 110 s with
