@@ -18,13 +18,16 @@ reader) and an LSTM policy (greedy Q over an LSTM of 32 units, its state fed bac
 
 Timings interleave the contenders round by round, so a change in machine load hits
 all of them alike; ratios are medians of per-round ratios, reported with their min and
-max over the rounds, and the load average is read before and after each part. Targets
+max over the rounds, and the load average is read before and after each part. Each
+measured burst follows ``SETTLE_S`` of unmeasured calls of the same contender, so no
+contender is timed in the wake of the one before it (raw onnxruntime's worker thread
+spins on for tens of milliseconds after its last run). Targets
 (issue 24), for every policy: the onnx backend's ``action()`` <= 1.0x raw
 ``session.run`` at batch 1 and 256 (sampling included on our side), litert <= 0.5x
 at batch 1 and <= 1.0x at 256; cold start (median of the runs): litert <= 0.8x the
 bare onnxruntime script, onnx <= 1.0x.
 
-Usage: ``python benchmarks/runtime_bench.py [--json] [--rounds N] [--cold-runs N]
+Usage: ``python benchmarks/runtime_bench.py [--json] [--rounds N] [--cold-runs N] [--settle S]
 [--only action|cold|threads]``
 """
 
@@ -103,13 +106,30 @@ def _time(fn, calls: int) -> float:
     return (time.perf_counter() - start) / calls
 
 
-def interleaved(contenders: dict[str, Any], calls: int, rounds: int) -> dict[str, list[float]]:
-    """Seconds per call, one burst of ``calls`` per contender per round, in turn."""
+#: Seconds each contender runs unmeasured before each of its measured bursts, so that
+#: what the one before it left running has stopped: onnxruntime's default session
+#: (raw ``session.run``) keeps its intra-op worker thread spinning after its last run.
+#: Read from /proc/self/task/*/schedstat (``/tmp`` script, load 3): after a 300-call
+#: burst of raw LSTM batch-256 runs, the worker thread still used 4-8 ms of CPU in each
+#: 10 ms for 30-50 ms, then nothing; a batch-256 burst of the next contender (100 calls,
+#: 5-20 ms) ran entirely in that wake. Twice the longest tail seen.
+SETTLE_S = 0.1
+
+
+def interleaved(
+    contenders: dict[str, Any], calls: int, rounds: int, settle: float = SETTLE_S
+) -> dict[str, list[float]]:
+    """Seconds per call, one burst of ``calls`` per contender per round, in turn; before
+    each burst the contender runs unmeasured for ``settle`` seconds (``SETTLE_S``)."""
     for fn in contenders.values():
         _time(fn, max(calls // 10, 1))  # warm-up: bindings, allocations, lazy init
     times: dict[str, list[float]] = {name: [] for name in contenders}
+    clock = time.perf_counter
     for _ in range(rounds):
         for name, fn in contenders.items():
+            end = clock() + settle
+            while clock() < end:  # the previous contender's threads wind down meanwhile
+                fn()
             times[name].append(_time(fn, calls))
     return times
 
@@ -217,12 +237,14 @@ def _flat_state(state: Any) -> dict[str, Any]:
     return dict(nest.flatten_with_paths(state, "policy_state"))
 
 
-def in_process(bundles: dict[str, Path], rounds: int) -> list[dict[str, Any]]:
+def in_process(
+    bundles: dict[str, Path], rounds: int, settle: float = SETTLE_S
+) -> list[dict[str, Any]]:
     rows = []
     for name, bundle in bundles.items():
         for batch, calls in ((1, 2000), (256, 100)):
             contenders = _contenders(bundle, batch, ENVIRONMENTS.get(name))
-            times = interleaved(contenders, calls, rounds)
+            times = interleaved(contenders, calls, rounds, settle)
             for what, values in times.items():
                 us = {k: v * 1e6 for k, v in _spread(values).items()}
                 ratios = _ratios(times, what, RAW)
@@ -241,7 +263,9 @@ def in_process(bundles: dict[str, Path], rounds: int) -> list[dict[str, Any]]:
     return rows
 
 
-def thread_scaling(bundles: dict[str, Path], rounds: int) -> list[dict[str, Any]]:
+def thread_scaling(
+    bundles: dict[str, Path], rounds: int, settle: float = SETTLE_S
+) -> list[dict[str, Any]]:
     """Raw session.run on one intra-op thread against onnxruntime's default threads."""
     import numpy as np
     import onnxruntime as ort
@@ -268,7 +292,7 @@ def thread_scaling(bundles: dict[str, Path], rounds: int) -> list[dict[str, Any]
                 feed[i.name] = np.asarray(value, dtype)
             calls = max(20, 2000 // batch)
             runs = {t: (lambda s=s, f=feed: s.run(None, f)) for t, s in sessions.items()}
-            times = interleaved(runs, calls, rounds)
+            times = interleaved(runs, calls, rounds, settle)
             rows.append(
                 {
                     "policy": name,
@@ -385,7 +409,9 @@ def _target(measured: float, target: float) -> dict[str, Any]:
     return {"target": target, "measured": round(measured, 3), "met": measured <= target}
 
 
-def run(rounds: int, cold_runs: int, only: str | None = None) -> dict[str, Any]:
+def run(
+    rounds: int, cold_runs: int, only: str | None = None, settle: float = SETTLE_S
+) -> dict[str, Any]:
     load = {"before": _load()}
     directory = Path(tempfile.mkdtemp(prefix="runtime-bench-"))
     action_rows, cold_rows, thread_rows = [], [], []
@@ -393,14 +419,14 @@ def run(rounds: int, cold_runs: int, only: str | None = None) -> dict[str, Any]:
         bundles = export_bundles(directory)
         if only in (None, "action"):
             load["before action"] = _load()
-            action_rows = in_process(bundles, rounds)
+            action_rows = in_process(bundles, rounds, settle)
             load["after action"] = _load()
         if only in (None, "cold"):
             load["before cold start"] = _load()
             cold_rows = cold_start(bundles["demo"], cold_runs, directory / "pycache")
             load["after cold start"] = _load()
         if only == "threads":
-            thread_rows = thread_scaling(bundles, rounds)
+            thread_rows = thread_scaling(bundles, rounds, settle)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
     load["after"] = _load()
@@ -432,6 +458,7 @@ def run(rounds: int, cold_runs: int, only: str | None = None) -> dict[str, Any]:
             "ai_edge_litert": getattr(ai_edge_litert, "__version__", "?"),
             "platform": platform.platform(),
         },
+        "settle_s": settle,
         "action": action_rows,
         "cold_start": cold_rows,
         "threads": thread_rows,
@@ -450,8 +477,9 @@ def table(result: dict[str, Any]) -> str:
     if result["action"]:
         lines += [
             "",
-            "action() latency (interleaved rounds; vs raw = per-round ratio to raw default "
-            "session.run on the same policy.onnx: median [min-max])",
+            "action() latency (interleaved rounds, each burst after "
+            f"{result.get('settle_s', SETTLE_S)} s of unmeasured calls; vs raw = per-round "
+            "ratio to raw default session.run on the same policy.onnx: median [min-max])",
             f"{'policy':<9} {'batch':>5}  {'what':<24} {'us: median [min-max]':>24} "
             f"{'actions/s':>11} {'vs raw: median [min-max]':>25}",
         ]
@@ -505,13 +533,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=15, help="interleaved timing rounds")
     parser.add_argument("--cold-runs", type=int, default=9, help="new processes per contender")
     parser.add_argument(
+        "--settle",
+        type=float,
+        default=SETTLE_S,
+        help="seconds of unmeasured calls before each measured burst (0: none, the method "
+        "before this option; see SETTLE_S)",
+    )
+    parser.add_argument(
         "--only",
         choices=("action", "cold", "threads"),
         help="measure action() latency, cold start, or thread scaling (not in the default run)",
     )
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    result = run(args.rounds, args.cold_runs, args.only)
+    result = run(args.rounds, args.cold_runs, args.only, args.settle)
     print(json.dumps(result, indent=2) if args.json else table(result))
     return 0
 
