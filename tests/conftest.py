@@ -22,7 +22,7 @@ from tests import run_cache
 #: Files of few, long end-to-end tests, longest first (``--durations``, 2 busy cores:
 #: the demo and follow_training 850 s; two fresh venvs 640 s; four trainings 380 s;
 #: imports of TF-Agents' trigger output with its checkpoints 290 s). The Ray file goes
-#: first: about 100 s of 18 tests, much of it waiting on Ray (a cluster's start, a node's
+#: first: about 70-90 s of 19 tests, much of it waiting on Ray (a cluster's start, a node's
 #: death), which the other worker's CPU work fills; queued by its number of tests it
 #: started near the end and ran alone. The micro device install and the training output
 #: checks (fresh interpreters importing TensorFlow) take 15-50 s each.
