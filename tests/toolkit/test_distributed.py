@@ -41,7 +41,14 @@ RAY_ENV = {
 }
 #: An evaluation must return within this, whatever is killed (issue 22: it never did).
 DEADLINE_S = 120
-NODE = {"num_cpus": 1, "node_ip_address": "127.0.0.1"}
+#: No autoscaler monitor (nothing scales here) and no log monitor (the driver does not
+#: stream the workers' output: log_to_driver=False): Ray processes no test uses.
+NODE = {
+    "num_cpus": 1,
+    "node_ip_address": "127.0.0.1",
+    "no_monitor": True,
+    "include_log_monitor": False,
+}
 #: A killed node is marked dead after 5 missed checks, one a second here. Each check of a
 #: killed node waits out its timeout (Ray's default: 10 s): with two CPU-bound processes
 #: beside the test (the other xdist worker), the lost-node evaluation took 110 s with
@@ -217,8 +224,10 @@ def test_a_worker_process_killed_mid_episodes_changes_no_return(cluster, samplin
     from toolkit.environments.delayed import Delayed
 
     ray = cluster.ray
-    # two blocks of 8, one per actor: the killed actor's block is played again by the other
-    episodes, seed = 16, 5
+    # two blocks of 8, one per actor: the killed actor's block is played again by the other.
+    # Seed 29: no episode of either block lasts over 19 steps, so a block takes ~2.5 s
+    # (SLOW_ENV); seed 5's second block held an 88-step episode (~8 s).
+    episodes, seed = 16, 29
     reference = evaluation.evaluate(
         sampling_bundle, ENV_ID, episodes, seed, workers=1, chunk=8, policy_seed=seed
     )
@@ -255,7 +264,11 @@ def test_a_lost_worker_node_does_not_hang_the_evaluation(cluster, bundle):
     from toolkit.distributed import evaluation
     from toolkit.environments.delayed import Delayed
 
-    episodes, seed = 24, 11
+    # Two blocks of 8, one per actor: the lost node's block is played again by the head's
+    # actor after its own. Seeds 37..52: the untrained policy ends each of these episodes
+    # within 10 steps, so a block lasts ~2 s (SLOW_ENV); 24 episodes from seed 11 held
+    # episodes of 87 and 89 steps, 8 s blocks played one after the other here.
+    episodes, seed = 16, 37
     local = _local(bundle, episodes, seed)
     removed = []
 
